@@ -1,0 +1,104 @@
+"""Configuration structs (unknown keys are errors, so a typo fails at startup) and loaders.
+
+Files are TOML; ``STRATUS_*`` environment variables and command-line flags override them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal, TypeVar
+
+import msgspec
+
+from common.errors import ConfigError
+from common.messages import Size
+
+PositiveS = Annotated[float, msgspec.Meta(gt=0)]
+
+AZURE_SIZES: tuple[Size, ...] = (
+    Size("ExtraSmall", 250, 768),
+    Size("Small", 1000, 1792),
+    Size("Medium", 2000, 3584),
+    Size("Large", 4000, 7168),
+    Size("ExtraLarge", 8000, 14336),
+    Size("A6", 4000, 28672),
+    Size("A7", 8000, 57344),
+)
+"""The original Azure catalogue (cores in millicores, memory in MiB)."""
+
+FENCE_MARGIN_S = 1.0
+"""dead_after_s must exceed fence_after_s by at least this: the time an agent may need to notice
+that its lease ran out and pause its VMs, plus message transit."""
+
+
+class SchedulerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    nats_url: str = "nats://127.0.0.1:4222"
+    db_path: str = "stratus-scheduler.db"
+    heartbeat_interval_s: PositiveS = 1.0
+    fence_after_s: PositiveS = 4.0
+    dead_after_s: PositiveS = 6.0
+    placement_timeout_s: PositiveS = 300.0
+    command_retry_s: PositiveS = 3.0
+    """A command not yet reflected in the host's inventory is sent again after this long."""
+    max_start_attempts: Annotated[int, msgspec.Meta(ge=1)] = 3
+    recovery_per_host_per_tick: Annotated[int, msgspec.Meta(ge=1)] = 50
+    """At most this many recovered (re-placed) VMs go to one host per placement pass."""
+    tick_s: PositiveS = 0.2
+    scorer: Literal["binpack", "spread"] = "binpack"
+    cpu_overcommit: Annotated[float, msgspec.Meta(ge=1.0)] = 1.0
+    sizes: list[Size] = []
+    """Sizes added to the Azure catalogue."""
+
+    def __post_init__(self) -> None:
+        if self.dead_after_s < self.fence_after_s + FENCE_MARGIN_S:
+            raise ValueError(
+                f"dead_after_s ({self.dead_after_s}) must be >= fence_after_s "
+                f"({self.fence_after_s}) + {FENCE_MARGIN_S}: a host must have fenced its VMs "
+                "before the scheduler places them elsewhere"
+            )
+        if self.heartbeat_interval_s >= self.fence_after_s:
+            raise ValueError("heartbeat_interval_s must be shorter than fence_after_s")
+
+    def all_sizes(self) -> dict[str, Size]:
+        catalogue = {size.name: size for size in AZURE_SIZES}
+        catalogue.update({size.name: size for size in self.sizes})
+        return catalogue
+
+
+class AgentConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    nats_url: str = "nats://127.0.0.1:4222"
+    host_id: str = ""
+    """Empty means the machine's hostname."""
+    region: str = "local"
+    fault_domain: str = "fd-0"
+    labels: dict[str, str] = {}
+    capacity: str = ""
+    """Declared capacity like ``64c/256g``; empty means measured with psutil."""
+    reserved: str = "0c/0m"
+    """Kept back for the host itself when capacity is measured."""
+    cpu_overcommit: float | None = None
+    driver: Literal["fake"] = "fake"
+    data_dir: str = "stratus-agent"
+    heartbeat_interval_s: PositiveS = 1.0
+    """Used until the scheduler's first ack tells the cluster's value."""
+    fence_after_s: PositiveS = 4.0
+    """Used until the scheduler's first ack tells the cluster's value."""
+    fake_start_delay_s: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+
+
+C = TypeVar("C", SchedulerConfig, AgentConfig)
+
+
+def load_config(kind: type[C], path: str | None, overrides: dict[str, object]) -> C:
+    """Read ``path`` (TOML, optional), apply non-None ``overrides`` and validate."""
+    raw: dict[str, object] = {}
+    if path:
+        try:
+            raw = msgspec.toml.decode(Path(path).read_bytes())
+        except (OSError, msgspec.DecodeError) as exc:
+            raise ConfigError(f"cannot read config {path}: {exc}") from exc
+    raw.update({key: value for key, value in overrides.items() if value is not None})
+    try:
+        return msgspec.convert(raw, kind)
+    except (msgspec.ValidationError, ValueError) as exc:
+        raise ConfigError(f"invalid config: {exc}") from exc

@@ -1,0 +1,63 @@
+"""Every NATS subject, stream and consumer name of Stratus is built here."""
+
+from __future__ import annotations
+
+from common.ids import HostId, VmName
+
+ROOT = "stratus"
+
+# Publisher API (request/reply): stratus.api.<noun>.<verb>
+API_WILDCARD = f"{ROOT}.api.>"
+VM_CREATE = f"{ROOT}.api.vm.create"
+VM_GET = f"{ROOT}.api.vm.get"
+VM_LIST = f"{ROOT}.api.vm.list"
+VM_STOP = f"{ROOT}.api.vm.stop"
+VM_START = f"{ROOT}.api.vm.start"
+VM_DELETE = f"{ROOT}.api.vm.delete"
+HOST_LIST = f"{ROOT}.api.host.list"
+SIZES_LIST = f"{ROOT}.api.sizes.list"
+
+# Durable submission (JetStream): stratus.jobs.<noun>.<verb>, same bodies as the API.
+JOBS_STREAM = "STRATUS_JOBS"
+JOBS_WILDCARD = f"{ROOT}.jobs.>"
+JOBS_CONSUMER = "scheduler"
+
+
+def job_subject(api_subject: str) -> str:
+    """``stratus.api.vm.create`` -> ``stratus.jobs.vm.create``."""
+    return api_subject.replace(f"{ROOT}.api.", f"{ROOT}.jobs.", 1)
+
+
+def api_subject_of_job(job_subject_: str) -> str:
+    return job_subject_.replace(f"{ROOT}.jobs.", f"{ROOT}.api.", 1)
+
+
+# Events (JetStream): stratus.events.vm.<name>, stratus.events.host.<id>
+EVENTS_STREAM = "STRATUS_EVENTS"
+EVENTS_WILDCARD = f"{ROOT}.events.>"
+JOB_REJECTED = f"{ROOT}.events.job.rejected"
+
+
+def vm_event(name: VmName | str) -> str:
+    return f"{ROOT}.events.vm.{name}"
+
+
+def host_event(host: HostId | str) -> str:
+    return f"{ROOT}.events.host.{host}"
+
+
+# Host agents: stratus.host.<id>.cmd (scheduler -> agent), stratus.host.<id>.hb (agent -> scheduler)
+HEARTBEAT_WILDCARD = f"{ROOT}.host.*.hb"
+
+
+def host_commands(host: HostId | str) -> str:
+    return f"{ROOT}.host.{host}.cmd"
+
+
+def host_heartbeat(host: HostId | str) -> str:
+    return f"{ROOT}.host.{host}.hb"
+
+
+def host_of_heartbeat(subject: str) -> str:
+    """The host id inside ``stratus.host.<id>.hb``."""
+    return subject.split(".")[2]

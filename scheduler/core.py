@@ -1,0 +1,531 @@
+"""SchedulerCore: inputs in, actions out. Pure, synchronous and deterministic.
+
+The shell (scheduler/app.py) owns all I/O: it decodes messages into inputs, calls ``step`` with
+the current time, commits the changed records, and only then carries out the returned actions.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import datetime
+
+from common import subjects
+from common.config import SchedulerConfig
+from common.ids import HostId, VmName
+from common.messages import (
+    AgentCommand,
+    CreateVm,
+    DeleteVm,
+    ErrorBody,
+    ErrorCode,
+    Heartbeat,
+    HeartbeatAck,
+    HostEvent,
+    HostState,
+    JobRejected,
+    Size,
+    StartVm,
+    StopVm,
+    VmEvent,
+    VmRef,
+    VmReply,
+    VmState,
+)
+from common.resources import ZERO
+from scheduler.events import (
+    Ack,
+    Action,
+    Emit,
+    HeartbeatReceived,
+    Input,
+    InvalidJob,
+    Mutation,
+    Now,
+    Op,
+    Reply,
+    SendCommands,
+    Tick,
+)
+from scheduler.liveness import expired_hosts, fresh_window
+from scheduler.placement.pipeline import (
+    Placed,
+    PlacementPolicy,
+    could_ever_fit,
+    place_batch,
+)
+from scheduler.reconciler import Outcome, Transition, reconcile_host, spec_of
+from scheduler.state.cluster import ClusterState
+from scheduler.state.model import HostRecord, HostRuntime, HostView, PlacementRequest, VmRecord
+from scheduler.views import vm_info
+
+
+def error(code: ErrorCode, detail: str) -> VmReply:
+    return VmReply(error=ErrorBody(code=code, detail=detail))
+
+
+class SchedulerCore:
+    """The single writer of cluster state."""
+
+    def __init__(
+        self, config: SchedulerConfig, state: ClusterState, *, scheduler_id: str, event_seq: int
+    ) -> None:
+        self.config = config
+        self.state = state
+        self.scheduler_id = scheduler_id
+        self.event_seq = event_seq
+        self.sizes: dict[str, Size] = config.all_sizes()
+        self.policy = PlacementPolicy(scorer=config.scorer)
+        self._actions: list[Action] = []
+        self._sent: dict[tuple[HostId, VmName], tuple[AgentCommand, float]] = {}
+        self._new_pending: list[VmName] = []
+        self._capacity_changed = True
+        self._recovering: set[VmName] = set()
+        self._empty_views: list[HostView] | None = None
+
+    def start(self, now: Now) -> None:
+        """Grant every known host a fresh window: a restart never declares healthy hosts dead."""
+        self.state.runtimes = fresh_window(self.state.hosts, now.mono_s)
+
+    # ------------------------------------------------------------------ the loop's entry point
+
+    def step(self, inputs: list[Input], now: Now) -> list[Action]:
+        """Handle a batch of inputs; return the actions to carry out once state is committed."""
+        self._actions = []
+        replies: list[tuple[Mutation, VmName | None, VmReply | None]] = []
+        ticked = False
+        for item in inputs:
+            match item:
+                case Mutation():
+                    replies.append(self._mutate(item, now))
+                case InvalidJob():
+                    self._reject_job(item.subject, item.request_id, item.code, item.detail, now)
+                    self._actions.append(Reply(item.token, None))
+                case HeartbeatReceived():
+                    self._heartbeat(item.heartbeat, item.token, now)
+                case Tick():
+                    ticked = True
+        if ticked:
+            self._check_liveness(now)
+            self._expire_pending(now)
+        self._place_pending(now, everything=ticked and self._capacity_changed)
+        for mutation, name, reply in replies:
+            self._answer(mutation, name, reply, now)
+        actions, self._actions = self._actions, []
+        return actions
+
+    # ------------------------------------------------------------------ API mutations
+
+    def _mutate(self, item: Mutation, now: Now) -> tuple[Mutation, VmName | None, VmReply | None]:
+        """Apply a mutation; the reply is built after placement so it shows the outcome."""
+        request_id = item.body.request_id
+        if request_id is not None and request_id in self.state.replies:
+            return item, None, self.state.replies[request_id]
+        body = item.body
+        if item.op is Op.CREATE:
+            assert isinstance(body, CreateVm)
+            outcome = self._create(body, now)
+        else:
+            assert isinstance(body, VmRef)
+            outcome = self._change(item.op, VmName(body.name), now)
+        if isinstance(outcome, VmReply):
+            return item, None, outcome
+        return item, outcome, None
+
+    def _answer(self, item: Mutation, name: VmName | None, reply: VmReply | None, now: Now) -> None:
+        if reply is None:
+            assert name is not None
+            reply = VmReply(vm=vm_info(self.state.vms[name]))
+            if item.body.request_id is not None:
+                self.state.remember_reply(item.body.request_id, reply)
+        if item.via_job and reply.error is not None:
+            self._reject_job(
+                item.job_subject, item.body.request_id, reply.error.code, reply.error.detail, now
+            )
+        self._actions.append(Reply(item.token, reply))
+
+    def _create(self, body: CreateVm, now: Now) -> VmName | VmReply:
+        size = self.sizes.get(body.size)
+        if size is None:
+            known = ", ".join(sorted(self.sizes))
+            return error(ErrorCode.UNKNOWN_SIZE, f"unknown size {body.size!r}; known: {known}")
+        name = VmName(body.name)
+        existing = self.state.vms.get(name)
+        if existing is not None and existing.state is not VmState.DELETED:
+            same = (existing.size, existing.image, existing.region, existing.availability_set) == (
+                body.size,
+                body.image,
+                body.region,
+                body.availability_set,
+            )
+            if same:
+                return name
+            return error(ErrorCode.CONFLICT, f"vm {name!r} exists with a different spec")
+        request = PlacementRequest(name, size.resources, body.region)
+        if not could_ever_fit(request, self._host_views_empty()):
+            where = f"region {body.region!r}" if body.region else "any region"
+            return error(
+                ErrorCode.INSUFFICIENT_CAPACITY,
+                f"size {size.name} ({size.resources}) is larger than every host in {where}",
+            )
+        record = VmRecord(
+            name=name,
+            size=size.name,
+            cpu_milli=size.cpu_milli,
+            mem_mib=size.mem_mib,
+            image=body.image,
+            region=body.region,
+            availability_set=body.availability_set,
+            state=VmState.PENDING,
+            generation=existing.generation + 1 if existing is not None else 1,
+            reason="waiting for placement",
+            created_at=now.wall,
+            updated_at=now.wall,
+            pending_since=now.wall,
+        )
+        self.state.add_vm(record)
+        self.state.dirty_vms.add(name)
+        self._new_pending.append(name)
+        self._emit_vm(record, now)
+        return name
+
+    def _change(self, op: Op, name: VmName, now: Now) -> VmName | VmReply:
+        record = self.state.vms.get(name)
+        if record is None:
+            return error(ErrorCode.NOT_FOUND, f"vm {name!r} does not exist")
+        state = record.state
+        if state is VmState.DELETED and op is not Op.DELETE:
+            return error(ErrorCode.NOT_FOUND, f"vm {name!r} was deleted")
+        if state is VmState.DELETING and op is not Op.DELETE:
+            return error(ErrorCode.INVALID_STATE, f"vm {name!r} is being deleted")
+        if op is Op.STOP:
+            self._stop(record, now)
+        elif op is Op.START:
+            if state in (VmState.STOPPED, VmState.FAILED):
+                self._set(
+                    record,
+                    now,
+                    state=VmState.PENDING,
+                    reason="waiting for placement",
+                    pending_since=now.wall,
+                    start_attempts=0,
+                    failed_hosts=[],
+                )
+                self._new_pending.append(name)
+        else:
+            self._delete(record, now)
+        return name
+
+    def _stop(self, record: VmRecord, now: Now) -> None:
+        if record.holds_capacity and record.state is not VmState.STOPPING:
+            self._set(record, now, state=VmState.STOPPING, reason="stop requested")
+            self._command(record.host, record.name, record.generation, now, stop=True)
+        elif record.state in (VmState.PENDING, VmState.FAILED):
+            self._set(record, now, state=VmState.STOPPED, reason="stopped before placement")
+
+    def _delete(self, record: VmRecord, now: Now) -> None:
+        if record.holds_capacity:
+            if record.state is not VmState.DELETING:
+                self._set(record, now, state=VmState.DELETING, reason="delete requested")
+                self._command(record.host, record.name, record.generation, now, stop=False)
+        elif record.state is not VmState.DELETED:
+            self._set(record, now, state=VmState.DELETED, reason="deleted")
+            self.state.forget_set_member(record)
+
+    def _command(
+        self, host: HostId | None, name: VmName, generation: int, now: Now, *, stop: bool
+    ) -> None:
+        assert host is not None
+        cmd: AgentCommand = (
+            StopVm(name=name, generation=generation)
+            if stop
+            else DeleteVm(name=name, generation=generation)
+        )
+        self._send(host, [cmd], now)
+
+    def _reject_job(
+        self, subject: str, request_id: str | None, code: ErrorCode, detail: str, now: Now
+    ) -> None:
+        self.event_seq += 1
+        event = JobRejected(
+            seq=self.event_seq,
+            time=now.wall,
+            subject=subject,
+            request_id=request_id,
+            code=code,
+            detail=detail,
+        )
+        self._actions.append(Emit(subjects.JOB_REJECTED, event))
+
+    # ------------------------------------------------------------------ heartbeats
+
+    def _heartbeat(self, hb: Heartbeat, token: int, now: Now) -> None:
+        host = HostId(hb.host_id)
+        runtime = self.state.runtimes.get(host)
+        if runtime is None:
+            runtime = self.state.runtimes[host] = HostRuntime(last_seen_s=now.mono_s)
+        stale = runtime.boot_id == hb.boot_id and hb.seq <= runtime.last_seq
+        runtime.last_seen_s = now.mono_s
+        self._actions.append(Ack(token, self._ack(hb)))
+        if stale:
+            return  # an older report overtaken by a newer one: nothing new to learn
+        runtime.boot_id, runtime.last_seq, runtime.fenced = hb.boot_id, hb.seq, hb.fenced
+        self._register(host, hb, now)
+        runtime.observed = {VmName(vm.name): vm for vm in hb.vms}
+        assigned = {name: self.state.vms[name] for name in self.state.by_host.get(host, ())}
+        result = reconcile_host(host, assigned, runtime.observed)
+        orphaned = sum((vm.resources for vm in result.orphans), ZERO)
+        if orphaned != runtime.orphaned:
+            runtime.orphaned = orphaned
+            self._capacity_changed = True
+        for transition in result.transitions:
+            self._apply(transition, host, now)
+        self._send(host, result.commands, now)
+
+    def _ack(self, hb: Heartbeat) -> HeartbeatAck:
+        return HeartbeatAck(
+            host_id=hb.host_id,
+            seq=hb.seq,
+            scheduler_id=self.scheduler_id,
+            heartbeat_interval_s=self.config.heartbeat_interval_s,
+            fence_after_s=self.config.fence_after_s,
+        )
+
+    def _register(self, host: HostId, hb: Heartbeat, now: Now) -> None:
+        record = self.state.hosts.get(host)
+        fresh = HostRecord(
+            host_id=host,
+            region=hb.region,
+            fault_domain=hb.fault_domain,
+            capacity=hb.capacity,
+            labels=dict(hb.labels),
+            cpu_overcommit=hb.cpu_overcommit,
+            driver=hb.driver,
+            up=True,
+            cordoned=record.cordoned if record else False,
+            boot_id=hb.boot_id,
+        )
+        if record == fresh:
+            return
+        self.state.hosts[host] = fresh
+        self.state.dirty_hosts.add(host)
+        self._capacity_changed = True
+        self._empty_views = None
+        if record is None or not record.up:
+            reason = "registered" if record is None else "heartbeats resumed"
+            self._emit_host(host, HostState.UP, reason, now)
+
+    def _apply(self, transition: Transition, host: HostId, now: Now) -> None:
+        record = self.state.vms[transition.name]
+        match transition.outcome:
+            case Outcome.STARTING:
+                self._set(record, now, state=VmState.STARTING, reason="")
+            case Outcome.RUNNING:
+                self._set(record, now, state=VmState.RUNNING, reason="")
+                self._recovering.discard(record.name)
+            case Outcome.VANISHED:
+                self._set(record, now, state=VmState.STARTING, reason=transition.reason)
+            case Outcome.STOPPED:
+                self._release(record, VmState.STOPPED, "stopped", now)
+            case Outcome.DELETED:
+                self._release(record, VmState.DELETED, "deleted", now)
+                self.state.forget_set_member(record)
+            case Outcome.START_FAILED:
+                self._start_failed(record, host, transition, now)
+
+    def _start_failed(self, record: VmRecord, host: HostId, t: Transition, now: Now) -> None:
+        attempts = record.start_attempts + 1
+        why = f"start failed on {host}: {t.reason}"
+        if t.retryable and attempts < self.config.max_start_attempts:
+            self._release(record, VmState.PENDING, f"{why}; trying another host", now)
+            self._set(
+                record, now, start_attempts=attempts, failed_hosts=[*record.failed_hosts, host]
+            )
+        else:
+            self._release(record, VmState.FAILED, why, now)
+            self._set(record, now, start_attempts=attempts)
+
+    # ------------------------------------------------------------------ liveness
+
+    def _check_liveness(self, now: Now) -> None:
+        up = [host for host, record in self.state.hosts.items() if record.up]
+        for host in expired_hosts(self.state.runtimes, up, now.mono_s, self.config.dead_after_s):
+            self._declare_dead(host, now)
+
+    def _declare_dead(self, host: HostId, now: Now) -> None:
+        runtime = self.state.runtimes[host]
+        age = now.mono_s - runtime.last_seen_s
+        record = self.state.hosts[host]
+        record.up = False
+        self.state.dirty_hosts.add(host)
+        self._empty_views = None
+        self._emit_host(host, HostState.DOWN, f"no heartbeat for {age:.1f}s", now)
+        runtime.observed = {}
+        runtime.orphaned = ZERO
+        for name in sorted(self.state.by_host.get(host, ())):
+            vm = self.state.vms[name]
+            if vm.state is VmState.STOPPING:
+                self._release(vm, VmState.STOPPED, f"host {host} declared dead", now)
+            elif vm.state is VmState.DELETING:
+                self._release(vm, VmState.DELETED, f"host {host} declared dead", now)
+                self.state.forget_set_member(vm)
+            else:
+                self._set(vm, now, state=VmState.LOST, reason=f"host {host} declared dead")
+                self._release(vm, VmState.PENDING, f"host {host} declared dead; re-placing", now)
+                self._recovering.add(name)
+        self._sent = {key: value for key, value in self._sent.items() if key[0] != host}
+
+    def _expire_pending(self, now: Now) -> None:
+        limit_s = self.config.placement_timeout_s
+        for name in list(self.state.pending):
+            record = self.state.vms[name]
+            since = record.pending_since or record.created_at
+            if (now.wall - since).total_seconds() > limit_s:
+                why = f"placement timed out after {limit_s:g}s: {record.reason}"
+                self._set(record, now, state=VmState.FAILED, reason=why)
+                self._recovering.discard(name)
+
+    # ------------------------------------------------------------------ placement
+
+    def _place_pending(self, now: Now, *, everything: bool) -> None:
+        if everything:
+            names = list(self.state.pending)
+            self._capacity_changed = False
+        else:
+            names = [n for n in self._new_pending if n in self.state.pending]
+        self._new_pending = []
+        if not names:
+            return
+        records = [self.state.vms[name] for name in names]
+        requests = [
+            PlacementRequest(
+                r.name, r.resources, r.region, r.availability_set, frozenset(r.failed_hosts)
+            )
+            for r in records
+        ]
+        sets = {r.availability_set for r in records if r.availability_set is not None}
+        results = place_batch(
+            requests, self._host_views(), self.policy, {s: self._set_fds(s) for s in sets}
+        )
+        starts: dict[HostId, list[AgentCommand]] = defaultdict(list)
+        recovered: dict[HostId, int] = defaultdict(int)
+        for record, result in zip(records, results, strict=True):
+            if not isinstance(result, Placed):
+                reason = result.summary()
+                if record.reason != reason:
+                    self._set(record, now, reason=reason)
+                    self._emit_vm(record, now)
+                continue
+            if record.name in self._recovering:
+                if recovered[result.host_id] >= self.config.recovery_per_host_per_tick:
+                    self._capacity_changed = True  # try again next tick
+                    continue
+                recovered[result.host_id] += 1
+            self._set(record, now, state=VmState.SCHEDULED, host=result.host_id, reason="")
+            starts[result.host_id].append(StartVm(vm=spec_of(record), generation=record.generation))
+        for host, commands in starts.items():
+            self._send(host, commands, now)
+
+    def _host_views(self) -> dict[HostId, HostView]:
+        overcommit = self.config.cpu_overcommit
+        views: dict[HostId, HostView] = {}
+        for host, record in self.state.hosts.items():
+            runtime = self.state.runtimes.get(host)
+            allocated = self.state.allocated.get(host, ZERO)
+            if runtime is not None:
+                allocated = allocated + runtime.orphaned
+            views[host] = HostView(
+                host_id=host,
+                region=record.region,
+                fault_domain=record.fault_domain,
+                capacity=record.capacity,
+                allocated=allocated,
+                cpu_overcommit=record.cpu_overcommit or overcommit,
+                up=record.up,
+                cordoned=record.cordoned,
+            )
+        return views
+
+    def _host_views_empty(self) -> list[HostView]:
+        if self._empty_views is None:
+            self._empty_views = [
+                HostView(
+                    host_id=h.host_id,
+                    region=h.region,
+                    fault_domain=h.fault_domain,
+                    capacity=h.capacity,
+                    cpu_overcommit=h.cpu_overcommit or self.config.cpu_overcommit,
+                )
+                for h in self.state.hosts.values()
+            ]
+        return self._empty_views
+
+    def _set_fds(self, availability_set: str) -> dict[str, int]:
+        counts: dict[str, int] = defaultdict(int)
+        for name in self.state.by_set.get(availability_set, ()):
+            record = self.state.vms[name]
+            if record.holds_capacity and record.host in self.state.hosts:
+                counts[self.state.hosts[record.host].fault_domain] += 1
+        return counts
+
+    # ------------------------------------------------------------------ helpers
+
+    def _send(self, host: HostId, commands: list[AgentCommand], now: Now) -> None:
+        """Send commands, skipping any sent recently with the same content (the agent is
+        idempotent, so a repeat after ``command_retry_s`` is safe and heals lost messages)."""
+        due: list[AgentCommand] = []
+        for cmd in commands:
+            key = (host, VmName(cmd.vm.name if isinstance(cmd, StartVm) else cmd.name))
+            last = self._sent.get(key)
+            if (
+                last is None
+                or last[0] != cmd
+                or now.mono_s - last[1] >= self.config.command_retry_s
+            ):
+                self._sent[key] = (cmd, now.mono_s)
+                due.append(cmd)
+        if due:
+            self._actions.append(SendCommands(host, tuple(due)))
+
+    def _set(self, record: VmRecord, now: Now, **changes: object) -> None:
+        emit = "state" in changes and changes["state"] != record.state
+        self.state.update(record, updated_at=now.wall, **changes)
+        if emit:
+            self._emit_vm(record, now)
+
+    def _release(self, record: VmRecord, state: VmState, reason: str, now: Now) -> None:
+        """Take the VM off its host: a new generation, so any copy left there is stale."""
+        if record.host is not None:
+            self._sent.pop((record.host, record.name), None)
+        pending_since: datetime | None = now.wall if state is VmState.PENDING else None
+        self._set(
+            record,
+            now,
+            state=state,
+            host=None,
+            generation=record.generation + 1,
+            reason=reason,
+            pending_since=pending_since,
+        )
+        if state is VmState.PENDING:
+            self._new_pending.append(record.name)
+        self._capacity_changed = True
+
+    def _emit_vm(self, record: VmRecord, now: Now) -> None:
+        self.event_seq += 1
+        event = VmEvent(
+            seq=self.event_seq,
+            time=now.wall,
+            name=record.name,
+            state=record.state,
+            host=record.host,
+            generation=record.generation,
+            reason=record.reason,
+        )
+        self._actions.append(Emit(subjects.vm_event(record.name), event))
+
+    def _emit_host(self, host: HostId, state: HostState, reason: str, now: Now) -> None:
+        self.event_seq += 1
+        event = HostEvent(
+            seq=self.event_seq, time=now.wall, host_id=host, state=state, reason=reason
+        )
+        self._actions.append(Emit(subjects.host_event(host), event))

@@ -1,0 +1,94 @@
+"""What flows into the core (inputs) and out of it (actions). Pure data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+import msgspec
+
+from common.ids import HostId
+from common.messages import AgentCommand, CreateVm, ErrorCode, Event, Heartbeat, HeartbeatAck, VmRef
+
+
+@dataclass(frozen=True, slots=True)
+class Now:
+    """The time, as an input: monotonic seconds for liveness, wall time for records."""
+
+    mono_s: float
+    wall: datetime
+
+
+class Op(StrEnum):
+    CREATE = "create"
+    STOP = "stop"
+    START = "start"
+    DELETE = "delete"
+
+
+@dataclass(frozen=True, slots=True)
+class Mutation:
+    """A mutating API request (from request/reply or from the jobs stream)."""
+
+    op: Op
+    body: CreateVm | VmRef
+    token: int
+    via_job: bool = False
+    job_subject: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class InvalidJob:
+    """A job on the jobs stream that could not be decoded: rejected through the event stream."""
+
+    subject: str
+    request_id: str | None
+    code: ErrorCode
+    detail: str
+    token: int
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatReceived:
+    heartbeat: Heartbeat
+    token: int
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    pass
+
+
+Input = Mutation | InvalidJob | HeartbeatReceived | Tick
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """Answer the request ``token`` (an API reply, or a job ack when ``body`` is None)."""
+
+    token: int
+    body: msgspec.Struct | None
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """Renew a host's lease by answering its heartbeat."""
+
+    token: int
+    ack: HeartbeatAck
+
+
+@dataclass(frozen=True, slots=True)
+class SendCommands:
+    host_id: HostId
+    commands: tuple[AgentCommand, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Emit:
+    subject: str
+    event: Event
+
+
+Action = Reply | Ack | SendCommands | Emit

@@ -1,0 +1,31 @@
+"""Host liveness: who has been silent for too long. Pure functions of values and ``now``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from common.ids import HostId
+from scheduler.state.model import HostRuntime
+
+
+def expired_hosts(
+    runtimes: Mapping[HostId, HostRuntime],
+    up_hosts: Iterable[HostId],
+    now_s: float,
+    dead_after_s: float,
+) -> list[HostId]:
+    """Hosts that are up but have not been heard from for more than ``dead_after_s``.
+
+    Sorted, so that the order in which hosts are declared dead is deterministic.
+    """
+    return sorted(
+        host
+        for host in up_hosts
+        if (runtime := runtimes.get(host)) is None or now_s - runtime.last_seen_s > dead_after_s
+    )
+
+
+def fresh_window(hosts: Iterable[HostId], now_s: float) -> dict[HostId, HostRuntime]:
+    """Runtimes for a scheduler that just started: every known host is presumed alive as of
+    ``now_s``, so a control-plane restart never declares healthy hosts dead."""
+    return {host: HostRuntime(last_seen_s=now_s) for host in hosts}

@@ -1,0 +1,137 @@
+"""Desired against observed for one host: the commands and transitions that close the gap.
+
+Pure and level-triggered: it is called with a host's full inventory from each heartbeat, so a
+lost command or report only delays convergence by one heartbeat.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from common.ids import HostId, VmName
+from common.messages import (
+    AgentCommand,
+    DeleteVm,
+    ObservedState,
+    ObservedVm,
+    ResumeVm,
+    StartVm,
+    StopVm,
+    VmSpec,
+    VmState,
+)
+from scheduler.state.model import VmRecord
+
+
+class Outcome(StrEnum):
+    """What the core must do to a VM record after looking at its host's inventory."""
+
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPED = "stopped"
+    DELETED = "deleted"
+    START_FAILED = "start_failed"
+    VANISHED = "vanished"
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    name: VmName
+    outcome: Outcome
+    reason: str = ""
+    retryable: bool = False
+
+
+@dataclass(slots=True)
+class HostReconcile:
+    transitions: list[Transition] = field(default_factory=list)
+    commands: list[AgentCommand] = field(default_factory=list)
+    orphans: list[ObservedVm] = field(default_factory=list)
+    """VMs on the host that are not desired there (stale copies being destroyed)."""
+
+
+def spec_of(record: VmRecord) -> VmSpec:
+    return VmSpec(
+        name=record.name,
+        size=record.size,
+        cpu_milli=record.cpu_milli,
+        mem_mib=record.mem_mib,
+        image=record.image,
+    )
+
+
+def reconcile_host(
+    host: HostId,
+    assigned: Mapping[VmName, VmRecord],
+    observed: Mapping[VmName, ObservedVm],
+) -> HostReconcile:
+    """Compare the VMs assigned to ``host`` (desired) with its inventory (observed).
+
+    ``assigned`` holds the records whose ``host`` is this host and that hold capacity there.
+    Every observed VM that is not one of them, or is an older generation, is stale: only the
+    scheduler's word destroys it, and this is that word.
+    """
+    result = HostReconcile()
+    for name, record in assigned.items():
+        _reconcile_assigned(record, observed.get(name), result)
+    for name, seen in observed.items():
+        mine = assigned.get(name)
+        if mine is None or seen.generation > mine.generation:
+            result.orphans.append(seen)
+            result.commands.append(DeleteVm(name=name, generation=seen.generation))
+    return result
+
+
+def _reconcile_assigned(record: VmRecord, seen: ObservedVm | None, out: HostReconcile) -> None:
+    gen = record.generation
+    current = seen if seen is not None and seen.generation == gen else None
+    if seen is not None and seen.generation > gen:
+        current = None  # a newer copy than we know of cannot exist; treated as an orphan
+    match record.state:
+        case VmState.STOPPING:
+            if seen is None:
+                out.transitions.append(Transition(record.name, Outcome.STOPPED))
+            elif seen.generation <= gen:
+                out.commands.append(StopVm(name=record.name, generation=gen))
+        case VmState.DELETING:
+            if seen is None:
+                out.transitions.append(Transition(record.name, Outcome.DELETED))
+            elif seen.generation <= gen:
+                out.commands.append(DeleteVm(name=record.name, generation=gen))
+        case VmState.SCHEDULED | VmState.STARTING | VmState.RUNNING:
+            _reconcile_wanted_running(record, current, out)
+        case _:
+            pass
+
+
+def _reconcile_wanted_running(
+    record: VmRecord, current: ObservedVm | None, out: HostReconcile
+) -> None:
+    name, gen = record.name, record.generation
+    if current is None:
+        if record.state is VmState.RUNNING:
+            out.transitions.append(
+                Transition(name, Outcome.VANISHED, "vm vanished from its host; starting it again")
+            )
+        # An older copy, if any, is replaced by the agent when it executes StartVm.
+        out.commands.append(StartVm(vm=spec_of(record), generation=gen))
+        return
+    match current.state:
+        case ObservedState.STARTING:
+            if record.state is not VmState.STARTING:
+                out.transitions.append(Transition(name, Outcome.STARTING))
+        case ObservedState.RUNNING:
+            if record.state is not VmState.RUNNING:
+                out.transitions.append(Transition(name, Outcome.RUNNING))
+        case ObservedState.PAUSED:
+            # The host fenced it while out of touch; its generation is still current.
+            out.commands.append(ResumeVm(name=name, generation=gen))
+        case ObservedState.FAILED:
+            out.transitions.append(
+                Transition(name, Outcome.START_FAILED, current.reason, current.retryable)
+            )
+            out.commands.append(DeleteVm(name=name, generation=gen))
+        case ObservedState.STOPPING | ObservedState.STOPPED:
+            out.commands.append(StartVm(vm=spec_of(record), generation=gen))

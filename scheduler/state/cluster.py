@@ -1,0 +1,90 @@
+"""ClusterState: every VM and host the scheduler knows, with the indexes placement needs.
+
+Owned by the core (one writer). Every change of a VM's assignment goes through ``assign`` so
+that the per-host index and the per-host allocation never drift from the records.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from common.ids import HostId, VmName
+from common.messages import VmReply
+from common.resources import ZERO, Resources
+from scheduler.state.model import HostRecord, HostRuntime, VmRecord
+
+
+@dataclass
+class ClusterState:
+    vms: dict[VmName, VmRecord] = field(default_factory=dict)
+    hosts: dict[HostId, HostRecord] = field(default_factory=dict)
+    runtimes: dict[HostId, HostRuntime] = field(default_factory=dict)
+    replies: dict[str, VmReply] = field(default_factory=dict)
+    """Replies to mutating requests, by request_id: a retry gets the original answer."""
+    by_host: dict[HostId, set[VmName]] = field(default_factory=lambda: defaultdict(set))
+    allocated: dict[HostId, Resources] = field(default_factory=dict)
+    by_set: dict[str, set[VmName]] = field(default_factory=lambda: defaultdict(set))
+    pending: dict[VmName, None] = field(default_factory=dict)
+    """VMs waiting for placement, in arrival order (a dict used as an ordered set)."""
+    dirty_vms: set[VmName] = field(default_factory=set)
+    dirty_hosts: set[HostId] = field(default_factory=set)
+    new_replies: dict[str, VmReply] = field(default_factory=dict)
+
+    @classmethod
+    def from_records(
+        cls, vms: list[VmRecord], hosts: list[HostRecord], replies: dict[str, VmReply]
+    ) -> ClusterState:
+        state = cls(hosts={h.host_id: h for h in hosts}, replies=dict(replies))
+        for record in sorted(vms, key=lambda r: (r.pending_since or r.created_at, r.name)):
+            state.add_vm(record)
+        return state
+
+    def add_vm(self, record: VmRecord) -> None:
+        self.vms[record.name] = record
+        self._index(record)
+
+    def _index(self, record: VmRecord) -> None:
+        if record.holds_capacity and record.host is not None:
+            self.by_host[record.host].add(record.name)
+            self.allocated[record.host] = self.allocated.get(record.host, ZERO) + record.resources
+        if record.availability_set is not None:
+            self.by_set[record.availability_set].add(record.name)
+        if record.state == "pending":
+            self.pending[record.name] = None
+
+    def _unindex(self, record: VmRecord) -> None:
+        if record.holds_capacity and record.host is not None:
+            self.by_host[record.host].discard(record.name)
+            self.allocated[record.host] = self.allocated[record.host] - record.resources
+        self.pending.pop(record.name, None)
+
+    def update(self, record: VmRecord, **changes: object) -> None:
+        """Change fields of ``record`` (state, host, ...) keeping every index right."""
+        self._unindex(record)
+        for key, value in changes.items():
+            setattr(record, key, value)
+        self._index(record)
+        self.dirty_vms.add(record.name)
+
+    def forget_set_member(self, record: VmRecord) -> None:
+        if record.availability_set is not None:
+            self.by_set[record.availability_set].discard(record.name)
+
+    def remember_reply(self, request_id: str, reply: VmReply) -> None:
+        self.replies[request_id] = reply
+        self.new_replies[request_id] = reply
+
+    def check_invariants(self) -> None:
+        """Raise AssertionError if an index disagrees with the records (used by tests)."""
+        expected: dict[HostId, set[VmName]] = defaultdict(set)
+        for record in self.vms.values():
+            if record.holds_capacity and record.host is not None:
+                expected[record.host].add(record.name)
+            assert (record.name in self.pending) == (record.state == "pending"), record.name
+        for host, names in self.by_host.items():
+            assert names == expected.get(host, set()), f"by_host drift on {host}"
+            total = sum((self.vms[n].resources for n in names), ZERO)
+            assert self.allocated.get(host, ZERO) == total, f"allocation drift on {host}"
+        for host, names in expected.items():
+            assert self.by_host.get(host) == names, f"by_host missing {host}"

@@ -1,0 +1,113 @@
+"""The scheduler's cluster state: pure data, mutated only by the core's single writer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+
+import msgspec
+
+from common.ids import HostId, VmName
+from common.messages import ObservedVm, VmState
+from common.resources import ZERO, Resources
+
+ACTIVE_STATES = frozenset(
+    {VmState.SCHEDULED, VmState.STARTING, VmState.RUNNING, VmState.STOPPING, VmState.DELETING}
+)
+"""States in which a VM is assigned to a host and holds capacity there."""
+
+TERMINAL_STATES = frozenset({VmState.DELETED, VmState.FAILED})
+
+
+@dataclass(frozen=True, slots=True)
+class HostView:
+    """What placement sees of a host. Immutable: reserving returns a new view."""
+
+    host_id: HostId
+    region: str
+    fault_domain: str
+    capacity: Resources
+    allocated: Resources = ZERO
+    cpu_overcommit: float = 1.0
+    up: bool = True
+    cordoned: bool = False
+    labels: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def schedulable(self) -> Resources:
+        """Capacity placement may hand out: CPU scaled by overcommit, memory never."""
+        return Resources(int(self.capacity.cpu_milli * self.cpu_overcommit), self.capacity.mem_mib)
+
+    @property
+    def free(self) -> Resources:
+        return self.schedulable - self.allocated
+
+    def with_reserved(self, resources: Resources) -> HostView:
+        return replace(self, allocated=self.allocated + resources)
+
+
+@dataclass(frozen=True, slots=True)
+class PlacementRequest:
+    name: VmName
+    resources: Resources
+    region: str | None = None
+    availability_set: str | None = None
+    avoid_hosts: frozenset[HostId] = frozenset()
+    """Hosts this VM must not go to (e.g. where its start just failed)."""
+
+
+class VmRecord(msgspec.Struct, kw_only=True):
+    """Desired state of one VM, as persisted in the store."""
+
+    name: VmName
+    size: str
+    cpu_milli: int
+    mem_mib: int
+    image: str
+    region: str | None
+    availability_set: str | None
+    state: VmState
+    host: HostId | None = None
+    generation: int = 0
+    reason: str = ""
+    created_at: datetime
+    updated_at: datetime
+    pending_since: datetime | None = None
+    start_attempts: int = 0
+    failed_hosts: list[HostId] = []
+
+    @property
+    def resources(self) -> Resources:
+        return Resources(self.cpu_milli, self.mem_mib)
+
+    @property
+    def holds_capacity(self) -> bool:
+        return self.host is not None and self.state in ACTIVE_STATES
+
+
+class HostRecord(msgspec.Struct, kw_only=True):
+    """What the scheduler knows of a host, as persisted in the store."""
+
+    host_id: HostId
+    region: str
+    fault_domain: str
+    capacity: Resources
+    labels: dict[str, str] = {}
+    cpu_overcommit: float | None = None
+    driver: str = "fake"
+    up: bool = True
+    cordoned: bool = False
+    boot_id: str = ""
+
+
+@dataclass(slots=True)
+class HostRuntime:
+    """Volatile knowledge of a host (never persisted): liveness and its last inventory."""
+
+    last_seen_s: float
+    observed: dict[VmName, ObservedVm] = field(default_factory=dict)
+    orphaned: Resources = ZERO
+    """Capacity held on the host by VMs that are not desired there (being destroyed)."""
+    fenced: bool = False
+    boot_id: str = ""
+    last_seq: int = -1

@@ -1,0 +1,175 @@
+"""The scheduler's durable store: SQLite in WAL mode through aiosqlite.
+
+One transaction per batch of the core loop (group commit): nothing is acknowledged, sent or
+published before the records it depends on are committed. Events are written to an outbox in
+the same transaction and deleted once JetStream has them, so a crash never loses an event.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import aiosqlite
+import msgspec
+
+from common.errors import StoreError
+from common.messages import VmReply
+from scheduler.state.model import HostRecord, VmRecord
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+REPLY_RETENTION_S = 7 * 24 * 3600.0
+"""How long a request_id keeps returning its original reply."""
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS vms (name TEXT PRIMARY KEY, state TEXT NOT NULL, body BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS hosts (host_id TEXT PRIMARY KEY, body BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS replies (
+    request_id TEXT PRIMARY KEY, body BLOB NOT NULL, created_s REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY, subject TEXT NOT NULL, body BLOB NOT NULL);
+"""
+
+
+@dataclass
+class Loaded:
+    vms: list[VmRecord]
+    hosts: list[HostRecord]
+    replies: dict[str, VmReply]
+    event_seq: int
+    outbox: list[tuple[int, str, bytes]]
+
+
+@dataclass
+class Batch:
+    vms: list[VmRecord] = field(default_factory=list)
+    hosts: list[HostRecord] = field(default_factory=list)
+    replies: dict[str, VmReply] = field(default_factory=dict)
+    events: list[tuple[int, str, bytes]] = field(default_factory=list)
+    published: list[int] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.vms or self.hosts or self.replies or self.events or self.published)
+
+
+class Store(Protocol):
+    async def load(self) -> Loaded: ...
+
+    async def commit(self, batch: Batch) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+_vm_decoder = msgspec.json.Decoder(VmRecord)
+_host_decoder = msgspec.json.Decoder(HostRecord)
+_reply_decoder = msgspec.json.Decoder(VmReply)
+_encoder = msgspec.json.Encoder()
+
+
+class SqliteStore:
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self._db = db
+
+    @classmethod
+    async def open(cls, path: str | Path) -> SqliteStore:
+        try:
+            db = await aiosqlite.connect(str(path), isolation_level=None)
+            await db.execute("PRAGMA journal_mode=WAL")
+            await db.execute("PRAGMA synchronous=FULL")
+            await db.executescript(_SCHEMA)
+            store = cls(db)
+            await store._check_version()
+        except (aiosqlite.Error, OSError) as exc:
+            raise StoreError(f"cannot open store {path}: {exc}") from exc
+        return store
+
+    async def _check_version(self) -> None:
+        async with self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'") as cur:
+            row = await cur.fetchone()
+        if row is None:
+            await self._db.execute(
+                "INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+            )
+        elif int(row[0]) > SCHEMA_VERSION:
+            raise StoreError(
+                f"store schema {row[0]} is newer than this scheduler ({SCHEMA_VERSION})"
+            )
+
+    async def load(self) -> Loaded:
+        try:
+            await self._db.execute(
+                "DELETE FROM replies WHERE created_s < ?", (time.time() - REPLY_RETENTION_S,)
+            )
+            vms = [_vm_decoder.decode(row[0]) for row in await self._all("SELECT body FROM vms")]
+            hosts = [_host_decoder.decode(r[0]) for r in await self._all("SELECT body FROM hosts")]
+            replies = {
+                row[0]: _reply_decoder.decode(row[1])
+                for row in await self._all("SELECT request_id, body FROM replies")
+            }
+            seq_rows = await self._all("SELECT value FROM meta WHERE key = 'event_seq'")
+            outbox = [
+                (int(r[0]), str(r[1]), bytes(r[2]))
+                for r in await self._all("SELECT seq, subject, body FROM outbox ORDER BY seq")
+            ]
+        except (aiosqlite.Error, msgspec.DecodeError) as exc:
+            raise StoreError(f"cannot load store: {exc}") from exc
+        event_seq = int(seq_rows[0][0]) if seq_rows else 0
+        return Loaded(vms, hosts, replies, event_seq, outbox)
+
+    async def _all(self, sql: str) -> list[tuple[Any, ...]]:
+        async with self._db.execute(sql) as cursor:
+            return [tuple(row) for row in await cursor.fetchall()]
+
+    async def commit(self, batch: Batch) -> None:
+        """Write the whole batch in one transaction (one fsync for many changes)."""
+        if not batch:
+            return
+        db = self._db
+        try:
+            await db.execute("BEGIN IMMEDIATE")
+            await db.executemany(
+                "INSERT OR REPLACE INTO vms (name, state, body) VALUES (?, ?, ?)",
+                [(r.name, r.state.value, _encoder.encode(r)) for r in batch.vms],
+            )
+            await db.executemany(
+                "INSERT OR REPLACE INTO hosts (host_id, body) VALUES (?, ?)",
+                [(h.host_id, _encoder.encode(h)) for h in batch.hosts],
+            )
+            now = time.time()
+            await db.executemany(
+                "INSERT OR REPLACE INTO replies (request_id, body, created_s) VALUES (?, ?, ?)",
+                [(rid, _encoder.encode(reply), now) for rid, reply in batch.replies.items()],
+            )
+            await db.executemany(
+                "INSERT INTO outbox (seq, subject, body) VALUES (?, ?, ?)", batch.events
+            )
+            if batch.events:
+                await db.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('event_seq', ?)",
+                    (str(batch.events[-1][0]),),
+                )
+            await db.executemany(
+                "DELETE FROM outbox WHERE seq = ?", [(s,) for s in batch.published]
+            )
+            await db.execute("COMMIT")
+        except aiosqlite.Error as exc:
+            await self._rollback()
+            raise StoreError(f"commit failed: {exc}") from exc
+
+    async def _rollback(self) -> None:
+        try:
+            await self._db.execute("ROLLBACK")
+        except aiosqlite.Error:
+            log.exception("rollback failed")
+
+    async def close(self) -> None:
+        await self._db.close()
+
+
+_: type[Store] = SqliteStore

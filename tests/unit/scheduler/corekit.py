@@ -1,0 +1,134 @@
+"""A harness for driving the pure core by hand: inputs in, actions out, time as a number."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import UTC, datetime, timedelta
+
+from common.config import SchedulerConfig
+from common.messages import (
+    AgentCommand,
+    CreateVm,
+    Heartbeat,
+    ObservedState,
+    ObservedVm,
+    VmEvent,
+    VmRef,
+    VmReply,
+)
+from common.resources import Resources
+from scheduler.core import SchedulerCore
+from scheduler.events import (
+    Ack,
+    Action,
+    Emit,
+    HeartbeatReceived,
+    Mutation,
+    Now,
+    Op,
+    Reply,
+    SendCommands,
+    Tick,
+)
+from scheduler.state.cluster import ClusterState
+
+EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+class CoreKit:
+    def __init__(self, **config: object) -> None:
+        defaults: dict[str, object] = {
+            "heartbeat_interval_s": 1.0,
+            "fence_after_s": 4.0,
+            "dead_after_s": 6.0,
+        }
+        defaults.update(config)
+        import msgspec
+
+        self.config = msgspec.convert(defaults, SchedulerConfig)
+        self.state = ClusterState()
+        self.core = SchedulerCore(self.config, self.state, scheduler_id="test", event_seq=0)
+        self.t = 0.0
+        self.tokens = itertools.count(1)
+        self.seqs: dict[str, int] = {}
+        self.core.start(self.now())
+        self.actions: list[Action] = []
+
+    def now(self) -> Now:
+        return Now(self.t, EPOCH + timedelta(seconds=self.t))
+
+    def advance(self, seconds: float) -> list[Action]:
+        self.t += seconds
+        return self.step(Tick())
+
+    def step(self, *inputs: object) -> list[Action]:
+        self.actions = self.core.step(list(inputs), self.now())  # type: ignore[arg-type]
+        self.state.check_invariants()
+        self.state.dirty_vms.clear()
+        self.state.dirty_hosts.clear()
+        self.state.new_replies.clear()
+        return self.actions
+
+    def mutate(self, op: Op, body: CreateVm | VmRef) -> VmReply:
+        token = next(self.tokens)
+        actions = self.step(Mutation(op, body, token))
+        replies = [a for a in actions if isinstance(a, Reply) and a.token == token]
+        assert len(replies) == 1
+        assert isinstance(replies[0].body, VmReply)
+        return replies[0].body
+
+    def create(self, name: str, size: str = "Small", **kw: object) -> VmReply:
+        return self.mutate(Op.CREATE, CreateVm(name=name, size=size, **kw))  # type: ignore[arg-type]
+
+    def heartbeat(
+        self,
+        host: str,
+        vms: list[ObservedVm] | None = None,
+        *,
+        capacity: Resources = Resources(8000, 16384),
+        fault_domain: str = "fd-0",
+        region: str = "local",
+        boot_id: str = "boot-1",
+    ) -> list[Action]:
+        seq = self.seqs[host] = self.seqs.get(host, 0) + 1
+        hb = Heartbeat(
+            host_id=host,
+            seq=seq,
+            boot_id=boot_id,
+            capacity=capacity,
+            region=region,
+            fault_domain=fault_domain,
+            vms=vms or [],
+        )
+        return self.step(HeartbeatReceived(hb, next(self.tokens)))
+
+    def running_on(self, host: str) -> list[ObservedVm]:
+        """The inventory a well-behaved agent would report: every VM assigned to it, running."""
+        return [
+            ObservedVm(
+                name=r.name,
+                generation=r.generation,
+                state=ObservedState.RUNNING,
+                cpu_milli=r.cpu_milli,
+                mem_mib=r.mem_mib,
+            )
+            for r in self.state.vms.values()
+            if r.host == host and r.holds_capacity
+        ]
+
+
+def commands(actions: list[Action], host: str | None = None) -> list[AgentCommand]:
+    return [
+        c
+        for a in actions
+        if isinstance(a, SendCommands) and (host is None or a.host_id == host)
+        for c in a.commands
+    ]
+
+
+def vm_events(actions: list[Action]) -> list[VmEvent]:
+    return [a.event for a in actions if isinstance(a, Emit) and isinstance(a.event, VmEvent)]
+
+
+def acks(actions: list[Action]) -> list[Ack]:
+    return [a for a in actions if isinstance(a, Ack)]
