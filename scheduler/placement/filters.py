@@ -1,0 +1,80 @@
+"""Placement filters: small predicates that say why a host cannot take a VM. Pure.
+
+A filter returns ``None`` when the host passes, or the ``Reason`` it rejects the host for.
+The pipeline (``pipeline.place``) decides their order and counts the rejections.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+
+from scheduler.state.model import HostView, PlacementRequest
+
+
+class Reason(StrEnum):
+    """Why a host was rejected. The values appear in replies and logs."""
+
+    HOST_DOWN = "host_down"
+    HOST_CORDONED = "host_cordoned"
+    WRONG_REGION = "wrong_region"
+    AVOIDED = "avoided"
+    """The host is in the request's ``avoid_hosts`` (e.g. the VM just failed to start there)."""
+    INSUFFICIENT_CPU = "insufficient_cpu"
+    INSUFFICIENT_MEMORY = "insufficient_memory"
+    AVAILABILITY_SET = "availability_set"
+    """The host's fault domain holds more members of the set than another eligible one."""
+
+
+Filter = Callable[[PlacementRequest, HostView], Reason | None]
+"""``None`` means the host passes."""
+
+
+def host_is_up(req: PlacementRequest, host: HostView) -> Reason | None:
+    return None if host.up else Reason.HOST_DOWN
+
+
+def host_not_cordoned(req: PlacementRequest, host: HostView) -> Reason | None:
+    return None if not host.cordoned else Reason.HOST_CORDONED
+
+
+def matches_region(req: PlacementRequest, host: HostView) -> Reason | None:
+    """A request without a region may go to any region."""
+    return None if req.region is None or req.region == host.region else Reason.WRONG_REGION
+
+
+def not_avoided(req: PlacementRequest, host: HostView) -> Reason | None:
+    return None if host.host_id not in req.avoid_hosts else Reason.AVOIDED
+
+
+def fits_cpu(req: PlacementRequest, host: HostView) -> Reason | None:
+    return None if req.resources.cpu_milli <= host.free.cpu_milli else Reason.INSUFFICIENT_CPU
+
+
+def fits_memory(req: PlacementRequest, host: HostView) -> Reason | None:
+    return None if req.resources.mem_mib <= host.free.mem_mib else Reason.INSUFFICIENT_MEMORY
+
+
+@dataclass(frozen=True, slots=True)
+class InFaultDomains:
+    """Passes hosts in ``domains``; rejects the others for the availability set."""
+
+    domains: frozenset[str]
+
+    def __call__(self, req: PlacementRequest, host: HostView) -> Reason | None:
+        return None if host.fault_domain in self.domains else Reason.AVAILABILITY_SET
+
+
+def least_loaded_domains(hosts: Iterable[HostView], members: Mapping[str, int]) -> frozenset[str]:
+    """The fault domains of ``hosts`` that hold the fewest members of a set.
+
+    ``members`` counts the set's members per fault domain; a domain not in it holds none.
+    Only domains that some host in ``hosts`` belongs to are compared, so a set spreads over
+    the domains it can actually reach, and goes round again once each holds one.
+    """
+    counts = {host.fault_domain: members.get(host.fault_domain, 0) for host in hosts}
+    if not counts:
+        return frozenset()
+    fewest = min(counts.values())
+    return frozenset(domain for domain, count in counts.items() if count == fewest)
