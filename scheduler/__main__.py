@@ -1,0 +1,59 @@
+"""``python -m scheduler`` / ``stratus scheduler``: wiring only."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+import uvloop
+
+from common.config import SchedulerConfig, load_config
+from common.errors import StratusError
+from common.logging import setup_logging
+from scheduler.app import SchedulerApp
+
+log = logging.getLogger("scheduler")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="stratus scheduler", description="Run the scheduler.")
+    parser.add_argument("--nats", dest="nats_url", help="NATS URL (default nats://127.0.0.1:4222)")
+    parser.add_argument("--config", help="TOML config file (see deploy/scheduler.toml)")
+    parser.add_argument("--db", dest="db_path", help="SQLite store path")
+    parser.add_argument("--heartbeat-interval", dest="heartbeat_interval_s", type=float)
+    parser.add_argument("--fence-after", dest="fence_after_s", type=float)
+    parser.add_argument("--dead-after", dest="dead_after_s", type=float)
+    parser.add_argument("--scorer", choices=["binpack", "spread"])
+    parser.add_argument("--log-level", default="INFO")
+    return parser.parse_args(argv)
+
+
+async def _serve(app: SchedulerApp) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, app.stop)
+    await app.run()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    overrides = {k: v for k, v in vars(args).items() if k not in ("config", "log_level")}
+    try:
+        config = load_config(SchedulerConfig, args.config, overrides)
+    except StratusError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(args.log_level, name="scheduler")
+    try:
+        uvloop.run(_serve(SchedulerApp(config)))
+    except StratusError as exc:
+        log.error("scheduler failed error=%s", exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""NATS handlers of the publisher API: decode, validate, then answer reads at once or hand
+mutations to the core loop (which answers them after commit). No handler dies on bad input."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Final
+
+import msgspec
+from nats.aio.msg import Msg
+
+from common import codec, subjects
+from common import messages as m
+from common.ids import HostId
+from scheduler.events import InvalidJob, Mutation, Now, Op
+from scheduler.state.cluster import ClusterState
+from scheduler.views import host_info, vm_info
+
+log = logging.getLogger(__name__)
+
+MUTATIONS: Final = {
+    subjects.VM_CREATE: Op.CREATE,
+    subjects.VM_STOP: Op.STOP,
+    subjects.VM_START: Op.START,
+    subjects.VM_DELETE: Op.DELETE,
+}
+
+
+def error_reply(code: m.ErrorCode, detail: str) -> bytes:
+    return codec.encode(m.ErrorReply(error=m.ErrorBody(code=code, detail=detail)))
+
+
+def decode_mutation(
+    subject: str, data: bytes, token: int, *, via_job: bool = False, msg_id: str | None = None
+) -> Mutation | InvalidJob:
+    """Turn a request or job body into a Mutation, or an InvalidJob with a typed reason."""
+    op = MUTATIONS.get(subjects.api_subject_of_job(subject) if via_job else subject)
+    if op is None:
+        return InvalidJob(subject, msg_id, m.ErrorCode.INVALID_REQUEST, "unknown subject", token)
+    if len(data) > codec.MAX_MESSAGE_BYTES:
+        detail = f"body of {len(data)} bytes exceeds {codec.MAX_MESSAGE_BYTES}"
+        return InvalidJob(subject, msg_id, m.ErrorCode.TOO_LARGE, detail, token)
+    try:
+        body: m.CreateVm | m.VmRef = (
+            codec.create_vm.decode(data) if op is Op.CREATE else codec.vm_ref.decode(data)
+        )
+    except msgspec.DecodeError as exc:
+        return InvalidJob(subject, msg_id, m.ErrorCode.INVALID_REQUEST, str(exc), token)
+    if body.request_id is None and msg_id is not None:
+        body.request_id = msg_id
+    return Mutation(op, body, token, via_job=via_job, job_subject=subject if via_job else "")
+
+
+class ReadApi:
+    """Answers read-only requests straight from the cluster state (no I/O, no await)."""
+
+    def __init__(self, state: Callable[[], ClusterState], sizes: list[m.Size]) -> None:
+        self._state = state
+        self._sizes = sizes
+
+    def answer(self, subject: str, data: bytes, now: Now) -> bytes:
+        try:
+            body = codec.empty_as_object(data)
+            if subject == subjects.VM_GET:
+                return self._get(codec.vm_ref.decode(body))
+            if subject == subjects.VM_LIST:
+                return self._list(codec.list_vms.decode(body))
+            if subject == subjects.HOST_LIST:
+                codec.list_hosts.decode(body)
+                return self._hosts(now)
+            if subject == subjects.SIZES_LIST:
+                codec.list_sizes.decode(body)
+                return codec.encode(m.SizeListReply(sizes=self._sizes))
+        except msgspec.DecodeError as exc:
+            return error_reply(m.ErrorCode.INVALID_REQUEST, str(exc))
+        return error_reply(m.ErrorCode.INVALID_REQUEST, f"unknown subject {subject}")
+
+    def _get(self, ref: m.VmRef) -> bytes:
+        record = self._state().vms.get(ref.name)  # type: ignore[call-overload]
+        if record is None:
+            return error_reply(m.ErrorCode.NOT_FOUND, f"vm {ref.name!r} does not exist")
+        return codec.encode(m.VmReply(vm=vm_info(record)))
+
+    def _list(self, query: m.ListVms) -> bytes:
+        infos = [
+            vm_info(r)
+            for r in self._state().vms.values()
+            if (query.state is None or r.state == query.state)
+            and (query.state is not None or r.state is not m.VmState.DELETED)
+            and (query.host is None or r.host == query.host)
+            and (query.region is None or r.region == query.region)
+        ]
+        infos.sort(key=lambda info: info.name)
+        return codec.encode(m.VmListReply(vms=infos))
+
+    def _hosts(self, now: Now) -> bytes:
+        state = self._state()
+        infos = [
+            host_info(
+                record,
+                state.runtimes.get(host),
+                state.allocated.get(host),
+                len(state.by_host.get(host, ())),
+                now.mono_s,
+            )
+            for host, record in sorted(state.hosts.items())
+        ]
+        return codec.encode(m.HostListReply(hosts=infos))
+
+
+def is_read(subject: str) -> bool:
+    return subject in (subjects.VM_GET, subjects.VM_LIST, subjects.HOST_LIST, subjects.SIZES_LIST)
+
+
+def decode_heartbeat(msg: Msg) -> m.Heartbeat | None:
+    """A heartbeat, or None (logged) if it is malformed or names another host than its subject."""
+    try:
+        hb = codec.heartbeat.decode(msg.data)
+    except msgspec.DecodeError as exc:
+        log.warning("malformed heartbeat subject=%s error=%s", msg.subject, exc)
+        return None
+    if subjects.host_of_heartbeat(msg.subject) != hb.host_id:
+        log.warning("heartbeat names another host subject=%s host_id=%s", msg.subject, hb.host_id)
+        return None
+    HostId(hb.host_id)
+    return hb

@@ -1,0 +1,314 @@
+"""SchedulerApp: the thin shell around the core. NATS in, the core loop, commit, then actions out.
+
+Loops (one TaskGroup): the core loop (the single writer), the tick, the jobs consumer and the
+event publisher. Callbacks only decode and enqueue; nothing but the core loop mutates state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import uuid
+from dataclasses import dataclass, replace
+
+import nats
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig
+
+from common import codec, subjects
+from common.clock import Clock, SystemClock
+from common.config import SchedulerConfig
+from common.messages import Event, HostCommands, HostEvent, JobRejected, VmEvent
+from common.streams import ensure_streams
+from scheduler.api import ReadApi, decode_heartbeat, decode_mutation, error_reply, is_read
+from scheduler.core import SchedulerCore
+from scheduler.events import (
+    Ack,
+    Action,
+    Emit,
+    HeartbeatReceived,
+    Input,
+    InvalidJob,
+    Now,
+    Reply,
+    SendCommands,
+    Tick,
+)
+from scheduler.state.cluster import ClusterState
+from scheduler.state.store import Batch, SqliteStore
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 2048
+"""Most inputs handled by one core step (and so one commit)."""
+JOB_FETCH = 256
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """Where the answer to a token goes: a request's reply inbox, or a job to ack."""
+
+    msg: Msg
+    is_job: bool
+
+
+class SchedulerApp:
+    def __init__(self, config: SchedulerConfig, *, clock: Clock | None = None) -> None:
+        self.config = config
+        self.clock = clock or SystemClock()
+        self.scheduler_id = uuid.uuid4().hex[:12]
+        self.queue: asyncio.Queue[Input] = asyncio.Queue()
+        self.ready = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._tokens = itertools.count(1)
+        self._targets: dict[int, _Target] = {}
+        self._outbox: asyncio.Queue[tuple[int, str, bytes]] = asyncio.Queue()
+        self._published: list[int] = []
+        self._tick_queued = False
+        self.core: SchedulerCore | None = None
+        self._nc: Client | None = None
+        self._reads: ReadApi | None = None
+
+    def now(self) -> Now:
+        return Now(self.clock.monotonic_s(), self.clock.utcnow())
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        store = await SqliteStore.open(self.config.db_path)
+        try:
+            loaded = await store.load()
+            state = ClusterState.from_records(loaded.vms, loaded.hosts, loaded.replies)
+            self.core = SchedulerCore(
+                self.config, state, scheduler_id=self.scheduler_id, event_seq=loaded.event_seq
+            )
+            self._reads = ReadApi(lambda: state, list(self.core.sizes.values()))
+            for row in loaded.outbox:
+                self._outbox.put_nowait(row)
+            log.info(
+                "store loaded vms=%d hosts=%d unpublished_events=%d",
+                len(loaded.vms),
+                len(loaded.hosts),
+                len(loaded.outbox),
+            )
+            nc = await self._connect()
+            try:
+                await self._serve(nc, store)
+            finally:
+                with contextlib.suppress(Exception):
+                    await nc.drain()
+        finally:
+            await store.close()
+
+    async def _connect(self) -> Client:
+        async def on_error(exc: Exception) -> None:
+            log.warning("nats error error=%s", exc)
+
+        nc = await nats.connect(
+            self.config.nats_url,
+            name=f"stratus-scheduler-{self.scheduler_id}",
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.25,
+            allow_reconnect=True,
+            connect_timeout=2,
+            error_cb=on_error,
+        )
+        self._nc = nc
+        return nc
+
+    async def _serve(self, nc: Client, store: SqliteStore) -> None:
+        assert self.core is not None
+        js = nc.jetstream()
+        await ensure_streams(js)
+        # Start judging hosts only now that heartbeats can arrive: a fresh window for all.
+        self.core.start(self.now())
+        await nc.subscribe(subjects.HEARTBEAT_WILDCARD, cb=self._on_heartbeat)
+        await nc.subscribe(subjects.API_WILDCARD, queue="stratus-scheduler", cb=self._on_api)
+        await nc.flush()
+        log.info("scheduler ready scheduler_id=%s nats=%s", self.scheduler_id, self.config.nats_url)
+        self.ready.set()
+        async with asyncio.TaskGroup() as group:
+            loops = [
+                group.create_task(self._run_core(nc, store)),
+                group.create_task(self._run_ticks()),
+                group.create_task(self._run_jobs(js)),
+                group.create_task(self._run_event_publisher(js)),
+            ]
+            await self._stop.wait()
+            log.info("scheduler stopping")
+            for task in loops:
+                task.cancel()
+
+    # ------------------------------------------------------------------ inbound (decode only)
+
+    def _token(self, msg: Msg, *, is_job: bool) -> int:
+        token = next(self._tokens)
+        self._targets[token] = _Target(msg, is_job)
+        return token
+
+    async def _on_heartbeat(self, msg: Msg) -> None:
+        hb = decode_heartbeat(msg)
+        if hb is not None:
+            self.queue.put_nowait(HeartbeatReceived(hb, self._token(msg, is_job=False)))
+
+    async def _on_api(self, msg: Msg) -> None:
+        if not msg.reply:
+            log.warning("api request without reply inbox dropped subject=%s", msg.subject)
+            return
+        if is_read(msg.subject):
+            assert self._reads is not None
+            await msg.respond(self._reads.answer(msg.subject, msg.data, self.now()))
+            return
+        item = decode_mutation(msg.subject, msg.data, token=0)
+        if isinstance(item, InvalidJob):
+            log.warning("bad api request subject=%s code=%s", msg.subject, item.code)
+            await msg.respond(error_reply(item.code, item.detail))
+            return
+        self.queue.put_nowait(replace(item, token=self._token(msg, is_job=False)))
+
+    async def _run_jobs(self, js: JetStreamContext) -> None:
+        """Consume the durable jobs stream; each job is acked only after its effect commits."""
+        config = ConsumerConfig(
+            durable_name=subjects.JOBS_CONSUMER,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=30.0,
+            max_ack_pending=20_000,
+        )
+        sub = await js.pull_subscribe(
+            subjects.JOBS_WILDCARD,
+            durable=subjects.JOBS_CONSUMER,
+            stream=subjects.JOBS_STREAM,
+            config=config,
+        )
+        while True:
+            try:
+                msgs = await sub.fetch(JOB_FETCH, timeout=1.0)
+            except NatsTimeoutError:
+                continue
+            for msg in msgs:
+                msg_id = (msg.headers or {}).get("Nats-Msg-Id")
+                token = self._token(msg, is_job=True)
+                self.queue.put_nowait(
+                    decode_mutation(msg.subject, msg.data, token, via_job=True, msg_id=msg_id)
+                )
+
+    async def _run_ticks(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.tick_s)
+            if not self._tick_queued:
+                self._tick_queued = True
+                self.queue.put_nowait(Tick())
+
+    # ------------------------------------------------------------------ the core loop
+
+    async def _run_core(self, nc: Client, store: SqliteStore) -> None:
+        assert self.core is not None
+        while True:
+            items = [await self.queue.get()]
+            while len(items) < MAX_BATCH and not self.queue.empty():
+                items.append(self.queue.get_nowait())
+            if any(isinstance(item, Tick) for item in items):
+                self._tick_queued = False
+            actions = self.core.step(items, self.now())
+            await store.commit(self._batch(actions))
+            await self._carry_out(nc, actions)
+
+    def _batch(self, actions: list[Action]) -> Batch:
+        assert self.core is not None
+        state = self.core.state
+        batch = Batch(
+            vms=[state.vms[name] for name in state.dirty_vms],
+            hosts=[state.hosts[host] for host in state.dirty_hosts],
+            replies=state.new_replies,
+            events=[
+                (a.event.seq, a.subject, codec.encode(a.event))
+                for a in actions
+                if isinstance(a, Emit)
+            ],
+            published=self._published,
+        )
+        state.dirty_vms, state.dirty_hosts, state.new_replies = set(), set(), {}
+        self._published = []
+        return batch
+
+    async def _carry_out(self, nc: Client, actions: list[Action]) -> None:
+        """Executed only after the commit: replies, acks, commands, then events."""
+        for action in actions:
+            match action:
+                case Reply(token=token, body=body):
+                    target = self._targets.pop(token)
+                    if target.is_job:
+                        await target.msg.ack()
+                    elif body is not None:
+                        await target.msg.respond(codec.encode(body))
+                case Ack(token=token, ack=ack):
+                    await self._targets.pop(token).msg.respond(codec.encode(ack))
+                case SendCommands(host_id=host, commands=commands):
+                    message = HostCommands(host_id=host, commands=list(commands))
+                    await nc.publish(subjects.host_commands(host), codec.encode(message))
+                case Emit(subject=subject, event=event):
+                    self._outbox.put_nowait((event.seq, subject, codec.encode(event)))
+        self._log(actions)
+
+    def _log(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Emit):
+                _log_event(action.event)
+
+    # ------------------------------------------------------------------ events out
+
+    async def _run_event_publisher(self, js: JetStreamContext) -> None:
+        """Publish committed events to the events stream, then let the outbox forget them."""
+        while True:
+            rows = [await self._outbox.get()]
+            while len(rows) < 256 and not self._outbox.empty():
+                rows.append(self._outbox.get_nowait())
+            results = await asyncio.gather(
+                *(
+                    js.publish(subject, body, timeout=5.0, headers={"Nats-Msg-Id": f"ev-{seq}"})
+                    for seq, subject, body in rows
+                ),
+                return_exceptions=True,
+            )
+            failed = []
+            for row, result in zip(rows, results, strict=True):
+                if isinstance(result, BaseException):
+                    if isinstance(result, asyncio.CancelledError):
+                        raise result
+                    failed.append(row)
+                else:
+                    self._published.append(row[0])
+            if failed:
+                log.warning("event publish failed; retrying count=%d", len(failed))
+                await asyncio.sleep(0.5)
+                for row in failed:
+                    self._outbox.put_nowait(row)
+
+
+def _log_event(event: Event) -> None:
+    match event:
+        case VmEvent():
+            log.info(
+                "vm %s name=%s host=%s generation=%d reason=%s",
+                event.state,
+                event.name,
+                event.host,
+                event.generation,
+                event.reason,
+            )
+        case HostEvent():
+            log.info("host %s host_id=%s reason=%s", event.state, event.host_id, event.reason)
+        case JobRejected():
+            log.warning(
+                "job rejected subject=%s request_id=%s code=%s detail=%s",
+                event.subject,
+                event.request_id,
+                event.code,
+                event.detail,
+            )
