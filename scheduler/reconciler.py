@@ -86,9 +86,9 @@ def reconcile_host(
 
 def _reconcile_assigned(record: VmRecord, seen: ObservedVm | None, out: HostReconcile) -> None:
     gen = record.generation
-    current = seen if seen is not None and seen.generation == gen else None
     if seen is not None and seen.generation > gen:
-        current = None  # a newer copy than we know of cannot exist; treated as an orphan
+        return  # a newer copy than we know of cannot be ours: destroyed as an orphan first
+    current = seen if seen is not None and seen.generation == gen else None
     match record.state:
         case VmState.STOPPING:
             if seen is None:
