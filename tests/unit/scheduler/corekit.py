@@ -5,6 +5,8 @@ from __future__ import annotations
 import itertools
 from datetime import UTC, datetime, timedelta
 
+import msgspec
+
 from common.config import SchedulerConfig
 from common.messages import (
     AgentCommand,
@@ -33,6 +35,7 @@ from scheduler.events import (
 from scheduler.state.cluster import ClusterState
 
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
+HOST_CAPACITY = Resources(8000, 16384)
 
 
 class CoreKit:
@@ -43,8 +46,6 @@ class CoreKit:
             "dead_after_s": 6.0,
         }
         defaults.update(config)
-        import msgspec
-
         self.config = msgspec.convert(defaults, SchedulerConfig)
         self.state = ClusterState()
         self.core = SchedulerCore(self.config, self.state, scheduler_id="test", event_seq=0)
@@ -85,7 +86,7 @@ class CoreKit:
         host: str,
         vms: list[ObservedVm] | None = None,
         *,
-        capacity: Resources = Resources(8000, 16384),
+        capacity: Resources = HOST_CAPACITY,
         fault_domain: str = "fd-0",
         region: str = "local",
         boot_id: str = "boot-1",

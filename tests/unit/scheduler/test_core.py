@@ -167,7 +167,7 @@ def test_silent_host_is_declared_dead_and_its_vms_are_replaced_with_a_new_genera
     assert victim is not None
     survivors = [h for h in ("h1", "h2", "h3") if h != victim]
     moved = [r.name for r in kit.state.vms.values() if r.host == victim]
-    for t in range(6):
+    for _ in range(6):
         kit.advance(1.0)
         for host in survivors:
             kit.heartbeat(host, kit.running_on(host))
@@ -188,7 +188,6 @@ def test_host_coming_back_with_stale_vms_is_told_to_destroy_them_not_resume() ->
     home = kit.state.vms["a"].host
     assert home is not None
     other = "h2" if home == "h1" else "h1"
-    stale = kit.running_on(home)
     kit.advance(3)
     kit.heartbeat(other, kit.running_on(other))
     kit.advance(3.5)
