@@ -32,14 +32,17 @@ ZERO = Resources()
 _CAPACITY_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)c\s*/\s*(\d+(?:\.\d+)?)([gm])\s*$", re.IGNORECASE)
 
 
-def parse_capacity(text: str) -> Resources:
-    """Parse ``64c/256g`` (cores / GiB) or ``2c/1536m`` (cores / MiB)."""
+def parse_capacity(text: str, *, allow_zero: bool = False) -> Resources:
+    """Parse ``64c/256g`` (cores / GiB) or ``2c/1536m`` (cores / MiB).
+
+    Zero is allowed only with ``allow_zero`` (a reservation of ``0c/0m`` keeps nothing back).
+    """
     match = _CAPACITY_RE.match(text)
     if match is None:
-        raise ConfigError(f"capacity {text!r} is not like 64c/256g or 2c/1536m")
+        raise ConfigError(f"{text!r} is not like 64c/256g or 2c/1536m")
     cores, amount, unit = float(match[1]), float(match[2]), match[3].lower()
     mem_mib = amount * 1024 if unit == "g" else amount
     result = Resources(cpu_milli=round(cores * 1000), mem_mib=round(mem_mib))
-    if result.cpu_milli <= 0 or result.mem_mib <= 0:
+    if not allow_zero and (result.cpu_milli <= 0 or result.mem_mib <= 0):
         raise ConfigError(f"capacity {text!r} must be positive")
     return result

@@ -1,0 +1,68 @@
+"""``python -m hostagent`` (and ``stratus agent``): flags → config → logging → uvloop.run."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import uvloop
+
+from common.config import AgentConfig, load_config
+from common.errors import ConfigError
+from common.logging import setup_logging
+from hostagent.app import AgentApp, resolve_settings
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="stratus-agent", description="Stratus host agent: runs the VMs of one host."
+    )
+    add = parser.add_argument
+    add("--config", metavar="FILE", help="TOML file with AgentConfig keys")
+    add("--nats", dest="nats_url", metavar="URL", help="NATS server URL")
+    add("--host-id", metavar="ID", help="this host's id (default: the hostname)")
+    add("--capacity", metavar="64c/256g", help="declared capacity (default: measured)")
+    add("--region", metavar="R")
+    add("--fault-domain", metavar="FD")
+    add("--labels", metavar="k=v,k2=v2", type=parse_labels)
+    add("--cpu-overcommit", type=float, metavar="RATIO")
+    add("--data-dir", metavar="DIR", help="where executions.jsonl is written")
+    add("--driver", choices=["fake"])
+    add("--fake-start-delay", dest="fake_start_delay_s", type=float, metavar="S")
+    add("--heartbeat-interval", dest="heartbeat_interval_s", type=float, metavar="S")
+    add("--fence-after", dest="fence_after_s", type=float, metavar="S")
+    add("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return parser
+
+
+def parse_labels(text: str) -> dict[str, str]:
+    """``k=v,k2=v2`` → ``{"k": "v", "k2": "v2"}``."""
+    labels: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise argparse.ArgumentTypeError(f"label {item!r} is not like key=value")
+        labels[key.strip()] = value.strip()
+    return labels
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    overrides = {
+        key: value
+        for key, value in vars(args).items()
+        if key not in ("config", "log_level") and value is not None
+    }
+    try:
+        config = load_config(AgentConfig, args.config, overrides)
+        settings = resolve_settings(config)
+    except ConfigError as exc:
+        print(f"stratus-agent: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(args.log_level, name="hostagent")
+    uvloop.run(AgentApp(settings).run())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,192 @@
+"""AgentApp: the NATS connection, the agent's loops under one TaskGroup, signals and shutdown.
+
+The agent registers simply by heartbeating. A loop that dies takes the process down (non-zero
+exit, the supervisor restarts it); SIGTERM/SIGINT stop the loops, drain the connection and exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+import uuid
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+
+import nats
+import nats.errors
+from nats.aio.client import Client
+
+from common import subjects
+from common.clock import SystemClock
+from common.config import AgentConfig
+from common.errors import ConfigError, ProtocolError
+from common.ids import HostId, host_id
+from common.messages import Heartbeat
+from common.resources import Resources
+from hostagent.agent import Agent
+from hostagent.drivers.base import HypervisorDriver
+from hostagent.drivers.fake import FakeDriver
+from hostagent.execlog import ExecLog, execlog_path
+from hostagent.heartbeat import HeartbeatLoop
+from hostagent.inventory import host_capacity
+
+log = logging.getLogger(__name__)
+
+RECONNECT_WAIT_S = 0.25
+DRAIN_TIMEOUT_S = 2
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    """Everything the agent needs, validated before any I/O starts."""
+
+    config: AgentConfig
+    host_id: HostId
+    capacity: Resources
+
+
+def resolve_settings(config: AgentConfig) -> AgentSettings:
+    """Fill in the host id and the capacity; raise ConfigError when either is invalid."""
+    raw_id = config.host_id or socket.gethostname().split(".")[0]
+    try:
+        checked_id = host_id(raw_id)
+    except ProtocolError as exc:
+        raise ConfigError(str(exc)) from exc
+    capacity = host_capacity(config.capacity, config.reserved)
+    return AgentSettings(config, checked_id, capacity)
+
+
+def make_driver(settings: AgentSettings) -> HypervisorDriver:
+    config = settings.config
+    match config.driver:
+        case "fake":
+            return FakeDriver(
+                settings.capacity,
+                cpu_overcommit=config.cpu_overcommit or 1.0,
+                start_delay_s=config.fake_start_delay_s,
+            )
+
+
+def _adopt_overcommit(
+    driver: HypervisorDriver, config: AgentConfig
+) -> Callable[[float], None] | None:
+    """A fake host that declared no overcommit ratio keeps the scheduler's, so both keep the
+    same accounts; a declared ratio always wins."""
+    if config.cpu_overcommit is not None or not isinstance(driver, FakeDriver):
+        return None
+
+    def adopt(ratio: float) -> None:
+        driver.cpu_overcommit = ratio
+
+    return adopt
+
+
+class AgentApp:
+    def __init__(self, settings: AgentSettings) -> None:
+        self.settings = settings
+        self._stop = asyncio.Event()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        """Serve until SIGTERM/SIGINT; raise if a loop dies."""
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.request_stop)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                serving = tg.create_task(self._serve(), name="serve")
+                await self._stop.wait()
+                log.info("agent stopping host_id=%s", self.settings.host_id)
+                serving.cancel()
+        finally:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(signum)
+        log.info("agent stopped host_id=%s", self.settings.host_id)
+
+    async def _serve(self) -> None:
+        settings, config = self.settings, self.settings.config
+        clock = SystemClock()
+        async with AsyncExitStack() as stack:
+            driver = make_driver(settings)
+            stack.push_async_callback(driver.close)
+            execlog = ExecLog(execlog_path(config.data_dir, settings.host_id), settings.host_id)
+            stack.callback(execlog.close)
+            nc = await self._connect()
+            stack.push_async_callback(_drain, nc)
+            agent = Agent(settings.host_id, driver, execlog, clock)
+            await nc.subscribe(subjects.host_commands(settings.host_id), cb=agent.on_commands)
+            heartbeats = HeartbeatLoop(
+                nc,
+                agent,
+                self._heartbeat_template(driver.name),
+                heartbeat_interval_s=config.heartbeat_interval_s,
+                fence_after_s=config.fence_after_s,
+                clock=clock,
+                on_cpu_overcommit=_adopt_overcommit(driver, config),
+            )
+            log.info(
+                "agent serving host_id=%s capacity=%s driver=%s",
+                settings.host_id,
+                settings.capacity,
+                driver.name,
+            )
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(heartbeats.run(), name="heartbeat")
+                tg.create_task(agent.run_commands(), name="commands")
+                tg.create_task(agent.run_fence_watchdog(), name="fence-watchdog")
+
+    def _heartbeat_template(self, driver_name: str) -> Heartbeat:
+        config = self.settings.config
+        return Heartbeat(
+            host_id=self.settings.host_id,
+            seq=0,
+            boot_id=uuid.uuid4().hex,
+            capacity=self.settings.capacity,
+            region=config.region,
+            fault_domain=config.fault_domain,
+            labels=dict(config.labels),
+            cpu_overcommit=config.cpu_overcommit,
+            driver=driver_name,
+        )
+
+    async def _connect(self) -> Client:
+        """Connect, retrying until a server answers; afterwards reconnect forever."""
+        host = self.settings.host_id
+
+        async def on_error(exc: Exception) -> None:
+            log.debug("nats error host_id=%s error=%r", host, exc)
+
+        async def on_disconnected() -> None:
+            if not self._stop.is_set():
+                log.warning("nats disconnected host_id=%s", host)
+
+        async def on_reconnected() -> None:
+            log.info("nats reconnected host_id=%s", host)
+
+        nc = await nats.connect(
+            self.settings.config.nats_url,
+            name=f"stratus-agent-{host}",
+            allow_reconnect=True,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=RECONNECT_WAIT_S,
+            connect_timeout=2,
+            drain_timeout=DRAIN_TIMEOUT_S,
+            error_cb=on_error,
+            disconnected_cb=on_disconnected,
+            reconnected_cb=on_reconnected,
+        )
+        log.info("nats connected host_id=%s url=%s", host, self.settings.config.nats_url)
+        return nc
+
+
+async def _drain(nc: Client) -> None:
+    try:
+        await nc.drain()
+    except (nats.errors.Error, TimeoutError) as exc:
+        log.warning("nats drain failed error=%r", exc)
+        await nc.close()

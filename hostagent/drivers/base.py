@@ -1,0 +1,74 @@
+"""The seam between the host agent and a hypervisor.
+
+A driver owns the VMs of one host: it starts them, pauses and resumes them, stops and destroys
+them, and reports what it holds. The agent decides *which* operation to run and when (generations,
+idempotency, fencing); the driver only carries it out. A real driver (one ``qemu-system`` process
+per VM, driven over QMP, qcow2 overlays) and the in-memory fake both sit behind this Protocol.
+
+Contract, for every implementation:
+
+- Operations on one VM are never interleaved by the agent, except :meth:`pause`, which the fence
+  watchdog may call at any moment (also while :meth:`start` is still booting the VM): fencing
+  must not wait for a slow boot.
+- :meth:`inventory` is synchronous and cheap: the agent calls it for every heartbeat.
+- Failures raise :class:`common.errors.DriverError` with ``retryable`` set: ``True`` when the same
+  operation may succeed later or elsewhere (no room, a transient I/O error), ``False`` when it
+  never will (a broken image).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from common.errors import DriverError
+from common.messages import ObservedVm, VmSpec
+
+__all__ = ["DriverError", "HypervisorDriver"]
+
+
+class HypervisorDriver(Protocol):
+    name: str
+    """Reported in heartbeats (``fake``, ``qemu``)."""
+
+    async def start(self, spec: VmSpec, generation: int) -> None:
+        """Create and boot ``spec`` at ``generation``; return once it runs.
+
+        The VM appears in :meth:`inventory` as ``starting`` as soon as this is called. If it is
+        paused while booting, this returns with the VM ``paused``. On failure nothing is left
+        behind (no process, no reserved resources) and ``DriverError`` is raised.
+        """
+        ...
+
+    async def stop(self, name: str) -> None:
+        """Power the VM off (gracefully, with a hard fallback) and release its host resources.
+
+        It leaves the inventory; its disks are kept, so that a later start may reuse them.
+        Stopping an unknown VM does nothing.
+        """
+        ...
+
+    async def destroy(self, name: str) -> None:
+        """Kill the VM at once and release everything the host holds for it, disks included.
+
+        It leaves the inventory. Destroying an unknown VM does nothing.
+        """
+        ...
+
+    async def pause(self, name: str) -> None:
+        """Stop executing the VM's vCPUs (QMP ``stop``); memory and devices are kept.
+
+        Returns once the VM no longer executes. Pausing a paused VM does nothing.
+        """
+        ...
+
+    async def resume(self, name: str) -> None:
+        """Let a paused VM execute again (QMP ``cont``). Resuming a running VM does nothing."""
+        ...
+
+    def inventory(self) -> list[ObservedVm]:
+        """Every VM this driver holds, with its generation and state."""
+        ...
+
+    async def close(self) -> None:
+        """Release the driver's own resources. A real driver leaves its VMs running."""
+        ...

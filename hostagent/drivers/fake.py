@@ -1,0 +1,122 @@
+"""An in-memory hypervisor for tests, demos and scale runs, with honest resource accounts.
+
+Every VM it holds counts against the host's capacity, paused ones included (a paused VM keeps
+its memory). Memory is never overcommitted; CPU up to ``capacity * cpu_overcommit``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from common.errors import DriverError
+from common.messages import ObservedState, ObservedVm, VmSpec
+from common.resources import ZERO, Resources
+from hostagent.drivers.base import HypervisorDriver
+
+
+@dataclass
+class _FakeVm:
+    spec: VmSpec
+    generation: int
+    state: ObservedState
+    booted: bool = False
+
+    @property
+    def resources(self) -> Resources:
+        return Resources(self.spec.cpu_milli, self.spec.mem_mib)
+
+
+class FakeDriver:
+    name: str = "fake"
+
+    def __init__(
+        self, capacity: Resources, *, cpu_overcommit: float = 1.0, start_delay_s: float = 0.0
+    ) -> None:
+        self.capacity = capacity
+        self.cpu_overcommit = cpu_overcommit
+        self.start_delay_s = start_delay_s
+        self._vms: dict[str, _FakeVm] = {}
+
+    def allocated(self) -> Resources:
+        """What every held VM (starting, running or paused) takes from the host."""
+        return sum((vm.resources for vm in self._vms.values()), ZERO)
+
+    async def start(self, spec: VmSpec, generation: int) -> None:
+        if spec.name in self._vms:
+            raise DriverError(f"vm {spec.name} already exists on this host", retryable=False)
+        self._check_fits(spec)
+        vm = _FakeVm(spec, generation, ObservedState.STARTING)
+        self._vms[spec.name] = vm
+        try:
+            if self.start_delay_s > 0:
+                await asyncio.sleep(self.start_delay_s)
+        except asyncio.CancelledError:
+            self._forget(vm)
+            raise
+        if self._vms.get(spec.name) is not vm:
+            raise DriverError(f"vm {spec.name} was removed while starting", retryable=True)
+        vm.booted = True
+        if vm.state is ObservedState.STARTING:
+            vm.state = ObservedState.RUNNING
+
+    def _check_fits(self, spec: VmSpec) -> None:
+        used = self.allocated()
+        free_mem_mib = self.capacity.mem_mib - used.mem_mib
+        if spec.mem_mib > free_mem_mib:
+            raise DriverError(
+                f"insufficient memory on host: need {spec.mem_mib} MiB, free {free_mem_mib} MiB",
+                retryable=True,
+            )
+        cpu_limit = int(self.capacity.cpu_milli * self.cpu_overcommit)
+        free_cpu_milli = cpu_limit - used.cpu_milli
+        if spec.cpu_milli > free_cpu_milli:
+            raise DriverError(
+                f"insufficient cpu on host: need {spec.cpu_milli} millicores, "
+                f"free {free_cpu_milli} millicores",
+                retryable=True,
+            )
+
+    def _forget(self, vm: _FakeVm) -> None:
+        if self._vms.get(vm.spec.name) is vm:
+            del self._vms[vm.spec.name]
+
+    def _get(self, name: str) -> _FakeVm:
+        vm = self._vms.get(name)
+        if vm is None:
+            raise DriverError(f"no vm {name} on this host", retryable=False)
+        return vm
+
+    async def stop(self, name: str) -> None:
+        self._vms.pop(name, None)
+
+    async def destroy(self, name: str) -> None:
+        self._vms.pop(name, None)
+
+    async def pause(self, name: str) -> None:
+        vm = self._get(name)
+        if vm.state in (ObservedState.RUNNING, ObservedState.STARTING):
+            vm.state = ObservedState.PAUSED
+
+    async def resume(self, name: str) -> None:
+        vm = self._get(name)
+        if vm.state is ObservedState.PAUSED:
+            vm.state = ObservedState.RUNNING if vm.booted else ObservedState.STARTING
+
+    def inventory(self) -> list[ObservedVm]:
+        return [
+            ObservedVm(
+                name=vm.spec.name,
+                generation=vm.generation,
+                state=vm.state,
+                cpu_milli=vm.spec.cpu_milli,
+                mem_mib=vm.spec.mem_mib,
+            )
+            for vm in self._vms.values()
+        ]
+
+    async def close(self) -> None:
+        self._vms.clear()
+
+
+_: HypervisorDriver = FakeDriver(Resources(1000, 1024))
