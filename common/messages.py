@@ -259,6 +259,9 @@ class HeartbeatAck(msgspec.Struct, kw_only=True):
     scheduler_id: str
     heartbeat_interval_s: float
     fence_after_s: float
+    cpu_overcommit: float = 1.0
+    """The CPU overcommit ratio the scheduler applies to this host, so that a host which did
+    not declare its own keeps the same accounts as the scheduler."""
 
 
 # --------------------------------------------------------------------------- events

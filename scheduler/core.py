@@ -288,6 +288,7 @@ class SchedulerCore:
             scheduler_id=self.scheduler_id,
             heartbeat_interval_s=self.config.heartbeat_interval_s,
             fence_after_s=self.config.fence_after_s,
+            cpu_overcommit=hb.cpu_overcommit or self.config.cpu_overcommit,
         )
 
     def _register(self, host: HostId, hb: Heartbeat, now: Now) -> None:
