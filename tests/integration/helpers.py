@@ -1,0 +1,43 @@
+"""Waiting on what the API reports, for tests against a running cluster."""
+
+from __future__ import annotations
+
+from cli.client import StratusClient
+from common.errors import ApiError
+from common.messages import HostState, VmInfo, VmState
+from tests.waiting import wait_until
+
+
+async def wait_hosts_up(client: StratusClient, count: int, timeout_s: float = 20.0) -> None:
+    async def ready() -> bool:
+        try:
+            hosts = await client.list_hosts()
+        except ApiError:
+            return False
+        return sum(h.state is HostState.UP for h in hosts) >= count
+
+    await wait_until(ready, timeout_s=timeout_s, message=f"{count} hosts up")
+
+
+async def wait_all_running(
+    client: StratusClient, names: list[str], timeout_s: float = 20.0, avoid_host: str | None = None
+) -> dict[str, VmInfo]:
+    """Wait until every VM in ``names`` is running (and not on ``avoid_host``)."""
+    seen: dict[str, VmInfo] = {}
+
+    async def ready() -> bool:
+        try:
+            vms = {vm.name: vm for vm in await client.list_vms()}
+        except ApiError:
+            return False
+        seen.clear()
+        seen.update(vms)
+        return all(
+            name in vms
+            and vms[name].state is VmState.RUNNING
+            and (avoid_host is None or vms[name].host != avoid_host)
+            for name in names
+        )
+
+    await wait_until(ready, timeout_s=timeout_s, message=f"{len(names)} vms running")
+    return dict(seen)
