@@ -13,6 +13,7 @@ import logging
 import uuid
 from dataclasses import dataclass, replace
 
+import msgspec
 import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -23,7 +24,16 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from common import codec, subjects
 from common.clock import Clock, SystemClock
 from common.config import SchedulerConfig
-from common.messages import Event, HostCommands, HostEvent, JobRejected, VmEvent
+from common.messages import (
+    CreateVm,
+    Event,
+    HostCommands,
+    HostEvent,
+    JobRejected,
+    VmEvent,
+    VmRef,
+    VmReply,
+)
 from common.streams import ensure_streams
 from scheduler.api import ReadApi, decode_heartbeat, decode_mutation, error_reply, is_read
 from scheduler.core import SchedulerCore
@@ -34,7 +44,9 @@ from scheduler.events import (
     HeartbeatReceived,
     Input,
     InvalidJob,
+    Mutation,
     Now,
+    Op,
     Reply,
     SendCommands,
     Tick,
@@ -51,10 +63,12 @@ JOB_FETCH = 256
 
 @dataclass(frozen=True, slots=True)
 class _Target:
-    """Where the answer to a token goes: a request's reply inbox, or a job to ack."""
+    """Where the answer to a token goes: a request's reply inbox, a job to ack, or a future
+    (for callers inside this process, such as an HTTP front end)."""
 
-    msg: Msg
-    is_job: bool
+    msg: Msg | None = None
+    is_job: bool = False
+    future: asyncio.Future[msgspec.Struct | None] | None = None
 
 
 class SchedulerApp:
@@ -152,6 +166,22 @@ class SchedulerApp:
         self._targets[token] = _Target(msg, is_job)
         return token
 
+    async def submit(self, op: Op, body: CreateVm | VmRef, *, timeout_s: float = 10.0) -> VmReply:
+        """Hand a mutation to the core loop and wait for its reply (sent after commit)."""
+        future: asyncio.Future[msgspec.Struct | None] = asyncio.get_running_loop().create_future()
+        token = next(self._tokens)
+        self._targets[token] = _Target(future=future)
+        self.queue.put_nowait(Mutation(op, body, token))
+        async with asyncio.timeout(timeout_s):
+            reply = await future
+        assert isinstance(reply, VmReply)
+        return reply
+
+    def read(self, subject: str, body: bytes) -> bytes:
+        """Answer a read-only API request (same subjects and bodies as over NATS)."""
+        assert self._reads is not None
+        return self._reads.answer(subject, body, self.now())
+
     async def _on_heartbeat(self, msg: Msg) -> None:
         hb = decode_heartbeat(msg)
         if hb is not None:
@@ -162,8 +192,7 @@ class SchedulerApp:
             log.warning("api request without reply inbox dropped subject=%s", msg.subject)
             return
         if is_read(msg.subject):
-            assert self._reads is not None
-            await msg.respond(self._reads.answer(msg.subject, msg.data, self.now()))
+            await msg.respond(self.read(msg.subject, msg.data))
             return
         item = decode_mutation(msg.subject, msg.data, token=0)
         if isinstance(item, InvalidJob):
@@ -242,19 +271,24 @@ class SchedulerApp:
         for action in actions:
             match action:
                 case Reply(token=token, body=body):
-                    target = self._targets.pop(token)
-                    if target.is_job:
-                        await target.msg.ack()
-                    elif body is not None:
-                        await target.msg.respond(codec.encode(body))
+                    await self._answer(self._targets.pop(token), body)
                 case Ack(token=token, ack=ack):
-                    await self._targets.pop(token).msg.respond(codec.encode(ack))
+                    await self._answer(self._targets.pop(token), ack)
                 case SendCommands(host_id=host, commands=commands):
                     message = HostCommands(host_id=host, commands=list(commands))
                     await nc.publish(subjects.host_commands(host), codec.encode(message))
                 case Emit(subject=subject, event=event):
                     self._outbox.put_nowait((event.seq, subject, codec.encode(event)))
         self._log(actions)
+
+    async def _answer(self, target: _Target, body: msgspec.Struct | None) -> None:
+        if target.future is not None:
+            if not target.future.done():
+                target.future.set_result(body)
+        elif target.msg is not None and target.is_job:
+            await target.msg.ack()
+        elif target.msg is not None and body is not None:
+            await target.msg.respond(codec.encode(body))
 
     def _log(self, actions: list[Action]) -> None:
         for action in actions:
