@@ -26,6 +26,17 @@ AZURE_SIZES: tuple[Size, ...] = (
 )
 """The original Azure catalogue (cores in millicores, memory in MiB)."""
 
+DEFAULT_PRICES: dict[str, float] = {
+    "ExtraSmall": 0.02,
+    "Small": 0.06,
+    "Medium": 0.12,
+    "Large": 0.24,
+    "ExtraLarge": 0.48,
+    "A6": 0.50,
+    "A7": 1.00,
+}
+"""Units per hour per size: the proportions of the original catalogue's price list."""
+
 FENCE_MARGIN_S = 1.0
 """dead_after_s must exceed fence_after_s by at least this: the time an agent may need to notice
 that its lease ran out and pause its VMs, plus message transit."""
@@ -48,6 +59,24 @@ class SchedulerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     cpu_overcommit: Annotated[float, msgspec.Meta(ge=1.0)] = 1.0
     sizes: list[Size] = []
     """Sizes added to the Azure catalogue."""
+    builtin_images: dict[str, str] = {}
+    """Image name -> file registered as a built-in gallery image at startup (its bytes go to the
+    images object store), e.g. ``tiny`` -> the boot kit's ``tiny.qcow2``."""
+    drain_parallelism: Annotated[int, msgspec.Meta(ge=1)] = 4
+    """At most this many VMs of a draining host are on the move (stopped, not yet running
+    elsewhere) at any time."""
+    http_listen: str = ""
+    """Address of the HTTP API and portal, like ``127.0.0.1:8080`` (port 0: any free port);
+    empty means no HTTP server."""
+    api_token: str = ""
+    """Bearer token required by every mutating HTTP call; empty means no token is required."""
+    api_token_for_reads: bool = False
+    """Require the token for reads too."""
+    prices: dict[str, Annotated[float, msgspec.Meta(ge=0)]] = msgspec.field(
+        default_factory=lambda: dict(DEFAULT_PRICES)
+    )
+    """Usage price per size in currency-neutral units per hour; a size missing here is priced
+    as in DEFAULT_PRICES, or 0 if it has no default."""
 
     def __post_init__(self) -> None:
         if self.dead_after_s < self.fence_after_s + FENCE_MARGIN_S:
@@ -58,6 +87,12 @@ class SchedulerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             )
         if self.heartbeat_interval_s >= self.fence_after_s:
             raise ValueError("heartbeat_interval_s must be shorter than fence_after_s")
+
+    def price_table(self) -> dict[str, float]:
+        """Price per hour of every size: the defaults, overridden by ``prices``."""
+        table = {name: DEFAULT_PRICES.get(name, 0.0) for name in self.all_sizes()}
+        table.update(self.prices)
+        return table
 
     def all_sizes(self) -> dict[str, Size]:
         catalogue = {size.name: size for size in AZURE_SIZES}
@@ -77,13 +112,28 @@ class AgentConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     reserved: str = "0c/0m"
     """Kept back for the host itself when capacity is measured."""
     cpu_overcommit: float | None = None
-    driver: Literal["fake"] = "fake"
+    driver: Literal["fake", "qemu"] = "fake"
     data_dir: str = "stratus-agent"
     heartbeat_interval_s: PositiveS = 1.0
     """Used until the scheduler's first ack tells the cluster's value."""
     fence_after_s: PositiveS = 4.0
     """Used until the scheduler's first ack tells the cluster's value."""
     fake_start_delay_s: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    # --- the qemu driver
+    boot_dir: str = ""
+    """The boot kit (``deploy/images/build-tiny.sh OUT_DIR``): ``vmlinux``, ``initramfs.gz`` and
+    built-in images such as ``tiny.qcow2``."""
+    qemu_binary: str = "qemu-system-x86_64"
+    accel: Literal["auto", "kvm", "tcg"] = "auto"
+    """``auto``: a time-boxed KVM self-test boot at agent start (cached per host boot) decides,
+    falling back to TCG."""
+    kvm_selftest_timeout_s: PositiveS = 8.0
+    max_concurrent_boots: Annotated[int, msgspec.Meta(ge=1)] = 2
+    """Boots cost ~2.7 CPU-seconds each under TCG: more VMs than this wait their turn."""
+    boot_timeout_s: PositiveS = 60.0
+    """A guest that has not printed its readiness marker by then has failed."""
+    stop_timeout_s: PositiveS = 10.0
+    """How long a graceful ACPI power-off may take before QMP ``quit`` and then SIGKILL."""
 
 
 C = TypeVar("C", SchedulerConfig, AgentConfig)

@@ -17,6 +17,12 @@ from common.ids import HOST_ID_PATTERN, VM_NAME_PATTERN
 from common.resources import Resources
 
 VmNameField = Annotated[str, msgspec.Meta(pattern=VM_NAME_PATTERN, description="[a-z0-9-]{1,63}")]
+ImageNameField = Annotated[
+    str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$", description="[a-z0-9._-]{1,63}")
+]
+Sha256Field = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
+MAX_DATA_DISKS = 8
+DiskSizeMib = Annotated[int, msgspec.Meta(ge=1, le=16 * 1024 * 1024)]
 HostIdField = Annotated[str, msgspec.Meta(pattern=HOST_ID_PATTERN)]
 ShortText = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 RequestId = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
@@ -51,6 +57,10 @@ class ErrorCode(StrEnum):
     TOO_LARGE = "too_large"
     UNAVAILABLE = "unavailable"
     INTERNAL = "internal"
+    INVALID_IMAGE = "invalid_image"
+    """An uploaded file is not a qcow2 or raw disk image (or not what was announced)."""
+    UNAUTHORIZED = "unauthorized"
+    """HTTP API only: a missing or wrong bearer token."""
 
 
 class Size(msgspec.Struct, frozen=True):
@@ -74,12 +84,21 @@ class CreateVm(msgspec.Struct, kw_only=True):
     region: ShortText | None = None
     availability_set: ShortText | None = None
     request_id: RequestId | None = None
+    data_disks_mib: Annotated[list[DiskSizeMib], msgspec.Meta(max_length=MAX_DATA_DISKS)] = []
+    """Sizes of empty data disks to give the VM (host-local, like its OS disk)."""
 
 
 class VmRef(msgspec.Struct, kw_only=True):
     """Body of vm.get, vm.stop, vm.start and vm.delete."""
 
     name: VmNameField
+    request_id: RequestId | None = None
+
+
+class HostRef(msgspec.Struct, kw_only=True):
+    """Body of host.cordon, host.uncordon and host.drain (idempotent by nature)."""
+
+    host_id: HostIdField
     request_id: RequestId | None = None
 
 
@@ -119,6 +138,8 @@ class VmInfo(msgspec.Struct, kw_only=True):
     reason: str
     created_at: datetime
     updated_at: datetime
+    disks: list[DiskInfo] = []
+    """OS disk first, then data disks; each says where it lives."""
 
 
 class HostInfo(msgspec.Struct, kw_only=True):
@@ -134,10 +155,19 @@ class HostInfo(msgspec.Struct, kw_only=True):
     fenced: bool
     driver: str
     last_heartbeat_age_s: float | None
+    draining: bool = False
+    """A drain is under way: the host is cordoned and its VMs are being moved elsewhere."""
+    drain_remaining: int = 0
+    """VMs of a draining host not yet running on another host."""
 
 
 class VmReply(msgspec.Struct, omit_defaults=True):
     vm: VmInfo | None = None
+    error: ErrorBody | None = None
+
+
+class HostReply(msgspec.Struct, omit_defaults=True):
+    host: HostInfo | None = None
     error: ErrorBody | None = None
 
 
@@ -160,9 +190,86 @@ class ErrorReply(msgspec.Struct):
     error: ErrorBody
 
 
+# --------------------------------------------------------------------------- usage metering
+# stratus.api.usage.get (UsageQuery -> UsageReply) and GET /v1/usage?since=&until=.
+
+AwareTime = Annotated[datetime, msgspec.Meta(tz=True)]
+
+
+class UsageQuery(msgspec.Struct, kw_only=True):
+    """A usage window: the clock hours that begin in [since, until). Defaults: since the first
+    recorded event, until now."""
+
+    since: AwareTime | None = None
+    until: AwareTime | None = None
+
+
+class VmUsage(msgspec.Struct, kw_only=True):
+    name: str
+    size: str
+    held_s: float
+    """Seconds the VM held capacity inside the window (from placement to release)."""
+    hours: int
+    """Billed hours: clock hours in which the VM held capacity at all (each started hour)."""
+    price_per_hour: float
+    cost: float
+
+
+class SizeUsage(msgspec.Struct, kw_only=True):
+    size: str
+    vms: int
+    held_s: float
+    hours: int
+    price_per_hour: float
+    cost: float
+
+
+class UsageReport(msgspec.Struct, kw_only=True):
+    since: datetime
+    until: datetime
+    vms: list[VmUsage] = []
+    sizes: list[SizeUsage] = []
+    hours: int = 0
+    cost: float = 0.0
+
+
+class UsageReply(msgspec.Struct, omit_defaults=True):
+    usage: UsageReport | None = None
+    error: ErrorBody | None = None
+
+
 # --------------------------------------------------------------------------- agent protocol
 # stratus.host.<id>.cmd carries HostCommands; stratus.host.<id>.hb carries Heartbeat (request)
 # answered by HeartbeatAck.
+
+
+class DiskKind(StrEnum):
+    OS = "os"
+    """The VM's boot disk: a copy-on-write (qcow2) overlay of its image."""
+    DATA = "data"
+    """An empty disk the VM got at create time or by ``disk attach``."""
+
+
+class DiskStorage(StrEnum):
+    """Where a disk's bytes live. Only host-local storage exists so far: the disk is a file on
+    one host and is gone with it. Shared storage (reachable from every host) is a later kind."""
+
+    HOST_LOCAL = "host_local"
+
+
+class DiskSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """A disk as the agent needs it: which file to use or create, and from what."""
+
+    disk_id: str
+    """Unique for the lifetime of the cluster (a rebuilt disk gets a new id)."""
+    kind: DiskKind
+    size_mib: int = 0
+    """Data disks: their size. OS disks: 0 (the image's size)."""
+    image: str = ""
+    """OS disks: the image's name (a host may carry built-in images such as ``tiny``)."""
+    image_sha256: str = ""
+    """OS disks: the image's digest in the gallery; empty means the host's built-in copy."""
+    storage: DiskStorage = DiskStorage.HOST_LOCAL
 
 
 class VmSpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -171,6 +278,9 @@ class VmSpec(msgspec.Struct, frozen=True, kw_only=True):
     cpu_milli: int
     mem_mib: int
     image: str
+    disks: list[DiskSpec] = []
+    """OS disk first, then data disks in attach order. Empty (older schedulers): the agent
+    makes an OS disk of ``image`` named after the VM."""
 
 
 class StartVm(msgspec.Struct, tag="start_vm", kw_only=True):
@@ -201,7 +311,17 @@ class ResumeVm(msgspec.Struct, tag="resume_vm", kw_only=True):
     generation: Generation
 
 
-AgentCommand = StartVm | StopVm | DeleteVm | ResumeVm
+class CaptureDisk(msgspec.Struct, tag="capture_disk", kw_only=True):
+    """Flatten the OS disk ``disk_id`` of the stopped VM ``name`` into the gallery image
+    ``image`` and report it (``ImageCaptured``). Repeating it re-reports the result."""
+
+    name: VmNameField
+    generation: Generation
+    disk_id: str
+    image: ImageNameField
+
+
+AgentCommand = StartVm | StopVm | DeleteVm | ResumeVm | CaptureDisk
 
 
 class HostCommands(msgspec.Struct, kw_only=True):
@@ -276,6 +396,8 @@ class VmEvent(msgspec.Struct, tag="vm", kw_only=True):
     host: str | None
     generation: int
     reason: str = ""
+    size: str = ""
+    """The VM's size (usage metering prices each held hour by it); empty in older events."""
 
 
 class HostEvent(msgspec.Struct, tag="host", kw_only=True):
@@ -284,6 +406,9 @@ class HostEvent(msgspec.Struct, tag="host", kw_only=True):
     host_id: str
     state: HostState
     reason: str = ""
+    cordoned: bool = False
+    draining: bool = False
+    drain_remaining: int = 0
 
 
 class JobRejected(msgspec.Struct, tag="job_rejected", kw_only=True):
@@ -296,3 +421,109 @@ class JobRejected(msgspec.Struct, tag="job_rejected", kw_only=True):
 
 
 Event = VmEvent | HostEvent | JobRejected
+
+
+# --------------------------------------------------------------------------- disks and images
+# stratus.api.disk.attach|detach, stratus.api.vm.capture (VmReply); stratus.api.image.list|
+# upload|delete (ImageReply, ImageListReply); agents report captures on stratus.api.image.captured.
+
+
+class DiskInfo(msgspec.Struct, kw_only=True):
+    disk_id: str
+    kind: DiskKind
+    size_mib: int
+    """Data disks: their size; OS disks: 0 (the image's size)."""
+    image: str = ""
+    storage: DiskStorage = DiskStorage.HOST_LOCAL
+    host: str | None = None
+    """Host-local disks: the host holding the file (None until the VM first ran)."""
+
+
+class AttachDisk(msgspec.Struct, kw_only=True):
+    """Give a stopped VM a new empty data disk (used from its next start)."""
+
+    vm: VmNameField
+    size_mib: DiskSizeMib
+    request_id: RequestId | None = None
+
+
+class DetachDisk(msgspec.Struct, kw_only=True):
+    """Take a data disk off a stopped VM; its bytes are removed with it."""
+
+    vm: VmNameField
+    disk_id: ShortText
+    request_id: RequestId | None = None
+
+
+class CaptureVm(msgspec.Struct, kw_only=True):
+    """Stop a running VM and turn its OS disk, flattened, into the gallery image ``image``."""
+
+    name: VmNameField
+    image: ImageNameField
+    request_id: RequestId | None = None
+
+
+class ImageState(StrEnum):
+    CAPTURING = "capturing"
+    AVAILABLE = "available"
+    FAILED = "failed"
+
+
+class ImageInfo(msgspec.Struct, kw_only=True):
+    name: str
+    version: int
+    os: str
+    format: str
+    size_bytes: int
+    sha256: str
+    """Empty for a built-in image the scheduler holds no copy of (hosts use their own)."""
+    state: ImageState
+    builtin: bool = False
+    source_vm: str | None = None
+    reason: str = ""
+    created_at: datetime
+
+
+class ListImages(msgspec.Struct, kw_only=True):
+    pass
+
+
+class UploadImage(msgspec.Struct, kw_only=True):
+    """Register an image whose bytes the caller put in the images object store under
+    ``sha256``; the scheduler checks them (a qcow2 or raw disk image, of that size)."""
+
+    name: ImageNameField
+    sha256: Sha256Field
+    size_bytes: Annotated[int, msgspec.Meta(gt=0)]
+    os: ShortText = "linux"
+    request_id: RequestId | None = None
+    format: str = ""
+    """Set by the scheduler from the bytes it checked (``qcow2`` or ``raw``)."""
+
+
+class ImageRef(msgspec.Struct, kw_only=True):
+    name: ImageNameField
+    request_id: RequestId | None = None
+
+
+class ImageCaptured(msgspec.Struct, kw_only=True):
+    """Agent -> scheduler: the OS disk of ``vm`` was flattened and stored (or ``error``)."""
+
+    image: ImageNameField
+    vm: VmNameField
+    host_id: HostIdField
+    sha256: str = ""
+    size_bytes: int = 0
+    format: str = "qcow2"
+    error: str = ""
+    request_id: RequestId | None = None
+
+
+class ImageReply(msgspec.Struct, omit_defaults=True):
+    image: ImageInfo | None = None
+    error: ErrorBody | None = None
+
+
+class ImageListReply(msgspec.Struct, omit_defaults=True):
+    images: list[ImageInfo] = []
+    error: ErrorBody | None = None

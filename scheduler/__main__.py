@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 
@@ -27,6 +28,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--fence-after", dest="fence_after_s", type=float)
     parser.add_argument("--dead-after", dest="dead_after_s", type=float)
     parser.add_argument("--scorer", choices=["binpack", "spread"])
+    parser.add_argument(
+        "--http",
+        dest="http_listen",
+        metavar="HOST:PORT",
+        help="serve the HTTP API and portal here, e.g. 127.0.0.1:8080 (default: off); the "
+        "bearer token comes from the config's api_token or STRATUS_API_TOKEN",
+    )
+    parser.add_argument("--drain-parallelism", dest="drain_parallelism", type=int)
     parser.add_argument("--log-level", default="INFO")
     return parser.parse_args(argv)
 
@@ -41,6 +50,7 @@ async def _serve(app: SchedulerApp) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if k not in ("config", "log_level")}
+    overrides["api_token"] = os.environ.get("STRATUS_API_TOKEN")  # never a flag: ps shows flags
     try:
         config = load_config(SchedulerConfig, args.config, overrides)
     except StratusError as exc:

@@ -13,8 +13,10 @@ from nats.aio.msg import Msg
 from common import codec, subjects
 from common import messages as m
 from common.ids import HostId
-from scheduler.events import InvalidJob, Mutation, Now, Op
+from scheduler import drain
+from scheduler.events import HOST_OPS, IMAGE_OPS, InvalidJob, Mutation, Now, Op, StorageBody
 from scheduler.state.cluster import ClusterState
+from scheduler.storageops import listed_images
 from scheduler.views import host_info, vm_info
 
 log = logging.getLogger(__name__)
@@ -24,6 +26,23 @@ MUTATIONS: Final = {
     subjects.VM_STOP: Op.STOP,
     subjects.VM_START: Op.START,
     subjects.VM_DELETE: Op.DELETE,
+    subjects.HOST_CORDON: Op.CORDON,
+    subjects.HOST_UNCORDON: Op.UNCORDON,
+    subjects.HOST_DRAIN: Op.DRAIN,
+    subjects.DISK_ATTACH: Op.ATTACH_DISK,
+    subjects.DISK_DETACH: Op.DETACH_DISK,
+    subjects.VM_CAPTURE: Op.CAPTURE,
+    subjects.IMAGE_UPLOAD: Op.IMAGE_UPLOAD,
+    subjects.IMAGE_DELETE: Op.IMAGE_DELETE,
+    subjects.IMAGE_CAPTURED: Op.IMAGE_CAPTURED,
+}
+_STORAGE_DECODERS: Final[dict[Op, Callable[[bytes], StorageBody]]] = {
+    Op.ATTACH_DISK: codec.attach_disk.decode,
+    Op.DETACH_DISK: codec.detach_disk.decode,
+    Op.CAPTURE: codec.capture_vm.decode,
+    Op.IMAGE_UPLOAD: codec.upload_image.decode,
+    Op.IMAGE_DELETE: codec.image_ref.decode,
+    Op.IMAGE_CAPTURED: codec.image_captured.decode,
 }
 
 
@@ -42,9 +61,18 @@ def decode_mutation(
         detail = f"body of {len(data)} bytes exceeds {codec.MAX_MESSAGE_BYTES}"
         return InvalidJob(subject, msg_id, m.ErrorCode.TOO_LARGE, detail, token)
     try:
-        body: m.CreateVm | m.VmRef = (
-            codec.create_vm.decode(data) if op is Op.CREATE else codec.vm_ref.decode(data)
-        )
+        body: m.CreateVm | m.VmRef | m.HostRef | StorageBody
+        if op is Op.CREATE:
+            body = codec.create_vm.decode(data)
+        elif op in HOST_OPS:
+            body = codec.host_ref.decode(data)
+        elif op in _STORAGE_DECODERS:
+            if via_job and op in IMAGE_OPS:
+                detail = "image operations are request/reply only"
+                return InvalidJob(subject, msg_id, m.ErrorCode.INVALID_REQUEST, detail, token)
+            body = _STORAGE_DECODERS[op](data)
+        else:
+            body = codec.vm_ref.decode(data)
     except msgspec.DecodeError as exc:
         return InvalidJob(subject, msg_id, m.ErrorCode.INVALID_REQUEST, str(exc), token)
     if body.request_id is None and msg_id is not None:
@@ -69,6 +97,10 @@ class ReadApi:
             if subject == subjects.HOST_LIST:
                 codec.list_hosts.decode(body)
                 return self._hosts(now)
+            if subject == subjects.IMAGE_LIST:
+                codec.list_images.decode(body)
+                images = listed_images(self._state().images)
+                return codec.encode(m.ImageListReply(images=images))
             if subject == subjects.SIZES_LIST:
                 codec.list_sizes.decode(body)
                 return codec.encode(m.SizeListReply(sizes=self._sizes))
@@ -96,6 +128,7 @@ class ReadApi:
 
     def _hosts(self, now: Now) -> bytes:
         state = self._state()
+        remaining = drain.remaining_by_host(state)
         infos = [
             host_info(
                 record,
@@ -103,6 +136,7 @@ class ReadApi:
                 state.allocated.get(host),
                 len(state.by_host.get(host, ())),
                 now.mono_s,
+                drain_remaining=remaining.get(host, 0),
             )
             for host, record in sorted(state.hosts.items())
         ]
@@ -110,7 +144,13 @@ class ReadApi:
 
 
 def is_read(subject: str) -> bool:
-    return subject in (subjects.VM_GET, subjects.VM_LIST, subjects.HOST_LIST, subjects.SIZES_LIST)
+    return subject in (
+        subjects.VM_GET,
+        subjects.VM_LIST,
+        subjects.HOST_LIST,
+        subjects.SIZES_LIST,
+        subjects.IMAGE_LIST,
+    )
 
 
 def decode_heartbeat(msg: Msg) -> m.Heartbeat | None:

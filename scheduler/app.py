@@ -17,7 +17,6 @@ import msgspec
 import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
 
@@ -29,17 +28,23 @@ from common.messages import (
     Event,
     HostCommands,
     HostEvent,
+    HostRef,
+    HostReply,
     JobRejected,
+    UsageQuery,
+    UsageReply,
     VmEvent,
     VmRef,
     VmReply,
 )
 from common.streams import ensure_streams
+from scheduler import gallery, metering
 from scheduler.api import ReadApi, decode_heartbeat, decode_mutation, error_reply, is_read
 from scheduler.core import SchedulerCore
 from scheduler.events import (
     Ack,
     Action,
+    DropImageObject,
     Emit,
     HeartbeatReceived,
     Input,
@@ -51,7 +56,10 @@ from scheduler.events import (
     SendCommands,
     Tick,
 )
+from scheduler.http.server import HttpServer
+from scheduler.metrics import Observer, SchedulerMetrics
 from scheduler.state.cluster import ClusterState
+from scheduler.state.storage import ImageRecord
 from scheduler.state.store import Batch, SqliteStore
 
 log = logging.getLogger(__name__)
@@ -87,6 +95,11 @@ class SchedulerApp:
         self.core: SchedulerCore | None = None
         self._nc: Client | None = None
         self._reads: ReadApi | None = None
+        self.http: HttpServer | None = None
+        self.observers: list[Observer] = []
+        """Called with each committed step's actions before they are carried out, and a way to
+        tell where a token's request came from (``nats``, ``job``, ``http``): metrics."""
+        self.metrics = SchedulerMetrics(self).attach()
 
     def now(self) -> Now:
         return Now(self.clock.monotonic_s(), self.clock.utcnow())
@@ -98,7 +111,9 @@ class SchedulerApp:
         store = await SqliteStore.open(self.config.db_path)
         try:
             loaded = await store.load()
-            state = ClusterState.from_records(loaded.vms, loaded.hosts, loaded.replies)
+            state = ClusterState.from_records(
+                loaded.vms, loaded.hosts, loaded.replies, loaded.images
+            )
             self.core = SchedulerCore(
                 self.config, state, scheduler_id=self.scheduler_id, event_seq=loaded.event_seq
             )
@@ -140,11 +155,13 @@ class SchedulerApp:
         assert self.core is not None
         js = nc.jetstream()
         await ensure_streams(js)
+        await gallery.prepare(js, self.config, self.core.state, self.clock.utcnow())
         # Start judging hosts only now that heartbeats can arrive: a fresh window for all.
         self.core.start(self.now())
         await nc.subscribe(subjects.HEARTBEAT_WILDCARD, cb=self._on_heartbeat)
         await nc.subscribe(subjects.API_WILDCARD, queue="stratus-scheduler", cb=self._on_api)
         await nc.flush()
+        http = await self._start_http(nc)
         log.info("scheduler ready scheduler_id=%s nats=%s", self.scheduler_id, self.config.nats_url)
         self.ready.set()
         async with asyncio.TaskGroup() as group:
@@ -154,10 +171,30 @@ class SchedulerApp:
                 group.create_task(self._run_jobs(js)),
                 group.create_task(self._run_event_publisher(js)),
             ]
+            if http is not None:
+                loops.append(group.create_task(self._run_http(http)))
             await self._stop.wait()
             log.info("scheduler stopping")
             for task in loops:
                 task.cancel()
+
+    async def _start_http(self, nc: Client) -> HttpServer | None:
+        """The HTTP API and portal, when ``http_listen`` is set (its port: ``http_port``)."""
+        if not self.config.http_listen:
+            return None
+        self.http = HttpServer(self.config, self, nc)
+        await self.http.start()
+        return self.http
+
+    async def _run_http(self, server: HttpServer) -> None:
+        try:
+            await asyncio.Event().wait()  # aiohttp serves on its own; stop it with the others
+        finally:
+            await server.stop()
+
+    @property
+    def http_port(self) -> int | None:
+        return self.http.port if self.http is not None else None
 
     # ------------------------------------------------------------------ inbound (decode only)
 
@@ -168,14 +205,30 @@ class SchedulerApp:
 
     async def submit(self, op: Op, body: CreateVm | VmRef, *, timeout_s: float = 10.0) -> VmReply:
         """Hand a mutation to the core loop and wait for its reply (sent after commit)."""
+        reply = await self._submit(op, body, timeout_s)
+        assert isinstance(reply, VmReply)
+        return reply
+
+    async def submit_host(self, op: Op, body: HostRef, *, timeout_s: float = 10.0) -> HostReply:
+        """Cordon, uncordon or drain a host; answered after commit, like ``submit``."""
+        reply = await self._submit(op, body, timeout_s)
+        assert isinstance(reply, HostReply)
+        return reply
+
+    async def _submit(
+        self, op: Op, body: CreateVm | VmRef | HostRef, timeout_s: float
+    ) -> msgspec.Struct | None:
         future: asyncio.Future[msgspec.Struct | None] = asyncio.get_running_loop().create_future()
         token = next(self._tokens)
         self._targets[token] = _Target(future=future)
         self.queue.put_nowait(Mutation(op, body, token))
         async with asyncio.timeout(timeout_s):
-            reply = await future
-        assert isinstance(reply, VmReply)
-        return reply
+            return await future
+
+    async def usage(self, query: UsageQuery) -> UsageReply:
+        """Usage metering over the VM history in the store (scheduler/usage.py)."""
+        state = self.core.state if self.core is not None else None
+        return await metering.usage(self.config, state, query, self.clock.utcnow())
 
     def read(self, subject: str, body: bytes) -> bytes:
         """Answer a read-only API request (same subjects and bodies as over NATS)."""
@@ -194,12 +247,30 @@ class SchedulerApp:
         if is_read(msg.subject):
             await msg.respond(self.read(msg.subject, msg.data))
             return
+        if msg.subject == subjects.USAGE_GET:
+            state = self.core.state if self.core is not None else None
+            metering.answer_in_background(msg, self.config, state, self.clock.utcnow())
+            return
         item = decode_mutation(msg.subject, msg.data, token=0)
         if isinstance(item, InvalidJob):
             log.warning("bad api request subject=%s code=%s", msg.subject, item.code)
             await msg.respond(error_reply(item.code, item.detail))
             return
+        if item.op is Op.IMAGE_UPLOAD:  # its bytes are checked first, off this callback
+
+            def enqueue(checked: Mutation) -> None:
+                self.queue.put_nowait(replace(checked, token=self._token(msg, is_job=False)))
+
+            gallery.check_upload_in_background(self._images_nc(), msg, item, self._images, enqueue)
+            return
         self.queue.put_nowait(replace(item, token=self._token(msg, is_job=False)))
+
+    def _images_nc(self) -> Client:
+        assert self._nc is not None
+        return self._nc
+
+    def _images(self) -> dict[str, ImageRecord]:
+        return self.core.state.images if self.core is not None else {}
 
     async def _run_jobs(self, js: JetStreamContext) -> None:
         """Consume the durable jobs stream; each job is acked only after its effect commits."""
@@ -215,17 +286,23 @@ class SchedulerApp:
             stream=subjects.JOBS_STREAM,
             config=config,
         )
-        while True:
-            try:
-                msgs = await sub.fetch(JOB_FETCH, timeout=1.0)
-            except NatsTimeoutError:
-                continue
-            for msg in msgs:
-                msg_id = (msg.headers or {}).get("Nats-Msg-Id")
-                token = self._token(msg, is_job=True)
-                self.queue.put_nowait(
-                    decode_mutation(msg.subject, msg.data, token, via_job=True, msg_id=msg_id)
-                )
+        try:
+            while True:
+                try:
+                    msgs = await sub.fetch(JOB_FETCH, timeout=1.0)
+                except TimeoutError:  # nats' TimeoutError, or asyncio's when the deadline ran out
+                    continue
+                for msg in msgs:
+                    msg_id = (msg.headers or {}).get("Nats-Msg-Id")
+                    token = self._token(msg, is_job=True)
+                    self.queue.put_nowait(
+                        decode_mutation(msg.subject, msg.data, token, via_job=True, msg_id=msg_id)
+                    )
+        finally:
+            # nats-py leaves a timed-out fetch's status message unfinished in the inbox queue,
+            # and nc.drain() would then wait its whole timeout (30 s) for it: leave first.
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
 
     async def _run_ticks(self) -> None:
         while True:
@@ -261,13 +338,17 @@ class SchedulerApp:
                 if isinstance(a, Emit)
             ],
             published=self._published,
+            images=[state.images[name] for name in state.dirty_images],
         )
         state.dirty_vms, state.dirty_hosts, state.new_replies = set(), set(), {}
+        state.dirty_images = set()
         self._published = []
         return batch
 
     async def _carry_out(self, nc: Client, actions: list[Action]) -> None:
         """Executed only after the commit: replies, acks, commands, then events."""
+        for observe in self.observers:
+            observe(actions, self._source)
         for action in actions:
             match action:
                 case Reply(token=token, body=body):
@@ -279,7 +360,15 @@ class SchedulerApp:
                     await nc.publish(subjects.host_commands(host), codec.encode(message))
                 case Emit(subject=subject, event=event):
                     self._outbox.put_nowait((event.seq, subject, codec.encode(event)))
+                case DropImageObject(sha256=sha256):
+                    gallery.drop_object_in_background(nc, sha256)
         self._log(actions)
+
+    def _source(self, token: int) -> str:
+        target = self._targets.get(token)
+        if target is None or target.future is not None:
+            return "http"  # in-process callers: the HTTP front end
+        return "job" if target.is_job else "nats"
 
     async def _answer(self, target: _Target, body: msgspec.Struct | None) -> None:
         if target.future is not None:

@@ -21,6 +21,9 @@ from common.messages import (
     Heartbeat,
     HeartbeatAck,
     HostEvent,
+    HostInfo,
+    HostRef,
+    HostReply,
     HostState,
     JobRejected,
     Size,
@@ -32,7 +35,11 @@ from common.messages import (
     VmState,
 )
 from common.resources import ZERO
+from scheduler import drain, storageops
 from scheduler.events import (
+    HOST_OPS,
+    IMAGE_OPS,
+    VM_STORAGE_OPS,
     Ack,
     Action,
     Emit,
@@ -56,7 +63,7 @@ from scheduler.placement.pipeline import (
 from scheduler.reconciler import Outcome, Transition, reconcile_host, spec_of
 from scheduler.state.cluster import ClusterState
 from scheduler.state.model import HostRecord, HostRuntime, HostView, PlacementRequest, VmRecord
-from scheduler.views import vm_info
+from scheduler.views import host_info, vm_info
 
 
 def error(code: ErrorCode, detail: str) -> VmReply:
@@ -81,10 +88,13 @@ class SchedulerCore:
         self._capacity_changed = True
         self._recovering: set[VmName] = set()
         self._empty_views: list[HostView] | None = None
+        self._drains_due = True
+        self._drain_reported: dict[HostId, int] = {}
 
     def start(self, now: Now) -> None:
         """Grant every known host a fresh window: a restart never declares healthy hosts dead."""
         self.state.runtimes = fresh_window(self.state.hosts, now.mono_s)
+        storageops.ensure_builtin(self, now)
 
     # ------------------------------------------------------------------ the loop's entry point
 
@@ -92,9 +102,14 @@ class SchedulerCore:
         """Handle a batch of inputs; return the actions to carry out once state is committed."""
         self._actions = []
         replies: list[tuple[Mutation, VmName | None, VmReply | None]] = []
+        host_replies: list[tuple[Mutation, HostId | HostReply]] = []
         ticked = False
         for item in inputs:
             match item:
+                case Mutation() if item.op in HOST_OPS:
+                    host_replies.append((item, self._host_op(item, now)))
+                case Mutation() if item.op in IMAGE_OPS:
+                    self._image_op(item, now)
                 case Mutation():
                     replies.append(self._mutate(item, now))
                 case InvalidJob():
@@ -107,9 +122,14 @@ class SchedulerCore:
         if ticked:
             self._check_liveness(now)
             self._expire_pending(now)
+            storageops.progress_captures(self, now)
+        if ticked or self._drains_due:
+            self._progress_drains(now)
         self._place_pending(now, everything=ticked and self._capacity_changed)
         for mutation, name, reply in replies:
             self._answer(mutation, name, reply, now)
+        for mutation, result in host_replies:
+            self._answer_host(mutation, result, now)
         actions, self._actions = self._actions, []
         return actions
 
@@ -124,6 +144,8 @@ class SchedulerCore:
         if item.op is Op.CREATE:
             assert isinstance(body, CreateVm)
             outcome = self._create(body, now)
+        elif item.op in VM_STORAGE_OPS:
+            outcome = storageops.vm_op(self, item.op, body, now)
         else:
             assert isinstance(body, VmRef)
             outcome = self._change(item.op, VmName(body.name), now)
@@ -160,6 +182,9 @@ class SchedulerCore:
             if same:
                 return name
             return error(ErrorCode.CONFLICT, f"vm {name!r} exists with a different spec")
+        image = storageops.image_for_create(self, body.image)
+        if isinstance(image, VmReply):
+            return image
         request = PlacementRequest(name, size.resources, body.region)
         if not could_ever_fit(request, self._host_views_empty()):
             where = f"region {body.region!r}" if body.region else "any region"
@@ -182,6 +207,7 @@ class SchedulerCore:
             updated_at=now.wall,
             pending_since=now.wall,
         )
+        storageops.give_disks(record, image, body.data_disks_mib)
         self.state.add_vm(record)
         self.state.dirty_vms.add(name)
         self._new_pending.append(name)
@@ -216,6 +242,8 @@ class SchedulerCore:
         return name
 
     def _stop(self, record: VmRecord, now: Now) -> None:
+        if record.drained_from is not None:  # a stop asked for during a drain's move wins
+            self._set(record, now, drained_from=None, reason="stop requested")
         if record.holds_capacity and record.state is not VmState.STOPPING:
             self._set(record, now, state=VmState.STOPPING, reason="stop requested")
             self._command(record.host, record.name, record.generation, now, stop=True)
@@ -230,6 +258,7 @@ class SchedulerCore:
         elif record.state is not VmState.DELETED:
             self._set(record, now, state=VmState.DELETED, reason="deleted")
             self.state.forget_set_member(record)
+            storageops.drop_disks(self, record, now)
 
     def _command(
         self, host: HostId | None, name: VmName, generation: int, now: Now, *, stop: bool
@@ -255,6 +284,101 @@ class SchedulerCore:
             detail=detail,
         )
         self._actions.append(Emit(subjects.JOB_REJECTED, event))
+
+    # ------------------------------------------------------------------ cordon and drain
+
+    def _host_op(self, item: Mutation, now: Now) -> HostId | HostReply:
+        """Cordon, uncordon or drain a host (idempotent: repeating one changes nothing)."""
+        assert isinstance(item.body, HostRef)
+        host = HostId(item.body.host_id)
+        record = self.state.hosts.get(host)
+        if record is None:
+            return HostReply(error=ErrorBody(ErrorCode.NOT_FOUND, f"host {host!r} is not known"))
+        if item.op is Op.DRAIN and not record.draining:
+            problem = self._drain_capacity_problem(host)
+            if problem is not None:
+                return HostReply(error=ErrorBody(ErrorCode.INSUFFICIENT_CAPACITY, problem))
+        cordoned = item.op is not Op.UNCORDON
+        draining = item.op is Op.DRAIN or (item.op is Op.CORDON and record.draining)
+        if (record.cordoned, record.draining) == (cordoned, draining):
+            return host
+        record.cordoned, record.draining = cordoned, draining
+        self.state.dirty_hosts.add(host)
+        self._capacity_changed = True
+        reason = {Op.CORDON: "cordoned", Op.UNCORDON: "uncordoned", Op.DRAIN: "drain started"}
+        event = self._emit_host(host, _host_state(record.up), reason[item.op], now)
+        self._drain_reported[host] = event.drain_remaining
+        self._drains_due = self._drains_due or draining
+        return host
+
+    def _drain_capacity_problem(self, host: HostId) -> str | None:
+        sets = {r.availability_set for r in drain.movable(self.state, host)} - {None}
+        members = {s: self._set_fds(s) for s in sets if s is not None}
+        return drain.check_capacity(self.state, host, self._host_views(), self.policy, members)
+
+    def _image_op(self, item: Mutation, now: Now) -> None:
+        """Gallery operations, answered at once (scheduler/storageops.py)."""
+        self._actions += storageops.image_actions(self, item, now)
+
+    def _answer_host(self, item: Mutation, result: HostId | HostReply, now: Now) -> None:
+        if isinstance(result, HostReply):
+            reply = result
+        else:
+            reply = HostReply(host=self.host_info(result, now))
+        if item.via_job and reply.error is not None:
+            err = reply.error
+            self._reject_job(item.job_subject, item.body.request_id, err.code, err.detail, now)
+        self._actions.append(Reply(item.token, reply))
+
+    def host_info(self, host: HostId, now: Now) -> HostInfo:
+        record = self.state.hosts[host]
+        return host_info(
+            record,
+            self.state.runtimes.get(host),
+            self.state.allocated.get(host),
+            len(self.state.by_host.get(host, ())),
+            now.mono_s,
+            drain_remaining=self._drain_remaining(host),
+        )
+
+    def _drain_remaining(self, host: HostId) -> int:
+        record = self.state.hosts.get(host)
+        if record is None or not record.draining:
+            return 0
+        return drain.remaining(self.state, host, drain.moving(self.state))
+
+    def _progress_drains(self, now: Now) -> None:
+        """Start moving the next VMs of each draining host; finish drains with nothing left."""
+        self._drains_due = False
+        draining = [host for host, record in self.state.hosts.items() if record.draining]
+        if not draining:
+            return
+        on_the_move = drain.moving(self.state)
+        for host in draining:
+            step = drain.plan_drain(self.state, host, self.config.drain_parallelism, on_the_move)
+            for name in step.move:
+                vm = self.state.vms[name]
+                why = f"moving off draining host {host}"
+                self._set(vm, now, state=VmState.STOPPING, reason=why, drained_from=host)
+                self._command(host, name, vm.generation, now, stop=True)
+            record = self.state.hosts[host]
+            if step.done:
+                record.draining = False
+                self.state.dirty_hosts.add(host)
+                self._drain_reported.pop(host, None)
+                self._emit_host(host, _host_state(record.up), "drain complete", now)
+            elif self._drain_reported.get(host) != step.remaining:
+                self._drain_reported[host] = step.remaining
+                left = f"draining: {step.remaining} vms left"
+                self._emit_host(host, _host_state(record.up), left, now)
+
+    def _stopped(self, record: VmRecord, reason: str, now: Now) -> None:
+        """A stop finished: the VM is deallocated, or placed again if a drain is moving it."""
+        if record.drained_from is None:
+            self._release(record, VmState.STOPPED, reason, now)
+        else:
+            why = f"moved off draining host {record.drained_from}; re-placing"
+            self._release(record, VmState.PENDING, why, now)
 
     # ------------------------------------------------------------------ heartbeats
 
@@ -303,6 +427,7 @@ class SchedulerCore:
             driver=hb.driver,
             up=True,
             cordoned=record.cordoned if record else False,
+            draining=record.draining if record else False,
             boot_id=hb.boot_id,
         )
         if record == fresh:
@@ -323,10 +448,11 @@ class SchedulerCore:
             case Outcome.RUNNING:
                 self._set(record, now, state=VmState.RUNNING, reason="")
                 self._recovering.discard(record.name)
+                storageops.settle_disks(self, record, host, now)
             case Outcome.VANISHED:
                 self._set(record, now, state=VmState.STARTING, reason=transition.reason)
             case Outcome.STOPPED:
-                self._release(record, VmState.STOPPED, "stopped", now)
+                self._stopped(record, "stopped", now)
             case Outcome.DELETED:
                 self._release(record, VmState.DELETED, "deleted", now)
                 self.state.forget_set_member(record)
@@ -365,7 +491,7 @@ class SchedulerCore:
         for name in sorted(self.state.by_host.get(host, ())):
             vm = self.state.vms[name]
             if vm.state is VmState.STOPPING:
-                self._release(vm, VmState.STOPPED, f"host {host} declared dead", now)
+                self._stopped(vm, f"host {host} declared dead", now)
             elif vm.state is VmState.DELETING:
                 self._release(vm, VmState.DELETED, f"host {host} declared dead", now)
                 self.state.forget_set_member(vm)
@@ -399,7 +525,12 @@ class SchedulerCore:
         records = [self.state.vms[name] for name in names]
         requests = [
             PlacementRequest(
-                r.name, r.resources, r.region, r.availability_set, frozenset(r.failed_hosts)
+                r.name,
+                r.resources,
+                r.region,
+                r.availability_set,
+                frozenset(r.failed_hosts),
+                pinned_host=storageops.pinned_host(self, r, now),
             )
             for r in records
         ]
@@ -489,6 +620,8 @@ class SchedulerCore:
 
     def _set(self, record: VmRecord, now: Now, **changes: object) -> None:
         emit = "state" in changes and changes["state"] != record.state
+        if record.drained_from is not None and changes.get("state") in drain.SETTLED_STATES:
+            changes["drained_from"] = None  # the move is over
         self.state.update(record, updated_at=now.wall, **changes)
         if emit:
             self._emit_vm(record, now)
@@ -521,12 +654,26 @@ class SchedulerCore:
             host=record.host,
             generation=record.generation,
             reason=record.reason,
+            size=record.size,
         )
         self._actions.append(Emit(subjects.vm_event(record.name), event))
 
-    def _emit_host(self, host: HostId, state: HostState, reason: str, now: Now) -> None:
+    def _emit_host(self, host: HostId, state: HostState, reason: str, now: Now) -> HostEvent:
         self.event_seq += 1
+        record = self.state.hosts.get(host)
         event = HostEvent(
-            seq=self.event_seq, time=now.wall, host_id=host, state=state, reason=reason
+            seq=self.event_seq,
+            time=now.wall,
+            host_id=host,
+            state=state,
+            reason=reason,
+            cordoned=record.cordoned if record else False,
+            draining=record.draining if record else False,
+            drain_remaining=self._drain_remaining(host),
         )
         self._actions.append(Emit(subjects.host_event(host), event))
+        return event
+
+
+def _host_state(up: bool) -> HostState:
+    return HostState.UP if up else HostState.DOWN

@@ -9,7 +9,22 @@ from enum import StrEnum
 import msgspec
 
 from common.ids import HostId
-from common.messages import AgentCommand, CreateVm, ErrorCode, Event, Heartbeat, HeartbeatAck, VmRef
+from common.messages import (
+    AgentCommand,
+    AttachDisk,
+    CaptureVm,
+    CreateVm,
+    DetachDisk,
+    ErrorCode,
+    Event,
+    Heartbeat,
+    HeartbeatAck,
+    HostRef,
+    ImageCaptured,
+    ImageRef,
+    UploadImage,
+    VmRef,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +40,25 @@ class Op(StrEnum):
     STOP = "stop"
     START = "start"
     DELETE = "delete"
+    CORDON = "cordon"
+    UNCORDON = "uncordon"
+    DRAIN = "drain"
+    ATTACH_DISK = "attach_disk"
+    DETACH_DISK = "detach_disk"
+    CAPTURE = "capture"
+    IMAGE_UPLOAD = "image_upload"
+    IMAGE_DELETE = "image_delete"
+    IMAGE_CAPTURED = "image_captured"
+
+
+HOST_OPS = frozenset({Op.CORDON, Op.UNCORDON, Op.DRAIN})
+"""Operations on a host (body HostRef, reply HostReply); the others act on a VM."""
+VM_STORAGE_OPS = frozenset({Op.ATTACH_DISK, Op.DETACH_DISK, Op.CAPTURE})
+"""Disk operations on a VM (reply VmReply); see scheduler/storageops.py."""
+IMAGE_OPS = frozenset({Op.IMAGE_UPLOAD, Op.IMAGE_DELETE, Op.IMAGE_CAPTURED})
+"""Gallery operations (reply ImageReply); see scheduler/storageops.py."""
+
+StorageBody = AttachDisk | DetachDisk | CaptureVm | UploadImage | ImageRef | ImageCaptured
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,7 +66,7 @@ class Mutation:
     """A mutating API request (from request/reply or from the jobs stream)."""
 
     op: Op
-    body: CreateVm | VmRef
+    body: CreateVm | VmRef | HostRef | StorageBody
     token: int
     via_job: bool = False
     job_subject: str = ""
@@ -91,4 +125,11 @@ class Emit:
     event: Event
 
 
-Action = Reply | Ack | SendCommands | Emit
+@dataclass(frozen=True, slots=True)
+class DropImageObject:
+    """Remove an image's bytes from the object store (no live image uses them any more)."""
+
+    sha256: str
+
+
+Action = Reply | Ack | SendCommands | Emit | DropImageObject

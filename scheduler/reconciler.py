@@ -22,6 +22,7 @@ from common.messages import (
     VmSpec,
     VmState,
 )
+from scheduler.disks import specs as disk_specs
 from scheduler.state.model import VmRecord
 
 
@@ -59,6 +60,7 @@ def spec_of(record: VmRecord) -> VmSpec:
         cpu_milli=record.cpu_milli,
         mem_mib=record.mem_mib,
         image=record.image,
+        disks=disk_specs(record),
     )
 
 

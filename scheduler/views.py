@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from common.messages import HostInfo, HostState, VmInfo
 from common.resources import ZERO, Resources
+from scheduler.disks import infos as disk_infos
 from scheduler.state.model import HostRecord, HostRuntime, VmRecord
 
 
@@ -22,6 +23,7 @@ def vm_info(record: VmRecord) -> VmInfo:
         reason=record.reason,
         created_at=record.created_at,
         updated_at=record.updated_at,
+        disks=disk_infos(record),
     )
 
 
@@ -31,6 +33,8 @@ def host_info(
     allocated: Resources | None,
     vms: int,
     now_s: float,
+    *,
+    drain_remaining: int = 0,
 ) -> HostInfo:
     return HostInfo(
         host_id=record.host_id,
@@ -45,4 +49,6 @@ def host_info(
         fenced=runtime.fenced if runtime else False,
         driver=record.driver,
         last_heartbeat_age_s=round(now_s - runtime.last_seen_s, 3) if runtime else None,
+        draining=record.draining,
+        drain_remaining=drain_remaining,
     )

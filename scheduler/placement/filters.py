@@ -21,6 +21,8 @@ class Reason(StrEnum):
     WRONG_REGION = "wrong_region"
     AVOIDED = "avoided"
     """The host is in the request's ``avoid_hosts`` (e.g. the VM just failed to start there)."""
+    DISKS_ELSEWHERE = "disks_elsewhere"
+    """The VM's host-local disks live on another host (``pinned_host``)."""
     INSUFFICIENT_CPU = "insufficient_cpu"
     INSUFFICIENT_MEMORY = "insufficient_memory"
     AVAILABILITY_SET = "availability_set"
@@ -46,6 +48,12 @@ def matches_region(req: PlacementRequest, host: HostView) -> Reason | None:
 
 def not_avoided(req: PlacementRequest, host: HostView) -> Reason | None:
     return None if host.host_id not in req.avoid_hosts else Reason.AVOIDED
+
+
+def holds_disks(req: PlacementRequest, host: HostView) -> Reason | None:
+    """A VM whose disks live on one host can only run there."""
+    ok = req.pinned_host is None or req.pinned_host == host.host_id
+    return None if ok else Reason.DISKS_ELSEWHERE
 
 
 def fits_cpu(req: PlacementRequest, host: HostView) -> Reason | None:

@@ -16,6 +16,7 @@ from scheduler.placement.filters import (
     Reason,
     fits_cpu,
     fits_memory,
+    holds_disks,
     host_is_up,
     host_not_cordoned,
     least_loaded_domains,
@@ -78,6 +79,7 @@ def place(
             host_not_cordoned,
             matches_region,
             not_avoided,
+            holds_disks,
             # ... then resource arithmetic.
             fits_cpu,
             fits_memory,

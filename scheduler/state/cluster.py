@@ -13,6 +13,7 @@ from common.ids import HostId, VmName
 from common.messages import VmReply
 from common.resources import ZERO, Resources
 from scheduler.state.model import HostRecord, HostRuntime, VmRecord
+from scheduler.state.storage import ImageRecord
 
 
 @dataclass
@@ -29,13 +30,21 @@ class ClusterState:
     """VMs waiting for placement, in arrival order (a dict used as an ordered set)."""
     dirty_vms: set[VmName] = field(default_factory=set)
     dirty_hosts: set[HostId] = field(default_factory=set)
+    images: dict[str, ImageRecord] = field(default_factory=dict)
+    """The image gallery, by name."""
+    dirty_images: set[str] = field(default_factory=set)
     new_replies: dict[str, VmReply] = field(default_factory=dict)
 
     @classmethod
     def from_records(
-        cls, vms: list[VmRecord], hosts: list[HostRecord], replies: dict[str, VmReply]
+        cls,
+        vms: list[VmRecord],
+        hosts: list[HostRecord],
+        replies: dict[str, VmReply],
+        images: list[ImageRecord] | None = None,
     ) -> ClusterState:
         state = cls(hosts={h.host_id: h for h in hosts}, replies=dict(replies))
+        state.images = {image.name: image for image in images or ()}
         for record in sorted(vms, key=lambda r: (r.pending_since or r.created_at, r.name)):
             state.add_vm(record)
         return state

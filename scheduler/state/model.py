@@ -10,6 +10,7 @@ import msgspec
 from common.ids import HostId, VmName
 from common.messages import ObservedVm, VmState
 from common.resources import ZERO, Resources
+from scheduler.state.storage import DiskRecord
 
 ACTIVE_STATES = frozenset(
     {VmState.SCHEDULED, VmState.STARTING, VmState.RUNNING, VmState.STOPPING, VmState.DELETING}
@@ -54,6 +55,8 @@ class PlacementRequest:
     availability_set: str | None = None
     avoid_hosts: frozenset[HostId] = frozenset()
     """Hosts this VM must not go to (e.g. where its start just failed)."""
+    pinned_host: HostId | None = None
+    """The only host this VM may go to: its host-local disks live there."""
 
 
 class VmRecord(msgspec.Struct, kw_only=True):
@@ -75,6 +78,13 @@ class VmRecord(msgspec.Struct, kw_only=True):
     pending_since: datetime | None = None
     start_attempts: int = 0
     failed_hosts: list[HostId] = []
+    drained_from: HostId | None = None
+    """Set while a drain moves this VM off that host: stopping there, then placed elsewhere;
+    cleared once it runs again (or is stopped, deleted or failed)."""
+    disks: list[DiskRecord] = []
+    """OS disk first, then data disks (see scheduler/disks.py)."""
+    disk_serial: int = 0
+    """Data disks made so far: numbers new data disk ids, which are never reused."""
 
     @property
     def resources(self) -> Resources:
@@ -97,6 +107,7 @@ class HostRecord(msgspec.Struct, kw_only=True):
     driver: str = "fake"
     up: bool = True
     cordoned: bool = False
+    draining: bool = False
     boot_id: str = ""
 
 

@@ -16,9 +16,11 @@ from typing import Any, Protocol
 import aiosqlite
 import msgspec
 
+from common import subjects
 from common.errors import StoreError
 from common.messages import VmReply
 from scheduler.state.model import HostRecord, VmRecord
+from scheduler.state.storage import ImageRecord
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +36,12 @@ CREATE TABLE IF NOT EXISTS replies (
     request_id TEXT PRIMARY KEY, body BLOB NOT NULL, created_s REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY, subject TEXT NOT NULL, body BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS vm_history (seq INTEGER PRIMARY KEY, body BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS images (name TEXT PRIMARY KEY, body BLOB NOT NULL);
 """
+VM_EVENT_PREFIX = subjects.vm_event("")
+"""Events on subjects starting with this are VM events, kept in vm_history for usage metering:
+the events stream ages out, the store does not."""
 
 
 @dataclass
@@ -44,6 +51,7 @@ class Loaded:
     replies: dict[str, VmReply]
     event_seq: int
     outbox: list[tuple[int, str, bytes]]
+    images: list[ImageRecord] = field(default_factory=list)
 
 
 @dataclass
@@ -53,9 +61,12 @@ class Batch:
     replies: dict[str, VmReply] = field(default_factory=dict)
     events: list[tuple[int, str, bytes]] = field(default_factory=list)
     published: list[int] = field(default_factory=list)
+    images: list[ImageRecord] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.vms or self.hosts or self.replies or self.events or self.published)
+        return bool(
+            self.vms or self.hosts or self.replies or self.events or self.published or self.images
+        )
 
 
 class Store(Protocol):
@@ -68,6 +79,7 @@ class Store(Protocol):
 
 _vm_decoder = msgspec.json.Decoder(VmRecord)
 _host_decoder = msgspec.json.Decoder(HostRecord)
+_image_decoder = msgspec.json.Decoder(ImageRecord)
 _reply_decoder = msgspec.json.Decoder(VmReply)
 _encoder = msgspec.json.Encoder()
 
@@ -108,6 +120,9 @@ class SqliteStore:
             )
             vms = [_vm_decoder.decode(row[0]) for row in await self._all("SELECT body FROM vms")]
             hosts = [_host_decoder.decode(r[0]) for r in await self._all("SELECT body FROM hosts")]
+            images = [
+                _image_decoder.decode(r[0]) for r in await self._all("SELECT body FROM images")
+            ]
             replies = {
                 row[0]: _reply_decoder.decode(row[1])
                 for row in await self._all("SELECT request_id, body FROM replies")
@@ -120,7 +135,7 @@ class SqliteStore:
         except (aiosqlite.Error, msgspec.DecodeError) as exc:
             raise StoreError(f"cannot load store: {exc}") from exc
         event_seq = int(seq_rows[0][0]) if seq_rows else 0
-        return Loaded(vms, hosts, replies, event_seq, outbox)
+        return Loaded(vms, hosts, replies, event_seq, outbox, images)
 
     async def _all(self, sql: str) -> list[tuple[Any, ...]]:
         async with self._db.execute(sql) as cursor:
@@ -141,6 +156,10 @@ class SqliteStore:
                 "INSERT OR REPLACE INTO hosts (host_id, body) VALUES (?, ?)",
                 [(h.host_id, _encoder.encode(h)) for h in batch.hosts],
             )
+            await db.executemany(
+                "INSERT OR REPLACE INTO images (name, body) VALUES (?, ?)",
+                [(i.name, _encoder.encode(i)) for i in batch.images],
+            )
             now = time.time()
             await db.executemany(
                 "INSERT OR REPLACE INTO replies (request_id, body, created_s) VALUES (?, ?, ?)",
@@ -148,6 +167,10 @@ class SqliteStore:
             )
             await db.executemany(
                 "INSERT INTO outbox (seq, subject, body) VALUES (?, ?, ?)", batch.events
+            )
+            await db.executemany(
+                "INSERT OR IGNORE INTO vm_history (seq, body) VALUES (?, ?)",
+                [(q, body) for q, subject, body in batch.events if _is_vm_event(subject)],
             )
             if batch.events:
                 await db.execute(
@@ -170,6 +193,27 @@ class SqliteStore:
 
     async def close(self) -> None:
         await self._db.close()
+
+
+def _is_vm_event(subject: str) -> bool:
+    return subject.startswith(VM_EVENT_PREFIX)
+
+
+def _read_only_uri(path: str | Path) -> str:
+    return f"{Path(path).resolve().as_uri()}?mode=ro"
+
+
+async def read_vm_history(path: str | Path) -> list[bytes]:
+    """Every VM event ever committed (encoded), in order, through a connection of its own: it
+    sees only committed transactions and never waits inside one of the core loop's."""
+    try:
+        async with (
+            aiosqlite.connect(_read_only_uri(path), uri=True) as db,
+            db.execute("SELECT body FROM vm_history ORDER BY seq") as cursor,
+        ):
+            return [bytes(row[0]) for row in await cursor.fetchall()]
+    except aiosqlite.Error as exc:
+        raise StoreError(f"cannot read vm history from {path}: {exc}") from exc
 
 
 _: type[Store] = SqliteStore

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from common.messages import (
     AgentCommand,
     DeleteVm,
+    HostRef,
     ObservedState,
     ObservedVm,
     ResumeVm,
@@ -24,7 +25,7 @@ from common.messages import (
     VmState,
 )
 from common.resources import Resources
-from scheduler.events import Ack, Action, Op, SendCommands
+from scheduler.events import Ack, Action, Mutation, Op, SendCommands
 from scheduler.state.model import ACTIVE_STATES
 from tests.unit.scheduler.corekit import CoreKit
 
@@ -96,6 +97,22 @@ class World:
         )
         self.deliver(actions, sent_at=self.kit.t, host=host)
 
+    def act_on_host(self, kind: str, arg: object) -> None:
+        """A history step that is not an API call on a VM: heartbeats, faults, host ops, time."""
+        if kind == "beat":
+            self.beat(str(arg))
+        elif kind in ("partition", "heal"):
+            self.agents[str(arg)].partitioned = kind == "partition"
+        elif kind in ("cordon", "uncordon", "drain"):
+            self.host_op(Op(kind), str(arg))
+        else:
+            assert isinstance(arg, float)
+            self.advance(arg)
+
+    def host_op(self, op: Op, host: str) -> None:
+        token = next(self.kit.tokens)
+        self.deliver(self.kit.step(Mutation(op, HostRef(host_id=host), token)))
+
     def advance(self, dt: float) -> None:
         self.kit.t += dt
         for agent in self.agents.values():
@@ -119,6 +136,7 @@ op = st.one_of(
     st.tuples(st.just("beat"), st.sampled_from(HOSTS), st.none()),
     st.tuples(st.sampled_from(["partition", "heal"]), st.sampled_from(HOSTS), st.none()),
     st.tuples(st.just("advance"), st.sampled_from([0.3, 1.0, 2.5, 7.0]), st.none()),
+    st.tuples(st.sampled_from(["cordon", "uncordon", "drain"]), st.sampled_from(HOSTS), st.none()),
 )
 
 
@@ -136,19 +154,14 @@ def test_random_histories_never_run_two_copies_and_converge(
         elif kind in ("stop", "start", "delete"):
             kit.mutate(Op(kind), VmRef(name=f"vm-{arg}"))
             world.deliver(kit.actions)
-        elif kind == "beat":
-            world.beat(str(arg))
-        elif kind == "partition":
-            world.agents[str(arg)].partitioned = True
-        elif kind == "heal":
-            world.agents[str(arg)].partitioned = False
         else:
-            assert isinstance(arg, float)
-            world.advance(arg)
+            world.act_on_host(kind, arg)
         world.check()
     # The faults stop: every host is reachable and heartbeats; the system converges.
     for agent in world.agents.values():
         agent.partitioned = False
+    for host in HOSTS:
+        world.host_op(Op.UNCORDON, host)
     for _ in range(20):
         world.advance(0.5)
         for host in HOSTS:
@@ -168,3 +181,4 @@ def test_random_histories_never_run_two_copies_and_converge(
             ), record
             assert placed == {}, (record, placed)
             assert record.state is not VmState.PENDING  # all fits: nothing waits for capacity
+    assert all(record.drained_from is None for record in kit.state.vms.values())

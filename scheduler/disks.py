@@ -1,0 +1,166 @@
+"""A VM's disks in the scheduler: ids, where they live, pinning and rebuilding. Pure.
+
+Every VM gets an OS disk (a qcow2 overlay of its image, made by the agent when the VM first
+starts on a host) and the data disks asked for. Disks are host-local: the host they were made on
+holds them, so a VM that ran once is *pinned* to that host (stop/start keeps its disks). When
+that host is down (or a drain moves the VM off it), the disks are gone with it: the VM is
+*rebuilt* — new disk ids, the OS disk from its image again, the data disks empty — and placed
+anywhere. Disk ids embed the VM's generation and a serial, so a rebuilt or re-created disk never
+reuses an old file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from common.ids import HostId, VmName
+from common.messages import DiskInfo, DiskKind, DiskSpec, VmState
+from scheduler.state.model import HostRecord, VmRecord
+from scheduler.state.storage import DiskRecord
+
+EDITABLE_STATES = frozenset({VmState.PENDING, VmState.STOPPED, VmState.FAILED})
+"""States in which data disks may be attached or detached (no hot-plug: the VM is not running)."""
+
+
+def disk_id(name: VmName, generation: int, kind: DiskKind, serial: int) -> str:
+    """Unique for the VM's lifetime: ``serial`` counts every disk it was given, and a VM
+    created again under the same name starts at a higher generation."""
+    return f"{name}-g{generation}-{'os' if kind is DiskKind.OS else 'd'}{serial}"
+
+
+def initial_disks(
+    name: VmName, generation: int, image: str, image_sha256: str, data_mib: list[int]
+) -> tuple[list[DiskRecord], int]:
+    """The OS disk of ``image`` then one data disk per size (none made on a host yet), and
+    the disk serial after them."""
+    disks = [
+        DiskRecord(
+            disk_id=disk_id(name, generation, DiskKind.OS, 1),
+            kind=DiskKind.OS,
+            image=image,
+            image_sha256=image_sha256,
+        )
+    ]
+    disks += [
+        DiskRecord(
+            disk_id=disk_id(name, generation, DiskKind.DATA, serial),
+            kind=DiskKind.DATA,
+            size_mib=mib,
+        )
+        for serial, mib in enumerate(data_mib, start=2)
+    ]
+    return disks, len(disks)
+
+
+def disk_host(record: VmRecord) -> HostId | None:
+    """The host holding the VM's host-local disks, if they were made somewhere."""
+    return next((disk.host for disk in record.disks if disk.host is not None), None)
+
+
+def lost_on(record: VmRecord, hosts: Mapping[HostId, HostRecord]) -> HostId | None:
+    """The host the VM's disks were lost with: down, unknown, or being drained of the VM."""
+    host = disk_host(record)
+    if host is None:
+        return None
+    known = hosts.get(host)
+    if known is None or not known.up or record.drained_from == host:
+        return host
+    return None
+
+
+def rebuilt(record: VmRecord) -> tuple[list[DiskRecord], int]:
+    """New disks for a VM whose disks were lost (the OS disk from its image, data disks empty),
+    and the disk serial after them."""
+    disks: list[DiskRecord] = []
+    serial = record.disk_serial
+    for old in record.disks:
+        serial += 1
+        disks.append(
+            DiskRecord(
+                disk_id=disk_id(record.name, record.generation, old.kind, serial),
+                kind=old.kind,
+                size_mib=old.size_mib,
+                image=old.image,
+                image_sha256=old.image_sha256,
+                storage=old.storage,
+            )
+        )
+    return disks, serial
+
+
+def rebuild_reason(record: VmRecord, host: HostId) -> str:
+    data = sum(d.kind is DiskKind.DATA for d in record.disks)
+    if record.drained_from == host:
+        why = f"moved off draining host {host}: host-local disks stay behind"
+    else:
+        why = f"host-local disks lost with host {host}"
+    why += f"; os disk rebuilt from image {record.image}"
+    return why + (f", {data} data disk(s) recreated empty" if data else "")
+
+
+def settled(record: VmRecord, host: HostId) -> list[DiskRecord] | None:
+    """The disks once the VM runs on ``host`` (they exist there now); None if unchanged."""
+    if all(d.host is not None for d in record.disks):
+        return None
+    return [
+        DiskRecord(
+            disk_id=d.disk_id,
+            kind=d.kind,
+            size_mib=d.size_mib,
+            image=d.image,
+            image_sha256=d.image_sha256,
+            storage=d.storage,
+            host=d.host or host,
+        )
+        for d in record.disks
+    ]
+
+
+def attached(record: VmRecord, size_mib: int) -> tuple[list[DiskRecord], int]:
+    """The disks with one more empty data disk (made where the others are), and the serial."""
+    serial = record.disk_serial + 1
+    disk = DiskRecord(
+        disk_id=disk_id(record.name, record.generation, DiskKind.DATA, serial),
+        kind=DiskKind.DATA,
+        size_mib=size_mib,
+        host=disk_host(record),
+    )
+    return [*record.disks, disk], serial
+
+
+def detached(record: VmRecord, disk_id: str) -> list[DiskRecord] | str:
+    """The disks without data disk ``disk_id``, or why it cannot be detached."""
+    match = [d for d in record.disks if d.disk_id == disk_id]
+    if not match:
+        return f"vm {record.name!r} has no disk {disk_id!r}"
+    if match[0].kind is DiskKind.OS:
+        return "the os disk cannot be detached"
+    return [d for d in record.disks if d.disk_id != disk_id]
+
+
+def specs(record: VmRecord) -> list[DiskSpec]:
+    return [
+        DiskSpec(
+            disk_id=d.disk_id,
+            kind=d.kind,
+            size_mib=d.size_mib,
+            image=d.image,
+            image_sha256=d.image_sha256,
+            storage=d.storage,
+        )
+        for d in record.disks
+    ]
+
+
+def infos(record: VmRecord) -> list[DiskInfo]:
+    return [
+        DiskInfo(
+            disk_id=d.disk_id,
+            kind=d.kind,
+            size_mib=d.size_mib,
+            image=d.image,
+            storage=d.storage,
+            host=d.host,
+        )
+        for d in record.disks
+    ]
