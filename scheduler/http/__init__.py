@@ -1,0 +1,1 @@
+"""The scheduler's HTTP API (aiohttp): routes, OpenAPI document, server."""

@@ -1,0 +1,79 @@
+"""Error codes to HTTP statuses, and the JSON error body ``{"error": {"code", "detail"}}``.
+
+The codes are those of the NATS API (``common.messages.ErrorCode``):
+
+| code | status | why |
+|---|---|---|
+| invalid_request | 400 | malformed JSON, a field out of its schema, a bad query or path value |
+| unauthorized | 401 | missing or wrong bearer token (nothing was done) |
+| not_found | 404 | no such VM, host, image or route |
+| conflict | 409 | a VM of that name exists with another spec |
+| invalid_state | 409 | the VM's current state forbids the operation (e.g. being deleted) |
+| insufficient_capacity | 409 | the cluster as it is cannot hold it (too big for every host; a drain
+  with no room elsewhere); may succeed once the cluster changes |
+| too_large | 413 | body over the size limit |
+| unknown_size | 422 | the request names a size the catalogue does not have |
+| invalid_image | 422 | an uploaded file is not a disk image (or not the announced one) |
+| unavailable | 503 | the scheduler did not answer in time, or too many event streams |
+| internal | 500 | a bug (logged) |
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Final
+
+from aiohttp import web
+
+from common import codec
+from common.messages import ErrorBody, ErrorCode, ErrorReply
+
+STATUS: Final[Mapping[ErrorCode, int]] = {
+    ErrorCode.INVALID_REQUEST: 400,
+    ErrorCode.UNAUTHORIZED: 401,
+    ErrorCode.NOT_FOUND: 404,
+    ErrorCode.CONFLICT: 409,
+    ErrorCode.INVALID_STATE: 409,
+    ErrorCode.INSUFFICIENT_CAPACITY: 409,
+    ErrorCode.TOO_LARGE: 413,
+    ErrorCode.UNKNOWN_SIZE: 422,
+    ErrorCode.INVALID_IMAGE: 422,
+    ErrorCode.UNAVAILABLE: 503,
+    ErrorCode.INTERNAL: 500,
+}
+
+CODE_OF_STATUS: Final[Mapping[int, ErrorCode]] = {
+    400: ErrorCode.INVALID_REQUEST,
+    401: ErrorCode.UNAUTHORIZED,
+    404: ErrorCode.NOT_FOUND,
+    405: ErrorCode.INVALID_REQUEST,
+    413: ErrorCode.TOO_LARGE,
+}
+"""For aiohttp's own errors (no route, wrong method, body too large)."""
+
+JSON: Final = "application/json"
+
+
+class HttpError(Exception):
+    """Raised by a handler to answer with an error body; the middleware turns it into one."""
+
+    def __init__(self, code: ErrorCode, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+        self.detail = detail
+
+
+def status_of(code: ErrorCode) -> int:
+    return STATUS.get(code, 400)
+
+
+def error_response(
+    code: ErrorCode, detail: str, *, status: int | None = None, headers: Mapping[str, str] = {}
+) -> web.Response:
+    body = codec.encode(ErrorReply(error=ErrorBody(code=code, detail=detail)))
+    return web.Response(
+        body=body,
+        status=status or status_of(code),
+        content_type=JSON,
+        headers=headers,
+    )
