@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import assert_never
 
@@ -23,6 +24,7 @@ from common.errors import DriverError
 from common.ids import HostId
 from common.messages import (
     AgentCommand,
+    CaptureDisk,
     DeleteVm,
     ObservedState,
     ObservedVm,
@@ -88,6 +90,8 @@ class Agent:
         self._failed: dict[str, ObservedVm] = {}
         self._queue: asyncio.Queue[AgentCommand] = asyncio.Queue()
         self._pending: dict[str, deque[AgentCommand]] = {}
+        self.capture: Callable[[CaptureDisk, bool], Awaitable[None]] | None = None
+        """Carries out CaptureDisk (set by the app when the driver keeps disks)."""
 
     # ------------------------------------------------------------------ inventory
 
@@ -207,8 +211,16 @@ class Agent:
                 await self._remove(name, generation, destroy=True)
             case ResumeVm(name=name, generation=generation):
                 await self._resume(name, generation)
+            case CaptureDisk():
+                await self._capture(command)
             case _:
                 assert_never(command)
+
+    async def _capture(self, command: CaptureDisk) -> None:
+        if self.capture is None:
+            log.error("capture unsupported vm=%s image=%s", command.name, command.image)
+            return
+        await self.capture(command, self._held(command.name) is not None)
 
     async def _start(self, spec: VmSpec, generation: int) -> None:
         held = self._held(spec.name)
@@ -259,7 +271,9 @@ class Agent:
     async def _remove(self, name: str, generation: int, *, destroy: bool) -> None:
         held = self._held(name)
         if held is None:
-            log.debug("remove of unknown vm ignored vm=%s generation=%d", name, generation)
+            if destroy:
+                await self._forget(name, generation)
+            log.debug("remove of vm not running here vm=%s generation=%d", name, generation)
             return
         if held.generation > generation:
             log.info(
@@ -271,6 +285,13 @@ class Agent:
             )
             return
         await self._discard(held, destroy=destroy)
+
+    async def _forget(self, name: str, generation: int) -> None:
+        """A deleted VM that is not running here may still have disks here: remove them."""
+        try:
+            await self.driver.forget(name, generation)
+        except DriverError as exc:
+            log.error("vm disks not removed vm=%s generation=%d error=%s", name, generation, exc)
 
     async def _discard(self, held: ObservedVm, *, destroy: bool) -> bool:
         """Stop or destroy a held VM and forget it; False when the driver failed."""

@@ -27,11 +27,14 @@ from common.ids import HostId, host_id
 from common.messages import Heartbeat
 from common.resources import Resources
 from hostagent.agent import Agent
+from hostagent.capture import Capturer
 from hostagent.drivers.base import HypervisorDriver
 from hostagent.drivers.fake import FakeDriver
+from hostagent.drivers.qemu import QemuDriver
 from hostagent.execlog import ExecLog, execlog_path
 from hostagent.heartbeat import HeartbeatLoop
 from hostagent.inventory import host_capacity
+from hostagent.qemusetup import check_host, open_qemu_driver, qemu_root
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +59,8 @@ def resolve_settings(config: AgentConfig) -> AgentSettings:
     except ProtocolError as exc:
         raise ConfigError(str(exc)) from exc
     capacity = host_capacity(config.capacity, config.reserved)
+    if config.driver == "qemu":
+        check_host(config)
     return AgentSettings(config, checked_id, capacity)
 
 
@@ -68,6 +73,16 @@ def make_driver(settings: AgentSettings) -> HypervisorDriver:
                 cpu_overcommit=config.cpu_overcommit or 1.0,
                 start_delay_s=config.fake_start_delay_s,
             )
+        case "qemu":
+            raise ConfigError("the qemu driver needs NATS and I/O: use open_driver()")
+
+
+async def open_driver(settings: AgentSettings, nc: Client | None) -> HypervisorDriver:
+    """The configured driver, ready: a qemu driver has chosen its accelerator and re-adopted
+    the VMs a previous agent left running."""
+    if settings.config.driver == "qemu":
+        return await open_qemu_driver(settings.config, settings.host_id, settings.capacity, nc)
+    return make_driver(settings)
 
 
 def _adopt_overcommit(
@@ -112,13 +127,17 @@ class AgentApp:
         settings, config = self.settings, self.settings.config
         clock = SystemClock()
         async with AsyncExitStack() as stack:
-            driver = make_driver(settings)
-            stack.push_async_callback(driver.close)
-            execlog = ExecLog(execlog_path(config.data_dir, settings.host_id), settings.host_id)
-            stack.callback(execlog.close)
             nc = await self._connect()
             stack.push_async_callback(_drain, nc)
+            driver = await open_driver(settings, nc)
+            stack.push_async_callback(driver.close)  # a real driver leaves its VMs running
+            execlog = ExecLog(execlog_path(config.data_dir, settings.host_id), settings.host_id)
+            stack.callback(execlog.close)
             agent = Agent(settings.host_id, driver, execlog, clock)
+            if isinstance(driver, QemuDriver):
+                driver.on_change = agent.changed.set
+            capturer = Capturer(nc, settings.host_id, driver, qemu_root(config, settings.host_id))
+            agent.capture = lambda command, running: capturer.capture(command, running=running)
             await nc.subscribe(subjects.host_commands(settings.host_id), cb=agent.on_commands)
             heartbeats = HeartbeatLoop(
                 nc,

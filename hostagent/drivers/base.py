@@ -54,6 +54,11 @@ class HypervisorDriver(Protocol):
         """
         ...
 
+    async def forget(self, name: str, generation: int) -> None:
+        """Remove what the host keeps of a VM it does not run (a stopped VM's disks), if it was
+        kept at ``generation`` or older. A VM it runs, or an unknown one, is left alone."""
+        ...
+
     async def pause(self, name: str) -> None:
         """Stop executing the VM's vCPUs (QMP ``stop``); memory and devices are kept.
 

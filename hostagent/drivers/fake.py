@@ -93,6 +93,9 @@ class FakeDriver:
     async def destroy(self, name: str) -> None:
         self._vms.pop(name, None)
 
+    async def forget(self, name: str, generation: int) -> None:
+        """The fake keeps nothing of a VM it does not run."""
+
     async def pause(self, name: str) -> None:
         vm = self._get(name)
         if vm.state in (ObservedState.RUNNING, ObservedState.STARTING):

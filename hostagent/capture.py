@@ -1,0 +1,87 @@
+"""Capture: flatten a stopped VM's OS disk into one qcow2, store it, report it to the scheduler.
+
+The scheduler sends ``CaptureDisk`` (again every few seconds until the image is available), so
+a capture is done once per image name and a repeated command only reports the result again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+
+import nats.errors
+from nats.aio.client import Client
+
+from common import codec, subjects
+from common.errors import DriverError
+from common.ids import HostId
+from common.imagestore import ImageStoreError, put_image
+from common.messages import CaptureDisk, ImageCaptured
+from hostagent.drivers.base import HypervisorDriver
+from hostagent.drivers.qemu import QemuDriver
+
+log = logging.getLogger(__name__)
+
+REPORT_TIMEOUT_S = 5.0
+
+
+class Capturer:
+    def __init__(self, nc: Client, host_id: HostId, driver: HypervisorDriver, work_dir: Path):
+        self._nc = nc
+        self._host_id = host_id
+        self._driver = driver
+        self._work_dir = work_dir
+        self._done: dict[str, ImageCaptured] = {}
+
+    async def capture(self, command: CaptureDisk, *, running: bool) -> None:
+        result = self._done.get(command.image)
+        if result is None:
+            result = await self._capture(command, running=running)
+            self._done[command.image] = result
+        await self._report(result)
+
+    async def _capture(self, command: CaptureDisk, *, running: bool) -> ImageCaptured:
+        def failed(why: str) -> ImageCaptured:
+            log.error("capture failed vm=%s image=%s error=%s", command.name, command.image, why)
+            return ImageCaptured(
+                image=command.image, vm=command.name, host_id=self._host_id, error=why
+            )
+
+        if not isinstance(self._driver, QemuDriver):
+            return failed(f"the {self._driver.name} driver keeps no disks to capture")
+        if running:
+            return failed(f"vm {command.name} runs again on {self._host_id}")
+        dest = self._work_dir / f".capture-{command.image}.qcow2"
+        try:
+            await asyncio.to_thread(self._work_dir.mkdir, parents=True, exist_ok=True)
+            await self._driver.disks.flatten(command.disk_id, dest)
+            sha256, size = await put_image(self._nc.jetstream(), dest)
+        except (DriverError, ImageStoreError, nats.errors.Error, OSError, TimeoutError) as exc:
+            return failed(str(exc) or repr(exc))
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                await asyncio.to_thread(dest.unlink)
+        log.info(
+            "vm captured vm=%s image=%s sha256=%s bytes=%d",
+            command.name,
+            command.image,
+            sha256,
+            size,
+        )
+        return ImageCaptured(
+            image=command.image,
+            vm=command.name,
+            host_id=self._host_id,
+            sha256=sha256,
+            size_bytes=size,
+        )
+
+    async def _report(self, result: ImageCaptured) -> None:
+        try:
+            await self._nc.request(
+                subjects.IMAGE_CAPTURED, codec.encode(result), timeout=REPORT_TIMEOUT_S
+            )
+        except (nats.errors.Error, TimeoutError) as exc:
+            log.warning("capture report unanswered image=%s error=%r", result.image, exc)

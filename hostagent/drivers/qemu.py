@@ -1,0 +1,412 @@
+"""The real hypervisor driver: one detached ``qemu-system-x86_64`` per VM, driven over QMP.
+
+State comes from QEMU itself: the QMP connection of each VM (a closed socket means the process
+is gone) and process liveness; a VM has booted once its guest printed the readiness marker on
+the serial console. Boots wait for one of ``max_concurrent_boots`` slots (a boot costs seconds
+of CPU under TCG), so a burst of starts, such as a failover onto this host, is queued instead of
+overloading it. Disks are host-local qcow2 files (``hostagent/disks.py``): kept by ``stop``,
+removed by ``destroy``. An agent restart re-adopts running VMs from their pid files and QMP
+sockets; :meth:`close` leaves every VM running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from common.errors import DriverError
+from common.messages import ObservedState, ObservedVm, VmSpec
+from common.resources import ZERO, Resources
+from hostagent.disks import DiskStore, effective_disks
+from hostagent.drivers.base import HypervisorDriver
+from hostagent.drivers.qemuproc import (
+    FAILED_MARKER,
+    READY_MARKER,
+    QemuSettings,
+    VmFiles,
+    VmMeta,
+    kill,
+    launch,
+    pid_alive,
+    read_meta,
+    read_pid,
+    read_serial,
+    serial_tail,
+    wait_exit,
+    write_meta,
+)
+from hostagent.drivers.qmp import JsonObject, QmpClient, QmpError
+from hostagent.images import ImageCache
+
+log = logging.getLogger(__name__)
+
+POLL_S = 0.05
+QUIT_WAIT_S = 3.0
+KILL_WAIT_S = 5.0
+
+
+@dataclass(eq=False)
+class _Vm:
+    spec: VmSpec
+    generation: int
+    files: VmFiles
+    booted: bool = False
+    paused: bool = False
+    """Fenced (QMP ``stop``), or asked to be before its vCPUs ever ran."""
+    stopping: bool = False
+    """The driver is taking it down: its process exiting is expected."""
+    failure: str = ""
+    pid: int | None = None
+    qmp: QmpClient | None = None
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    @property
+    def state(self) -> ObservedState:
+        if self.failure:
+            return ObservedState.FAILED
+        if self.stopping:
+            return ObservedState.STOPPING
+        if self.paused:
+            return ObservedState.PAUSED
+        return ObservedState.RUNNING if self.booted else ObservedState.STARTING
+
+    @property
+    def resources(self) -> Resources:
+        return Resources(self.spec.cpu_milli, self.spec.mem_mib)
+
+
+class QemuDriver:
+    name: str = "qemu"
+
+    def __init__(
+        self,
+        settings: QemuSettings,
+        root: Path,
+        images: ImageCache,
+        *,
+        capacity: Resources,
+        cpu_overcommit: float = 1.0,
+    ) -> None:
+        self.settings = settings
+        self.root = root
+        self.disks = DiskStore(root / "disks", images)
+        self.capacity = capacity
+        self.cpu_overcommit = cpu_overcommit
+        self.name = f"qemu/{settings.accel}"
+        """Reported in heartbeats: the driver and the accelerator it uses."""
+        self.on_change: Callable[[], None] = lambda: None
+        """Called when a VM changes by itself (booted, exited): the agent reports at once."""
+        self._vms: dict[str, _Vm] = {}
+        self._boot_slots = asyncio.Semaphore(settings.max_concurrent_boots)
+
+    def files(self, name: str) -> VmFiles:
+        return VmFiles(self.root / "vms" / name)
+
+    # ------------------------------------------------------------------ start
+
+    async def start(self, spec: VmSpec, generation: int) -> None:
+        if spec.name in self._vms:
+            raise DriverError(f"vm {spec.name} already exists on this host", retryable=False)
+        self._check_fits(spec)
+        vm = _Vm(spec, generation, self.files(spec.name))
+        self._vms[spec.name] = vm
+        created: list[Path] = []
+        try:
+            async with self._boot_slots:
+                if self._vms.get(spec.name) is not vm:
+                    raise DriverError(f"vm {spec.name} was removed while queued", retryable=True)
+                paths, created = await self._prepare(vm)
+                await self._launch(vm, paths)
+                await self._wait_booted(vm, time.monotonic() + self.settings.boot_timeout_s)
+        except (DriverError, asyncio.CancelledError) as exc:
+            await self._abandon(vm, created, exc)
+            raise
+
+    def _check_fits(self, spec: VmSpec) -> None:
+        used = sum((vm.resources for vm in self._vms.values()), ZERO)
+        free_mem_mib = self.capacity.mem_mib - used.mem_mib
+        if spec.mem_mib > free_mem_mib:
+            raise DriverError(
+                f"insufficient memory on host: need {spec.mem_mib} MiB, free {free_mem_mib} MiB",
+                retryable=True,
+            )
+        free_cpu_milli = int(self.capacity.cpu_milli * self.cpu_overcommit) - used.cpu_milli
+        if spec.cpu_milli > free_cpu_milli:
+            raise DriverError(
+                f"insufficient cpu on host: need {spec.cpu_milli} millicores, "
+                f"free {free_cpu_milli} millicores",
+                retryable=True,
+            )
+
+    async def _prepare(self, vm: _Vm) -> tuple[list[Path], list[Path]]:
+        """Disks ready and ``vm.json`` written; disks of an older incarnation are removed."""
+        old = read_meta(vm.files)
+        paths, created = await self.disks.prepare(vm.spec)
+        if old is not None:
+            keep = {disk.disk_id for disk in effective_disks(vm.spec)}
+            stale = [d.disk_id for d in effective_disks(old.spec) if d.disk_id not in keep]
+            self.disks.remove(stale)
+        write_meta(
+            vm.files, VmMeta(spec=vm.spec, generation=vm.generation, accel=self.settings.accel)
+        )
+        return paths, created
+
+    async def _launch(self, vm: _Vm, disks: list[Path]) -> None:
+        vm.pid = await launch(self.settings, vm.spec, vm.files, disks)
+        log.info("qemu launched vm=%s pid=%d accel=%s", vm.spec.name, vm.pid, self.settings.accel)
+        await self._attach(vm)
+        if not vm.paused:
+            await self._qmp(vm, "cont")
+
+    async def _attach(self, vm: _Vm) -> None:
+        """Connect QMP and watch the process: its socket closing means QEMU exited."""
+
+        def on_event(event: str, data: JsonObject) -> None:
+            log.debug("qmp event vm=%s event=%s data=%s", vm.spec.name, event, data)
+
+        vm.qmp = await self._connect(vm, on_event)
+        self._spawn(vm, self._watch_exit(vm, vm.qmp), "exit")
+
+    async def _connect(self, vm: _Vm, on_event: Callable[[str, JsonObject], None]) -> QmpClient:
+        try:
+            return await QmpClient.connect(vm.files.qmp, on_event=on_event)
+        except QmpError as exc:
+            raise DriverError(
+                f"cannot reach qemu of vm {vm.spec.name}: {exc}", retryable=True
+            ) from exc
+
+    def _spawn(self, vm: _Vm, coro: object, what: str) -> None:
+        assert asyncio.iscoroutine(coro)
+        task: asyncio.Task[None] = asyncio.create_task(coro, name=f"qemu-{what}-{vm.spec.name}")
+        vm.tasks.add(task)
+        task.add_done_callback(vm.tasks.discard)
+
+    async def _wait_booted(self, vm: _Vm, deadline_s: float) -> None:
+        """Until the guest printed its marker, or was paused (then return with it paused)."""
+        while not vm.paused:
+            serial = read_serial(vm.files)
+            if READY_MARKER in serial:
+                vm.booted = True
+                log.info("vm booted vm=%s generation=%d", vm.spec.name, vm.generation)
+                return
+            if FAILED_MARKER in serial or vm.qmp is None or vm.qmp.closed.is_set():
+                why = "guest failed to boot" if FAILED_MARKER in serial else "qemu exited"
+                raise DriverError(f"{why}; serial: {serial_tail(vm.files)}", retryable=False)
+            if time.monotonic() >= deadline_s:
+                raise DriverError(
+                    f"boot timeout: no readiness marker after {self.settings.boot_timeout_s:g}s; "
+                    f"serial: {serial_tail(vm.files)}",
+                    retryable=False,
+                )
+            await asyncio.sleep(POLL_S)
+
+    async def _abandon(self, vm: _Vm, created: list[Path], exc: BaseException) -> None:
+        """A start failed or was cancelled: leave no process and no new disk behind."""
+        log.warning("vm start abandoned vm=%s error=%s", vm.spec.name, exc)
+        vm.stopping = True
+        await self._kill(vm)
+        await self._forget(vm)
+        self.disks.remove_paths(created)
+
+    # ------------------------------------------------------------------ process watch
+
+    async def _watch_exit(self, vm: _Vm, qmp: QmpClient) -> None:
+        await qmp.closed.wait()
+        if vm.stopping or self._vms.get(vm.spec.name) is not vm:
+            return
+        if vm.pid is not None and not await wait_exit(vm.pid, self.root, KILL_WAIT_S):
+            log.warning("qmp closed but qemu still runs vm=%s pid=%d", vm.spec.name, vm.pid)
+            return
+        log.warning(
+            "vm process exited vm=%s generation=%d serial=%s",
+            vm.spec.name,
+            vm.generation,
+            serial_tail(vm.files, 3),
+        )
+        vm.files.clear_run_files()
+        del self._vms[vm.spec.name]
+        await qmp.close()
+        self.on_change()
+
+    async def _watch_boot(self, vm: _Vm) -> None:
+        """A VM resumed before it ever booted: its boot goes on in the background."""
+        try:
+            await self._wait_booted(vm, time.monotonic() + self.settings.boot_timeout_s)
+        except DriverError as exc:
+            vm.failure = str(exc)
+            log.error("vm boot failed vm=%s error=%s", vm.spec.name, exc)
+        self.on_change()
+
+    # ------------------------------------------------------------------ pause and resume
+
+    async def pause(self, name: str) -> None:
+        vm = self._get(name)
+        if vm.paused or vm.stopping:
+            return
+        vm.paused = True
+        if vm.qmp is not None and not vm.qmp.closed.is_set():
+            await self._qmp(vm, "stop")
+
+    async def resume(self, name: str) -> None:
+        vm = self._get(name)
+        if not vm.paused:
+            return
+        vm.paused = False
+        if vm.qmp is None:
+            return  # not launched yet: start() lets it run
+        await self._qmp(vm, "cont")
+        if not vm.booted and not any(t.get_name().startswith("qemu-boot") for t in vm.tasks):
+            self._spawn(vm, self._watch_boot(vm), "boot")
+
+    async def _qmp(self, vm: _Vm, command: str) -> None:
+        assert vm.qmp is not None
+        try:
+            await vm.qmp.execute(command)
+        except QmpError as exc:
+            raise DriverError(
+                f"qmp {command} failed for vm {vm.spec.name}: {exc}", retryable=True
+            ) from exc
+
+    def _get(self, name: str) -> _Vm:
+        vm = self._vms.get(name)
+        if vm is None:
+            raise DriverError(f"no vm {name} on this host", retryable=False)
+        return vm
+
+    # ------------------------------------------------------------------ stop and destroy
+
+    async def stop(self, name: str) -> None:
+        vm = self._vms.get(name)
+        if vm is None:
+            return
+        vm.stopping = True
+        graceful = vm.booted and not vm.paused and vm.qmp is not None
+        if graceful and await self._power_off(vm):
+            log.info("vm powered off vm=%s", name)
+        else:
+            await self._kill(vm)
+        await self._forget(vm)
+
+    async def _power_off(self, vm: _Vm) -> bool:
+        """ACPI power button; True if the guest powered itself off in time."""
+        assert vm.qmp is not None and vm.pid is not None
+        try:
+            await vm.qmp.execute("system_powerdown")
+        except QmpError:
+            return False
+        return await wait_exit(vm.pid, self.root, self.settings.stop_timeout_s)
+
+    async def _kill(self, vm: _Vm) -> None:
+        """QMP ``quit``, then SIGKILL; returns once the process is gone."""
+        if vm.pid is None:
+            vm.pid = read_pid(vm.files)
+        if vm.pid is None:
+            return
+        if vm.qmp is not None and not vm.qmp.closed.is_set():
+            with contextlib.suppress(QmpError):
+                await vm.qmp.execute("quit", timeout_s=QUIT_WAIT_S)
+            if await wait_exit(vm.pid, self.root, QUIT_WAIT_S):
+                return
+        kill(vm.pid)
+        if not await wait_exit(vm.pid, self.root, KILL_WAIT_S):
+            raise DriverError(f"qemu pid {vm.pid} survived SIGKILL", retryable=True)
+
+    async def _forget(self, vm: _Vm) -> None:
+        """Drop a VM whose process is gone: its tasks, QMP connection and run files."""
+        if self._vms.get(vm.spec.name) is vm:
+            del self._vms[vm.spec.name]
+        for task in list(vm.tasks):
+            task.cancel()
+        if vm.qmp is not None:
+            await vm.qmp.close()
+        vm.files.clear_run_files()
+
+    async def destroy(self, name: str) -> None:
+        vm = self._vms.get(name)
+        if vm is not None:
+            vm.stopping = True
+            if vm.pid is not None:
+                kill(vm.pid)
+                if not await wait_exit(vm.pid, self.root, KILL_WAIT_S):
+                    raise DriverError(f"qemu pid {vm.pid} survived SIGKILL", retryable=True)
+            await self._forget(vm)
+        await self.forget(name, None)
+
+    async def forget(self, name: str, generation: int | None) -> None:
+        """Remove what the host keeps of a VM it does not run (its disks and files), if that
+        was kept at ``generation`` or older (None: whatever it is)."""
+        if name in self._vms:
+            return
+        files = self.files(name)
+        meta = read_meta(files)
+        if meta is not None:
+            if generation is not None and meta.generation > generation:
+                return
+            self.disks.remove([disk.disk_id for disk in effective_disks(meta.spec)])
+        shutil.rmtree(files.dir, ignore_errors=True)
+
+    # ------------------------------------------------------------------ inventory, adoption
+
+    def inventory(self) -> list[ObservedVm]:
+        return [
+            ObservedVm(
+                name=vm.spec.name,
+                generation=vm.generation,
+                state=vm.state,
+                cpu_milli=vm.spec.cpu_milli,
+                mem_mib=vm.spec.mem_mib,
+                reason=vm.failure,
+            )
+            for vm in self._vms.values()
+        ]
+
+    async def adopt(self) -> list[str]:
+        """Find the VMs left running by a previous agent (pid file + QMP socket) and hold them
+        again; clear the run files of those that are gone. Returns the adopted names."""
+        adopted: list[str] = []
+        for meta_path in sorted((self.root / "vms").glob("*/vm.json")):
+            files = VmFiles(meta_path.parent)
+            meta = read_meta(files)
+            pid = read_pid(files)
+            if meta is None or pid is None:
+                continue
+            if not pid_alive(pid, self.root):
+                files.clear_run_files()
+                continue
+            vm = _Vm(meta.spec, meta.generation, files, pid=pid)
+            try:
+                await self._attach(vm)
+                status = await vm.qmp.query_status() if vm.qmp else "unknown"
+            except (DriverError, QmpError) as exc:
+                log.error("vm not adopted vm=%s pid=%d error=%s", meta.spec.name, pid, exc)
+                await self._forget(vm)
+                continue
+            vm.paused = status != "running"
+            vm.booted = READY_MARKER in read_serial(files)
+            self._vms[meta.spec.name] = vm
+            if not vm.booted and not vm.paused:
+                self._spawn(vm, self._watch_boot(vm), "boot")
+            adopted.append(meta.spec.name)
+            log.info("vm adopted vm=%s pid=%d status=%s", meta.spec.name, pid, status)
+        return adopted
+
+    def disk_path(self, disk_id: str) -> Path:
+        return self.disks.path(disk_id)
+
+    async def close(self) -> None:
+        """Disconnect from every VM and leave it running."""
+        for vm in list(self._vms.values()):
+            for task in list(vm.tasks):
+                task.cancel()
+            if vm.qmp is not None:
+                await vm.qmp.close()
+        self._vms.clear()
+
+
+_: type[HypervisorDriver] = QemuDriver

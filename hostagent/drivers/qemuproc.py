@@ -1,0 +1,204 @@
+"""One ``qemu-system-x86_64`` process per VM: its command line, launch, files and liveness.
+
+The process is started with ``-daemonize`` (it outlives the agent, and it is no child of the
+agent, so an agent restart neither kills nor orphans it) and ``-S`` (vCPUs start stopped: the
+driver lets them run over QMP unless the VM was fenced meanwhile). Per VM, in
+``<root>/vms/<name>/``: ``vm.json`` (spec and generation), ``qemu.pid``, ``qmp.sock`` and
+``serial.log`` (the guest's console: the readiness marker, and the tail of a failed boot).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+
+from common.errors import DriverError
+from common.messages import VmSpec
+from hostagent.accel import Accel
+
+READY_MARKER = b"STRATUS-READY"
+"""Printed on the serial console by a guest that finished booting."""
+FAILED_MARKER = b"STRATUS-FAILED"
+"""Printed by the boot kit's initramfs when it cannot mount the OS disk."""
+LAUNCH_TIMEOUT_S = 30.0
+SERIAL_TAIL_LINES = 12
+
+
+@dataclass(frozen=True, slots=True)
+class QemuSettings:
+    qemu_binary: str
+    accel: Accel
+    kernel: Path
+    initramfs: Path
+    boot_timeout_s: float = 60.0
+    stop_timeout_s: float = 10.0
+    max_concurrent_boots: int = 2
+
+
+@dataclass(frozen=True, slots=True)
+class VmFiles:
+    dir: Path
+
+    @property
+    def meta(self) -> Path:
+        return self.dir / "vm.json"
+
+    @property
+    def pid(self) -> Path:
+        return self.dir / "qemu.pid"
+
+    @property
+    def qmp(self) -> Path:
+        return self.dir / "qmp.sock"
+
+    @property
+    def serial(self) -> Path:
+        return self.dir / "serial.log"
+
+    @property
+    def stderr(self) -> Path:
+        return self.dir / "qemu.err"
+
+    def clear_run_files(self) -> None:
+        for path in (self.pid, self.qmp):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+
+class VmMeta(msgspec.Struct, kw_only=True):
+    """What the driver keeps of a VM across agent restarts and stop/start."""
+
+    spec: VmSpec
+    generation: int
+    accel: str = ""
+
+
+def write_meta(files: VmFiles, meta: VmMeta) -> None:
+    files.dir.mkdir(parents=True, exist_ok=True)
+    partial = files.meta.with_name(".vm.json.partial")
+    partial.write_bytes(msgspec.json.encode(meta))
+    partial.replace(files.meta)
+
+
+def read_meta(files: VmFiles) -> VmMeta | None:
+    try:
+        return msgspec.json.decode(files.meta.read_bytes(), type=VmMeta)
+    except (OSError, msgspec.DecodeError):
+        return None
+
+
+def vcpus(spec: VmSpec) -> int:
+    return max(1, math.ceil(spec.cpu_milli / 1000))
+
+
+def qemu_args(settings: QemuSettings, spec: VmSpec, disks: list[Path]) -> list[str]:
+    """The command line; relative paths are resolved in the VM's directory (the launch cwd)."""
+    args = [
+        settings.qemu_binary,
+        *("-name", f"guest=stratus-{spec.name}"),
+        *("-accel", settings.accel, "-m", str(spec.mem_mib), "-smp", str(vcpus(spec))),
+        *("-nodefaults", "-no-user-config", "-display", "none", "-no-reboot", "-S"),
+        *("-kernel", str(settings.kernel), "-initrd", str(settings.initramfs)),
+        *("-append", f"console=ttyS0 quiet panic=-1 stratus.vm={spec.name}"),
+        *("-serial", "file:serial.log", "-pidfile", "qemu.pid", "-daemonize"),
+        *("-qmp", "unix:qmp.sock,server=on,wait=off"),
+    ]
+    for index, path in enumerate(disks):
+        args += [
+            *("-drive", f"if=none,id=disk{index},file={path},format=qcow2,cache=writeback"),
+            *("-device", f"virtio-blk-pci,drive=disk{index}"),
+        ]
+    return args
+
+
+async def launch(settings: QemuSettings, spec: VmSpec, files: VmFiles, disks: list[Path]) -> int:
+    """Start the VM's QEMU (vCPUs stopped); return its pid once its QMP socket listens."""
+    files.clear_run_files()
+    with contextlib.suppress(FileNotFoundError):
+        files.serial.unlink()
+    # No pipes: the daemonized QEMU could keep them open, and stderr goes to a file instead.
+    with files.stderr.open("wb") as stderr:
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *qemu_args(settings, spec, disks),
+                cwd=files.dir,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=stderr,
+            )
+        except FileNotFoundError as exc:
+            raise DriverError(
+                f"{settings.qemu_binary} not found on this host: "
+                "apt-get install -y --no-install-recommends qemu-system-x86",
+                retryable=True,
+            ) from exc
+    try:
+        async with asyncio.timeout(LAUNCH_TIMEOUT_S):
+            returncode = await proc.wait()
+    except TimeoutError as exc:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        raise DriverError(
+            f"qemu did not start within {LAUNCH_TIMEOUT_S:g}s", retryable=True
+        ) from exc
+    if returncode != 0:
+        detail = files.stderr.read_text(errors="replace").strip()
+        raise DriverError(f"qemu failed to start: {detail}", retryable=False)
+    pid = read_pid(files)
+    if pid is None:
+        raise DriverError("qemu started but wrote no pid file", retryable=False)
+    return pid
+
+
+def read_pid(files: VmFiles) -> int | None:
+    try:
+        return int(files.pid.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def pid_alive(pid: int, root: Path) -> bool:
+    """Whether ``pid`` is a live (not zombie) QEMU of this driver (named by ``root``)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    state = stat.rsplit(")", 1)[-1].split()[0]
+    return state not in ("Z", "X") and os.fsencode(root) in cmdline
+
+
+def kill(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, signal.SIGKILL)
+
+
+async def wait_exit(pid: int, root: Path, timeout_s: float) -> bool:
+    """Wait until ``pid`` is gone; False if it still runs after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while pid_alive(pid, root):
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True
+
+
+def read_serial(files: VmFiles) -> bytes:
+    try:
+        return files.serial.read_bytes()
+    except OSError:
+        return b""
+
+
+def serial_tail(files: VmFiles, lines: int = SERIAL_TAIL_LINES) -> str:
+    text = read_serial(files).decode(errors="replace").replace("\r", "")
+    kept = [line for line in text.splitlines() if line.strip()][-lines:]
+    return " | ".join(kept) if kept else "(serial console empty)"

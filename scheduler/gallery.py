@@ -1,0 +1,136 @@
+"""The image gallery's I/O, in the scheduler's shell: the object store bucket, built-in images
+at startup, checking uploaded bytes before the core registers them, dropping unused bytes.
+
+The core (scheduler/storageops.py) owns the gallery records; this module only touches bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+
+import nats.errors
+from msgspec.structs import replace
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from common import codec
+from common.config import SchedulerConfig
+from common.errors import StratusError
+from common.images import ImageFormat, read_header, sniff_format
+from common.imagestore import (
+    ImageStoreError,
+    delete_image_object,
+    image_bucket,
+    put_image,
+    read_image_head,
+)
+from common.messages import ErrorBody, ErrorCode, ImageReply, ImageState, UploadImage
+from scheduler.events import Mutation
+from scheduler.state.cluster import ClusterState
+from scheduler.state.storage import ImageRecord
+from scheduler.storageops import DELETED
+
+log = logging.getLogger(__name__)
+
+_background: set[asyncio.Task[None]] = set()
+
+
+def _in_background(coro: object, name: str) -> None:
+    assert asyncio.iscoroutine(coro)
+    task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro, name=name)
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+
+
+async def prepare(
+    js: JetStreamContext, config: SchedulerConfig, state: ClusterState, now: datetime
+) -> None:
+    """Create the images bucket and register the configured built-in images (uploaded once;
+    a changed file becomes the image's next version). Runs before the core loop starts."""
+    await image_bucket(js)
+    for name, path in sorted(config.builtin_images.items()):
+        try:
+            sha256, size = await put_image(js, Path(path))
+            header = await asyncio.to_thread(read_header, Path(path))
+        except (OSError, ImageStoreError, nats.errors.Error) as exc:
+            raise StratusError(f"cannot store built-in image {name} from {path}: {exc}") from exc
+        image_format = sniff_format(header, size)
+        if not isinstance(image_format, ImageFormat):
+            raise StratusError(f"built-in image {name} ({path}): {image_format}")
+        known = state.images.get(name)
+        if known is not None and known.sha256 == sha256 and known.reason != DELETED:
+            continue
+        state.images[name] = ImageRecord(
+            name=name,
+            version=known.version + 1 if known is not None else 1,
+            format=image_format.value,
+            size_bytes=size,
+            sha256=sha256,
+            state=ImageState.AVAILABLE,
+            builtin=True,
+            created_at=now,
+        )
+        state.dirty_images.add(name)
+        log.info("built-in image registered name=%s sha256=%s bytes=%d", name, sha256, size)
+
+
+async def check_upload(js: JetStreamContext, body: UploadImage) -> UploadImage | str:
+    """The upload with its checked format, or why its bytes are refused."""
+    try:
+        header, size = await read_image_head(js, body.sha256)
+    except (ImageStoreError, nats.errors.Error, TimeoutError) as exc:
+        return f"no image bytes stored under {body.sha256}: {exc}"
+    if size != body.size_bytes:
+        return f"stored object has {size} bytes, not {body.size_bytes}"
+    image_format = sniff_format(header, size)
+    if not isinstance(image_format, ImageFormat):
+        return image_format
+    return replace(body, format=image_format.value)
+
+
+def check_upload_in_background(
+    nc: Client,
+    msg: Msg,
+    item: Mutation,
+    images: Callable[[], dict[str, ImageRecord]],
+    enqueue: Callable[[Mutation], None],
+) -> None:
+    """Check an upload's bytes off the callback path, then hand it to the core (or refuse it
+    with ``invalid_image`` and remove bytes that no image uses)."""
+    assert isinstance(item.body, UploadImage)
+    body = item.body
+
+    async def run() -> None:
+        js = nc.jetstream()
+        checked = await check_upload(js, body)
+        if isinstance(checked, UploadImage):
+            enqueue(dataclasses.replace(item, body=checked))
+            return
+        log.warning("image upload refused name=%s reason=%s", body.name, checked)
+        if all(i.sha256 != body.sha256 or i.reason == DELETED for i in images().values()):
+            await delete_image_object(js, body.sha256)
+        detail = f"not a usable image: {checked}"
+        reply = ImageReply(error=ErrorBody(code=ErrorCode.INVALID_IMAGE, detail=detail))
+        try:
+            await msg.respond(codec.encode(reply))
+        except nats.errors.Error as exc:
+            log.warning("image upload reply failed error=%r", exc)
+
+    _in_background(run(), f"check-upload-{body.name}")
+
+
+def drop_object_in_background(nc: Client, sha256: str) -> None:
+    async def run() -> None:
+        try:
+            await delete_image_object(nc.jetstream(), sha256)
+            log.info("image bytes removed sha256=%s", sha256)
+        except (nats.errors.Error, TimeoutError) as exc:
+            log.warning("image bytes not removed sha256=%s error=%r", sha256, exc)
+
+    _in_background(run(), f"drop-image-{sha256[:12]}")
