@@ -1,0 +1,172 @@
+"""A typed client of the Stratus publisher API over NATS (used by the CLI, tests and benches)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import TypeVar
+
+import msgspec
+import nats
+from nats.aio.client import Client
+from nats.errors import Error as NatsError
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
+
+from common import codec, subjects
+from common import messages as m
+from common.errors import ApiError
+from common.imagestore import put_image
+
+R = TypeVar(
+    "R",
+    m.VmReply,
+    m.HostReply,
+    m.VmListReply,
+    m.HostListReply,
+    m.SizeListReply,
+    m.UsageReply,
+    m.ImageReply,
+    m.ImageListReply,
+)
+
+
+async def _ignore(*_args: object) -> None:
+    """Connection callbacks that keep nats-py from logging tracebacks in a CLI."""
+
+
+async def connect(url: str, *, timeout_s: float = 5.0) -> Client:
+    """Connect once to ``url``, failing fast with ``ApiError(unavailable)``.
+
+    nats-py retries forever when ``max_reconnect_attempts`` is 0, so allow exactly one retry.
+    """
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await nats.connect(
+                url,
+                connect_timeout=timeout_s,
+                allow_reconnect=False,
+                max_reconnect_attempts=1,
+                reconnect_time_wait=0.05,
+                error_cb=_ignore,
+                disconnected_cb=_ignore,
+                closed_cb=_ignore,
+            )
+    except (OSError, ValueError, NatsError, TimeoutError) as exc:
+        raise ApiError(m.ErrorCode.UNAVAILABLE, f"cannot connect to NATS at {url}") from exc
+
+
+class StratusClient:
+    def __init__(self, nc: Client, *, timeout_s: float = 10.0) -> None:
+        self._nc = nc
+        self._timeout_s = timeout_s
+
+    async def _call(
+        self, subject: str, body: msgspec.Struct, decoder: msgspec.json.Decoder[R]
+    ) -> R:
+        try:
+            msg = await self._nc.request(subject, codec.encode(body), timeout=self._timeout_s)
+        except NoRespondersError as exc:
+            raise ApiError(m.ErrorCode.UNAVAILABLE, "no scheduler is answering") from exc
+        except NatsTimeoutError as exc:
+            raise ApiError(m.ErrorCode.UNAVAILABLE, f"no answer within {self._timeout_s}s") from exc
+        reply = decoder.decode(msg.data)
+        if reply.error is not None:
+            raise ApiError(reply.error.code, reply.error.detail)
+        return reply
+
+    async def _vm(self, subject: str, body: msgspec.Struct) -> m.VmInfo:
+        reply = await self._call(subject, body, codec.vm_reply)
+        assert reply.vm is not None
+        return reply.vm
+
+    async def create_vm(self, request: m.CreateVm) -> m.VmInfo:
+        return await self._vm(subjects.VM_CREATE, request)
+
+    async def get_vm(self, name: str) -> m.VmInfo:
+        return await self._vm(subjects.VM_GET, m.VmRef(name=name))
+
+    async def stop_vm(self, name: str, request_id: str | None = None) -> m.VmInfo:
+        return await self._vm(subjects.VM_STOP, m.VmRef(name=name, request_id=request_id))
+
+    async def start_vm(self, name: str, request_id: str | None = None) -> m.VmInfo:
+        return await self._vm(subjects.VM_START, m.VmRef(name=name, request_id=request_id))
+
+    async def delete_vm(self, name: str, request_id: str | None = None) -> m.VmInfo:
+        return await self._vm(subjects.VM_DELETE, m.VmRef(name=name, request_id=request_id))
+
+    async def list_vms(self, query: m.ListVms | None = None) -> list[m.VmInfo]:
+        reply = await self._call(subjects.VM_LIST, query or m.ListVms(), codec.vm_list_reply)
+        return reply.vms
+
+    async def list_hosts(self) -> list[m.HostInfo]:
+        return (await self._call(subjects.HOST_LIST, m.ListHosts(), codec.host_list_reply)).hosts
+
+    async def _host(self, subject: str, host_id: str, request_id: str | None) -> m.HostInfo:
+        body = m.HostRef(host_id=host_id, request_id=request_id)
+        reply = await self._call(subject, body, codec.host_reply)
+        assert reply.host is not None
+        return reply.host
+
+    async def cordon_host(self, host_id: str, request_id: str | None = None) -> m.HostInfo:
+        return await self._host(subjects.HOST_CORDON, host_id, request_id)
+
+    async def uncordon_host(self, host_id: str, request_id: str | None = None) -> m.HostInfo:
+        return await self._host(subjects.HOST_UNCORDON, host_id, request_id)
+
+    async def drain_host(self, host_id: str, request_id: str | None = None) -> m.HostInfo:
+        return await self._host(subjects.HOST_DRAIN, host_id, request_id)
+
+    async def list_sizes(self) -> list[m.Size]:
+        return (await self._call(subjects.SIZES_LIST, m.ListSizes(), codec.size_list_reply)).sizes
+
+    async def usage(self, query: m.UsageQuery | None = None) -> m.UsageReport:
+        body = query or m.UsageQuery()
+        reply = await self._call(subjects.USAGE_GET, body, codec.usage_reply)
+        assert reply.usage is not None
+        return reply.usage
+
+    async def capture_vm(self, request: m.CaptureVm) -> m.VmInfo:
+        return await self._vm(subjects.VM_CAPTURE, request)
+
+    async def attach_disk(self, request: m.AttachDisk) -> m.VmInfo:
+        return await self._vm(subjects.DISK_ATTACH, request)
+
+    async def detach_disk(self, request: m.DetachDisk) -> m.VmInfo:
+        return await self._vm(subjects.DISK_DETACH, request)
+
+    async def list_images(self) -> list[m.ImageInfo]:
+        reply = await self._call(subjects.IMAGE_LIST, m.ListImages(), codec.image_list_reply)
+        return reply.images
+
+    async def _image(self, subject: str, body: msgspec.Struct) -> m.ImageInfo:
+        reply = await self._call(subject, body, codec.image_reply)
+        assert reply.image is not None
+        return reply.image
+
+    async def upload_image(
+        self, path: Path, name: str, *, os: str = "linux", request_id: str | None = None
+    ) -> m.ImageInfo:
+        """Put the bytes of ``path`` in the images object store, then register them as the
+        gallery image ``name`` (the scheduler checks the bytes)."""
+        sha256, size_bytes = await put_image(self._nc.jetstream(), path)
+        body = m.UploadImage(
+            name=name, sha256=sha256, size_bytes=size_bytes, os=os, request_id=request_id
+        )
+        return await self._image(subjects.IMAGE_UPLOAD, body)
+
+    async def delete_image(self, name: str, request_id: str | None = None) -> m.ImageInfo:
+        return await self._image(
+            subjects.IMAGE_DELETE, m.ImageRef(name=name, request_id=request_id)
+        )
+
+    async def submit_job(self, api_subject: str, body: msgspec.Struct, msg_id: str) -> int:
+        """Publish a job on the durable jobs stream; returns its stream sequence once durable."""
+        js = self._nc.jetstream()
+        ack = await js.publish(
+            subjects.job_subject(api_subject),
+            codec.encode(body),
+            timeout=self._timeout_s,
+            headers={"Nats-Msg-Id": msg_id},
+        )
+        return ack.seq

@@ -1,0 +1,49 @@
+"""``stratus host drain HOST --wait``: follow a drain to its end with a text progress bar."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Protocol, TextIO
+
+from common import messages as m
+from common.errors import ApiError
+
+POLL_S = 0.2
+BAR_WIDTH = 30
+
+
+class HostLister(Protocol):
+    async def list_hosts(self) -> list[m.HostInfo]: ...
+
+
+def progress_bar(host_id: str, moved: int, total: int, width: int = BAR_WIDTH) -> str:
+    """``draining h1 [###########-------------------] 3/8 vms moved``."""
+    filled = width if total <= 0 else min(width, width * moved // total)
+    return f"draining {host_id} [{'#' * filled}{'-' * (width - filled)}] {moved}/{total} vms moved"
+
+
+async def wait_drained(
+    client: HostLister, started: m.HostInfo, timeout_s: float, out: TextIO
+) -> m.HostInfo:
+    """Poll the host list until ``started``'s drain ends, redrawing a bar on ``out`` (a
+    terminal line, rewritten in place); ``ApiError`` on timeout or if the host disappears."""
+    host_id, total = started.host_id, started.drain_remaining
+    deadline = time.monotonic() + timeout_s
+    host = started
+    while True:
+        moved = total - host.drain_remaining if host.draining else total
+        out.write("\r" + progress_bar(host_id, moved, total))
+        out.flush()
+        if not host.draining:
+            out.write("\n")
+            return host
+        if time.monotonic() >= deadline:
+            out.write("\n")
+            detail = f"host {host_id} still draining after {timeout_s:g}s: "
+            raise ApiError("timeout", detail + f"{host.drain_remaining} vms left")
+        await asyncio.sleep(POLL_S)
+        found = [h for h in await client.list_hosts() if h.host_id == host_id]
+        if not found:
+            raise ApiError(m.ErrorCode.NOT_FOUND, f"host {host_id} is no longer listed")
+        host = found[0]

@@ -1,0 +1,430 @@
+"""Generate docs/protocol.md from the wire structs and the subjects, so the doc cannot drift.
+
+    python tools/gen_protocol_doc.py > docs/protocol.md
+
+The subjects, streams and error codes are described by hand below; the message types are
+rendered from ``msgspec.json.schema_components`` over common/messages.py. Subjects or error codes
+missing from the hand-written part show up as "undocumented" (and a test fails).
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import json
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import msgspec
+
+from common import messages as m
+from common import streams, subjects
+from common.resources import Resources
+
+Schema = Mapping[str, object]
+
+UNDOCUMENTED = "(undocumented)"
+
+
+@dataclass(frozen=True)
+class Subject:
+    subject: str
+    pattern: str  # request/reply, publish, JetStream
+    publisher: str
+    subscriber: str
+    body: str
+    reply: str = ""
+
+
+PUBLISHERS = "publishers, CLI"
+SCHEDULER = "scheduler"
+SCHEDULER_QUEUE = "scheduler (queue group)"
+
+
+def _api(subject: str, body: str, reply: str) -> Subject:
+    return Subject(subject, "request/reply", PUBLISHERS, SCHEDULER_QUEUE, body, reply)
+
+
+SUBJECTS: tuple[Subject, ...] = (
+    _api(subjects.VM_CREATE, "CreateVm", "VmReply"),
+    _api(subjects.VM_GET, "VmRef", "VmReply"),
+    _api(subjects.VM_LIST, "ListVms", "VmListReply"),
+    _api(subjects.VM_STOP, "VmRef", "VmReply"),
+    _api(subjects.VM_START, "VmRef", "VmReply"),
+    _api(subjects.VM_DELETE, "VmRef", "VmReply"),
+    _api(subjects.HOST_LIST, "ListHosts", "HostListReply"),
+    _api(subjects.HOST_CORDON, "HostRef", "HostReply"),
+    _api(subjects.HOST_UNCORDON, "HostRef", "HostReply"),
+    _api(subjects.HOST_DRAIN, "HostRef", "HostReply"),
+    _api(subjects.SIZES_LIST, "ListSizes", "SizeListReply"),
+    _api(subjects.USAGE_GET, "UsageQuery", "UsageReply"),
+    _api(subjects.VM_CAPTURE, "CaptureVm", "VmReply"),
+    _api(subjects.DISK_ATTACH, "AttachDisk", "VmReply"),
+    _api(subjects.DISK_DETACH, "DetachDisk", "VmReply"),
+    _api(subjects.IMAGE_LIST, "ListImages", "ImageListReply"),
+    _api(subjects.IMAGE_UPLOAD, "UploadImage", "ImageReply"),
+    _api(subjects.IMAGE_DELETE, "ImageRef", "ImageReply"),
+    Subject(
+        subjects.IMAGE_CAPTURED,
+        "request/reply",
+        "host agent",
+        SCHEDULER_QUEUE,
+        "ImageCaptured",
+        "ImageReply",
+    ),
+    Subject(
+        subjects.job_subject(f"{subjects.ROOT}.api.<noun>.<verb>"),
+        f"JetStream `{subjects.JOBS_STREAM}`",
+        PUBLISHERS,
+        f"scheduler (durable consumer `{subjects.JOBS_CONSUMER}`)",
+        "as the API subject",
+        "PubAck; failures: JobRejected",
+    ),
+    Subject(
+        subjects.vm_event("<name>"),
+        f"JetStream `{subjects.EVENTS_STREAM}`",
+        SCHEDULER,
+        "dashboards, publishers",
+        "VmEvent",
+    ),
+    Subject(
+        subjects.host_event("<host_id>"),
+        f"JetStream `{subjects.EVENTS_STREAM}`",
+        SCHEDULER,
+        "dashboards, publishers",
+        "HostEvent",
+    ),
+    Subject(
+        subjects.JOB_REJECTED,
+        f"JetStream `{subjects.EVENTS_STREAM}`",
+        SCHEDULER,
+        "publishers",
+        "JobRejected",
+    ),
+    Subject(
+        subjects.host_commands("<host_id>"), "publish", SCHEDULER, "host agent", "HostCommands"
+    ),
+    Subject(
+        subjects.host_heartbeat("<host_id>"),
+        "request/reply",
+        "host agent",
+        "scheduler (all: `" + subjects.HEARTBEAT_WILDCARD + "`)",
+        "Heartbeat",
+        "HeartbeatAck",
+    ),
+)
+
+WILDCARDS: dict[str, str] = {
+    subjects.API_WILDCARD: "the scheduler serves every API subject (queue group)",
+    subjects.JOBS_WILDCARD: f"captured by the `{subjects.JOBS_STREAM}` stream",
+    subjects.EVENTS_WILDCARD: f"captured by the `{subjects.EVENTS_STREAM}` stream",
+    subjects.HEARTBEAT_WILDCARD: "the scheduler receives every host's heartbeat",
+}
+
+ERROR_CODES: dict[str, str] = {
+    m.ErrorCode.INVALID_REQUEST: "the body does not decode or a field breaks its constraints",
+    m.ErrorCode.UNKNOWN_SIZE: "the size is not in the catalogue (`stratus.api.sizes.list`)",
+    m.ErrorCode.CONFLICT: "a VM of that name exists with another spec (same spec: it is returned)",
+    m.ErrorCode.NOT_FOUND: "no such VM, host or image",
+    m.ErrorCode.INSUFFICIENT_CAPACITY: "the VM is larger than every host (in its region), or a "
+    "drain has nowhere to move the host's VMs",
+    m.ErrorCode.INVALID_STATE: "not allowed in the VM's current state (e.g. being deleted)",
+    m.ErrorCode.TOO_LARGE: "the body is larger than the scheduler accepts",
+    m.ErrorCode.UNAVAILABLE: "no scheduler answered (clients report this, e.g. no responders)",
+    m.ErrorCode.INTERNAL: "an unexpected failure in the scheduler",
+}
+
+GROUPS: tuple[tuple[str, tuple[object, ...]], ...] = (
+    (
+        "API requests",
+        (
+            *(m.CreateVm, m.VmRef, m.HostRef, m.ListVms, m.ListHosts, m.ListSizes, m.UsageQuery),
+            *(m.CaptureVm, m.AttachDisk, m.DetachDisk),
+            *(m.ListImages, m.UploadImage, m.ImageRef, m.ImageCaptured),
+        ),
+    ),
+    (
+        "API replies",
+        (
+            *(m.VmReply, m.HostReply, m.VmListReply, m.HostListReply, m.SizeListReply),
+            *(m.UsageReply, m.ImageReply, m.ImageListReply, m.ErrorReply),
+        ),
+    ),
+    ("Agent protocol", (m.HostCommands, m.Heartbeat, m.HeartbeatAck)),
+    ("Events", (m.Event,)),
+)
+
+
+# --------------------------------------------------------------------------- type rendering
+
+
+def _link(name: str) -> str:
+    return f"[{name}](#{name.lower()})"
+
+
+def _ref_name(schema: Schema) -> str | None:
+    ref = schema.get("$ref")
+    return ref.rsplit("/", 1)[-1] if isinstance(ref, str) else None
+
+
+def _schemas(value: object) -> list[Schema]:
+    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
+
+
+def type_of(schema: Schema) -> str:
+    """A short, readable type for one JSON Schema node."""
+    name = _ref_name(schema)
+    if name is not None:
+        return _link(name)
+    if "anyOf" in schema:
+        return " \\| ".join(type_of(option) for option in _schemas(schema["anyOf"]))
+    if "enum" in schema and isinstance(schema["enum"], list):
+        return " \\| ".join(f'`"{value}"`' for value in schema["enum"])
+    kind = schema.get("type")
+    if kind == "array" and isinstance(schema.get("items"), dict):
+        return f"list[{type_of(schema['items'])}]"  # type: ignore[arg-type]
+    if kind == "object" and isinstance(schema.get("additionalProperties"), dict):
+        return f"dict[string, {type_of(schema['additionalProperties'])}]"  # type: ignore[arg-type]
+    if kind == "string" and schema.get("format") == "date-time":
+        return "datetime (RFC 3339)"
+    return str(kind) if kind is not None else "any"
+
+
+CONSTRAINTS = (
+    ("minLength", "len ≥ {}"),
+    ("maxLength", "len ≤ {}"),
+    ("minimum", "≥ {}"),
+    ("exclusiveMinimum", "> {}"),
+    ("maximum", "≤ {}"),
+    ("pattern", "`{}`"),
+)
+
+
+def constraints_of(schema: Schema) -> str:
+    nodes = [schema, *_schemas(schema.get("anyOf"))]
+    found = [
+        template.format(node[key]) for node in nodes for key, template in CONSTRAINTS if key in node
+    ]
+    return ", ".join(found)
+
+
+def field_docs(types: Iterable[type]) -> dict[str, dict[str, str]]:
+    """Attribute docstrings (a string right after a field) of each class, read from the source."""
+    docs: dict[str, dict[str, str]] = {}
+    for source in {inspect.getsource(sys.modules[cls.__module__]) for cls in types}:
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.ClassDef):
+                docs[node.name] = _class_field_docs(node)
+    return docs
+
+
+def _assigned_name(node: ast.stmt) -> str | None:
+    """The name a field (``x: int = 1``) or enum member (``X = "x"``) statement defines."""
+    if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+        return node.target.id
+    if isinstance(node, ast.Assign) and len(node.targets) == 1:
+        target = node.targets[0]
+        return target.id if isinstance(target, ast.Name) else None
+    return None
+
+
+def _class_field_docs(node: ast.ClassDef) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for before, after in zip(node.body, node.body[1:], strict=False):
+        name = _assigned_name(before)
+        if name and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant):
+            found[name] = " ".join(str(after.value.value).split())
+    return found
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("``", "`")
+
+
+def render_component(name: str, schema: Schema, docs: Mapping[str, str]) -> list[str]:
+    lines = [f"### {name}", ""]
+    description = schema.get("description")
+    if isinstance(description, str):
+        lines += [_cell(" ".join(description.split())), ""]
+    if "enum" in schema and isinstance(schema["enum"], list):
+        values = ", ".join(f"`{value}`" for value in schema["enum"])
+        return [*lines, f"String enum: {values}.", ""]
+    properties = schema.get("properties")
+    if not isinstance(properties, dict) or not properties:
+        return [*lines, "An object with no fields: send `{}` (an empty body also works).", ""]
+    required = schema.get("required")
+    required_names = set(required) if isinstance(required, list) else set()
+    lines += [
+        "| field | type | required | default | constraints | notes |",
+        "|---|---|---|---|---|---|",
+    ]
+    for field_name, field_schema in properties.items():
+        default = field_schema.get("default", "")
+        default_text = "" if field_name in required_names else json.dumps(default)
+        lines.append(
+            f"| `{field_name}` | {type_of(field_schema)} | "
+            f"{'yes' if field_name in required_names else 'no'} | {_cell(default_text)} | "
+            f"{_cell(constraints_of(field_schema))} | "
+            f"{_cell(docs.get(field_name, ''))} |"
+        )
+    return [*lines, ""]
+
+
+def _union_line(schema: Schema) -> str:
+    options = [_ref_name(option) for option in _schemas(schema.get("anyOf"))]
+    discriminator = schema.get("discriminator")
+    tag = discriminator.get("propertyName") if isinstance(discriminator, dict) else None
+    names = ", ".join(_link(name) for name in options if name)
+    return f"One of {names}, told apart by the `{tag}` field."
+
+
+# --------------------------------------------------------------------------- document parts
+
+
+def message_types() -> list[type]:
+    """Every struct and enum defined in common/messages.py (plus Resources, which it uses)."""
+    found: list[type] = [Resources]
+    for value in vars(m).values():
+        if isinstance(value, type) and value.__module__ == m.__name__:
+            found.append(value)
+    return found
+
+
+def render_types() -> list[str]:
+    grouped = [member for _, members in GROUPS for member in members]
+    leftovers = [cls for cls in message_types() if cls not in grouped]
+    top, components = msgspec.json.schema_components(
+        [*grouped, *leftovers], ref_template="#/$defs/{name}"
+    )
+    docs = field_docs(message_types())
+    shown: set[str] = set()
+    lines: list[str] = []
+    position = 0
+    for title, members in GROUPS:
+        lines += [f"## {title}", ""]
+        for schema in top[position : position + len(members)]:
+            name = _ref_name(schema)
+            if name is None:  # a tagged union
+                lines += [_union_line(schema), ""]
+                names = [_ref_name(option) for option in _schemas(schema.get("anyOf"))]
+            else:
+                names = [name]
+            for member in filter(None, names):
+                lines += render_component(member, components[member], docs.get(member, {}))
+                shown.add(member)
+        position += len(members)
+    lines += ["## Shared types", ""]
+    for name in sorted(set(components) - shown):
+        lines += render_component(name, components[name], docs.get(name, {}))
+    return lines
+
+
+def render_subjects() -> list[str]:
+    lines = [
+        "| subject | pattern | publisher | subscriber | body | reply |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in SUBJECTS:
+        body = _link(row.body) if row.body[:1].isupper() else row.body
+        reply = _link(row.reply) if row.reply.isidentifier() else row.reply
+        lines.append(
+            f"| `{row.subject}` | {row.pattern} | {row.publisher} | {row.subscriber} | "
+            f"{body} | {reply} |"
+        )
+    lines += ["", "Subscriptions by wildcard:", ""]
+    lines += [f"- `{wildcard}`: {text}" for wildcard, text in WILDCARDS.items()]
+    missing = undocumented_subjects()
+    if missing:
+        lines += ["", f"{UNDOCUMENTED}: " + ", ".join(f"`{s}`" for s in missing)]
+    return [*lines, ""]
+
+
+def subject_constants() -> list[str]:
+    """Every fixed subject (or wildcard) constant of common/subjects.py."""
+    prefix = subjects.ROOT + "."
+    return [
+        value
+        for name, value in vars(subjects).items()
+        if name.isupper() and isinstance(value, str) and value.startswith(prefix)
+    ]
+
+
+def undocumented_subjects() -> list[str]:
+    described = {row.subject for row in SUBJECTS} | set(WILDCARDS)
+    return [subject for subject in subject_constants() if subject not in described]
+
+
+def render_errors() -> list[str]:
+    """Meanings come from ERROR_CODES, else from the member's docstring in messages.py."""
+    docs = field_docs([m.ErrorCode]).get(m.ErrorCode.__name__, {})
+    lines = ["| code | meaning |", "|---|---|"]
+    for code in m.ErrorCode:
+        meaning = ERROR_CODES.get(code) or docs.get(code.name, UNDOCUMENTED)
+        lines.append(f"| `{code}` | {_cell(meaning)} |")
+    return [*lines, ""]
+
+
+def render_streams() -> list[str]:
+    jobs, events = streams.jobs_stream_config(), streams.events_stream_config()
+    window_h = (jobs.duplicate_window or 0) / 3600
+    max_age_d = (events.max_age or 0) / 86400
+    return [
+        f"- **`{jobs.name}`** (`{subjects.JOBS_WILDCARD}`): durable submission. Publish a "
+        "mutation body on `stratus.jobs.<noun>.<verb>` with the header `Nats-Msg-Id: "
+        "<request id>`; JetStream stores a republished id once within "
+        f"{window_h:g} h, and the PubAck means the job is durable. Retention is work-queue: "
+        f"the scheduler's durable consumer `{subjects.JOBS_CONSUMER}` acks a job only after it "
+        "committed its effect. A job that cannot be carried out produces a `JobRejected` event "
+        f"on `{subjects.JOB_REJECTED}`; the others show up as VM and host events.",
+        f"- **`{events.name}`** (`{subjects.EVENTS_WILDCARD}`): one event per state change, "
+        f"numbered by `seq`, kept {max_age_d:g} days. Consumers replay from any sequence; "
+        "events carry `Nats-Msg-Id` so a republished event is stored once.",
+        f"- **`{subjects.IMAGES_BUCKET}`** (JetStream object store): image bytes, one object per "
+        "image named by its sha256 (hex). An uploader puts the object, then registers it with "
+        f"`{subjects.IMAGE_UPLOAD}`; agents fetch images by digest into their cache.",
+        "",
+    ]
+
+
+INTRO = """\
+# Stratus protocol
+
+Generated by `tools/gen_protocol_doc.py` from `common/messages.py` and `common/subjects.py`;
+do not edit by hand (`python tools/gen_protocol_doc.py > docs/protocol.md`).
+
+Every body is JSON (msgspec). Readers ignore unknown fields and new fields always have
+defaults, so old readers keep working with newer writers. Tagged unions carry their tag in
+the `type` field.
+
+## Conventions
+
+- **API** (`stratus.api.<noun>.<verb>`): NATS request/reply, answered by the scheduler. A
+  mutation is answered only after the scheduler has committed it. Replies carry either the
+  result or `error: {code, detail}`; an empty request body means `{}`.
+- **Idempotency**: mutations take an optional `request_id`; a retry with the same id returns
+  the original result. Agent commands are idempotent by `(name, generation)`.
+- **Generations**: every placement of a VM gets a higher generation. An agent runs a VM only
+  at the generation it was told, destroys copies with an older one, and resumes a fenced
+  (paused) VM only when the scheduler confirms its generation is current.
+"""
+
+
+def render() -> str:
+    lines = [INTRO, "## Subjects", ""]
+    lines += render_subjects()
+    lines += ["## Streams", ""]
+    lines += render_streams()
+    lines += ["## Error codes", ""]
+    lines += render_errors()
+    lines += render_types()
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    sys.stdout.write(render())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
