@@ -92,6 +92,8 @@ class Agent:
         self._pending: dict[str, deque[AgentCommand]] = {}
         self.capture: Callable[[CaptureDisk, bool], Awaitable[None]] | None = None
         """Carries out CaptureDisk (set by the app when the driver keeps disks)."""
+        self.on_lease: Callable[[Lease], None] | None = None
+        """Told of every renewal (the app publishes the lease to the host's fence guard)."""
 
     # ------------------------------------------------------------------ inventory
 
@@ -114,6 +116,8 @@ class Agent:
 
     def renew_lease(self, sent_at_s: float, fence_after_s: float) -> None:
         self.lease = self.lease.renewed(sent_at_s, fence_after_s)
+        if self.on_lease is not None:
+            self.on_lease(self.lease)
         if self.fenced and not self.lease.expired(self._clock.monotonic_s()):
             self.fenced = False
             self.changed.set()

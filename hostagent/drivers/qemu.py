@@ -169,6 +169,11 @@ class QemuDriver:
 
         def on_event(event: str, data: JsonObject) -> None:
             log.debug("qmp event vm=%s event=%s data=%s", vm.spec.name, event, data)
+            if event == "STOP" and not vm.paused and not vm.stopping:
+                # Paused through another monitor: the fence guard's (hostagent/fenceguard.py).
+                vm.paused = True
+                log.warning("vm paused by the fence guard vm=%s", vm.spec.name)
+                self.on_change()
 
         vm.qmp = await self._connect(vm, on_event)
         self._spawn(vm, self._watch_exit(vm, vm.qmp), "exit")

@@ -3,8 +3,9 @@
 The process is started with ``-daemonize`` (it outlives the agent, and it is no child of the
 agent, so an agent restart neither kills nor orphans it) and ``-S`` (vCPUs start stopped: the
 driver lets them run over QMP unless the VM was fenced meanwhile). Per VM, in
-``<root>/vms/<name>/``: ``vm.json`` (spec and generation), ``qemu.pid``, ``qmp.sock`` and
-``serial.log`` (the guest's console: the readiness marker, and the tail of a failed boot).
+``<root>/vms/<name>/``: ``vm.json`` (spec and generation), ``qemu.pid``, ``qmp.sock`` (the
+agent's monitor), ``guard.sock`` (the fence guard's) and ``serial.log`` (the guest's console:
+the readiness marker, and the tail of a failed boot).
 """
 
 from __future__ import annotations
@@ -60,6 +61,11 @@ class VmFiles:
         return self.dir / "qmp.sock"
 
     @property
+    def guard(self) -> Path:
+        """A second QMP monitor, reserved for the host's fence guard (hostagent/fenceguard.py)."""
+        return self.dir / "guard.sock"
+
+    @property
     def serial(self) -> Path:
         return self.dir / "serial.log"
 
@@ -68,7 +74,7 @@ class VmFiles:
         return self.dir / "qemu.err"
 
     def clear_run_files(self) -> None:
-        for path in (self.pid, self.qmp):
+        for path in (self.pid, self.qmp, self.guard):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
 
@@ -110,6 +116,7 @@ def qemu_args(settings: QemuSettings, spec: VmSpec, disks: list[Path]) -> list[s
         *("-append", f"console=ttyS0 quiet panic=-1 stratus.vm={spec.name}"),
         *("-serial", "file:serial.log", "-pidfile", "qemu.pid", "-daemonize"),
         *("-qmp", "unix:qmp.sock,server=on,wait=off"),
+        *("-qmp", "unix:guard.sock,server=on,wait=off"),
     ]
     for index, path in enumerate(disks):
         args += [

@@ -1,5 +1,6 @@
 """The qemu driver against real QEMU (TCG): boot, disks across stop/start, pause while booting,
-the boot queue, re-adoption after an agent restart, a killed process, a boot timeout."""
+the boot queue, re-adoption after an agent restart, a killed process, a boot timeout, a pause by
+the fence guard."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from common.messages import DiskKind, DiskSpec, ObservedState, VmSpec
 from common.resources import Resources
 from hostagent.drivers.qemu import QemuDriver
 from hostagent.drivers.qemuproc import QemuSettings, VmFiles, pid_alive, read_pid, read_serial
+from hostagent.fenceguard import live_vms, pause_vm
 from hostagent.images import ImageCache
 from tests.qemukit import boot_kit
 from tests.waiting import wait_until
@@ -125,6 +127,28 @@ async def test_pause_while_booting_returns_paused_and_resume_finishes_the_boot(
     assert await vm_qmp.query_status() == "paused"
     await driver.stop("vm-p")  # a paused VM is stopped hard: it must not run again
     assert driver.inventory() == []
+
+
+async def test_the_fence_guard_pauses_through_its_own_socket_and_the_driver_notices(
+    make_driver: DriverFactory,
+) -> None:
+    driver = make_driver()
+    changed = asyncio.Event()
+    driver.on_change = changed.set
+    await driver.start(spec("vm-g"), 4)
+    [vm] = live_vms(driver.root)
+    assert (vm.name, vm.generation) == ("vm-g", 4)
+
+    assert await asyncio.to_thread(pause_vm, vm), "the guard's monitor works beside the agent's"
+    await asyncio.wait_for(changed.wait(), timeout=10)
+    assert state_of(driver, "vm-g") is ObservedState.PAUSED, "told by QMP's STOP event"
+    assert not await asyncio.to_thread(pause_vm, vm), "already paused: nothing to do"
+
+    await driver.resume("vm-g")  # the agent resumes it, on the scheduler's word
+    vm_qmp = driver._vms["vm-g"].qmp
+    assert vm_qmp is not None
+    assert await vm_qmp.query_status() == "running"
+    assert state_of(driver, "vm-g") is ObservedState.RUNNING
 
 
 async def test_boots_beyond_the_limit_wait_their_turn(make_driver: DriverFactory) -> None:

@@ -1,0 +1,460 @@
+"""The fence guard: pauses a host's QEMU VMs when the agent's lease runs out, even if the agent
+itself is dead (crashed, kill -9'd, mid-upgrade).
+
+QEMU guests outlive the agent, so while the agent is down nothing else would stop them from
+executing after the scheduler has declared the host dead and started them elsewhere. The guard is
+a separate, detached process per host (``python -m hostagent.fenceguard --data-dir D --host-id
+H``), stdlib only, that reads the lease the agent publishes and, once it expired, pauses every
+VM of the host over a QMP socket reserved for it (``guard.sock``; QEMU serves several monitors).
+It never destroys and never resumes a VM: resuming stays the agent's job, on the scheduler's
+``ResumeVm`` at the exact generation. A QMP ``stop`` (rather than SIGSTOP) leaves QEMU's monitors
+answering, so a restarted agent adopts the VM, sees ``paused`` in ``query-status`` and needs no
+SIGCONT; and the pause is what QEMU's own run state reports.
+
+Files under ``<data_dir>/<host_id>/``: ``lease.json`` (written by the agent: the lease expiry in
+CLOCK_MONOTONIC seconds, the agent's pid and start time, and the kernel boot id; monotonic time
+means nothing across a reboot), ``fenceguard.pid`` (flock-held while the guard lives: at most one
+guard per host), ``fenceguard.log`` and ``executions.jsonl`` (each fence appends one ``pause``
+line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import json
+import logging
+import math
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger("hostagent.fenceguard")
+
+CHECK_S = 0.1
+"""How often the guard reads the lease."""
+AGENT_GRACE_S = 0.5
+"""While the agent process lives, it fences its own VMs at expiry; the guard steps in only this
+much later (a stuck agent). Well within config.FENCE_MARGIN_S."""
+RECHECK_S = 1.0
+"""While fenced, each VM is checked again this often (a VM found paused is left alone)."""
+IDLE_EXIT_S = 5.0
+"""With no agent and no VM process on the host for this long, the guard exits."""
+QMP_TIMEOUT_S = 2.0
+LEASE_FILE = "lease.json"
+PID_FILE = "fenceguard.pid"
+LOG_FILE = "fenceguard.log"
+EXECLOG_FILE = "executions.jsonl"
+GUARD_SOCKET = "guard.sock"
+BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
+
+
+# --------------------------------------------------------------------------- lease file (pure)
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseRecord:
+    """What the agent publishes of its lease; times are CLOCK_MONOTONIC seconds."""
+
+    expires_at_s: float | None
+    """None: no lease held."""
+    written_at_s: float
+    pid: int
+    """The agent's process, and its start time (``/proc/PID/stat`` starttime): a pid alone may
+    have been reused."""
+    pid_start: int
+    boot_id: str
+
+
+def encode_lease(record: LeaseRecord) -> bytes:
+    return json.dumps(
+        {
+            "expires_at_s": record.expires_at_s,
+            "written_at_s": record.written_at_s,
+            "pid": record.pid,
+            "pid_start": record.pid_start,
+            "boot_id": record.boot_id,
+        }
+    ).encode()
+
+
+def decode_lease(data: bytes) -> LeaseRecord | None:
+    """The record, or None when ``data`` is not a well-formed lease."""
+    try:
+        raw = json.loads(data)
+        expires = raw["expires_at_s"]
+        record = LeaseRecord(
+            expires_at_s=None if expires is None else float(expires),
+            written_at_s=float(raw["written_at_s"]),
+            pid=int(raw["pid"]),
+            pid_start=int(raw["pid_start"]),
+            boot_id=str(raw["boot_id"]),
+        )
+    except (ValueError, TypeError, KeyError):
+        return None
+    finite = [record.written_at_s] + ([record.expires_at_s] if record.expires_at_s else [])
+    return record if all(math.isfinite(x) for x in finite) and record.pid > 0 else None
+
+
+def fence_due(lease: LeaseRecord | None, *, now_s: float, boot_id: str, agent_alive: bool) -> bool:
+    """Whether the host's VMs must not execute now. Pure.
+
+    No readable lease, or one from another kernel boot, fences at once. Otherwise the lease's
+    expiry (or, with no lease held, the moment the record was written) is the deadline; a live
+    agent gets ``AGENT_GRACE_S`` to fence its VMs itself, so each fence is logged once.
+    """
+    if lease is None or lease.boot_id != boot_id:
+        return True
+    due_s = lease.written_at_s if lease.expires_at_s is None else lease.expires_at_s
+    if agent_alive:
+        due_s += AGENT_GRACE_S
+    return now_s >= due_s
+
+
+def host_dir(data_dir: str | Path, host_id: str) -> Path:
+    return Path(data_dir) / host_id
+
+
+def lease_path(data_dir: str | Path, host_id: str) -> Path:
+    return host_dir(data_dir, host_id) / LEASE_FILE
+
+
+def write_lease(path: Path, record: LeaseRecord) -> None:
+    """Atomically: a reader sees the old record or the new one, never a partial one."""
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_bytes(encode_lease(record))
+    partial.replace(path)
+
+
+def read_lease(path: Path) -> LeaseRecord | None:
+    try:
+        return decode_lease(path.read_bytes())
+    except OSError:
+        return None
+
+
+def current_boot_id() -> str:
+    return BOOT_ID_PATH.read_text().strip()
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def process_start(pid: int) -> int | None:
+    """When ``pid`` started (clock ticks after boot), or None if it is gone or a zombie."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()
+    except OSError:
+        return None
+    return None if fields[0] in ("Z", "X") else int(fields[19])
+
+
+def agent_alive(lease: LeaseRecord) -> bool:
+    return process_start(lease.pid) == lease.pid_start
+
+
+def process_alive(pid: int, needle: bytes) -> bool:
+    """Whether ``pid`` runs (not a zombie) with ``needle`` in its command line."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X") and needle in cmdline
+
+
+@dataclass(frozen=True, slots=True)
+class GuardedVm:
+    name: str
+    generation: int
+    pid: int
+    dir: Path
+
+
+def live_vms(qemu_root: Path) -> list[GuardedVm]:
+    """The host's VMs whose QEMU process is alive (same files as hostagent/drivers/qemuproc)."""
+    found: list[GuardedVm] = []
+    for vm_dir in sorted((qemu_root / "vms").glob("*")):
+        try:
+            pid = int((vm_dir / "qemu.pid").read_text().strip())
+            generation = int(json.loads((vm_dir / "vm.json").read_bytes())["generation"])
+        except (OSError, ValueError, TypeError, KeyError):
+            continue
+        if process_alive(pid, os.fsencode(qemu_root)):
+            found.append(GuardedVm(vm_dir.name, generation, pid, vm_dir))
+    return found
+
+
+# --------------------------------------------------------------------------- QMP (blocking)
+
+
+class _Qmp:
+    """Just enough QMP over a blocking unix socket: greeting, capabilities, commands."""
+
+    def __init__(self, path: Path) -> None:
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.settimeout(QMP_TIMEOUT_S)
+        self._buffer = b""
+        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:  # through the directory's fd: no sun_path length limit
+            self._sock.connect(f"/proc/self/fd/{dir_fd}/{path.name}")
+        except OSError:
+            self._sock.close()
+            raise
+        finally:
+            os.close(dir_fd)
+
+    def _message(self) -> dict[str, object]:
+        while b"\n" not in self._buffer:
+            chunk = self._sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("QMP connection closed")
+            self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        message = json.loads(line)
+        if not isinstance(message, dict):
+            raise ValueError(f"malformed QMP message: {line!r}")
+        return message
+
+    def execute(self, command: str) -> object:
+        self._sock.sendall(json.dumps({"execute": command}).encode() + b"\n")
+        while True:
+            reply = self._message()
+            if "event" in reply:
+                continue
+            if "error" in reply:
+                raise ValueError(f"QMP {command} failed: {reply['error']}")
+            return reply.get("return")
+
+    def __enter__(self) -> _Qmp:
+        greeting = self._message()
+        if "QMP" not in greeting:
+            raise ValueError(f"unexpected QMP greeting: {greeting!r}")
+        self.execute("qmp_capabilities")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._sock.close()
+
+
+def pause_vm(vm: GuardedVm) -> bool:
+    """QMP ``stop`` if the VM runs; True if this paused it. Raises OSError/ValueError."""
+    path = vm.dir / GUARD_SOCKET
+    if not path.exists():  # a VM started before guard sockets existed: the agent's socket
+        path = vm.dir / "qmp.sock"
+    with _Qmp(path) as qmp:
+        status = qmp.execute("query-status")
+        if not isinstance(status, dict) or status.get("status") != "running":
+            return False
+        qmp.execute("stop")
+        return True
+
+
+def append_pause(execlog: Path, host_id: str, vm: GuardedVm, wall_s: float) -> None:
+    """One whole line, one append: the agent appends to the same file (hostagent/execlog.py)."""
+    line = {"t": wall_s, "host": host_id, "vm": vm.name, "gen": vm.generation, "event": "pause"}
+    data = json.dumps(line, separators=(",", ":")).encode() + b"\n"
+    fd = os.open(execlog, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+# --------------------------------------------------------------------------- the guard loop
+
+
+class Guard:
+    def __init__(
+        self,
+        data_dir: Path,
+        host_id: str,
+        *,
+        boot_id: str,
+        pause: Callable[[GuardedVm], bool] = pause_vm,
+        find_vms: Callable[[Path], list[GuardedVm]] = live_vms,
+        agent_alive: Callable[[LeaseRecord], bool] = agent_alive,
+    ) -> None:
+        self.host_id = host_id
+        self.dir = host_dir(data_dir, host_id)
+        self.qemu_root = (self.dir / "qemu").resolve()
+        self.boot_id = boot_id
+        self._pause = pause
+        self._find_vms = find_vms
+        self._agent_alive = agent_alive
+        self._checked: dict[tuple[str, int], float] = {}
+        self._failing: set[tuple[str, int]] = set()
+        self._idle_since_s: float | None = None
+
+    def step(self, now_s: float) -> bool:
+        """One look at the lease and the VMs; False once the guard has nothing left to guard."""
+        lease = read_lease(self.dir / LEASE_FILE)
+        agent_alive = lease is not None and self._agent_alive(lease)
+        vms = self._find_vms(self.qemu_root)
+        if vms and fence_due(lease, now_s=now_s, boot_id=self.boot_id, agent_alive=agent_alive):
+            for vm in vms:
+                self._fence(vm, lease, now_s)
+        else:
+            self._checked.clear()
+        if vms or agent_alive:
+            self._idle_since_s = None
+        elif self._idle_since_s is None:
+            self._idle_since_s = now_s
+        return self._idle_since_s is None or now_s - self._idle_since_s < IDLE_EXIT_S
+
+    def _fence(self, vm: GuardedVm, lease: LeaseRecord | None, now_s: float) -> None:
+        key = (vm.name, vm.pid)
+        if now_s - self._checked.get(key, -math.inf) < RECHECK_S:
+            return
+        try:
+            paused = self._pause(vm)
+        except (OSError, ValueError) as exc:  # tried again at the next check, logged once
+            if key not in self._failing:
+                log.error("fence failed vm=%s pid=%d error=%r", vm.name, vm.pid, exc)
+            self._failing.add(key)
+            return
+        self._failing.discard(key)
+        self._checked[key] = now_s
+        if paused:
+            append_pause(self.dir / EXECLOG_FILE, self.host_id, vm, time.time())
+            expired_for_s = now_s - lease.expires_at_s if lease and lease.expires_at_s else None
+            log.warning(
+                "vm fenced vm=%s generation=%d pid=%d lease=%s expired_for_s=%s",
+                vm.name,
+                vm.generation,
+                vm.pid,
+                "none" if lease is None else lease.expires_at_s,
+                "-" if expired_for_s is None else f"{expired_for_s:.3f}",
+            )
+
+    def run(self) -> None:
+        log.info("fence guard running host_id=%s pid=%d", self.host_id, os.getpid())
+        while self.step(time.monotonic()):
+            time.sleep(CHECK_S)
+        log.info("fence guard exiting, nothing to guard host_id=%s", self.host_id)
+
+
+# --------------------------------------------------------------------------- one per host
+
+
+def guard_pid(data_dir: str | Path, host_id: str) -> int | None:
+    """The pid of the host's live guard (it holds a lock on its pid file), else None."""
+    path = host_dir(data_dir, host_id) / PID_FILE
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        with contextlib.suppress(ValueError, OSError):
+            return int(path.read_text().strip())
+        return None
+    finally:
+        os.close(fd)
+    return None
+
+
+def _lock(data_dir: Path, host_id: str) -> int | None:
+    """The host's guard lock (an open pid file, flock-held), or None if a guard holds it."""
+    directory = host_dir(data_dir, host_id)
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory / PID_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _write_pid(fd: int, pid: int) -> None:
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{pid}\n".encode(), 0)
+
+
+def _detach(data_dir: Path, host_id: str) -> int:
+    """Fork a guard in its own session unless one runs; print ``started|running PID``."""
+    fd = _lock(data_dir, host_id)
+    if fd is None:
+        deadline_s = time.monotonic() + 2.0  # a guard starting this instant writes it soon
+        while (pid := guard_pid(data_dir, host_id)) is None and time.monotonic() < deadline_s:
+            time.sleep(0.01)
+        print(f"running {pid}")
+        return 0
+    child = os.fork()
+    if child == 0:  # the guard: holds the lock (the same open file) for its whole life
+        os.setsid()
+        os.chdir("/")
+        _serve(data_dir, host_id)
+        os._exit(0)
+    _write_pid(fd, child)
+    os.close(fd)
+    print(f"started {child}")
+    return 0
+
+
+def _serve(data_dir: Path, host_id: str) -> None:
+    null = os.open(os.devnull, os.O_RDWR)
+    out = os.open(host_dir(data_dir, host_id) / LOG_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    os.dup2(null, 0)
+    os.dup2(out, 1)
+    os.dup2(out, 2)
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        force=True,
+    )
+    try:
+        Guard(data_dir, host_id, boot_id=current_boot_id()).run()
+    except Exception:
+        log.exception("fence guard crashed host_id=%s", host_id)
+        raise
+
+
+def ensure_guard(data_dir: str | Path, host_id: str) -> int:
+    """Start the host's guard unless one is alive; return its pid (blocking: run in a thread)."""
+    command = [sys.executable, "-m", "hostagent.fenceguard", "--data-dir", str(data_dir)]
+    result = subprocess.run(
+        [*command, "--host-id", host_id, "--detach"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    verdict, _, pid = result.stdout.strip().partition(" ")
+    if result.returncode != 0 or verdict not in ("started", "running") or not pid.isdigit():
+        raise OSError(f"fence guard did not start: {result.stdout} {result.stderr}".strip())
+    return int(pid)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="stratus-fenceguard", description="Pause a host's VMs when its agent's lease expires."
+    )
+    parser.add_argument("--data-dir", required=True, type=Path, help="the agent's data_dir")
+    parser.add_argument("--host-id", required=True)
+    parser.add_argument("--detach", action="store_true", help="run in the background, once")
+    args = parser.parse_args(argv)
+    data_dir = args.data_dir.resolve()
+    if args.detach:
+        return _detach(data_dir, args.host_id)
+    fd = _lock(data_dir, args.host_id)
+    if fd is None:
+        print(f"a fence guard already runs: pid {guard_pid(data_dir, args.host_id)}")
+        return 1
+    _write_pid(fd, os.getpid())
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    Guard(data_dir, args.host_id, boot_id=current_boot_id()).run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
