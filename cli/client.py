@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import msgspec
-import nats
 from nats.aio.client import Client
 from nats.errors import Error as NatsError
 from nats.errors import NoRespondersError
@@ -17,6 +17,7 @@ from common import codec, subjects
 from common import messages as m
 from common.errors import ApiError
 from common.imagestore import put_image
+from common.natsauth import auth_options, redact_url
 
 R = TypeVar(
     "R",
@@ -35,25 +36,35 @@ async def _ignore(*_args: object) -> None:
     """Connection callbacks that keep nats-py from logging tracebacks in a CLI."""
 
 
-async def connect(url: str, *, timeout_s: float = 5.0) -> Client:
+async def connect(
+    url: str, *, timeout_s: float = 5.0, creds: str = "", nkey_seed: str = "", tls_ca: str = ""
+) -> Client:
     """Connect once to ``url``, failing fast with ``ApiError(unavailable)``.
 
     nats-py retries forever when ``max_reconnect_attempts`` is 0, so allow exactly one retry.
+    A refused connection (bad credentials) is closed, not left to the garbage collector.
     """
+    nc = Client()
+    options: dict[str, Any] = {
+        "connect_timeout": timeout_s,
+        "allow_reconnect": False,
+        "max_reconnect_attempts": 1,
+        "reconnect_time_wait": 0.05,
+        "error_cb": _ignore,
+        "disconnected_cb": _ignore,
+        "closed_cb": _ignore,
+        **auth_options(creds, nkey_seed, tls_ca),
+    }
     try:
         async with asyncio.timeout(timeout_s):
-            return await nats.connect(
-                url,
-                connect_timeout=timeout_s,
-                allow_reconnect=False,
-                max_reconnect_attempts=1,
-                reconnect_time_wait=0.05,
-                error_cb=_ignore,
-                disconnected_cb=_ignore,
-                closed_cb=_ignore,
-            )
+            await nc.connect(url, **options)
+        return nc
     except (OSError, ValueError, NatsError, TimeoutError) as exc:
-        raise ApiError(m.ErrorCode.UNAVAILABLE, f"cannot connect to NATS at {url}") from exc
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(1.0):  # closing a half-open TLS connection can hang
+                await nc.close()
+        where = redact_url(url)
+        raise ApiError(m.ErrorCode.UNAVAILABLE, f"cannot connect to NATS at {where}") from exc
 
 
 class StratusClient:
@@ -61,9 +72,7 @@ class StratusClient:
         self._nc = nc
         self._timeout_s = timeout_s
 
-    async def _call(
-        self, subject: str, body: msgspec.Struct, decoder: msgspec.json.Decoder[R]
-    ) -> R:
+    async def _call(self, subject: str, body: msgspec.Struct, decoder: codec.Decoder[R]) -> R:
         try:
             msg = await self._nc.request(subject, codec.encode(body), timeout=self._timeout_s)
         except NoRespondersError as exc:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Final, Generic, TypeVar
 
 import msgspec
 
@@ -18,34 +18,54 @@ def encode(message: msgspec.Struct) -> bytes:
     return encoder.encode(message)
 
 
-create_vm: Final = msgspec.json.Decoder(m.CreateVm)
-vm_ref: Final = msgspec.json.Decoder(m.VmRef)
-host_ref: Final = msgspec.json.Decoder(m.HostRef)
-list_vms: Final = msgspec.json.Decoder(m.ListVms)
-list_hosts: Final = msgspec.json.Decoder(m.ListHosts)
-list_sizes: Final = msgspec.json.Decoder(m.ListSizes)
-attach_disk: Final = msgspec.json.Decoder(m.AttachDisk)
-detach_disk: Final = msgspec.json.Decoder(m.DetachDisk)
-capture_vm: Final = msgspec.json.Decoder(m.CaptureVm)
-upload_image: Final = msgspec.json.Decoder(m.UploadImage)
-image_ref: Final = msgspec.json.Decoder(m.ImageRef)
-image_captured: Final = msgspec.json.Decoder(m.ImageCaptured)
-list_images: Final = msgspec.json.Decoder(m.ListImages)
-image_reply: Final = msgspec.json.Decoder(m.ImageReply)
-image_list_reply: Final = msgspec.json.Decoder(m.ImageListReply)
+T = TypeVar("T")
 
-vm_reply: Final = msgspec.json.Decoder(m.VmReply)
-vm_list_reply: Final = msgspec.json.Decoder(m.VmListReply)
-host_list_reply: Final = msgspec.json.Decoder(m.HostListReply)
-host_reply: Final = msgspec.json.Decoder(m.HostReply)
-size_list_reply: Final = msgspec.json.Decoder(m.SizeListReply)
-usage_query: Final = msgspec.json.Decoder(m.UsageQuery)
-usage_reply: Final = msgspec.json.Decoder(m.UsageReply)
 
-heartbeat: Final = msgspec.json.Decoder(m.Heartbeat)
-heartbeat_ack: Final = msgspec.json.Decoder(m.HeartbeatAck)
-host_commands: Final = msgspec.json.Decoder(m.HostCommands)
-event: Final = msgspec.json.Decoder(m.Event)
+class Decoder(Generic[T]):
+    """A typed JSON decoder whose every refusal is a ``msgspec.DecodeError``: msgspec itself
+    lets a ``UnicodeDecodeError`` out for invalid UTF-8 inside a string, which no handler
+    expects (a job carrying such bytes stopped the scheduler)."""
+
+    __slots__ = ("_decoder",)
+
+    def __init__(self, decoder: msgspec.json.Decoder[T]) -> None:
+        self._decoder = decoder
+
+    def decode(self, data: bytes) -> T:
+        try:
+            return self._decoder.decode(data)
+        except UnicodeDecodeError as exc:
+            raise msgspec.DecodeError(f"invalid UTF-8 at byte {exc.start}") from exc
+
+
+create_vm: Final = Decoder(msgspec.json.Decoder(m.CreateVm))
+vm_ref: Final = Decoder(msgspec.json.Decoder(m.VmRef))
+host_ref: Final = Decoder(msgspec.json.Decoder(m.HostRef))
+list_vms: Final = Decoder(msgspec.json.Decoder(m.ListVms))
+list_hosts: Final = Decoder(msgspec.json.Decoder(m.ListHosts))
+list_sizes: Final = Decoder(msgspec.json.Decoder(m.ListSizes))
+attach_disk: Final = Decoder(msgspec.json.Decoder(m.AttachDisk))
+detach_disk: Final = Decoder(msgspec.json.Decoder(m.DetachDisk))
+capture_vm: Final = Decoder(msgspec.json.Decoder(m.CaptureVm))
+upload_image: Final = Decoder(msgspec.json.Decoder(m.UploadImage))
+image_ref: Final = Decoder(msgspec.json.Decoder(m.ImageRef))
+image_captured: Final = Decoder(msgspec.json.Decoder(m.ImageCaptured))
+list_images: Final = Decoder(msgspec.json.Decoder(m.ListImages))
+image_reply: Final = Decoder(msgspec.json.Decoder(m.ImageReply))
+image_list_reply: Final = Decoder(msgspec.json.Decoder(m.ImageListReply))
+
+vm_reply: Final = Decoder(msgspec.json.Decoder(m.VmReply))
+vm_list_reply: Final = Decoder(msgspec.json.Decoder(m.VmListReply))
+host_list_reply: Final = Decoder(msgspec.json.Decoder(m.HostListReply))
+host_reply: Final = Decoder(msgspec.json.Decoder(m.HostReply))
+size_list_reply: Final = Decoder(msgspec.json.Decoder(m.SizeListReply))
+usage_query: Final = Decoder(msgspec.json.Decoder(m.UsageQuery))
+usage_reply: Final = Decoder(msgspec.json.Decoder(m.UsageReply))
+
+heartbeat: Final = Decoder(msgspec.json.Decoder(m.Heartbeat))
+heartbeat_ack: Final = Decoder(msgspec.json.Decoder(m.HeartbeatAck))
+host_commands: Final = Decoder(msgspec.json.Decoder(m.HostCommands))
+event: Final = Decoder(msgspec.json.Decoder(m.Event))
 
 
 def empty_as_object(body: bytes) -> bytes:

@@ -44,6 +44,13 @@ that its lease ran out and pause its VMs, plus message transit."""
 
 class SchedulerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     nats_url: str = "nats://127.0.0.1:4222"
+    nats_creds: str = ""
+    """A NATS credentials file (JWT + nkey seed) to connect with; empty: none."""
+    nats_nkey_seed: str = ""
+    """A file holding an nkey seed (``stratus nats-config`` writes them); empty: none."""
+    nats_tls_ca: str = ""
+    """The CA file that signed the NATS server's certificate (with a ``tls://`` URL); empty:
+    the system's CAs, or no TLS."""
     db_path: str = "stratus-scheduler.db"
     heartbeat_interval_s: PositiveS = 1.0
     fence_after_s: PositiveS = 4.0
@@ -102,6 +109,13 @@ class SchedulerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 class AgentConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     nats_url: str = "nats://127.0.0.1:4222"
+    nats_creds: str = ""
+    """A NATS credentials file (JWT + nkey seed) to connect with; empty: none."""
+    nats_nkey_seed: str = ""
+    """A file holding this host's nkey seed (``stratus nats-config``); empty: none."""
+    nats_tls_ca: str = ""
+    """The CA file that signed the NATS server's certificate (with a ``tls://`` URL); empty:
+    the system's CAs, or no TLS."""
     host_id: str = ""
     """Empty means the machine's hostname."""
     region: str = "local"

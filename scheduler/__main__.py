@@ -23,6 +23,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="stratus scheduler", description="Run the scheduler.")
     parser.add_argument("--nats", dest="nats_url", help="NATS URL (default nats://127.0.0.1:4222)")
     parser.add_argument("--config", help="TOML config file (see deploy/scheduler.toml)")
+    parser.add_argument("--creds", dest="nats_creds", metavar="FILE", help="NATS credentials file")
+    parser.add_argument(
+        "--nkey-seed", dest="nats_nkey_seed", metavar="FILE", help="NATS nkey seed file"
+    )
+    parser.add_argument("--tls-ca", dest="nats_tls_ca", metavar="FILE", help="NATS TLS CA file")
     parser.add_argument("--db", dest="db_path", help="SQLite store path")
     parser.add_argument("--heartbeat-interval", dest="heartbeat_interval_s", type=float)
     parser.add_argument("--fence-after", dest="fence_after_s", type=float)

@@ -163,5 +163,8 @@ def decode_heartbeat(msg: Msg) -> m.Heartbeat | None:
     if subjects.host_of_heartbeat(msg.subject) != hb.host_id:
         log.warning("heartbeat names another host subject=%s host_id=%s", msg.subject, hb.host_id)
         return None
+    if hb.capacity.cpu_milli < 0 or hb.capacity.mem_mib < 0:
+        log.warning("heartbeat with negative capacity subject=%s", msg.subject)
+        return None
     HostId(hb.host_id)
     return hb

@@ -65,6 +65,7 @@ async def test_bad_create_gets_a_typed_error_and_changes_nothing(
 ) -> None:
     await one_host(cluster, client)
     await client.create_vm(CreateVm(name="keep", size="Small"))
+    await wait_all_running(client, ["keep"])  # settled: only the bad request could change it
     before = await client.list_vms(ListVms())
     reply = await raw(nc, subjects.VM_CREATE, body)
     error = reply["error"]

@@ -1,0 +1,22 @@
+"""Every refusal of a typed decoder is a msgspec.DecodeError, whatever the bytes."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from common import codec
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b'{"name": "\xff\xfe"}', b'{"name": "ok", "request_id": "\xc3"}', b"\xff", b"", b"[[[[1"],
+)
+def test_malformed_bytes_raise_decode_error(data: bytes) -> None:
+    with pytest.raises(msgspec.DecodeError):
+        codec.vm_ref.decode(data)
+
+
+def test_invalid_utf8_in_a_heartbeat_is_a_decode_error() -> None:
+    with pytest.raises(msgspec.DecodeError, match="invalid UTF-8"):
+        codec.heartbeat.decode(b'{"host_id": "h\x80", "seq": 0, "boot_id": "b", "capacity": {}}')
