@@ -15,7 +15,7 @@ from typing import TextIO
 
 import msgspec
 
-from cli import output
+from cli import natsconfig, output, simulate
 from cli import usage as usage_output
 from cli.client import StratusClient, connect
 from cli.drain import wait_drained
@@ -200,7 +200,8 @@ def _aware_time(text: str) -> datetime:
 
 async def _call_api(handler: Handler, args: argparse.Namespace) -> str:
     timeout_s = args.timeout_s or REQUEST_TIMEOUT_S
-    nc = await connect(args.nats, timeout_s=min(timeout_s, 5.0))
+    auth = {"creds": args.creds or "", "nkey_seed": args.nkey_seed or ""}
+    nc = await connect(args.nats, timeout_s=min(timeout_s, 5.0), tls_ca=args.tls_ca or "", **auth)
     try:
         return await handler(StratusClient(nc, timeout_s=timeout_s), args)
     finally:
@@ -223,6 +224,24 @@ def _common_options(defaults: bool) -> argparse.ArgumentParser:
         metavar="URL",
         default=default(env_url),
         help=f"NATS server (default: $STRATUS_NATS or {DEFAULT_NATS_URL})",
+    )
+    parent.add_argument(
+        "--creds",
+        metavar="FILE",
+        default=default(os.environ.get("STRATUS_NATS_CREDS")),
+        help="NATS credentials file (default: $STRATUS_NATS_CREDS)",
+    )
+    parent.add_argument(
+        "--nkey-seed",
+        metavar="FILE",
+        default=default(os.environ.get("STRATUS_NATS_NKEY_SEED")),
+        help="NATS nkey seed file (default: $STRATUS_NATS_NKEY_SEED)",
+    )
+    parent.add_argument(
+        "--tls-ca",
+        metavar="FILE",
+        default=default(os.environ.get("STRATUS_NATS_TLS_CA")),
+        help="CA of the NATS server's TLS certificate (default: $STRATUS_NATS_TLS_CA)",
     )
     parent.add_argument(
         "--output",
@@ -385,6 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
     usage.add_argument("--until", type=_aware_time, metavar="TIME", help="default: now")
     usage.set_defaults(handler=_usage)
     _add_local_commands(commands)
+    simulate.add_parser(commands)
+    natsconfig.add_parser(commands)
     return parser
 
 
@@ -410,6 +431,10 @@ def _run(args: argparse.Namespace) -> int:
         from cli.local import run_demo
 
         return run_demo(args)
+    if args.command == "simulate":
+        return simulate.run_simulate(args)
+    if args.command == "nats-config":
+        return natsconfig.run(args)
     handler: Handler = args.handler
     print(asyncio.run(_call_api(handler, args)))
     return 0

@@ -73,6 +73,10 @@ def host_heartbeat(host: HostId | str) -> str:
     return f"{ROOT}.host.{host}.hb"
 
 
+# Simulated-host pools (``stratus agent --simulate N``): body is a host id, the owner answers ok.
+SIM_SILENCE = f"{ROOT}.sim.silence"
+
+
 def host_of_heartbeat(subject: str) -> str:
     """The host id inside ``stratus.host.<id>.hb``."""
     return subject.split(".")[2]

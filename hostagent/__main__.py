@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 import uvloop
@@ -11,6 +12,7 @@ from common.config import AgentConfig, load_config
 from common.errors import ConfigError
 from common.logging import setup_logging
 from hostagent.app import AgentApp, resolve_settings
+from hostagent.simpool import SimPool, resolve_pool_settings
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,6 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
     add = parser.add_argument
     add("--config", metavar="FILE", help="TOML file with AgentConfig keys")
     add("--nats", dest="nats_url", metavar="URL", help="NATS server URL")
+    add("--creds", dest="nats_creds", metavar="FILE", help="NATS credentials file")
+    add("--nkey-seed", dest="nats_nkey_seed", metavar="FILE", help="this host's nkey seed file")
+    add("--tls-ca", dest="nats_tls_ca", metavar="FILE", help="CA of the NATS server's certificate")
     add("--host-id", metavar="ID", help="this host's id (default: the hostname)")
     add("--capacity", metavar="64c/256g", help="declared capacity (default: measured)")
     add("--region", metavar="R")
@@ -38,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--heartbeat-interval", dest="heartbeat_interval_s", type=float, metavar="S")
     add("--fence-after", dest="fence_after_s", type=float, metavar="S")
     add("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    add("--simulate", type=int, metavar="N", help="run N simulated hosts in this process")
+    add("--simulate-prefix", default="sim", metavar="P", help="simulated host ids: P-00001, ...")
+    add("--simulate-fault-domains", type=int, default=3, metavar="K", help="fd-0 .. fd-K-1")
     return parser
 
 
@@ -57,16 +65,33 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {
         key: value
         for key, value in vars(args).items()
-        if key not in ("config", "log_level") and value is not None
+        if key not in _NOT_CONFIG and value is not None
     }
     try:
         config = load_config(AgentConfig, args.config, overrides)
+        if args.simulate is not None:
+            return _simulate(args, config)
         settings = resolve_settings(config)
     except ConfigError as exc:
         print(f"stratus-agent: {exc}", file=sys.stderr)
         return 2
     setup_logging(args.log_level, name="hostagent")
     uvloop.run(AgentApp(settings).run())
+    return 0
+
+
+_NOT_CONFIG = ("config", "log_level", "simulate", "simulate_prefix", "simulate_fault_domains")
+
+
+def _simulate(args: argparse.Namespace, config: AgentConfig) -> int:
+    """``--simulate N``: one process, N simulated hosts (hostagent/simpool.py)."""
+    pool = resolve_pool_settings(
+        config, args.simulate, args.simulate_prefix, args.simulate_fault_domains
+    )
+    setup_logging(args.log_level, name="hostagent")
+    if args.log_level != "DEBUG":  # per-VM lines from thousands of hosts would dominate the CPU
+        logging.getLogger("hostagent.agent").setLevel(logging.WARNING)
+    uvloop.run(SimPool(pool).run())
     return 0
 
 

@@ -25,6 +25,7 @@ from common.config import AgentConfig
 from common.errors import ConfigError, ProtocolError
 from common.ids import HostId, host_id
 from common.messages import Heartbeat
+from common.natsauth import auth_options, host_inbox_prefix, redact_url
 from common.resources import Resources
 from hostagent.agent import Agent
 from hostagent.capture import Capturer
@@ -32,6 +33,7 @@ from hostagent.drivers.base import HypervisorDriver
 from hostagent.drivers.fake import FakeDriver
 from hostagent.drivers.qemu import QemuDriver
 from hostagent.execlog import ExecLog, execlog_path
+from hostagent.fencing import FenceGuardKeeper
 from hostagent.heartbeat import HeartbeatLoop
 from hostagent.inventory import host_capacity
 from hostagent.qemusetup import check_host, open_qemu_driver, qemu_root
@@ -134,8 +136,11 @@ class AgentApp:
             execlog = ExecLog(execlog_path(config.data_dir, settings.host_id), settings.host_id)
             stack.callback(execlog.close)
             agent = Agent(settings.host_id, driver, execlog, clock)
+            guard: FenceGuardKeeper | None = None
             if isinstance(driver, QemuDriver):
                 driver.on_change = agent.changed.set
+                guard = FenceGuardKeeper(agent, config.data_dir, clock)
+                await guard.ensure()  # its VMs outlive the agent: fenced even when it is dead
             capturer = Capturer(nc, settings.host_id, driver, qemu_root(config, settings.host_id))
             agent.capture = lambda command, running: capturer.capture(command, running=running)
             await nc.subscribe(subjects.host_commands(settings.host_id), cb=agent.on_commands)
@@ -158,6 +163,8 @@ class AgentApp:
                 tg.create_task(heartbeats.run(), name="heartbeat")
                 tg.create_task(agent.run_commands(), name="commands")
                 tg.create_task(agent.run_fence_watchdog(), name="fence-watchdog")
+                if guard is not None:
+                    tg.create_task(guard.run(), name="fence-guard-keeper")
 
     def _heartbeat_template(self, driver_name: str) -> Heartbeat:
         config = self.settings.config
@@ -176,6 +183,7 @@ class AgentApp:
     async def _connect(self) -> Client:
         """Connect, retrying until a server answers; afterwards reconnect forever."""
         host = self.settings.host_id
+        config = self.settings.config
 
         async def on_error(exc: Exception) -> None:
             log.debug("nats error host_id=%s error=%r", host, exc)
@@ -198,8 +206,11 @@ class AgentApp:
             error_cb=on_error,
             disconnected_cb=on_disconnected,
             reconnected_cb=on_reconnected,
+            inbox_prefix=host_inbox_prefix(host),
+            **auth_options(config.nats_creds, config.nats_nkey_seed, config.nats_tls_ca),
         )
-        log.info("nats connected host_id=%s url=%s", host, self.settings.config.nats_url)
+        url = redact_url(self.settings.config.nats_url)
+        log.info("nats connected host_id=%s url=%s", host, url)
         return nc
 
 

@@ -37,10 +37,12 @@ from common.messages import (
     VmRef,
     VmReply,
 )
+from common.natsauth import auth_options, redact_url
 from common.streams import ensure_streams
 from scheduler import gallery, metering
 from scheduler.api import ReadApi, decode_heartbeat, decode_mutation, error_reply, is_read
 from scheduler.core import SchedulerCore
+from scheduler.eventpub import EventPublisher
 from scheduler.events import (
     Ack,
     Action,
@@ -91,6 +93,8 @@ class SchedulerApp:
         self._targets: dict[int, _Target] = {}
         self._outbox: asyncio.Queue[tuple[int, str, bytes]] = asyncio.Queue()
         self._published: list[int] = []
+        self._queued_heartbeats: dict[str, int] = {}
+        """Each host's newest queued heartbeat (its token)."""
         self._tick_queued = False
         self.core: SchedulerCore | None = None
         self._nc: Client | None = None
@@ -147,6 +151,9 @@ class SchedulerApp:
             allow_reconnect=True,
             connect_timeout=2,
             error_cb=on_error,
+            **auth_options(
+                self.config.nats_creds, self.config.nats_nkey_seed, self.config.nats_tls_ca
+            ),
         )
         self._nc = nc
         return nc
@@ -162,14 +169,15 @@ class SchedulerApp:
         await nc.subscribe(subjects.API_WILDCARD, queue="stratus-scheduler", cb=self._on_api)
         await nc.flush()
         http = await self._start_http(nc)
-        log.info("scheduler ready scheduler_id=%s nats=%s", self.scheduler_id, self.config.nats_url)
+        url = redact_url(self.config.nats_url)
+        log.info("scheduler ready scheduler_id=%s nats=%s", self.scheduler_id, url)
         self.ready.set()
         async with asyncio.TaskGroup() as group:
             loops = [
                 group.create_task(self._run_core(nc, store)),
                 group.create_task(self._run_ticks()),
                 group.create_task(self._run_jobs(js)),
-                group.create_task(self._run_event_publisher(js)),
+                group.create_task(EventPublisher(nc, self._outbox, self._published_one).run()),
             ]
             if http is not None:
                 loops.append(group.create_task(self._run_http(http)))
@@ -238,7 +246,24 @@ class SchedulerApp:
     async def _on_heartbeat(self, msg: Msg) -> None:
         hb = decode_heartbeat(msg)
         if hb is not None:
-            self.queue.put_nowait(HeartbeatReceived(hb, self._token(msg, is_job=False)))
+            token = self._token(msg, is_job=False)
+            self._queued_heartbeats[hb.host_id] = token
+            self.queue.put_nowait(HeartbeatReceived(hb, token))
+
+    def _latest_heartbeats(self, items: list[Input]) -> list[Input]:
+        """Drop, unanswered, each heartbeat overtaken by a newer one of its host still queued:
+        the newer report says all it said (level-triggered) and its agent no longer waits for
+        it. An overloaded scheduler thus never holds more than one heartbeat per host."""
+        kept: list[Input] = []
+        for item in items:
+            if isinstance(item, HeartbeatReceived):
+                host = item.heartbeat.host_id
+                if self._queued_heartbeats.get(host) != item.token:
+                    del self._targets[item.token]
+                    continue
+                del self._queued_heartbeats[host]
+            kept.append(item)
+        return kept
 
     async def _on_api(self, msg: Msg) -> None:
         if not msg.reply:
@@ -321,6 +346,9 @@ class SchedulerApp:
                 items.append(self.queue.get_nowait())
             if any(isinstance(item, Tick) for item in items):
                 self._tick_queued = False
+            items = self._latest_heartbeats(items)
+            if not items:
+                continue
             actions = self.core.step(items, self.now())
             await store.commit(self._batch(actions))
             await self._carry_out(nc, actions)
@@ -376,7 +404,8 @@ class SchedulerApp:
                 target.future.set_result(body)
         elif target.msg is not None and target.is_job:
             await target.msg.ack()
-        elif target.msg is not None and body is not None:
+        elif target.msg is not None and body is not None and target.msg.reply:
+            # A heartbeat published without a reply inbox gets no ack (responding would raise)
             await target.msg.respond(codec.encode(body))
 
     def _log(self, actions: list[Action]) -> None:
@@ -386,32 +415,9 @@ class SchedulerApp:
 
     # ------------------------------------------------------------------ events out
 
-    async def _run_event_publisher(self, js: JetStreamContext) -> None:
-        """Publish committed events to the events stream, then let the outbox forget them."""
-        while True:
-            rows = [await self._outbox.get()]
-            while len(rows) < 256 and not self._outbox.empty():
-                rows.append(self._outbox.get_nowait())
-            results = await asyncio.gather(
-                *(
-                    js.publish(subject, body, timeout=5.0, headers={"Nats-Msg-Id": f"ev-{seq}"})
-                    for seq, subject, body in rows
-                ),
-                return_exceptions=True,
-            )
-            failed = []
-            for row, result in zip(rows, results, strict=True):
-                if isinstance(result, BaseException):
-                    if isinstance(result, asyncio.CancelledError):
-                        raise result
-                    failed.append(row)
-                else:
-                    self._published.append(row[0])
-            if failed:
-                log.warning("event publish failed; retrying count=%d", len(failed))
-                await asyncio.sleep(0.5)
-                for row in failed:
-                    self._outbox.put_nowait(row)
+    def _published_one(self, seq: int) -> None:
+        """The events stream holds event ``seq``: the next commit drops it from the outbox."""
+        self._published.append(seq)
 
 
 def _log_event(event: Event) -> None:

@@ -113,6 +113,14 @@ SUBJECTS: tuple[Subject, ...] = (
         "Heartbeat",
         "HeartbeatAck",
     ),
+    Subject(
+        subjects.SIM_SILENCE,
+        "request/reply",
+        "benchmarks, tests",
+        "simulated-host pools (`stratus agent --simulate N`)",
+        "a host id (text): that simulated host goes silent",
+        "`ok` from the pool that has the host",
+    ),
 )
 
 WILDCARDS: dict[str, str] = {

@@ -28,7 +28,7 @@ from scheduler.state.model import HostView, PlacementRequest
 
 ScorerName = Literal["binpack", "spread"]
 
-_SCORERS: Mapping[ScorerName, Scorer] = {"binpack": score_binpack, "spread": score_spread}
+SCORERS: Mapping[ScorerName, Scorer] = {"binpack": score_binpack, "spread": score_spread}
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +92,7 @@ def place(
         candidates = _passing(req, candidates, (InFaultDomains(domains),), rejections)
     if not candidates:
         return Unplaceable(rejections=rejections)
-    scorer = _SCORERS[policy.scorer]
+    scorer = SCORERS[policy.scorer]
     neg_score, host_id = min((-scorer(req, host), host.host_id) for host in candidates)
     return Placed(host_id=host_id, score=-neg_score)
 
@@ -124,24 +124,31 @@ def place_batch(
 ) -> list[Placed | Unplaceable]:
     """Place ``reqs`` in order, each seeing the capacity the earlier ones reserved.
 
+    Each request gets what ``place`` would answer for the hosts as they are at that point;
+    ``HostIndex`` finds it without scanning every host (see ``placement/index.py``).
+
     ``set_members`` maps an availability set to its member count per fault domain. Inputs are
     never mutated: reservations go to copies (``HostView.with_reserved``). Results are in the
     order of ``reqs``.
     """
-    views = list(hosts.values())
-    index = {view.host_id: i for i, view in enumerate(views)}
+    # Imported here: the index is built on this module's ``place`` (its specification).
+    from scheduler.placement.index import HostIndex
+
+    if not reqs:
+        return []
+    index = HostIndex(hosts.values())
     members = {name: dict(counts) for name, counts in (set_members or {}).items()}
     results: list[Placed | Unplaceable] = []
     for req in reqs:
         counts = None
         if req.availability_set is not None:
             counts = members.setdefault(req.availability_set, {})
-        result = place(req, views, policy, counts)
+        result = index.place(req, policy, counts)
         if isinstance(result, Placed):
-            i = index[result.host_id]
             if counts is not None:
-                counts[views[i].fault_domain] = counts.get(views[i].fault_domain, 0) + 1
-            views[i] = views[i].with_reserved(req.resources)
+                domain = index.view(result.host_id).fault_domain
+                counts[domain] = counts.get(domain, 0) + 1
+            index.reserve(result.host_id, req.resources)
         results.append(result)
     return results
 

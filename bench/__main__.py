@@ -1,0 +1,33 @@
+"""``python -m bench [--smoke]``: run every benchmark, one after the other, each in its own
+process (so one's load never overlaps another's); results land in bench/results/."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+BENCHMARKS = (
+    "bench.placement",
+    "bench.e2e",
+    "bench.failover",
+    "bench.heartbeat",
+    "bench.restart",
+    "bench.traces",
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    failed = []
+    for module in BENCHMARKS:
+        print(f"== {module}", flush=True)
+        if subprocess.run([sys.executable, "-m", module, *args], check=False).returncode != 0:
+            failed.append(module)
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

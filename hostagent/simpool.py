@@ -1,0 +1,361 @@
+"""A pool of simulated hosts in one process (``stratus agent --simulate N``), for scale runs.
+
+Each simulated host is a full :class:`~hostagent.agent.Agent` (same command handling, lease and
+fencing) over a :class:`~hostagent.drivers.fake.FakeDriver` with its own id, fault domain and
+resource accounts, and speaks the same wire protocol as a real agent: the scheduler cannot tell
+the difference. What is shared is the plumbing, so that 10,000 hosts fit one process:
+
+- one NATS connection; one wildcard subscription for every host's commands (dispatched by
+  subject) and one for every heartbeat ack (the reply subject names the host);
+- one heartbeat wheel: hosts are spread evenly over the interval, each due again one jittered
+  interval after its last heartbeat, or soon after its inventory changed (coalesced, at most one
+  per ``MIN_GAP_S``), like the single agent's loop;
+- one fence watchdog that looks only at leases that have run out (a heap by expiry);
+- one execution log file for the pool (each line names its host).
+
+A host can be made to go silent (a network partition: no heartbeats, commands dropped, and its
+lease runs out so it fences) by a request on ``stratus.sim.silence`` whose body is the host id;
+the pool that owns the host answers ``ok``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import heapq
+import logging
+import random
+import signal
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import msgspec
+import nats
+import nats.errors
+from msgspec.structs import replace
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from common import codec, subjects
+from common.clock import Clock, SystemClock
+from common.config import AgentConfig
+from common.errors import ConfigError, ProtocolError
+from common.ids import HostId, host_id
+from common.messages import Heartbeat, HeartbeatAck
+from common.natsauth import auth_options
+from common.resources import Resources, parse_capacity
+from hostagent.agent import FENCE_CHECK_S, Agent
+from hostagent.drivers.fake import FakeDriver
+from hostagent.execlog import ExecLog
+from hostagent.heartbeat import JITTER, MIN_GAP_S
+
+log = logging.getLogger(__name__)
+
+WHEEL_TICK_S = 0.01
+"""The heartbeat wheel turns this often."""
+ACK_INBOX_PREFIX = "_INBOX.simpool"
+_SENT_KEPT = 4
+"""Heartbeats remembered per host for matching acks (older acks could not renew anyway)."""
+
+
+@dataclass(frozen=True)
+class PoolSettings:
+    config: AgentConfig
+    count: int
+    prefix: str
+    capacity: Resources
+    fault_domains: int = 3
+
+    def host_ids(self) -> list[HostId]:
+        return [host_id(f"{self.prefix}-{i:05d}") for i in range(1, self.count + 1)]
+
+
+class _Changed(asyncio.Event):
+    """The agent's ``changed`` flag that also tells the pool which host changed."""
+
+    def __init__(self, on_set: Callable[[], None]) -> None:
+        super().__init__()
+        self._on_set = on_set
+
+    def set(self) -> None:
+        super().set()
+        self._on_set()
+
+
+class _SharedExecLog(ExecLog):
+    """One host's view of the pool's single execution log file."""
+
+    def __init__(self, file: IO[bytes], path: Path, host: str) -> None:  # no super(): shared
+        self.path = path
+        self.host_id = host
+        self._wall_s = time.time
+        self._file = file
+
+    def close(self) -> None:
+        """The pool closes the shared file."""
+
+
+@dataclass(eq=False)
+class SimHost:
+    index: int
+    agent: Agent
+    driver: FakeDriver
+    template: Heartbeat
+    subject: str
+    seq: int = 0
+    last_sent_s: float = float("-inf")
+    next_due_s: float = 0.0
+    silent: bool = False
+    sent: deque[tuple[int, float]] = field(default_factory=lambda: deque(maxlen=_SENT_KEPT))
+
+
+class SimPool:
+    def __init__(self, settings: PoolSettings, *, clock: Clock | None = None) -> None:
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self.heartbeat_interval_s = settings.config.heartbeat_interval_s
+        self.fence_after_s = settings.config.fence_after_s
+        self.hosts: dict[str, SimHost] = {}
+        self._by_index: list[SimHost] = []
+        self._due: list[tuple[float, int]] = []
+        self._expiring: list[tuple[float, int]] = []
+        self._dirty: set[int] = set()
+        self._rng = random.Random()
+        self._inbox = f"{ACK_INBOX_PREFIX}.{uuid.uuid4().hex[:12]}"
+        self._stop = asyncio.Event()
+        self.ready = asyncio.Event()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    # ------------------------------------------------------------------ building hosts
+
+    def _build(self, execlog_file: IO[bytes], execlog_file_path: Path) -> None:
+        config, settings = self.settings.config, self.settings
+        boot_id = uuid.uuid4().hex
+        start_s = self.clock.monotonic_s()
+        for index, hid in enumerate(settings.host_ids()):
+            driver = FakeDriver(
+                settings.capacity,
+                cpu_overcommit=config.cpu_overcommit or 1.0,
+                start_delay_s=config.fake_start_delay_s,
+            )
+            agent = Agent(
+                hid, driver, _SharedExecLog(execlog_file, execlog_file_path, hid), self.clock
+            )
+            agent.changed = _Changed(functools.partial(self._dirty.add, index))
+            template = Heartbeat(
+                host_id=hid,
+                seq=0,
+                boot_id=f"{boot_id}-{index}",
+                capacity=settings.capacity,
+                region=config.region,
+                fault_domain=f"fd-{index % settings.fault_domains}",
+                labels=dict(config.labels),
+                cpu_overcommit=config.cpu_overcommit,
+                driver=driver.name,
+            )
+            host = SimHost(index, agent, driver, template, subjects.host_heartbeat(hid))
+            host.next_due_s = start_s + self.heartbeat_interval_s * index / settings.count
+            self.hosts[hid] = host
+            self._by_index.append(host)
+            self._due.append((host.next_due_s, index))
+        heapq.heapify(self._due)
+
+    # ------------------------------------------------------------------ running
+
+    async def run(self) -> None:
+        """Serve until SIGTERM/SIGINT."""
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.request_stop)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                serving = tg.create_task(self._serve(), name="serve")
+                await self._stop.wait()
+                serving.cancel()
+        finally:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(signum)
+        log.info("simulated pool stopped hosts=%d", self.settings.count)
+
+    async def _serve(self) -> None:
+        config = self.settings.config
+        path = Path(config.data_dir) / f"{self.settings.prefix}-pool" / "executions.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        async with AsyncExitStack() as stack:
+            execlog_file = stack.enter_context(path.open("ab"))
+            self._build(execlog_file, path)
+            nc = await self._connect()
+            stack.push_async_callback(_close, nc)
+            await nc.subscribe(f"{subjects.ROOT}.host.*.cmd", cb=self._on_commands)
+            await nc.subscribe(f"{self._inbox}.*", cb=self._on_ack)
+            await nc.subscribe(subjects.SIM_SILENCE, cb=self._on_silence)
+            await nc.flush()
+            log.info(
+                "simulated pool serving hosts=%d prefix=%s capacity=%s",
+                self.settings.count,
+                self.settings.prefix,
+                self.settings.capacity,
+            )
+            self.ready.set()
+            async with asyncio.TaskGroup() as tg:
+                for host in self._by_index:
+                    tg.create_task(host.agent.run_commands())
+                tg.create_task(self._run_wheel(nc), name="heartbeat-wheel")
+                tg.create_task(self._run_watchdog(), name="fence-watchdog")
+
+    async def _connect(self) -> Client:
+        async def on_error(exc: Exception) -> None:
+            log.debug("nats error error=%r", exc)
+
+        config = self.settings.config
+        return await nats.connect(
+            config.nats_url,
+            name=f"stratus-simpool-{self.settings.prefix}",
+            allow_reconnect=True,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.25,
+            connect_timeout=2,
+            pending_size=256 * 1024 * 1024,
+            error_cb=on_error,
+            **auth_options(config.nats_creds, config.nats_nkey_seed, config.nats_tls_ca),
+        )
+
+    # ------------------------------------------------------------------ commands and control
+
+    async def _on_commands(self, msg: Msg) -> None:
+        host = self.hosts.get(subjects.host_of_heartbeat(msg.subject))
+        if host is None or host.silent:
+            return
+        await host.agent.on_commands(msg)
+
+    async def _on_silence(self, msg: Msg) -> None:
+        host = self.hosts.get(msg.data.decode(errors="replace").strip())
+        if host is None:
+            return
+        host.silent = True
+        log.warning("simulated host silenced host_id=%s", host.template.host_id)
+        if msg.reply:
+            await msg.respond(b"ok")
+
+    # ------------------------------------------------------------------ heartbeats
+
+    async def _run_wheel(self, nc: Client) -> None:
+        while True:
+            now_s = self.clock.monotonic_s()
+            for host in self._due_hosts(now_s):
+                await self._send(nc, host, now_s)
+            await asyncio.sleep(WHEEL_TICK_S)
+
+    def _due_hosts(self, now_s: float) -> list[SimHost]:
+        """Hosts whose interval ran out, and changed hosts past their minimum gap."""
+        due: dict[int, SimHost] = {}
+        while self._due and self._due[0][0] <= now_s:
+            due_s, index = heapq.heappop(self._due)
+            host = self._by_index[index]
+            if host.next_due_s == due_s:
+                due[index] = host
+        for index in list(self._dirty):
+            host = self._by_index[index]
+            if host.last_sent_s + MIN_GAP_S <= now_s:
+                self._dirty.discard(index)
+                due[index] = host
+        return [host for host in due.values() if not host.silent]
+
+    async def _send(self, nc: Client, host: SimHost, now_s: float) -> None:
+        agent = host.agent
+        agent.changed.clear()
+        self._dirty.discard(host.index)
+        host.seq += 1
+        host.last_sent_s = now_s
+        host.sent.append((host.seq, now_s))
+        jitter = self._rng.uniform(1 - JITTER, 1 + JITTER)
+        host.next_due_s = now_s + self.heartbeat_interval_s * jitter
+        heapq.heappush(self._due, (host.next_due_s, host.index))
+        heartbeat = replace(host.template, seq=host.seq, fenced=agent.fenced, vms=agent.inventory())
+        try:
+            await nc.publish(
+                host.subject, codec.encode(heartbeat), reply=f"{self._inbox}.{host.index}"
+            )
+        except nats.errors.Error as exc:
+            log.debug("heartbeat not sent host_id=%s error=%r", host.template.host_id, exc)
+
+    async def _on_ack(self, msg: Msg) -> None:
+        if not msg.data:
+            return  # a "no responders" status: no scheduler is listening, like a request timeout
+        try:
+            host = self._by_index[int(msg.subject.rsplit(".", 1)[1])]
+            ack = codec.heartbeat_ack.decode(msg.data)
+        except (ValueError, IndexError, msgspec.DecodeError) as exc:
+            log.warning("malformed heartbeat ack subject=%s error=%s", msg.subject, exc)
+            return
+        if host.silent or ack.host_id != host.template.host_id:
+            return
+        sent_at_s = next((t for seq, t in host.sent if seq == ack.seq), None)
+        if sent_at_s is None or self.clock.monotonic_s() - sent_at_s > self.heartbeat_interval_s:
+            return  # a single agent's request would have timed out
+        self._adopt(ack)
+        if self.settings.config.cpu_overcommit is None and ack.cpu_overcommit >= 1.0:
+            host.driver.cpu_overcommit = ack.cpu_overcommit
+        host.agent.renew_lease(sent_at_s, self.fence_after_s)
+        heapq.heappush(self._expiring, (host.agent.lease.expires_at_s, host.index))
+
+    def _adopt(self, ack: HeartbeatAck) -> None:
+        interval_s, fence_after_s = ack.heartbeat_interval_s, ack.fence_after_s
+        if not 0 < interval_s < fence_after_s:
+            return
+        if (interval_s, fence_after_s) != (self.heartbeat_interval_s, self.fence_after_s):
+            log.info(
+                "timing adopted from scheduler heartbeat_interval_s=%g fence_after_s=%g",
+                interval_s,
+                fence_after_s,
+            )
+            self.heartbeat_interval_s, self.fence_after_s = interval_s, fence_after_s
+
+    # ------------------------------------------------------------------ fencing
+
+    async def _run_watchdog(self) -> None:
+        """Fence each host whose lease ran out (checked every FENCE_CHECK_S, like an agent)."""
+        while True:
+            now_s = self.clock.monotonic_s()
+            while self._expiring and self._expiring[0][0] <= now_s:
+                _, index = heapq.heappop(self._expiring)
+                agent = self._by_index[index].agent
+                if agent.lease.expired(now_s):
+                    await agent.enforce_lease()
+            await asyncio.sleep(FENCE_CHECK_S)
+
+
+async def _close(nc: Client) -> None:
+    try:
+        await nc.drain()
+    except (nats.errors.Error, TimeoutError):
+        await nc.close()
+
+
+DEFAULT_SIM_CAPACITY = "64c/256g"
+
+
+def resolve_pool_settings(
+    config: AgentConfig, count: int, prefix: str, fault_domains: int
+) -> PoolSettings:
+    """Check the pool's flags; raise ConfigError when they cannot describe a pool."""
+    if count < 1:
+        raise ConfigError(f"--simulate needs at least 1 host, not {count}")
+    if fault_domains < 1:
+        raise ConfigError(f"--simulate-fault-domains needs at least 1, not {fault_domains}")
+    if config.driver != "fake":
+        raise ConfigError("simulated hosts use the fake driver")
+    try:
+        host_id(f"{prefix}-{count:05d}")
+    except ProtocolError as exc:
+        raise ConfigError(f"bad --simulate-prefix {prefix!r}: {exc}") from exc
+    capacity = parse_capacity(config.capacity or DEFAULT_SIM_CAPACITY)
+    return PoolSettings(config, count, prefix, capacity, fault_domains)

@@ -1,0 +1,257 @@
+"""An index over hosts that answers ``place`` without scanning every host per request. Pure.
+
+``pipeline.place`` is the specification: it runs every filter on every host and scores every
+host that passes. ``HostIndex.place`` returns exactly what ``place`` would return for the same
+hosts, only faster, by grouping hosts that score alike:
+
+* Hosts that are up and not cordoned are grouped into *shapes*: same region, fault domain and
+  schedulable capacity (``Sc`` millicores, ``Sm`` MiB). Within a shape both scorers are a
+  function of one integer, ``K = fc * Sm + fm * Sc`` for a host with ``fc``/``fm`` free (a
+  dimension with zero capacity contributes nothing, as in the scorers): binpack prefers the
+  smallest ``K`` and spread the largest.
+* Each shape keeps its hosts sorted by ``(K, fc, fm, rank)``, where ``rank`` is the host's position
+  in host id order. A host fits only if ``K >= c * Sm + m * Sc`` for a request of ``c``/``m``,
+  so binpack starts its scan there; spread scans down from the largest ``K``.
+* Two hosts of one shape with different ``K`` have scores at least ``1 / (2 * Sc * Sm)`` apart,
+  far more than the rounding error of the float score, so the integer order is the float order.
+  Hosts with the same ``(K, fc, fm)`` have the same free vector, hence bit-identical scores,
+  and the smallest rank (host id) wins, as in ``place``. Hosts with the same ``K`` but different
+  free vectors may differ in the last bit of the score, so the index keeps the first fitting host
+  of each such group and lets the real scorer decide between them.
+* Hosts that break these assumptions (negative allocation, or a capacity so large that the gap
+  above could drown in rounding) are kept aside and checked one by one with the real filters.
+
+A request that fits nowhere, or one with negative resources, is answered by ``place`` itself,
+so the rejection counts are the specification's own.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, insort
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+
+from common.ids import HostId
+from common.resources import Resources
+from scheduler.placement.filters import (
+    fits_cpu,
+    fits_memory,
+    holds_disks,
+    host_is_up,
+    host_not_cordoned,
+    matches_region,
+    not_avoided,
+)
+from scheduler.placement.pipeline import (
+    SCORERS,
+    Placed,
+    PlacementPolicy,
+    Unplaceable,
+    place,
+)
+from scheduler.state.model import HostView, PlacementRequest
+
+_EXACT_LIMIT = 2**46
+"""Largest ``Sc * Sm`` for which integer order is float order (the gap stays above 2e-15)."""
+
+_Entry = tuple[int, int, int, int]
+"""``(K, free cpu, free memory, rank)``: the sort key of a host within its shape."""
+
+
+@dataclass(slots=True)
+class _Shape:
+    """Hosts of one region, fault domain and schedulable capacity, sorted by ``_Entry``."""
+
+    region: str
+    fault_domain: str
+    cpu_weight: int
+    """Multiplies free CPU in ``K``: ``Sm`` (1 if there is no memory), 0 without CPU."""
+    mem_weight: int
+    entries: list[_Entry] = field(default_factory=list)
+
+    def key(self, cpu_milli: int, mem_mib: int) -> int:
+        return cpu_milli * self.cpu_weight + mem_mib * self.mem_weight
+
+
+def _shape_key(view: HostView) -> tuple[str, str, int, int] | None:
+    """The shape a host belongs to, or None if it must be checked one by one."""
+    schedulable = view.schedulable
+    if view.allocated.cpu_milli < 0 or view.allocated.mem_mib < 0:
+        return None
+    if max(schedulable.cpu_milli, 1) * max(schedulable.mem_mib, 1) >= _EXACT_LIMIT:
+        return None
+    return view.region, view.fault_domain, schedulable.cpu_milli, schedulable.mem_mib
+
+
+_FILTERS = (
+    host_is_up,
+    host_not_cordoned,
+    matches_region,
+    not_avoided,
+    holds_disks,
+    fits_cpu,
+    fits_memory,
+)
+
+
+class HostIndex:
+    """Hosts for placement, kept sorted so that ``place`` need not look at every one.
+
+    Build it from views, ask ``place``, and tell it about every placement with ``reserve``
+    (and every departure with ``release``); ``views`` are the current hosts in id order.
+    """
+
+    def __init__(self, hosts: Iterable[HostView]) -> None:
+        self.views: list[HostView] = sorted(hosts, key=lambda view: view.host_id)
+        self._rank = {view.host_id: rank for rank, view in enumerate(self.views)}
+        self._free_cpu = [view.free.cpu_milli for view in self.views]
+        self._free_mem = [view.free.mem_mib for view in self.views]
+        self._shapes: dict[tuple[str, str, int, int], _Shape] = {}
+        self._shape_of: list[_Shape | None] = [None] * len(self.views)
+        self._odd: set[int] = set()
+        """Up, uncordoned hosts outside every shape: checked one by one."""
+        for rank in range(len(self.views)):
+            self._add(rank, sort=False)
+        for shape in self._shapes.values():
+            shape.entries.sort()
+
+    def place(
+        self,
+        req: PlacementRequest,
+        policy: PlacementPolicy,
+        set_fault_domains: Mapping[str, int] | None = None,
+    ) -> Placed | Unplaceable:
+        """What ``pipeline.place(req, self.views, policy, set_fault_domains)`` returns."""
+        if req.resources.cpu_milli < 0 or req.resources.mem_mib < 0:
+            return place(req, self.views, policy, set_fault_domains)
+        if req.pinned_host is not None:
+            ranks = self._pinned_candidates(req)
+        else:
+            ranks = self._candidates(req, policy)
+        if req.availability_set is not None and ranks:
+            counts = set_fault_domains or {}
+            fewest = min(counts.get(self.views[r].fault_domain, 0) for r in ranks)
+            ranks = [r for r in ranks if counts.get(self.views[r].fault_domain, 0) == fewest]
+        if not ranks:
+            return place(req, self.views, policy, set_fault_domains)
+        scorer = SCORERS[policy.scorer]
+        views = self.views
+        neg_score, host_id = min((-scorer(req, views[r]), views[r].host_id) for r in ranks)
+        return Placed(host_id=host_id, score=-neg_score)
+
+    def view(self, host_id: HostId) -> HostView:
+        """The host as it is now, with every reservation so far."""
+        return self.views[self._rank[host_id]]
+
+    def reserve(self, host_id: HostId, resources: Resources) -> None:
+        """Record that ``resources`` now run on ``host_id``."""
+        rank = self._rank[host_id]
+        self._remove(rank)
+        self.views[rank] = self.views[rank].with_reserved(resources)
+        self._add(rank, sort=True)
+
+    def release(self, host_id: HostId, resources: Resources) -> None:
+        """Record that ``resources`` left ``host_id``."""
+        rank = self._rank[host_id]
+        self._remove(rank)
+        view = self.views[rank]
+        self.views[rank] = replace(view, allocated=view.allocated - resources)
+        self._add(rank, sort=True)
+
+    def _add(self, rank: int, *, sort: bool) -> None:
+        view = self.views[rank]
+        free = view.free
+        self._free_cpu[rank], self._free_mem[rank] = free.cpu_milli, free.mem_mib
+        if not view.up or view.cordoned:
+            return  # never a candidate
+        key = _shape_key(view)
+        if key is None:
+            self._odd.add(rank)
+            return
+        shape = self._shapes.get(key)
+        if shape is None:
+            region, domain, cpu, mem = key
+            cpu_weight = 0 if cpu <= 0 else max(mem, 1)
+            mem_weight = 0 if mem <= 0 else max(cpu, 1)
+            shape = self._shapes[key] = _Shape(region, domain, cpu_weight, mem_weight)
+        self._shape_of[rank] = shape
+        entry = (shape.key(free.cpu_milli, free.mem_mib), free.cpu_milli, free.mem_mib, rank)
+        if sort:
+            insort(shape.entries, entry)
+        else:
+            shape.entries.append(entry)
+
+    def _remove(self, rank: int) -> None:
+        self._odd.discard(rank)
+        shape = self._shape_of[rank]
+        if shape is None:
+            return
+        self._shape_of[rank] = None
+        cpu, mem = self._free_cpu[rank], self._free_mem[rank]
+        entries = shape.entries
+        del entries[bisect_left(entries, (shape.key(cpu, mem), cpu, mem, rank))]
+
+    def _pinned_candidates(self, req: PlacementRequest) -> list[int]:
+        rank = self._rank.get(req.pinned_host) if req.pinned_host is not None else None
+        if rank is None or not _passes(req, self.views[rank]):
+            return []
+        return [rank]
+
+    def _candidates(self, req: PlacementRequest, policy: PlacementPolicy) -> list[int]:
+        """Hosts among which the best lies: per shape, the best few; each odd host that fits."""
+        avoid = {self._rank[h] for h in req.avoid_hosts if h in self._rank}
+        cpu, mem = req.resources.cpu_milli, req.resources.mem_mib
+        spread = policy.scorer == "spread"
+        ranks = [r for r in sorted(self._odd) if _passes(req, self.views[r])]
+        for shape in self._shapes.values():
+            if req.region is not None and shape.region != req.region:
+                continue
+            if spread:
+                ranks.extend(self._best_spread(shape, cpu, mem, avoid))
+            else:
+                ranks.extend(self._best_binpack(shape, cpu, mem, avoid))
+        return ranks
+
+    def _best_binpack(self, shape: _Shape, cpu: int, mem: int, avoid: set[int]) -> list[int]:
+        """The first fitting host of each free-vector group at the smallest fitting ``K``."""
+        entries = shape.entries
+        i = bisect_left(entries, (shape.key(cpu, mem),))
+        best_k: int | None = None
+        found: list[int] = []
+        while i < len(entries):
+            k, free_cpu, free_mem, rank = entries[i]
+            if best_k is not None and k != best_k:
+                break
+            if free_cpu < cpu or free_mem < mem:
+                i = bisect_left(entries, (k, free_cpu, free_mem + 1), i)  # all of it too small
+            elif rank in avoid:
+                i += 1
+            else:
+                best_k = k
+                found.append(rank)
+                i = bisect_left(entries, (k, free_cpu, free_mem + 1), i)
+        return found
+
+    def _best_spread(self, shape: _Shape, cpu: int, mem: int, avoid: set[int]) -> list[int]:
+        """The first fitting host of each free-vector group at the largest ``K``."""
+        entries = shape.entries
+        lowest = shape.key(cpu, mem)
+        best_k: int | None = None
+        found: list[int] = []
+        i = len(entries) - 1
+        while i >= 0:
+            k, free_cpu, free_mem, _ = entries[i]
+            if k < lowest or (best_k is not None and k != best_k):
+                break
+            start = bisect_left(entries, (k, free_cpu, free_mem), 0, i + 1)
+            if free_cpu >= cpu and free_mem >= mem:
+                chosen = next((e[3] for e in entries[start : i + 1] if e[3] not in avoid), None)
+                if chosen is not None:
+                    best_k = k
+                    found.append(chosen)
+            i = start - 1
+        return found
+
+
+def _passes(req: PlacementRequest, view: HostView) -> bool:
+    return all(check(req, view) is None for check in _FILTERS)

@@ -1,0 +1,134 @@
+"""A simulated-host pool: many hosts in one process, each like a real agent on the wire."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from common import codec, subjects
+from common.config import AgentConfig
+from common.messages import (
+    Heartbeat,
+    HeartbeatAck,
+    HostCommands,
+    ObservedState,
+    StartVm,
+    VmSpec,
+)
+from common.natsserver import NatsServer
+from hostagent.simpool import SimPool, resolve_pool_settings
+from tests.waiting import wait_until
+
+pytestmark = pytest.mark.integration
+
+
+class FakeScheduler:
+    """Acks every heartbeat except those of muted hosts; keeps each host's latest report."""
+
+    def __init__(self) -> None:
+        self.latest: dict[str, Heartbeat] = {}
+        self.counts: dict[str, int] = {}
+        self.muted: set[str] = set()
+
+    async def on_heartbeat(self, msg: Msg) -> None:
+        hb = codec.heartbeat.decode(msg.data)
+        self.latest[hb.host_id] = hb
+        self.counts[hb.host_id] = self.counts.get(hb.host_id, 0) + 1
+        if hb.host_id in self.muted:
+            return
+        ack = HeartbeatAck(
+            host_id=hb.host_id,
+            seq=hb.seq,
+            scheduler_id="test",
+            heartbeat_interval_s=0.2,
+            fence_after_s=0.8,
+        )
+        await msg.respond(codec.encode(ack))
+
+    def vm_state(self, host: str, name: str) -> ObservedState | None:
+        hb = self.latest.get(host)
+        return next((vm.state for vm in hb.vms if vm.name == name), None) if hb else None
+
+
+@pytest.fixture
+async def scheduler(nc: Client) -> FakeScheduler:
+    fake = FakeScheduler()
+    await nc.subscribe(subjects.HEARTBEAT_WILDCARD, cb=fake.on_heartbeat)
+    await nc.flush()
+    return fake
+
+
+@pytest.fixture
+async def pool(nats_server: NatsServer, tmp_path: Path) -> AsyncIterator[SimPool]:
+    config = AgentConfig(
+        nats_url=nats_server.url,
+        capacity="4c/8g",
+        data_dir=str(tmp_path),
+        heartbeat_interval_s=0.2,
+        fence_after_s=0.8,
+    )
+    the_pool = SimPool(resolve_pool_settings(config, 3, "sim", 2))
+    task = asyncio.create_task(the_pool.run())
+    await wait_until(the_pool.ready.is_set, timeout_s=10, message="pool ready")
+    yield the_pool
+    the_pool.request_stop()
+    await asyncio.wait_for(task, timeout=10)
+
+
+def _start(host: str, name: str) -> bytes:
+    spec = VmSpec(name=name, size="Small", cpu_milli=1000, mem_mib=1024, image="tiny")
+    return codec.encode(HostCommands(host_id=host, commands=[StartVm(vm=spec, generation=1)]))
+
+
+async def test_each_simulated_host_heartbeats_with_its_own_identity(
+    pool: SimPool, scheduler: FakeScheduler
+) -> None:
+    await wait_until(lambda: len(scheduler.latest) == 3, timeout_s=10, message="3 hosts")
+    reports = scheduler.latest
+    assert sorted(reports) == ["sim-00001", "sim-00002", "sim-00003"]
+    assert [reports[h].fault_domain for h in sorted(reports)] == ["fd-0", "fd-1", "fd-0"]
+    assert len({hb.boot_id for hb in reports.values()}) == 3
+
+
+async def test_commands_reach_only_their_host_and_fencing_is_per_host(
+    pool: SimPool, scheduler: FakeScheduler, nc: Client
+) -> None:
+    await wait_until(lambda: len(scheduler.latest) == 3, timeout_s=10, message="3 hosts")
+    await nc.publish(subjects.host_commands("sim-00002"), _start("sim-00002", "a"))
+    await nc.publish(subjects.host_commands("sim-00003"), _start("sim-00003", "b"))
+    await wait_until(
+        lambda: (
+            scheduler.vm_state("sim-00002", "a") is ObservedState.RUNNING
+            and scheduler.vm_state("sim-00003", "b") is ObservedState.RUNNING
+        ),
+        timeout_s=10,
+        message="both VMs running",
+    )
+    assert not scheduler.latest["sim-00001"].vms
+    scheduler.muted.add("sim-00002")  # its lease runs out: it pauses its VM, the others do not
+    await wait_until(
+        lambda: scheduler.vm_state("sim-00002", "a") is ObservedState.PAUSED,
+        timeout_s=10,
+        message="sim-00002 fenced",
+    )
+    assert scheduler.latest["sim-00002"].fenced
+    assert scheduler.vm_state("sim-00003", "b") is ObservedState.RUNNING
+
+
+async def test_a_silenced_host_stops_heartbeating_while_the_others_go_on(
+    pool: SimPool, scheduler: FakeScheduler, nc: Client
+) -> None:
+    await wait_until(lambda: len(scheduler.latest) == 3, timeout_s=10, message="3 hosts")
+    reply = await nc.request(subjects.SIM_SILENCE, b"sim-00001", timeout=5)
+    assert reply.data == b"ok"
+    silenced_at = scheduler.counts["sim-00001"]
+    others_at = scheduler.counts["sim-00002"]
+    await wait_until(
+        lambda: scheduler.counts["sim-00002"] >= others_at + 5, timeout_s=10, message="5 more"
+    )
+    assert scheduler.counts["sim-00001"] <= silenced_at + 1  # at most one already on its way

@@ -1,0 +1,116 @@
+"""The trace replay: hosts in use against the lower bound, rejections, consolidation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from common.resources import Resources
+from scheduler.simulate import (
+    SimPolicy,
+    TraceVm,
+    equal_hosts,
+    hosts_needed,
+    peak_lower_bound,
+    read_alibaba_hosts,
+    read_alibaba_pods,
+    read_azure,
+    simulate,
+    stranded,
+)
+
+HOST = Resources(4000, 8192)
+SLICE = Path(__file__).resolve().parents[2] / "data" / "azure-2017-slice.csv"
+
+
+def _vm(
+    vm_id: str, arrival_s: float, departure_s: float | None, cpu: int, batch: str = "b"
+) -> TraceVm:
+    return TraceVm(vm_id, arrival_s, departure_s, batch, Resources(cpu, cpu * 2))
+
+
+def test_hosts_in_use_are_integrated_over_trace_time() -> None:
+    # Two half-host VMs for 100 s share one host; then one leaves and the other stays 100 s more.
+    vms = [_vm("a", 0, 100, 2000), _vm("b", 0, 200, 2000), _vm("end", 200, None, 0)]
+    result, _ = simulate(vms, equal_hosts(3, HOST), SimPolicy("binpack"), bound_capacity=HOST)
+    assert (result.placed, result.rejected, result.peak_hosts) == (3, 0, 1)
+    assert result.peak_lower_bound == 1.0
+    assert result.host_seconds == 200.0
+    assert result.lower_bound_seconds == 100 * 1.0 + 100 * 0.5
+    assert result.time_averaged_ratio == pytest.approx(200 / 150)
+
+
+def test_spread_uses_more_hosts_and_a_full_fleet_rejects() -> None:
+    vms = [_vm(str(n), n, None, 2000) for n in range(4)]
+    spread, _ = simulate(vms, equal_hosts(4, HOST), SimPolicy("spread"), bound_capacity=HOST)
+    assert spread.peak_hosts == 4
+    binpack, _ = simulate(vms, equal_hosts(1, HOST), SimPolicy("binpack"), bound_capacity=HOST)
+    assert (binpack.placed, binpack.rejected) == (2, 2)
+
+
+def test_consolidation_empties_a_lightly_used_host_onto_hosts_in_use() -> None:
+    # a and b fill host 0, c goes to host 1; a leaves, so c can move into its place.
+    vms = [
+        _vm("a", 0, 10, 2000),
+        _vm("b", 0, None, 2000),
+        _vm("c", 1, None, 1000),
+        _vm("late", 1000, None, 0),
+    ]
+    policy = SimPolicy("binpack", consolidate_every_s=100.0)
+    result, final = simulate(vms, equal_hosts(3, HOST), policy, bound_capacity=HOST)
+    assert result.migrations == 1
+    assert [view.allocated for view in final[:2]] == [Resources(3000, 6000), Resources()]
+    plain, _ = simulate(vms, equal_hosts(3, HOST), SimPolicy("binpack"), bound_capacity=HOST)
+    assert result.host_seconds < plain.host_seconds
+
+
+def test_consolidation_moves_nothing_when_a_host_cannot_be_emptied() -> None:
+    vms = [_vm("a", 0, None, 3000), _vm("b", 0, None, 3000), _vm("late", 1000, None, 0)]
+    policy = SimPolicy("binpack", consolidate_every_s=100.0, consolidate_below=0.9)
+    result, final = simulate(vms, equal_hosts(2, HOST), policy, bound_capacity=HOST)
+    assert result.migrations == 0
+    assert [view.allocated.cpu_milli for view in final] == [3000, 3000]
+
+
+def test_batches_stay_together_when_asked() -> None:
+    vms = [_vm("x", 0, None, 1000, batch="one"), _vm("y", 0, None, 1000, batch="two")]
+    vms.append(_vm("x2", 1, None, 1000, batch="one"))
+    policy = SimPolicy("spread", group_batches=True)
+    _, final = simulate(vms, equal_hosts(3, HOST), policy)
+    assert sorted(view.allocated.cpu_milli for view in final) == [0, 1000, 2000]
+
+
+def test_azure_slice_replays_with_a_documented_lifetime_rule() -> None:
+    with SLICE.open() as fh:
+        vms = read_azure(fh)
+    assert len(vms) == 400
+    first = vms[0]
+    assert (first.arrival_s, first.resources, first.departure_s) == (
+        1_800_000,
+        Resources(8000, 14336),
+        1_800_300,
+    )
+    capacity = Resources(64000, 262144)
+    count = hosts_needed(vms, capacity)
+    assert count > peak_lower_bound(vms, capacity)
+    result, _ = simulate(vms, equal_hosts(count, capacity), SimPolicy(), bound_capacity=capacity)
+    assert result.rejected == 0 and result.placed == 400
+    assert result.peak_hosts >= result.peak_lower_bound
+
+
+def test_alibaba_readers_and_stranded_capacity() -> None:
+    hosts = read_alibaba_hosts(["sn,cpu_milli,memory_mib,gpu,model", "n0,8000,16384,0,", ""])
+    pods = read_alibaba_pods(
+        [
+            "name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec,qos,pod_phase,"
+            "creation_time,deletion_time,scheduled_time",
+            "p0,6000,4096,0,0,,LS,Running,0,50,0",
+            "p1,1000,1024,0,0,,LS,Pending,5,,",
+        ]
+    )
+    assert [p.departure_s for p in pods] == [50.0, None]
+    _, final = simulate(pods, hosts, SimPolicy())
+    assert final[0].free == Resources(1000, 11264)
+    # A 2c/2g request cannot use the 11 GiB free there: the CPU is gone.
+    assert stranded(final, Resources(2000, 2048)) == Resources(0, 11264)
