@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from msgspec.structs import replace
+
 from common.ids import HostId, VmName
 from common.messages import DiskInfo, DiskKind, DiskSpec, VmState
 from scheduler.state.model import HostRecord, VmRecord
@@ -102,18 +104,7 @@ def settled(record: VmRecord, host: HostId) -> list[DiskRecord] | None:
     """The disks once the VM runs on ``host`` (they exist there now); None if unchanged."""
     if all(d.host is not None for d in record.disks):
         return None
-    return [
-        DiskRecord(
-            disk_id=d.disk_id,
-            kind=d.kind,
-            size_mib=d.size_mib,
-            image=d.image,
-            image_sha256=d.image_sha256,
-            storage=d.storage,
-            host=d.host or host,
-        )
-        for d in record.disks
-    ]
+    return [replace(d, host=d.host or host) for d in record.disks]
 
 
 def attached(record: VmRecord, size_mib: int) -> tuple[list[DiskRecord], int]:
