@@ -3,11 +3,12 @@
 Roles and what each may do (subjects of common/subjects.py):
 
 - ``scheduler`` and ``admin``: everything.
-- ``host-<id>``: publish its own heartbeats (``stratus.host.<id>.hb``), receive its own commands
-  (``stratus.host.<id>.cmd``) and its own reply inboxes (``_INBOX_<id>.>``), read the images
-  object store. Nothing else: it can neither heartbeat as another host nor command any host.
-- ``publisher``: the API (``stratus.api.>``, but not the agents' capture reports), the jobs
-  stream, image uploads, and reading the events stream. No host subjects, no events.
+- ``host-<id>``: publish its own heartbeats (``stratus.host.<id>.hb``) and capture reports
+  (``stratus.host.<id>.captured``), receive its own commands (``stratus.host.<id>.cmd``) and its
+  own reply inboxes (``_INBOX_<id>.>``), read and write the images object store (a captured
+  disk). Nothing else: it can neither heartbeat nor report as another host, nor command any.
+- ``publisher``: the API (``stratus.api.>``), the jobs stream, image uploads, and reading the
+  events stream. No host subjects, no events.
 - ``dashboard``: the read-only API subjects and reading the events stream.
 
 It writes ``nats-server.conf`` (public keys only) and one seed file per user under ``nkeys/``
@@ -77,17 +78,14 @@ def role_permissions(role: str) -> Permissions:
         return Permissions([">"], [">"])
     if role == "publisher":
         publish = [subjects.API_WILDCARD, subjects.JOBS_WILDCARD, *EVENTS_READ, *IMAGES_READ]
-        return Permissions(
-            _unique(publish + IMAGES_WRITE),
-            ["_INBOX.>", subjects.EVENTS_WILDCARD],
-            deny_publish=(subjects.IMAGE_CAPTURED,),
-        )
+        return Permissions(_unique(publish + IMAGES_WRITE), ["_INBOX.>", subjects.EVENTS_WILDCARD])
     if role == "dashboard":
         return Permissions(_unique(READ_API + EVENTS_READ), ["_INBOX.>", subjects.EVENTS_WILDCARD])
     if role.startswith("host-"):
         host = role.removeprefix("host-")
+        own = [subjects.host_heartbeat(host), subjects.host_captured(host)]
         return Permissions(
-            _unique([subjects.host_heartbeat(host), *IMAGES_READ]),
+            _unique([*own, *IMAGES_READ, *IMAGES_WRITE]),
             [subjects.host_commands(host), f"{host_inbox_prefix(host)}.>"],
         )
     raise ConfigError(f"unknown role {role!r}")

@@ -25,6 +25,7 @@ MAX_DATA_DISKS = 8
 DiskSizeMib = Annotated[int, msgspec.Meta(ge=1, le=16 * 1024 * 1024)]
 HostIdField = Annotated[str, msgspec.Meta(pattern=HOST_ID_PATTERN)]
 ShortText = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+DigestField = Annotated[str, msgspec.Meta(max_length=64)]
 RequestId = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 Generation = Annotated[int, msgspec.Meta(ge=0)]
 
@@ -353,7 +354,11 @@ class ObservedVm(msgspec.Struct, kw_only=True):
 
 
 class Heartbeat(msgspec.Struct, kw_only=True):
-    """A host's full report: identity, capacity and its whole VM inventory (level-triggered)."""
+    """A host's full report: identity, capacity and its whole VM inventory (level-triggered).
+
+    An inventory the scheduler already holds may be sent as its digest alone (``vms_omitted``):
+    it still stands for the whole inventory, and costs the scheduler no decoding of it.
+    """
 
     host_id: HostIdField
     seq: Annotated[int, msgspec.Meta(ge=0)]
@@ -366,6 +371,11 @@ class Heartbeat(msgspec.Struct, kw_only=True):
     driver: str = "fake"
     fenced: bool = False
     vms: list[ObservedVm] = []
+    inventory_digest: DigestField = ""
+    """A digest of the inventory (``vms``) this report stands for; empty from agents that
+    send every inventory in full."""
+    vms_omitted: bool = False
+    """``vms`` is left out because the scheduler said it holds the inventory of this digest."""
 
 
 class HeartbeatAck(msgspec.Struct, kw_only=True):
@@ -382,6 +392,10 @@ class HeartbeatAck(msgspec.Struct, kw_only=True):
     cpu_overcommit: float = 1.0
     """The CPU overcommit ratio the scheduler applies to this host, so that a host which did
     not declare its own keeps the same accounts as the scheduler."""
+    inventory_digest: str = ""
+    """The digest of this host's inventory that the scheduler holds: while the inventory is
+    unchanged, the agent may send the digest alone. Empty when it holds none (after a restart,
+    or after declaring the host dead): the agent sends its next report in full."""
 
 
 # --------------------------------------------------------------------------- events
@@ -425,7 +439,7 @@ Event = VmEvent | HostEvent | JobRejected
 
 # --------------------------------------------------------------------------- disks and images
 # stratus.api.disk.attach|detach, stratus.api.vm.capture (VmReply); stratus.api.image.list|
-# upload|delete (ImageReply, ImageListReply); agents report captures on stratus.api.image.captured.
+# upload|delete (ImageReply, ImageListReply); agents report captures on stratus.host.<id>.captured.
 
 
 class DiskInfo(msgspec.Struct, kw_only=True):

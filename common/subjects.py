@@ -26,8 +26,6 @@ IMAGE_LIST = f"{ROOT}.api.image.list"
 IMAGE_UPLOAD = f"{ROOT}.api.image.upload"
 """Register an image whose bytes the caller put in the images bucket (named by sha256)."""
 IMAGE_DELETE = f"{ROOT}.api.image.delete"
-IMAGE_CAPTURED = f"{ROOT}.api.image.captured"
-"""Agent -> scheduler: a capture finished (or failed); the image becomes available."""
 IMAGES_BUCKET = "STRATUS_IMAGES"
 """JetStream object store of image bytes; each object is named by its sha256 (hex)."""
 USAGE_GET = f"{ROOT}.api.usage.get"
@@ -63,6 +61,7 @@ def host_event(host: HostId | str) -> str:
 
 # Host agents: stratus.host.<id>.cmd (scheduler -> agent), stratus.host.<id>.hb (agent -> scheduler)
 HEARTBEAT_WILDCARD = f"{ROOT}.host.*.hb"
+CAPTURED_WILDCARD = f"{ROOT}.host.*.captured"
 
 
 def host_commands(host: HostId | str) -> str:
@@ -73,10 +72,16 @@ def host_heartbeat(host: HostId | str) -> str:
     return f"{ROOT}.host.{host}.hb"
 
 
+def host_captured(host: HostId | str) -> str:
+    """Agent -> scheduler (request/reply): a capture on that host finished (or failed). Only
+    that host's agent may publish here, and the scheduler checks the body names the same host."""
+    return f"{ROOT}.host.{host}.captured"
+
+
 # Simulated-host pools (``stratus agent --simulate N``): body is a host id, the owner answers ok.
 SIM_SILENCE = f"{ROOT}.sim.silence"
 
 
 def host_of_heartbeat(subject: str) -> str:
-    """The host id inside ``stratus.host.<id>.hb``."""
+    """The host id inside ``stratus.host.<id>.hb`` (or any ``stratus.host.<id>.<kind>``)."""
     return subject.split(".")[2]

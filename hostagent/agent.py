@@ -246,6 +246,11 @@ class Agent:
 
     async def _launch(self, spec: VmSpec, generation: int) -> None:
         name = spec.name
+        if self.lease.expired(self._clock.monotonic_s()):
+            # A start delivered late (after a partition) may already run elsewhere: without a
+            # lease nothing starts, not even for a moment; the scheduler resends it if still due.
+            log.info("start refused without a lease vm=%s generation=%d", name, generation)
+            return
         log.info("vm starting vm=%s generation=%d size=%s", name, generation, spec.size)
         self._record(name, generation, ExecEvent.START)
         try:

@@ -11,6 +11,7 @@ import contextlib
 import logging
 from pathlib import Path
 
+import msgspec
 import nats.errors
 from nats.aio.client import Client
 
@@ -80,8 +81,19 @@ class Capturer:
 
     async def _report(self, result: ImageCaptured) -> None:
         try:
-            await self._nc.request(
-                subjects.IMAGE_CAPTURED, codec.encode(result), timeout=REPORT_TIMEOUT_S
+            reply = await self._nc.request(
+                subjects.host_captured(self._host_id),
+                codec.encode(result),
+                timeout=REPORT_TIMEOUT_S,
             )
-        except (nats.errors.Error, TimeoutError) as exc:
+            answer = codec.image_reply.decode(reply.data)
+        except (nats.errors.Error, TimeoutError, msgspec.DecodeError) as exc:
             log.warning("capture report unanswered image=%s error=%r", result.image, exc)
+            return
+        if answer.error is not None:
+            log.error(
+                "capture report rejected image=%s code=%s detail=%s",
+                result.image,
+                answer.error.code,
+                answer.error.detail,
+            )

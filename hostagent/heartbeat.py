@@ -4,11 +4,15 @@ Heartbeats go every ``heartbeat_interval_s`` (±10 % jitter) and also soon after
 changes, coalesced so that a burst of changes costs one heartbeat and never more than one per
 ``MIN_GAP_S``. The ack carries the cluster's timing knobs, which the agent adopts: the scheduler
 is their source of truth; the configured values only hold until the first ack.
+
+An inventory that the scheduler says it holds (the ack names its digest) is sent as the digest
+alone: at 10,000 hosts, decoding unchanged inventories was half of the scheduler's work.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import random
 from collections.abc import Callable
@@ -20,7 +24,7 @@ from nats.aio.client import Client
 
 from common import codec, subjects
 from common.clock import Clock
-from common.messages import Heartbeat, HeartbeatAck
+from common.messages import Heartbeat, HeartbeatAck, ObservedVm
 from hostagent.agent import Agent
 
 log = logging.getLogger(__name__)
@@ -28,6 +32,39 @@ log = logging.getLogger(__name__)
 MIN_GAP_S = 0.05
 """At most one heartbeat per this many seconds for inventory changes."""
 JITTER = 0.1
+
+
+def inventory_digest(vms: list[ObservedVm]) -> str:
+    """A digest of an inventory (16 hex digits): equal inventories, equal digests."""
+    return hashlib.blake2b(msgspec.msgpack.encode(vms), digest_size=8).hexdigest()
+
+
+class InventoryReport:
+    """Leaves an inventory out of a heartbeat when the scheduler holds it already."""
+
+    __slots__ = ("held",)
+
+    def __init__(self) -> None:
+        self.held = ""
+        """The digest the scheduler last said it holds for this host."""
+
+    def fill(self, heartbeat: Heartbeat) -> Heartbeat:
+        """``heartbeat`` (with its full inventory) as it goes on the wire."""
+        digest = inventory_digest(heartbeat.vms)
+        if digest == self.held:
+            return replace(heartbeat, vms=[], inventory_digest=digest, vms_omitted=True)
+        return replace(heartbeat, inventory_digest=digest)
+
+    def adopt(self, ack: HeartbeatAck, omitted: str) -> bool:
+        """Take in an ack of a heartbeat that left out the inventory of digest ``omitted``
+        ("" if it left nothing out). True when the scheduler lacked that inventory: the next
+        heartbeat must carry it, and soon."""
+        self.held = ack.inventory_digest
+        return omitted != "" and ack.inventory_digest != omitted
+
+
+def omitted_digest(heartbeat: Heartbeat) -> str:
+    return heartbeat.inventory_digest if heartbeat.vms_omitted else ""
 
 
 class HeartbeatLoop:
@@ -55,6 +92,7 @@ class HeartbeatLoop:
         self._on_cpu_overcommit = on_cpu_overcommit
         self._seq = 0
         self._last_sent_s = float("-inf")
+        self._report = InventoryReport()
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tg:
@@ -81,14 +119,24 @@ class HeartbeatLoop:
         self._agent.changed.clear()
         self._seq += 1
         self._last_sent_s = self._clock.monotonic_s()
-        return replace(
-            self._template, seq=self._seq, fenced=self._agent.fenced, vms=self._agent.inventory()
+        return self._report.fill(
+            replace(
+                self._template,
+                seq=self._seq,
+                fenced=self._agent.fenced,
+                vms=self._agent.inventory(),
+            )
         )
 
     async def send(self, heartbeat: Heartbeat) -> None:
         """Send one heartbeat; an ack renews the lease from this moment. Never raises on I/O."""
         sent_at_s = self._clock.monotonic_s()
-        log.debug("heartbeat seq=%d vms=%d", heartbeat.seq, len(heartbeat.vms))
+        log.debug(
+            "heartbeat seq=%d vms=%d omitted=%s",
+            heartbeat.seq,
+            len(heartbeat.vms),
+            heartbeat.vms_omitted,
+        )
         try:
             reply = await self._nc.request(
                 self._subject, codec.encode(heartbeat), timeout=self.heartbeat_interval_s
@@ -110,6 +158,8 @@ class HeartbeatLoop:
             )
             return
         self._adopt_timing(ack)
+        if self._report.adopt(ack, omitted_digest(heartbeat)):
+            self._agent.changed.set()
         if self._on_cpu_overcommit is not None and ack.cpu_overcommit >= 1.0:
             self._on_cpu_overcommit(ack.cpu_overcommit)
         self._agent.renew_lease(sent_at_s, self.fence_after_s)

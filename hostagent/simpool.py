@@ -53,7 +53,7 @@ from common.resources import Resources, parse_capacity
 from hostagent.agent import FENCE_CHECK_S, Agent
 from hostagent.drivers.fake import FakeDriver
 from hostagent.execlog import ExecLog
-from hostagent.heartbeat import JITTER, MIN_GAP_S
+from hostagent.heartbeat import JITTER, MIN_GAP_S, InventoryReport, omitted_digest
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,9 @@ class SimHost:
     last_sent_s: float = float("-inf")
     next_due_s: float = 0.0
     silent: bool = False
-    sent: deque[tuple[int, float]] = field(default_factory=lambda: deque(maxlen=_SENT_KEPT))
+    sent: deque[tuple[int, float, str]] = field(default_factory=lambda: deque(maxlen=_SENT_KEPT))
+    """(seq, monotonic time sent, digest of the inventory left out or "") of recent heartbeats."""
+    report: InventoryReport = field(default_factory=InventoryReport)
 
 
 class SimPool:
@@ -275,11 +277,13 @@ class SimPool:
         self._dirty.discard(host.index)
         host.seq += 1
         host.last_sent_s = now_s
-        host.sent.append((host.seq, now_s))
         jitter = self._rng.uniform(1 - JITTER, 1 + JITTER)
         host.next_due_s = now_s + self.heartbeat_interval_s * jitter
         heapq.heappush(self._due, (host.next_due_s, host.index))
-        heartbeat = replace(host.template, seq=host.seq, fenced=agent.fenced, vms=agent.inventory())
+        heartbeat = host.report.fill(
+            replace(host.template, seq=host.seq, fenced=agent.fenced, vms=agent.inventory())
+        )
+        host.sent.append((host.seq, now_s, omitted_digest(heartbeat)))
         try:
             await nc.publish(
                 host.subject, codec.encode(heartbeat), reply=f"{self._inbox}.{host.index}"
@@ -298,10 +302,13 @@ class SimPool:
             return
         if host.silent or ack.host_id != host.template.host_id:
             return
-        sent_at_s = next((t for seq, t in host.sent if seq == ack.seq), None)
-        if sent_at_s is None or self.clock.monotonic_s() - sent_at_s > self.heartbeat_interval_s:
+        sent = next((s for s in host.sent if s[0] == ack.seq), None)
+        if sent is None or self.clock.monotonic_s() - sent[1] > self.heartbeat_interval_s:
             return  # a single agent's request would have timed out
+        _, sent_at_s, omitted = sent
         self._adopt(ack)
+        if host.report.adopt(ack, omitted):
+            self._dirty.add(host.index)
         if self.settings.config.cpu_overcommit is None and ack.cpu_overcommit >= 1.0:
             host.driver.cpu_overcommit = ack.cpu_overcommit
         host.agent.renew_lease(sent_at_s, self.fence_after_s)

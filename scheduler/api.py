@@ -34,15 +34,15 @@ MUTATIONS: Final = {
     subjects.VM_CAPTURE: Op.CAPTURE,
     subjects.IMAGE_UPLOAD: Op.IMAGE_UPLOAD,
     subjects.IMAGE_DELETE: Op.IMAGE_DELETE,
-    subjects.IMAGE_CAPTURED: Op.IMAGE_CAPTURED,
 }
+"""Capture reports are not API requests: agents send them on their own host's subject
+(``decode_capture_report``); ``stratus.api.image.captured`` is answered "unknown subject"."""
 _STORAGE_DECODERS: Final[dict[Op, Callable[[bytes], StorageBody]]] = {
     Op.ATTACH_DISK: codec.attach_disk.decode,
     Op.DETACH_DISK: codec.detach_disk.decode,
     Op.CAPTURE: codec.capture_vm.decode,
     Op.IMAGE_UPLOAD: codec.upload_image.decode,
     Op.IMAGE_DELETE: codec.image_ref.decode,
-    Op.IMAGE_CAPTURED: codec.image_captured.decode,
 }
 
 
@@ -78,6 +78,23 @@ def decode_mutation(
     if body.request_id is None and msg_id is not None:
         body.request_id = msg_id
     return Mutation(op, body, token, via_job=via_job, job_subject=subject if via_job else "")
+
+
+def decode_capture_report(subject: str, data: bytes, token: int) -> Mutation | InvalidJob:
+    """An agent's capture report on ``stratus.host.<id>.captured``: a Mutation, or an InvalidJob
+    if it does not decode or names another host than its subject (the server lets only that
+    host's agent publish there; the core then checks the capture was assigned to that host)."""
+    if len(data) > codec.MAX_MESSAGE_BYTES:
+        detail = f"body of {len(data)} bytes exceeds {codec.MAX_MESSAGE_BYTES}"
+        return InvalidJob(subject, None, m.ErrorCode.TOO_LARGE, detail, token)
+    try:
+        body = codec.image_captured.decode(data)
+    except msgspec.DecodeError as exc:
+        return InvalidJob(subject, None, m.ErrorCode.INVALID_REQUEST, str(exc), token)
+    if body.host_id != subjects.host_of_heartbeat(subject):
+        detail = f"a capture report of host {body.host_id!r} on {subject}"
+        return InvalidJob(subject, None, m.ErrorCode.INVALID_REQUEST, detail, token)
+    return Mutation(Op.IMAGE_CAPTURED, body, token)
 
 
 class ReadApi:

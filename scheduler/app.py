@@ -40,7 +40,14 @@ from common.messages import (
 from common.natsauth import auth_options, redact_url
 from common.streams import ensure_streams
 from scheduler import gallery, metering
-from scheduler.api import ReadApi, decode_heartbeat, decode_mutation, error_reply, is_read
+from scheduler.api import (
+    ReadApi,
+    decode_capture_report,
+    decode_heartbeat,
+    decode_mutation,
+    error_reply,
+    is_read,
+)
 from scheduler.core import SchedulerCore
 from scheduler.eventpub import EventPublisher
 from scheduler.events import (
@@ -54,6 +61,7 @@ from scheduler.events import (
     Mutation,
     Now,
     Op,
+    Reconnected,
     Reply,
     SendCommands,
     Tick,
@@ -143,6 +151,13 @@ class SchedulerApp:
         async def on_error(exc: Exception) -> None:
             log.warning("nats error error=%s", exc)
 
+        async def on_disconnected() -> None:
+            log.warning("nats disconnected: hosts are not judged until it is back")
+
+        async def on_reconnected() -> None:
+            log.info("nats reconnected: every host gets a fresh window")
+            self.queue.put_nowait(Reconnected())
+
         nc = await nats.connect(
             self.config.nats_url,
             name=f"stratus-scheduler-{self.scheduler_id}",
@@ -151,6 +166,8 @@ class SchedulerApp:
             allow_reconnect=True,
             connect_timeout=2,
             error_cb=on_error,
+            disconnected_cb=on_disconnected,
+            reconnected_cb=on_reconnected,
             **auth_options(
                 self.config.nats_creds, self.config.nats_nkey_seed, self.config.nats_tls_ca
             ),
@@ -167,6 +184,9 @@ class SchedulerApp:
         self.core.start(self.now())
         await nc.subscribe(subjects.HEARTBEAT_WILDCARD, cb=self._on_heartbeat)
         await nc.subscribe(subjects.API_WILDCARD, queue="stratus-scheduler", cb=self._on_api)
+        await nc.subscribe(
+            subjects.CAPTURED_WILDCARD, queue="stratus-scheduler", cb=self._on_capture_report
+        )
         await nc.flush()
         http = await self._start_http(nc)
         url = redact_url(self.config.nats_url)
@@ -290,6 +310,15 @@ class SchedulerApp:
             return
         self.queue.put_nowait(replace(item, token=self._token(msg, is_job=False)))
 
+    async def _on_capture_report(self, msg: Msg) -> None:
+        item = decode_capture_report(msg.subject, msg.data, token=0)
+        if isinstance(item, InvalidJob):
+            log.warning("bad capture report subject=%s code=%s", msg.subject, item.code)
+            if msg.reply:
+                await msg.respond(error_reply(item.code, item.detail))
+            return
+        self.queue.put_nowait(replace(item, token=self._token(msg, is_job=False)))
+
     def _images_nc(self) -> Client:
         assert self._nc is not None
         return self._nc
@@ -332,7 +361,8 @@ class SchedulerApp:
     async def _run_ticks(self) -> None:
         while True:
             await asyncio.sleep(self.config.tick_s)
-            if not self._tick_queued:
+            # No ticks while NATS is away: no heartbeat can arrive, so silence proves nothing.
+            if not self._tick_queued and (self._nc is None or self._nc.is_connected):
                 self._tick_queued = True
                 self.queue.put_nowait(Tick())
 
@@ -350,8 +380,17 @@ class SchedulerApp:
             if not items:
                 continue
             actions = self.core.step(items, self.now())
+            await self._ack_heartbeats(actions)
             await store.commit(self._batch(actions))
             await self._carry_out(nc, actions)
+
+    async def _ack_heartbeats(self, actions: list[Action]) -> None:
+        """Heartbeat acks go before the commit: a lease promises nothing that is stored (the
+        scheduler's liveness knowledge is volatile), and waiting for a big step's fsync made
+        acks late enough under load for healthy hosts to fence."""
+        for action in actions:
+            if isinstance(action, Ack):
+                await self._answer(self._targets.pop(action.token), action.ack)
 
     def _batch(self, actions: list[Action]) -> Batch:
         assert self.core is not None
@@ -374,15 +413,14 @@ class SchedulerApp:
         return batch
 
     async def _carry_out(self, nc: Client, actions: list[Action]) -> None:
-        """Executed only after the commit: replies, acks, commands, then events."""
+        """Executed only after the commit: replies, commands, then events (heartbeat acks went
+        before it)."""
         for observe in self.observers:
             observe(actions, self._source)
         for action in actions:
             match action:
                 case Reply(token=token, body=body):
                     await self._answer(self._targets.pop(token), body)
-                case Ack(token=token, ack=ack):
-                    await self._answer(self._targets.pop(token), ack)
                 case SendCommands(host_id=host, commands=commands):
                     message = HostCommands(host_id=host, commands=list(commands))
                     await nc.publish(subjects.host_commands(host), codec.encode(message))

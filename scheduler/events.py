@@ -94,7 +94,13 @@ class Tick:
     pass
 
 
-Input = Mutation | InvalidJob | HeartbeatReceived | Tick
+@dataclass(frozen=True, slots=True)
+class Reconnected:
+    """The scheduler's NATS connection is back after an outage. No heartbeat could arrive
+    during it, so every host gets a fresh window before it is judged again."""
+
+
+Input = Mutation | InvalidJob | HeartbeatReceived | Tick | Reconnected
 
 
 @dataclass(frozen=True, slots=True)

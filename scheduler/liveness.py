@@ -29,3 +29,16 @@ def fresh_window(hosts: Iterable[HostId], now_s: float) -> dict[HostId, HostRunt
     """Runtimes for a scheduler that just started: every known host is presumed alive as of
     ``now_s``, so a control-plane restart never declares healthy hosts dead."""
     return {host: HostRuntime(last_seen_s=now_s) for host in hosts}
+
+
+def renew_windows(
+    runtimes: dict[HostId, HostRuntime], hosts: Iterable[HostId], now_s: float
+) -> None:
+    """After the scheduler's own NATS outage: nobody could be heard during it, so every known
+    host is presumed alive as of ``now_s`` (what else a runtime holds is kept)."""
+    for host in hosts:
+        runtime = runtimes.get(host)
+        if runtime is None:
+            runtimes[host] = HostRuntime(last_seen_s=now_s)
+        else:
+            runtime.last_seen_s = max(runtime.last_seen_s, now_s)

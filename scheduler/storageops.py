@@ -310,9 +310,21 @@ def _fail_capture(core: SchedulerCore, image: ImageRecord, why: str) -> None:
 
 
 def _captured(core: SchedulerCore, body: ImageCaptured) -> ImageReply:
+    """An agent's capture report (its host checked against the subject by the shell): taken
+    only from the host the capture was assigned to, about the VM being captured."""
     image = live_image(core, body.image)
     if image is None:
         return _image_error(ErrorCode.NOT_FOUND, f"image {body.image!r} does not exist")
+    if body.vm != image.source_vm:
+        return _image_error(
+            ErrorCode.INVALID_REQUEST, f"image {body.image!r} is not captured from vm {body.vm!r}"
+        )
+    if image.state is ImageState.CAPTURING and body.host_id != image.capture_host:
+        return _image_error(
+            ErrorCode.INVALID_REQUEST,
+            f"the capture of image {body.image!r} was assigned to host {image.capture_host}, "
+            f"not {body.host_id}",
+        )
     if image.state is not ImageState.CAPTURING:
         if image.state is ImageState.AVAILABLE and image.sha256 == body.sha256:
             return ImageReply(image=image_info(image))  # a repeated report

@@ -66,14 +66,6 @@ SUBJECTS: tuple[Subject, ...] = (
     _api(subjects.IMAGE_UPLOAD, "UploadImage", "ImageReply"),
     _api(subjects.IMAGE_DELETE, "ImageRef", "ImageReply"),
     Subject(
-        subjects.IMAGE_CAPTURED,
-        "request/reply",
-        "host agent",
-        SCHEDULER_QUEUE,
-        "ImageCaptured",
-        "ImageReply",
-    ),
-    Subject(
         subjects.job_subject(f"{subjects.ROOT}.api.<noun>.<verb>"),
         f"JetStream `{subjects.JOBS_STREAM}`",
         PUBLISHERS,
@@ -114,6 +106,14 @@ SUBJECTS: tuple[Subject, ...] = (
         "HeartbeatAck",
     ),
     Subject(
+        subjects.host_captured("<host_id>"),
+        "request/reply",
+        "host agent (that host's only)",
+        "scheduler (queue group; `host_id` must be the subject's host and the capture's)",
+        "ImageCaptured",
+        "ImageReply",
+    ),
+    Subject(
         subjects.SIM_SILENCE,
         "request/reply",
         "benchmarks, tests",
@@ -128,6 +128,7 @@ WILDCARDS: dict[str, str] = {
     subjects.JOBS_WILDCARD: f"captured by the `{subjects.JOBS_STREAM}` stream",
     subjects.EVENTS_WILDCARD: f"captured by the `{subjects.EVENTS_STREAM}` stream",
     subjects.HEARTBEAT_WILDCARD: "the scheduler receives every host's heartbeat",
+    subjects.CAPTURED_WILDCARD: "the scheduler receives every host's capture reports (queue group)",
 }
 
 ERROR_CODES: dict[str, str] = {
@@ -149,7 +150,7 @@ GROUPS: tuple[tuple[str, tuple[object, ...]], ...] = (
         (
             *(m.CreateVm, m.VmRef, m.HostRef, m.ListVms, m.ListHosts, m.ListSizes, m.UsageQuery),
             *(m.CaptureVm, m.AttachDisk, m.DetachDisk),
-            *(m.ListImages, m.UploadImage, m.ImageRef, m.ImageCaptured),
+            *(m.ListImages, m.UploadImage, m.ImageRef),
         ),
     ),
     (
@@ -159,7 +160,7 @@ GROUPS: tuple[tuple[str, tuple[object, ...]], ...] = (
             *(m.UsageReply, m.ImageReply, m.ImageListReply, m.ErrorReply),
         ),
     ),
-    ("Agent protocol", (m.HostCommands, m.Heartbeat, m.HeartbeatAck)),
+    ("Agent protocol", (m.HostCommands, m.Heartbeat, m.HeartbeatAck, m.ImageCaptured)),
     ("Events", (m.Event,)),
 )
 

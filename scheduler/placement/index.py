@@ -143,6 +143,16 @@ class HostIndex:
         """The host as it is now, with every reservation so far."""
         return self.views[self._rank[host_id]]
 
+    def __contains__(self, host_id: HostId) -> bool:
+        return host_id in self._rank
+
+    def update(self, view: HostView) -> None:
+        """Replace a known host's view (its allocation, state or capacity changed)."""
+        rank = self._rank[view.host_id]
+        self._remove(rank)
+        self.views[rank] = view
+        self._add(rank, sort=True)
+
     def reserve(self, host_id: HostId, resources: Resources) -> None:
         """Record that ``resources`` now run on ``host_id``."""
         rank = self._rank[host_id]

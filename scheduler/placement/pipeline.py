@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from common.ids import HostId
 from scheduler.placement.filters import (
@@ -25,6 +25,9 @@ from scheduler.placement.filters import (
 )
 from scheduler.placement.scorers import Scorer, score_binpack, score_spread
 from scheduler.state.model import HostView, PlacementRequest
+
+if TYPE_CHECKING:
+    from scheduler.placement.index import HostIndex
 
 ScorerName = Literal["binpack", "spread"]
 
@@ -136,7 +139,16 @@ def place_batch(
 
     if not reqs:
         return []
-    index = HostIndex(hosts.values())
+    return place_on_index(reqs, HostIndex(hosts.values()), policy, set_members)
+
+
+def place_on_index(
+    reqs: Sequence[PlacementRequest],
+    index: HostIndex,
+    policy: PlacementPolicy,
+    set_members: Mapping[str, Mapping[str, int]] | None = None,
+) -> list[Placed | Unplaceable]:
+    """``place_batch`` on an index the caller keeps: each placement is reserved in it."""
     members = {name: dict(counts) for name, counts in (set_members or {}).items()}
     results: list[Placed | Unplaceable] = []
     for req in reqs:

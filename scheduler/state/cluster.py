@@ -34,6 +34,11 @@ class ClusterState:
     """The image gallery, by name."""
     dirty_images: set[str] = field(default_factory=set)
     new_replies: dict[str, VmReply] = field(default_factory=dict)
+    touched_hosts: set[HostId] = field(default_factory=set)
+    stale_views: set[HostId] = field(default_factory=set)
+    """Hosts whose placement view (allocation, record, orphans) changed since placement last
+    refreshed its index."""
+    """Hosts whose VMs changed since each was last reconciled against its inventory."""
 
     @classmethod
     def from_records(
@@ -52,9 +57,17 @@ class ClusterState:
     def add_vm(self, record: VmRecord) -> None:
         self.vms[record.name] = record
         self._index(record)
+        if record.host is not None:
+            self.touched_hosts.add(record.host)
+
+    def host_changed(self, host: HostId) -> None:
+        """A host record changed: to be stored, and seen anew by placement."""
+        self.dirty_hosts.add(host)
+        self.stale_views.add(host)
 
     def _index(self, record: VmRecord) -> None:
         if record.holds_capacity and record.host is not None:
+            self.stale_views.add(record.host)
             self.by_host[record.host].add(record.name)
             self.allocated[record.host] = self.allocated.get(record.host, ZERO) + record.resources
         if record.availability_set is not None:
@@ -64,17 +77,22 @@ class ClusterState:
 
     def _unindex(self, record: VmRecord) -> None:
         if record.holds_capacity and record.host is not None:
+            self.stale_views.add(record.host)
             self.by_host[record.host].discard(record.name)
             self.allocated[record.host] = self.allocated[record.host] - record.resources
         self.pending.pop(record.name, None)
 
     def update(self, record: VmRecord, **changes: object) -> None:
         """Change fields of ``record`` (state, host, ...) keeping every index right."""
+        if record.host is not None:
+            self.touched_hosts.add(record.host)
         self._unindex(record)
         for key, value in changes.items():
             setattr(record, key, value)
         self._index(record)
         self.dirty_vms.add(record.name)
+        if record.host is not None:
+            self.touched_hosts.add(record.host)
 
     def forget_set_member(self, record: VmRecord) -> None:
         if record.availability_set is not None:

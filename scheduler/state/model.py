@@ -122,3 +122,9 @@ class HostRuntime:
     fenced: bool = False
     boot_id: str = ""
     last_seq: int = -1
+    inventory_digest: str = ""
+    """The agent's digest of ``observed``: a report with the same digest and no VMs stands
+    for the same inventory."""
+    settled: bool = False
+    """The last reconcile of this host found nothing to do; it stays true until one of the
+    host's VMs changes (``ClusterState.touched_hosts``) or its inventory does."""

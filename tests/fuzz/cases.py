@@ -53,6 +53,8 @@ VM_POOL = [f"fz-{i}" for i in range(10)]
 """VM names the fuzzer creates, changes and deletes through the API."""
 FAKE_HOSTS = [f"fzh-{i}" for i in range(3)]
 """Hosts that exist only through fuzzed heartbeats (they go dead when those stop)."""
+CAPTURE_REPORTS = subjects.host_captured(FAKE_HOSTS[0])
+"""An agent's capture report subject: served by the scheduler like the API (typed replies)."""
 REQUEST_IDS = [f"rq-{i}" for i in range(6)]
 MSG_IDS = [f"mid-{i}" for i in range(6)]
 SIZES = [size.name for size in AZURE_SIZES[:4]]
@@ -75,7 +77,7 @@ API_FIELDS: dict[str, tuple[str, ...]] = {
     subjects.IMAGE_LIST: (),
     subjects.IMAGE_UPLOAD: ("name", "sha256", "size_bytes", "os", "format"),
     subjects.IMAGE_DELETE: ("name",),
-    subjects.IMAGE_CAPTURED: ("image", "vm", "host_id", "sha256", "size_bytes", "error"),
+    CAPTURE_REPORTS: ("image", "vm", "host_id", "sha256", "size_bytes", "error"),
     subjects.USAGE_GET: ("since", "until"),
 }
 JOB_SUBJECTS = [

@@ -26,7 +26,7 @@ from common import messages as m
 from common.config import SchedulerConfig
 from common.natsserver import NatsServer
 from scheduler.app import SchedulerApp
-from tests.fuzz.cases import VM_POOL, Case, Kind
+from tests.fuzz.cases import CAPTURE_REPORTS, VM_POOL, Case, Kind
 from tests.integration.cluster import Cluster, overlapping_executions
 
 T = TypeVar("T")
@@ -51,7 +51,7 @@ REPLY_DECODERS: Final[dict[str, Callable[[bytes], msgspec.Struct]]] = {
     subjects.IMAGE_LIST: codec.image_list_reply.decode,
     subjects.IMAGE_UPLOAD: codec.image_reply.decode,
     subjects.IMAGE_DELETE: codec.image_reply.decode,
-    subjects.IMAGE_CAPTURED: codec.image_reply.decode,
+    CAPTURE_REPORTS: codec.image_reply.decode,
     subjects.USAGE_GET: codec.usage_reply.decode,
 }
 _error_reply: Final = msgspec.json.Decoder(m.ErrorReply)
@@ -158,7 +158,7 @@ class FuzzTarget:
             hb = codec.heartbeat.decode(msg.data)
         except msgspec.DecodeError:
             return
-        if hb.host_id == host:
+        if hb.host_id == host and not hb.vms_omitted:  # left out: unchanged since the last
             self.heartbeats[host] = hb
 
     def stop(self) -> None:

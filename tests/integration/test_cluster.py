@@ -8,6 +8,7 @@ from collections import defaultdict
 
 import pytest
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 
 from cli.client import StratusClient
 from common import codec, subjects
@@ -52,6 +53,16 @@ async def create_mix(client: StratusClient, count: int) -> list[str]:
 async def test_twenty_vms_run_and_capacity_accounts_match(
     cluster: Cluster, client: StratusClient, nc: Client
 ) -> None:
+    # The agents' own accounts: each host's latest full inventory (a heartbeat that leaves its
+    # inventory out says it is unchanged since the last one sent in full).
+    reported: dict[str, Resources] = {}
+
+    async def on_heartbeat(msg: Msg) -> None:
+        hb = codec.heartbeat.decode(msg.data)
+        if not hb.vms_omitted:
+            reported[hb.host_id] = sum((vm.resources for vm in hb.vms), Resources())
+
+    sub = await nc.subscribe(subjects.HEARTBEAT_WILDCARD, cb=on_heartbeat)
     await start_three(cluster, client)
     names = await create_mix(client, 20)
     vms = await wait_all_running(client, names)
@@ -64,14 +75,9 @@ async def test_twenty_vms_run_and_capacity_accounts_match(
         assert info.allocated == expected[host], host
         assert info.allocated.fits(info.capacity)
     # The agents' own accounts (their inventories) agree with the scheduler's.
-    reported: dict[str, Resources] = {}
-    sub = await nc.subscribe(subjects.HEARTBEAT_WILDCARD)
-    while set(reported) != set(hosts):
-        msg = await sub.next_msg(timeout=5)
-        hb = codec.heartbeat.decode(msg.data)
-        reported[hb.host_id] = sum((vm.resources for vm in hb.vms), Resources())
+    want = {h: expected[h] for h in hosts}
+    await wait_until(lambda: reported == want, timeout_s=10, message=f"inventories {want}")
     await sub.unsubscribe()
-    assert reported == {h: expected[h] for h in hosts}
 
 
 async def test_kill_9_of_an_agent_moves_its_vms_and_never_runs_two_copies(

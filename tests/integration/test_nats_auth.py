@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgspec
 import nats
 import pytest
 from nats.aio.client import Client
@@ -17,15 +18,19 @@ from nats.aio.msg import Msg
 
 from cli.client import StratusClient, connect
 from cli.natsconfig import generate, new_user_seed
-from common import subjects
-from common.config import SchedulerConfig
+from common import codec, subjects
+from common.config import AgentConfig, SchedulerConfig
 from common.errors import ApiError
-from common.messages import CreateVm
+from common.imagestore import put_image
+from common.messages import CaptureVm, CreateVm, ErrorCode, ImageCaptured, ImageState
 from common.natsauth import host_inbox_prefix, redact_url
 from common.natsserver import NatsServer, start_nats_server
+from hostagent.simpool import SimPool, resolve_pool_settings
 from scheduler.app import SchedulerApp
 from tests.integration.cluster import Cluster
 from tests.integration.helpers import wait_all_running, wait_hosts_up
+from tests.integration.test_qemu import kill, qemu_pids
+from tests.qemukit import boot_kit
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
@@ -136,6 +141,7 @@ async def test_an_agent_cannot_heartbeat_as_another_host_or_command_a_host(
     agent = conns["host-ha"]
     denied = [
         subjects.host_heartbeat("hb"),
+        subjects.host_captured("hb"),
         subjects.host_commands("hb"),
         subjects.host_commands("ha"),
         subjects.VM_CREATE,
@@ -164,10 +170,118 @@ async def test_a_publisher_cannot_command_hosts_or_forge_events(conns: dict[str,
         subjects.host_commands("ha"),
         subjects.host_heartbeat("ha"),
         subjects.vm_event("x"),
-        subjects.IMAGE_CAPTURED,
+        subjects.host_captured("ha"),
     ]
     await _publish_then_marker(conns["publisher"], denied, subjects.VM_CREATE, seen)
     assert set(seen) == {subjects.VM_CREATE}
+
+
+async def test_an_agent_stores_and_reports_its_own_capture(
+    auth: AuthServer, conns: dict[str, Conn], tmp_path: Path
+) -> None:
+    """Capture under the generated roles: the agent writes the disk's bytes to the images store
+    and reports on its own host's subject, and the scheduler answers it (here: no such image).
+    Reporting as another host, or as a publisher, never reaches the scheduler (tests above)."""
+    app = SchedulerApp(
+        SchedulerConfig(
+            nats_url=auth.server.url,
+            db_path=str(tmp_path / "s.db"),
+            nats_nkey_seed=str(auth.seed("scheduler")),
+        )
+    )
+    task = asyncio.create_task(app.run())
+    agent = conns["host-ha"].nc
+    try:
+        async with asyncio.timeout(15):
+            await app.ready.wait()
+        disk = tmp_path / "disk.qcow2"
+        disk.write_bytes(b"a captured disk " * 4096)
+        sha256, size = await put_image(agent.jetstream(), disk)
+        report = ImageCaptured(image="gold", vm="web", host_id="ha", sha256=sha256, size_bytes=size)
+        replies = [
+            await conn.request(subjects.host_captured("ha"), codec.encode(body), timeout=10)
+            for conn, body in [
+                (agent, report),
+                (conns["scheduler"].nc, msgspec.structs.replace(report, host_id="hb")),
+            ]
+        ]
+        old_route = await conns["publisher"].nc.request(
+            "stratus.api.image.captured", codec.encode(report), timeout=10
+        )
+    finally:
+        app.stop()
+        await asyncio.wait_for(task, timeout=15)
+    codes = [codec.image_reply.decode(r.data).error for r in [*replies, old_route]]
+    assert [e.code if e else None for e in codes] == [
+        ErrorCode.NOT_FOUND,  # the agent's own report reached the scheduler and got its answer
+        ErrorCode.INVALID_REQUEST,  # a body naming another host than its subject
+        ErrorCode.INVALID_REQUEST,  # the old API route is gone (unknown subject)
+    ]
+    assert conns["host-ha"].errors == [], "no permission was missing for the capture"
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(180)
+async def test_a_qemu_capture_under_the_generated_roles(auth: AuthServer, tmp_path: Path) -> None:
+    """The whole capture (the disk's bytes into the images store, then the report) with every
+    process on its own seed: the agent needs no broader credentials."""
+    kit = boot_kit()
+    cluster = Cluster(auth.server, tmp_path / "cluster")
+    cluster.workdir.mkdir()
+    config = cluster.workdir / "scheduler.toml"
+    config.write_text(
+        'sizes = [{ name = "Tiny", cpu_milli = 1000, mem_mib = 96 }]\n'
+        f'builtin_images = {{ tiny = "{kit / "tiny.qcow2"}" }}\n'
+    )
+    cluster.start_scheduler("--config", str(config), "--nkey-seed", str(auth.seed("scheduler")))
+    qemu = ("--driver", "qemu", "--boot-dir", str(kit), "--accel", "tcg")
+    cluster.start_agent(
+        "ha", capacity="4c/4g", extra=(*qemu, "--nkey-seed", str(auth.seed("host-ha")))
+    )
+    publisher = await connect(auth.server.url, nkey_seed=str(auth.seed("publisher")))
+    client = StratusClient(publisher, timeout_s=10)
+
+    async def available() -> bool:
+        [image] = [i for i in await client.list_images() if i.name == "golden"]
+        assert image.state is not ImageState.FAILED, image.reason
+        return image.state is ImageState.AVAILABLE
+
+    try:
+        await wait_hosts_up(client, 1)
+        await client.create_vm(CreateVm(name="src", size="Tiny"))
+        await wait_all_running(client, ["src"], timeout_s=60)
+        await client.capture_vm(CaptureVm(name="src", image="golden"))
+        await wait_until(available, timeout_s=90, message="golden available")
+    finally:
+        await publisher.close()
+        cluster.stop()
+        for pid in qemu_pids(cluster.workdir):
+            kill(pid)
+
+
+async def test_a_simulated_pool_runs_with_credentials(auth: AuthServer, tmp_path: Path) -> None:
+    """``stratus agent --simulate N`` takes a seed like the agent (deploy/nats/README: no role of
+    its own can be narrower than every host, so a benchmark server gives it ``admin``)."""
+    app = SchedulerApp(
+        SchedulerConfig(
+            nats_url=auth.server.url,
+            db_path=str(tmp_path / "s.db"),
+            nats_nkey_seed=str(auth.seed("scheduler")),
+        )
+    )
+    pool_config = AgentConfig(
+        nats_url=auth.server.url, nats_nkey_seed=str(auth.seed("admin")), data_dir=str(tmp_path)
+    )
+    pool = SimPool(resolve_pool_settings(pool_config, 2, "sim", 1))
+    tasks = [asyncio.create_task(app.run()), asyncio.create_task(pool.run())]
+    publisher = await connect(auth.server.url, nkey_seed=str(auth.seed("publisher")))
+    try:
+        await wait_hosts_up(StratusClient(publisher), 2)
+    finally:
+        await publisher.close()
+        pool.request_stop()
+        app.stop()
+        await asyncio.wait_for(asyncio.gather(*tasks), timeout=15)
 
 
 async def test_a_dashboard_cannot_create(conns: dict[str, Conn]) -> None:

@@ -154,6 +154,7 @@ async def test_commands_for_one_vm_run_in_order(execlog: ExecLog, clock: FakeClo
 async def test_different_vms_start_concurrently(execlog: ExecLog, clock: FakeClock) -> None:
     driver = FakeDriver(Resources(4000, 8192), start_delay_s=0.3)
     agent = Agent(HostId("h1"), driver, execlog, clock)
+    agent.renew_lease(clock.now_s, 4.0)
     runner = asyncio.create_task(agent.run_commands())
     agent.submit([start("vm-1"), start("vm-2")])
     both_starting = {"vm-1": (1, ObservedState.STARTING), "vm-2": (1, ObservedState.STARTING)}

@@ -41,7 +41,9 @@ class _Reply:
 Responder = Callable[[Heartbeat], bytes | Exception]
 
 
-def ack_for(hb: Heartbeat, *, interval_s: float = 0.2, fence_after_s: float = 0.8) -> bytes:
+def ack_for(
+    hb: Heartbeat, *, interval_s: float = 0.2, fence_after_s: float = 0.8, digest: str = ""
+) -> bytes:
     return codec.encode(
         HeartbeatAck(
             host_id=hb.host_id,
@@ -49,6 +51,7 @@ def ack_for(hb: Heartbeat, *, interval_s: float = 0.2, fence_after_s: float = 0.
             scheduler_id="s1",
             heartbeat_interval_s=interval_s,
             fence_after_s=fence_after_s,
+            inventory_digest=digest,
         )
     )
 
@@ -161,3 +164,38 @@ async def test_inventory_changes_are_coalesced(agent: Agent) -> None:
         runner.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await runner
+
+
+async def test_an_inventory_the_scheduler_holds_goes_as_its_digest_alone(
+    agent: Agent, clock: FakeClock
+) -> None:
+    held = {"digest": ""}
+
+    def scheduler(hb: Heartbeat) -> bytes:
+        """Holds every inventory sent in full; forgets all when "restarted"."""
+        if not hb.vms_omitted:
+            held["digest"] = hb.inventory_digest
+        return ack_for(hb, digest=held["digest"])
+
+    await agent.execute(StartVm(vm=make_spec("vm-1"), generation=3))
+    loop = make_loop(StubNats(scheduler), agent, clock)
+    first = loop.next_heartbeat()
+    assert (len(first.vms), first.vms_omitted) == (1, False)
+    await loop.send(first)
+    assert held["digest"] == first.inventory_digest != ""
+    agent.changed.clear()
+    second = loop.next_heartbeat()
+    assert (second.vms, second.vms_omitted) == ([], True)
+    assert second.inventory_digest == first.inventory_digest
+    await loop.send(second)
+    assert not agent.changed.is_set()
+
+    held["digest"] = ""  # the scheduler restarted: it holds no inventory of ours
+    await loop.send(loop.next_heartbeat())
+    assert agent.changed.is_set()  # so the next heartbeat goes soon, and in full
+    assert len(loop.next_heartbeat().vms) == 1
+
+    await agent.execute(StartVm(vm=make_spec("vm-2"), generation=1))
+    changed = loop.next_heartbeat()
+    assert [vm.name for vm in changed.vms] == ["vm-1", "vm-2"]
+    assert changed.inventory_digest != first.inventory_digest

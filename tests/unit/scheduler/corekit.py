@@ -19,6 +19,7 @@ from common.messages import (
     VmReply,
 )
 from common.resources import Resources
+from hostagent.heartbeat import InventoryReport, omitted_digest
 from scheduler.core import SchedulerCore
 from scheduler.events import (
     Ack,
@@ -65,6 +66,7 @@ class CoreKit:
     def step(self, *inputs: object) -> list[Action]:
         self.actions = self.core.step(list(inputs), self.now())  # type: ignore[arg-type]
         self.state.check_invariants()
+        self.core.check_placement_index()
         self.state.dirty_vms.clear()
         self.state.dirty_hosts.clear()
         self.state.new_replies.clear()
@@ -90,7 +92,10 @@ class CoreKit:
         fault_domain: str = "fd-0",
         region: str = "local",
         boot_id: str = "boot-1",
+        report: InventoryReport | None = None,
     ) -> list[Action]:
+        """One heartbeat of ``host``; through ``report`` (an agent's), an inventory the core
+        holds already goes as its digest alone, and one it lacked is sent again in full."""
         seq = self.seqs[host] = self.seqs.get(host, 0) + 1
         hb = Heartbeat(
             host_id=host,
@@ -101,7 +106,22 @@ class CoreKit:
             fault_domain=fault_domain,
             vms=vms or [],
         )
-        return self.step(HeartbeatReceived(hb, next(self.tokens)))
+        if report is None:
+            return self.step(HeartbeatReceived(hb, next(self.tokens)))
+        hb = report.fill(hb)
+        actions = self.step(HeartbeatReceived(hb, next(self.tokens)))
+        (ack,) = acks(actions)
+        if report.adopt(ack.ack, omitted_digest(hb)):
+            return actions + self.heartbeat(
+                host,
+                vms,
+                capacity=capacity,
+                fault_domain=fault_domain,
+                region=region,
+                boot_id=boot_id,
+                report=report,
+            )
+        return actions
 
     def running_on(self, host: str) -> list[ObservedVm]:
         """The inventory a well-behaved agent would report: every VM assigned to it, running."""

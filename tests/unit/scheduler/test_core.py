@@ -198,6 +198,12 @@ def test_host_coming_back_with_stale_vms_is_told_to_destroy_them_not_resume() ->
     actions = kit.heartbeat(home, paused)
     assert commands(actions, home) == [DeleteVm(name="a", generation=1)]
     assert kit.state.hosts[home].up
+    # Until the stale copy is gone, its capacity is held; then placement may use it again.
+    kit.create("b", "ExtraLarge")
+    assert kit.state.vms["b"].state is VmState.PENDING
+    kit.heartbeat(home, [])
+    kit.advance(0.1)  # pending VMs are tried again on the next tick
+    assert kit.state.vms["b"].host == home
 
 
 def test_fenced_vm_with_current_generation_is_resumed() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from common.ids import VmName
@@ -191,9 +192,34 @@ def test_capture_stops_the_vm_then_has_its_disk_host_capture_it() -> None:
         "web",
     )
     assert call(kit, Op.IMAGE_CAPTURED, report).error is None, "a repeated report is fine"
+    assert call(kit, Op.IMAGE_CAPTURED, msgspec.structs.replace(report, vm="other")).error
     kit.create("copy", image="golden")
     [start] = commands(kit.actions, "h1")
     assert isinstance(start, StartVm) and start.vm.disks[0].image_sha256 == SHA
+
+
+def test_a_capture_report_from_another_host_changes_nothing() -> None:
+    kit = kit_with("h1", "h2")
+    kit.create("web")
+    host = vm(kit, "web").host
+    assert host is not None
+    run(kit, host)
+    call(kit, Op.CAPTURE, CaptureVm(name="web", image="golden"))
+    kit.heartbeat(host, [])
+    other = "h2" if host == "h1" else "h1"
+    forged = [
+        ImageCaptured(image="golden", vm="web", host_id=other, sha256=SHA, size_bytes=10),
+        ImageCaptured(image="golden", vm="web", host_id=other, error="boom"),
+        ImageCaptured(image="golden", vm="db", host_id=host, sha256=SHA, size_bytes=10),
+    ]
+    for report in forged:
+        reply = call(kit, Op.IMAGE_CAPTURED, report)
+        assert reply.error is not None and reply.error.code is ErrorCode.INVALID_REQUEST
+        image = kit.state.images["golden"]
+        assert (image.state, image.sha256, image.capture_host) == (ImageState.CAPTURING, "", host)
+    honest = ImageCaptured(image="golden", vm="web", host_id=host, sha256=SHA, size_bytes=10)
+    assert call(kit, Op.IMAGE_CAPTURED, honest).error is None
+    assert kit.state.images["golden"].state is ImageState.AVAILABLE
 
 
 @pytest.mark.parametrize(
