@@ -12,6 +12,7 @@ reply, which comes after commit; jobs: the PubAck, durable in JetStream). Target
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections import Counter
@@ -63,8 +64,11 @@ async def _phase(
         await js.publish(subject, body, timeout=60, headers={"Nats-Msg-Id": name})
 
     waiting = watch.awaiting_running(names)
-    cpu = CpuWindow(the_rig.procs["scheduler"].pid)
-    cpu.start()
+    pids = {name: proc.pid for name, proc in the_rig.procs.items()}
+    pids |= {"nats-server": the_rig.nats.process.pid, "bench client": os.getpid()}
+    cpus = {name: CpuWindow(pid) for name, pid in pids.items()}
+    for window in cpus.values():
+        window.start()
     start_s = time.monotonic()
     latencies_s = await bounded(names, concurrency, submit_job if via_jobs else submit_api)
     accepted_s = time.monotonic() - start_s
@@ -88,7 +92,8 @@ async def _phase(
         "request_latency": summary_ms(latencies_s),
         "submit_to_running_s_max": round(max(to_running), 2),
         "errors": errors[:10],
-        "scheduler": cpu.stop(),
+        "scheduler": cpus.pop("scheduler").stop(),
+        "others": {name: window.stop() for name, window in cpus.items()},
         "target_vms_per_s": TARGET_VMS_PER_S,
         "meets_target": vms_per_s >= TARGET_VMS_PER_S,
     }

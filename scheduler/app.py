@@ -70,13 +70,15 @@ from scheduler.http.server import HttpServer
 from scheduler.metrics import Observer, SchedulerMetrics
 from scheduler.state.cluster import ClusterState
 from scheduler.state.storage import ImageRecord
-from scheduler.state.store import Batch, SqliteStore
+from scheduler.state.store import Batch, Rows, SqliteStore, encode_batch
 
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 2048
 """Most inputs handled by one core step (and so one commit)."""
 JOB_FETCH = 256
+PREPARE_RETRY_S = 0.5
+"""How soon the start-up JetStream calls are retried when NATS does not answer."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,8 +180,7 @@ class SchedulerApp:
     async def _serve(self, nc: Client, store: SqliteStore) -> None:
         assert self.core is not None
         js = nc.jetstream()
-        await ensure_streams(js)
-        await gallery.prepare(js, self.config, self.core.state, self.clock.utcnow())
+        await self._prepare(js)
         # Start judging hosts only now that heartbeats can arrive: a fresh window for all.
         self.core.start(self.now())
         await nc.subscribe(subjects.HEARTBEAT_WILDCARD, cb=self._on_heartbeat)
@@ -205,6 +206,19 @@ class SchedulerApp:
             log.info("scheduler stopping")
             for task in loops:
                 task.cancel()
+
+    async def _prepare(self, js: JetStreamContext) -> None:
+        """The streams and the image gallery, retried while JetStream does not answer: a NATS
+        restart while the scheduler starts must not end it (both steps are idempotent)."""
+        assert self.core is not None
+        while True:
+            try:
+                await ensure_streams(js)
+                await gallery.prepare(js, self.config, self.core.state, self.clock.utcnow())
+                return
+            except (nats.errors.Error, TimeoutError) as exc:
+                log.warning("jetstream not ready, retrying error=%r", exc)
+            await asyncio.sleep(PREPARE_RETRY_S)
 
     async def _start_http(self, nc: Client) -> HttpServer | None:
         """The HTTP API and portal, when ``http_listen`` is set (its port: ``http_port``)."""
@@ -334,12 +348,18 @@ class SchedulerApp:
             ack_wait=30.0,
             max_ack_pending=20_000,
         )
-        sub = await js.pull_subscribe(
-            subjects.JOBS_WILDCARD,
-            durable=subjects.JOBS_CONSUMER,
-            stream=subjects.JOBS_STREAM,
-            config=config,
-        )
+        while True:
+            try:
+                sub = await js.pull_subscribe(
+                    subjects.JOBS_WILDCARD,
+                    durable=subjects.JOBS_CONSUMER,
+                    stream=subjects.JOBS_STREAM,
+                    config=config,
+                )
+                break
+            except (nats.errors.Error, TimeoutError) as exc:  # as in _prepare: NATS restarting
+                log.warning("jobs consumer not ready, retrying error=%r", exc)
+            await asyncio.sleep(PREPARE_RETRY_S)
         try:
             while True:
                 try:
@@ -369,20 +389,37 @@ class SchedulerApp:
     # ------------------------------------------------------------------ the core loop
 
     async def _run_core(self, nc: Client, store: SqliteStore) -> None:
+        """Step, commit, act. One step's commit (SQLite, in its own thread) overlaps the next
+        step; the commits stay in order and each step acts only after its own commit."""
         assert self.core is not None
-        while True:
-            items = [await self.queue.get()]
-            while len(items) < MAX_BATCH and not self.queue.empty():
-                items.append(self.queue.get_nowait())
-            if any(isinstance(item, Tick) for item in items):
-                self._tick_queued = False
-            items = self._latest_heartbeats(items)
-            if not items:
-                continue
-            actions = self.core.step(items, self.now())
-            await self._ack_heartbeats(actions)
-            await store.commit(self._batch(actions))
-            await self._carry_out(nc, actions)
+        committing: asyncio.Task[None] | None = None
+        try:
+            while True:
+                items = [await self.queue.get()]
+                while len(items) < MAX_BATCH and not self.queue.empty():
+                    items.append(self.queue.get_nowait())
+                if any(isinstance(item, Tick) for item in items):
+                    self._tick_queued = False
+                items = self._latest_heartbeats(items)
+                if not items:
+                    continue
+                actions = self.core.step(items, self.now())
+                await self._ack_heartbeats(actions)
+                rows = encode_batch(self._batch(actions))  # a snapshot of this step
+                if committing is not None:
+                    await asyncio.shield(committing)
+                committing = asyncio.create_task(self._commit_then_act(nc, store, rows, actions))
+        finally:
+            if committing is not None and not committing.done():
+                await asyncio.shield(committing)  # a step being committed still acts
+
+    async def _commit_then_act(
+        self, nc: Client, store: SqliteStore, rows: Rows, actions: list[Action]
+    ) -> None:
+        await store.write(rows)
+        await self._carry_out(nc, actions)
+        for event in rows.events:  # encoded once, for the store and for the stream
+            self._outbox.put_nowait(event)
 
     async def _ack_heartbeats(self, actions: list[Action]) -> None:
         """Heartbeat acks go before the commit: a lease promises nothing that is stored (the
@@ -413,8 +450,8 @@ class SchedulerApp:
         return batch
 
     async def _carry_out(self, nc: Client, actions: list[Action]) -> None:
-        """Executed only after the commit: replies, commands, then events (heartbeat acks went
-        before it)."""
+        """Executed only after the commit: replies and commands (heartbeat acks went before it;
+        events go to the publisher after this)."""
         for observe in self.observers:
             observe(actions, self._source)
         for action in actions:
@@ -424,8 +461,6 @@ class SchedulerApp:
                 case SendCommands(host_id=host, commands=commands):
                     message = HostCommands(host_id=host, commands=list(commands))
                     await nc.publish(subjects.host_commands(host), codec.encode(message))
-                case Emit(subject=subject, event=event):
-                    self._outbox.put_nowait((event.seq, subject, codec.encode(event)))
                 case DropImageObject(sha256=sha256):
                     gallery.drop_object_in_background(nc, sha256)
         self._log(actions)
