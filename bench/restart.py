@@ -4,8 +4,9 @@
 restart on the same store. Measured from the kill: when the API answers again (``vm.get``), and
 when every host's inventory has been reconciled by the new scheduler (the bench listens to the
 heartbeat acks: an ack from the new scheduler that names an inventory digest says it holds, and
-has reconciled, that host's inventory; the first heartbeats after a restart carry only a digest
-the new scheduler lacks, and it asks for the inventory in full). No host may be declared down.
+has reconciled, that host's inventory; the first heartbeats after a restart carry only a digest,
+which the new scheduler checks against the inventory its records predict for the host, asking
+only the hosts that differ for their inventory in full). No host may be declared down.
 Target: <= 5 s.
 
     .venv/bin/python -m bench.restart [--hosts 10000] [--vms 100000] [--smoke]

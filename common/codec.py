@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Final, Generic, TypeVar
 
 import msgspec
@@ -16,6 +17,15 @@ encoder: Final = msgspec.json.Encoder()
 
 def encode(message: msgspec.Struct) -> bytes:
     return encoder.encode(message)
+
+
+_inventory_encoder: Final = msgspec.msgpack.Encoder()
+
+
+def inventory_digest(vms: list[m.ObservedVm]) -> str:
+    """A digest of an inventory (16 hex digits): equal inventories, equal digests. Agents send
+    it in heartbeats; the scheduler computes it for the inventory it expects of a host."""
+    return hashlib.blake2b(_inventory_encoder.encode(vms), digest_size=8).hexdigest()
 
 
 T = TypeVar("T")

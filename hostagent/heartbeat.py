@@ -12,7 +12,6 @@ alone: at 10,000 hosts, decoding unchanged inventories was half of the scheduler
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import random
 from collections.abc import Callable
@@ -24,7 +23,7 @@ from nats.aio.client import Client
 
 from common import codec, subjects
 from common.clock import Clock
-from common.messages import Heartbeat, HeartbeatAck, ObservedVm
+from common.messages import Heartbeat, HeartbeatAck
 from hostagent.agent import Agent
 
 log = logging.getLogger(__name__)
@@ -32,11 +31,6 @@ log = logging.getLogger(__name__)
 MIN_GAP_S = 0.05
 """At most one heartbeat per this many seconds for inventory changes."""
 JITTER = 0.1
-
-
-def inventory_digest(vms: list[ObservedVm]) -> str:
-    """A digest of an inventory (16 hex digits): equal inventories, equal digests."""
-    return hashlib.blake2b(msgspec.msgpack.encode(vms), digest_size=8).hexdigest()
 
 
 class InventoryReport:
@@ -50,7 +44,7 @@ class InventoryReport:
 
     def fill(self, heartbeat: Heartbeat) -> Heartbeat:
         """``heartbeat`` (with its full inventory) as it goes on the wire."""
-        digest = inventory_digest(heartbeat.vms)
+        digest = codec.inventory_digest(heartbeat.vms)
         if digest == self.held:
             return replace(heartbeat, vms=[], inventory_digest=digest, vms_omitted=True)
         return replace(heartbeat, inventory_digest=digest)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import defaultdict
 from datetime import datetime
 
-from common import subjects
+from common import codec, subjects
 from common.config import SchedulerConfig
 from common.ids import HostId, VmName
 from common.messages import (
@@ -26,6 +26,8 @@ from common.messages import (
     HostReply,
     HostState,
     JobRejected,
+    ObservedState,
+    ObservedVm,
     Size,
     StartVm,
     StopVm,
@@ -416,12 +418,37 @@ class SchedulerCore:
             runtime.inventory_digest = hb.inventory_digest
             return True
         if hb.inventory_digest == "" or hb.inventory_digest != runtime.inventory_digest:
-            # An inventory not held (a restart, a host declared dead): alive, but nothing else
-            # is learnt until the agent, told so by the ack, reports in full (at once).
-            return False
+            expected = self._expected_inventory(host)
+            if expected is None or codec.inventory_digest(expected) != hb.inventory_digest:
+                # An inventory not held (a restart, a host declared dead): alive, but nothing
+                # else is learnt until the agent, told so by the ack, reports in full (at once).
+                return False
+            # After a restart: the host holds exactly what the records say it runs.
+            runtime.observed = {VmName(vm.name): vm for vm in expected}
+            runtime.inventory_digest = hb.inventory_digest
+            runtime.settled = False
         self._register(host, hb, now)
         # Unchanged on both sides since a reconcile that found it right: nothing to do.
         return not runtime.settled or host in self.state.touched_hosts
+
+    def _expected_inventory(self, host: HostId) -> list[ObservedVm] | None:
+        """The inventory a host reports when it runs just what the records place on it (None
+        if one of its VMs is in transition: no report can be predicted then)."""
+        inventory: list[ObservedVm] = []
+        for name in sorted(self.state.by_host.get(host, ())):
+            record = self.state.vms[name]
+            if record.state is not VmState.RUNNING:
+                return None
+            inventory.append(
+                ObservedVm(
+                    name=name,
+                    generation=record.generation,
+                    state=ObservedState.RUNNING,
+                    cpu_milli=record.cpu_milli,
+                    mem_mib=record.mem_mib,
+                )
+            )
+        return inventory
 
     def _reconcile(self, host: HostId, runtime: HostRuntime, now: Now) -> None:
         self.state.touched_hosts.discard(host)

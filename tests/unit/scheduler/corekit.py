@@ -56,6 +56,15 @@ class CoreKit:
         self.core.start(self.now())
         self.actions: list[Action] = []
 
+    def restart(self) -> None:
+        """A new scheduler process on the same records: nothing volatile survives."""
+        self.state.touched_hosts.clear()
+        self.state.stale_views.clear()
+        self.core = SchedulerCore(
+            self.config, self.state, scheduler_id="test", event_seq=self.core.event_seq
+        )
+        self.core.start(self.now())
+
     def now(self) -> Now:
         return Now(self.t, EPOCH + timedelta(seconds=self.t))
 

@@ -18,6 +18,7 @@ from common.messages import (
     VmState,
 )
 from common.resources import Resources
+from hostagent.heartbeat import InventoryReport
 from scheduler.events import Emit, InvalidJob, Mutation, Op, Reply
 from tests.unit.scheduler.corekit import CoreKit, acks, commands, vm_events
 
@@ -299,3 +300,29 @@ def test_recovery_is_rate_limited_per_target_host() -> None:
     assert len(commands(actions, survivor)) == 2
     kit.advance(0.2)
     assert all(r.host == survivor for r in kit.state.vms.values())
+
+
+def test_after_a_restart_a_host_running_what_the_records_say_needs_no_full_report() -> None:
+    kit = with_hosts("h1", "h2")
+    kit.create("a", "ExtraLarge")
+    kit.create("b", "ExtraLarge")  # one per host
+    hosts = {name: kit.state.vms[name].host for name in ("a", "b")}
+    assert hosts["a"] != hosts["b"]
+    reports = {h: InventoryReport() for h in ("h1", "h2")}
+    for i, host in enumerate(("h1", "h2")):
+        kit.heartbeat(host, kit.running_on(host), fault_domain=f"fd-{i}", report=reports[host])
+    assert all(vm.state is VmState.RUNNING for vm in kit.state.vms.values())
+    kit.t += 30.0  # the scheduler restarts: it holds no host's inventory
+    kit.core.start(kit.now())
+    keeps, loses = hosts["a"], hosts["b"]
+    assert keeps is not None and loses is not None
+    i = ("h1", "h2").index(keeps)
+    actions = kit.heartbeat(
+        keeps, kit.running_on(keeps), fault_domain=f"fd-{i}", report=reports[keeps]
+    )
+    assert len(acks(actions)) == 1  # its digest matched what the records predict
+    assert acks(actions)[0].ack.inventory_digest != ""
+    # The other host lost its VM while the scheduler was away: a changed inventory goes in full.
+    actions = kit.heartbeat(loses, [], fault_domain=f"fd-{1 - i}", report=reports[loses])
+    assert [type(c) for c in commands(actions, loses)] == [StartVm]
+    assert kit.state.vms["b"].state is VmState.STARTING
