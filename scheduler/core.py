@@ -22,7 +22,6 @@ from common.messages import (
     HeartbeatAck,
     HostEvent,
     HostInfo,
-    HostRef,
     HostReply,
     HostState,
     JobRejected,
@@ -37,7 +36,7 @@ from common.messages import (
     VmState,
 )
 from common.resources import ZERO
-from scheduler import drain, storageops
+from scheduler import drain, hostops, storageops
 from scheduler.events import (
     HOST_OPS,
     IMAGE_OPS,
@@ -56,8 +55,8 @@ from scheduler.events import (
     SendCommands,
     Tick,
 )
+from scheduler.hostviews import HostViews
 from scheduler.liveness import expired_hosts, fresh_window, renew_windows
-from scheduler.placement.index import HostIndex
 from scheduler.placement.pipeline import (
     Placed,
     PlacementPolicy,
@@ -66,8 +65,8 @@ from scheduler.placement.pipeline import (
 )
 from scheduler.reconciler import Outcome, Transition, reconcile_host, spec_of
 from scheduler.state.cluster import ClusterState
-from scheduler.state.model import HostRecord, HostRuntime, HostView, PlacementRequest, VmRecord
-from scheduler.views import host_info, vm_info
+from scheduler.state.model import HostRecord, HostRuntime, PlacementRequest, VmRecord
+from scheduler.views import vm_info
 
 
 def error(code: ErrorCode, detail: str) -> VmReply:
@@ -88,12 +87,11 @@ class SchedulerCore:
         self.policy = PlacementPolicy(scorer=config.scorer)
         self._actions: list[Action] = []
         self._sent: dict[HostId, dict[VmName, tuple[AgentCommand, float]]] = {}
-        self._index: HostIndex | None = None
+        self.views = HostViews(config, state)
         """The last command sent to each host for each VM, and when."""
         self._new_pending: list[VmName] = []
         self._capacity_changed = True
         self._recovering: set[VmName] = set()
-        self._empty_views: list[HostView] | None = None
         self._drains_due = True
         self._drain_reported: dict[HostId, int] = {}
 
@@ -113,7 +111,7 @@ class SchedulerCore:
         for item in inputs:
             match item:
                 case Mutation() if item.op in HOST_OPS:
-                    host_replies.append((item, self._host_op(item, now)))
+                    host_replies.append((item, hostops.host_op(self, item, now)))
                 case Mutation() if item.op in IMAGE_OPS:
                     self._image_op(item, now)
                 case Mutation():
@@ -130,12 +128,12 @@ class SchedulerCore:
             self._expire_pending(now)
             storageops.progress_captures(self, now)
         if ticked or self._drains_due:
-            self._progress_drains(now)
+            hostops.progress_drains(self, now)
         self._place_pending(now, everything=ticked and self._capacity_changed)
         for mutation, name, reply in replies:
             self._answer(mutation, name, reply, now)
         for mutation, result in host_replies:
-            self._answer_host(mutation, result, now)
+            hostops.answer_host(self, mutation, result, now)
         actions, self._actions = self._actions, []
         return actions
 
@@ -200,7 +198,7 @@ class SchedulerCore:
         if isinstance(image, VmReply):
             return image
         request = PlacementRequest(name, size.resources, body.region)
-        if not could_ever_fit(request, self._host_views_empty()):
+        if not could_ever_fit(request, self.views.empty()):
             where = f"region {body.region!r}" if body.region else "any region"
             return error(
                 ErrorCode.INSUFFICIENT_CAPACITY,
@@ -300,91 +298,14 @@ class SchedulerCore:
         self._actions.append(Emit(subjects.JOB_REJECTED, event))
 
     # ------------------------------------------------------------------ cordon and drain
+    # (scheduler/hostops.py)
 
-    def _host_op(self, item: Mutation, now: Now) -> HostId | HostReply:
-        """Cordon, uncordon or drain a host (idempotent: repeating one changes nothing)."""
-        assert isinstance(item.body, HostRef)
-        host = HostId(item.body.host_id)
-        record = self.state.hosts.get(host)
-        if record is None:
-            return HostReply(error=ErrorBody(ErrorCode.NOT_FOUND, f"host {host!r} is not known"))
-        if item.op is Op.DRAIN and not record.draining:
-            problem = self._drain_capacity_problem(host)
-            if problem is not None:
-                return HostReply(error=ErrorBody(ErrorCode.INSUFFICIENT_CAPACITY, problem))
-        cordoned = item.op is not Op.UNCORDON
-        draining = item.op is Op.DRAIN or (item.op is Op.CORDON and record.draining)
-        if (record.cordoned, record.draining) == (cordoned, draining):
-            return host
-        record.cordoned, record.draining = cordoned, draining
-        self.state.host_changed(host)
-        self._capacity_changed = True
-        reason = {Op.CORDON: "cordoned", Op.UNCORDON: "uncordoned", Op.DRAIN: "drain started"}
-        event = self._emit_host(host, _host_state(record.up), reason[item.op], now)
-        self._drain_reported[host] = event.drain_remaining
-        self._drains_due = self._drains_due or draining
-        return host
-
-    def _drain_capacity_problem(self, host: HostId) -> str | None:
-        sets = {r.availability_set for r in drain.movable(self.state, host)} - {None}
-        members = {s: self._set_fds(s) for s in sets if s is not None}
-        return drain.check_capacity(self.state, host, self._host_views(), self.policy, members)
+    def host_info(self, host: HostId, now: Now) -> HostInfo:
+        return hostops.host_info(self, host, now)
 
     def _image_op(self, item: Mutation, now: Now) -> None:
         """Gallery operations, answered at once (scheduler/storageops.py)."""
         self._actions += storageops.image_actions(self, item, now)
-
-    def _answer_host(self, item: Mutation, result: HostId | HostReply, now: Now) -> None:
-        if isinstance(result, HostReply):
-            reply = result
-        else:
-            reply = HostReply(host=self.host_info(result, now))
-        if item.via_job and reply.error is not None:
-            err = reply.error
-            self._reject_job(item.job_subject, item.body.request_id, err.code, err.detail, now)
-        self._actions.append(Reply(item.token, reply))
-
-    def host_info(self, host: HostId, now: Now) -> HostInfo:
-        record = self.state.hosts[host]
-        return host_info(
-            record,
-            self.state.runtimes.get(host),
-            self.state.allocated.get(host),
-            len(self.state.by_host.get(host, ())),
-            now.mono_s,
-            drain_remaining=self._drain_remaining(host),
-        )
-
-    def _drain_remaining(self, host: HostId) -> int:
-        record = self.state.hosts.get(host)
-        if record is None or not record.draining:
-            return 0
-        return drain.remaining(self.state, host, drain.moving(self.state))
-
-    def _progress_drains(self, now: Now) -> None:
-        """Start moving the next VMs of each draining host; finish drains with nothing left."""
-        self._drains_due = False
-        draining = [host for host, record in self.state.hosts.items() if record.draining]
-        if not draining:
-            return
-        on_the_move = drain.moving(self.state)
-        for host in draining:
-            step = drain.plan_drain(self.state, host, self.config.drain_parallelism, on_the_move)
-            for name in step.move:
-                vm = self.state.vms[name]
-                why = f"moving off draining host {host}"
-                self._set(vm, now, state=VmState.STOPPING, reason=why, drained_from=host)
-                self._command(host, name, vm.generation, now, stop=True)
-            record = self.state.hosts[host]
-            if step.done:
-                record.draining = False
-                self.state.host_changed(host)
-                self._drain_reported.pop(host, None)
-                self._emit_host(host, _host_state(record.up), "drain complete", now)
-            elif self._drain_reported.get(host) != step.remaining:
-                self._drain_reported[host] = step.remaining
-                left = f"draining: {step.remaining} vms left"
-                self._emit_host(host, _host_state(record.up), left, now)
 
     def _stopped(self, record: VmRecord, reason: str, now: Now) -> None:
         """A stop finished: the VM is deallocated, or placed again if a drain is moving it."""
@@ -495,7 +416,7 @@ class SchedulerCore:
         self.state.hosts[host] = fresh
         self.state.host_changed(host)
         self._capacity_changed = True
-        self._empty_views = None
+        self.views.forget_empty()
         if record is None or not record.up:
             reason = "registered" if record is None else "heartbeats resumed"
             self._emit_host(host, HostState.UP, reason, now)
@@ -544,7 +465,7 @@ class SchedulerCore:
         record = self.state.hosts[host]
         record.up = False
         self.state.host_changed(host)
-        self._empty_views = None
+        self.views.forget_empty()
         self._emit_host(host, HostState.DOWN, f"no heartbeat for {age:.1f}s", now)
         runtime.observed = {}
         runtime.inventory_digest = ""
@@ -598,8 +519,8 @@ class SchedulerCore:
             for r in records
         ]
         sets = {r.availability_set for r in records if r.availability_set is not None}
-        index = self._placement_index()
-        results = place_on_index(requests, index, self.policy, {s: self._set_fds(s) for s in sets})
+        members = {s: self.views.set_fault_domains(s) for s in sets}
+        results = place_on_index(requests, self.views.index(), self.policy, members)
         # A placement not carried out below must not linger as a reservation in the index.
         self.state.stale_views.update(r.host_id for r in results if isinstance(r, Placed))
         starts: dict[HostId, list[AgentCommand]] = defaultdict(list)
@@ -620,66 +541,6 @@ class SchedulerCore:
             starts[result.host_id].append(StartVm(vm=spec_of(record), generation=record.generation))
         for host, commands in starts.items():
             self._send(host, commands, now)
-
-    def _placement_index(self) -> HostIndex:
-        """The hosts as placement sees them, kept across steps: only the hosts whose view
-        changed are looked at again (at 10,000 hosts a rebuild per step cost 25-50 ms)."""
-        state, index = self.state, self._index
-        stale = [host for host in state.stale_views if host in state.hosts]
-        state.stale_views.clear()
-        if index is None or len(index.views) != len(state.hosts):  # a host joined
-            index = self._index = HostIndex(self._host_view(h) for h in state.hosts)
-        else:
-            for host in stale:
-                index.update(self._host_view(host))
-        return index
-
-    def check_placement_index(self) -> None:
-        """Raise AssertionError if the kept index disagrees with a fresh one (used by tests)."""
-        kept = {view.host_id: view for view in self._placement_index().views}
-        assert kept == self._host_views(), "placement index drift"
-
-    def _host_views(self) -> dict[HostId, HostView]:
-        return {host: self._host_view(host) for host in self.state.hosts}
-
-    def _host_view(self, host: HostId) -> HostView:
-        record = self.state.hosts[host]
-        runtime = self.state.runtimes.get(host)
-        allocated = self.state.allocated.get(host, ZERO)
-        if runtime is not None:
-            allocated = allocated + runtime.orphaned
-        return HostView(
-            host_id=host,
-            region=record.region,
-            fault_domain=record.fault_domain,
-            capacity=record.capacity,
-            allocated=allocated,
-            cpu_overcommit=record.cpu_overcommit or self.config.cpu_overcommit,
-            up=record.up,
-            cordoned=record.cordoned,
-        )
-
-    def _host_views_empty(self) -> list[HostView]:
-        if self._empty_views is None:
-            self._empty_views = [
-                HostView(
-                    host_id=h.host_id,
-                    region=h.region,
-                    fault_domain=h.fault_domain,
-                    capacity=h.capacity,
-                    cpu_overcommit=h.cpu_overcommit or self.config.cpu_overcommit,
-                )
-                for h in self.state.hosts.values()
-            ]
-        return self._empty_views
-
-    def _set_fds(self, availability_set: str) -> dict[str, int]:
-        counts: dict[str, int] = defaultdict(int)
-        for name in self.state.by_set.get(availability_set, ()):
-            record = self.state.vms[name]
-            if record.holds_capacity and record.host in self.state.hosts:
-                counts[self.state.hosts[record.host].fault_domain] += 1
-        return counts
 
     # ------------------------------------------------------------------ helpers
 
@@ -754,11 +615,7 @@ class SchedulerCore:
             reason=reason,
             cordoned=record.cordoned if record else False,
             draining=record.draining if record else False,
-            drain_remaining=self._drain_remaining(host),
+            drain_remaining=hostops.drain_remaining(self, host),
         )
         self._actions.append(Emit(subjects.host_event(host), event))
         return event
-
-
-def _host_state(up: bool) -> HostState:
-    return HostState.UP if up else HostState.DOWN

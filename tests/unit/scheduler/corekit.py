@@ -75,7 +75,7 @@ class CoreKit:
     def step(self, *inputs: object) -> list[Action]:
         self.actions = self.core.step(list(inputs), self.now())  # type: ignore[arg-type]
         self.state.check_invariants()
-        self.core.check_placement_index()
+        self.core.views.check()
         self.state.dirty_vms.clear()
         self.state.dirty_hosts.clear()
         self.state.new_replies.clear()
