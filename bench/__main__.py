@@ -1,5 +1,8 @@
 """``python -m bench [--smoke]``: run every benchmark, one after the other, each in its own
-process (so one's load never overlaps another's); results land in bench/results/."""
+process (so one's load never overlaps another's); results land in bench/results/.
+
+``python -m bench NAME [args]`` runs one of ON_DEMAND alone (not part of the default run):
+``python -m bench chaos --faults 1000 [--seed N]``."""
 
 from __future__ import annotations
 
@@ -14,10 +17,15 @@ BENCHMARKS = (
     "bench.restart",
     "bench.traces",
 )
+ON_DEMAND = {"chaos": "bench.chaos"}
+"""Long runs (root needed for chaos's network namespaces): only when asked for by name."""
 
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    if args and args[0] in ON_DEMAND:
+        command = [sys.executable, "-m", ON_DEMAND[args[0]], *args[1:]]
+        return subprocess.run(command, check=False).returncode
     failed = []
     for module in BENCHMARKS:
         print(f"== {module}", flush=True)

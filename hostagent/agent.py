@@ -172,7 +172,22 @@ class Agent:
                 batch.host_id,
             )
             return
-        self.submit(batch.commands)
+        self.submit(self._leased(batch.commands))
+
+    def _leased(self, commands: list[AgentCommand]) -> list[AgentCommand]:
+        """Drop starts and resumes that arrive while the lease is expired: sent before a
+        partition healed, they may already run elsewhere, and an ack arriving right behind them
+        would otherwise let them run. The scheduler resends them while they are still due."""
+        if not self.lease.expired(self._clock.monotonic_s()):
+            return commands
+        kept: list[AgentCommand] = [c for c in commands if not isinstance(c, StartVm | ResumeVm)]
+        if len(kept) < len(commands):
+            log.info(
+                "commands refused without a lease host_id=%s refused=%d",
+                self.host_id,
+                len(commands) - len(kept),
+            )
+        return kept
 
     def submit(self, commands: list[AgentCommand]) -> None:
         for command in commands:

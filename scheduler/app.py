@@ -366,6 +366,10 @@ class SchedulerApp:
                     msgs = await sub.fetch(JOB_FETCH, timeout=1.0)
                 except TimeoutError:  # nats' TimeoutError, or asyncio's when the deadline ran out
                     continue
+                except nats.errors.Error as exc:  # e.g. 503 while nats-server restarts
+                    log.warning("jobs fetch failed, retrying error=%r", exc)
+                    await asyncio.sleep(PREPARE_RETRY_S)
+                    continue
                 for msg in msgs:
                     msg_id = (msg.headers or {}).get("Nats-Msg-Id")
                     token = self._token(msg, is_job=True)

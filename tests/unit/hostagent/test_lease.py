@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from common.ids import HostId
-from common.messages import ObservedState, ResumeVm, StartVm
+from common.messages import DeleteVm, ObservedState, ResumeVm, StartVm
 from common.resources import Resources
 from hostagent.agent import Agent, Lease
 from hostagent.drivers.fake import FakeDriver
@@ -142,3 +142,17 @@ async def test_vm_paused_while_starting_is_not_reported_running(
     await task
     assert states(agent) == {"vm-1": ObservedState.PAUSED}
     assert [event for _, _, event in events(execlog)] == [E.START, E.PAUSE]
+
+
+def test_starts_and_resumes_arriving_without_a_lease_are_dropped(
+    agent: Agent, clock: FakeClock
+) -> None:
+    """A start sent before a partition healed arrives with an ack right behind it: judged at
+    arrival (lease expired), not when it runs (lease renewed), or it could run beside its
+    replacement."""
+    start = StartVm(vm=make_spec(), generation=1)
+    resume = ResumeVm(name="vm-1", generation=1)
+    delete = DeleteVm(name="vm-2", generation=1)
+    assert agent._leased([start, resume, delete]) == [start, resume, delete]
+    clock.now_s += 5
+    assert agent._leased([start, resume, delete]) == [delete]

@@ -1,0 +1,196 @@
+"""One fault-injection campaign: start the cluster, run the load, inject the seeded faults, undo
+them, wait for convergence, and let the observer judge. Used by tests/chaos and bench/chaos.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nats
+from nats.aio.client import Client
+
+from cli.client import StratusClient
+from common import codec, subjects
+from common.errors import ApiError
+from common.messages import HostState, VmInfo
+from tests.chaos import netns, observer
+from tests.chaos.faults import Fault, Injector, Violation, plan
+from tests.chaos.load import Acked, Load, Op
+from tests.chaos.rig import Rig
+from tests.waiting import wait_until
+
+CONVERGE_TIMEOUT_S = 90.0
+
+
+@dataclass
+class Report:
+    seed: int
+    faults: list[Fault] = field(default_factory=list)
+    violations: list[Violation] = field(default_factory=list)
+    acked: Counter[str] = field(default_factory=Counter)
+    outcomes: Counter[str] = field(default_factory=Counter)
+    vms_created: int = 0
+    vms_deleted: int = 0
+    duration_s: float = 0.0
+    converge_s: float = 0.0
+    t0: float = 0.0
+
+    def faults_by_kind(self) -> dict[str, int]:
+        return dict(sorted(Counter(str(f.kind) for f in self.faults if f.start).items()))
+
+    def violations_by_kind(self) -> dict[str, int]:
+        return dict(sorted(Counter(v.kind for v in self.violations).items()))
+
+    def timeline(self) -> str:
+        return "\n".join(f.line(self.t0) for f in self.faults if f.start)
+
+    def summary(self) -> str:
+        lines = [
+            f"seed={self.seed} faults={self.faults_by_kind()} duration_s={self.duration_s:.1f}",
+            f"acked={dict(self.acked)} vms_created={self.vms_created} "
+            f"vms_deleted={self.vms_deleted} converge_s={self.converge_s:.1f}",
+            f"violations={self.violations_by_kind()}",
+        ]
+        lines += [f"  {v.kind}: {v.detail}" for v in self.violations[:40]]
+        return "\n".join(lines)
+
+
+async def _connect(url: str) -> Client:
+    async def quiet(*_args: object) -> None:
+        pass
+
+    return await nats.connect(
+        url,
+        allow_reconnect=True,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.1,
+        connect_timeout=2,
+        error_cb=quiet,
+        disconnected_cb=quiet,
+    )
+
+
+async def _api_ready(client: StratusClient, hosts: int) -> bool:
+    try:
+        listed = await client.list_hosts()
+    except ApiError:
+        return False
+    return sum(h.state is HostState.UP for h in listed) >= hosts
+
+
+async def read_events(nc: Client) -> list[object]:
+    """Every event on the events stream, in order (the observer's own reading)."""
+    js = nc.jetstream()
+    last = (await js.stream_info(subjects.EVENTS_STREAM)).state.last_seq
+    events: list[object] = []
+    if last == 0:
+        return events
+    sub = await js.subscribe(subjects.EVENTS_WILDCARD, ordered_consumer=True)
+    try:
+        while True:
+            msg = await sub.next_msg(timeout=10)
+            events.append(codec.event.decode(msg.data))
+            if msg.metadata.sequence.stream >= last:
+                return events
+    finally:
+        await sub.unsubscribe()
+
+
+async def final_vms(client: StratusClient) -> dict[str, VmInfo]:
+    return {vm.name: vm for vm in await client.list_vms()}
+
+
+@dataclass
+class Settings:
+    seed: int
+    faults: int
+    workdir: Path
+    hosts: int = 4
+    progress_every: int = 0
+    """Print a line every this many faults (0: quiet)."""
+
+
+async def run_campaign(settings: Settings) -> Report:
+    """Run one campaign; the cluster and its namespaces are removed whatever happens."""
+    report = Report(settings.seed, t0=time.time())
+    await asyncio.to_thread(netns.clean_leftovers)
+    rig = Rig(settings.workdir, netns.Network(), hosts=settings.hosts)
+    started = time.monotonic()
+    try:
+        await asyncio.to_thread(rig.start)
+        nc = await _connect(rig.url)
+        try:
+            await _campaign(rig, nc, settings, report)
+        finally:
+            with contextlib.suppress(Exception):
+                await nc.close()
+    finally:
+        await asyncio.to_thread(rig.stop)
+        report.duration_s = time.monotonic() - started
+    return report
+
+
+async def _campaign(rig: Rig, nc: Client, settings: Settings, report: Report) -> None:
+    client = StratusClient(nc, timeout_s=5.0)
+    await wait_until(
+        lambda: _api_ready(client, settings.hosts), timeout_s=60, message="every host up"
+    )
+    report.faults = plan(random.Random(settings.seed), settings.faults, sorted(rig.agents))
+    load = Load(nc, random.Random(settings.seed + 1))
+    injector = Injector(rig, progress_every=settings.progress_every)
+    async with asyncio.TaskGroup() as group:
+        load_task = group.create_task(load.run())
+        try:
+            await injector.run(report.faults)
+        finally:
+            load.stop()
+        await load_task  # in-flight retries end (bounded by RETRY_FOR_S)
+    report.violations += injector.crashes
+    await _converge(rig, client, load.acked, report)
+    await _judge(rig, nc, client, load, report)
+
+
+async def _converge(rig: Rig, client: StratusClient, acked: list[Acked], report: Report) -> None:
+    """Wait (bounded) until every desired VM runs once and nothing else is held anywhere."""
+    started = time.monotonic()
+    last: list[str] = []
+
+    async def converged() -> bool:
+        nonlocal last
+        try:
+            vms = await final_vms(client)
+        except ApiError as exc:
+            last = [f"api: {exc}"]
+            return False
+        rows = observer.read_rows(rig.agents_dir)
+        last = observer.convergence_problems(rows, report.faults, vms, acked)
+        return not last
+
+    try:
+        await wait_until(
+            converged, timeout_s=CONVERGE_TIMEOUT_S, interval_s=0.5, message="convergence"
+        )
+    except AssertionError:
+        report.violations += [Violation("not_converged", p) for p in last[:50]]
+    report.converge_s = time.monotonic() - started
+
+
+async def _judge(rig: Rig, nc: Client, client: StratusClient, load: Load, report: Report) -> None:
+    rows = observer.read_rows(rig.agents_dir)
+    replay = observer.Replay()
+    replay.run(rows, report.faults, load.sizes)
+    report.violations += replay.violations
+    report.violations += observer.destroyed_during_nats_outages(rows, report.faults)
+    events = await read_events(nc)
+    report.violations += observer.healthy_hosts_declared_dead(events, report.faults)
+    report.violations += observer.acked_outcomes(load.acked, await final_vms(client), events)
+    report.acked = Counter(str(a.op) for a in load.acked)
+    report.outcomes = load.outcomes
+    report.vms_created = len({a.vm for a in load.acked if a.op is not Op.DELETE})
+    report.vms_deleted = len({a.vm for a in load.acked if a.op is Op.DELETE})

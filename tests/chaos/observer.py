@@ -1,0 +1,213 @@
+"""The independent observer: judges the run from the agents' audit logs, the publishers' acks,
+the events stream and the fault timeline. It never asks the scheduler whether it was right; the
+API is read only at the end, for the final state.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from common.messages import HostEvent, HostState, JobRejected, VmInfo, VmState
+from tests.chaos.faults import AGENT_SIDE, DEAD_AFTER_S, Fault, Kind, Violation
+from tests.chaos.load import SIZES, Acked, Op
+from tests.chaos.rig import CPU_MILLI, MEM_MIB
+
+THAW_GRACE_S = 0.5
+"""After SIGCONT an agent's first fence-watchdog pass pauses what it may no longer execute; the
+fake driver's VMs live in the agent, so they count as executing again only after this grace."""
+DOWN_GRACE_S = DEAD_AFTER_S + 3.0
+"""A host may be declared dead up to this long after an agent-side fault on it ended (its
+restart, or the first heartbeat after a partition, takes a moment)."""
+
+OUTAGE_SETTLE_S = 0.2
+"""Commands an agent received just before nats-server died may still complete this long after."""
+
+_EXECUTES = {"running": True, "resume": True, "pause": False, "stop": False}
+_RELEASES = {"stop", "destroy", "fail"}
+
+
+@dataclass(frozen=True, order=True)
+class Row:
+    t: float
+    host: str
+    vm: str
+    gen: int
+    event: str
+
+
+def read_rows(agents_dir: Path) -> list[Row]:
+    """Every agent's executions.jsonl, merged and sorted by time."""
+    rows = []
+    for path in agents_dir.glob("*/executions.jsonl"):
+        for line in path.read_text().splitlines():
+            if line.strip():
+                r = json.loads(line)
+                rows.append(Row(float(r["t"]), r["host"], r["vm"], int(r["gen"]), r["event"]))
+    return sorted(rows)
+
+
+@dataclass
+class Replay:
+    """Walks the audit logs and the agent-side faults in time order, keeping per host what it
+    holds (allocations) and what executes, and records overlaps and over-commitment."""
+
+    held: dict[str, dict[str, int]] = field(default_factory=lambda: defaultdict(dict))
+    """host -> vm -> generation held (paused or not)."""
+    executing: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    frozen: dict[str, set[str]] = field(default_factory=dict)
+    violations: list[Violation] = field(default_factory=list)
+
+    def run(self, rows: list[Row], faults: list[Fault], sizes: dict[str, str]) -> None:
+        marks: list[tuple[float, int, str, Row | str]] = []
+        for f in faults:
+            if f.host is None or not f.start:
+                continue
+            if f.kind is Kind.AGENT_KILL:
+                marks.append((f.start, 0, f.host, "kill"))
+            elif f.kind in (Kind.AGENT_STOP_SHORT, Kind.AGENT_STOP_LONG):
+                marks += [(f.start, 0, f.host, "freeze"), (f.end, 0, f.host, "thaw")]
+                marks.append((f.end + THAW_GRACE_S, 0, f.host, "warm"))
+        items = marks + [(r.t, 1, r.host, r) for r in rows]
+        items.sort(key=lambda m: m[:2])
+        for t, _, host, what in items:
+            if isinstance(what, Row):
+                self._row(what, sizes)
+            else:
+                self._mark(t, host, what)
+
+    def _mark(self, t: float, host: str, what: str) -> None:
+        if what == "kill":
+            self.held[host].clear()
+            self.executing[host].clear()
+            self.frozen.pop(host, None)
+        elif what == "freeze":
+            self.frozen[host] = set(self.executing[host])
+            self.executing[host].clear()
+        elif what == "thaw":
+            pass  # executing again only after the grace: see THAW_GRACE_S
+        elif what == "warm" and host in self.frozen:
+            thawed = self.frozen.pop(host)
+            self.executing[host] |= {vm for vm in thawed if vm in self.held[host]}
+            for vm in thawed:
+                self._check_overlap(t, vm)
+
+    def _row(self, row: Row, sizes: dict[str, str]) -> None:
+        host, vm = row.host, row.vm
+        if row.event == "start":
+            self.held[host][vm] = row.gen
+            self._check_capacity(row, sizes)
+        elif row.event in _RELEASES:
+            self.held[host].pop(vm, None)
+        if row.event not in _EXECUTES and row.event not in _RELEASES:
+            return
+        runs = _EXECUTES.get(row.event, False)
+        frozen = self.frozen.get(host)
+        target = frozen if frozen is not None else self.executing[host]
+        if runs:
+            target.add(vm)
+        else:
+            target.discard(vm)
+        if runs and frozen is None:
+            self._check_overlap(row.t, vm)
+
+    def _check_overlap(self, t: float, vm: str) -> None:
+        on = sorted(h for h, vms in self.executing.items() if vm in vms)
+        if len(on) > 1:
+            self.violations.append(Violation("two_copies", f"t={t:.3f} vm={vm} on {on}"))
+
+    def _check_capacity(self, row: Row, sizes: dict[str, str]) -> None:
+        cpu = mem = 0
+        for vm in self.held[row.host]:
+            c, m = SIZES[sizes[vm]] if vm in sizes else (0, 0)
+            cpu, mem = cpu + c, mem + m
+        if cpu > CPU_MILLI or mem > MEM_MIB:
+            detail = f"t={row.t:.3f} host={row.host} cpu_milli={cpu} mem_mib={mem} after {row.vm}"
+            self.violations.append(Violation("over_capacity", detail))
+
+
+def healthy_hosts_declared_dead(events: Iterable[object], faults: list[Fault]) -> list[Violation]:
+    """A host-down event with no agent-side fault on that host shortly before it."""
+    found = []
+    for event in events:
+        if not isinstance(event, HostEvent) or event.state is not HostState.DOWN:
+            continue
+        t = event.time.timestamp()
+        if not any(
+            f.host == event.host_id
+            and f.kind in AGENT_SIDE
+            and f.start <= t <= f.end + DOWN_GRACE_S
+            for f in faults
+        ):
+            detail = f"t={t:.3f} host={event.host_id} reason={event.reason!r}"
+            found.append(Violation("healthy_host_declared_dead", detail))
+    return found
+
+
+def destroyed_during_nats_outages(rows: list[Row], faults: list[Fault]) -> list[Violation]:
+    """Only the scheduler's word removes a VM: while NATS is down no agent hears it, so no VM
+    may be stopped or destroyed then (fencing pauses; it never destroys)."""
+    outages = [
+        (f.start + OUTAGE_SETTLE_S, f.end)
+        for f in faults
+        if f.kind in (Kind.NATS_KILL, Kind.NATS_RESTART) and f.start
+    ]
+    return [
+        Violation("removed_during_nats_outage", f"t={r.t:.3f} {r.event} {r.vm} on {r.host}")
+        for r in rows
+        if r.event in ("stop", "destroy") and any(a <= r.t <= b for a, b in outages)
+    ]
+
+
+def acked_outcomes(
+    acked: list[Acked], vms: dict[str, VmInfo], events: list[object]
+) -> list[Violation]:
+    """Every acknowledged create ends running (unless deleted later), every delete gone."""
+    found = []
+    deleted = {a.vm for a in acked if a.op is Op.DELETE}
+    rejected = {e.request_id for e in events if isinstance(e, JobRejected)}
+    for a in acked:
+        vm = vms.get(a.vm)
+        gone = vm is None or vm.state is VmState.DELETED
+        if a.op is Op.CREATE_JOB and a.request_id in rejected:
+            found.append(Violation("acked_job_rejected", f"{a.vm} request_id={a.request_id}"))
+        elif a.op is Op.DELETE and not gone:
+            found.append(Violation("acked_delete_not_gone", f"{a.vm} state={vm and vm.state}"))
+        elif a.op is not Op.DELETE and a.vm not in deleted:
+            if vm is None:
+                found.append(Violation("acked_create_vanished", f"{a.vm} ({a.op})"))
+            elif vm.state is not VmState.RUNNING:
+                found.append(Violation("acked_create_not_running", f"{a.vm} state={vm.state}"))
+    return found
+
+
+def convergence_problems(
+    rows: list[Row], faults: list[Fault], vms: dict[str, VmInfo], acked: Sequence[Acked] = ()
+) -> list[str]:
+    """What keeps the cluster from its converged state: desired VMs not running exactly once at
+    their current generation on their host, or anything else held on an agent (orphans)."""
+    replay = Replay()
+    replay.run(rows, faults, {})
+    problems = []
+    desired = {n: vm for n, vm in vms.items() if vm.state is not VmState.DELETED}
+    for name, vm in sorted(desired.items()):
+        on = sorted(h for h, held in replay.executing.items() if name in held)
+        if vm.state is not VmState.RUNNING:
+            problems.append(f"{name} is {vm.state}")
+        elif on != [vm.host]:
+            problems.append(f"{name} executing on {on}, expected [{vm.host}]")
+        elif replay.held[str(vm.host)].get(name) != vm.generation:
+            problems.append(f"{name} generation {replay.held[str(vm.host)].get(name)} held")
+    deleted = {a.vm for a in acked if a.op is Op.DELETE}
+    for a in acked:  # a job fetched by a scheduler killed before its commit: redelivered later
+        if a.vm not in vms and a.vm not in deleted:
+            problems.append(f"acked {a.op} of {a.vm} not yet known")
+    for host, held in sorted(replay.held.items()):
+        for name, gen in sorted(held.items()):
+            owner = desired.get(name)
+            if owner is None or owner.host != host:
+                problems.append(f"orphan {name} generation {gen} on {host}")
+    return problems

@@ -1,0 +1,119 @@
+"""The observer catches what it is there to catch (pure: no cluster, no root needed)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from common.messages import HostEvent, HostState, VmInfo, VmState
+from tests.chaos.faults import Fault, Kind
+from tests.chaos.load import Acked, Op
+from tests.chaos.observer import (
+    Replay,
+    Row,
+    acked_outcomes,
+    convergence_problems,
+    destroyed_during_nats_outages,
+    healthy_hosts_declared_dead,
+)
+
+SIZES = {"a": "Small", "b": "Small"}
+
+
+def fault(kind: Kind, host: str | None, start: float, end: float) -> Fault:
+    return Fault(0, kind, host, end - start, 0.0, start=start, end=end)
+
+
+def replay(rows: list[Row], faults: list[Fault], sizes: dict[str, str] = SIZES) -> Replay:
+    r = Replay()
+    r.run(rows, faults, sizes)
+    return r
+
+
+def test_a_vm_running_on_two_hosts_is_caught() -> None:
+    rows = [Row(1.0, "h1", "a", 1, "start"), Row(1.1, "h1", "a", 1, "running")]
+    rows += [Row(5.0, "h2", "a", 2, "start"), Row(5.1, "h2", "a", 2, "running")]
+    assert [v.kind for v in replay(rows, []).violations] == ["two_copies"]
+
+
+def test_pause_kill_and_freeze_end_execution() -> None:
+    base = [Row(1.0, "h1", "a", 1, "start"), Row(1.1, "h1", "a", 1, "running")]
+    moved = [Row(5.0, "h2", "a", 2, "start"), Row(5.1, "h2", "a", 2, "running")]
+    paused = [*base, Row(2.0, "h1", "a", 1, "pause"), *moved]
+    assert replay(paused, []).violations == []
+    assert replay(base + moved, [fault(Kind.AGENT_KILL, "h1", 3.0, 4.0)]).violations == []
+    woken = [*base, Row(4.2, "h1", "a", 1, "pause"), *moved]
+    frozen = replay(woken, [fault(Kind.AGENT_STOP_LONG, "h1", 3.0, 4.0)])
+    assert frozen.violations == []
+    # Thawed without pausing its stale copy: two copies once the thaw grace has passed.
+    late = replay(
+        [*base, Row(4.0, "h2", "a", 2, "running")], [fault(Kind.AGENT_STOP_LONG, "h1", 3.0, 3.5)]
+    )
+    assert [v.kind for v in late.violations] == ["two_copies"]
+    # ...unless the agent paused it on waking up.
+    woke = [*base, Row(3.6, "h1", "a", 1, "pause"), Row(4.0, "h2", "a", 2, "running")]
+    assert replay(woke, [fault(Kind.AGENT_STOP_LONG, "h1", 3.0, 3.5)]).violations == []
+
+
+def test_held_allocations_beyond_capacity_are_caught() -> None:
+    sizes = {f"v{i}": "Small" for i in range(10)}  # 1 core each on an 8-core host
+    rows = [Row(float(i), "h1", f"v{i}", 1, "start") for i in range(10)]
+    assert [v.kind for v in replay(rows, [], sizes).violations] == ["over_capacity"] * 2
+    freed = [*rows[:8], Row(7.5, "h1", "v0", 1, "destroy"), *rows[8:9]]
+    assert replay(freed, [], sizes).violations == []
+
+
+def host_down(host: str, t: float) -> HostEvent:
+    return HostEvent(seq=1, time=datetime.fromtimestamp(t, UTC), host_id=host, state=HostState.DOWN)
+
+
+def test_a_host_declared_dead_without_an_agent_side_fault_is_caught() -> None:
+    faults = [fault(Kind.PARTITION_BOTH, "h1", 10.0, 12.0), fault(Kind.NATS_KILL, None, 20.0, 23.0)]
+    assert healthy_hosts_declared_dead([host_down("h1", 11.9)], faults) == []
+    found = healthy_hosts_declared_dead([host_down("h2", 11.9), host_down("h1", 22.0)], faults)
+    assert [v.detail.split()[1] for v in found] == ["host=h2", "host=h1"]
+
+
+def vm(name: str, state: VmState, host: str | None = "h1", generation: int = 1) -> VmInfo:
+    now = datetime.now(UTC)
+    return VmInfo(
+        name=name,
+        size="Small",
+        cpu_milli=1000,
+        mem_mib=1792,
+        image="tiny",
+        region=None,
+        availability_set=None,
+        state=state,
+        host=host,
+        generation=generation,
+        reason="",
+        created_at=now,
+        updated_at=now,
+    )
+
+
+def test_acknowledged_requests_must_reach_their_final_state() -> None:
+    acked = [Acked("r1", "a", Op.CREATE_API, 1.0, 1), Acked("r2", "b", Op.CREATE_JOB, 1.0, 2)]
+    acked += [Acked("r3", "c", Op.CREATE_API, 1.0, 1), Acked("r4", "c", Op.DELETE, 2.0, 1)]
+    good = {"a": vm("a", VmState.RUNNING), "b": vm("b", VmState.RUNNING)}
+    assert acked_outcomes(acked, good, []) == []
+    bad = {"a": vm("a", VmState.PENDING), "c": vm("c", VmState.RUNNING)}
+    kinds = sorted(v.kind for v in acked_outcomes(acked, bad, []))
+    assert kinds == ["acked_create_not_running", "acked_create_vanished", "acked_delete_not_gone"]
+
+
+def test_convergence_wants_one_copy_at_the_current_generation_and_no_orphans() -> None:
+    rows = [Row(1.0, "h1", "a", 1, "start"), Row(1.1, "h1", "a", 1, "running")]
+    assert convergence_problems(rows, [], {"a": vm("a", VmState.RUNNING)}) == []
+    stale = [*rows, Row(2.0, "h1", "a", 1, "pause")]
+    stale += [Row(3.0, "h2", "a", 2, "start"), Row(3.1, "h2", "a", 2, "running")]
+    problems = convergence_problems(stale, [], {"a": vm("a", VmState.RUNNING, "h2", 2)})
+    assert problems == ["orphan a generation 1 on h1"]
+
+
+def test_a_vm_removed_while_nats_is_down_is_caught() -> None:
+    outage = [fault(Kind.NATS_KILL, None, 10.0, 14.0)]
+    rows = [Row(12.0, "h1", "a", 1, "pause"), Row(15.0, "h1", "b", 1, "destroy")]
+    assert destroyed_during_nats_outages(rows, outage) == []
+    found = destroyed_during_nats_outages([Row(13.0, "h1", "a", 1, "destroy")], outage)
+    assert [v.kind for v in found] == ["removed_during_nats_outage"]
