@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Stratus failover (kill -9) and Ray's node-death recovery, back to back on the same machine:
+# the Ray script reads the Stratus figure that the first command has just written.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+bash bench/peers/setup_ray.sh
+.venv/bin/python -m bench.failover "$@"
+bench/peers/.venv-ray/bin/python bench/peers/ray_failover.py
