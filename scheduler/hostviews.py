@@ -27,7 +27,7 @@ class HostViews:
         state, index = self.state, self._index
         stale = [host for host in state.stale_views if host in state.hosts]
         state.stale_views.clear()
-        if index is None or len(index.views) != len(state.hosts):  # a host joined
+        if index is None or any(host not in index for host in stale):  # a host joined
             index = self._index = HostIndex(self.view(h) for h in state.hosts)
         else:
             for host in stale:
