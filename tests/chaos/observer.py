@@ -147,18 +147,27 @@ def healthy_hosts_declared_dead(events: Iterable[object], faults: list[Fault]) -
     return found
 
 
-def destroyed_during_nats_outages(rows: list[Row], faults: list[Fault]) -> list[Violation]:
+def destroyed_during_nats_outages(
+    rows: list[Row], faults: list[Fault], acked: Sequence[Acked] = ()
+) -> list[Violation]:
     """Only the scheduler's word removes a VM: while NATS is down no agent hears it, so no VM
-    may be stopped or destroyed then (fencing pauses; it never destroys)."""
+    may be stopped or destroyed then (fencing pauses; it never destroys). The word may have been
+    given before the outage and arrive late: a delete acknowledged before the outage began may
+    complete during it (seen: a DeleteVm held back by TCP retransmission through a partition
+    landed as nats-server was killed)."""
     outages = [
-        (f.start + OUTAGE_SETTLE_S, f.end)
+        (f.start + OUTAGE_SETTLE_S, f.end, f.start)
         for f in faults
         if f.kind in (Kind.NATS_KILL, Kind.NATS_RESTART) and f.start
     ]
+    deleted_at = {a.vm: a.acked_at for a in acked if a.op is Op.DELETE}
     return [
         Violation("removed_during_nats_outage", f"t={r.t:.3f} {r.event} {r.vm} on {r.host}")
         for r in rows
-        if r.event in ("stop", "destroy") and any(a <= r.t <= b for a, b in outages)
+        if r.event in ("stop", "destroy")
+        and any(
+            a <= r.t <= b and deleted_at.get(r.vm, float("inf")) > began for a, b, began in outages
+        )
     ]
 
 

@@ -117,3 +117,10 @@ def test_a_vm_removed_while_nats_is_down_is_caught() -> None:
     assert destroyed_during_nats_outages(rows, outage) == []
     found = destroyed_during_nats_outages([Row(13.0, "h1", "a", 1, "destroy")], outage)
     assert [v.kind for v in found] == ["removed_during_nats_outage"]
+    # A delete the scheduler acknowledged before the outage may land during it; one acked
+    # only after the outage began may not (no agent could have heard it).
+    before = [Acked("r1", "a", Op.DELETE, acked_at=9.5, attempts=1)]
+    assert destroyed_during_nats_outages([Row(13.0, "h1", "a", 1, "destroy")], outage, before) == []
+    after = [Acked("r1", "a", Op.DELETE, acked_at=11.0, attempts=1)]
+    found = destroyed_during_nats_outages([Row(13.0, "h1", "a", 1, "destroy")], outage, after)
+    assert [v.kind for v in found] == ["removed_during_nats_outage"]
