@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import os
 import sys
 import time
@@ -23,6 +24,7 @@ from common import messages as m
 from common.config import AgentConfig
 from common.errors import ApiError, StratusError
 
+DISTRIBUTION = "stratus-scheduler"
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 REQUEST_TIMEOUT_S = 10.0
 WAIT_TIMEOUT_S = 60.0
@@ -383,12 +385,21 @@ def _add_local_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
         commands.add_parser(name, help=f"{text} (options: stratus {name} --help)", add_help=False)
 
 
+def version() -> str:
+    """The installed distribution's version (``stratus-scheduler`` on the package index)."""
+    try:
+        return importlib.metadata.version(DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="stratus",
         description="Stratus: an event-driven VM cluster scheduler over NATS.",
         parents=[_common_options(defaults=True)],
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_vm_commands(commands)
     _add_host_commands(commands)

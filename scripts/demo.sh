@@ -7,10 +7,6 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source=scripts/venv.sh
 source scripts/venv.sh
 
-ensure_venv
-# Install only when pyproject.toml changed since the last install (either script's stamp).
-if [ ! .venv/.stamp-demo -nt pyproject.toml ] && [ ! .venv/.stamp-test -nt pyproject.toml ]; then
-    .venv/bin/python -m pip install --quiet --disable-pip-version-check -e .
-    touch .venv/.stamp-demo
-fi
+# --inexact: keep the test extras if test.sh installed them; everything else is the lock's.
+sync_venv --inexact
 exec .venv/bin/stratus demo "$@"

@@ -34,6 +34,7 @@ from ray import ray_constants
 from ray.cluster_utils import Cluster
 
 RESULTS = Path(os.environ.get("STRATUS_BENCH_RESULTS") or Path(__file__).parents[1] / "results")
+LOOPBACK = "127.0.0.1"
 SETTINGS: dict[str, dict[str, int]] = {
     "default": {},
     "tuned": {"health_check_period_ms": 500, "health_check_failure_threshold": 3},
@@ -66,11 +67,21 @@ def _kill_node(node: Any) -> None:
 def one_run(label: str, actors: int, nodes: int, timeout_s: float) -> dict[str, Any]:
     cluster = Cluster(
         initialize_head=True,
-        head_node_args={"num_cpus": 1, "_system_config": dict(SETTINGS[label])},  # Ray edits it
+        head_node_args={
+            "num_cpus": 1,
+            "_system_config": dict(SETTINGS[label]),  # Ray edits it
+            # Every Ray server and worker on loopback: by default Ray picks the machine's own
+            # network interface, and the benchmark must talk to nothing but this machine.
+            "node_ip_address": LOOPBACK,
+            "include_dashboard": False,
+        },
     )
     try:
-        workers = [cluster.add_node(num_cpus=1, resources={"slot": 50}) for _ in range(nodes)]
-        ray.init(address=cluster.address, log_to_driver=False)
+        workers = [
+            cluster.add_node(num_cpus=1, resources={"slot": 50}, node_ip_address=LOOPBACK)
+            for _ in range(nodes)
+        ]
+        ray.init(address=cluster.address, log_to_driver=False, _node_ip_address=LOOPBACK)
         cluster.wait_for_nodes()
         spread = {"resources": {"slot": 1}, "scheduling_strategy": "SPREAD"}
         pingers = [Pinger.options(**spread).remote() for _ in range(actors)]

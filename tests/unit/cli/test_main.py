@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import socket
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from cli import main as cli_main
-from cli.main import build_parser, main
+from cli.main import DISTRIBUTION, build_parser, main
 
 
 def parse(*argv: str) -> dict[str, object]:
@@ -167,3 +168,10 @@ def test_image_upload_needs_an_existing_file(capsys: pytest.CaptureFixture[str])
         main(["image", "upload", "/no/such/file", "--name", "x"])
     assert exc.value.code == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_version_names_the_installed_distribution(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.strip() == f"stratus {importlib.metadata.version(DISTRIBUTION)}"

@@ -18,5 +18,9 @@ def test_malformed_bytes_raise_decode_error(data: bytes) -> None:
 
 
 def test_invalid_utf8_in_a_heartbeat_is_a_decode_error() -> None:
-    with pytest.raises(msgspec.DecodeError, match="invalid UTF-8"):
-        codec.heartbeat.decode(b'{"host_id": "h\x80", "seq": 0, "boot_id": "b", "capacity": {}}')
+    # The type is the contract (every handler catches DecodeError); the wording is msgspec's own
+    # or our wrapper's depending on the msgspec release, so it is not asserted.
+    valid = b'{"host_id": "h", "seq": 0, "boot_id": "b", "capacity": {}}'
+    assert codec.heartbeat.decode(valid).host_id == "h"
+    with pytest.raises(msgspec.DecodeError):
+        codec.heartbeat.decode(valid.replace(b'"h"', b'"h\x80"'))

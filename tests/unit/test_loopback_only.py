@@ -1,0 +1,62 @@
+"""Tests and benchmarks talk only to loopback or to the network namespaces they create.
+
+A scan of every address literal in tests/, bench/ and scripts/: each must be on loopback, or
+in the range the chaos rig's namespaces are built from (tests/chaos/netns.py), or be listed
+below as text that is never dialled. A new address anywhere else fails here first.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+SCANNED = ("tests", "bench", "scripts")
+LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
+NETNS_RANGE = ipaddress.ip_network("10.213.0.0/16")  # tests/chaos/netns.py _BASE
+NEVER_DIALLED = {
+    # redact_url() is a pure string function; the address is only its input.
+    ("tests/integration/test_nats_auth.py", "10.0.0.1"),
+}
+THIS_FILE = Path(__file__).resolve().relative_to(ROOT).as_posix()
+_IPV4 = re.compile(r"(?<![\d.])(\d{1,3}(?:\.\d{1,3}){3})(?![\d.])")
+
+
+def _literals() -> list[tuple[str, str]]:
+    found: list[tuple[str, str]] = []
+    for top in SCANNED:
+        for path in sorted((ROOT / top).rglob("*")):
+            if path.suffix not in {".py", ".sh", ".toml"} or ".venv" in path.parts:
+                continue
+            rel = path.relative_to(ROOT).as_posix()
+            if rel == THIS_FILE:
+                continue
+            for text in _IPV4.findall(path.read_text(encoding="utf-8")):
+                found.append((rel, text))
+    return found
+
+
+def _allowed(rel: str, text: str) -> bool:
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return True  # a version number such as 1.2.3.4 in a comment, not an address
+    if address in LOOPBACK or address in NETNS_RANGE:
+        return True
+    return (rel, text) in NEVER_DIALLED
+
+
+def test_every_address_in_tests_and_benchmarks_is_loopback_or_our_own_namespaces() -> None:
+    literals = _literals()
+    assert any(ipaddress.ip_address(t) in LOOPBACK for _, t in literals)  # the scan sees files
+    offenders = sorted({(rel, t) for rel, t in literals if not _allowed(rel, t)})
+    assert offenders == []
+
+
+def test_the_ray_peer_is_pinned_to_loopback() -> None:
+    # Ray binds its servers to the machine's own interface unless told otherwise.
+    source = (ROOT / "bench/peers/ray_failover.py").read_text(encoding="utf-8")
+    assert re.search(r"add_node\([^)]*node_ip_address=LOOPBACK", source)
+    assert '"node_ip_address": LOOPBACK' in source
+    assert "_node_ip_address=LOOPBACK" in source
