@@ -60,3 +60,4 @@ def test_the_ray_peer_is_pinned_to_loopback() -> None:
     assert re.search(r"add_node\([^)]*node_ip_address=LOOPBACK", source)
     assert '"node_ip_address": LOOPBACK' in source
     assert "_node_ip_address=LOOPBACK" in source
+    assert 'os.environ["RAY_USAGE_STATS_ENABLED"] = "0"' in source  # no reports home
