@@ -25,7 +25,7 @@ from common import codec, subjects
 from common import messages as m
 from common.config import SchedulerConfig
 from common.natsserver import NatsServer
-from scheduler.app import SchedulerApp
+from scheduler.shell.app import SchedulerApp
 from tests.fuzz.cases import CAPTURE_REPORTS, VM_POOL, Case, Kind
 from tests.integration.cluster import Cluster, overlapping_executions
 

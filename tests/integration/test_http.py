@@ -16,7 +16,7 @@ import pytest
 
 from common.config import SchedulerConfig
 from common.natsserver import NatsServer
-from scheduler.app import SchedulerApp
+from scheduler.shell.app import SchedulerApp
 from tests.integration.cluster import FAST_TIMINGS, Cluster
 from tests.waiting import wait_until
 

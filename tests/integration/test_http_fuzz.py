@@ -20,7 +20,7 @@ from schemathesis import checks as sc
 
 from common.config import SchedulerConfig
 from common.natsserver import NatsServer
-from scheduler.app import SchedulerApp
+from scheduler.shell.app import SchedulerApp
 from tests.integration.cluster import FAST_TIMINGS, Cluster
 
 pytestmark = pytest.mark.integration

@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from common.messages import CreateVm, HostRef, VmRef
 from scheduler.events import Action, Mutation, Op
-from scheduler.metrics import Observer, SchedulerMetrics
+from scheduler.shell.metrics import Observer, SchedulerMetrics
 from tests.unit.scheduler.corekit import CoreKit
 
 REPO = Path(__file__).resolve().parents[3]

@@ -3,7 +3,7 @@ path, handler, whether it needs the token) and what ``/openapi.json`` says about
 and response structs, query struct, error codes).
 
 A module adds routes with a ``register(api: Registry)`` function listed in
-``scheduler.http.server.ROUTE_MODULES``::
+``scheduler.shell.http.server.ROUTE_MODULES``::
 
     def register(api: Registry) -> None:
         api.add(Endpoint("GET", "/v1/usage", get_usage, "getUsage", "Usage per VM and size",

@@ -21,8 +21,8 @@ from common import codec
 from common.config import SchedulerConfig
 from common.errors import StoreError
 from common.messages import ErrorBody, ErrorCode, UsageQuery, UsageReply, VmEvent
+from scheduler.shell.store import read_vm_history
 from scheduler.state.cluster import ClusterState
-from scheduler.state.store import read_vm_history
 from scheduler.usage import usage_report
 
 log = logging.getLogger(__name__)

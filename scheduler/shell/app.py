@@ -39,17 +39,7 @@ from common.messages import (
 )
 from common.natsauth import auth_options, redact_url
 from common.streams import ensure_streams
-from scheduler import gallery, metering
-from scheduler.api import (
-    ReadApi,
-    decode_capture_report,
-    decode_heartbeat,
-    decode_mutation,
-    error_reply,
-    is_read,
-)
 from scheduler.core import SchedulerCore
-from scheduler.eventpub import EventPublisher
 from scheduler.events import (
     Ack,
     Action,
@@ -66,11 +56,21 @@ from scheduler.events import (
     SendCommands,
     Tick,
 )
-from scheduler.http.server import HttpServer
-from scheduler.metrics import Observer, SchedulerMetrics
+from scheduler.shell import gallery, metering
+from scheduler.shell.api import (
+    ReadApi,
+    decode_capture_report,
+    decode_heartbeat,
+    decode_mutation,
+    error_reply,
+    is_read,
+)
+from scheduler.shell.eventpub import EventPublisher
+from scheduler.shell.http.server import HttpServer
+from scheduler.shell.metrics import Observer, SchedulerMetrics
+from scheduler.shell.store import Batch, Rows, SqliteStore, encode_batch
 from scheduler.state.cluster import ClusterState
 from scheduler.state.storage import ImageRecord
-from scheduler.state.store import Batch, Rows, SqliteStore, encode_batch
 
 log = logging.getLogger(__name__)
 
