@@ -24,7 +24,7 @@ from common.config import AZURE_SIZES, SchedulerConfig
 from common.ids import HostId, VmName
 from common.messages import VmState
 from common.resources import Resources
-from scheduler.core import SchedulerCore
+from scheduler.core.step import SchedulerCore
 from scheduler.shell.metrics import Observer, SchedulerMetrics
 from scheduler.state.cluster import ClusterState
 from scheduler.state.model import HostRecord, HostRuntime, VmRecord

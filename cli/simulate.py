@@ -18,7 +18,7 @@ from typing import Any
 
 from common.errors import ConfigError
 from common.resources import parse_capacity
-from scheduler.simulate import (
+from scheduler.placement.simulate import (
     SimPolicy,
     TraceVm,
     equal_hosts,

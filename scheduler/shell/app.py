@@ -39,8 +39,7 @@ from common.messages import (
 )
 from common.natsauth import auth_options, redact_url
 from common.streams import ensure_streams
-from scheduler.core import SchedulerCore
-from scheduler.events import (
+from scheduler.core.contract import (
     Ack,
     Action,
     DropImageObject,
@@ -56,6 +55,7 @@ from scheduler.events import (
     SendCommands,
     Tick,
 )
+from scheduler.core.step import SchedulerCore
 from scheduler.shell import gallery, metering
 from scheduler.shell.api import (
     ReadApi,

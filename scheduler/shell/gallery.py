@@ -31,10 +31,10 @@ from common.imagestore import (
     read_image_head,
 )
 from common.messages import ErrorBody, ErrorCode, ImageReply, ImageState, UploadImage
-from scheduler.events import Mutation
+from scheduler.core.contract import Mutation
+from scheduler.core.images import DELETED
 from scheduler.state.cluster import ClusterState
 from scheduler.state.storage import ImageRecord
-from scheduler.storageops import DELETED
 
 log = logging.getLogger(__name__)
 

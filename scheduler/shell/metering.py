@@ -21,9 +21,9 @@ from common import codec
 from common.config import SchedulerConfig
 from common.errors import StoreError
 from common.messages import ErrorBody, ErrorCode, UsageQuery, UsageReply, VmEvent
+from scheduler.core.usage import usage_report
 from scheduler.shell.store import read_vm_history
 from scheduler.state.cluster import ClusterState
-from scheduler.usage import usage_report
 
 log = logging.getLogger(__name__)
 

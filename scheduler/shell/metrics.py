@@ -33,8 +33,8 @@ from prometheus_client.registry import Collector
 from common.clock import Clock
 from common.ids import HostId
 from common.messages import HostEvent, HostState, VmEvent, VmState
-from scheduler.core import SchedulerCore
-from scheduler.events import Action, Emit, Reply
+from scheduler.core.contract import Action, Emit, Reply
+from scheduler.core.step import SchedulerCore
 from scheduler.state.cluster import ClusterState
 from scheduler.state.model import HostRecord, HostRuntime
 

@@ -11,7 +11,7 @@ import pytest
 from common.config import SchedulerConfig
 from common.messages import CreateVm, ErrorCode, VmRef, VmState
 from common.natsserver import NatsServer
-from scheduler.events import Op
+from scheduler.core.contract import Op
 from scheduler.shell.app import SchedulerApp
 from scheduler.shell.store import SqliteStore
 

@@ -23,7 +23,7 @@ from aiohttp import web
 from nats.aio.client import Client
 
 from common.messages import CreateVm, ErrorCode, HostRef, HostReply, VmRef, VmReply
-from scheduler.events import Op
+from scheduler.core.contract import Op
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Method = Literal["GET", "POST", "PUT", "PATCH", "DELETE"]

@@ -11,7 +11,7 @@ from multidict import MultiMapping
 
 from common import codec, subjects
 from common import messages as m
-from scheduler.events import Op
+from scheduler.core.contract import Op
 from scheduler.shell.http.errors import JSON, HttpError, status_of
 from scheduler.shell.http.registry import Backend, Endpoint, Registry, backend_of
 

@@ -20,8 +20,7 @@ from common.messages import (
 )
 from common.resources import Resources
 from hostagent.heartbeat import InventoryReport, omitted_digest
-from scheduler.core import SchedulerCore
-from scheduler.events import (
+from scheduler.core.contract import (
     Ack,
     Action,
     Emit,
@@ -33,6 +32,7 @@ from scheduler.events import (
     SendCommands,
     Tick,
 )
+from scheduler.core.step import SchedulerCore
 from scheduler.state.cluster import ClusterState
 
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)

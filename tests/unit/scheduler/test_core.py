@@ -19,7 +19,7 @@ from common.messages import (
 )
 from common.resources import Resources
 from hostagent.heartbeat import InventoryReport
-from scheduler.events import Emit, InvalidJob, Mutation, Op, Reply
+from scheduler.core.contract import Emit, InvalidJob, Mutation, Op, Reply
 from tests.unit.scheduler.corekit import CoreKit, acks, commands, vm_events
 
 

@@ -15,7 +15,7 @@ from common.messages import (
     VmState,
 )
 from common.resources import Resources
-from scheduler.events import Emit, Mutation, Op, Reply
+from scheduler.core.contract import Emit, Mutation, Op, Reply
 from tests.unit.scheduler.corekit import CoreKit, commands
 
 SMALL_HOST = Resources(2000, 4096)

@@ -11,7 +11,7 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from common.messages import CreateVm, HostRef, VmRef
-from scheduler.events import Action, Mutation, Op
+from scheduler.core.contract import Action, Mutation, Op
 from scheduler.shell.metrics import Observer, SchedulerMetrics
 from tests.unit.scheduler.corekit import CoreKit
 

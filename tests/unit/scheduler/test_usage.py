@@ -13,11 +13,11 @@ import pytest
 
 from common.config import SchedulerConfig
 from common.messages import VmEvent, VmRef, VmState
-from scheduler.core import SchedulerCore
-from scheduler.events import Op
+from scheduler.core.contract import Op
+from scheduler.core.step import SchedulerCore
+from scheduler.core.usage import floor_hour, held_periods, usage_report
 from scheduler.state.cluster import ClusterState
 from scheduler.state.model import HostRecord, VmRecord
-from scheduler.usage import floor_hour, held_periods, usage_report
 from tests.unit.scheduler.corekit import EPOCH, CoreKit, vm_events
 
 T0 = datetime(2026, 3, 1, 10, 0, tzinfo=UTC)

@@ -16,7 +16,7 @@ from nats.aio.client import Client
 from common import codec, subjects
 from common import messages as m
 from common.config import SchedulerConfig
-from scheduler.events import Op
+from scheduler.core.contract import Op
 from scheduler.shell.http.errors import STATUS
 from scheduler.shell.http.server import build_app, build_registry
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from common.messages import HostInfo, HostState, VmInfo
 from common.resources import ZERO, Resources
-from scheduler.disks import infos as disk_infos
+from scheduler.core.disks import infos as disk_infos
 from scheduler.state.model import HostRecord, HostRuntime, VmRecord
 
 

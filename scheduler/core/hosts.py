@@ -21,11 +21,11 @@ from common.messages import (
     HostState,
     VmState,
 )
-from scheduler import drain, views
-from scheduler.events import Mutation, Now, Op, Reply
+from scheduler.core import drain, views
+from scheduler.core.contract import Mutation, Now, Op, Reply
 
 if TYPE_CHECKING:
-    from scheduler.core import SchedulerCore
+    from scheduler.core.step import SchedulerCore
 
 
 def host_state(up: bool) -> HostState:

@@ -36,8 +36,10 @@ from common.messages import (
     VmState,
 )
 from common.resources import ZERO
-from scheduler import drain, hostops, storageops
-from scheduler.events import (
+from scheduler.core import drain
+from scheduler.core import hosts as hostops
+from scheduler.core import images as storageops
+from scheduler.core.contract import (
     HOST_OPS,
     IMAGE_OPS,
     VM_STORAGE_OPS,
@@ -55,18 +57,18 @@ from scheduler.events import (
     SendCommands,
     Tick,
 )
-from scheduler.hostviews import HostViews
-from scheduler.liveness import expired_hosts, fresh_window, renew_windows
+from scheduler.core.liveness import expired_hosts, fresh_window, renew_windows
+from scheduler.core.reconciler import Outcome, Transition, reconcile_host, spec_of
+from scheduler.core.views import vm_info
+from scheduler.placement.hostviews import HostViews
 from scheduler.placement.pipeline import (
     Placed,
     PlacementPolicy,
     could_ever_fit,
     place_on_index,
 )
-from scheduler.reconciler import Outcome, Transition, reconcile_host, spec_of
 from scheduler.state.cluster import ClusterState
 from scheduler.state.model import HostRecord, HostRuntime, PlacementRequest, VmRecord
-from scheduler.views import vm_info
 
 
 def error(code: ErrorCode, detail: str) -> VmReply:

@@ -35,13 +35,13 @@ from common.messages import (
     VmReply,
     VmState,
 )
-from scheduler import disks
-from scheduler.events import Action, DropImageObject, Mutation, Now, Op, Reply
+from scheduler.core import disks
+from scheduler.core.contract import Action, DropImageObject, Mutation, Now, Op, Reply
 from scheduler.state.model import VmRecord
 from scheduler.state.storage import ImageRecord
 
 if TYPE_CHECKING:
-    from scheduler.core import SchedulerCore
+    from scheduler.core.step import SchedulerCore
 
 BUILTIN_IMAGE = "tiny"
 DELETED = "deleted"
