@@ -26,9 +26,6 @@ MOVABLE_STATES = frozenset({VmState.SCHEDULED, VmState.STARTING, VmState.RUNNING
 """States in which a VM on a draining host is moved; a VM stopping or being deleted is left
 to finish (it leaves the host anyway)."""
 
-SETTLED_STATES = frozenset({VmState.RUNNING, VmState.STOPPED, VmState.DELETED, VmState.FAILED})
-"""States that end a move: the VM's ``drained_from`` is cleared on entering one."""
-
 
 @dataclass(frozen=True, slots=True)
 class DrainStep:

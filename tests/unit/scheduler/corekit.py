@@ -25,6 +25,7 @@ from scheduler.core.contract import (
     Action,
     Emit,
     HeartbeatReceived,
+    Input,
     Mutation,
     Now,
     Op,
@@ -72,13 +73,11 @@ class CoreKit:
         self.t += seconds
         return self.step(Tick())
 
-    def step(self, *inputs: object) -> list[Action]:
-        self.actions = self.core.step(list(inputs), self.now())  # type: ignore[arg-type]
+    def step(self, *inputs: Input) -> list[Action]:
+        self.result = self.core.step(list(inputs), self.now())
         self.state.check_invariants()
         self.core.views.check()
-        self.state.dirty_vms.clear()
-        self.state.dirty_hosts.clear()
-        self.state.new_replies.clear()
+        self.actions = self.result.actions
         return self.actions
 
     def mutate(self, op: Op, body: CreateVm | VmRef) -> VmReply:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from common import subjects
 from common.messages import (
     CreateVm,
     DeleteVm,
@@ -123,14 +124,16 @@ def test_invalid_job_is_rejected_on_the_event_stream_and_acked() -> None:
     )
     assert Reply(7, None) in actions
     [emit] = [a for a in actions if isinstance(a, Emit)]
-    assert emit.subject == "stratus.events.job.rejected"
+    assert subjects.of_event(emit.event) == "stratus.events.job.rejected"
 
 
 def test_job_with_an_error_is_rejected_on_the_event_stream() -> None:
     kit = with_hosts("h1")
     job = Mutation(Op.CREATE, CreateVm(name="a", size="Nope"), 9, via_job=True, job_subject="s")
     actions = kit.step(job)
-    assert [a.subject for a in actions if isinstance(a, Emit)] == ["stratus.events.job.rejected"]
+    assert [subjects.of_event(a.event) for a in actions if isinstance(a, Emit)] == [
+        "stratus.events.job.rejected"
+    ]
 
 
 def test_stop_then_start_deallocates_and_places_again() -> None:

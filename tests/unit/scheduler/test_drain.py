@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from common import subjects
 from common.messages import (
     ErrorCode,
     HostEvent,
@@ -217,6 +218,6 @@ def test_failed_drain_job_is_rejected_on_the_event_stream() -> None:
     fill(kit, "h1", 1)
     reply = host_op(kit, Op.DRAIN, "h1", via_job=True, job_subject="stratus.jobs.host.drain")
     assert reply.error is not None
-    assert [a.subject for a in kit.actions if isinstance(a, Emit)] == [
+    assert [subjects.of_event(a.event) for a in kit.actions if isinstance(a, Emit)] == [
         "stratus.events.job.rejected"
     ]
