@@ -33,15 +33,7 @@ from dataclasses import dataclass, field, replace
 
 from common.ids import HostId
 from common.resources import Resources
-from scheduler.placement.filters import (
-    fits_cpu,
-    fits_memory,
-    holds_disks,
-    host_is_up,
-    host_not_cordoned,
-    matches_region,
-    not_avoided,
-)
+from scheduler.placement.filters import FILTERS
 from scheduler.placement.pipeline import (
     SCORERS,
     Placed,
@@ -81,17 +73,6 @@ def _shape_key(view: HostView) -> tuple[str, str, int, int] | None:
     if max(schedulable.cpu_milli, 1) * max(schedulable.mem_mib, 1) >= _EXACT_LIMIT:
         return None
     return view.region, view.fault_domain, schedulable.cpu_milli, schedulable.mem_mib
-
-
-_FILTERS = (
-    host_is_up,
-    host_not_cordoned,
-    matches_region,
-    not_avoided,
-    holds_disks,
-    fits_cpu,
-    fits_memory,
-)
 
 
 class HostIndex:
@@ -264,4 +245,4 @@ class HostIndex:
 
 
 def _passes(req: PlacementRequest, view: HostView) -> bool:
-    return all(check(req, view) is None for check in _FILTERS)
+    return all(check(req, view) is None for check in FILTERS)

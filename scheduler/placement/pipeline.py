@@ -11,17 +11,11 @@ from typing import TYPE_CHECKING, Literal
 
 from common.ids import HostId
 from scheduler.placement.filters import (
+    FILTERS,
     Filter,
     InFaultDomains,
     Reason,
-    fits_cpu,
-    fits_memory,
-    holds_disks,
-    host_is_up,
-    host_not_cordoned,
     least_loaded_domains,
-    matches_region,
-    not_avoided,
 )
 from scheduler.placement.scorers import Scorer, score_binpack, score_spread
 from scheduler.state.model import HostView, PlacementRequest
@@ -73,22 +67,7 @@ def place(
     already placed there. Ties go to the highest score, then the smallest host id.
     """
     rejections: dict[Reason, int] = {}
-    candidates = _passing(
-        req,
-        hosts,
-        (
-            # Cheap checks on the host's own state and identity first ...
-            host_is_up,
-            host_not_cordoned,
-            matches_region,
-            not_avoided,
-            holds_disks,
-            # ... then resource arithmetic.
-            fits_cpu,
-            fits_memory,
-        ),
-        rejections,
-    )
+    candidates = _passing(req, hosts, FILTERS, rejections)  # cheap ones first (filters.py)
     # Among hosts that could take it, a set member goes to the fault domains holding the fewest.
     if req.availability_set is not None:
         domains = least_loaded_domains(candidates, set_fault_domains or {})
