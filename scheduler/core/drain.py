@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 from common.ids import HostId, VmName
 from common.messages import VmState
-from scheduler.placement.pipeline import PlacementPolicy, Unplaceable, place_batch
+from scheduler.placement.index import place_batch
+from scheduler.placement.pipeline import PlacementPolicy, Unplaceable
 from scheduler.state.cluster import ClusterState
 from scheduler.state.model import HostView, PlacementRequest, VmRecord
 

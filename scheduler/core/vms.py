@@ -15,7 +15,8 @@ from scheduler.core.context import StepContext
 from scheduler.core.contract import Op
 from scheduler.core.reconciler import spec_of
 from scheduler.core.views import vm_error
-from scheduler.placement.pipeline import Placed, could_ever_fit, place_on_index
+from scheduler.placement.index import place_on_index
+from scheduler.placement.pipeline import Placed, could_ever_fit
 from scheduler.state.model import PlacementRequest, VmRecord
 
 

@@ -28,7 +28,7 @@ so the rejection counts are the specification's own.
 from __future__ import annotations
 
 from bisect import bisect_left, insort
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from common.ids import HostId
@@ -246,3 +246,46 @@ class HostIndex:
 
 def _passes(req: PlacementRequest, view: HostView) -> bool:
     return all(check(req, view) is None for check in FILTERS)
+
+
+def place_batch(
+    reqs: Sequence[PlacementRequest],
+    hosts: Mapping[HostId, HostView],
+    policy: PlacementPolicy,
+    set_members: Mapping[str, Mapping[str, int]] | None = None,
+) -> list[Placed | Unplaceable]:
+    """Place ``reqs`` in order, each seeing the capacity the earlier ones reserved.
+
+    Each request gets what ``place`` would answer for the hosts as they are at that point;
+    ``HostIndex`` finds it without scanning every host (see above).
+
+    ``set_members`` maps an availability set to its member count per fault domain. Inputs are
+    never mutated: reservations go to copies (``HostView.with_reserved``). Results are in the
+    order of ``reqs``.
+    """
+    if not reqs:
+        return []
+    return place_on_index(reqs, HostIndex(hosts.values()), policy, set_members)
+
+
+def place_on_index(
+    reqs: Sequence[PlacementRequest],
+    index: HostIndex,
+    policy: PlacementPolicy,
+    set_members: Mapping[str, Mapping[str, int]] | None = None,
+) -> list[Placed | Unplaceable]:
+    """``place_batch`` on an index the caller keeps: each placement is reserved in it."""
+    members = {name: dict(counts) for name, counts in (set_members or {}).items()}
+    results: list[Placed | Unplaceable] = []
+    for req in reqs:
+        counts = None
+        if req.availability_set is not None:
+            counts = members.setdefault(req.availability_set, {})
+        result = index.place(req, policy, counts)
+        if isinstance(result, Placed):
+            if counts is not None:
+                domain = index.view(result.host_id).fault_domain
+                counts[domain] = counts.get(domain, 0) + 1
+            index.reserve(result.host_id, req.resources)
+        results.append(result)
+    return results
