@@ -84,19 +84,19 @@ class SchedulerCore:
         runtimes = self.state.runtimes  # replaced in place: the shell's read view shares it
         runtimes.clear()
         runtimes.update(fresh_window(self.state.hosts, now.mono_s))
-        ctx = self._context(now)
+        ctx = self.context(now)
         images.register_builtins(ctx, builtin_images)
         return self._result(ctx)
 
     def host_info(self, host: HostId, now: Now) -> HostInfo:
-        return hosts.host_info(self._context(now), host)
+        return hosts.host_info(self.context(now), host)
 
     # ------------------------------------------------------------------ the loop's entry point
 
     def step(self, inputs: list[Input], now: Now) -> StepResult:
         """Handle a batch of inputs; the result's actions are carried out once its records
         are stored."""
-        ctx = self._context(now)
+        ctx = self.context(now)
         vm_answers: list[_VmAnswer] = []
         host_answers: list[_HostAnswer] = []
         ticked = False
@@ -191,7 +191,8 @@ class SchedulerCore:
 
     # ------------------------------------------------------------------ helpers
 
-    def _context(self, now: Now) -> StepContext:
+    def context(self, now: Now) -> StepContext:
+        """A step context on this core's state (``step`` makes one per step)."""
         return StepContext(
             self.state, self.config, self.sizes, self.policy, self.views, now, self.carry
         )

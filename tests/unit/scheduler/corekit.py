@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
 import msgspec
 
@@ -35,9 +36,12 @@ from scheduler.core.contract import (
 )
 from scheduler.core.step import SchedulerCore
 from scheduler.state.cluster import ClusterState
+from scheduler.state.model import HostRecord, VmRecord
+from scheduler.state.storage import ImageRecord
 
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 HOST_CAPACITY = Resources(8000, 16384)
+T = TypeVar("T")
 
 
 class CoreKit:
@@ -57,10 +61,18 @@ class CoreKit:
         self.core.start(self.now())
         self.actions: list[Action] = []
 
-    def restart(self) -> None:
-        """A new scheduler process on the same records: nothing volatile survives."""
+    def restart(self, *, reload: bool = False) -> None:
+        """A new scheduler process on the same records: nothing volatile survives (with
+        ``reload``, the records go through their stored encoding, as a real restart does)."""
         self.state.touched_hosts.clear()
         self.state.stale_views.clear()
+        if reload:
+            self.state = ClusterState.from_records(
+                [_stored(r, VmRecord) for r in self.state.vms.values()],
+                [_stored(h, HostRecord) for h in self.state.hosts.values()],
+                dict(self.state.replies),
+                [_stored(i, ImageRecord) for i in self.state.images.values()],
+            )
         self.core = SchedulerCore(
             self.config, self.state, scheduler_id="test", event_seq=self.core.event_seq
         )
@@ -144,6 +156,10 @@ class CoreKit:
             for r in self.state.vms.values()
             if r.host == host and r.holds_capacity
         ]
+
+
+def _stored(record: T, kind: type[T]) -> T:
+    return msgspec.json.decode(msgspec.json.encode(record), type=kind)
 
 
 def commands(actions: list[Action], host: str | None = None) -> list[AgentCommand]:

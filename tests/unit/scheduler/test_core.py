@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from common import subjects
+from common.ids import VmName
 from common.messages import (
     CreateVm,
     DeleteVm,
@@ -21,6 +22,7 @@ from common.messages import (
 from common.resources import Resources
 from hostagent.heartbeat import InventoryReport
 from scheduler.core.contract import Emit, InvalidJob, Mutation, Op, Reply
+from scheduler.core.transitions import IllegalTransition
 from tests.unit.scheduler.corekit import CoreKit, acks, commands, vm_events
 
 
@@ -303,6 +305,36 @@ def test_recovery_is_rate_limited_per_target_host() -> None:
     assert len(commands(actions, survivor)) == 2
     kit.advance(0.2)
     assert all(r.host == survivor for r in kit.state.vms.values())
+
+
+def test_the_recovery_rate_limit_holds_across_a_scheduler_restart() -> None:
+    kit = with_hosts("h1", "h2", recovery_per_host_per_tick=2)
+    for i in range(6):
+        kit.create(f"x-{i}", "ExtraSmall")
+    victim = "h1" if kit.state.by_host.get("h1") else "h2"
+    survivor = "h2" if victim == "h1" else "h1"
+    assert len(kit.state.by_host[victim]) == 6
+    kit.advance(3)
+    kit.heartbeat(survivor, kit.running_on(survivor))
+    assert len(commands(kit.advance(3.5), survivor)) == 2  # victim declared dead
+    kit.restart(reload=True)
+    kit.heartbeat(survivor, kit.running_on(survivor))
+    actions = kit.advance(0.2)
+    assert len(commands(actions, survivor)) == 2, "a restart must not lift the rate limit"
+    kit.heartbeat(survivor, kit.running_on(survivor))
+    kit.advance(0.2)
+    assert all(r.host == survivor for r in kit.state.vms.values())
+    assert not any(r.recovering for r in kit.state.vms.values() if r.state is VmState.RUNNING)
+
+
+def test_a_vm_state_change_outside_the_table_is_refused() -> None:
+    kit = with_hosts("h1")
+    kit.create("a")
+    record = kit.state.vms[VmName("a")]
+    ctx = kit.core.context(kit.now())
+    with pytest.raises(IllegalTransition, match="scheduled -> stopped"):
+        ctx.change_vm(record, state=VmState.STOPPED)
+    assert record.state is VmState.SCHEDULED
 
 
 def test_after_a_restart_a_host_running_what_the_records_say_needs_no_full_report() -> None:
