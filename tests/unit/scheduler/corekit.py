@@ -9,6 +9,7 @@ from typing import TypeVar
 import msgspec
 
 from common.config import SchedulerConfig
+from common.ids import HostId, VmName
 from common.messages import (
     AgentCommand,
     CreateVm,
@@ -142,6 +143,19 @@ class CoreKit:
                 report=report,
             )
         return actions
+
+    def vm(self, name: str) -> VmRecord:
+        return self.state.vms[VmName(name)]
+
+    def host(self, host: str) -> HostRecord:
+        return self.state.hosts[HostId(host)]
+
+    def vms_on(self, host: str) -> set[VmName]:
+        """The VMs holding capacity on ``host`` (empty if none)."""
+        return self.state.by_host.get(HostId(host), set())
+
+    def allocated(self, host: str) -> Resources:
+        return self.state.allocated[HostId(host)]
 
     def running_on(self, host: str) -> list[ObservedVm]:
         """The inventory a well-behaved agent would report: every VM assigned to it, running."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from common.ids import VmName
+from common.ids import HostId, VmName
 from common.messages import VmState
 from scheduler.shell.readview import ReadView, snapshot
 from tests.unit.scheduler.corekit import CoreKit
@@ -17,11 +17,11 @@ def test_reads_see_a_step_only_once_it_is_applied_after_its_commit() -> None:
     assert name not in view.state.vms  # created, not yet committed
     copies = snapshot(kit.result)
     kit.heartbeat("h1", kit.running_on("h1"))
-    assert kit.state.vms[name].state is VmState.RUNNING
+    assert kit.vm(name).state is VmState.RUNNING
     view.apply(copies)
     seen = view.state.vms[name]
     assert seen.state is VmState.SCHEDULED, "the view holds what was committed, not later changes"
-    assert view.state.allocated["h1"] == seen.resources
+    assert view.state.allocated[HostId("h1")] == seen.resources
     view.apply(snapshot(kit.result))
     assert view.state.vms[name].state is VmState.RUNNING
     assert view.state.runtimes is kit.state.runtimes  # liveness is volatile: read live
