@@ -20,7 +20,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from common.clock import SystemClock
+from common.clock import Clock, SystemClock
 from common.config import AZURE_SIZES
 from common.ids import HostId, VmName
 from common.messages import VmState
@@ -35,7 +35,7 @@ STATES = [VmState.RUNNING] * 8 + [VmState.PENDING, VmState.STOPPED]
 class Source:
     def __init__(self, state: ClusterState) -> None:
         self.state = state
-        self.clock = SystemClock()
+        self.clock: Clock = SystemClock()
         self.observers: list[Observer] = []
 
     def committed(self) -> ClusterState | None:

@@ -51,7 +51,7 @@ class Api:
 
     async def wait_state(self, name: str, state: str, timeout_s: float = 20.0) -> dict[str, Any]:
         async def reached() -> bool:
-            return (await self.vm(name))["state"] == state
+            return bool((await self.vm(name))["state"] == state)
 
         await wait_until(reached, timeout_s=timeout_s, message=f"{name} {state}")
         return await self.vm(name)
