@@ -273,7 +273,7 @@ class SchedulerApp:
             return await future
 
     async def usage(self, query: UsageQuery) -> UsageReply:
-        """Usage metering over the VM history in the store (scheduler/usage.py)."""
+        """Usage metering over the VM history in the store (scheduler/core/usage.py)."""
         state = self.view.state if self.view is not None else None
         return await metering.usage(self.config, state, query, self.clock.utcnow())
 
