@@ -18,14 +18,14 @@ from datetime import UTC, datetime
 
 import aiohttp
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
 
-from common.clock import SystemClock
-from common.config import AZURE_SIZES, SchedulerConfig
+from common.clock import Clock, SystemClock
+from common.config import AZURE_SIZES
 from common.ids import HostId, VmName
 from common.messages import VmState
 from common.resources import Resources
-from scheduler.core import SchedulerCore
-from scheduler.metrics import Observer, SchedulerMetrics
+from scheduler.shell.metrics import Observer, SchedulerMetrics
 from scheduler.state.cluster import ClusterState
 from scheduler.state.model import HostRecord, HostRuntime, VmRecord
 
@@ -33,10 +33,13 @@ STATES = [VmState.RUNNING] * 8 + [VmState.PENDING, VmState.STOPPED]
 
 
 class Source:
-    def __init__(self, core: SchedulerCore) -> None:
-        self.core: SchedulerCore | None = core
-        self.clock = SystemClock()
+    def __init__(self, state: ClusterState) -> None:
+        self.state = state
+        self.clock: Clock = SystemClock()
         self.observers: list[Observer] = []
+
+    def committed(self) -> ClusterState | None:
+        return self.state
 
 
 def build_state(hosts: int, vms_per_host: int, seed: int = 1) -> ClusterState:
@@ -80,7 +83,11 @@ def build_state(hosts: int, vms_per_host: int, seed: int = 1) -> ClusterState:
 
 async def time_http(metrics: SchedulerMetrics, rounds: int) -> list[float]:
     app = web.Application()
-    app.router.add_get("/metrics", metrics.handle_metrics)
+
+    async def scrape(request: web.Request) -> web.Response:
+        return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app.router.add_get("/metrics", scrape)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -106,8 +113,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=30)
     args = parser.parse_args()
     state = build_state(args.hosts, args.vms_per_host)
-    core = SchedulerCore(SchedulerConfig(), state, scheduler_id="bench", event_seq=0)
-    metrics = SchedulerMetrics(Source(core))
+    metrics = SchedulerMetrics(Source(state))
     body = metrics.render()
     direct = []
     for _ in range(args.rounds):

@@ -25,8 +25,8 @@ from typing import Any
 from bench.harness import machine, percentile, write_result
 from common.ids import HostId, VmName
 from common.resources import Resources
-from scheduler.placement.index import HostIndex
-from scheduler.placement.pipeline import Placed, PlacementPolicy, Unplaceable, place, place_batch
+from scheduler.placement.index import HostIndex, place_batch
+from scheduler.placement.pipeline import Placed, PlacementPolicy, Unplaceable, place
 from scheduler.state.model import HostView, PlacementRequest
 
 TARGET_P99_MS = 1.0

@@ -34,7 +34,7 @@ from typing import Any
 
 from bench.harness import machine, write_result
 from common.resources import Resources, parse_capacity
-from scheduler.simulate import (
+from scheduler.placement.simulate import (
     SimPolicy,
     SimResult,
     TraceVm,

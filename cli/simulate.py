@@ -4,7 +4,7 @@
 
 Reads an Azure 2017 style VM trace (``vm_id,arrival_s,batch_id,vcpus,mem_gb,censored,...``) or
 an Alibaba 2023 style pod list (``name,cpu_milli,memory_mib,...,creation_time,deletion_time``),
-plain or gzipped, and replays it on equal hosts (see ``scheduler/simulate.py``).
+plain or gzipped, and replays it on equal hosts (see ``scheduler/placement/simulate.py``).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 
 from common.errors import ConfigError
 from common.resources import parse_capacity
-from scheduler.simulate import (
+from scheduler.placement.simulate import (
     SimPolicy,
     TraceVm,
     equal_hosts,

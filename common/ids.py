@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import uuid
 from typing import NewType
 
 from common.errors import ProtocolError
@@ -28,7 +27,3 @@ def host_id(value: str) -> HostId:
     if not _HOST_ID_RE.match(value):
         raise ProtocolError(f"host id {value!r} does not match {HOST_ID_PATTERN}")
     return HostId(value)
-
-
-def new_msg_id() -> str:
-    return uuid.uuid4().hex

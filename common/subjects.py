@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import assert_never
+
 from common.ids import HostId, VmName
+from common.messages import Event, HostEvent, JobRejected, VmEvent
 
 ROOT = "stratus"
 
@@ -85,3 +88,16 @@ SIM_SILENCE = f"{ROOT}.sim.silence"
 def host_of_heartbeat(subject: str) -> str:
     """The host id inside ``stratus.host.<id>.hb`` (or any ``stratus.host.<id>.<kind>``)."""
     return subject.split(".")[2]
+
+
+def of_event(event: Event) -> str:
+    """The events-stream subject an event is published on."""
+    match event:
+        case VmEvent():
+            return vm_event(event.name)
+        case HostEvent():
+            return host_event(event.host_id)
+        case JobRejected():
+            return JOB_REJECTED
+        case _:
+            assert_never(event)

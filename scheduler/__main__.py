@@ -14,7 +14,7 @@ import uvloop
 from common.config import SchedulerConfig, load_config
 from common.errors import StratusError
 from common.logging import setup_logging
-from scheduler.app import SchedulerApp
+from scheduler.shell.app import SchedulerApp
 
 log = logging.getLogger("scheduler")
 

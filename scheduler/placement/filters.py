@@ -64,6 +64,21 @@ def fits_memory(req: PlacementRequest, host: HostView) -> Reason | None:
     return None if req.resources.mem_mib <= host.free.mem_mib else Reason.INSUFFICIENT_MEMORY
 
 
+FILTERS: tuple[Filter, ...] = (
+    # Cheap checks on the host's own state and identity first ...
+    host_is_up,
+    host_not_cordoned,
+    matches_region,
+    not_avoided,
+    holds_disks,
+    # ... then resource arithmetic.
+    fits_cpu,
+    fits_memory,
+)
+"""The filters every host must pass, in order: ``pipeline.place`` (the specification) and
+``HostIndex`` (its fast path) both use this one list."""
+
+
 @dataclass(frozen=True, slots=True)
 class InFaultDomains:
     """Passes hosts in ``domains``; rejects the others for the availability set."""

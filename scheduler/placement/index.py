@@ -28,20 +28,12 @@ so the rejection counts are the specification's own.
 from __future__ import annotations
 
 from bisect import bisect_left, insort
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from common.ids import HostId
 from common.resources import Resources
-from scheduler.placement.filters import (
-    fits_cpu,
-    fits_memory,
-    holds_disks,
-    host_is_up,
-    host_not_cordoned,
-    matches_region,
-    not_avoided,
-)
+from scheduler.placement.filters import FILTERS
 from scheduler.placement.pipeline import (
     SCORERS,
     Placed,
@@ -81,17 +73,6 @@ def _shape_key(view: HostView) -> tuple[str, str, int, int] | None:
     if max(schedulable.cpu_milli, 1) * max(schedulable.mem_mib, 1) >= _EXACT_LIMIT:
         return None
     return view.region, view.fault_domain, schedulable.cpu_milli, schedulable.mem_mib
-
-
-_FILTERS = (
-    host_is_up,
-    host_not_cordoned,
-    matches_region,
-    not_avoided,
-    holds_disks,
-    fits_cpu,
-    fits_memory,
-)
 
 
 class HostIndex:
@@ -264,4 +245,47 @@ class HostIndex:
 
 
 def _passes(req: PlacementRequest, view: HostView) -> bool:
-    return all(check(req, view) is None for check in _FILTERS)
+    return all(check(req, view) is None for check in FILTERS)
+
+
+def place_batch(
+    reqs: Sequence[PlacementRequest],
+    hosts: Mapping[HostId, HostView],
+    policy: PlacementPolicy,
+    set_members: Mapping[str, Mapping[str, int]] | None = None,
+) -> list[Placed | Unplaceable]:
+    """Place ``reqs`` in order, each seeing the capacity the earlier ones reserved.
+
+    Each request gets what ``place`` would answer for the hosts as they are at that point;
+    ``HostIndex`` finds it without scanning every host (see above).
+
+    ``set_members`` maps an availability set to its member count per fault domain. Inputs are
+    never mutated: reservations go to copies (``HostView.with_reserved``). Results are in the
+    order of ``reqs``.
+    """
+    if not reqs:
+        return []
+    return place_on_index(reqs, HostIndex(hosts.values()), policy, set_members)
+
+
+def place_on_index(
+    reqs: Sequence[PlacementRequest],
+    index: HostIndex,
+    policy: PlacementPolicy,
+    set_members: Mapping[str, Mapping[str, int]] | None = None,
+) -> list[Placed | Unplaceable]:
+    """``place_batch`` on an index the caller keeps: each placement is reserved in it."""
+    members = {name: dict(counts) for name, counts in (set_members or {}).items()}
+    results: list[Placed | Unplaceable] = []
+    for req in reqs:
+        counts = None
+        if req.availability_set is not None:
+            counts = members.setdefault(req.availability_set, {})
+        result = index.place(req, policy, counts)
+        if isinstance(result, Placed):
+            if counts is not None:
+                domain = index.view(result.host_id).fault_domain
+                counts[domain] = counts.get(domain, 0) + 1
+            index.reserve(result.host_id, req.resources)
+        results.append(result)
+    return results

@@ -7,27 +7,18 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from common.ids import HostId
 from scheduler.placement.filters import (
+    FILTERS,
     Filter,
     InFaultDomains,
     Reason,
-    fits_cpu,
-    fits_memory,
-    holds_disks,
-    host_is_up,
-    host_not_cordoned,
     least_loaded_domains,
-    matches_region,
-    not_avoided,
 )
 from scheduler.placement.scorers import Scorer, score_binpack, score_spread
 from scheduler.state.model import HostView, PlacementRequest
-
-if TYPE_CHECKING:
-    from scheduler.placement.index import HostIndex
 
 ScorerName = Literal["binpack", "spread"]
 
@@ -73,22 +64,7 @@ def place(
     already placed there. Ties go to the highest score, then the smallest host id.
     """
     rejections: dict[Reason, int] = {}
-    candidates = _passing(
-        req,
-        hosts,
-        (
-            # Cheap checks on the host's own state and identity first ...
-            host_is_up,
-            host_not_cordoned,
-            matches_region,
-            not_avoided,
-            holds_disks,
-            # ... then resource arithmetic.
-            fits_cpu,
-            fits_memory,
-        ),
-        rejections,
-    )
+    candidates = _passing(req, hosts, FILTERS, rejections)  # cheap ones first (filters.py)
     # Among hosts that could take it, a set member goes to the fault domains holding the fewest.
     if req.availability_set is not None:
         domains = least_loaded_domains(candidates, set_fault_domains or {})
@@ -117,52 +93,6 @@ def _passing(
         else:
             passing.append(host)
     return passing
-
-
-def place_batch(
-    reqs: Sequence[PlacementRequest],
-    hosts: Mapping[HostId, HostView],
-    policy: PlacementPolicy,
-    set_members: Mapping[str, Mapping[str, int]] | None = None,
-) -> list[Placed | Unplaceable]:
-    """Place ``reqs`` in order, each seeing the capacity the earlier ones reserved.
-
-    Each request gets what ``place`` would answer for the hosts as they are at that point;
-    ``HostIndex`` finds it without scanning every host (see ``placement/index.py``).
-
-    ``set_members`` maps an availability set to its member count per fault domain. Inputs are
-    never mutated: reservations go to copies (``HostView.with_reserved``). Results are in the
-    order of ``reqs``.
-    """
-    # Imported here: the index is built on this module's ``place`` (its specification).
-    from scheduler.placement.index import HostIndex
-
-    if not reqs:
-        return []
-    return place_on_index(reqs, HostIndex(hosts.values()), policy, set_members)
-
-
-def place_on_index(
-    reqs: Sequence[PlacementRequest],
-    index: HostIndex,
-    policy: PlacementPolicy,
-    set_members: Mapping[str, Mapping[str, int]] | None = None,
-) -> list[Placed | Unplaceable]:
-    """``place_batch`` on an index the caller keeps: each placement is reserved in it."""
-    members = {name: dict(counts) for name, counts in (set_members or {}).items()}
-    results: list[Placed | Unplaceable] = []
-    for req in reqs:
-        counts = None
-        if req.availability_set is not None:
-            counts = members.setdefault(req.availability_set, {})
-        result = index.place(req, policy, counts)
-        if isinstance(result, Placed):
-            if counts is not None:
-                domain = index.view(result.host_id).fault_domain
-                counts[domain] = counts.get(domain, 0) + 1
-            index.reserve(result.host_id, req.resources)
-        results.append(result)
-    return results
 
 
 def could_ever_fit(req: PlacementRequest, hosts: Iterable[HostView]) -> bool:

@@ -35,10 +35,10 @@ class ClusterState:
     dirty_images: set[str] = field(default_factory=set)
     new_replies: dict[str, VmReply] = field(default_factory=dict)
     touched_hosts: set[HostId] = field(default_factory=set)
+    """Hosts whose VMs changed since each was last reconciled against its inventory."""
     stale_views: set[HostId] = field(default_factory=set)
     """Hosts whose placement view (allocation, record, orphans) changed since placement last
     refreshed its index."""
-    """Hosts whose VMs changed since each was last reconciled against its inventory."""
 
     @classmethod
     def from_records(
@@ -59,6 +59,16 @@ class ClusterState:
         self._index(record)
         if record.host is not None:
             self.touched_hosts.add(record.host)
+
+    def put_vm(self, record: VmRecord) -> None:
+        """Put ``record`` in place of the record of the same name (a read copy's update: no
+        change is recorded for the store)."""
+        old = self.vms.get(record.name)
+        if old is not None:
+            self._unindex(old)
+            self.forget_set_member(old)
+        self.vms[record.name] = record
+        self._index(record)
 
     def host_changed(self, host: HostId) -> None:
         """A host record changed: to be stored, and seen anew by placement."""
@@ -82,17 +92,35 @@ class ClusterState:
             self.allocated[record.host] = self.allocated[record.host] - record.resources
         self.pending.pop(record.name, None)
 
-    def update(self, record: VmRecord, **changes: object) -> None:
-        """Change fields of ``record`` (state, host, ...) keeping every index right."""
+    def before_change(self, record: VmRecord) -> None:
+        """``record`` is about to change (state, host, ...): take it out of the indexes.
+        ``after_change`` puts it back; between the two, only its fields are set."""
         if record.host is not None:
             self.touched_hosts.add(record.host)
         self._unindex(record)
-        for key, value in changes.items():
-            setattr(record, key, value)
+
+    def after_change(self, record: VmRecord) -> None:
+        """``record`` changed: index it again, and store it with this step."""
         self._index(record)
         self.dirty_vms.add(record.name)
         if record.host is not None:
             self.touched_hosts.add(record.host)
+
+    def image_changed(self, name: str) -> None:
+        """An image record changed (or is new): to be stored with this step."""
+        self.dirty_images.add(name)
+
+    def take_changes(
+        self,
+    ) -> tuple[list[VmRecord], list[HostRecord], list[ImageRecord], dict[str, VmReply]]:
+        """The records changed since the last call, and the new replies; forgets them."""
+        vms = [self.vms[name] for name in self.dirty_vms]
+        hosts = [self.hosts[host] for host in self.dirty_hosts]
+        images = [self.images[name] for name in self.dirty_images]
+        replies = self.new_replies
+        self.dirty_vms, self.dirty_hosts, self.dirty_images = set(), set(), set()
+        self.new_replies = {}
+        return vms, hosts, images, replies
 
     def forget_set_member(self, record: VmRecord) -> None:
         if record.availability_set is not None:

@@ -82,9 +82,12 @@ class VmRecord(msgspec.Struct, kw_only=True):
     """Set while a drain moves this VM off that host: stopping there, then placed elsewhere;
     cleared once it runs again (or is stopped, deleted or failed)."""
     disks: list[DiskRecord] = []
-    """OS disk first, then data disks (see scheduler/disks.py)."""
+    """OS disk first, then data disks (see scheduler/core/disks.py)."""
     disk_serial: int = 0
     """Data disks made so far: numbers new data disk ids, which are never reused."""
+    recovering: bool = False
+    """Taken off a host declared dead and not running again yet: its placement counts against
+    the recovery rate limit (``recovery_per_host_per_tick``). Stored, so a restart keeps it."""
 
     @property
     def resources(self) -> Resources:
@@ -109,6 +112,9 @@ class HostRecord(msgspec.Struct, kw_only=True):
     cordoned: bool = False
     draining: bool = False
     boot_id: str = ""
+    drain_reported: int | None = None
+    """While draining: the VMs left that the last host event reported (a new event goes out
+    only when it changes). Stored, so a restart does not report the same count again."""
 
 
 @dataclass(slots=True)

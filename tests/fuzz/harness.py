@@ -25,14 +25,14 @@ from common import codec, subjects
 from common import messages as m
 from common.config import SchedulerConfig
 from common.natsserver import NatsServer
-from scheduler.app import SchedulerApp
+from scheduler.shell.app import SchedulerApp
 from tests.fuzz.cases import CAPTURE_REPORTS, VM_POOL, Case, Kind
-from tests.integration.cluster import Cluster, overlapping_executions
+from tests.integration.cluster import Cluster, Timings, overlapping_executions
 
 T = TypeVar("T")
 
 REQUEST_TIMEOUT_S: Final = 10.0
-TIMINGS: Final = {"heartbeat_interval_s": 0.2, "fence_after_s": 1.5, "dead_after_s": 3.0}
+TIMINGS: Final = Timings(heartbeat_interval_s=0.2, fence_after_s=1.5, dead_after_s=3.0)
 """Fake hosts made up by fuzzed heartbeats go dead quickly; real agents have room under load."""
 
 _VM_OPS = (subjects.VM_CREATE, subjects.VM_GET, subjects.VM_STOP, subjects.VM_START)
@@ -121,7 +121,7 @@ class FuzzTarget:
     def __init__(self, nats_server: NatsServer, workdir: Path, hosts: tuple[str, ...]) -> None:
         self.hosts = hosts
         self.stats = Stats()
-        self.cluster = Cluster(nats_server, workdir, timings=dict(TIMINGS))
+        self.cluster = Cluster(nats_server, workdir, timings=Timings(**TIMINGS))
         self.config = SchedulerConfig(
             nats_url=nats_server.url,
             db_path=str(workdir / "scheduler.db"),

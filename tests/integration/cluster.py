@@ -9,10 +9,18 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypedDict
 
 from common.natsserver import NatsServer
 
-FAST_TIMINGS = {"heartbeat_interval_s": 0.2, "fence_after_s": 0.8, "dead_after_s": 1.8}
+
+class Timings(TypedDict):
+    heartbeat_interval_s: float
+    fence_after_s: float
+    dead_after_s: float
+
+
+FAST_TIMINGS = Timings(heartbeat_interval_s=0.2, fence_after_s=0.8, dead_after_s=1.8)
 """Short knobs that keep the safety rule: dead_after_s >= fence_after_s + 1."""
 
 
@@ -20,7 +28,7 @@ FAST_TIMINGS = {"heartbeat_interval_s": 0.2, "fence_after_s": 0.8, "dead_after_s
 class Cluster:
     nats: NatsServer
     workdir: Path
-    timings: dict[str, float] = field(default_factory=lambda: dict(FAST_TIMINGS))
+    timings: Timings = field(default_factory=lambda: Timings(**FAST_TIMINGS))
     scheduler: subprocess.Popen[bytes] | None = None
     agents: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 

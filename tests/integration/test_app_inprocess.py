@@ -11,9 +11,9 @@ import pytest
 from common.config import SchedulerConfig
 from common.messages import CreateVm, ErrorCode, VmRef, VmState
 from common.natsserver import NatsServer
-from scheduler.app import SchedulerApp
-from scheduler.events import Op
-from scheduler.state.store import SqliteStore
+from scheduler.core.contract import Op
+from scheduler.shell.app import SchedulerApp
+from scheduler.shell.store import SqliteStore
 
 pytestmark = pytest.mark.integration
 

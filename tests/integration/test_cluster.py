@@ -125,13 +125,15 @@ async def test_partitioned_agent_fences_before_its_vms_are_replaced(
         await wait_all_running(client, names, timeout_s=20, avoid_host="h1")
         log = cluster.execution_log()
         paused = {
-            str(r["vm"]): float(r["t"]) for r in log if r["host"] == "h1" and r["event"] == "pause"
-        }  # type: ignore[arg-type]
+            str(r["vm"]): float(str(r["t"]))
+            for r in log
+            if r["host"] == "h1" and r["event"] == "pause"
+        }
         started = {
-            str(r["vm"]): float(r["t"])
+            str(r["vm"]): float(str(r["t"]))
             for r in log
             if r["host"] == "h2" and r["event"] == "running"
-        }  # type: ignore[arg-type]
+        }
         assert set(paused) == set(names) == set(started)
         for name in names:
             assert paused[name] < started[name], name

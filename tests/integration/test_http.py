@@ -16,7 +16,7 @@ import pytest
 
 from common.config import SchedulerConfig
 from common.natsserver import NatsServer
-from scheduler.app import SchedulerApp
+from scheduler.shell.app import SchedulerApp
 from tests.integration.cluster import FAST_TIMINGS, Cluster
 from tests.waiting import wait_until
 
@@ -51,7 +51,7 @@ class Api:
 
     async def wait_state(self, name: str, state: str, timeout_s: float = 20.0) -> dict[str, Any]:
         async def reached() -> bool:
-            return (await self.vm(name))["state"] == state
+            return bool((await self.vm(name))["state"] == state)
 
         await wait_until(reached, timeout_s=timeout_s, message=f"{name} {state}")
         return await self.vm(name)

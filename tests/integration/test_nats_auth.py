@@ -26,7 +26,7 @@ from common.messages import CaptureVm, CreateVm, ErrorCode, ImageCaptured, Image
 from common.natsauth import host_inbox_prefix, redact_url
 from common.natsserver import NatsServer, start_nats_server
 from hostagent.simpool import SimPool, resolve_pool_settings
-from scheduler.app import SchedulerApp
+from scheduler.shell.app import SchedulerApp
 from tests.integration.cluster import Cluster
 from tests.integration.helpers import wait_all_running, wait_hosts_up
 from tests.integration.test_qemu import kill, qemu_pids

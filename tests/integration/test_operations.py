@@ -21,8 +21,8 @@ from cli.usage import to_csv
 from common.config import SchedulerConfig
 from common.messages import CreateVm, UsageQuery, UsageReply, VmRef, VmState
 from common.natsserver import NatsServer
-from scheduler.app import SchedulerApp
-from scheduler.events import Op
+from scheduler.core.contract import Op
+from scheduler.shell.app import SchedulerApp
 from tests.integration.cluster import FAST_TIMINGS, Cluster
 from tests.waiting import wait_until
 

@@ -9,14 +9,8 @@ from hypothesis import strategies as st
 
 from common.ids import HostId, VmName
 from common.resources import Resources
-from scheduler.placement.index import HostIndex
-from scheduler.placement.pipeline import (
-    Placed,
-    PlacementPolicy,
-    Unplaceable,
-    place,
-    place_batch,
-)
+from scheduler.placement.index import HostIndex, place_batch
+from scheduler.placement.pipeline import Placed, PlacementPolicy, Unplaceable, place
 from scheduler.state.model import HostView, PlacementRequest
 from tests.factories import make_host
 

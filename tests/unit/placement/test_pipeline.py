@@ -7,14 +7,8 @@ import pytest
 from common.ids import HostId
 from common.resources import Resources
 from scheduler.placement.filters import Reason
-from scheduler.placement.pipeline import (
-    Placed,
-    PlacementPolicy,
-    Unplaceable,
-    could_ever_fit,
-    place,
-    place_batch,
-)
+from scheduler.placement.index import place_batch
+from scheduler.placement.pipeline import Placed, PlacementPolicy, Unplaceable, could_ever_fit, place
 from scheduler.state.model import HostView, PlacementRequest
 from tests.factories import make_host, make_request
 

@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from common.ids import HostId, VmName
 from common.resources import ZERO, Resources
 from scheduler.placement.filters import least_loaded_domains
-from scheduler.placement.pipeline import Placed, PlacementPolicy, Unplaceable, place_batch
+from scheduler.placement.index import place_batch
+from scheduler.placement.pipeline import Placed, PlacementPolicy, Unplaceable
 from scheduler.state.model import HostView, PlacementRequest
 
 REGIONS = ("eu", "us")

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import itertools
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
 import msgspec
 
 from common.config import SchedulerConfig
+from common.ids import HostId, VmName
 from common.messages import (
     AgentCommand,
     CreateVm,
@@ -20,12 +22,12 @@ from common.messages import (
 )
 from common.resources import Resources
 from hostagent.heartbeat import InventoryReport, omitted_digest
-from scheduler.core import SchedulerCore
-from scheduler.events import (
+from scheduler.core.contract import (
     Ack,
     Action,
     Emit,
     HeartbeatReceived,
+    Input,
     Mutation,
     Now,
     Op,
@@ -33,10 +35,14 @@ from scheduler.events import (
     SendCommands,
     Tick,
 )
+from scheduler.core.step import SchedulerCore
 from scheduler.state.cluster import ClusterState
+from scheduler.state.model import HostRecord, VmRecord
+from scheduler.state.storage import ImageRecord
 
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 HOST_CAPACITY = Resources(8000, 16384)
+T = TypeVar("T")
 
 
 class CoreKit:
@@ -56,10 +62,18 @@ class CoreKit:
         self.core.start(self.now())
         self.actions: list[Action] = []
 
-    def restart(self) -> None:
-        """A new scheduler process on the same records: nothing volatile survives."""
+    def restart(self, *, reload: bool = False) -> None:
+        """A new scheduler process on the same records: nothing volatile survives (with
+        ``reload``, the records go through their stored encoding, as a real restart does)."""
         self.state.touched_hosts.clear()
         self.state.stale_views.clear()
+        if reload:
+            self.state = ClusterState.from_records(
+                [_stored(r, VmRecord) for r in self.state.vms.values()],
+                [_stored(h, HostRecord) for h in self.state.hosts.values()],
+                dict(self.state.replies),
+                [_stored(i, ImageRecord) for i in self.state.images.values()],
+            )
         self.core = SchedulerCore(
             self.config, self.state, scheduler_id="test", event_seq=self.core.event_seq
         )
@@ -72,13 +86,11 @@ class CoreKit:
         self.t += seconds
         return self.step(Tick())
 
-    def step(self, *inputs: object) -> list[Action]:
-        self.actions = self.core.step(list(inputs), self.now())  # type: ignore[arg-type]
+    def step(self, *inputs: Input) -> list[Action]:
+        self.result = self.core.step(list(inputs), self.now())
         self.state.check_invariants()
         self.core.views.check()
-        self.state.dirty_vms.clear()
-        self.state.dirty_hosts.clear()
-        self.state.new_replies.clear()
+        self.actions = self.result.actions
         return self.actions
 
     def mutate(self, op: Op, body: CreateVm | VmRef) -> VmReply:
@@ -132,6 +144,19 @@ class CoreKit:
             )
         return actions
 
+    def vm(self, name: str) -> VmRecord:
+        return self.state.vms[VmName(name)]
+
+    def host(self, host: str) -> HostRecord:
+        return self.state.hosts[HostId(host)]
+
+    def vms_on(self, host: str) -> set[VmName]:
+        """The VMs holding capacity on ``host`` (empty if none)."""
+        return self.state.by_host.get(HostId(host), set())
+
+    def allocated(self, host: str) -> Resources:
+        return self.state.allocated[HostId(host)]
+
     def running_on(self, host: str) -> list[ObservedVm]:
         """The inventory a well-behaved agent would report: every VM assigned to it, running."""
         return [
@@ -145,6 +170,10 @@ class CoreKit:
             for r in self.state.vms.values()
             if r.host == host and r.holds_capacity
         ]
+
+
+def _stored(record: T, kind: type[T]) -> T:
+    return msgspec.json.decode(msgspec.json.encode(record), type=kind)
 
 
 def commands(actions: list[Action], host: str | None = None) -> list[AgentCommand]:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from common import codec, subjects
 from common.messages import ErrorCode, ImageCaptured
-from scheduler.api import decode_capture_report, decode_mutation
-from scheduler.events import InvalidJob, Mutation, Op
+from scheduler.core.contract import InvalidJob, Mutation, Op
+from scheduler.shell.api import decode_capture_report, decode_mutation
 
 REPORT = ImageCaptured(image="golden", vm="web", host_id="h1", sha256="ab" * 32, size_bytes=10)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from common import subjects
+from common.ids import VmName
 from common.messages import (
     CreateVm,
     DeleteVm,
@@ -19,7 +21,8 @@ from common.messages import (
 )
 from common.resources import Resources
 from hostagent.heartbeat import InventoryReport
-from scheduler.events import Emit, InvalidJob, Mutation, Op, Reply
+from scheduler.core.contract import Emit, InvalidJob, Mutation, Op, Reply
+from scheduler.core.transitions import IllegalTransition
 from tests.unit.scheduler.corekit import CoreKit, acks, commands, vm_events
 
 
@@ -45,7 +48,7 @@ def test_heartbeat_showing_the_vm_running_marks_it_running_and_acks() -> None:
     kit = with_hosts("h1")
     kit.create("web-1")
     actions = kit.heartbeat("h1", kit.running_on("h1"))
-    assert kit.state.vms["web-1"].state is VmState.RUNNING
+    assert kit.vm("web-1").state is VmState.RUNNING
     [ack] = acks(actions)
     assert ack.ack.fence_after_s == 4.0 and ack.ack.heartbeat_interval_s == 1.0
     assert commands(actions) == []
@@ -79,8 +82,8 @@ def test_unplaceable_vm_stays_pending_with_reasons_then_is_placed_when_capacity_
     assert reply.vm.reason == "no host fits: insufficient_cpu: 2 hosts"
     kit.heartbeat("h3", fault_domain="fd-2")
     kit.advance(0.2)
-    assert kit.state.vms["big-3"].state is VmState.SCHEDULED
-    assert kit.state.vms["big-3"].host == "h3"
+    assert kit.vm("big-3").state is VmState.SCHEDULED
+    assert kit.vm("big-3").host == "h3"
 
 
 def test_pending_vm_fails_after_placement_timeout() -> None:
@@ -91,7 +94,7 @@ def test_pending_vm_fails_after_placement_timeout() -> None:
     kit.advance(5)
     kit.heartbeat("h1", kit.running_on("h1"))
     kit.advance(5.5)
-    record = kit.state.vms["b"]
+    record = kit.vm("b")
     assert record.state is VmState.FAILED
     assert record.reason.startswith("placement timed out after 10s: no host fits")
 
@@ -123,14 +126,16 @@ def test_invalid_job_is_rejected_on_the_event_stream_and_acked() -> None:
     )
     assert Reply(7, None) in actions
     [emit] = [a for a in actions if isinstance(a, Emit)]
-    assert emit.subject == "stratus.events.job.rejected"
+    assert subjects.of_event(emit.event) == "stratus.events.job.rejected"
 
 
 def test_job_with_an_error_is_rejected_on_the_event_stream() -> None:
     kit = with_hosts("h1")
     job = Mutation(Op.CREATE, CreateVm(name="a", size="Nope"), 9, via_job=True, job_subject="s")
     actions = kit.step(job)
-    assert [a.subject for a in actions if isinstance(a, Emit)] == ["stratus.events.job.rejected"]
+    assert [subjects.of_event(a.event) for a in actions if isinstance(a, Emit)] == [
+        "stratus.events.job.rejected"
+    ]
 
 
 def test_stop_then_start_deallocates_and_places_again() -> None:
@@ -141,10 +146,11 @@ def test_stop_then_start_deallocates_and_places_again() -> None:
     assert reply.vm is not None and reply.vm.state is VmState.STOPPING
     assert commands(kit.actions, "h1") == [StopVm(name="a", generation=1)]
     kit.heartbeat("h1", [])
-    record = kit.state.vms["a"]
+    record = kit.vm("a")
     assert record.state is VmState.STOPPED and record.host is None
-    assert kit.state.allocated["h1"] == Resources()
+    assert kit.allocated("h1") == Resources()
     kit.mutate(Op.START, VmRef(name="a"))
+    record = kit.vm("a")
     assert record.state is VmState.SCHEDULED and record.generation == 2
 
 
@@ -155,7 +161,7 @@ def test_delete_of_a_running_vm_destroys_it_then_records_deleted() -> None:
     kit.mutate(Op.DELETE, VmRef(name="a"))
     assert commands(kit.actions, "h1") == [DeleteVm(name="a", generation=1)]
     kit.heartbeat("h1", [])
-    assert kit.state.vms["a"].state is VmState.DELETED
+    assert kit.vm("a").state is VmState.DELETED
     missing = kit.mutate(Op.STOP, VmRef(name="nope"))
     assert missing.error is not None and missing.error.code is ErrorCode.NOT_FOUND
 
@@ -164,7 +170,7 @@ def test_silent_host_is_declared_dead_and_its_vms_are_replaced_with_a_new_genera
     kit = with_hosts("h1", "h2", "h3")
     for i in range(3):
         kit.create(f"vm-{i}", "Large")
-    victim = kit.state.vms["vm-0"].host
+    victim = kit.vm("vm-0").host
     assert victim is not None
     survivors = [h for h in ("h1", "h2", "h3") if h != victim]
     moved = [r.name for r in kit.state.vms.values() if r.host == victim]
@@ -172,39 +178,39 @@ def test_silent_host_is_declared_dead_and_its_vms_are_replaced_with_a_new_genera
         kit.advance(1.0)
         for host in survivors:
             kit.heartbeat(host, kit.running_on(host))
-        assert kit.state.hosts[victim].up  # 6 s is not yet more than dead_after_s
+        assert kit.host(victim).up  # 6 s is not yet more than dead_after_s
     actions = kit.advance(0.5)
-    assert not kit.state.hosts[victim].up
+    assert not kit.host(victim).up
     assert any(isinstance(a, Emit) and isinstance(a.event, HostEvent) for a in actions)
     states = [e.state for e in vm_events(actions) if e.name == moved[0]]
     assert states[:3] == [VmState.LOST, VmState.PENDING, VmState.SCHEDULED]
     for name in moved:
-        record = kit.state.vms[name]
+        record = kit.vm(name)
         assert record.host in survivors and record.generation == 2
 
 
 def test_host_coming_back_with_stale_vms_is_told_to_destroy_them_not_resume() -> None:
     kit = with_hosts("h1", "h2")
     kit.create("a", "Large")
-    home = kit.state.vms["a"].host
+    home = kit.vm("a").host
     assert home is not None
     other = "h2" if home == "h1" else "h1"
     kit.advance(3)
     kit.heartbeat(other, kit.running_on(other))
     kit.advance(3.5)
-    assert kit.state.vms["a"].host == other  # re-placed at generation 2
+    assert kit.vm("a").host == other  # re-placed at generation 2
     paused = [
         ObservedVm(name="a", generation=1, state=ObservedState.PAUSED, cpu_milli=4000, mem_mib=7168)
     ]
     actions = kit.heartbeat(home, paused)
     assert commands(actions, home) == [DeleteVm(name="a", generation=1)]
-    assert kit.state.hosts[home].up
+    assert kit.host(home).up
     # Until the stale copy is gone, its capacity is held; then placement may use it again.
     kit.create("b", "ExtraLarge")
-    assert kit.state.vms["b"].state is VmState.PENDING
+    assert kit.vm("b").state is VmState.PENDING
     kit.heartbeat(home, [])
     kit.advance(0.1)  # pending VMs are tried again on the next tick
-    assert kit.state.vms["b"].host == home
+    assert kit.vm("b").host == home
 
 
 def test_fenced_vm_with_current_generation_is_resumed() -> None:
@@ -223,13 +229,13 @@ def test_restart_grants_a_fresh_window() -> None:
     kit.t += 100.0  # the scheduler was down for a long time
     kit.core.start(kit.now())
     kit.advance(5.0)
-    assert kit.state.hosts["h1"].up and kit.state.vms["a"].host == "h1"
+    assert kit.host("h1").up and kit.vm("a").host == "h1"
 
 
 def test_failed_start_is_retried_elsewhere_then_fails_for_good() -> None:
     kit = with_hosts("h1", "h2", max_start_attempts=2)
     kit.create("a")
-    first = kit.state.vms["a"].host
+    first = kit.vm("a").host
     assert first is not None
     failed = ObservedVm(
         name="a",
@@ -242,7 +248,7 @@ def test_failed_start_is_retried_elsewhere_then_fails_for_good() -> None:
     )
     actions = kit.heartbeat(first, [failed])
     assert DeleteVm(name="a", generation=1) in commands(actions, first)
-    record = kit.state.vms["a"]
+    record = kit.vm("a")
     assert record.host not in (None, first) and record.generation == 2
     second = record.host
     assert second is not None
@@ -275,14 +281,14 @@ def test_old_heartbeat_is_acked_but_not_reconciled() -> None:
     kit.seqs["h1"] -= 5  # an old, overtaken report that shows nothing
     actions = kit.heartbeat("h1", [])
     assert acks(actions) and commands(actions) == []
-    assert kit.state.vms["a"].state is VmState.RUNNING
+    assert kit.vm("a").state is VmState.RUNNING
 
 
 def test_availability_set_spreads_over_fault_domains() -> None:
     kit = with_hosts("h1", "h2", "h3")
     for i in range(3):
         kit.create(f"db-{i}", "Small", availability_set="db")
-    hosts = {kit.state.vms[f"db-{i}"].host for i in range(3)}
+    hosts = {kit.vm(f"db-{i}").host for i in range(3)}
     assert hosts == {"h1", "h2", "h3"}
 
 
@@ -290,9 +296,9 @@ def test_recovery_is_rate_limited_per_target_host() -> None:
     kit = with_hosts("h1", "h2", recovery_per_host_per_tick=2)
     for i in range(4):
         kit.create(f"x-{i}", "ExtraSmall")
-    victim = "h1" if kit.state.by_host.get("h1") else "h2"
+    victim = "h1" if kit.vms_on("h1") else "h2"
     survivor = "h2" if victim == "h1" else "h1"
-    count = len(kit.state.by_host[victim])
+    count = len(kit.vms_on(victim))
     assert count == 4
     kit.advance(3)
     kit.heartbeat(survivor, kit.running_on(survivor))
@@ -302,11 +308,41 @@ def test_recovery_is_rate_limited_per_target_host() -> None:
     assert all(r.host == survivor for r in kit.state.vms.values())
 
 
+def test_the_recovery_rate_limit_holds_across_a_scheduler_restart() -> None:
+    kit = with_hosts("h1", "h2", recovery_per_host_per_tick=2)
+    for i in range(6):
+        kit.create(f"x-{i}", "ExtraSmall")
+    victim = "h1" if kit.vms_on("h1") else "h2"
+    survivor = "h2" if victim == "h1" else "h1"
+    assert len(kit.vms_on(victim)) == 6
+    kit.advance(3)
+    kit.heartbeat(survivor, kit.running_on(survivor))
+    assert len(commands(kit.advance(3.5), survivor)) == 2  # victim declared dead
+    kit.restart(reload=True)
+    kit.heartbeat(survivor, kit.running_on(survivor))
+    actions = kit.advance(0.2)
+    assert len(commands(actions, survivor)) == 2, "a restart must not lift the rate limit"
+    kit.heartbeat(survivor, kit.running_on(survivor))
+    kit.advance(0.2)
+    assert all(r.host == survivor for r in kit.state.vms.values())
+    assert not any(r.recovering for r in kit.state.vms.values() if r.state is VmState.RUNNING)
+
+
+def test_a_vm_state_change_outside_the_table_is_refused() -> None:
+    kit = with_hosts("h1")
+    kit.create("a")
+    record = kit.vm(VmName("a"))
+    ctx = kit.core.context(kit.now())
+    with pytest.raises(IllegalTransition, match="scheduled -> stopped"):
+        ctx.change_vm(record, state=VmState.STOPPED)
+    assert record.state is VmState.SCHEDULED
+
+
 def test_after_a_restart_a_host_running_what_the_records_say_needs_no_full_report() -> None:
     kit = with_hosts("h1", "h2")
     kit.create("a", "ExtraLarge")
     kit.create("b", "ExtraLarge")  # one per host
-    hosts = {name: kit.state.vms[name].host for name in ("a", "b")}
+    hosts = {name: kit.vm(name).host for name in ("a", "b")}
     assert hosts["a"] != hosts["b"]
     reports = {h: InventoryReport() for h in ("h1", "h2")}
     for i, host in enumerate(("h1", "h2")):
@@ -325,4 +361,4 @@ def test_after_a_restart_a_host_running_what_the_records_say_needs_no_full_repor
     # The other host lost its VM while the scheduler was away: a changed inventory goes in full.
     actions = kit.heartbeat(loses, [], fault_domain=f"fd-{1 - i}", report=reports[loses])
     assert [type(c) for c in commands(actions, loses)] == [StartVm]
-    assert kit.state.vms["b"].state is VmState.STARTING
+    assert kit.vm("b").state is VmState.STARTING

@@ -27,7 +27,7 @@ from common.messages import (
 )
 from common.resources import Resources
 from hostagent.heartbeat import InventoryReport
-from scheduler.events import Ack, Action, Mutation, Op, SendCommands
+from scheduler.core.contract import Ack, Action, Mutation, Op, SendCommands
 from scheduler.state.model import ACTIVE_STATES
 from tests.unit.scheduler.corekit import CoreKit
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from common import subjects
 from common.messages import (
     ErrorCode,
     HostEvent,
@@ -15,7 +16,7 @@ from common.messages import (
     VmState,
 )
 from common.resources import Resources
-from scheduler.events import Emit, Mutation, Op, Reply
+from scheduler.core.contract import Emit, Mutation, Op, Reply
 from tests.unit.scheduler.corekit import CoreKit, commands
 
 SMALL_HOST = Resources(2000, 4096)
@@ -39,7 +40,7 @@ def agent_report(kit: CoreKit, host: str) -> list[ObservedVm]:
     return [
         vm
         for vm in kit.running_on(host)
-        if kit.state.vms[vm.name].state not in (VmState.STOPPING, VmState.DELETING)
+        if kit.vm(vm.name).state not in (VmState.STOPPING, VmState.DELETING)
     ]
 
 
@@ -61,7 +62,7 @@ def fill(kit: CoreKit, host: str, count: int, size: str = "Small") -> list[str]:
     for other in others:
         host_op(kit, Op.UNCORDON, other)
     kit.heartbeat(host, kit.running_on(host))
-    assert all(kit.state.vms[n].host == host for n in names)
+    assert all(kit.vm(n).host == host for n in names)
     return names
 
 
@@ -71,16 +72,16 @@ def test_cordon_stops_new_placements_and_uncordon_lets_them_in_again() -> None:
     assert reply.host is not None and reply.host.cordoned and not reply.host.draining
     assert [e.reason for e in host_events(kit)] == ["cordoned"]
     kit.create("a")
-    assert kit.state.vms["a"].host == "h2"
+    assert kit.vm("a").host == "h2"
     host_op(kit, Op.CORDON, "h2")
     pending = kit.create("b")
     assert pending.vm is not None and pending.vm.state is VmState.PENDING
     assert pending.vm.reason == "no host fits: host_cordoned: 2 hosts"
     kit.heartbeat("h1")  # heartbeats keep the cordon
-    assert kit.state.hosts["h1"].cordoned
+    assert kit.host("h1").cordoned
     host_op(kit, Op.UNCORDON, "h1")
     kit.advance(0.2)
-    assert kit.state.vms["b"].host == "h1"
+    assert kit.vm("b").host == "h1"
 
 
 def test_repeated_cordon_changes_nothing_and_unknown_host_is_not_found() -> None:
@@ -110,13 +111,13 @@ def test_drain_moves_every_vm_elsewhere_a_few_at_a_time_with_a_new_generation() 
             kit.heartbeat(host, agent_report(kit, host))
         kit.advance(0.2)
         progress += [e.drain_remaining for e in host_events(kit) if e.draining]
-        if not kit.state.hosts["h1"].draining:
+        if not kit.host("h1").draining:
             break
-    h1 = kit.state.hosts["h1"]
-    assert h1.cordoned and not h1.draining and not kit.state.by_host.get("h1")
+    h1 = kit.host("h1")
+    assert h1.cordoned and not h1.draining and not kit.vms_on("h1")
     assert [e.reason for e in host_events(kit)] == ["drain complete"]
     for name in names:
-        record = kit.state.vms[name]
+        record = kit.vm(name)
         assert record.state is VmState.RUNNING and record.host in ("h2", "h3")
         assert record.generation == 2 and record.drained_from is None
     assert progress == sorted(progress, reverse=True) and progress[-1] < 6
@@ -126,12 +127,13 @@ def test_vm_moves_stop_first_then_start_elsewhere() -> None:
     kit = cluster("h1", "h2")
     [name] = fill(kit, "h1", 1)
     host_op(kit, Op.DRAIN, "h1")
-    record = kit.state.vms[name]
+    record = kit.vm(name)
     assert record.state is VmState.STOPPING and record.host == "h1"
     assert commands(kit.actions, "h2") == []  # nothing starts before the old copy is gone
     kit.heartbeat("h1", kit.running_on("h1"))  # not stopped yet: it stays put
     assert record.host == "h1"
     actions = kit.heartbeat("h1", [])
+    record = kit.vm(name)
     assert record.state is VmState.SCHEDULED and record.host == "h2" and record.generation == 2
     assert [c.generation for c in commands(actions, "h2")] == [2]
 
@@ -156,7 +158,7 @@ def test_drain_without_room_elsewhere_fails_up_front_and_changes_nothing(
     assert reply.error is not None and reply.error.code is ErrorCode.INSUFFICIENT_CAPACITY
     assert reply.error.detail.startswith(f"cannot drain h1: {why}")
     assert not any(isinstance(a, Emit) for a in kit.actions) and commands(kit.actions) == []
-    assert not kit.state.hosts["h1"].cordoned and not kit.state.hosts["h1"].draining
+    assert not kit.host("h1").cordoned and not kit.host("h1").draining
     assert {n: (r.state, r.host, r.generation) for n, r in kit.state.vms.items()} == before
 
 
@@ -173,11 +175,11 @@ def test_stop_asked_for_during_a_move_wins() -> None:
     host_op(kit, Op.DRAIN, "h1")
     kit.mutate(Op.STOP, VmRef(name=name))
     kit.heartbeat("h1", [])
-    record = kit.state.vms[name]
+    record = kit.vm(name)
     assert record.state is VmState.STOPPED and record.host is None
     assert record.drained_from is None
     kit.advance(0.2)
-    assert not kit.state.hosts["h1"].draining
+    assert not kit.host("h1").draining
 
 
 def test_vm_being_moved_off_a_host_that_dies_is_placed_again_not_stopped() -> None:
@@ -187,8 +189,8 @@ def test_vm_being_moved_off_a_host_that_dies_is_placed_again_not_stopped() -> No
     for _ in range(7):
         kit.heartbeat("h2", agent_report(kit, "h2"))
         kit.advance(1.0)
-    assert not kit.state.hosts["h1"].up
-    record = kit.state.vms[name]
+    assert not kit.host("h1").up
+    record = kit.vm(name)
     assert record.host == "h2" and record.state is VmState.SCHEDULED and record.generation == 2
 
 
@@ -200,8 +202,8 @@ def test_uncordon_cancels_a_drain_and_vms_not_yet_moved_stay() -> None:
     assert reply.host is not None and not reply.host.cordoned and not reply.host.draining
     kit.heartbeat("h1", agent_report(kit, "h1"))  # the one move under way finishes
     kit.advance(0.2)
-    assert [kit.state.vms[n].host for n in names[1:]] == ["h1", "h1"]
-    assert kit.state.vms[names[0]].state is VmState.SCHEDULED
+    assert [kit.vm(n).host for n in names[1:]] == ["h1", "h1"]
+    assert kit.vm(names[0]).state is VmState.SCHEDULED
 
 
 def test_cordon_during_a_drain_keeps_draining() -> None:
@@ -217,6 +219,6 @@ def test_failed_drain_job_is_rejected_on_the_event_stream() -> None:
     fill(kit, "h1", 1)
     reply = host_op(kit, Op.DRAIN, "h1", via_job=True, job_subject="stratus.jobs.host.drain")
     assert reply.error is not None
-    assert [a.subject for a in kit.actions if isinstance(a, Emit)] == [
+    assert [subjects.of_event(a.event) for a in kit.actions if isinstance(a, Emit)] == [
         "stratus.events.job.rejected"
     ]

@@ -11,8 +11,8 @@ from common import codec, subjects
 from common.config import SchedulerConfig
 from common.messages import Heartbeat
 from common.resources import Resources
-from scheduler.app import SchedulerApp
-from scheduler.events import HeartbeatReceived, Input, Tick
+from scheduler.core.contract import HeartbeatReceived, Input, Tick
+from scheduler.shell.app import SchedulerApp
 
 
 class _Msg:

@@ -4,8 +4,8 @@ import pytest
 
 from common.ids import HostId
 from common.messages import HostEvent
-from scheduler.events import Emit, Reconnected
-from scheduler.liveness import expired_hosts, fresh_window, renew_windows
+from scheduler.core.contract import Emit, Reconnected
+from scheduler.core.liveness import expired_hosts, fresh_window, renew_windows
 from scheduler.state.model import HostRuntime
 from tests.unit.scheduler.corekit import CoreKit
 

@@ -11,8 +11,9 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from common.messages import CreateVm, HostRef, VmRef
-from scheduler.events import Action, Mutation, Op
-from scheduler.metrics import Observer, SchedulerMetrics
+from scheduler.core.contract import Action, Input, Mutation, Op
+from scheduler.shell.metrics import Observer, SchedulerMetrics
+from scheduler.state.cluster import ClusterState
 from tests.unit.scheduler.corekit import CoreKit
 
 REPO = Path(__file__).resolve().parents[3]
@@ -38,7 +39,10 @@ class ObservedKit(CoreKit):
         self.observers: list[Observer] = []
         self.sources: dict[int, str] = {}
 
-    def step(self, *inputs: object) -> list[Action]:
+    def committed(self) -> ClusterState | None:
+        return self.state
+
+    def step(self, *inputs: Input) -> list[Action]:
         actions = super().step(*inputs)
         for observe in getattr(self, "observers", []):
             observe(actions, lambda token: self.sources.get(token, "nats"))

@@ -18,7 +18,7 @@ from common.messages import (
     StopVm,
     VmState,
 )
-from scheduler.reconciler import Outcome, reconcile_host
+from scheduler.core.reconciler import Outcome, reconcile_host
 from scheduler.state.model import VmRecord
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

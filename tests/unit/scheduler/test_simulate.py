@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from common.resources import Resources
-from scheduler.simulate import (
+from scheduler.placement.simulate import (
     SimPolicy,
     TraceVm,
     equal_hosts,

@@ -24,7 +24,7 @@ from common.messages import (
     VmReply,
     VmState,
 )
-from scheduler.events import DropImageObject, Mutation, Op, Reply
+from scheduler.core.contract import DropImageObject, Mutation, Op, Reply
 from scheduler.placement.filters import Reason
 from scheduler.state.model import VmRecord
 from tests.unit.scheduler.corekit import CoreKit, commands, vm_events

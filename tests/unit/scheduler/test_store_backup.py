@@ -12,8 +12,8 @@ import msgspec
 from common import codec, subjects
 from common.ids import VmName
 from common.messages import HostEvent, HostState, VmEvent, VmState
+from scheduler.shell.store import Batch, SqliteStore, read_vm_history
 from scheduler.state.model import VmRecord
-from scheduler.state.store import Batch, SqliteStore, read_vm_history
 
 NOW = datetime(2026, 3, 1, 10, tzinfo=UTC)
 

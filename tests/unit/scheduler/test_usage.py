@@ -13,11 +13,11 @@ import pytest
 
 from common.config import SchedulerConfig
 from common.messages import VmEvent, VmRef, VmState
-from scheduler.core import SchedulerCore
-from scheduler.events import Op
+from scheduler.core.contract import Action, Input, Op
+from scheduler.core.step import SchedulerCore
+from scheduler.core.usage import floor_hour, held_periods, usage_report
 from scheduler.state.cluster import ClusterState
 from scheduler.state.model import HostRecord, VmRecord
-from scheduler.usage import floor_hour, held_periods, usage_report
 from tests.unit.scheduler.corekit import EPOCH, CoreKit, vm_events
 
 T0 = datetime(2026, 3, 1, 10, 0, tzinfo=UTC)
@@ -197,7 +197,7 @@ class MeteredKit(CoreKit):
         self.history: list[VmEvent] = []
         super().__init__()
 
-    def step(self, *inputs: object) -> list:  # type: ignore[type-arg]
+    def step(self, *inputs: Input) -> list[Action]:
         actions = super().step(*inputs)
         self.history.extend(vm_events(actions))
         return actions
@@ -209,7 +209,7 @@ class MeteredKit(CoreKit):
             self.heartbeat(host, self.running_on(host))
         self.advance(0.1)
 
-    def restart(self, downtime_s: float) -> None:
+    def restart_after(self, downtime_s: float) -> None:
         """A new scheduler process: state reloaded from the store, event numbering continued."""
         vms = [msgspec.convert(msgspec.to_builtins(r), VmRecord) for r in self.state.vms.values()]
         hosts = [
@@ -235,16 +235,16 @@ def test_core_history_vm_replaced_after_host_death_pays_each_hour_once() -> None
     kit.heartbeat("h2", fault_domain="fd-1")
     kit.jump(1800, "h1", "h2")  # 00:30
     kit.create("a", "Large")
-    home = kit.state.vms["a"].host
+    home = kit.vm("a").host
     assert home is not None
     other = "h2" if home == "h1" else "h1"
     kit.jump(1, "h1", "h2")
     kit.jump(1200, "h1", "h2")  # 00:50: then the home host goes silent
     for _ in range(7):
         kit.jump(1, other)
-    assert not kit.state.hosts[home].up and kit.state.vms["a"].host == other
+    assert not kit.host(home).up and kit.vm("a").host == other
     kit.jump(1, other)
-    assert kit.state.vms["a"].state is VmState.RUNNING
+    assert kit.vm("a").state is VmState.RUNNING
     kit.jump(1800, other)  # 01:20
     kit.mutate(Op.DELETE, VmRef(name="a"))
     kit.heartbeat(other, [])
@@ -262,7 +262,7 @@ def test_core_history_stopped_vm_is_not_billed_while_deallocated() -> None:
     kit.jump(600, "h1")  # 00:10
     kit.mutate(Op.STOP, VmRef(name="a"))
     kit.heartbeat("h1", [])
-    assert kit.state.vms["a"].state is VmState.STOPPED
+    assert kit.vm("a").state is VmState.STOPPED
     kit.jump(5 * 3600, "h1")  # 05:10: five hours stopped
     kit.mutate(Op.START, VmRef(name="a"))
     kit.jump(60, "h1")  # 05:11, running until now
@@ -276,9 +276,9 @@ def test_core_history_across_a_scheduler_restart_bills_the_downtime_once() -> No
     kit.create("a", "Small")
     kit.jump(1, "h1")
     before = len(kit.history)
-    kit.restart(downtime_s=1800)  # down 00:40 .. 01:10; the VM keeps running on its host
+    kit.restart_after(downtime_s=1800)  # down 00:40 .. 01:10; the VM keeps running on its host
     kit.jump(1, "h1")
-    assert kit.state.vms["a"].state is VmState.RUNNING and kit.state.hosts["h1"].up
+    assert kit.vm("a").state is VmState.RUNNING and kit.host("h1").up
     kit.history.extend(kit.history[before - 2 : before])  # the outbox republished these
     kit.jump(3600, "h1")  # 02:10
     seqs = [e.seq for e in kit.history]

@@ -16,9 +16,9 @@ from nats.aio.client import Client
 from common import codec, subjects
 from common import messages as m
 from common.config import SchedulerConfig
-from scheduler.events import Op
-from scheduler.http.errors import STATUS
-from scheduler.http.server import build_app, build_registry
+from scheduler.core.contract import Op
+from scheduler.shell.http.errors import STATUS
+from scheduler.shell.http.server import build_app, build_registry
 
 TOKEN = "unit-token-7f3e"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -97,7 +97,7 @@ def test_every_error_code_has_an_http_status() -> None:
 
 @pytest.mark.parametrize("token", [True, False], ids=["token", "no-token"])
 def test_openapi_documents_every_route_with_resolvable_schemas(token: bool) -> None:
-    from scheduler.http.openapi import build_openapi
+    from scheduler.shell.http.openapi import build_openapi
 
     registry = build_registry()
     doc = build_openapi(registry, version="1", token=token, token_for_reads=False, sizes=["Small"])

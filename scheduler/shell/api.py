@@ -13,11 +13,11 @@ from nats.aio.msg import Msg
 from common import codec, subjects
 from common import messages as m
 from common.ids import HostId
-from scheduler import drain
-from scheduler.events import HOST_OPS, IMAGE_OPS, InvalidJob, Mutation, Now, Op, StorageBody
+from scheduler.core import drain
+from scheduler.core.contract import HOST_OPS, IMAGE_OPS, InvalidJob, Mutation, Now, Op, StorageBody
+from scheduler.core.images import listed_images
+from scheduler.core.views import host_info, vm_info
 from scheduler.state.cluster import ClusterState
-from scheduler.storageops import listed_images
-from scheduler.views import host_info, vm_info
 
 log = logging.getLogger(__name__)
 

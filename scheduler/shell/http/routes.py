@@ -11,9 +11,9 @@ from multidict import MultiMapping
 
 from common import codec, subjects
 from common import messages as m
-from scheduler.events import Op
-from scheduler.http.errors import JSON, HttpError, status_of
-from scheduler.http.registry import Backend, Endpoint, Registry, backend_of
+from scheduler.core.contract import Op
+from scheduler.shell.http.errors import JSON, HttpError, status_of
+from scheduler.shell.http.registry import Backend, Endpoint, Registry, backend_of
 
 S = TypeVar("S", bound=msgspec.Struct)
 

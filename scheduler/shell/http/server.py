@@ -24,10 +24,10 @@ from common import codec
 from common.config import SchedulerConfig
 from common.errors import ConfigError
 from common.messages import ErrorCode
-from scheduler.http import events, operations, routes
-from scheduler.http.errors import CODE_OF_STATUS, JSON, HttpError, error_response
-from scheduler.http.openapi import build_openapi
-from scheduler.http.registry import BACKEND, NATS, Backend, Endpoint, Handler, Registry
+from scheduler.shell.http import events, operations, routes
+from scheduler.shell.http.errors import CODE_OF_STATUS, JSON, HttpError, error_response
+from scheduler.shell.http.openapi import build_openapi
+from scheduler.shell.http.registry import BACKEND, NATS, Backend, Endpoint, Handler, Registry
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,6 @@
-"""What flows into the core (inputs) and out of it (actions). Pure data."""
+"""What flows into the core (inputs) and out of it (a ``StepResult``: actions and the records
+to store). Pure data. Actions name hosts and VMs, never NATS subjects: the shell maps them
+(common/subjects.py)."""
 
 from __future__ import annotations
 
@@ -24,7 +26,10 @@ from common.messages import (
     ImageRef,
     UploadImage,
     VmRef,
+    VmReply,
 )
+from scheduler.state.model import HostRecord, VmRecord
+from scheduler.state.storage import ImageRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,9 +59,9 @@ class Op(StrEnum):
 HOST_OPS = frozenset({Op.CORDON, Op.UNCORDON, Op.DRAIN})
 """Operations on a host (body HostRef, reply HostReply); the others act on a VM."""
 VM_STORAGE_OPS = frozenset({Op.ATTACH_DISK, Op.DETACH_DISK, Op.CAPTURE})
-"""Disk operations on a VM (reply VmReply); see scheduler/storageops.py."""
+"""Disk operations on a VM (reply VmReply); see scheduler/core/disks.py and images.py."""
 IMAGE_OPS = frozenset({Op.IMAGE_UPLOAD, Op.IMAGE_DELETE, Op.IMAGE_CAPTURED})
-"""Gallery operations (reply ImageReply); see scheduler/storageops.py."""
+"""Gallery operations (reply ImageReply); see scheduler/core/images.py."""
 
 StorageBody = AttachDisk | DetachDisk | CaptureVm | UploadImage | ImageRef | ImageCaptured
 
@@ -100,6 +105,17 @@ class Reconnected:
     during it, so every host gets a fresh window before it is judged again."""
 
 
+@dataclass(frozen=True, slots=True)
+class BuiltinImage:
+    """A configured built-in image whose bytes the shell stored (at start-up): the core
+    registers it, or a new version of it when its bytes changed."""
+
+    name: str
+    sha256: str
+    size_bytes: int
+    format: str
+
+
 Input = Mutation | InvalidJob | HeartbeatReceived | Tick | Reconnected
 
 
@@ -127,7 +143,9 @@ class SendCommands:
 
 @dataclass(frozen=True, slots=True)
 class Emit:
-    subject: str
+    """Publish an event (the shell stores it in the outbox first; its subject comes from
+    ``common.subjects.of_event``)."""
+
     event: Event
 
 
@@ -139,3 +157,16 @@ class DropImageObject:
 
 
 Action = Reply | Ack | SendCommands | Emit | DropImageObject
+
+
+@dataclass(slots=True)
+class StepResult:
+    """What one core step produced: the records to store (all in one transaction) and the
+    actions to carry out once they are stored. The records are the core's own objects: the
+    shell encodes (or copies) them before the core's next step."""
+
+    actions: list[Action]
+    vms: list[VmRecord]
+    hosts: list[HostRecord]
+    images: list[ImageRecord]
+    replies: dict[str, VmReply]

@@ -22,7 +22,7 @@ from common.messages import (
     VmSpec,
     VmState,
 )
-from scheduler.disks import specs as disk_specs
+from scheduler.core.disks import specs as disk_specs
 from scheduler.state.model import VmRecord
 
 

@@ -1,30 +1,44 @@
-"""Read-side views: records to API structs. Pure."""
+"""Read-side views: records to API structs, and error replies. Pure."""
 
 from __future__ import annotations
 
-from common.messages import HostInfo, HostState, VmInfo
+import msgspec
+
+from common.messages import (
+    ErrorBody,
+    ErrorCode,
+    HostInfo,
+    HostReply,
+    HostState,
+    ImageInfo,
+    ImageReply,
+    VmInfo,
+    VmReply,
+)
 from common.resources import ZERO, Resources
-from scheduler.disks import infos as disk_infos
 from scheduler.state.model import HostRecord, HostRuntime, VmRecord
+from scheduler.state.storage import ImageRecord
+
+
+def vm_error(code: ErrorCode, detail: str) -> VmReply:
+    return VmReply(error=ErrorBody(code=code, detail=detail))
+
+
+def image_error(code: ErrorCode, detail: str) -> ImageReply:
+    return ImageReply(error=ErrorBody(code=code, detail=detail))
+
+
+def host_error(code: ErrorCode, detail: str) -> HostReply:
+    return HostReply(error=ErrorBody(code=code, detail=detail))
 
 
 def vm_info(record: VmRecord) -> VmInfo:
-    return VmInfo(
-        name=record.name,
-        size=record.size,
-        cpu_milli=record.cpu_milli,
-        mem_mib=record.mem_mib,
-        image=record.image,
-        region=record.region,
-        availability_set=record.availability_set,
-        state=record.state,
-        host=record.host,
-        generation=record.generation,
-        reason=record.reason,
-        created_at=record.created_at,
-        updated_at=record.updated_at,
-        disks=disk_infos(record),
-    )
+    """The record as the API shows it (its disks as ``DiskInfo``)."""
+    return msgspec.convert(record, VmInfo, from_attributes=True)
+
+
+def image_info(image: ImageRecord) -> ImageInfo:
+    return msgspec.convert(image, ImageInfo, from_attributes=True)
 
 
 def host_info(

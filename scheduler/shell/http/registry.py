@@ -3,7 +3,7 @@ path, handler, whether it needs the token) and what ``/openapi.json`` says about
 and response structs, query struct, error codes).
 
 A module adds routes with a ``register(api: Registry)`` function listed in
-``scheduler.http.server.ROUTE_MODULES``::
+``scheduler.shell.http.server.ROUTE_MODULES``::
 
     def register(api: Registry) -> None:
         api.add(Endpoint("GET", "/v1/usage", get_usage, "getUsage", "Usage per VM and size",
@@ -23,7 +23,7 @@ from aiohttp import web
 from nats.aio.client import Client
 
 from common.messages import CreateVm, ErrorCode, HostRef, HostReply, VmRef, VmReply
-from scheduler.events import Op
+from scheduler.core.contract import Op
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Method = Literal["GET", "POST", "PUT", "PATCH", "DELETE"]

@@ -19,6 +19,8 @@ import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from common.messages import Event, HostEvent, JobRejected, VmEvent
+
 log = logging.getLogger(__name__)
 
 Row = tuple[int, str, bytes]
@@ -107,3 +109,27 @@ class EventPublisher:
                 self._outbox.put_nowait(row)
             if len(self._inflight) < self._window:
                 self._space.set()
+
+
+def log_event(event: Event) -> None:
+    """Log a committed event (the core logs nothing of its own)."""
+    match event:
+        case VmEvent():
+            log.info(
+                "vm %s name=%s host=%s generation=%d reason=%s",
+                event.state,
+                event.name,
+                event.host,
+                event.generation,
+                event.reason,
+            )
+        case HostEvent():
+            log.info("host %s host_id=%s reason=%s", event.state, event.host_id, event.reason)
+        case JobRejected():
+            log.warning(
+                "job rejected subject=%s request_id=%s code=%s detail=%s",
+                event.subject,
+                event.request_id,
+                event.code,
+                event.detail,
+            )

@@ -1,7 +1,7 @@
 """The image gallery's I/O, in the scheduler's shell: the object store bucket, built-in images
 at startup, checking uploaded bytes before the core registers them, dropping unused bytes.
 
-The core (scheduler/storageops.py) owns the gallery records; this module only touches bytes.
+The core (scheduler/core/images.py) owns the gallery records; this module only touches bytes.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ import asyncio
 import dataclasses
 import logging
 from collections.abc import Callable
-from datetime import datetime
 from pathlib import Path
 
 import nats.errors
@@ -30,11 +29,10 @@ from common.imagestore import (
     put_image,
     read_image_head,
 )
-from common.messages import ErrorBody, ErrorCode, ImageReply, ImageState, UploadImage
-from scheduler.events import Mutation
-from scheduler.state.cluster import ClusterState
+from common.messages import ErrorBody, ErrorCode, ImageReply, UploadImage
+from scheduler.core.contract import BuiltinImage, Mutation
+from scheduler.core.images import object_unused
 from scheduler.state.storage import ImageRecord
-from scheduler.storageops import DELETED
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +46,12 @@ def _in_background(coro: object, name: str) -> None:
     task.add_done_callback(_background.discard)
 
 
-async def prepare(
-    js: JetStreamContext, config: SchedulerConfig, state: ClusterState, now: datetime
-) -> None:
-    """Create the images bucket and register the configured built-in images (uploaded once;
-    a changed file becomes the image's next version). Runs before the core loop starts."""
+async def prepare(js: JetStreamContext, config: SchedulerConfig) -> list[BuiltinImage]:
+    """Create the images bucket and store the configured built-in images' bytes (idempotent:
+    objects are named by sha256). The core registers them (a changed file becomes the image's
+    next version). Runs before the core loop starts."""
     await image_bucket(js)
+    found: list[BuiltinImage] = []
     for name, path in sorted(config.builtin_images.items()):
         try:
             sha256, size = await put_image(js, Path(path))
@@ -63,21 +61,9 @@ async def prepare(
         image_format = sniff_format(header, size)
         if not isinstance(image_format, ImageFormat):
             raise StratusError(f"built-in image {name} ({path}): {image_format}")
-        known = state.images.get(name)
-        if known is not None and known.sha256 == sha256 and known.reason != DELETED:
-            continue
-        state.images[name] = ImageRecord(
-            name=name,
-            version=known.version + 1 if known is not None else 1,
-            format=image_format.value,
-            size_bytes=size,
-            sha256=sha256,
-            state=ImageState.AVAILABLE,
-            builtin=True,
-            created_at=now,
-        )
-        state.dirty_images.add(name)
-        log.info("built-in image registered name=%s sha256=%s bytes=%d", name, sha256, size)
+        found.append(BuiltinImage(name, sha256, size, image_format.value))
+        log.info("built-in image stored name=%s sha256=%s bytes=%d", name, sha256, size)
+    return found
 
 
 async def check_upload(js: JetStreamContext, body: UploadImage) -> UploadImage | str:
@@ -113,7 +99,7 @@ def check_upload_in_background(
             enqueue(dataclasses.replace(item, body=checked))
             return
         log.warning("image upload refused name=%s reason=%s", body.name, checked)
-        if all(i.sha256 != body.sha256 or i.reason == DELETED for i in images().values()):
+        if object_unused(images(), body.sha256):
             await delete_image_object(js, body.sha256)
         detail = f"not a usable image: {checked}"
         reply = ImageReply(error=ErrorBody(code=ErrorCode.INVALID_IMAGE, detail=detail))

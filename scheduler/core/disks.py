@@ -1,4 +1,5 @@
-"""A VM's disks in the scheduler: ids, where they live, pinning and rebuilding. Pure.
+"""A VM's disks in the scheduler: ids, where they live, pinning and rebuilding; the attach and
+detach operations. Pure.
 
 Every VM gets an OS disk (a qcow2 overlay of its image, made by the agent when the VM first
 starts on a host) and the data disks asked for. Disks are host-local: the host they were made on
@@ -6,19 +7,33 @@ holds them, so a VM that ran once is *pinned* to that host (stop/start keeps its
 that host is down (or a drain moves the VM off it), the disks are gone with it: the VM is
 *rebuilt* — new disk ids, the OS disk from its image again, the data disks empty — and placed
 anywhere. Disk ids embed the VM's generation and a serial, so a rebuilt or re-created disk never
-reuses an old file.
+reuses an old file. Data disks attach and detach while the VM is stopped (no hot-plug).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
+import msgspec
 from msgspec.structs import replace
 
 from common.ids import HostId, VmName
-from common.messages import DiskInfo, DiskKind, DiskSpec, VmState
+from common.messages import (
+    AttachDisk,
+    DeleteVm,
+    DetachDisk,
+    DiskKind,
+    DiskSpec,
+    ErrorCode,
+    VmReply,
+    VmState,
+)
+from scheduler.core.context import StepContext
+from scheduler.core.views import vm_error
 from scheduler.state.model import HostRecord, VmRecord
 from scheduler.state.storage import DiskRecord
+
+MAX_DATA_DISKS = 8
 
 EDITABLE_STATES = frozenset({VmState.PENDING, VmState.STOPPED, VmState.FAILED})
 """States in which data disks may be attached or detached (no hot-plug: the VM is not running)."""
@@ -130,28 +145,55 @@ def detached(record: VmRecord, disk_id: str) -> list[DiskRecord] | str:
 
 
 def specs(record: VmRecord) -> list[DiskSpec]:
-    return [
-        DiskSpec(
-            disk_id=d.disk_id,
-            kind=d.kind,
-            size_mib=d.size_mib,
-            image=d.image,
-            image_sha256=d.image_sha256,
-            storage=d.storage,
-        )
-        for d in record.disks
-    ]
+    return [msgspec.convert(d, DiskSpec, from_attributes=True) for d in record.disks]
 
 
-def infos(record: VmRecord) -> list[DiskInfo]:
-    return [
-        DiskInfo(
-            disk_id=d.disk_id,
-            kind=d.kind,
-            size_mib=d.size_mib,
-            image=d.image,
-            storage=d.storage,
-            host=d.host,
+# --------------------------------------------------------------------------- in a step
+
+
+def attach_or_detach(ctx: StepContext, body: AttachDisk | DetachDisk) -> VmName | VmReply:
+    """Attach or detach a data disk of a VM that is not running."""
+    record = ctx.state.vms.get(VmName(body.vm))
+    if record is None or record.state is VmState.DELETED:
+        return vm_error(ErrorCode.NOT_FOUND, f"vm {body.vm!r} does not exist")
+    if record.state not in EDITABLE_STATES:
+        return vm_error(
+            ErrorCode.INVALID_STATE,
+            f"vm {body.vm!r} is {record.state}: stop it to attach or detach disks",
         )
-        for d in record.disks
-    ]
+    if isinstance(body, AttachDisk):
+        if sum(d.kind is DiskKind.DATA for d in record.disks) >= MAX_DATA_DISKS:
+            return vm_error(ErrorCode.INVALID_REQUEST, "a vm has at most 8 data disks")
+        new_disks, serial = attached(record, body.size_mib)
+        ctx.change_vm(record, disks=new_disks, disk_serial=serial)
+    else:
+        result = detached(record, body.disk_id)
+        if isinstance(result, str):
+            return vm_error(ErrorCode.INVALID_REQUEST, result)
+        ctx.change_vm(record, disks=result)
+    return record.name
+
+
+def pinned_host(ctx: StepContext, record: VmRecord) -> HostId | None:
+    """Where a VM being placed must go (its disks' host), rebuilding disks that were lost."""
+    lost = lost_on(record, ctx.state.hosts)
+    if lost is not None:
+        new_disks, serial = rebuilt(record)
+        reason = rebuild_reason(record, lost)
+        ctx.change_vm(record, disks=new_disks, disk_serial=serial, reason=reason)
+        ctx.emit_vm(record)
+    return disk_host(record)
+
+
+def settle(ctx: StepContext, record: VmRecord, host: HostId) -> None:
+    """The VM runs on ``host``: its new disks exist there now."""
+    disks = settled(record, host)
+    if disks is not None:
+        ctx.change_vm(record, disks=disks)
+
+
+def drop_disks(ctx: StepContext, record: VmRecord) -> None:
+    """A VM deleted while not running: its host removes the disks it keeps for it."""
+    host = disk_host(record)
+    if host is not None and host in ctx.state.hosts and ctx.state.hosts[host].up:
+        ctx.send(host, [DeleteVm(name=record.name, generation=record.generation)])

@@ -1,7 +1,7 @@
 """Usage metering, the shell side: read the VM history from the store, price it, answer.
 
 The history is the ``vm_history`` table of the scheduler's store, written in the same
-transaction as the state change it records (see ``scheduler/state/store.py``). The events
+transaction as the state change it records (see ``scheduler/shell/store.py``). The events
 stream on NATS ages out after a week; billing must not, and a VM running for a month would
 otherwise lose the event that opened its bill.
 """
@@ -21,9 +21,9 @@ from common import codec
 from common.config import SchedulerConfig
 from common.errors import StoreError
 from common.messages import ErrorBody, ErrorCode, UsageQuery, UsageReply, VmEvent
+from scheduler.core.usage import usage_report
+from scheduler.shell.store import read_vm_history
 from scheduler.state.cluster import ClusterState
-from scheduler.state.store import read_vm_history
-from scheduler.usage import usage_report
 
 log = logging.getLogger(__name__)
 

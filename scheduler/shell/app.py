@@ -18,41 +18,26 @@ import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig
 
 from common import codec, subjects
 from common.clock import Clock, SystemClock
 from common.config import SchedulerConfig
 from common.messages import (
     CreateVm,
-    Event,
     HostCommands,
-    HostEvent,
     HostRef,
     HostReply,
-    JobRejected,
     UsageQuery,
     UsageReply,
-    VmEvent,
     VmRef,
     VmReply,
 )
 from common.natsauth import auth_options, redact_url
 from common.streams import ensure_streams
-from scheduler import gallery, metering
-from scheduler.api import (
-    ReadApi,
-    decode_capture_report,
-    decode_heartbeat,
-    decode_mutation,
-    error_reply,
-    is_read,
-)
-from scheduler.core import SchedulerCore
-from scheduler.eventpub import EventPublisher
-from scheduler.events import (
+from scheduler.core.contract import (
     Ack,
     Action,
+    BuiltinImage,
     DropImageObject,
     Emit,
     HeartbeatReceived,
@@ -64,13 +49,27 @@ from scheduler.events import (
     Reconnected,
     Reply,
     SendCommands,
+    StepResult,
     Tick,
 )
-from scheduler.http.server import HttpServer
-from scheduler.metrics import Observer, SchedulerMetrics
+from scheduler.core.step import SchedulerCore
+from scheduler.shell import gallery, metering
+from scheduler.shell.api import (
+    ReadApi,
+    decode_capture_report,
+    decode_heartbeat,
+    decode_mutation,
+    error_reply,
+    is_read,
+)
+from scheduler.shell.eventpub import EventPublisher, log_event
+from scheduler.shell.http.server import HttpServer
+from scheduler.shell.jobs import run_jobs
+from scheduler.shell.metrics import Observer, SchedulerMetrics
+from scheduler.shell.readview import ReadView, Snapshot, snapshot
+from scheduler.shell.store import Batch, Rows, SqliteStore, encode_batch
 from scheduler.state.cluster import ClusterState
 from scheduler.state.storage import ImageRecord
-from scheduler.state.store import Batch, Rows, SqliteStore, encode_batch
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +106,8 @@ class SchedulerApp:
         """Each host's newest queued heartbeat (its token)."""
         self._tick_queued = False
         self.core: SchedulerCore | None = None
+        self.view: ReadView | None = None
+        """The cluster as last committed: what reads see (scheduler/shell/readview.py)."""
         self._nc: Client | None = None
         self._reads: ReadApi | None = None
         self.http: HttpServer | None = None
@@ -114,6 +115,10 @@ class SchedulerApp:
         """Called with each committed step's actions before they are carried out, and a way to
         tell where a token's request came from (``nats``, ``job``, ``http``): metrics."""
         self.metrics = SchedulerMetrics(self).attach()
+
+    def committed(self) -> ClusterState | None:
+        """The cluster as last committed: what reads see."""
+        return self.view.state if self.view is not None else None
 
     def now(self) -> Now:
         return Now(self.clock.monotonic_s(), self.clock.utcnow())
@@ -131,7 +136,8 @@ class SchedulerApp:
             self.core = SchedulerCore(
                 self.config, state, scheduler_id=self.scheduler_id, event_seq=loaded.event_seq
             )
-            self._reads = ReadApi(lambda: state, list(self.core.sizes.values()))
+            view = self.view = ReadView(state)
+            self._reads = ReadApi(lambda: view.state, list(self.core.sizes.values()))
             for row in loaded.outbox:
                 self._outbox.put_nowait(row)
             log.info(
@@ -180,9 +186,10 @@ class SchedulerApp:
     async def _serve(self, nc: Client, store: SqliteStore) -> None:
         assert self.core is not None
         js = nc.jetstream()
-        await self._prepare(js)
+        builtins = await self._prepare(js)
         # Start judging hosts only now that heartbeats can arrive: a fresh window for all.
-        self.core.start(self.now())
+        started = self.core.start(self.now(), builtins)
+        await self._commit(store, started)
         await nc.subscribe(subjects.HEARTBEAT_WILDCARD, cb=self._on_heartbeat)
         await nc.subscribe(subjects.API_WILDCARD, queue="stratus-scheduler", cb=self._on_api)
         await nc.subscribe(
@@ -197,7 +204,7 @@ class SchedulerApp:
             loops = [
                 group.create_task(self._run_core(nc, store)),
                 group.create_task(self._run_ticks()),
-                group.create_task(self._run_jobs(js)),
+                group.create_task(run_jobs(js, self._on_job)),
                 group.create_task(EventPublisher(nc, self._outbox, self._published_one).run()),
             ]
             if http is not None:
@@ -207,15 +214,13 @@ class SchedulerApp:
             for task in loops:
                 task.cancel()
 
-    async def _prepare(self, js: JetStreamContext) -> None:
+    async def _prepare(self, js: JetStreamContext) -> list[BuiltinImage]:
         """The streams and the image gallery, retried while JetStream does not answer: a NATS
         restart while the scheduler starts must not end it (both steps are idempotent)."""
-        assert self.core is not None
         while True:
             try:
                 await ensure_streams(js)
-                await gallery.prepare(js, self.config, self.core.state, self.clock.utcnow())
-                return
+                return await gallery.prepare(js, self.config)
             except (nats.errors.Error, TimeoutError) as exc:
                 log.warning("jetstream not ready, retrying error=%r", exc)
             await asyncio.sleep(PREPARE_RETRY_S)
@@ -268,8 +273,8 @@ class SchedulerApp:
             return await future
 
     async def usage(self, query: UsageQuery) -> UsageReply:
-        """Usage metering over the VM history in the store (scheduler/usage.py)."""
-        state = self.core.state if self.core is not None else None
+        """Usage metering over the VM history in the store (scheduler/core/usage.py)."""
+        state = self.view.state if self.view is not None else None
         return await metering.usage(self.config, state, query, self.clock.utcnow())
 
     def read(self, subject: str, body: bytes) -> bytes:
@@ -307,7 +312,7 @@ class SchedulerApp:
             await msg.respond(self.read(msg.subject, msg.data))
             return
         if msg.subject == subjects.USAGE_GET:
-            state = self.core.state if self.core is not None else None
+            state = self.view.state if self.view is not None else None
             metering.answer_in_background(msg, self.config, state, self.clock.utcnow())
             return
         item = decode_mutation(msg.subject, msg.data, token=0)
@@ -338,49 +343,14 @@ class SchedulerApp:
         return self._nc
 
     def _images(self) -> dict[str, ImageRecord]:
-        return self.core.state.images if self.core is not None else {}
+        return self.view.state.images if self.view is not None else {}
 
-    async def _run_jobs(self, js: JetStreamContext) -> None:
-        """Consume the durable jobs stream; each job is acked only after its effect commits."""
-        config = ConsumerConfig(
-            durable_name=subjects.JOBS_CONSUMER,
-            ack_policy=AckPolicy.EXPLICIT,
-            ack_wait=30.0,
-            max_ack_pending=20_000,
+    def _on_job(self, msg: Msg) -> None:
+        msg_id = (msg.headers or {}).get("Nats-Msg-Id")
+        token = self._token(msg, is_job=True)
+        self.queue.put_nowait(
+            decode_mutation(msg.subject, msg.data, token, via_job=True, msg_id=msg_id)
         )
-        while True:
-            try:
-                sub = await js.pull_subscribe(
-                    subjects.JOBS_WILDCARD,
-                    durable=subjects.JOBS_CONSUMER,
-                    stream=subjects.JOBS_STREAM,
-                    config=config,
-                )
-                break
-            except (nats.errors.Error, TimeoutError) as exc:  # as in _prepare: NATS restarting
-                log.warning("jobs consumer not ready, retrying error=%r", exc)
-            await asyncio.sleep(PREPARE_RETRY_S)
-        try:
-            while True:
-                try:
-                    msgs = await sub.fetch(JOB_FETCH, timeout=1.0)
-                except TimeoutError:  # nats' TimeoutError, or asyncio's when the deadline ran out
-                    continue
-                except nats.errors.Error as exc:  # e.g. 503 while nats-server restarts
-                    log.warning("jobs fetch failed, retrying error=%r", exc)
-                    await asyncio.sleep(PREPARE_RETRY_S)
-                    continue
-                for msg in msgs:
-                    msg_id = (msg.headers or {}).get("Nats-Msg-Id")
-                    token = self._token(msg, is_job=True)
-                    self.queue.put_nowait(
-                        decode_mutation(msg.subject, msg.data, token, via_job=True, msg_id=msg_id)
-                    )
-        finally:
-            # nats-py leaves a timed-out fetch's status message unfinished in the inbox queue,
-            # and nc.drain() would then wait its whole timeout (30 s) for it: leave first.
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
 
     async def _run_ticks(self) -> None:
         while True:
@@ -407,20 +377,31 @@ class SchedulerApp:
                 items = self._latest_heartbeats(items)
                 if not items:
                     continue
-                actions = self.core.step(items, self.now())
-                await self._ack_heartbeats(actions)
-                rows = encode_batch(self._batch(actions))  # a snapshot of this step
+                result = self.core.step(items, self.now())
+                await self._ack_heartbeats(result.actions)
+                rows, copies = self._encode(result)  # a snapshot of this step
                 if committing is not None:
                     await asyncio.shield(committing)
-                committing = asyncio.create_task(self._commit_then_act(nc, store, rows, actions))
+                committing = asyncio.create_task(
+                    self._commit_then_act(nc, store, rows, copies, result.actions)
+                )
         finally:
             if committing is not None and not committing.done():
                 await asyncio.shield(committing)  # a step being committed still acts
 
+    async def _commit(self, store: SqliteStore, result: StepResult) -> None:
+        """Store a result outside the core loop (at start-up)."""
+        rows, copies = self._encode(result)
+        await store.write(rows)
+        assert self.view is not None
+        self.view.apply(copies)
+
     async def _commit_then_act(
-        self, nc: Client, store: SqliteStore, rows: Rows, actions: list[Action]
+        self, nc: Client, store: SqliteStore, rows: Rows, copies: Snapshot, actions: list[Action]
     ) -> None:
         await store.write(rows)
+        assert self.view is not None
+        self.view.apply(copies)
         await self._carry_out(nc, actions)
         for event in rows.events:  # encoded once, for the store and for the stream
             self._outbox.put_nowait(event)
@@ -433,25 +414,22 @@ class SchedulerApp:
             if isinstance(action, Ack):
                 await self._answer(self._targets.pop(action.token), action.ack)
 
-    def _batch(self, actions: list[Action]) -> Batch:
-        assert self.core is not None
-        state = self.core.state
+    def _encode(self, result: StepResult) -> tuple[Rows, Snapshot]:
+        """The rows to store and the copies for the read view, before the core's next step."""
         batch = Batch(
-            vms=[state.vms[name] for name in state.dirty_vms],
-            hosts=[state.hosts[host] for host in state.dirty_hosts],
-            replies=state.new_replies,
+            vms=result.vms,
+            hosts=result.hosts,
+            replies=result.replies,
             events=[
-                (a.event.seq, a.subject, codec.encode(a.event))
-                for a in actions
+                (a.event.seq, subjects.of_event(a.event), codec.encode(a.event))
+                for a in result.actions
                 if isinstance(a, Emit)
             ],
             published=self._published,
-            images=[state.images[name] for name in state.dirty_images],
+            images=result.images,
         )
-        state.dirty_vms, state.dirty_hosts, state.new_replies = set(), set(), {}
-        state.dirty_images = set()
         self._published = []
-        return batch
+        return encode_batch(batch), snapshot(result)
 
     async def _carry_out(self, nc: Client, actions: list[Action]) -> None:
         """Executed only after the commit: replies and commands (heartbeat acks went before it;
@@ -488,33 +466,10 @@ class SchedulerApp:
     def _log(self, actions: list[Action]) -> None:
         for action in actions:
             if isinstance(action, Emit):
-                _log_event(action.event)
+                log_event(action.event)
 
     # ------------------------------------------------------------------ events out
 
     def _published_one(self, seq: int) -> None:
         """The events stream holds event ``seq``: the next commit drops it from the outbox."""
         self._published.append(seq)
-
-
-def _log_event(event: Event) -> None:
-    match event:
-        case VmEvent():
-            log.info(
-                "vm %s name=%s host=%s generation=%d reason=%s",
-                event.state,
-                event.name,
-                event.host,
-                event.generation,
-                event.reason,
-            )
-        case HostEvent():
-            log.info("host %s host_id=%s reason=%s", event.state, event.host_id, event.reason)
-        case JobRejected():
-            log.warning(
-                "job rejected subject=%s request_id=%s code=%s detail=%s",
-                event.subject,
-                event.request_id,
-                event.code,
-                event.detail,
-            )

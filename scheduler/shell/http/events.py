@@ -21,9 +21,9 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from common import subjects
 from common.messages import ErrorCode
-from scheduler.http.errors import HttpError
-from scheduler.http.registry import NATS, Endpoint, Registry
-from scheduler.http.routes import parse_query
+from scheduler.shell.http.errors import HttpError
+from scheduler.shell.http.registry import NATS, Endpoint, Registry
+from scheduler.shell.http.routes import parse_query
 
 log = logging.getLogger(__name__)
 

@@ -18,16 +18,14 @@ from dataclasses import dataclass
 
 from common.ids import HostId, VmName
 from common.messages import VmState
-from scheduler.placement.pipeline import PlacementPolicy, Unplaceable, place_batch
+from scheduler.placement.index import place_batch
+from scheduler.placement.pipeline import PlacementPolicy, Unplaceable
 from scheduler.state.cluster import ClusterState
 from scheduler.state.model import HostView, PlacementRequest, VmRecord
 
 MOVABLE_STATES = frozenset({VmState.SCHEDULED, VmState.STARTING, VmState.RUNNING})
 """States in which a VM on a draining host is moved; a VM stopping or being deleted is left
 to finish (it leaves the host anyway)."""
-
-SETTLED_STATES = frozenset({VmState.RUNNING, VmState.STOPPED, VmState.DELETED, VmState.FAILED})
-"""States that end a move: the VM's ``drained_from`` is cleared on entering one."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,7 +4,7 @@ Two kinds:
 
 - **Gauges computed at scrape time** from the cluster state (``ClusterCollector``): hosts and VMs
   by state, capacity and allocation per region, heartbeat age. Nothing on the hot path updates
-  them; a scrape reads ``app.core.state`` in the event loop, between two core steps.
+  them; a scrape reads the last committed state (scheduler/shell/readview.py).
 - **Histograms and counters fed by the actions** of each committed core step (the app calls
   ``observe`` before carrying them out): placement latency (pending → scheduled), failure
   detection (last heartbeat → host declared dead), recovery (host declared dead → each of its
@@ -13,15 +13,12 @@ Two kinds:
 
 from __future__ import annotations
 
-import time
 from collections import Counter as Tally
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from typing import Final, Protocol
 
-from aiohttp import web
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Histogram,
@@ -33,8 +30,7 @@ from prometheus_client.registry import Collector
 from common.clock import Clock
 from common.ids import HostId
 from common.messages import HostEvent, HostState, VmEvent, VmState
-from scheduler.core import SchedulerCore
-from scheduler.events import Action, Emit, Reply
+from scheduler.core.contract import Action, Emit, Reply
 from scheduler.state.cluster import ClusterState
 from scheduler.state.model import HostRecord, HostRuntime
 
@@ -52,9 +48,12 @@ Observer = Callable[[Sequence[Action], Callable[[int], str]], None]
 class MetricsSource(Protocol):
     """What the metrics read of the scheduler (``SchedulerApp`` provides it)."""
 
-    core: SchedulerCore | None
     clock: Clock
     observers: list[Observer]
+
+    def committed(self) -> ClusterState | None:
+        """The cluster as last committed (None before the store is loaded)."""
+        ...
 
 
 class ClusterCollector(Collector):
@@ -183,8 +182,7 @@ class SchedulerMetrics:
         self._recovering: dict[str, datetime] = {}
 
     def _state(self) -> ClusterState | None:
-        core = self._source.core
-        return core.state if core is not None else None
+        return self._source.committed()
 
     def attach(self) -> SchedulerMetrics:
         """Start observing the scheduler's committed actions."""
@@ -246,13 +244,6 @@ class SchedulerMetrics:
             silent_s = clock.monotonic_s() - runtime.last_seen_s - max(0.0, since_event_s)
             self.failure_detection.observe(max(0.0, silent_s))
 
-    # ------------------------------------------------------------------ HTTP
-
-    async def handle_metrics(self, request: web.Request) -> web.Response:
-        """``GET /metrics`` in the Prometheus text format."""
-        body = self.render()
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
 
 def _outcome(body: object) -> str:
     """``ok``, or the error code of a reply; a job acked without a body was malformed."""
@@ -260,10 +251,3 @@ def _outcome(body: object) -> str:
         return "invalid_request"
     error = getattr(body, "error", None)
     return "ok" if error is None else str(error.code)
-
-
-def timed_scrape(metrics: SchedulerMetrics) -> tuple[bytes, float]:
-    """One scrape and how long it took (seconds): for benchmarks."""
-    start = time.perf_counter()
-    body = metrics.render()
-    return body, time.perf_counter() - start

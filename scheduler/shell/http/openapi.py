@@ -10,8 +10,8 @@ from typing import Any, Final
 import msgspec
 
 from common.messages import ErrorCode, ErrorReply
-from scheduler.http.errors import status_of
-from scheduler.http.registry import Endpoint
+from scheduler.shell.http.errors import status_of
+from scheduler.shell.http.registry import Endpoint
 
 Json = dict[str, Any]
 REF: Final = "#/components/schemas/{name}"

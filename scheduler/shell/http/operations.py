@@ -10,10 +10,10 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from common import codec
 from common import messages as m
-from scheduler.http.errors import HttpError
-from scheduler.http.registry import Endpoint, Registry, backend_of
-from scheduler.http.routes import json_response
-from scheduler.metrics import SchedulerMetrics
+from scheduler.shell.http.errors import HttpError
+from scheduler.shell.http.registry import Endpoint, Registry, backend_of
+from scheduler.shell.http.routes import json_response
+from scheduler.shell.metrics import SchedulerMetrics
 
 
 @runtime_checkable

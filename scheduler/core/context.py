@@ -1,0 +1,223 @@
+"""The step context: the one way a feature handler acts. Pure.
+
+Handlers (``vms``, ``hosts``, ``images``, ``disks``) read the cluster state freely, and change
+it only through a ``StepContext``: change a VM record (the transition table is checked here,
+and nowhere else), mark a host or image record changed, emit an event, send commands to a host,
+reply to a request. This is Nomad's split between the read-only ``State`` a scheduler reads and
+the ``Planner`` it writes through.
+
+One context lives for one step; what must outlast a step lives in ``Carry`` (volatile: a new
+process starts with a fresh one, see ``core/step.py`` for why that is safe).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Final
+
+import msgspec
+
+from common.config import SchedulerConfig
+from common.ids import HostId, VmName
+from common.messages import (
+    AgentCommand,
+    ErrorCode,
+    HostEvent,
+    HostState,
+    JobRejected,
+    Size,
+    StartVm,
+    VmEvent,
+    VmState,
+)
+from scheduler.core import transitions
+from scheduler.core.contract import Action, Emit, Now, Reply, SendCommands
+from scheduler.placement.hostviews import HostViews
+from scheduler.placement.pipeline import PlacementPolicy
+from scheduler.state.cluster import ClusterState
+from scheduler.state.model import VmRecord
+from scheduler.state.storage import DiskRecord
+
+
+class Keep(enum.Enum):
+    """A field left as it is by ``change_vm``."""
+
+    KEEP = enum.auto()
+
+
+KEEP: Final = Keep.KEEP
+
+
+@dataclass(slots=True)
+class Carry:
+    """What the core keeps from one step to the next, besides the records (never stored)."""
+
+    event_seq: int
+    sent: dict[HostId, dict[VmName, tuple[AgentCommand, float]]] = field(default_factory=dict)
+    """The last command sent to each host for each VM, and when."""
+    new_pending: list[VmName] = field(default_factory=list)
+    """VMs that became pending since placement last ran."""
+    capacity_changed: bool = True
+    """Some capacity was freed or changed: every pending VM is tried again at the next tick."""
+    drains_due: bool = True
+    """A drain started or moved on: drains progress in this step even without a tick."""
+
+
+@dataclass(slots=True)
+class StepContext:
+    state: ClusterState
+    config: SchedulerConfig
+    sizes: dict[str, Size]
+    policy: PlacementPolicy
+    views: HostViews
+    now: Now
+    carry: Carry
+    actions: list[Action] = field(default_factory=list)
+
+    # ------------------------------------------------------------------ change a VM record
+
+    def change_vm(
+        self,
+        record: VmRecord,
+        *,
+        state: VmState | Keep = KEEP,
+        reason: str | Keep = KEEP,
+        host: HostId | Keep | None = KEEP,
+        generation: int | Keep = KEEP,
+        pending_since: datetime | Keep | None = KEEP,
+        start_attempts: int | Keep = KEEP,
+        failed_hosts: list[HostId] | Keep = KEEP,
+        drained_from: HostId | Keep | None = KEEP,
+        disks: list[DiskRecord] | Keep = KEEP,
+        disk_serial: int | Keep = KEEP,
+        recovering: bool | Keep = KEEP,
+    ) -> None:
+        """Change fields of ``record``, keeping the indexes, the store and the event stream
+        right: a change of state must be in the transition table, and is emitted."""
+        entered = state is not KEEP and state is not record.state
+        if state is not KEEP:
+            transitions.check(record.state, state)
+            if record.drained_from is not None and state in transitions.SETTLED_STATES:
+                drained_from = None  # the move is over
+        changes = (
+            ("state", state),
+            ("reason", reason),
+            ("host", host),
+            ("generation", generation),
+            ("pending_since", pending_since),
+            ("start_attempts", start_attempts),
+            ("failed_hosts", failed_hosts),
+            ("drained_from", drained_from),
+            ("disks", disks),
+            ("disk_serial", disk_serial),
+            ("recovering", recovering),
+        )
+        self.state.before_change(record)
+        for name, value in changes:  # the signature above is what mypy checks
+            if value is not KEEP:
+                setattr(record, name, value)
+        record.updated_at = self.now.wall
+        self.state.after_change(record)
+        if entered:
+            self.emit_vm(record)
+
+    def add_vm(self, record: VmRecord) -> None:
+        """A new record (created, or created again after a delete), already ``pending``."""
+        self.state.add_vm(record)
+        self.state.dirty_vms.add(record.name)
+        self.carry.new_pending.append(record.name)
+        self.emit_vm(record)
+
+    def want_placement(self, name: VmName) -> None:
+        """``name`` became pending: placement looks at it in this step."""
+        self.carry.new_pending.append(name)
+
+    def capacity_changed(self) -> None:
+        """Capacity was freed or changed: every pending VM is tried again at the next tick."""
+        self.carry.capacity_changed = True
+
+    def host_changed(self, host: HostId) -> None:
+        """A host record changed: stored with this step, and seen anew by placement."""
+        self.state.host_changed(host)
+        self.carry.capacity_changed = True
+
+    # ------------------------------------------------------------------ emit
+
+    def next_seq(self) -> int:
+        self.carry.event_seq += 1
+        return self.carry.event_seq
+
+    def emit_vm(self, record: VmRecord) -> None:
+        event = VmEvent(
+            seq=self.next_seq(),
+            time=self.now.wall,
+            name=record.name,
+            state=record.state,
+            host=record.host,
+            generation=record.generation,
+            reason=record.reason,
+            size=record.size,
+        )
+        self.actions.append(Emit(event))
+
+    def emit_host(
+        self, host: HostId, state: HostState, reason: str, drain_remaining: int
+    ) -> HostEvent:
+        record = self.state.hosts.get(host)
+        event = HostEvent(
+            seq=self.next_seq(),
+            time=self.now.wall,
+            host_id=host,
+            state=state,
+            reason=reason,
+            cordoned=record.cordoned if record else False,
+            draining=record.draining if record else False,
+            drain_remaining=drain_remaining,
+        )
+        self.actions.append(Emit(event))
+        return event
+
+    def reject_job(
+        self, subject: str, request_id: str | None, code: ErrorCode, detail: str
+    ) -> None:
+        event = JobRejected(
+            seq=self.next_seq(),
+            time=self.now.wall,
+            subject=subject,
+            request_id=request_id,
+            code=code,
+            detail=detail,
+        )
+        self.actions.append(Emit(event))
+
+    # ------------------------------------------------------------------ send and reply
+
+    def send(self, host: HostId, commands: list[AgentCommand]) -> None:
+        """Send commands, skipping any sent recently with the same content (the agent is
+        idempotent, so a repeat after ``command_retry_s`` is safe and heals lost messages)."""
+        if not commands:
+            return
+        due: list[AgentCommand] = []
+        sent = self.carry.sent.setdefault(host, {})
+        now_s, retry_s = self.now.mono_s, self.config.command_retry_s
+        for cmd in commands:
+            key = VmName(cmd.vm.name if isinstance(cmd, StartVm) else cmd.name)
+            last = sent.get(key)
+            if last is None or last[0] != cmd or now_s - last[1] >= retry_s:
+                sent[key] = (cmd, now_s)
+                due.append(cmd)
+        if due:
+            self.actions.append(SendCommands(host, tuple(due)))
+
+    def forget_sent(self, host: HostId, name: VmName | None = None) -> None:
+        """Forget what was sent to ``host`` (about ``name``, or about every VM)."""
+        if name is None:
+            self.carry.sent.pop(host, None)
+        else:
+            self.carry.sent.get(host, {}).pop(name, None)
+
+    def reply(self, token: int, body: msgspec.Struct | None) -> None:
+        """Answer request ``token`` (a job is acked when ``body`` is None)."""
+        self.actions.append(Reply(token, body))

@@ -1,0 +1,300 @@
+"""Hosts in the core: heartbeats, liveness, cordon, uncordon and drain. Pure.
+
+- A heartbeat renews the host's lease (the ack), registers the host, and reconciles its
+  inventory against the records (scheduler/core/reconciler.py) unless nothing changed on
+  either side since a reconcile that found it right.
+- A host silent for ``dead_after_s`` is declared dead: its VMs are lost and placed again.
+- A cordoned host takes no new VMs; a draining host is also emptied, a few VMs at a time
+  (``drain_parallelism``): each is stopped there and placed again elsewhere (drain.py plans).
+"""
+
+from __future__ import annotations
+
+from common import codec
+from common.ids import HostId, VmName
+from common.messages import (
+    ErrorCode,
+    Heartbeat,
+    HeartbeatAck,
+    HostInfo,
+    HostRef,
+    HostReply,
+    HostState,
+    ObservedState,
+    ObservedVm,
+    VmState,
+)
+from common.resources import ZERO
+from scheduler.core import disks, drain, lifecycle, views
+from scheduler.core.context import StepContext
+from scheduler.core.contract import Ack, Op
+from scheduler.core.liveness import expired_hosts
+from scheduler.core.reconciler import Outcome, Transition, reconcile_host
+from scheduler.state.model import HostRecord, HostRuntime
+
+# --------------------------------------------------------------------------- heartbeats
+
+
+def heartbeat(ctx: StepContext, hb: Heartbeat, token: int, scheduler_id: str) -> None:
+    host = HostId(hb.host_id)
+    now_s = ctx.now.mono_s
+    runtime = ctx.state.runtimes.get(host)
+    if runtime is None:
+        runtime = ctx.state.runtimes[host] = HostRuntime(last_seen_s=now_s)
+    runtime.last_seen_s = now_s
+    reconcile = _learn(ctx, host, hb, runtime)
+    ctx.actions.append(Ack(token, _ack(ctx, hb, runtime, scheduler_id)))
+    if reconcile:
+        _reconcile(ctx, host, runtime)
+
+
+def _learn(ctx: StepContext, host: HostId, hb: Heartbeat, runtime: HostRuntime) -> bool:
+    """Take in what a report says; True when the host must be reconciled."""
+    if runtime.boot_id == hb.boot_id and hb.seq <= runtime.last_seq:
+        return False  # an older report overtaken by a newer one: nothing new to learn
+    runtime.boot_id, runtime.last_seq, runtime.fenced = hb.boot_id, hb.seq, hb.fenced
+    if not hb.vms_omitted:
+        _register(ctx, host, hb)
+        runtime.observed = {VmName(vm.name): vm for vm in hb.vms}
+        runtime.inventory_digest = hb.inventory_digest
+        return True
+    if hb.inventory_digest == "" or hb.inventory_digest != runtime.inventory_digest:
+        expected = _expected_inventory(ctx, host)
+        if expected is None or codec.inventory_digest(expected) != hb.inventory_digest:
+            # An inventory not held (a restart, a host declared dead): alive, but nothing
+            # else is learnt until the agent, told so by the ack, reports in full (at once).
+            return False
+        # After a restart: the host holds exactly what the records say it runs.
+        runtime.observed = {VmName(vm.name): vm for vm in expected}
+        runtime.inventory_digest = hb.inventory_digest
+        runtime.settled = False
+    _register(ctx, host, hb)
+    # Unchanged on both sides since a reconcile that found it right: nothing to do.
+    return not runtime.settled or host in ctx.state.touched_hosts
+
+
+def _expected_inventory(ctx: StepContext, host: HostId) -> list[ObservedVm] | None:
+    """The inventory a host reports when it runs just what the records place on it (None
+    if one of its VMs is in transition: no report can be predicted then)."""
+    inventory: list[ObservedVm] = []
+    vms = ctx.state.vms
+    for name in sorted(ctx.state.by_host.get(host, ())):
+        record = vms[name]
+        if record.state is not VmState.RUNNING:
+            return None
+        inventory.append(
+            ObservedVm(
+                name=name,
+                generation=record.generation,
+                state=ObservedState.RUNNING,
+                cpu_milli=record.cpu_milli,
+                mem_mib=record.mem_mib,
+            )
+        )
+    return inventory
+
+
+def _reconcile(ctx: StepContext, host: HostId, runtime: HostRuntime) -> None:
+    state = ctx.state
+    state.touched_hosts.discard(host)
+    assigned = {name: state.vms[name] for name in state.by_host.get(host, ())}
+    result = reconcile_host(host, assigned, runtime.observed)
+    orphaned = sum((vm.resources for vm in result.orphans), ZERO)
+    if orphaned != runtime.orphaned:
+        runtime.orphaned = orphaned
+        state.stale_views.add(host)
+        ctx.capacity_changed()
+    runtime.settled = not result.transitions and not result.commands
+    for transition in result.transitions:
+        _apply(ctx, transition, host)
+    ctx.send(host, result.commands)
+
+
+def _ack(ctx: StepContext, hb: Heartbeat, runtime: HostRuntime, scheduler_id: str) -> HeartbeatAck:
+    config = ctx.config
+    return HeartbeatAck(
+        host_id=hb.host_id,
+        seq=hb.seq,
+        scheduler_id=scheduler_id,
+        heartbeat_interval_s=config.heartbeat_interval_s,
+        fence_after_s=config.fence_after_s,
+        cpu_overcommit=hb.cpu_overcommit or config.cpu_overcommit,
+        inventory_digest=runtime.inventory_digest,
+    )
+
+
+def _register(ctx: StepContext, host: HostId, hb: Heartbeat) -> None:
+    record = ctx.state.hosts.get(host)
+    fresh = HostRecord(
+        host_id=host,
+        region=hb.region,
+        fault_domain=hb.fault_domain,
+        capacity=hb.capacity,
+        labels=dict(hb.labels),
+        cpu_overcommit=hb.cpu_overcommit,
+        driver=hb.driver,
+        up=True,
+        cordoned=record.cordoned if record else False,
+        draining=record.draining if record else False,
+        boot_id=hb.boot_id,
+        drain_reported=record.drain_reported if record else None,
+    )
+    if record == fresh:
+        return
+    ctx.state.hosts[host] = fresh
+    ctx.host_changed(host)
+    ctx.views.forget_empty()
+    if record is None or not record.up:
+        reason = "registered" if record is None else "heartbeats resumed"
+        _emit_host(ctx, host, HostState.UP, reason)
+
+
+def _apply(ctx: StepContext, transition: Transition, host: HostId) -> None:
+    record = ctx.state.vms[transition.name]
+    match transition.outcome:
+        case Outcome.STARTING:
+            ctx.change_vm(record, state=VmState.STARTING, reason="")
+        case Outcome.RUNNING:
+            ctx.change_vm(record, state=VmState.RUNNING, reason="", recovering=False)
+            disks.settle(ctx, record, host)
+        case Outcome.VANISHED:
+            ctx.change_vm(record, state=VmState.STARTING, reason=transition.reason)
+        case Outcome.STOPPED:
+            lifecycle.stopped(ctx, record, "stopped")
+        case Outcome.DELETED:
+            lifecycle.deleted(ctx, record, "deleted")
+        case Outcome.START_FAILED:
+            attempts = record.start_attempts + 1
+            why = f"start failed on {host}: {transition.reason}"
+            if transition.retryable and attempts < ctx.config.max_start_attempts:
+                lifecycle.release(ctx, record, VmState.PENDING, f"{why}; trying another host")
+                failed = [*record.failed_hosts, host]
+                ctx.change_vm(record, start_attempts=attempts, failed_hosts=failed)
+            else:
+                lifecycle.release(ctx, record, VmState.FAILED, why)
+                ctx.change_vm(record, start_attempts=attempts)
+
+
+# --------------------------------------------------------------------------- liveness
+
+
+def check_liveness(ctx: StepContext) -> None:
+    state = ctx.state
+    up = [host for host, record in state.hosts.items() if record.up]
+    dead_after_s = ctx.config.dead_after_s
+    for host in expired_hosts(state.runtimes, up, ctx.now.mono_s, dead_after_s):
+        _declare_dead(ctx, host)
+
+
+def _declare_dead(ctx: StepContext, host: HostId) -> None:
+    state = ctx.state
+    runtime = state.runtimes[host]
+    age = ctx.now.mono_s - runtime.last_seen_s
+    state.hosts[host].up = False
+    state.host_changed(host)
+    ctx.views.forget_empty()
+    _emit_host(ctx, host, HostState.DOWN, f"no heartbeat for {age:.1f}s")
+    runtime.observed = {}
+    runtime.inventory_digest = ""
+    runtime.settled = False
+    runtime.orphaned = ZERO
+    state.stale_views.add(host)
+    why = f"host {host} declared dead"
+    for name in sorted(state.by_host.get(host, ())):
+        vm = state.vms[name]
+        if vm.state is VmState.STOPPING:
+            lifecycle.stopped(ctx, vm, why)
+        elif vm.state is VmState.DELETING:
+            lifecycle.deleted(ctx, vm, why)
+        else:
+            ctx.change_vm(vm, state=VmState.LOST, reason=why, recovering=True)
+            lifecycle.release(ctx, vm, VmState.PENDING, f"{why}; re-placing")
+    ctx.forget_sent(host)
+
+
+# --------------------------------------------------------------------------- cordon and drain
+
+
+def _state_of(up: bool) -> HostState:
+    return HostState.UP if up else HostState.DOWN
+
+
+def _emit_host(ctx: StepContext, host: HostId, state: HostState, reason: str) -> int:
+    """Emit a host event; returns the drain's remaining count it reported."""
+    remaining = drain_remaining(ctx, host)
+    ctx.emit_host(host, state, reason, remaining)
+    return remaining
+
+
+def host_op(ctx: StepContext, op: Op, body: HostRef) -> HostId | HostReply:
+    """Cordon, uncordon or drain a host (idempotent: repeating one changes nothing)."""
+    host = HostId(body.host_id)
+    record = ctx.state.hosts.get(host)
+    if record is None:
+        return views.host_error(ErrorCode.NOT_FOUND, f"host {host!r} is not known")
+    if op is Op.DRAIN and not record.draining:
+        problem = _drain_capacity_problem(ctx, host)
+        if problem is not None:
+            return views.host_error(ErrorCode.INSUFFICIENT_CAPACITY, problem)
+    cordoned = op is not Op.UNCORDON
+    draining = op is Op.DRAIN or (op is Op.CORDON and record.draining)
+    if (record.cordoned, record.draining) == (cordoned, draining):
+        return host
+    record.cordoned, record.draining = cordoned, draining
+    ctx.host_changed(host)
+    reason = {Op.CORDON: "cordoned", Op.UNCORDON: "uncordoned", Op.DRAIN: "drain started"}
+    record.drain_reported = _emit_host(ctx, host, _state_of(record.up), reason[op])
+    ctx.carry.drains_due = ctx.carry.drains_due or draining
+    return host
+
+
+def _drain_capacity_problem(ctx: StepContext, host: HostId) -> str | None:
+    sets = {r.availability_set for r in drain.movable(ctx.state, host)} - {None}
+    members = {s: ctx.views.set_fault_domains(s) for s in sets if s is not None}
+    return drain.check_capacity(ctx.state, host, ctx.views.all(), ctx.policy, members)
+
+
+def host_info(ctx: StepContext, host: HostId) -> HostInfo:
+    state = ctx.state
+    return views.host_info(
+        state.hosts[host],
+        state.runtimes.get(host),
+        state.allocated.get(host),
+        len(state.by_host.get(host, ())),
+        ctx.now.mono_s,
+        drain_remaining=drain_remaining(ctx, host),
+    )
+
+
+def drain_remaining(ctx: StepContext, host: HostId) -> int:
+    record = ctx.state.hosts.get(host)
+    if record is None or not record.draining:
+        return 0
+    return drain.remaining(ctx.state, host, drain.moving(ctx.state))
+
+
+def progress_drains(ctx: StepContext) -> None:
+    """Start moving the next VMs of each draining host; finish drains with nothing left."""
+    ctx.carry.drains_due = False
+    state = ctx.state
+    draining = [host for host, record in state.hosts.items() if record.draining]
+    if not draining:
+        return
+    on_the_move = drain.moving(state)
+    for host in draining:
+        step = drain.plan_drain(state, host, ctx.config.drain_parallelism, on_the_move)
+        for name in step.move:
+            vm = state.vms[name]
+            why = f"moving off draining host {host}"
+            ctx.change_vm(vm, state=VmState.STOPPING, reason=why, drained_from=host)
+            lifecycle.command(ctx, host, name, vm.generation, stop=True)
+        record = state.hosts[host]
+        if step.done:
+            record.draining = False
+            record.drain_reported = None
+            state.host_changed(host)
+            _emit_host(ctx, host, _state_of(record.up), "drain complete")
+        elif record.drain_reported != step.remaining:
+            record.drain_reported = step.remaining
+            state.host_changed(host)
+            _emit_host(ctx, host, _state_of(record.up), f"draining: {step.remaining} vms left")

@@ -1,0 +1,153 @@
+"""VM requests and placement, in the core. Pure.
+
+Create, stop, start and delete a VM; place the pending VMs (new ones at once, all of them again
+when capacity changed, at a tick); fail VMs pending for longer than ``placement_timeout_s``.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from common.ids import HostId, VmName
+from common.messages import AgentCommand, CreateVm, ErrorCode, StartVm, VmReply, VmState
+from scheduler.core import disks, images, lifecycle
+from scheduler.core.context import StepContext
+from scheduler.core.contract import Op
+from scheduler.core.reconciler import spec_of
+from scheduler.core.views import vm_error
+from scheduler.placement.index import place_on_index
+from scheduler.placement.pipeline import Placed, could_ever_fit
+from scheduler.state.model import PlacementRequest, VmRecord
+
+
+def create(ctx: StepContext, body: CreateVm) -> VmName | VmReply:
+    size = ctx.sizes.get(body.size)
+    if size is None:
+        known = ", ".join(sorted(ctx.sizes))
+        return vm_error(ErrorCode.UNKNOWN_SIZE, f"unknown size {body.size!r}; known: {known}")
+    name = VmName(body.name)
+    existing = ctx.state.vms.get(name)
+    if existing is not None and existing.state is not VmState.DELETED:
+        spec = (existing.size, existing.image, existing.region, existing.availability_set)
+        if spec == (body.size, body.image, body.region, body.availability_set):
+            return name
+        return vm_error(ErrorCode.CONFLICT, f"vm {name!r} exists with a different spec")
+    image = images.image_for_create(ctx.state.images, body.image)
+    if isinstance(image, VmReply):
+        return image
+    request = PlacementRequest(name, size.resources, body.region)
+    if not could_ever_fit(request, ctx.views.empty()):
+        where = f"region {body.region!r}" if body.region else "any region"
+        return vm_error(
+            ErrorCode.INSUFFICIENT_CAPACITY,
+            f"size {size.name} ({size.resources}) is larger than every host in {where}",
+        )
+    generation = existing.generation + 1 if existing is not None else 1
+    new_disks, serial = disks.initial_disks(
+        name, generation, image.name, image.sha256, body.data_disks_mib
+    )
+    record = VmRecord(
+        name=name,
+        size=size.name,
+        cpu_milli=size.cpu_milli,
+        mem_mib=size.mem_mib,
+        image=body.image,
+        region=body.region,
+        availability_set=body.availability_set,
+        state=VmState.PENDING,
+        generation=generation,
+        reason="waiting for placement",
+        created_at=ctx.now.wall,
+        updated_at=ctx.now.wall,
+        pending_since=ctx.now.wall,
+        disks=new_disks,
+        disk_serial=serial,
+    )
+    ctx.add_vm(record)
+    return name
+
+
+def change(ctx: StepContext, op: Op, name: VmName) -> VmName | VmReply:
+    """Stop, start or delete a VM."""
+    record = ctx.state.vms.get(name)
+    if record is None:
+        return vm_error(ErrorCode.NOT_FOUND, f"vm {name!r} does not exist")
+    state = record.state
+    if state is VmState.DELETED and op is not Op.DELETE:
+        return vm_error(ErrorCode.NOT_FOUND, f"vm {name!r} was deleted")
+    if state is VmState.DELETING and op is not Op.DELETE:
+        return vm_error(ErrorCode.INVALID_STATE, f"vm {name!r} is being deleted")
+    if op is Op.STOP:
+        lifecycle.stop(ctx, record)
+    elif op is Op.START:
+        if state in (VmState.STOPPED, VmState.FAILED):
+            ctx.change_vm(
+                record,
+                state=VmState.PENDING,
+                reason="waiting for placement",
+                pending_since=ctx.now.wall,
+                start_attempts=0,
+                failed_hosts=[],
+            )
+            ctx.want_placement(name)
+    else:
+        lifecycle.delete(ctx, record)
+    return name
+
+
+def expire_pending(ctx: StepContext) -> None:
+    limit_s = ctx.config.placement_timeout_s
+    for name in list(ctx.state.pending):
+        record = ctx.state.vms[name]
+        since = record.pending_since or record.created_at
+        if (ctx.now.wall - since).total_seconds() > limit_s:
+            why = f"placement timed out after {limit_s:g}s: {record.reason}"
+            ctx.change_vm(record, state=VmState.FAILED, reason=why, recovering=False)
+
+
+def place_pending(ctx: StepContext, *, everything: bool) -> None:
+    """Place the VMs that became pending (``everything``: all pending VMs)."""
+    carry, state = ctx.carry, ctx.state
+    if everything:
+        names = list(state.pending)
+        carry.capacity_changed = False
+    else:
+        names = [n for n in carry.new_pending if n in state.pending]
+    carry.new_pending = []
+    if not names:
+        return
+    records = [state.vms[name] for name in names]
+    requests = [
+        PlacementRequest(
+            r.name,
+            r.resources,
+            r.region,
+            r.availability_set,
+            frozenset(r.failed_hosts),
+            pinned_host=disks.pinned_host(ctx, r),
+        )
+        for r in records
+    ]
+    sets = {r.availability_set for r in records if r.availability_set is not None}
+    members = {s: ctx.views.set_fault_domains(s) for s in sets}
+    results = place_on_index(requests, ctx.views.index(), ctx.policy, members)
+    # A placement not carried out below must not linger as a reservation in the index.
+    state.stale_views.update(r.host_id for r in results if isinstance(r, Placed))
+    starts: dict[HostId, list[AgentCommand]] = defaultdict(list)
+    recovered: dict[HostId, int] = defaultdict(int)
+    for record, result in zip(records, results, strict=True):
+        if not isinstance(result, Placed):
+            reason = result.summary()
+            if record.reason != reason:
+                ctx.change_vm(record, reason=reason)
+                ctx.emit_vm(record)
+            continue
+        if record.recovering:
+            if recovered[result.host_id] >= ctx.config.recovery_per_host_per_tick:
+                ctx.capacity_changed()  # try again next tick
+                continue
+            recovered[result.host_id] += 1
+        ctx.change_vm(record, state=VmState.SCHEDULED, host=result.host_id, reason="")
+        starts[result.host_id].append(StartVm(vm=spec_of(record), generation=record.generation))
+    for host, commands in starts.items():
+        ctx.send(host, commands)

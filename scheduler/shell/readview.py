@@ -1,0 +1,59 @@
+"""What reads see: the cluster as last committed, never a step whose commit has not finished.
+
+The core changes its records in place, and its next step runs while the last one commits; so
+reads (``ReadApi``, metrics, usage, the gallery's upload check) are served from a copy of their
+own. Copying the whole state per step would cost too much at 100,000 VMs: each step's changed
+records are copied once (``snapshot``, right after the step) and put into the view once their
+commit is done (``apply``). The hosts' runtimes (liveness, fencing) are volatile, never stored:
+the view reads the core's own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from msgspec.structs import replace
+
+from scheduler.core.contract import StepResult
+from scheduler.state.cluster import ClusterState
+from scheduler.state.model import HostRecord, VmRecord
+from scheduler.state.storage import ImageRecord
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Copies of one step's changed records."""
+
+    vms: list[VmRecord]
+    hosts: list[HostRecord]
+    images: list[ImageRecord]
+
+
+def snapshot(result: StepResult) -> Snapshot:
+    return Snapshot(
+        vms=[replace(r) for r in result.vms],
+        hosts=[replace(h) for h in result.hosts],
+        images=[replace(i) for i in result.images],
+    )
+
+
+class ReadView:
+    def __init__(self, live: ClusterState) -> None:
+        """Start from a copy of ``live`` (as loaded: all of it is committed)."""
+        self.state = ClusterState(
+            hosts={host: replace(record) for host, record in live.hosts.items()},
+            runtimes=live.runtimes,
+            images={name: replace(image) for name, image in live.images.items()},
+        )
+        for record in live.vms.values():
+            self.state.put_vm(replace(record))
+
+    def apply(self, committed: Snapshot) -> None:
+        """A step's records are committed: reads see them from now on."""
+        state = self.state
+        for record in committed.vms:
+            state.put_vm(record)
+        for host in committed.hosts:
+            state.hosts[host.host_id] = host
+        for image in committed.images:
+            state.images[image.name] = image
