@@ -8,10 +8,7 @@ two hosts at once, and once the faults stop everything converges.
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Coroutine, Sequence
-from dataclasses import dataclass, field
-from typing import TypeVar
+from dataclasses import dataclass
 
 import pytest
 from hypothesis import given, settings
@@ -19,7 +16,6 @@ from hypothesis import strategies as st
 from msgspec.structs import replace
 
 from common.messages import (
-    AgentCommand,
     Heartbeat,
     HostRef,
     ObservedState,
@@ -27,101 +23,28 @@ from common.messages import (
     VmState,
 )
 from common.resources import Resources
-from hostagent.agent import drive
-from hostagent.drivers.fake import FakeDriver
 from hostagent.state import AgentState
 from hostagent.stimuli import (
     AckReceived,
-    CommandsReceived,
-    DriverDestroy,
-    DriverForget,
-    DriverPause,
-    DriverResume,
-    DriverStart,
-    DriverStop,
-    FenceTick,
-    HeartbeatDue,
-    Instruction,
-    OpDone,
-    RunCapture,
-    SendHeartbeat,
-    Stimulus,
 )
 from scheduler.events import Ack, Action, HeartbeatReceived, Mutation, Op, SendCommands
 from scheduler.state.model import ACTIVE_STATES
+from tests.unit.hostagent.syncagent import SyncAgent
 from tests.unit.scheduler.corekit import CoreKit
 
 HOSTS = ("h1", "h2", "h3")
 CAPACITY = Resources(8000, 16384)
-ROOMY = Resources(10**6, 10**9)
-"""The fake hypervisor's own accounts never refuse: the test judges the scheduler's."""
-
-
-T = TypeVar("T")
-
-
-def run_now(coro: Coroutine[object, object, T]) -> T:
-    """Run a coroutine that never suspends (the FakeDriver without a start delay)."""
-    try:
-        coro.send(None)
-    except StopIteration as done:
-        value: T = done.value
-        return value
-    raise AssertionError("the fake driver suspended")
 
 
 @dataclass
-class SimAgent:
-    """The real agent state over the real FakeDriver, driven synchronously: each driver call
-    is carried out at once and its result fed back."""
-
-    host: str
-    state: AgentState
-    driver: FakeDriver = field(default_factory=lambda: FakeDriver(ROOMY))
+class SimAgent(SyncAgent):
     partitioned: bool = False
     lose_next: bool = False
     """The next message of commands to this host is lost (NATS delivers at most once)."""
 
-    def handle(self, stimulus: Stimulus, now: float) -> list[Instruction]:
-        """Feed the state and carry out its driver calls; the other instructions."""
-        rest: list[Instruction] = []
-        pending = deque(self.state.handle(stimulus, now))
-        while pending:
-            instruction = pending.popleft()
-            match instruction:
-                case RunCapture():
-                    done = OpDone(instruction, self.driver.inventory())
-                case (
-                    DriverStart()
-                    | DriverStop()
-                    | DriverDestroy()
-                    | DriverForget()
-                    | DriverPause()
-                    | DriverResume()
-                ):
-                    done = run_now(drive(self.driver, instruction))
-                case _:
-                    rest.append(instruction)
-                    continue
-            pending.extend(self.state.handle(done, now))
-        return rest
-
-    def execute(self, commands: Sequence[AgentCommand], now: float) -> None:
-        self.handle(CommandsReceived(commands, self.driver.inventory()), now)
-
-    def fence(self, now: float) -> None:
-        self.handle(FenceTick(self.driver.inventory()), now)
-
-    def heartbeat(self, now: float) -> Heartbeat:
-        [send] = self.handle(HeartbeatDue(self.driver.inventory()), now)
-        assert isinstance(send, SendHeartbeat)
-        return send.heartbeat
-
-    def held(self) -> dict[str, tuple[int, ObservedState]]:
-        return {
-            vm.name: (vm.generation, vm.state)
-            for vm in self.state.inventory(self.driver.inventory())
-        }
+    @property
+    def host(self) -> str:
+        return self.state.host_id
 
 
 def make_agent(host: str) -> SimAgent:
@@ -132,7 +55,7 @@ def make_agent(host: str) -> SimAgent:
         capacity=CAPACITY,
         fault_domain=f"fd-{HOSTS.index(host)}",
     )
-    return SimAgent(host, AgentState(template, heartbeat_interval_s=1.0, fence_after_s=4.0))
+    return SimAgent(AgentState(template, heartbeat_interval_s=1.0, fence_after_s=4.0))
 
 
 class World:
