@@ -1,4 +1,5 @@
 """The host agent's shell around :class:`hostagent.state.AgentState`: the I/O it decides.
+Not pure (asyncio, the driver, the execution log); the decisions are all in the state.
 
 Every input (commands from NATS, a finished driver operation, the watchdog's look at the lease,
 a heartbeat due, an ack) goes to ``AgentState.handle``; the instructions that come back are

@@ -6,7 +6,8 @@ changes, coalesced so that a burst of changes costs one heartbeat and never more
 is their source of truth; the configured values only hold until the first ack.
 
 What a heartbeat says, and what an ack means, is decided by :class:`hostagent.state.AgentState`
-(an inventory the scheduler holds goes as its digest alone); this loop only times and sends.
+(an inventory the scheduler holds goes as its digest alone); this loop, part of the shell, only
+times and sends.
 """
 
 from __future__ import annotations
