@@ -119,9 +119,11 @@ class Operations:
             await self._crashed.wait()
             assert self._crash is not None
             raise self._crash
-        finally:
-            for task in list(self._tasks):
+        finally:  # on the way out, as a TaskGroup would: cancel them and wait for them
+            tasks = list(self._tasks)
+            for task in tasks:
                 task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class Agent:
