@@ -55,8 +55,6 @@ def read_header(path: Path) -> bytes:
 
 
 def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
+    """The sha256 (hex) of a file's bytes: an image's name in the gallery's object store."""
     with path.open("rb") as file:
-        while chunk := file.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(file, "sha256").hexdigest()

@@ -8,7 +8,6 @@ read, and the name being the digest makes uploads idempotent and shares identica
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from pathlib import Path
 
 from nats.js import JetStreamContext
@@ -18,6 +17,7 @@ from nats.js.object_store import ObjectStore
 
 from common import subjects
 from common.errors import StratusError
+from common.images import file_sha256
 
 
 class ImageStoreError(StratusError):
@@ -34,17 +34,9 @@ async def image_bucket(js: JetStreamContext, *, create: bool = True) -> ObjectSt
     return await js.create_object_store(subjects.IMAGES_BUCKET, config=config)
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        while chunk := file.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 async def put_image(js: JetStreamContext, path: Path) -> tuple[str, int]:
     """Store ``path`` (unless an object with its digest exists); return (sha256, size)."""
-    sha256 = await asyncio.to_thread(sha256_of, path)
+    sha256 = await asyncio.to_thread(file_sha256, path)
     size = await asyncio.to_thread(lambda: path.stat().st_size)
     bucket = await image_bucket(js)
     try:

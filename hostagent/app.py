@@ -37,6 +37,7 @@ from hostagent.fencing import FenceGuardKeeper
 from hostagent.heartbeat import HeartbeatLoop
 from hostagent.inventory import host_capacity
 from hostagent.qemusetup import check_host, open_qemu_driver, qemu_root
+from hostagent.state import AgentState
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +136,12 @@ class AgentApp:
             stack.push_async_callback(driver.close)  # a real driver leaves its VMs running
             execlog = ExecLog(execlog_path(config.data_dir, settings.host_id), settings.host_id)
             stack.callback(execlog.close)
-            agent = Agent(settings.host_id, driver, execlog, clock)
+            state = AgentState(
+                self._heartbeat_template(driver.name),
+                heartbeat_interval_s=config.heartbeat_interval_s,
+                fence_after_s=config.fence_after_s,
+            )
+            agent = Agent(state, driver, execlog, clock)
             guard: FenceGuardKeeper | None = None
             if isinstance(driver, QemuDriver):
                 driver.on_change = agent.changed.set
@@ -145,13 +151,7 @@ class AgentApp:
             agent.capture = lambda command, running: capturer.capture(command, running=running)
             await nc.subscribe(subjects.host_commands(settings.host_id), cb=agent.on_commands)
             heartbeats = HeartbeatLoop(
-                nc,
-                agent,
-                self._heartbeat_template(driver.name),
-                heartbeat_interval_s=config.heartbeat_interval_s,
-                fence_after_s=config.fence_after_s,
-                clock=clock,
-                on_cpu_overcommit=_adopt_overcommit(driver, config),
+                nc, agent, clock=clock, on_cpu_overcommit=_adopt_overcommit(driver, config)
             )
             log.info(
                 "agent serving host_id=%s capacity=%s driver=%s",
@@ -161,7 +161,7 @@ class AgentApp:
             )
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(heartbeats.run(), name="heartbeat")
-                tg.create_task(agent.run_commands(), name="commands")
+                tg.create_task(agent.operations.run(), name="operations")
                 tg.create_task(agent.run_fence_watchdog(), name="fence-watchdog")
                 if guard is not None:
                     tg.create_task(guard.run(), name="fence-guard-keeper")

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 from common.clock import Clock
-from hostagent.agent import Agent, Lease
+from hostagent.agent import Agent
 from hostagent.fenceguard import (
     LeaseRecord,
     current_boot_id,
@@ -24,6 +24,7 @@ from hostagent.fenceguard import (
     process_start,
     write_lease,
 )
+from hostagent.lease import Lease
 
 log = logging.getLogger(__name__)
 

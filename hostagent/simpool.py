@@ -1,9 +1,11 @@
 """A pool of simulated hosts in one process (``stratus agent --simulate N``), for scale runs.
 
-Each simulated host is a full :class:`~hostagent.agent.Agent` (same command handling, lease and
-fencing) over a :class:`~hostagent.drivers.fake.FakeDriver` with its own id, fault domain and
-resource accounts, and speaks the same wire protocol as a real agent: the scheduler cannot tell
-the difference. What is shared is the plumbing, so that 10,000 hosts fit one process:
+Each simulated host is a full :class:`~hostagent.state.AgentState` (the same command handling,
+lease, fencing and heartbeat report as a real agent, behind the same
+:class:`~hostagent.agent.Agent` shell) over a :class:`~hostagent.drivers.fake.FakeDriver` with
+its own id, fault domain and resource accounts, and speaks the same wire protocol as a real
+agent: the scheduler cannot tell the difference. What is shared is the plumbing, so that 10,000
+hosts fit one process:
 
 - one NATS connection; one wildcard subscription for every host's commands (dispatched by
   subject) and one for every heartbeat ack (the reply subject names the host);
@@ -11,6 +13,7 @@ the difference. What is shared is the plumbing, so that 10,000 hosts fit one pro
   interval after its last heartbeat, or soon after its inventory changed (coalesced, at most one
   per ``MIN_GAP_S``), like the single agent's loop;
 - one fence watchdog that looks only at leases that have run out (a heap by expiry);
+- one set of driver operations in flight (no task per host);
 - one execution log file for the pool (each line names its host).
 
 A host can be made to go silent (a network partition: no heartbeats, commands dropped, and its
@@ -21,24 +24,21 @@ the pool that owns the host answers ``ok``.
 from __future__ import annotations
 
 import asyncio
-import functools
 import heapq
 import logging
 import random
 import signal
 import time
 import uuid
-from collections import deque
-from collections.abc import Callable
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import IO
 
 import msgspec
 import nats
 import nats.errors
-from msgspec.structs import replace
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
@@ -47,21 +47,22 @@ from common.clock import Clock, SystemClock
 from common.config import AgentConfig
 from common.errors import ConfigError, ProtocolError
 from common.ids import HostId, host_id
-from common.messages import Heartbeat, HeartbeatAck
+from common.messages import Heartbeat
 from common.natsauth import auth_options
 from common.resources import Resources, parse_capacity
-from hostagent.agent import FENCE_CHECK_S, Agent
+from hostagent.agent import FENCE_CHECK_S, Agent, Operations
 from hostagent.drivers.fake import FakeDriver
 from hostagent.execlog import ExecLog
-from hostagent.heartbeat import JITTER, MIN_GAP_S, InventoryReport, omitted_digest
+from hostagent.heartbeat import JITTER, MIN_GAP_S
+from hostagent.lease import Lease
+from hostagent.state import AgentState
+from hostagent.stimuli import AckReceived, AdoptCpuOvercommit, TimingAdopted
 
 log = logging.getLogger(__name__)
 
 WHEEL_TICK_S = 0.01
 """The heartbeat wheel turns this often."""
 ACK_INBOX_PREFIX = "_INBOX.simpool"
-_SENT_KEPT = 4
-"""Heartbeats remembered per host for matching acks (older acks could not renew anyway)."""
 
 
 @dataclass(frozen=True)
@@ -74,18 +75,6 @@ class PoolSettings:
 
     def host_ids(self) -> list[HostId]:
         return [host_id(f"{self.prefix}-{i:05d}") for i in range(1, self.count + 1)]
-
-
-class _Changed(asyncio.Event):
-    """The agent's ``changed`` flag that also tells the pool which host changed."""
-
-    def __init__(self, on_set: Callable[[], None]) -> None:
-        super().__init__()
-        self._on_set = on_set
-
-    def set(self) -> None:
-        super().set()
-        self._on_set()
 
 
 class _SharedExecLog(ExecLog):
@@ -106,15 +95,10 @@ class SimHost:
     index: int
     agent: Agent
     driver: FakeDriver
-    template: Heartbeat
     subject: str
-    seq: int = 0
     last_sent_s: float = float("-inf")
     next_due_s: float = 0.0
     silent: bool = False
-    sent: deque[tuple[int, float, str]] = field(default_factory=lambda: deque(maxlen=_SENT_KEPT))
-    """(seq, monotonic time sent, digest of the inventory left out or "") of recent heartbeats."""
-    report: InventoryReport = field(default_factory=InventoryReport)
 
 
 class SimPool:
@@ -129,6 +113,7 @@ class SimPool:
         self._expiring: list[tuple[float, int]] = []
         self._dirty: set[int] = set()
         self._rng = random.Random()
+        self._operations = Operations()
         self._inbox = f"{ACK_INBOX_PREFIX}.{uuid.uuid4().hex[:12]}"
         self._stop = asyncio.Event()
         self.ready = asyncio.Event()
@@ -148,10 +133,6 @@ class SimPool:
                 cpu_overcommit=config.cpu_overcommit or 1.0,
                 start_delay_s=config.fake_start_delay_s,
             )
-            agent = Agent(
-                hid, driver, _SharedExecLog(execlog_file, execlog_file_path, hid), self.clock
-            )
-            agent.changed = _Changed(functools.partial(self._dirty.add, index))
             template = Heartbeat(
                 host_id=hid,
                 seq=0,
@@ -163,7 +144,16 @@ class SimPool:
                 cpu_overcommit=config.cpu_overcommit,
                 driver=driver.name,
             )
-            host = SimHost(index, agent, driver, template, subjects.host_heartbeat(hid))
+            state = AgentState(
+                template,
+                heartbeat_interval_s=config.heartbeat_interval_s,
+                fence_after_s=config.fence_after_s,
+            )
+            execlog = _SharedExecLog(execlog_file, execlog_file_path, hid)
+            agent = Agent(state, driver, execlog, self.clock, self._operations)
+            agent.on_change = partial(self._dirty.add, index)
+            agent.on_lease = partial(self._lease_renewed, index)
+            host = SimHost(index, agent, driver, subjects.host_heartbeat(hid))
             host.next_due_s = start_s + self.heartbeat_interval_s * index / settings.count
             self.hosts[hid] = host
             self._by_index.append(host)
@@ -208,8 +198,7 @@ class SimPool:
             )
             self.ready.set()
             async with asyncio.TaskGroup() as tg:
-                for host in self._by_index:
-                    tg.create_task(host.agent.run_commands())
+                tg.create_task(self._operations.run(), name="operations")
                 tg.create_task(self._run_wheel(nc), name="heartbeat-wheel")
                 tg.create_task(self._run_watchdog(), name="fence-watchdog")
 
@@ -243,7 +232,7 @@ class SimPool:
         if host is None:
             return
         host.silent = True
-        log.warning("simulated host silenced host_id=%s", host.template.host_id)
+        log.warning("simulated host silenced host_id=%s", host.agent.host_id)
         if msg.reply:
             await msg.respond(b"ok")
 
@@ -272,24 +261,18 @@ class SimPool:
         return [host for host in due.values() if not host.silent]
 
     async def _send(self, nc: Client, host: SimHost, now_s: float) -> None:
-        agent = host.agent
-        agent.changed.clear()
         self._dirty.discard(host.index)
-        host.seq += 1
         host.last_sent_s = now_s
         jitter = self._rng.uniform(1 - JITTER, 1 + JITTER)
-        host.next_due_s = now_s + self.heartbeat_interval_s * jitter
+        host.next_due_s = now_s + host.agent.state.heartbeat_interval_s * jitter
         heapq.heappush(self._due, (host.next_due_s, host.index))
-        heartbeat = host.report.fill(
-            replace(host.template, seq=host.seq, fenced=agent.fenced, vms=agent.inventory())
-        )
-        host.sent.append((host.seq, now_s, omitted_digest(heartbeat)))
+        heartbeat: Heartbeat = host.agent.next_heartbeat()
         try:
             await nc.publish(
                 host.subject, codec.encode(heartbeat), reply=f"{self._inbox}.{host.index}"
             )
         except nats.errors.Error as exc:
-            log.debug("heartbeat not sent host_id=%s error=%r", host.template.host_id, exc)
+            log.debug("heartbeat not sent host_id=%s error=%r", host.agent.host_id, exc)
 
     async def _on_ack(self, msg: Msg) -> None:
         if not msg.data:
@@ -300,24 +283,20 @@ class SimPool:
         except (ValueError, IndexError, msgspec.DecodeError) as exc:
             log.warning("malformed heartbeat ack subject=%s error=%s", msg.subject, exc)
             return
-        if host.silent or ack.host_id != host.template.host_id:
+        if host.silent:
             return
-        sent = next((s for s in host.sent if s[0] == ack.seq), None)
-        if sent is None or self.clock.monotonic_s() - sent[1] > self.heartbeat_interval_s:
-            return  # a single agent's request would have timed out
-        _, sent_at_s, omitted = sent
-        self._adopt(ack)
-        if host.report.adopt(ack, omitted):
-            self._dirty.add(host.index)
-        if self.settings.config.cpu_overcommit is None and ack.cpu_overcommit >= 1.0:
-            host.driver.cpu_overcommit = ack.cpu_overcommit
-        host.agent.renew_lease(sent_at_s, self.fence_after_s)
-        heapq.heappush(self._expiring, (host.agent.lease.expires_at_s, host.index))
+        for instruction in host.agent.handle(AckReceived(ack)):
+            match instruction:
+                case TimingAdopted(heartbeat_interval_s=interval_s, fence_after_s=fence_after_s):
+                    self._adopted(interval_s, fence_after_s)
+                case AdoptCpuOvercommit(ratio=ratio):
+                    if self.settings.config.cpu_overcommit is None:
+                        host.driver.cpu_overcommit = ratio
+                case _:
+                    log.error("instruction not carried out instruction=%r", instruction)
 
-    def _adopt(self, ack: HeartbeatAck) -> None:
-        interval_s, fence_after_s = ack.heartbeat_interval_s, ack.fence_after_s
-        if not 0 < interval_s < fence_after_s:
-            return
+    def _adopted(self, interval_s: float, fence_after_s: float) -> None:
+        """One log line for the pool when its hosts adopt the scheduler's timing."""
         if (interval_s, fence_after_s) != (self.heartbeat_interval_s, self.fence_after_s):
             log.info(
                 "timing adopted from scheduler heartbeat_interval_s=%g fence_after_s=%g",
@@ -325,6 +304,9 @@ class SimPool:
                 fence_after_s,
             )
             self.heartbeat_interval_s, self.fence_after_s = interval_s, fence_after_s
+
+    def _lease_renewed(self, index: int, lease: Lease) -> None:
+        heapq.heappush(self._expiring, (lease.expires_at_s, index))
 
     # ------------------------------------------------------------------ fencing
 
@@ -334,9 +316,7 @@ class SimPool:
             now_s = self.clock.monotonic_s()
             while self._expiring and self._expiring[0][0] <= now_s:
                 _, index = heapq.heappop(self._expiring)
-                agent = self._by_index[index].agent
-                if agent.lease.expired(now_s):
-                    await agent.enforce_lease()
+                self._by_index[index].agent.check_lease()
             await asyncio.sleep(FENCE_CHECK_S)
 
 

@@ -8,12 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from common.ids import HostId
-from common.messages import VmSpec
+from common.messages import Heartbeat, HeartbeatAck, VmSpec
 from common.resources import Resources
 from hostagent.agent import Agent
 from hostagent.drivers.fake import FakeDriver
 from hostagent.execlog import ExecEvent, ExecLog, read_execlog
+from hostagent.state import AgentState
+from hostagent.stimuli import AckReceived
+
+TEMPLATE = Heartbeat(host_id="h1", seq=0, boot_id="boot-1", capacity=Resources(4000, 8192))
 
 
 class FakeClock:
@@ -29,6 +32,45 @@ class FakeClock:
 
 def make_spec(name: str = "vm-1", *, cpu_milli: int = 1000, mem_mib: int = 1024) -> VmSpec:
     return VmSpec(name=name, size="Small", cpu_milli=cpu_milli, mem_mib=mem_mib, image="tiny")
+
+
+def make_state(
+    template: Heartbeat = TEMPLATE, *, interval_s: float = 1.0, fence_after_s: float = 4.0
+) -> AgentState:
+    return AgentState(template, heartbeat_interval_s=interval_s, fence_after_s=fence_after_s)
+
+
+def ack_for(
+    hb: Heartbeat, *, interval_s: float = 1.0, fence_after_s: float = 4.0, digest: str = ""
+) -> HeartbeatAck:
+    return HeartbeatAck(
+        host_id=hb.host_id,
+        seq=hb.seq,
+        scheduler_id="s1",
+        heartbeat_interval_s=interval_s,
+        fence_after_s=fence_after_s,
+        inventory_digest=digest,
+    )
+
+
+def renew(agent: Agent, clock: FakeClock, *, sent_at_s: float | None = None) -> None:
+    """Renew the lease as the scheduler does: ack a heartbeat sent at ``sent_at_s`` (default:
+    now) with ``fence_after_s`` 4 s; the ack arrives now."""
+    now_s = clock.now_s
+    clock.now_s = now_s if sent_at_s is None else sent_at_s
+    heartbeat = agent.next_heartbeat()
+    clock.now_s = now_s
+    agent.handle(AckReceived(ack_for(heartbeat)))
+
+
+def make_agent(
+    driver: FakeDriver, execlog: ExecLog, clock: FakeClock, *, leased: bool = True
+) -> Agent:
+    """An agent (on ``TEMPLATE``), holding a fresh lease unless ``leased`` is False."""
+    agent = Agent(make_state(), driver, execlog, clock)
+    if leased:
+        renew(agent, clock)
+    return agent
 
 
 @pytest.fixture
@@ -51,9 +93,7 @@ def execlog(tmp_path: Path) -> Iterator[ExecLog]:
 @pytest.fixture
 def agent(driver: FakeDriver, execlog: ExecLog, clock: FakeClock) -> Agent:
     """An agent holding a fresh lease (renewed at ``clock``'s now, fence after 4 s)."""
-    agent = Agent(HostId("h1"), driver, execlog, clock)
-    agent.renew_lease(clock.now_s, 4.0)
-    return agent
+    return make_agent(driver, execlog, clock)
 
 
 def events(execlog: ExecLog) -> list[tuple[str, int, ExecEvent]]:

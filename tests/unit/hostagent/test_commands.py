@@ -7,13 +7,12 @@ import contextlib
 
 import pytest
 
-from common.ids import HostId
 from common.messages import DeleteVm, ObservedState, ResumeVm, StartVm, StopVm
 from common.resources import Resources
 from hostagent.agent import Agent
 from hostagent.drivers.fake import FakeDriver
 from hostagent.execlog import ExecEvent, ExecLog
-from tests.unit.hostagent.conftest import FakeClock, events, make_spec
+from tests.unit.hostagent.conftest import FakeClock, events, make_agent, make_spec
 from tests.waiting import wait_until
 
 E = ExecEvent
@@ -121,8 +120,7 @@ async def test_resume_of_running_vm_is_a_noop(agent: Agent, execlog: ExecLog) ->
 
 
 async def test_failed_start_is_reported_until_cleared(execlog: ExecLog, clock: FakeClock) -> None:
-    agent = Agent(HostId("h1"), FakeDriver(Resources(4000, 2048)), execlog, clock)
-    agent.renew_lease(clock.now_s, 4.0)
+    agent = make_agent(FakeDriver(Resources(4000, 2048)), execlog, clock)
     await agent.execute(start(mem_mib=4096))
     [vm] = agent.inventory()
     assert (vm.state, vm.generation, vm.retryable) == (ObservedState.FAILED, 1, True)
@@ -139,9 +137,8 @@ async def test_failed_start_is_reported_until_cleared(execlog: ExecLog, clock: F
 
 async def test_commands_for_one_vm_run_in_order(execlog: ExecLog, clock: FakeClock) -> None:
     driver = FakeDriver(Resources(4000, 8192), start_delay_s=0.05)
-    agent = Agent(HostId("h1"), driver, execlog, clock)
-    agent.renew_lease(clock.now_s, 4.0)
-    runner = asyncio.create_task(agent.run_commands())
+    agent = make_agent(driver, execlog, clock)
+    runner = asyncio.create_task(agent.operations.run())
     agent.submit([start("vm-1"), start("vm-2"), DeleteVm(name="vm-1", generation=1)])
     agent.submit([start("vm-1", 2)])
     await wait_until(agent.idle, timeout_s=2)
@@ -153,9 +150,8 @@ async def test_commands_for_one_vm_run_in_order(execlog: ExecLog, clock: FakeClo
 
 async def test_different_vms_start_concurrently(execlog: ExecLog, clock: FakeClock) -> None:
     driver = FakeDriver(Resources(4000, 8192), start_delay_s=0.3)
-    agent = Agent(HostId("h1"), driver, execlog, clock)
-    agent.renew_lease(clock.now_s, 4.0)
-    runner = asyncio.create_task(agent.run_commands())
+    agent = make_agent(driver, execlog, clock)
+    runner = asyncio.create_task(agent.operations.run())
     agent.submit([start("vm-1"), start("vm-2")])
     both_starting = {"vm-1": (1, ObservedState.STARTING), "vm-2": (1, ObservedState.STARTING)}
     await wait_until(lambda: held(agent) == both_starting, timeout_s=1)

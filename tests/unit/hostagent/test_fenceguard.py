@@ -9,8 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from common.ids import HostId
-from hostagent.agent import Agent, Lease
 from hostagent.drivers.fake import FakeDriver
 from hostagent.execlog import ExecEvent, ExecLog, read_execlog
 from hostagent.fenceguard import (
@@ -30,7 +28,8 @@ from hostagent.fenceguard import (
     write_lease,
 )
 from hostagent.fencing import LeasePublisher
-from tests.unit.hostagent.conftest import FakeClock
+from hostagent.lease import Lease
+from tests.unit.hostagent.conftest import FakeClock, make_agent, renew
 
 BOOT = "boot-a"
 
@@ -79,13 +78,13 @@ def test_the_agent_publishes_every_renewal(
 ) -> None:
     path = lease_path(tmp_path, "h1")
     publisher = LeasePublisher(path, clock, pid=4242, pid_start=77, boot_id=BOOT)
-    agent = Agent(HostId("h1"), driver, execlog, clock)
+    agent = make_agent(driver, execlog, clock, leased=False)
     agent.on_lease = publisher.publish
 
     publisher.publish(agent.lease)
     assert read_lease(path) == LeaseRecord(None, 100.0, 4242, 77, BOOT), "no lease held yet"
     clock.now_s = 101.0
-    agent.renew_lease(sent_at_s=100.5, fence_after_s=4.0)
+    renew(agent, clock, sent_at_s=100.5)
     assert read_lease(path) == LeaseRecord(104.5, 101.0, 4242, 77, BOOT)
 
 

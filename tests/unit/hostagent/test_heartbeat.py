@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import cast
 
 import nats.errors
+import pytest
 from nats.aio.client import Client
 
 from common import codec
@@ -17,8 +18,10 @@ from common.clock import SystemClock
 from common.messages import Heartbeat, HeartbeatAck, ObservedState, StartVm
 from common.resources import Resources
 from hostagent.agent import Agent
+from hostagent.drivers.fake import FakeDriver
+from hostagent.execlog import ExecLog
 from hostagent.heartbeat import MIN_GAP_S, HeartbeatLoop
-from tests.unit.hostagent.conftest import FakeClock, make_spec
+from tests.unit.hostagent.conftest import FakeClock, make_spec, make_state, renew
 from tests.waiting import wait_until
 
 TEMPLATE = Heartbeat(
@@ -76,17 +79,19 @@ class StubNats:
         return _Reply(reply)
 
 
+@pytest.fixture
+def agent(driver: FakeDriver, execlog: ExecLog, clock: FakeClock) -> Agent:
+    """An agent on ``TEMPLATE`` holding a fresh lease."""
+    agent = Agent(make_state(TEMPLATE), driver, execlog, clock)
+    renew(agent, clock)
+    return agent
+
+
 def make_loop(
     stub: StubNats, agent: Agent, clock: object, interval_s: float = 1.0
 ) -> HeartbeatLoop:
-    return HeartbeatLoop(
-        cast(Client, stub),
-        agent,
-        TEMPLATE,
-        heartbeat_interval_s=interval_s,
-        fence_after_s=4.0,
-        clock=clock,  # type: ignore[arg-type]
-    )
+    agent.state.heartbeat_interval_s = interval_s
+    return HeartbeatLoop(cast(Client, stub), agent, clock=clock)  # type: ignore[arg-type]
 
 
 async def test_heartbeat_carries_identity_and_full_inventory(
@@ -95,7 +100,7 @@ async def test_heartbeat_carries_identity_and_full_inventory(
     await agent.execute(StartVm(vm=make_spec("vm-1"), generation=3))
     loop = make_loop(StubNats(ack_for), agent, clock)
     first, second = loop.next_heartbeat(), loop.next_heartbeat()
-    assert (first.seq, second.seq) == (1, 2)
+    assert second.seq == first.seq + 1
     assert (first.host_id, first.boot_id, first.region, first.fault_domain) == (
         "h1",
         "boot-1",

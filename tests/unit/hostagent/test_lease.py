@@ -6,13 +6,13 @@ import asyncio
 
 import pytest
 
-from common.ids import HostId
-from common.messages import DeleteVm, ObservedState, ResumeVm, StartVm
+from common.messages import ObservedState, ResumeVm, StartVm
 from common.resources import Resources
-from hostagent.agent import Agent, Lease
+from hostagent.agent import Agent
 from hostagent.drivers.fake import FakeDriver
 from hostagent.execlog import ExecEvent, ExecLog
-from tests.unit.hostagent.conftest import FakeClock, events, make_spec
+from hostagent.lease import Lease
+from tests.unit.hostagent.conftest import FakeClock, events, make_agent, make_spec, renew
 from tests.waiting import wait_until
 
 E = ExecEvent
@@ -82,7 +82,7 @@ async def test_ack_clears_fenced_but_does_not_resume(agent: Agent, clock: FakeCl
     await agent.enforce_lease()
     assert fenced(agent)
     agent.changed.clear()
-    agent.renew_lease(clock.now_s, 4.0)
+    renew(agent, clock)
     assert not fenced(agent)
     assert agent.changed.is_set()
     await agent.enforce_lease()
@@ -95,7 +95,7 @@ async def test_late_ack_does_not_unfence(agent: Agent, clock: FakeClock) -> None
     sent_at_s = clock.now_s + 1
     clock.now_s += 6
     await agent.enforce_lease()
-    agent.renew_lease(sent_at_s, 4.0)  # answers a heartbeat sent 5 s ago: already run out
+    renew(agent, clock, sent_at_s=sent_at_s)  # answers a heartbeat sent 5 s ago: run out
     assert fenced(agent)
 
 
@@ -116,7 +116,7 @@ async def test_vm_is_not_started_without_a_lease(
     await agent.execute(StartVm(vm=make_spec(), generation=1))
     assert states(agent) == {}
     assert events(execlog) == []
-    agent.renew_lease(clock.now_s, 4.0)
+    renew(agent, clock)
     await agent.execute(StartVm(vm=make_spec(), generation=1))
     assert states(agent) == {"vm-1": ObservedState.RUNNING}
 
@@ -124,7 +124,7 @@ async def test_vm_is_not_started_without_a_lease(
 async def test_fresh_agent_without_vms_is_not_fenced(
     driver: FakeDriver, execlog: ExecLog, clock: FakeClock
 ) -> None:
-    agent = Agent(HostId("h1"), driver, execlog, clock)
+    agent = make_agent(driver, execlog, clock, leased=False)
     await agent.enforce_lease()
     assert not fenced(agent)
 
@@ -133,8 +133,7 @@ async def test_vm_paused_while_starting_is_not_reported_running(
     execlog: ExecLog, clock: FakeClock
 ) -> None:
     driver = FakeDriver(Resources(4000, 8192), start_delay_s=0.05)
-    agent = Agent(HostId("h1"), driver, execlog, clock)
-    agent.renew_lease(clock.now_s, 4.0)
+    agent = make_agent(driver, execlog, clock)
     task = asyncio.create_task(agent.execute(StartVm(vm=make_spec(), generation=1)))
     await wait_until(lambda: states(agent) == {"vm-1": ObservedState.STARTING}, timeout_s=1)
     clock.now_s += 5
@@ -142,17 +141,3 @@ async def test_vm_paused_while_starting_is_not_reported_running(
     await task
     assert states(agent) == {"vm-1": ObservedState.PAUSED}
     assert [event for _, _, event in events(execlog)] == [E.START, E.PAUSE]
-
-
-def test_starts_and_resumes_arriving_without_a_lease_are_dropped(
-    agent: Agent, clock: FakeClock
-) -> None:
-    """A start sent before a partition healed arrives with an ack right behind it: judged at
-    arrival (lease expired), not when it runs (lease renewed), or it could run beside its
-    replacement."""
-    start = StartVm(vm=make_spec(), generation=1)
-    resume = ResumeVm(name="vm-1", generation=1)
-    delete = DeleteVm(name="vm-2", generation=1)
-    assert agent._leased([start, resume, delete]) == [start, resume, delete]
-    clock.now_s += 5
-    assert agent._leased([start, resume, delete]) == [delete]

@@ -21,7 +21,7 @@ from common.messages import (
     VmReply,
 )
 from common.resources import Resources
-from hostagent.heartbeat import InventoryReport, omitted_digest
+from hostagent.report import InventoryReport, omitted_digest
 from scheduler.core.contract import (
     Ack,
     Action,

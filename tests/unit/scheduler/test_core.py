@@ -20,7 +20,7 @@ from common.messages import (
     VmState,
 )
 from common.resources import Resources
-from hostagent.heartbeat import InventoryReport
+from hostagent.report import InventoryReport
 from scheduler.core.contract import Emit, InvalidJob, Mutation, Op, Reply
 from scheduler.core.transitions import IllegalTransition
 from tests.unit.scheduler.corekit import CoreKit, acks, commands, vm_events

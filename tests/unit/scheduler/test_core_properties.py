@@ -1,5 +1,6 @@
 """Random histories of requests, heartbeats, partitions and time against the pure core, with
-honest model agents that follow the agent protocol (commands by generation, lease, fencing).
+the real agents' state machine (hostagent/state.py) over the real fake hypervisor: commands by
+generation, lease, fencing and heartbeat reports are the agent's own, not a model of them.
 
 Whatever happens: indexes stay consistent, no host is overcommitted, no VM ever executes on
 two hosts at once, and once the faults stop everything converges.
@@ -7,28 +8,28 @@ two hosts at once, and once the faults stop everything converges.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from msgspec.structs import replace
 
 from common.messages import (
-    AgentCommand,
-    DeleteVm,
+    Heartbeat,
     HostRef,
     ObservedState,
-    ObservedVm,
-    ResumeVm,
-    StartVm,
-    StopVm,
     VmRef,
     VmState,
 )
 from common.resources import Resources
-from hostagent.heartbeat import InventoryReport
-from scheduler.core.contract import Ack, Action, Mutation, Op, SendCommands
+from hostagent.state import AgentState
+from hostagent.stimuli import (
+    AckReceived,
+)
+from scheduler.core.contract import Ack, Action, HeartbeatReceived, Mutation, Op, SendCommands
 from scheduler.state.model import ACTIVE_STATES
+from tests.unit.hostagent.syncagent import SyncAgent
 from tests.unit.scheduler.corekit import CoreKit
 
 HOSTS = ("h1", "h2", "h3")
@@ -36,77 +37,70 @@ CAPACITY = Resources(8000, 16384)
 
 
 @dataclass
-class ModelAgent:
-    host: str
-    vms: dict[str, tuple[int, ObservedState, Resources]] = field(default_factory=dict)
-    lease_until: float = 0.0
+class SimAgent(SyncAgent):
     partitioned: bool = False
     lose_next: bool = False
     """The next message of commands to this host is lost (NATS delivers at most once)."""
 
-    def execute(self, cmd: AgentCommand, now: float) -> None:
-        match cmd:
-            case StartVm(vm=spec, generation=g):
-                held = self.vms.get(spec.name)
-                if held is not None and held[0] >= g:
-                    return
-                state = ObservedState.RUNNING if now <= self.lease_until else ObservedState.PAUSED
-                self.vms[spec.name] = (g, state, Resources(spec.cpu_milli, spec.mem_mib))
-            case StopVm(name=name, generation=g) | DeleteVm(name=name, generation=g):
-                if name in self.vms and self.vms[name][0] <= g:
-                    del self.vms[name]
-            case ResumeVm(name=name, generation=g):
-                held = self.vms.get(name)
-                if held is not None and held[0] == g and held[1] is ObservedState.PAUSED:
-                    self.vms[name] = (g, ObservedState.RUNNING, held[2])
+    @property
+    def host(self) -> str:
+        return self.state.host_id
 
-    def fence(self, now: float) -> None:
-        if now > self.lease_until:
-            for name, (g, state, res) in list(self.vms.items()):
-                if state is ObservedState.RUNNING:
-                    self.vms[name] = (g, ObservedState.PAUSED, res)
 
-    def inventory(self) -> list[ObservedVm]:
-        return [
-            ObservedVm(name=n, generation=g, state=s, cpu_milli=r.cpu_milli, mem_mib=r.mem_mib)
-            for n, (g, s, r) in sorted(self.vms.items())
-        ]
+def make_agent(host: str) -> SimAgent:
+    template = Heartbeat(
+        host_id=host,
+        seq=0,
+        boot_id="boot-1",
+        capacity=CAPACITY,
+        fault_domain=f"fd-{HOSTS.index(host)}",
+    )
+    return SimAgent(AgentState(template, heartbeat_interval_s=1.0, fence_after_s=4.0))
 
 
 class World:
     def __init__(self, *, omit_unchanged: bool = False) -> None:
         self.kit = CoreKit(command_retry_s=1.0)
-        self.agents = {h: ModelAgent(h) for h in HOSTS}
-        self.reports = {h: InventoryReport() for h in HOSTS} if omit_unchanged else {}
-        for i, host in enumerate(HOSTS):
-            self.beat(host, fault_domain=f"fd-{i}")
+        self.agents = {h: make_agent(h) for h in HOSTS}
+        self.omit_unchanged = omit_unchanged
+        for host in HOSTS:
+            self.beat(host)
 
-    def deliver(self, actions: list[Action], sent_at: float | None = None, host: str = "") -> None:
+    def deliver(self, actions: list[Action], host: str = "") -> None:
         for action in actions:
             if isinstance(action, SendCommands):
                 agent = self.agents[action.host_id]
                 if agent.lose_next:
                     agent.lose_next = False
                 elif not agent.partitioned:
-                    for cmd in action.commands:
-                        agent.execute(cmd, self.kit.t)
-            if isinstance(action, Ack) and sent_at is not None:
-                self.agents[host].lease_until = sent_at + 4.0
+                    agent.execute(action.commands, self.kit.t)
+            if isinstance(action, Ack) and host:
+                self.agents[host].handle(AckReceived(action.ack), self.kit.t)
         self.check()
 
-    def beat(self, host: str, fault_domain: str | None = None) -> None:
+    def beat(self, host: str) -> None:
+        """One heartbeat of ``host``, as its state writes it; an inventory left out that the
+        core lacked is sent again at once, in full."""
         agent = self.agents[host]
         if agent.partitioned:
             return
-        i = HOSTS.index(host)
-        actions = self.kit.heartbeat(
-            host,
-            agent.inventory(),
-            capacity=CAPACITY,
-            fault_domain=fault_domain or f"fd-{i}",
-            report=self.reports.get(host),
-        )
-        self.deliver(actions, sent_at=self.kit.t, host=host)
+        hb = agent.heartbeat(self.kit.t)
+        if not self.omit_unchanged:
+            hb = replace(
+                hb,
+                vms=agent.state.inventory(agent.driver.inventory()),
+                vms_omitted=False,
+                inventory_digest="",
+            )
+        actions = self.kit.step(HeartbeatReceived(hb, next(self.kit.tokens)))
+        self.deliver(actions, host=host)
+        lacked = [
+            a
+            for a in actions
+            if isinstance(a, Ack) and a.ack.inventory_digest != hb.inventory_digest
+        ]
+        if hb.vms_omitted and lacked:
+            self.beat(host)
 
     def act_on_host(self, kind: str, arg: object) -> None:
         """A history step that is not an API call on a VM: heartbeats, faults, host ops, time."""
@@ -137,7 +131,7 @@ class World:
     def check(self) -> None:
         executing: dict[str, list[str]] = {}
         for agent in self.agents.values():
-            for name, (_, state, _) in agent.vms.items():
+            for name, (_, state) in agent.held().items():
                 if state is ObservedState.RUNNING:
                     executing.setdefault(name, []).append(agent.host)
         assert all(len(hosts) == 1 for hosts in executing.values()), executing
@@ -175,7 +169,7 @@ def snapshot(world: World) -> tuple[object, ...]:
     records = sorted(
         (r.name, r.state, r.host, r.generation, r.reason) for r in world.kit.state.vms.values()
     )
-    agents = sorted((a.host, sorted(a.vms.items())) for a in world.agents.values())
+    agents = sorted((a.host, sorted(a.held().items())) for a in world.agents.values())
     hosts = sorted((h.host_id, h.up) for h in world.kit.state.hosts.values())
     return records, agents, hosts
 
@@ -216,11 +210,13 @@ def converge_and_check(world: World) -> None:
         for host in HOSTS:
             world.beat(host)
     for record in kit.state.vms.values():
-        placed = {a.host: a.vms[record.name] for a in world.agents.values() if record.name in a.vms}
+        placed = {
+            a.host: a.held()[record.name] for a in world.agents.values() if record.name in a.held()
+        }
         if record.state in ACTIVE_STATES:
             assert record.state is VmState.RUNNING, record
             assert list(placed) == [record.host], (record, placed)
-            assert placed[record.host][:2] == (record.generation, ObservedState.RUNNING)
+            assert placed[str(record.host)] == (record.generation, ObservedState.RUNNING)
         else:
             assert record.state in (
                 VmState.PENDING,
@@ -247,7 +243,7 @@ def test_a_stale_copy_whose_destroy_was_lost_is_destroyed_after_a_restart(
         *[("beat", h, None) for h in HOSTS],
     ]
     run_history(world, history)
-    home = world.kit.state.vms["vm-0"].host
+    home = world.kit.vm("vm-0").host
     assert home is not None
     others: list[tuple[str, object, object]] = [("beat", h, None) for h in HOSTS if h != home]
     history = [
@@ -258,9 +254,9 @@ def test_a_stale_copy_whose_destroy_was_lost_is_destroyed_after_a_restart(
         ("beat", home, None),
     ]
     run_history(world, history)
-    record = world.kit.state.vms["vm-0"]
+    record = world.kit.vm("vm-0")
     assert record.host != home and record.state is VmState.RUNNING
-    assert world.agents[home].vms["vm-0"][:2] == (1, ObservedState.PAUSED)  # the stale copy
+    assert world.agents[home].held()["vm-0"] == (1, ObservedState.PAUSED)  # the stale copy
     run_history(world, [("restart", None, None), ("beat", home, None)])
-    assert "vm-0" not in world.agents[home].vms
+    assert "vm-0" not in world.agents[home].held()
     converge_and_check(world)

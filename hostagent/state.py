@@ -1,0 +1,496 @@
+"""The host agent's pure core: ``AgentState.handle(stimulus, now_s) -> list[Instruction]``.
+
+Pure, synchronous and deterministic (no await, no I/O, time is an input), in the style of Dask's
+``WorkerState.handle_stimulus``. It owns everything the agent decides:
+
+- the lease, renewed by heartbeat acks (matched to the heartbeat they answer);
+- fencing: without a valid lease every executing VM is paused, never destroyed; a fenced VM
+  resumes only on ``ResumeVm`` at exactly its current generation, and is destroyed only when
+  ``StopVm``/``DeleteVm``/a newer ``StartVm`` says it is stale;
+- command admission by (vm, generation): repeated commands change nothing, stale ones are
+  ignored, starts and resumes arriving without a lease are dropped; commands for one VM run in
+  order (one driver operation at a time), different VMs proceed concurrently;
+- the inventory (the driver's, plus failed starts kept until the scheduler clears them) and the
+  heartbeat report, which leaves out an inventory the scheduler says it holds.
+
+The real agent (:mod:`hostagent.agent`), the simulated pool (:mod:`hostagent.simpool`) and the
+scheduler's property tests all drive this one class.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import assert_never
+
+from msgspec.structs import replace
+
+from common.ids import HostId
+from common.messages import (
+    AgentCommand,
+    CaptureDisk,
+    DeleteVm,
+    Heartbeat,
+    HeartbeatAck,
+    ObservedState,
+    ObservedVm,
+    ResumeVm,
+    StartVm,
+    StopVm,
+    VmSpec,
+)
+from hostagent.execlog import ExecEvent
+from hostagent.lease import Lease
+from hostagent.report import InventoryReport, omitted_digest
+from hostagent.stimuli import (
+    REPORT_CHANGED,
+    AckReceived,
+    AdoptCpuOvercommit,
+    CommandsReceived,
+    DriverDestroy,
+    DriverForget,
+    DriverPause,
+    DriverResume,
+    DriverStart,
+    DriverStop,
+    FenceTick,
+    HeartbeatDue,
+    Instruction,
+    LeaseRenewed,
+    Note,
+    OpDone,
+    RecordExecution,
+    RunCapture,
+    SendHeartbeat,
+    Stimulus,
+    TimingAdopted,
+)
+
+_EXECUTING = (ObservedState.RUNNING, ObservedState.STARTING)
+
+
+def command_vm_name(command: AgentCommand) -> str:
+    return command.vm.name if isinstance(command, StartVm) else command.name
+
+
+@dataclass(frozen=True, slots=True)
+class _Sent:
+    seq: int
+    sent_at_s: float
+    omitted: str
+
+
+_NOT_HERE = "remove of vm not running here vm=%s generation=%d"
+
+
+def _vg(vm: ObservedVm) -> tuple[str, int]:
+    return vm.name, vm.generation
+
+
+def _stale(verb: str, name: str, generation: int, held: ObservedVm) -> Note:
+    return Note.info(
+        "stale %s ignored vm=%s generation=%d held_generation=%d",
+        verb,
+        name,
+        generation,
+        held.generation,
+    )
+
+
+def _find(vms: Sequence[ObservedVm], name: str) -> ObservedVm | None:
+    return next((vm for vm in vms if vm.name == name), None)
+
+
+class AgentState:
+    def __init__(
+        self, template: Heartbeat, *, heartbeat_interval_s: float, fence_after_s: float
+    ) -> None:
+        """``template`` holds the host's identity; ``seq``, ``fenced`` and ``vms`` are filled in.
+        The timing knobs hold until the scheduler's first ack brings its own."""
+        self.host_id = HostId(template.host_id)
+        self.template = template
+        self.heartbeat_interval_s = heartbeat_interval_s
+        self.fence_after_s = fence_after_s
+        self.lease = Lease()
+        self.fenced = False
+        self.report = InventoryReport()
+        self._failed: dict[str, ObservedVm] = {}
+        self._queues: dict[str, deque[AgentCommand]] = {}
+        """Commands per VM, in order; the head is the one being carried out."""
+        self._waiting: set[str] = set()
+        """VMs whose head command waits for a driver operation."""
+        self._pausing: set[str] = set()
+        self._seq = 0
+        self._sent: deque[_Sent] = deque()
+        self._cpu_overcommit: float | None = None
+
+    # ------------------------------------------------------------------ queries
+
+    def inventory(self, vms: Sequence[ObservedVm]) -> list[ObservedVm]:
+        """Every VM held: the driver's ``vms``, plus failed starts not yet cleared."""
+        if not self._failed:
+            return sorted(vms, key=lambda vm: vm.name)
+        return sorted([*vms, *self._failed.values()], key=lambda vm: vm.name)
+
+    def idle(self) -> bool:
+        """No command is queued or waits for the driver, and no pause is under way."""
+        return not self._queues and not self._pausing
+
+    # ------------------------------------------------------------------ the one entry point
+
+    def handle(self, stimulus: Stimulus, now_s: float) -> list[Instruction]:
+        out: list[Instruction] = []
+        match stimulus:
+            case CommandsReceived(commands=commands, vms=vms):
+                self._receive(commands, vms, now_s, out)
+            case OpDone():
+                self._op_done(stimulus, now_s, out)
+            case FenceTick(vms=vms):
+                self._enforce(vms, now_s, out)
+            case HeartbeatDue(vms=vms):
+                out.append(SendHeartbeat(self._heartbeat(vms, now_s)))
+            case AckReceived(ack=ack):
+                self._ack(ack, now_s, out)
+            case _:
+                assert_never(stimulus)
+        return out
+
+    # ------------------------------------------------------------------ heartbeats and the lease
+
+    def _heartbeat(self, vms: Sequence[ObservedVm], now_s: float) -> Heartbeat:
+        self._seq += 1
+        full = replace(self.template, seq=self._seq, fenced=self.fenced, vms=self.inventory(vms))
+        heartbeat = self.report.fill(full)
+        while self._sent and now_s - self._sent[0].sent_at_s > self.heartbeat_interval_s:
+            self._sent.popleft()  # its ack would come too late to count
+        self._sent.append(_Sent(self._seq, now_s, omitted_digest(heartbeat)))
+        return heartbeat
+
+    def _ack(self, ack: HeartbeatAck, now_s: float, out: list[Instruction]) -> None:
+        if ack.host_id != self.host_id:
+            out.append(
+                Note.warning(
+                    "heartbeat ack for another host dropped host_id=%s seq=%d", ack.host_id, ack.seq
+                )
+            )
+            return
+        sent = next((s for s in self._sent if s.seq == ack.seq), None)
+        if sent is None or now_s - sent.sent_at_s > self.heartbeat_interval_s:
+            out.append(Note.debug("heartbeat ack unmatched or late seq=%d", ack.seq))
+            return
+        self._adopt_timing(ack, out)
+        if self.report.adopt(ack, sent.omitted):
+            out.append(REPORT_CHANGED)
+        ratio = ack.cpu_overcommit
+        if ratio >= 1.0 and ratio != self._cpu_overcommit:
+            self._cpu_overcommit = ratio
+            out.append(AdoptCpuOvercommit(ratio))
+        self._renew(sent.sent_at_s, now_s, out)
+
+    def _adopt_timing(self, ack: HeartbeatAck, out: list[Instruction]) -> None:
+        interval_s, fence_after_s = ack.heartbeat_interval_s, ack.fence_after_s
+        if not 0 < interval_s < fence_after_s:
+            out.append(
+                Note.warning(
+                    "heartbeat ack timing ignored heartbeat_interval_s=%s fence_after_s=%s",
+                    interval_s,
+                    fence_after_s,
+                )
+            )
+            return
+        if (interval_s, fence_after_s) != (self.heartbeat_interval_s, self.fence_after_s):
+            self.heartbeat_interval_s, self.fence_after_s = interval_s, fence_after_s
+            out.append(TimingAdopted(ack.scheduler_id, interval_s, fence_after_s))
+
+    def _renew(self, sent_at_s: float, now_s: float, out: list[Instruction]) -> None:
+        self.lease = self.lease.renewed(sent_at_s, self.fence_after_s)
+        out.append(LeaseRenewed(self.lease))
+        if self.fenced and not self.lease.expired(now_s):
+            self.fenced = False
+            out.append(REPORT_CHANGED)
+            out.append(Note.info("lease renewed, unfenced host_id=%s", self.host_id))
+
+    def _enforce(self, vms: Sequence[ObservedVm], now_s: float, out: list[Instruction]) -> None:
+        """Without a valid lease, pause every executing VM (paused, never destroyed)."""
+        if not self.lease.expired(now_s):
+            return
+        executing = [vm for vm in vms if vm.state in _EXECUTING]
+        if not self.fenced and (self.lease.ever_held or executing):
+            self.fenced = True
+            out.append(REPORT_CHANGED)
+            expired_for_s = now_s - self.lease.expires_at_s if self.lease.ever_held else 0.0
+            out.append(
+                Note.warning(
+                    "lease expired, fencing host_id=%s executing=%d expired_for_s=%.2f",
+                    self.host_id,
+                    len(executing),
+                    expired_for_s,
+                )
+            )
+        for vm in executing:
+            if vm.name not in self._pausing:
+                self._pausing.add(vm.name)
+                out.append(DriverPause(vm.name, vm.generation))
+
+    # ------------------------------------------------------------------ command admission
+
+    def _receive(
+        self,
+        commands: Sequence[AgentCommand],
+        vms: Sequence[ObservedVm],
+        now_s: float,
+        out: list[Instruction],
+    ) -> None:
+        """Queue ``commands`` per VM and start on every idle VM's queue.
+
+        Starts and resumes that arrive while the lease is expired are dropped: sent before a
+        partition healed, they may already run elsewhere, and an ack arriving right behind them
+        would otherwise let them run. The scheduler resends them while they are still due."""
+        if self.lease.expired(now_s):
+            kept = [c for c in commands if not isinstance(c, StartVm | ResumeVm)]
+            if len(kept) < len(commands):
+                out.append(
+                    Note.info(
+                        "commands refused without a lease host_id=%s refused=%d",
+                        self.host_id,
+                        len(commands) - len(kept),
+                    )
+                )
+            commands = kept
+        touched: dict[str, None] = {}
+        for command in commands:
+            name = command_vm_name(command)
+            self._queues.setdefault(name, deque()).append(command)
+            touched[name] = None
+        for name in touched:
+            if name not in self._waiting:
+                self._advance(name, vms, now_s, out)
+
+    def _advance(
+        self, name: str, vms: Sequence[ObservedVm], now_s: float, out: list[Instruction]
+    ) -> None:
+        """Carry out ``name``'s queued commands until one waits for the driver."""
+        queue = self._queues[name]
+        while queue:
+            if self._begin(queue[0], vms, now_s, out):
+                self._waiting.add(name)
+                return
+            queue.popleft()
+        del self._queues[name]
+
+    def _begin(
+        self, command: AgentCommand, vms: Sequence[ObservedVm], now_s: float, out: list[Instruction]
+    ) -> bool:
+        """Decide ``command``; True when it waits for a driver operation."""
+        match command:
+            case StartVm():
+                return self._start(command, vms, now_s, out)
+            case StopVm() | DeleteVm():
+                return self._remove(command, vms, out)
+            case ResumeVm():
+                return self._resume(command, vms, now_s, out)
+            case CaptureDisk():
+                out.append(RunCapture(command, self._held(command.name, vms) is not None))
+                return True
+            case _:
+                assert_never(command)
+
+    def _held(self, name: str, vms: Sequence[ObservedVm]) -> ObservedVm | None:
+        failed = self._failed.get(name)
+        return failed if failed is not None else _find(vms, name)
+
+    def _start(
+        self, command: StartVm, vms: Sequence[ObservedVm], now_s: float, out: list[Instruction]
+    ) -> bool:
+        spec, generation = command.vm, command.generation
+        held = self._held(spec.name, vms)
+        if held is not None:
+            if held.generation == generation:
+                out.append(
+                    Note.debug("start ignored, already held vm=%s generation=%d", *_vg(held))
+                )
+                return False
+            if held.generation > generation:
+                out.append(_stale("start", spec.name, generation, held))
+                return False
+            if spec.name not in self._failed:  # destroy the older copy, then launch
+                out.append(DriverDestroy(spec.name, held.generation))
+                return True
+            self._clear_failed(held, out)
+        return self._launch(spec, generation, now_s, out)
+
+    def _launch(self, spec: VmSpec, generation: int, now_s: float, out: list[Instruction]) -> bool:
+        name = spec.name
+        if self.lease.expired(now_s):
+            # A start delivered late (after a partition) may already run elsewhere: without a
+            # lease nothing starts, not even for a moment; the scheduler resends it if still due.
+            out.append(
+                Note.info("start refused without a lease vm=%s generation=%d", name, generation)
+            )
+            return False
+        out.append(
+            Note.info("vm starting vm=%s generation=%d size=%s", name, generation, spec.size)
+        )
+        out.append(RecordExecution(name, generation, ExecEvent.START))
+        out.append(DriverStart(spec, generation))
+        return True
+
+    def _remove(
+        self, command: StopVm | DeleteVm, vms: Sequence[ObservedVm], out: list[Instruction]
+    ) -> bool:
+        name, generation = command.name, command.generation
+        destroy = isinstance(command, DeleteVm)
+        held = self._held(name, vms)
+        if held is None:
+            if destroy:  # a deleted VM not running here may still have disks here
+                out.append(DriverForget(name, generation))
+                return True
+            out.append(Note.debug(_NOT_HERE, name, generation))
+            return False
+        if held.generation > generation:
+            out.append(_stale("delete" if destroy else "stop", name, generation, held))
+            return False
+        if name in self._failed:
+            self._clear_failed(held, out)
+            return False
+        out.append((DriverDestroy if destroy else DriverStop)(name, held.generation))
+        return True
+
+    def _clear_failed(self, held: ObservedVm, out: list[Instruction]) -> None:
+        del self._failed[held.name]
+        out.append(REPORT_CHANGED)
+        out.append(Note.info("failed vm cleared vm=%s generation=%d", held.name, held.generation))
+
+    def _resume(
+        self, command: ResumeVm, vms: Sequence[ObservedVm], now_s: float, out: list[Instruction]
+    ) -> bool:
+        name, generation = command.name, command.generation
+        held = self._held(name, vms)
+        if held is None or held.generation != generation or held.state is not ObservedState.PAUSED:
+            out.append(
+                Note.debug("resume ignored vm=%s generation=%d held=%s", name, generation, held)
+            )
+            return False
+        if self.lease.expired(now_s):
+            out.append(
+                Note.info("resume refused without a lease vm=%s generation=%d", name, generation)
+            )
+            return False
+        out.append(RecordExecution(name, generation, ExecEvent.RESUME))
+        out.append(DriverResume(name, generation))
+        return True
+
+    # ------------------------------------------------------------------ driver results
+
+    def _op_done(self, done: OpDone, now_s: float, out: list[Instruction]) -> None:
+        op = done.op
+        if isinstance(op, DriverPause):
+            self._paused(op, done.error, out)
+            return
+        if self._finish(done, now_s, out):
+            return  # the same command waits for another driver operation
+        self._waiting.discard(op.name)
+        self._queues[op.name].popleft()
+        self._advance(op.name, done.vms, now_s, out)
+
+    def _finish(self, done: OpDone, now_s: float, out: list[Instruction]) -> bool:
+        """Take in the result of the head command's operation; True when it continues."""
+        op, error = done.op, done.error
+        match op:
+            case DriverStart():
+                self._started(op, done, now_s, out)
+            case DriverStop() | DriverDestroy():
+                return self._removed(op, error, now_s, out)
+            case DriverResume(name=name, generation=generation):
+                if error is not None:
+                    out.append(RecordExecution(name, generation, ExecEvent.PAUSE))
+                    out.append(
+                        Note.error(
+                            "vm resume failed vm=%s generation=%d error=%s", name, generation, error
+                        )
+                    )
+                else:
+                    out.append(Note.info("vm resumed vm=%s generation=%d", name, generation))
+            case DriverForget(name=name, generation=generation):
+                if error is not None:
+                    out.append(
+                        Note.error(
+                            "vm disks not removed vm=%s generation=%d error=%s",
+                            name,
+                            generation,
+                            error,
+                        )
+                    )
+                out.append(Note.debug(_NOT_HERE, name, generation))
+            case RunCapture():
+                pass
+            case DriverPause():
+                raise AssertionError("pauses are not queued")
+            case _:
+                assert_never(op)
+        return False
+
+    def _started(self, op: DriverStart, done: OpDone, now_s: float, out: list[Instruction]) -> None:
+        name, generation, spec = op.name, op.generation, op.spec
+        if done.error is not None:
+            self._failed[name] = ObservedVm(
+                name=name,
+                generation=generation,
+                state=ObservedState.FAILED,
+                cpu_milli=spec.cpu_milli,
+                mem_mib=spec.mem_mib,
+                reason=done.error,
+                retryable=done.retryable,
+            )
+            out.append(RecordExecution(name, generation, ExecEvent.FAIL))
+            out.append(
+                Note.error(
+                    "vm start failed vm=%s generation=%d error=%s", name, generation, done.error
+                )
+            )
+            return
+        held = _find(done.vms, name)
+        if held is not None and held.state is ObservedState.RUNNING:
+            out.append(RecordExecution(name, generation, ExecEvent.RUNNING))
+            out.append(Note.info("vm running vm=%s generation=%d", name, generation))
+            self._enforce(done.vms, now_s, out)  # started without a lease: paused right away
+        else:
+            out.append(REPORT_CHANGED)
+            out.append(Note.info("vm started paused vm=%s generation=%d", name, generation))
+
+    def _removed(
+        self,
+        op: DriverStop | DriverDestroy,
+        error: str | None,
+        now_s: float,
+        out: list[Instruction],
+    ) -> bool:
+        destroy = isinstance(op, DriverDestroy)
+        if error is not None:
+            verb = "destroy" if destroy else "stop"
+            out.append(
+                Note.error(
+                    "vm %s failed vm=%s generation=%d error=%s", verb, op.name, op.generation, error
+                )
+            )
+            return False
+        event, done = (ExecEvent.DESTROY, "destroyed") if destroy else (ExecEvent.STOP, "stopped")
+        out.append(RecordExecution(op.name, op.generation, event))
+        out.append(Note.info("vm %s vm=%s generation=%d", done, op.name, op.generation))
+        head = self._queues[op.name][0]
+        if isinstance(head, StartVm):  # the older copy is gone: now launch the newer
+            return self._launch(head.vm, head.generation, now_s, out)
+        return False
+
+    def _paused(self, op: DriverPause, error: str | None, out: list[Instruction]) -> None:
+        self._pausing.discard(op.name)
+        if error is not None:
+            out.append(
+                Note.error(
+                    "vm pause failed vm=%s generation=%d error=%s", op.name, op.generation, error
+                )
+            )
+            return
+        out.append(RecordExecution(op.name, op.generation, ExecEvent.PAUSE))
+        out.append(Note.info("vm fenced vm=%s generation=%d", op.name, op.generation))

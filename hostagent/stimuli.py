@@ -1,0 +1,222 @@
+"""What goes into and comes out of :class:`hostagent.state.AgentState`. Pure values.
+
+Stimuli say what happened (commands arrived, a driver operation finished, the watchdog looked,
+a heartbeat is due, an ack arrived); instructions say what to do (call the driver, log an
+execution, publish the lease, send a heartbeat, ...). The shell (:mod:`hostagent.agent`, the
+heartbeat loop, the simulated pool) turns stimuli into calls of ``AgentState.handle`` and
+carries out the instructions it gets back, as Dask's ``BaseWorker`` does for its
+``WorkerState``.
+
+Every stimulus that needs the driver's view carries ``vms``: the driver's inventory taken by the
+shell at that moment (``HypervisorDriver.inventory()`` is synchronous and cheap).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+
+from common.messages import (
+    AgentCommand,
+    CaptureDisk,
+    Heartbeat,
+    HeartbeatAck,
+    ObservedVm,
+    VmSpec,
+)
+from hostagent.execlog import ExecEvent
+from hostagent.lease import Lease
+
+# --------------------------------------------------------------------------- stimuli
+
+
+@dataclass(frozen=True, slots=True)
+class CommandsReceived:
+    """A batch of commands from the scheduler, judged on arrival."""
+
+    commands: Sequence[AgentCommand]
+    vms: Sequence[ObservedVm]
+
+
+@dataclass(frozen=True, slots=True)
+class OpDone:
+    """The driver finished ``op`` (``error`` set when it raised ``DriverError``)."""
+
+    op: DriverCall | RunCapture
+    vms: Sequence[ObservedVm]
+    error: str | None = None
+    retryable: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class FenceTick:
+    """The fence watchdog looks at the lease."""
+
+    vms: Sequence[ObservedVm]
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatDue:
+    """The shell is about to send a heartbeat: the state answers with :class:`SendHeartbeat`."""
+
+    vms: Sequence[ObservedVm]
+
+
+@dataclass(frozen=True, slots=True)
+class AckReceived:
+    """The scheduler answered a heartbeat."""
+
+    ack: HeartbeatAck
+
+
+Stimulus = CommandsReceived | OpDone | FenceTick | HeartbeatDue | AckReceived
+
+# --------------------------------------------------------------------------- instructions
+
+
+@dataclass(frozen=True, slots=True)
+class DriverStart:
+    spec: VmSpec
+    generation: int
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+@dataclass(frozen=True, slots=True)
+class DriverStop:
+    name: str
+    generation: int
+
+
+@dataclass(frozen=True, slots=True)
+class DriverDestroy:
+    name: str
+    generation: int
+
+
+@dataclass(frozen=True, slots=True)
+class DriverForget:
+    name: str
+    generation: int
+
+
+@dataclass(frozen=True, slots=True)
+class DriverPause:
+    """Fence one VM. Unlike the others, it may run while another operation on the VM runs."""
+
+    name: str
+    generation: int
+
+
+@dataclass(frozen=True, slots=True)
+class DriverResume:
+    name: str
+    generation: int
+
+
+DriverCall = DriverStart | DriverStop | DriverDestroy | DriverForget | DriverPause | DriverResume
+"""One call of the driver; the shell answers each with :class:`OpDone`."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunCapture:
+    """Hand ``command`` to the capturer (``held``: the VM is on this host); then :class:`OpDone`."""
+
+    command: CaptureDisk
+    held: bool
+
+    @property
+    def name(self) -> str:
+        return self.command.name
+
+
+@dataclass(frozen=True, slots=True)
+class RecordExecution:
+    """Write a line to the execution log (the inventory changed with it)."""
+
+    vm: str
+    generation: int
+    event: ExecEvent
+
+
+@dataclass(frozen=True, slots=True)
+class ReportChanged:
+    """The report changed (inventory or fenced flag): the next heartbeat should go soon."""
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseRenewed:
+    lease: Lease
+
+
+@dataclass(frozen=True, slots=True)
+class SendHeartbeat:
+    heartbeat: Heartbeat
+
+
+@dataclass(frozen=True, slots=True)
+class TimingAdopted:
+    """The scheduler's timing knobs replaced ours."""
+
+    scheduler_id: str
+    heartbeat_interval_s: float
+    fence_after_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class AdoptCpuOvercommit:
+    """The scheduler applies this CPU overcommit ratio to the host."""
+
+    ratio: float
+
+
+class Level(IntEnum):
+    """Log levels, with the values of :mod:`logging`'s."""
+
+    DEBUG = 10
+    INFO = 20
+    WARNING = 30
+    ERROR = 40
+
+
+@dataclass(frozen=True, slots=True)
+class Note:
+    """A decision worth a log line: ``event`` is a ``%``-format string for ``args``."""
+
+    level: Level
+    event: str
+    args: tuple[object, ...] = ()
+
+    @classmethod
+    def debug(cls, event: str, *args: object) -> Note:
+        return cls(Level.DEBUG, event, args)
+
+    @classmethod
+    def info(cls, event: str, *args: object) -> Note:
+        return cls(Level.INFO, event, args)
+
+    @classmethod
+    def warning(cls, event: str, *args: object) -> Note:
+        return cls(Level.WARNING, event, args)
+
+    @classmethod
+    def error(cls, event: str, *args: object) -> Note:
+        return cls(Level.ERROR, event, args)
+
+
+Instruction = (
+    DriverCall
+    | RunCapture
+    | RecordExecution
+    | ReportChanged
+    | LeaseRenewed
+    | SendHeartbeat
+    | TimingAdopted
+    | AdoptCpuOvercommit
+    | Note
+)
+
+REPORT_CHANGED = ReportChanged()

@@ -1,0 +1,158 @@
+"""AgentState, the agent's pure core: admission, fencing and the report, without an event loop.
+
+Random histories of commands, time, watchdog looks, heartbeats and acks run against the real
+state over the real FakeDriver; the properties are the promises the scheduler builds on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from common import codec
+from common.messages import AgentCommand, DeleteVm, ObservedState, ResumeVm, StartVm, StopVm
+from hostagent.execlog import ExecEvent
+from hostagent.stimuli import (
+    AckReceived,
+    CommandsReceived,
+    DriverCall,
+    DriverForget,
+    DriverStart,
+    Instruction,
+    Note,
+    RecordExecution,
+)
+from tests.unit.hostagent.conftest import ack_for, make_spec, make_state
+from tests.unit.hostagent.syncagent import SyncAgent
+
+EXECUTING = (ObservedState.RUNNING, ObservedState.STARTING)
+STARTS = (ExecEvent.START, ExecEvent.RUNNING, ExecEvent.RESUME)
+"""Execution log events after which a VM may execute."""
+
+
+def start(name: str = "vm-1", generation: int = 1) -> StartVm:
+    return StartVm(vm=make_spec(name), generation=generation)
+
+
+def decisions(instructions: list[Instruction]) -> list[Instruction]:
+    return [i for i in instructions if not isinstance(i, Note)]
+
+
+def test_starts_and_resumes_arriving_without_a_lease_are_dropped() -> None:
+    """A start sent before a partition healed arrives with an ack right behind it: judged at
+    arrival (lease expired), not when it runs (lease renewed), or it could run beside its
+    replacement."""
+    state = make_state()
+    resume = ResumeVm(name="vm-1", generation=1)
+    delete = DeleteVm(name="vm-2", generation=1)
+    out = state.handle(CommandsReceived([start(), resume, delete], []), 100.0)
+    assert decisions(out) == [DriverForget("vm-2", 1)]
+
+
+def test_a_start_is_logged_before_the_driver_is_asked() -> None:
+    """The execution log must never miss a VM that may run: the line comes first."""
+    agent = SyncAgent(make_state())
+    agent.handle(AckReceived(ack_for(agent.heartbeat(100.0))), 100.1)
+    out = agent.state.handle(CommandsReceived([start()], []), 100.2)
+    assert decisions(out) == [
+        RecordExecution("vm-1", 1, ExecEvent.START),
+        DriverStart(make_spec(), 1),
+    ]
+
+
+# --------------------------------------------------------------------------- histories
+
+names = st.sampled_from(["vm-a", "vm-b"])
+generations = st.integers(1, 4)
+commands = st.one_of(
+    st.builds(start, names, generations),
+    st.builds(lambda n, g: StopVm(name=n, generation=g), names, generations),
+    st.builds(lambda n, g: DeleteVm(name=n, generation=g), names, generations),
+    st.builds(lambda n, g: ResumeVm(name=n, generation=g), names, generations),
+)
+steps = st.one_of(
+    st.tuples(st.just("command"), commands),
+    st.tuples(st.just("advance"), st.sampled_from([0.5, 2.0, 5.0])),
+    st.tuples(st.just("fence"), st.none()),
+    st.tuples(st.just("beat"), st.sampled_from(["acked", "acked-held", "lost"])),
+)
+
+
+@dataclass
+class Run:
+    """One agent and its clock; every step checks the promises that hold at all times."""
+
+    agent: SyncAgent = field(default_factory=lambda: SyncAgent(make_state()))
+    now_s: float = 100.0
+
+    def step(self, kind: str, arg: object) -> None:
+        before = len(self.agent.log)
+        if kind == "command":
+            assert isinstance(arg, StartVm | StopVm | DeleteVm | ResumeVm)
+            self.command(arg)
+        elif kind == "advance":
+            assert isinstance(arg, float)
+            self.now_s += arg
+        elif kind == "fence":
+            self.agent.fence(self.now_s)
+        else:
+            self.beat(acked=arg != "lost", held=arg == "acked-held")
+        self.check(self.agent.log[before:])
+
+    def command(self, command: AgentCommand) -> None:
+        name = command.vm.name if isinstance(command, StartVm) else command.name
+        held_before = self.agent.held().get(name)
+        start_at = len(self.agent.log)
+        self.agent.execute([command], self.now_s)
+        if held_before is not None and held_before[0] > command.generation:
+            # a command for an older generation never executes
+            assert self.agent.held().get(name) == held_before
+            assert not [
+                i for i in self.agent.log[start_at:] if isinstance(i, DriverCall | RecordExecution)
+            ]
+
+    def beat(self, *, acked: bool, held: bool) -> None:
+        heartbeat = self.agent.heartbeat(self.now_s)
+        full = self.agent.state.inventory(self.agent.driver.inventory())
+        # the digest stands for the full inventory, whether it is sent or left out
+        assert heartbeat.inventory_digest == codec.inventory_digest(full)
+        assert heartbeat.vms == ([] if heartbeat.vms_omitted else full)
+        if acked:
+            digest = heartbeat.inventory_digest if held else ""
+            self.agent.handle(AckReceived(ack_for(heartbeat, digest=digest)), self.now_s + 0.1)
+
+    def check(self, new: list[Instruction]) -> None:
+        executing = [vm for vm, (_, state) in self.agent.held().items() if state in EXECUTING]
+        if self.agent.state.fenced:
+            assert executing == [], "a fenced host executes nothing"
+        if self.agent.state.lease.expired(self.now_s):
+            started = [i for i in new if isinstance(i, RecordExecution) and i.event in STARTS]
+            assert started == [], "nothing starts or resumes without a lease"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(steps, max_size=40))
+def test_histories_keep_the_agent_promises(history: list[tuple[str, object]]) -> None:
+    run = Run()
+    for kind, arg in history:
+        run.step(kind, arg)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(steps, max_size=30), commands)
+def test_the_same_command_twice_does_nothing_the_second_time(
+    history: list[tuple[str, object]], command: AgentCommand
+) -> None:
+    """The scheduler resends commands until it sees their effect: a repeat changes nothing
+    (the only driver call it may make is forgetting a deleted VM's disks again)."""
+    run = Run()
+    for kind, arg in history:
+        run.step(kind, arg)
+    run.agent.execute([command], run.now_s)
+    held, seen = run.agent.held(), len(run.agent.log)
+    run.agent.execute([command], run.now_s)
+    again = [i for i in run.agent.log[seen:] if not isinstance(i, Note | DriverForget)]
+    assert again == []
+    assert run.agent.held() == held
