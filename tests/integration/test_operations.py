@@ -75,7 +75,7 @@ async def test_metrics_and_usage_over_http_and_nats(
     cluster.start_agent("h1", capacity="4c/8g")
     async with scheduler(nats_server, tmp_path / "s.db") as app, aiohttp.ClientSession() as http:
         base = f"http://127.0.0.1:{app.http_port}"
-        state = app.core.state if app.core else None
+        state = app.committed()  # what /metrics and /v1 read: the last committed step
         assert state is not None
         await wait_until(lambda: "h1" in state.hosts, timeout_s=15, message="agent registered")
         reply = await app.submit(Op.CREATE, CreateVm(name="web-1", size="Small"))

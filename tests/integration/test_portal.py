@@ -72,8 +72,8 @@ async def test_portal_creates_a_vm_sees_it_running_and_drains_its_host(
     try:
         async with asyncio.timeout(10):
             await app.ready.wait()
-        assert app.core is not None
-        state = app.core.state
+        state = app.committed()  # what the portal reads: the last committed step
+        assert state is not None
         await wait_until(lambda: len(state.hosts) == 2, timeout_s=15, message="two hosts")
         for name, size in (("db-1", "Large"), ("cache-1", "Medium"), ("batch-1", "Small")):
             await app.submit(Op.CREATE, CreateVm(name=name, size=size))
