@@ -23,6 +23,7 @@ from cli.drain import wait_drained
 from common import messages as m
 from common.config import AgentConfig
 from common.errors import ApiError, StratusError
+from common.sizes import parse_size_mib
 
 DISTRIBUTION = "stratus-scheduler"
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
@@ -177,18 +178,11 @@ def _existing_file(text: str) -> Path:
 
 
 def disk_size_mib(text: str) -> int:
-    """``1G`` -> 1024, ``512M`` (or ``512``) -> 512: a disk size in MiB."""
-    value, unit = text.strip().upper().rstrip("IB") or "0", 1
-    if value[-1:] in ("G", "M", "T"):
-        unit = {"M": 1, "G": 1024, "T": 1024 * 1024}[value[-1]]
-        value = value[:-1]
+    """``1G`` -> 1024, ``512M`` (or ``512``) -> 512: a disk size in MiB (common/sizes.py)."""
     try:
-        size_mib = int(float(value) * unit)
+        return parse_size_mib(text)
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not a disk size: {text!r} (like 1G or 512M)") from exc
-    if size_mib < 1:
-        raise argparse.ArgumentTypeError(f"disk size {text!r} is below 1 MiB")
-    return size_mib
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def _aware_time(text: str) -> datetime:
@@ -318,7 +312,13 @@ def _add_storage_commands(commands: argparse._SubParsersAction[argparse.Argument
     disk_verbs = disk.add_subparsers(dest="verb", required=True, metavar="VERB")
     attach = disk_verbs.add_parser("attach", parents=common, help="add an empty data disk")
     attach.add_argument("vm", metavar="VM")
-    attach.add_argument("--size-mib", type=int, required=True, metavar="MIB")
+    size = attach.add_mutually_exclusive_group(required=True)
+    size.add_argument(
+        "--size", dest="size_mib", type=disk_size_mib, metavar="SIZE", help="like 1G or 512M"
+    )
+    size.add_argument(  # the old spelling, kept working but no longer shown
+        "--size-mib", dest="size_mib", type=disk_size_mib, help=argparse.SUPPRESS
+    )
     attach.add_argument("--request-id", metavar="ID", help=RETRY_HELP)
     attach.set_defaults(handler=_disk_attach)
     detach = disk_verbs.add_parser("detach", parents=common, help="remove a data disk")

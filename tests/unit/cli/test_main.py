@@ -175,3 +175,35 @@ def test_version_names_the_installed_distribution(capsys: pytest.CaptureFixture[
         main(["--version"])
     assert done.value.code == 0
     assert capsys.readouterr().out.strip() == f"stratus {importlib.metadata.version(DISTRIBUTION)}"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("disk", "attach", "web-1", "--size", "1G"),
+        ("disk", "attach", "web-1", "--size", "1024M"),
+        ("disk", "attach", "web-1", "--size", "1024"),
+        ("disk", "attach", "web-1", "--size-mib", "1024"),
+    ],
+    ids=["G", "M", "plain", "size-mib-alias"],
+)
+def test_disk_attach_takes_the_same_size_syntax_as_create(argv: tuple[str, ...]) -> None:
+    assert parse(*argv)["size_mib"] == 1024
+    assert parse("vm", "create", "w", "--size", "Small", "--data-disk", argv[-1])["data_disk"] == [
+        1024
+    ]
+
+
+def test_disk_attach_needs_a_size(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["disk", "attach", "web-1"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--size" in err and "--size-mib" not in err
+
+
+def test_disk_attach_help_shows_one_size_option(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["disk", "attach", "--help"])
+    out = capsys.readouterr().out
+    assert "--size SIZE" in out and "--size-mib" not in out
