@@ -4,9 +4,12 @@ names in any case (``small`` is ``Small``). Pure; shared by the CLI and the sche
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from typing import TypeVar
 
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*(?:([MGT])(?:I?B)?)?", re.IGNORECASE)
 _UNIT_MIB = {"": 1, "M": 1, "G": 1024, "T": 1024 * 1024}
+T = TypeVar("T")
 SIZE_HINT = "like 1G, 512M or 1024 (MiB)"
 
 
@@ -22,3 +25,11 @@ def parse_size_mib(text: str) -> int:
     if mib < 1:
         raise ValueError(f"size {text!r} is too small: at least 1 MiB")
     return int(mib)
+
+
+def find_size(sizes: Mapping[str, T], name: str) -> T | None:
+    """The size called ``name`` in any case (``small`` finds ``Small``); None if none is."""
+    if name in sizes:
+        return sizes[name]
+    folded = name.casefold()
+    return next((size for key, size in sizes.items() if key.casefold() == folded), None)

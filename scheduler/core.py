@@ -36,6 +36,7 @@ from common.messages import (
     VmState,
 )
 from common.resources import ZERO
+from common.sizes import find_size
 from scheduler import drain, hostops, storageops
 from scheduler.events import (
     HOST_OPS,
@@ -178,7 +179,7 @@ class SchedulerCore:
         self._actions.append(Reply(item.token, reply))
 
     def _create(self, body: CreateVm, now: Now) -> VmName | VmReply:
-        size = self.sizes.get(body.size)
+        size = find_size(self.sizes, body.size)
         if size is None:
             known = ", ".join(sorted(self.sizes))
             return error(ErrorCode.UNKNOWN_SIZE, f"unknown size {body.size!r}; known: {known}")
@@ -186,7 +187,7 @@ class SchedulerCore:
         existing = self.state.vms.get(name)
         if existing is not None and existing.state is not VmState.DELETED:
             same = (existing.size, existing.image, existing.region, existing.availability_set) == (
-                body.size,
+                size.name,
                 body.image,
                 body.region,
                 body.availability_set,

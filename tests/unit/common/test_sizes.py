@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from common.sizes import parse_size_mib
+from common.sizes import find_size, parse_size_mib
 
 
 @pytest.mark.parametrize(
@@ -40,3 +40,14 @@ def test_disk_sizes_in_one_syntax(text: str, mib: int) -> None:
 def test_bad_disk_sizes_say_what_is_expected(text: str, why: str) -> None:
     with pytest.raises(ValueError, match=why):
         parse_size_mib(text)
+
+
+SIZES = {"Small": "s", "Medium": "m", "A6": "a6"}
+
+
+@pytest.mark.parametrize(
+    ("typed", "found"),
+    [("Small", "s"), ("small", "s"), ("SMALL", "s"), ("a6", "a6"), ("Large", None), ("", None)],
+)
+def test_size_names_are_found_in_any_case(typed: str, found: str | None) -> None:
+    assert find_size(SIZES, typed) == found
