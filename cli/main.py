@@ -7,174 +7,33 @@ import asyncio
 import importlib.metadata
 import os
 import sys
-import time
 import typing
-from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
 from typing import TextIO
 
 import msgspec
 
-from cli import natsconfig, output, simulate
+from cli import natsconfig, output, simulate, verbs
 from cli import usage as usage_output
 from cli.client import StratusClient, connect
-from cli.drain import wait_drained
+from cli.verbs import WAIT_TIMEOUT_S, Outcome, Verb
 from common import messages as m
 from common.config import AgentConfig
 from common.errors import ApiError, StratusError
+from common.ids import vm_name_problem
 from common.sizes import parse_size_mib
 
 DISTRIBUTION = "stratus-scheduler"
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 REQUEST_TIMEOUT_S = 10.0
-WAIT_TIMEOUT_S = 60.0
-WAIT_POLL_S = 0.2
 PASSTHROUGH = ("scheduler", "agent")
 RETRY_HELP = "idempotency key: a retry with the same id returns the first result"
 DRIVERS: tuple[str, ...] = typing.get_args(
     {field.name: field.type for field in msgspec.structs.fields(AgentConfig)}["driver"]
 )
 
-Handler = Callable[[StratusClient, argparse.Namespace], Awaitable[str]]
-
-
-# --------------------------------------------------------------------------- commands
-
-
-async def _print_vm(vm: m.VmInfo, args: argparse.Namespace) -> str:
-    return output.to_json(vm) if args.output == "json" else output.vm_table([vm])
-
-
-async def wait_running(client: StratusClient, name: str, timeout_s: float) -> m.VmInfo:
-    """Poll ``name`` until it runs; ``ApiError`` if it fails, is deleted or times out."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        vm = await client.get_vm(name)
-        if vm.state is m.VmState.RUNNING:
-            return vm
-        if vm.state in (m.VmState.FAILED, m.VmState.DELETED):
-            raise ApiError(str(vm.state), f"vm '{name}' {vm.state}: {vm.reason or 'no reason'}")
-        if time.monotonic() >= deadline:
-            why = f" ({vm.reason})" if vm.reason else ""
-            raise ApiError("timeout", f"vm '{name}' is still {vm.state}{why} after {timeout_s:g}s")
-        await asyncio.sleep(WAIT_POLL_S)
-
-
-async def _vm_create(client: StratusClient, args: argparse.Namespace) -> str:
-    request = m.CreateVm(
-        name=args.name,
-        size=args.size,
-        image=args.image,
-        region=args.region,
-        availability_set=args.availability_set,
-        request_id=args.request_id,
-        data_disks_mib=args.data_disk or [],
-    )
-    vm = await client.create_vm(request)
-    if args.wait:
-        vm = await wait_running(client, args.name, args.timeout_s or WAIT_TIMEOUT_S)
-    return await _print_vm(vm, args)
-
-
-async def _vm_list(client: StratusClient, args: argparse.Namespace) -> str:
-    query = m.ListVms(state=args.state, host=args.host, region=args.region)
-    vms = await client.list_vms(query)
-    return output.to_json(vms) if args.output == "json" else output.vm_table(vms)
-
-
-async def _vm_show(client: StratusClient, args: argparse.Namespace) -> str:
-    vm = await client.get_vm(args.name)
-    return output.to_json(vm) if args.output == "json" else output.vm_details(vm)
-
-
-async def _vm_stop(client: StratusClient, args: argparse.Namespace) -> str:
-    return await _print_vm(await client.stop_vm(args.name, args.request_id), args)
-
-
-async def _vm_start(client: StratusClient, args: argparse.Namespace) -> str:
-    return await _print_vm(await client.start_vm(args.name, args.request_id), args)
-
-
-async def _vm_delete(client: StratusClient, args: argparse.Namespace) -> str:
-    return await _print_vm(await client.delete_vm(args.name, args.request_id), args)
-
-
-async def _host_list(client: StratusClient, args: argparse.Namespace) -> str:
-    hosts = await client.list_hosts()
-    return output.to_json(hosts) if args.output == "json" else output.host_table(hosts)
-
-
-async def _print_host(host: m.HostInfo, args: argparse.Namespace) -> str:
-    return output.to_json(host) if args.output == "json" else output.host_table([host])
-
-
-async def _host_cordon(client: StratusClient, args: argparse.Namespace) -> str:
-    return await _print_host(await client.cordon_host(args.host_id, args.request_id), args)
-
-
-async def _host_uncordon(client: StratusClient, args: argparse.Namespace) -> str:
-    return await _print_host(await client.uncordon_host(args.host_id, args.request_id), args)
-
-
-async def _host_drain(client: StratusClient, args: argparse.Namespace) -> str:
-    host = await client.drain_host(args.host_id, args.request_id)
-    if args.wait:
-        host = await wait_drained(client, host, args.timeout_s or WAIT_TIMEOUT_S, sys.stderr)
-    return await _print_host(host, args)
-
-
-async def _vm_capture(client: StratusClient, args: argparse.Namespace) -> str:
-    request = m.CaptureVm(name=args.name, image=args.image, request_id=args.request_id)
-    return await _print_vm(await client.capture_vm(request), args)
-
-
-async def _disk_attach(client: StratusClient, args: argparse.Namespace) -> str:
-    request = m.AttachDisk(vm=args.vm, size_mib=args.size_mib, request_id=args.request_id)
-    vm = await client.attach_disk(request)
-    return output.to_json(vm) if args.output == "json" else output.vm_details(vm)
-
-
-async def _disk_detach(client: StratusClient, args: argparse.Namespace) -> str:
-    request = m.DetachDisk(vm=args.vm, disk_id=args.disk_id, request_id=args.request_id)
-    vm = await client.detach_disk(request)
-    return output.to_json(vm) if args.output == "json" else output.vm_details(vm)
-
-
-async def _print_image(image: m.ImageInfo, args: argparse.Namespace) -> str:
-    return output.to_json(image) if args.output == "json" else output.image_table([image])
-
-
-async def _image_list(client: StratusClient, args: argparse.Namespace) -> str:
-    images = await client.list_images()
-    return output.to_json(images) if args.output == "json" else output.image_table(images)
-
-
-async def _image_upload(client: StratusClient, args: argparse.Namespace) -> str:
-    path: Path = args.file
-    image = await client.upload_image(path, args.name, os=args.os, request_id=args.request_id)
-    return await _print_image(image, args)
-
-
-async def _image_delete(client: StratusClient, args: argparse.Namespace) -> str:
-    return await _print_image(await client.delete_image(args.name, args.request_id), args)
-
-
-async def _sizes(client: StratusClient, args: argparse.Namespace) -> str:
-    sizes = await client.list_sizes()
-    return output.to_json(sizes) if args.output == "json" else output.size_table(sizes)
-
-
-async def _usage(client: StratusClient, args: argparse.Namespace) -> str:
-    report = await client.usage(m.UsageQuery(since=args.since, until=args.until))
-    return usage_output.render(report, args.output)
-
-
-def _existing_file(text: str) -> Path:
-    path = Path(text)
-    if not path.is_file():
-        raise argparse.ArgumentTypeError(f"no such file: {text}")
-    return path
+# --------------------------------------------------------------------------- arguments
 
 
 def disk_size_mib(text: str) -> int:
@@ -183,6 +42,20 @@ def disk_size_mib(text: str) -> int:
         return parse_size_mib(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _vm_name(text: str) -> str:
+    problem = vm_name_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
+    return text
+
+
+def _existing_file(text: str) -> Path:
+    path = Path(text)
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"no such file: {text}")
+    return path
 
 
 def _aware_time(text: str) -> datetime:
@@ -194,7 +67,7 @@ def _aware_time(text: str) -> datetime:
     return value if value.tzinfo else value.astimezone()
 
 
-async def _call_api(handler: Handler, args: argparse.Namespace) -> str:
+async def _call_api(handler: Verb, args: argparse.Namespace) -> Outcome:
     timeout_s = args.timeout_s or REQUEST_TIMEOUT_S
     auth = {"creds": args.creds or "", "nkey_seed": args.nkey_seed or ""}
     nc = await connect(args.nats, timeout_s=min(timeout_s, 5.0), tls_ca=args.tls_ca or "", **auth)
@@ -258,19 +131,36 @@ def _common_options(defaults: bool) -> argparse.ArgumentParser:
     return parent
 
 
+WAIT_UNTIL = {
+    "stop": "until the VM is stopped",
+    "start": "until the VM is running",
+    "delete": "until the VM is deleted",
+}
+INSTANT = "(done when answered: the disk is made at the VM's next start)"
+
+
+def _add_wait(parser: argparse.ArgumentParser, until: str) -> None:
+    parser.add_argument(
+        "--wait",
+        action="store_true",
+        help=f"wait {until}; progress on a terminal, then one outcome line, exit 1 "
+        "if it ends failed",
+    )
+
+
 def _add_vm_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     common = [_common_options(defaults=False)]
     vm = commands.add_parser("vm", help="create, list, show, stop, start, delete, capture VMs")
-    verbs = vm.add_subparsers(dest="verb", required=True, metavar="VERB")
+    verb_parsers = vm.add_subparsers(dest="verb", required=True, metavar="VERB")
 
-    create = verbs.add_parser("create", parents=common, help="create a VM")
-    create.add_argument("name", metavar="NAME")
+    create = verb_parsers.add_parser("create", parents=common, help="create a VM")
+    create.add_argument("name", metavar="NAME", type=_vm_name)
     create.add_argument("--size", required=True, help="size name, see `stratus sizes`")
     create.add_argument("--image", default="tiny", help="image (default: tiny)")
     create.add_argument("--region", help="region the VM must run in")
     create.add_argument("--availability-set", metavar="SET", help="spread across fault domains")
     create.add_argument("--request-id", metavar="ID", help=RETRY_HELP)
-    create.add_argument("--wait", action="store_true", help="wait until the VM is running")
+    _add_wait(create, "until the VM is running")
     create.add_argument(
         "--data-disk",
         action="append",
@@ -278,32 +168,36 @@ def _add_vm_commands(commands: argparse._SubParsersAction[argparse.ArgumentParse
         metavar="SIZE",
         help="add an empty data disk, like 1G or 512M (repeatable)",
     )
-    create.set_defaults(handler=_vm_create)
+    create.set_defaults(handler=verbs.vm_create)
 
-    listing = verbs.add_parser("list", parents=common, help="list VMs")
+    listing = verb_parsers.add_parser("list", parents=common, help="list VMs")
     listing.add_argument("--state", choices=[str(state) for state in m.VmState])
     listing.add_argument("--host", metavar="HOST")
     listing.add_argument("--region")
-    listing.set_defaults(handler=_vm_list)
+    listing.set_defaults(handler=verbs.vm_list)
 
     verb_help = {
-        "show": (_vm_show, "show one VM"),
-        "stop": (_vm_stop, "stop (deallocate) a VM"),
-        "start": (_vm_start, "start a stopped VM"),
-        "delete": (_vm_delete, "delete a VM"),
+        "show": (verbs.vm_show, "show one VM"),
+        "stop": (verbs.vm_stop, "stop (deallocate) a VM"),
+        "start": (verbs.vm_start, "start a stopped VM"),
+        "delete": (verbs.vm_delete, "delete a VM"),
     }
     for verb, (handler, text) in verb_help.items():
-        sub = verbs.add_parser(verb, parents=common, help=text)
-        sub.add_argument("name", metavar="NAME")
+        sub = verb_parsers.add_parser(verb, parents=common, help=text)
+        sub.add_argument("name", metavar="NAME", type=_vm_name)
         if verb != "show":
             sub.add_argument("--request-id", metavar="ID", help=RETRY_HELP)
+            _add_wait(sub, WAIT_UNTIL[verb])
         sub.set_defaults(handler=handler)
 
-    capture = verbs.add_parser("capture", parents=common, help="stop a VM, save it as an image")
-    capture.add_argument("name", metavar="NAME")
+    capture = verb_parsers.add_parser(
+        "capture", parents=common, help="stop a VM, save it as an image"
+    )
+    capture.add_argument("name", metavar="NAME", type=_vm_name)
     capture.add_argument("--image", required=True, help="name of the new gallery image")
     capture.add_argument("--request-id", metavar="ID", help=RETRY_HELP)
-    capture.set_defaults(handler=_vm_capture)
+    _add_wait(capture, "until the image is available")
+    capture.set_defaults(handler=verbs.vm_capture)
 
 
 def _add_storage_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -311,7 +205,7 @@ def _add_storage_commands(commands: argparse._SubParsersAction[argparse.Argument
     disk = commands.add_parser("disk", help="attach and detach data disks of stopped VMs")
     disk_verbs = disk.add_subparsers(dest="verb", required=True, metavar="VERB")
     attach = disk_verbs.add_parser("attach", parents=common, help="add an empty data disk")
-    attach.add_argument("vm", metavar="VM")
+    attach.add_argument("vm", metavar="VM", type=_vm_name)
     size = attach.add_mutually_exclusive_group(required=True)
     size.add_argument(
         "--size", dest="size_mib", type=disk_size_mib, metavar="SIZE", help="like 1G or 512M"
@@ -320,45 +214,50 @@ def _add_storage_commands(commands: argparse._SubParsersAction[argparse.Argument
         "--size-mib", dest="size_mib", type=disk_size_mib, help=argparse.SUPPRESS
     )
     attach.add_argument("--request-id", metavar="ID", help=RETRY_HELP)
-    attach.set_defaults(handler=_disk_attach)
+    _add_wait(attach, INSTANT)
+    attach.set_defaults(handler=verbs.disk_attach)
     detach = disk_verbs.add_parser("detach", parents=common, help="remove a data disk")
-    detach.add_argument("vm", metavar="VM")
+    detach.add_argument("vm", metavar="VM", type=_vm_name)
     detach.add_argument("disk_id", metavar="DISK")
     detach.add_argument("--request-id", metavar="ID", help=RETRY_HELP)
-    detach.set_defaults(handler=_disk_detach)
+    _add_wait(detach, INSTANT)
+    detach.set_defaults(handler=verbs.disk_detach)
 
     image = commands.add_parser("image", help="list, upload and delete gallery images")
     image_verbs = image.add_subparsers(dest="verb", required=True, metavar="VERB")
     listing = image_verbs.add_parser("list", parents=common, help="list images")
-    listing.set_defaults(handler=_image_list)
+    listing.set_defaults(handler=verbs.image_list)
     upload = image_verbs.add_parser("upload", parents=common, help="upload a qcow2 or raw disk")
     upload.add_argument("file", metavar="FILE", type=_existing_file)
     upload.add_argument("--name", required=True, help="image name, [a-z0-9._-]")
     upload.add_argument("--os", default="linux", help="default: linux")
     upload.add_argument("--request-id", metavar="ID", help=RETRY_HELP)
-    upload.set_defaults(handler=_image_upload)
+    _add_wait(upload, "(done when answered: the bytes are checked by then)")
+    upload.set_defaults(handler=verbs.image_upload)
     delete = image_verbs.add_parser("delete", parents=common, help="delete an image")
     delete.add_argument("name", metavar="NAME")
     delete.add_argument("--request-id", metavar="ID", help=RETRY_HELP)
-    delete.set_defaults(handler=_image_delete)
+    delete.set_defaults(handler=verbs.image_delete)
 
 
 def _add_host_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     common = [_common_options(defaults=False)]
     hosts = commands.add_parser("host", help="list, cordon, uncordon and drain hosts")
-    verbs = hosts.add_subparsers(dest="verb", required=True, metavar="VERB")
-    verbs.add_parser("list", parents=common, help="list hosts").set_defaults(handler=_host_list)
+    verb_parsers = hosts.add_subparsers(dest="verb", required=True, metavar="VERB")
+    verb_parsers.add_parser("list", parents=common, help="list hosts").set_defaults(
+        handler=verbs.host_list
+    )
     verb_help = {
-        "cordon": (_host_cordon, "place no new VMs on a host"),
-        "uncordon": (_host_uncordon, "let a cordoned host take VMs again"),
-        "drain": (_host_drain, "cordon a host and move its VMs elsewhere"),
+        "cordon": (verbs.host_cordon, "place no new VMs on a host"),
+        "uncordon": (verbs.host_uncordon, "let a cordoned host take VMs again"),
+        "drain": (verbs.host_drain, "cordon a host and move its VMs elsewhere"),
     }
     for verb, (handler, text) in verb_help.items():
-        sub = verbs.add_parser(verb, parents=common, help=text)
+        sub = verb_parsers.add_parser(verb, parents=common, help=text)
         sub.add_argument("host_id", metavar="HOST")
         sub.add_argument("--request-id", metavar="ID", help=RETRY_HELP)
         if verb == "drain":
-            sub.add_argument("--wait", action="store_true", help="show progress until it ends")
+            _add_wait(sub, "until every VM has moved")
         sub.set_defaults(handler=handler)
 
 
@@ -405,7 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_host_commands(commands)
     _add_storage_commands(commands)
     common = [_common_options(defaults=False)]
-    commands.add_parser("sizes", parents=common, help="list VM sizes").set_defaults(handler=_sizes)
+    commands.add_parser("sizes", parents=common, help="list VM sizes").set_defaults(
+        handler=verbs.sizes
+    )
     usage = commands.add_parser(
         "usage", parents=common, help="billed hours and cost", conflict_handler="resolve"
     )
@@ -413,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     usage.add_argument("--output", "-o", choices=formats, default=argparse.SUPPRESS)
     usage.add_argument("--since", type=_aware_time, metavar="TIME", help="ISO 8601 time")
     usage.add_argument("--until", type=_aware_time, metavar="TIME", help="default: now")
-    usage.set_defaults(handler=_usage)
+    usage.set_defaults(handler=verbs.usage)
     _add_local_commands(commands)
     simulate.add_parser(commands)
     natsconfig.add_parser(commands)
@@ -446,8 +347,12 @@ def _run(args: argparse.Namespace) -> int:
         return simulate.run_simulate(args)
     if args.command == "nats-config":
         return natsconfig.run(args)
-    handler: Handler = args.handler
-    print(asyncio.run(_call_api(handler, args)))
+    handler: Verb = args.handler
+    outcome = asyncio.run(_call_api(handler, args))
+    if outcome.text:
+        print(outcome.text)
+    if outcome.note:
+        print(outcome.note, file=sys.stderr)
     return 0
 
 

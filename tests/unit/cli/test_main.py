@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from cli import main as cli_main
+from cli import verbs
 from cli.main import DISTRIBUTION, build_parser, main
 
 
@@ -58,7 +59,7 @@ def test_vm_create_options() -> None:
     assert args["request_id"] == "r1"
     assert args["wait"] is True
     assert args["timeout_s"] == 30.0
-    assert args["handler"] is cli_main._vm_create
+    assert args["handler"] is verbs.vm_create
 
 
 def test_vm_list_filters() -> None:
@@ -207,3 +208,16 @@ def test_disk_attach_help_shows_one_size_option(capsys: pytest.CaptureFixture[st
         main(["disk", "attach", "--help"])
     out = capsys.readouterr().out
     assert "--size SIZE" in out and "--size-mib" not in out
+
+
+@pytest.mark.parametrize(
+    "argv", [("vm", "create", "Web_1", "--size", "Small"), ("vm", "show", "a.b")]
+)
+def test_bad_vm_names_are_explained_before_anything_is_sent(
+    argv: tuple[str, ...], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(list(argv))
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "lowercase letters, digits and '-'" in err and "^[a-z" not in err
