@@ -292,8 +292,33 @@ def version() -> str:
         return "unknown (not installed)"
 
 
+class UsageError(SystemExit):
+    """A command line argparse rejects; ``main`` reports it as text or JSON, exit status 2."""
+
+    def __init__(self, parser: argparse.ArgumentParser, message: str) -> None:
+        super().__init__(2)
+        self.parser = parser
+        self.message = message
+
+
+class Parser(argparse.ArgumentParser):
+    """Raises ``UsageError`` instead of printing, so that ``-o json`` gets JSON errors too."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        raise UsageError(self, message)
+
+
+def wants_json(argv: list[str]) -> bool:
+    """``-o json`` anywhere on the command line (before parsing, for usage errors)."""
+    pairs = zip(argv, [*argv[1:], ""], strict=False)
+    return any(
+        (flag in ("-o", "--output") and value == "json") or flag in ("-ojson", "--output=json")
+        for flag, value in pairs
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser: argparse.ArgumentParser = Parser(
         prog="stratus",
         description="Stratus: an event-driven VM cluster scheduler over NATS.",
         parents=[_common_options(defaults=True)],
@@ -356,21 +381,42 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None, *, stderr: TextIO | None = None) -> int:
+def _report(code: str, detail: str, as_json: bool, err: TextIO) -> None:
+    text = output.error_json(code, detail) if as_json else output.error_line(code, detail)
+    print(text, file=err)
+
+
+def _parse(argv: list[str], err: TextIO) -> tuple[argparse.Namespace, list[str]]:
     parser = build_parser()
-    args, extra = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    try:
+        args, extra = parser.parse_known_args(argv)
+        if extra and args.command not in PASSTHROUGH:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    except UsageError as exc:
+        if wants_json(argv):
+            _report("usage", exc.message, True, err)
+        else:
+            exc.parser.print_usage(err)
+            print(f"{exc.parser.prog}: error: {exc.message}", file=err)
+        raise
+    return args, extra
+
+
+def main(argv: list[str] | None = None, *, stderr: TextIO | None = None) -> int:
+    err = stderr or sys.stderr
+    argv = sys.argv[1:] if argv is None else argv
+    args, extra = _parse(argv, err)
     if args.command in PASSTHROUGH:
         return _delegate(args.command, extra)
-    if extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    err = stderr or sys.stderr
+    as_json = getattr(args, "output", None) == "json"
     try:
         return _run(args)
     except ApiError as exc:
-        print(output.error_line(exc.code, exc.detail), file=err)
-    except StratusError as exc:
-        print(f"error: {' '.join(str(exc).split())}", file=err)
+        _report(exc.code, exc.detail, as_json, err)
+    except StratusError as exc:  # a local problem (a config file): no API error code
+        detail = " ".join(str(exc).split())
+        print(output.error_json("error", detail) if as_json else f"error: {detail}", file=err)
     except KeyboardInterrupt:
-        print("error: interrupted", file=err)
+        _report("interrupted", "", as_json, err)
         return 130
     return 1

@@ -182,6 +182,13 @@ def error_line(code: str, detail: str) -> str:
     return f"error: {code}: {detail}" if detail else f"error: {code}"
 
 
+def error_json(code: str, detail: str) -> str:
+    """The failed command under ``-o json``: ``{"error": {"code": ..., "detail": ...}}`` on one
+    line (the shape of the HTTP API's error bodies), printed on stderr like ``error_line``."""
+    body = {"error": {"code": code, "detail": " ".join(detail.split())}}
+    return msgspec.json.encode(body).decode()
+
+
 def state_summary(vms: Sequence[m.VmInfo]) -> str:
     """``running 10, pending 2 (insufficient_cpu)``: what is left when a wait times out."""
     counts = Counter(str(vm.state) for vm in vms)

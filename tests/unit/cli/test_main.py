@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import socket
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -221,3 +222,24 @@ def test_bad_vm_names_are_explained_before_anything_is_sent(
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert "lowercase letters, digits and '-'" in err and "^[a-z" not in err
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_errors_are_json_under_output_json(where: str, capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"nats://127.0.0.1:{_closed_port()}"
+    opts = ["-o", "json", "--nats", url]
+    argv = [*opts, "vm", "list"] if where == "before" else ["vm", "list", *opts]
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert json.loads(captured.err) == {
+        "error": {"code": "unavailable", "detail": f"cannot connect to NATS at {url}"}
+    }
+
+
+def test_usage_errors_are_json_under_output_json(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["vm", "create", "Web_1", "--size", "Small", "--output=json"])
+    assert exc.value.code == 2
+    error = json.loads(capsys.readouterr().err)["error"]
+    assert error["code"] == "usage" and "lowercase letters" in error["detail"]
