@@ -202,8 +202,11 @@ def _add_vm_commands(commands: argparse._SubParsersAction[argparse.ArgumentParse
 
 def _add_storage_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     common = [_common_options(defaults=False)]
-    disk = commands.add_parser("disk", help="attach and detach data disks of stopped VMs")
+    disk = commands.add_parser("disk", help="list disks; attach and detach data disks")
     disk_verbs = disk.add_subparsers(dest="verb", required=True, metavar="VERB")
+    listing = disk_verbs.add_parser("list", parents=common, help="list the disks of VMs")
+    listing.add_argument("vm", metavar="VM", nargs="?", type=_vm_name, help="default: every VM")
+    listing.set_defaults(handler=verbs.disk_list)
     attach = disk_verbs.add_parser("attach", parents=common, help="add an empty data disk")
     attach.add_argument("vm", metavar="VM", type=_vm_name)
     size = attach.add_mutually_exclusive_group(required=True)

@@ -157,6 +157,11 @@ async def disk_detach(client: StratusClient, args: argparse.Namespace) -> Outcom
     return _disk_outcome(vm, args, f"{args.disk_id} detached from {vm.name}")
 
 
+async def disk_list(client: StratusClient, args: argparse.Namespace) -> Outcome:
+    vms = [await client.get_vm(args.vm)] if args.vm else await client.list_vms()
+    return Outcome(output.disks_json(vms) if _json(args) else output.disk_table(vms))
+
+
 async def host_list(client: StratusClient, args: argparse.Namespace) -> Outcome:
     hosts = await client.list_hosts()
     return Outcome(output.to_json(hosts) if _json(args) else output.host_table(hosts))

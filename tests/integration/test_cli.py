@@ -4,6 +4,7 @@ real nats-server, the scheduler and a host agent on the fake driver."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -101,3 +102,27 @@ async def test_wait_ends_non_zero_with_the_reason_when_it_times_out(stratus: Str
     assert run.status == 1
     assert run.err.startswith("error: timeout: vm 'big-1' is still pending")
     assert "no host fits" in run.err
+
+
+async def test_disk_list_shows_the_disks_of_one_vm_or_all(stratus: Stratus) -> None:
+    assert (
+        await stratus("vm", "create", "web-1", "--size", "Small", "--data-disk", "1G")
+    ).status == 0
+    assert (await stratus("vm", "create", "db-1", "--size", "Small")).status == 0
+    one = await stratus("disk", "list", "web-1")
+    assert one.status == 0, one.err
+    lines = one.out.splitlines()
+    assert lines[0].split() == ["VM", "DISK", "KIND", "SIZE", "IMAGE", "STORAGE", "HOST"]
+    rows = [line.split() for line in lines[1:]]
+    assert [(row[0], row[2], row[3]) for row in rows] == [
+        ("web-1", "os", "image"),
+        ("web-1", "data", "1G"),
+    ]
+    every = json.loads((await stratus("disk", "list", "-o", "json")).out)
+    assert sorted((d["vm"], d["kind"]) for d in every) == [
+        ("db-1", "os"),
+        ("web-1", "data"),
+        ("web-1", "os"),
+    ]
+    missing = await stratus("disk", "list", "nope")
+    assert missing.status == 1 and missing.err.startswith("error: not_found:")
