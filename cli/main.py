@@ -14,7 +14,7 @@ from typing import TextIO
 
 import msgspec
 
-from cli import natsconfig, output, simulate, verbs
+from cli import completion, natsconfig, output, simulate, verbs
 from cli import usage as usage_output
 from cli.client import StratusClient, connect
 from cli.verbs import WAIT_TIMEOUT_S, Outcome, Verb
@@ -346,6 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_local_commands(commands)
     simulate.add_parser(commands)
     natsconfig.add_parser(commands)
+    completion.add_parser(commands)
     return parser
 
 
@@ -375,6 +376,9 @@ def _run(args: argparse.Namespace) -> int:
         return simulate.run_simulate(args)
     if args.command == "nats-config":
         return natsconfig.run(args)
+    if args.command == "completion":
+        print(completion.script(build_parser(), args.shell), end="")
+        return 0
     handler: Verb = args.handler
     outcome = asyncio.run(_call_api(handler, args))
     if outcome.text:
