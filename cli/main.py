@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.metadata
-import os
 import sys
 import typing
 from datetime import datetime
@@ -14,9 +13,10 @@ from typing import TextIO
 
 import msgspec
 
-from cli import completion, natsconfig, output, simulate, verbs
+from cli import completion, contexts, natsconfig, output, simulate, verbs
 from cli import usage as usage_output
 from cli.client import StratusClient, connect
+from cli.contexts import DEFAULT_NATS_URL
 from cli.verbs import WAIT_TIMEOUT_S, Outcome, Verb
 from common import messages as m
 from common.config import AgentConfig
@@ -25,7 +25,6 @@ from common.ids import vm_name_problem
 from common.sizes import parse_size_mib
 
 DISTRIBUTION = "stratus-scheduler"
-DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 REQUEST_TIMEOUT_S = 10.0
 PASSTHROUGH = ("scheduler", "agent")
 RETRY_HELP = "idempotency key: a retry with the same id returns the first result"
@@ -69,8 +68,14 @@ def _aware_time(text: str) -> datetime:
 
 async def _call_api(handler: Verb, args: argparse.Namespace) -> Outcome:
     timeout_s = args.timeout_s or REQUEST_TIMEOUT_S
-    auth = {"creds": args.creds or "", "nkey_seed": args.nkey_seed or ""}
-    nc = await connect(args.nats, timeout_s=min(timeout_s, 5.0), tls_ca=args.tls_ca or "", **auth)
+    conn = contexts.connection(args)
+    nc = await connect(
+        conn.nats,
+        timeout_s=min(timeout_s, 5.0),
+        creds=conn.creds,
+        nkey_seed=conn.nkey_seed,
+        tls_ca=conn.tls_ca,
+    )
     try:
         return await handler(StratusClient(nc, timeout_s=timeout_s), args)
     finally:
@@ -87,30 +92,37 @@ def _common_options(defaults: bool) -> argparse.ArgumentParser:
     def default(value: object) -> object:
         return value if defaults else argparse.SUPPRESS
 
-    env_url = os.environ.get("STRATUS_NATS") or DEFAULT_NATS_URL
+    where = "(default: ${}, else the context's{})"
     parent.add_argument(
         "--nats",
         metavar="URL",
-        default=default(env_url),
-        help=f"NATS server (default: $STRATUS_NATS or {DEFAULT_NATS_URL})",
+        default=default(None),
+        help="NATS server " + where.format("STRATUS_NATS", f", else {DEFAULT_NATS_URL}"),
     )
     parent.add_argument(
         "--creds",
         metavar="FILE",
-        default=default(os.environ.get("STRATUS_NATS_CREDS")),
-        help="NATS credentials file (default: $STRATUS_NATS_CREDS)",
+        default=default(None),
+        help="NATS credentials file " + where.format("STRATUS_NATS_CREDS", ""),
     )
     parent.add_argument(
         "--nkey-seed",
         metavar="FILE",
-        default=default(os.environ.get("STRATUS_NATS_NKEY_SEED")),
-        help="NATS nkey seed file (default: $STRATUS_NATS_NKEY_SEED)",
+        default=default(None),
+        help="NATS nkey seed file " + where.format("STRATUS_NATS_NKEY_SEED", ""),
     )
     parent.add_argument(
         "--tls-ca",
         metavar="FILE",
-        default=default(os.environ.get("STRATUS_NATS_TLS_CA")),
-        help="CA of the NATS server's TLS certificate (default: $STRATUS_NATS_TLS_CA)",
+        default=default(None),
+        help="CA of the NATS server's TLS certificate " + where.format("STRATUS_NATS_TLS_CA", ""),
+    )
+    parent.add_argument(
+        "--context",
+        metavar="NAME",
+        default=default(None),
+        help="connect as context NAME says (default: $STRATUS_CONTEXT, else the current one; "
+        "see `stratus context`)",
     )
     parent.add_argument(
         "--output",
@@ -347,6 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_parser(commands)
     natsconfig.add_parser(commands)
     completion.add_parser(commands)
+    contexts.add_parser(commands)
     return parser
 
 
@@ -379,8 +392,11 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "completion":
         print(completion.script(build_parser(), args.shell), end="")
         return 0
-    handler: Verb = args.handler
-    outcome = asyncio.run(_call_api(handler, args))
+    if args.command == "context":
+        outcome = Outcome(*contexts.run(args))
+    else:
+        handler: Verb = args.handler
+        outcome = asyncio.run(_call_api(handler, args))
     if outcome.text:
         print(outcome.text)
     if outcome.note:

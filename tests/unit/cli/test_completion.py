@@ -59,5 +59,5 @@ def test_zsh_and_fish_scripts_name_every_command(capsys: pytest.CaptureFixture[s
     zsh, fish = script("zsh", capsys), script("fish", capsys)
     assert zsh.startswith("#compdef stratus")
     assert "complete -c stratus" in fish
-    for command in ("vm", "host", "disk", "image", "completion", "usage"):
+    for command in ("vm", "host", "disk", "image", "context", "completion", "usage"):
         assert command in zsh and command in fish

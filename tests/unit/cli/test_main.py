@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from cli import contexts, verbs
 from cli import main as cli_main
-from cli import verbs
 from cli.main import DISTRIBUTION, build_parser, main
 
 
@@ -21,17 +21,22 @@ def parse(*argv: str) -> dict[str, object]:
     return vars(args)
 
 
-def test_global_options_default_to_env(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_global_options_default_to_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
     monkeypatch.setenv("STRATUS_NATS", "nats://example:4333")
-    args = parse("vm", "list")
-    assert args["nats"] == "nats://example:4333"
-    assert args["output"] == "table"
-    assert args["timeout_s"] is None
+    args = build_parser().parse_args(["vm", "list"])
+    assert contexts.connection(args).nats == "nats://example:4333"
+    assert args.output == "table"
+    assert args.timeout_s is None
 
 
-def test_global_options_default_without_env(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_global_options_default_without_env(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
     monkeypatch.delenv("STRATUS_NATS", raising=False)
-    assert parse("host", "list")["nats"] == "nats://127.0.0.1:4222"
+    args = build_parser().parse_args(["host", "list"])
+    assert contexts.connection(args).nats == "nats://127.0.0.1:4222"
 
 
 @pytest.mark.parametrize(
