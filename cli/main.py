@@ -390,7 +390,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "nats-config":
         return natsconfig.run(args)
     if args.command == "completion":
-        print(completion.script(build_parser(), args.shell), end="")
+        print(completion.script(build_parser(), args.shell).rstrip("\n"))
         return 0
     if args.command == "context":
         outcome = Outcome(*contexts.run(args))

@@ -13,7 +13,9 @@ from cli.main import main
 
 def script(shell: str, capsys: pytest.CaptureFixture[str]) -> str:
     assert main(["completion", shell]) == 0
-    return capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert out.endswith("\n")  # its last line must not run into whatever is printed next
+    return out
 
 
 def complete_in_bash(path: Path, words: list[str]) -> list[str]:
