@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Protocol, TextIO
+from typing import Protocol
 
+from cli.waiting import Progress
 from common import messages as m
 from common.errors import ApiError
 
@@ -24,26 +25,26 @@ def progress_bar(host_id: str, moved: int, total: int, width: int = BAR_WIDTH) -
 
 
 async def wait_drained(
-    client: HostLister, started: m.HostInfo, timeout_s: float, out: TextIO
+    client: HostLister, started: m.HostInfo, timeout_s: float, progress: Progress
 ) -> m.HostInfo:
-    """Poll the host list until ``started``'s drain ends, redrawing a bar on ``out`` (a
-    terminal line, rewritten in place); ``ApiError`` on timeout or if the host disappears."""
+    """Poll the host list until ``started``'s drain ends, redrawing a bar on a terminal;
+    ``ApiError`` on timeout or if the host disappears."""
     host_id, total = started.host_id, started.drain_remaining
     deadline = time.monotonic() + timeout_s
     host = started
-    while True:
-        moved = total - host.drain_remaining if host.draining else total
-        out.write("\r" + progress_bar(host_id, moved, total))
-        out.flush()
-        if not host.draining:
-            out.write("\n")
-            return host
-        if time.monotonic() >= deadline:
-            out.write("\n")
-            detail = f"host {host_id} still draining after {timeout_s:g}s: "
-            raise ApiError("timeout", detail + f"{host.drain_remaining} vms left")
-        await asyncio.sleep(POLL_S)
-        found = [h for h in await client.list_hosts() if h.host_id == host_id]
-        if not found:
-            raise ApiError(m.ErrorCode.NOT_FOUND, f"host {host_id} is no longer listed")
-        host = found[0]
+    try:
+        while True:
+            moved = total - host.drain_remaining if host.draining else total
+            progress.show(progress_bar(host_id, moved, total))
+            if not host.draining:
+                return host
+            if time.monotonic() >= deadline:
+                detail = f"host {host_id} still draining after {timeout_s:g}s: "
+                raise ApiError("timeout", detail + f"{host.drain_remaining} vms left")
+            await asyncio.sleep(POLL_S)
+            found = [h for h in await client.list_hosts() if h.host_id == host_id]
+            if not found:
+                raise ApiError(m.ErrorCode.NOT_FOUND, f"host {host_id} is no longer listed")
+            host = found[0]
+    finally:
+        progress.clear()

@@ -5,168 +5,49 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.metadata
-import os
 import sys
-import time
 import typing
-from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
 from typing import TextIO
 
 import msgspec
 
-from cli import natsconfig, output, simulate
+from cli import completion, contexts, natsconfig, output, simulate, verbs
 from cli import usage as usage_output
 from cli.client import StratusClient, connect
-from cli.drain import wait_drained
+from cli.contexts import DEFAULT_NATS_URL
+from cli.verbs import WAIT_TIMEOUT_S, Outcome, Verb
 from common import messages as m
 from common.config import AgentConfig
 from common.errors import ApiError, StratusError
+from common.ids import vm_name_problem
+from common.sizes import parse_size_mib
 
 DISTRIBUTION = "stratus-scheduler"
-DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 REQUEST_TIMEOUT_S = 10.0
-WAIT_TIMEOUT_S = 60.0
-WAIT_POLL_S = 0.2
 PASSTHROUGH = ("scheduler", "agent")
 RETRY_HELP = "idempotency key: a retry with the same id returns the first result"
 DRIVERS: tuple[str, ...] = typing.get_args(
     {field.name: field.type for field in msgspec.structs.fields(AgentConfig)}["driver"]
 )
 
-Handler = Callable[[StratusClient, argparse.Namespace], Awaitable[str]]
+# --------------------------------------------------------------------------- arguments
 
 
-# --------------------------------------------------------------------------- commands
+def disk_size_mib(text: str) -> int:
+    """``1G`` -> 1024, ``512M`` (or ``512``) -> 512: a disk size in MiB (common/sizes.py)."""
+    try:
+        return parse_size_mib(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
-async def _print_vm(vm: m.VmInfo, args: argparse.Namespace) -> str:
-    return output.to_json(vm) if args.output == "json" else output.vm_table([vm])
-
-
-async def wait_running(client: StratusClient, name: str, timeout_s: float) -> m.VmInfo:
-    """Poll ``name`` until it runs; ``ApiError`` if it fails, is deleted or times out."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        vm = await client.get_vm(name)
-        if vm.state is m.VmState.RUNNING:
-            return vm
-        if vm.state in (m.VmState.FAILED, m.VmState.DELETED):
-            raise ApiError(str(vm.state), f"vm '{name}' {vm.state}: {vm.reason or 'no reason'}")
-        if time.monotonic() >= deadline:
-            why = f" ({vm.reason})" if vm.reason else ""
-            raise ApiError("timeout", f"vm '{name}' is still {vm.state}{why} after {timeout_s:g}s")
-        await asyncio.sleep(WAIT_POLL_S)
-
-
-async def _vm_create(client: StratusClient, args: argparse.Namespace) -> str:
-    request = m.CreateVm(
-        name=args.name,
-        size=args.size,
-        image=args.image,
-        region=args.region,
-        availability_set=args.availability_set,
-        request_id=args.request_id,
-        data_disks_mib=args.data_disk or [],
-    )
-    vm = await client.create_vm(request)
-    if args.wait:
-        vm = await wait_running(client, args.name, args.timeout_s or WAIT_TIMEOUT_S)
-    return await _print_vm(vm, args)
-
-
-async def _vm_list(client: StratusClient, args: argparse.Namespace) -> str:
-    query = m.ListVms(state=args.state, host=args.host, region=args.region)
-    vms = await client.list_vms(query)
-    return output.to_json(vms) if args.output == "json" else output.vm_table(vms)
-
-
-async def _vm_show(client: StratusClient, args: argparse.Namespace) -> str:
-    vm = await client.get_vm(args.name)
-    return output.to_json(vm) if args.output == "json" else output.vm_details(vm)
-
-
-async def _vm_stop(client: StratusClient, args: argparse.Namespace) -> str:
-    return await _print_vm(await client.stop_vm(args.name, args.request_id), args)
-
-
-async def _vm_start(client: StratusClient, args: argparse.Namespace) -> str:
-    return await _print_vm(await client.start_vm(args.name, args.request_id), args)
-
-
-async def _vm_delete(client: StratusClient, args: argparse.Namespace) -> str:
-    return await _print_vm(await client.delete_vm(args.name, args.request_id), args)
-
-
-async def _host_list(client: StratusClient, args: argparse.Namespace) -> str:
-    hosts = await client.list_hosts()
-    return output.to_json(hosts) if args.output == "json" else output.host_table(hosts)
-
-
-async def _print_host(host: m.HostInfo, args: argparse.Namespace) -> str:
-    return output.to_json(host) if args.output == "json" else output.host_table([host])
-
-
-async def _host_cordon(client: StratusClient, args: argparse.Namespace) -> str:
-    return await _print_host(await client.cordon_host(args.host_id, args.request_id), args)
-
-
-async def _host_uncordon(client: StratusClient, args: argparse.Namespace) -> str:
-    return await _print_host(await client.uncordon_host(args.host_id, args.request_id), args)
-
-
-async def _host_drain(client: StratusClient, args: argparse.Namespace) -> str:
-    host = await client.drain_host(args.host_id, args.request_id)
-    if args.wait:
-        host = await wait_drained(client, host, args.timeout_s or WAIT_TIMEOUT_S, sys.stderr)
-    return await _print_host(host, args)
-
-
-async def _vm_capture(client: StratusClient, args: argparse.Namespace) -> str:
-    request = m.CaptureVm(name=args.name, image=args.image, request_id=args.request_id)
-    return await _print_vm(await client.capture_vm(request), args)
-
-
-async def _disk_attach(client: StratusClient, args: argparse.Namespace) -> str:
-    request = m.AttachDisk(vm=args.vm, size_mib=args.size_mib, request_id=args.request_id)
-    vm = await client.attach_disk(request)
-    return output.to_json(vm) if args.output == "json" else output.vm_details(vm)
-
-
-async def _disk_detach(client: StratusClient, args: argparse.Namespace) -> str:
-    request = m.DetachDisk(vm=args.vm, disk_id=args.disk_id, request_id=args.request_id)
-    vm = await client.detach_disk(request)
-    return output.to_json(vm) if args.output == "json" else output.vm_details(vm)
-
-
-async def _print_image(image: m.ImageInfo, args: argparse.Namespace) -> str:
-    return output.to_json(image) if args.output == "json" else output.image_table([image])
-
-
-async def _image_list(client: StratusClient, args: argparse.Namespace) -> str:
-    images = await client.list_images()
-    return output.to_json(images) if args.output == "json" else output.image_table(images)
-
-
-async def _image_upload(client: StratusClient, args: argparse.Namespace) -> str:
-    path: Path = args.file
-    image = await client.upload_image(path, args.name, os=args.os, request_id=args.request_id)
-    return await _print_image(image, args)
-
-
-async def _image_delete(client: StratusClient, args: argparse.Namespace) -> str:
-    return await _print_image(await client.delete_image(args.name, args.request_id), args)
-
-
-async def _sizes(client: StratusClient, args: argparse.Namespace) -> str:
-    sizes = await client.list_sizes()
-    return output.to_json(sizes) if args.output == "json" else output.size_table(sizes)
-
-
-async def _usage(client: StratusClient, args: argparse.Namespace) -> str:
-    report = await client.usage(m.UsageQuery(since=args.since, until=args.until))
-    return usage_output.render(report, args.output)
+def _vm_name(text: str) -> str:
+    problem = vm_name_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
+    return text
 
 
 def _existing_file(text: str) -> Path:
@@ -174,21 +55,6 @@ def _existing_file(text: str) -> Path:
     if not path.is_file():
         raise argparse.ArgumentTypeError(f"no such file: {text}")
     return path
-
-
-def disk_size_mib(text: str) -> int:
-    """``1G`` -> 1024, ``512M`` (or ``512``) -> 512: a disk size in MiB."""
-    value, unit = text.strip().upper().rstrip("IB") or "0", 1
-    if value[-1:] in ("G", "M", "T"):
-        unit = {"M": 1, "G": 1024, "T": 1024 * 1024}[value[-1]]
-        value = value[:-1]
-    try:
-        size_mib = int(float(value) * unit)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not a disk size: {text!r} (like 1G or 512M)") from exc
-    if size_mib < 1:
-        raise argparse.ArgumentTypeError(f"disk size {text!r} is below 1 MiB")
-    return size_mib
 
 
 def _aware_time(text: str) -> datetime:
@@ -200,10 +66,16 @@ def _aware_time(text: str) -> datetime:
     return value if value.tzinfo else value.astimezone()
 
 
-async def _call_api(handler: Handler, args: argparse.Namespace) -> str:
+async def _call_api(handler: Verb, args: argparse.Namespace) -> Outcome:
     timeout_s = args.timeout_s or REQUEST_TIMEOUT_S
-    auth = {"creds": args.creds or "", "nkey_seed": args.nkey_seed or ""}
-    nc = await connect(args.nats, timeout_s=min(timeout_s, 5.0), tls_ca=args.tls_ca or "", **auth)
+    conn = contexts.connection(args)
+    nc = await connect(
+        conn.nats,
+        timeout_s=min(timeout_s, 5.0),
+        creds=conn.creds,
+        nkey_seed=conn.nkey_seed,
+        tls_ca=conn.tls_ca,
+    )
     try:
         return await handler(StratusClient(nc, timeout_s=timeout_s), args)
     finally:
@@ -220,30 +92,37 @@ def _common_options(defaults: bool) -> argparse.ArgumentParser:
     def default(value: object) -> object:
         return value if defaults else argparse.SUPPRESS
 
-    env_url = os.environ.get("STRATUS_NATS") or DEFAULT_NATS_URL
+    where = "(default: ${}, else the context's{})"
     parent.add_argument(
         "--nats",
         metavar="URL",
-        default=default(env_url),
-        help=f"NATS server (default: $STRATUS_NATS or {DEFAULT_NATS_URL})",
+        default=default(None),
+        help="NATS server " + where.format("STRATUS_NATS", f", else {DEFAULT_NATS_URL}"),
     )
     parent.add_argument(
         "--creds",
         metavar="FILE",
-        default=default(os.environ.get("STRATUS_NATS_CREDS")),
-        help="NATS credentials file (default: $STRATUS_NATS_CREDS)",
+        default=default(None),
+        help="NATS credentials file " + where.format("STRATUS_NATS_CREDS", ""),
     )
     parent.add_argument(
         "--nkey-seed",
         metavar="FILE",
-        default=default(os.environ.get("STRATUS_NATS_NKEY_SEED")),
-        help="NATS nkey seed file (default: $STRATUS_NATS_NKEY_SEED)",
+        default=default(None),
+        help="NATS nkey seed file " + where.format("STRATUS_NATS_NKEY_SEED", ""),
     )
     parent.add_argument(
         "--tls-ca",
         metavar="FILE",
-        default=default(os.environ.get("STRATUS_NATS_TLS_CA")),
-        help="CA of the NATS server's TLS certificate (default: $STRATUS_NATS_TLS_CA)",
+        default=default(None),
+        help="CA of the NATS server's TLS certificate " + where.format("STRATUS_NATS_TLS_CA", ""),
+    )
+    parent.add_argument(
+        "--context",
+        metavar="NAME",
+        default=default(None),
+        help="connect as context NAME says (default: $STRATUS_CONTEXT, else the current one; "
+        "see `stratus context`)",
     )
     parent.add_argument(
         "--output",
@@ -264,19 +143,36 @@ def _common_options(defaults: bool) -> argparse.ArgumentParser:
     return parent
 
 
+WAIT_UNTIL = {
+    "stop": "until the VM is stopped",
+    "start": "until the VM is running",
+    "delete": "until the VM is deleted",
+}
+INSTANT = "(done when answered: the disk is made at the VM's next start)"
+
+
+def _add_wait(parser: argparse.ArgumentParser, until: str) -> None:
+    parser.add_argument(
+        "--wait",
+        action="store_true",
+        help=f"wait {until}; progress on a terminal, then one outcome line, exit 1 "
+        "if it ends failed",
+    )
+
+
 def _add_vm_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     common = [_common_options(defaults=False)]
     vm = commands.add_parser("vm", help="create, list, show, stop, start, delete, capture VMs")
-    verbs = vm.add_subparsers(dest="verb", required=True, metavar="VERB")
+    verb_parsers = vm.add_subparsers(dest="verb", required=True, metavar="VERB")
 
-    create = verbs.add_parser("create", parents=common, help="create a VM")
-    create.add_argument("name", metavar="NAME")
+    create = verb_parsers.add_parser("create", parents=common, help="create a VM")
+    create.add_argument("name", metavar="NAME", type=_vm_name)
     create.add_argument("--size", required=True, help="size name, see `stratus sizes`")
     create.add_argument("--image", default="tiny", help="image (default: tiny)")
     create.add_argument("--region", help="region the VM must run in")
     create.add_argument("--availability-set", metavar="SET", help="spread across fault domains")
     create.add_argument("--request-id", metavar="ID", help=RETRY_HELP)
-    create.add_argument("--wait", action="store_true", help="wait until the VM is running")
+    _add_wait(create, "until the VM is running")
     create.add_argument(
         "--data-disk",
         action="append",
@@ -284,81 +180,99 @@ def _add_vm_commands(commands: argparse._SubParsersAction[argparse.ArgumentParse
         metavar="SIZE",
         help="add an empty data disk, like 1G or 512M (repeatable)",
     )
-    create.set_defaults(handler=_vm_create)
+    create.set_defaults(handler=verbs.vm_create)
 
-    listing = verbs.add_parser("list", parents=common, help="list VMs")
+    listing = verb_parsers.add_parser("list", parents=common, help="list VMs")
     listing.add_argument("--state", choices=[str(state) for state in m.VmState])
     listing.add_argument("--host", metavar="HOST")
     listing.add_argument("--region")
-    listing.set_defaults(handler=_vm_list)
+    listing.set_defaults(handler=verbs.vm_list)
 
     verb_help = {
-        "show": (_vm_show, "show one VM"),
-        "stop": (_vm_stop, "stop (deallocate) a VM"),
-        "start": (_vm_start, "start a stopped VM"),
-        "delete": (_vm_delete, "delete a VM"),
+        "show": (verbs.vm_show, "show one VM"),
+        "stop": (verbs.vm_stop, "stop (deallocate) a VM"),
+        "start": (verbs.vm_start, "start a stopped VM"),
+        "delete": (verbs.vm_delete, "delete a VM"),
     }
     for verb, (handler, text) in verb_help.items():
-        sub = verbs.add_parser(verb, parents=common, help=text)
-        sub.add_argument("name", metavar="NAME")
+        sub = verb_parsers.add_parser(verb, parents=common, help=text)
+        sub.add_argument("name", metavar="NAME", type=_vm_name)
         if verb != "show":
             sub.add_argument("--request-id", metavar="ID", help=RETRY_HELP)
+            _add_wait(sub, WAIT_UNTIL[verb])
         sub.set_defaults(handler=handler)
 
-    capture = verbs.add_parser("capture", parents=common, help="stop a VM, save it as an image")
-    capture.add_argument("name", metavar="NAME")
+    capture = verb_parsers.add_parser(
+        "capture", parents=common, help="stop a VM, save it as an image"
+    )
+    capture.add_argument("name", metavar="NAME", type=_vm_name)
     capture.add_argument("--image", required=True, help="name of the new gallery image")
     capture.add_argument("--request-id", metavar="ID", help=RETRY_HELP)
-    capture.set_defaults(handler=_vm_capture)
+    _add_wait(capture, "until the image is available")
+    capture.set_defaults(handler=verbs.vm_capture)
 
 
 def _add_storage_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     common = [_common_options(defaults=False)]
-    disk = commands.add_parser("disk", help="attach and detach data disks of stopped VMs")
+    disk = commands.add_parser("disk", help="list disks; attach and detach data disks")
     disk_verbs = disk.add_subparsers(dest="verb", required=True, metavar="VERB")
+    listing = disk_verbs.add_parser("list", parents=common, help="list the disks of VMs")
+    listing.add_argument("vm", metavar="VM", nargs="?", type=_vm_name, help="default: every VM")
+    listing.set_defaults(handler=verbs.disk_list)
     attach = disk_verbs.add_parser("attach", parents=common, help="add an empty data disk")
-    attach.add_argument("vm", metavar="VM")
-    attach.add_argument("--size-mib", type=int, required=True, metavar="MIB")
+    attach.add_argument("vm", metavar="VM", type=_vm_name)
+    size = attach.add_mutually_exclusive_group(required=True)
+    size.add_argument(
+        "--size", dest="size_mib", type=disk_size_mib, metavar="SIZE", help="like 1G or 512M"
+    )
+    size.add_argument(  # the old spelling, kept working but no longer shown
+        "--size-mib", dest="size_mib", type=disk_size_mib, help=argparse.SUPPRESS
+    )
     attach.add_argument("--request-id", metavar="ID", help=RETRY_HELP)
-    attach.set_defaults(handler=_disk_attach)
+    _add_wait(attach, INSTANT)
+    attach.set_defaults(handler=verbs.disk_attach)
     detach = disk_verbs.add_parser("detach", parents=common, help="remove a data disk")
-    detach.add_argument("vm", metavar="VM")
+    detach.add_argument("vm", metavar="VM", type=_vm_name)
     detach.add_argument("disk_id", metavar="DISK")
     detach.add_argument("--request-id", metavar="ID", help=RETRY_HELP)
-    detach.set_defaults(handler=_disk_detach)
+    _add_wait(detach, INSTANT)
+    detach.set_defaults(handler=verbs.disk_detach)
 
     image = commands.add_parser("image", help="list, upload and delete gallery images")
     image_verbs = image.add_subparsers(dest="verb", required=True, metavar="VERB")
     listing = image_verbs.add_parser("list", parents=common, help="list images")
-    listing.set_defaults(handler=_image_list)
+    listing.set_defaults(handler=verbs.image_list)
     upload = image_verbs.add_parser("upload", parents=common, help="upload a qcow2 or raw disk")
     upload.add_argument("file", metavar="FILE", type=_existing_file)
     upload.add_argument("--name", required=True, help="image name, [a-z0-9._-]")
     upload.add_argument("--os", default="linux", help="default: linux")
     upload.add_argument("--request-id", metavar="ID", help=RETRY_HELP)
-    upload.set_defaults(handler=_image_upload)
+    _add_wait(upload, "(done when answered: the bytes are checked by then)")
+    upload.set_defaults(handler=verbs.image_upload)
     delete = image_verbs.add_parser("delete", parents=common, help="delete an image")
     delete.add_argument("name", metavar="NAME")
     delete.add_argument("--request-id", metavar="ID", help=RETRY_HELP)
-    delete.set_defaults(handler=_image_delete)
+    delete.set_defaults(handler=verbs.image_delete)
 
 
 def _add_host_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     common = [_common_options(defaults=False)]
     hosts = commands.add_parser("host", help="list, cordon, uncordon and drain hosts")
-    verbs = hosts.add_subparsers(dest="verb", required=True, metavar="VERB")
-    verbs.add_parser("list", parents=common, help="list hosts").set_defaults(handler=_host_list)
+    verb_parsers = hosts.add_subparsers(dest="verb", required=True, metavar="VERB")
+    verb_parsers.add_parser("list", parents=common, help="list hosts").set_defaults(
+        handler=verbs.host_list
+    )
     verb_help = {
-        "cordon": (_host_cordon, "place no new VMs on a host"),
-        "uncordon": (_host_uncordon, "let a cordoned host take VMs again"),
-        "drain": (_host_drain, "cordon a host and move its VMs elsewhere"),
+        "cordon": (verbs.host_cordon, "place no new VMs on a host"),
+        "uncordon": (verbs.host_uncordon, "let a cordoned host take VMs again"),
+        "drain": (verbs.host_drain, "cordon a host and move its VMs elsewhere"),
     }
     for verb, (handler, text) in verb_help.items():
-        sub = verbs.add_parser(verb, parents=common, help=text)
+        sub = verb_parsers.add_parser(verb, parents=common, help=text)
         sub.add_argument("host_id", metavar="HOST")
         sub.add_argument("--request-id", metavar="ID", help=RETRY_HELP)
         if verb == "drain":
-            sub.add_argument("--wait", action="store_true", help="show progress until it ends")
+            _add_wait(sub, "until every VM has moved")
         sub.set_defaults(handler=handler)
 
 
@@ -393,8 +307,33 @@ def version() -> str:
         return "unknown (not installed)"
 
 
+class UsageError(SystemExit):
+    """A command line argparse rejects; ``main`` reports it as text or JSON, exit status 2."""
+
+    def __init__(self, parser: argparse.ArgumentParser, message: str) -> None:
+        super().__init__(2)
+        self.parser = parser
+        self.message = message
+
+
+class Parser(argparse.ArgumentParser):
+    """Raises ``UsageError`` instead of printing, so that ``-o json`` gets JSON errors too."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        raise UsageError(self, message)
+
+
+def wants_json(argv: list[str]) -> bool:
+    """``-o json`` anywhere on the command line (before parsing, for usage errors)."""
+    pairs = zip(argv, [*argv[1:], ""], strict=False)
+    return any(
+        (flag in ("-o", "--output") and value == "json") or flag in ("-ojson", "--output=json")
+        for flag, value in pairs
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser: argparse.ArgumentParser = Parser(
         prog="stratus",
         description="Stratus: an event-driven VM cluster scheduler over NATS.",
         parents=[_common_options(defaults=True)],
@@ -405,7 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_host_commands(commands)
     _add_storage_commands(commands)
     common = [_common_options(defaults=False)]
-    commands.add_parser("sizes", parents=common, help="list VM sizes").set_defaults(handler=_sizes)
+    commands.add_parser("sizes", parents=common, help="list VM sizes").set_defaults(
+        handler=verbs.sizes
+    )
     usage = commands.add_parser(
         "usage", parents=common, help="billed hours and cost", conflict_handler="resolve"
     )
@@ -413,10 +354,12 @@ def build_parser() -> argparse.ArgumentParser:
     usage.add_argument("--output", "-o", choices=formats, default=argparse.SUPPRESS)
     usage.add_argument("--since", type=_aware_time, metavar="TIME", help="ISO 8601 time")
     usage.add_argument("--until", type=_aware_time, metavar="TIME", help="default: now")
-    usage.set_defaults(handler=_usage)
+    usage.set_defaults(handler=verbs.usage)
     _add_local_commands(commands)
     simulate.add_parser(commands)
     natsconfig.add_parser(commands)
+    completion.add_parser(commands)
+    contexts.add_parser(commands)
     return parser
 
 
@@ -446,26 +389,57 @@ def _run(args: argparse.Namespace) -> int:
         return simulate.run_simulate(args)
     if args.command == "nats-config":
         return natsconfig.run(args)
-    handler: Handler = args.handler
-    print(asyncio.run(_call_api(handler, args)))
+    if args.command == "completion":
+        print(completion.script(build_parser(), args.shell).rstrip("\n"))
+        return 0
+    if args.command == "context":
+        outcome = Outcome(*contexts.run(args))
+    else:
+        handler: Verb = args.handler
+        outcome = asyncio.run(_call_api(handler, args))
+    if outcome.text:
+        print(outcome.text)
+    if outcome.note:
+        print(outcome.note, file=sys.stderr)
     return 0
 
 
-def main(argv: list[str] | None = None, *, stderr: TextIO | None = None) -> int:
+def _report(code: str, detail: str, as_json: bool, err: TextIO) -> None:
+    text = output.error_json(code, detail) if as_json else output.error_line(code, detail)
+    print(text, file=err)
+
+
+def _parse(argv: list[str], err: TextIO) -> tuple[argparse.Namespace, list[str]]:
     parser = build_parser()
-    args, extra = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    try:
+        args, extra = parser.parse_known_args(argv)
+        if extra and args.command not in PASSTHROUGH:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    except UsageError as exc:
+        if wants_json(argv):
+            _report("usage", exc.message, True, err)
+        else:
+            exc.parser.print_usage(err)
+            print(f"{exc.parser.prog}: error: {exc.message}", file=err)
+        raise
+    return args, extra
+
+
+def main(argv: list[str] | None = None, *, stderr: TextIO | None = None) -> int:
+    err = stderr or sys.stderr
+    argv = sys.argv[1:] if argv is None else argv
+    args, extra = _parse(argv, err)
     if args.command in PASSTHROUGH:
         return _delegate(args.command, extra)
-    if extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    err = stderr or sys.stderr
+    as_json = getattr(args, "output", None) == "json"
     try:
         return _run(args)
     except ApiError as exc:
-        print(output.error_line(exc.code, exc.detail), file=err)
-    except StratusError as exc:
-        print(f"error: {' '.join(str(exc).split())}", file=err)
+        _report(exc.code, exc.detail, as_json, err)
+    except StratusError as exc:  # a local problem (a config file): no API error code
+        detail = " ".join(str(exc).split())
+        print(output.error_json("error", detail) if as_json else f"error: {detail}", file=err)
     except KeyboardInterrupt:
-        print("error: interrupted", file=err)
+        _report("interrupted", "", as_json, err)
         return 130
     return 1

@@ -171,6 +171,55 @@ def disk_line(disk: m.DiskInfo) -> str:
     return f"{disk.disk_id} ({disk.kind}, {size}{image}, {disk.storage}{where})"
 
 
+DISK_COLUMNS = ("VM", "DISK", "KIND", "SIZE", "IMAGE", "STORAGE", "HOST")
+
+
+def disk_size(size_mib: int) -> str:
+    """A data disk's size as it is typed (``1G``, ``512M``); ``image`` for an OS disk."""
+    if size_mib == 0:
+        return "image"
+    return f"{size_mib // 1024}G" if size_mib % 1024 == 0 else f"{size_mib}M"
+
+
+def disk_table(vms: Sequence[m.VmInfo]) -> str:
+    """``stratus disk list``: one line per disk, by VM name, each VM's OS disk first."""
+    rows = [
+        (
+            vm.name,
+            disk.disk_id,
+            str(disk.kind),
+            disk_size(disk.size_mib),
+            _dash(disk.image),
+            str(disk.storage),
+            _dash(disk.host),
+        )
+        for vm in sorted(vms, key=lambda vm: vm.name)
+        for disk in vm.disks
+    ]
+    return table(DISK_COLUMNS, rows)
+
+
+class VmDisk(msgspec.Struct, kw_only=True):
+    """A disk with the VM it belongs to: ``stratus disk list -o json``."""
+
+    vm: str
+    disk_id: str
+    kind: str
+    size_mib: int
+    image: str
+    storage: str
+    host: str | None
+
+
+def disks_json(vms: Sequence[m.VmInfo]) -> str:
+    listed = [
+        VmDisk(vm=vm.name, **msgspec.structs.asdict(disk))
+        for vm in sorted(vms, key=lambda vm: vm.name)
+        for disk in vm.disks
+    ]
+    return to_json(listed)
+
+
 def to_json(value: object) -> str:
     """One JSON document (indented) for structs, lists of structs and plain values."""
     return msgspec.json.format(msgspec.json.encode(value), indent=2).decode()
@@ -180,6 +229,13 @@ def error_line(code: str, detail: str) -> str:
     """The single line printed on stderr for a failed command."""
     detail = " ".join(detail.split())
     return f"error: {code}: {detail}" if detail else f"error: {code}"
+
+
+def error_json(code: str, detail: str) -> str:
+    """The failed command under ``-o json``: ``{"error": {"code": ..., "detail": ...}}`` on one
+    line (the shape of the HTTP API's error bodies), printed on stderr like ``error_line``."""
+    body = {"error": {"code": code, "detail": " ".join(detail.split())}}
+    return msgspec.json.encode(body).decode()
 
 
 def state_summary(vms: Sequence[m.VmInfo]) -> str:

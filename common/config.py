@@ -5,6 +5,8 @@ Files are TOML; ``STRATUS_*`` environment variables and command-line flags overr
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal, TypeVar
 
@@ -151,6 +153,21 @@ class AgentConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 C = TypeVar("C", SchedulerConfig, AgentConfig)
+
+
+NATS_ENVIRONMENT = {
+    "nats_url": "STRATUS_NATS",
+    "nats_creds": "STRATUS_NATS_CREDS",
+    "nats_nkey_seed": "STRATUS_NATS_NKEY_SEED",
+    "nats_tls_ca": "STRATUS_NATS_TLS_CA",
+}
+"""The environment variables the CLI reads, and the config keys the daemons read them into."""
+
+
+def nats_environment(environ: Mapping[str, str] = os.environ) -> dict[str, object]:
+    """Config overrides from ``STRATUS_NATS`` and friends: the daemons honour the CLI's
+    environment (flags > environment > config file > defaults)."""
+    return {key: environ[name] for key, name in NATS_ENVIRONMENT.items() if environ.get(name)}
 
 
 def load_config(kind: type[C], path: str | None, overrides: dict[str, object]) -> C:

@@ -12,13 +12,22 @@ HostId = NewType("HostId", str)
 
 VM_NAME_PATTERN = r"^[a-z0-9-]{1,63}$"
 HOST_ID_PATTERN = r"^[A-Za-z0-9_-]{1,63}$"
+VM_NAME_RULE = "1 to 63 lowercase letters, digits and '-'"
 _VM_NAME_RE = re.compile(VM_NAME_PATTERN)
 _HOST_ID_RE = re.compile(HOST_ID_PATTERN)
 
 
+def vm_name_problem(value: str) -> str | None:
+    """What is wrong with ``value`` as a VM name, in words; None if it is a good name."""
+    if _VM_NAME_RE.fullmatch(value):
+        return None
+    return f"{value!r} is not a valid vm name: use {VM_NAME_RULE} (like web-1)"
+
+
 def vm_name(value: str) -> VmName:
-    if not _VM_NAME_RE.match(value):
-        raise ProtocolError(f"vm name {value!r} does not match {VM_NAME_PATTERN}")
+    problem = vm_name_problem(value)
+    if problem is not None:
+        raise ProtocolError(problem)
     return VmName(value)
 
 

@@ -8,7 +8,7 @@ import sys
 
 import uvloop
 
-from common.config import AgentConfig, load_config
+from common.config import AgentConfig, load_config, nats_environment
 from common.errors import ConfigError
 from common.logging import setup_logging
 from hostagent.app import AgentApp, resolve_settings
@@ -17,11 +17,11 @@ from hostagent.simpool import SimPool, resolve_pool_settings
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="stratus-agent", description="Stratus host agent: runs the VMs of one host."
+        prog="stratus agent", description="Stratus host agent: runs the VMs of one host."
     )
     add = parser.add_argument
     add("--config", metavar="FILE", help="TOML file with AgentConfig keys")
-    add("--nats", dest="nats_url", metavar="URL", help="NATS server URL")
+    add("--nats", dest="nats_url", metavar="URL", help="NATS server URL (default: $STRATUS_NATS)")
     add("--creds", dest="nats_creds", metavar="FILE", help="NATS credentials file")
     add("--nkey-seed", dest="nats_nkey_seed", metavar="FILE", help="this host's nkey seed file")
     add("--tls-ca", dest="nats_tls_ca", metavar="FILE", help="CA of the NATS server's certificate")
@@ -62,7 +62,7 @@ def parse_labels(text: str) -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    overrides = {
+    overrides = nats_environment() | {
         key: value
         for key, value in vars(args).items()
         if key not in _NOT_CONFIG and value is not None
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             return _simulate(args, config)
         settings = resolve_settings(config)
     except ConfigError as exc:
-        print(f"stratus-agent: {exc}", file=sys.stderr)
+        print(f"stratus agent: {exc}", file=sys.stderr)
         return 2
     setup_logging(args.log_level, name="hostagent")
     uvloop.run(AgentApp(settings).run())

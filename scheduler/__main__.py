@@ -11,7 +11,7 @@ import sys
 
 import uvloop
 
-from common.config import SchedulerConfig, load_config
+from common.config import SchedulerConfig, load_config, nats_environment
 from common.errors import StratusError
 from common.logging import setup_logging
 from scheduler.shell.app import SchedulerApp
@@ -21,7 +21,11 @@ log = logging.getLogger("scheduler")
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="stratus scheduler", description="Run the scheduler.")
-    parser.add_argument("--nats", dest="nats_url", help="NATS URL (default nats://127.0.0.1:4222)")
+    parser.add_argument(
+        "--nats",
+        dest="nats_url",
+        help="NATS URL (default: $STRATUS_NATS, else the config's, else nats://127.0.0.1:4222)",
+    )
     parser.add_argument("--config", help="TOML config file (see deploy/scheduler.toml)")
     parser.add_argument("--creds", dest="nats_creds", metavar="FILE", help="NATS credentials file")
     parser.add_argument(
@@ -46,15 +50,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 async def _serve(app: SchedulerApp) -> None:
+    """Run until SIGTERM or SIGINT. A signal stops a serving scheduler in order (drain, close);
+    one that is still connecting (NATS or JetStream unreachable) has nothing to drain, so its
+    start-up is cancelled and the store closed at once."""
     loop = asyncio.get_running_loop()
+    run = asyncio.ensure_future(app.run())
+
+    def on_signal() -> None:
+        app.stop()
+        if not app.ready.is_set():
+            log.info("stopping before start-up finished")
+            run.cancel()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, app.stop)
-    await app.run()
+        loop.add_signal_handler(sig, on_signal)
+    try:
+        await run
+    except asyncio.CancelledError:
+        if not run.cancelled():
+            raise
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    overrides = {k: v for k, v in vars(args).items() if k not in ("config", "log_level")}
+    overrides = {**nats_environment(), **{k: v for k, v in vars(args).items() if v is not None}}
+    overrides = {k: v for k, v in overrides.items() if k not in ("config", "log_level")}
     overrides["api_token"] = os.environ.get("STRATUS_API_TOKEN")  # never a flag: ps shows flags
     try:
         config = load_config(SchedulerConfig, args.config, overrides)

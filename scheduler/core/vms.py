@@ -10,6 +10,7 @@ from collections import defaultdict
 
 from common.ids import HostId, VmName
 from common.messages import AgentCommand, CreateVm, ErrorCode, StartVm, VmReply, VmState
+from common.sizes import find_size
 from scheduler.core import disks, images, lifecycle
 from scheduler.core.context import StepContext
 from scheduler.core.contract import Op
@@ -21,7 +22,7 @@ from scheduler.state.model import PlacementRequest, VmRecord
 
 
 def create(ctx: StepContext, body: CreateVm) -> VmName | VmReply:
-    size = ctx.sizes.get(body.size)
+    size = find_size(ctx.sizes, body.size)  # any case: small, Small, SMALL
     if size is None:
         known = ", ".join(sorted(ctx.sizes))
         return vm_error(ErrorCode.UNKNOWN_SIZE, f"unknown size {body.size!r}; known: {known}")
@@ -29,7 +30,7 @@ def create(ctx: StepContext, body: CreateVm) -> VmName | VmReply:
     existing = ctx.state.vms.get(name)
     if existing is not None and existing.state is not VmState.DELETED:
         spec = (existing.size, existing.image, existing.region, existing.availability_set)
-        if spec == (body.size, body.image, body.region, body.availability_set):
+        if spec == (size.name, body.image, body.region, body.availability_set):
             return name
         return vm_error(ErrorCode.CONFLICT, f"vm {name!r} exists with a different spec")
     image = images.image_for_create(ctx.state.images, body.image)

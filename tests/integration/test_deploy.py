@@ -207,3 +207,62 @@ def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
             check=False,
         )
         assert result.returncode == 0 and not result.stderr.strip(), result.stderr.decode()
+
+
+# --------------------------------------------------------------------------- what the docs say
+
+LOOPBACK = ("127.0.0.1", "localhost", "[::1]", "::1")
+
+
+def _settings(text: str) -> str:
+    return "\n".join(line.split("#", 1)[0] for line in text.splitlines())
+
+
+@pytest.mark.parametrize("name", ["nats-single.conf"])
+def test_nats_config_demands_auth_where_it_listens_beyond_loopback(name: str) -> None:
+    settings = _settings((NATS_DIR / name).read_text())
+    listens = re.findall(r'^\s*listen:\s*"?([^"\s]+)"?', settings, flags=re.MULTILINE)
+    assert listens, f"{name} has no listen line"
+    for address in listens:
+        host = address.rsplit(":", 1)[0]
+        if host not in LOOPBACK:
+            assert re.search(r"^\s*(authorization|accounts|include)\b", settings, re.MULTILINE), (
+                f"{name} listens on {address} without authentication"
+            )
+
+
+def test_units_flags_exist_in_the_daemons_parsers() -> None:
+    from hostagent.__main__ import build_parser as agent_parser
+    from scheduler.__main__ import parse_args as scheduler_args
+
+    for unit, parse in (
+        ("stratus-scheduler.service", scheduler_args),
+        ("stratus-agent.service", agent_parser().parse_args),
+    ):
+        command = _unit(unit)["Service"]["ExecStart"].split()
+        assert command[0].endswith("/stratus"), unit
+        argv = command[2:]  # after "stratus scheduler" or "stratus agent"
+        assert any(arg.startswith("--") for arg in argv), unit
+        parse(argv)  # SystemExit (a usage error) if a flag does not exist
+
+
+def _install_lines() -> list[list[str]]:
+    text = (REPO / "docs" / "operations.md").read_text()
+    return [
+        line.split("#", 1)[0].split()
+        for line in text.splitlines()
+        if line.startswith("install ") and "/etc/stratus" in line
+    ]
+
+
+def test_docs_install_configs_the_service_users_can_read() -> None:
+    lines = _install_lines()
+    assert lines, "docs/operations.md no longer installs anything into /etc/stratus"
+    for words in lines:
+        mode = int(words[words.index("-m") + 1], 8)
+        group = words[words.index("-g") + 1] if "-g" in words else None
+        others, grouped = mode & 0o005, mode & 0o050
+        if "-d" in words:  # a directory: the services must be able to enter it
+            assert others & 0o001 or (group == "stratus" and grouped & 0o010), words
+        else:  # a file: readable by the service user that reads it (stratus, or nats)
+            assert others & 0o004 or (group in ("stratus", "nats") and grouped & 0o040), words

@@ -19,9 +19,9 @@ def test_scheduler_example_loads() -> None:
     assert config.dead_after_s >= config.fence_after_s + 1
 
 
-def test_agent_example_loads() -> None:
+def test_agent_example_ships_the_production_driver() -> None:
     config = load_config(AgentConfig, str(DEPLOY / "agent.toml"), {})
-    assert config.driver == "fake"
+    assert config.driver == "qemu"
 
 
 @pytest.mark.parametrize(("name", "kind"), EXAMPLES, ids=["scheduler", "agent"])

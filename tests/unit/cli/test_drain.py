@@ -6,9 +6,9 @@ import io
 
 import pytest
 
-from cli import drain
-from cli import main as cli_main
+from cli import drain, verbs
 from cli.main import build_parser
+from cli.waiting import Progress
 from common import messages as m
 from common.errors import ApiError
 from common.resources import Resources
@@ -33,6 +33,19 @@ def host(draining: bool, remaining: int) -> m.HostInfo:
     )
 
 
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_no_progress_bar_when_not_on_a_terminal() -> None:
+    out = io.StringIO()
+    progress = Progress(out)
+    progress.show("draining h1")
+    progress.clear()
+    assert out.getvalue() == ""
+
+
 class Hosts:
     """Answers each list_hosts with the next report."""
 
@@ -46,10 +59,10 @@ class Hosts:
 @pytest.mark.parametrize(
     ("argv", "handler", "wait"),
     [
-        (["host", "drain", "h1", "--wait", "--timeout", "90"], cli_main._host_drain, True),
-        (["host", "drain", "h1"], cli_main._host_drain, False),
-        (["host", "cordon", "h1", "--request-id", "r-1"], cli_main._host_cordon, None),
-        (["host", "uncordon", "h1"], cli_main._host_uncordon, None),
+        (["host", "drain", "h1", "--wait", "--timeout", "90"], verbs.host_drain, True),
+        (["host", "drain", "h1"], verbs.host_drain, False),
+        (["host", "cordon", "h1", "--request-id", "r-1"], verbs.host_cordon, None),
+        (["host", "uncordon", "h1"], verbs.host_uncordon, None),
     ],
     ids=["drain-wait", "drain", "cordon", "uncordon"],
 )
@@ -74,11 +87,11 @@ def test_progress_bar() -> None:
 
 async def test_wait_drained_redraws_until_the_drain_ends(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(drain, "POLL_S", 0.0)
-    out = io.StringIO()
+    out = Terminal()
     client = Hosts(host(True, 3), host(True, 1), host(False, 0))
-    done = await drain.wait_drained(client, host(True, 4), timeout_s=10, out=out)
+    done = await drain.wait_drained(client, host(True, 4), timeout_s=10, progress=Progress(out))
     assert not done.draining
-    frames = [f for f in out.getvalue().split("\r") if f]
+    frames = [f for f in out.getvalue().split("\r") if f.strip()]
     assert [f.split("] ")[1].strip() for f in frames] == [
         "0/4 vms moved",
         "1/4 vms moved",
@@ -91,6 +104,6 @@ async def test_wait_drained_times_out_with_what_is_left(monkeypatch: pytest.Monk
     monkeypatch.setattr(drain, "POLL_S", 0.0)
     with pytest.raises(ApiError) as stuck:
         await drain.wait_drained(
-            Hosts(host(True, 2)), host(True, 2), timeout_s=0, out=io.StringIO()
+            Hosts(host(True, 2)), host(True, 2), timeout_s=0, progress=Progress(io.StringIO())
         )
     assert stuck.value.code == "timeout" and "2 vms left" in stuck.value.detail

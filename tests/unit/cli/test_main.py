@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import socket
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from cli import contexts, verbs
 from cli import main as cli_main
 from cli.main import DISTRIBUTION, build_parser, main
 
@@ -19,17 +21,22 @@ def parse(*argv: str) -> dict[str, object]:
     return vars(args)
 
 
-def test_global_options_default_to_env(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_global_options_default_to_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
     monkeypatch.setenv("STRATUS_NATS", "nats://example:4333")
-    args = parse("vm", "list")
-    assert args["nats"] == "nats://example:4333"
-    assert args["output"] == "table"
-    assert args["timeout_s"] is None
+    args = build_parser().parse_args(["vm", "list"])
+    assert contexts.connection(args).nats == "nats://example:4333"
+    assert args.output == "table"
+    assert args.timeout_s is None
 
 
-def test_global_options_default_without_env(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_global_options_default_without_env(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
     monkeypatch.delenv("STRATUS_NATS", raising=False)
-    assert parse("host", "list")["nats"] == "nats://127.0.0.1:4222"
+    args = build_parser().parse_args(["host", "list"])
+    assert contexts.connection(args).nats == "nats://127.0.0.1:4222"
 
 
 @pytest.mark.parametrize(
@@ -58,7 +65,7 @@ def test_vm_create_options() -> None:
     assert args["request_id"] == "r1"
     assert args["wait"] is True
     assert args["timeout_s"] == 30.0
-    assert args["handler"] is cli_main._vm_create
+    assert args["handler"] is verbs.vm_create
 
 
 def test_vm_list_filters() -> None:
@@ -175,3 +182,69 @@ def test_version_names_the_installed_distribution(capsys: pytest.CaptureFixture[
         main(["--version"])
     assert done.value.code == 0
     assert capsys.readouterr().out.strip() == f"stratus {importlib.metadata.version(DISTRIBUTION)}"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("disk", "attach", "web-1", "--size", "1G"),
+        ("disk", "attach", "web-1", "--size", "1024M"),
+        ("disk", "attach", "web-1", "--size", "1024"),
+        ("disk", "attach", "web-1", "--size-mib", "1024"),
+    ],
+    ids=["G", "M", "plain", "size-mib-alias"],
+)
+def test_disk_attach_takes_the_same_size_syntax_as_create(argv: tuple[str, ...]) -> None:
+    assert parse(*argv)["size_mib"] == 1024
+    assert parse("vm", "create", "w", "--size", "Small", "--data-disk", argv[-1])["data_disk"] == [
+        1024
+    ]
+
+
+def test_disk_attach_needs_a_size(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["disk", "attach", "web-1"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--size" in err and "--size-mib" not in err
+
+
+def test_disk_attach_help_shows_one_size_option(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["disk", "attach", "--help"])
+    out = capsys.readouterr().out
+    assert "--size SIZE" in out and "--size-mib" not in out
+
+
+@pytest.mark.parametrize(
+    "argv", [("vm", "create", "Web_1", "--size", "Small"), ("vm", "show", "a.b")]
+)
+def test_bad_vm_names_are_explained_before_anything_is_sent(
+    argv: tuple[str, ...], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(list(argv))
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "lowercase letters, digits and '-'" in err and "^[a-z" not in err
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_errors_are_json_under_output_json(where: str, capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"nats://127.0.0.1:{_closed_port()}"
+    opts = ["-o", "json", "--nats", url]
+    argv = [*opts, "vm", "list"] if where == "before" else ["vm", "list", *opts]
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert json.loads(captured.err) == {
+        "error": {"code": "unavailable", "detail": f"cannot connect to NATS at {url}"}
+    }
+
+
+def test_usage_errors_are_json_under_output_json(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["vm", "create", "Web_1", "--size", "Small", "--output=json"])
+    assert exc.value.code == 2
+    error = json.loads(capsys.readouterr().err)["error"]
+    assert error["code"] == "usage" and "lowercase letters" in error["detail"]

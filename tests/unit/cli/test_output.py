@@ -261,3 +261,10 @@ def test_vm_details_lists_disks() -> None:
     lines = output.vm_details(make_vm("web-1", disks=disks)).splitlines()
     assert lines[-2] == "disks:            web-1-os (os, image size from tiny, host_local on h1)"
     assert lines[-1] == "                  web-1-d2 (data, 0.5 GiB, host_local)"
+
+
+@pytest.mark.parametrize(
+    ("mib", "text"), [(0, "image"), (1024, "1G"), (512, "512M"), (1536, "1536M")]
+)
+def test_disk_sizes_print_as_they_are_typed(mib: int, text: str) -> None:
+    assert output.disk_size(mib) == text

@@ -71,7 +71,7 @@ def test_bad_config_exits_2_with_one_line(
 ) -> None:
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert err.startswith("stratus-agent: ") and err.count("\n") == 1
+    assert err.startswith("stratus agent: ") and err.count("\n") == 1
 
 
 def test_unknown_key_in_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

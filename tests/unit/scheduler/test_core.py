@@ -362,3 +362,12 @@ def test_after_a_restart_a_host_running_what_the_records_say_needs_no_full_repor
     actions = kit.heartbeat(loses, [], fault_domain=f"fd-{1 - i}", report=reports[loses])
     assert [type(c) for c in commands(actions, loses)] == [StartVm]
     assert kit.vm("b").state is VmState.STARTING
+
+
+def test_size_names_are_case_insensitive_and_a_repeat_in_another_case_is_the_same_vm() -> None:
+    kit = with_hosts("h1")
+    first = kit.create("a", "small")
+    assert first.vm is not None and first.vm.size == "Small"
+    again = kit.create("a", "SMALL")
+    assert again.error is None and again.vm is not None
+    assert again.vm.generation == first.vm.generation and len(kit.state.vms) == 1
