@@ -62,6 +62,12 @@ class ErrorCode(StrEnum):
     """An uploaded file is not a qcow2 or raw disk image (or not what was announced)."""
     UNAUTHORIZED = "unauthorized"
     """HTTP API only: a missing or wrong bearer token."""
+    FORBIDDEN = "forbidden"
+    """HTTP API only: a Host or Origin not in ``http_allowed_hosts`` (another site's page)."""
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+    """HTTP API only: a mutation whose body is not declared ``application/json``."""
+    TOO_MANY_REQUESTS = "too_many_requests"
+    """HTTP API only: this client already holds as many event streams as it may."""
 
 
 class Size(msgspec.Struct, frozen=True):
