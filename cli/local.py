@@ -6,6 +6,8 @@ import argparse
 import asyncio
 import contextlib
 import ctypes
+import os
+import secrets
 import shutil
 import signal
 import socket
@@ -68,6 +70,10 @@ class ClusterSpec:
     log_level: str = "INFO"
     agent_config: Path | None = None
     boot_dir: Path | None = None
+    http_listen: str | None = None
+    """Where the scheduler serves the portal and HTTP API (None: not at all)."""
+    api_token: str = ""
+    """The bearer token of that API (handed to the scheduler in its environment, not argv)."""
     """qemu driver: the boot kit; the scheduler gets the Tiny size and the image ``tiny``."""
 
     @property
@@ -112,12 +118,13 @@ def _die_with_parent() -> None:
     ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
-def spawn(name: str, args: list[str], log_path: Path) -> Child:
+def spawn(name: str, args: list[str], log_path: Path, env: dict[str, str] | None = None) -> Child:
     """Start a daemon in its own session (Ctrl-C reaches only the CLI, which stops it)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log_file:
         process = subprocess.Popen(
             args,
+            env=env,
             stdin=subprocess.DEVNULL,
             stdout=log_file,
             stderr=subprocess.STDOUT,
@@ -154,7 +161,16 @@ def scheduler_args(url: str, spec: ClusterSpec) -> list[str]:
             if spec.boot_dir
             else ()
         ),
+        *(("--http", spec.http_listen) if spec.http_listen else ()),
     ]
+
+
+def scheduler_env(spec: ClusterSpec) -> dict[str, str]:
+    """The scheduler's environment: ours, with the API token (never a flag: ps shows flags)."""
+    env = {k: v for k, v in os.environ.items() if k != "STRATUS_API_TOKEN"}
+    if spec.api_token:
+        env["STRATUS_API_TOKEN"] = spec.api_token
+    return env
 
 
 def agent_args(url: str, spec: ClusterSpec, index: int) -> list[str]:
@@ -175,7 +191,10 @@ def start_cluster(spec: ClusterSpec) -> LocalCluster:
     logs = spec.data_dir / "logs"
     children: list[Child] = []
     try:
-        children.append(spawn("scheduler", scheduler_args(nats.url, spec), logs / "scheduler.log"))
+        scheduler = scheduler_args(nats.url, spec)
+        children.append(
+            spawn("scheduler", scheduler, logs / "scheduler.log", env=scheduler_env(spec))
+        )
         for index, host in enumerate(spec.host_ids, start=1):
             children.append(spawn(host, agent_args(nats.url, spec, index), logs / f"{host}.log"))
     except OSError:
@@ -258,6 +277,19 @@ def describe_cluster(cluster: LocalCluster) -> str:
     return output.columns(rows, indent="  ")
 
 
+def describe_http(spec: ClusterSpec) -> str:
+    """Where the portal is and the token its mutations need (generated for this run)."""
+    host, _, port = spec.http_listen.rpartition(":") if spec.http_listen else ("", "", "")
+    url = f"http://{host or '127.0.0.1'}:{port}/"
+    return output.columns(
+        [
+            ("portal", url, "HTTP API at /v1, OpenAPI at /openapi.json"),
+            ("token", spec.api_token, ""),
+        ],
+        indent="  ",
+    )
+
+
 def _report_killed(names: list[str]) -> None:
     for name in names:
         _say(f"{name} did not stop within {STOP_TIMEOUT_S:g}s of SIGTERM; killed it")
@@ -295,12 +327,16 @@ def run_up(args: argparse.Namespace) -> int:
             if args.driver == "qemu"
             else None
         ),
+        http_listen=args.http_listen,
+        api_token=secrets.token_urlsafe(32) if args.http_listen else "",
     )
     signal.signal(signal.SIGTERM, _raise_interrupt)
     cluster = start_cluster(spec)
     try:
         _say(f"Stratus local cluster ({spec.hosts} hosts, {spec.driver} driver, {spec.capacity})")
         _say(describe_cluster(cluster))
+        if spec.http_listen:
+            _say(describe_http(spec))
         if cluster.nats.port != DEFAULT_PORT:
             _say(f"NATS is not on port {DEFAULT_PORT}; for the other commands run:")
             _say(f"  export STRATUS_NATS={cluster.url}")

@@ -30,6 +30,7 @@ REQUEST_TIMEOUT_S = 10.0
 WAIT_TIMEOUT_S = 60.0
 WAIT_POLL_S = 0.2
 PASSTHROUGH = ("scheduler", "agent")
+DEFAULT_HTTP_LISTEN = "127.0.0.1:8080"
 RETRY_HELP = "idempotency key: a retry with the same id returns the first result"
 DRIVERS: tuple[str, ...] = typing.get_args(
     {field.name: field.type for field in msgspec.structs.fields(AgentConfig)}["driver"]
@@ -374,6 +375,16 @@ def _add_local_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     up.add_argument("--nats-port", type=int, metavar="P", help="default 4222, else a free one")
     up.add_argument("--timeout", dest="timeout_s", type=float, metavar="S", default=None)
     up.add_argument("--log-level", default="INFO", help="log level of the daemons")
+    up.add_argument(
+        "--http",
+        dest="http_listen",
+        nargs="?",
+        const=DEFAULT_HTTP_LISTEN,
+        default=None,
+        metavar="ADDR",
+        help=f"also serve the portal and HTTP API (default {DEFAULT_HTTP_LISTEN}), with a "
+        "generated bearer token printed at start",
+    )
 
     demo = commands.add_parser("demo", help="self-contained demo: place 12 VMs, kill a host")
     demo.add_argument(
