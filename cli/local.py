@@ -27,10 +27,12 @@ from cli.client import StratusClient, connect
 from common import messages as m
 from common.errors import ApiError, StratusError
 from common.natsserver import NatsServer, start_nats_server
+from hostagent.fenceguard import guard_pid
 
 DEFAULT_PORT = 4222
 STOP_TIMEOUT_S = 5.0
 POLL_S = 0.05
+GUARD_START_S = 10.0
 
 DEMO_CAPACITY = "16c/64g"
 DEMO_HOSTS = 3
@@ -87,6 +89,8 @@ class LocalCluster:
     nats: NatsServer
     scheduler: Child
     agents: dict[str, Child] = field(default_factory=dict)
+    guards: dict[str, Child] = field(default_factory=dict)
+    """qemu driver: each host's fence guard, restarted whenever it dies (``keep_guards``)."""
 
     @property
     def url(self) -> str:
@@ -94,7 +98,19 @@ class LocalCluster:
 
     @property
     def children(self) -> list[Child]:
-        return [self.scheduler, *self.agents.values()]
+        return [self.scheduler, *self.agents.values(), *self.guards.values()]
+
+    def keep_guards(self) -> list[str]:
+        """Start again every fence guard that exited (unless another guard holds its host, as
+        one the agent started itself may); the hosts whose guard was restarted."""
+        restarted = []
+        agents_dir = self.spec.data_dir / "agents"
+        for host, child in self.guards.items():
+            if child.process.poll() is None or guard_pid(agents_dir, host) is not None:
+                continue
+            self.guards[host] = spawn(child.name, guard_args(self.spec, host), child.log_path)
+            restarted.append(host)
+        return restarted
 
     def check_scheduler(self) -> None:
         """Raise if the scheduler died (an agent may die on purpose: the demo kills one)."""
@@ -185,23 +201,50 @@ def agent_args(url: str, spec: ClusterSpec, index: int) -> list[str]:
     ]
 
 
+def guard_args(spec: ClusterSpec, host: str) -> list[str]:
+    """A supervised fence guard for ``host``: it never leaves on its own, and ``stratus up``
+    restarts it, so a guard killed together with its agent still pauses the host's VMs."""
+    return [
+        *(sys.executable, "-m", "hostagent.fenceguard"),
+        *("--data-dir", str(spec.data_dir / "agents"), "--host-id", host, "--supervised"),
+    ]
+
+
+def _wait_guard(spec: ClusterSpec, host: str, guard: Child) -> None:
+    """Until the guard holds its host (so the agent uses it instead of starting its own)."""
+    deadline_s = time.monotonic() + GUARD_START_S
+    while guard_pid(spec.data_dir / "agents", host) is None:
+        if guard.process.poll() is not None or time.monotonic() > deadline_s:
+            raise StratusError(f"the fence guard of {host} did not start; see {guard.log_path}")
+        time.sleep(POLL_S)
+
+
 def start_cluster(spec: ClusterSpec) -> LocalCluster:
-    """Start nats-server, the scheduler and ``spec.hosts`` agents; stop them all on failure."""
+    """Start nats-server, the scheduler and ``spec.hosts`` agents (each after its fence guard,
+    with the qemu driver); stop them all on failure."""
     nats = start_nats_server(spec.data_dir / "nats", port=spec.nats_port)
     logs = spec.data_dir / "logs"
     children: list[Child] = []
+    guards: dict[str, Child] = {}
     try:
+        if spec.driver == "qemu":
+            for host in spec.host_ids:
+                guard = spawn(f"guard-{host}", guard_args(spec, host), logs / f"guard-{host}.log")
+                guards[host] = guard
+                _wait_guard(spec, host, guard)
         scheduler = scheduler_args(nats.url, spec)
         children.append(
             spawn("scheduler", scheduler, logs / "scheduler.log", env=scheduler_env(spec))
         )
         for index, host in enumerate(spec.host_ids, start=1):
             children.append(spawn(host, agent_args(nats.url, spec, index), logs / f"{host}.log"))
-    except OSError:
-        stop_processes([child.process for child in children], STOP_TIMEOUT_S)
+    except (OSError, StratusError):
+        everything = [*children, *guards.values()]
+        stop_processes([child.process for child in everything], STOP_TIMEOUT_S)
         nats.stop()
         raise
-    return LocalCluster(spec, nats, children[0], {child.name: child for child in children[1:]})
+    agents = {child.name: child for child in children[1:]}
+    return LocalCluster(spec, nats, children[0], agents, guards)
 
 
 async def wait_hosts_up(
@@ -300,8 +343,10 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 def _stay_in_foreground(cluster: LocalCluster) -> None:
-    """Report daemons that exit, until Ctrl-C or SIGTERM."""
+    """Report daemons that exit and restart fence guards, until Ctrl-C or SIGTERM."""
     while True:
+        for host in cluster.keep_guards():
+            _say(f"{_clock()}  fence guard of {host} exited; restarted it")
         for child in cluster.children:
             if not child.exit_reported and child.process.poll() is not None:
                 child.exit_reported = True

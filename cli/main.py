@@ -29,7 +29,7 @@ DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 REQUEST_TIMEOUT_S = 10.0
 WAIT_TIMEOUT_S = 60.0
 WAIT_POLL_S = 0.2
-PASSTHROUGH = ("scheduler", "agent")
+PASSTHROUGH = ("scheduler", "agent", "fenceguard")
 DEFAULT_HTTP_LISTEN = "127.0.0.1:8080"
 RETRY_HELP = "idempotency key: a retry with the same id returns the first result"
 DRIVERS: tuple[str, ...] = typing.get_args(
@@ -392,7 +392,11 @@ def _add_local_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     )
     demo.add_argument("--keep", action="store_true", help="keep the data directory and logs")
 
-    for name, text in (("scheduler", "run the scheduler"), ("agent", "run a host agent")):
+    for name, text in (
+        ("scheduler", "run the scheduler"),
+        ("agent", "run a host agent"),
+        ("fenceguard", "run a host's fence guard"),
+    ):
         commands.add_parser(name, help=f"{text} (options: stratus {name} --help)", add_help=False)
 
 
@@ -439,6 +443,10 @@ def _delegate(command: str, argv: list[str]) -> int:
         from scheduler.__main__ import main as scheduler_main
 
         return scheduler_main(argv)
+    if command == "fenceguard":
+        from hostagent.fenceguard import main as fenceguard_main
+
+        return fenceguard_main(argv)
     from hostagent.__main__ import main as agent_main
 
     return agent_main(argv)
