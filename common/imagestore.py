@@ -8,14 +8,14 @@ read, and the name being the digest makes uploads idempotent and shares identica
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
 import nats.errors
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, ObjectStoreConfig, StorageType
+from nats.js.api import ObjectStoreConfig, StorageType
 from nats.js.errors import BucketNotFoundError, NotFoundError, ObjectNotFoundError
 from nats.js.object_store import OBJ_CHUNKS_PRE_TEMPLATE, OBJ_STREAM_TEMPLATE, ObjectStore
 
@@ -25,9 +25,6 @@ from common.images import HEADER_BYTES
 
 HEAD_BYTES: Final = HEADER_BYTES
 IMAGES_STREAM: Final = OBJ_STREAM_TEMPLATE.format(bucket=subjects.IMAGES_BUCKET)
-CHUNK_BATCH: Final = 8
-"""Chunks (128 KiB each by default) fetched at a time when an image is checked."""
-FETCH_TIMEOUT_S: Final = 10.0
 
 
 class ImageStoreError(StratusError):
@@ -72,74 +69,64 @@ async def put_image(js: JetStreamContext, path: Path) -> tuple[str, int]:
 
 
 async def fetch_image(js: JetStreamContext, sha256: str, dest: Path) -> None:
-    """Write the object ``sha256`` to ``dest`` (its digest is checked while reading)."""
+    """Write the object ``sha256`` to ``dest``, checking that its bytes have that sha256."""
+    file = await asyncio.to_thread(dest.open, "wb")
     try:
-        bucket = await image_bucket(js, create=False)
-        file = await asyncio.to_thread(dest.open, "wb")
-        try:
-            await bucket.get(sha256, writeinto=file)
-        finally:
-            file.close()
-    except (ObjectNotFoundError, NotFoundError) as exc:
-        raise ImageStoreError(f"no image object {sha256} in the gallery") from exc
+        await _read_object(js, sha256, lambda data: file.write(data))
+    finally:
+        file.close()
 
 
-class _HeadAndDigest:
-    """Keeps only an object's first ``head_bytes``, its length and its sha256."""
+class _Head:
+    """Keeps an object's first ``head_bytes``."""
 
     def __init__(self, head_bytes: int) -> None:
         self.head = bytearray()
-        self.size_bytes = 0
         self._head_bytes = head_bytes
-        self._digest = hashlib.sha256()
 
     def write(self, data: bytes) -> None:
         missing = self._head_bytes - len(self.head)
         if missing > 0:
             self.head += data[:missing]
-        self._digest.update(data)
-        self.size_bytes += len(data)
-
-    def hexdigest(self) -> str:
-        return self._digest.hexdigest()
 
 
 async def read_image_head(js: JetStreamContext, sha256: str) -> tuple[bytes, int]:
-    """The object's first bytes (for format checks) and its size. The object is streamed in
-    batches of ``CHUNK_BATCH`` chunks from a pull consumer, so it is read whole but never held
-    whole; raises ``ImageStoreError`` when its bytes' sha256 is not ``sha256``, the name it was
-    stored under (an uploader cannot register other bytes than it named)."""
+    """The object's first bytes (for format checks) and its size. The object is read whole
+    (its sha256 must be ``sha256``, the name it was stored under: an uploader cannot register
+    other bytes than it named) but one chunk at a time, never held whole."""
+    sink = _Head(HEAD_BYTES)
+    size_bytes = await _read_object(js, sha256, sink.write)
+    return bytes(sink.head), size_bytes
+
+
+async def _read_object(js: JetStreamContext, sha256: str, write: Callable[[bytes], object]) -> int:
+    """Pass each chunk of the object ``sha256`` to ``write``, in order; its size. Chunks are
+    read with stream message gets (``$JS.API.STREAM.MSG.GET``), not a consumer: a role allowed
+    to create consumers could aim one's deliveries at any subject (the deliver subject is not
+    checked against its creator's permissions), so no role but the scheduler's and admin's
+    may. Raises ``ImageStoreError`` when the object is missing, short, or not ``sha256``."""
     try:
         bucket = await image_bucket(js, create=False)
         info = await bucket.get_info(sha256)
     except (ObjectNotFoundError, NotFoundError) as exc:
         raise ImageStoreError(f"no image object {sha256} in the gallery") from exc
-    sink = _HeadAndDigest(HEAD_BYTES)
-    await _read_chunks(js, info.nuid or "", info.chunks or 0, sink)
-    if sink.size_bytes != (info.size or 0):
-        raise ImageStoreError(f"object {sha256} has {sink.size_bytes} of {info.size} bytes")
-    if sink.hexdigest() != sha256:
-        raise ImageStoreError(f"the bytes stored under {sha256} have sha256 {sink.hexdigest()}")
-    return bytes(sink.head), sink.size_bytes
-
-
-async def _read_chunks(js: JetStreamContext, nuid: str, chunks: int, sink: _HeadAndDigest) -> None:
-    subject = OBJ_CHUNKS_PRE_TEMPLATE.format(bucket=subjects.IMAGES_BUCKET, obj=nuid)
-    config = ConsumerConfig(ack_policy=AckPolicy.NONE, inactive_threshold=30.0)
-    sub = await js.pull_subscribe(subject, stream=IMAGES_STREAM, config=config)
-    try:
-        remaining = chunks
-        while remaining > 0:
-            try:
-                batch = await sub.fetch(min(CHUNK_BATCH, remaining), timeout=FETCH_TIMEOUT_S)
-            except nats.errors.TimeoutError as exc:
-                raise ImageStoreError(f"object chunks stopped after {sink.size_bytes} B") from exc
-            for msg in batch:
-                sink.write(msg.data)
-            remaining -= len(batch)
-    finally:
-        with contextlib.suppress(nats.errors.Error, TimeoutError):
-            await sub.unsubscribe()
+    subject = OBJ_CHUNKS_PRE_TEMPLATE.format(bucket=subjects.IMAGES_BUCKET, obj=info.nuid)
+    digest, size_bytes, seq = hashlib.sha256(), 0, 1
+    for _ in range(info.chunks or 0):
+        try:
+            msg = await js.get_msg(IMAGES_STREAM, seq=seq, subject=subject, next=True)
+        except (NotFoundError, nats.errors.Error) as exc:
+            raise ImageStoreError(f"object {sha256} ends after {size_bytes} bytes") from exc
+        data = msg.data or b""
+        digest.update(data)
+        size_bytes += len(data)
+        write(data)
+        seq = (msg.seq or seq) + 1
+    if size_bytes != (info.size or 0):
+        raise ImageStoreError(f"object {sha256} has {size_bytes} of {info.size} bytes")
+    if digest.hexdigest() != sha256:
+        raise ImageStoreError(f"the bytes stored under {sha256} have sha256 {digest.hexdigest()}")
+    return size_bytes
 
 
 async def delete_image_object(js: JetStreamContext, sha256: str) -> None:
