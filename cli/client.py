@@ -17,7 +17,7 @@ from common import codec, subjects
 from common import messages as m
 from common.errors import ApiError
 from common.imagestore import put_image
-from common.natsauth import auth_options, redact_url
+from common.natsauth import auth_options, inbox_options, redact_url
 
 R = TypeVar(
     "R",
@@ -54,6 +54,7 @@ async def connect(
         "disconnected_cb": _ignore,
         "closed_cb": _ignore,
         **auth_options(creds, nkey_seed, tls_ca),
+        **inbox_options(nkey_seed),  # the only inboxes this key may read (stratus nats-config)
     }
     try:
         async with asyncio.timeout(timeout_s):

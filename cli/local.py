@@ -6,6 +6,8 @@ import argparse
 import asyncio
 import contextlib
 import ctypes
+import os
+import secrets
 import shutil
 import signal
 import socket
@@ -25,10 +27,12 @@ from cli.client import StratusClient, connect
 from common import messages as m
 from common.errors import ApiError, StratusError
 from common.natsserver import NatsServer, start_nats_server
+from hostagent.fenceguard import guard_pid
 
 DEFAULT_PORT = 4222
 STOP_TIMEOUT_S = 5.0
 POLL_S = 0.05
+GUARD_START_S = 10.0
 
 DEMO_CAPACITY = "16c/64g"
 DEMO_HOSTS = 3
@@ -68,6 +72,10 @@ class ClusterSpec:
     log_level: str = "INFO"
     agent_config: Path | None = None
     boot_dir: Path | None = None
+    http_listen: str | None = None
+    """Where the scheduler serves the portal and HTTP API (None: not at all)."""
+    api_token: str = ""
+    """The bearer token of that API (handed to the scheduler in its environment, not argv)."""
     """qemu driver: the boot kit; the scheduler gets the Tiny size and the image ``tiny``."""
 
     @property
@@ -81,6 +89,8 @@ class LocalCluster:
     nats: NatsServer
     scheduler: Child
     agents: dict[str, Child] = field(default_factory=dict)
+    guards: dict[str, Child] = field(default_factory=dict)
+    """qemu driver: each host's fence guard, restarted whenever it dies (``keep_guards``)."""
 
     @property
     def url(self) -> str:
@@ -88,7 +98,19 @@ class LocalCluster:
 
     @property
     def children(self) -> list[Child]:
-        return [self.scheduler, *self.agents.values()]
+        return [self.scheduler, *self.agents.values(), *self.guards.values()]
+
+    def keep_guards(self) -> list[str]:
+        """Start again every fence guard that exited (unless another guard holds its host, as
+        one the agent started itself may); the hosts whose guard was restarted."""
+        restarted = []
+        agents_dir = self.spec.data_dir / "agents"
+        for host, child in self.guards.items():
+            if child.process.poll() is None or guard_pid(agents_dir, host) is not None:
+                continue
+            self.guards[host] = spawn(child.name, guard_args(self.spec, host), child.log_path)
+            restarted.append(host)
+        return restarted
 
     def check_scheduler(self) -> None:
         """Raise if the scheduler died (an agent may die on purpose: the demo kills one)."""
@@ -112,12 +134,13 @@ def _die_with_parent() -> None:
     ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
-def spawn(name: str, args: list[str], log_path: Path) -> Child:
+def spawn(name: str, args: list[str], log_path: Path, env: dict[str, str] | None = None) -> Child:
     """Start a daemon in its own session (Ctrl-C reaches only the CLI, which stops it)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log_file:
         process = subprocess.Popen(
             args,
+            env=env,
             stdin=subprocess.DEVNULL,
             stdout=log_file,
             stderr=subprocess.STDOUT,
@@ -154,7 +177,16 @@ def scheduler_args(url: str, spec: ClusterSpec) -> list[str]:
             if spec.boot_dir
             else ()
         ),
+        *(("--http", spec.http_listen) if spec.http_listen else ()),
     ]
+
+
+def scheduler_env(spec: ClusterSpec) -> dict[str, str]:
+    """The scheduler's environment: ours, with the API token (never a flag: ps shows flags)."""
+    env = {k: v for k, v in os.environ.items() if k != "STRATUS_API_TOKEN"}
+    if spec.api_token:
+        env["STRATUS_API_TOKEN"] = spec.api_token
+    return env
 
 
 def agent_args(url: str, spec: ClusterSpec, index: int) -> list[str]:
@@ -169,20 +201,50 @@ def agent_args(url: str, spec: ClusterSpec, index: int) -> list[str]:
     ]
 
 
+def guard_args(spec: ClusterSpec, host: str) -> list[str]:
+    """A supervised fence guard for ``host``: it never leaves on its own, and ``stratus up``
+    restarts it, so a guard killed together with its agent still pauses the host's VMs."""
+    return [
+        *(sys.executable, "-m", "hostagent.fenceguard"),
+        *("--data-dir", str(spec.data_dir / "agents"), "--host-id", host, "--supervised"),
+    ]
+
+
+def _wait_guard(spec: ClusterSpec, host: str, guard: Child) -> None:
+    """Until the guard holds its host (so the agent uses it instead of starting its own)."""
+    deadline_s = time.monotonic() + GUARD_START_S
+    while guard_pid(spec.data_dir / "agents", host) is None:
+        if guard.process.poll() is not None or time.monotonic() > deadline_s:
+            raise StratusError(f"the fence guard of {host} did not start; see {guard.log_path}")
+        time.sleep(POLL_S)
+
+
 def start_cluster(spec: ClusterSpec) -> LocalCluster:
-    """Start nats-server, the scheduler and ``spec.hosts`` agents; stop them all on failure."""
+    """Start nats-server, the scheduler and ``spec.hosts`` agents (each after its fence guard,
+    with the qemu driver); stop them all on failure."""
     nats = start_nats_server(spec.data_dir / "nats", port=spec.nats_port)
     logs = spec.data_dir / "logs"
     children: list[Child] = []
+    guards: dict[str, Child] = {}
     try:
-        children.append(spawn("scheduler", scheduler_args(nats.url, spec), logs / "scheduler.log"))
+        if spec.driver == "qemu":
+            for host in spec.host_ids:
+                guard = spawn(f"guard-{host}", guard_args(spec, host), logs / f"guard-{host}.log")
+                guards[host] = guard
+                _wait_guard(spec, host, guard)
+        scheduler = scheduler_args(nats.url, spec)
+        children.append(
+            spawn("scheduler", scheduler, logs / "scheduler.log", env=scheduler_env(spec))
+        )
         for index, host in enumerate(spec.host_ids, start=1):
             children.append(spawn(host, agent_args(nats.url, spec, index), logs / f"{host}.log"))
-    except OSError:
-        stop_processes([child.process for child in children], STOP_TIMEOUT_S)
+    except (OSError, StratusError):
+        everything = [*children, *guards.values()]
+        stop_processes([child.process for child in everything], STOP_TIMEOUT_S)
         nats.stop()
         raise
-    return LocalCluster(spec, nats, children[0], {child.name: child for child in children[1:]})
+    agents = {child.name: child for child in children[1:]}
+    return LocalCluster(spec, nats, children[0], agents, guards)
 
 
 async def wait_hosts_up(
@@ -258,6 +320,19 @@ def describe_cluster(cluster: LocalCluster) -> str:
     return output.columns(rows, indent="  ")
 
 
+def describe_http(spec: ClusterSpec) -> str:
+    """Where the portal is and the token its mutations need (generated for this run)."""
+    host, _, port = spec.http_listen.rpartition(":") if spec.http_listen else ("", "", "")
+    url = f"http://{host or '127.0.0.1'}:{port}/"
+    return output.columns(
+        [
+            ("portal", url, "HTTP API at /v1, OpenAPI at /openapi.json"),
+            ("token", spec.api_token, ""),
+        ],
+        indent="  ",
+    )
+
+
 def _report_killed(names: list[str]) -> None:
     for name in names:
         _say(f"{name} did not stop within {STOP_TIMEOUT_S:g}s of SIGTERM; killed it")
@@ -268,8 +343,10 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 def _stay_in_foreground(cluster: LocalCluster) -> None:
-    """Report daemons that exit, until Ctrl-C or SIGTERM."""
+    """Report daemons that exit and restart fence guards, until Ctrl-C or SIGTERM."""
     while True:
+        for host in cluster.keep_guards():
+            _say(f"{_clock()}  fence guard of {host} exited; restarted it")
         for child in cluster.children:
             if not child.exit_reported and child.process.poll() is not None:
                 child.exit_reported = True
@@ -295,12 +372,16 @@ def run_up(args: argparse.Namespace) -> int:
             if args.driver == "qemu"
             else None
         ),
+        http_listen=args.http_listen,
+        api_token=secrets.token_urlsafe(32) if args.http_listen else "",
     )
     signal.signal(signal.SIGTERM, _raise_interrupt)
     cluster = start_cluster(spec)
     try:
         _say(f"Stratus local cluster ({spec.hosts} hosts, {spec.driver} driver, {spec.capacity})")
         _say(describe_cluster(cluster))
+        if spec.http_listen:
+            _say(describe_http(spec))
         if cluster.nats.port != DEFAULT_PORT:
             _say(f"NATS is not on port {DEFAULT_PORT}; for the other commands run:")
             _say(f"  export STRATUS_NATS={cluster.url}")

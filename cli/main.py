@@ -26,7 +26,8 @@ from common.sizes import parse_size_mib
 
 DISTRIBUTION = "stratus-scheduler"
 REQUEST_TIMEOUT_S = 10.0
-PASSTHROUGH = ("scheduler", "agent")
+PASSTHROUGH = ("scheduler", "agent", "fenceguard")
+DEFAULT_HTTP_LISTEN = "127.0.0.1:8080"
 RETRY_HELP = "idempotency key: a retry with the same id returns the first result"
 DRIVERS: tuple[str, ...] = typing.get_args(
     {field.name: field.type for field in msgspec.structs.fields(AgentConfig)}["driver"]
@@ -288,6 +289,16 @@ def _add_local_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     up.add_argument("--nats-port", type=int, metavar="P", help="default 4222, else a free one")
     up.add_argument("--timeout", dest="timeout_s", type=float, metavar="S", default=None)
     up.add_argument("--log-level", default="INFO", help="log level of the daemons")
+    up.add_argument(
+        "--http",
+        dest="http_listen",
+        nargs="?",
+        const=DEFAULT_HTTP_LISTEN,
+        default=None,
+        metavar="ADDR",
+        help=f"also serve the portal and HTTP API (default {DEFAULT_HTTP_LISTEN}), with a "
+        "generated bearer token printed at start",
+    )
 
     demo = commands.add_parser("demo", help="self-contained demo: place 12 VMs, kill a host")
     demo.add_argument(
@@ -295,7 +306,11 @@ def _add_local_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     )
     demo.add_argument("--keep", action="store_true", help="keep the data directory and logs")
 
-    for name, text in (("scheduler", "run the scheduler"), ("agent", "run a host agent")):
+    for name, text in (
+        ("scheduler", "run the scheduler"),
+        ("agent", "run a host agent"),
+        ("fenceguard", "run a host's fence guard"),
+    ):
         commands.add_parser(name, help=f"{text} (options: stratus {name} --help)", add_help=False)
 
 
@@ -371,6 +386,10 @@ def _delegate(command: str, argv: list[str]) -> int:
         from scheduler.__main__ import main as scheduler_main
 
         return scheduler_main(argv)
+    if command == "fenceguard":
+        from hostagent.fenceguard import main as fenceguard_main
+
+        return fenceguard_main(argv)
     from hostagent.__main__ import main as agent_main
 
     return agent_main(argv)

@@ -11,6 +11,11 @@ Roles and what each may do (subjects of common/subjects.py):
   events stream. No host subjects, no events.
 - ``dashboard``: the read-only API subjects and reading the events stream.
 
+A publisher's or dashboard's replies arrive only under ``_INBOX.<its public key>`` (the CLI
+and the daemons connect with that prefix when given ``--nkey-seed``), an agent's under
+``_INBOX_<host id>``: no client reads another's replies. Only ``scheduler`` and ``admin`` may
+create JetStream consumers or purge the images store.
+
 It writes ``nats-server.conf`` (public keys only) and one seed file per user under ``nkeys/``
 (mode 0600): give each process its own with ``--nkey-seed FILE``. With ``--tls`` it also makes
 a development CA (cli/devca.py, the ``cryptography`` package) and a server certificate under
@@ -30,31 +35,27 @@ from cli.devca import generate_tls
 from common import subjects
 from common.errors import ConfigError, ProtocolError
 from common.ids import host_id
-from common.natsauth import host_inbox_prefix
+from common.natsauth import host_inbox_prefix, key_inbox_prefix
 
 OBJ_STREAM = f"OBJ_{subjects.IMAGES_BUCKET}"
+# No role but scheduler and admin may create a JetStream consumer: nats-server does not check a
+# push consumer's deliver subject against its creator's permissions (nats-io/nats-server#8274),
+# so a consumer on the images store could deliver uploaded bytes to stratus.host.<id>.cmd. The
+# events stream is read live (a subscription on stratus.events.>) and back by sequence
+# ($JS.API.STREAM.MSG.GET), image objects chunk by chunk (common/imagestore.py).
 EVENTS_READ = [
     "$JS.API.INFO",
     f"$JS.API.STREAM.INFO.{subjects.EVENTS_STREAM}",
-    f"$JS.API.CONSUMER.CREATE.{subjects.EVENTS_STREAM}",
-    f"$JS.API.CONSUMER.CREATE.{subjects.EVENTS_STREAM}.>",
-    f"$JS.API.CONSUMER.INFO.{subjects.EVENTS_STREAM}.>",
-    f"$JS.API.CONSUMER.DELETE.{subjects.EVENTS_STREAM}.>",
-    f"$JS.API.CONSUMER.MSG.NEXT.{subjects.EVENTS_STREAM}.>",
-    f"$JS.ACK.{subjects.EVENTS_STREAM}.>",
-    f"$JS.FC.{subjects.EVENTS_STREAM}.>",
+    f"$JS.API.STREAM.MSG.GET.{subjects.EVENTS_STREAM}",
 ]
 IMAGES_READ = [
     "$JS.API.INFO",
     f"$JS.API.STREAM.INFO.{OBJ_STREAM}",
     f"$JS.API.STREAM.MSG.GET.{OBJ_STREAM}",
     f"$JS.API.DIRECT.GET.{OBJ_STREAM}.>",
-    f"$JS.API.CONSUMER.CREATE.{OBJ_STREAM}",
-    f"$JS.API.CONSUMER.CREATE.{OBJ_STREAM}.>",
-    f"$JS.API.CONSUMER.DELETE.{OBJ_STREAM}.>",
-    f"$JS.FC.{OBJ_STREAM}.>",
 ]
-IMAGES_WRITE = [f"$O.{subjects.IMAGES_BUCKET}.>", f"$JS.API.STREAM.PURGE.{OBJ_STREAM}"]
+IMAGES_WRITE = [f"$O.{subjects.IMAGES_BUCKET}.>"]
+"""Put objects; purging the store (deleting image bytes) is the scheduler's and admins' only."""
 READ_API = [
     subjects.VM_GET,
     subjects.VM_LIST,
@@ -72,15 +73,18 @@ class Permissions:
     deny_publish: tuple[str, ...] = ()
 
 
-def role_permissions(role: str) -> Permissions:
-    """The subjects a role may publish to and subscribe to (``host-<id>`` for an agent)."""
+def role_permissions(role: str, public_key: str = "") -> Permissions:
+    """The subjects a role may publish to and subscribe to (``host-<id>`` for an agent). A
+    publisher's or dashboard's replies come only to the inboxes of its key (``public_key``);
+    clients of ours connect with that prefix (common/natsauth.py ``inbox_prefix``)."""
     if role in ("scheduler", "admin"):
         return Permissions([">"], [">"])
+    inbox = f"{key_inbox_prefix(public_key)}.>"
     if role == "publisher":
         publish = [subjects.API_WILDCARD, subjects.JOBS_WILDCARD, *EVENTS_READ, *IMAGES_READ]
-        return Permissions(_unique(publish + IMAGES_WRITE), ["_INBOX.>", subjects.EVENTS_WILDCARD])
+        return Permissions(_unique(publish + IMAGES_WRITE), [inbox, subjects.EVENTS_WILDCARD])
     if role == "dashboard":
-        return Permissions(_unique(READ_API + EVENTS_READ), ["_INBOX.>", subjects.EVENTS_WILDCARD])
+        return Permissions(_unique(READ_API + EVENTS_READ), [inbox, subjects.EVENTS_WILDCARD])
     if role.startswith("host-"):
         host = role.removeprefix("host-")
         own = [subjects.host_heartbeat(host), subjects.host_captured(host)]
@@ -128,7 +132,7 @@ def render_config(users: dict[str, str], tls: tuple[Path, Path, Path] | None = N
         ]
     lines += ["authorization {", "  users = ["]
     for role, key in users.items():
-        perms = role_permissions(role)
+        perms = role_permissions(role, key)
         publish = f"allow: {_quoted(perms.publish)}"
         if perms.deny_publish:
             publish += f", deny: {_quoted(perms.deny_publish)}"

@@ -81,6 +81,12 @@ class SchedulerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Bearer token required by every mutating HTTP call; empty means no token is required."""
     api_token_for_reads: bool = False
     """Require the token for reads too."""
+    http_allowed_hosts: list[str] = []
+    """Host names the HTTP API answers to in ``Host`` and ``Origin`` besides the listen address,
+    ``localhost``, ``127.0.0.1`` and ``::1`` (403 otherwise, against other sites' pages and DNS
+    rebinding). ``"*"``: any (behind a proxy that checks them)."""
+    http_max_streams_per_client: Annotated[int, msgspec.Meta(ge=1)] = 4
+    """Concurrent ``/v1/events`` streams one client address may hold (429 beyond)."""
     prices: dict[str, Annotated[float, msgspec.Meta(ge=0)]] = msgspec.field(
         default_factory=lambda: dict(DEFAULT_PRICES)
     )

@@ -8,16 +8,23 @@ read, and the name being the digest makes uploads idempotent and shares identica
 from __future__ import annotations
 
 import asyncio
+import hashlib
+from collections.abc import Callable
 from pathlib import Path
+from typing import Final
 
+import nats.errors
 from nats.js import JetStreamContext
 from nats.js.api import ObjectStoreConfig, StorageType
 from nats.js.errors import BucketNotFoundError, NotFoundError, ObjectNotFoundError
-from nats.js.object_store import ObjectStore
+from nats.js.object_store import OBJ_CHUNKS_PRE_TEMPLATE, OBJ_STREAM_TEMPLATE, ObjectStore
 
 from common import subjects
 from common.errors import StratusError
-from common.images import file_sha256
+from common.images import HEADER_BYTES, file_sha256
+
+HEAD_BYTES: Final = HEADER_BYTES
+IMAGES_STREAM: Final = OBJ_STREAM_TEMPLATE.format(bucket=subjects.IMAGES_BUCKET)
 
 
 class ImageStoreError(StratusError):
@@ -54,27 +61,64 @@ async def put_image(js: JetStreamContext, path: Path) -> tuple[str, int]:
 
 
 async def fetch_image(js: JetStreamContext, sha256: str, dest: Path) -> None:
-    """Write the object ``sha256`` to ``dest`` (its digest is checked while reading)."""
+    """Write the object ``sha256`` to ``dest``, checking that its bytes have that sha256."""
+    file = await asyncio.to_thread(dest.open, "wb")
     try:
-        bucket = await image_bucket(js, create=False)
-        file = await asyncio.to_thread(dest.open, "wb")
-        try:
-            await bucket.get(sha256, writeinto=file)
-        finally:
-            file.close()
-    except (ObjectNotFoundError, NotFoundError) as exc:
-        raise ImageStoreError(f"no image object {sha256} in the gallery") from exc
+        await _read_object(js, sha256, lambda data: file.write(data))
+    finally:
+        file.close()
+
+
+class _Head:
+    """Keeps an object's first ``head_bytes``."""
+
+    def __init__(self, head_bytes: int) -> None:
+        self.head = bytearray()
+        self._head_bytes = head_bytes
+
+    def write(self, data: bytes) -> None:
+        missing = self._head_bytes - len(self.head)
+        if missing > 0:
+            self.head += data[:missing]
 
 
 async def read_image_head(js: JetStreamContext, sha256: str) -> tuple[bytes, int]:
-    """The object's first bytes (for format checks) and its size."""
+    """The object's first bytes (for format checks) and its size. The object is read whole
+    (its sha256 must be ``sha256``, the name it was stored under: an uploader cannot register
+    other bytes than it named) but one chunk at a time, never held whole."""
+    sink = _Head(HEAD_BYTES)
+    size_bytes = await _read_object(js, sha256, sink.write)
+    return bytes(sink.head), size_bytes
+
+
+async def _read_object(js: JetStreamContext, sha256: str, write: Callable[[bytes], object]) -> int:
+    """Pass each chunk of the object ``sha256`` to ``write``, in order; its size. Chunks are
+    read with stream message gets (``$JS.API.STREAM.MSG.GET``), not a consumer: a role allowed
+    to create consumers could aim one's deliveries at any subject (the deliver subject is not
+    checked against its creator's permissions), so no role but the scheduler's and admin's
+    may. Raises ``ImageStoreError`` when the object is missing, short, or not ``sha256``."""
     try:
         bucket = await image_bucket(js, create=False)
-        result = await bucket.get(sha256)
+        info = await bucket.get_info(sha256)
     except (ObjectNotFoundError, NotFoundError) as exc:
         raise ImageStoreError(f"no image object {sha256} in the gallery") from exc
-    data = result.data or b""
-    return bytes(data[: 64 * 1024]), len(data)
+    subject = OBJ_CHUNKS_PRE_TEMPLATE.format(bucket=subjects.IMAGES_BUCKET, obj=info.nuid)
+    digest, size_bytes, seq = hashlib.sha256(), 0, 1
+    for _ in range(info.chunks or 0):
+        try:
+            msg = await js.get_msg(IMAGES_STREAM, seq=seq, subject=subject, next=True)
+        except (NotFoundError, nats.errors.Error) as exc:
+            raise ImageStoreError(f"object {sha256} ends after {size_bytes} bytes") from exc
+        data = msg.data or b""
+        digest.update(data)
+        size_bytes += len(data)
+        write(data)
+        seq = (msg.seq or seq) + 1
+    if size_bytes != (info.size or 0):
+        raise ImageStoreError(f"object {sha256} has {size_bytes} of {info.size} bytes")
+    if digest.hexdigest() != sha256:
+        raise ImageStoreError(f"the bytes stored under {sha256} have sha256 {digest.hexdigest()}")
+    return size_bytes
 
 
 async def delete_image_object(js: JetStreamContext, sha256: str) -> None:

@@ -13,14 +13,14 @@ from typing import Annotated
 
 import msgspec
 
-from common.ids import HOST_ID_PATTERN, VM_NAME_PATTERN
+from common.ids import HOST_ID_PATTERN, IMAGE_NAME_PATTERN, SHA256_PATTERN, VM_NAME_PATTERN
 from common.resources import Resources
 
 VmNameField = Annotated[str, msgspec.Meta(pattern=VM_NAME_PATTERN, description="[a-z0-9-]{1,63}")]
 ImageNameField = Annotated[
-    str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$", description="[a-z0-9._-]{1,63}")
+    str, msgspec.Meta(pattern=IMAGE_NAME_PATTERN, description="[a-z0-9._-]{1,63}")
 ]
-Sha256Field = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
+Sha256Field = Annotated[str, msgspec.Meta(pattern=SHA256_PATTERN)]
 MAX_DATA_DISKS = 8
 DiskSizeMib = Annotated[int, msgspec.Meta(ge=1, le=16 * 1024 * 1024)]
 HostIdField = Annotated[str, msgspec.Meta(pattern=HOST_ID_PATTERN)]
@@ -62,6 +62,12 @@ class ErrorCode(StrEnum):
     """An uploaded file is not a qcow2 or raw disk image (or not what was announced)."""
     UNAUTHORIZED = "unauthorized"
     """HTTP API only: a missing or wrong bearer token."""
+    FORBIDDEN = "forbidden"
+    """HTTP API only: a Host or Origin not in ``http_allowed_hosts`` (another site's page)."""
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+    """HTTP API only: a mutation whose body is not declared ``application/json``."""
+    TOO_MANY_REQUESTS = "too_many_requests"
+    """HTTP API only: this client already holds as many event streams as it may."""
 
 
 class Size(msgspec.Struct, frozen=True):

@@ -9,8 +9,11 @@ seed, as made by ``nsc``) or an nkey seed file (``--nkey-seed``: as written by
 from __future__ import annotations
 
 import ssl
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
+
+import nkeys
 
 from common.errors import ConfigError
 
@@ -30,6 +33,37 @@ def auth_options(creds: str = "", nkey_seed: str = "", tls_ca: str = "") -> dict
         except (OSError, ssl.SSLError) as exc:
             raise ConfigError(f"cannot load the TLS CA file {tls_ca}: {exc}") from exc
     return options
+
+
+def key_inbox_prefix(public_key: str) -> str:
+    """The reply inboxes of a client that connects with the nkey ``public_key``: ``stratus
+    nats-config`` lets each role's key subscribe only to its own, so no role reads another's
+    replies (nor the scheduler's job fetches). Never ``_INBOX_<host>``: a public key has no
+    ``_`` after ``_INBOX``."""
+    return f"_INBOX.{public_key}"
+
+
+def inbox_prefix(nkey_seed: str = "") -> str | None:
+    """The ``inbox_prefix`` for ``nats.connect`` of a client with this nkey seed file (None:
+    nats-py's default ``_INBOX``, for connections without an nkey, or with a credentials file
+    whose permissions its issuer wrote). Raises ConfigError for an unreadable seed."""
+    if not nkey_seed:
+        return None
+    try:
+        seed = Path(nkey_seed).read_bytes().strip()
+        key = nkeys.from_seed(bytearray(seed))
+    except (OSError, ValueError, nkeys.NkeysError) as exc:
+        raise ConfigError(f"cannot read the nkey seed file {nkey_seed}") from exc
+    try:
+        return key_inbox_prefix(key.public_key.decode())
+    finally:
+        key.wipe()
+
+
+def inbox_options(nkey_seed: str = "") -> dict[str, str]:
+    """``{"inbox_prefix": ...}`` for ``nats.connect`` when the seed calls for one, else ``{}``."""
+    prefix = inbox_prefix(nkey_seed)
+    return {} if prefix is None else {"inbox_prefix": prefix}
 
 
 def host_inbox_prefix(host_id: str) -> str:

@@ -16,13 +16,14 @@ import shutil
 from pathlib import Path
 
 from common.errors import DriverError
+from common.ids import whole
 from common.images import ImageFormat, read_header, sniff_format
 from common.messages import DiskKind, DiskSpec, VmSpec
 from hostagent.images import ImageCache
 
 log = logging.getLogger(__name__)
 
-DISK_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,127}$")
+DISK_ID_RE = re.compile(whole(r"[a-z0-9][a-z0-9-]{0,127}"))
 QEMU_IMG_TIMEOUT_S = 120.0
 
 
@@ -66,7 +67,7 @@ class DiskStore:
         self.images = images
 
     def path(self, disk_id: str) -> Path:
-        if not DISK_ID_RE.match(disk_id):
+        if not DISK_ID_RE.fullmatch(disk_id):
             raise DriverError(f"invalid disk id {disk_id!r}", retryable=False)
         return self.disks_dir / f"{disk_id}.qcow2"
 

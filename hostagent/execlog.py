@@ -3,11 +3,15 @@
 ``<data_dir>/<host_id>/executions.jsonl`` is an audit trail: tests merge the logs of every host
 to prove that no VM ever executed on two hosts at once. ``running``/``resume`` mean the VM may
 execute from then on; ``pause``/``stop``/``destroy``/``fail`` mean it no longer does. Each line
-is written and flushed as the transition happens.
+is written (one unbuffered append) as the transition happens.
+
+Writing it never stops what it records: a failed write (a full disk) is logged and dropped, and
+the pause, stop or start it describes has already happened. Record after acting, never before.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from enum import StrEnum
@@ -15,6 +19,8 @@ from pathlib import Path
 from typing import IO
 
 import msgspec
+
+log = logging.getLogger(__name__)
 
 
 class ExecEvent(StrEnum):
@@ -52,12 +58,24 @@ class ExecLog:
         self.path = path
         self.host_id = host_id
         self._wall_s = wall_s
-        self._file: IO[bytes] = path.open("ab")
+        self._file: IO[bytes] = path.open("ab", buffering=0)  # unbuffered: a failed write
+        # leaves nothing behind to fail again (or to land later, out of order)
 
     def record(self, vm: str, generation: int, event: ExecEvent) -> None:
+        """Append one line; a failed write is logged (ERROR) and dropped, never raised."""
         line = Execution(self._wall_s(), self.host_id, vm, generation, event)
-        self._file.write(_encoder.encode(line) + b"\n")
-        self._file.flush()
+        try:
+            self._file.write(_encoder.encode(line) + b"\n")
+            self._file.flush()
+        except OSError as exc:
+            log.error(
+                "audit line not written vm=%s generation=%d event=%s path=%s error=%s",
+                vm,
+                generation,
+                event,
+                self.path,
+                exc,
+            )
 
     def close(self) -> None:
         self._file.close()

@@ -31,7 +31,9 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,7 +48,11 @@ RECHECK_S = 1.0
 """While fenced, each VM is checked again this often (a VM found paused is left alone)."""
 IDLE_EXIT_S = 5.0
 """With no agent and no VM process on the host for this long, the guard exits."""
-QMP_TIMEOUT_S = 2.0
+PAUSE_DEADLINE_S = 0.4
+"""Each VM's pause (connect, greeting, ``query-status``, ``stop``) must finish within this; all
+VMs are paused at once, so one hung monitor delays none of the others (the whole fence must fit
+in config.FENCE_MARGIN_S). A pause past its deadline fails and is tried again."""
+MAX_PARALLEL_PAUSES = 64
 LEASE_FILE = "lease.json"
 PID_FILE = "fenceguard.pid"
 LOG_FILE = "fenceguard.log"
@@ -195,11 +201,13 @@ def live_vms(qemu_root: Path) -> list[GuardedVm]:
 
 
 class _Qmp:
-    """Just enough QMP over a blocking unix socket: greeting, capabilities, commands."""
+    """Just enough QMP over a blocking unix socket: greeting, capabilities, commands; every
+    socket operation times out at ``deadline_s`` (CLOCK_MONOTONIC), the whole exchange's."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, deadline_s: float) -> None:
+        self._deadline_s = deadline_s
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._sock.settimeout(QMP_TIMEOUT_S)
+        self._sock.settimeout(self._remaining_s())
         self._buffer = b""
         dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
         try:  # through the directory's fd: no sun_path length limit
@@ -210,8 +218,15 @@ class _Qmp:
         finally:
             os.close(dir_fd)
 
+    def _remaining_s(self) -> float:
+        remaining_s = self._deadline_s - time.monotonic()
+        if remaining_s <= 0:
+            raise TimeoutError("QMP deadline passed")
+        return remaining_s
+
     def _message(self) -> dict[str, object]:
         while b"\n" not in self._buffer:
+            self._sock.settimeout(self._remaining_s())
             chunk = self._sock.recv(65536)
             if not chunk:
                 raise ConnectionError("QMP connection closed")
@@ -223,6 +238,7 @@ class _Qmp:
         return message
 
     def execute(self, command: str) -> object:
+        self._sock.settimeout(self._remaining_s())
         self._sock.sendall(json.dumps({"execute": command}).encode() + b"\n")
         while True:
             reply = self._message()
@@ -244,11 +260,12 @@ class _Qmp:
 
 
 def pause_vm(vm: GuardedVm) -> bool:
-    """QMP ``stop`` if the VM runs; True if this paused it. Raises OSError/ValueError."""
+    """QMP ``stop`` if the VM runs, within ``PAUSE_DEADLINE_S``; True if this paused it.
+    Raises OSError (TimeoutError included) or ValueError."""
     path = vm.dir / GUARD_SOCKET
     if not path.exists():  # a VM started before guard sockets existed: the agent's socket
         path = vm.dir / "qmp.sock"
-    with _Qmp(path) as qmp:
+    with _Qmp(path, time.monotonic() + PAUSE_DEADLINE_S) as qmp:
         status = qmp.execute("query-status")
         if not isinstance(status, dict) or status.get("status") != "running":
             return False
@@ -257,7 +274,8 @@ def pause_vm(vm: GuardedVm) -> bool:
 
 
 def append_pause(execlog: Path, host_id: str, vm: GuardedVm, wall_s: float) -> None:
-    """One whole line, one append: the agent appends to the same file (hostagent/execlog.py)."""
+    """One whole line, one append: the agent appends to the same file (hostagent/execlog.py).
+    Raises OSError (a full disk): the caller logs it, the pause has happened already."""
     line = {"t": wall_s, "host": host_id, "vm": vm.name, "gen": vm.generation, "event": "pause"}
     data = json.dumps(line, separators=(",", ":")).encode() + b"\n"
     fd = os.open(execlog, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -271,6 +289,12 @@ def append_pause(execlog: Path, host_id: str, vm: GuardedVm, wall_s: float) -> N
 
 
 class Guard:
+    """One look per ``step``: with the lease run out, every VM not checked in the last
+    ``RECHECK_S`` gets a pause, all at once on a thread pool; the step waits for them at most
+    ``PAUSE_DEADLINE_S``. A pause still running then (a hung monitor) is collected by a later
+    step and never started twice. Audit lines are written after the pause, and a failed write
+    (a full disk) is logged, never raised: nothing stops the guard from acting."""
+
     def __init__(
         self,
         data_dir: Path,
@@ -280,63 +304,101 @@ class Guard:
         pause: Callable[[GuardedVm], bool] = pause_vm,
         find_vms: Callable[[Path], list[GuardedVm]] = live_vms,
         agent_alive: Callable[[LeaseRecord], bool] = agent_alive,
+        idle_exit: bool = True,
     ) -> None:
         self.host_id = host_id
         self.dir = host_dir(data_dir, host_id)
         self.qemu_root = (self.dir / "qemu").resolve()
         self.boot_id = boot_id
+        self.idle_exit = idle_exit
+        """False under a supervisor (systemd ``Restart=always``, ``stratus up``): never leave."""
         self._pause = pause
         self._find_vms = find_vms
         self._agent_alive = agent_alive
         self._checked: dict[tuple[str, int], float] = {}
         self._failing: set[tuple[str, int]] = set()
+        self._in_flight: dict[tuple[str, int], tuple[GuardedVm, Future[bool]]] = {}
+        self._pool: ThreadPoolExecutor | None = None
         self._idle_since_s: float | None = None
+        self._lease: LeaseRecord | None = None
 
     def step(self, now_s: float) -> bool:
         """One look at the lease and the VMs; False once the guard has nothing left to guard."""
         lease = read_lease(self.dir / LEASE_FILE)
+        self._lease = lease
         agent_alive = lease is not None and self._agent_alive(lease)
+        self._collect(now_s)
         vms = self._find_vms(self.qemu_root)
         if vms and fence_due(lease, now_s=now_s, boot_id=self.boot_id, agent_alive=agent_alive):
-            for vm in vms:
-                self._fence(vm, lease, now_s)
+            self._fence_all(vms, now_s)
         else:
             self._checked.clear()
-        if vms or agent_alive:
+        if vms or agent_alive or not self.idle_exit:
             self._idle_since_s = None
         elif self._idle_since_s is None:
             self._idle_since_s = now_s
         return self._idle_since_s is None or now_s - self._idle_since_s < IDLE_EXIT_S
 
-    def _fence(self, vm: GuardedVm, lease: LeaseRecord | None, now_s: float) -> None:
-        key = (vm.name, vm.pid)
-        if now_s - self._checked.get(key, -math.inf) < RECHECK_S:
-            return
+    def _fence_all(self, vms: list[GuardedVm], now_s: float) -> None:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(MAX_PARALLEL_PAUSES, thread_name_prefix="pause")
+        started: list[Future[bool]] = []
+        for vm in vms:
+            key = (vm.name, vm.pid)
+            if key in self._in_flight or now_s - self._checked.get(key, -math.inf) < RECHECK_S:
+                continue
+            future = self._pool.submit(self._pause, vm)
+            self._in_flight[key] = (vm, future)
+            started.append(future)
+        if started:
+            wait(started, timeout=PAUSE_DEADLINE_S)
+            self._collect(now_s)
+
+    def _collect(self, now_s: float) -> None:
+        """Handle every pause that has finished (in VM order: the audit log stays readable)."""
+        done = sorted(k for k, (_, future) in self._in_flight.items() if future.done())
+        for key in done:
+            vm, future = self._in_flight.pop(key)
+            try:
+                paused = future.result()
+            except (OSError, ValueError) as exc:  # tried again at the next check, logged once
+                if key not in self._failing:
+                    log.error("fence failed vm=%s pid=%d error=%r", vm.name, vm.pid, exc)
+                self._failing.add(key)
+                continue
+            self._failing.discard(key)
+            self._checked[key] = now_s
+            if paused:
+                self._report_pause(vm, now_s)
+
+    def _report_pause(self, vm: GuardedVm, now_s: float) -> None:
+        lease = self._lease
+        expired_for_s = now_s - lease.expires_at_s if lease and lease.expires_at_s else None
+        log.warning(
+            "vm fenced vm=%s generation=%d pid=%d lease=%s expired_for_s=%s",
+            vm.name,
+            vm.generation,
+            vm.pid,
+            "none" if lease is None else lease.expires_at_s,
+            "-" if expired_for_s is None else f"{expired_for_s:.3f}",
+        )
         try:
-            paused = self._pause(vm)
-        except (OSError, ValueError) as exc:  # tried again at the next check, logged once
-            if key not in self._failing:
-                log.error("fence failed vm=%s pid=%d error=%r", vm.name, vm.pid, exc)
-            self._failing.add(key)
-            return
-        self._failing.discard(key)
-        self._checked[key] = now_s
-        if paused:
             append_pause(self.dir / EXECLOG_FILE, self.host_id, vm, time.time())
-            expired_for_s = now_s - lease.expires_at_s if lease and lease.expires_at_s else None
-            log.warning(
-                "vm fenced vm=%s generation=%d pid=%d lease=%s expired_for_s=%s",
-                vm.name,
-                vm.generation,
-                vm.pid,
-                "none" if lease is None else lease.expires_at_s,
-                "-" if expired_for_s is None else f"{expired_for_s:.3f}",
-            )
+        except OSError as exc:
+            log.error("audit line not written vm=%s event=pause error=%s", vm.name, exc)
+
+    def close(self) -> None:
+        """Stop the pause threads (those still stuck on a monitor are left to time out)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
 
     def run(self) -> None:
         log.info("fence guard running host_id=%s pid=%d", self.host_id, os.getpid())
-        while self.step(time.monotonic()):
-            time.sleep(CHECK_S)
+        try:
+            while self.step(time.monotonic()):
+                time.sleep(CHECK_S)
+        finally:
+            self.close()
         log.info("fence guard exiting, nothing to guard host_id=%s", self.host_id)
 
 
@@ -435,14 +497,44 @@ def ensure_guard(data_dir: str | Path, host_id: str) -> int:
     return int(pid)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _from_agent_config(path: Path) -> tuple[Path, str]:
+    """``data_dir`` and ``host_id`` of an agent's TOML config, with the agent's defaults."""
+    try:
+        raw = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise SystemExit(f"error: cannot read {path}: {exc}") from exc
+    host = str(raw.get("host_id") or socket.gethostname().split(".")[0])
+    return Path(str(raw.get("data_dir") or "stratus-agent")), host
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="stratus-fenceguard", description="Pause a host's VMs when its agent's lease expires."
+        prog="stratus fenceguard",
+        description="Pause a host's VMs when its agent's lease expires. Under a supervisor "
+        "(systemd Restart=always, stratus up) run it with --supervised, beside the agent.",
     )
-    parser.add_argument("--data-dir", required=True, type=Path, help="the agent's data_dir")
-    parser.add_argument("--host-id", required=True)
-    parser.add_argument("--detach", action="store_true", help="run in the background, once")
+    parser.add_argument("--config", type=Path, help="the agent's TOML config (data_dir, host_id)")
+    parser.add_argument("--data-dir", type=Path, help="the agent's data_dir")
+    parser.add_argument("--host-id")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--detach", action="store_true", help="run in the background, once")
+    mode.add_argument(
+        "--supervised",
+        action="store_true",
+        help="never exit for lack of work (a supervisor restarts it whenever it dies)",
+    )
     args = parser.parse_args(argv)
+    if args.config is not None:
+        data_dir, host = _from_agent_config(args.config)
+        args.data_dir = args.data_dir or data_dir
+        args.host_id = args.host_id or host
+    if args.data_dir is None or not args.host_id:
+        parser.error("give --data-dir and --host-id, or --config")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     data_dir = args.data_dir.resolve()
     if args.detach:
         return _detach(data_dir, args.host_id)
@@ -452,7 +544,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     _write_pid(fd, os.getpid())
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    Guard(data_dir, args.host_id, boot_id=current_boot_id()).run()
+    guard = Guard(data_dir, args.host_id, boot_id=current_boot_id(), idle_exit=not args.supervised)
+    guard.run()
     return 0
 
 

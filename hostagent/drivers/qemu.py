@@ -49,6 +49,8 @@ log = logging.getLogger(__name__)
 POLL_S = 0.05
 QUIT_WAIT_S = 3.0
 KILL_WAIT_S = 5.0
+REATTACH_S = 1.0
+"""How often an unreachable QEMU found at adoption is tried again."""
 
 
 @dataclass(eq=False)
@@ -62,6 +64,11 @@ class _Vm:
     stopping: bool = False
     """The driver is taking it down: its process exiting is expected."""
     failure: str = ""
+    unreachable: str = ""
+    """Found at adoption but its monitor does not answer (why). Held, never forgotten: its run
+    files stay for the fence guard, it is tried again every ``REATTACH_S``, and it is reported
+    ``starting`` (not confirmed running), which the scheduler waits on instead of starting
+    another copy. Fencing it while still unreachable kills it."""
     pid: int | None = None
     qmp: QmpClient | None = None
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
@@ -70,6 +77,8 @@ class _Vm:
     def state(self) -> ObservedState:
         if self.failure:
             return ObservedState.FAILED
+        if self.unreachable:
+            return ObservedState.STARTING
         if self.stopping:
             return ObservedState.STOPPING
         if self.paused:
@@ -252,6 +261,9 @@ class QemuDriver:
 
     async def pause(self, name: str) -> None:
         vm = self._get(name)
+        if vm.unreachable:
+            await self._kill_unreachable(vm)
+            return
         if vm.paused or vm.stopping:
             return
         vm.paused = True
@@ -366,14 +378,16 @@ class QemuDriver:
                 state=vm.state,
                 cpu_milli=vm.spec.cpu_milli,
                 mem_mib=vm.spec.mem_mib,
-                reason=vm.failure,
+                reason=vm.failure
+                or (f"qemu unreachable: {vm.unreachable}" if vm.unreachable else ""),
             )
             for vm in self._vms.values()
         ]
 
     async def adopt(self) -> list[str]:
         """Find the VMs left running by a previous agent (pid file + QMP socket) and hold them
-        again; clear the run files of those that are gone. Returns the adopted names."""
+        again; clear the run files of those that are gone. A live QEMU whose monitor does not
+        answer is held as unreachable (see ``_Vm.unreachable``). Returns the names held."""
         adopted: list[str] = []
         for meta_path in sorted((self.root / "vms").glob("*/vm.json")):
             files = VmFiles(meta_path.parent)
@@ -385,21 +399,80 @@ class QemuDriver:
                 files.clear_run_files()
                 continue
             vm = _Vm(meta.spec, meta.generation, files, pid=pid)
-            try:
-                await self._attach(vm)
-                status = await vm.qmp.query_status() if vm.qmp else "unknown"
-            except (DriverError, QmpError) as exc:
-                log.error("vm not adopted vm=%s pid=%d error=%s", meta.spec.name, pid, exc)
-                await self._forget(vm)
-                continue
-            vm.paused = status != "running"
-            vm.booted = READY_MARKER in read_serial(files)
             self._vms[meta.spec.name] = vm
-            if not vm.booted and not vm.paused:
-                self._spawn(vm, self._watch_boot(vm), "boot")
             adopted.append(meta.spec.name)
+            try:
+                status = await self._hold(vm)
+            except (DriverError, QmpError) as exc:
+                vm.unreachable = str(exc)
+                log.error(
+                    "vm unreachable vm=%s pid=%d error=%s: held, kept under the fence guard, "
+                    "retried every %gs",
+                    meta.spec.name,
+                    pid,
+                    exc,
+                    REATTACH_S,
+                )
+                self._spawn(vm, self._reattach(vm), "reattach")
+                continue
             log.info("vm adopted vm=%s pid=%d status=%s", meta.spec.name, pid, status)
         return adopted
+
+    async def _hold(self, vm: _Vm) -> str:
+        """Attach to an adopted VM's QEMU and take its run state; its QEMU status."""
+        try:
+            await self._attach(vm)
+            assert vm.qmp is not None
+            status = await vm.qmp.query_status()
+        except (DriverError, QmpError):
+            if vm.qmp is not None:  # the exit watch must not take a slow monitor for an exit
+                for task in list(vm.tasks):
+                    if task.get_name().startswith("qemu-exit"):
+                        task.cancel()
+                await vm.qmp.close()
+                vm.qmp = None
+            raise
+        vm.paused = status != "running"
+        vm.booted = READY_MARKER in read_serial(vm.files)
+        if not vm.booted and not vm.paused:
+            self._spawn(vm, self._watch_boot(vm), "boot")
+        return status
+
+    async def _reattach(self, vm: _Vm) -> None:
+        """Try an unreachable VM again until it answers (adopted) or its process is gone."""
+        while self._vms.get(vm.spec.name) is vm and vm.unreachable:
+            await asyncio.sleep(REATTACH_S)
+            if vm.pid is None or not pid_alive(vm.pid, self.root):
+                log.warning("unreachable vm exited vm=%s pid=%s", vm.spec.name, vm.pid)
+                await self._forget(vm)
+                self.on_change()
+                return
+            try:
+                status = await self._hold(vm)
+            except (DriverError, QmpError):
+                continue
+            vm.unreachable = ""
+            log.info(
+                "vm adopted vm=%s pid=%d status=%s (reachable again)", vm.spec.name, vm.pid, status
+            )
+            self.on_change()
+
+    async def _kill_unreachable(self, vm: _Vm) -> None:
+        """Fencing a VM that cannot be paused: kill it, so that it surely no longer runs."""
+        log.error(
+            "vm killed vm=%s pid=%s generation=%d: qemu unreachable (%s) and it must not run",
+            vm.spec.name,
+            vm.pid,
+            vm.generation,
+            vm.unreachable,
+        )
+        vm.stopping = True
+        if vm.pid is not None:
+            kill(vm.pid)
+            if not await wait_exit(vm.pid, self.root, KILL_WAIT_S):
+                raise DriverError(f"qemu pid {vm.pid} survived SIGKILL", retryable=True)
+        await self._forget(vm)
+        self.on_change()
 
     def disk_path(self, disk_id: str) -> Path:
         return self.disks.path(disk_id)

@@ -32,7 +32,7 @@ from common.messages import (
     VmRef,
     VmReply,
 )
-from common.natsauth import auth_options, redact_url
+from common.natsauth import auth_options, inbox_options, redact_url
 from common.streams import ensure_streams
 from scheduler.core.contract import (
     Ack,
@@ -179,6 +179,7 @@ class SchedulerApp:
             **auth_options(
                 self.config.nats_creds, self.config.nats_nkey_seed, self.config.nats_tls_ca
             ),
+            **inbox_options(self.config.nats_nkey_seed),
         )
         self._nc = nc
         return nc

@@ -71,7 +71,7 @@ async def check_upload(js: JetStreamContext, body: UploadImage) -> UploadImage |
     try:
         header, size = await read_image_head(js, body.sha256)
     except (ImageStoreError, nats.errors.Error, TimeoutError) as exc:
-        return f"no image bytes stored under {body.sha256}: {exc}"
+        return f"the image bytes under {body.sha256} cannot be used: {exc}"
     if size != body.size_bytes:
         return f"stored object has {size} bytes, not {body.size_bytes}"
     image_format = sniff_format(header, size)

@@ -189,6 +189,21 @@ def test_units_run_the_stratus_commands_and_keep_vms_across_agent_restarts() -> 
     assert scheduler["Restart"] == agent["Restart"] == "on-failure"
 
 
+def test_the_fence_guard_has_its_own_unit_always_restarted() -> None:
+    """Supervised apart from the agent: agent and guard killed together, the guard comes back
+    and pauses the VMs once the lease runs out."""
+    guard = _unit("stratus-fenceguard.service")
+    agent = _unit("stratus-agent.service")
+    service = guard["Service"]
+    assert service["ExecStart"].endswith(
+        "stratus fenceguard --config /etc/stratus/agent.toml --supervised"
+    )
+    assert service["Restart"] == "always"
+    assert service["WorkingDirectory"] == agent["Service"]["WorkingDirectory"]
+    assert "stratus-fenceguard.service" in agent["Unit"]["Wants"]
+    assert "stratus-fenceguard.service" in (UNITS_DIR / "stratus-agent.service").read_text()
+
+
 def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
     analyze = shutil.which("systemd-analyze")
     if analyze is None:

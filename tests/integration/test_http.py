@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -24,6 +25,7 @@ pytestmark = pytest.mark.integration
 
 TOKEN = "it-token-5d41402abc4b2a76"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+JSON_TYPE = {"Content-Type": "application/json"}
 
 
 @dataclass
@@ -34,7 +36,7 @@ class Api:
     async def call(
         self, method: str, path: str, body: object = None, *, auth: bool = True
     ) -> tuple[int, Any]:
-        headers = AUTH if auth else {}
+        headers = (AUTH if auth else {}) | JSON_TYPE
         data = None if body is None else json.dumps(body)
         async with self.http.request(method, path, data=data, headers=headers) as response:
             return response.status, await response.json()
@@ -134,7 +136,8 @@ async def test_errors_have_their_http_status_and_json_body(api: Api, cluster: Cl
     assert (await api.call("POST", "/v1/vms", {"name": "taken", "size": "Small"}))[0] == 201
     for method, path, body, status, code in ERRORS:
         data = body if isinstance(body, str) else None if body is None else json.dumps(body)
-        async with api.http.request(method, path, data=data, headers=AUTH) as response:
+        headers = AUTH | JSON_TYPE
+        async with api.http.request(method, path, data=data, headers=headers) as response:
             assert (response.status, response.content_type) == (status, "application/json"), path
             error = (await response.json())["error"]
         assert error["code"] == code and error["detail"], (method, path)
@@ -161,7 +164,8 @@ async def test_missing_or_wrong_token_is_401_and_changes_nothing(
     for method, path, body in mutations:
         for headers in wrong:
             data = None if body is None else json.dumps(body)
-            async with api.http.request(method, path, data=data, headers=headers) as response:
+            typed = headers | JSON_TYPE
+            async with api.http.request(method, path, data=data, headers=typed) as response:
                 assert response.status == 401, (method, path, headers)
                 assert response.headers["WWW-Authenticate"] == "Bearer"
                 assert (await response.json())["error"]["code"] == "unauthorized"
@@ -254,3 +258,25 @@ async def test_event_stream_sends_new_events_live(api: Api) -> None:
     assert [(e["type"], e["name"], e["state"]) for e in events] == [("vm", "live", "pending")]
     status, body = await api.call("GET", "/v1/events?since=-1", auth=False)
     assert status == 400 and body["error"]["code"] == "invalid_request"
+
+
+async def test_event_streams_are_bounded_per_client(api: Api) -> None:
+    """One client (address) holds at most ``http_max_streams_per_client`` streams; more get 429,
+    and a closed stream frees its place."""
+    limit = api.app.config.http_max_streams_per_client
+    async with contextlib.AsyncExitStack() as stack:
+        opened = []
+        for _ in range(limit):
+            response = await stack.enter_async_context(api.http.get("/v1/events"))
+            assert response.status == 200
+            assert (await response.content.readline()).startswith(b": stratus events")
+            opened.append(response)
+        status, body = await api.call("GET", "/v1/events")
+        assert status == 429 and body["error"]["code"] == "too_many_requests"
+        opened[0].close()
+
+        async def freed() -> bool:
+            async with api.http.get("/v1/events") as response:
+                return response.status == 200
+
+        await wait_until(freed, timeout_s=5, message="a closed stream frees its place")

@@ -23,7 +23,7 @@ from common.config import AgentConfig, SchedulerConfig
 from common.errors import ApiError
 from common.imagestore import put_image
 from common.messages import CaptureVm, CreateVm, ErrorCode, ImageCaptured, ImageState
-from common.natsauth import host_inbox_prefix, redact_url
+from common.natsauth import host_inbox_prefix, inbox_options, redact_url
 from common.natsserver import NatsServer, start_nats_server
 from hostagent.simpool import SimPool, resolve_pool_settings
 from scheduler.shell.app import SchedulerApp
@@ -74,13 +74,17 @@ async def conns(auth: AuthServer) -> AsyncIterator[dict[str, Conn]]:
         async def on_error(exc: Exception, errors: list[str] = errors) -> None:
             errors.append(str(exc))
 
-        inbox = host_inbox_prefix(role.removeprefix("host-")) if role.startswith("host-") else None
+        seed = str(auth.seed(role))
+        if role.startswith("host-"):
+            inbox = {"inbox_prefix": host_inbox_prefix(role.removeprefix("host-"))}
+        else:
+            inbox = inbox_options(seed)  # as our clients connect: the key's own inboxes
         nc = await nats.connect(
             auth.server.url,
-            nkeys_seed=str(auth.seed(role)),
+            nkeys_seed=seed,
             error_cb=on_error,
             allow_reconnect=False,
-            **({"inbox_prefix": inbox} if inbox else {}),
+            **inbox,
         )
         opened[role] = Conn(nc, errors)
     try:
@@ -350,19 +354,14 @@ async def test_the_cluster_runs_under_auth_and_never_shows_a_secret(
 
 
 async def _all_events(nc: Client) -> list[str]:
-    """Every event so far, read with an ephemeral consumer (as a publisher may)."""
+    """Every event so far, read by sequence (a publisher may not create consumers)."""
     js = nc.jetstream()
-    sub = await js.subscribe(subjects.EVENTS_WILDCARD, stream=subjects.EVENTS_STREAM)
+    state = (await js.stream_info(subjects.EVENTS_STREAM)).state
     bodies: list[str] = []
-    try:
-        while True:
-            try:
-                msg = await sub.next_msg(timeout=1.0)
-            except nats.errors.TimeoutError:
-                return bodies
-            bodies.append(msg.data.decode())
-    finally:
-        await sub.unsubscribe()
+    for seq in range(state.first_seq, state.last_seq + 1):
+        msg = await js.get_msg(subjects.EVENTS_STREAM, seq=seq)
+        bodies.append((msg.data or b"").decode())
+    return bodies
 
 
 def test_urls_are_shown_without_their_secrets() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Iterator
 from typing import Annotated, Final
 
 import msgspec
@@ -28,9 +29,32 @@ from scheduler.shell.http.routes import parse_query
 log = logging.getLogger(__name__)
 
 KEEPALIVE_S: Final = 15.0
+CLIENT_CHECK_S: Final = 1.0
 MAX_STREAMS: Final = 64
 """Concurrent event streams served; more get 503 (each holds a JetStream consumer)."""
 STREAMS: Final[web.AppKey[set[asyncio.Task[object]]]] = web.AppKey("stratus_event_streams")
+PER_CLIENT: Final[web.AppKey[int]] = web.AppKey("stratus_event_streams_per_client", int)
+"""Concurrent streams one client address may hold; more get 429."""
+BY_CLIENT: Final[web.AppKey[dict[str, int]]] = web.AppKey("stratus_event_streams_by_client")
+"""Streams held per client address."""
+
+
+@contextlib.contextmanager
+def _client_slot(request: web.Request) -> Iterator[None]:
+    """Hold one of the client's stream places for the stream's life (429 when none is free)."""
+    by_client = request.app[BY_CLIENT]
+    client = request.remote or ""
+    limit = request.app.get(PER_CLIENT, MAX_STREAMS)
+    if by_client.get(client, 0) >= limit:
+        detail = f"this client already holds {limit} event streams"
+        raise HttpError(ErrorCode.TOO_MANY_REQUESTS, detail)
+    by_client[client] = by_client.get(client, 0) + 1
+    try:
+        yield
+    finally:
+        by_client[client] -= 1
+        if not by_client[client]:
+            del by_client[client]
 
 
 class EventsQuery(msgspec.Struct, kw_only=True):
@@ -66,9 +90,14 @@ def _consumer(since: int | None) -> ConsumerConfig:
 
 async def stream_events(request: web.Request) -> web.StreamResponse:
     since = _since(request)
-    streams = request.app[STREAMS]
-    if len(streams) >= MAX_STREAMS:
+    if len(request.app[STREAMS]) >= MAX_STREAMS:
         raise HttpError(ErrorCode.UNAVAILABLE, f"too many event streams (limit {MAX_STREAMS})")
+    with _client_slot(request):
+        return await _stream(request, since)
+
+
+async def _stream(request: web.Request, since: int | None) -> web.StreamResponse:
+    streams = request.app[STREAMS]
     js = request.app[NATS].jetstream()
     sub = await js.subscribe(
         subjects.EVENTS_WILDCARD,
@@ -85,11 +114,15 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
     try:
         await response.prepare(request)
         await response.write(b": stratus events\n\n")
-        while True:
+        quiet_s = 0.0
+        while _connected(request):
             try:
-                msg = await sub.next_msg(timeout=KEEPALIVE_S)
+                msg = await sub.next_msg(timeout=CLIENT_CHECK_S)
             except NatsTimeoutError:
-                await response.write(b": keepalive\n\n")
+                quiet_s += CLIENT_CHECK_S
+                if quiet_s >= KEEPALIVE_S:
+                    quiet_s = 0.0
+                    await response.write(b": keepalive\n\n")
                 continue
             kind = _kind.decode(msg.data).type
             frame = f"id: {msg.metadata.sequence.stream}\nevent: {kind}\ndata: ".encode()
@@ -101,6 +134,13 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
     return response
+
+
+def _connected(request: web.Request) -> bool:
+    """Whether the client is still there: a closed stream frees its place within
+    ``CLIENT_CHECK_S`` instead of at the next keepalive."""
+    transport = request.transport
+    return transport is not None and not transport.is_closing()
 
 
 def register(api: Registry) -> None:

@@ -99,7 +99,9 @@ def _parameters(e: Endpoint, components: Json) -> list[Json]:
 
 
 def _errors(e: Endpoint, *, secured: bool) -> dict[str, Json]:
-    codes: set[ErrorCode] = set(e.errors)
+    codes: set[ErrorCode] = {*e.errors, ErrorCode.FORBIDDEN}  # Host/Origin not allowed
+    if e.body is not None or e.mutating:
+        codes.add(ErrorCode.UNSUPPORTED_MEDIA_TYPE)
     if e.path_params or e.query is not None or e.body is not None or e.headers:
         codes.add(ErrorCode.INVALID_REQUEST)
     if e.path_params:
@@ -108,6 +110,8 @@ def _errors(e: Endpoint, *, secured: bool) -> dict[str, Json]:
         codes.add(ErrorCode.TOO_LARGE)
     if e.mutating or e.media_type == "text/event-stream":
         codes.add(ErrorCode.UNAVAILABLE)
+    if e.media_type == "text/event-stream":
+        codes.add(ErrorCode.TOO_MANY_REQUESTS)
     if secured:
         codes.add(ErrorCode.UNAUTHORIZED)
     by_status: dict[int, list[str]] = defaultdict(list)

@@ -24,7 +24,7 @@ from common import codec
 from common.config import SchedulerConfig
 from common.errors import ConfigError
 from common.messages import ErrorCode
-from scheduler.shell.http import events, operations, routes
+from scheduler.shell.http import events, guards, operations, routes
 from scheduler.shell.http.errors import CODE_OF_STATUS, JSON, HttpError, error_response
 from scheduler.shell.http.openapi import build_openapi
 from scheduler.shell.http.registry import BACKEND, NATS, Backend, Endpoint, Handler, Registry
@@ -59,10 +59,15 @@ def build_registry() -> Registry:
 
 
 def build_app(config: SchedulerConfig, backend: Backend, nc: Client) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_errors])
+    hosts = guards.allowed_hosts(config, parse_listen(config.http_listen)[0])
+    app = web.Application(
+        client_max_size=MAX_BODY_BYTES, middlewares=[_errors, guards.middleware(hosts)]
+    )
     app[BACKEND] = backend
     app[NATS] = nc
     app[events.STREAMS] = set()
+    app[events.PER_CLIENT] = config.http_max_streams_per_client
+    app[events.BY_CLIENT] = {}
     registry = build_registry()
     for endpoint in registry:
         app.router.add_route(endpoint.method, endpoint.path, _guard(endpoint, config))

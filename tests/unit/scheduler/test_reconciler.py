@@ -170,3 +170,14 @@ def test_properties(
     # Each VM gets at most one command per pass.
     targets = [c.vm.name if isinstance(c, StartVm) else c.name for c in result.commands]
     assert len(targets) == len(set(targets))
+
+
+def test_a_vm_its_host_cannot_reach_is_waited_on_never_started_again() -> None:
+    """An agent reports a QEMU it found but cannot talk to as ``starting`` (with the reason):
+    the scheduler must not start, delete or re-place it while that copy may still execute."""
+    unreachable = seen(state=ObservedState.STARTING)
+    unreachable.reason = "qemu unreachable: QMP greeting timed out"
+    for state in (VmState.RUNNING, VmState.STARTING, VmState.SCHEDULED):
+        result = reconcile_host(H, {VmName("a"): record(state=state)}, {VmName("a"): unreachable})
+        assert result.commands == [] and result.orphans == []
+        assert all(t.outcome is Outcome.STARTING for t in result.transitions)

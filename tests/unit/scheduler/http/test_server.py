@@ -22,6 +22,7 @@ from scheduler.shell.http.server import build_app, build_registry
 
 TOKEN = "unit-token-7f3e"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+JSON_TYPE = {"Content-Type": "application/json"}
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 VM = m.VmInfo(
     name="a",
@@ -203,16 +204,18 @@ async def test_create_body_is_checked_and_integral_numbers_are_integers(make_cli
     created = await client.post(
         "/v1/vms",
         data=b'{"name": "a", "size": "Small", "data_disks_mib": [1024.0]}',
-        headers={"Idempotency-Key": "k-1"},
+        headers={"Idempotency-Key": "k-1", "Content-Type": "application/json"},
     )
     assert created.status == 201 and (await created.json())["vm"]["name"] == "a"
     [(op, body)] = backend.calls
     assert op is Op.CREATE and isinstance(body, m.CreateVm)
     assert body.request_id == "k-1" and body.data_disks_mib == [1024]
     for bad in (b"{", b'{"name": "A"}', b"[]", b'{"name": "a", "size": "Small", "x": 1.5e400}'):
-        response = await client.post("/v1/vms", data=bad)
+        response = await client.post("/v1/vms", data=bad, headers=JSON_TYPE)
         assert response.status == 400, bad
-    too_big = await client.post("/v1/vms", data=b" " * (codec.MAX_MESSAGE_BYTES + 1))
+    too_big = await client.post(
+        "/v1/vms", data=b" " * (codec.MAX_MESSAGE_BYTES + 1), headers=JSON_TYPE
+    )
     assert too_big.status == 413 and await error_of(too_big) == "too_large"
     assert len(backend.calls) == 1
 

@@ -1,0 +1,260 @@
+"""Every role tries every action it must not do, against a real nats-server running the config
+``stratus nats-config`` writes, and each attempt is refused (and changes nothing).
+
+Kinds of attempt: publishing where the role may not (seen by an observer holding ``>``), reading
+subjects it may not (another client's reply inboxes, the scheduler's job fetches, API requests,
+other hosts' commands), purging the images object store, and creating a JetStream consumer,
+which a role could point at a subject it cannot publish to (nats-server does not check a push
+consumer's deliver subject against its creator's permissions, nats-io/nats-server#8274): with
+the images store, uploaded bytes delivered to ``stratus.host.<id>.cmd`` would be taken as a
+host's commands."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nats
+import pytest
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig
+
+from cli.client import connect
+from cli.natsconfig import OBJ_STREAM, generate
+from common import subjects
+from common.imagestore import image_bucket
+from common.natsserver import start_nats_server
+from common.streams import ensure_streams
+from tests.waiting import wait_until
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+HOSTS = ["ha", "hb"]
+ROLES = ["publisher", "dashboard", "host-ha"]
+EVENTS, JOBS = subjects.EVENTS_STREAM, subjects.JOBS_STREAM
+MARKER = {  # a subject each role may publish to: once seen, earlier denied ones would be too
+    "publisher": subjects.VM_CREATE,
+    "dashboard": subjects.VM_LIST,
+    "host-ha": subjects.host_heartbeat("ha"),
+}
+ALWAYS_DENIED = [
+    subjects.host_commands("ha"),
+    subjects.host_commands("hb"),
+    subjects.host_heartbeat("hb"),
+    subjects.host_captured("hb"),
+    subjects.vm_event("web"),
+    subjects.host_event("ha"),
+    f"$JS.API.STREAM.PURGE.{OBJ_STREAM}",
+    f"$JS.API.STREAM.DELETE.{OBJ_STREAM}",
+    f"$JS.API.STREAM.DELETE.{EVENTS}",
+    f"$JS.API.STREAM.PURGE.{JOBS}",
+    f"$JS.API.CONSUMER.CREATE.{EVENTS}",
+    f"$JS.API.CONSUMER.CREATE.{OBJ_STREAM}",
+    f"$JS.API.CONSUMER.CREATE.{JOBS}",
+    f"$JS.API.CONSUMER.DURABLE.CREATE.{EVENTS}.x",
+    f"$JS.API.CONSUMER.MSG.NEXT.{JOBS}.{subjects.JOBS_CONSUMER}",
+]
+PUBLISH_DENIED = {
+    "publisher": ALWAYS_DENIED,
+    "dashboard": [
+        *ALWAYS_DENIED,
+        subjects.VM_CREATE,
+        subjects.VM_DELETE,
+        subjects.VM_STOP,
+        subjects.HOST_DRAIN,
+        subjects.HOST_CORDON,
+        subjects.IMAGE_UPLOAD,
+        subjects.job_subject(subjects.VM_CREATE),
+        f"$O.{subjects.IMAGES_BUCKET}.C.x",
+    ],
+    "host-ha": [
+        *[s for s in ALWAYS_DENIED if s != subjects.host_commands("ha")],
+        subjects.VM_CREATE,
+        subjects.VM_DELETE,
+        subjects.job_subject(subjects.VM_DELETE),
+    ],
+}
+SUBSCRIBE_DENIED = {  # (subscription, a subject the observer then publishes on it)
+    "publisher": [
+        ("_INBOX.>", "_INBOX.someone.1"),
+        ("_INBOX_ha.>", "_INBOX_ha.reply.1"),
+        (subjects.API_WILDCARD, subjects.VM_DELETE),
+        (subjects.JOBS_WILDCARD, subjects.job_subject(subjects.VM_CREATE)),
+        ("stratus.host.>", subjects.host_commands("ha")),
+    ],
+    "dashboard": [
+        ("_INBOX.>", "_INBOX.someone.1"),
+        ("_INBOX_hb.>", "_INBOX_hb.reply.1"),
+        (subjects.API_WILDCARD, subjects.VM_CREATE),
+        ("stratus.host.>", subjects.host_heartbeat("ha")),
+    ],
+    "host-ha": [
+        ("_INBOX.>", "_INBOX.someone.1"),
+        ("_INBOX_hb.>", "_INBOX_hb.reply.1"),
+        (subjects.host_commands("hb"), subjects.host_commands("hb")),
+        (subjects.API_WILDCARD, subjects.VM_CREATE),
+    ],
+}
+
+
+@dataclass
+class Role:
+    nc: Client
+    errors: list[str] = field(default_factory=list)
+    received: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Setup:
+    observer: Client
+    seen: list[str]
+    roles: dict[str, Role]
+
+
+@pytest.fixture
+async def setup(tmp_path: Path, nats_server: object) -> AsyncIterator[Setup]:
+    config = generate(tmp_path / "auth", HOSTS)
+    server = start_nats_server(tmp_path / "nats", extra_args=("-c", str(config)))
+    keys = tmp_path / "auth" / "nkeys"
+    observer = await connect(server.url, nkey_seed=str(keys / "scheduler.nk"))
+    roles: dict[str, Role] = {}
+    try:
+        js = observer.jetstream()
+        await ensure_streams(js)
+        bucket = await image_bucket(js)
+        await bucket.put("victim", b'{"host_id": "ha", "commands": []}')
+        seen: list[str] = []
+
+        async def on_msg(msg: Msg) -> None:
+            seen.append(msg.subject)
+
+        for subject in {s for denied in PUBLISH_DENIED.values() for s in denied} | set(
+            MARKER.values()
+        ):
+            await observer.subscribe(subject, cb=on_msg)
+        await observer.flush()
+        for name in ROLES:
+            role = Role(await connect(server.url, nkey_seed=str(keys / f"{name}.nk")))
+            role.nc._error_cb = _recorder(role.errors)  # connect() silences them
+            roles[name] = role
+        yield Setup(observer, seen, roles)
+    finally:
+        for role in roles.values():
+            await role.nc.close()
+        await observer.close()
+        server.stop()
+
+
+def _recorder(errors: list[str]):  # type: ignore[no-untyped-def]
+    async def record(exc: Exception) -> None:
+        errors.append(str(exc).lower())
+
+    return record
+
+
+async def _attempt_publishes(setup: Setup, name: str) -> int:
+    role = setup.roles[name]
+    setup.seen.clear()  # what the observer saw for earlier roles, or published itself
+    for subject in PUBLISH_DENIED[name]:
+        await role.nc.publish(subject, b"{}")
+    marker = MARKER[name]
+    await role.nc.publish(marker, b"{}")
+    await role.nc.flush()
+
+    async def delivered() -> bool:
+        if marker not in setup.seen:
+            await role.nc.publish(marker, b"{}")
+        return marker in setup.seen
+
+    await wait_until(delivered, timeout_s=10, interval_s=0.5, message=f"{marker} delivered")
+    leaked = sorted({s for s in setup.seen if s in PUBLISH_DENIED[name]})
+    assert leaked == [], f"{name} published to {leaked}"
+    return len(PUBLISH_DENIED[name])
+
+
+async def _attempt_subscribes(setup: Setup, name: str) -> int:
+    role = setup.roles[name]
+
+    async def on_msg(msg: Msg) -> None:
+        role.received.append(msg.subject)
+
+    for subscription, _ in SUBSCRIBE_DENIED[name]:
+        await role.nc.subscribe(subscription, cb=on_msg)
+    await role.nc.flush()
+    for _, subject in SUBSCRIBE_DENIED[name]:
+        await setup.observer.publish(subject, b"{}")
+    await setup.observer.flush()
+    await role.nc.flush()
+    for subscription, _ in SUBSCRIBE_DENIED[name]:
+        wanted = subscription.lower()
+
+        def refused(wanted: str = wanted) -> bool:
+            errors = role.errors
+            return any(
+                "permissions violation for subscription" in e and wanted in e for e in errors
+            )
+
+        await wait_until(refused, timeout_s=10, message=f"{name} refused {subscription}")
+    assert role.received == [], f"{name} received {role.received}"
+    return len(SUBSCRIBE_DENIED[name])
+
+
+async def _attempt_consumers_and_purge(setup: Setup, name: str) -> int:
+    """A push consumer delivering into another host's commands or the API, a pull consumer, and
+    a purge of the images store: each refused, and nothing exists or changed afterwards."""
+    js = setup.roles[name].nc.jetstream(timeout=1.0)
+    attempts = 0
+    for stream in (EVENTS, OBJ_STREAM, JOBS):
+        for deliver in (subjects.host_commands("hb"), subjects.VM_DELETE, None):
+            attempts += 1
+            config = ConsumerConfig(deliver_subject=deliver, ack_policy=AckPolicy.NONE)
+            with pytest.raises((nats.errors.Error, TimeoutError)):
+                await js.add_consumer(stream, config)
+    attempts += 1
+    with pytest.raises((nats.errors.Error, TimeoutError)):
+        await js.purge_stream(OBJ_STREAM)
+    observer = setup.observer.jetstream()
+    for stream in (EVENTS, OBJ_STREAM, JOBS):
+        assert (await observer.stream_info(stream)).state.consumer_count == 0, stream
+    assert (await observer.stream_info(OBJ_STREAM)).state.messages > 0, "purged"
+    return attempts
+
+
+async def test_every_role_is_refused_every_action_it_must_not_do(setup: Setup) -> None:
+    attempts = 0
+    for name in ROLES:
+        attempts += await _attempt_publishes(setup, name)
+        attempts += await _attempt_subscribes(setup, name)
+        attempts += await _attempt_consumers_and_purge(setup, name)
+    assert attempts >= 50, attempts
+    print(f"{attempts} forbidden attempts, all refused")
+
+
+async def test_each_role_reads_replies_only_in_its_own_inbox(setup: Setup) -> None:
+    """Requests work (the reply comes back to the requester's own prefix), and that prefix is
+    not another role's: a dashboard cannot subscribe to the publisher's inbox."""
+    observer = setup.observer
+
+    async def answer(msg: Msg) -> None:
+        await msg.respond(b"answer")
+
+    await observer.subscribe(subjects.VM_LIST, cb=answer)
+    await observer.flush()
+    prefixes = {}
+    for name in ("publisher", "dashboard"):
+        nc = setup.roles[name].nc
+        assert (await nc.request(subjects.VM_LIST, b"{}", timeout=5)).data == b"answer"
+        prefixes[name] = nc.new_inbox().rsplit(".", 1)[0]
+    assert prefixes["publisher"] != prefixes["dashboard"] and "_INBOX" not in prefixes.values()
+    dashboard = setup.roles["dashboard"]
+    await dashboard.nc.subscribe(f"{prefixes['publisher']}.>")
+    await dashboard.nc.flush()
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(5):
+            while not any("permissions violation" in e for e in dashboard.errors):
+                await dashboard.nc.flush()
+    assert any(prefixes["publisher"].lower() in e for e in dashboard.errors), dashboard.errors
