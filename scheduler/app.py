@@ -213,7 +213,7 @@ class SchedulerApp:
         assert self.core is not None
         while True:
             try:
-                await ensure_streams(js)
+                await ensure_streams(js, self.config.replicas)  # HA: replicas from config
                 await gallery.prepare(js, self.config, self.core.state, self.clock.utcnow())
                 return
             except (nats.errors.Error, TimeoutError) as exc:

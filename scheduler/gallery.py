@@ -24,6 +24,7 @@ from common.config import SchedulerConfig
 from common.errors import StratusError
 from common.images import ImageFormat, read_header, sniff_format
 from common.imagestore import (
+    IMAGES_STREAM,
     ImageStoreError,
     delete_image_object,
     image_bucket,
@@ -31,6 +32,7 @@ from common.imagestore import (
     read_image_head,
 )
 from common.messages import ErrorBody, ErrorCode, ImageReply, ImageState, UploadImage
+from common.streams import ensure_replicas
 from scheduler.events import Mutation
 from scheduler.state.cluster import ClusterState
 from scheduler.state.storage import ImageRecord
@@ -53,7 +55,8 @@ async def prepare(
 ) -> None:
     """Create the images bucket and register the configured built-in images (uploaded once;
     a changed file becomes the image's next version). Runs before the core loop starts."""
-    await image_bucket(js)
+    await image_bucket(js, replicas=config.replicas)
+    await ensure_replicas(js, IMAGES_STREAM, config.replicas)
     for name, path in sorted(config.builtin_images.items()):
         try:
             sha256, size = await put_image(js, Path(path))
