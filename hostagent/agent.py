@@ -34,6 +34,7 @@ from common.messages import (
     VmSpec,
 )
 from hostagent.drivers.base import HypervisorDriver
+from hostagent.epoch import EpochGate
 from hostagent.execlog import ExecEvent, ExecLog
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,7 @@ class Agent:
         self._execlog = execlog
         self._clock = clock
         self.lease = Lease()
+        self.epochs = EpochGate()  # refuse a deposed scheduler leader's commands and acks
         self.fenced = False
         self.changed = asyncio.Event()
         """Set whenever the inventory or the fenced flag changes (the heartbeat loop clears it)."""
@@ -171,6 +173,8 @@ class Agent:
                 msg.subject,
                 batch.host_id,
             )
+            return
+        if not self.epochs.admit(batch.epoch):
             return
         self.submit(self._leased(batch.commands))
 

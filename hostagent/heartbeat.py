@@ -151,6 +151,8 @@ class HeartbeatLoop:
                 heartbeat.seq,
             )
             return
+        if not self._agent.epochs.admit(ack.epoch):
+            return  # a deposed leader's ack renews nothing
         self._adopt_timing(ack)
         if self._report.adopt(ack, omitted_digest(heartbeat)):
             self._agent.changed.set()

@@ -302,6 +302,8 @@ class SimPool:
             return
         if host.silent or ack.host_id != host.template.host_id:
             return
+        if not host.agent.epochs.admit(ack.epoch):
+            return  # a deposed leader's ack renews nothing
         sent = next((s for s in host.sent if s[0] == ack.seq), None)
         if sent is None or self.clock.monotonic_s() - sent[1] > self.heartbeat_interval_s:
             return  # a single agent's request would have timed out

@@ -14,7 +14,7 @@ import uvloop
 from common.config import SchedulerConfig, load_config
 from common.errors import StratusError
 from common.logging import setup_logging
-from scheduler.app import SchedulerApp
+from scheduler.ha import HaScheduler
 
 log = logging.getLogger("scheduler")
 
@@ -40,12 +40,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="serve the HTTP API and portal here, e.g. 127.0.0.1:8080 (default: off); the "
         "bearer token comes from the config's api_token or STRATUS_API_TOKEN",
     )
+    parser.add_argument(
+        "--lease", dest="lease_s", type=float, help="leader lease seconds (default 3)"
+    )
+    parser.add_argument(
+        "--replicas", type=int, help="replicas of every stream and bucket, 1..5 (default 1)"
+    )
     parser.add_argument("--drain-parallelism", dest="drain_parallelism", type=int)
     parser.add_argument("--log-level", default="INFO")
     return parser.parse_args(argv)
 
 
-async def _serve(app: SchedulerApp) -> None:
+async def _serve(app: HaScheduler) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, app.stop)
@@ -63,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     setup_logging(args.log_level, name="scheduler")
     try:
-        uvloop.run(_serve(SchedulerApp(config)))
+        uvloop.run(_serve(HaScheduler(config)))
     except StratusError as exc:
         log.error("scheduler failed error=%s", exc)
         return 1

@@ -71,6 +71,7 @@ from scheduler.metrics import Observer, SchedulerMetrics
 from scheduler.state.cluster import ClusterState
 from scheduler.state.storage import ImageRecord
 from scheduler.state.store import Batch, Rows, SqliteStore, encode_batch
+from scheduler.term import SoloTerm, Term
 
 log = logging.getLogger(__name__)
 
@@ -92,9 +93,13 @@ class _Target:
 
 
 class SchedulerApp:
-    def __init__(self, config: SchedulerConfig, *, clock: Clock | None = None) -> None:
+    def __init__(
+        self, config: SchedulerConfig, *, clock: Clock | None = None, term: Term | None = None
+    ) -> None:
         self.config = config
         self.clock = clock or SystemClock()
+        # HA hook: the term of office (scheduler/term.py): may act? epoch? state log.
+        self.term = term or SoloTerm(config.tick_s, config.heartbeat_interval_s)
         self.scheduler_id = uuid.uuid4().hex[:12]
         self.queue: asyncio.Queue[Input] = asyncio.Queue()
         self.ready = asyncio.Event()
@@ -385,6 +390,8 @@ class SchedulerApp:
     async def _run_ticks(self) -> None:
         while True:
             await asyncio.sleep(self.config.tick_s)
+            if self.term.fresh_windows_due(self.clock.monotonic_s()):  # HA hook: a healthy judge
+                self.queue.put_nowait(Reconnected())
             # No ticks while NATS is away: no heartbeat can arrive, so silence proves nothing.
             if not self._tick_queued and (self._nc is None or self._nc.is_connected):
                 self._tick_queued = True
@@ -420,6 +427,7 @@ class SchedulerApp:
     async def _commit_then_act(
         self, nc: Client, store: SqliteStore, rows: Rows, actions: list[Action]
     ) -> None:
+        rows = await self.term.append(rows)  # HA hook: in the state log before stored or acted on
         await store.write(rows)
         await self._carry_out(nc, actions)
         for event in rows.events:  # encoded once, for the store and for the stream
@@ -431,7 +439,9 @@ class SchedulerApp:
         acks late enough under load for healthy hosts to fence."""
         for action in actions:
             if isinstance(action, Ack):
-                await self._answer(self._targets.pop(action.token), action.ack)
+                self.term.check()  # HA hook: only a leader in its acting window acks
+                ack = msgspec.structs.replace(action.ack, epoch=self.term.epoch)
+                await self._answer(self._targets.pop(action.token), ack)
 
     def _batch(self, actions: list[Action]) -> Batch:
         assert self.core is not None
@@ -456,6 +466,7 @@ class SchedulerApp:
     async def _carry_out(self, nc: Client, actions: list[Action]) -> None:
         """Executed only after the commit: replies and commands (heartbeat acks went before it;
         events go to the publisher after this)."""
+        self.term.check()  # HA hook: only a leader in its acting window replies or commands
         for observe in self.observers:
             observe(actions, self._source)
         for action in actions:
@@ -463,7 +474,9 @@ class SchedulerApp:
                 case Reply(token=token, body=body):
                     await self._answer(self._targets.pop(token), body)
                 case SendCommands(host_id=host, commands=commands):
-                    message = HostCommands(host_id=host, commands=list(commands))
+                    message = HostCommands(  # HA hook: the epoch
+                        host_id=host, commands=list(commands), epoch=self.term.epoch
+                    )
                     await nc.publish(subjects.host_commands(host), codec.encode(message))
                 case DropImageObject(sha256=sha256):
                     gallery.drop_object_in_background(nc, sha256)
