@@ -37,7 +37,7 @@ from common.messages import (
     VmRef,
     VmReply,
 )
-from common.natsauth import auth_options, redact_url
+from common.natsauth import auth_options, nats_servers, redact_url
 from common.streams import ensure_streams
 from scheduler import gallery, metering
 from scheduler.api import (
@@ -166,7 +166,7 @@ class SchedulerApp:
             self.queue.put_nowait(Reconnected())
 
         nc = await nats.connect(
-            self.config.nats_url,
+            nats_servers(self.config.nats_url),  # a cluster: several URLs
             name=f"stratus-scheduler-{self.scheduler_id}",
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.25,
@@ -189,10 +189,9 @@ class SchedulerApp:
         # Start judging hosts only now that heartbeats can arrive: a fresh window for all.
         self.core.start(self.now())
         await nc.subscribe(subjects.HEARTBEAT_WILDCARD, cb=self._on_heartbeat)
-        await nc.subscribe(subjects.API_WILDCARD, queue="stratus-scheduler", cb=self._on_api)
-        await nc.subscribe(
-            subjects.CAPTURED_WILDCARD, queue="stratus-scheduler", cb=self._on_capture_report
-        )
+        queue = self.term.api_queue  # HA hook: a leader takes the API alone, no queue group
+        await nc.subscribe(subjects.API_WILDCARD, queue=queue, cb=self._on_api)
+        await nc.subscribe(subjects.CAPTURED_WILDCARD, queue=queue, cb=self._on_capture_report)
         await nc.flush()
         http = await self._start_http(nc)
         url = redact_url(self.config.nats_url)

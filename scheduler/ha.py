@@ -32,11 +32,11 @@ from nats.js.kv import KeyValue
 from common.clock import Clock, SystemClock
 from common.config import SchedulerConfig
 from common.errors import StratusError
-from common.natsauth import auth_options
+from common.natsauth import auth_options, nats_servers
 from scheduler.app import SchedulerApp
 from scheduler.leader import Lease, LeaseHolder, lease_bucket
 from scheduler.state.store import SqliteStore
-from scheduler.statelog import Fenced, StateLog, ensure_state_log
+from scheduler.statelog import AppendUnknown, Fenced, StateLog, ensure_state_log
 from scheduler.term import LeaderTerm, NotLeader
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,7 @@ class HaScheduler:
     async def _connect(self, node: str) -> Client:
         config = self.config
         return await nats.connect(
-            config.nats_url,
+            nats_servers(config.nats_url),
             name=f"stratus-scheduler-lease-{node}",
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.25,
@@ -191,6 +191,8 @@ class HaScheduler:
             await asyncio.wait([keeping, serving, stopping], return_when=asyncio.FIRST_COMPLETED)
         finally:
             self.leading.clear()
+            if keeping.done() and not keeping.cancelled() and keeping.exception() is not None:
+                log.warning("lease keeping failed error=%r", keeping.exception())
             if not stopping.done():
                 lease.term.revoked = True  # lost: nothing more is acted on, from now
             app.stop()
@@ -210,7 +212,7 @@ async def _run_app(app: SchedulerApp) -> None:
     """The app of one term; losing the lease or the state log's fence ends it quietly."""
     try:
         await app.run()
-    except* (NotLeader, Fenced) as group:
+    except* (NotLeader, Fenced, AppendUnknown) as group:
         log.warning("scheduler deposed error=%s", group.exceptions[0])
 
 

@@ -25,6 +25,7 @@ import tempfile
 from pathlib import Path
 
 import msgspec
+import nats.errors
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import (
@@ -59,6 +60,11 @@ _decoder = msgspec.msgpack.Decoder(Rows)
 
 class Fenced(StratusError):
     """Another leader appended to the state log: this one must stop acting."""
+
+
+class AppendUnknown(StratusError):
+    """An append got no answer: it may or may not be in the log. The term ends; the process
+    catches up with the log (which tells) before it may lead again."""
 
 
 def state_stream_config(replicas: int) -> StreamConfig:
@@ -144,7 +150,9 @@ class StateLog:
         except BadRequestError as exc:
             if exc.err_code == WRONG_LAST_SEQUENCE:
                 raise Fenced(f"state log moved past seq {self.seq}: another leader") from exc
-            raise
+            raise AppendUnknown(f"state log append refused: {exc!r}") from exc
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise AppendUnknown(f"state log append unanswered: {exc!r}") from exc
         return int(ack.seq)
 
     # ------------------------------------------------------------------ applying

@@ -31,6 +31,10 @@ class Term(Protocol):
     @property
     def epoch(self) -> int: ...
 
+    @property
+    def api_queue(self) -> str:
+        """The queue group of the API subscription ("" for none)."""
+
     def check(self) -> None:
         """Raise NotLeader unless this scheduler may act right now."""
 
@@ -66,6 +70,10 @@ class SoloTerm:
     @property
     def epoch(self) -> int:
         return 0
+
+    @property
+    def api_queue(self) -> str:
+        return "stratus-scheduler"
 
     def check(self) -> None:
         return None
@@ -105,6 +113,12 @@ class LeaderTerm:
     @property
     def epoch(self) -> int:
         return self.lease.term.epoch
+
+    @property
+    def api_queue(self) -> str:
+        """None: only the leader subscribes, and a deposed leader cut off on a frozen NATS
+        node keeps a stale subscription there that a queue group would send requests to."""
+        return ""
 
     def may_act(self) -> bool:
         return self.lease.term.may_act(self.clock.monotonic_s())

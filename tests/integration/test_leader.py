@@ -254,3 +254,62 @@ async def test_a_second_scheduler_on_the_same_store_exits_with_a_clear_error(
     )
     assert result.returncode != 0
     assert b"another scheduler runs on the store" in result.stdout + result.stderr
+
+
+async def start_with_vms(
+    ha: HaCluster, api: StratusClient, nc: Client, *, standby: bool
+) -> dict[str, object]:
+    if standby:
+        await start_pair(ha, api, nc)
+    else:
+        ha.start_scheduler("s1")
+        for i in range(1, 4):
+            ha.start_agent(f"h{i}")
+        await wait_hosts_up(api, 3)
+    names = [f"vm-{i}" for i in range(9)]
+    for name in names:
+        await api.create_vm(CreateVm(name=name, size="Small"))
+    before = await wait_all_running(api, names)
+    return {name: (vm.host, vm.generation) for name, vm in before.items()}
+
+
+async def wait_s(seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    await wait_until(lambda: time.monotonic() > deadline, timeout_s=seconds + 5, message="time")
+
+
+async def test_nats_frozen_longer_than_dead_after_declares_no_host_dead(
+    ha: HaCluster, api: StratusClient, nc: Client, nats_server: NatsServer
+) -> None:
+    placed = await start_with_vms(ha, api, nc, standby=False)
+    nats_server.process.send_signal(signal.SIGSTOP)
+    try:
+        await wait_s(HA_TIMINGS["dead_after_s"] + 1.5)
+    finally:
+        nats_server.process.send_signal(signal.SIGCONT)
+    after = await wait_all_running(api, list(placed), timeout_s=30)
+    assert {name: (vm.host, vm.generation) for name, vm in after.items()} == placed
+    assert await host_downs(nc) == []
+
+
+async def test_a_frozen_leader_is_replaced_and_acts_on_nothing_when_it_thaws(
+    ha: HaCluster, api: StratusClient, nc: Client
+) -> None:
+    placed = await start_with_vms(ha, api, nc, standby=True)
+    ha.signal_scheduler("s1", signal.SIGSTOP)
+    try:
+        await wait_until(
+            lambda: "scheduler leading" in ha.log("s2"), timeout_s=20, message="s2 leading"
+        )
+        await wait_s(HA_TIMINGS["dead_after_s"])
+    finally:
+        ha.signal_scheduler("s1", signal.SIGCONT)
+    await wait_until(
+        lambda: "scheduler term ended" in ha.log("s1"), timeout_s=20, message="s1 stepping down"
+    )
+    await api.create_vm(CreateVm(name="after", size="Small"))
+    after = await wait_all_running(api, [*placed, "after"], timeout_s=30)
+    assert {name: (after[name].host, after[name].generation) for name in placed} == placed
+    assert await host_downs(nc) == []
+    assert overlapping_executions(ha.execution_log(), {}) == []
+    assert await leader_name(ha, nc) == "s2"
