@@ -87,6 +87,17 @@ class SchedulerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     rebinding). ``"*"``: any (behind a proxy that checks them)."""
     http_max_streams_per_client: Annotated[int, msgspec.Meta(ge=1)] = 4
     """Concurrent ``/v1/events`` streams one client address may hold (429 beyond)."""
+    replicas: Annotated[int, msgspec.Meta(ge=1, le=5)] = 1
+    """Replicas of every JetStream stream, KV bucket and object store the scheduler creates
+    (jobs, events, images, the leader lease, the state log): 3 on a 3-node NATS cluster. A
+    start raises an existing stream's count to this, never lowers it."""
+    lease_s: PositiveS = 3.0
+    """The leader lease: a leader that has not renewed it for this long loses it, and a
+    standby may take over. A takeover costs about this long (plus the catch-up); keep it below
+    fence_after_s minus heartbeat_interval_s and agents' VMs never even pause during one."""
+    snapshot_every: Annotated[int, msgspec.Meta(ge=1)] = 5000
+    """The leader snapshots its store into the object store after this many state-log batches
+    and purges the log before it (a brand-new standby starts from the snapshot)."""
     prices: dict[str, Annotated[float, msgspec.Meta(ge=0)]] = msgspec.field(
         default_factory=lambda: dict(DEFAULT_PRICES)
     )

@@ -31,13 +31,19 @@ class ImageStoreError(StratusError):
     """The object store could not store or return an image."""
 
 
-async def image_bucket(js: JetStreamContext, *, create: bool = True) -> ObjectStore:
+async def image_bucket(
+    js: JetStreamContext, *, create: bool = True, replicas: int = 1
+) -> ObjectStore:
+    """The images bucket; created (with ``replicas``) when missing and ``create`` is set. The
+    scheduler, which knows the configured replica count, raises an existing bucket's to it."""
     try:
         return await js.object_store(subjects.IMAGES_BUCKET)
     except (BucketNotFoundError, NotFoundError) as exc:
         if not create:
             raise ImageStoreError("the images bucket does not exist") from exc
-    config = ObjectStoreConfig(bucket=subjects.IMAGES_BUCKET, storage=StorageType.FILE)
+    config = ObjectStoreConfig(
+        bucket=subjects.IMAGES_BUCKET, storage=StorageType.FILE, replicas=replicas
+    )
     return await js.create_object_store(subjects.IMAGES_BUCKET, config=config)
 
 

@@ -334,6 +334,9 @@ AgentCommand = StartVm | StopVm | DeleteVm | ResumeVm | CaptureDisk
 class HostCommands(msgspec.Struct, kw_only=True):
     host_id: HostIdField
     commands: list[AgentCommand]
+    epoch: Annotated[int, msgspec.Meta(ge=0)] = 0
+    """The leadership that sent this batch (grows with every leader); agents refuse a batch
+    from an older epoch than the newest they have seen. 0: a scheduler without a lease."""
 
 
 class ObservedState(StrEnum):
@@ -402,6 +405,9 @@ class HeartbeatAck(msgspec.Struct, kw_only=True):
     """The digest of this host's inventory that the scheduler holds: while the inventory is
     unchanged, the agent may send the digest alone. Empty when it holds none (after a restart,
     or after declaring the host dead): the agent sends its next report in full."""
+    epoch: int = 0
+    """The leadership that granted this ack; an ack from an older epoch than the newest the
+    agent has seen renews nothing. 0: a scheduler without a lease."""
 
 
 # --------------------------------------------------------------------------- events

@@ -83,3 +83,9 @@ def _redact_one(url: str) -> str:
         return url
     host = parts.netloc.rsplit("@", 1)[1]
     return urlunsplit(parts._replace(netloc=f"***@{host}"))
+
+
+def nats_servers(url: str) -> list[str]:
+    """``nats_url`` as nats-py takes it: a comma-separated list of servers (any server of a
+    NATS cluster) becomes a list; nats-py rejects the comma-separated string itself."""
+    return [part.strip() for part in url.split(",") if part.strip()]

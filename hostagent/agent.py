@@ -247,11 +247,12 @@ class Agent:
                 batch.host_id,
             )
             return
-        self.submit(batch.commands)
+        self.submit(batch.commands, epoch=batch.epoch)
 
-    def submit(self, commands: Sequence[AgentCommand]) -> None:
-        """Commands as they arrive: judged now, carried out in order for each VM."""
-        self.handle(CommandsReceived(commands, self.driver.inventory()))
+    def submit(self, commands: Sequence[AgentCommand], *, epoch: int = 0) -> None:
+        """Commands as they arrive: judged now (their leader's epoch too), carried out in order
+        for each VM."""
+        self.handle(CommandsReceived(commands, self.driver.inventory(), epoch))
 
     async def execute(self, command: AgentCommand) -> None:
         """Submit one command and wait until the driver is done (for tests)."""

@@ -25,7 +25,7 @@ from common.config import AgentConfig
 from common.errors import ConfigError, ProtocolError
 from common.ids import HostId, host_id
 from common.messages import Heartbeat
-from common.natsauth import auth_options, host_inbox_prefix, redact_url
+from common.natsauth import auth_options, host_inbox_prefix, nats_servers, redact_url
 from common.resources import Resources
 from hostagent.agent import Agent
 from hostagent.capture import Capturer
@@ -196,7 +196,7 @@ class AgentApp:
             log.info("nats reconnected host_id=%s", host)
 
         nc = await nats.connect(
-            self.settings.config.nats_url,
+            nats_servers(self.settings.config.nats_url),
             name=f"stratus-agent-{host}",
             allow_reconnect=True,
             max_reconnect_attempts=-1,

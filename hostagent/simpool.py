@@ -48,7 +48,7 @@ from common.config import AgentConfig
 from common.errors import ConfigError, ProtocolError
 from common.ids import HostId, host_id
 from common.messages import Heartbeat
-from common.natsauth import auth_options
+from common.natsauth import auth_options, nats_servers
 from common.resources import Resources, parse_capacity
 from hostagent.agent import FENCE_CHECK_S, Agent, Operations
 from hostagent.drivers.fake import FakeDriver
@@ -208,7 +208,7 @@ class SimPool:
 
         config = self.settings.config
         return await nats.connect(
-            config.nats_url,
+            nats_servers(config.nats_url),
             name=f"stratus-simpool-{self.settings.prefix}",
             allow_reconnect=True,
             max_reconnect_attempts=-1,

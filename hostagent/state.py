@@ -40,6 +40,7 @@ from common.messages import (
     StopVm,
     VmSpec,
 )
+from hostagent.epoch import EpochGate, Verdict
 from hostagent.execlog import ExecEvent
 from hostagent.lease import Lease
 from hostagent.report import InventoryReport, omitted_digest
@@ -113,6 +114,8 @@ class AgentState:
         self.heartbeat_interval_s = heartbeat_interval_s
         self.fence_after_s = fence_after_s
         self.lease = Lease()
+        self.epochs = EpochGate()
+        """Refuses a deposed scheduler leader's commands and acks (hostagent/epoch.py)."""
         self.fenced = False
         self.report = InventoryReport()
         self._failed: dict[str, ObservedVm] = {}
@@ -142,8 +145,9 @@ class AgentState:
     def handle(self, stimulus: Stimulus, now_s: float) -> list[Instruction]:
         out: list[Instruction] = []
         match stimulus:
-            case CommandsReceived(commands=commands, vms=vms):
-                self._receive(commands, vms, now_s, out)
+            case CommandsReceived(commands=commands, vms=vms, epoch=epoch):
+                if self._from_leader(epoch, "commands", out):
+                    self._receive(commands, vms, now_s, out)
             case OpDone():
                 self._op_done(stimulus, now_s, out)
             case FenceTick(vms=vms):
@@ -151,10 +155,27 @@ class AgentState:
             case HeartbeatDue(vms=vms):
                 out.append(SendHeartbeat(self._heartbeat(vms, now_s)))
             case AckReceived(ack=ack):
-                self._ack(ack, now_s, out)
+                if self._from_leader(ack.epoch, "heartbeat ack", out):
+                    self._ack(ack, now_s, out)  # a deposed leader's ack renews nothing
             case _:
                 assert_never(stimulus)
         return out
+
+    def _from_leader(self, epoch: int, what: str, out: list[Instruction]) -> bool:
+        match self.epochs.judge(epoch):
+            case Verdict.REFUSED:
+                out.append(
+                    Note.warning(
+                        "%s from a deposed leader refused epoch=%d newest=%d",
+                        what,
+                        epoch,
+                        self.epochs.newest,
+                    )
+                )
+                return False
+            case Verdict.NEWER if epoch > 1:
+                out.append(Note.info("scheduler leader epoch=%d", epoch))
+        return True
 
     # ------------------------------------------------------------------ heartbeats and the lease
 

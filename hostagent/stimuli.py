@@ -37,6 +37,8 @@ class CommandsReceived:
 
     commands: Sequence[AgentCommand]
     vms: Sequence[ObservedVm]
+    epoch: int = 0
+    """The epoch of the scheduler leadership that sent them (``HostCommands.epoch``)."""
 
 
 @dataclass(frozen=True, slots=True)

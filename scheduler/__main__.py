@@ -14,7 +14,7 @@ import uvloop
 from common.config import SchedulerConfig, load_config, nats_environment
 from common.errors import StratusError
 from common.logging import setup_logging
-from scheduler.shell.app import SchedulerApp
+from scheduler.shell.ha import HaScheduler
 
 log = logging.getLogger("scheduler")
 
@@ -44,12 +44,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="serve the HTTP API and portal here, e.g. 127.0.0.1:8080 (default: off); the "
         "bearer token comes from the config's api_token or STRATUS_API_TOKEN",
     )
+    parser.add_argument(
+        "--lease", dest="lease_s", type=float, help="leader lease seconds (default 3)"
+    )
+    parser.add_argument(
+        "--replicas", type=int, help="replicas of every stream and bucket, 1..5 (default 1)"
+    )
     parser.add_argument("--drain-parallelism", dest="drain_parallelism", type=int)
     parser.add_argument("--log-level", default="INFO")
     return parser.parse_args(argv)
 
 
-async def _serve(app: SchedulerApp) -> None:
+async def _serve(app: HaScheduler) -> None:
     """Run until SIGTERM or SIGINT. A signal stops a serving scheduler in order (drain, close);
     one that is still connecting (NATS or JetStream unreachable) has nothing to drain, so its
     start-up is cancelled and the store closed at once."""
@@ -58,7 +64,7 @@ async def _serve(app: SchedulerApp) -> None:
 
     def on_signal() -> None:
         app.stop()
-        if not app.ready.is_set():
+        if not app.connected.is_set():
             log.info("stopping before start-up finished")
             run.cancel()
 
@@ -83,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     setup_logging(args.log_level, name="scheduler")
     try:
-        uvloop.run(_serve(SchedulerApp(config)))
+        uvloop.run(_serve(HaScheduler(config)))
     except StratusError as exc:
         log.error("scheduler failed error=%s", exc)
         return 1

@@ -32,7 +32,7 @@ from common.messages import (
     VmRef,
     VmReply,
 )
-from common.natsauth import auth_options, inbox_options, redact_url
+from common.natsauth import auth_options, inbox_options, nats_servers, redact_url
 from common.streams import ensure_streams
 from scheduler.core.contract import (
     Ack,
@@ -68,6 +68,7 @@ from scheduler.shell.jobs import run_jobs
 from scheduler.shell.metrics import Observer, SchedulerMetrics
 from scheduler.shell.readview import ReadView, Snapshot, snapshot
 from scheduler.shell.store import Batch, Rows, SqliteStore, encode_batch
+from scheduler.shell.term import SoloTerm, Term
 from scheduler.state.cluster import ClusterState
 from scheduler.state.storage import ImageRecord
 
@@ -91,9 +92,13 @@ class _Target:
 
 
 class SchedulerApp:
-    def __init__(self, config: SchedulerConfig, *, clock: Clock | None = None) -> None:
+    def __init__(
+        self, config: SchedulerConfig, *, clock: Clock | None = None, term: Term | None = None
+    ) -> None:
         self.config = config
         self.clock = clock or SystemClock()
+        # HA hook: the term of office (scheduler/term.py): may act? epoch? state log.
+        self.term = term or SoloTerm(config.tick_s, config.heartbeat_interval_s)
         self.scheduler_id = uuid.uuid4().hex[:12]
         self.queue: asyncio.Queue[Input] = asyncio.Queue()
         self.ready = asyncio.Event()
@@ -167,7 +172,7 @@ class SchedulerApp:
             self.queue.put_nowait(Reconnected())
 
         nc = await nats.connect(
-            self.config.nats_url,
+            nats_servers(self.config.nats_url),  # a cluster: several URLs
             name=f"stratus-scheduler-{self.scheduler_id}",
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.25,
@@ -192,10 +197,9 @@ class SchedulerApp:
         started = self.core.start(self.now(), builtins)
         await self._commit(store, started)
         await nc.subscribe(subjects.HEARTBEAT_WILDCARD, cb=self._on_heartbeat)
-        await nc.subscribe(subjects.API_WILDCARD, queue="stratus-scheduler", cb=self._on_api)
-        await nc.subscribe(
-            subjects.CAPTURED_WILDCARD, queue="stratus-scheduler", cb=self._on_capture_report
-        )
+        queue = self.term.api_queue  # HA hook: a leader takes the API alone, no queue group
+        await nc.subscribe(subjects.API_WILDCARD, queue=queue, cb=self._on_api)
+        await nc.subscribe(subjects.CAPTURED_WILDCARD, queue=queue, cb=self._on_capture_report)
         await nc.flush()
         http = await self._start_http(nc)
         url = redact_url(self.config.nats_url)
@@ -220,7 +224,7 @@ class SchedulerApp:
         restart while the scheduler starts must not end it (both steps are idempotent)."""
         while True:
             try:
-                await ensure_streams(js)
+                await ensure_streams(js, self.config.replicas)  # HA: replicas from config
                 return await gallery.prepare(js, self.config)
             except (nats.errors.Error, TimeoutError) as exc:
                 log.warning("jetstream not ready, retrying error=%r", exc)
@@ -356,6 +360,8 @@ class SchedulerApp:
     async def _run_ticks(self) -> None:
         while True:
             await asyncio.sleep(self.config.tick_s)
+            if self.term.fresh_windows_due(self.clock.monotonic_s()):  # HA hook: a healthy judge
+                self.queue.put_nowait(Reconnected())
             # No ticks while NATS is away: no heartbeat can arrive, so silence proves nothing.
             if not self._tick_queued and (self._nc is None or self._nc.is_connected):
                 self._tick_queued = True
@@ -393,6 +399,7 @@ class SchedulerApp:
     async def _commit(self, store: SqliteStore, result: StepResult) -> None:
         """Store a result outside the core loop (at start-up)."""
         rows, copies = self._encode(result)
+        rows = await self.term.append(rows)  # HA hook: a standby sees the start-up records too
         await store.write(rows)
         assert self.view is not None
         self.view.apply(copies)
@@ -400,6 +407,7 @@ class SchedulerApp:
     async def _commit_then_act(
         self, nc: Client, store: SqliteStore, rows: Rows, copies: Snapshot, actions: list[Action]
     ) -> None:
+        rows = await self.term.append(rows)  # HA hook: in the state log before stored or acted on
         await store.write(rows)
         assert self.view is not None
         self.view.apply(copies)
@@ -413,7 +421,9 @@ class SchedulerApp:
         acks late enough under load for healthy hosts to fence."""
         for action in actions:
             if isinstance(action, Ack):
-                await self._answer(self._targets.pop(action.token), action.ack)
+                self.term.check()  # HA hook: only a leader in its acting window acks
+                ack = msgspec.structs.replace(action.ack, epoch=self.term.epoch)
+                await self._answer(self._targets.pop(action.token), ack)
 
     def _encode(self, result: StepResult) -> tuple[Rows, Snapshot]:
         """The rows to store and the copies for the read view, before the core's next step."""
@@ -435,6 +445,7 @@ class SchedulerApp:
     async def _carry_out(self, nc: Client, actions: list[Action]) -> None:
         """Executed only after the commit: replies and commands (heartbeat acks went before it;
         events go to the publisher after this)."""
+        self.term.check()  # HA hook: only a leader in its acting window replies or commands
         for observe in self.observers:
             observe(actions, self._source)
         for action in actions:
@@ -442,7 +453,9 @@ class SchedulerApp:
                 case Reply(token=token, body=body):
                     await self._answer(self._targets.pop(token), body)
                 case SendCommands(host_id=host, commands=commands):
-                    message = HostCommands(host_id=host, commands=list(commands))
+                    message = HostCommands(  # HA hook: the epoch
+                        host_id=host, commands=list(commands), epoch=self.term.epoch
+                    )
                     await nc.publish(subjects.host_commands(host), codec.encode(message))
                 case DropImageObject(sha256=sha256):
                     gallery.drop_object_in_background(nc, sha256)

@@ -23,6 +23,7 @@ from common.config import SchedulerConfig
 from common.errors import StratusError
 from common.images import ImageFormat, read_header, sniff_format
 from common.imagestore import (
+    IMAGES_STREAM,
     ImageStoreError,
     delete_image_object,
     image_bucket,
@@ -30,6 +31,7 @@ from common.imagestore import (
     read_image_head,
 )
 from common.messages import ErrorBody, ErrorCode, ImageReply, UploadImage
+from common.streams import ensure_replicas
 from scheduler.core.contract import BuiltinImage, Mutation
 from scheduler.core.images import object_unused
 from scheduler.state.storage import ImageRecord
@@ -50,7 +52,8 @@ async def prepare(js: JetStreamContext, config: SchedulerConfig) -> list[Builtin
     """Create the images bucket and store the configured built-in images' bytes (idempotent:
     objects are named by sha256). The core registers them (a changed file becomes the image's
     next version). Runs before the core loop starts."""
-    await image_bucket(js)
+    await image_bucket(js, replicas=config.replicas)
+    await ensure_replicas(js, IMAGES_STREAM, config.replicas)
     found: list[BuiltinImage] = []
     for name, path in sorted(config.builtin_images.items()):
         try:

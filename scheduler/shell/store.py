@@ -81,10 +81,18 @@ class Rows:
     replies: list[tuple[str, bytes, float]]
     events: list[tuple[int, str, bytes]]
     published: list[int]
+    log_seq: int = 0
+    """The state log sequence this batch is (scheduler/statelog.py); 0: not logged."""
 
     def __bool__(self) -> bool:
         return bool(
-            self.vms or self.hosts or self.images or self.replies or self.events or self.published
+            self.vms
+            or self.hosts
+            or self.images
+            or self.replies
+            or self.events
+            or self.published
+            or self.log_seq
         )
 
 
@@ -118,8 +126,9 @@ _encoder = msgspec.json.Encoder()
 
 
 class SqliteStore:
-    def __init__(self, db: aiosqlite.Connection) -> None:
+    def __init__(self, db: aiosqlite.Connection, path: str = "") -> None:
         self._db = db
+        self.path = path
 
     @classmethod
     async def open(cls, path: str | Path) -> SqliteStore:
@@ -128,7 +137,7 @@ class SqliteStore:
             await db.execute("PRAGMA journal_mode=WAL")
             await db.execute("PRAGMA synchronous=FULL")
             await db.executescript(_SCHEMA)
-            store = cls(db)
+            store = cls(db, str(path))
             await store._check_version()
         except (aiosqlite.Error, OSError) as exc:
             raise StoreError(f"cannot open store {path}: {exc}") from exc
@@ -169,6 +178,12 @@ class SqliteStore:
             raise StoreError(f"cannot load store: {exc}") from exc
         event_seq = int(seq_rows[0][0]) if seq_rows else 0
         return Loaded(vms, hosts, replies, event_seq, outbox, images)
+
+    async def meta(self, key: str) -> str | None:
+        """A value of the store's ``meta`` table (e.g. ``state_log_seq``)."""
+        async with self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)) as cur:
+            row = await cur.fetchone()
+        return None if row is None else str(row[0])
 
     async def _all(self, sql: str) -> list[tuple[Any, ...]]:
         async with self._db.execute(sql) as cursor:
@@ -222,6 +237,11 @@ def _write_rows(conn: sqlite3.Connection, rows: Rows) -> None:
                 (str(rows.events[-1][0]),),
             )
         conn.executemany("DELETE FROM outbox WHERE seq = ?", [(q,) for q in rows.published])
+        if rows.log_seq:
+            conn.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('state_log_seq', ?)",
+                (str(rows.log_seq),),
+            )
         conn.execute("COMMIT")
     except sqlite3.Error:
         try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -60,6 +61,23 @@ def test_a_start_is_logged_before_the_driver_is_asked() -> None:
         RecordExecution("vm-1", 1, ExecEvent.START),
         DriverStart(make_spec(), 1),
     ]
+
+
+def test_a_deposed_leaders_commands_and_acks_are_refused() -> None:
+    """Once a newer scheduler leader has been heard from, an older one (not yet aware it lost
+    its lease) can neither start anything nor renew the host's lease."""
+    agent = SyncAgent(make_state())
+    newer = msgspec.structs.replace(ack_for(agent.heartbeat(100.0)), epoch=7)
+    agent.handle(AckReceived(newer), 100.1)
+    assert agent.state.epochs.newest == 7
+    out = agent.state.handle(CommandsReceived([start()], [], epoch=6), 100.2)
+    assert decisions(out) == []
+    stale = msgspec.structs.replace(ack_for(agent.heartbeat(103.0)), epoch=6)
+    before = agent.state.lease
+    assert decisions(agent.state.handle(AckReceived(stale), 103.1)) == []
+    assert agent.state.lease == before  # renewed nothing
+    out = agent.state.handle(CommandsReceived([start()], [], epoch=7), 103.2)
+    assert DriverStart(make_spec(), 1) in decisions(out)
 
 
 # --------------------------------------------------------------------------- histories

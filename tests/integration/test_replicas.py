@@ -1,0 +1,97 @@
+"""Replication is configuration: streams get the configured replica count, an existing stream is
+raised to it without losing messages, and a start never lowers what an operator set higher."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
+from nats.js.errors import NoStreamResponseError
+
+from common import subjects
+from common.streams import ensure_stream, ensure_streams, events_stream_config
+from tests.conftest import _require_nats
+from tests.integration.natscluster import NatsCluster
+from tests.waiting import wait_until
+
+pytestmark = pytest.mark.integration
+
+RETRYABLE = (NatsTimeoutError, NoRespondersError, NoStreamResponseError)
+
+
+@pytest.fixture
+def nats3(tmp_path: Path) -> Iterator[NatsCluster]:
+    _require_nats()
+    cluster = NatsCluster.create(tmp_path / "nats")
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+async def _retrying(call: object) -> None:
+    """A fresh cluster's first JetStream calls may find no meta or stream leader yet."""
+
+    async def attempt() -> bool:
+        try:
+            await call()  # type: ignore[operator]
+        except RETRYABLE:
+            return False
+        return True
+
+    await wait_until(attempt, timeout_s=20, message="jetstream to answer")
+
+
+async def _replicas(js: JetStreamContext, stream: str) -> int:
+    info = await js.stream_info(stream)
+    return info.config.num_replicas or 1
+
+
+async def test_an_r1_stream_with_messages_is_raised_to_r3_and_keeps_them(
+    nats3: NatsCluster,
+) -> None:
+    await nats3.wait_ready()
+    nc = await nats3.connect()
+    try:
+        js = nc.jetstream(timeout=2.0)
+        await _retrying(lambda: ensure_streams(js, 1))
+        for i in range(20):
+            await _retrying(lambda i=i: js.publish(subjects.vm_event(f"vm-{i}"), b"{}"))
+        assert await _replicas(js, subjects.EVENTS_STREAM) == 1
+
+        await _retrying(lambda: ensure_streams(js, 3))
+
+        info = await js.stream_info(subjects.EVENTS_STREAM)
+        assert info.config.num_replicas == 3
+        assert info.state.messages == 20
+        assert await _replicas(js, subjects.JOBS_STREAM) == 3
+
+        async def three_copies() -> bool:
+            info = await js.stream_info(subjects.EVENTS_STREAM)
+            return info.cluster is not None and len(info.cluster.replicas or []) == 2
+
+        await wait_until(three_copies, timeout_s=20, message="two followers of the stream")
+    finally:
+        await nc.close()
+
+
+async def test_a_start_never_lowers_a_replica_count_set_higher(nats3: NatsCluster) -> None:
+    await nats3.wait_ready()
+    nc = await nats3.connect()
+    try:
+        js = nc.jetstream(timeout=2.0)
+        await _retrying(lambda: ensure_stream(js, events_stream_config(3)))
+        await _retrying(lambda: js.publish(subjects.vm_event("web"), b"{}"))
+
+        await ensure_stream(js, events_stream_config(1))  # a scheduler configured for 1
+
+        info = await js.stream_info(subjects.EVENTS_STREAM)
+        assert info.config.num_replicas == 3
+        assert info.state.messages == 1
+    finally:
+        await nc.close()

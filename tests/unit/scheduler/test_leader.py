@@ -1,0 +1,62 @@
+"""The lease's acting window, tick gaps, and the state log's batch parts (pure parts)."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from scheduler.shell.leader import LeaseClock
+from scheduler.shell.statelog import PART_BYTES, split
+from scheduler.shell.store import Rows
+from scheduler.shell.term import TickGaps
+
+
+def test_a_leader_acts_only_until_its_last_renewal_was_sent_plus_lease_minus_margin() -> None:
+    clock = LeaseClock(lease_s=3.0, epoch=5)
+    assert not clock.may_act(0.0)
+    clock.granted(revision=5, sent_at_s=10.0)
+    assert clock.may_act(10.0)
+    assert clock.may_act(10.0 + 3.0 - clock.margin_s - 0.01)
+    assert not clock.may_act(10.0 + 3.0 - clock.margin_s)
+    clock.granted(revision=6, sent_at_s=11.0)
+    assert clock.may_act(13.0 - clock.margin_s)
+    assert clock.revision == 6 and clock.epoch == 5
+
+
+def test_a_late_answer_to_an_older_renewal_never_shortens_the_window() -> None:
+    clock = LeaseClock(lease_s=3.0)
+    clock.granted(revision=7, sent_at_s=20.0)
+    clock.granted(revision=6, sent_at_s=19.0)
+    assert clock.may_act(22.0)
+
+
+def test_a_revoked_term_never_acts() -> None:
+    clock = LeaseClock(lease_s=3.0)
+    clock.granted(revision=1, sent_at_s=0.0)
+    clock.revoked = True
+    assert not clock.may_act(0.1)
+
+
+@pytest.mark.parametrize(
+    ("times", "late"),
+    [([0.0, 0.2, 0.4], [False, False, False]), ([0.0, 0.2, 1.5], [False, False, True])],
+    ids=["on-time", "stalled"],
+)
+def test_tick_gaps(times: list[float], late: list[bool]) -> None:
+    gaps = TickGaps(tick_s=0.2, slack_s=0.5)
+    assert [gaps.late(t) for t in times] == late
+
+
+def test_a_big_batch_goes_in_parts_that_join_to_the_batch() -> None:
+    big = Rows(
+        vms=[(f"vm-{i}", "running", b"x" * 1000) for i in range(2000)],
+        hosts=[],
+        images=[],
+        replies=[],
+        events=[],
+        published=[],
+    )
+    parts = split(big)
+    assert len(parts) == 3
+    assert all(len(part) <= PART_BYTES for part in parts)
+    assert msgspec.msgpack.decode(b"".join(parts), type=Rows) == big
