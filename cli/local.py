@@ -27,6 +27,7 @@ from cli.client import StratusClient, connect
 from common import messages as m
 from common.errors import ApiError, StratusError
 from common.natsserver import NatsServer, start_nats_server
+from common.waiting import poll, poll_sync
 from hostagent.fenceguard import guard_pid
 
 DEFAULT_PORT = 4222
@@ -212,11 +213,14 @@ def guard_args(spec: ClusterSpec, host: str) -> list[str]:
 
 def _wait_guard(spec: ClusterSpec, host: str, guard: Child) -> None:
     """Until the guard holds its host (so the agent uses it instead of starting its own)."""
-    deadline_s = time.monotonic() + GUARD_START_S
-    while guard_pid(spec.data_dir / "agents", host) is None:
-        if guard.process.poll() is not None or time.monotonic() > deadline_s:
-            raise StratusError(f"the fence guard of {host} did not start; see {guard.log_path}")
-        time.sleep(POLL_S)
+
+    def holding() -> bool | None:
+        if guard_pid(spec.data_dir / "agents", host) is not None:
+            return True
+        return False if guard.process.poll() is not None else None
+
+    if not poll_sync(holding, timeout_s=GUARD_START_S, interval_s=POLL_S):
+        raise StratusError(f"the fence guard of {host} did not start; see {guard.log_path}")
 
 
 def start_cluster(spec: ClusterSpec) -> LocalCluster:
@@ -252,8 +256,8 @@ async def wait_hosts_up(
 ) -> list[m.HostInfo]:
     """Poll ``host.list`` until every host of the cluster is ``up``."""
     wanted = set(cluster.spec.host_ids)
-    deadline = time.monotonic() + timeout_s
-    while True:
+
+    async def all_up() -> list[m.HostInfo] | None:
         cluster.check_scheduler()
         for child in cluster.agents.values():
             if child.process.poll() is not None:
@@ -262,11 +266,14 @@ async def wait_hosts_up(
             hosts = [host for host in await client.list_hosts() if host.host_id in wanted]
             if sum(host.state is m.HostState.UP for host in hosts) == len(wanted):
                 return hosts
-        if time.monotonic() > deadline:
-            raise StratusError(
-                f"hosts not up after {timeout_s:g}s; logs in {cluster.scheduler.log_path.parent}"
-            )
-        await asyncio.sleep(POLL_S)
+        return None
+
+    hosts = await poll(all_up, timeout_s=timeout_s, interval_s=POLL_S)
+    if hosts is None:
+        raise StratusError(
+            f"hosts not up after {timeout_s:g}s; logs in {cluster.scheduler.log_path.parent}"
+        )
+    return hosts
 
 
 def port_is_free(port: int) -> bool:
@@ -432,18 +439,21 @@ def busiest_host(vms: Sequence[m.VmInfo]) -> str:
 async def _all_running(
     client: StratusClient, cluster: LocalCluster, names: set[str], timeout_s: float
 ) -> list[m.VmInfo]:
-    deadline = time.monotonic() + timeout_s
-    while True:
+    vms: list[m.VmInfo] = []
+
+    async def all_running() -> list[m.VmInfo] | None:
+        nonlocal vms
         cluster.check_scheduler()
         vms = [vm for vm in await client.list_vms() if vm.name in names]
         for vm in vms:
             if vm.state in (m.VmState.FAILED, m.VmState.DELETED):
                 raise StratusError(f"vm '{vm.name}' is {vm.state}: {vm.reason}")
-        if len(vms) == len(names) and all(vm.state is m.VmState.RUNNING for vm in vms):
-            return vms
-        if time.monotonic() > deadline:
-            raise StratusError(f"VMs not running after {timeout_s:g}s: {output.state_summary(vms)}")
-        await asyncio.sleep(POLL_S)
+        running = len(vms) == len(names) and all(vm.state is m.VmState.RUNNING for vm in vms)
+        return vms if running else None
+
+    if await poll(all_running, timeout_s=timeout_s, interval_s=POLL_S) is None:
+        raise StratusError(f"VMs not running after {timeout_s:g}s: {output.state_summary(vms)}")
+    return vms
 
 
 async def _place(client: StratusClient, cluster: LocalCluster, timeout_s: float) -> list[m.VmInfo]:

@@ -7,11 +7,11 @@ import re
 import shutil
 import subprocess
 import sysconfig
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from common.errors import StratusError
+from common.waiting import poll_sync
 
 _LISTEN_RE = re.compile(rb"Listening for client connections on [^\s:]+:(\d+)")
 
@@ -61,14 +61,18 @@ def start_nats_server(
     args += ["-l", str(log_path), *extra_args]
     log_path.unlink(missing_ok=True)
     process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+
+    def listening() -> NatsServer | None:
         if process.poll() is not None:
             raise StratusError(f"nats-server exited with {process.returncode}; see {log_path}")
         text = log_path.read_bytes() if log_path.exists() else b""
         match = _LISTEN_RE.search(text)
         if match and b"Server is ready" in text:
             return NatsServer(process, int(match[1]), store_dir, log_path)
-        time.sleep(0.005)
+        return None
+
+    server = poll_sync(listening, timeout_s=timeout_s, interval_s=0.005)
+    if server is not None:
+        return server
     process.kill()
     raise StratusError(f"nats-server did not become ready in {timeout_s}s; see {log_path}")
