@@ -25,6 +25,7 @@ from types import FrameType
 from cli import output, qemukit
 from cli.client import StratusClient, connect
 from common import messages as m
+from common import procs
 from common.errors import ApiError, StratusError
 from common.natsserver import NatsServer, start_nats_server
 from common.waiting import poll, poll_sync
@@ -122,7 +123,7 @@ class LocalCluster:
         """SIGTERM every daemon, SIGKILL what is left after ``timeout_s``, then stop NATS.
 
         Returns the names of the daemons that had to be killed."""
-        killed = stop_processes([child.process for child in self.children], timeout_s)
+        killed = procs.stop_all([child.process for child in self.children], timeout_s)
         if self.spec.boot_dir is not None:
             qemukit.stop_guests(self.spec.data_dir / "agents", timeout_s)
         self.nats.stop(timeout_s)
@@ -137,35 +138,9 @@ def _die_with_parent() -> None:
 
 def spawn(name: str, args: list[str], log_path: Path, env: dict[str, str] | None = None) -> Child:
     """Start a daemon in its own session (Ctrl-C reaches only the CLI, which stops it)."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("ab") as log_file:
-        process = subprocess.Popen(
-            args,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
-        )
+    die_with_parent = _die_with_parent if sys.platform == "linux" else None
+    process = procs.spawn(args, log_path, env=env, new_session=True, preexec_fn=die_with_parent)
     return Child(name, process, log_path)
-
-
-def stop_processes(processes: list[subprocess.Popen[bytes]], timeout_s: float) -> list[int]:
-    """SIGTERM all, wait up to ``timeout_s`` in all, SIGKILL the rest; returns their pids."""
-    for process in processes:
-        if process.poll() is None:
-            process.terminate()
-    deadline = time.monotonic() + timeout_s
-    killed = []
-    for process in processes:
-        try:
-            process.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-            killed.append(process.pid)
-    return killed
 
 
 def scheduler_args(url: str, spec: ClusterSpec) -> list[str]:
@@ -244,7 +219,7 @@ def start_cluster(spec: ClusterSpec) -> LocalCluster:
             children.append(spawn(host, agent_args(nats.url, spec, index), logs / f"{host}.log"))
     except (OSError, StratusError):
         everything = [*children, *guards.values()]
-        stop_processes([child.process for child in everything], STOP_TIMEOUT_S)
+        procs.stop_all([child.process for child in everything], STOP_TIMEOUT_S)
         nats.stop()
         raise
     agents = {child.name: child for child in children[1:]}
