@@ -11,7 +11,6 @@ import json
 import os
 import platform
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -28,7 +27,7 @@ import psutil  # type: ignore[import-untyped]  # no types-psutil in the venv
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from common import codec, subjects
+from common import codec, procs, subjects
 from common.messages import CreateVm, HostEvent, VmEvent
 from common.natsserver import NatsServer, start_nats_server
 
@@ -96,10 +95,7 @@ class Rig:
 
     def spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        with (self.workdir / f"{name}.log").open("ab") as log:
-            proc = subprocess.Popen(
-                [sys.executable, *args], stdout=log, stderr=subprocess.STDOUT, env=env
-            )
+        proc = procs.spawn([sys.executable, *args], self.workdir / f"{name}.log", env=env)
         self.procs[name] = proc
         return proc
 
@@ -118,9 +114,7 @@ class Rig:
 
     def kill(self, name: str) -> None:
         """kill -9 and reap."""
-        proc = self.procs.pop(name)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=10)
+        procs.kill(self.procs.pop(name), timeout_s=10)
 
     def check_alive(self) -> None:
         for name, proc in self.procs.items():
@@ -129,15 +123,7 @@ class Rig:
                 raise RuntimeError(f"{name} exited with {proc.returncode}:\n{log}")
 
     def close(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.procs.values():
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+        procs.stop_all(self.procs.values(), timeout_s=10)
         self.procs.clear()
         self.nats.stop()
 

@@ -30,6 +30,7 @@ from bench.harness import Rig, Watch, machine, rig, write_result
 from bench.loaded import load_cluster
 from common import codec, subjects
 from common.messages import VmRef
+from common.waiting import Deadline, poll
 from hostagent.simpool import ACK_INBOX_PREFIX
 
 TARGET_S = 5.0
@@ -68,23 +69,27 @@ class AckWatch:
                 self.all_acked.set()
 
 
-async def _until_api_answers(nc: Client, name: str, deadline_s: float) -> float:
+async def _until_api_answers(nc: Client, name: str, deadline: Deadline) -> float:
     body = codec.encode(VmRef(name=name))
-    while time.monotonic() < deadline_s:
+
+    async def answered_at_s() -> float | None:
         try:
             msg = await nc.request(subjects.VM_GET, body, timeout=0.25)
         except (nats.errors.Error, TimeoutError):
-            continue  # no responders yet: try again at once
-        if codec.vm_reply.decode(msg.data).vm is not None:
-            return time.monotonic()
-    raise TimeoutError("the restarted scheduler never answered")
+            return None  # no responders yet: try again at once
+        return time.monotonic() if codec.vm_reply.decode(msg.data).vm is not None else None
+
+    at_s = await poll(answered_at_s, timeout_s=deadline.remaining_s(), interval_s=0.0)
+    if at_s is None:
+        raise TimeoutError("the restarted scheduler never answered")
+    return at_s
 
 
 async def _restart(the_rig: Rig, nc: Client, acks: AckWatch) -> dict[str, float]:
     killed_at_s = time.monotonic()
     the_rig.kill("scheduler")
     the_rig.start_scheduler()
-    api_at_s = await _until_api_answers(nc, "vm-000000", killed_at_s + 120)
+    api_at_s = await _until_api_answers(nc, "vm-000000", Deadline(killed_at_s + 120))
     async with asyncio.timeout(120):
         await acks.all_acked.wait()
     reconciled_s = max(api_at_s, acks.last_s) - killed_at_s

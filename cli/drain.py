@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Protocol
 
 from cli.waiting import Progress
 from common import messages as m
 from common.errors import ApiError
+from common.waiting import Deadline
 
 POLL_S = 0.2
 BAR_WIDTH = 30
@@ -30,7 +30,7 @@ async def wait_drained(
     """Poll the host list until ``started``'s drain ends, redrawing a bar on a terminal;
     ``ApiError`` on timeout or if the host disappears."""
     host_id, total = started.host_id, started.drain_remaining
-    deadline = time.monotonic() + timeout_s
+    deadline = Deadline.after(timeout_s)
     host = started
     try:
         while True:
@@ -38,7 +38,7 @@ async def wait_drained(
             progress.show(progress_bar(host_id, moved, total))
             if not host.draining:
                 return host
-            if time.monotonic() >= deadline:
+            if deadline.passed():
                 detail = f"host {host_id} still draining after {timeout_s:g}s: "
                 raise ApiError("timeout", detail + f"{host.drain_remaining} vms left")
             await asyncio.sleep(POLL_S)

@@ -25,8 +25,10 @@ from types import FrameType
 from cli import output, qemukit
 from cli.client import StratusClient, connect
 from common import messages as m
+from common import procs
 from common.errors import ApiError, StratusError
 from common.natsserver import NatsServer, start_nats_server
+from common.waiting import poll, poll_sync
 from hostagent.fenceguard import guard_pid
 
 DEFAULT_PORT = 4222
@@ -121,7 +123,7 @@ class LocalCluster:
         """SIGTERM every daemon, SIGKILL what is left after ``timeout_s``, then stop NATS.
 
         Returns the names of the daemons that had to be killed."""
-        killed = stop_processes([child.process for child in self.children], timeout_s)
+        killed = procs.stop_all([child.process for child in self.children], timeout_s)
         if self.spec.boot_dir is not None:
             qemukit.stop_guests(self.spec.data_dir / "agents", timeout_s)
         self.nats.stop(timeout_s)
@@ -136,35 +138,9 @@ def _die_with_parent() -> None:
 
 def spawn(name: str, args: list[str], log_path: Path, env: dict[str, str] | None = None) -> Child:
     """Start a daemon in its own session (Ctrl-C reaches only the CLI, which stops it)."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("ab") as log_file:
-        process = subprocess.Popen(
-            args,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
-        )
+    die_with_parent = _die_with_parent if sys.platform == "linux" else None
+    process = procs.spawn(args, log_path, env=env, new_session=True, preexec_fn=die_with_parent)
     return Child(name, process, log_path)
-
-
-def stop_processes(processes: list[subprocess.Popen[bytes]], timeout_s: float) -> list[int]:
-    """SIGTERM all, wait up to ``timeout_s`` in all, SIGKILL the rest; returns their pids."""
-    for process in processes:
-        if process.poll() is None:
-            process.terminate()
-    deadline = time.monotonic() + timeout_s
-    killed = []
-    for process in processes:
-        try:
-            process.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-            killed.append(process.pid)
-    return killed
 
 
 def scheduler_args(url: str, spec: ClusterSpec) -> list[str]:
@@ -212,11 +188,14 @@ def guard_args(spec: ClusterSpec, host: str) -> list[str]:
 
 def _wait_guard(spec: ClusterSpec, host: str, guard: Child) -> None:
     """Until the guard holds its host (so the agent uses it instead of starting its own)."""
-    deadline_s = time.monotonic() + GUARD_START_S
-    while guard_pid(spec.data_dir / "agents", host) is None:
-        if guard.process.poll() is not None or time.monotonic() > deadline_s:
-            raise StratusError(f"the fence guard of {host} did not start; see {guard.log_path}")
-        time.sleep(POLL_S)
+
+    def holding() -> bool | None:
+        if guard_pid(spec.data_dir / "agents", host) is not None:
+            return True
+        return False if guard.process.poll() is not None else None
+
+    if not poll_sync(holding, timeout_s=GUARD_START_S, interval_s=POLL_S):
+        raise StratusError(f"the fence guard of {host} did not start; see {guard.log_path}")
 
 
 def start_cluster(spec: ClusterSpec) -> LocalCluster:
@@ -240,7 +219,7 @@ def start_cluster(spec: ClusterSpec) -> LocalCluster:
             children.append(spawn(host, agent_args(nats.url, spec, index), logs / f"{host}.log"))
     except (OSError, StratusError):
         everything = [*children, *guards.values()]
-        stop_processes([child.process for child in everything], STOP_TIMEOUT_S)
+        procs.stop_all([child.process for child in everything], STOP_TIMEOUT_S)
         nats.stop()
         raise
     agents = {child.name: child for child in children[1:]}
@@ -252,8 +231,8 @@ async def wait_hosts_up(
 ) -> list[m.HostInfo]:
     """Poll ``host.list`` until every host of the cluster is ``up``."""
     wanted = set(cluster.spec.host_ids)
-    deadline = time.monotonic() + timeout_s
-    while True:
+
+    async def all_up() -> list[m.HostInfo] | None:
         cluster.check_scheduler()
         for child in cluster.agents.values():
             if child.process.poll() is not None:
@@ -262,11 +241,14 @@ async def wait_hosts_up(
             hosts = [host for host in await client.list_hosts() if host.host_id in wanted]
             if sum(host.state is m.HostState.UP for host in hosts) == len(wanted):
                 return hosts
-        if time.monotonic() > deadline:
-            raise StratusError(
-                f"hosts not up after {timeout_s:g}s; logs in {cluster.scheduler.log_path.parent}"
-            )
-        await asyncio.sleep(POLL_S)
+        return None
+
+    hosts = await poll(all_up, timeout_s=timeout_s, interval_s=POLL_S)
+    if hosts is None:
+        raise StratusError(
+            f"hosts not up after {timeout_s:g}s; logs in {cluster.scheduler.log_path.parent}"
+        )
+    return hosts
 
 
 def port_is_free(port: int) -> bool:
@@ -432,18 +414,21 @@ def busiest_host(vms: Sequence[m.VmInfo]) -> str:
 async def _all_running(
     client: StratusClient, cluster: LocalCluster, names: set[str], timeout_s: float
 ) -> list[m.VmInfo]:
-    deadline = time.monotonic() + timeout_s
-    while True:
+    vms: list[m.VmInfo] = []
+
+    async def all_running() -> list[m.VmInfo] | None:
+        nonlocal vms
         cluster.check_scheduler()
         vms = [vm for vm in await client.list_vms() if vm.name in names]
         for vm in vms:
             if vm.state in (m.VmState.FAILED, m.VmState.DELETED):
                 raise StratusError(f"vm '{vm.name}' is {vm.state}: {vm.reason}")
-        if len(vms) == len(names) and all(vm.state is m.VmState.RUNNING for vm in vms):
-            return vms
-        if time.monotonic() > deadline:
-            raise StratusError(f"VMs not running after {timeout_s:g}s: {output.state_summary(vms)}")
-        await asyncio.sleep(POLL_S)
+        running = len(vms) == len(names) and all(vm.state is m.VmState.RUNNING for vm in vms)
+        return vms if running else None
+
+    if await poll(all_running, timeout_s=timeout_s, interval_s=POLL_S) is None:
+        raise StratusError(f"VMs not running after {timeout_s:g}s: {output.state_summary(vms)}")
+    return vms
 
 
 async def _place(client: StratusClient, cluster: LocalCluster, timeout_s: float) -> list[m.VmInfo]:

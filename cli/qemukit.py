@@ -8,10 +8,11 @@ import os
 import shutil
 import signal
 import subprocess
-import time
+from functools import partial
 from pathlib import Path
 
 from common.errors import StratusError
+from common.waiting import Deadline, poll_sync
 
 REPO = Path(__file__).resolve().parent.parent
 BUILD_SCRIPT = REPO / "deploy" / "images" / "build-tiny.sh"
@@ -62,11 +63,10 @@ def stop_guests(agents_dir: Path, timeout_s: float = 5.0) -> int:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
+    deadline = Deadline.after(timeout_s)
     for pid in pids:
-        while _is_guest(pid, agents_dir) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if _is_guest(pid, agents_dir):
+        gone = partial(_gone, pid, agents_dir)
+        if poll_sync(gone, timeout_s=deadline.remaining_s(), interval_s=0.05) is None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
     return len(pids)
@@ -78,6 +78,10 @@ def _guest_pids(agents_dir: Path) -> list[int]:
         with contextlib.suppress(OSError, ValueError):
             pids.append(int(path.read_text().strip()))
     return pids
+
+
+def _gone(pid: int, agents_dir: Path) -> bool | None:
+    return None if _is_guest(pid, agents_dir) else True
 
 
 def _is_guest(pid: int, agents_dir: Path) -> bool:

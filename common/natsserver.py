@@ -7,13 +7,14 @@ import re
 import shutil
 import subprocess
 import sysconfig
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from common import procs
 from common.errors import StratusError
 
-_LISTEN_RE = re.compile(rb"Listening for client connections on [^\s:]+:(\d+)")
+READY_RE = re.compile(rb"Listening for client connections on [^\s:]+:(\d+)(?s:.*)Server is ready")
+"""The log says which port it took, then that it is ready."""
 
 
 def find_nats_server() -> str | None:
@@ -36,13 +37,7 @@ class NatsServer:
         return f"nats://127.0.0.1:{self.port}"
 
     def stop(self, timeout_s: float = 5.0) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=timeout_s)
+        procs.stop_all([self.process], timeout_s)
 
 
 def start_nats_server(
@@ -60,15 +55,9 @@ def start_nats_server(
     args = [binary, "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store_dir)]
     args += ["-l", str(log_path), *extra_args]
     log_path.unlink(missing_ok=True)
-    process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise StratusError(f"nats-server exited with {process.returncode}; see {log_path}")
-        text = log_path.read_bytes() if log_path.exists() else b""
-        match = _LISTEN_RE.search(text)
-        if match and b"Server is ready" in text:
-            return NatsServer(process, int(match[1]), store_dir, log_path)
-        time.sleep(0.005)
+    process = procs.spawn(args, None)
+    match = procs.wait_for_log(process, log_path, READY_RE, timeout_s)
+    if match is not None:
+        return NatsServer(process, int(match[1]), store_dir, log_path)
     process.kill()
     raise StratusError(f"nats-server did not become ready in {timeout_s}s; see {log_path}")

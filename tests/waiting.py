@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Awaitable, Callable
+
+from common import waiting
 
 
 async def wait_until(
@@ -15,13 +15,9 @@ async def wait_until(
     message: str = "condition",
 ) -> None:
     """Poll ``predicate`` until it is true; fail the test after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = predicate()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {message}")
-        await asyncio.sleep(interval_s)
+    try:
+        await waiting.wait_until(
+            predicate, timeout_s=timeout_s, interval_s=interval_s, message=message
+        )
+    except waiting.WaitTimeout as exc:
+        raise AssertionError(str(exc)) from None

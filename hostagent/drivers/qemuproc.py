@@ -15,7 +15,6 @@ import contextlib
 import math
 import os
 import signal
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import msgspec
 
 from common.errors import DriverError
 from common.messages import VmSpec
+from common.waiting import poll
 from hostagent.accel import Accel
 
 READY_MARKER = b"STRATUS-READY"
@@ -190,12 +190,11 @@ def kill(pid: int) -> None:
 
 async def wait_exit(pid: int, root: Path, timeout_s: float) -> bool:
     """Wait until ``pid`` is gone; False if it still runs after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while pid_alive(pid, root):
-        if time.monotonic() >= deadline:
-            return False
-        await asyncio.sleep(0.02)
-    return True
+
+    async def gone() -> bool | None:
+        return None if pid_alive(pid, root) else True
+
+    return await poll(gone, timeout_s=timeout_s, interval_s=0.02) is not None
 
 
 def read_serial(files: VmFiles) -> bytes:

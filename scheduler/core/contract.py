@@ -58,8 +58,6 @@ class Op(StrEnum):
 
 HOST_OPS = frozenset({Op.CORDON, Op.UNCORDON, Op.DRAIN})
 """Operations on a host (body HostRef, reply HostReply); the others act on a VM."""
-VM_STORAGE_OPS = frozenset({Op.ATTACH_DISK, Op.DETACH_DISK, Op.CAPTURE})
-"""Disk operations on a VM (reply VmReply); see scheduler/core/disks.py and images.py."""
 IMAGE_OPS = frozenset({Op.IMAGE_UPLOAD, Op.IMAGE_DELETE, Op.IMAGE_CAPTURED})
 """Gallery operations (reply ImageReply); see scheduler/core/images.py."""
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import msgspec
 from msgspec.structs import replace
 
 from common.ids import HostId, VmName
@@ -23,7 +22,6 @@ from common.messages import (
     DeleteVm,
     DetachDisk,
     DiskKind,
-    DiskSpec,
     ErrorCode,
     VmReply,
     VmState,
@@ -142,10 +140,6 @@ def detached(record: VmRecord, disk_id: str) -> list[DiskRecord] | str:
     if match[0].kind is DiskKind.OS:
         return "the os disk cannot be detached"
     return [d for d in record.disks if d.disk_id != disk_id]
-
-
-def specs(record: VmRecord) -> list[DiskSpec]:
-    return [msgspec.convert(d, DiskSpec, from_attributes=True) for d in record.disks]
 
 
 # --------------------------------------------------------------------------- in a step

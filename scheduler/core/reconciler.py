@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+import msgspec
+
 from common.ids import HostId, VmName
 from common.messages import (
     AgentCommand,
@@ -22,7 +24,6 @@ from common.messages import (
     VmSpec,
     VmState,
 )
-from scheduler.core.disks import specs as disk_specs
 from scheduler.state.model import VmRecord
 
 
@@ -54,14 +55,8 @@ class HostReconcile:
 
 
 def spec_of(record: VmRecord) -> VmSpec:
-    return VmSpec(
-        name=record.name,
-        size=record.size,
-        cpu_milli=record.cpu_milli,
-        mem_mib=record.mem_mib,
-        image=record.image,
-        disks=disk_specs(record),
-    )
+    """What the agent needs of the record: its fields by name (disks as ``DiskSpec``)."""
+    return msgspec.convert(record, VmSpec, from_attributes=True)
 
 
 def reconcile_host(

@@ -67,6 +67,7 @@ from scheduler.shell.http.server import HttpServer
 from scheduler.shell.jobs import run_jobs
 from scheduler.shell.metrics import Observer, SchedulerMetrics
 from scheduler.shell.readview import ReadView, Snapshot, snapshot
+from scheduler.shell.retry import retry_while_nats_down
 from scheduler.shell.store import Batch, Rows, SqliteStore, encode_batch
 from scheduler.shell.term import SoloTerm, Term
 from scheduler.state.cluster import ClusterState
@@ -77,8 +78,6 @@ log = logging.getLogger(__name__)
 MAX_BATCH = 2048
 """Most inputs handled by one core step (and so one commit)."""
 JOB_FETCH = 256
-PREPARE_RETRY_S = 0.5
-"""How soon the start-up JetStream calls are retried when NATS does not answer."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,13 +221,13 @@ class SchedulerApp:
     async def _prepare(self, js: JetStreamContext) -> list[BuiltinImage]:
         """The streams and the image gallery, retried while JetStream does not answer: a NATS
         restart while the scheduler starts must not end it (both steps are idempotent)."""
-        while True:
-            try:
-                await ensure_streams(js, self.config.replicas)  # HA: replicas from config
-                return await gallery.prepare(js, self.config)
-            except (nats.errors.Error, TimeoutError) as exc:
-                log.warning("jetstream not ready, retrying error=%r", exc)
-            await asyncio.sleep(PREPARE_RETRY_S)
+
+        @retry_while_nats_down("jetstream not ready")
+        async def prepare() -> list[BuiltinImage]:
+            await ensure_streams(js, self.config.replicas)  # HA: replicas from config
+            return await gallery.prepare(js, self.config)
+
+        return await prepare()
 
     async def _start_http(self, nc: Client) -> HttpServer | None:
         """The HTTP API and portal, when ``http_listen`` is set (its port: ``http_port``)."""

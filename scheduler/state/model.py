@@ -17,8 +17,6 @@ ACTIVE_STATES = frozenset(
 )
 """States in which a VM is assigned to a host and holds capacity there."""
 
-TERMINAL_STATES = frozenset({VmState.DELETED, VmState.FAILED})
-
 
 @dataclass(frozen=True, slots=True)
 class HostView:

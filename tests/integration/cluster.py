@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypedDict
 
+from common import procs
 from common.natsserver import NatsServer
 
 
@@ -38,10 +38,7 @@ class Cluster:
 
     def _spawn(self, args: list[str], log_name: str) -> subprocess.Popen[bytes]:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        with (self.workdir / log_name).open("ab") as log:
-            return subprocess.Popen(
-                [sys.executable, *args], stdout=log, stderr=subprocess.STDOUT, env=env
-            )
+        return procs.spawn([sys.executable, *args], self.workdir / log_name, env=env)
 
     def start_scheduler(self, *extra: str) -> None:
         t = self.timings
@@ -102,14 +99,11 @@ class Cluster:
         )
 
     def kill_agent(self, host: str) -> None:
-        proc = self.agents.pop(host)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=5)
+        procs.kill(self.agents.pop(host), timeout_s=5)
 
     def kill_scheduler(self) -> None:
         assert self.scheduler is not None
-        self.scheduler.send_signal(signal.SIGKILL)
-        self.scheduler.wait(timeout=5)
+        procs.kill(self.scheduler, timeout_s=5)
         self.scheduler = None
 
     def execution_log(self) -> list[dict[str, object]]:
@@ -120,16 +114,7 @@ class Cluster:
         return sorted(rows, key=lambda row: float(row["t"]))  # type: ignore[arg-type]
 
     def stop(self) -> None:
-        procs = list(self.agents.values()) + ([self.scheduler] if self.scheduler else [])
-        for proc in procs:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
+        procs.stop_all([*self.agents.values(), *([self.scheduler] if self.scheduler else [])], 5)
         self.agents.clear()
         self.scheduler = None
 

@@ -14,6 +14,7 @@ from cli.client import StratusClient
 from common import codec, subjects
 from common.messages import CreateVm, HostEvent, HostState, VmState
 from common.resources import Resources
+from common.waiting import Deadline
 from tests.integration.cluster import Cluster, overlapping_executions
 from tests.integration.helpers import wait_all_running, wait_hosts_up
 from tests.integration.proxy import CuttableProxy
@@ -161,8 +162,8 @@ async def test_scheduler_restart_loses_nothing_and_declares_no_host_dead(
     cluster.kill_scheduler()
     # Down for longer than dead_after_s: a restart must still not declare anyone dead.
     await asyncio.sleep(0)  # let the kill land; the wait below is on a condition
-    deadline = time.monotonic() + cluster.timings["dead_after_s"] + 0.5
-    await wait_until(lambda: time.monotonic() > deadline, timeout_s=5, message="outage")
+    outage = Deadline.after(cluster.timings["dead_after_s"] + 0.5)
+    await wait_until(outage.passed, timeout_s=5, message="outage")
     cluster.start_scheduler()
     await wait_hosts_up(client, 3)
     more = [f"after-{i}" for i in range(3)]

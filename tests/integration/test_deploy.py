@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import configparser
+import contextlib
 import os
 import re
 import shutil
 import socket
 import subprocess
 import sysconfig
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,8 +22,9 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import StreamConfig
 from nats.js.errors import NoStreamResponseError
 
-from common import subjects
-from common.natsserver import NatsServer, find_nats_server
+from common import procs, subjects
+from common.errors import StratusError
+from common.natsserver import READY_RE, NatsServer, find_nats_server
 from common.streams import ensure_streams
 
 REPO = Path(__file__).resolve().parents[2]
@@ -94,17 +95,12 @@ def _launch(config: Path, extra: tuple[str, ...] = ()) -> NatsServer:
     """nats-server with ``config``, listening for clients on a free loopback port."""
     log_path = config.parent / "nats-server.log"
     args = [_nats_binary(), "-c", str(config), "-a", "127.0.0.1", "-p", "-1", "-l", str(log_path)]
-    process = subprocess.Popen([*args, *extra], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
-    server = NatsServer(process, 0, config.parent, log_path)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and process.poll() is None:
-        text = log_path.read_text() if log_path.exists() else ""
-        match = re.search(r"Listening for client connections on [^\s:]+:(\d+)", text)
-        if match and "Server is ready" in text:
-            server.port = int(match[1])
-            return server
-        time.sleep(0.01)
-    server.stop()
+    process = procs.spawn([*args, *extra], None)
+    with contextlib.suppress(StratusError):  # it exited: say so below, with its log
+        match = procs.wait_for_log(process, log_path, READY_RE, timeout_s=10)
+        if match is not None:
+            return NatsServer(process, int(match[1]), config.parent, log_path)
+    procs.stop_all([process], timeout_s=5)
     raise AssertionError(f"nats-server did not start: {log_path.read_text()}")
 
 

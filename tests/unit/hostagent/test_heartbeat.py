@@ -17,6 +17,7 @@ from common import codec
 from common.clock import SystemClock
 from common.messages import Heartbeat, HeartbeatAck, ObservedState, StartVm
 from common.resources import Resources
+from common.waiting import Deadline
 from hostagent.agent import Agent
 from hostagent.drivers.fake import FakeDriver
 from hostagent.execlog import ExecLog
@@ -158,8 +159,8 @@ async def test_inventory_changes_are_coalesced(agent: Agent) -> None:
         await wait_until(lambda: len(stub.sent) == 1, timeout_s=1, message="first heartbeat")
         agent.changed.set()
         await wait_until(lambda: len(stub.sent) == 2, timeout_s=1, message="change heartbeat")
-        deadline = time.monotonic() + 0.3
-        while time.monotonic() < deadline:  # a storm of changes, one every 5 ms
+        storm = Deadline.after(0.3)
+        while not storm.passed():  # a storm of changes, one every 5 ms
             agent.changed.set()
             await asyncio.sleep(0.005)
         gaps = [b - a for a, b in zip(stub.sent_at_s[1:], stub.sent_at_s[2:], strict=False)]

@@ -4,22 +4,27 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from common import codec
 from common.ids import HostId, VmName
 from common.messages import (
     DeleteVm,
+    DiskKind,
     ObservedState,
     ObservedVm,
     ResumeVm,
     StartVm,
     StopVm,
+    VmSpec,
     VmState,
 )
-from scheduler.core.reconciler import Outcome, reconcile_host
+from scheduler.core.reconciler import Outcome, reconcile_host, spec_of
 from scheduler.state.model import VmRecord
+from scheduler.state.storage import DiskRecord
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 H = HostId("h1")
@@ -181,3 +186,26 @@ def test_a_vm_its_host_cannot_reach_is_waited_on_never_started_again() -> None:
         result = reconcile_host(H, {VmName("a"): record(state=state)}, {VmName("a"): unreachable})
         assert result.commands == [] and result.orphans == []
         assert all(t.outcome is Outcome.STARTING for t in result.transitions)
+
+
+OS_DISK = {"size_mib": 0, "image": "tiny", "image_sha256": "ab", "storage": "host_local"}
+DATA_DISK = {"size_mib": 64, "image": "", "image_sha256": "", "storage": "host_local"}
+
+
+def test_the_start_command_carries_the_spec_fields_and_disks_and_nothing_else() -> None:
+    os_disk = DiskRecord(disk_id="a-os", kind=DiskKind.OS, image="tiny", image_sha256="ab", host=H)
+    data = DiskRecord(disk_id="a-data0", kind=DiskKind.DATA, size_mib=64, host=H)
+    vm = msgspec.structs.replace(record(), disks=[os_disk, data], reason="x", start_attempts=3)
+    wire = msgspec.json.decode(codec.encode(StartVm(vm=spec_of(vm), generation=2)))
+    assert wire["vm"] == {
+        "name": "a",
+        "size": "Small",
+        "cpu_milli": 1000,
+        "mem_mib": 1792,
+        "image": "tiny",
+        "disks": [
+            {"disk_id": "a-os", "kind": "os", **OS_DISK},
+            {"disk_id": "a-data0", "kind": "data", **DATA_DISK},
+        ],
+    }
+    assert isinstance(spec_of(vm), VmSpec)
