@@ -29,23 +29,12 @@ from cli.client import StratusClient
 from cli.verbs import Outcome
 from common import codec
 from common import messages as m
-from common.errors import ApiError
+from common.console import console_host
 
 DETACH: Final = b"\x1d"
 """Ctrl-]: leaves ``vm console`` (as in telnet and virsh)."""
 ATTACH_TAIL_BYTES: Final = 4096
 """The recent output ``vm console`` shows first: about a screen."""
-CONSOLE_STATES: Final = frozenset(
-    {m.VmState.SCHEDULED, m.VmState.STARTING, m.VmState.RUNNING, m.VmState.STOPPING}
-)
-
-
-def console_host(vm: m.VmInfo) -> str:
-    """The host whose agent serves the VM's console; ``invalid_state`` when it runs nowhere."""
-    if vm.host is None or vm.state not in CONSOLE_STATES:
-        detail = f"vm {vm.name} is not running on any host (state {vm.state}): it has no console"
-        raise ApiError(m.ErrorCode.INVALID_STATE, detail)
-    return vm.host
 
 
 @dataclass

@@ -6,8 +6,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from cli.console import Splice, console_host, last_lines
+from cli.console import Splice, last_lines
 from common import messages as m
+from common.console import console_host
 from common.errors import ApiError
 
 
