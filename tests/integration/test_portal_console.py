@@ -37,7 +37,7 @@ SCREEN = "document.querySelector('#screen').textContent"
 
 async def check_routes(base: str) -> None:
     auth = {"Authorization": f"Bearer {TOKEN}"}
-    typed = {"data": base64.b64encode(b"from http\n").decode()}
+    typed = {"text": "from http\n"}
     async with aiohttp.ClientSession() as http:
         async with http.get(f"{base}/v1/vms/web/console/tail") as response:
             assert response.status == 401

@@ -5,7 +5,8 @@ NATS console its host's agent serves (hostagent/console.py):
   recent output), then ``output`` as the VM writes, and ``closed`` when it leaves its host.
   Each ``output`` is a ``ConsoleOutput`` (``data`` base64, ``offset`` to splice on the tail).
 - ``GET /v1/vms/{name}/console/tail``: the recent output (``ConsoleReply``), as ``vm logs``.
-- ``POST /v1/vms/{name}/console/input``: type on it (``ConsoleInput``), as ``vm console``.
+- ``POST /v1/vms/{name}/console/input``: type text on it (``ConsoleTyping``, sent as UTF-8),
+  as ``vm console`` does.
 
 Token rules are the API's: reading is a read, typing a mutation.
 """
@@ -42,6 +43,12 @@ ATTACH_TAIL_BYTES: Final = 16 * 1024
 
 class TailQuery(msgspec.Struct, kw_only=True):
     max_bytes: Annotated[int, msgspec.Meta(ge=0, le=m.MAX_CONSOLE_TAIL_BYTES)] = 64 * 1024
+
+
+class ConsoleTyping(msgspec.Struct, kw_only=True):
+    """Text typed on the console (what a browser has); NATS takes raw bytes (ConsoleInput)."""
+
+    text: Annotated[str, msgspec.Meta(min_length=1, max_length=m.MAX_CONSOLE_INPUT_BYTES // 4)]
 
 
 class Attached(msgspec.Struct, kw_only=True):
@@ -89,8 +96,9 @@ async def get_tail(request: web.Request) -> web.StreamResponse:
 
 
 async def post_input(request: web.Request) -> web.StreamResponse:
-    body = await body_of(request, m.ConsoleInput)
+    typed = await body_of(request, ConsoleTyping)
     name, host = _host_of(request)
+    body = m.ConsoleInput(data=typed.text.encode("utf-8", "surrogatepass"))
     reply = await _ask_agent(request, subjects.console_input(host, name), body)
     return json_response(codec.encode(reply))
 
@@ -167,5 +175,5 @@ def register(api: Registry) -> None:
                      query=TailQuery, response=m.ConsoleReply, errors=_FAILS))  # fmt: skip
     api.add(Endpoint("POST", "/v1/vms/{name}/console/input", post_input, "typeOnVmConsole",
                      "Type on the VM's serial console (where its driver relays input)", tag=tag,
-                     mutating=True, path_params=_VM_PATH, body=m.ConsoleInput,
+                     mutating=True, path_params=_VM_PATH, body=ConsoleTyping,
                      response=m.ConsoleReply, errors=_FAILS))  # fmt: skip

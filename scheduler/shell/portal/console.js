@@ -155,18 +155,11 @@ async function follow() {
 
 // ------------------------------------------------------------------ input
 
-function base64Of(text) {
-  const bytes = new TextEncoder().encode(text);
-  let binary = "";
-  bytes.forEach((byte) => { binary += String.fromCharCode(byte); });
-  return btoa(binary);
-}
-
 async function send(text) {
   const response = await fetch(`/v1/vms/${encodeURIComponent(vm)}/console/input`, {
     method: "POST",
     headers: headers({ "Content-Type": "application/json" }),
-    body: JSON.stringify({ data: base64Of(text) }),
+    body: JSON.stringify({ text }),
   });
   if (response.status === 401) needToken();
   if (!response.ok) {
