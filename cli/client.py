@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 import msgspec
 from nats.aio.client import Client
+from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
@@ -169,6 +170,35 @@ class StratusClient:
         return await self._image(
             subjects.IMAGE_DELETE, m.ImageRef(name=name, request_id=request_id)
         )
+
+    # ------------------------------------------------------------------ consoles (the agents')
+
+    async def console_request(self, subject: str, body: msgspec.Struct) -> m.ConsoleReply:
+        """A console request, answered by the agent running the VM (not the scheduler)."""
+        host = subject.split(".")[2]
+        try:
+            msg = await self._nc.request(subject, codec.encode(body), timeout=self._timeout_s)
+        except NoRespondersError as exc:
+            detail = f"host {host} does not serve this console (agent down, or the VM moved)"
+            raise ApiError(m.ErrorCode.UNAVAILABLE, detail) from exc
+        except NatsTimeoutError as exc:
+            detail = f"host {host} did not answer within {self._timeout_s}s"
+            raise ApiError(m.ErrorCode.UNAVAILABLE, detail) from exc
+        reply = codec.console_reply.decode(msg.data)
+        if reply.error is not None:
+            raise ApiError(reply.error.code, reply.error.detail)
+        return reply
+
+    async def console_tail(self, host: str, vm: str, max_bytes: int) -> m.ConsoleReply:
+        body = m.ConsoleTail(max_bytes=max_bytes)
+        return await self.console_request(subjects.console_tail(host, vm), body)
+
+    async def console_type(self, host: str, vm: str, data: bytes) -> None:
+        await self.console_request(subjects.console_input(host, vm), m.ConsoleInput(data=data))
+
+    async def console_follow(self, host: str, vm: str) -> Subscription:
+        """Subscribe to the VM's live console output (``ConsoleEvent`` messages)."""
+        return await self._nc.subscribe(subjects.console_output(host, vm))
 
     async def submit_job(self, api_subject: str, body: msgspec.Struct, msg_id: str) -> int:
         """Publish a job on the durable jobs stream; returns its stream sequence once durable."""

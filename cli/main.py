@@ -13,7 +13,7 @@ from typing import TextIO
 
 import msgspec
 
-from cli import completion, contexts, natsconfig, output, simulate, verbs
+from cli import completion, console, contexts, natsconfig, output, simulate, verbs
 from cli import usage as usage_output
 from cli.client import StratusClient, connect
 from cli.contexts import DEFAULT_NATS_URL
@@ -163,7 +163,9 @@ def _add_wait(parser: argparse.ArgumentParser, until: str) -> None:
 
 def _add_vm_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     common = [_common_options(defaults=False)]
-    vm = commands.add_parser("vm", help="create, list, show, stop, start, delete, capture VMs")
+    vm = commands.add_parser(
+        "vm", help="create, list, show, stop, start, delete, capture VMs; logs, console"
+    )
     verb_parsers = vm.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     create = verb_parsers.add_parser("create", parents=common, help="create a VM")
@@ -211,6 +213,28 @@ def _add_vm_commands(commands: argparse._SubParsersAction[argparse.ArgumentParse
     capture.add_argument("--request-id", metavar="ID", help=RETRY_HELP)
     _add_wait(capture, "until the image is available")
     capture.set_defaults(handler=verbs.vm_capture)
+    _add_console_commands(verb_parsers, common)
+
+
+def _add_console_commands(
+    verb_parsers: argparse._SubParsersAction[argparse.ArgumentParser],
+    common: list[argparse.ArgumentParser],
+) -> None:
+    logs = verb_parsers.add_parser("logs", parents=common, help="print a VM's console output")
+    logs.add_argument("name", metavar="NAME", type=_vm_name)
+    logs.add_argument("--tail", type=int, metavar="N", help="only the last N lines")
+    logs.add_argument("--follow", "-f", action="store_true", help="then follow new output")
+    logs.set_defaults(handler=console.vm_logs)
+    attach = verb_parsers.add_parser(
+        "console",
+        parents=common,
+        help="attach to a VM's serial console (Ctrl-] detaches)",
+        description=console.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    attach.add_argument("name", metavar="NAME", type=_vm_name)
+    attach.add_argument("--no-input", action="store_true", help="follow only, type nothing")
+    attach.set_defaults(handler=console.vm_console)
 
 
 def _add_storage_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

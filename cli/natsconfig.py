@@ -11,6 +11,12 @@ Roles and what each may do (subjects of common/subjects.py):
   events stream. No host subjects, no events.
 - ``dashboard``: the read-only API subjects and reading the events stream.
 
+Consoles (``stratus.console.<host>.<vm>.out|tail|in``): ``publisher`` may follow any VM's
+console output, ask for its recent output and type on it; ``dashboard`` may follow and ask,
+not type. ``host-<id>`` publishes output only under its own host id and receives only its own
+VMs' tail and input requests, which it may answer (``allow_responses``: one reply to each
+request it received, nothing else).
+
 A publisher's or dashboard's replies arrive only under ``_INBOX.<its public key>`` (the CLI
 and the daemons connect with that prefix when given ``--nkey-seed``), an agent's under
 ``_INBOX_<host id>``: no client reads another's replies. Only ``scheduler`` and ``admin`` may
@@ -56,6 +62,9 @@ IMAGES_READ = [
 ]
 IMAGES_WRITE = [f"$O.{subjects.IMAGES_BUCKET}.>"]
 """Put objects; purging the store (deleting image bytes) is the scheduler's and admins' only."""
+CONSOLE_READ = [subjects.console_tail("*", "*")]
+CONSOLE_WRITE = [subjects.console_input("*", "*")]
+CONSOLE_FOLLOW = subjects.console_output("*", "*")
 READ_API = [
     subjects.VM_GET,
     subjects.VM_LIST,
@@ -71,6 +80,8 @@ class Permissions:
     publish: list[str]
     subscribe: list[str]
     deny_publish: tuple[str, ...] = ()
+    allow_responses: bool = False
+    """May answer the requests it receives (one reply each), whatever their inbox."""
 
 
 def role_permissions(role: str, public_key: str = "") -> Permissions:
@@ -82,15 +93,23 @@ def role_permissions(role: str, public_key: str = "") -> Permissions:
     inbox = f"{key_inbox_prefix(public_key)}.>"
     if role == "publisher":
         publish = [subjects.API_WILDCARD, subjects.JOBS_WILDCARD, *EVENTS_READ, *IMAGES_READ]
-        return Permissions(_unique(publish + IMAGES_WRITE), [inbox, subjects.EVENTS_WILDCARD])
+        publish += [*IMAGES_WRITE, *CONSOLE_READ, *CONSOLE_WRITE]
+        return Permissions(_unique(publish), [inbox, subjects.EVENTS_WILDCARD, CONSOLE_FOLLOW])
     if role == "dashboard":
-        return Permissions(_unique(READ_API + EVENTS_READ), [inbox, subjects.EVENTS_WILDCARD])
+        publish = [*READ_API, *EVENTS_READ, *CONSOLE_READ]
+        return Permissions(_unique(publish), [inbox, subjects.EVENTS_WILDCARD, CONSOLE_FOLLOW])
     if role.startswith("host-"):
         host = role.removeprefix("host-")
-        own = [subjects.host_heartbeat(host), subjects.host_captured(host)]
+        own = [
+            subjects.host_heartbeat(host),
+            subjects.host_captured(host),
+            subjects.console_output(host, "*"),
+        ]
+        consoles = [subjects.console_tail(host, "*"), subjects.console_input(host, "*")]
         return Permissions(
             _unique([*own, *IMAGES_READ, *IMAGES_WRITE]),
-            [subjects.host_commands(host), f"{host_inbox_prefix(host)}.>"],
+            [subjects.host_commands(host), f"{host_inbox_prefix(host)}.>", *consoles],
+            allow_responses=True,
         )
     raise ConfigError(f"unknown role {role!r}")
 
@@ -141,6 +160,7 @@ def render_config(users: dict[str, str], tls: tuple[Path, Path, Path] | None = N
             f'    {{ nkey: "{key}", permissions: {{',
             f"        publish: {{ {publish} }}",
             f"        subscribe: {{ allow: {_quoted(perms.subscribe)} }}",
+            *(["        allow_responses: true"] if perms.allow_responses else []),
             "    } }",
         ]
     lines += ["  ]", "}", ""]

@@ -76,6 +76,10 @@ heartbeat: Final = Decoder(msgspec.json.Decoder(m.Heartbeat))
 heartbeat_ack: Final = Decoder(msgspec.json.Decoder(m.HeartbeatAck))
 host_commands: Final = Decoder(msgspec.json.Decoder(m.HostCommands))
 event: Final = Decoder(msgspec.json.Decoder(m.Event))
+console_event: Final = Decoder(msgspec.json.Decoder(m.ConsoleEvent))
+console_tail: Final = Decoder(msgspec.json.Decoder(m.ConsoleTail))
+console_input: Final = Decoder(msgspec.json.Decoder(m.ConsoleInput))
+console_reply: Final = Decoder(msgspec.json.Decoder(m.ConsoleReply))
 
 
 def empty_as_object(body: bytes) -> bytes:

@@ -81,6 +81,30 @@ def host_captured(host: HostId | str) -> str:
     return f"{ROOT}.host.{host}.captured"
 
 
+# Consoles: stratus.console.<host>.<vm>.<kind>, answered by the agent running the VM.
+CONSOLE_WILDCARD = f"{ROOT}.console.>"
+
+
+def console_output(host: HostId | str, vm: VmName | str) -> str:
+    """Agent -> readers: ``ConsoleEvent`` (only that host's agent may publish here)."""
+    return f"{ROOT}.console.{host}.{vm}.out"
+
+
+def console_tail(host: HostId | str, vm: VmName | str) -> str:
+    """Reader -> agent (request/reply): ``ConsoleTail`` -> ``ConsoleReply``."""
+    return f"{ROOT}.console.{host}.{vm}.tail"
+
+
+def console_input(host: HostId | str, vm: VmName | str) -> str:
+    """Operator -> agent (request/reply): ``ConsoleInput`` -> ``ConsoleReply``."""
+    return f"{ROOT}.console.{host}.{vm}.in"
+
+
+def vm_of_console(subject: str) -> str:
+    """The VM name inside ``stratus.console.<host>.<vm>.<kind>``."""
+    return subject.split(".")[3]
+
+
 # Simulated-host pools (``stratus agent --simulate N``): body is a host id, the owner answers ok.
 SIM_SILENCE = f"{ROOT}.sim.silence"
 

@@ -29,7 +29,8 @@ from common.natsauth import auth_options, host_inbox_prefix, nats_servers, redac
 from common.resources import Resources
 from hostagent.agent import Agent
 from hostagent.capture import Capturer
-from hostagent.drivers.base import HypervisorDriver
+from hostagent.console import ConsoleRelay
+from hostagent.drivers.base import ConsoleDriver, HypervisorDriver
 from hostagent.drivers.fake import FakeDriver
 from hostagent.drivers.qemu import QemuDriver
 from hostagent.execlog import ExecLog, execlog_path
@@ -150,6 +151,10 @@ class AgentApp:
             capturer = Capturer(nc, settings.host_id, driver, qemu_root(config, settings.host_id))
             agent.capture = lambda command, running: capturer.capture(command, running=running)
             await nc.subscribe(subjects.host_commands(settings.host_id), cb=agent.on_commands)
+            consoles = None
+            if isinstance(driver, ConsoleDriver):
+                consoles = ConsoleRelay(nc, settings.host_id, driver, driver.inventory)
+                await consoles.subscribe()
             heartbeats = HeartbeatLoop(
                 nc, agent, clock=clock, on_cpu_overcommit=_adopt_overcommit(driver, config)
             )
@@ -165,6 +170,8 @@ class AgentApp:
                 tg.create_task(agent.run_fence_watchdog(), name="fence-watchdog")
                 if guard is not None:
                     tg.create_task(guard.run(), name="fence-guard-keeper")
+                if consoles is not None:
+                    tg.create_task(consoles.run(), name="consoles")
 
     def _heartbeat_template(self, driver_name: str) -> Heartbeat:
         config = self.settings.config

@@ -114,6 +114,29 @@ SUBJECTS: tuple[Subject, ...] = (
         "ImageReply",
     ),
     Subject(
+        subjects.console_output("<host_id>", "<name>"),
+        "publish",
+        "host agent running the VM (that host's only)",
+        "`stratus vm console`, the HTTP console (publishers, dashboards)",
+        "ConsoleEvent",
+    ),
+    Subject(
+        subjects.console_tail("<host_id>", "<name>"),
+        "request/reply",
+        "publishers, dashboards, CLI (`vm logs`)",
+        "host agent running the VM",
+        "ConsoleTail",
+        "ConsoleReply",
+    ),
+    Subject(
+        subjects.console_input("<host_id>", "<name>"),
+        "request/reply",
+        "publishers, admins, CLI (`vm console`)",
+        "host agent running the VM",
+        "ConsoleInput",
+        "ConsoleReply",
+    ),
+    Subject(
         subjects.SIM_SILENCE,
         "request/reply",
         "benchmarks, tests",
@@ -129,6 +152,8 @@ WILDCARDS: dict[str, str] = {
     subjects.EVENTS_WILDCARD: f"captured by the `{subjects.EVENTS_STREAM}` stream",
     subjects.HEARTBEAT_WILDCARD: "the scheduler receives every host's heartbeat",
     subjects.CAPTURED_WILDCARD: "the scheduler receives every host's capture reports (queue group)",
+    subjects.CONSOLE_WILDCARD: "each agent serves the consoles of its own VMs "
+    "(`stratus.console.<host_id>.*.tail|in`)",
 }
 
 ERROR_CODES: dict[str, str] = {
@@ -162,6 +187,7 @@ GROUPS: tuple[tuple[str, tuple[object, ...]], ...] = (
     ),
     ("Agent protocol", (m.HostCommands, m.Heartbeat, m.HeartbeatAck, m.ImageCaptured)),
     ("Events", (m.Event,)),
+    ("Console", (m.ConsoleEvent, m.ConsoleTail, m.ConsoleInput, m.ConsoleReply)),
 )
 
 

@@ -18,12 +18,13 @@ Contract, for every implementation:
 
 from __future__ import annotations
 
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 from common.errors import DriverError
 from common.messages import ObservedVm, VmSpec
 
-__all__ = ["DriverError", "HypervisorDriver"]
+__all__ = ["ConsoleBytes", "ConsoleDriver", "DriverError", "HypervisorDriver"]
 
 
 class HypervisorDriver(Protocol):
@@ -76,4 +77,37 @@ class HypervisorDriver(Protocol):
 
     async def close(self) -> None:
         """Release the driver's own resources. A real driver leaves its VMs running."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class ConsoleBytes:
+    """A piece of a VM's console output: ``data`` starts at byte ``offset`` of everything the
+    VM (at ``generation``) wrote to its serial console since it last started."""
+
+    generation: int
+    offset: int
+    data: bytes
+
+    @property
+    def end(self) -> int:
+        return self.offset + len(self.data)
+
+
+@runtime_checkable
+class ConsoleDriver(Protocol):
+    """A driver whose VMs have a serial console the agent can read (and perhaps type on)."""
+
+    def console_read(self, name: str, offset: int | None, max_bytes: int) -> ConsoleBytes:
+        """At most ``max_bytes`` of the VM's console output from ``offset``; None: the last
+        ``max_bytes``. An offset older than what is kept, or past the end (the VM started
+        again), reads from the oldest byte kept. ``DriverError`` for a VM it does not hold."""
+        ...
+
+    def console_writable(self, name: str) -> bool:
+        """Whether :meth:`console_write` can reach this VM's console."""
+        ...
+
+    async def console_write(self, name: str, data: bytes) -> None:
+        """Type ``data`` on the VM's console; ``DriverError`` when it cannot."""
         ...

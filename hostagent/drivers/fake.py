@@ -2,17 +2,25 @@
 
 Every VM it holds counts against the host's capacity, paused ones included (a paused VM keeps
 its memory). Memory is never overcommitted; CPU up to ``capacity * cpu_overcommit``.
+
+Each VM has a simulated serial console: a boot log written as it starts (ending with the same
+``STRATUS-READY`` line the tiny QEMU guest prints, then a ``# `` prompt), and a terminal that
+echoes what is typed and, like ``cat`` on a tty, repeats each completed line. The last 64 KiB
+are kept.
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from common.errors import DriverError
 from common.messages import ObservedState, ObservedVm, VmSpec
 from common.resources import ZERO, Resources
-from hostagent.drivers.base import HypervisorDriver
+from hostagent.drivers.base import ConsoleBytes, ConsoleDriver, HypervisorDriver
+from hostagent.drivers.consolebuf import ConsoleBuffer
+
+PROMPT = b"# "
 
 
 @dataclass
@@ -21,10 +29,36 @@ class _FakeVm:
     generation: int
     state: ObservedState
     booted: bool = False
+    console: ConsoleBuffer = field(default_factory=ConsoleBuffer)
+    typed: bytearray = field(default_factory=bytearray)
+    """The line being typed on the console (not yet ended by CR or LF)."""
 
     @property
     def resources(self) -> Resources:
         return Resources(self.spec.cpu_milli, self.spec.mem_mib)
+
+    def boot_log(self, ready: bool) -> None:
+        spec = self.spec
+        if not ready:
+            self.console.append(
+                f"fake-bios: booting vm {spec.name} generation {self.generation}\r\n"
+                f"fake-kernel: {spec.cpu_milli} millicores, {spec.mem_mib} MiB, "
+                f"image {spec.image}, {len(spec.disks)} disks\r\n".encode()
+            )
+        else:
+            self.console.append(f"STRATUS-READY vm={spec.name}\r\n".encode() + PROMPT)
+
+    def type(self, data: bytes) -> None:
+        """Echo ``data`` as a terminal would; each completed line is repeated, then a prompt."""
+        for byte in data:
+            char = bytes((byte,))
+            if char in (b"\r", b"\n"):
+                line = bytes(self.typed)
+                self.typed.clear()
+                self.console.append(b"\r\n" + (line + b"\r\n" if line else b"") + PROMPT)
+            else:
+                self.typed += char
+                self.console.append(char)
 
 
 class FakeDriver:
@@ -47,6 +81,7 @@ class FakeDriver:
             raise DriverError(f"vm {spec.name} already exists on this host", retryable=False)
         self._check_fits(spec)
         vm = _FakeVm(spec, generation, ObservedState.STARTING)
+        vm.boot_log(ready=False)
         self._vms[spec.name] = vm
         try:
             if self.start_delay_s > 0:
@@ -57,6 +92,7 @@ class FakeDriver:
         if self._vms.get(spec.name) is not vm:
             raise DriverError(f"vm {spec.name} was removed while starting", retryable=True)
         vm.booted = True
+        vm.boot_log(ready=True)
         if vm.state is ObservedState.STARTING:
             vm.state = ObservedState.RUNNING
 
@@ -121,5 +157,19 @@ class FakeDriver:
     async def close(self) -> None:
         self._vms.clear()
 
+    # ------------------------------------------------------------------ console
+
+    def console_read(self, name: str, offset: int | None, max_bytes: int) -> ConsoleBytes:
+        vm = self._get(name)
+        begin, data = vm.console.read(offset, max_bytes)
+        return ConsoleBytes(vm.generation, begin, data)
+
+    def console_writable(self, name: str) -> bool:
+        return name in self._vms
+
+    async def console_write(self, name: str, data: bytes) -> None:
+        self._get(name).type(data)
+
 
 _: HypervisorDriver = FakeDriver(Resources(1000, 1024))
+_console: ConsoleDriver = FakeDriver(Resources(1000, 1024))

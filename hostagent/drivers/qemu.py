@@ -24,7 +24,8 @@ from common.errors import DriverError
 from common.messages import ObservedState, ObservedVm, VmSpec
 from common.resources import ZERO, Resources
 from hostagent.disks import DiskStore, effective_disks
-from hostagent.drivers.base import HypervisorDriver
+from hostagent.drivers.base import ConsoleBytes, ConsoleDriver, HypervisorDriver
+from hostagent.drivers.qemuconsole import ConsoleLink, read_console
 from hostagent.drivers.qemuproc import (
     FAILED_MARKER,
     READY_MARKER,
@@ -71,6 +72,7 @@ class _Vm:
     another copy. Fencing it while still unreachable kills it."""
     pid: int | None = None
     qmp: QmpClient | None = None
+    console: ConsoleLink | None = None
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     @property
@@ -342,6 +344,8 @@ class QemuDriver:
             task.cancel()
         if vm.qmp is not None:
             await vm.qmp.close()
+        if vm.console is not None:
+            vm.console.close()
         vm.files.clear_run_files()
 
     async def destroy(self, name: str) -> None:
@@ -474,6 +478,27 @@ class QemuDriver:
         await self._forget(vm)
         self.on_change()
 
+    # ------------------------------------------------------------------ console
+
+    def console_read(self, name: str, offset: int | None, max_bytes: int) -> ConsoleBytes:
+        vm = self._get(name)
+        return read_console(vm.files, vm.generation, offset, max_bytes)
+
+    def console_writable(self, name: str) -> bool:
+        vm = self._vms.get(name)
+        return vm is not None and self._console(vm).available()
+
+    async def console_write(self, name: str, data: bytes) -> None:
+        vm = self._get(name)
+        if not self._console(vm).available():
+            raise DriverError(f"vm {name} has no console socket", retryable=False)
+        await self._console(vm).write(data)
+
+    def _console(self, vm: _Vm) -> ConsoleLink:
+        if vm.console is None:
+            vm.console = ConsoleLink(vm.files)
+        return vm.console
+
     def disk_path(self, disk_id: str) -> Path:
         return self.disks.path(disk_id)
 
@@ -484,7 +509,10 @@ class QemuDriver:
                 task.cancel()
             if vm.qmp is not None:
                 await vm.qmp.close()
+            if vm.console is not None:
+                vm.console.close()
         self._vms.clear()
 
 
 _: type[HypervisorDriver] = QemuDriver
+_console: type[ConsoleDriver] = QemuDriver

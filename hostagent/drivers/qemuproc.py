@@ -70,11 +70,16 @@ class VmFiles:
         return self.dir / "serial.log"
 
     @property
+    def console(self) -> Path:
+        """The serial console's socket (QEMU listens; the agent connects to type)."""
+        return self.dir / "console.sock"
+
+    @property
     def stderr(self) -> Path:
         return self.dir / "qemu.err"
 
     def clear_run_files(self) -> None:
-        for path in (self.pid, self.qmp, self.guard):
+        for path in (self.pid, self.qmp, self.guard, self.console):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
 
@@ -114,7 +119,8 @@ def qemu_args(settings: QemuSettings, spec: VmSpec, disks: list[Path]) -> list[s
         *("-nodefaults", "-no-user-config", "-display", "none", "-no-reboot", "-S"),
         *("-kernel", str(settings.kernel), "-initrd", str(settings.initramfs)),
         *("-append", f"console=ttyS0 quiet panic=-1 stratus.vm={spec.name}"),
-        *("-serial", "file:serial.log", "-pidfile", "qemu.pid", "-daemonize"),
+        *("-chardev", "socket,id=console,path=console.sock,server=on,wait=off,logfile=serial.log"),
+        *("-serial", "chardev:console", "-pidfile", "qemu.pid", "-daemonize"),
         *("-qmp", "unix:qmp.sock,server=on,wait=off"),
         *("-qmp", "unix:guard.sock,server=on,wait=off"),
     ]

@@ -57,11 +57,16 @@ ALWAYS_DENIED = [
     f"$JS.API.CONSUMER.CREATE.{JOBS}",
     f"$JS.API.CONSUMER.DURABLE.CREATE.{EVENTS}.x",
     f"$JS.API.CONSUMER.MSG.NEXT.{JOBS}.{subjects.JOBS_CONSUMER}",
+    subjects.console_output("hb", "web"),
+    subjects.console_tail("ha", "web") + ".x",
 ]
+FORGED_OUTPUT = subjects.console_output("ha", "web")
 PUBLISH_DENIED = {
-    "publisher": ALWAYS_DENIED,
+    "publisher": [*ALWAYS_DENIED, FORGED_OUTPUT],
     "dashboard": [
         *ALWAYS_DENIED,
+        FORGED_OUTPUT,
+        subjects.console_input("ha", "web"),
         subjects.VM_CREATE,
         subjects.VM_DELETE,
         subjects.VM_STOP,
@@ -76,6 +81,8 @@ PUBLISH_DENIED = {
         subjects.VM_CREATE,
         subjects.VM_DELETE,
         subjects.job_subject(subjects.VM_DELETE),
+        subjects.console_input("hb", "web"),
+        subjects.console_tail("hb", "web"),
     ],
 }
 SUBSCRIBE_DENIED = {  # (subscription, a subject the observer then publishes on it)
@@ -91,12 +98,16 @@ SUBSCRIBE_DENIED = {  # (subscription, a subject the observer then publishes on 
         ("_INBOX_hb.>", "_INBOX_hb.reply.1"),
         (subjects.API_WILDCARD, subjects.VM_CREATE),
         ("stratus.host.>", subjects.host_heartbeat("ha")),
+        (subjects.console_input("*", "*"), subjects.console_input("ha", "web")),
     ],
     "host-ha": [
         ("_INBOX.>", "_INBOX.someone.1"),
         ("_INBOX_hb.>", "_INBOX_hb.reply.1"),
         (subjects.host_commands("hb"), subjects.host_commands("hb")),
         (subjects.API_WILDCARD, subjects.VM_CREATE),
+        (subjects.console_input("hb", "*"), subjects.console_input("hb", "web")),
+        (subjects.console_tail("hb", "*"), subjects.console_tail("hb", "web")),
+        (subjects.console_output("hb", "*"), subjects.console_output("hb", "web")),
     ],
 }
 
@@ -258,3 +269,48 @@ async def test_each_role_reads_replies_only_in_its_own_inbox(setup: Setup) -> No
             while not any("permissions violation" in e for e in dashboard.errors):
                 await dashboard.nc.flush()
     assert any(prefixes["publisher"].lower() in e for e in dashboard.errors), dashboard.errors
+
+
+async def test_consoles_are_served_by_their_host_to_the_roles_that_may_use_them(
+    setup: Setup,
+) -> None:
+    """The host answers its own VMs' tail and input requests in the requesters' inboxes (it
+    may only respond); publishers and dashboards follow output; publishers type, dashboards
+    cannot (their attempts are in PUBLISH_DENIED)."""
+    host = setup.roles["host-ha"].nc
+    typed: list[bytes] = []
+
+    async def answer(msg: Msg) -> None:
+        if msg.subject.endswith(".in"):
+            typed.append(msg.data)
+        await msg.respond(b"ok")
+
+    await host.subscribe(subjects.console_tail("ha", "*"), cb=answer)
+    await host.subscribe(subjects.console_input("ha", "*"), cb=answer)
+    await host.flush()
+    for name in ("publisher", "dashboard"):
+        nc = setup.roles[name].nc
+        assert await _answered(nc, subjects.console_tail("ha", "web"), b"{}") == b"ok"
+        follow = await nc.subscribe(subjects.console_output("*", "*"))
+        await nc.flush()
+        await host.publish(FORGED_OUTPUT, b"output")
+        assert (await follow.next_msg(timeout=5)).data == b"output"
+        await follow.unsubscribe()
+    publisher = setup.roles["publisher"].nc
+    assert await _answered(publisher, subjects.console_input("ha", "web"), b"ls") == b"ok"
+    assert typed == [b"ls"]
+    assert setup.roles["host-ha"].errors == []
+
+
+async def _answered(nc: Client, subject: str, body: bytes) -> bytes:
+    """The answer to a request, asked again while the server reports no responders yet (a
+    subscription made on another connection can take a moment to be seen under load)."""
+    answers: list[bytes] = []
+
+    async def answered() -> bool:
+        with contextlib.suppress(nats.errors.NoRespondersError):
+            answers.append((await nc.request(subject, body, timeout=5)).data)
+        return bool(answers)
+
+    await wait_until(answered, timeout_s=10, interval_s=0.1, message=f"an answer on {subject}")
+    return answers[0]

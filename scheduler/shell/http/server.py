@@ -24,7 +24,7 @@ from common import codec
 from common.config import SchedulerConfig
 from common.errors import ConfigError
 from common.messages import ErrorCode
-from scheduler.shell.http import events, guards, operations, routes
+from scheduler.shell.http import console, events, guards, operations, routes
 from scheduler.shell.http.errors import CODE_OF_STATUS, JSON, HttpError, error_response
 from scheduler.shell.http.openapi import build_openapi
 from scheduler.shell.http.registry import BACKEND, NATS, Backend, Endpoint, Handler, Registry
@@ -35,6 +35,7 @@ ROUTE_MODULES: Final[tuple[Callable[[Registry], None], ...]] = (
     routes.register,
     events.register,
     operations.register,
+    console.register,
 )
 """Each adds its endpoints to the registry; add a module's ``register`` here to add routes."""
 

@@ -44,11 +44,21 @@ def test_an_agent_may_use_only_its_own_host_subjects() -> None:
     perms = role_permissions("host-h1")
     stratus = [s for s in perms.publish + perms.subscribe if s.startswith("stratus.")]
     assert sorted(stratus) == [
+        "stratus.console.h1.*.in",
+        "stratus.console.h1.*.out",
+        "stratus.console.h1.*.tail",
         "stratus.host.h1.captured",
         "stratus.host.h1.cmd",
         "stratus.host.h1.hb",
     ]
-    assert perms.subscribe == ["stratus.host.h1.cmd", "_INBOX_h1.>"]
+    assert perms.subscribe == [
+        "stratus.host.h1.cmd",
+        "_INBOX_h1.>",
+        "stratus.console.h1.*.tail",
+        "stratus.console.h1.*.in",
+    ]
+    assert perms.publish[2] == "stratus.console.h1.*.out"  # output of its own VMs only
+    assert perms.allow_responses  # answers console requests, in the requester's inbox only
     assert all(s != ">" for s in perms.publish + perms.subscribe)
 
 

@@ -1,0 +1,51 @@
+"""The console of a real QEMU guest (TCG, the tiny image): its boot line arrives through
+``stratus vm logs`` and ``stratus vm console``, and typing reaches the guest's busybox shell on
+ttyS0 (its answer comes back through the console)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import pytest
+
+from cli.client import StratusClient
+from common.messages import CreateVm
+from tests.integration.cluster import Cluster
+from tests.integration.helpers import wait_all_running, wait_hosts_up
+from tests.integration.test_console import Cli, finish, read_until
+from tests.integration.test_qemu import BOOT_S, TINY, start_qemu_agent
+from tests.integration.test_qemu import kit as kit  # fixtures, re-exported
+from tests.integration.test_qemu import qemu_cluster as qemu_cluster
+
+pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.timeout(180)]
+
+
+async def test_boot_line_through_logs_and_a_shell_through_console(
+    qemu_cluster: Cluster, kit: Path, client: StratusClient
+) -> None:
+    start_qemu_agent(qemu_cluster, kit, "q1")
+    await wait_hosts_up(client, 1)
+    await client.create_vm(CreateVm(name="con", size=TINY))
+    await wait_all_running(client, ["con"], timeout_s=BOOT_S)
+    cli = Cli({**os.environ, "STRATUS_NATS": qemu_cluster.nats.url})
+
+    logs = await cli.run("vm", "logs", "con")
+    assert logs.status == 0, logs.err
+    assert b"STRATUS-READY vm=con boot_count=1" in logs.out
+
+    proc = await cli.spawn("vm", "console", "con")
+    seen = bytearray()
+    await read_until(proc, b"STRATUS-READY vm=con", seen)
+    assert proc.stdin is not None
+    proc.stdin.write(b"echo answer=$((6*7))\n")
+    await proc.stdin.drain()
+    await read_until(proc, b"answer=42", seen)
+    proc.stdin.close()
+    done = await finish(proc)
+    assert done.status == 0, done.err
+    assert "detached from con (end of input)" in done.err
+    async with asyncio.timeout(5):
+        tail = await cli.run("vm", "logs", "con", "--tail", "3")
+    assert b"answer=42" in tail.out
