@@ -402,6 +402,13 @@ class HeartbeatAck(msgspec.Struct, kw_only=True):
     """The digest of this host's inventory that the scheduler holds: while the inventory is
     unchanged, the agent may send the digest alone. Empty when it holds none (after a restart,
     or after declaring the host dead): the agent sends its next report in full."""
+    claim_after_s: float = 0.0
+    """How long the agent holding this host id must be silent before the scheduler accepts
+    another boot id under it (a restarted agent waits at most this long to be accepted)."""
+    refused: str = ""
+    """Non-empty: this heartbeat was refused, and says why (another live agent holds the host
+    id). Nothing of it was taken in and the lease is not renewed: the agent runs no command,
+    and exits once refused for longer than ``claim_after_s``."""
 
 
 # --------------------------------------------------------------------------- events

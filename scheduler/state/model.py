@@ -127,6 +127,11 @@ class HostRuntime:
     """Capacity held on the host by VMs that are not desired there (being destroyed)."""
     fenced: bool = False
     boot_id: str = ""
+    """The agent boot that holds the host id (set when its first report is taken in)."""
+    heard_s: float = float("-inf")
+    """When the holding boot was last heard (unlike ``last_seen_s``, never a granted window)."""
+    refused_boot: str = ""
+    """The last boot refused the host id (reported on the event stream once)."""
     last_seq: int = -1
     inventory_digest: str = ""
     """The agent's digest of ``observed``: a report with the same digest and no VMs stands
