@@ -68,6 +68,9 @@ class ErrorCode(StrEnum):
     """HTTP API only: a mutation whose body is not declared ``application/json``."""
     TOO_MANY_REQUESTS = "too_many_requests"
     """HTTP API only: this client already holds as many event streams as it may."""
+    MISSING_REQUEST_ID = "missing_request_id"
+    """Jobs stream only: a job with neither a ``Nats-Msg-Id`` header nor a ``request_id``
+    (without one, a redelivered or republished job could be applied twice)."""
 
 
 class Size(msgspec.Struct, frozen=True):
