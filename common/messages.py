@@ -68,6 +68,9 @@ class ErrorCode(StrEnum):
     """HTTP API only: a mutation whose body is not declared ``application/json``."""
     TOO_MANY_REQUESTS = "too_many_requests"
     """HTTP API only: this client already holds as many event streams as it may."""
+    MISSING_REQUEST_ID = "missing_request_id"
+    """Jobs stream only: a job with neither a ``Nats-Msg-Id`` header nor a ``request_id``
+    (without one, a redelivered or republished job could be applied twice)."""
 
 
 class Size(msgspec.Struct, frozen=True):
@@ -408,6 +411,13 @@ class HeartbeatAck(msgspec.Struct, kw_only=True):
     epoch: int = 0
     """The leadership that granted this ack; an ack from an older epoch than the newest the
     agent has seen renews nothing. 0: a scheduler without a lease."""
+    claim_after_s: float = 0.0
+    """How long the agent holding this host id must be silent before the scheduler accepts
+    another boot id under it (a restarted agent waits at most this long to be accepted)."""
+    refused: str = ""
+    """Non-empty: this heartbeat was refused, and says why (another live agent holds the host
+    id). Nothing of it was taken in and the lease is not renewed: the agent runs no command,
+    and exits once refused for longer than ``claim_after_s``."""
 
 
 # --------------------------------------------------------------------------- console

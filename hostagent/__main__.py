@@ -76,8 +76,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"stratus agent: {exc}", file=sys.stderr)
         return 2
     setup_logging(args.log_level, name="hostagent")
-    uvloop.run(AgentApp(settings).run())
+    app = AgentApp(settings)
+    uvloop.run(app.run())
+    if app.refused:
+        print(f"stratus agent: {app.refused}", file=sys.stderr)
+        return EXIT_HOST_ID_REFUSED
     return 0
+
+
+EXIT_HOST_ID_REFUSED = 3
+"""Another live agent holds this host id (a supervisor should not restart the agent at once)."""
 
 
 _NOT_CONFIG = ("config", "log_level", "simulate", "simulate_prefix", "simulate_fault_domains")
@@ -91,7 +99,12 @@ def _simulate(args: argparse.Namespace, config: AgentConfig) -> int:
     setup_logging(args.log_level, name="hostagent")
     if args.log_level != "DEBUG":  # per-VM lines from thousands of hosts would dominate the CPU
         logging.getLogger("hostagent.agent").setLevel(logging.WARNING)
-    uvloop.run(SimPool(pool).run())
+    sim = SimPool(pool)
+    uvloop.run(sim.run())
+    if sim.refused and len(sim.refused) == pool.count:
+        reason = next(iter(sim.refused.values()))
+        print(f"stratus agent: every simulated host id is held: {reason}", file=sys.stderr)
+        return EXIT_HOST_ID_REFUSED
     return 0
 
 

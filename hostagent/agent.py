@@ -28,6 +28,7 @@ from hostagent.execlog import ExecLog
 from hostagent.lease import Lease
 from hostagent.state import AgentState
 from hostagent.stimuli import (
+    AdmitHeld,
     CommandsReceived,
     DriverCall,
     DriverDestroy,
@@ -166,7 +167,7 @@ class Agent:
 
     def handle(self, stimulus: Stimulus) -> list[Instruction]:
         """Feed the state; carry out what concerns this host; return what is the caller's to
-        send (heartbeats, adopted timing and overcommit)."""
+        send or do (heartbeats, adopted timing and overcommit, a refused host id)."""
         rest: list[Instruction] = []
         for instruction in self.state.handle(stimulus, self._clock.monotonic_s()):
             match instruction:
@@ -181,6 +182,8 @@ class Agent:
                 case Note(level=level, event=event, args=args):
                     if log.isEnabledFor(level):
                         log.log(level, event, *args)
+                case AdmitHeld(commands=commands):
+                    self.submit(commands)
                 case RunCapture():
                     self.operations.spawn(self._capture(instruction), f"capture-{instruction.name}")
                 case (

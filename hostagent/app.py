@@ -107,9 +107,20 @@ class AgentApp:
     def __init__(self, settings: AgentSettings) -> None:
         self.settings = settings
         self._stop = asyncio.Event()
+        self.refused = ""
+        """Why the scheduler refused this agent its host id (another live agent holds it);
+        set when the agent stops for that reason (``__main__`` then exits non-zero)."""
 
     def request_stop(self) -> None:
         self._stop.set()
+
+    def _refused(self, reason: str) -> None:
+        """Another live agent holds this host id: stop, having executed nothing."""
+        if not self.refused:
+            host = self.settings.host_id
+            log.error("host id refused, exiting host_id=%s reason=%s", host, reason)
+        self.refused = reason
+        self.request_stop()
 
     async def run(self) -> None:
         """Serve until SIGTERM/SIGINT; raise if a loop dies."""
@@ -156,7 +167,11 @@ class AgentApp:
                 consoles = ConsoleRelay(nc, settings.host_id, driver, driver.inventory)
                 await consoles.subscribe()
             heartbeats = HeartbeatLoop(
-                nc, agent, clock=clock, on_cpu_overcommit=_adopt_overcommit(driver, config)
+                nc,
+                agent,
+                clock=clock,
+                on_cpu_overcommit=_adopt_overcommit(driver, config),
+                on_refused=self._refused,
             )
             log.info(
                 "agent serving host_id=%s capacity=%s driver=%s",

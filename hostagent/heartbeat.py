@@ -25,7 +25,7 @@ from common import codec, subjects
 from common.clock import Clock
 from common.messages import Heartbeat
 from hostagent.agent import Agent
-from hostagent.stimuli import AckReceived, AdoptCpuOvercommit, TimingAdopted
+from hostagent.stimuli import AckReceived, AdoptCpuOvercommit, ClaimRefused, TimingAdopted
 
 __all__ = ["JITTER", "MIN_GAP_S", "HeartbeatLoop"]
 
@@ -45,6 +45,7 @@ class HeartbeatLoop:
         clock: Clock,
         rng: random.Random | None = None,
         on_cpu_overcommit: Callable[[float], None] | None = None,
+        on_refused: Callable[[str], None] | None = None,
     ) -> None:
         self._nc = nc
         self._agent = agent
@@ -52,6 +53,8 @@ class HeartbeatLoop:
         self._clock = clock
         self._rng = rng or random.Random()
         self._on_cpu_overcommit = on_cpu_overcommit
+        self._on_refused = on_refused
+        """Told when another live agent holds this host id (the agent then exits)."""
         self._last_sent_s = float("-inf")
 
     @property
@@ -121,5 +124,8 @@ class HeartbeatLoop:
                 case AdoptCpuOvercommit(ratio=ratio):
                     if self._on_cpu_overcommit is not None:
                         self._on_cpu_overcommit(ratio)
+                case ClaimRefused(reason=reason):
+                    if self._on_refused is not None:
+                        self._on_refused(reason)
                 case _:
                     log.error("instruction not carried out instruction=%r", instruction)

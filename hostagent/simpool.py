@@ -56,7 +56,7 @@ from hostagent.execlog import ExecLog
 from hostagent.heartbeat import JITTER, MIN_GAP_S
 from hostagent.lease import Lease
 from hostagent.state import AgentState
-from hostagent.stimuli import AckReceived, AdoptCpuOvercommit, TimingAdopted
+from hostagent.stimuli import AckReceived, AdoptCpuOvercommit, ClaimRefused, TimingAdopted
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +117,8 @@ class SimPool:
         self._inbox = f"{ACK_INBOX_PREFIX}.{uuid.uuid4().hex[:12]}"
         self._stop = asyncio.Event()
         self.ready = asyncio.Event()
+        self.refused: dict[str, str] = {}
+        """Hosts refused their id (another live agent holds it), and why."""
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -292,8 +294,19 @@ class SimPool:
                 case AdoptCpuOvercommit(ratio=ratio):
                     if self.settings.config.cpu_overcommit is None:
                         host.driver.cpu_overcommit = ratio
+                case ClaimRefused(reason=reason):
+                    self._retire(host, reason)
                 case _:
                     log.error("instruction not carried out instruction=%r", instruction)
+
+    def _retire(self, host: SimHost, reason: str) -> None:
+        """Another live agent holds this host's id: the host goes silent for good (it has
+        executed nothing); a pool with no host left stops, as a refused agent exits."""
+        host.silent = True
+        self.refused[host.agent.host_id] = reason
+        log.error("host id refused, host retired host_id=%s reason=%s", host.agent.host_id, reason)
+        if len(self.refused) == len(self.hosts):
+            self.request_stop()
 
     def _adopted(self, interval_s: float, fence_after_s: float) -> None:
         """One log line for the pool when its hosts adopt the scheduler's timing."""

@@ -3,6 +3,7 @@
 Pure, synchronous and deterministic (no await, no I/O, time is an input), in the style of Dask's
 ``WorkerState.handle_stimulus``. It owns everything the agent decides:
 
+- the claim on the host id (:mod:`hostagent.claim`): nothing runs until an ack accepts it;
 - the lease, renewed by heartbeat acks (matched to the heartbeat they answer);
 - fencing: without a valid lease every executing VM is paused, never destroyed; a fenced VM
   resumes only on ``ResumeVm`` at exactly its current generation, and is destroyed only when
@@ -40,6 +41,7 @@ from common.messages import (
     StopVm,
     VmSpec,
 )
+from hostagent.claim import HostClaim
 from hostagent.epoch import EpochGate, Verdict
 from hostagent.execlog import ExecEvent
 from hostagent.lease import Lease
@@ -90,13 +92,8 @@ def _vg(vm: ObservedVm) -> tuple[str, int]:
 
 
 def _stale(verb: str, name: str, generation: int, held: ObservedVm) -> Note:
-    return Note.info(
-        "stale %s ignored vm=%s generation=%d held_generation=%d",
-        verb,
-        name,
-        generation,
-        held.generation,
-    )
+    event = "stale %s ignored vm=%s generation=%d held_generation=%d"
+    return Note.info(event, verb, name, generation, held.generation)
 
 
 def _find(vms: Sequence[ObservedVm], name: str) -> ObservedVm | None:
@@ -116,6 +113,7 @@ class AgentState:
         self.lease = Lease()
         self.epochs = EpochGate()
         """Refuses a deposed scheduler leader's commands and acks (hostagent/epoch.py)."""
+        self.claim = HostClaim()
         self.fenced = False
         self.report = InventoryReport()
         self._failed: dict[str, ObservedVm] = {}
@@ -200,6 +198,10 @@ class AgentState:
         if sent is None or now_s - sent.sent_at_s > self.heartbeat_interval_s:
             out.append(Note.debug("heartbeat ack unmatched or late seq=%d", ack.seq))
             return
+        if ack.refused:  # another live agent holds the host id: no lease, no command
+            self.claim.refused(ack, ack.claim_after_s + self.heartbeat_interval_s, now_s, out)
+            return
+        self.claim.accepted(out)
         self._adopt_timing(ack, out)
         if self.report.adopt(ack, sent.omitted):
             out.append(REPORT_CHANGED)
@@ -270,15 +272,12 @@ class AgentState:
         would otherwise let them run. The scheduler resends them while they are still due."""
         if self.lease.expired(now_s):
             kept = [c for c in commands if not isinstance(c, StartVm | ResumeVm)]
-            if len(kept) < len(commands):
-                out.append(
-                    Note.info(
-                        "commands refused without a lease host_id=%s refused=%d",
-                        self.host_id,
-                        len(commands) - len(kept),
-                    )
-                )
+            if refused := len(commands) - len(kept):
+                out.append(Note.info("commands refused without a lease refused=%d", refused))
             commands = kept
+        if not self.claim.admitted:  # perhaps a second agent under this host id
+            self.claim.hold(commands, out)
+            return
         touched: dict[str, None] = {}
         for command in commands:
             name = command_vm_name(command)

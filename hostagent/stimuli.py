@@ -175,6 +175,21 @@ class AdoptCpuOvercommit:
     ratio: float
 
 
+@dataclass(frozen=True, slots=True)
+class AdmitHeld:
+    """The host id is this agent's now: carry out the commands held until it was (the shell
+    hands them back as :class:`CommandsReceived`, judged anew)."""
+
+    commands: tuple[AgentCommand, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimRefused:
+    """Another live agent holds this host id: this one must exit, having executed nothing."""
+
+    reason: str
+
+
 class Level(IntEnum):
     """Log levels, with the values of :mod:`logging`'s."""
 
@@ -218,6 +233,8 @@ Instruction = (
     | SendHeartbeat
     | TimingAdopted
     | AdoptCpuOvercommit
+    | AdmitHeld
+    | ClaimRefused
     | Note
 )
 

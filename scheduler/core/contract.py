@@ -26,9 +26,8 @@ from common.messages import (
     ImageRef,
     UploadImage,
     VmRef,
-    VmReply,
 )
-from scheduler.state.model import HostRecord, VmRecord
+from scheduler.state.model import HostRecord, ReplyRecord, VmRecord
 from scheduler.state.storage import ImageRecord
 
 
@@ -167,4 +166,4 @@ class StepResult:
     vms: list[VmRecord]
     hosts: list[HostRecord]
     images: list[ImageRecord]
-    replies: dict[str, VmReply]
+    replies: dict[str, ReplyRecord]

@@ -28,7 +28,7 @@ from common.resources import ZERO
 from scheduler.core import disks, drain, lifecycle, views
 from scheduler.core.context import StepContext
 from scheduler.core.contract import Ack, Op
-from scheduler.core.liveness import expired_hosts
+from scheduler.core.liveness import claim_after_s, expired_hosts
 from scheduler.core.reconciler import Outcome, Transition, reconcile_host
 from scheduler.state.model import HostRecord, HostRuntime
 
@@ -41,11 +41,32 @@ def heartbeat(ctx: StepContext, hb: Heartbeat, token: int, scheduler_id: str) ->
     runtime = ctx.state.runtimes.get(host)
     if runtime is None:
         runtime = ctx.state.runtimes[host] = HostRuntime(last_seen_s=now_s)
-    runtime.last_seen_s = now_s
+    refused = _claim_refusal(ctx, host, hb, runtime)
+    if refused:
+        ctx.actions.append(Ack(token, _ack(ctx, hb, runtime, scheduler_id, refused)))
+        return
+    runtime.last_seen_s = runtime.heard_s = now_s
     reconcile = _learn(ctx, host, hb, runtime)
     ctx.actions.append(Ack(token, _ack(ctx, hb, runtime, scheduler_id)))
     if reconcile:
         _reconcile(ctx, host, runtime)
+
+
+def _claim_refusal(ctx: StepContext, host: HostId, hb: Heartbeat, runtime: HostRuntime) -> str:
+    """Why this heartbeat is refused ("" if it is not): another boot holds the host id and was
+    heard within ``claim_after_s`` (both agents alive). A holder silent for longer is taken to
+    be the same host's agent restarted, and the new boot takes the id over."""
+    holder = runtime.boot_id
+    silent_s = ctx.now.mono_s - runtime.heard_s
+    if holder in ("", hb.boot_id) or silent_s > claim_after_s(ctx.config):
+        return ""
+    why = f"host id {host} is held by another agent (boot {holder[:8]}…, seen {silent_s:.1f} s ago)"
+    if runtime.refused_boot != hb.boot_id:  # reported once per claimant
+        runtime.refused_boot = hb.boot_id
+        record = ctx.state.hosts.get(host)
+        state = _state_of(record.up) if record is not None else HostState.UP
+        _emit_host(ctx, host, state, f"second agent refused (boot {hb.boot_id[:8]}…): {why}")
+    return why
 
 
 def _learn(ctx: StepContext, host: HostId, hb: Heartbeat, runtime: HostRuntime) -> bool:
@@ -110,7 +131,9 @@ def _reconcile(ctx: StepContext, host: HostId, runtime: HostRuntime) -> None:
     ctx.send(host, result.commands)
 
 
-def _ack(ctx: StepContext, hb: Heartbeat, runtime: HostRuntime, scheduler_id: str) -> HeartbeatAck:
+def _ack(
+    ctx: StepContext, hb: Heartbeat, runtime: HostRuntime, scheduler_id: str, refused: str = ""
+) -> HeartbeatAck:
     config = ctx.config
     return HeartbeatAck(
         host_id=hb.host_id,
@@ -119,7 +142,9 @@ def _ack(ctx: StepContext, hb: Heartbeat, runtime: HostRuntime, scheduler_id: st
         heartbeat_interval_s=config.heartbeat_interval_s,
         fence_after_s=config.fence_after_s,
         cpu_overcommit=hb.cpu_overcommit or config.cpu_overcommit,
-        inventory_digest=runtime.inventory_digest,
+        inventory_digest="" if refused else runtime.inventory_digest,
+        claim_after_s=claim_after_s(config),
+        refused=refused,
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
+from common.config import SchedulerConfig
 from common.ids import HostId
 from scheduler.state.model import HostRuntime
 
@@ -23,6 +24,19 @@ def expired_hosts(
         for host in up_hosts
         if (runtime := runtimes.get(host)) is None or now_s - runtime.last_seen_s > dead_after_s
     )
+
+
+CLAIM_MARGIN_S = 0.5
+"""Added to two heartbeat intervals: how late a live agent's heartbeat may be (jitter, a
+loaded scheduler) before its host id may go to another boot."""
+
+
+def claim_after_s(config: SchedulerConfig) -> float:
+    """How long the agent holding a host id must be silent before another boot may take the id
+    over: a restart of the same agent (the old boot silent) is accepted then, a second agent
+    beside a live one never is. Never longer than ``dead_after_s``: a host declared dead holds
+    nothing."""
+    return min(2 * config.heartbeat_interval_s + CLAIM_MARGIN_S, config.dead_after_s)
 
 
 def fresh_window(hosts: Iterable[HostId], now_s: float) -> dict[HostId, HostRuntime]:

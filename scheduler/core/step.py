@@ -17,7 +17,11 @@ the first tick places every pending VM and moves every drain on.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import assert_never
+
+import msgspec
+from msgspec.structs import replace
 
 from common.config import SchedulerConfig
 from common.ids import HostId, VmName
@@ -35,9 +39,10 @@ from common.messages import (
     VmRef,
     VmReply,
 )
-from scheduler.core import disks, hosts, images, vms
+from scheduler.core import disks, hosts, images, requests, vms
 from scheduler.core.context import Carry, StepContext
 from scheduler.core.contract import (
+    IMAGE_OPS,
     BuiltinImage,
     HeartbeatReceived,
     Input,
@@ -46,6 +51,7 @@ from scheduler.core.contract import (
     Now,
     Op,
     Reconnected,
+    Reply,
     StepResult,
     Tick,
 )
@@ -58,6 +64,18 @@ from scheduler.state.cluster import ClusterState
 _VmBody = CreateVm | VmRef | AttachDisk | DetachDisk | CaptureVm
 _VmAnswer = tuple[Mutation, VmName | VmReply]
 _HostAnswer = tuple[Mutation, HostId | HostReply]
+
+
+@dataclass(slots=True)
+class _Answers:
+    """The replies one step owes, built after placement so that they show its outcome."""
+
+    vms: list[_VmAnswer] = field(default_factory=list)
+    hosts: list[_HostAnswer] = field(default_factory=list)
+    copies: list[tuple[Mutation, str]] = field(default_factory=list)
+    """Second copies of a request in this step, by request id: answered with the first's reply."""
+    firsts: dict[str, msgspec.Struct] = field(default_factory=dict)
+    """This step's replies to requests with an id, by request id."""
 
 
 class SchedulerCore:
@@ -97,13 +115,13 @@ class SchedulerCore:
         """Handle a batch of inputs; the result's actions are carried out once its records
         are stored."""
         ctx = self.context(now)
-        vm_answers: list[_VmAnswer] = []
-        host_answers: list[_HostAnswer] = []
+        answers = _Answers()
         ticked = False
         for item in inputs:
             match item:
                 case Mutation():
-                    self._mutation(ctx, item, vm_answers, host_answers)
+                    if not self._repeated(ctx, item, answers):
+                        self._mutation(ctx, item, answers)
                 case InvalidJob():
                     ctx.reject_job(item.subject, item.request_id, item.code, item.detail)
                     ctx.reply(item.token, None)
@@ -124,32 +142,61 @@ class SchedulerCore:
         if ticked or self.carry.drains_due:
             hosts.progress_drains(ctx)
         vms.place_pending(ctx, everything=ticked and self.carry.capacity_changed)
-        for mutation, outcome in vm_answers:
-            self._answer_vm(ctx, mutation, outcome)
-        for mutation, result in host_answers:
-            self._answer_host(ctx, mutation, result)
+        self._answer_all(ctx, answers)
         return self._result(ctx)
 
-    def _mutation(
-        self,
-        ctx: StepContext,
-        item: Mutation,
-        vm_answers: list[_VmAnswer],
-        host_answers: list[_HostAnswer],
-    ) -> None:
+    def _answer_all(self, ctx: StepContext, answers: _Answers) -> None:
+        for mutation, outcome in answers.vms:
+            answers.firsts.update(self._answer_vm(ctx, mutation, outcome))
+        for mutation, result in answers.hosts:
+            answers.firsts.update(self._answer_host(ctx, mutation, result))
+        for mutation, request_id in answers.copies:
+            self._answer(ctx, mutation, answers.firsts[request_id])
+
+    def _repeated(self, ctx: StepContext, item: Mutation, answers: _Answers) -> bool:
+        """Answer a request whose id was seen before (scheduler/core/requests.py): a conflict,
+        a retry with a stored reply, or a second copy in this step. True when answered."""
+        body = item.body
+        if isinstance(body, ImageCaptured) or body.request_id is None:
+            return False
+        request_id = body.request_id
+        request = requests.request_of(item.op, body)
+        known = self.state.replies.get(request_id)
+        if known is not None and not known.names(request):
+            self._answer(ctx, item, requests.conflict(item.op, request_id))
+        elif request_id in answers.firsts:
+            answers.copies.append((item, request_id))
+        elif known is not None and known.reply is not None:
+            answers.vms.append((item, known.reply))
+            answers.firsts[request_id] = known.reply
+        else:
+            if known is None:
+                self.state.remember_reply(request_id, request)
+            answers.firsts[request_id] = _PENDING
+            self._mutation(ctx, item, answers)
+            if item.op in IMAGE_OPS:  # answered at once: its reply is the step's last
+                answers.firsts[request_id] = _reply_to(ctx, item.token)
+        return True
+
+    def _mutation(self, ctx: StepContext, item: Mutation, answers: _Answers) -> None:
         """Hand a request to its feature; VM and host replies are built after placement, so
         they show its outcome, and gallery replies at once."""
         body = item.body
         match body:
             case CreateVm() | VmRef() | AttachDisk() | DetachDisk() | CaptureVm():
-                cached = self.state.replies.get(body.request_id or "")
-                vm_answers.append((item, cached or self._vm_op(ctx, item.op, body)))
+                answers.vms.append((item, self._vm_op(ctx, item.op, body)))
             case HostRef():
-                host_answers.append((item, hosts.host_op(ctx, item.op, body)))
+                answers.hosts.append((item, hosts.host_op(ctx, item.op, body)))
             case UploadImage() | ImageRef() | ImageCaptured():
                 images.gallery_op(ctx, item.token, body)
             case _:
                 assert_never(body)
+
+    def _answer(self, ctx: StepContext, item: Mutation, reply: msgspec.Struct) -> None:
+        """Answer ``item`` with a reply made elsewhere (a conflict, or a first copy's)."""
+        if isinstance(reply, VmReply | HostReply):
+            self._reject_failed_job(ctx, item, reply)
+        ctx.reply(item.token, reply)
 
     def _vm_op(self, ctx: StepContext, op: Op, body: _VmBody) -> VmName | VmReply:
         match body:
@@ -164,23 +211,33 @@ class SchedulerCore:
             case _:
                 assert_never(body)
 
-    def _answer_vm(self, ctx: StepContext, item: Mutation, outcome: VmName | VmReply) -> None:
+    def _answer_vm(
+        self, ctx: StepContext, item: Mutation, outcome: VmName | VmReply
+    ) -> dict[str, VmReply]:
+        """Reply to a VM operation; the reply by request id (if it has one)."""
+        request_id = item.body.request_id
         if isinstance(outcome, VmReply):
             reply = outcome
         else:
             reply = VmReply(vm=vm_info(self.state.vms[outcome]))
-            if item.body.request_id is not None:
-                self.state.remember_reply(item.body.request_id, reply)
+            request = self.state.replies.get(request_id or "")
+            if request_id is not None and request is not None and request.reply is None:
+                self.state.remember_reply(request_id, replace(request, reply=reply))
         self._reject_failed_job(ctx, item, reply)
         ctx.reply(item.token, reply)
+        return {} if request_id is None else {request_id: reply}
 
-    def _answer_host(self, ctx: StepContext, item: Mutation, result: HostId | HostReply) -> None:
+    def _answer_host(
+        self, ctx: StepContext, item: Mutation, result: HostId | HostReply
+    ) -> dict[str, HostReply]:
         if isinstance(result, HostReply):
             reply = result
         else:
             reply = HostReply(host=hosts.host_info(ctx, result))
         self._reject_failed_job(ctx, item, reply)
         ctx.reply(item.token, reply)
+        request_id = item.body.request_id
+        return {} if request_id is None else {request_id: reply}
 
     def _reject_failed_job(
         self, ctx: StepContext, item: Mutation, reply: VmReply | HostReply
@@ -200,3 +257,14 @@ class SchedulerCore:
     def _result(self, ctx: StepContext) -> StepResult:
         vms_, hosts_, images_, replies = self.state.take_changes()
         return StepResult(ctx.actions, vms_, hosts_, images_, replies)
+
+
+_PENDING = msgspec.Struct()
+"""Stands for a first copy's reply until the step builds it."""
+
+
+def _reply_to(ctx: StepContext, token: int) -> msgspec.Struct:
+    """The reply this step gave request ``token`` (a gallery operation, answered at once)."""
+    body = next(a.body for a in reversed(ctx.actions) if isinstance(a, Reply) and a.token == token)
+    assert body is not None
+    return body

@@ -46,6 +46,12 @@ _STORAGE_DECODERS: Final[dict[Op, Callable[[bytes], StorageBody]]] = {
 }
 
 
+_NO_ID = (
+    "a job needs a Nats-Msg-Id header (or a request_id): it names the request, so that "
+    "JetStream and the scheduler apply it once however often it is delivered"
+)
+
+
 def error_reply(code: m.ErrorCode, detail: str) -> bytes:
     return codec.encode(m.ErrorReply(error=m.ErrorBody(code=code, detail=detail)))
 
@@ -77,6 +83,8 @@ def decode_mutation(
         return InvalidJob(subject, msg_id, m.ErrorCode.INVALID_REQUEST, str(exc), token)
     if body.request_id is None and msg_id is not None:
         body.request_id = msg_id
+    if via_job and body.request_id is None:
+        return InvalidJob(subject, None, m.ErrorCode.MISSING_REQUEST_ID, _NO_ID, token)
     return Mutation(op, body, token, via_job=via_job, job_subject=subject if via_job else "")
 
 

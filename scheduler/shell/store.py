@@ -20,14 +20,16 @@ import msgspec
 from common import subjects
 from common.errors import StoreError
 from common.messages import VmReply
-from scheduler.state.model import HostRecord, VmRecord
+from scheduler.state.model import HostRecord, ReplyRecord, VmRecord
 from scheduler.state.storage import ImageRecord
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2: a reply row's body is a ``ReplyRecord`` (the request its id names, and the reply), no
+longer a bare ``VmReply``; ``_migrate_1_to_2`` rewrites version 1 rows."""
 REPLY_RETENTION_S = 7 * 24 * 3600.0
-"""How long a request_id keeps returning its original reply."""
+"""How long a request_id stays bound to its request (and keeps returning its reply)."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -49,7 +51,7 @@ the events stream ages out, the store does not."""
 class Loaded:
     vms: list[VmRecord]
     hosts: list[HostRecord]
-    replies: dict[str, VmReply]
+    replies: dict[str, ReplyRecord]
     event_seq: int
     outbox: list[tuple[int, str, bytes]]
     images: list[ImageRecord] = field(default_factory=list)
@@ -59,7 +61,7 @@ class Loaded:
 class Batch:
     vms: list[VmRecord] = field(default_factory=list)
     hosts: list[HostRecord] = field(default_factory=list)
-    replies: dict[str, VmReply] = field(default_factory=dict)
+    replies: dict[str, ReplyRecord] = field(default_factory=dict)
     events: list[tuple[int, str, bytes]] = field(default_factory=list)
     published: list[int] = field(default_factory=list)
     images: list[ImageRecord] = field(default_factory=list)
@@ -121,7 +123,8 @@ class Store(Protocol):
 _vm_decoder = msgspec.json.Decoder(VmRecord)
 _host_decoder = msgspec.json.Decoder(HostRecord)
 _image_decoder = msgspec.json.Decoder(ImageRecord)
-_reply_decoder = msgspec.json.Decoder(VmReply)
+_reply_decoder = msgspec.json.Decoder(ReplyRecord)
+_v1_reply_decoder = msgspec.json.Decoder(VmReply)
 _encoder = msgspec.json.Encoder()
 
 
@@ -139,7 +142,7 @@ class SqliteStore:
             await db.executescript(_SCHEMA)
             store = cls(db, str(path))
             await store._check_version()
-        except (aiosqlite.Error, OSError) as exc:
+        except (aiosqlite.Error, OSError, msgspec.DecodeError) as exc:
             raise StoreError(f"cannot open store {path}: {exc}") from exc
         return store
 
@@ -154,6 +157,8 @@ class SqliteStore:
             raise StoreError(
                 f"store schema {row[0]} is newer than this scheduler ({SCHEMA_VERSION})"
             )
+        elif int(row[0]) == 1:
+            await self._db._execute(_migrate_1_to_2, self._db._conn)  # type: ignore[no-untyped-call]
 
     async def load(self) -> Loaded:
         try:
@@ -248,6 +253,27 @@ def _write_rows(conn: sqlite3.Connection, rows: Rows) -> None:
             conn.execute("ROLLBACK")
         except sqlite3.Error:
             log.exception("rollback failed")
+        raise
+
+
+def _migrate_1_to_2(conn: sqlite3.Connection) -> None:
+    """Version 1 stored bare VM replies: each becomes a binding that knows only its VM (it
+    still answers its retries and refuses its id for another VM), in one transaction."""
+    rows = conn.execute("SELECT request_id, body FROM replies").fetchall()
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        for request_id, body in rows:
+            reply = _v1_reply_decoder.decode(body)
+            target = reply.vm.name if reply.vm is not None else ""
+            record = ReplyRecord(op="", target=target, digest="", reply=reply)
+            conn.execute(
+                "UPDATE replies SET body = ? WHERE request_id = ?",
+                (_encoder.encode(record), request_id),
+            )
+        conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+        conn.execute("COMMIT")
+    except (sqlite3.Error, msgspec.DecodeError):
+        conn.execute("ROLLBACK")
         raise
 
 

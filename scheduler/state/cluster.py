@@ -10,9 +10,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from common.ids import HostId, VmName
-from common.messages import VmReply
 from common.resources import ZERO, Resources
-from scheduler.state.model import HostRecord, HostRuntime, VmRecord
+from scheduler.state.model import HostRecord, HostRuntime, ReplyRecord, VmRecord
 from scheduler.state.storage import ImageRecord
 
 
@@ -21,8 +20,9 @@ class ClusterState:
     vms: dict[VmName, VmRecord] = field(default_factory=dict)
     hosts: dict[HostId, HostRecord] = field(default_factory=dict)
     runtimes: dict[HostId, HostRuntime] = field(default_factory=dict)
-    replies: dict[str, VmReply] = field(default_factory=dict)
-    """Replies to mutating requests, by request_id: a retry gets the original answer."""
+    replies: dict[str, ReplyRecord] = field(default_factory=dict)
+    """Mutating requests by request_id: what each id was used for and, for VM operations, the
+    reply a retry gets (scheduler/core/requests.py)."""
     by_host: dict[HostId, set[VmName]] = field(default_factory=lambda: defaultdict(set))
     allocated: dict[HostId, Resources] = field(default_factory=dict)
     by_set: dict[str, set[VmName]] = field(default_factory=lambda: defaultdict(set))
@@ -33,7 +33,7 @@ class ClusterState:
     images: dict[str, ImageRecord] = field(default_factory=dict)
     """The image gallery, by name."""
     dirty_images: set[str] = field(default_factory=set)
-    new_replies: dict[str, VmReply] = field(default_factory=dict)
+    new_replies: dict[str, ReplyRecord] = field(default_factory=dict)
     touched_hosts: set[HostId] = field(default_factory=set)
     """Hosts whose VMs changed since each was last reconciled against its inventory."""
     stale_views: set[HostId] = field(default_factory=set)
@@ -45,7 +45,7 @@ class ClusterState:
         cls,
         vms: list[VmRecord],
         hosts: list[HostRecord],
-        replies: dict[str, VmReply],
+        replies: dict[str, ReplyRecord],
         images: list[ImageRecord] | None = None,
     ) -> ClusterState:
         state = cls(hosts={h.host_id: h for h in hosts}, replies=dict(replies))
@@ -112,7 +112,7 @@ class ClusterState:
 
     def take_changes(
         self,
-    ) -> tuple[list[VmRecord], list[HostRecord], list[ImageRecord], dict[str, VmReply]]:
+    ) -> tuple[list[VmRecord], list[HostRecord], list[ImageRecord], dict[str, ReplyRecord]]:
         """The records changed since the last call, and the new replies; forgets them."""
         vms = [self.vms[name] for name in self.dirty_vms]
         hosts = [self.hosts[host] for host in self.dirty_hosts]
@@ -126,7 +126,7 @@ class ClusterState:
         if record.availability_set is not None:
             self.by_set[record.availability_set].discard(record.name)
 
-    def remember_reply(self, request_id: str, reply: VmReply) -> None:
+    def remember_reply(self, request_id: str, reply: ReplyRecord) -> None:
         self.replies[request_id] = reply
         self.new_replies[request_id] = reply
 

@@ -8,7 +8,7 @@ from datetime import datetime
 import msgspec
 
 from common.ids import HostId, VmName
-from common.messages import ObservedVm, VmState
+from common.messages import ObservedVm, VmReply, VmState
 from common.resources import ZERO, Resources
 from scheduler.state.storage import DiskRecord
 
@@ -96,6 +96,22 @@ class VmRecord(msgspec.Struct, kw_only=True):
         return self.host is not None and self.state in ACTIVE_STATES
 
 
+class ReplyRecord(msgspec.Struct, kw_only=True):
+    """What a request id stands for, as persisted: the one request it named (operation, target
+    and a digest of its body) and, once a VM operation succeeded, the reply its retries get."""
+
+    op: str
+    target: str
+    digest: str
+    reply: VmReply | None = None
+
+    def names(self, request: ReplyRecord) -> bool:
+        """``request`` is the request this id was first used for (a retry of it)."""
+        if self.op == "":  # stored before bindings existed (schema 1): only its VM is known
+            return self.target in ("", request.target)
+        return (self.op, self.target, self.digest) == (request.op, request.target, request.digest)
+
+
 class HostRecord(msgspec.Struct, kw_only=True):
     """What the scheduler knows of a host, as persisted in the store."""
 
@@ -125,6 +141,11 @@ class HostRuntime:
     """Capacity held on the host by VMs that are not desired there (being destroyed)."""
     fenced: bool = False
     boot_id: str = ""
+    """The agent boot that holds the host id (set when its first report is taken in)."""
+    heard_s: float = float("-inf")
+    """When the holding boot was last heard (unlike ``last_seen_s``, never a granted window)."""
+    refused_boot: str = ""
+    """The last boot refused the host id (reported on the event stream once)."""
     last_seq: int = -1
     inventory_digest: str = ""
     """The agent's digest of ``observed``: a report with the same digest and no VMs stands

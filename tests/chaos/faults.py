@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import random
 import signal
+import subprocess
 import time
 from dataclasses import dataclass
 from enum import StrEnum
@@ -33,6 +34,7 @@ class Kind(StrEnum):
     PARTITION_OUT = "partition_agent_to_nats"
     PARTITION_IN = "partition_nats_to_agent"
     PARTITION_BOTH = "partition_two_way"
+    DUPLICATE_HOST_ID = "duplicate_host_id"
 
 
 AGENT_SIDE = {
@@ -55,10 +57,15 @@ WEIGHTS = {
     Kind.PARTITION_OUT: 2,
     Kind.PARTITION_IN: 2,
     Kind.PARTITION_BOTH: 2,
+    Kind.DUPLICATE_HOST_ID: 1,
 }
 
 DEAD_AFTER_S = TIMINGS["dead_after_s"]
 FENCE_AFTER_S = TIMINGS["fence_after_s"]
+SETTLED_S = 2.0
+"""A second agent is started only beside a holder (and a scheduler and NATS) up this long, so
+that it is the holder, heard by the scheduler, that the duplicate meets."""
+SETTLE_WAIT_S = 15.0
 
 
 def _duration_s(kind: Kind, rng: random.Random) -> float:
@@ -69,6 +76,8 @@ def _duration_s(kind: Kind, rng: random.Random) -> float:
         return rng.uniform(DEAD_AFTER_S + 0.3, DEAD_AFTER_S + 1.5)
     if kind is Kind.NATS_RESTART:
         return rng.uniform(0.05, 0.8)
+    if kind is Kind.DUPLICATE_HOST_ID:  # long enough to start, be refused and exit (~2.5 s)
+        return rng.uniform(4.0, 5.0)
     return rng.uniform(0.2, DEAD_AFTER_S + 1.5)
 
 
@@ -84,6 +93,8 @@ class Fault:
     end: float = 0.0
     """Wall-clock seconds when undone."""
     note: str = ""
+    duplicate_exit: int | None = None
+    """DUPLICATE_HOST_ID: the second agent's exit status (None: it was still running)."""
 
     def line(self, t0: float) -> str:
         who = f" host={self.host}" if self.host else ""
@@ -99,7 +110,7 @@ def plan(rng: random.Random, count: int, hosts: list[str]) -> list[Fault]:
     faults = []
     for index in range(count):
         kind = rng.choices(kinds, weights)[0]
-        host = rng.choice(hosts) if kind in AGENT_SIDE else None
+        host = rng.choice(hosts) if kind in AGENT_SIDE | {Kind.DUPLICATE_HOST_ID} else None
         faults.append(Fault(index, kind, host, _duration_s(kind, rng), rng.uniform(0.2, 0.8)))
     return faults
 
@@ -110,6 +121,7 @@ class Injector:
         self.progress_every = progress_every
         self.done: list[Fault] = []
         self.crashes: list[Violation] = []
+        self._duplicate: subprocess.Popen[bytes] | None = None
 
     async def run(self, faults: list[Fault]) -> None:
         for fault in faults:
@@ -150,6 +162,12 @@ class Injector:
                 out = fault.kind is not Kind.PARTITION_IN
                 inbound = fault.kind is not Kind.PARTITION_OUT
                 rig.network.block(rig.agents[host].netns, rig.hub, outbound=out, inbound=inbound)
+            case Kind.DUPLICATE_HOST_ID:
+                assert host is not None
+                deadline = time.monotonic() + SETTLE_WAIT_S
+                while not rig.settled(host, SETTLED_S) and time.monotonic() < deadline:
+                    time.sleep(0.1)  # the injector's own pace (a thread), not a test's sync
+                self._duplicate = rig.start_duplicate(host, fault.index)
 
     def _undo(self, fault: Fault) -> None:
         rig, host = self.rig, fault.host
@@ -167,3 +185,10 @@ class Injector:
             case Kind.PARTITION_OUT | Kind.PARTITION_IN | Kind.PARTITION_BOTH:
                 assert host is not None
                 rig.network.heal(rig.agents[host].netns)
+            case Kind.DUPLICATE_HOST_ID:
+                assert self._duplicate is not None
+                fault.duplicate_exit = self._duplicate.poll()
+                if fault.duplicate_exit is None:
+                    self._duplicate.kill()
+                self._duplicate.wait(timeout=15)
+                self._duplicate = None

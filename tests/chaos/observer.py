@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.messages import HostEvent, HostState, JobRejected, VmInfo, VmState
+from hostagent.__main__ import EXIT_HOST_ID_REFUSED
 from tests.chaos.faults import AGENT_SIDE, DEAD_AFTER_S, Fault, Kind, Violation
 from tests.chaos.load import SIZES, Acked, Op
 from tests.chaos.rig import CPU_MILLI, MEM_MIB
@@ -169,6 +170,24 @@ def destroyed_during_nats_outages(
             a <= r.t <= b and deleted_at.get(r.vm, float("inf")) > began for a, b, began in outages
         )
     ]
+
+
+def duplicates_refused(
+    faults: list[Fault], duplicate_dir: Callable[[int], Path]
+) -> list[Violation]:
+    """Each second agent started under a live host's id was refused (it exited with the refusal
+    status by itself) and executed nothing: its own audit log stays empty."""
+    found = []
+    for f in faults:
+        if f.kind is not Kind.DUPLICATE_HOST_ID or not f.start:
+            continue
+        if f.duplicate_exit != EXIT_HOST_ID_REFUSED:
+            detail = f"fault #{f.index} host={f.host} exit={f.duplicate_exit}"
+            found.append(Violation("duplicate_not_refused", detail))
+        audits = list(duplicate_dir(f.index).glob("*/executions.jsonl"))
+        if any(path.read_text().strip() for path in audits):
+            found.append(Violation("duplicate_executed", f"fault #{f.index} host={f.host}"))
+    return found
 
 
 def acked_outcomes(

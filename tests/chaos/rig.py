@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +31,8 @@ class Agent:
     process: subprocess.Popen[bytes] | None = None
     stopped: bool = False
     """SIGSTOPped right now."""
+    started_s: float = 0.0
+    """Monotonic seconds when this agent process was started."""
 
 
 @dataclass
@@ -42,6 +45,8 @@ class Rig:
     port: int = -1
     scheduler: subprocess.Popen[bytes] | None = None
     agents: dict[str, Agent] = field(default_factory=dict)
+    started_s: dict[str, float] = field(default_factory=dict)
+    """Monotonic seconds when nats-server and the scheduler were last started."""
 
     @property
     def url(self) -> str:
@@ -73,6 +78,7 @@ class Rig:
         extra = ("-a", self.hub)  # the later -a wins over start_nats_server's loopback one
         self.nats = start_nats_server(self.workdir / "nats", port=self.port, extra_args=extra)
         self.port = self.nats.port
+        self.started_s["nats"] = time.monotonic()
 
     def kill_nats(self, sig: signal.Signals = signal.SIGKILL) -> None:
         assert self.nats is not None
@@ -86,6 +92,7 @@ class Rig:
         args += ["--heartbeat-interval", str(t["heartbeat_interval_s"])]
         args += ["--fence-after", str(t["fence_after_s"]), "--dead-after", str(t["dead_after_s"])]
         self.scheduler = self._spawn([*args, "--log-level", "DEBUG"], "scheduler.log")
+        self.started_s["scheduler"] = time.monotonic()
 
     def kill_scheduler(self) -> None:
         assert self.scheduler is not None
@@ -93,15 +100,37 @@ class Rig:
         self.scheduler.wait(timeout=15)
         self.scheduler = None
 
+    def _agent_args(self, host: str, data_dir: Path) -> list[str]:
+        t = TIMINGS
+        args = ["ip", "netns", "exec", self.agents[host].netns, sys.executable, "-m", "hostagent"]
+        args += ["--nats", self.url, "--host-id", host, "--capacity", HOST_CAPACITY]
+        args += ["--fault-domain", f"fd-{host}", "--data-dir", str(data_dir)]
+        args += ["--heartbeat-interval", str(t["heartbeat_interval_s"])]
+        return [*args, "--fence-after", str(t["fence_after_s"]), "--log-level", "DEBUG"]
+
     def start_agent(self, host: str) -> None:
         agent = self.agents[host]
-        t = TIMINGS
-        args = ["ip", "netns", "exec", agent.netns, sys.executable, "-m", "hostagent"]
-        args += ["--nats", self.url, "--host-id", host, "--capacity", HOST_CAPACITY]
-        args += ["--fault-domain", f"fd-{host}", "--data-dir", str(self.agents_dir)]
-        args += ["--heartbeat-interval", str(t["heartbeat_interval_s"])]
-        args += ["--fence-after", str(t["fence_after_s"]), "--log-level", "DEBUG"]
-        agent.process = self._spawn(args, f"agent-{host}.log")
+        agent.process = self._spawn(self._agent_args(host, self.agents_dir), f"agent-{host}.log")
+        agent.started_s = time.monotonic()
+
+    def duplicate_dir(self, index: int) -> Path:
+        """The data dir (and so the audit log) of fault ``index``'s second agent."""
+        return self.workdir / "duplicates" / str(index)
+
+    def start_duplicate(self, host: str, index: int) -> subprocess.Popen[bytes]:
+        """A second agent claiming ``host``'s id (beside it, with a data dir of its own)."""
+        args = self._agent_args(host, self.duplicate_dir(index))
+        return self._spawn(args, f"duplicate-{index}-{host}.log")
+
+    def settled(self, host: str, for_s: float) -> bool:
+        """nats-server, the scheduler and ``host``'s agent have all run for ``for_s``, and the
+        agent is not stopped: the scheduler has heard it as the holder of its id."""
+        agent, now_s = self.agents[host], time.monotonic()
+        return (
+            agent.process is not None
+            and not agent.stopped
+            and all(now_s - t >= for_s for t in (agent.started_s, *self.started_s.values()))
+        )
 
     def signal_agent(self, host: str, sig: signal.Signals) -> None:
         agent = self.agents[host]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 from common.messages import HostEvent, HostState, VmInfo, VmState
 from tests.chaos.faults import Fault, Kind
@@ -13,6 +14,7 @@ from tests.chaos.observer import (
     acked_outcomes,
     convergence_problems,
     destroyed_during_nats_outages,
+    duplicates_refused,
     healthy_hosts_declared_dead,
 )
 
@@ -124,3 +126,19 @@ def test_a_vm_removed_while_nats_is_down_is_caught() -> None:
     after = [Acked("r1", "a", Op.DELETE, acked_at=11.0, attempts=1)]
     found = destroyed_during_nats_outages([Row(13.0, "h1", "a", 1, "destroy")], outage, after)
     assert [v.kind for v in found] == ["removed_during_nats_outage"]
+
+
+def test_a_duplicate_that_was_not_refused_or_executed_is_a_violation(tmp_path: Path) -> None:
+    refused = fault(Kind.DUPLICATE_HOST_ID, "h1", 10.0, 14.0)
+    refused.duplicate_exit = 3
+    lingering = fault(Kind.DUPLICATE_HOST_ID, "h2", 20.0, 24.0)
+    lingering.index, lingering.duplicate_exit = 1, None
+    executed = fault(Kind.DUPLICATE_HOST_ID, "h3", 30.0, 34.0)
+    executed.index, executed.duplicate_exit = 2, 3
+    audit = tmp_path / "2" / "h3" / "executions.jsonl"
+    audit.parent.mkdir(parents=True)
+    audit.write_text('{"t": 31.0, "host": "h3", "vm": "a", "gen": 1, "event": "start"}\n')
+    (tmp_path / "0" / "h1").mkdir(parents=True)
+    (tmp_path / "0" / "h1" / "executions.jsonl").write_text("")
+    found = duplicates_refused([refused, lingering, executed], lambda i: tmp_path / str(i))
+    assert sorted(v.kind for v in found) == ["duplicate_executed", "duplicate_not_refused"]

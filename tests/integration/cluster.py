@@ -71,9 +71,13 @@ class Cluster:
         fault_domain: str = "fd-0",
         nats_url: str | None = None,
         extra: tuple[str, ...] = (),
+        key: str | None = None,
     ) -> None:
+        """Start an agent for ``host``, known here (and by its log) as ``key`` (default: the
+        host id; another key runs a second agent under the same host id)."""
         t = self.timings
-        self.agents[host] = self._spawn(
+        key = key or host
+        self.agents[key] = self._spawn(
             [
                 "-m",
                 "hostagent",
@@ -95,7 +99,7 @@ class Cluster:
                 "DEBUG",
                 *extra,
             ],
-            f"agent-{host}.log",
+            f"agent-{key}.log",
         )
 
     def kill_agent(self, host: str) -> None:

@@ -196,3 +196,33 @@ async def test_repeated_request_id_returns_the_original_result(
     stop1 = await client.stop_vm("a", request_id="stop-1")
     stop2 = await client.stop_vm("a", request_id="stop-1")
     assert stop1 == stop2
+
+
+async def test_a_request_id_reused_for_another_request_is_a_conflict(
+    cluster: Cluster, client: StratusClient
+) -> None:
+    await one_host(cluster, client)
+    await client.create_vm(CreateVm(name="a", size="Small", request_id="req-1"))
+    with pytest.raises(ApiError) as raised:
+        await client.create_vm(CreateVm(name="b", size="Small", request_id="req-1"))
+    assert raised.value.code == ErrorCode.CONFLICT
+    assert "request id req-1 was used for another request" in str(raised.value)
+    with pytest.raises(ApiError):
+        await client.delete_vm("a", request_id="req-1")
+    vms = {vm.name: vm.state for vm in await client.list_vms()}
+    assert "b" not in vms and vms["a"] is not VmState.DELETING
+
+
+async def test_a_job_without_a_request_id_is_refused_and_applies_nothing(
+    cluster: Cluster, client: StratusClient, nc: Client
+) -> None:
+    await one_host(cluster, client)
+    js = nc.jetstream()
+    await js.publish(
+        subjects.job_subject(subjects.VM_CREATE), codec.encode(CreateVm(name="c", size="Small"))
+    )
+    await wait_until(lambda: _stream_empty(nc), timeout_s=10, message="job acked")
+    rejected = [e for e in await _events(nc, subjects.JOB_REJECTED) if isinstance(e, JobRejected)]
+    assert [(e.request_id, e.code) for e in rejected] == [(None, ErrorCode.MISSING_REQUEST_ID)]
+    assert "Nats-Msg-Id" in rejected[0].detail
+    assert [vm.name for vm in await client.list_vms()] == []

@@ -33,6 +33,7 @@ from common.messages import ErrorBody, ErrorCode, ErrorReply
 
 STATUS: Final[Mapping[ErrorCode, int]] = {
     ErrorCode.INVALID_REQUEST: 400,
+    ErrorCode.MISSING_REQUEST_ID: 400,
     ErrorCode.UNAUTHORIZED: 401,
     ErrorCode.FORBIDDEN: 403,
     ErrorCode.NOT_FOUND: 404,

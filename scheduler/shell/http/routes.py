@@ -211,13 +211,16 @@ def register(api: Registry) -> None:
                  path_params=_VM_PATH, response=m.VmReply, errors=(_E.NOT_FOUND,)),
         Endpoint("DELETE", "/v1/vms/{name}", delete_vm, "deleteVm", "Delete a VM (destroyed on "
                  "its host, then recorded deleted)", tag=vm, mutating=True, path_params=_VM_PATH,
-                 response=m.VmReply, headers=_IDEMPOTENCY_HEADER, errors=(_E.NOT_FOUND,)),
+                 response=m.VmReply, headers=_IDEMPOTENCY_HEADER,
+                 errors=(_E.NOT_FOUND, _E.CONFLICT)),
         Endpoint("POST", "/v1/vms/{name}/start", start_vm, "startVm", "Start a stopped or "
                  "failed VM", tag=vm, mutating=True, path_params=_VM_PATH, response=m.VmReply,
-                 headers=_IDEMPOTENCY_HEADER, errors=(_E.NOT_FOUND, _E.INVALID_STATE)),
+                 headers=_IDEMPOTENCY_HEADER,
+                 errors=(_E.NOT_FOUND, _E.INVALID_STATE, _E.CONFLICT)),
         Endpoint("POST", "/v1/vms/{name}/stop", stop_vm, "stopVm", "Stop (deallocate) a VM",
                  tag=vm, mutating=True, path_params=_VM_PATH, response=m.VmReply,
-                 headers=_IDEMPOTENCY_HEADER, errors=(_E.NOT_FOUND, _E.INVALID_STATE)),
+                 headers=_IDEMPOTENCY_HEADER,
+                 errors=(_E.NOT_FOUND, _E.INVALID_STATE, _E.CONFLICT)),
         Endpoint("GET", "/v1/hosts", list_hosts, "listHosts", "List hosts", tag=host,
                  response=m.HostListReply),
         Endpoint("POST", "/v1/hosts/{host_id}/cordon", cordon_host, "cordonHost", "Cordon a "

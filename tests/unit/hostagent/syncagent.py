@@ -17,6 +17,7 @@ from hostagent.agent import drive
 from hostagent.drivers.fake import FakeDriver
 from hostagent.state import AgentState
 from hostagent.stimuli import (
+    AdmitHeld,
     CommandsReceived,
     DriverDestroy,
     DriverForget,
@@ -64,6 +65,10 @@ class SyncAgent:
             instruction = pending.popleft()
             self.log.append(instruction)
             match instruction:
+                case AdmitHeld(commands=commands):
+                    admitted = CommandsReceived(commands, self.driver.inventory())
+                    pending.extend(self.state.handle(admitted, now))
+                    continue
                 case RunCapture():
                     done = OpDone(instruction, self.driver.inventory())
                 case (

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from msgspec.structs import replace
 
 from common import codec
 from common.messages import AgentCommand, DeleteVm, ObservedState, ResumeVm, StartVm, StopVm
@@ -20,6 +21,7 @@ from hostagent.stimuli import (
     CommandsReceived,
     DriverCall,
     DriverForget,
+    DriverPause,
     DriverStart,
     Instruction,
     Note,
@@ -45,10 +47,11 @@ def test_starts_and_resumes_arriving_without_a_lease_are_dropped() -> None:
     """A start sent before a partition healed arrives with an ack right behind it: judged at
     arrival (lease expired), not when it runs (lease renewed), or it could run beside its
     replacement."""
-    state = make_state()
+    agent = SyncAgent(make_state())
+    agent.handle(AckReceived(ack_for(agent.heartbeat(90.0))), 90.1)  # the host id is ours
     resume = ResumeVm(name="vm-1", generation=1)
     delete = DeleteVm(name="vm-2", generation=1)
-    out = state.handle(CommandsReceived([start(), resume, delete], []), 100.0)
+    out = agent.state.handle(CommandsReceived([start(), resume, delete], []), 100.0)
     assert decisions(out) == [DriverForget("vm-2", 1)]
 
 
@@ -94,7 +97,7 @@ steps = st.one_of(
     st.tuples(st.just("command"), commands),
     st.tuples(st.just("advance"), st.sampled_from([0.5, 2.0, 5.0])),
     st.tuples(st.just("fence"), st.none()),
-    st.tuples(st.just("beat"), st.sampled_from(["acked", "acked-held", "lost"])),
+    st.tuples(st.just("beat"), st.sampled_from(["acked", "acked-held", "lost", "refused"])),
 )
 
 
@@ -116,7 +119,7 @@ class Run:
         elif kind == "fence":
             self.agent.fence(self.now_s)
         else:
-            self.beat(acked=arg != "lost", held=arg == "acked-held")
+            self.beat(acked=arg != "lost", held=arg == "acked-held", refused=arg == "refused")
         self.check(self.agent.log[before:])
 
     def command(self, command: AgentCommand) -> None:
@@ -131,7 +134,7 @@ class Run:
                 i for i in self.agent.log[start_at:] if isinstance(i, DriverCall | RecordExecution)
             ]
 
-    def beat(self, *, acked: bool, held: bool) -> None:
+    def beat(self, *, acked: bool, held: bool, refused: bool = False) -> None:
         heartbeat = self.agent.heartbeat(self.now_s)
         full = self.agent.state.inventory(self.agent.driver.inventory())
         # the digest stands for the full inventory, whether it is sent or left out
@@ -139,9 +142,15 @@ class Run:
         assert heartbeat.vms == ([] if heartbeat.vms_omitted else full)
         if acked:
             digest = heartbeat.inventory_digest if held else ""
-            self.agent.handle(AckReceived(ack_for(heartbeat, digest=digest)), self.now_s + 0.1)
+            ack = ack_for(heartbeat, digest=digest)
+            if refused:  # another live agent holds the host id
+                ack = replace(ack, refused="host id h1 is held by another agent", claim_after_s=2.5)
+            self.agent.handle(AckReceived(ack), self.now_s + 0.1)
 
     def check(self, new: list[Instruction]) -> None:
+        if not self.agent.state.claim.admitted:
+            ran = [i for i in new if isinstance(i, DriverCall) and not isinstance(i, DriverPause)]
+            assert ran == [], "an agent whose host id is not accepted executes nothing"
         executing = [vm for vm, (_, state) in self.agent.held().items() if state in EXECUTING]
         if self.agent.state.fenced:
             assert executing == [], "a fenced host executes nothing"
