@@ -17,8 +17,9 @@ BENCHMARKS = (
     "bench.restart",
     "bench.traces",
 )
-ON_DEMAND = {"chaos": "bench.chaos"}
-"""Long runs (root needed for chaos's network namespaces): only when asked for by name."""
+ON_DEMAND = {"chaos": "bench.chaos", "takeover": "bench.takeover"}
+"""Long runs (root needed for chaos's network namespaces; takeover runs a 3-node NATS cluster
+and two schedulers per run): only when asked for by name."""
 
 
 def main(argv: list[str] | None = None) -> int:
