@@ -11,6 +11,7 @@ from multidict import MultiMapping
 
 from common import codec, subjects
 from common import messages as m
+from common.ids import vm_name_problem
 from scheduler.core.contract import Op
 from scheduler.shell.http.errors import JSON, HttpError, status_of
 from scheduler.shell.http.registry import Backend, Endpoint, Registry, backend_of
@@ -70,7 +71,11 @@ def path_value(request: web.Request, name: str, kind: type[msgspec.Struct], what
 
 
 def vm_ref(request: web.Request) -> m.VmRef:
-    ref = _convert({"name": request.match_info["name"]}, m.VmRef, "invalid vm name")
+    name = request.match_info["name"]
+    problem = vm_name_problem(name)
+    if problem is not None:
+        raise HttpError(m.ErrorCode.INVALID_REQUEST, problem)
+    ref = _convert({"name": name}, m.VmRef, "invalid vm name")
     ref.request_id = request_id(request)
     return ref
 
@@ -90,14 +95,18 @@ def request_id(request: web.Request) -> str | None:
     return key
 
 
-async def body_of(request: web.Request, kind: type[S]) -> S:
+async def body_of(request: web.Request, kind: type[S], *, vm_field: str | None = None) -> S:
     """The JSON body as ``kind``. As in JSON Schema, a number with no fractional part (``2.0``)
-    is an integer."""
+    is an integer. ``vm_field``: the field naming a VM, whose problems are said in words."""
     data = await request.read()  # aiohttp enforces the size limit (413)
     try:
         value = msgspec.json.decode(data)
     except msgspec.DecodeError as exc:
         raise HttpError(m.ErrorCode.INVALID_REQUEST, f"invalid body: {exc}") from exc
+    name = value.get(vm_field) if vm_field is not None and isinstance(value, dict) else None
+    problem = vm_name_problem(name) if isinstance(name, str) else None
+    if problem is not None:
+        raise HttpError(m.ErrorCode.INVALID_REQUEST, f"invalid body: {problem}")
     return _convert(_integral(value), kind, "invalid body")
 
 
@@ -156,7 +165,7 @@ async def list_vms(request: web.Request) -> web.StreamResponse:
 
 
 async def create_vm(request: web.Request) -> web.StreamResponse:
-    body = await body_of(request, m.CreateVm)
+    body = await body_of(request, m.CreateVm, vm_field="name")
     if body.request_id is None:
         body.request_id = request_id(request)
     return reply_response(await submit(request, Op.CREATE, body), status=201)
@@ -217,7 +226,7 @@ def register(api: Registry) -> None:
                  "capacity allows, else pending with the reason)", tag=vm, mutating=True,
                  body=m.CreateVm, response=m.VmReply, status=201, headers=IDEMPOTENCY_HEADER,
                  subject=subjects.VM_CREATE, errors=(_E.UNKNOWN_SIZE, _E.INVALID_IMAGE,
-                 _E.NOT_FOUND, _E.CONFLICT, _E.INVALID_STATE, _E.INSUFFICIENT_CAPACITY)),
+                 _E.CONFLICT, _E.INVALID_STATE, _E.INSUFFICIENT_CAPACITY)),
         Endpoint("GET", "/v1/vms/{name}", get_vm, "getVm", "Get a VM", tag=vm,
                  path_params=_VM_PATH, response=m.VmReply, errors=(_E.NOT_FOUND,),
                  subject=subjects.VM_GET),
