@@ -59,7 +59,8 @@ class ErrorCode(StrEnum):
     UNAVAILABLE = "unavailable"
     INTERNAL = "internal"
     INVALID_IMAGE = "invalid_image"
-    """An uploaded file is not a qcow2 or raw disk image (or not what was announced)."""
+    """A create names an image the gallery does not have, or an uploaded file is not a qcow2
+    or raw disk image (or not what was announced)."""
     UNAUTHORIZED = "unauthorized"
     """HTTP API only: a missing or wrong bearer token."""
     FORBIDDEN = "forbidden"

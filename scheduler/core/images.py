@@ -56,7 +56,7 @@ def image_for_create(images: dict[str, ImageRecord], name: str) -> ImageRecord |
     image = live_image(images, name)
     if image is None:
         known = ", ".join(i.name for i in listed_images(images))
-        return vm_error(ErrorCode.NOT_FOUND, f"unknown image {name!r}; known: {known}")
+        return vm_error(ErrorCode.INVALID_IMAGE, f"unknown image {name!r}; known: {known}")
     if image.state is not ImageState.AVAILABLE:
         return vm_error(ErrorCode.INVALID_STATE, f"image {name!r} is {image.state}")
     return image

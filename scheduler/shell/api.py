@@ -4,7 +4,7 @@ mutations to the core loop (which answers them after commit). No handler dies on
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Final
 
 import msgspec
@@ -12,12 +12,13 @@ from nats.aio.msg import Msg
 
 from common import codec, subjects
 from common import messages as m
-from common.ids import HostId
+from common.ids import HostId, vm_name_problem
 from scheduler.core import drain
 from scheduler.core.contract import HOST_OPS, IMAGE_OPS, InvalidJob, Mutation, Now, Op, StorageBody
 from scheduler.core.images import listed_images
 from scheduler.core.views import host_info, vm_info
 from scheduler.state.cluster import ClusterState
+from scheduler.state.model import VmRecord
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,17 @@ MUTATIONS: Final = {
 }
 """Capture reports are not API requests: agents send them on their own host's subject
 (``decode_capture_report``); ``stratus.api.image.captured`` is answered "unknown subject"."""
+VM_NAME_FIELDS: Final = {
+    subjects.VM_CREATE: "name",
+    subjects.VM_GET: "name",
+    subjects.VM_STOP: "name",
+    subjects.VM_START: "name",
+    subjects.VM_DELETE: "name",
+    subjects.VM_CAPTURE: "name",
+    subjects.DISK_ATTACH: "vm",
+    subjects.DISK_DETACH: "vm",
+}
+"""The field of each request body that names a VM (what a bad name is explained from)."""
 _STORAGE_DECODERS: Final[dict[Op, Callable[[bytes], StorageBody]]] = {
     Op.ATTACH_DISK: codec.attach_disk.decode,
     Op.DETACH_DISK: codec.detach_disk.decode,
@@ -54,6 +66,21 @@ _NO_ID = (
 
 def error_reply(code: m.ErrorCode, detail: str) -> bytes:
     return codec.encode(m.ErrorReply(error=m.ErrorBody(code=code, detail=detail)))
+
+
+def in_words(exc: msgspec.DecodeError, data: bytes, vm_field: str | None) -> str:
+    """What is wrong with a request, for people: a bad VM name is explained in words (the
+    rule and an example), not with the pattern it failed; anything else as msgspec says it."""
+    detail = str(exc)
+    if vm_field is None or not detail.endswith(f"- at `$.{vm_field}`"):
+        return detail
+    try:
+        value = msgspec.json.decode(data)
+    except msgspec.DecodeError:
+        return detail
+    name = value.get(vm_field) if isinstance(value, dict) else None
+    problem = vm_name_problem(name) if isinstance(name, str) else None
+    return problem or detail
 
 
 def decode_mutation(
@@ -80,7 +107,9 @@ def decode_mutation(
         else:
             body = codec.vm_ref.decode(data)
     except msgspec.DecodeError as exc:
-        return InvalidJob(subject, msg_id, m.ErrorCode.INVALID_REQUEST, str(exc), token)
+        api_subject = subjects.api_subject_of_job(subject) if via_job else subject
+        detail = in_words(exc, data, VM_NAME_FIELDS.get(api_subject))
+        return InvalidJob(subject, msg_id, m.ErrorCode.INVALID_REQUEST, detail, token)
     if body.request_id is None and msg_id is not None:
         body.request_id = msg_id
     if via_job and body.request_id is None:
@@ -113,8 +142,8 @@ class ReadApi:
         self._sizes = sizes
 
     def answer(self, subject: str, data: bytes, now: Now) -> bytes:
+        body = codec.empty_as_object(data)
         try:
-            body = codec.empty_as_object(data)
             if subject == subjects.VM_GET:
                 return self._get(codec.vm_ref.decode(body))
             if subject == subjects.VM_LIST:
@@ -124,32 +153,42 @@ class ReadApi:
                 return self._hosts(now)
             if subject == subjects.IMAGE_LIST:
                 codec.list_images.decode(body)
-                images = listed_images(self._state().images)
-                return codec.encode(m.ImageListReply(images=images))
+                return _listed("images", listed_images(self._state().images))
             if subject == subjects.SIZES_LIST:
                 codec.list_sizes.decode(body)
-                return codec.encode(m.SizeListReply(sizes=self._sizes))
+                return _listed("sizes", self._sizes)
         except msgspec.DecodeError as exc:
-            return error_reply(m.ErrorCode.INVALID_REQUEST, str(exc))
+            detail = in_words(exc, body, VM_NAME_FIELDS.get(subject))
+            return error_reply(m.ErrorCode.INVALID_REQUEST, detail)
         return error_reply(m.ErrorCode.INVALID_REQUEST, f"unknown subject {subject}")
+
+    def _info(self, record: VmRecord) -> m.VmInfo:
+        """A VM as reads show it: a placed VM that asked for no region is in its host's."""
+        info = vm_info(record)
+        if info.region is None and record.host is not None:
+            host = self._state().hosts.get(record.host)
+            info.region = host.region if host is not None else None
+        return info
 
     def _get(self, ref: m.VmRef) -> bytes:
         record = self._state().vms.get(ref.name)  # type: ignore[call-overload]
         if record is None:
             return error_reply(m.ErrorCode.NOT_FOUND, f"vm {ref.name!r} does not exist")
-        return codec.encode(m.VmReply(vm=vm_info(record)))
+        return codec.encode(m.VmReply(vm=self._info(record)))
 
     def _list(self, query: m.ListVms) -> bytes:
-        infos = [
-            vm_info(r)
+        records = [
+            r
             for r in self._state().vms.values()
             if (query.state is None or r.state == query.state)
             and (query.state is not None or r.state is not m.VmState.DELETED)
             and (query.host is None or r.host == query.host)
-            and (query.region is None or r.region == query.region)
         ]
+        infos = [self._info(r) for r in records]
+        if query.region is not None:
+            infos = [info for info in infos if info.region == query.region]
         infos.sort(key=lambda info: info.name)
-        return codec.encode(m.VmListReply(vms=infos))
+        return _listed("vms", infos)
 
     def _hosts(self, now: Now) -> bytes:
         state = self._state()
@@ -165,7 +204,13 @@ class ReadApi:
             )
             for host, record in sorted(state.hosts.items())
         ]
-        return codec.encode(m.HostListReply(hosts=infos))
+        return _listed("hosts", infos)
+
+
+def _listed(key: str, items: Sequence[msgspec.Struct]) -> bytes:
+    """A list reply (``VmListReply``, ``HostListReply``, ...) that always holds its list: the
+    reply structs omit defaults (an error reply has no list), which made an empty list ``{}``."""
+    return codec.encoder.encode({key: items})
 
 
 def is_read(subject: str) -> bool:

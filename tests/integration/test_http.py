@@ -125,6 +125,7 @@ ERRORS = [
     ("POST", "/v1/vms", {"name": "taken", "size": "Medium"}, 409, "conflict"),
     ("POST", "/v1/vms", {"name": "huge", "size": "A7"}, 409, "insufficient_capacity"),
     ("POST", "/v1/vms", {"name": "odd", "size": "Gigantic"}, 422, "unknown_size"),
+    ("POST", "/v1/vms", {"name": "odd", "size": "Small", "image": "nope"}, 422, "invalid_image"),
     ("POST", "/v1/vms", "x" * 70_000, 413, "too_large"),
     ("PATCH", "/v1/vms", None, 405, "invalid_request"),
 ]
@@ -280,3 +281,38 @@ async def test_event_streams_are_bounded_per_client(api: Api) -> None:
                 return response.status == 200
 
         await wait_until(freed, timeout_s=5, message="a closed stream frees its place")
+
+
+async def test_empty_lists_are_lists(api: Api) -> None:
+    for path, key in (("/v1/vms", "vms"), ("/v1/hosts", "hosts"), ("/v1/vms?state=failed", "vms")):
+        status, body = await api.call("GET", path, auth=False)
+        assert (status, body) == (200, {key: []}), path
+
+
+async def test_placed_vms_are_found_by_their_hosts_region(api: Api, cluster: Cluster) -> None:
+    cluster.start_agent("h1")  # region "local", the agent's default
+    await api.wait_hosts("h1")
+    assert (await api.call("POST", "/v1/vms", {"name": "web-1", "size": "Small"}))[0] == 201
+    await api.wait_state("web-1", "running")
+    status, listed = await api.call("GET", "/v1/vms?region=local", auth=False)
+    assert status == 200 and [(v["name"], v["region"]) for v in listed["vms"]] == [
+        ("web-1", "local")
+    ]
+    assert (await api.call("GET", "/v1/vms?region=mars", auth=False))[1] == {"vms": []}
+
+
+BAD_NAMES = [
+    ("POST", "/v1/vms", {"name": "Web_1", "size": "Small"}),
+    ("GET", "/v1/vms/Web_1", None),
+    ("POST", "/v1/vms/Web_1/stop", None),
+    ("POST", "/v1/vms/Web_1/capture", {"image": "snap"}),
+]
+
+
+async def test_a_bad_vm_name_is_explained_in_words(api: Api) -> None:
+    for method, path, body in BAD_NAMES:
+        status, reply = await api.call(method, path, body)
+        detail = reply["error"]["detail"]
+        assert status == 400 and "lowercase letters, digits and '-'" in detail, detail
+        assert "regex" not in detail and "'Web_1'" in detail
+    assert (await api.call("GET", "/v1/vms"))[1] == {"vms": []}  # nothing was created

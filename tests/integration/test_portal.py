@@ -122,11 +122,9 @@ async def run_portal(page: Page, url: str, tmp_path: Path) -> None:
         " s.dispatchEvent(new Event('change')); })()"
     )
 
-    # Drain the VM's host from the portal: it moves to the other host.
-    await page.evaluate(
-        f"[...document.querySelectorAll('tr[data-host=\"{home}\"] button')]"
-        ".find(b => b.textContent === 'Drain').click()"
-    )
+    # Drain the VM's host from the portal (it asks first): it moves to the other host.
+    await click(page, f'tr[data-host="{home}"] button', "Drain")
+    await click(page, f'tr[data-host="{home}"] button', "Really drain?")
     await until_true(
         page,
         f"{vm_cell('portal-1', 4)} === '{other}' && {vm_cell('portal-1', 2)} === 'running'",
@@ -154,3 +152,128 @@ def save_screenshot(png: bytes, path: Path) -> None:
     keep = os.environ.get("STRATUS_PORTAL_SCREENSHOT")
     if keep:
         shutil.copyfile(path, keep)
+
+
+async def click(page: Page, selector: str, text: str) -> None:
+    await page.evaluate(
+        f"[...document.querySelectorAll({json.dumps(selector)})]"
+        f".find(b => b.textContent === {json.dumps(text)}).click()"
+    )
+
+
+async def test_portal_detail_pages_images_and_usage(
+    nats_server: NatsServer, tmp_path: Path, cluster: Cluster
+) -> None:
+    """VM detail (disks, events, console link), host detail, an image uploaded, used on create
+    and deleted after a confirmation, and the usage chart; screenshots of each page."""
+    find_chromium()
+    cluster.start_agent("host-a", capacity="8c/16g")
+    config = SchedulerConfig(
+        nats_url=nats_server.url,
+        db_path=str(tmp_path / "s.db"),
+        http_listen="127.0.0.1:0",
+        **FAST_TIMINGS,
+    )
+    app = SchedulerApp(config)
+    task = asyncio.create_task(app.run())
+    try:
+        async with asyncio.timeout(10):
+            await app.ready.wait()
+        state = app.committed()
+        assert state is not None
+        await wait_until(lambda: len(state.hosts) == 1, timeout_s=15, message="one host")
+        await app.submit(Op.CREATE, CreateVm(name="web-1", size="Small", data_disks_mib=[256]))
+        async with chromium_page(tmp_path) as page:
+            await drive_pages(page, f"http://127.0.0.1:{app.http_port}/", tmp_path)
+            assert page.exceptions == []
+    finally:
+        app.stop()
+        await asyncio.wait_for(task, timeout=10)
+
+
+def shot_path(tmp_path: Path, name: str) -> Path:
+    return tmp_path / f"portal-{name}.png"
+
+
+async def drive_pages(page: Page, url: str, tmp_path: Path) -> None:
+    await page.call("Page.navigate", url=url + "#/vm/web-1")
+    await until_true(
+        page,
+        "document.querySelectorAll('#page-vm tr[data-disk]').length === 2",
+        "web-1's disks shown",
+    )
+    link = await page.evaluate(
+        "[...document.querySelectorAll('#page-vm a')].find(a => a.textContent === 'Open console')"
+        "?.getAttribute('href')"
+    )
+    assert link == "/console.html?vm=web-1"
+    await until_true(
+        page,
+        "document.querySelectorAll('#timeline li[data-seq]').length >= 2",
+        "web-1's events in the timeline",
+    )
+    save_screenshot(await page.screenshot(), shot_path(tmp_path, "vm"))
+
+    await page.evaluate("location.hash = '#/host/host-a'")
+    await until_true(
+        page,
+        "document.querySelector('#page-host tr[data-vm=\"web-1\"]') !== null",
+        "host detail lists web-1",
+    )
+    age = await page.evaluate("document.querySelector('#heartbeat-age').textContent")
+    assert age.endswith("s ago"), age
+    save_screenshot(await page.screenshot(), shot_path(tmp_path, "host"))
+
+    await page.evaluate("location.hash = '#/images'")
+    await until_true(page, "document.querySelector('tr[data-image=\"tiny\"]') !== null", "images")
+    await page.evaluate(
+        "(() => { const f = document.querySelector('#upload-form');"
+        " const bytes = new Uint8Array(1048576); bytes[510] = 0x55; bytes[511] = 0xaa;"
+        " const dt = new DataTransfer(); dt.items.add(new File([bytes], 'disk.img'));"
+        " f.elements.file.files = dt.files; f.elements.name.value = 'base';"
+        " f.requestSubmit(); })()"
+    )
+    await until_true(
+        page,
+        "document.querySelector('tr[data-image=\"base\"] .badge')?.textContent === 'available'",
+        "uploaded image listed",
+    )
+    save_screenshot(await page.screenshot(), shot_path(tmp_path, "images"))
+    await click(page, 'tr[data-image="base"] button', "Delete")
+    armed = await page.evaluate(
+        "document.querySelector('tr[data-image=\"base\"] button').textContent"
+    )
+    assert armed == "Really delete?"  # nothing deleted on the first click
+    await click(page, 'tr[data-image="base"] button', "Really delete?")
+    await until_true(
+        page, "document.querySelector('tr[data-image=\"base\"]') === null", "image deleted"
+    )
+
+    await page.evaluate("location.hash = '#/'")
+    await until_true(
+        page,
+        "[...document.querySelectorAll('#create-form select[name=image] option')]"
+        ".some(o => o.value === 'tiny')",
+        "image choice on create",
+    )
+    await click(page, 'tr[data-host="host-a"] button', "Drain")
+    label = await page.evaluate(
+        "[...document.querySelectorAll('tr[data-host=\"host-a\"] button')][0].textContent"
+    )
+    assert label == "Really drain?"  # a drain asks first
+
+    await page.evaluate("location.hash = '#/usage'")
+    await until_true(
+        page,
+        "document.querySelectorAll('#cost-chart rect[data-size]').length > 0",
+        "cost chart drawn",
+    )
+    sizes = await page.evaluate(
+        "[...document.querySelectorAll('#usage-table tr[data-size]')].map(r => r.dataset.size)"
+    )
+    assert "Small" in sizes
+    save_screenshot(await page.screenshot(), shot_path(tmp_path, "usage"))
+    keep = os.environ.get("STRATUS_PORTAL_SCREENSHOTS")
+    if keep:
+        for name in ("vm", "host", "images", "usage"):
+            shutil.copyfile(shot_path(tmp_path, name), Path(keep) / f"portal-{name}.png")

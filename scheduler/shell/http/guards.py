@@ -9,12 +9,14 @@ it; a DNS-rebinding page can even read the answers. So:
   ``http_allowed_hosts``;
 - a mutating request with a body must say ``application/json``, else 415
   ``unsupported_media_type`` (a browser only sends that type cross-site after a CORS preflight,
-  which this server never grants; a body-less cross-site POST carries an ``Origin``).
+  which this server never grants; a body-less cross-site POST carries an ``Origin``). A route
+  that takes raw bytes (an image upload) wants its own type instead, ``application/octet-stream``,
+  which is no more "simple" than JSON.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Final
 
 from aiohttp import hdrs, web
@@ -56,7 +58,9 @@ def _origin_name(origin: str) -> str | None:
     return url.host if url.scheme in ("http", "https") else None
 
 
-def check_request(request: web.Request, hosts: Iterable[str], *, mutating: bool) -> None:
+def check_request(
+    request: web.Request, hosts: Iterable[str], *, mutating: bool, body_type: str = JSON
+) -> None:
     """Raise ``HttpError`` when the request is not for us, or is a non-JSON mutation."""
     names = frozenset(hosts)
     if ANY_HOST not in names:
@@ -67,20 +71,25 @@ def check_request(request: web.Request, hosts: Iterable[str], *, mutating: bool)
         if origin is not None and _origin_name(origin) not in names:
             raise HttpError(ErrorCode.FORBIDDEN, "Origin is not one of http_allowed_hosts")
     has_body = request.body_exists and request.content_length != 0
-    if mutating and has_body and request.content_type != JSON:
-        detail = f"the body must be {JSON}, not {request.content_type}"
+    if mutating and has_body and request.content_type != body_type:
+        detail = f"the body must be {body_type}, not {request.content_type}"
         raise HttpError(ErrorCode.UNSUPPORTED_MEDIA_TYPE, detail)
 
 
 SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
-def middleware(hosts: frozenset[str]) -> Middleware:
-    """The guards for every request (routes, documents and the portal's files alike)."""
+def middleware(hosts: frozenset[str], raw_bodies: Mapping[tuple[str, str], str] = {}) -> Middleware:
+    """The guards for every request (routes, documents and the portal's files alike).
+    ``raw_bodies``: (method, path template) -> the media type of a route's non-JSON body."""
 
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-        check_request(request, hosts, mutating=request.method not in SAFE_METHODS)
+        resource = request.match_info.route.resource
+        template = resource.canonical if resource is not None else ""
+        body_type = raw_bodies.get((request.method, template), JSON)
+        mutating = request.method not in SAFE_METHODS
+        check_request(request, hosts, mutating=mutating, body_type=body_type)
         return await handler(request)
 
     return guard

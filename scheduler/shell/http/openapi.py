@@ -16,6 +16,13 @@ from scheduler.shell.http.registry import Endpoint
 Json = dict[str, Any]
 REF: Final = "#/components/schemas/{name}"
 TITLE: Final = "Stratus API"
+BEARER: Final = {
+    "type": "http",
+    "scheme": "bearer",
+    "description": "The scheduler's `api_token`: mutations need it whenever one is configured, "
+    "reads too with `api_token_for_reads`. The operations that need it under this scheduler's "
+    "configuration say so in their `security`.",
+}
 
 
 def build_openapi(
@@ -53,8 +60,7 @@ def build_openapi(
         "paths": dict(paths),
         "components": {"schemas": components},
     }
-    if token:
-        document["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+    document["components"]["securitySchemes"] = {"bearer": BEARER}
     return document
 
 
@@ -68,6 +74,9 @@ def _operation(e: Endpoint, components: Json, *, secured: bool) -> Json:
             "required": True,
             "content": {"application/json": {"schema": _ref(e.body)}},
         }
+    elif e.raw_body:
+        schema = {"type": "string", "format": "binary"}
+        op["requestBody"] = {"required": True, "content": {e.raw_body: {"schema": schema}}}
     success: Json = {"description": "OK"}
     if e.response is not None:
         success["content"] = {e.media_type: {"schema": _ref(e.response)}}
@@ -76,6 +85,8 @@ def _operation(e: Endpoint, components: Json, *, secured: bool) -> Json:
     op["responses"] = {str(e.status): success, **_errors(e, secured=secured)}
     if secured:
         op["security"] = [{"bearer": []}]
+    if e.subject:
+        op["x-nats-subject"] = e.subject
     return op
 
 
@@ -100,13 +111,14 @@ def _parameters(e: Endpoint, components: Json) -> list[Json]:
 
 def _errors(e: Endpoint, *, secured: bool) -> dict[str, Json]:
     codes: set[ErrorCode] = {*e.errors, ErrorCode.FORBIDDEN}  # Host/Origin not allowed
-    if e.body is not None or e.mutating:
+    has_body = e.body is not None or bool(e.raw_body)
+    if has_body or e.mutating:
         codes.add(ErrorCode.UNSUPPORTED_MEDIA_TYPE)
-    if e.path_params or e.query is not None or e.body is not None or e.headers:
+    if e.path_params or e.query is not None or has_body or e.headers:
         codes.add(ErrorCode.INVALID_REQUEST)
     if e.path_params:
         codes.add(ErrorCode.NOT_FOUND)
-    if e.body is not None:
+    if has_body:
         codes.add(ErrorCode.TOO_LARGE)
     if e.mutating or e.media_type == "text/event-stream":
         codes.add(ErrorCode.UNAVAILABLE)

@@ -8,7 +8,7 @@ import msgspec
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from common import codec
+from common import codec, subjects
 from common import messages as m
 from scheduler.shell.http.errors import HttpError
 from scheduler.shell.http.registry import Endpoint, Registry, backend_of
@@ -67,6 +67,7 @@ def register(api: Registry) -> None:
             query=m.UsageQuery,
             response=m.UsageReply,
             errors=(m.ErrorCode.UNAVAILABLE,),
+            subject=subjects.USAGE_GET,
         )
     )
     api.add(

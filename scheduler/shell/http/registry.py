@@ -80,6 +80,11 @@ class Endpoint:
     headers: tuple[tuple[str, str], ...] = ()
     """Optional request headers: (name, description)."""
     in_openapi: bool = True
+    subject: str = ""
+    """The NATS API subject of the same operation (``stratus.api.<noun>.<verb>``), if any: the
+    parity test (tests/unit/test_api_parity.py) checks every subject has its endpoint."""
+    raw_body: str = ""
+    """Media type of a body that is not JSON (an image's bytes), sent as it is."""
 
 
 class Registry:

@@ -11,6 +11,7 @@ from multidict import MultiMapping
 
 from common import codec, subjects
 from common import messages as m
+from common.ids import vm_name_problem
 from scheduler.core.contract import Op
 from scheduler.shell.http.errors import JSON, HttpError, status_of
 from scheduler.shell.http.registry import Backend, Endpoint, Registry, backend_of
@@ -19,7 +20,7 @@ S = TypeVar("S", bound=msgspec.Struct)
 
 SUBMIT_TIMEOUT_S: Final = 10.0
 IDEMPOTENCY_KEY: Final = "Idempotency-Key"
-_IDEMPOTENCY_HEADER: Final = (
+IDEMPOTENCY_HEADER: Final = (
     (IDEMPOTENCY_KEY, "A client request id (1-128 characters): a retry gets the first answer."),
 )
 
@@ -60,8 +61,21 @@ def parse_query(query: MultiMapping[str], kind: type[S]) -> S:
     return result
 
 
+def path_value(request: web.Request, name: str, kind: type[msgspec.Struct], what: str) -> str:
+    """The path parameter ``name``, checked against the schema of the field ``name`` of
+    ``kind`` (the OpenAPI document declares the same)."""
+    value = request.match_info[name]
+    field = next(f for f in msgspec.structs.fields(kind) if f.name == name)
+    _convert(value, field.type, what)
+    return value
+
+
 def vm_ref(request: web.Request) -> m.VmRef:
-    ref = _convert({"name": request.match_info["name"]}, m.VmRef, "invalid vm name")
+    name = request.match_info["name"]
+    problem = vm_name_problem(name)
+    if problem is not None:
+        raise HttpError(m.ErrorCode.INVALID_REQUEST, problem)
+    ref = _convert({"name": name}, m.VmRef, "invalid vm name")
     ref.request_id = request_id(request)
     return ref
 
@@ -81,14 +95,18 @@ def request_id(request: web.Request) -> str | None:
     return key
 
 
-async def body_of(request: web.Request, kind: type[S]) -> S:
+async def body_of(request: web.Request, kind: type[S], *, vm_field: str | None = None) -> S:
     """The JSON body as ``kind``. As in JSON Schema, a number with no fractional part (``2.0``)
-    is an integer."""
+    is an integer. ``vm_field``: the field naming a VM, whose problems are said in words."""
     data = await request.read()  # aiohttp enforces the size limit (413)
     try:
         value = msgspec.json.decode(data)
     except msgspec.DecodeError as exc:
         raise HttpError(m.ErrorCode.INVALID_REQUEST, f"invalid body: {exc}") from exc
+    name = value.get(vm_field) if vm_field is not None and isinstance(value, dict) else None
+    problem = vm_name_problem(name) if isinstance(name, str) else None
+    if problem is not None:
+        raise HttpError(m.ErrorCode.INVALID_REQUEST, f"invalid body: {problem}")
     return _convert(_integral(value), kind, "invalid body")
 
 
@@ -147,7 +165,7 @@ async def list_vms(request: web.Request) -> web.StreamResponse:
 
 
 async def create_vm(request: web.Request) -> web.StreamResponse:
-    body = await body_of(request, m.CreateVm)
+    body = await body_of(request, m.CreateVm, vm_field="name")
     if body.request_id is None:
         body.request_id = request_id(request)
     return reply_response(await submit(request, Op.CREATE, body), status=201)
@@ -202,38 +220,43 @@ def register(api: Registry) -> None:
     vm, host = "vms", "hosts"
     for endpoint in (
         Endpoint("GET", "/v1/vms", list_vms, "listVms", "List VMs (deleted ones only when "
-                 "asked for by state)", tag=vm, query=m.ListVms, response=m.VmListReply),
+                 "asked for by state)", tag=vm, query=m.ListVms, response=m.VmListReply,
+                 subject=subjects.VM_LIST),
         Endpoint("POST", "/v1/vms", create_vm, "createVm", "Create a VM (placed at once when "
                  "capacity allows, else pending with the reason)", tag=vm, mutating=True,
-                 body=m.CreateVm, response=m.VmReply, status=201, headers=_IDEMPOTENCY_HEADER,
-                 errors=(_E.UNKNOWN_SIZE, _E.CONFLICT, _E.INSUFFICIENT_CAPACITY, _E.NOT_FOUND)),
+                 body=m.CreateVm, response=m.VmReply, status=201, headers=IDEMPOTENCY_HEADER,
+                 subject=subjects.VM_CREATE, errors=(_E.UNKNOWN_SIZE, _E.INVALID_IMAGE,
+                 _E.CONFLICT, _E.INVALID_STATE, _E.INSUFFICIENT_CAPACITY)),
         Endpoint("GET", "/v1/vms/{name}", get_vm, "getVm", "Get a VM", tag=vm,
-                 path_params=_VM_PATH, response=m.VmReply, errors=(_E.NOT_FOUND,)),
+                 path_params=_VM_PATH, response=m.VmReply, errors=(_E.NOT_FOUND,),
+                 subject=subjects.VM_GET),
         Endpoint("DELETE", "/v1/vms/{name}", delete_vm, "deleteVm", "Delete a VM (destroyed on "
                  "its host, then recorded deleted)", tag=vm, mutating=True, path_params=_VM_PATH,
-                 response=m.VmReply, headers=_IDEMPOTENCY_HEADER,
-                 errors=(_E.NOT_FOUND, _E.CONFLICT)),
+                 response=m.VmReply, headers=IDEMPOTENCY_HEADER,
+                 errors=(_E.NOT_FOUND, _E.CONFLICT), subject=subjects.VM_DELETE),
         Endpoint("POST", "/v1/vms/{name}/start", start_vm, "startVm", "Start a stopped or "
                  "failed VM", tag=vm, mutating=True, path_params=_VM_PATH, response=m.VmReply,
-                 headers=_IDEMPOTENCY_HEADER,
-                 errors=(_E.NOT_FOUND, _E.INVALID_STATE, _E.CONFLICT)),
+                 headers=IDEMPOTENCY_HEADER, errors=(_E.NOT_FOUND, _E.INVALID_STATE, _E.CONFLICT),
+                 subject=subjects.VM_START),
         Endpoint("POST", "/v1/vms/{name}/stop", stop_vm, "stopVm", "Stop (deallocate) a VM",
                  tag=vm, mutating=True, path_params=_VM_PATH, response=m.VmReply,
-                 headers=_IDEMPOTENCY_HEADER,
-                 errors=(_E.NOT_FOUND, _E.INVALID_STATE, _E.CONFLICT)),
+                 headers=IDEMPOTENCY_HEADER, errors=(_E.NOT_FOUND, _E.INVALID_STATE, _E.CONFLICT),
+                 subject=subjects.VM_STOP),
         Endpoint("GET", "/v1/hosts", list_hosts, "listHosts", "List hosts", tag=host,
-                 response=m.HostListReply),
+                 response=m.HostListReply, subject=subjects.HOST_LIST),
         Endpoint("POST", "/v1/hosts/{host_id}/cordon", cordon_host, "cordonHost", "Cordon a "
                  "host: no new VMs are placed on it", tag=host, mutating=True,
-                 path_params=_HOST_PATH, response=m.HostReply, errors=(_E.NOT_FOUND,)),
+                 path_params=_HOST_PATH, response=m.HostReply, errors=(_E.NOT_FOUND,),
+                 subject=subjects.HOST_CORDON),
         Endpoint("POST", "/v1/hosts/{host_id}/uncordon", uncordon_host, "uncordonHost",
                  "Uncordon a host (and stop its drain, if any)", tag=host, mutating=True,
-                 path_params=_HOST_PATH, response=m.HostReply, errors=(_E.NOT_FOUND,)),
+                 path_params=_HOST_PATH, response=m.HostReply, errors=(_E.NOT_FOUND,),
+                 subject=subjects.HOST_UNCORDON),
         Endpoint("POST", "/v1/hosts/{host_id}/drain", drain_host, "drainHost", "Drain a host: "
                  "cordon it and move its VMs to other hosts (progress in drain_remaining)",
                  tag=host, mutating=True, path_params=_HOST_PATH, response=m.HostReply,
-                 errors=(_E.NOT_FOUND, _E.INSUFFICIENT_CAPACITY)),
+                 errors=(_E.NOT_FOUND, _E.INSUFFICIENT_CAPACITY), subject=subjects.HOST_DRAIN),
         Endpoint("GET", "/v1/sizes", list_sizes, "listSizes", "List VM sizes", tag="sizes",
-                 response=m.SizeListReply),
+                 response=m.SizeListReply, subject=subjects.SIZES_LIST),
     ):  # fmt: skip
         api.add(endpoint)

@@ -24,7 +24,7 @@ from common import codec
 from common.config import SchedulerConfig
 from common.errors import ConfigError
 from common.messages import ErrorCode
-from scheduler.shell.http import console, events, guards, operations, routes
+from scheduler.shell.http import console, events, guards, operations, routes, storage
 from scheduler.shell.http.errors import CODE_OF_STATUS, JSON, HttpError, error_response
 from scheduler.shell.http.openapi import build_openapi
 from scheduler.shell.http.registry import BACKEND, NATS, Backend, Endpoint, Handler, Registry
@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 ROUTE_MODULES: Final[tuple[Callable[[Registry], None], ...]] = (
     routes.register,
+    storage.register,
     events.register,
     operations.register,
     console.register,
@@ -61,15 +62,19 @@ def build_registry() -> Registry:
 
 def build_app(config: SchedulerConfig, backend: Backend, nc: Client) -> web.Application:
     hosts = guards.allowed_hosts(config, parse_listen(config.http_listen)[0])
+    registry = build_registry()
+    raw_bodies: dict[tuple[str, str], str] = {
+        (e.method, e.path): e.raw_body for e in registry if e.raw_body
+    }
     app = web.Application(
-        client_max_size=MAX_BODY_BYTES, middlewares=[_errors, guards.middleware(hosts)]
+        client_max_size=MAX_BODY_BYTES,
+        middlewares=[_errors, guards.middleware(hosts, raw_bodies)],
     )
     app[BACKEND] = backend
     app[NATS] = nc
     app[events.STREAMS] = set()
     app[events.PER_CLIENT] = config.http_max_streams_per_client
     app[events.BY_CLIENT] = {}
-    registry = build_registry()
     for endpoint in registry:
         app.router.add_route(endpoint.method, endpoint.path, _guard(endpoint, config))
     document = build_openapi(

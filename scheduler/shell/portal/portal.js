@@ -88,6 +88,7 @@ async function refresh() {
     view.vms = new Map(vms.vms.map((vm) => [vm.name, vm]));
     if (!view.sizes.length) await loadSizes();
     render();
+    if (typeof route === "function" && location.hash.startsWith("#/host/")) route();
   } catch (error) {
     if (error.code !== "unauthorized") notice(`cannot load: ${error.message}`);
   }
@@ -318,7 +319,8 @@ function renderHosts(hosts) {
     const drain = host.draining ? `draining (${host.drain_remaining} left)` : null;
     const age = host.last_heartbeat_age_s === null ? "never" : `${host.last_heartbeat_age_s.toFixed(1)} s ago`;
     return element("tr", { "data-host": host.host_id },
-      element("td", { textContent: host.host_id }),
+      element("td", {}, element("a", { href: `#/host/${encodeURIComponent(host.host_id)}`,
+        textContent: host.host_id })),
       element("td", { class: "state" }, badge(status)),
       element("td", { textContent: host.region }),
       element("td", { textContent: host.fault_domain }),
@@ -327,7 +329,8 @@ function renderHosts(hosts) {
       element("td", { textContent: String(host.vms) }),
       element("td", { textContent: drain || age }),
       element("td", { class: "actions" },
-        host.draining || status === "down" ? null : action("Drain", () => hostOp(host, "drain")),
+        host.draining || status === "down" ? null
+          : action("Drain", (event) => confirmThen(event.target, () => hostOp(host, "drain"), "Drain")),
         host.cordoned
           ? action("Uncordon", () => hostOp(host, "uncordon"))
           : action("Cordon", () => hostOp(host, "cordon"))));
@@ -337,7 +340,7 @@ function renderHosts(hosts) {
 
 function renderVms(vms) {
   const rows = vms.map((vm) => element("tr", { "data-vm": vm.name },
-    element("td", { textContent: vm.name }),
+    element("td", {}, element("a", { href: `#/vm/${encodeURIComponent(vm.name)}`, textContent: vm.name })),
     element("td", { class: "state" }, badge(vm.state)),
     element("td", { textContent: vm.size }),
     element("td", { textContent: vm.host || "–" }),
@@ -368,14 +371,16 @@ function fill(selector, rows, columns, empty) {
 
 // ------------------------------------------------------------------ actions
 
-function confirmThen(button, then) {
+// A destructive action asks first: the button's first click arms it ("Really drain?"), a
+// second click within 3 s does it.
+function confirmThen(button, then, label = "Delete") {
   if (button.dataset.armed) {
     then();
     return;
   }
   button.dataset.armed = "1";
-  button.textContent = "Really delete?";
-  setTimeout(() => { delete button.dataset.armed; button.textContent = "Delete"; }, 3000);
+  button.textContent = `Really ${label.toLowerCase()}?`;
+  setTimeout(() => { delete button.dataset.armed; button.textContent = label; }, 3000);
 }
 
 async function vmOp(vm, op) {
@@ -404,6 +409,7 @@ $("#create-form").addEventListener("submit", async (event) => {
   event.preventDefault();
   const form = new FormData(event.target);
   const body = { name: form.get("name").trim(), size: form.get("size") };
+  if (form.get("image")) body.image = form.get("image");
   if (form.get("region")) body.region = form.get("region");
   if (form.get("availability_set").trim()) body.availability_set = form.get("availability_set").trim();
   const result = $("#create-result");

@@ -85,7 +85,8 @@ def test_a_new_vm_gets_an_os_disk_of_its_image_and_its_data_disks() -> None:
 def test_unknown_image_is_refused() -> None:
     kit = kit_with("h1")
     reply = kit.create("web", image="nope")
-    assert reply.error is not None and reply.error.code is ErrorCode.NOT_FOUND
+    # invalid_image (422) as the README says: the request names what does not exist
+    assert reply.error is not None and reply.error.code is ErrorCode.INVALID_IMAGE
     assert "tiny" in reply.error.detail
 
 
