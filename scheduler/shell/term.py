@@ -107,8 +107,6 @@ class LeaderTerm:
         self.snapshot_every = snapshot_every
         self._gaps = TickGaps(tick_s, tick_slack_s(heartbeat_interval_s))
         self._snapshot: asyncio.Task[int] | None = None
-        self.append_s: list[float] = []
-        """Seconds each append took (the state log's cost per step; the last 1000)."""
 
     @property
     def epoch(self) -> int:
@@ -129,9 +127,7 @@ class LeaderTerm:
 
     async def append(self, rows: Rows) -> Rows:
         self.check()
-        started_s = self.clock.monotonic_s()
         logged = await self.statelog.append(rows)
-        self.append_s = [*self.append_s[-999:], self.clock.monotonic_s() - started_s]
         if self.statelog.appended % self.snapshot_every == 0 and rows:
             self._start_snapshot()
         return logged
