@@ -215,8 +215,8 @@ class SchedulerApp:
                 loops.append(group.create_task(self._run_http(http)))
             await self._stop.wait()
             log.info("scheduler stopping")
-            for task in loops:
-                task.cancel()
+            loops[0].cancel()  # the core loop: once (a step being committed still acts)
+            await cancel_until_done(loops[1:])
 
     async def _prepare(self, js: JetStreamContext) -> list[BuiltinImage]:
         """The streams and the image gallery, retried while JetStream does not answer: a NATS
@@ -486,3 +486,17 @@ class SchedulerApp:
     def _published_one(self, seq: int) -> None:
         """The events stream holds event ``seq``: the next commit drops it from the outbox."""
         self._published.append(seq)
+
+
+RECANCEL_S = 0.5
+
+
+async def cancel_until_done(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel ``tasks`` until each has ended. On Python 3.11 a cancellation that lands just as
+    an ``asyncio.wait_for`` inside nats-py completes can be swallowed (fixed in 3.12): the jobs
+    or publisher loop then carries on, and the scheduler never stops. Cancelling again ends it."""
+    pending = set(tasks)
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=RECANCEL_S)
