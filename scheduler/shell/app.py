@@ -68,6 +68,7 @@ from scheduler.shell.jobs import run_jobs
 from scheduler.shell.metrics import Observer, SchedulerMetrics
 from scheduler.shell.readview import ReadView, Snapshot, snapshot
 from scheduler.shell.retry import retry_while_nats_down
+from scheduler.shell.stopping import cancel_until_done
 from scheduler.shell.store import Batch, Rows, SqliteStore, encode_batch
 from scheduler.shell.term import SoloTerm, Term
 from scheduler.state.cluster import ClusterState
@@ -486,17 +487,3 @@ class SchedulerApp:
     def _published_one(self, seq: int) -> None:
         """The events stream holds event ``seq``: the next commit drops it from the outbox."""
         self._published.append(seq)
-
-
-RECANCEL_S = 0.5
-
-
-async def cancel_until_done(tasks: list[asyncio.Task[None]]) -> None:
-    """Cancel ``tasks`` until each has ended. On Python 3.11 a cancellation that lands just as
-    an ``asyncio.wait_for`` inside nats-py completes can be swallowed (fixed in 3.12): the jobs
-    or publisher loop then carries on, and the scheduler never stops. Cancelling again ends it."""
-    pending = set(tasks)
-    while pending:
-        for task in pending:
-            task.cancel()
-        _, pending = await asyncio.wait(pending, timeout=RECANCEL_S)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from scheduler.shell.app import cancel_until_done
+from scheduler.shell.stopping import cancel_until_done
 
 
 async def test_a_loop_that_swallows_one_cancellation_still_ends() -> None:
