@@ -10,15 +10,22 @@ from typing import Any, TypeVar
 import msgspec
 from nats.aio.client import Client
 from nats.aio.subscription import Subscription
-from nats.errors import Error as NatsError
-from nats.errors import NoRespondersError
-from nats.errors import TimeoutError as NatsTimeoutError
+from nats.errors import Error as NatsError, NoRespondersError, TimeoutError as NatsTimeoutError
 
-from common import codec, subjects
-from common import messages as m
+from common import codec, messages as m, subjects
+from common.console_messages import ConsoleInput, ConsoleReply, ConsoleTail
 from common.errors import ApiError
+from common.image_messages import (
+    ImageInfo,
+    ImageListReply,
+    ImageRef,
+    ImageReply,
+    ListImages,
+    UploadImage,
+)
 from common.imagestore import put_image
 from common.natsauth import auth_options, inbox_options, redact_url
+from common.usage_messages import UsageQuery, UsageReply, UsageReport
 
 R = TypeVar(
     "R",
@@ -27,9 +34,9 @@ R = TypeVar(
     m.VmListReply,
     m.HostListReply,
     m.SizeListReply,
-    m.UsageReply,
-    m.ImageReply,
-    m.ImageListReply,
+    UsageReply,
+    ImageReply,
+    ImageListReply,
 )
 
 
@@ -131,8 +138,8 @@ class StratusClient:
     async def list_sizes(self) -> list[m.Size]:
         return (await self._call(subjects.SIZES_LIST, m.ListSizes(), codec.size_list_reply)).sizes
 
-    async def usage(self, query: m.UsageQuery | None = None) -> m.UsageReport:
-        body = query or m.UsageQuery()
+    async def usage(self, query: UsageQuery | None = None) -> UsageReport:
+        body = query or UsageQuery()
         reply = await self._call(subjects.USAGE_GET, body, codec.usage_reply)
         assert reply.usage is not None
         return reply.usage
@@ -146,34 +153,32 @@ class StratusClient:
     async def detach_disk(self, request: m.DetachDisk) -> m.VmInfo:
         return await self._vm(subjects.DISK_DETACH, request)
 
-    async def list_images(self) -> list[m.ImageInfo]:
-        reply = await self._call(subjects.IMAGE_LIST, m.ListImages(), codec.image_list_reply)
+    async def list_images(self) -> list[ImageInfo]:
+        reply = await self._call(subjects.IMAGE_LIST, ListImages(), codec.image_list_reply)
         return reply.images
 
-    async def _image(self, subject: str, body: msgspec.Struct) -> m.ImageInfo:
+    async def _image(self, subject: str, body: msgspec.Struct) -> ImageInfo:
         reply = await self._call(subject, body, codec.image_reply)
         assert reply.image is not None
         return reply.image
 
     async def upload_image(
         self, path: Path, name: str, *, os: str = "linux", request_id: str | None = None
-    ) -> m.ImageInfo:
+    ) -> ImageInfo:
         """Put the bytes of ``path`` in the images object store, then register them as the
         gallery image ``name`` (the scheduler checks the bytes)."""
         sha256, size_bytes = await put_image(self._nc.jetstream(), path)
-        body = m.UploadImage(
+        body = UploadImage(
             name=name, sha256=sha256, size_bytes=size_bytes, os=os, request_id=request_id
         )
         return await self._image(subjects.IMAGE_UPLOAD, body)
 
-    async def delete_image(self, name: str, request_id: str | None = None) -> m.ImageInfo:
-        return await self._image(
-            subjects.IMAGE_DELETE, m.ImageRef(name=name, request_id=request_id)
-        )
+    async def delete_image(self, name: str, request_id: str | None = None) -> ImageInfo:
+        return await self._image(subjects.IMAGE_DELETE, ImageRef(name=name, request_id=request_id))
 
     # ------------------------------------------------------------------ consoles (the agents')
 
-    async def console_request(self, subject: str, body: msgspec.Struct) -> m.ConsoleReply:
+    async def console_request(self, subject: str, body: msgspec.Struct) -> ConsoleReply:
         """A console request, answered by the agent running the VM (not the scheduler)."""
         host = subject.split(".")[2]
         try:
@@ -189,12 +194,12 @@ class StratusClient:
             raise ApiError(reply.error.code, reply.error.detail)
         return reply
 
-    async def console_tail(self, host: str, vm: str, max_bytes: int) -> m.ConsoleReply:
-        body = m.ConsoleTail(max_bytes=max_bytes)
+    async def console_tail(self, host: str, vm: str, max_bytes: int) -> ConsoleReply:
+        body = ConsoleTail(max_bytes=max_bytes)
         return await self.console_request(subjects.console_tail(host, vm), body)
 
     async def console_type(self, host: str, vm: str, data: bytes) -> None:
-        await self.console_request(subjects.console_input(host, vm), m.ConsoleInput(data=data))
+        await self.console_request(subjects.console_input(host, vm), ConsoleInput(data=data))
 
     async def console_follow(self, host: str, vm: str) -> Subscription:
         """Subscribe to the VM's live console output (``ConsoleEvent`` messages)."""

@@ -28,8 +28,13 @@ from cli import output
 from cli.client import StratusClient
 from cli.verbs import Outcome
 from common import codec
-from common import messages as m
 from common.console import console_host
+from common.console_messages import (
+    MAX_CONSOLE_INPUT_BYTES,
+    MAX_CONSOLE_TAIL_BYTES,
+    ConsoleClosed,
+    ConsoleOutput,
+)
 
 DETACH: Final = b"\x1d"
 """Ctrl-]: leaves ``vm console`` (as in telnet and virsh)."""
@@ -45,7 +50,7 @@ class Splice:
     generation: int | None = None
     next_offset: int | None = None
 
-    def accept(self, piece: m.ConsoleOutput) -> bytes:
+    def accept(self, piece: ConsoleOutput) -> bytes:
         if self.next_offset is None or piece.generation != self.generation:
             self.generation, self.next_offset = piece.generation, piece.end
             return piece.data
@@ -84,7 +89,7 @@ async def vm_logs(client: StratusClient, args: argparse.Namespace) -> Outcome:
     host = console_host(vm)
     follow = await client.console_follow(host, vm.name) if args.follow else None
     try:
-        reply = await client.console_tail(host, vm.name, m.MAX_CONSOLE_TAIL_BYTES)
+        reply = await client.console_tail(host, vm.name, MAX_CONSOLE_TAIL_BYTES)
         assert reply.output is not None
         piece = reply.output
         data = piece.data if args.tail is None else last_lines(piece.data, args.tail)
@@ -135,9 +140,9 @@ async def _print_output(follow: Subscription, splice: Splice, out: BinaryIO) -> 
         except msgspec.DecodeError:
             continue
         match event:
-            case m.ConsoleOutput():
+            case ConsoleOutput():
                 _write(out, splice.accept(event))
-            case m.ConsoleClosed(vm=name, reason=reason):
+            case ConsoleClosed(vm=name, reason=reason):
                 return f"console of {name} closed: {reason}"
 
 
@@ -188,7 +193,7 @@ def _read_in_background(fd: int) -> asyncio.Queue[bytes]:
     def read() -> None:
         while True:
             try:
-                data = os.read(fd, m.MAX_CONSOLE_INPUT_BYTES)
+                data = os.read(fd, MAX_CONSOLE_INPUT_BYTES)
             except OSError:
                 data = b""
             loop.call_soon_threadsafe(chunks.put_nowait, data)

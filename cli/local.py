@@ -24,8 +24,7 @@ from types import FrameType
 
 from cli import output, qemukit
 from cli.client import StratusClient, connect
-from common import messages as m
-from common import procs
+from common import messages as m, procs
 from common.errors import ApiError, StratusError
 from common.natsserver import NatsServer, start_nats_server
 from common.waiting import poll, poll_sync

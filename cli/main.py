@@ -13,8 +13,16 @@ from typing import TextIO
 
 import msgspec
 
-from cli import completion, console, contexts, natsconfig, output, simulate, verbs
-from cli import usage as usage_output
+from cli import (
+    completion,
+    console,
+    contexts,
+    natsconfig,
+    output,
+    simulate,
+    usage as usage_output,
+    verbs,
+)
 from cli.client import StratusClient, connect
 from cli.contexts import DEFAULT_NATS_URL
 from cli.verbs import WAIT_TIMEOUT_S, Outcome, Verb

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import msgspec
 
 from common import messages as m
+from common.image_messages import ImageInfo
+from common.usage_messages import UsageReport
 
 Row = Sequence[str]
 
@@ -142,7 +144,7 @@ def size_bytes(count: int) -> str:
     return f"{value:.1f} TiB"
 
 
-def image_row(image: m.ImageInfo) -> Row:
+def image_row(image: ImageInfo) -> Row:
     source = (
         "builtin" if image.builtin else (f"vm {image.source_vm}" if image.source_vm else "upload")
     )
@@ -159,7 +161,7 @@ def image_row(image: m.ImageInfo) -> Row:
     )
 
 
-def image_table(images: Sequence[m.ImageInfo]) -> str:
+def image_table(images: Sequence[ImageInfo]) -> str:
     ordered = sorted(images, key=lambda image: (image.name, image.version))
     return table(IMAGE_COLUMNS, [image_row(image) for image in ordered])
 
@@ -281,7 +283,7 @@ def recovery_report(recoveries: list[Recovery]) -> str:
     return table(("NAME", "FROM", "TO", "GEN", "RECOVERED"), rows) + "\n\n" + summary
 
 
-def usage_report(report: m.UsageReport) -> str:
+def usage_report(report: UsageReport) -> str:
     """Billed hours and cost per VM and per size, then the total, for ``stratus usage``."""
     since, until = (time.isoformat(timespec="seconds") for time in (report.since, report.until))
     vm_rows = [

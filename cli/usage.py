@@ -6,7 +6,7 @@ import csv
 import io
 
 from cli import output
-from common import messages as m
+from common.usage_messages import UsageReport
 
 FORMATS = ("table", "json", "csv")
 CSV_COLUMNS = (
@@ -21,7 +21,7 @@ CSV_COLUMNS = (
 )
 
 
-def to_csv(report: m.UsageReport) -> str:
+def to_csv(report: UsageReport) -> str:
     """One line per VM (and size), for a spreadsheet or an invoicing system."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -34,7 +34,7 @@ def to_csv(report: m.UsageReport) -> str:
     return buffer.getvalue().rstrip("\n")
 
 
-def render(report: m.UsageReport, fmt: str) -> str:
+def render(report: UsageReport, fmt: str) -> str:
     if fmt == "csv":
         return to_csv(report)
     if fmt == "json":

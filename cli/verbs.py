@@ -10,14 +10,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from cli import output
-from cli import usage as usage_output
+from cli import output, usage as usage_output
 from cli.client import StratusClient
 from cli.drain import wait_drained
 from cli.waiting import Progress, wait_image, wait_vm
 from common import messages as m
 from common.errors import ApiError
+from common.image_messages import ImageInfo
 from common.sizes import find_size
+from common.usage_messages import UsageQuery
 
 WAIT_TIMEOUT_S = 60.0
 
@@ -187,7 +188,7 @@ async def host_drain(client: StratusClient, args: argparse.Namespace) -> Outcome
     return _host(host, args, f"host {host.host_id} is drained")
 
 
-def _image(image: m.ImageInfo, args: argparse.Namespace, note: str = "") -> Outcome:
+def _image(image: ImageInfo, args: argparse.Namespace, note: str = "") -> Outcome:
     return Outcome(output.to_json(image) if _json(args) else output.image_table([image]), note)
 
 
@@ -213,5 +214,5 @@ async def sizes(client: StratusClient, args: argparse.Namespace) -> Outcome:
 
 
 async def usage(client: StratusClient, args: argparse.Namespace) -> Outcome:
-    report = await client.usage(m.UsageQuery(since=args.since, until=args.until))
+    report = await client.usage(UsageQuery(since=args.since, until=args.until))
     return Outcome(usage_output.render(report, args.output))

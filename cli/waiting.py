@@ -9,6 +9,7 @@ from typing import Protocol, TextIO
 
 from common import messages as m
 from common.errors import ApiError
+from common.image_messages import ImageInfo, ImageState
 
 POLL_S = 0.2
 FAILED = "failed"
@@ -43,7 +44,7 @@ class VmReader(Protocol):
 
 
 class ImageLister(Protocol):
-    async def list_images(self) -> list[m.ImageInfo]: ...
+    async def list_images(self) -> list[ImageInfo]: ...
 
 
 # The states a VM passes through on its way to each goal; any other state ends the wait.
@@ -99,7 +100,7 @@ async def wait_vm(
 
 async def wait_image(
     client: ImageLister, name: str, timeout_s: float, progress: Progress
-) -> m.ImageInfo:
+) -> ImageInfo:
     """Poll the gallery until image ``name`` is available; ``ApiError(failed)`` with its reason
     if it fails (a capture that failed on the host), ``(timeout)`` if slow."""
     start_s = time.monotonic()
@@ -109,9 +110,9 @@ async def wait_image(
             if not found:
                 raise ApiError(FAILED, f"image {name} is no longer listed")
             image = max(found, key=lambda image: image.version)
-            if image.state is m.ImageState.AVAILABLE:
+            if image.state is ImageState.AVAILABLE:
                 return image
-            if image.state is m.ImageState.FAILED:
+            if image.state is ImageState.FAILED:
                 raise ApiError(FAILED, f"image {name}: {image.reason or 'failed'}")
             if time.monotonic() - start_s >= timeout_s:
                 raise ApiError(TIMEOUT, f"image {name} is still {image.state} after {timeout_s:g}s")

@@ -8,6 +8,16 @@ from typing import Final, Generic, TypeVar
 import msgspec
 
 from common import messages as m
+from common.console_messages import ConsoleEvent, ConsoleInput, ConsoleReply, ConsoleTail
+from common.image_messages import (
+    ImageCaptured,
+    ImageListReply,
+    ImageRef,
+    ImageReply,
+    ListImages,
+    UploadImage,
+)
+from common.usage_messages import UsageQuery, UsageReply
 
 MAX_MESSAGE_BYTES: Final = 64 * 1024
 """Largest API or job body the scheduler accepts; bigger ones get ``too_large``."""
@@ -57,29 +67,29 @@ list_sizes: Final = Decoder(msgspec.json.Decoder(m.ListSizes))
 attach_disk: Final = Decoder(msgspec.json.Decoder(m.AttachDisk))
 detach_disk: Final = Decoder(msgspec.json.Decoder(m.DetachDisk))
 capture_vm: Final = Decoder(msgspec.json.Decoder(m.CaptureVm))
-upload_image: Final = Decoder(msgspec.json.Decoder(m.UploadImage))
-image_ref: Final = Decoder(msgspec.json.Decoder(m.ImageRef))
-image_captured: Final = Decoder(msgspec.json.Decoder(m.ImageCaptured))
-list_images: Final = Decoder(msgspec.json.Decoder(m.ListImages))
-image_reply: Final = Decoder(msgspec.json.Decoder(m.ImageReply))
-image_list_reply: Final = Decoder(msgspec.json.Decoder(m.ImageListReply))
+upload_image: Final = Decoder(msgspec.json.Decoder(UploadImage))
+image_ref: Final = Decoder(msgspec.json.Decoder(ImageRef))
+image_captured: Final = Decoder(msgspec.json.Decoder(ImageCaptured))
+list_images: Final = Decoder(msgspec.json.Decoder(ListImages))
+image_reply: Final = Decoder(msgspec.json.Decoder(ImageReply))
+image_list_reply: Final = Decoder(msgspec.json.Decoder(ImageListReply))
 
 vm_reply: Final = Decoder(msgspec.json.Decoder(m.VmReply))
 vm_list_reply: Final = Decoder(msgspec.json.Decoder(m.VmListReply))
 host_list_reply: Final = Decoder(msgspec.json.Decoder(m.HostListReply))
 host_reply: Final = Decoder(msgspec.json.Decoder(m.HostReply))
 size_list_reply: Final = Decoder(msgspec.json.Decoder(m.SizeListReply))
-usage_query: Final = Decoder(msgspec.json.Decoder(m.UsageQuery))
-usage_reply: Final = Decoder(msgspec.json.Decoder(m.UsageReply))
+usage_query: Final = Decoder(msgspec.json.Decoder(UsageQuery))
+usage_reply: Final = Decoder(msgspec.json.Decoder(UsageReply))
 
 heartbeat: Final = Decoder(msgspec.json.Decoder(m.Heartbeat))
 heartbeat_ack: Final = Decoder(msgspec.json.Decoder(m.HeartbeatAck))
 host_commands: Final = Decoder(msgspec.json.Decoder(m.HostCommands))
 event: Final = Decoder(msgspec.json.Decoder(m.Event))
-console_event: Final = Decoder(msgspec.json.Decoder(m.ConsoleEvent))
-console_tail: Final = Decoder(msgspec.json.Decoder(m.ConsoleTail))
-console_input: Final = Decoder(msgspec.json.Decoder(m.ConsoleInput))
-console_reply: Final = Decoder(msgspec.json.Decoder(m.ConsoleReply))
+console_event: Final = Decoder(msgspec.json.Decoder(ConsoleEvent))
+console_tail: Final = Decoder(msgspec.json.Decoder(ConsoleTail))
+console_input: Final = Decoder(msgspec.json.Decoder(ConsoleInput))
+console_reply: Final = Decoder(msgspec.json.Decoder(ConsoleReply))
 
 
 def empty_as_object(body: bytes) -> bytes:

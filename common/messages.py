@@ -13,21 +13,31 @@ from typing import Annotated
 
 import msgspec
 
-from common.ids import HOST_ID_PATTERN, IMAGE_NAME_PATTERN, SHA256_PATTERN, VM_NAME_PATTERN
+# The shared field types and the error body live in common/fields.py; they are re-exported here,
+# where most code has always found them. Console, usage, image and network messages have
+# modules of their own.
+from common.fields import (
+    MAX_DATA_DISKS as MAX_DATA_DISKS,
+    DigestField as DigestField,
+    DiskSizeMib as DiskSizeMib,
+    ErrorBody as ErrorBody,
+    ErrorCode as ErrorCode,
+    Generation as Generation,
+    HostIdField as HostIdField,
+    ImageNameField as ImageNameField,
+    RequestId as RequestId,
+    Sha256Field as Sha256Field,
+    ShortText as ShortText,
+    VmNameField as VmNameField,
+)
+from common.network_messages import (
+    MAX_NICS,
+    EndpointInfo,
+    NicInfo,
+    NicRequest,
+    NicSpec,
+)
 from common.resources import Resources
-
-VmNameField = Annotated[str, msgspec.Meta(pattern=VM_NAME_PATTERN, description="[a-z0-9-]{1,63}")]
-ImageNameField = Annotated[
-    str, msgspec.Meta(pattern=IMAGE_NAME_PATTERN, description="[a-z0-9._-]{1,63}")
-]
-Sha256Field = Annotated[str, msgspec.Meta(pattern=SHA256_PATTERN)]
-MAX_DATA_DISKS = 8
-DiskSizeMib = Annotated[int, msgspec.Meta(ge=1, le=16 * 1024 * 1024)]
-HostIdField = Annotated[str, msgspec.Meta(pattern=HOST_ID_PATTERN)]
-ShortText = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
-DigestField = Annotated[str, msgspec.Meta(max_length=64)]
-RequestId = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
-Generation = Annotated[int, msgspec.Meta(ge=0)]
 
 
 class VmState(StrEnum):
@@ -46,32 +56,6 @@ class VmState(StrEnum):
 class HostState(StrEnum):
     UP = "up"
     DOWN = "down"
-
-
-class ErrorCode(StrEnum):
-    INVALID_REQUEST = "invalid_request"
-    UNKNOWN_SIZE = "unknown_size"
-    CONFLICT = "conflict"
-    NOT_FOUND = "not_found"
-    INSUFFICIENT_CAPACITY = "insufficient_capacity"
-    INVALID_STATE = "invalid_state"
-    TOO_LARGE = "too_large"
-    UNAVAILABLE = "unavailable"
-    INTERNAL = "internal"
-    INVALID_IMAGE = "invalid_image"
-    """A create names an image the gallery does not have, or an uploaded file is not a qcow2
-    or raw disk image (or not what was announced)."""
-    UNAUTHORIZED = "unauthorized"
-    """HTTP API only: a missing or wrong bearer token."""
-    FORBIDDEN = "forbidden"
-    """HTTP API only: a Host or Origin not in ``http_allowed_hosts`` (another site's page)."""
-    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
-    """HTTP API only: a mutation whose body is not declared ``application/json``."""
-    TOO_MANY_REQUESTS = "too_many_requests"
-    """HTTP API only: this client already holds as many event streams as it may."""
-    MISSING_REQUEST_ID = "missing_request_id"
-    """Jobs stream only: a job with neither a ``Nats-Msg-Id`` header nor a ``request_id``
-    (without one, a redelivered or republished job could be applied twice)."""
 
 
 class Size(msgspec.Struct, frozen=True):
@@ -97,6 +81,8 @@ class CreateVm(msgspec.Struct, kw_only=True):
     request_id: RequestId | None = None
     data_disks_mib: Annotated[list[DiskSizeMib], msgspec.Meta(max_length=MAX_DATA_DISKS)] = []
     """Sizes of empty data disks to give the VM (host-local, like its OS disk)."""
+    nics: Annotated[list[NicRequest], msgspec.Meta(max_length=MAX_NICS)] = []
+    """The VM's network interfaces, in order; empty: a VM without a network."""
 
 
 class VmRef(msgspec.Struct, kw_only=True):
@@ -130,11 +116,6 @@ class ListSizes(msgspec.Struct, kw_only=True):
 # --------------------------------------------------------------------------- API replies
 
 
-class ErrorBody(msgspec.Struct):
-    code: ErrorCode
-    detail: str
-
-
 class VmInfo(msgspec.Struct, kw_only=True):
     name: str
     size: str
@@ -151,6 +132,9 @@ class VmInfo(msgspec.Struct, kw_only=True):
     updated_at: datetime
     disks: list[DiskInfo] = []
     """OS disk first, then data disks; each says where it lives."""
+    nics: list[NicInfo] = []
+    """The VM's addresses: kept across stop/start, failover and migration."""
+    endpoints: list[EndpointInfo] = []
 
 
 class HostInfo(msgspec.Struct, kw_only=True):
@@ -166,6 +150,8 @@ class HostInfo(msgspec.Struct, kw_only=True):
     fenced: bool
     driver: str
     last_heartbeat_age_s: float | None
+    underlay_ip: str | None = None
+    """The address other hosts reach this one at (VXLAN, endpoints); None until reported."""
     draining: bool = False
     """A drain is under way: the host is cordoned and its VMs are being moved elsewhere."""
     drain_remaining: int = 0
@@ -199,54 +185,6 @@ class SizeListReply(msgspec.Struct, omit_defaults=True):
 
 class ErrorReply(msgspec.Struct):
     error: ErrorBody
-
-
-# --------------------------------------------------------------------------- usage metering
-# stratus.api.usage.get (UsageQuery -> UsageReply) and GET /v1/usage?since=&until=.
-
-AwareTime = Annotated[datetime, msgspec.Meta(tz=True)]
-
-
-class UsageQuery(msgspec.Struct, kw_only=True):
-    """A usage window: the clock hours that begin in [since, until). Defaults: since the first
-    recorded event, until now."""
-
-    since: AwareTime | None = None
-    until: AwareTime | None = None
-
-
-class VmUsage(msgspec.Struct, kw_only=True):
-    name: str
-    size: str
-    held_s: float
-    """Seconds the VM held capacity inside the window (from placement to release)."""
-    hours: int
-    """Billed hours: clock hours in which the VM held capacity at all (each started hour)."""
-    price_per_hour: float
-    cost: float
-
-
-class SizeUsage(msgspec.Struct, kw_only=True):
-    size: str
-    vms: int
-    held_s: float
-    hours: int
-    price_per_hour: float
-    cost: float
-
-
-class UsageReport(msgspec.Struct, kw_only=True):
-    since: datetime
-    until: datetime
-    vms: list[VmUsage] = []
-    sizes: list[SizeUsage] = []
-    hours: int = 0
-    cost: float = 0.0
-
-
-class UsageReply(msgspec.Struct, omit_defaults=True):
-    usage: UsageReport | None = None
-    error: ErrorBody | None = None
 
 
 # --------------------------------------------------------------------------- agent protocol
@@ -292,6 +230,9 @@ class VmSpec(msgspec.Struct, frozen=True, kw_only=True):
     disks: list[DiskSpec] = []
     """OS disk first, then data disks in attach order. Empty (older schedulers): the agent
     makes an OS disk of ``image`` named after the VM."""
+    nics: list[NicSpec] = []
+    """A tap per NIC on its network's bridge (the agent has the network from
+    ``ConfigureNetworks`` before it starts the VM)."""
 
 
 class StartVm(msgspec.Struct, tag="start_vm", kw_only=True):
@@ -389,6 +330,10 @@ class Heartbeat(msgspec.Struct, kw_only=True):
     send every inventory in full."""
     vms_omitted: bool = False
     """``vms`` is left out because the scheduler said it holds the inventory of this digest."""
+    underlay_ip: str = ""
+    """The host's address on the network between hosts (``--underlay-ip``); empty: unknown."""
+    network_digest: DigestField = ""
+    """The ``ConfigureNetworks.digest`` this host has applied; empty: none yet."""
 
 
 class HeartbeatAck(msgspec.Struct, kw_only=True):
@@ -421,60 +366,6 @@ class HeartbeatAck(msgspec.Struct, kw_only=True):
     and exits once refused for longer than ``claim_after_s``."""
 
 
-# --------------------------------------------------------------------------- console
-# stratus.console.<host>.<vm>.out carries ConsoleEvent (the agent running the VM publishes);
-# .tail (ConsoleTail -> ConsoleReply) and .in (ConsoleInput -> ConsoleReply) are requests the
-# same agent answers. Offsets count bytes of the VM's console output since it last started.
-
-MAX_CONSOLE_TAIL_BYTES = 256 * 1024
-"""The most recent output one tail request returns (base64 in JSON stays under 1 MiB)."""
-MAX_CONSOLE_INPUT_BYTES = 4096
-
-
-class ConsoleOutput(msgspec.Struct, tag="output", kw_only=True):
-    """Bytes the VM wrote to its serial console, starting at byte ``offset`` of its output."""
-
-    vm: str
-    generation: int
-    offset: Annotated[int, msgspec.Meta(ge=0)]
-    data: bytes
-
-    @property
-    def end(self) -> int:
-        return self.offset + len(self.data)
-
-
-class ConsoleClosed(msgspec.Struct, tag="closed", kw_only=True):
-    """The VM no longer runs on this host (stopped, deleted, moved): no more output here."""
-
-    vm: str
-    generation: int
-    reason: str = ""
-
-
-ConsoleEvent = ConsoleOutput | ConsoleClosed
-
-
-class ConsoleTail(msgspec.Struct, kw_only=True):
-    """Ask for the VM's most recent console output (at most ``max_bytes``)."""
-
-    max_bytes: Annotated[int, msgspec.Meta(ge=0, le=MAX_CONSOLE_TAIL_BYTES)] = 64 * 1024
-
-
-class ConsoleInput(msgspec.Struct, kw_only=True):
-    """Bytes typed on the VM's serial console."""
-
-    data: Annotated[bytes, msgspec.Meta(min_length=1, max_length=MAX_CONSOLE_INPUT_BYTES)]
-
-
-class ConsoleReply(msgspec.Struct, omit_defaults=True):
-    output: ConsoleOutput | None = None
-    """Tail: the recent output (its ``end`` is where live output continues)."""
-    writable: bool = False
-    """The driver relays input to this VM's console."""
-    error: ErrorBody | None = None
-
-
 # --------------------------------------------------------------------------- events
 # JetStream stream on stratus.events.>; one event per state change, numbered by ``seq``.
 
@@ -489,6 +380,9 @@ class VmEvent(msgspec.Struct, tag="vm", kw_only=True):
     reason: str = ""
     size: str = ""
     """The VM's size (usage metering prices each held hour by it); empty in older events."""
+    nics: list[NicInfo] = []
+    endpoints: list[EndpointInfo] = []
+    """Where the VM's endpoints answer now (after a move: on its new host)."""
 
 
 class HostEvent(msgspec.Struct, tag="host", kw_only=True):
@@ -552,69 +446,3 @@ class CaptureVm(msgspec.Struct, kw_only=True):
     name: VmNameField
     image: ImageNameField
     request_id: RequestId | None = None
-
-
-class ImageState(StrEnum):
-    CAPTURING = "capturing"
-    AVAILABLE = "available"
-    FAILED = "failed"
-
-
-class ImageInfo(msgspec.Struct, kw_only=True):
-    name: str
-    version: int
-    os: str
-    format: str
-    size_bytes: int
-    sha256: str
-    """Empty for a built-in image the scheduler holds no copy of (hosts use their own)."""
-    state: ImageState
-    builtin: bool = False
-    source_vm: str | None = None
-    reason: str = ""
-    created_at: datetime
-
-
-class ListImages(msgspec.Struct, kw_only=True):
-    pass
-
-
-class UploadImage(msgspec.Struct, kw_only=True):
-    """Register an image whose bytes the caller put in the images object store under
-    ``sha256``; the scheduler checks them (a qcow2 or raw disk image, of that size)."""
-
-    name: ImageNameField
-    sha256: Sha256Field
-    size_bytes: Annotated[int, msgspec.Meta(gt=0)]
-    os: ShortText = "linux"
-    request_id: RequestId | None = None
-    format: str = ""
-    """Set by the scheduler from the bytes it checked (``qcow2`` or ``raw``)."""
-
-
-class ImageRef(msgspec.Struct, kw_only=True):
-    name: ImageNameField
-    request_id: RequestId | None = None
-
-
-class ImageCaptured(msgspec.Struct, kw_only=True):
-    """Agent -> scheduler: the OS disk of ``vm`` was flattened and stored (or ``error``)."""
-
-    image: ImageNameField
-    vm: VmNameField
-    host_id: HostIdField
-    sha256: str = ""
-    size_bytes: int = 0
-    format: str = "qcow2"
-    error: str = ""
-    request_id: RequestId | None = None
-
-
-class ImageReply(msgspec.Struct, omit_defaults=True):
-    image: ImageInfo | None = None
-    error: ErrorBody | None = None
-
-
-class ImageListReply(msgspec.Struct, omit_defaults=True):
-    images: list[ImageInfo] = []
-    error: ErrorBody | None = None

@@ -18,8 +18,9 @@ from nats.aio.client import Client
 from common import codec, subjects
 from common.errors import DriverError
 from common.ids import HostId
+from common.image_messages import ImageCaptured
 from common.imagestore import ImageStoreError, put_image
-from common.messages import CaptureDisk, ImageCaptured
+from common.messages import CaptureDisk
 from hostagent.drivers.base import HypervisorDriver
 from hostagent.drivers.qemu import QemuDriver
 

@@ -22,8 +22,8 @@ import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from common import codec, subjects
-from common import messages as m
+from common import codec, messages as m, subjects
+from common.console_messages import ConsoleClosed, ConsoleOutput, ConsoleReply
 from common.errors import DriverError
 from hostagent.drivers.base import ConsoleBytes, ConsoleDriver
 
@@ -73,7 +73,7 @@ class ConsoleRelay:
             await self._publish_new(name)
         for name in [name for name in self._cursors if name not in held]:
             generation, _ = self._cursors.pop(name)
-            closed = m.ConsoleClosed(vm=name, generation=generation, reason="vm left this host")
+            closed = ConsoleClosed(vm=name, generation=generation, reason="vm left this host")
             subject = subjects.console_output(self._host_id, name)
             await self._nc.publish(subject, codec.encode(closed))
 
@@ -105,7 +105,7 @@ class ConsoleRelay:
         except DriverError:
             return await _answer(msg, self._not_here(name))
         writable = self._driver.console_writable(name)
-        await _answer(msg, m.ConsoleReply(output=_output(name, chunk), writable=writable))
+        await _answer(msg, ConsoleReply(output=_output(name, chunk), writable=writable))
 
     async def _on_input(self, msg: Msg) -> None:
         name = subjects.vm_of_console(msg.subject)
@@ -123,23 +123,21 @@ class ConsoleRelay:
         except DriverError as exc:
             return await _answer(msg, _error(m.ErrorCode.UNAVAILABLE, str(exc)))
         self._wake.set()  # the echo goes out now, not at the next poll
-        await _answer(msg, m.ConsoleReply(writable=True))
+        await _answer(msg, ConsoleReply(writable=True))
 
-    def _not_here(self, name: str) -> m.ConsoleReply:
+    def _not_here(self, name: str) -> ConsoleReply:
         detail = f"vm {name} does not run on host {self._host_id}"
         return _error(m.ErrorCode.NOT_FOUND, detail)
 
 
-def _output(name: str, chunk: ConsoleBytes) -> m.ConsoleOutput:
-    return m.ConsoleOutput(
-        vm=name, generation=chunk.generation, offset=chunk.offset, data=chunk.data
-    )
+def _output(name: str, chunk: ConsoleBytes) -> ConsoleOutput:
+    return ConsoleOutput(vm=name, generation=chunk.generation, offset=chunk.offset, data=chunk.data)
 
 
-def _error(code: m.ErrorCode, detail: str) -> m.ConsoleReply:
-    return m.ConsoleReply(error=m.ErrorBody(code, detail))
+def _error(code: m.ErrorCode, detail: str) -> ConsoleReply:
+    return ConsoleReply(error=m.ErrorBody(code, detail))
 
 
-async def _answer(msg: Msg, reply: m.ConsoleReply) -> None:
+async def _answer(msg: Msg, reply: ConsoleReply) -> None:
     if msg.reply:
         await msg.respond(codec.encode(reply))

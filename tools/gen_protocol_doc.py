@@ -18,9 +18,18 @@ from dataclasses import dataclass
 
 import msgspec
 
-from common import messages as m
-from common import streams, subjects
+from common import messages as m, streams, subjects
+from common.console_messages import ConsoleEvent, ConsoleInput, ConsoleReply, ConsoleTail
+from common.image_messages import (
+    ImageCaptured,
+    ImageListReply,
+    ImageRef,
+    ImageReply,
+    ListImages,
+    UploadImage,
+)
 from common.resources import Resources
+from common.usage_messages import UsageQuery, UsageReply
 
 Schema = Mapping[str, object]
 
@@ -173,21 +182,21 @@ GROUPS: tuple[tuple[str, tuple[object, ...]], ...] = (
     (
         "API requests",
         (
-            *(m.CreateVm, m.VmRef, m.HostRef, m.ListVms, m.ListHosts, m.ListSizes, m.UsageQuery),
+            *(m.CreateVm, m.VmRef, m.HostRef, m.ListVms, m.ListHosts, m.ListSizes, UsageQuery),
             *(m.CaptureVm, m.AttachDisk, m.DetachDisk),
-            *(m.ListImages, m.UploadImage, m.ImageRef),
+            *(ListImages, UploadImage, ImageRef),
         ),
     ),
     (
         "API replies",
         (
             *(m.VmReply, m.HostReply, m.VmListReply, m.HostListReply, m.SizeListReply),
-            *(m.UsageReply, m.ImageReply, m.ImageListReply, m.ErrorReply),
+            *(UsageReply, ImageReply, ImageListReply, m.ErrorReply),
         ),
     ),
-    ("Agent protocol", (m.HostCommands, m.Heartbeat, m.HeartbeatAck, m.ImageCaptured)),
+    ("Agent protocol", (m.HostCommands, m.Heartbeat, m.HeartbeatAck, ImageCaptured)),
     ("Events", (m.Event,)),
-    ("Console", (m.ConsoleEvent, m.ConsoleTail, m.ConsoleInput, m.ConsoleReply)),
+    ("Console", (ConsoleEvent, ConsoleTail, ConsoleInput, ConsoleReply)),
 )
 
 

@@ -20,10 +20,10 @@ from typing import Final
 import msgspec
 
 from common.config import SchedulerConfig
+from common.fields import ErrorCode
 from common.ids import HostId, VmName
 from common.messages import (
     AgentCommand,
-    ErrorCode,
     HostEvent,
     HostState,
     JobRejected,

@@ -10,21 +10,19 @@ from enum import StrEnum
 
 import msgspec
 
+from common.fields import ErrorCode
 from common.ids import HostId
+from common.image_messages import ImageCaptured, ImageRef, UploadImage
 from common.messages import (
     AgentCommand,
     AttachDisk,
     CaptureVm,
     CreateVm,
     DetachDisk,
-    ErrorCode,
     Event,
     Heartbeat,
     HeartbeatAck,
     HostRef,
-    ImageCaptured,
-    ImageRef,
-    UploadImage,
     VmRef,
 )
 from scheduler.state.model import HostRecord, ReplyRecord, VmRecord

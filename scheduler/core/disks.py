@@ -16,16 +16,9 @@ from collections.abc import Mapping
 
 from msgspec.structs import replace
 
+from common.fields import ErrorCode
 from common.ids import HostId, VmName
-from common.messages import (
-    AttachDisk,
-    DeleteVm,
-    DetachDisk,
-    DiskKind,
-    ErrorCode,
-    VmReply,
-    VmState,
-)
+from common.messages import AttachDisk, DeleteVm, DetachDisk, DiskKind, VmReply, VmState
 from scheduler.core.context import StepContext
 from scheduler.core.views import vm_error
 from scheduler.state.model import HostRecord, VmRecord

@@ -11,9 +11,9 @@
 from __future__ import annotations
 
 from common import codec
+from common.fields import ErrorCode
 from common.ids import HostId, VmName
 from common.messages import (
-    ErrorCode,
     Heartbeat,
     HeartbeatAck,
     HostInfo,

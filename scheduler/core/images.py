@@ -12,21 +12,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from common.fields import ErrorCode
 from common.ids import VmName
-from common.messages import (
-    CaptureDisk,
-    CaptureVm,
-    DiskKind,
-    ErrorCode,
+from common.image_messages import (
     ImageCaptured,
     ImageInfo,
     ImageRef,
     ImageReply,
     ImageState,
     UploadImage,
-    VmReply,
-    VmState,
 )
+from common.messages import CaptureDisk, CaptureVm, DiskKind, VmReply, VmState
 from scheduler.core import lifecycle
 from scheduler.core.context import StepContext
 from scheduler.core.contract import BuiltinImage, DropImageObject

@@ -15,17 +15,15 @@ import hashlib
 from msgspec.structs import replace
 
 from common import codec
+from common.fields import ErrorCode
+from common.image_messages import ImageRef, ImageReply, UploadImage
 from common.messages import (
     AttachDisk,
     CaptureVm,
     CreateVm,
     DetachDisk,
-    ErrorCode,
     HostRef,
     HostReply,
-    ImageRef,
-    ImageReply,
-    UploadImage,
     VmRef,
     VmReply,
 )

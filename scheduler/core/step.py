@@ -25,6 +25,7 @@ from msgspec.structs import replace
 
 from common.config import SchedulerConfig
 from common.ids import HostId, VmName
+from common.image_messages import ImageCaptured, ImageRef, UploadImage
 from common.messages import (
     AttachDisk,
     CaptureVm,
@@ -33,9 +34,6 @@ from common.messages import (
     HostInfo,
     HostRef,
     HostReply,
-    ImageCaptured,
-    ImageRef,
-    UploadImage,
     VmRef,
     VmReply,
 )

@@ -22,7 +22,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from common.messages import SizeUsage, UsageReport, VmEvent, VmUsage
+from common.messages import VmEvent
+from common.usage_messages import SizeUsage, UsageReport, VmUsage
 from scheduler.state.model import ACTIVE_STATES
 
 HOUR_S = 3600

@@ -4,17 +4,9 @@ from __future__ import annotations
 
 import msgspec
 
-from common.messages import (
-    ErrorBody,
-    ErrorCode,
-    HostInfo,
-    HostReply,
-    HostState,
-    ImageInfo,
-    ImageReply,
-    VmInfo,
-    VmReply,
-)
+from common.fields import ErrorBody, ErrorCode
+from common.image_messages import ImageInfo, ImageReply
+from common.messages import HostInfo, HostReply, HostState, VmInfo, VmReply
 from common.resources import ZERO, Resources
 from scheduler.state.model import HostRecord, HostRuntime, VmRecord
 from scheduler.state.storage import ImageRecord

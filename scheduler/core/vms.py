@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from common.fields import ErrorCode
 from common.ids import HostId, VmName
-from common.messages import AgentCommand, CreateVm, ErrorCode, StartVm, VmReply, VmState
+from common.messages import AgentCommand, CreateVm, StartVm, VmReply, VmState
 from common.sizes import find_size
 from scheduler.core import disks, images, lifecycle
 from scheduler.core.context import StepContext

@@ -10,8 +10,7 @@ from typing import Final
 import msgspec
 from nats.aio.msg import Msg
 
-from common import codec, subjects
-from common import messages as m
+from common import codec, messages as m, subjects
 from common.ids import HostId, vm_name_problem
 from scheduler.core import drain
 from scheduler.core.contract import HOST_OPS, IMAGE_OPS, InvalidJob, Mutation, Now, Op, StorageBody

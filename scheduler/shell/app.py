@@ -22,18 +22,10 @@ from nats.js import JetStreamContext
 from common import codec, subjects
 from common.clock import Clock, SystemClock
 from common.config import SchedulerConfig
-from common.messages import (
-    CreateVm,
-    HostCommands,
-    HostRef,
-    HostReply,
-    UsageQuery,
-    UsageReply,
-    VmRef,
-    VmReply,
-)
+from common.messages import CreateVm, HostCommands, HostRef, HostReply, VmRef, VmReply
 from common.natsauth import auth_options, inbox_options, nats_servers, redact_url
 from common.streams import ensure_streams
+from common.usage_messages import UsageQuery, UsageReply
 from scheduler.core.contract import (
     Ack,
     Action,

@@ -21,6 +21,8 @@ from nats.js import JetStreamContext
 from common import codec
 from common.config import SchedulerConfig
 from common.errors import StratusError
+from common.fields import ErrorBody, ErrorCode
+from common.image_messages import ImageReply, UploadImage
 from common.images import ImageFormat, read_header, sniff_format
 from common.imagestore import (
     IMAGES_STREAM,
@@ -30,7 +32,6 @@ from common.imagestore import (
     put_image,
     read_image_head,
 )
-from common.messages import ErrorBody, ErrorCode, ImageReply, UploadImage
 from common.streams import ensure_replicas
 from scheduler.core.contract import BuiltinImage, Mutation
 from scheduler.core.images import object_unused

@@ -20,7 +20,9 @@ from nats.aio.msg import Msg
 from common import codec
 from common.config import SchedulerConfig
 from common.errors import StoreError
-from common.messages import ErrorBody, ErrorCode, UsageQuery, UsageReply, VmEvent
+from common.fields import ErrorBody, ErrorCode
+from common.messages import VmEvent
+from common.usage_messages import UsageQuery, UsageReply
 from scheduler.core.usage import usage_report
 from scheduler.shell.store import read_vm_history
 from scheduler.state.cluster import ClusterState

@@ -7,7 +7,8 @@ from datetime import datetime
 import msgspec
 
 from common.ids import HostId
-from common.messages import DiskKind, DiskStorage, ImageState
+from common.image_messages import ImageState
+from common.messages import DiskKind, DiskStorage
 
 
 class DiskRecord(msgspec.Struct, kw_only=True):

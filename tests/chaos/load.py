@@ -22,7 +22,8 @@ from nats.errors import Error as NatsError
 from cli.client import StratusClient
 from common import subjects
 from common.errors import ApiError
-from common.messages import CreateVm, ErrorCode
+from common.fields import ErrorCode
+from common.messages import CreateVm
 
 SIZES = {"ExtraSmall": (250, 768), "Small": (1000, 1792)}
 """Sizes the load uses (cpu millicores, memory MiB): small enough to fit a degraded cluster."""

@@ -21,8 +21,7 @@ import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from common import codec, subjects
-from common import messages as m
+from common import codec, messages as m, subjects
 from common.config import SchedulerConfig
 from common.natsserver import NatsServer
 from scheduler.shell.app import SchedulerApp

@@ -18,11 +18,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, Phase, given, settings, strategies as st
 
-from common import codec, subjects
-from common import messages as m
+from common import codec, messages as m, subjects
 from common.natsserver import NatsServer
 from tests.fuzz.cases import Case, cases
 from tests.fuzz.harness import FuzzTarget

@@ -10,7 +10,8 @@ from nats.aio.client import Client
 from cli.client import StratusClient
 from common import codec, subjects
 from common.errors import ApiError
-from common.messages import CreateVm, ErrorCode, JobRejected, ListVms, VmEvent, VmState
+from common.fields import ErrorCode
+from common.messages import CreateVm, JobRejected, ListVms, VmEvent, VmState
 from common.streams import ensure_streams
 from tests.integration.cluster import Cluster
 from tests.integration.helpers import wait_all_running, wait_hosts_up

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from common.config import SchedulerConfig
-from common.messages import CreateVm, ErrorCode, VmRef, VmState
+from common.fields import ErrorCode
+from common.messages import CreateVm, VmRef, VmState
 from common.natsserver import NatsServer
 from scheduler.core.contract import Op
 from scheduler.shell.app import SchedulerApp

@@ -15,9 +15,13 @@ from common.messages import CreateVm
 from tests.integration.cluster import Cluster
 from tests.integration.helpers import wait_all_running, wait_hosts_up
 from tests.integration.test_console import Cli, finish, read_until
-from tests.integration.test_qemu import BOOT_S, TINY, start_qemu_agent
-from tests.integration.test_qemu import kit as kit  # fixtures, re-exported
-from tests.integration.test_qemu import qemu_cluster as qemu_cluster
+from tests.integration.test_qemu import (
+    BOOT_S,
+    TINY,
+    kit as kit,  # fixtures, re-exported
+    qemu_cluster as qemu_cluster,
+    start_qemu_agent,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.timeout(180)]
 

@@ -6,7 +6,8 @@ import pytest
 
 from cli.client import StratusClient
 from common.errors import ApiError
-from common.messages import CreateVm, ErrorCode, VmState
+from common.fields import ErrorCode
+from common.messages import CreateVm, VmState
 from tests.integration.cluster import Cluster, overlapping_executions
 from tests.integration.helpers import wait_all_running, wait_hosts_up
 from tests.waiting import wait_until

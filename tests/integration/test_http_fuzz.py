@@ -17,8 +17,7 @@ import msgspec
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
-from schemathesis import GenerationMode
-from schemathesis import checks as sc
+from schemathesis import GenerationMode, checks as sc
 from schemathesis.core.result import Ok
 
 from common.config import SchedulerConfig

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from nats.aio.client import Client
 
+from common.image_messages import UploadImage
 from common.imagestore import image_bucket, put_image
-from common.messages import UploadImage
 from scheduler.shell.gallery import check_upload
 
 pytestmark = pytest.mark.integration

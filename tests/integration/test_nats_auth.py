@@ -21,8 +21,10 @@ from cli.natsconfig import generate, new_user_seed
 from common import codec, subjects
 from common.config import AgentConfig, SchedulerConfig
 from common.errors import ApiError
+from common.fields import ErrorCode
+from common.image_messages import ImageCaptured, ImageState
 from common.imagestore import put_image
-from common.messages import CaptureVm, CreateVm, ErrorCode, ImageCaptured, ImageState
+from common.messages import CaptureVm, CreateVm
 from common.natsauth import host_inbox_prefix, inbox_options, redact_url
 from common.natsserver import NatsServer, start_nats_server
 from hostagent.simpool import SimPool, resolve_pool_settings

@@ -19,8 +19,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from cli.client import StratusClient
 from cli.usage import to_csv
 from common.config import SchedulerConfig
-from common.messages import CreateVm, UsageQuery, UsageReply, VmRef, VmState
+from common.messages import CreateVm, VmRef, VmState
 from common.natsserver import NatsServer
+from common.usage_messages import UsageQuery, UsageReply
 from scheduler.core.contract import Op
 from scheduler.shell.app import SchedulerApp
 from tests.integration.cluster import FAST_TIMINGS, Cluster

@@ -22,7 +22,8 @@ from nats.aio.msg import Msg
 from cli.client import StratusClient
 from common import codec, subjects
 from common.errors import ApiError
-from common.messages import CaptureVm, CreateVm, DiskKind, ImageState, VmEvent, VmInfo, VmState
+from common.image_messages import ImageState
+from common.messages import CaptureVm, CreateVm, DiskKind, VmEvent, VmInfo, VmState
 from tests.integration.cluster import Cluster
 from tests.integration.helpers import wait_all_running, wait_hosts_up
 from tests.integration.proxy import CuttableProxy

@@ -21,12 +21,18 @@ from typing import Annotated, Final
 import msgspec
 from aiohttp import web
 from nats.aio.subscription import Subscription
-from nats.errors import NoRespondersError
-from nats.errors import TimeoutError as NatsTimeoutError
+from nats.errors import NoRespondersError, TimeoutError as NatsTimeoutError
 
-from common import codec, subjects
-from common import messages as m
+from common import codec, messages as m, subjects
 from common.console import console_host
+from common.console_messages import (
+    MAX_CONSOLE_INPUT_BYTES,
+    MAX_CONSOLE_TAIL_BYTES,
+    ConsoleInput,
+    ConsoleOutput,
+    ConsoleReply,
+    ConsoleTail,
+)
 from common.errors import ApiError
 from scheduler.shell.http.errors import HttpError
 from scheduler.shell.http.events import MAX_STREAMS, STREAMS
@@ -42,13 +48,13 @@ ATTACH_TAIL_BYTES: Final = 16 * 1024
 
 
 class TailQuery(msgspec.Struct, kw_only=True):
-    max_bytes: Annotated[int, msgspec.Meta(ge=0, le=m.MAX_CONSOLE_TAIL_BYTES)] = 64 * 1024
+    max_bytes: Annotated[int, msgspec.Meta(ge=0, le=MAX_CONSOLE_TAIL_BYTES)] = 64 * 1024
 
 
 class ConsoleTyping(msgspec.Struct, kw_only=True):
     """Text typed on the console (what a browser has); NATS takes raw bytes (ConsoleInput)."""
 
-    text: Annotated[str, msgspec.Meta(min_length=1, max_length=m.MAX_CONSOLE_INPUT_BYTES // 4)]
+    text: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_CONSOLE_INPUT_BYTES // 4)]
 
 
 class Attached(msgspec.Struct, kw_only=True):
@@ -57,7 +63,7 @@ class Attached(msgspec.Struct, kw_only=True):
     vm: str
     host: str
     writable: bool
-    output: m.ConsoleOutput
+    output: ConsoleOutput
 
 
 def _host_of(request: web.Request) -> tuple[str, str]:
@@ -74,7 +80,7 @@ def _host_of(request: web.Request) -> tuple[str, str]:
         raise HttpError(m.ErrorCode(exc.code), exc.detail) from exc
 
 
-async def _ask_agent(request: web.Request, subject: str, body: msgspec.Struct) -> m.ConsoleReply:
+async def _ask_agent(request: web.Request, subject: str, body: msgspec.Struct) -> ConsoleReply:
     host = subject.split(".")[2]
     try:
         msg = await request.app[NATS].request(subject, codec.encode(body), timeout=AGENT_TIMEOUT_S)
@@ -90,7 +96,7 @@ async def _ask_agent(request: web.Request, subject: str, body: msgspec.Struct) -
 async def get_tail(request: web.Request) -> web.StreamResponse:
     query = query_of(request, TailQuery)
     name, host = _host_of(request)
-    tail = m.ConsoleTail(max_bytes=query.max_bytes)
+    tail = ConsoleTail(max_bytes=query.max_bytes)
     reply = await _ask_agent(request, subjects.console_tail(host, name), tail)
     return json_response(codec.encode(reply))
 
@@ -98,7 +104,7 @@ async def get_tail(request: web.Request) -> web.StreamResponse:
 async def post_input(request: web.Request) -> web.StreamResponse:
     typed = await body_of(request, ConsoleTyping)
     name, host = _host_of(request)
-    body = m.ConsoleInput(data=typed.text.encode("utf-8", "surrogatepass"))
+    body = ConsoleInput(data=typed.text.encode("utf-8", "surrogatepass"))
     reply = await _ask_agent(request, subjects.console_input(host, name), body)
     return json_response(codec.encode(reply))
 
@@ -113,7 +119,7 @@ async def stream_console(request: web.Request) -> web.StreamResponse:
     assert task is not None
     streams.add(task)
     try:
-        tail = m.ConsoleTail(max_bytes=ATTACH_TAIL_BYTES)
+        tail = ConsoleTail(max_bytes=ATTACH_TAIL_BYTES)
         reply = await _ask_agent(request, subjects.console_tail(host, name), tail)
         assert reply.output is not None
         response = web.StreamResponse(
@@ -147,7 +153,7 @@ async def _relay(request: web.Request, response: web.StreamResponse, follow: Sub
                 event = codec.console_event.decode(msg.data)
             except msgspec.DecodeError:
                 continue
-            kind = "output" if isinstance(event, m.ConsoleOutput) else "closed"
+            kind = "output" if isinstance(event, ConsoleOutput) else "closed"
             await response.write(f"event: {kind}\ndata: ".encode() + msg.data + b"\n\n")
             if kind == "closed":
                 return
@@ -172,8 +178,8 @@ def register(api: Registry) -> None:
                      errors=_FAILS))  # fmt: skip
     api.add(Endpoint("GET", "/v1/vms/{name}/console/tail", get_tail, "getVmConsoleTail",
                      "The VM's recent console output", tag=tag, path_params=_VM_PATH,
-                     query=TailQuery, response=m.ConsoleReply, errors=_FAILS))  # fmt: skip
+                     query=TailQuery, response=ConsoleReply, errors=_FAILS))  # fmt: skip
     api.add(Endpoint("POST", "/v1/vms/{name}/console/input", post_input, "typeOnVmConsole",
                      "Type on the VM's serial console (where its driver relays input)", tag=tag,
                      mutating=True, path_params=_VM_PATH, body=ConsoleTyping,
-                     response=m.ConsoleReply, errors=_FAILS))  # fmt: skip
+                     response=ConsoleReply, errors=_FAILS))  # fmt: skip

@@ -29,7 +29,8 @@ from typing import Final
 from aiohttp import web
 
 from common import codec
-from common.messages import ErrorBody, ErrorCode, ErrorReply
+from common.fields import ErrorBody, ErrorCode
+from common.messages import ErrorReply
 
 STATUS: Final[Mapping[ErrorCode, int]] = {
     ErrorCode.INVALID_REQUEST: 400,

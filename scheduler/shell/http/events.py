@@ -21,7 +21,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from common import subjects
-from common.messages import ErrorCode
+from common.fields import ErrorCode
 from scheduler.shell.http.errors import HttpError
 from scheduler.shell.http.registry import NATS, Endpoint, Registry
 from scheduler.shell.http.routes import parse_query

@@ -24,7 +24,7 @@ from aiohttp.typedefs import Middleware
 from yarl import URL
 
 from common.config import SchedulerConfig
-from common.messages import ErrorCode
+from common.fields import ErrorCode
 from scheduler.shell.http.errors import JSON, HttpError
 from scheduler.shell.http.registry import Handler
 

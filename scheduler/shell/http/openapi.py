@@ -9,7 +9,8 @@ from typing import Any, Final
 
 import msgspec
 
-from common.messages import ErrorCode, ErrorReply
+from common.fields import ErrorCode
+from common.messages import ErrorReply
 from scheduler.shell.http.errors import status_of
 from scheduler.shell.http.registry import Endpoint
 

@@ -8,8 +8,8 @@ import msgspec
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from common import codec, subjects
-from common import messages as m
+from common import codec, messages as m, subjects
+from common.usage_messages import UsageQuery, UsageReply
 from scheduler.shell.http.errors import HttpError
 from scheduler.shell.http.registry import Endpoint, Registry, backend_of
 from scheduler.shell.http.routes import json_response
@@ -22,7 +22,7 @@ class OperatorBackend(Protocol):
 
     metrics: SchedulerMetrics
 
-    async def usage(self, query: m.UsageQuery) -> m.UsageReply: ...
+    async def usage(self, query: UsageQuery) -> UsageReply: ...
 
 
 def _operator(request: web.Request) -> OperatorBackend:
@@ -32,11 +32,11 @@ def _operator(request: web.Request) -> OperatorBackend:
     return backend
 
 
-def _usage_query(request: web.Request) -> m.UsageQuery:
+def _usage_query(request: web.Request) -> UsageQuery:
     # An unencoded "+01:00" offset arrives as " 01:00" (a query string's "+" is a space).
     raw = {key: value.replace(" ", "+") for key, value in request.query.items()}
     try:
-        return msgspec.convert(raw, m.UsageQuery, strict=False)
+        return msgspec.convert(raw, UsageQuery, strict=False)
     except msgspec.ValidationError as exc:
         raise HttpError(m.ErrorCode.INVALID_REQUEST, f"invalid query: {exc}") from exc
 
@@ -64,8 +64,8 @@ def register(api: Registry) -> None:
             "Usage per VM and per size: started clock hours each VM held capacity in the "
             "window [since rounded down to the hour, until), priced per size",
             tag="usage",
-            query=m.UsageQuery,
-            response=m.UsageReply,
+            query=UsageQuery,
+            response=UsageReply,
             errors=(m.ErrorCode.UNAVAILABLE,),
             subject=subjects.USAGE_GET,
         )

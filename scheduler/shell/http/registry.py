@@ -22,7 +22,8 @@ import msgspec
 from aiohttp import web
 from nats.aio.client import Client
 
-from common.messages import CreateVm, ErrorCode, HostRef, HostReply, VmRef, VmReply
+from common.fields import ErrorCode
+from common.messages import CreateVm, HostRef, HostReply, VmRef, VmReply
 from scheduler.core.contract import Op
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

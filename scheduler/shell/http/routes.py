@@ -9,8 +9,7 @@ import msgspec
 from aiohttp import web
 from multidict import MultiMapping
 
-from common import codec, subjects
-from common import messages as m
+from common import codec, messages as m, subjects
 from common.ids import vm_name_problem
 from scheduler.core.contract import Op
 from scheduler.shell.http.errors import JSON, HttpError, status_of

@@ -23,7 +23,7 @@ from nats.aio.client import Client
 from common import codec
 from common.config import SchedulerConfig
 from common.errors import ConfigError
-from common.messages import ErrorCode
+from common.fields import ErrorCode
 from scheduler.shell.http import console, events, guards, operations, routes, storage
 from scheduler.shell.http.errors import CODE_OF_STATUS, JSON, HttpError, error_response
 from scheduler.shell.http.openapi import build_openapi

@@ -24,8 +24,8 @@ import msgspec
 import nats.errors
 from aiohttp import web
 
-from common import codec, subjects
-from common import messages as m
+from common import codec, messages as m, subjects
+from common.image_messages import ImageListReply, ImageRef, ImageReply, ListImages, UploadImage
 from common.imagestore import ImageStoreError, put_image
 from scheduler.shell.http.errors import HttpError
 from scheduler.shell.http.registry import NATS, Endpoint, Registry, backend_of
@@ -121,17 +121,17 @@ async def capture_vm(request: web.Request) -> web.StreamResponse:
 
 
 async def list_images(request: web.Request) -> web.StreamResponse:
-    return read(backend_of(request), subjects.IMAGE_LIST, m.ListImages())
+    return read(backend_of(request), subjects.IMAGE_LIST, ListImages())
 
 
 async def delete_image(request: web.Request) -> web.StreamResponse:
-    name = path_value(request, "name", m.ImageRef, "invalid image name")
-    body = m.ImageRef(name=name, request_id=request_id(request))
+    name = path_value(request, "name", ImageRef, "invalid image name")
+    body = ImageRef(name=name, request_id=request_id(request))
     return await forward(request, subjects.IMAGE_DELETE, body)
 
 
 async def upload_image(request: web.Request) -> web.StreamResponse:
-    name = path_value(request, "name", m.ImageRef, "invalid image name")
+    name = path_value(request, "name", ImageRef, "invalid image name")
     query = parse_query(request.query, ImageUpload)
     key = request_id(request)
     with tempfile.TemporaryDirectory(prefix="stratus-upload-") as spool:
@@ -145,9 +145,7 @@ async def upload_image(request: web.Request) -> web.StreamResponse:
         except (ImageStoreError, nats.errors.Error, TimeoutError) as exc:
             detail = f"the images object store did not take the bytes: {exc}"
             raise HttpError(m.ErrorCode.UNAVAILABLE, detail) from exc
-    body = m.UploadImage(
-        name=name, sha256=sha256, size_bytes=size_bytes, os=query.os, request_id=key
-    )
+    body = UploadImage(name=name, sha256=sha256, size_bytes=size_bytes, os=query.os, request_id=key)
     return await forward(
         request, subjects.IMAGE_UPLOAD, body, status=201, timeout_s=UPLOAD_TIMEOUT_S
     )
@@ -182,7 +180,7 @@ async def _spool(request: web.Request, path: Path) -> tuple[str, int]:
 
 _VM_PATH = (("name", m.VmRef, "name"),)
 _DISK_PATH = (*_VM_PATH, ("disk_id", m.DetachDisk, "disk_id"))
-_IMAGE_PATH = (("name", m.ImageRef, "name"),)
+_IMAGE_PATH = (("name", ImageRef, "name"),)
 _E = m.ErrorCode
 
 
@@ -207,17 +205,17 @@ def register(api: Registry) -> None:
                  headers=IDEMPOTENCY_HEADER, subject=subjects.VM_CAPTURE,
                  errors=(_E.NOT_FOUND, _E.INVALID_STATE, _E.CONFLICT)),
         Endpoint("GET", "/v1/images", list_images, "listImages", "List gallery images",
-                 tag=image, response=m.ImageListReply, subject=subjects.IMAGE_LIST),
+                 tag=image, response=ImageListReply, subject=subjects.IMAGE_LIST),
         Endpoint("PUT", "/v1/images/{name}", upload_image, "uploadImage", "Upload a qcow2 or "
                  "raw disk image: the body is its bytes (streamed, at most 64 GiB); with "
                  "`sha256` they must have that digest", tag=image, mutating=True,
                  path_params=_IMAGE_PATH, query=ImageUpload, raw_body=OCTET_STREAM,
-                 response=m.ImageReply, status=201, headers=IDEMPOTENCY_HEADER,
+                 response=ImageReply, status=201, headers=IDEMPOTENCY_HEADER,
                  subject=subjects.IMAGE_UPLOAD,
                  errors=(_E.INVALID_IMAGE, _E.CONFLICT, _E.INVALID_STATE, _E.TOO_LARGE)),
         Endpoint("DELETE", "/v1/images/{name}", delete_image, "deleteImage", "Delete a gallery "
                  "image (refused while a VM uses it)", tag=image, mutating=True,
-                 path_params=_IMAGE_PATH, response=m.ImageReply, headers=IDEMPOTENCY_HEADER,
+                 path_params=_IMAGE_PATH, response=ImageReply, headers=IDEMPOTENCY_HEADER,
                  subject=subjects.IMAGE_DELETE,
                  errors=(_E.NOT_FOUND, _E.INVALID_STATE, _E.CONFLICT)),
     ):  # fmt: skip

@@ -9,11 +9,12 @@ import pytest
 from cli.console import Splice, last_lines
 from common import messages as m
 from common.console import console_host
+from common.console_messages import ConsoleOutput
 from common.errors import ApiError
 
 
-def piece(offset: int, data: bytes, generation: int = 1) -> m.ConsoleOutput:
-    return m.ConsoleOutput(vm="web", generation=generation, offset=offset, data=data)
+def piece(offset: int, data: bytes, generation: int = 1) -> ConsoleOutput:
+    return ConsoleOutput(vm="web", generation=generation, offset=offset, data=data)
 
 
 def test_live_output_continues_the_tail_without_repeats_or_gaps() -> None:

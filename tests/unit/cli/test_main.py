@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from cli import contexts, verbs
-from cli import main as cli_main
+from cli import contexts, main as cli_main, verbs
 from cli.main import DISTRIBUTION, build_parser, main
 
 

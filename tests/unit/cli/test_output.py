@@ -9,7 +9,9 @@ import pytest
 
 from cli import output
 from common import messages as m
+from common.image_messages import ImageInfo, ImageState
 from common.resources import Resources
+from common.usage_messages import SizeUsage, UsageReport, VmUsage
 
 T0 = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
 
@@ -187,16 +189,16 @@ def test_recovery_report_has_a_row_per_vm_and_the_summary() -> None:
 
 
 def test_usage_report() -> None:
-    report = m.UsageReport(
+    report = UsageReport(
         since=T0,
         until=T0.replace(hour=5),
         vms=[
-            m.VmUsage(
+            VmUsage(
                 name="web-1", size="Small", held_s=7200.0, hours=2, price_per_hour=0.06, cost=0.12
             )
         ],
         sizes=[
-            m.SizeUsage(size="Small", vms=1, held_s=7200.0, hours=2, price_per_hour=0.06, cost=0.12)
+            SizeUsage(size="Small", vms=1, held_s=7200.0, hours=2, price_per_hour=0.06, cost=0.12)
         ],
         hours=2,
         cost=0.12,
@@ -208,15 +210,15 @@ def test_usage_report() -> None:
     assert text.endswith("total: 2 hours, cost 0.12")
 
 
-def make_image(name: str, **changes: object) -> m.ImageInfo:
-    image = m.ImageInfo(
+def make_image(name: str, **changes: object) -> ImageInfo:
+    image = ImageInfo(
         name=name,
         version=1,
         os="linux",
         format="raw",
         size_bytes=1536 * 1024,
         sha256="0" * 64,
-        state=m.ImageState.AVAILABLE,
+        state=ImageState.AVAILABLE,
         created_at=T0,
     )
     return msgspec.structs.replace(image, **changes)
@@ -225,7 +227,7 @@ def make_image(name: str, **changes: object) -> m.ImageInfo:
 def test_image_table_says_where_each_image_comes_from() -> None:
     images = [
         make_image("tiny", builtin=True, size_bytes=0, format="qcow2"),
-        make_image("snap", source_vm="web-1", state=m.ImageState.FAILED, reason="no disk"),
+        make_image("snap", source_vm="web-1", state=ImageState.FAILED, reason="no disk"),
         make_image("base"),
     ]
     lines = output.image_table(images).splitlines()

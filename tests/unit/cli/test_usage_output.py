@@ -9,18 +9,18 @@ from datetime import UTC, datetime
 
 from cli.main import build_parser
 from cli.usage import CSV_COLUMNS, render, to_csv
-from common import messages as m
+from common.usage_messages import SizeUsage, UsageReport, VmUsage
 
-REPORT = m.UsageReport(
+REPORT = UsageReport(
     since=datetime(2026, 3, 1, tzinfo=UTC),
     until=datetime(2026, 3, 1, 2, tzinfo=UTC),
     vms=[
-        m.VmUsage(name="web-2", size="Large", held_s=5400, hours=2, price_per_hour=0.24, cost=0.48),
-        m.VmUsage(name="web-1", size="Small", held_s=60, hours=1, price_per_hour=0.06, cost=0.06),
+        VmUsage(name="web-2", size="Large", held_s=5400, hours=2, price_per_hour=0.24, cost=0.48),
+        VmUsage(name="web-1", size="Small", held_s=60, hours=1, price_per_hour=0.06, cost=0.06),
     ],
     sizes=[
-        m.SizeUsage(size="Large", vms=1, held_s=5400, hours=2, price_per_hour=0.24, cost=0.48),
-        m.SizeUsage(size="Small", vms=1, held_s=60, hours=1, price_per_hour=0.06, cost=0.06),
+        SizeUsage(size="Large", vms=1, held_s=5400, hours=2, price_per_hour=0.24, cost=0.48),
+        SizeUsage(size="Small", vms=1, held_s=60, hours=1, price_per_hour=0.06, cost=0.06),
     ],
     hours=3,
     cost=0.54,

@@ -14,9 +14,17 @@ from typing import Any
 import msgspec
 import pytest
 
-from common import codec, ids
-from common import messages as m
+from common import (
+    codec,
+    console_messages,
+    ids,
+    image_messages,
+    messages as m,
+    network_messages,
+    usage_messages,
+)
 from common.errors import ProtocolError
+from common.image_messages import ImageCaptured, ImageRef, UploadImage
 
 BAD_SUFFIXES = ["\n", "\r\n", " ", "\t", "\x00", "\n\n"]
 BAD_PREFIXES = ["\n", " ", "\t"]
@@ -25,7 +33,8 @@ SHA = "0" * 64
 
 def _pattern_fields() -> Iterator[tuple[str, str]]:
     """(struct.field, pattern) for every string field of a wire struct that has a pattern."""
-    for obj in vars(m).values():
+    modules = (m, console_messages, usage_messages, image_messages, network_messages)
+    for obj in {v for mod in modules for v in vars(mod).values() if isinstance(v, type)}:
         if not (isinstance(obj, type) and issubclass(obj, msgspec.Struct)):
             continue
         info = msgspec.inspect.type_info(obj)
@@ -60,7 +69,8 @@ def test_every_name_bearing_field_is_found() -> None:
 @pytest.mark.parametrize(("field", "pattern"), PATTERN_FIELDS, ids=[f for f, _ in PATTERN_FIELDS])
 def test_every_pattern_refuses_padding(field: str, pattern: str) -> None:
     compiled = re.compile(pattern)
-    valid = next(v for v in ("web-1", "tiny", SHA, "host-1") if compiled.search(v))
+    samples = ("web-1", "tiny", SHA, "host-1", "52:54:00:12:34:56")
+    valid = next(v for v in samples if compiled.search(v))
     for bad in [valid + s for s in BAD_SUFFIXES] + [p + valid for p in BAD_PREFIXES]:
         assert compiled.search(bad) is None, f"{field} accepts {bad!r}"
 
@@ -74,12 +84,12 @@ def _decode_cases() -> Iterator[tuple[str, msgspec.json.Decoder[Any], dict[str, 
     yield "capture_name", msgspec.json.Decoder(m.CaptureVm), {"name": "web", "image": "i"}, "name"
     yield "capture_image", msgspec.json.Decoder(m.CaptureVm), {"name": "web", "image": "i"}, "image"
     upload = {"name": "img", "sha256": SHA, "size_bytes": 1}
-    yield "upload_name", msgspec.json.Decoder(m.UploadImage), upload, "name"
-    yield "upload_sha", msgspec.json.Decoder(m.UploadImage), upload, "sha256"
-    yield "image_ref", msgspec.json.Decoder(m.ImageRef), {"name": "img"}, "name"
+    yield "upload_name", msgspec.json.Decoder(UploadImage), upload, "name"
+    yield "upload_sha", msgspec.json.Decoder(UploadImage), upload, "sha256"
+    yield "image_ref", msgspec.json.Decoder(ImageRef), {"name": "img"}, "name"
     captured = {"image": "img", "vm": "web", "host_id": "h1"}
     for key in ("image", "vm", "host_id"):
-        yield f"captured_{key}", msgspec.json.Decoder(m.ImageCaptured), captured, key
+        yield f"captured_{key}", msgspec.json.Decoder(ImageCaptured), captured, key
 
 
 DECODE_CASES = list(_decode_cases())

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from common import codec, subjects
-from common.messages import ErrorCode, ImageCaptured
+from common.fields import ErrorCode
+from common.image_messages import ImageCaptured
 from scheduler.core.contract import InvalidJob, Mutation, Op
 from scheduler.shell.api import decode_capture_report, decode_mutation
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 
 from common import subjects
+from common.fields import ErrorCode
 from common.ids import VmName
 from common.messages import (
     CreateVm,
     DeleteVm,
-    ErrorCode,
     HostEvent,
     ObservedState,
     ObservedVm,

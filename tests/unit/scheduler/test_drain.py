@@ -5,16 +5,8 @@ from __future__ import annotations
 import pytest
 
 from common import subjects
-from common.messages import (
-    ErrorCode,
-    HostEvent,
-    HostRef,
-    HostReply,
-    ObservedVm,
-    StopVm,
-    VmRef,
-    VmState,
-)
+from common.fields import ErrorCode
+from common.messages import HostEvent, HostRef, HostReply, ObservedVm, StopVm, VmRef, VmState
 from common.resources import Resources
 from scheduler.core.contract import Emit, Mutation, Op, Reply
 from tests.unit.scheduler.corekit import CoreKit, commands

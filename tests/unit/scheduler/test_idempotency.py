@@ -10,16 +10,8 @@ from pathlib import Path
 import msgspec
 
 from common import codec, subjects
-from common.messages import (
-    AttachDisk,
-    CreateVm,
-    ErrorCode,
-    HostRef,
-    HostReply,
-    VmRef,
-    VmReply,
-    VmState,
-)
+from common.fields import ErrorCode
+from common.messages import AttachDisk, CreateVm, HostRef, HostReply, VmRef, VmReply, VmState
 from scheduler.core.contract import InvalidJob, Mutation, Op, Reply
 from scheduler.shell.api import decode_mutation
 from scheduler.shell.store import SqliteStore

@@ -7,8 +7,8 @@ import msgspec
 import pytest
 
 from common import subjects
+from common.fields import ErrorCode
 from common.ids import VM_NAME_RULE
-from common.messages import ErrorCode
 from scheduler.core.contract import InvalidJob
 from scheduler.shell.api import ReadApi, decode_mutation
 from scheduler.state.cluster import ClusterState

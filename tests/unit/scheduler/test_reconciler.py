@@ -6,8 +6,7 @@ from datetime import UTC, datetime
 
 import msgspec
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from common import codec
 from common.ids import HostId, VmName
@@ -207,5 +206,6 @@ def test_the_start_command_carries_the_spec_fields_and_disks_and_nothing_else() 
             {"disk_id": "a-os", "kind": "os", **OS_DISK},
             {"disk_id": "a-data0", "kind": "data", **DATA_DISK},
         ],
+        "nics": [],
     }
     assert isinstance(spec_of(vm), VmSpec)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import msgspec
 import pytest
 
+from common.fields import ErrorCode
 from common.ids import VmName
+from common.image_messages import ImageCaptured, ImageRef, ImageReply, ImageState, UploadImage
 from common.messages import (
     AttachDisk,
     CaptureDisk,
@@ -13,13 +15,7 @@ from common.messages import (
     DeleteVm,
     DetachDisk,
     DiskKind,
-    ErrorCode,
-    ImageCaptured,
-    ImageRef,
-    ImageReply,
-    ImageState,
     StartVm,
-    UploadImage,
     VmRef,
     VmReply,
     VmState,

@@ -13,8 +13,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from nats.aio.client import Client
 
-from common import codec, subjects
-from common import messages as m
+from common import codec, messages as m, subjects
 from common.config import SchedulerConfig
 from scheduler.core.contract import Op
 from scheduler.shell.http.errors import STATUS

@@ -1,0 +1,58 @@
+"""Pieces every wire message shares: constrained field types and the error body.
+
+Split from common/messages.py (which re-exports them) so that the message modules of one
+concept each (console, usage, networks) can use them without importing each other.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated
+
+import msgspec
+
+from common.ids import HOST_ID_PATTERN, IMAGE_NAME_PATTERN, SHA256_PATTERN, VM_NAME_PATTERN
+
+VmNameField = Annotated[str, msgspec.Meta(pattern=VM_NAME_PATTERN, description="[a-z0-9-]{1,63}")]
+ImageNameField = Annotated[
+    str, msgspec.Meta(pattern=IMAGE_NAME_PATTERN, description="[a-z0-9._-]{1,63}")
+]
+Sha256Field = Annotated[str, msgspec.Meta(pattern=SHA256_PATTERN)]
+MAX_DATA_DISKS = 8
+DiskSizeMib = Annotated[int, msgspec.Meta(ge=1, le=16 * 1024 * 1024)]
+HostIdField = Annotated[str, msgspec.Meta(pattern=HOST_ID_PATTERN)]
+ShortText = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+DigestField = Annotated[str, msgspec.Meta(max_length=64)]
+RequestId = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+Generation = Annotated[int, msgspec.Meta(ge=0)]
+
+
+class ErrorCode(StrEnum):
+    INVALID_REQUEST = "invalid_request"
+    UNKNOWN_SIZE = "unknown_size"
+    CONFLICT = "conflict"
+    NOT_FOUND = "not_found"
+    INSUFFICIENT_CAPACITY = "insufficient_capacity"
+    INVALID_STATE = "invalid_state"
+    TOO_LARGE = "too_large"
+    UNAVAILABLE = "unavailable"
+    INTERNAL = "internal"
+    INVALID_IMAGE = "invalid_image"
+    """A create names an image the gallery does not have, or an uploaded file is not a qcow2
+    or raw disk image (or not what was announced)."""
+    UNAUTHORIZED = "unauthorized"
+    """HTTP API only: a missing or wrong bearer token."""
+    FORBIDDEN = "forbidden"
+    """HTTP API only: a Host or Origin not in ``http_allowed_hosts`` (another site's page)."""
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+    """HTTP API only: a mutation whose body is not declared ``application/json``."""
+    TOO_MANY_REQUESTS = "too_many_requests"
+    """HTTP API only: this client already holds as many event streams as it may."""
+    MISSING_REQUEST_ID = "missing_request_id"
+    """Jobs stream only: a job with neither a ``Nats-Msg-Id`` header nor a ``request_id``
+    (without one, a redelivered or republished job could be applied twice)."""
+
+
+class ErrorBody(msgspec.Struct):
+    code: ErrorCode
+    detail: str

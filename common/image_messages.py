@@ -1,0 +1,85 @@
+"""Wire schemas of the image gallery (re-exported by common/messages.py)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated
+
+import msgspec
+
+from common.fields import (
+    ErrorBody,
+    HostIdField,
+    ImageNameField,
+    RequestId,
+    Sha256Field,
+    ShortText,
+    VmNameField,
+)
+
+
+class ImageState(StrEnum):
+    CAPTURING = "capturing"
+    AVAILABLE = "available"
+    FAILED = "failed"
+
+
+class ImageInfo(msgspec.Struct, kw_only=True):
+    name: str
+    version: int
+    os: str
+    format: str
+    size_bytes: int
+    sha256: str
+    """Empty for a built-in image the scheduler holds no copy of (hosts use their own)."""
+    state: ImageState
+    builtin: bool = False
+    source_vm: str | None = None
+    reason: str = ""
+    created_at: datetime
+
+
+class ListImages(msgspec.Struct, kw_only=True):
+    pass
+
+
+class UploadImage(msgspec.Struct, kw_only=True):
+    """Register an image whose bytes the caller put in the images object store under
+    ``sha256``; the scheduler checks them (a qcow2 or raw disk image, of that size)."""
+
+    name: ImageNameField
+    sha256: Sha256Field
+    size_bytes: Annotated[int, msgspec.Meta(gt=0)]
+    os: ShortText = "linux"
+    request_id: RequestId | None = None
+    format: str = ""
+    """Set by the scheduler from the bytes it checked (``qcow2`` or ``raw``)."""
+
+
+class ImageRef(msgspec.Struct, kw_only=True):
+    name: ImageNameField
+    request_id: RequestId | None = None
+
+
+class ImageCaptured(msgspec.Struct, kw_only=True):
+    """Agent -> scheduler: the OS disk of ``vm`` was flattened and stored (or ``error``)."""
+
+    image: ImageNameField
+    vm: VmNameField
+    host_id: HostIdField
+    sha256: str = ""
+    size_bytes: int = 0
+    format: str = "qcow2"
+    error: str = ""
+    request_id: RequestId | None = None
+
+
+class ImageReply(msgspec.Struct, omit_defaults=True):
+    image: ImageInfo | None = None
+    error: ErrorBody | None = None
+
+
+class ImageListReply(msgspec.Struct, omit_defaults=True):
+    images: list[ImageInfo] = []
+    error: ErrorBody | None = None
