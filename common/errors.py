@@ -34,3 +34,7 @@ class ApiError(StratusError):
         super().__init__(f"{code}: {detail}")
         self.code = code
         self.detail = detail
+
+
+class NetworkError(StratusError):
+    """A host could not build (or tear down) part of its guest networking."""
