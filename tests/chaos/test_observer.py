@@ -6,9 +6,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from common.messages import HostEvent, HostState, VmInfo, VmState
-from tests.chaos.faults import Fault, Kind
-from tests.chaos.load import Acked, Op
-from tests.chaos.observer import (
+from rigs.chaos.faults import Fault, Kind
+from rigs.chaos.load import Acked, Op
+from rigs.chaos.observer import (
     Replay,
     Row,
     acked_outcomes,

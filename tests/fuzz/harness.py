@@ -24,9 +24,9 @@ from nats.aio.msg import Msg
 from common import codec, messages as m, subjects
 from common.config import SchedulerConfig
 from common.natsserver import NatsServer
+from rigs.cluster import Cluster, Timings, overlapping_executions
 from scheduler.shell.app import SchedulerApp
 from tests.fuzz.cases import CAPTURE_REPORTS, VM_POOL, Case, Kind
-from tests.integration.cluster import Cluster, Timings, overlapping_executions
 
 T = TypeVar("T")
 

@@ -12,7 +12,7 @@ import pytest
 
 from cli.client import StratusClient
 from common.messages import CreateVm
-from tests.integration.cluster import Cluster
+from rigs.cluster import Cluster
 from tests.integration.helpers import wait_all_running, wait_hosts_up
 from tests.integration.test_console import Cli, finish, read_until
 from tests.integration.test_qemu import (

@@ -22,8 +22,8 @@ from schemathesis.core.result import Ok
 
 from common.config import SchedulerConfig
 from common.natsserver import NatsServer
+from rigs.cluster import FAST_TIMINGS, Cluster
 from scheduler.shell.app import SchedulerApp
-from tests.integration.cluster import FAST_TIMINGS, Cluster
 
 pytestmark = pytest.mark.integration
 

@@ -1,7 +1,7 @@
 """Tests and benchmarks talk only to loopback or to the network namespaces they create.
 
-A scan of every address literal in tests/, bench/ and scripts/: each must be on loopback, or
-in the range the chaos rig's namespaces are built from (tests/chaos/netns.py), or be listed
+A scan of every address literal in tests/, rigs/, bench/ and scripts/: each must be on loopback, or
+in the range the chaos rig's namespaces are built from (rigs/chaos/netns.py), or be listed
 below as text that is never dialled. A new address anywhere else fails here first.
 """
 
@@ -12,9 +12,9 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-SCANNED = ("tests", "bench", "scripts")
+SCANNED = ("tests", "rigs", "bench", "scripts")
 LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
-NETNS_RANGE = ipaddress.ip_network("10.213.0.0/16")  # tests/chaos/netns.py _BASE
+NETNS_RANGE = ipaddress.ip_network("10.213.0.0/16")  # rigs/chaos/netns.py _BASE
 NEVER_DIALLED = {
     # redact_url() is a pure string function; the address is only its input.
     ("tests/integration/test_nats_auth.py", "10.0.0.1"),

@@ -13,9 +13,9 @@ from pathlib import Path
 
 from common.messages import HostEvent, HostState, JobRejected, VmInfo, VmState
 from hostagent.__main__ import EXIT_HOST_ID_REFUSED
-from tests.chaos.faults import AGENT_SIDE, DEAD_AFTER_S, Fault, Kind, Violation
-from tests.chaos.load import SIZES, Acked, Op
-from tests.chaos.rig import CPU_MILLI, MEM_MIB
+from rigs.chaos.faults import AGENT_SIDE, DEAD_AFTER_S, Fault, Kind, Violation
+from rigs.chaos.load import SIZES, Acked, Op
+from rigs.chaos.rig import CPU_MILLI, MEM_MIB
 
 THAW_GRACE_S = 0.5
 """After SIGCONT an agent's first fence-watchdog pass pauses what it may no longer execute; the

@@ -19,11 +19,11 @@ from cli.client import StratusClient
 from common import codec, subjects
 from common.errors import ApiError
 from common.messages import HostState, VmInfo
-from tests.chaos import netns, observer
-from tests.chaos.faults import Fault, Injector, Violation, plan
-from tests.chaos.load import Acked, Load, Op
-from tests.chaos.rig import Rig
-from tests.waiting import wait_until
+from common.waiting import WaitTimeout, wait_until
+from rigs.chaos import netns, observer
+from rigs.chaos.faults import Fault, Injector, Violation, plan
+from rigs.chaos.load import Acked, Load, Op
+from rigs.chaos.rig import Rig
 
 CONVERGE_TIMEOUT_S = 90.0
 
@@ -139,7 +139,10 @@ async def run_campaign(settings: Settings) -> Report:
 async def _campaign(rig: Rig, nc: Client, settings: Settings, report: Report) -> None:
     client = StratusClient(nc, timeout_s=5.0)
     await wait_until(
-        lambda: _api_ready(client, settings.hosts), timeout_s=60, message="every host up"
+        lambda: _api_ready(client, settings.hosts),
+        timeout_s=60,
+        interval_s=0.02,
+        message="every host up",
     )
     report.faults = plan(random.Random(settings.seed), settings.faults, sorted(rig.agents))
     load = Load(nc, random.Random(settings.seed + 1))
@@ -176,7 +179,7 @@ async def _converge(rig: Rig, client: StratusClient, acked: list[Acked], report:
         await wait_until(
             converged, timeout_s=CONVERGE_TIMEOUT_S, interval_s=0.5, message="convergence"
         )
-    except AssertionError:
+    except WaitTimeout:
         report.violations += [Violation("not_converged", p) for p in last[:50]]
     report.converge_s = time.monotonic() - started
 
