@@ -24,6 +24,7 @@ from common.errors import DriverError
 from common.messages import VmSpec
 from common.waiting import poll
 from hostagent.accel import Accel
+from hostagent.drivers import seriallog
 
 READY_MARKER = b"STRATUS-READY"
 """Printed on the serial console by a guest that finished booting."""
@@ -204,8 +205,9 @@ async def wait_exit(pid: int, root: Path, timeout_s: float) -> bool:
 
 
 def read_serial(files: VmFiles) -> bytes:
+    """What ``serial.log`` keeps: its head (the boot) and its recent output (seriallog.py)."""
     try:
-        return files.serial.read_bytes()
+        return seriallog.read_kept(files.serial)
     except OSError:
         return b""
 
