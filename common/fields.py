@@ -54,7 +54,8 @@ class ErrorCode(StrEnum):
     INVALID_NETWORK = "invalid_network"
     """A network range the cluster cannot take (not an IPv4 network, too small or too large,
     overlapping another network), an address outside its network or reserved in it (network,
-    gateway, broadcast), a network in another region than the VM, or a bad ``allow`` range."""
+    gateway, broadcast), a network in another region than the VM, two NICs in one network, an
+    endpoint on a VM without a NIC, or a bad ``allow`` range."""
     ADDRESS_IN_USE = "address_in_use"
     """The address asked for is another VM's, or the public port asked for is taken on the
     VM's host."""

@@ -161,7 +161,7 @@ def test_an_address_asked_for_is_given() -> None:
         (on("front", "10.1.0.255"), ErrorCode.INVALID_NETWORK),
         (on("front", "10.1.0.300"), ErrorCode.INVALID_NETWORK),
         (on("nowhere"), ErrorCode.NOT_FOUND),
-        ([NicRequest(vnet="front"), NicRequest(vnet="front")], ErrorCode.INVALID_REQUEST),
+        ([NicRequest(vnet="front"), NicRequest(vnet="front")], ErrorCode.INVALID_NETWORK),
     ],
     ids=[
         "taken",
@@ -288,7 +288,7 @@ def test_endpoints_get_ports_from_the_pool_on_the_vms_host_and_answer_at_its_add
         (add("web-2", 22, 8080), ErrorCode.ADDRESS_IN_USE),
         (add("web-1", 80, 9090), ErrorCode.CONFLICT),
         (add("web-2", 22, allow=["203.0.113.7/24"]), ErrorCode.INVALID_NETWORK),
-        (add("plain", 22), ErrorCode.INVALID_REQUEST),
+        (add("plain", 22), ErrorCode.INVALID_NETWORK),
         (add("nobody", 22), ErrorCode.NOT_FOUND),
     ],
     ids=["port-taken-on-host", "other-spec-same-port", "bad-allow", "no-nic", "unknown-vm"],
