@@ -212,7 +212,7 @@ def plan_nics(
             return vm_error(ErrorCode.NOT_FOUND, detail)
         if any(plan.vnet.name == vnet.name for plan in plans):
             detail = f"two NICs in network {vnet.name!r}: a vm has one NIC per network"
-            return vm_error(ErrorCode.INVALID_REQUEST, detail)
+            return vm_error(ErrorCode.INVALID_NETWORK, detail)
         if vnet.region is not None and region not in (None, vnet.region):
             detail = f"network {vnet.name!r} is in region {vnet.region!r}, the vm in {region!r}"
             return vm_error(ErrorCode.INVALID_NETWORK, detail)
@@ -353,7 +353,7 @@ def _add_endpoint(
 ) -> VmName | VmReply:
     if not record.nics:
         detail = f"vm {record.name!r} has no NIC: an endpoint forwards to its first NIC"
-        return vm_error(ErrorCode.INVALID_REQUEST, detail)
+        return vm_error(ErrorCode.INVALID_NETWORK, detail)
     problem = allow_problem(body.allow)
     if problem is not None:
         return vm_error(ErrorCode.INVALID_NETWORK, problem)

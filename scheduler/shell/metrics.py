@@ -3,8 +3,9 @@
 Two kinds:
 
 - **Gauges computed at scrape time** from the cluster state (``ClusterCollector``): hosts and VMs
-  by state, capacity and allocation per region, heartbeat age, addresses used per network. Nothing on the hot path updates
-  them; a scrape reads the last committed state (scheduler/shell/readview.py).
+  by state, capacity and allocation per region, heartbeat age, addresses used per network.
+  Nothing on the hot path updates them; a scrape reads the last committed state
+  (scheduler/shell/readview.py).
 - **Histograms and counters fed by the actions** of each committed core step (the app calls
   ``observe`` before carrying them out): placement latency (pending → scheduled), failure
   detection (last heartbeat → host declared dead), recovery (host declared dead → each of its
