@@ -363,8 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_vm_commands(commands)
     _add_host_commands(commands)
     _add_storage_commands(commands)
+    netcmds.add_vnet_commands(commands, [_common_options(defaults=False)])
     common = [_common_options(defaults=False)]
-    netcmds.add_vnet_commands(commands, common)
     commands.add_parser("sizes", parents=common, help="list VM sizes").set_defaults(
         handler=verbs.sizes
     )

@@ -58,6 +58,19 @@ def test_bad_ports_are_refused(text: str) -> None:
         argtypes.port_pair(text)
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["vnet", "list", "-o", "json"],
+        ["vnet", "create", "front", "--cidr", "10.1.0.0/24", "--output", "json"],
+        ["vm", "endpoint", "list", "web-1", "-o", "json"],
+    ],
+    ids=["vnet-list", "vnet-create", "endpoint-list"],
+)
+def test_network_commands_take_the_global_options_after_the_verb(argv: list[str]) -> None:
+    assert build_parser().parse_args(argv).output == "json"
+
+
 def test_endpoint_add_options() -> None:
     args = build_parser().parse_args(
         ["vm", "endpoint", "add", "web-1", "--port", "8022:22", "--allow", "203.0.113.7",
