@@ -239,7 +239,9 @@ async def http(nats_server: NatsServer, tmp_path: Path) -> AsyncIterator[aiohttp
         await asyncio.wait_for(task, timeout=10)
 
 
-async def call(http: aiohttp.ClientSession, method: str, path: str, body: object = None) -> Any:
+async def call(
+    http: aiohttp.ClientSession, method: str, path: str, body: object = None
+) -> tuple[int, Any]:
     data = None if body is None else json.dumps(body)
     headers = {"Content-Type": "application/json"}
     async with http.request(method, path, data=data, headers=headers) as response:
@@ -265,7 +267,7 @@ async def test_networks_over_http_with_typed_errors(
             http, "POST", "/v1/vms",
             {"name": "web-1", "size": "Small", "nics": [{"vnet": "front", "ip": "10.1.0.7"}]},
         )  # fmt: skip
-        return status == 201 and body["vm"]["state"] != "pending"
+        return bool(status == 201 and body["vm"]["state"] != "pending")
 
     await wait_until(placed, timeout_s=15, message="web-1 placed on h1")
     status, body = await call(
