@@ -132,11 +132,19 @@ def due(ctx: StepContext, host: HostId, peers: PeerLists) -> list[AgentCommand]:
 
 def heartbeat(ctx: StepContext, host: HostId, digest: str) -> None:
     """A heartbeat reported the configuration ``digest`` applied: send the wanted one if it
-    differs (``ctx.send`` keeps a repeat to one per ``command_retry_s``)."""
+    differs (``ctx.send`` keeps a repeat to one per ``command_retry_s``).
+
+    A host whose reported digest changed to one that is not wanted lost what it had (its agent
+    restarted): the configuration goes at once, and the commands it may have dropped for want
+    of it (a start whose network was missing) go again right behind it, in this step."""
     runtime = ctx.state.runtimes.get(host)
+    previous = runtime.network_digest if runtime is not None else digest
     if runtime is not None:
         runtime.network_digest = digest
-    ctx.send(host, due(ctx, host, PeerLists(ctx.state)))
+    commands = due(ctx, host, PeerLists(ctx.state))
+    if commands and previous != digest:
+        ctx.forget_sent(host)
+    ctx.send(host, commands)
 
 
 def flush(ctx: StepContext, *, peers_too: bool) -> None:
