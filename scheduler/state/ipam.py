@@ -28,8 +28,21 @@ MAX_PREFIX = 29
 
 
 def ip_int(text: str) -> int:
-    """Dotted IPv4 as an int (``ValueError`` if it is not one)."""
-    return int(ipaddress.IPv4Address(text))
+    """Dotted IPv4 as an int (``ValueError`` if it is not one, as ``ipaddress`` says: four
+    decimal octets, no leading zeros). Parsed by hand: it runs for every NIC record indexed,
+    and ``ipaddress`` took 2 us of a placement decision's 40."""
+    parts = text.split(".")
+    if len(parts) != 4:
+        raise ValueError(f"{text!r} is not an IPv4 address")
+    value = 0
+    for part in parts:
+        if not part.isdigit() or not part.isascii() or len(part) > 3 or part[0] == "0" != part:
+            raise ValueError(f"{text!r} is not an IPv4 address")
+        octet = int(part)
+        if octet > 255:
+            raise ValueError(f"{text!r} is not an IPv4 address")
+        value = value << 8 | octet
+    return value
 
 
 def ip_text(value: int) -> str:

@@ -100,12 +100,13 @@ class NetIndex:
             if new_host is not None:
                 for nic in new_nics:
                     self._join(nic.vnet, new_host)
-        for port in held_ports(old):
-            assert old_host is not None
-            self._free_port(old_host, port, name)
-        for port in held_ports(new):
-            assert new_host is not None
-            self.ports.setdefault(new_host, {})[port] = name
+        if (old is not None and old.endpoints) or (new is not None and new.endpoints):
+            for port in held_ports(old):
+                assert old_host is not None
+                self._free_port(old_host, port, name)
+            for port in held_ports(new):
+                assert new_host is not None
+                self.ports.setdefault(new_host, {})[port] = name
         if old_host is not None:
             self.dirty_hosts.add(old_host)
         if new_host is not None:
