@@ -30,7 +30,7 @@ from bisect import bisect_left
 from common import codec
 from common.ids import HostId
 from common.messages import AgentCommand
-from common.network_messages import ConfigureNetworks, HostEndpoint, HostNetwork, NicLease
+from common.network_messages import ConfigureNetworks, HostEndpoint, HostNetwork
 from scheduler.core.context import StepContext
 from scheduler.state.cluster import ClusterState
 from scheduler.state.ipam import ip_text
@@ -72,14 +72,12 @@ class PeerLists:
 
 
 def desired(state: ClusterState, host: HostId, peers: PeerLists) -> ConfigureNetworks:
-    """The whole network configuration ``host`` should have, from the records."""
-    leases: dict[str, list[NicLease]] = {}
+    """The whole network configuration ``host`` should have, from the records (through the
+    index's leases and forwarding VMs of the host: no visit of every VM placed there)."""
+    net = state.net
     endpoints: list[HostEndpoint] = []
-    for name in state.by_host.get(host, ()):
+    for name in net.forwarding.get(host, ()):
         record = state.vms[name]
-        for nic in record.nics:
-            if nic.ip:
-                leases.setdefault(nic.vnet, []).append(NicLease(vm=name, mac=nic.mac, ip=nic.ip))
         first_ip = record.nics[0].ip if record.nics else ""
         endpoints += [
             HostEndpoint(
@@ -96,8 +94,8 @@ def desired(state: ClusterState, host: HostId, peers: PeerLists) -> ConfigureNet
     host_record = state.hosts.get(host)
     own = host_record.underlay_ip if host_record is not None else ""
     networks = []
-    for vnet in sorted(leases):
-        ipam = state.net.ipams.get(vnet)
+    for vnet, leased in sorted(net.leases.get(host, {}).items()):
+        ipam = net.ipams.get(vnet)
         record_of = state.vnets.get(vnet)
         if ipam is None or record_of is None:
             continue  # cannot happen: a network with VMs in it is never deleted
@@ -108,7 +106,7 @@ def desired(state: ClusterState, host: HostId, peers: PeerLists) -> ConfigureNet
                 cidr=record_of.cidr,
                 gateway=ip_text(ipam.gateway),
                 peers=peers.of(vnet, own),
-                leases=sorted(leases[vnet], key=lambda lease: lease.vm),
+                leases=[leased[name] for name in sorted(leased)],
             )
         )
     endpoints.sort(key=lambda e: (e.public_port, e.protocol, e.vm))

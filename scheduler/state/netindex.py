@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from common.ids import HostId, VmName
 from common.messages import VmState
+from common.network_messages import NicLease
 from scheduler.state.ipam import Ipam, ip_int
 from scheduler.state.model import VmRecord
 from scheduler.state.storage import EndpointRecord, NicRecord
@@ -63,6 +64,11 @@ class NetIndex:
         """Per network, its hosts and how many of their VMs have a NIC in it."""
         self.host_vnets: dict[HostId, Counter[str]] = {}
         self.ports: dict[HostId, dict[Port, VmName]] = {}
+        self.leases: dict[HostId, dict[str, dict[VmName, NicLease]]] = {}
+        """Per host and network, the DHCP leases of the VMs placed there (what a host's
+        configuration lists, kept here so that computing it does not visit every VM)."""
+        self.forwarding: dict[HostId, set[VmName]] = {}
+        """Per host, the VMs placed there with endpoints."""
         self.dirty_hosts: set[HostId] = set()
         self.dirty_vnets: set[str] = set()
 
@@ -96,21 +102,30 @@ class NetIndex:
         if old_host != new_host or old_nics != new_nics:
             if old_host is not None:
                 for nic in old_nics:
-                    self._leave(nic.vnet, old_host)
+                    self._leave(nic.vnet, old_host, name)
             if new_host is not None:
                 for nic in new_nics:
-                    self._join(nic.vnet, new_host)
+                    self._join(nic.vnet, new_host, name, nic)
         if (old is not None and old.endpoints) or (new is not None and new.endpoints):
-            for port in held_ports(old):
-                assert old_host is not None
-                self._free_port(old_host, port, name)
-            for port in held_ports(new):
-                assert new_host is not None
-                self.ports.setdefault(new_host, {})[port] = name
+            self._forwards(name, old, new)
         if old_host is not None:
             self.dirty_hosts.add(old_host)
         if new_host is not None:
             self.dirty_hosts.add(new_host)
+
+    def _forwards(self, name: VmName, old: NetShare | None, new: NetShare | None) -> None:
+        """The ports and forwarding VMs of a VM with endpoints, before and after."""
+        if old is not None and old.host is not None and old.endpoints:
+            forwarders = self.forwarding[old.host]
+            forwarders.discard(name)
+            if not forwarders:
+                del self.forwarding[old.host]
+            for port in held_ports(old):
+                self._free_port(old.host, port, name)
+        if new is not None and new.host is not None and new.endpoints:
+            self.forwarding.setdefault(new.host, set()).add(name)
+            for port in held_ports(new):
+                self.ports.setdefault(new.host, {})[port] = name
 
     def _addresses(self, nics: tuple[NicRecord, ...], sign: int) -> None:
         for nic in nics:
@@ -121,14 +136,24 @@ class NetIndex:
             if nic.ip and ipam is not None:
                 (ipam.take if sign > 0 else ipam.release)(ip_int(nic.ip))
 
-    def _join(self, vnet: str, host: HostId) -> None:
+    def _join(self, vnet: str, host: HostId, name: VmName, nic: NicRecord) -> None:
         hosts = self.members.setdefault(vnet, Counter())
         if hosts[host] == 0:
             self.dirty_vnets.add(vnet)
         hosts[host] += 1
         self.host_vnets.setdefault(host, Counter())[vnet] += 1
+        if nic.ip:
+            lease = NicLease(vm=name, mac=nic.mac, ip=nic.ip)
+            self.leases.setdefault(host, {}).setdefault(vnet, {})[name] = lease
 
-    def _leave(self, vnet: str, host: HostId) -> None:
+    def _leave(self, vnet: str, host: HostId, name: VmName) -> None:
+        by_vnet = self.leases.get(host, {})
+        leased = by_vnet.get(vnet, {})
+        leased.pop(name, None)
+        if not leased:
+            by_vnet.pop(vnet, None)
+            if not by_vnet:
+                self.leases.pop(host, None)
         hosts = self.members[vnet]
         hosts[host] -= 1
         if hosts[host] <= 0:
@@ -166,6 +191,8 @@ class NetIndex:
             ("members", self.members, other.members),
             ("host networks", self.host_vnets, other.host_vnets),
             ("ports", self.ports, other.ports),
+            ("leases", self.leases, other.leases),
+            ("forwarding", self.forwarding, other.forwarding),
         ):
             if a != b:
                 problems.append(f"{label}: {a} != {b}")
