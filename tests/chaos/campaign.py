@@ -27,7 +27,7 @@ from tests.chaos.rig import Rig
 from tests.waiting import wait_until
 
 CONVERGE_TIMEOUT_S = 90.0
-VNET, VNET_CIDR = "chaos", "10.77.0.0/16"
+VNET, VNET_CIDR = "chaos", "10.14.0.0/16"
 """The network some of the load's VMs have a NIC in."""
 
 

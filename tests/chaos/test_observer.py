@@ -147,7 +147,7 @@ def test_a_duplicate_that_was_not_refused_or_executed_is_a_violation(tmp_path: P
 
 
 def nic_event(seq: int, name: str, ip: str, state: VmState = VmState.RUNNING) -> VmEvent:
-    nic = NicInfo(vnet="net", ip=ip, mac="52:54:00:00:00:01", prefix_len=16, gateway="10.77.0.1")
+    nic = NicInfo(vnet="net", ip=ip, mac="52:54:00:00:00:01", prefix_len=16, gateway="10.14.0.1")
     return VmEvent(
         seq=seq,
         time=datetime.now(UTC),
@@ -161,13 +161,13 @@ def nic_event(seq: int, name: str, ip: str, state: VmState = VmState.RUNNING) ->
 
 def test_an_address_held_twice_or_changed_is_caught_and_a_released_one_may_be_reused() -> None:
     fine = [
-        nic_event(1, "a", "10.77.0.2"),
-        nic_event(2, "a", "10.77.0.2"),  # another generation, the same address
+        nic_event(1, "a", "10.14.0.2"),
+        nic_event(2, "a", "10.14.0.2"),  # another generation, the same address
         nic_event(3, "a", "", VmState.DELETED),
-        nic_event(4, "b", "10.77.0.2"),  # released, reused
+        nic_event(4, "b", "10.14.0.2"),  # released, reused
     ]
     assert address_violations(fine) == []
-    shared = [nic_event(1, "a", "10.77.0.2"), nic_event(2, "b", "10.77.0.2")]
+    shared = [nic_event(1, "a", "10.14.0.2"), nic_event(2, "b", "10.14.0.2")]
     assert [v.kind for v in address_violations(shared)] == ["address_shared"]
-    moved = [nic_event(1, "a", "10.77.0.2"), nic_event(2, "a", "10.77.0.3")]
+    moved = [nic_event(1, "a", "10.14.0.2"), nic_event(2, "a", "10.14.0.3")]
     assert [v.kind for v in address_violations(moved)] == ["address_changed"]
