@@ -141,6 +141,7 @@ function applyVm(event) {
     Object.assign(vm, {
       state: event.state, host: event.host, generation: event.generation,
       reason: event.reason, updated_at: event.time,
+      nics: event.nics || vm.nics, endpoints: event.endpoints || vm.endpoints,
     });
   }
   refreshSoon(); // host allocations follow placements and releases
@@ -283,9 +284,18 @@ function renderVms(vms) {
     element("td", { textContent: vm.host || "–" }),
     element("td", { textContent: regionOf(vm) || "any" }),
     element("td", { textContent: String(vm.generation) }),
+    element("td", { class: "network", textContent: networkOf(vm) }),
     element("td", { class: "reason", textContent: vm.reason }),
     element("td", { class: "actions" }, ...vmActions(vm))));
-  fill("#vms tbody", rows, 8, "no VMs");
+  fill("#vms tbody", rows, 9, "no VMs");
+}
+
+// The first NIC's network and address ("front 10.1.0.2"), "–" without one.
+function networkOf(vm) {
+  const nics = vm.nics || [];
+  if (!nics.length) return "–";
+  const more = nics.length > 1 ? ` +${nics.length - 1}` : "";
+  return `${nics[0].vnet} ${nics[0].ip || "(no address yet)"}${more}`;
 }
 
 function vmActions(vm) {
@@ -349,6 +359,7 @@ $("#create-form").addEventListener("submit", async (event) => {
   if (form.get("image")) body.image = form.get("image");
   if (form.get("region")) body.region = form.get("region");
   if (form.get("availability_set").trim()) body.availability_set = form.get("availability_set").trim();
+  if (form.get("vnet")) body.nics = [{ vnet: form.get("vnet") }];
   const result = $("#create-result");
   try {
     const reply = await api("POST", "/v1/vms", body);
