@@ -72,6 +72,8 @@ READ_API = [
     subjects.SIZES_LIST,
     subjects.IMAGE_LIST,
     subjects.USAGE_GET,
+    subjects.VNET_GET,
+    subjects.VNET_LIST,
 ]
 
 

@@ -9,7 +9,10 @@ import pytest
 
 from cli.main import main
 from cli.natsconfig import generate, public_key, role_permissions
+from common import subjects
 from common.errors import ConfigError
+from scheduler.shell.api import MUTATIONS, is_read
+from tests.unit.test_api_parity import api_subjects
 
 
 def test_writes_a_seed_per_role_and_host_readable_only_by_the_owner(tmp_path: Path) -> None:
@@ -67,6 +70,15 @@ def test_dashboard_and_publisher_never_touch_hosts_or_publish_events() -> None:
         perms = role_permissions(role)
         assert not [s for s in perms.publish if s.startswith(("stratus.host", "stratus.events"))]
     assert "stratus.api.vm.create" not in role_permissions("dashboard").publish
+
+
+def test_dashboards_read_every_read_only_subject_and_change_nothing() -> None:
+    """Every read-only API subject (those the scheduler answers at once from its read view) is
+    a dashboard's, and no mutation is (networks included)."""
+    allowed = set(role_permissions("dashboard").publish)
+    reads = {s for s in api_subjects() if is_read(s)} | {subjects.USAGE_GET}
+    assert reads <= allowed, reads - allowed
+    assert not set(MUTATIONS) & allowed
 
 
 def test_bad_host_ids_and_unknown_roles_are_refused(tmp_path: Path) -> None:
