@@ -73,6 +73,15 @@ MAX_BATCH = 2048
 JOB_FETCH = 256
 
 
+async def prepare_cluster(js: JetStreamContext, config: SchedulerConfig) -> list[BuiltinImage]:
+    """Create or update the streams (replicas from the config) and store the built-in images'
+    bytes; the built-in images. Idempotent. Stream updates and object-store reads need the
+    streams' (and the JetStream meta) leaders: a standby does this once, before it may lead,
+    so that a takeover while a NATS node is frozen does not wait for their re-election."""
+    await ensure_streams(js, config.replicas)
+    return await gallery.prepare(js, config)
+
+
 @dataclass(frozen=True, slots=True)
 class _Target:
     """Where the answer to a token goes: a request's reply inbox, a job to ack, or a future
@@ -85,9 +94,18 @@ class _Target:
 
 class SchedulerApp:
     def __init__(
-        self, config: SchedulerConfig, *, clock: Clock | None = None, term: Term | None = None
+        self,
+        config: SchedulerConfig,
+        *,
+        clock: Clock | None = None,
+        term: Term | None = None,
+        prepared: list[BuiltinImage] | None = None,
     ) -> None:
         self.config = config
+        self.prepared = prepared
+        """The built-in images, when the streams and the gallery were prepared already (by a
+        standby, before it took over): a term then starts without any JetStream call but its
+        state log appends (see ``prepare_cluster``)."""
         self.clock = clock or SystemClock()
         # HA hook: the term of office (scheduler/term.py): may act? epoch? state log.
         self.term = term or SoloTerm(config.tick_s, config.heartbeat_interval_s)
@@ -184,7 +202,7 @@ class SchedulerApp:
     async def _serve(self, nc: Client, store: SqliteStore) -> None:
         assert self.core is not None
         js = nc.jetstream()
-        builtins = await self._prepare(js)
+        builtins = self.prepared if self.prepared is not None else await self._prepare(js)
         # Start judging hosts only now that heartbeats can arrive: a fresh window for all.
         started = self.core.start(self.now(), builtins)
         await self._commit(store, started)
@@ -217,8 +235,7 @@ class SchedulerApp:
 
         @retry_while_nats_down("jetstream not ready")
         async def prepare() -> list[BuiltinImage]:
-            await ensure_streams(js, self.config.replicas)  # HA: replicas from config
-            return await gallery.prepare(js, self.config)
+            return await prepare_cluster(js, self.config)
 
         return await prepare()
 
