@@ -2,7 +2,10 @@
 
 Roles and what each may do (subjects of common/subjects.py):
 
-- ``scheduler`` and ``admin``: everything.
+- ``scheduler``: everything. ``admin``: everything but writing the leader lease
+  (``$KV.STRATUS_LEADER.>``), the state log (``stratus.state.log``) and the state snapshots
+  (``$O.STRATUS_STATE_SNAP.>``), or updating, deleting or purging their streams: only
+  schedulers write the control plane's own state.
 - ``host-<id>``: publish its own heartbeats (``stratus.host.<id>.hb``) and capture reports
   (``stratus.host.<id>.captured``), receive its own commands (``stratus.host.<id>.cmd``) and its
   own reply inboxes (``_INBOX_<id>.>``), read and write the images object store (a captured
@@ -62,6 +65,25 @@ IMAGES_READ = [
 ]
 IMAGES_WRITE = [f"$O.{subjects.IMAGES_BUCKET}.>"]
 """Put objects; purging the store (deleting image bytes) is the scheduler's and admins' only."""
+CONTROL_PLANE_STREAMS = (
+    f"KV_{subjects.LEASE_BUCKET}",
+    subjects.STATE_STREAM,
+    f"OBJ_{subjects.SNAPSHOT_BUCKET}",
+)
+CONTROL_PLANE_WRITES = (
+    f"$KV.{subjects.LEASE_BUCKET}.>",
+    subjects.STATE_SUBJECT,
+    f"$O.{subjects.SNAPSHOT_BUCKET}.>",
+    *(
+        f"$JS.API.STREAM.{operation}.{stream}"
+        for stream in CONTROL_PLANE_STREAMS
+        for operation in ("UPDATE", "DELETE", "PURGE", "MSG.DELETE")
+    ),
+)
+"""The leader lease, the state log and its snapshots: written by the scheduler role alone. An
+admin may read them but not write: a lease key rewritten, or a record appended to the log, by
+anyone but the leader would let two schedulers act at once or put a foreign batch into every
+standby's store. (Other roles may not touch them at all.)"""
 CONSOLE_READ = [subjects.console_tail("*", "*")]
 CONSOLE_WRITE = [subjects.console_input("*", "*")]
 CONSOLE_FOLLOW = subjects.console_output("*", "*")
@@ -88,8 +110,10 @@ def role_permissions(role: str, public_key: str = "") -> Permissions:
     """The subjects a role may publish to and subscribe to (``host-<id>`` for an agent). A
     publisher's or dashboard's replies come only to the inboxes of its key (``public_key``);
     clients of ours connect with that prefix (common/natsauth.py ``inbox_prefix``)."""
-    if role in ("scheduler", "admin"):
+    if role == "scheduler":
         return Permissions([">"], [">"])
+    if role == "admin":
+        return Permissions([">"], [">"], deny_publish=CONTROL_PLANE_WRITES)
     inbox = f"{key_inbox_prefix(public_key)}.>"
     if role == "publisher":
         publish = [subjects.API_WILDCARD, subjects.JOBS_WILDCARD, *EVENTS_READ, *IMAGES_READ]

@@ -1,13 +1,14 @@
 """Every role tries every action it must not do, against a real nats-server running the config
 ``stratus nats-config`` writes, and each attempt is refused (and changes nothing).
 
-Kinds of attempt: publishing where the role may not (seen by an observer holding ``>``), reading
-subjects it may not (another client's reply inboxes, the scheduler's job fetches, API requests,
-other hosts' commands), purging the images object store, and creating a JetStream consumer,
-which a role could point at a subject it cannot publish to (nats-server does not check a push
-consumer's deliver subject against its creator's permissions, nats-io/nats-server#8274): with
-the images store, uploaded bytes delivered to ``stratus.host.<id>.cmd`` would be taken as a
-host's commands."""
+Kinds of attempt: writing the control plane's own state (the leader lease, the state log, its
+snapshots: the scheduler role's alone, not even an admin's), publishing where the role may not
+(seen by an observer holding ``>``), reading subjects it may not (another client's reply
+inboxes, the scheduler's job fetches, API requests, other hosts' commands), purging the images
+object store, and creating a JetStream consumer, which a role could point at a subject it
+cannot publish to (nats-server does not check a push consumer's deliver subject against its
+creator's permissions, nats-io/nats-server#8274): with the images store, uploaded bytes
+delivered to ``stratus.host.<id>.cmd`` would be taken as a host's commands."""
 
 from __future__ import annotations
 
@@ -29,18 +30,34 @@ from common import subjects
 from common.imagestore import image_bucket
 from common.natsserver import start_nats_server
 from common.streams import ensure_streams
+from scheduler.shell.leader import LEASE_KEY, lease_bucket
+from scheduler.shell.statelog import SNAPSHOT_OBJECT, ensure_state_log, snapshot_bucket
 from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 HOSTS = ["ha", "hb"]
-ROLES = ["publisher", "dashboard", "host-ha"]
+ROLES = ["publisher", "dashboard", "host-ha", "admin"]
 EVENTS, JOBS = subjects.EVENTS_STREAM, subjects.JOBS_STREAM
 MARKER = {  # a subject each role may publish to: once seen, earlier denied ones would be too
     "publisher": subjects.VM_CREATE,
     "dashboard": subjects.VM_LIST,
     "host-ha": subjects.host_heartbeat("ha"),
+    "admin": subjects.VM_LIST,
 }
+LEASE_STREAM = f"KV_{subjects.LEASE_BUCKET}"
+SNAP_STREAM = f"OBJ_{subjects.SNAPSHOT_BUCKET}"
+CONTROL_PLANE = [  # only the scheduler role writes the lease, the state log and its snapshots
+    f"$KV.{subjects.LEASE_BUCKET}.{LEASE_KEY}",
+    subjects.STATE_SUBJECT,
+    f"$O.{subjects.SNAPSHOT_BUCKET}.C.x",
+    f"$O.{subjects.SNAPSHOT_BUCKET}.M.bGF0ZXN0",
+    f"$JS.API.STREAM.PURGE.{LEASE_STREAM}",
+    f"$JS.API.STREAM.UPDATE.{LEASE_STREAM}",
+    f"$JS.API.STREAM.DELETE.{subjects.STATE_STREAM}",
+    f"$JS.API.STREAM.MSG.DELETE.{subjects.STATE_STREAM}",
+    f"$JS.API.STREAM.PURGE.{SNAP_STREAM}",
+]
 ALWAYS_DENIED = [
     subjects.host_commands("ha"),
     subjects.host_commands("hb"),
@@ -59,7 +76,9 @@ ALWAYS_DENIED = [
     f"$JS.API.CONSUMER.MSG.NEXT.{JOBS}.{subjects.JOBS_CONSUMER}",
     subjects.console_output("hb", "web"),
     subjects.console_tail("ha", "web") + ".x",
+    *CONTROL_PLANE,
 ]
+HOLDER = b'{"node": "n1", "scheduler_id": "n1"}'
 FORGED_OUTPUT = subjects.console_output("ha", "web")
 PUBLISH_DENIED = {
     "publisher": [*ALWAYS_DENIED, FORGED_OUTPUT],
@@ -84,6 +103,7 @@ PUBLISH_DENIED = {
         subjects.console_input("hb", "web"),
         subjects.console_tail("hb", "web"),
     ],
+    "admin": CONTROL_PLANE,
 }
 SUBSCRIBE_DENIED = {  # (subscription, a subject the observer then publishes on it)
     "publisher": [
@@ -109,6 +129,7 @@ SUBSCRIBE_DENIED = {  # (subscription, a subject the observer then publishes on 
         (subjects.console_tail("hb", "*"), subjects.console_tail("hb", "web")),
         (subjects.console_output("hb", "*"), subjects.console_output("hb", "web")),
     ],
+    "admin": [],
 }
 
 
@@ -138,6 +159,11 @@ async def setup(tmp_path: Path, nats_server: object) -> AsyncIterator[Setup]:
         await ensure_streams(js)
         bucket = await image_bucket(js)
         await bucket.put("victim", b'{"host_id": "ha", "commands": []}')
+        await ensure_state_log(js, 1)
+        kv = await lease_bucket(js, lease_s=3600.0, replicas=1)
+        await kv.put(LEASE_KEY, HOLDER)
+        await js.publish(subjects.STATE_SUBJECT, b"batch")
+        await (await snapshot_bucket(js)).put(SNAPSHOT_OBJECT, b"snapshot")
         seen: list[str] = []
 
         async def on_msg(msg: Msg) -> None:
@@ -214,6 +240,31 @@ async def _attempt_subscribes(setup: Setup, name: str) -> int:
     return len(SUBSCRIBE_DENIED[name])
 
 
+async def _attempt_control_plane_writes(setup: Setup, name: str) -> int:
+    """Through JetStream as a client would: forge the lease, append to the state log, replace
+    the snapshot, purge or delete their streams. Each refused; the observer finds all as was."""
+    js = setup.roles[name].nc.jetstream(timeout=1.0)
+    forged = b'{"node": "forged", "scheduler_id": "forged"}'
+    attempts = [
+        js.publish(f"$KV.{subjects.LEASE_BUCKET}.{LEASE_KEY}", forged),
+        js.publish(subjects.STATE_SUBJECT, b"forged", headers={"Nats-Expected-Last-Sequence": "1"}),
+        js.publish(f"$O.{subjects.SNAPSHOT_BUCKET}.C.forged", b"forged"),
+        js.purge_stream(subjects.STATE_STREAM),
+        js.purge_stream(LEASE_STREAM),
+        js.delete_stream(LEASE_STREAM),
+        js.delete_msg(subjects.STATE_STREAM, 1),
+    ]
+    results = await asyncio.gather(*attempts, return_exceptions=True)
+    assert all(isinstance(r, nats.errors.Error | TimeoutError) for r in results), (name, results)
+    observer = setup.observer.jetstream()
+    entry = await (await observer.key_value(subjects.LEASE_BUCKET)).get(LEASE_KEY)
+    assert entry.value == HOLDER, name
+    assert (await observer.stream_info(subjects.STATE_STREAM)).state.messages == 1, name
+    snapshot = await (await snapshot_bucket(observer)).get(SNAPSHOT_OBJECT)
+    assert snapshot.data == b"snapshot", name
+    return len(attempts)
+
+
 async def _attempt_consumers_and_purge(setup: Setup, name: str) -> int:
     """A push consumer delivering into another host's commands or the API, a pull consumer, and
     a purge of the images store: each refused, and nothing exists or changed afterwards."""
@@ -240,7 +291,9 @@ async def test_every_role_is_refused_every_action_it_must_not_do(setup: Setup) -
     for name in ROLES:
         attempts += await _attempt_publishes(setup, name)
         attempts += await _attempt_subscribes(setup, name)
-        attempts += await _attempt_consumers_and_purge(setup, name)
+        attempts += await _attempt_control_plane_writes(setup, name)
+        if name != "admin":  # an admin may manage consumers and the images store
+            attempts += await _attempt_consumers_and_purge(setup, name)
     assert attempts >= 50, attempts
     print(f"{attempts} forbidden attempts, all refused")
 
