@@ -1,10 +1,12 @@
 """Chaos, long mode: the fault-injection campaign of tests/chaos with >= 1,000 faults.
 
-A real cluster (nats-server with JetStream on disk, the scheduler, 4 agents each in its own
-network namespace) under a load of creates and deletes, while seeded faults hit it: kill -9 of
-an agent, the scheduler or nats-server, a graceful NATS restart, SIGSTOP/SIGCONT of an agent,
-one-way and two-way partitions. The observer's verdict and the counts land in
-bench/results/chaos.json. Needs root (namespaces); exits 1 on any violation.
+A real cluster (nats-server with JetStream on disk, a leading and a standby scheduler, 4 agents
+each in its own network namespace) under a load of creates and deletes, while seeded faults hit
+it: kill -9 of an agent, of the leader or of both schedulers, or of nats-server, a graceful NATS
+restart, SIGSTOP/SIGCONT of an agent, of the leader or of nats-server (shorter and longer than
+dead_after_s), one-way and two-way partitions, a duplicate host id, a second scheduler started
+by mistake. The observer's verdict and the counts land in bench/results/chaos.json (see
+docs/chaos.md). Needs root (namespaces); exits 1 on any violation.
 
     .venv/bin/python -m bench chaos --faults 1000 [--seed N]
 """
@@ -24,14 +26,15 @@ import uvloop
 from bench.harness import machine, write_result
 from tests.chaos import netns
 from tests.chaos.campaign import Report, Settings, run_campaign
-from tests.chaos.rig import TIMINGS
+from tests.chaos.rig import LEASE_S, SCHEDULERS, TIMINGS
 
 
 def result_of(report: Report) -> dict[str, Any]:
     return {
         "seed": report.seed,
         "replay": f"python -m bench chaos --faults {len(report.faults)} --seed {report.seed}",
-        "timings": TIMINGS,
+        "timings": {**TIMINGS, "lease_s": LEASE_S},
+        "schedulers": len(SCHEDULERS),
         "faults": len([f for f in report.faults if f.start]),
         "faults_by_kind": report.faults_by_kind(),
         "requests_acked_by_kind": dict(sorted(report.acked.items())),

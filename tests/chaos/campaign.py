@@ -9,16 +9,20 @@ import contextlib
 import random
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import msgspec
 import nats
 from nats.aio.client import Client
+from nats.errors import Error as NatsError
 
 from cli.client import StratusClient
 from common import codec, subjects
 from common.errors import ApiError
 from common.messages import HostState, VmInfo
+from scheduler.shell.leader import LEASE_BUCKET, LEASE_KEY, LeaseHolder
 from tests.chaos import netns, observer
 from tests.chaos.faults import Fault, Injector, Violation, plan
 from tests.chaos.load import Acked, Load, Op
@@ -102,6 +106,21 @@ async def read_events(nc: Client) -> list[object]:
         await sub.unsubscribe()
 
 
+def leader_finder(rig: Rig, nc: Client) -> Callable[[], Awaitable[str | None]]:
+    """Which of the rig's schedulers holds the lease (None: nobody, or NATS does not answer)."""
+
+    async def leader() -> str | None:
+        try:
+            kv = await nc.jetstream(timeout=1.0).key_value(LEASE_BUCKET)
+            entry = await kv.get(LEASE_KEY)
+            node = msgspec.json.decode(entry.value or b"", type=LeaseHolder).node
+        except (NatsError, TimeoutError, msgspec.DecodeError):
+            return None
+        return next((name for name in rig.scheduler_names if rig.node_of(name) == node), None)
+
+    return leader
+
+
 async def final_vms(client: StratusClient) -> dict[str, VmInfo]:
     return {vm.name: vm for vm in await client.list_vms()}
 
@@ -143,7 +162,7 @@ async def _campaign(rig: Rig, nc: Client, settings: Settings, report: Report) ->
     )
     report.faults = plan(random.Random(settings.seed), settings.faults, sorted(rig.agents))
     load = Load(nc, random.Random(settings.seed + 1))
-    injector = Injector(rig, progress_every=settings.progress_every)
+    injector = Injector(rig, leader=leader_finder(rig, nc), progress_every=settings.progress_every)
     async with asyncio.TaskGroup() as group:
         load_task = group.create_task(load.run())
         try:
@@ -188,6 +207,7 @@ async def _judge(rig: Rig, nc: Client, client: StratusClient, load: Load, report
     report.violations += replay.violations
     report.violations += observer.destroyed_during_nats_outages(rows, report.faults, load.acked)
     report.violations += observer.duplicates_refused(report.faults, rig.duplicate_dir)
+    report.violations += observer.mistakes_stood_by(report.faults, rig.mistake_log)
     events = await read_events(nc)
     report.violations += observer.healthy_hosts_declared_dead(events, report.faults)
     report.violations += observer.acked_outcomes(load.acked, await final_vms(client), events)

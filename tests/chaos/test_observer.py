@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import random
 from datetime import UTC, datetime
 from pathlib import Path
 
 from common.messages import HostEvent, HostState, VmInfo, VmState
-from tests.chaos.faults import Fault, Kind
+from tests.chaos.faults import DEAD_AFTER_S, ON_A_HOST, Fault, Kind, plan
 from tests.chaos.load import Acked, Op
 from tests.chaos.observer import (
     Replay,
@@ -16,6 +17,7 @@ from tests.chaos.observer import (
     destroyed_during_nats_outages,
     duplicates_refused,
     healthy_hosts_declared_dead,
+    mistakes_stood_by,
 )
 
 SIZES = {"a": "Small", "b": "Small"}
@@ -142,3 +144,51 @@ def test_a_duplicate_that_was_not_refused_or_executed_is_a_violation(tmp_path: P
     (tmp_path / "0" / "h1" / "executions.jsonl").write_text("")
     found = duplicates_refused([refused, lingering, executed], lambda i: tmp_path / str(i))
     assert sorted(v.kind for v in found) == ["duplicate_executed", "duplicate_not_refused"]
+
+
+def test_a_vm_removed_while_nats_is_frozen_is_caught() -> None:
+    frozen = [fault(Kind.NATS_STOP_LONG, None, 10.0, 14.0)]
+    found = destroyed_during_nats_outages([Row(13.0, "h1", "a", 1, "stop")], frozen)
+    assert [v.kind for v in found] == ["removed_during_nats_outage"]
+
+
+def test_stalls_of_nats_or_of_the_scheduler_excuse_no_host_declared_dead() -> None:
+    stalls = [
+        fault(Kind.NATS_STOP_LONG, None, 10.0, 14.0),
+        fault(Kind.SCHEDULER_STOP_LONG, None, 20.0, 24.0),
+        fault(Kind.LEADER_KILL, None, 30.0, 32.0),
+    ]
+    downs = [host_down("h1", 13.0), host_down("h2", 25.0), host_down("h3", 31.0)]
+    found = healthy_hosts_declared_dead(downs, stalls)
+    assert [v.kind for v in found] == ["healthy_host_declared_dead"] * 3
+
+
+def test_a_mistaken_scheduler_must_stand_by_and_never_lead(tmp_path: Path) -> None:
+    faults = [fault(Kind.SECOND_SCHEDULER, None, 1.0, 5.0) for _ in range(3)]
+    for index, f in enumerate(faults):
+        f.index = index
+    logs = {
+        0: "scheduler standby node=a\n",
+        1: "scheduler standby node=b\nleader lease won\nscheduler leading epoch=9\n",
+        2: "store loaded\n",
+    }
+    for index, text in logs.items():
+        (tmp_path / f"{index}.log").write_text(text)
+    found = mistakes_stood_by(faults, lambda i: tmp_path / f"{i}.log")
+    assert [v.kind for v in found] == ["mistaken_scheduler_led", "mistaken_scheduler_not_standby"]
+
+
+def test_a_ci_sized_plan_tries_every_kind_and_the_same_seed_gives_the_same_plan() -> None:
+    hosts = ["h1", "h2", "h3", "h4"]
+    first = plan(random.Random(6), 50, hosts)
+    assert {f.kind for f in first} == set(Kind)
+    again = plan(random.Random(6), 50, hosts)
+    assert [(f.kind, f.host, f.hold_s) for f in first] == [
+        (f.kind, f.host, f.hold_s) for f in again
+    ]
+    for f in first:
+        assert (f.host is not None) == (f.kind in ON_A_HOST)
+        if f.kind in (Kind.NATS_STOP_LONG, Kind.SCHEDULER_STOP_LONG, Kind.AGENT_STOP_LONG):
+            assert f.hold_s > DEAD_AFTER_S
+        if f.kind in (Kind.NATS_STOP_SHORT, Kind.SCHEDULER_STOP_SHORT):
+            assert f.hold_s < DEAD_AFTER_S
