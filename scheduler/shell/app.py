@@ -7,7 +7,6 @@ event publisher. Callbacks only decode and enqueue; nothing but the core loop mu
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import uuid
@@ -24,7 +23,6 @@ from common.clock import Clock, SystemClock
 from common.config import SchedulerConfig
 from common.messages import CreateVm, HostCommands, HostRef, HostReply, VmRef, VmReply
 from common.natsauth import auth_options, inbox_options, nats_servers, redact_url
-from common.streams import ensure_streams
 from common.usage_messages import UsageQuery, UsageReply
 from scheduler.core.contract import (
     Ack,
@@ -60,7 +58,7 @@ from scheduler.shell.jobs import run_jobs
 from scheduler.shell.metrics import Observer, SchedulerMetrics
 from scheduler.shell.readview import ReadView, Snapshot, snapshot
 from scheduler.shell.retry import retry_while_nats_down
-from scheduler.shell.stopping import cancel_until_done
+from scheduler.shell.stopping import cancel_until_done, close_connection
 from scheduler.shell.store import Batch, Rows, SqliteStore, encode_batch
 from scheduler.shell.term import SoloTerm, Term
 from scheduler.state.cluster import ClusterState
@@ -71,15 +69,6 @@ log = logging.getLogger(__name__)
 MAX_BATCH = 2048
 """Most inputs handled by one core step (and so one commit)."""
 JOB_FETCH = 256
-
-
-async def prepare_cluster(js: JetStreamContext, config: SchedulerConfig) -> list[BuiltinImage]:
-    """Create or update the streams (replicas from the config) and store the built-in images'
-    bytes; the built-in images. Idempotent. Stream updates and object-store reads need the
-    streams' (and the JetStream meta) leaders: a standby does this once, before it may lead,
-    so that a takeover while a NATS node is frozen does not wait for their re-election."""
-    await ensure_streams(js, config.replicas)
-    return await gallery.prepare(js, config)
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,8 +154,7 @@ class SchedulerApp:
             try:
                 await self._serve(nc, store)
             finally:
-                with contextlib.suppress(Exception):
-                    await nc.drain()
+                await close_connection(nc)
         finally:
             await store.close()
 
@@ -235,7 +223,7 @@ class SchedulerApp:
 
         @retry_while_nats_down("jetstream not ready")
         async def prepare() -> list[BuiltinImage]:
-            return await prepare_cluster(js, self.config)
+            return await gallery.prepare_cluster(js, self.config)
 
         return await prepare()
 
@@ -322,6 +310,8 @@ class SchedulerApp:
         if not msg.reply:
             log.warning("api request without reply inbox dropped subject=%s", msg.subject)
             return
+        if not self.term.may_act():
+            return  # a deposed or frozen-then-thawed leader stays silent: its view is stale
         if is_read(msg.subject):
             await msg.respond(self.read(msg.subject, msg.data))
             return

@@ -32,7 +32,7 @@ from common.imagestore import (
     put_image,
     read_image_head,
 )
-from common.streams import ensure_replicas
+from common.streams import ensure_replicas, ensure_streams
 from scheduler.core.contract import BuiltinImage, Mutation
 from scheduler.core.images import object_unused
 from scheduler.state.storage import ImageRecord
@@ -47,6 +47,15 @@ def _in_background(coro: object, name: str) -> None:
     task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro, name=name)
     _background.add(task)
     task.add_done_callback(_background.discard)
+
+
+async def prepare_cluster(js: JetStreamContext, config: SchedulerConfig) -> list[BuiltinImage]:
+    """Create or update the streams (replicas from the config) and store the built-in images'
+    bytes; the built-in images. Idempotent. Stream updates and object-store reads need the
+    streams' (and the JetStream meta) leaders: a standby does this once, before it may lead,
+    so that a takeover while a NATS node is frozen does not wait for their re-election."""
+    await ensure_streams(js, config.replicas)
+    return await prepare(js, config)
 
 
 async def prepare(js: JetStreamContext, config: SchedulerConfig) -> list[BuiltinImage]:

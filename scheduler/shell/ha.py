@@ -34,7 +34,8 @@ from common.config import SchedulerConfig
 from common.errors import StratusError
 from common.natsauth import auth_options, nats_servers
 from scheduler.core.contract import BuiltinImage
-from scheduler.shell.app import SchedulerApp, prepare_cluster
+from scheduler.shell.app import SchedulerApp
+from scheduler.shell.gallery import prepare_cluster
 from scheduler.shell.leader import Lease, LeaseHolder, lease_bucket
 from scheduler.shell.statelog import AppendUnknown, Fenced, StateLog, ensure_state_log
 from scheduler.shell.store import SqliteStore
