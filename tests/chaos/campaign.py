@@ -65,7 +65,7 @@ class Report:
         return "\n".join(lines)
 
 
-async def _connect(url: str) -> Client:
+async def connect_observer(url: str) -> Client:
     async def quiet(*_args: object) -> None:
         pass
 
@@ -80,7 +80,7 @@ async def _connect(url: str) -> Client:
     )
 
 
-async def _api_ready(client: StratusClient, hosts: int) -> bool:
+async def api_ready(client: StratusClient, hosts: int) -> bool:
     try:
         listed = await client.list_hosts()
     except ApiError:
@@ -138,12 +138,13 @@ class Settings:
 async def run_campaign(settings: Settings) -> Report:
     """Run one campaign; the cluster and its namespaces are removed whatever happens."""
     report = Report(settings.seed, t0=time.time())
+    settings.workdir.mkdir(parents=True, exist_ok=True)
     await asyncio.to_thread(netns.clean_leftovers)
     rig = Rig(settings.workdir, netns.Network(), hosts=settings.hosts)
     started = time.monotonic()
     try:
         await asyncio.to_thread(rig.start)
-        nc = await _connect(rig.url)
+        nc = await connect_observer(rig.url)
         try:
             await _campaign(rig, nc, settings, report)
         finally:
@@ -158,7 +159,7 @@ async def run_campaign(settings: Settings) -> Report:
 async def _campaign(rig: Rig, nc: Client, settings: Settings, report: Report) -> None:
     client = StratusClient(nc, timeout_s=5.0)
     await wait_until(
-        lambda: _api_ready(client, settings.hosts), timeout_s=60, message="every host up"
+        lambda: api_ready(client, settings.hosts), timeout_s=60, message="every host up"
     )
     report.faults = plan(random.Random(settings.seed), settings.faults, sorted(rig.agents))
     load = Load(nc, random.Random(settings.seed + 1))

@@ -48,6 +48,9 @@ class Kind(StrEnum):
     PARTITION_IN = "partition_nats_to_agent"
     PARTITION_BOTH = "partition_two_way"
     DUPLICATE_HOST_ID = "duplicate_host_id"
+    DISK_FULL = "agent_disk_full"
+    """The agent's data disk (a small tmpfs) filled to the last byte; freed on undo. QEMU part
+    only: the fake driver keeps nothing on disk but the audit log, the observer's own record."""
 
 
 AGENT_SIDE = {
@@ -59,7 +62,7 @@ AGENT_SIDE = {
     Kind.PARTITION_BOTH,
 }
 """Faults that make one host silent: only these may get a host declared dead."""
-ON_A_HOST = AGENT_SIDE | {Kind.DUPLICATE_HOST_ID}
+ON_A_HOST = AGENT_SIDE | {Kind.DUPLICATE_HOST_ID, Kind.DISK_FULL}
 ON_THE_LEADER = {Kind.LEADER_KILL, Kind.SCHEDULER_STOP_SHORT, Kind.SCHEDULER_STOP_LONG}
 NATS_SILENT = {Kind.NATS_KILL, Kind.NATS_RESTART, Kind.NATS_STOP_SHORT, Kind.NATS_STOP_LONG}
 """Faults during which no agent hears the scheduler (nats-server dead or frozen)."""
@@ -82,6 +85,16 @@ WEIGHTS = {
     Kind.PARTITION_BOTH: 2,
     Kind.DUPLICATE_HOST_ID: 1,
 }
+"""The fake-driver part's kinds and their weights."""
+QEMU_WEIGHTS = {
+    Kind.DISK_FULL: 2,
+    Kind.AGENT_KILL: 2,
+    Kind.AGENT_STOP_LONG: 1,
+    Kind.PARTITION_BOTH: 1,
+    Kind.LEADER_KILL: 1,
+    Kind.NATS_STOP_LONG: 1,
+}
+"""The QEMU part's kinds (real guests: few faults, each one that moves or pauses them)."""
 
 DEAD_AFTER_S = TIMINGS["dead_after_s"]
 FENCE_AFTER_S = TIMINGS["fence_after_s"]
@@ -100,6 +113,7 @@ _HOLD_S: dict[Kind, tuple[float, float]] = {
     Kind.NATS_RESTART: (0.05, 0.8),
     Kind.DUPLICATE_HOST_ID: (4.0, 5.0),  # long enough to start, be refused and exit (~2.5 s)
     Kind.SECOND_SCHEDULER: (4.0, 6.0),  # long enough to start, catch up and stand by
+    Kind.DISK_FULL: (3.0, 6.0),  # past the lease the agent could not write: the guard fences
 }
 
 
@@ -134,11 +148,13 @@ class Fault:
         return f"#{self.index:04d} {span} {self.kind}{who} hold={self.hold_s:.2f}s{note}"
 
 
-def plan(rng: random.Random, count: int, hosts: list[str]) -> list[Fault]:
+def plan(
+    rng: random.Random, count: int, hosts: list[str], weights_of: dict[Kind, int] = WEIGHTS
+) -> list[Fault]:
     """``count`` faults chosen by ``rng`` alone: the same seed gives the same plan. The first
     ones cover every kind once (in a seeded order), so that a CI-sized run tries them all."""
-    kinds = list(WEIGHTS)
-    weights = [WEIGHTS[k] for k in kinds]
+    kinds = list(weights_of)
+    weights = [weights_of[k] for k in kinds]
     first = rng.sample(kinds, len(kinds))
     faults = []
     for index in range(count):
@@ -219,6 +235,9 @@ class Injector:
             case Kind.DUPLICATE_HOST_ID:
                 assert host is not None
                 self._second = rig.start_duplicate(host, fault.index)
+            case Kind.DISK_FULL:
+                assert host is not None
+                fault.note = f"filled with {rig.fill_disk(host)} bytes"
             case _:
                 self._begin_control_plane(fault)
 
@@ -257,6 +276,9 @@ class Injector:
                 rig.network.heal(rig.agents[host].netns)
             case Kind.DUPLICATE_HOST_ID:
                 fault.duplicate_exit = self._end_second(kill=True)
+            case Kind.DISK_FULL:
+                assert host is not None
+                rig.free_disk(host)
             case _:
                 self._undo_control_plane(fault)
 

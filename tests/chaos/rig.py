@@ -7,6 +7,7 @@ the hub address every namespace reaches, and restarts on the same port with the 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -15,7 +16,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cli.qemukit import stop_guests
 from common.natsserver import NatsServer, start_nats_server
+from hostagent.fenceguard import guard_pid
+from tests.chaos import disks
 from tests.chaos.netns import Network
 
 TIMINGS = {"heartbeat_interval_s": 0.2, "fence_after_s": 0.8, "dead_after_s": 1.8}
@@ -26,6 +30,33 @@ SCHEDULERS = ("s1", "s2")
 HOST_CAPACITY = "8c/16g"
 CPU_MILLI = 8000
 MEM_MIB = 16 * 1024
+
+
+TINY = "Tiny"
+"""The QEMU part's size: the tiny guest image (deploy/images) in 96 MiB."""
+
+
+@dataclass(frozen=True)
+class QemuSetup:
+    """The QEMU part of the campaign: real guests (TCG) on agents whose data dir is a small
+    tmpfs (a disk a fault can fill)."""
+
+    kit: Path
+    """The boot kit (tests/qemukit.py): kernel, initramfs, tiny.qcow2."""
+    disk_mib: int = 48
+    capacity: str = "4c/2g"
+
+    def scheduler_args(self, workdir: Path) -> list[str]:
+        config = workdir / "scheduler.toml"
+        config.write_text(
+            f'sizes = [{{ name = "{TINY}", cpu_milli = 1000, mem_mib = 96 }}]\n'
+            f'builtin_images = {{ tiny = "{self.kit / "tiny.qcow2"}" }}\n'
+        )
+        return ["--config", str(config), "--scorer", "spread"]
+
+    def agent_args(self) -> list[str]:
+        args = ["--driver", "qemu", "--boot-dir", str(self.kit), "--accel", "tcg"]
+        return [*args, "--max-concurrent-boots", "1"]
 
 
 @dataclass
@@ -44,6 +75,8 @@ class Rig:
     workdir: Path
     network: Network
     hosts: int = 4
+    qemu: QemuSetup | None = None
+    """Set: agents run the QEMU driver, each on a tmpfs data disk."""
     nats: NatsServer | None = None
     hub: str = ""
     port: int = -1
@@ -70,7 +103,20 @@ class Rig:
         for i in range(1, self.hosts + 1):
             host = f"h{i}"
             self.agents[host] = Agent(host, self.network.add_namespace(host))
+            if self.qemu is not None:
+                disks.mount(self.host_dir(host), self.qemu.disk_mib)
             self.start_agent(host)
+
+    def host_dir(self, host: str) -> Path:
+        """An agent's own directory in the data dir (its disk, with the QEMU driver)."""
+        return self.agents_dir / host
+
+    def fill_disk(self, host: str) -> int:
+        assert self.qemu is not None, "only QEMU agents have a disk of their own"
+        return disks.fill(self.host_dir(host))
+
+    def free_disk(self, host: str) -> None:
+        disks.free(self.host_dir(host))
 
     # ------------------------------------------------------------------ processes
 
@@ -107,6 +153,8 @@ class Rig:
         args = [sys.executable, "-m", "scheduler", "--nats", self.url, "--db", str(db)]
         args += ["--heartbeat-interval", str(t["heartbeat_interval_s"])]
         args += ["--fence-after", str(t["fence_after_s"]), "--dead-after", str(t["dead_after_s"])]
+        if self.qemu is not None:
+            args += self.qemu.scheduler_args(self.workdir)
         return [*args, "--lease", str(LEASE_S), "--log-level", "DEBUG"]
 
     def scheduler_db(self, name: str) -> Path:
@@ -154,9 +202,12 @@ class Rig:
     def _agent_args(self, host: str, data_dir: Path) -> list[str]:
         t = TIMINGS
         args = ["ip", "netns", "exec", self.agents[host].netns, sys.executable, "-m", "hostagent"]
-        args += ["--nats", self.url, "--host-id", host, "--capacity", HOST_CAPACITY]
+        capacity = HOST_CAPACITY if self.qemu is None else self.qemu.capacity
+        args += ["--nats", self.url, "--host-id", host, "--capacity", capacity]
         args += ["--fault-domain", f"fd-{host}", "--data-dir", str(data_dir)]
         args += ["--heartbeat-interval", str(t["heartbeat_interval_s"])]
+        if self.qemu is not None:
+            args += self.qemu.agent_args()
         return [*args, "--fence-after", str(t["fence_after_s"]), "--log-level", "DEBUG"]
 
     def start_agent(self, host: str) -> None:
@@ -235,6 +286,19 @@ class Rig:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=5)
+        if self.qemu is not None:
+            self._stop_qemu()
         if self.nats is not None:
             self.nats.stop()
         self.network.close()
+
+    def _stop_qemu(self) -> None:
+        """Guests and fence guards outlive their agents: stop them, then unmount the disks."""
+        stop_guests(self.agents_dir)
+        for host in self.agents:
+            pid = guard_pid(self.agents_dir, host)
+            if pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        for host in self.agents:
+            disks.unmount(self.host_dir(host))

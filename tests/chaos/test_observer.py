@@ -6,8 +6,11 @@ import random
 from datetime import UTC, datetime
 from pathlib import Path
 
+from bench.chaos import result_of
 from common.messages import HostEvent, HostState, VmInfo, VmState
-from tests.chaos.faults import DEAD_AFTER_S, ON_A_HOST, Fault, Kind, plan
+from tests.chaos.campaign import Report
+from tests.chaos.consolewatch import Copy, spans, two_running_copies
+from tests.chaos.faults import DEAD_AFTER_S, ON_A_HOST, WEIGHTS, Fault, Kind, Violation, plan
 from tests.chaos.load import Acked, Op
 from tests.chaos.observer import (
     Replay,
@@ -181,7 +184,7 @@ def test_a_mistaken_scheduler_must_stand_by_and_never_lead(tmp_path: Path) -> No
 def test_a_ci_sized_plan_tries_every_kind_and_the_same_seed_gives_the_same_plan() -> None:
     hosts = ["h1", "h2", "h3", "h4"]
     first = plan(random.Random(6), 50, hosts)
-    assert {f.kind for f in first} == set(Kind)
+    assert {f.kind for f in first} == set(WEIGHTS)
     again = plan(random.Random(6), 50, hosts)
     assert [(f.kind, f.host, f.hold_s) for f in first] == [
         (f.kind, f.host, f.hold_s) for f in again
@@ -192,3 +195,25 @@ def test_a_ci_sized_plan_tries_every_kind_and_the_same_seed_gives_the_same_plan(
             assert f.hold_s > DEAD_AFTER_S
         if f.kind in (Kind.NATS_STOP_SHORT, Kind.SCHEDULER_STOP_SHORT):
             assert f.hold_s < DEAD_AFTER_S
+
+
+def test_console_ticks_of_two_processes_of_one_vm_at_once_are_two_executing_copies() -> None:
+    old, new = Copy("a", "h1", 10), Copy("a", "h2", 20)
+    handover = {old: [1.0, 1.25, 1.5, 1.75], new: [6.0, 6.25, 6.5]}
+    assert two_running_copies(handover) == []
+    assert spans([1.0, 1.25, 1.5, 4.0, 4.25]) == [(1.0, 1.5), (4.0, 4.25)]  # paused between
+    both = {old: [1.0, 1.25, 1.5, 6.1, 6.35], new: [6.0, 6.25, 6.5]}  # the old one resumed
+    assert [v.kind for v in two_running_copies(both)] == ["two_copies_executing"]
+    other_vm = {old: [1.0, 1.25], Copy("b", "h2", 30): [1.0, 1.25]}
+    assert two_running_copies(other_vm) == []
+
+
+def test_the_long_run_reports_both_parts_and_every_violation() -> None:
+    fake = Report(6, faults=[fault(Kind.AGENT_KILL, "h1", 1.0, 2.0)], duration_s=10.0)
+    qemu = Report(6, faults=[fault(Kind.DISK_FULL, "h2", 1.0, 4.0)], duration_s=5.0)
+    qemu.violations.append(Violation("two_copies_executing", "vm=a"))
+    result = result_of(6, {"fake": fake, "qemu": qemu}, "replay")
+    assert result["faults"] == 2
+    assert result["faults_by_kind"] == {"agent_disk_full": 1, "agent_kill": 1}
+    assert result["violations_by_kind"] == {"two_copies_executing": 1}
+    assert result["parts"]["qemu"]["violations"] == 1 and result["duration_s"] == 15.0
