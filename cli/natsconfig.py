@@ -8,10 +8,11 @@ Roles and what each may do (subjects of common/subjects.py):
   schedulers write the control plane's own state.
 - ``host-<id>``: publish its own heartbeats (``stratus.host.<id>.hb``) and capture reports
   (``stratus.host.<id>.captured``), receive its own commands (``stratus.host.<id>.cmd``) and its
-  own reply inboxes (``_INBOX_<id>.>``), read and write the images object store (a captured
-  disk). Nothing else: it can neither heartbeat nor report as another host, nor command any.
-- ``publisher``: the API (``stratus.api.>``), the jobs stream, image uploads, and reading the
-  events stream. No host subjects, no events.
+  own reply inboxes (``_INBOX_<id>.>``), read the images object store and stage chunks in it
+  (a captured disk; the scheduler checks them and writes the object's metadata). Nothing
+  else: it can neither heartbeat nor report as another host, nor command any.
+- ``publisher``: the API (``stratus.api.>``), the jobs stream, image uploads (chunks only, as
+  agents), and reading the events stream. No host subjects, no events.
 - ``dashboard``: the read-only API subjects and reading the events stream.
 
 Consoles (``stratus.console.<host>.<vm>.out|tail|in``): ``publisher`` may follow any VM's
@@ -63,8 +64,10 @@ IMAGES_READ = [
     f"$JS.API.STREAM.MSG.GET.{OBJ_STREAM}",
     f"$JS.API.DIRECT.GET.{OBJ_STREAM}.>",
 ]
-IMAGES_WRITE = [f"$O.{subjects.IMAGES_BUCKET}.>"]
-"""Put objects; purging the store (deleting image bytes) is the scheduler's and admins' only."""
+IMAGES_WRITE = [f"$O.{subjects.IMAGES_BUCKET}.C.>"]
+"""Stage an object's chunks; its metadata (``$O.STRATUS_IMAGES.M.*``: what names the chunks and
+makes them an object, or marks it deleted) is written by the scheduler once it has checked
+them (common/imagestore.py), and purging the store is the scheduler's and admins' only."""
 CONTROL_PLANE_STREAMS = (
     f"KV_{subjects.LEASE_BUCKET}",
     subjects.STATE_STREAM,

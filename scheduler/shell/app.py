@@ -340,7 +340,11 @@ class SchedulerApp:
             if msg.reply:
                 await msg.respond(error_reply(item.code, item.detail))
             return
-        self.queue.put_nowait(replace(item, token=self._token(msg, is_job=False)))
+
+        def enqueue(checked: Mutation) -> None:
+            self.queue.put_nowait(replace(checked, token=self._token(msg, is_job=False)))
+
+        gallery.commit_capture_in_background(self._images_nc(), item, enqueue)
 
     def _images_nc(self) -> Client:
         assert self._nc is not None

@@ -22,11 +22,13 @@ from common import codec
 from common.config import SchedulerConfig
 from common.errors import StratusError
 from common.fields import ErrorBody, ErrorCode
-from common.image_messages import ImageReply, UploadImage
+from common.image_messages import ImageCaptured, ImageReply, UploadImage
 from common.images import ImageFormat, read_header, sniff_format
 from common.imagestore import (
     IMAGES_STREAM,
     ImageStoreError,
+    StagedImage,
+    commit_staged,
     delete_image_object,
     image_bucket,
     put_image,
@@ -80,8 +82,10 @@ async def prepare(js: JetStreamContext, config: SchedulerConfig) -> list[Builtin
 
 
 async def check_upload(js: JetStreamContext, body: UploadImage) -> UploadImage | str:
-    """The upload with its checked format, or why its bytes are refused."""
+    """The upload with its checked format, or why its bytes are refused. Staged bytes are
+    committed first: checked against the digest and size, their metadata written."""
     try:
+        await commit_staged(js, StagedImage(body.sha256, body.size_bytes, body.nuid))
         header, size = await read_image_head(js, body.sha256)
     except (ImageStoreError, nats.errors.Error, TimeoutError) as exc:
         return f"the image bytes under {body.sha256} cannot be used: {exc}"
@@ -122,6 +126,32 @@ def check_upload_in_background(
             log.warning("image upload reply failed error=%r", exc)
 
     _in_background(run(), f"check-upload-{body.name}")
+
+
+def commit_capture_in_background(
+    nc: Client, item: Mutation, enqueue: Callable[[Mutation], None]
+) -> None:
+    """Commit the bytes a capture report names (staged by the agent, which may not write an
+    object's metadata), then hand the report to the core; bytes that fail their check turn it
+    into a failed capture."""
+    assert isinstance(item.body, ImageCaptured)
+    body = item.body
+    if body.error or not body.nuid:
+        enqueue(item)
+        return
+
+    async def run() -> None:
+        staged = StagedImage(body.sha256, body.size_bytes, body.nuid)
+        try:
+            await commit_staged(nc.jetstream(), staged)
+        except (ImageStoreError, nats.errors.Error, TimeoutError) as exc:
+            log.warning("captured bytes refused image=%s error=%s", body.image, exc)
+            failed = replace(body, error=f"the captured bytes cannot be used: {exc}")
+            enqueue(dataclasses.replace(item, body=failed))
+            return
+        enqueue(item)
+
+    _in_background(run(), f"commit-capture-{body.image}")
 
 
 def drop_object_in_background(nc: Client, sha256: str) -> None:

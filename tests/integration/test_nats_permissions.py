@@ -13,8 +13,9 @@ delivered to ``stratus.host.<id>.cmd`` would be taken as a host's commands."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from cli.client import connect
 from cli.natsconfig import OBJ_STREAM, generate
 from common import subjects
 from common.imagestore import image_bucket
+from common.natsauth import host_inbox_prefix
 from common.natsserver import start_nats_server
 from common.streams import ensure_streams
 from scheduler.shell.leader import LEASE_KEY, lease_bucket
@@ -80,8 +82,11 @@ ALWAYS_DENIED = [
 ]
 HOLDER = b'{"node": "n1", "scheduler_id": "n1"}'
 FORGED_OUTPUT = subjects.console_output("ha", "web")
+VICTIM = b'{"host_id": "ha", "commands": []}'
+VICTIM_META = f"$O.{subjects.IMAGES_BUCKET}.M.{base64.urlsafe_b64encode(b'victim').decode()}"
+"""An image object's metadata: only the scheduler writes it, after checking staged chunks."""
 PUBLISH_DENIED = {
-    "publisher": [*ALWAYS_DENIED, FORGED_OUTPUT],
+    "publisher": [*ALWAYS_DENIED, FORGED_OUTPUT, VICTIM_META],
     "dashboard": [
         *ALWAYS_DENIED,
         FORGED_OUTPUT,
@@ -94,9 +99,11 @@ PUBLISH_DENIED = {
         subjects.IMAGE_UPLOAD,
         subjects.job_subject(subjects.VM_CREATE),
         f"$O.{subjects.IMAGES_BUCKET}.C.x",
+        VICTIM_META,
     ],
     "host-ha": [
         *[s for s in ALWAYS_DENIED if s != subjects.host_commands("ha")],
+        VICTIM_META,
         subjects.VM_CREATE,
         subjects.VM_DELETE,
         subjects.job_subject(subjects.VM_DELETE),
@@ -158,7 +165,7 @@ async def setup(tmp_path: Path, nats_server: object) -> AsyncIterator[Setup]:
         js = observer.jetstream()
         await ensure_streams(js)
         bucket = await image_bucket(js)
-        await bucket.put("victim", b'{"host_id": "ha", "commands": []}')
+        await bucket.put("victim", VICTIM)
         await ensure_state_log(js, 1)
         kv = await lease_bucket(js, lease_s=3600.0, replicas=1)
         await kv.put(LEASE_KEY, HOLDER)
@@ -175,7 +182,13 @@ async def setup(tmp_path: Path, nats_server: object) -> AsyncIterator[Setup]:
             await observer.subscribe(subject, cb=on_msg)
         await observer.flush()
         for name in ROLES:
-            role = Role(await connect(server.url, nkey_seed=str(keys / f"{name}.nk")))
+            seed = str(keys / f"{name}.nk")
+            if name.startswith("host-"):  # an agent's replies come to _INBOX_<host>
+                inbox = host_inbox_prefix(name.removeprefix("host-"))
+                nc = await nats.connect(server.url, nkeys_seed=seed, inbox_prefix=inbox)
+            else:
+                nc = await connect(server.url, nkey_seed=seed)
+            role = Role(nc)
             role.nc._error_cb = _recorder(role.errors)  # connect() silences them
             roles[name] = role
         yield Setup(observer, seen, roles)
@@ -265,25 +278,37 @@ async def _attempt_control_plane_writes(setup: Setup, name: str) -> int:
     return len(attempts)
 
 
+async def _attempt_image_overwrite(setup: Setup, name: str) -> int:
+    """Overwrite a stored image as nats-py's object store would (chunks, then metadata) and
+    delete it (a metadata message marking it deleted): both refused, the object unchanged."""
+    bucket = await image_bucket(setup.roles[name].nc.jetstream(timeout=1.0), create=False)
+    stored = await image_bucket(setup.observer.jetstream())
+    before = await stored.get_info("victim")
+    for attempt in (bucket.put("victim", b"forged bytes"), bucket.delete("victim")):
+        with pytest.raises((nats.errors.Error, TimeoutError)):
+            await attempt
+    after = await stored.get_info("victim")
+    assert (after.nuid, after.digest, after.deleted) == (before.nuid, before.digest, False), name
+    return 2
+
+
 async def _attempt_consumers_and_purge(setup: Setup, name: str) -> int:
     """A push consumer delivering into another host's commands or the API, a pull consumer, and
     a purge of the images store: each refused, and nothing exists or changed afterwards."""
     js = setup.roles[name].nc.jetstream(timeout=1.0)
-    attempts = 0
-    for stream in (EVENTS, OBJ_STREAM, JOBS):
-        for deliver in (subjects.host_commands("hb"), subjects.VM_DELETE, None):
-            attempts += 1
-            config = ConsumerConfig(deliver_subject=deliver, ack_policy=AckPolicy.NONE)
-            with pytest.raises((nats.errors.Error, TimeoutError)):
-                await js.add_consumer(stream, config)
-    attempts += 1
-    with pytest.raises((nats.errors.Error, TimeoutError)):
-        await js.purge_stream(OBJ_STREAM)
+    attempts: list[Coroutine[object, object, object]] = [
+        js.add_consumer(stream, ConsumerConfig(deliver_subject=deliver, ack_policy=AckPolicy.NONE))
+        for stream in (EVENTS, OBJ_STREAM, JOBS)
+        for deliver in (subjects.host_commands("hb"), subjects.VM_DELETE, None)
+    ]
+    attempts.append(js.purge_stream(OBJ_STREAM))
+    results = await asyncio.gather(*attempts, return_exceptions=True)  # all at once: each waits
+    assert all(isinstance(r, nats.errors.Error | TimeoutError) for r in results), (name, results)
     observer = setup.observer.jetstream()
     for stream in (EVENTS, OBJ_STREAM, JOBS):
         assert (await observer.stream_info(stream)).state.consumer_count == 0, stream
     assert (await observer.stream_info(OBJ_STREAM)).state.messages > 0, "purged"
-    return attempts
+    return len(attempts)
 
 
 async def test_every_role_is_refused_every_action_it_must_not_do(setup: Setup) -> None:
@@ -292,6 +317,8 @@ async def test_every_role_is_refused_every_action_it_must_not_do(setup: Setup) -
         attempts += await _attempt_publishes(setup, name)
         attempts += await _attempt_subscribes(setup, name)
         attempts += await _attempt_control_plane_writes(setup, name)
+        if name in ("publisher", "host-ha"):  # the roles that may stage image chunks
+            attempts += await _attempt_image_overwrite(setup, name)
         if name != "admin":  # an admin may manage consumers and the images store
             attempts += await _attempt_consumers_and_purge(setup, name)
     assert attempts >= 50, attempts
