@@ -23,7 +23,7 @@ from common.image_messages import (
     ListImages,
     UploadImage,
 )
-from common.imagestore import put_image
+from common.imagestore import stage_image
 from common.natsauth import auth_options, inbox_options, redact_url
 from common.network_messages import (
     AddEndpoint,
@@ -177,11 +177,16 @@ class StratusClient:
     async def upload_image(
         self, path: Path, name: str, *, os: str = "linux", request_id: str | None = None
     ) -> ImageInfo:
-        """Put the bytes of ``path`` in the images object store, then register them as the
-        gallery image ``name`` (the scheduler checks the bytes)."""
-        sha256, size_bytes = await put_image(self._nc.jetstream(), path)
+        """Stage the bytes of ``path`` in the images object store, then register them as the
+        gallery image ``name`` (the scheduler checks the bytes and commits the object)."""
+        staged = await stage_image(self._nc.jetstream(), path)
         body = UploadImage(
-            name=name, sha256=sha256, size_bytes=size_bytes, os=os, request_id=request_id
+            name=name,
+            sha256=staged.sha256,
+            size_bytes=staged.size_bytes,
+            os=os,
+            request_id=request_id,
+            nuid=staged.nuid,
         )
         return await self._image(subjects.IMAGE_UPLOAD, body)
 

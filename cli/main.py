@@ -295,6 +295,15 @@ def _add_local_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     up.add_argument("--timeout", dest="timeout_s", type=float, metavar="S", default=None)
     up.add_argument("--log-level", default="INFO", help="log level of the daemons")
     up.add_argument(
+        "--schedulers",
+        type=int,
+        choices=(1, 2),
+        default=1,
+        metavar="N",
+        help="1 (default), or 2: a leader and a standby on their own stores; kill the leader "
+        "and the standby takes over",
+    )
+    up.add_argument(
         "--http",
         dest="http_listen",
         nargs="?",
@@ -403,11 +412,11 @@ def _delegate(command: str, argv: list[str]) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     if args.command == "up":
-        from cli.local import run_up
+        from cli.up import run_up
 
         return run_up(args)
     if args.command == "demo":
-        from cli.local import run_demo
+        from cli.demo import run_demo
 
         return run_demo(args)
     if args.command == "simulate":

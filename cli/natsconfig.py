@@ -2,13 +2,17 @@
 
 Roles and what each may do (subjects of common/subjects.py):
 
-- ``scheduler`` and ``admin``: everything.
+- ``scheduler``: everything. ``admin``: everything but writing the leader lease
+  (``$KV.STRATUS_LEADER.>``), the state log (``stratus.state.log``) and the state snapshots
+  (``$O.STRATUS_STATE_SNAP.>``), or updating, deleting or purging their streams: only
+  schedulers write the control plane's own state.
 - ``host-<id>``: publish its own heartbeats (``stratus.host.<id>.hb``) and capture reports
   (``stratus.host.<id>.captured``), receive its own commands (``stratus.host.<id>.cmd``) and its
-  own reply inboxes (``_INBOX_<id>.>``), read and write the images object store (a captured
-  disk). Nothing else: it can neither heartbeat nor report as another host, nor command any.
-- ``publisher``: the API (``stratus.api.>``), the jobs stream, image uploads, and reading the
-  events stream. No host subjects, no events.
+  own reply inboxes (``_INBOX_<id>.>``), read the images object store and stage chunks in it
+  (a captured disk; the scheduler checks them and writes the object's metadata). Nothing
+  else: it can neither heartbeat nor report as another host, nor command any.
+- ``publisher``: the API (``stratus.api.>``), the jobs stream, image uploads (chunks only, as
+  agents), and reading the events stream. No host subjects, no events.
 - ``dashboard``: the read-only API subjects and reading the events stream.
 
 Consoles (``stratus.console.<host>.<vm>.out|tail|in``): ``publisher`` may follow any VM's
@@ -60,8 +64,29 @@ IMAGES_READ = [
     f"$JS.API.STREAM.MSG.GET.{OBJ_STREAM}",
     f"$JS.API.DIRECT.GET.{OBJ_STREAM}.>",
 ]
-IMAGES_WRITE = [f"$O.{subjects.IMAGES_BUCKET}.>"]
-"""Put objects; purging the store (deleting image bytes) is the scheduler's and admins' only."""
+IMAGES_WRITE = [f"$O.{subjects.IMAGES_BUCKET}.C.>"]
+"""Stage an object's chunks; its metadata (``$O.STRATUS_IMAGES.M.*``: what names the chunks and
+makes them an object, or marks it deleted) is written by the scheduler once it has checked
+them (common/imagestore.py), and purging the store is the scheduler's and admins' only."""
+CONTROL_PLANE_STREAMS = (
+    f"KV_{subjects.LEASE_BUCKET}",
+    subjects.STATE_STREAM,
+    f"OBJ_{subjects.SNAPSHOT_BUCKET}",
+)
+CONTROL_PLANE_WRITES = (
+    f"$KV.{subjects.LEASE_BUCKET}.>",
+    subjects.STATE_SUBJECT,
+    f"$O.{subjects.SNAPSHOT_BUCKET}.>",
+    *(
+        f"$JS.API.STREAM.{operation}.{stream}"
+        for stream in CONTROL_PLANE_STREAMS
+        for operation in ("UPDATE", "DELETE", "PURGE", "MSG.DELETE")
+    ),
+)
+"""The leader lease, the state log and its snapshots: written by the scheduler role alone. An
+admin may read them but not write: a lease key rewritten, or a record appended to the log, by
+anyone but the leader would let two schedulers act at once or put a foreign batch into every
+standby's store. (Other roles may not touch them at all.)"""
 CONSOLE_READ = [subjects.console_tail("*", "*")]
 CONSOLE_WRITE = [subjects.console_input("*", "*")]
 CONSOLE_FOLLOW = subjects.console_output("*", "*")
@@ -90,8 +115,10 @@ def role_permissions(role: str, public_key: str = "") -> Permissions:
     """The subjects a role may publish to and subscribe to (``host-<id>`` for an agent). A
     publisher's or dashboard's replies come only to the inboxes of its key (``public_key``);
     clients of ours connect with that prefix (common/natsauth.py ``inbox_prefix``)."""
-    if role in ("scheduler", "admin"):
+    if role == "scheduler":
         return Permissions([">"], [">"])
+    if role == "admin":
+        return Permissions([">"], [">"], deny_publish=CONTROL_PLANE_WRITES)
     inbox = f"{key_inbox_prefix(public_key)}.>"
     if role == "publisher":
         publish = [subjects.API_WILDCARD, subjects.JOBS_WILDCARD, *EVENTS_READ, *IMAGES_READ]

@@ -11,7 +11,13 @@ from typing import Annotated
 
 import msgspec
 
-from common.ids import HOST_ID_PATTERN, IMAGE_NAME_PATTERN, SHA256_PATTERN, VM_NAME_PATTERN
+from common.ids import (
+    HOST_ID_PATTERN,
+    IMAGE_NAME_PATTERN,
+    SHA256_PATTERN,
+    VM_NAME_PATTERN,
+    whole,
+)
 
 VmNameField = Annotated[str, msgspec.Meta(pattern=VM_NAME_PATTERN, description="[a-z0-9-]{1,63}")]
 ImageNameField = Annotated[
@@ -25,6 +31,10 @@ ShortText = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 DigestField = Annotated[str, msgspec.Meta(max_length=64)]
 RequestId = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 Generation = Annotated[int, msgspec.Meta(ge=0)]
+StagedNuid = Annotated[
+    str, msgspec.Meta(pattern=whole(r"[A-Za-z0-9]{0,64}"), description="[A-Za-z0-9]{0,64}")
+]
+"""The token of staged image chunks' subject (``$O.STRATUS_IMAGES.C.<nuid>``), or empty."""
 
 
 class ErrorCode(StrEnum):

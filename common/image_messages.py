@@ -15,6 +15,7 @@ from common.fields import (
     RequestId,
     Sha256Field,
     ShortText,
+    StagedNuid,
     VmNameField,
 )
 
@@ -45,8 +46,10 @@ class ListImages(msgspec.Struct, kw_only=True):
 
 
 class UploadImage(msgspec.Struct, kw_only=True):
-    """Register an image whose bytes the caller put in the images object store under
-    ``sha256``; the scheduler checks them (a qcow2 or raw disk image, of that size)."""
+    """Register an image whose bytes the caller staged in the images object store (chunks under
+    ``nuid``, common/imagestore.py ``stage_image``), or that it finds stored under ``sha256``
+    already (``nuid`` empty); the scheduler checks them (a qcow2 or raw disk image, of that size
+    and digest) and writes the object's metadata itself."""
 
     name: ImageNameField
     sha256: Sha256Field
@@ -55,6 +58,8 @@ class UploadImage(msgspec.Struct, kw_only=True):
     request_id: RequestId | None = None
     format: str = ""
     """Set by the scheduler from the bytes it checked (``qcow2`` or ``raw``)."""
+    nuid: StagedNuid = ""
+    """Where the caller staged the bytes (empty: an object ``sha256`` is stored already)."""
 
 
 class ImageRef(msgspec.Struct, kw_only=True):
@@ -73,6 +78,8 @@ class ImageCaptured(msgspec.Struct, kw_only=True):
     format: str = "qcow2"
     error: str = ""
     request_id: RequestId | None = None
+    nuid: StagedNuid = ""
+    """Where the agent staged the disk's bytes (as ``UploadImage.nuid``)."""
 
 
 class ImageReply(msgspec.Struct, omit_defaults=True):

@@ -10,6 +10,7 @@ Lowering is a deliberate operator action (``nats stream edit``, or a short nats-
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 from nats.js import JetStreamContext
@@ -54,7 +55,8 @@ def events_stream_config(replicas: int = 1) -> StreamConfig:
 
 async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
     """Create ``config``'s stream, or update an existing one to it (its messages are kept),
-    never lowering the replica count it has."""
+    never lowering the replica count it has; an existing stream that already has every
+    setting of ``config`` is left alone."""
     assert config.name is not None
     try:
         info = await js.stream_info(config.name)
@@ -74,7 +76,19 @@ async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
             wanted,
         )
         config.num_replicas = current
-    await js.update_stream(config)
+    if _differs(info.config, config):
+        await js.update_stream(config)
+
+
+def _differs(current: StreamConfig, wanted: StreamConfig) -> bool:
+    """Whether any setting ``wanted`` gives differs from the stream's: an update is a JetStream
+    meta operation (it waits for a meta leader, e.g. while a NATS node is frozen), so a start
+    that changes nothing makes none."""
+    for setting in dataclasses.fields(wanted):
+        value = getattr(wanted, setting.name)
+        if value is not None and getattr(current, setting.name) != value:
+            return True
+    return False
 
 
 async def ensure_replicas(js: JetStreamContext, stream: str, replicas: int) -> None:

@@ -54,6 +54,17 @@ def api_subject_of_job(job_subject_: str) -> str:
     return job_subject_.replace(f"{ROOT}.jobs.", f"{ROOT}.api.", 1)
 
 
+# The control plane's own (JetStream): the leader lease and the replicated state log. Only the
+# scheduler role may write them (cli/natsconfig.py).
+LEASE_BUCKET = "STRATUS_LEADER"
+"""KV bucket holding the leader lease (scheduler/shell/leader.py)."""
+STATE_STREAM = "STRATUS_STATE"
+STATE_SUBJECT = f"{ROOT}.state.log"
+"""The leader's committed batches (scheduler/shell/statelog.py)."""
+SNAPSHOT_BUCKET = "STRATUS_STATE_SNAP"
+"""Object store of state snapshots (a copy of the leader's store)."""
+
+
 # Events (JetStream): stratus.events.vm.<name>, stratus.events.host.<id>
 EVENTS_STREAM = "STRATUS_EVENTS"
 EVENTS_WILDCARD = f"{ROOT}.events.>"

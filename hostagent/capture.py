@@ -19,7 +19,7 @@ from common import codec, subjects
 from common.errors import DriverError
 from common.ids import HostId
 from common.image_messages import ImageCaptured
-from common.imagestore import ImageStoreError, put_image
+from common.imagestore import ImageStoreError, stage_image
 from common.messages import CaptureDisk
 from hostagent.drivers.base import HypervisorDriver
 from hostagent.drivers.qemu import QemuDriver
@@ -59,7 +59,7 @@ class Capturer:
         try:
             await asyncio.to_thread(self._work_dir.mkdir, parents=True, exist_ok=True)
             await self._driver.disks.flatten(command.disk_id, dest)
-            sha256, size = await put_image(self._nc.jetstream(), dest)
+            staged = await stage_image(self._nc.jetstream(), dest)
         except (DriverError, ImageStoreError, nats.errors.Error, OSError, TimeoutError) as exc:
             return failed(str(exc) or repr(exc))
         finally:
@@ -69,15 +69,16 @@ class Capturer:
             "vm captured vm=%s image=%s sha256=%s bytes=%d",
             command.name,
             command.image,
-            sha256,
-            size,
+            staged.sha256,
+            staged.size_bytes,
         )
         return ImageCaptured(
             image=command.image,
             vm=command.name,
             host_id=self._host_id,
-            sha256=sha256,
-            size_bytes=size,
+            sha256=staged.sha256,
+            size_bytes=staged.size_bytes,
+            nuid=staged.nuid,
         )
 
     async def _report(self, result: ImageCaptured) -> None:

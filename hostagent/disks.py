@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
+import os
 import re
 import shutil
 from pathlib import Path
@@ -58,7 +60,13 @@ async def run_qemu_img(*args: str, timeout_s: float = QEMU_IMG_TIMEOUT_S) -> Non
         ) from exc
     if proc.returncode != 0:
         detail = stderr.decode(errors="replace").strip()
-        raise DriverError(f"qemu-img {args[0]} failed: {detail}", retryable=False)
+        retryable = any(reason in detail for reason in _TRANSIENT)
+        raise DriverError(f"qemu-img {args[0]} failed: {detail}", retryable=retryable)
+
+
+_TRANSIENT = (os.strerror(errno.ENOSPC), os.strerror(errno.EDQUOT))
+"""qemu-img failures that say the host's disk is full: another host may have room (and this one
+later), so the start is retried elsewhere rather than failing the VM for good."""
 
 
 class DiskStore:

@@ -1,33 +1,25 @@
-"""The QEMU boot kit for tests: built once by deploy/images/build-tiny.sh and cached.
+"""The QEMU boot kit for tests (rigs/qemukit.py builds and caches it).
 
-The cache directory is keyed by a hash of the build script and the guest files, so editing them
-rebuilds the kit. Without QEMU (or the tools the build needs) the QEMU tests skip with the apt
-line to run; with ``STRATUS_REQUIRE_QEMU=1`` (CI) they fail instead.
+Without QEMU (or the tools the build needs) the QEMU tests skip with the apt line to run; with
+``STRATUS_REQUIRE_QEMU=1`` (CI) they fail instead.
 """
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-IMAGES = REPO / "deploy" / "images"
-BUILD_SCRIPT = IMAGES / "build-tiny.sh"
-APT_LINE = (
-    "apt-get install -y --no-install-recommends "
-    "qemu-system-x86 qemu-utils busybox-static e2fsprogs lz4"
-)
-NEEDED = ("qemu-system-x86_64", "qemu-img", "busybox", "mke2fs", "apt-get", "dpkg")
+from common.errors import StratusError
+from rigs import qemukit
+from rigs.qemukit import APT_LINE, NEEDED
+
+__all__ = ["APT_LINE", "NEEDED", "boot_kit", "require_qemu"]
 
 
 def require_qemu() -> None:
-    missing = [tool for tool in NEEDED if shutil.which(tool) is None]
+    missing = qemukit.missing_tools()
     if not missing:
         return
     message = f"QEMU tests need {', '.join(missing)}: {APT_LINE}"
@@ -36,31 +28,10 @@ def require_qemu() -> None:
     pytest.skip(message)
 
 
-def kit_hash() -> str:
-    digest = hashlib.sha256()
-    for path in sorted([BUILD_SCRIPT, *(IMAGES / "guest").iterdir()]):
-        digest.update(path.name.encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
-
-
-def cache_root() -> Path:
-    configured = os.environ.get("STRATUS_CACHE_DIR")
-    return Path(configured) if configured else Path.home() / ".cache" / "stratus"
-
-
 def boot_kit() -> Path:
     """The kit directory (vmlinux, initramfs.gz, tiny.qcow2), built on first use."""
     require_qemu()
-    root = cache_root()
-    root.mkdir(parents=True, exist_ok=True)
-    kit = root / f"boot-kit-{kit_hash()}"
-    with (root / ".boot-kit.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (kit / "build.json").is_file():
-            result = subprocess.run(
-                [str(BUILD_SCRIPT), str(kit)], capture_output=True, text=True, timeout=600
-            )
-            if result.returncode != 0:
-                pytest.fail(f"build-tiny.sh failed:\n{result.stdout}\n{result.stderr}")
-    return kit
+    try:
+        return qemukit.boot_kit()
+    except StratusError as error:
+        pytest.fail(str(error))

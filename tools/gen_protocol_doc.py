@@ -161,6 +161,13 @@ SUBJECTS: tuple[Subject, ...] = (
         "ConsoleReply",
     ),
     Subject(
+        subjects.STATE_SUBJECT,
+        f"JetStream `{subjects.STATE_STREAM}`",
+        "the leading scheduler (with `Nats-Expected-Last-Sequence`: its write fence)",
+        "standby schedulers (by message get)",
+        "one committed batch of the leader's store (msgpack), or a new leader's fence record",
+    ),
+    Subject(
         subjects.SIM_SILENCE,
         "request/reply",
         "benchmarks, tests",
@@ -452,8 +459,16 @@ def render_streams() -> list[str]:
         f"numbered by `seq`, kept {max_age_d:g} days. Consumers replay from any sequence; "
         "events carry `Nats-Msg-Id` so a republished event is stored once.",
         f"- **`{subjects.IMAGES_BUCKET}`** (JetStream object store): image bytes, one object per "
-        "image named by its sha256 (hex). An uploader puts the object, then registers it with "
-        f"`{subjects.IMAGE_UPLOAD}`; agents fetch images by digest into their cache.",
+        "image named by its sha256 (hex). An uploader stages the chunks (`$O."
+        f"{subjects.IMAGES_BUCKET}.C.<nuid>`, no metadata), then registers them with "
+        f"`{subjects.IMAGE_UPLOAD}` naming the `nuid`; the scheduler checks their size and "
+        "digest and writes the object's metadata itself. Agents fetch images by digest into "
+        "their cache.",
+        f"- **`{subjects.LEASE_BUCKET}`** (JetStream KV, TTL = the lease): the leader lease (key "
+        "`leader`: the leading scheduler's node); its revision when won is the leader's epoch.",
+        f"- **`{subjects.STATE_STREAM}`** (`{subjects.STATE_SUBJECT}`) and "
+        f"**`{subjects.SNAPSHOT_BUCKET}`** (object store): the leader's committed batches and "
+        "snapshots of its store, from which a standby keeps its own store (docs/operations.md).",
         "",
     ]
 

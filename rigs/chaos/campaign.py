@@ -9,11 +9,14 @@ import contextlib
 import random
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import msgspec
 import nats
 from nats.aio.client import Client
+from nats.errors import Error as NatsError
 
 from cli.client import StratusClient
 from common import codec, subjects
@@ -25,6 +28,7 @@ from rigs.chaos import netns, observer
 from rigs.chaos.faults import Fault, Injector, Violation, plan
 from rigs.chaos.load import Acked, Load, Op
 from rigs.chaos.rig import Rig
+from scheduler.shell.leader import LEASE_BUCKET, LEASE_KEY, LeaseHolder
 
 CONVERGE_TIMEOUT_S = 90.0
 VNET, VNET_CIDR = "chaos", "10.14.0.0/16"
@@ -64,7 +68,7 @@ class Report:
         return "\n".join(lines)
 
 
-async def _connect(url: str) -> Client:
+async def connect_observer(url: str) -> Client:
     async def quiet(*_args: object) -> None:
         pass
 
@@ -79,7 +83,7 @@ async def _connect(url: str) -> Client:
     )
 
 
-async def _api_ready(client: StratusClient, hosts: int) -> bool:
+async def api_ready(client: StratusClient, hosts: int) -> bool:
     try:
         listed = await client.list_hosts()
     except ApiError:
@@ -105,6 +109,21 @@ async def read_events(nc: Client) -> list[object]:
         await sub.unsubscribe()
 
 
+def leader_finder(rig: Rig, nc: Client) -> Callable[[], Awaitable[str | None]]:
+    """Which of the rig's schedulers holds the lease (None: nobody, or NATS does not answer)."""
+
+    async def leader() -> str | None:
+        try:
+            kv = await nc.jetstream(timeout=1.0).key_value(LEASE_BUCKET)
+            entry = await kv.get(LEASE_KEY)
+            node = msgspec.json.decode(entry.value or b"", type=LeaseHolder).node
+        except (NatsError, TimeoutError, msgspec.DecodeError):
+            return None
+        return next((name for name in rig.scheduler_names if rig.node_of(name) == node), None)
+
+    return leader
+
+
 async def final_vms(client: StratusClient) -> dict[str, VmInfo]:
     return {vm.name: vm for vm in await client.list_vms()}
 
@@ -122,12 +141,13 @@ class Settings:
 async def run_campaign(settings: Settings) -> Report:
     """Run one campaign; the cluster and its namespaces are removed whatever happens."""
     report = Report(settings.seed, t0=time.time())
+    settings.workdir.mkdir(parents=True, exist_ok=True)
     await asyncio.to_thread(netns.clean_leftovers)
     rig = Rig(settings.workdir, netns.Network(), hosts=settings.hosts)
     started = time.monotonic()
     try:
         await asyncio.to_thread(rig.start)
-        nc = await _connect(rig.url)
+        nc = await connect_observer(rig.url)
         try:
             await _campaign(rig, nc, settings, report)
         finally:
@@ -142,7 +162,7 @@ async def run_campaign(settings: Settings) -> Report:
 async def _campaign(rig: Rig, nc: Client, settings: Settings, report: Report) -> None:
     client = StratusClient(nc, timeout_s=5.0)
     await wait_until(
-        lambda: _api_ready(client, settings.hosts),
+        lambda: api_ready(client, settings.hosts),
         timeout_s=60,
         interval_s=0.02,
         message="every host up",
@@ -150,7 +170,7 @@ async def _campaign(rig: Rig, nc: Client, settings: Settings, report: Report) ->
     report.faults = plan(random.Random(settings.seed), settings.faults, sorted(rig.agents))
     await client.create_vnet(CreateVnet(name=VNET, cidr=VNET_CIDR))
     load = Load(nc, random.Random(settings.seed + 1), vnet=VNET)
-    injector = Injector(rig, progress_every=settings.progress_every)
+    injector = Injector(rig, leader=leader_finder(rig, nc), progress_every=settings.progress_every)
     async with asyncio.TaskGroup() as group:
         load_task = group.create_task(load.run())
         try:
@@ -195,6 +215,7 @@ async def _judge(rig: Rig, nc: Client, client: StratusClient, load: Load, report
     report.violations += replay.violations
     report.violations += observer.destroyed_during_nats_outages(rows, report.faults, load.acked)
     report.violations += observer.duplicates_refused(report.faults, rig.duplicate_dir)
+    report.violations += observer.mistakes_stood_by(report.faults, rig.mistake_log)
     events = await read_events(nc)
     report.violations += observer.healthy_hosts_declared_dead(events, report.faults)
     report.violations += observer.address_violations(events)

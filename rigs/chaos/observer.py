@@ -13,7 +13,7 @@ from pathlib import Path
 
 from common.messages import HostEvent, HostState, JobRejected, VmEvent, VmInfo, VmState
 from hostagent.__main__ import EXIT_HOST_ID_REFUSED
-from rigs.chaos.faults import AGENT_SIDE, DEAD_AFTER_S, Fault, Kind, Violation
+from rigs.chaos.faults import AGENT_SIDE, DEAD_AFTER_S, NATS_SILENT, Fault, Kind, Violation
 from rigs.chaos.load import SIZES, Acked, Op
 from rigs.chaos.rig import CPU_MILLI, MEM_MIB
 
@@ -151,7 +151,8 @@ def healthy_hosts_declared_dead(events: Iterable[object], faults: list[Fault]) -
 def destroyed_during_nats_outages(
     rows: list[Row], faults: list[Fault], acked: Sequence[Acked] = ()
 ) -> list[Violation]:
-    """Only the scheduler's word removes a VM: while NATS is down no agent hears it, so no VM
+    """Only the scheduler's word removes a VM: while NATS is down (dead or frozen) no agent hears
+    it, so no VM
     may be stopped or destroyed then (fencing pauses; it never destroys). The word may have been
     given before the outage and arrive late: a delete acknowledged before the outage began may
     complete during it (seen: a DeleteVm held back by TCP retransmission through a partition
@@ -159,7 +160,7 @@ def destroyed_during_nats_outages(
     outages = [
         (f.start + OUTAGE_SETTLE_S, f.end, f.start)
         for f in faults
-        if f.kind in (Kind.NATS_KILL, Kind.NATS_RESTART) and f.start
+        if f.kind in NATS_SILENT and f.start
     ]
     deleted_at = {a.vm: a.acked_at for a in acked if a.op is Op.DELETE}
     return [
@@ -219,6 +220,22 @@ def address_violations(events: Iterable[object]) -> list[Violation]:
             if other != event.name:
                 detail = f"{where} {nic.vnet} {nic.ip} is held by {other} too"
                 found.append(Violation("address_shared", detail))
+    return found
+
+
+def mistakes_stood_by(faults: list[Fault], log_of: Callable[[int], Path]) -> list[Violation]:
+    """Each scheduler started by mistake (an empty store, beside a leader that has run a while)
+    became a standby and never led: it sent nothing, so it destroyed nothing."""
+    found = []
+    for f in faults:
+        if f.kind is not Kind.SECOND_SCHEDULER or not f.start:
+            continue
+        path = log_of(f.index)
+        text = path.read_text(errors="replace") if path.exists() else ""
+        if "scheduler leading" in text:
+            found.append(Violation("mistaken_scheduler_led", f"fault #{f.index}: see {path}"))
+        elif "scheduler standby" not in text:
+            found.append(Violation("mistaken_scheduler_not_standby", f"fault #{f.index}: {path}"))
     return found
 
 

@@ -7,7 +7,6 @@ event publisher. Callbacks only decode and enqueue; nothing but the core loop mu
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import uuid
@@ -24,7 +23,6 @@ from common.clock import Clock, SystemClock
 from common.config import SchedulerConfig
 from common.messages import CreateVm, HostCommands, HostRef, HostReply, VmRef, VmReply
 from common.natsauth import auth_options, inbox_options, nats_servers, redact_url
-from common.streams import ensure_streams
 from common.usage_messages import UsageQuery, UsageReply
 from scheduler.core.contract import (
     Ack,
@@ -60,7 +58,7 @@ from scheduler.shell.jobs import run_jobs
 from scheduler.shell.metrics import Observer, SchedulerMetrics
 from scheduler.shell.readview import ReadView, Snapshot, snapshot
 from scheduler.shell.retry import retry_while_nats_down
-from scheduler.shell.stopping import cancel_until_done
+from scheduler.shell.stopping import cancel_until_done, close_connection
 from scheduler.shell.store import Batch, Rows, SqliteStore, encode_batch
 from scheduler.shell.term import SoloTerm, Term
 from scheduler.state.cluster import ClusterState
@@ -85,9 +83,18 @@ class _Target:
 
 class SchedulerApp:
     def __init__(
-        self, config: SchedulerConfig, *, clock: Clock | None = None, term: Term | None = None
+        self,
+        config: SchedulerConfig,
+        *,
+        clock: Clock | None = None,
+        term: Term | None = None,
+        prepared: list[BuiltinImage] | None = None,
     ) -> None:
         self.config = config
+        self.prepared = prepared
+        """The built-in images, when the streams and the gallery were prepared already (by a
+        standby, before it took over): a term then starts without any JetStream call but its
+        state log appends (see ``prepare_cluster``)."""
         self.clock = clock or SystemClock()
         # HA hook: the term of office (scheduler/term.py): may act? epoch? state log.
         self.term = term or SoloTerm(config.tick_s, config.heartbeat_interval_s)
@@ -152,8 +159,7 @@ class SchedulerApp:
             try:
                 await self._serve(nc, store)
             finally:
-                with contextlib.suppress(Exception):
-                    await nc.drain()
+                await close_connection(nc)
         finally:
             await store.close()
 
@@ -189,7 +195,7 @@ class SchedulerApp:
     async def _serve(self, nc: Client, store: SqliteStore) -> None:
         assert self.core is not None
         js = nc.jetstream()
-        builtins = await self._prepare(js)
+        builtins = self.prepared if self.prepared is not None else await self._prepare(js)
         # Start judging hosts only now that heartbeats can arrive: a fresh window for all.
         started = self.core.start(self.now(), builtins)
         await self._commit(store, started)
@@ -222,8 +228,7 @@ class SchedulerApp:
 
         @retry_while_nats_down("jetstream not ready")
         async def prepare() -> list[BuiltinImage]:
-            await ensure_streams(js, self.config.replicas)  # HA: replicas from config
-            return await gallery.prepare(js, self.config)
+            return await gallery.prepare_cluster(js, self.config)
 
         return await prepare()
 
@@ -310,6 +315,8 @@ class SchedulerApp:
         if not msg.reply:
             log.warning("api request without reply inbox dropped subject=%s", msg.subject)
             return
+        if not self.term.may_act():
+            return  # a deposed or frozen-then-thawed leader stays silent: its view is stale
         if is_read(msg.subject):
             await msg.respond(self.read(msg.subject, msg.data))
             return
@@ -338,7 +345,11 @@ class SchedulerApp:
             if msg.reply:
                 await msg.respond(error_reply(item.code, item.detail))
             return
-        self.queue.put_nowait(replace(item, token=self._token(msg, is_job=False)))
+
+        def enqueue(checked: Mutation) -> None:
+            self.queue.put_nowait(replace(checked, token=self._token(msg, is_job=False)))
+
+        gallery.commit_capture_in_background(self._images_nc(), item, enqueue)
 
     def _images_nc(self) -> Client:
         assert self._nc is not None

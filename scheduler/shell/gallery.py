@@ -22,17 +22,19 @@ from common import codec
 from common.config import SchedulerConfig
 from common.errors import StratusError
 from common.fields import ErrorBody, ErrorCode
-from common.image_messages import ImageReply, UploadImage
+from common.image_messages import ImageCaptured, ImageReply, UploadImage
 from common.images import ImageFormat, read_header, sniff_format
 from common.imagestore import (
     IMAGES_STREAM,
     ImageStoreError,
+    StagedImage,
+    commit_staged,
     delete_image_object,
     image_bucket,
     put_image,
     read_image_head,
 )
-from common.streams import ensure_replicas
+from common.streams import ensure_replicas, ensure_streams
 from scheduler.core.contract import BuiltinImage, Mutation
 from scheduler.core.images import object_unused
 from scheduler.state.storage import ImageRecord
@@ -47,6 +49,15 @@ def _in_background(coro: object, name: str) -> None:
     task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro, name=name)
     _background.add(task)
     task.add_done_callback(_background.discard)
+
+
+async def prepare_cluster(js: JetStreamContext, config: SchedulerConfig) -> list[BuiltinImage]:
+    """Create or update the streams (replicas from the config) and store the built-in images'
+    bytes; the built-in images. Idempotent. Stream updates and object-store reads need the
+    streams' (and the JetStream meta) leaders: a standby does this once, before it may lead,
+    so that a takeover while a NATS node is frozen does not wait for their re-election."""
+    await ensure_streams(js, config.replicas)
+    return await prepare(js, config)
 
 
 async def prepare(js: JetStreamContext, config: SchedulerConfig) -> list[BuiltinImage]:
@@ -71,8 +82,10 @@ async def prepare(js: JetStreamContext, config: SchedulerConfig) -> list[Builtin
 
 
 async def check_upload(js: JetStreamContext, body: UploadImage) -> UploadImage | str:
-    """The upload with its checked format, or why its bytes are refused."""
+    """The upload with its checked format, or why its bytes are refused. Staged bytes are
+    committed first: checked against the digest and size, their metadata written."""
     try:
+        await commit_staged(js, StagedImage(body.sha256, body.size_bytes, body.nuid))
         header, size = await read_image_head(js, body.sha256)
     except (ImageStoreError, nats.errors.Error, TimeoutError) as exc:
         return f"the image bytes under {body.sha256} cannot be used: {exc}"
@@ -113,6 +126,32 @@ def check_upload_in_background(
             log.warning("image upload reply failed error=%r", exc)
 
     _in_background(run(), f"check-upload-{body.name}")
+
+
+def commit_capture_in_background(
+    nc: Client, item: Mutation, enqueue: Callable[[Mutation], None]
+) -> None:
+    """Commit the bytes a capture report names (staged by the agent, which may not write an
+    object's metadata), then hand the report to the core; bytes that fail their check turn it
+    into a failed capture."""
+    assert isinstance(item.body, ImageCaptured)
+    body = item.body
+    if body.error or not body.nuid:
+        enqueue(item)
+        return
+
+    async def run() -> None:
+        staged = StagedImage(body.sha256, body.size_bytes, body.nuid)
+        try:
+            await commit_staged(nc.jetstream(), staged)
+        except (ImageStoreError, nats.errors.Error, TimeoutError) as exc:
+            log.warning("captured bytes refused image=%s error=%s", body.image, exc)
+            failed = replace(body, error=f"the captured bytes cannot be used: {exc}")
+            enqueue(dataclasses.replace(item, body=failed))
+            return
+        enqueue(item)
+
+    _in_background(run(), f"commit-capture-{body.image}")
 
 
 def drop_object_in_background(nc: Client, sha256: str) -> None:

@@ -33,7 +33,9 @@ from common.clock import Clock, SystemClock
 from common.config import SchedulerConfig
 from common.errors import StratusError
 from common.natsauth import auth_options, nats_servers
+from scheduler.core.contract import BuiltinImage
 from scheduler.shell.app import SchedulerApp
+from scheduler.shell.gallery import prepare_cluster
 from scheduler.shell.leader import Lease, LeaseHolder, lease_bucket
 from scheduler.shell.statelog import AppendUnknown, Fenced, StateLog, ensure_state_log
 from scheduler.shell.store import SqliteStore
@@ -79,6 +81,8 @@ class HaScheduler:
         """The app of the current term (None while standby)."""
         self.terms = 0
         self.epoch = 0
+        self.builtins: list[BuiltinImage] = []
+        """The built-in images, stored while standby (``prepare_cluster``)."""
         self.leading = asyncio.Event()
         self.connected = asyncio.Event()
         """Set once NATS and JetStream answered: from then on a stop is orderly (drain, close);
@@ -130,7 +134,9 @@ class HaScheduler:
         while not self._stop.is_set():
             try:
                 await ensure_state_log(js, self.config.replicas)
-                return await lease_bucket(js, self.config.lease_s, self.config.replicas)
+                kv = await lease_bucket(js, self.config.lease_s, self.config.replicas)
+                self.builtins = await prepare_cluster(js, self.config)
+                return kv
             except (nats.errors.Error, TimeoutError) as exc:
                 log.warning("jetstream not ready, retrying error=%r", exc)
             await self._pause(RETRY_S)
@@ -161,7 +167,10 @@ class HaScheduler:
         try:
             async with asyncio.timeout(self.config.lease_s):
                 await statelog.catch_up()
-                if not await statelog.has_snapshot():
+                # A log with records has a snapshot (its first leader took one before its
+                # fence): only the first leader of a cluster asks the snapshot bucket, whose
+                # stream leader may be on a frozen NATS node.
+                if statelog.seq == 0 and not await statelog.has_snapshot():
                     await statelog.take_snapshot(self.config.db_path)
                 await statelog.fence(epoch)
         except (nats.errors.Error, TimeoutError, StratusError) as exc:
@@ -184,7 +193,7 @@ class HaScheduler:
             db_path=config.db_path,
             snapshot_every=config.snapshot_every,
         )
-        self.app = app = SchedulerApp(config, clock=self.clock, term=term)
+        self.app = app = SchedulerApp(config, clock=self.clock, term=term, prepared=self.builtins)
         self.terms += 1
         self.epoch = term.epoch
         log.info("scheduler leading epoch=%d", term.epoch)

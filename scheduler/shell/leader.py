@@ -31,12 +31,13 @@ from nats.js.api import StorageType
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
+from common import subjects
 from common.clock import Clock
 from common.streams import ensure_replicas
 
 log = logging.getLogger(__name__)
 
-LEASE_BUCKET = "STRATUS_LEADER"
+LEASE_BUCKET = subjects.LEASE_BUCKET
 LEASE_KEY = "leader"
 MARGIN_FRACTION = 0.2
 """Of ``lease_s``: how long before the server could expire the key the leader stops acting."""

@@ -36,15 +36,16 @@ from nats.js.errors import (
 )
 from nats.js.object_store import ObjectStore
 
+from common import subjects
 from common.errors import StratusError
 from common.streams import ensure_replicas, ensure_stream
 from scheduler.shell.store import Rows, SqliteStore
 
 log = logging.getLogger(__name__)
 
-STATE_STREAM = "STRATUS_STATE"
-STATE_SUBJECT = "stratus.state.log"
-SNAPSHOT_BUCKET = "STRATUS_STATE_SNAP"
+STATE_STREAM = subjects.STATE_STREAM
+STATE_SUBJECT = subjects.STATE_SUBJECT
+SNAPSHOT_BUCKET = subjects.SNAPSHOT_BUCKET
 SNAPSHOT_OBJECT = "latest"
 PART_BYTES = 768 * 1024
 """Most bytes of a batch in one message (JetStream's default max payload is 1 MiB)."""

@@ -35,6 +35,9 @@ class Term(Protocol):
     def api_queue(self) -> str:
         """The queue group of the API subscription ("" for none)."""
 
+    def may_act(self) -> bool:
+        """Whether this scheduler may act (and answer) right now."""
+
     def check(self) -> None:
         """Raise NotLeader unless this scheduler may act right now."""
 
@@ -74,6 +77,9 @@ class SoloTerm:
     @property
     def api_queue(self) -> str:
         return "stratus-scheduler"
+
+    def may_act(self) -> bool:
+        return True
 
     def check(self) -> None:
         return None

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import random
 from datetime import UTC, datetime
 from pathlib import Path
 
+from bench.chaos import result_of
 from common.messages import HostEvent, HostState, VmEvent, VmInfo, VmState
 from common.network_messages import NicInfo
-from rigs.chaos.faults import Fault, Kind
+from rigs.chaos.campaign import Report
+from rigs.chaos.consolewatch import Copy, spans, two_running_copies
+from rigs.chaos.faults import DEAD_AFTER_S, ON_A_HOST, WEIGHTS, Fault, Kind, Violation, plan
 from rigs.chaos.load import Acked, Op
 from rigs.chaos.observer import (
     Replay,
@@ -18,6 +22,7 @@ from rigs.chaos.observer import (
     destroyed_during_nats_outages,
     duplicates_refused,
     healthy_hosts_declared_dead,
+    mistakes_stood_by,
 )
 
 SIZES = {"a": "Small", "b": "Small"}
@@ -171,3 +176,73 @@ def test_an_address_held_twice_or_changed_is_caught_and_a_released_one_may_be_re
     assert [v.kind for v in address_violations(shared)] == ["address_shared"]
     moved = [nic_event(1, "a", "10.14.0.2"), nic_event(2, "a", "10.14.0.3")]
     assert [v.kind for v in address_violations(moved)] == ["address_changed"]
+
+
+def test_a_vm_removed_while_nats_is_frozen_is_caught() -> None:
+    frozen = [fault(Kind.NATS_STOP_LONG, None, 10.0, 14.0)]
+    found = destroyed_during_nats_outages([Row(13.0, "h1", "a", 1, "stop")], frozen)
+    assert [v.kind for v in found] == ["removed_during_nats_outage"]
+
+
+def test_stalls_of_nats_or_of_the_scheduler_excuse_no_host_declared_dead() -> None:
+    stalls = [
+        fault(Kind.NATS_STOP_LONG, None, 10.0, 14.0),
+        fault(Kind.SCHEDULER_STOP_LONG, None, 20.0, 24.0),
+        fault(Kind.LEADER_KILL, None, 30.0, 32.0),
+    ]
+    downs = [host_down("h1", 13.0), host_down("h2", 25.0), host_down("h3", 31.0)]
+    found = healthy_hosts_declared_dead(downs, stalls)
+    assert [v.kind for v in found] == ["healthy_host_declared_dead"] * 3
+
+
+def test_a_mistaken_scheduler_must_stand_by_and_never_lead(tmp_path: Path) -> None:
+    faults = [fault(Kind.SECOND_SCHEDULER, None, 1.0, 5.0) for _ in range(3)]
+    for index, f in enumerate(faults):
+        f.index = index
+    logs = {
+        0: "scheduler standby node=a\n",
+        1: "scheduler standby node=b\nleader lease won\nscheduler leading epoch=9\n",
+        2: "store loaded\n",
+    }
+    for index, text in logs.items():
+        (tmp_path / f"{index}.log").write_text(text)
+    found = mistakes_stood_by(faults, lambda i: tmp_path / f"{i}.log")
+    assert [v.kind for v in found] == ["mistaken_scheduler_led", "mistaken_scheduler_not_standby"]
+
+
+def test_a_ci_sized_plan_tries_every_kind_and_the_same_seed_gives_the_same_plan() -> None:
+    hosts = ["h1", "h2", "h3", "h4"]
+    first = plan(random.Random(6), 50, hosts)
+    assert {f.kind for f in first} == set(WEIGHTS)
+    again = plan(random.Random(6), 50, hosts)
+    assert [(f.kind, f.host, f.hold_s) for f in first] == [
+        (f.kind, f.host, f.hold_s) for f in again
+    ]
+    for f in first:
+        assert (f.host is not None) == (f.kind in ON_A_HOST)
+        if f.kind in (Kind.NATS_STOP_LONG, Kind.SCHEDULER_STOP_LONG, Kind.AGENT_STOP_LONG):
+            assert f.hold_s > DEAD_AFTER_S
+        if f.kind in (Kind.NATS_STOP_SHORT, Kind.SCHEDULER_STOP_SHORT):
+            assert f.hold_s < DEAD_AFTER_S
+
+
+def test_console_ticks_of_two_processes_of_one_vm_at_once_are_two_executing_copies() -> None:
+    old, new = Copy("a", "h1", 10), Copy("a", "h2", 20)
+    handover = {old: [1.0, 1.25, 1.5, 1.75], new: [6.0, 6.25, 6.5]}
+    assert two_running_copies(handover) == []
+    assert spans([1.0, 1.25, 1.5, 4.0, 4.25]) == [(1.0, 1.5), (4.0, 4.25)]  # paused between
+    both = {old: [1.0, 1.25, 1.5, 6.1, 6.35], new: [6.0, 6.25, 6.5]}  # the old one resumed
+    assert [v.kind for v in two_running_copies(both)] == ["two_copies_executing"]
+    other_vm = {old: [1.0, 1.25], Copy("b", "h2", 30): [1.0, 1.25]}
+    assert two_running_copies(other_vm) == []
+
+
+def test_the_long_run_reports_both_parts_and_every_violation() -> None:
+    fake = Report(6, faults=[fault(Kind.AGENT_KILL, "h1", 1.0, 2.0)], duration_s=10.0)
+    qemu = Report(6, faults=[fault(Kind.DISK_FULL, "h2", 1.0, 4.0)], duration_s=5.0)
+    qemu.violations.append(Violation("two_copies_executing", "vm=a"))
+    result = result_of(6, {"fake": fake, "qemu": qemu}, "replay")
+    assert result["faults"] == 2
+    assert result["faults_by_kind"] == {"agent_disk_full": 1, "agent_kill": 1}
+    assert result["violations_by_kind"] == {"two_copies_executing": 1}
+    assert result["parts"]["qemu"]["violations"] == 1 and result["duration_s"] == 15.0

@@ -18,6 +18,7 @@ import msgspec
 import nats
 import pytest
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 
 from cli.client import StratusClient
 from common import codec, subjects
@@ -26,6 +27,7 @@ from common.messages import CreateVm, HostEvent, HostState, VmState
 from common.natsserver import NatsServer
 from rigs.cluster import overlapping_executions
 from scheduler.shell.leader import LEASE_BUCKET, LEASE_KEY, LeaseHolder
+from scheduler.shell.statelog import STATE_STREAM
 from tests.integration.helpers import wait_all_running, wait_hosts_up
 from tests.waiting import wait_until
 
@@ -319,3 +321,30 @@ async def test_a_frozen_leader_is_replaced_and_acts_on_nothing_when_it_thaws(
     assert await host_downs(nc) == []
     assert overlapping_executions(ha.execution_log(), {}) == []
     assert await leader_name(ha, nc) == "s2"
+
+
+TAKEOVER_STREAMS = {STATE_STREAM, f"KV_{LEASE_BUCKET}"}
+"""The only streams a standby taking over may wait on: the others' leaders may sit on a frozen
+NATS node (tests/integration/test_leader_cluster.py), and their re-election takes seconds."""
+
+
+async def test_a_takeover_waits_on_no_stream_but_the_state_log_and_the_lease(
+    ha: HaCluster, api: StratusClient, nc: Client
+) -> None:
+    leader = await start_pair(ha, api, nc)
+    await wait_until(  # a standby that never caught up must first read the snapshot bucket
+        lambda: "state restored from snapshot" in ha.log("s2"), timeout_s=20, message="synced"
+    )
+    asked: list[str] = []
+
+    async def on_request(msg: Msg) -> None:
+        asked.append(msg.subject.removeprefix("$JS.API."))
+
+    await nc.subscribe("$JS.API.STREAM.>", cb=on_request)
+    await nc.flush()
+    ha.signal_scheduler(leader, signal.SIGKILL)
+    await wait_until(lambda: "scheduler ready" in ha.log("s2"), timeout_s=20, message="s2 serving")
+    await api.list_hosts()  # answered: s2 serves
+    streams = {subject.rsplit(".", 1)[-1] for subject in asked if ".MSG." not in subject}
+    assert streams <= TAKEOVER_STREAMS, sorted(asked)
+    assert not any(subject.startswith("UPDATE.") for subject in asked), sorted(asked)

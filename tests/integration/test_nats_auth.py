@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from common.config import AgentConfig, SchedulerConfig
 from common.errors import ApiError
 from common.fields import ErrorCode
 from common.image_messages import ImageCaptured, ImageState
-from common.imagestore import put_image
+from common.imagestore import read_image_head, stage_image
 from common.messages import CaptureVm, CreateVm
 from common.natsauth import host_inbox_prefix, inbox_options, redact_url
 from common.natsserver import NatsServer, start_nats_server
@@ -185,7 +186,7 @@ async def test_a_publisher_cannot_command_hosts_or_forge_events(conns: dict[str,
 async def test_an_agent_stores_and_reports_its_own_capture(
     auth: AuthServer, conns: dict[str, Conn], tmp_path: Path
 ) -> None:
-    """Capture under the generated roles: the agent writes the disk's bytes to the images store
+    """Capture under the generated roles: the agent stages the disk's bytes in the images store
     and reports on its own host's subject, and the scheduler answers it (here: no such image).
     Reporting as another host, or as a publisher, never reaches the scheduler (tests above)."""
     app = SchedulerApp(
@@ -202,8 +203,15 @@ async def test_an_agent_stores_and_reports_its_own_capture(
             await app.ready.wait()
         disk = tmp_path / "disk.qcow2"
         disk.write_bytes(b"a captured disk " * 4096)
-        sha256, size = await put_image(agent.jetstream(), disk)
-        report = ImageCaptured(image="gold", vm="web", host_id="ha", sha256=sha256, size_bytes=size)
+        staged = await stage_image(agent.jetstream(), disk)
+        report = ImageCaptured(
+            image="gold",
+            vm="web",
+            host_id="ha",
+            sha256=staged.sha256,
+            size_bytes=staged.size_bytes,
+            nuid=staged.nuid,
+        )
         replies = [
             await conn.request(subjects.host_captured("ha"), codec.encode(body), timeout=10)
             for conn, body in [
@@ -224,6 +232,37 @@ async def test_an_agent_stores_and_reports_its_own_capture(
         ErrorCode.INVALID_REQUEST,  # the old API route is gone (unknown subject)
     ]
     assert conns["host-ha"].errors == [], "no permission was missing for the capture"
+
+
+async def test_a_publisher_uploads_an_image_it_may_not_write_the_metadata_of(
+    auth: AuthServer, conns: dict[str, Conn], tmp_path: Path
+) -> None:
+    """The publisher stages the chunks (its role may not write an object's metadata) and the
+    scheduler checks them and commits the object: the image is available, its bytes readable
+    by a host, and a second upload of the same bytes stages nothing."""
+    app = SchedulerApp(
+        SchedulerConfig(
+            nats_url=auth.server.url,
+            db_path=str(tmp_path / "s.db"),
+            nats_nkey_seed=str(auth.seed("scheduler")),
+        )
+    )
+    task = asyncio.create_task(app.run())
+    disk = tmp_path / "disk.qcow2"
+    disk.write_bytes(b"QFI\xfb" + (3).to_bytes(4, "big") + os.urandom(300_000))
+    client = StratusClient(conns["publisher"].nc, timeout_s=10)
+    try:
+        async with asyncio.timeout(15):
+            await app.ready.wait()
+        image = await client.upload_image(disk, "golden")
+        again = await stage_image(conns["publisher"].nc.jetstream(), disk)
+        head, size = await read_image_head(conns["host-ha"].nc.jetstream(), image.sha256)
+    finally:
+        app.stop()
+        await asyncio.wait_for(task, timeout=15)
+    assert (image.state, image.format, image.size_bytes) == (ImageState.AVAILABLE, "qcow2", size)
+    assert head[:4] == b"QFI\xfb" and again.nuid == ""
+    assert conns["publisher"].errors == [] and conns["host-ha"].errors == []
 
 
 @pytest.mark.e2e

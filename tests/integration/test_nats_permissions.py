@@ -1,19 +1,21 @@
 """Every role tries every action it must not do, against a real nats-server running the config
 ``stratus nats-config`` writes, and each attempt is refused (and changes nothing).
 
-Kinds of attempt: publishing where the role may not (seen by an observer holding ``>``), reading
-subjects it may not (another client's reply inboxes, the scheduler's job fetches, API requests,
-other hosts' commands), purging the images object store, and creating a JetStream consumer,
-which a role could point at a subject it cannot publish to (nats-server does not check a push
-consumer's deliver subject against its creator's permissions, nats-io/nats-server#8274): with
-the images store, uploaded bytes delivered to ``stratus.host.<id>.cmd`` would be taken as a
-host's commands."""
+Kinds of attempt: writing the control plane's own state (the leader lease, the state log, its
+snapshots: the scheduler role's alone, not even an admin's), publishing where the role may not
+(seen by an observer holding ``>``), reading subjects it may not (another client's reply
+inboxes, the scheduler's job fetches, API requests, other hosts' commands), purging the images
+object store, and creating a JetStream consumer, which a role could point at a subject it
+cannot publish to (nats-server does not check a push consumer's deliver subject against its
+creator's permissions, nats-io/nats-server#8274): with the images store, uploaded bytes
+delivered to ``stratus.host.<id>.cmd`` would be taken as a host's commands."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,20 +29,37 @@ from cli.client import connect
 from cli.natsconfig import OBJ_STREAM, generate
 from common import subjects
 from common.imagestore import image_bucket
+from common.natsauth import host_inbox_prefix
 from common.natsserver import start_nats_server
 from common.streams import ensure_streams
+from scheduler.shell.leader import LEASE_KEY, lease_bucket
+from scheduler.shell.statelog import SNAPSHOT_OBJECT, ensure_state_log, snapshot_bucket
 from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 HOSTS = ["ha", "hb"]
-ROLES = ["publisher", "dashboard", "host-ha"]
+ROLES = ["publisher", "dashboard", "host-ha", "admin"]
 EVENTS, JOBS = subjects.EVENTS_STREAM, subjects.JOBS_STREAM
 MARKER = {  # a subject each role may publish to: once seen, earlier denied ones would be too
     "publisher": subjects.VM_CREATE,
     "dashboard": subjects.VM_LIST,
     "host-ha": subjects.host_heartbeat("ha"),
+    "admin": subjects.VM_LIST,
 }
+LEASE_STREAM = f"KV_{subjects.LEASE_BUCKET}"
+SNAP_STREAM = f"OBJ_{subjects.SNAPSHOT_BUCKET}"
+CONTROL_PLANE = [  # only the scheduler role writes the lease, the state log and its snapshots
+    f"$KV.{subjects.LEASE_BUCKET}.{LEASE_KEY}",
+    subjects.STATE_SUBJECT,
+    f"$O.{subjects.SNAPSHOT_BUCKET}.C.x",
+    f"$O.{subjects.SNAPSHOT_BUCKET}.M.bGF0ZXN0",
+    f"$JS.API.STREAM.PURGE.{LEASE_STREAM}",
+    f"$JS.API.STREAM.UPDATE.{LEASE_STREAM}",
+    f"$JS.API.STREAM.DELETE.{subjects.STATE_STREAM}",
+    f"$JS.API.STREAM.MSG.DELETE.{subjects.STATE_STREAM}",
+    f"$JS.API.STREAM.PURGE.{SNAP_STREAM}",
+]
 ALWAYS_DENIED = [
     subjects.host_commands("ha"),
     subjects.host_commands("hb"),
@@ -59,10 +78,15 @@ ALWAYS_DENIED = [
     f"$JS.API.CONSUMER.MSG.NEXT.{JOBS}.{subjects.JOBS_CONSUMER}",
     subjects.console_output("hb", "web"),
     subjects.console_tail("ha", "web") + ".x",
+    *CONTROL_PLANE,
 ]
+HOLDER = b'{"node": "n1", "scheduler_id": "n1"}'
 FORGED_OUTPUT = subjects.console_output("ha", "web")
+VICTIM = b'{"host_id": "ha", "commands": []}'
+VICTIM_META = f"$O.{subjects.IMAGES_BUCKET}.M.{base64.urlsafe_b64encode(b'victim').decode()}"
+"""An image object's metadata: only the scheduler writes it, after checking staged chunks."""
 PUBLISH_DENIED = {
-    "publisher": [*ALWAYS_DENIED, FORGED_OUTPUT],
+    "publisher": [*ALWAYS_DENIED, FORGED_OUTPUT, VICTIM_META],
     "dashboard": [
         *ALWAYS_DENIED,
         FORGED_OUTPUT,
@@ -75,15 +99,18 @@ PUBLISH_DENIED = {
         subjects.IMAGE_UPLOAD,
         subjects.job_subject(subjects.VM_CREATE),
         f"$O.{subjects.IMAGES_BUCKET}.C.x",
+        VICTIM_META,
     ],
     "host-ha": [
         *[s for s in ALWAYS_DENIED if s != subjects.host_commands("ha")],
+        VICTIM_META,
         subjects.VM_CREATE,
         subjects.VM_DELETE,
         subjects.job_subject(subjects.VM_DELETE),
         subjects.console_input("hb", "web"),
         subjects.console_tail("hb", "web"),
     ],
+    "admin": CONTROL_PLANE,
 }
 SUBSCRIBE_DENIED = {  # (subscription, a subject the observer then publishes on it)
     "publisher": [
@@ -109,6 +136,7 @@ SUBSCRIBE_DENIED = {  # (subscription, a subject the observer then publishes on 
         (subjects.console_tail("hb", "*"), subjects.console_tail("hb", "web")),
         (subjects.console_output("hb", "*"), subjects.console_output("hb", "web")),
     ],
+    "admin": [],
 }
 
 
@@ -137,7 +165,12 @@ async def setup(tmp_path: Path, nats_server: object) -> AsyncIterator[Setup]:
         js = observer.jetstream()
         await ensure_streams(js)
         bucket = await image_bucket(js)
-        await bucket.put("victim", b'{"host_id": "ha", "commands": []}')
+        await bucket.put("victim", VICTIM)
+        await ensure_state_log(js, 1)
+        kv = await lease_bucket(js, lease_s=3600.0, replicas=1)
+        await kv.put(LEASE_KEY, HOLDER)
+        await js.publish(subjects.STATE_SUBJECT, b"batch")
+        await (await snapshot_bucket(js)).put(SNAPSHOT_OBJECT, b"snapshot")
         seen: list[str] = []
 
         async def on_msg(msg: Msg) -> None:
@@ -149,7 +182,13 @@ async def setup(tmp_path: Path, nats_server: object) -> AsyncIterator[Setup]:
             await observer.subscribe(subject, cb=on_msg)
         await observer.flush()
         for name in ROLES:
-            role = Role(await connect(server.url, nkey_seed=str(keys / f"{name}.nk")))
+            seed = str(keys / f"{name}.nk")
+            if name.startswith("host-"):  # an agent's replies come to _INBOX_<host>
+                inbox = host_inbox_prefix(name.removeprefix("host-"))
+                nc = await nats.connect(server.url, nkeys_seed=seed, inbox_prefix=inbox)
+            else:
+                nc = await connect(server.url, nkey_seed=seed)
+            role = Role(nc)
             role.nc._error_cb = _recorder(role.errors)  # connect() silences them
             roles[name] = role
         yield Setup(observer, seen, roles)
@@ -214,25 +253,62 @@ async def _attempt_subscribes(setup: Setup, name: str) -> int:
     return len(SUBSCRIBE_DENIED[name])
 
 
+async def _attempt_control_plane_writes(setup: Setup, name: str) -> int:
+    """Through JetStream as a client would: forge the lease, append to the state log, replace
+    the snapshot, purge or delete their streams. Each refused; the observer finds all as was."""
+    js = setup.roles[name].nc.jetstream(timeout=1.0)
+    forged = b'{"node": "forged", "scheduler_id": "forged"}'
+    attempts = [
+        js.publish(f"$KV.{subjects.LEASE_BUCKET}.{LEASE_KEY}", forged),
+        js.publish(subjects.STATE_SUBJECT, b"forged", headers={"Nats-Expected-Last-Sequence": "1"}),
+        js.publish(f"$O.{subjects.SNAPSHOT_BUCKET}.C.forged", b"forged"),
+        js.purge_stream(subjects.STATE_STREAM),
+        js.purge_stream(LEASE_STREAM),
+        js.delete_stream(LEASE_STREAM),
+        js.delete_msg(subjects.STATE_STREAM, 1),
+    ]
+    results = await asyncio.gather(*attempts, return_exceptions=True)
+    assert all(isinstance(r, nats.errors.Error | TimeoutError) for r in results), (name, results)
+    observer = setup.observer.jetstream()
+    entry = await (await observer.key_value(subjects.LEASE_BUCKET)).get(LEASE_KEY)
+    assert entry.value == HOLDER, name
+    assert (await observer.stream_info(subjects.STATE_STREAM)).state.messages == 1, name
+    snapshot = await (await snapshot_bucket(observer)).get(SNAPSHOT_OBJECT)
+    assert snapshot.data == b"snapshot", name
+    return len(attempts)
+
+
+async def _attempt_image_overwrite(setup: Setup, name: str) -> int:
+    """Overwrite a stored image as nats-py's object store would (chunks, then metadata) and
+    delete it (a metadata message marking it deleted): both refused, the object unchanged."""
+    bucket = await image_bucket(setup.roles[name].nc.jetstream(timeout=1.0), create=False)
+    stored = await image_bucket(setup.observer.jetstream())
+    before = await stored.get_info("victim")
+    for attempt in (bucket.put("victim", b"forged bytes"), bucket.delete("victim")):
+        with pytest.raises((nats.errors.Error, TimeoutError)):
+            await attempt
+    after = await stored.get_info("victim")
+    assert (after.nuid, after.digest, after.deleted) == (before.nuid, before.digest, False), name
+    return 2
+
+
 async def _attempt_consumers_and_purge(setup: Setup, name: str) -> int:
     """A push consumer delivering into another host's commands or the API, a pull consumer, and
     a purge of the images store: each refused, and nothing exists or changed afterwards."""
     js = setup.roles[name].nc.jetstream(timeout=1.0)
-    attempts = 0
-    for stream in (EVENTS, OBJ_STREAM, JOBS):
-        for deliver in (subjects.host_commands("hb"), subjects.VM_DELETE, None):
-            attempts += 1
-            config = ConsumerConfig(deliver_subject=deliver, ack_policy=AckPolicy.NONE)
-            with pytest.raises((nats.errors.Error, TimeoutError)):
-                await js.add_consumer(stream, config)
-    attempts += 1
-    with pytest.raises((nats.errors.Error, TimeoutError)):
-        await js.purge_stream(OBJ_STREAM)
+    attempts: list[Coroutine[object, object, object]] = [
+        js.add_consumer(stream, ConsumerConfig(deliver_subject=deliver, ack_policy=AckPolicy.NONE))
+        for stream in (EVENTS, OBJ_STREAM, JOBS)
+        for deliver in (subjects.host_commands("hb"), subjects.VM_DELETE, None)
+    ]
+    attempts.append(js.purge_stream(OBJ_STREAM))
+    results = await asyncio.gather(*attempts, return_exceptions=True)  # all at once: each waits
+    assert all(isinstance(r, nats.errors.Error | TimeoutError) for r in results), (name, results)
     observer = setup.observer.jetstream()
     for stream in (EVENTS, OBJ_STREAM, JOBS):
         assert (await observer.stream_info(stream)).state.consumer_count == 0, stream
     assert (await observer.stream_info(OBJ_STREAM)).state.messages > 0, "purged"
-    return attempts
+    return len(attempts)
 
 
 async def test_every_role_is_refused_every_action_it_must_not_do(setup: Setup) -> None:
@@ -240,7 +316,11 @@ async def test_every_role_is_refused_every_action_it_must_not_do(setup: Setup) -
     for name in ROLES:
         attempts += await _attempt_publishes(setup, name)
         attempts += await _attempt_subscribes(setup, name)
-        attempts += await _attempt_consumers_and_purge(setup, name)
+        attempts += await _attempt_control_plane_writes(setup, name)
+        if name in ("publisher", "host-ha"):  # the roles that may stage image chunks
+            attempts += await _attempt_image_overwrite(setup, name)
+        if name != "admin":  # an admin may manage consumers and the images store
+            attempts += await _attempt_consumers_and_purge(setup, name)
     assert attempts >= 50, attempts
     print(f"{attempts} forbidden attempts, all refused")
 

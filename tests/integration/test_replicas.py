@@ -7,6 +7,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.errors import NoRespondersError, TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.errors import NoStreamResponseError
@@ -94,3 +96,24 @@ async def test_a_start_never_lowers_a_replica_count_set_higher(nats3: NatsCluste
         assert info.state.messages == 1
     finally:
         await nc.close()
+
+
+async def test_a_start_that_changes_nothing_updates_no_stream(nc: Client) -> None:
+    """Stream updates go through the JetStream meta leader: a scheduler taking over while a
+    NATS node is frozen must not wait for one when its streams are already as configured."""
+    js = nc.jetstream(timeout=2.0)
+    updated: list[str] = []
+
+    async def on_update(msg: Msg) -> None:
+        updated.append(msg.subject)
+
+    await nc.subscribe("$JS.EVENT.ADVISORY.STREAM.UPDATED.>", cb=on_update)
+    await ensure_streams(js, 1)
+    await ensure_streams(js, 1)  # a restart: nothing to change
+    config = events_stream_config(1)
+    config.max_age = 3600.0
+    await ensure_stream(js, config)  # a changed setting is applied
+    await nc.flush()
+    await wait_until(lambda: len(updated) >= 1, timeout_s=5, message="the update advisory")
+    assert updated == [f"$JS.EVENT.ADVISORY.STREAM.UPDATED.{subjects.EVENTS_STREAM}"]
+    assert (await js.stream_info(subjects.EVENTS_STREAM)).config.max_age == 3600.0

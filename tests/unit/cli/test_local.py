@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cli import local
+from cli import demo, local
 from common import messages as m
 from common.config import AZURE_SIZES
 from common.errors import StratusError
@@ -20,7 +20,7 @@ T0 = datetime(2025, 1, 1, tzinfo=UTC)
 
 
 def test_demo_has_twelve_uniquely_named_vms_of_known_sizes() -> None:
-    requests = local.demo_requests()
+    requests = demo.demo_requests()
     assert len(requests) == 12
     assert len({request.name for request in requests}) == 12
     assert {request.size for request in requests} <= set(SIZES)
@@ -30,8 +30,8 @@ def test_demo_has_twelve_uniquely_named_vms_of_known_sizes() -> None:
 def test_demo_vms_fit_on_the_two_surviving_hosts_in_any_order() -> None:
     """Any greedy placement succeeds when the spare capacity left with every VM placed on two
     hosts is at least the largest VM (per resource): some host always has room for it."""
-    host = parse_capacity(local.DEMO_CAPACITY)
-    sizes = [SIZES[request.size] for request in local.demo_requests()]
+    host = parse_capacity(demo.DEMO_CAPACITY)
+    sizes = [SIZES[request.size] for request in demo.demo_requests()]
     spare_milli = 2 * host.cpu_milli - sum(size.cpu_milli for size in sizes)
     spare_mib = 2 * host.mem_mib - sum(size.mem_mib for size in sizes)
     assert spare_milli >= max(size.cpu_milli for size in sizes)
@@ -85,15 +85,15 @@ def vm(name: str, host: str | None, state: m.VmState = m.VmState.RUNNING) -> m.V
 
 def test_busiest_host_counts_running_vms_and_breaks_ties_by_id() -> None:
     vms = [vm("a", "host-3"), vm("b", "host-2"), vm("c", "host-3"), vm("d", "host-2")]
-    assert local.busiest_host(vms) == "host-2"
+    assert demo.busiest_host(vms) == "host-2"
     vms.append(vm("e", "host-3"))
-    assert local.busiest_host(vms) == "host-3"
-    assert local.busiest_host([*vms, vm("f", "host-1", m.VmState.STOPPING)]) == "host-3"
+    assert demo.busiest_host(vms) == "host-3"
+    assert demo.busiest_host([*vms, vm("f", "host-1", m.VmState.STOPPING)]) == "host-3"
 
 
 def test_busiest_host_needs_a_running_vm() -> None:
     with pytest.raises(StratusError):
-        local.busiest_host([vm("a", None, m.VmState.PENDING)])
+        demo.busiest_host([vm("a", None, m.VmState.PENDING)])
 
 
 def test_port_is_free() -> None:
@@ -101,3 +101,20 @@ def test_port_is_free() -> None:
         sock.bind(("127.0.0.1", 0))
         sock.listen()
         assert not local.port_is_free(sock.getsockname()[1])
+
+
+def test_two_schedulers_have_their_own_stores_and_http_ports() -> None:
+    spec = local.ClusterSpec(data_dir=Path("/d"), schedulers=2, http_listen="127.0.0.1:8080")
+    assert spec.scheduler_names == ["scheduler", "scheduler-2"]
+    second = local.scheduler_args("nats://127.0.0.1:5", spec, "scheduler-2")
+    pairs = dict(zip(second[3::2], second[4::2], strict=True))
+    assert pairs["--db"] == "/d/scheduler-2.db"
+    assert pairs["--http"] == "127.0.0.1:8081"
+    first = local.scheduler_args("nats://127.0.0.1:5", spec, "scheduler")
+    assert dict(zip(first[3::2], first[4::2], strict=True))["--http"] == "127.0.0.1:8080"
+    assert local.ClusterSpec(data_dir=Path("/d")).scheduler_names == ["scheduler"]
+
+
+def test_more_schedulers_than_two_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(StratusError, match="--schedulers"):
+        local.start_cluster(local.ClusterSpec(data_dir=tmp_path, schedulers=3))

@@ -92,3 +92,20 @@ def test_the_command_writes_the_config(tmp_path: Path, capsys: pytest.CaptureFix
     assert main(["nats-config", "--out", str(tmp_path), "--host", "h1"]) == 0
     assert (tmp_path / "nats-server.conf").exists()
     assert "nats-server -js -c" in capsys.readouterr().out
+
+
+def test_only_the_scheduler_writes_the_lease_the_state_log_and_its_snapshots() -> None:
+    writes = ["$KV.STRATUS_LEADER.>", "stratus.state.log", "$O.STRATUS_STATE_SNAP.>"]
+    admin = role_permissions("admin")
+    assert set(writes) <= set(admin.deny_publish)
+    assert "$JS.API.STREAM.PURGE.STRATUS_STATE" in admin.deny_publish
+    assert "$JS.API.STREAM.INFO.STRATUS_STATE" not in admin.deny_publish  # reading is fine
+    assert role_permissions("scheduler").deny_publish == ()
+    for role in ("publisher", "dashboard", "host-h1"):
+        allowed = role_permissions(role).publish
+        assert ">" not in allowed and not set(writes) & set(allowed)
+
+
+def test_the_admin_deny_list_is_in_the_rendered_config(tmp_path: Path) -> None:
+    text = generate(tmp_path, []).read_text()
+    assert 'deny: ["$KV.STRATUS_LEADER.>", "stratus.state.log"' in text

@@ -13,9 +13,10 @@ import pytest
 from common.config import AgentConfig
 from common.errors import ConfigError, DriverError
 from hostagent.accel import resolve_accel
+from hostagent.disks import run_qemu_img
 from hostagent.images import ImageCache
 from hostagent.qemusetup import check_host
-from tests.qemukit import boot_kit
+from tests.qemukit import boot_kit, require_qemu
 
 
 async def test_an_explicit_accelerator_needs_no_self_test(tmp_path: Path) -> None:
@@ -99,3 +100,16 @@ def test_an_agent_without_qemu_or_boot_kit_says_what_to_install(tmp_path: Path) 
     if shutil.which("qemu-system-x86_64") and shutil.which("qemu-img"):
         with pytest.raises(ConfigError, match=r"build-tiny\.sh"):
             check_host(AgentConfig(driver="qemu", boot_dir=str(tmp_path)))
+
+
+async def test_a_full_disk_is_a_retryable_failure_a_bad_request_is_not() -> None:
+    """A start whose disk cannot be written because the host's disk is full is retried on
+    another host (or later); a VM failed for good by a full disk was an acknowledged VM lost
+    (the chaos campaign's QEMU part, seed 11: a host's VMs moved onto a full disk)."""
+    require_qemu()
+    with pytest.raises(DriverError) as full:  # /dev/full: every write fails with ENOSPC
+        await run_qemu_img("create", "-q", "-f", "qcow2", "/dev/full", "1M")
+    assert full.value.retryable, full.value
+    with pytest.raises(DriverError) as bad:
+        await run_qemu_img("create", "-q", "-f", "qcow2", "/dev/null", "not-a-size")
+    assert not bad.value.retryable, bad.value
