@@ -1,8 +1,9 @@
 """Tests and benchmarks talk only to loopback or to the network namespaces they create.
 
 A scan of every address literal in tests/, bench/ and scripts/: each must be on loopback, or
-in the range the chaos rig's namespaces are built from (tests/chaos/netns.py), or be listed
-below as text that is never dialled. A new address anywhere else fails here first.
+in the range the chaos rig's namespaces are built from (tests/chaos/netns.py), or in the range
+of the guest networks the network tests build inside their namespaces (tests/netkit.py), or be
+listed below as text that is never dialled. A new address anywhere else fails here first.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SCANNED = ("tests", "bench", "scripts")
 LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
 NETNS_RANGE = ipaddress.ip_network("10.213.0.0/16")  # tests/chaos/netns.py _BASE
+GUEST_RANGE = ipaddress.ip_network("10.214.0.0/16")  # tests/netkit.py: bridges in namespaces
 NEVER_DIALLED = {
     # redact_url() is a pure string function; the address is only its input.
     ("tests/integration/test_nats_auth.py", "10.0.0.1"),
@@ -42,7 +44,7 @@ def _allowed(rel: str, text: str) -> bool:
         address = ipaddress.ip_address(text)
     except ValueError:
         return True  # a version number such as 1.2.3.4 in a comment, not an address
-    if address in LOOPBACK or address in NETNS_RANGE:
+    if address in LOOPBACK or address in NETNS_RANGE or address in GUEST_RANGE:
         return True
     return (rel, text) in NEVER_DIALLED
 
