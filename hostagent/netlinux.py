@@ -27,12 +27,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 from pathlib import Path
 from typing import assert_never
 
 import msgspec
 
-from common.errors import NetworkError
+from common.errors import ConfigError, NetworkError
 from common.network_messages import ConfigureNetworks
 from hostagent import dnsmasq
 from hostagent.hostcmd import HostCommands
@@ -66,6 +67,16 @@ from hostagent.network import NetworkBackend
 log = logging.getLogger(__name__)
 
 SELFCHECK_S = 10.0
+TOOLS = ("ip", "bridge", "nft", "dnsmasq")
+APT_LINE = "apt-get install -y --no-install-recommends iproute2 nftables dnsmasq-base"
+
+
+def check_host_tools() -> None:
+    """``ConfigError`` saying what to install when a tool the backend runs is missing."""
+    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
+    if missing:
+        raise ConfigError(f"guest networking needs {', '.join(missing)}: {APT_LINE}")
+
 
 LinkStep = (
     AddBridge | AddVxlan | SetLink | DeleteLink | AddAddress | DeleteAddress | AddPeer | DeletePeer

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from common.errors import ConfigError
 from common.network_messages import (
     ConfigureNetworks,
     EndpointProtocol,
@@ -12,7 +15,8 @@ from common.network_messages import (
     HostNetwork,
     NicLease,
 )
-from hostagent.netlinux import link_commands, parse_links, parse_peers
+from hostagent.dnsmasq import run_as_root
+from hostagent.netlinux import check_host_tools, link_commands, parse_links, parse_peers
 from hostagent.netplan import AddPeer, AddVxlan, SetLink, VxlanInfo
 from hostagent.netrender import (
     DhcpFiles,
@@ -151,3 +155,22 @@ def test_ip_and_bridge_json_is_read_back() -> None:
     assert links["stvx7"].master == "stbr7" and not links["stvx7"].up
     assert (links["stt0011aabb0"].kind, links["stt0011aabb0"].alias) == ("tun", "stbr7")
     assert parse_peers(FDB_JSON) == {"stvx7": {"10.213.0.6", "10.213.0.10"}}
+
+
+def test_dnsmasq_stays_root_only_where_its_user_could_not_read_the_leases(tmp_path: Path) -> None:
+    shared = tmp_path / "shared" / "network"
+    shared.mkdir(parents=True)
+    for directory in (tmp_path, tmp_path / "shared", shared):
+        directory.chmod(0o755)
+    assert not run_as_root(shared)
+    (tmp_path / "shared").chmod(0o700)  # a private data_dir
+    assert run_as_root(shared)
+    assert run_as_root(tmp_path / "shared" / "not-yet" / "network")
+
+
+def test_a_host_without_the_network_tools_is_told_what_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(ConfigError, match=r"apt-get install .* dnsmasq-base"):
+        check_host_tools()
