@@ -3,6 +3,7 @@ steps, and reading ``ip``/``bridge`` JSON back."""
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -157,15 +158,17 @@ def test_ip_and_bridge_json_is_read_back() -> None:
     assert parse_peers(FDB_JSON) == {"stvx7": {"10.213.0.6", "10.213.0.10"}}
 
 
-def test_dnsmasq_stays_root_only_where_its_user_could_not_read_the_leases(tmp_path: Path) -> None:
-    shared = tmp_path / "shared" / "network"
-    shared.mkdir(parents=True)
-    for directory in (tmp_path, tmp_path / "shared", shared):
-        directory.chmod(0o755)
-    assert not run_as_root(shared)
-    (tmp_path / "shared").chmod(0o700)  # a private data_dir
-    assert run_as_root(shared)
-    assert run_as_root(tmp_path / "shared" / "not-yet" / "network")
+def test_dnsmasq_stays_root_only_where_its_user_could_not_read_the_leases() -> None:
+    # Not under pytest's tmp_path: pytest keeps that private (0700) itself; /tmp is 1777.
+    with tempfile.TemporaryDirectory(dir="/tmp") as top:
+        shared = Path(top) / "shared" / "network"
+        shared.mkdir(parents=True)
+        for directory in (Path(top), shared.parent, shared):
+            directory.chmod(0o755)
+        assert not run_as_root(shared)
+        shared.parent.chmod(0o700)  # a private data_dir
+        assert run_as_root(shared)
+        assert run_as_root(shared.parent / "not-yet" / "network")
 
 
 def test_a_host_without_the_network_tools_is_told_what_to_install(
