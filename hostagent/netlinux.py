@@ -332,6 +332,11 @@ class LinuxNetworks:
                 await dnsmasq.reload(self._dhcp_files(vni), hosts)
             case StopDhcp(vni=vni):
                 await dnsmasq.stop(self._dhcp_files(vni))
+            case AddBridge(name=name):
+                for argv in link_commands(step):
+                    await self.commands.check(*argv)
+                # Endpoints used from the host itself as 127.0.0.1:PORT leave through the bridge.
+                await self.commands.write_sysctl(f"net/ipv4/conf/{name}/route_localnet", "1")
             case _:
                 for argv in link_commands(step):
                     await self.commands.check(*argv)

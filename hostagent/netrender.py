@@ -6,7 +6,10 @@ on every change, so removal of an endpoint or a network needs no bookkeeping):
 
 - **Endpoints**: ``nat prerouting`` DNATs ``public_port`` on any local address to
   ``vm_ip:vm_port`` (only from ``allow`` when given; others are rejected in ``input``); ``nat
-  output`` does the same for connections the host itself opens to one of its addresses.
+  output`` does the same for connections the host itself opens to one of its addresses, and
+  those from 127.0.0.1 leave masqueraded as the gateway (the bridges route loopback sources:
+  ``route_localnet``; ``input`` drops anything guests send to the host but DHCP, a ping of
+  their gateway and replies, so guests cannot use that to reach the host's loopback services).
 - **Isolation**: frames stay inside their network's bridge (L2 between guests of one network,
   across hosts through VXLAN, never reaches the ``inet`` hooks). Routed traffic: ``forward``
   drops anything between two different ``stbr*`` bridges, anything routed into a network except
@@ -108,6 +111,11 @@ def _inet_table(wanted: Wanted) -> str:
             "output",
             "type nat hook output priority -100",
             [_dnat(ep, with_allow=False) for ep in eps],
+        )
+        + _chain(
+            "postrouting",
+            "type nat hook postrouting priority srcnat",
+            [f'oifname "{BRIDGES}" ct status dnat ip saddr 127.0.0.0/8 masquerade'],
         )
         + _chain("input", "type filter hook input priority filter", input_rules)
         + _chain("forward", "type filter hook forward priority filter", forward_rules)

@@ -322,6 +322,7 @@ async def test_networks_are_isolated_and_endpoints_forward_to_their_vm(
         await wait_until(lambda: http_get(a2.netns, "10.214.0.10") == "page of a-1")
         assert http_get(None, h1.outside, 20080) == "page of a-1", "endpoint from outside"
         assert http_get(h1.netns, h1.outside, 20080) == "page of a-1", "from the host itself"
+        assert http_get(h1.netns, "127.0.0.1", 20080) == "page of a-1", "also as localhost"
         assert http_get(None, h1.outside, 20081) == "", "a source outside allow is refused"
 
         assert pings(b1.netns, "10.214.1.1"), "a guest reaches its own gateway"
