@@ -170,8 +170,8 @@ def link_commands(step: LinkStep) -> list[list[str]]:
     """The ``ip``/``bridge`` commands of one link step."""
     match step:
         case AddBridge(name=name):
-            # No IPv6 on the bridge: nothing of the host's own (router solicitations, DAD)
-            # reaches guests or other hosts.
+            # No IPv6 of the host's own on the bridge (nor on VXLAN devices and taps): none of
+            # its router solicitations or DAD reach guests or other hosts.
             return [
                 ["ip", "link", "add", "name", name, "type", "bridge"],
                 ["ip", "link", "set", "dev", name, "addrgenmode", "none"],
@@ -179,7 +179,10 @@ def link_commands(step: LinkStep) -> list[list[str]]:
         case AddVxlan(name=name, vni=vni, local=local):
             add = ["ip", "link", "add", "name", name, "type", "vxlan", "id", str(vni)]
             add += ["dstport", str(VXLAN_PORT), "learning"]
-            return [add + (["local", local] if local else [])]
+            return [
+                add + (["local", local] if local else []),
+                ["ip", "link", "set", "dev", name, "addrgenmode", "none"],
+            ]
         case SetLink(name=name, mac=mac, mtu=mtu, master=master):
             args = ["ip", "link", "set", "dev", name]
             args += ["address", mac] if mac is not None else []

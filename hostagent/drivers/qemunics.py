@@ -67,8 +67,8 @@ async def plug(commands: HostCommands, spec: VmSpec) -> None:
             await _check(commands, "ip", "tuntap", "add", "dev", tap, "mode", "tap")
             made.append(tap)
             await _check(
-                commands, "ip", "link", "set", "dev", tap, "master", bridge, "mtu", str(mtu),
-                "alias", bridge, "up",
+                commands, "ip", "link", "set", "dev", tap, "addrgenmode", "none", "master", bridge,
+                "mtu", str(mtu), "alias", bridge, "up",
             )  # fmt: skip
     except DriverError:
         await unplug(commands, made)

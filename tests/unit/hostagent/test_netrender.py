@@ -119,7 +119,8 @@ def words(text: str) -> list[str]:
 
 def test_link_steps_are_ip_and_bridge_commands() -> None:
     assert link_commands(AddVxlan("stvx7", 7, "10.213.0.2")) == [
-        words("ip link add name stvx7 type vxlan id 7 dstport 4789 learning local 10.213.0.2")
+        words("ip link add name stvx7 type vxlan id 7 dstport 4789 learning local 10.213.0.2"),
+        words("ip link set dev stvx7 addrgenmode none"),
     ]
     assert link_commands(SetLink("stbr7", mac="02:73:74:00:00:07", mtu=1450)) == [
         words("ip link set dev stbr7 address 02:73:74:00:00:07 mtu 1450 up")
