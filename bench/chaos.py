@@ -22,9 +22,9 @@ from typing import Any
 import uvloop
 
 from bench.harness import machine, write_result
-from tests.chaos import netns
-from tests.chaos.campaign import Report, Settings, run_campaign
-from tests.chaos.rig import TIMINGS
+from rigs.chaos import netns
+from rigs.chaos.campaign import Report, Settings, run_campaign
+from rigs.chaos.rig import TIMINGS
 
 
 def result_of(report: Report) -> dict[str, Any]:

@@ -6,7 +6,12 @@ NATS request/reply API, then over the durable JetStream jobs stream. Measured: V
 first submission until every VM's ``running`` event arrived, and per-request latency (API: the
 reply, which comes after commit; jobs: the PubAck, durable in JetStream). Target: >= 5,000 VMs/s.
 
-    .venv/bin/python -m bench.e2e [--hosts 1000] [--vms 20000] [--smoke]
+Every VM has a NIC in one of ``--vnets`` networks (default 2 networks of a /16, VMs dealt
+round-robin; 0: no networks), as the issue's figure asks: the scheduler hands out addresses and
+sends each host its network configuration ahead of its starts, and the simulated hosts apply
+it (their network backend keeps the accounts) before they start the VMs.
+
+    .venv/bin/python -m bench.e2e [--hosts 1000] [--vms 20000] [--vnets 2] [--smoke]
 """
 
 from __future__ import annotations
@@ -34,18 +39,43 @@ from bench.harness import (
 )
 from common import codec, subjects
 from common.messages import CreateVm
+from common.network_messages import CreateVnet, NicRequest
 
 TARGET_VMS_PER_S = 5000.0
 HOST_CAPACITY = "128c/512g"
 """Room for both phases' VMs (2 x 20,000 of about 1.7 cores) on 1,000 hosts."""
 
 
-def _request_body(name: str, index: int) -> bytes:
-    return codec.encode(CreateVm(name=name, size=SIZE_MIX[index % len(SIZE_MIX)]))
+def _request_body(name: str, index: int, vnets: int) -> bytes:
+    nics = [NicRequest(vnet=vnet_name(index % vnets))] if vnets else []
+    return codec.encode(CreateVm(name=name, size=SIZE_MIX[index % len(SIZE_MIX)], nics=nics))
+
+
+def vnet_name(n: int) -> str:
+    return f"bench-{n}"
+
+
+async def _create_vnets(url: str, count: int) -> None:
+    nc = await nats.connect(url)
+    try:
+        for n in range(count):
+            body = CreateVnet(name=vnet_name(n), cidr=f"10.{n}.0.0/16")
+            msg = await nc.request(subjects.VNET_CREATE, codec.encode(body), timeout=10)
+            reply = codec.vnet_reply.decode(msg.data)
+            if reply.error is not None:
+                raise RuntimeError(f"network {body.name}: {reply.error.code} {reply.error.detail}")
+    finally:
+        await nc.close()
 
 
 async def _phase(
-    the_rig: Rig, watch: Watch, label: str, count: int, concurrency: int, via_jobs: bool
+    the_rig: Rig,
+    watch: Watch,
+    label: str,
+    count: int,
+    concurrency: int,
+    via_jobs: bool,
+    vnets: int = 0,
 ) -> dict[str, Any]:
     nc = await nats.connect(the_rig.nats.url, pending_size=256 * 1024 * 1024)
     js = nc.jetstream()
@@ -53,14 +83,14 @@ async def _phase(
     errors: list[str] = []
 
     async def submit_api(name: str, index: int) -> None:
-        msg = await nc.request(subjects.VM_CREATE, _request_body(name, index), timeout=60)
+        msg = await nc.request(subjects.VM_CREATE, _request_body(name, index, vnets), timeout=60)
         reply = codec.vm_reply.decode(msg.data)
         if reply.error is not None:
             errors.append(f"{name}: {reply.error.code} {reply.error.detail}")
 
     async def submit_job(name: str, index: int) -> None:
         subject = subjects.job_subject(subjects.VM_CREATE)
-        body = _request_body(name, index)
+        body = _request_body(name, index, vnets)
         await js.publish(subject, body, timeout=60, headers={"Nats-Msg-Id": name})
 
     waiting = watch.awaiting_running(names)
@@ -99,7 +129,7 @@ async def _phase(
     }
 
 
-async def run(hosts: int, vms: int, concurrency: int) -> dict[str, Any]:
+async def run(hosts: int, vms: int, concurrency: int, vnets: int = 2) -> dict[str, Any]:
     with rig() as the_rig:
         the_rig.start_scheduler()
         the_rig.start_pool(hosts, "e2e", capacity=HOST_CAPACITY)
@@ -108,13 +138,14 @@ async def run(hosts: int, vms: int, concurrency: int) -> dict[str, Any]:
         await watch.attach(nc)
         await watch.until(lambda: len(watch.hosts_up) >= hosts, timeout_s=60 + hosts / 50)
         the_rig.check_alive()
+        await _create_vnets(the_rig.nats.url, vnets)
         phases = [
-            await _phase(the_rig, watch, "api", vms, concurrency, via_jobs=False),
-            await _phase(the_rig, watch, "job", vms, concurrency, via_jobs=True),
+            await _phase(the_rig, watch, "api", vms, concurrency, via_jobs=False, vnets=vnets),
+            await _phase(the_rig, watch, "job", vms, concurrency, via_jobs=True, vnets=vnets),
         ]
         the_rig.check_alive()
         await nc.close()
-    return {"hosts": hosts, "phases": phases}
+    return {"hosts": hosts, "networks": vnets, "phases": phases}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hosts", type=int, default=1000)
     parser.add_argument("--vms", type=int, default=20_000)
     parser.add_argument("--concurrency", type=int, default=1000)
+    parser.add_argument(
+        "--vnets", type=int, default=2, help="/16 networks the VMs have a NIC in (0: none)"
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny size (CI)")
     parser.add_argument("--name", default="e2e", help="results file name")
     args = parser.parse_args(argv)
@@ -129,12 +163,15 @@ def main(argv: list[str] | None = None) -> int:
         args.hosts, args.vms, args.concurrency = 10, 60, 20
         args.name = f"{args.name}-smoke"
     started = machine()
-    result = uvloop.run(run(args.hosts, args.vms, args.concurrency))
+    if args.vnets and 2 * args.vms > args.vnets * 65533:
+        parser.error(f"2 x {args.vms} vms do not fit {args.vnets} /16 networks")
+    result = uvloop.run(run(args.hosts, args.vms, args.concurrency, args.vnets))
     path = write_result(args.name, result, started)
     for phase in result["phases"]:
         lat = phase["request_latency"]
         print(
-            f"e2e {phase['via']}: {phase['vms']} VMs on {args.hosts} hosts, all running in "
+            f"e2e {phase['via']}: {phase['vms']} VMs on {args.hosts} hosts "
+            f"({args.vnets} networks), all running in "
             f"{phase['all_running_in_s']} s = {phase['vms_per_s']} VMs/s "
             f"(target >= {TARGET_VMS_PER_S:.0f}); latency p50 {lat['p50_ms']} ms "
             f"p99 {lat['p99_ms']} ms; scheduler cpu {phase['scheduler']['cpu_core_fraction']}"

@@ -7,11 +7,17 @@ same and times every decision (choose + reserve) on its own, then runs the whole
 host) on a sample of the same decisions, checking that both choose the same host.
 Target: p99 <= 1 ms per decision and >= 20,000 decisions/s.
 
+Every VM is on a virtual network (``--networks N``, default 4 networks of a /16, VMs dealt
+round-robin; 0: none), as the issue's figure asks: a decision then also does what the core does
+for a VM with a NIC, through the same code: the lowest free address of its network
+(``Ipam.next_free``), the index taking it, and the index counting the VM's host as carrying the
+network once it is placed (``NetIndex.update``).
+
 The size mix is the frequency of each (cores, memory) flavour among the 259,159 VMs of the
 Azure 2017 trace (Azure Public Dataset V1, Cortez et al., "Resource Central", SOSP 2017,
 CC BY 4.0; see the workloads README).
 
-    .venv/bin/python -m bench.placement [--hosts 10000] [--vms 100000] [--smoke]
+    .venv/bin/python -m bench.placement [--hosts 10000] [--vms 100000] [--networks 4] [--smoke]
 """
 
 from __future__ import annotations
@@ -27,7 +33,10 @@ from common.ids import HostId, VmName
 from common.resources import Resources
 from scheduler.placement.index import HostIndex, place_batch
 from scheduler.placement.pipeline import Placed, PlacementPolicy, Unplaceable, place
+from scheduler.state.ipam import ip_text
 from scheduler.state.model import HostView, PlacementRequest
+from scheduler.state.netindex import NetIndex, NetShare
+from scheduler.state.storage import NicRecord
 
 TARGET_P99_MS = 1.0
 TARGET_DECISIONS_PER_S = 20_000.0
@@ -77,22 +86,55 @@ def requests(count: int, seed: int = 1) -> list[PlacementRequest]:
     return [PlacementRequest(VmName(f"vm-{n:06d}"), size) for n, size in enumerate(drawn)]
 
 
+def networks(count: int) -> NetIndex:
+    """``count`` networks of a /16 each (10.0.0.0/16, 10.1.0.0/16, ...), empty."""
+    net = NetIndex()
+    for n in range(count):
+        net.add_vnet(f"bench-{n}", f"10.{n}.0.0/16")
+    return net
+
+
+def _address(net: NetIndex, req: PlacementRequest, vnet: str) -> NetShare:
+    """What the core does at create for a VM with a NIC: its network's lowest free address,
+    held by the index once the record holds it."""
+    ipam = net.ipams[vnet]
+    address = ipam.next_free()
+    assert address is not None, f"network {vnet} is full"
+    nic = NicRecord(
+        index=0,
+        vnet=vnet,
+        vni=4096,
+        mac="52:54:00:00:00:01",
+        ip=ip_text(address),
+        prefix_len=ipam.prefix,
+        gateway=ip_text(ipam.gateway),
+    )
+    share = NetShare((nic,), None, ())
+    net.update(req.name, None, share)
+    return share
+
+
 def _decisions(
-    hosts: list[HostView], reqs: list[PlacementRequest], policy: PlacementPolicy
+    hosts: list[HostView], reqs: list[PlacementRequest], policy: PlacementPolicy, vnets: int
 ) -> dict[str, Any]:
-    """Time each decision the way ``place_batch`` makes it: ask the index, then reserve."""
+    """Time each decision the way ``place_batch`` makes it: ask the index, then reserve (with
+    networks: the VM's address, and its host carrying its network)."""
     start_s = time.perf_counter()
     index = HostIndex(hosts)
+    net = networks(vnets)
     build_s = time.perf_counter() - start_s
     latencies_ms: list[float] = []
     rejected = 0
     clock = time.perf_counter
     loop_start_s = clock()
-    for req in reqs:
+    for n, req in enumerate(reqs):
         t0 = clock()
+        share = _address(net, req, f"bench-{n % vnets}") if vnets else None
         result = index.place(req, policy)
         if isinstance(result, Placed):
             index.reserve(result.host_id, req.resources)
+            if share is not None:
+                net.update(req.name, share, NetShare(share.nics, result.host_id, ()))
         else:
             rejected += 1
         latencies_ms.append((clock() - t0) * 1000)
@@ -101,6 +143,7 @@ def _decisions(
     return {
         "index_build_ms": round(build_s * 1000, 1),
         "decisions": len(reqs),
+        "addresses_held": sum(ipam.used for ipam in net.ipams.values()),
         "rejected": rejected,
         "hosts_in_use": used,
         "decisions_per_s": round(len(reqs) / loop_s),
@@ -148,13 +191,13 @@ def _reference_sample(
     }
 
 
-def run(host_count: int, vm_count: int, sample: int) -> dict[str, Any]:
+def run(host_count: int, vm_count: int, sample: int, vnets: int = 4) -> dict[str, Any]:
     hosts = fleet(host_count)
     reqs = requests(vm_count)
     policies: dict[str, Any] = {}
     for name in ("binpack", "spread"):
         policy = PlacementPolicy(name)
-        per_decision = _decisions(hosts, reqs, policy)
+        per_decision = _decisions(hosts, reqs, policy, vnets)
         policies[name] = {
             "indexed": per_decision,
             "place_batch": _whole_batch(hosts, reqs, policy),
@@ -166,6 +209,7 @@ def run(host_count: int, vm_count: int, sample: int) -> dict[str, Any]:
         "hosts": host_count,
         "host_capacity": str(HOST_CAPACITY),
         "vms": vm_count,
+        "networks": vnets,
         "size_mix": "Azure 2017 trace flavour frequencies",
         "target": {"p99_ms": TARGET_P99_MS, "decisions_per_s": TARGET_DECISIONS_PER_S},
         "policies": policies,
@@ -173,7 +217,8 @@ def run(host_count: int, vm_count: int, sample: int) -> dict[str, Any]:
 
 
 def _print(result: dict[str, Any]) -> None:
-    print(f"decision core: {result['vms']:,} vms on {result['hosts']:,} hosts")
+    where = f", every vm on one of {result['networks']} networks" if result["networks"] else ""
+    print(f"decision core: {result['vms']:,} vms on {result['hosts']:,} hosts{where}")
     for name, body in result["policies"].items():
         fast, ref, batch = body["indexed"], body["reference_place"], body["place_batch"]
         print(
@@ -190,12 +235,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hosts", type=int, default=10_000)
     parser.add_argument("--vms", type=int, default=100_000)
     parser.add_argument("--reference-sample", type=int, default=300)
+    parser.add_argument(
+        "--networks", type=int, default=4, help="/16 networks the VMs are on (0: none)"
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, for CI")
     args = parser.parse_args(argv)
     if args.smoke:
         args.hosts, args.vms, args.reference_sample = 50, 500, 50
     started = machine()
-    result = run(args.hosts, args.vms, args.reference_sample)
+    if args.networks and args.vms > args.networks * 65533:
+        parser.error(f"{args.vms} vms do not fit {args.networks} /16 networks")
+    result = run(args.hosts, args.vms, args.reference_sample, args.networks)
     _print(result)
     path = write_result("placement-smoke" if args.smoke else "placement", result, started)
     print(f"wrote {path}")

@@ -40,9 +40,9 @@ from common import procs
 from common.errors import ApiError
 from common.messages import CreateVm
 from common.waiting import wait_until
+from rigs.cluster import overlapping_executions
+from rigs.natscluster import NatsCluster
 from scheduler.shell.leader import LEASE_BUCKET, LEASE_KEY, LeaseHolder
-from tests.integration.cluster import overlapping_executions
-from tests.integration.natscluster import NatsCluster
 
 TARGET_P99_S = 5.0
 DEFAULT_TIMINGS = {"heartbeat_interval_s": 1.0, "fence_after_s": 4.0, "dead_after_s": 6.0}

@@ -25,6 +25,16 @@ from common.image_messages import (
 )
 from common.imagestore import put_image
 from common.natsauth import auth_options, inbox_options, redact_url
+from common.network_messages import (
+    AddEndpoint,
+    CreateVnet,
+    ListVnets,
+    RemoveEndpoint,
+    VnetInfo,
+    VnetListReply,
+    VnetRef,
+    VnetReply,
+)
 from common.usage_messages import UsageQuery, UsageReply, UsageReport
 
 R = TypeVar(
@@ -37,6 +47,8 @@ R = TypeVar(
     UsageReply,
     ImageReply,
     ImageListReply,
+    VnetReply,
+    VnetListReply,
 )
 
 
@@ -175,6 +187,32 @@ class StratusClient:
 
     async def delete_image(self, name: str, request_id: str | None = None) -> ImageInfo:
         return await self._image(subjects.IMAGE_DELETE, ImageRef(name=name, request_id=request_id))
+
+    # ------------------------------------------------------------------ networks
+
+    async def _vnet(self, subject: str, body: msgspec.Struct) -> VnetInfo:
+        reply = await self._call(subject, body, codec.vnet_reply)
+        assert reply.vnet is not None
+        return reply.vnet
+
+    async def create_vnet(self, request: CreateVnet) -> VnetInfo:
+        return await self._vnet(subjects.VNET_CREATE, request)
+
+    async def get_vnet(self, name: str) -> VnetInfo:
+        return await self._vnet(subjects.VNET_GET, VnetRef(name=name))
+
+    async def delete_vnet(self, name: str, request_id: str | None = None) -> VnetInfo:
+        return await self._vnet(subjects.VNET_DELETE, VnetRef(name=name, request_id=request_id))
+
+    async def list_vnets(self, query: ListVnets | None = None) -> list[VnetInfo]:
+        reply = await self._call(subjects.VNET_LIST, query or ListVnets(), codec.vnet_list_reply)
+        return reply.vnets
+
+    async def add_endpoint(self, request: AddEndpoint) -> m.VmInfo:
+        return await self._vm(subjects.ENDPOINT_ADD, request)
+
+    async def remove_endpoint(self, request: RemoveEndpoint) -> m.VmInfo:
+        return await self._vm(subjects.ENDPOINT_REMOVE, request)
 
     # ------------------------------------------------------------------ consoles (the agents')
 

@@ -164,6 +164,11 @@ def scheduler_env(spec: ClusterSpec) -> dict[str, str]:
     return env
 
 
+LOCAL_UNDERLAY_IP = "127.0.0.1"
+"""The underlay address of a local cluster's agents (all on this machine): their endpoints
+answer on this machine's loopback; an --agent-config file may say otherwise."""
+
+
 def agent_args(url: str, spec: ClusterSpec, index: int) -> list[str]:
     return [
         *(sys.executable, "-m", "hostagent", "--nats", url),
@@ -172,6 +177,7 @@ def agent_args(url: str, spec: ClusterSpec, index: int) -> list[str]:
         *("--data-dir", str(spec.data_dir / "agents"), "--driver", spec.driver),
         *("--log-level", spec.log_level),
         *(("--config", str(spec.agent_config)) if spec.agent_config else ()),
+        *(() if spec.agent_config else ("--underlay-ip", LOCAL_UNDERLAY_IP)),
         *(("--boot-dir", str(spec.boot_dir)) if spec.boot_dir else ()),
     ]
 

@@ -7,17 +7,17 @@ import asyncio
 import importlib.metadata
 import sys
 import typing
-from datetime import datetime
-from pathlib import Path
 from typing import TextIO
 
 import msgspec
 
 from cli import (
+    args as argtypes,
     completion,
     console,
     contexts,
     natsconfig,
+    netcmds,
     output,
     simulate,
     usage as usage_output,
@@ -29,8 +29,6 @@ from cli.verbs import WAIT_TIMEOUT_S, Outcome, Verb
 from common import messages as m
 from common.config import AgentConfig
 from common.errors import ApiError, StratusError
-from common.ids import vm_name_problem
-from common.sizes import parse_size_mib
 
 DISTRIBUTION = "stratus-scheduler"
 REQUEST_TIMEOUT_S = 10.0
@@ -40,39 +38,6 @@ RETRY_HELP = "idempotency key: a retry with the same id returns the first result
 DRIVERS: tuple[str, ...] = typing.get_args(
     {field.name: field.type for field in msgspec.structs.fields(AgentConfig)}["driver"]
 )
-
-# --------------------------------------------------------------------------- arguments
-
-
-def disk_size_mib(text: str) -> int:
-    """``1G`` -> 1024, ``512M`` (or ``512``) -> 512: a disk size in MiB (common/sizes.py)."""
-    try:
-        return parse_size_mib(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
-
-
-def _vm_name(text: str) -> str:
-    problem = vm_name_problem(text)
-    if problem is not None:
-        raise argparse.ArgumentTypeError(problem)
-    return text
-
-
-def _existing_file(text: str) -> Path:
-    path = Path(text)
-    if not path.is_file():
-        raise argparse.ArgumentTypeError(f"no such file: {text}")
-    return path
-
-
-def _aware_time(text: str) -> datetime:
-    """An ISO 8601 time; without a zone it is local time."""
-    try:
-        value = datetime.fromisoformat(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r}") from exc
-    return value if value.tzinfo else value.astimezone()
 
 
 async def _call_api(handler: Verb, args: argparse.Namespace) -> Outcome:
@@ -177,7 +142,7 @@ def _add_vm_commands(commands: argparse._SubParsersAction[argparse.ArgumentParse
     verb_parsers = vm.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     create = verb_parsers.add_parser("create", parents=common, help="create a VM")
-    create.add_argument("name", metavar="NAME", type=_vm_name)
+    create.add_argument("name", metavar="NAME", type=argtypes.vm_name)
     create.add_argument("--size", required=True, help="size name, see `stratus sizes`")
     create.add_argument("--image", default="tiny", help="image (default: tiny)")
     create.add_argument("--region", help="region the VM must run in")
@@ -187,10 +152,11 @@ def _add_vm_commands(commands: argparse._SubParsersAction[argparse.ArgumentParse
     create.add_argument(
         "--data-disk",
         action="append",
-        type=disk_size_mib,
+        type=argtypes.disk_size_mib,
         metavar="SIZE",
         help="add an empty data disk, like 1G or 512M (repeatable)",
     )
+    netcmds.add_nic_options(create)
     create.set_defaults(handler=verbs.vm_create)
 
     listing = verb_parsers.add_parser("list", parents=common, help="list VMs")
@@ -207,7 +173,7 @@ def _add_vm_commands(commands: argparse._SubParsersAction[argparse.ArgumentParse
     }
     for verb, (handler, text) in verb_help.items():
         sub = verb_parsers.add_parser(verb, parents=common, help=text)
-        sub.add_argument("name", metavar="NAME", type=_vm_name)
+        sub.add_argument("name", metavar="NAME", type=argtypes.vm_name)
         if verb != "show":
             sub.add_argument("--request-id", metavar="ID", help=RETRY_HELP)
             _add_wait(sub, WAIT_UNTIL[verb])
@@ -216,12 +182,13 @@ def _add_vm_commands(commands: argparse._SubParsersAction[argparse.ArgumentParse
     capture = verb_parsers.add_parser(
         "capture", parents=common, help="stop a VM, save it as an image"
     )
-    capture.add_argument("name", metavar="NAME", type=_vm_name)
+    capture.add_argument("name", metavar="NAME", type=argtypes.vm_name)
     capture.add_argument("--image", required=True, help="name of the new gallery image")
     capture.add_argument("--request-id", metavar="ID", help=RETRY_HELP)
     _add_wait(capture, "until the image is available")
     capture.set_defaults(handler=verbs.vm_capture)
     _add_console_commands(verb_parsers, common)
+    netcmds.add_endpoint_commands(verb_parsers, common)
 
 
 def _add_console_commands(
@@ -229,7 +196,7 @@ def _add_console_commands(
     common: list[argparse.ArgumentParser],
 ) -> None:
     logs = verb_parsers.add_parser("logs", parents=common, help="print a VM's console output")
-    logs.add_argument("name", metavar="NAME", type=_vm_name)
+    logs.add_argument("name", metavar="NAME", type=argtypes.vm_name)
     logs.add_argument("--tail", type=int, metavar="N", help="only the last N lines")
     logs.add_argument("--follow", "-f", action="store_true", help="then follow new output")
     logs.set_defaults(handler=console.vm_logs)
@@ -240,7 +207,7 @@ def _add_console_commands(
         description=console.__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    attach.add_argument("name", metavar="NAME", type=_vm_name)
+    attach.add_argument("name", metavar="NAME", type=argtypes.vm_name)
     attach.add_argument("--no-input", action="store_true", help="follow only, type nothing")
     attach.set_defaults(handler=console.vm_console)
 
@@ -250,22 +217,28 @@ def _add_storage_commands(commands: argparse._SubParsersAction[argparse.Argument
     disk = commands.add_parser("disk", help="list disks; attach and detach data disks")
     disk_verbs = disk.add_subparsers(dest="verb", required=True, metavar="VERB")
     listing = disk_verbs.add_parser("list", parents=common, help="list the disks of VMs")
-    listing.add_argument("vm", metavar="VM", nargs="?", type=_vm_name, help="default: every VM")
+    listing.add_argument(
+        "vm", metavar="VM", nargs="?", type=argtypes.vm_name, help="default: every VM"
+    )
     listing.set_defaults(handler=verbs.disk_list)
     attach = disk_verbs.add_parser("attach", parents=common, help="add an empty data disk")
-    attach.add_argument("vm", metavar="VM", type=_vm_name)
+    attach.add_argument("vm", metavar="VM", type=argtypes.vm_name)
     size = attach.add_mutually_exclusive_group(required=True)
     size.add_argument(
-        "--size", dest="size_mib", type=disk_size_mib, metavar="SIZE", help="like 1G or 512M"
+        "--size",
+        dest="size_mib",
+        type=argtypes.disk_size_mib,
+        metavar="SIZE",
+        help="like 1G or 512M",
     )
     size.add_argument(  # the old spelling, kept working but no longer shown
-        "--size-mib", dest="size_mib", type=disk_size_mib, help=argparse.SUPPRESS
+        "--size-mib", dest="size_mib", type=argtypes.disk_size_mib, help=argparse.SUPPRESS
     )
     attach.add_argument("--request-id", metavar="ID", help=RETRY_HELP)
     _add_wait(attach, INSTANT)
     attach.set_defaults(handler=verbs.disk_attach)
     detach = disk_verbs.add_parser("detach", parents=common, help="remove a data disk")
-    detach.add_argument("vm", metavar="VM", type=_vm_name)
+    detach.add_argument("vm", metavar="VM", type=argtypes.vm_name)
     detach.add_argument("disk_id", metavar="DISK")
     detach.add_argument("--request-id", metavar="ID", help=RETRY_HELP)
     _add_wait(detach, INSTANT)
@@ -276,7 +249,7 @@ def _add_storage_commands(commands: argparse._SubParsersAction[argparse.Argument
     listing = image_verbs.add_parser("list", parents=common, help="list images")
     listing.set_defaults(handler=verbs.image_list)
     upload = image_verbs.add_parser("upload", parents=common, help="upload a qcow2 or raw disk")
-    upload.add_argument("file", metavar="FILE", type=_existing_file)
+    upload.add_argument("file", metavar="FILE", type=argtypes.existing_file)
     upload.add_argument("--name", required=True, help="image name, [a-z0-9._-]")
     upload.add_argument("--os", default="linux", help="default: linux")
     upload.add_argument("--request-id", metavar="ID", help=RETRY_HELP)
@@ -390,6 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_vm_commands(commands)
     _add_host_commands(commands)
     _add_storage_commands(commands)
+    netcmds.add_vnet_commands(commands, [_common_options(defaults=False)])
     common = [_common_options(defaults=False)]
     commands.add_parser("sizes", parents=common, help="list VM sizes").set_defaults(
         handler=verbs.sizes
@@ -399,8 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     formats = usage_output.FORMATS
     usage.add_argument("--output", "-o", choices=formats, default=argparse.SUPPRESS)
-    usage.add_argument("--since", type=_aware_time, metavar="TIME", help="ISO 8601 time")
-    usage.add_argument("--until", type=_aware_time, metavar="TIME", help="default: now")
+    usage.add_argument("--since", type=argtypes.aware_time, metavar="TIME", help="ISO 8601 time")
+    usage.add_argument("--until", type=argtypes.aware_time, metavar="TIME", help="default: now")
     usage.set_defaults(handler=verbs.usage)
     _add_local_commands(commands)
     simulate.add_parser(commands)

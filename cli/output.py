@@ -11,11 +11,12 @@ import msgspec
 
 from common import messages as m
 from common.image_messages import ImageInfo
+from common.network_messages import EndpointInfo, NicInfo, VnetInfo
 from common.usage_messages import UsageReport
 
 Row = Sequence[str]
 
-VM_COLUMNS = ("NAME", "SIZE", "STATE", "HOST", "GEN", "REGION", "REASON")
+VM_COLUMNS = ("NAME", "SIZE", "STATE", "HOST", "GEN", "REGION", "NETWORK/IP", "REASON")
 HOST_COLUMNS = ("HOST", "STATE", "REGION", "FD", "CPU", "MEM", "VMS", "AGE")
 SIZE_COLUMNS = ("NAME", "CORES", "MEM")
 
@@ -57,8 +58,18 @@ def vm_row(vm: m.VmInfo) -> Row:
         _dash(vm.host),
         str(vm.generation),
         _dash(vm.region),
+        network_cell(vm.nics),
         _dash(vm.reason),
     )
+
+
+def network_cell(nics: Sequence[NicInfo]) -> str:
+    """``front/10.1.0.2`` (the first NIC; ``+1`` per other NIC), ``front/-`` while it waits
+    for an address, ``-`` without a NIC."""
+    if not nics:
+        return "-"
+    first = f"{nics[0].vnet}/{_dash(nics[0].ip)}"
+    return first if len(nics) == 1 else f"{first},+{len(nics) - 1}"
 
 
 def vm_table(vms: Sequence[m.VmInfo]) -> str:
@@ -125,10 +136,68 @@ def vm_details(vm: m.VmInfo) -> str:
         ("created", vm.created_at.isoformat(timespec="seconds")),
         ("updated", vm.updated_at.isoformat(timespec="seconds")),
         *(("disks" if index == 0 else "", disk_line(disk)) for index, disk in enumerate(vm.disks)),
+        *(("nics" if index == 0 else "", nic_line(nic)) for index, nic in enumerate(vm.nics)),
+        *(
+            ("endpoints" if index == 0 else "", endpoint_line(endpoint))
+            for index, endpoint in enumerate(vm.endpoints)
+        ),
     ]
     width = max(len(key) for key, _ in fields) + 1
     lines = [f"{(key + ':') if key else '':<{width}} {value}".rstrip() for key, value in fields]
     return "\n".join(lines)
+
+
+def nic_line(nic: NicInfo) -> str:
+    address = f"{nic.ip}/{nic.prefix_len}" if nic.ip else "no address yet"
+    return f"{nic.vnet} {address} (gateway {nic.gateway}, mac {nic.mac})"
+
+
+def endpoint_where(endpoint: EndpointInfo) -> str:
+    """``192.0.2.1:20000/tcp``, or why it answers nowhere now."""
+    if endpoint.public_port is None:
+        return f"-/{endpoint.protocol} (not placed)"
+    return f"{endpoint.address or '?'}:{endpoint.public_port}/{endpoint.protocol}"
+
+
+def endpoint_line(endpoint: EndpointInfo) -> str:
+    allow = f" (allow {', '.join(endpoint.allow)})" if endpoint.allow else ""
+    return f"{endpoint_where(endpoint)} -> port {endpoint.vm_port}{allow}"
+
+
+ENDPOINT_COLUMNS = ("VM PORT", "PROTO", "PUBLIC", "ADDRESS", "ALLOW")
+
+
+def endpoint_table(vm: m.VmInfo) -> str:
+    rows = [
+        (
+            str(e.vm_port),
+            str(e.protocol),
+            str(e.public_port) if e.public_port is not None else "-",
+            _dash(e.address),
+            ",".join(e.allow) or "any",
+        )
+        for e in sorted(vm.endpoints, key=lambda e: (e.vm_port, e.protocol))
+    ]
+    return table(ENDPOINT_COLUMNS, rows)
+
+
+VNET_COLUMNS = ("NAME", "CIDR", "REGION", "VNI", "GATEWAY", "ADDRESSES", "VMS")
+
+
+def vnet_table(vnets: Sequence[VnetInfo]) -> str:
+    rows = [
+        (
+            v.name,
+            v.cidr,
+            _dash(v.region),
+            str(v.vni),
+            v.gateway,
+            f"{v.addresses_used}/{v.addresses_total}",
+            str(v.vms),
+        )
+        for v in sorted(vnets, key=lambda v: v.name)
+    ]
+    return table(VNET_COLUMNS, rows)
 
 
 IMAGE_COLUMNS = ("NAME", "VERSION", "STATE", "OS", "FORMAT", "SIZE", "SOURCE", "REASON")

@@ -93,6 +93,7 @@ async def vm_create(client: StratusClient, args: argparse.Namespace) -> Outcome:
         availability_set=args.availability_set,
         request_id=args.request_id,
         data_disks_mib=args.data_disk or [],
+        nics=args.nics or [],
     )
     existed = await _exists(client, args.name)
     vm = await client.create_vm(request)

@@ -17,6 +17,15 @@ from common.image_messages import (
     ListImages,
     UploadImage,
 )
+from common.network_messages import (
+    AddEndpoint,
+    CreateVnet,
+    ListVnets,
+    RemoveEndpoint,
+    VnetListReply,
+    VnetRef,
+    VnetReply,
+)
 from common.usage_messages import UsageQuery, UsageReply
 
 MAX_MESSAGE_BYTES: Final = 64 * 1024
@@ -73,6 +82,13 @@ image_captured: Final = Decoder(msgspec.json.Decoder(ImageCaptured))
 list_images: Final = Decoder(msgspec.json.Decoder(ListImages))
 image_reply: Final = Decoder(msgspec.json.Decoder(ImageReply))
 image_list_reply: Final = Decoder(msgspec.json.Decoder(ImageListReply))
+create_vnet: Final = Decoder(msgspec.json.Decoder(CreateVnet))
+vnet_ref: Final = Decoder(msgspec.json.Decoder(VnetRef))
+list_vnets: Final = Decoder(msgspec.json.Decoder(ListVnets))
+add_endpoint: Final = Decoder(msgspec.json.Decoder(AddEndpoint))
+remove_endpoint: Final = Decoder(msgspec.json.Decoder(RemoveEndpoint))
+vnet_reply: Final = Decoder(msgspec.json.Decoder(VnetReply))
+vnet_list_reply: Final = Decoder(msgspec.json.Decoder(VnetListReply))
 
 vm_reply: Final = Decoder(msgspec.json.Decoder(m.VmReply))
 vm_list_reply: Final = Decoder(msgspec.json.Decoder(m.VmListReply))

@@ -5,6 +5,7 @@ Files are TOML; ``STRATUS_*`` environment variables and command-line flags overr
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -98,6 +99,10 @@ class SchedulerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     snapshot_every: Annotated[int, msgspec.Meta(ge=1)] = 5000
     """The leader snapshots its store into the object store after this many state-log batches
     and purges the log before it (a brand-new standby starts from the snapshot)."""
+    endpoint_port_min: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 20000
+    endpoint_port_max: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 29999
+    """Endpoints get their host ports from ``endpoint_port_min``..``endpoint_port_max``
+    (each host's own pool) unless one is asked for."""
     prices: dict[str, Annotated[float, msgspec.Meta(ge=0)]] = msgspec.field(
         default_factory=lambda: dict(DEFAULT_PRICES)
     )
@@ -113,6 +118,8 @@ class SchedulerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             )
         if self.heartbeat_interval_s >= self.fence_after_s:
             raise ValueError("heartbeat_interval_s must be shorter than fence_after_s")
+        if self.endpoint_port_min > self.endpoint_port_max:
+            raise ValueError("endpoint_port_min must not be above endpoint_port_max")
 
     def price_table(self) -> dict[str, float]:
         """Price per hour of every size: the defaults, overridden by ``prices``."""
@@ -152,6 +159,10 @@ class AgentConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     fence_after_s: PositiveS = 4.0
     """Used until the scheduler's first ack tells the cluster's value."""
     fake_start_delay_s: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    underlay_ip: str = ""
+    """The IPv4 address other hosts reach this one at (VXLAN between hosts, endpoints); empty:
+    none, so this host's VMs reach no VM on another host and its endpoints have no address.
+    ``stratus up`` gives its agents 127.0.0.1."""
     # --- the qemu driver
     boot_dir: str = ""
     """The boot kit (``deploy/images/build-tiny.sh OUT_DIR``): ``vmlinux``, ``initramfs.gz`` and
@@ -167,6 +178,15 @@ class AgentConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """A guest that has not printed its readiness marker by then has failed."""
     stop_timeout_s: PositiveS = 10.0
     """How long a graceful ACPI power-off may take before QMP ``quit`` and then SIGKILL."""
+
+    def __post_init__(self) -> None:
+        if self.underlay_ip:
+            try:
+                ipaddress.IPv4Address(self.underlay_ip)
+            except ValueError as exc:
+                raise ValueError(
+                    f"underlay_ip {self.underlay_ip!r} is not an IPv4 address"
+                ) from exc
 
 
 C = TypeVar("C", SchedulerConfig, AgentConfig)

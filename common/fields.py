@@ -51,6 +51,17 @@ class ErrorCode(StrEnum):
     MISSING_REQUEST_ID = "missing_request_id"
     """Jobs stream only: a job with neither a ``Nats-Msg-Id`` header nor a ``request_id``
     (without one, a redelivered or republished job could be applied twice)."""
+    INVALID_NETWORK = "invalid_network"
+    """A network range the cluster cannot take (not an IPv4 network, too small or too large,
+    overlapping another network), an address outside its network or reserved in it (network,
+    gateway, broadcast), a network in another region than the VM, two NICs in one network, an
+    endpoint on a VM without a NIC, or a bad ``allow`` range."""
+    ADDRESS_IN_USE = "address_in_use"
+    """The address asked for is another VM's, or the public port asked for is taken on the
+    VM's host."""
+    NETWORK_IN_USE = "network_in_use"
+    """A network cannot be deleted while VMs have a NIC in it (stopped ones included: they
+    keep their addresses)."""
 
 
 class ErrorBody(msgspec.Struct):

@@ -32,6 +32,7 @@ from common.fields import (
 )
 from common.network_messages import (
     MAX_NICS,
+    ConfigureNetworks,
     EndpointInfo,
     NicInfo,
     NicRequest,
@@ -273,7 +274,7 @@ class CaptureDisk(msgspec.Struct, tag="capture_disk", kw_only=True):
     image: ImageNameField
 
 
-AgentCommand = StartVm | StopVm | DeleteVm | ResumeVm | CaptureDisk
+AgentCommand = StartVm | StopVm | DeleteVm | ResumeVm | CaptureDisk | ConfigureNetworks
 
 
 class HostCommands(msgspec.Struct, kw_only=True):

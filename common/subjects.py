@@ -32,6 +32,12 @@ IMAGE_DELETE = f"{ROOT}.api.image.delete"
 IMAGES_BUCKET = "STRATUS_IMAGES"
 """JetStream object store of image bytes; each object is named by its sha256 (hex)."""
 USAGE_GET = f"{ROOT}.api.usage.get"
+VNET_CREATE = f"{ROOT}.api.vnet.create"
+VNET_GET = f"{ROOT}.api.vnet.get"
+VNET_LIST = f"{ROOT}.api.vnet.list"
+VNET_DELETE = f"{ROOT}.api.vnet.delete"
+ENDPOINT_ADD = f"{ROOT}.api.vm.endpoint.add"
+ENDPOINT_REMOVE = f"{ROOT}.api.vm.endpoint.remove"
 
 # Durable submission (JetStream): stratus.jobs.<noun>.<verb>, same bodies as the API.
 JOBS_STREAM = "STRATUS_JOBS"

@@ -6,6 +6,7 @@ Pure core (no I/O, no asyncio, time as an input; an import-linter contract holds
 
 Shell: ``agent`` (carries out the state's instructions on the driver), ``heartbeat`` (the single
 agent's heartbeat loop), ``simpool`` (many simulated hosts in one process), ``app`` and
-``__main__`` (wiring), ``fencing``/``fenceguard`` (the out-of-process fence guard), ``capture``,
-``disks``, ``images``, ``inventory``, ``accel``, ``qemusetup``, ``execlog`` and ``drivers/``.
+``__main__`` (wiring), ``fencing``/``fenceguard`` (the out-of-process fence guard, with
+``leasefile`` and ``guardvms``), ``capture``, ``disks``, ``images``, ``inventory``, ``accel``,
+``qemusetup``, ``execlog`` and ``drivers/``.
 """

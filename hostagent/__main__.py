@@ -29,6 +29,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--capacity", metavar="64c/256g", help="declared capacity (default: measured)")
     add("--region", metavar="R")
     add("--fault-domain", metavar="FD")
+    add(
+        "--underlay-ip",
+        metavar="ADDR",
+        help="IPv4 address other hosts reach this one at (VXLAN, endpoints); default: none",
+    )
     add("--labels", metavar="k=v,k2=v2", type=parse_labels)
     add("--cpu-overcommit", type=float, metavar="RATIO")
     add("--data-dir", metavar="DIR", help="where executions.jsonl is written")

@@ -21,14 +21,17 @@ from nats.aio.msg import Msg
 
 from common import codec
 from common.clock import Clock
-from common.errors import DriverError
+from common.errors import DriverError, NetworkError
 from common.messages import AgentCommand, CaptureDisk, Heartbeat, ObservedVm
 from hostagent.drivers.base import HypervisorDriver
 from hostagent.execlog import ExecLog
 from hostagent.lease import Lease
+from hostagent.netsim import SimulatedNetwork
+from hostagent.network import NetworkBackend
 from hostagent.state import AgentState
 from hostagent.stimuli import (
     AdmitHeld,
+    ApplyNetworks,
     CommandsReceived,
     DriverCall,
     DriverDestroy,
@@ -41,6 +44,7 @@ from hostagent.stimuli import (
     HeartbeatDue,
     Instruction,
     LeaseRenewed,
+    NetworksApplied,
     Note,
     OpDone,
     RecordExecution,
@@ -127,6 +131,20 @@ class Operations:
             await asyncio.gather(*tasks, return_exceptions=True)
 
 
+async def apply_networks(
+    network: NetworkBackend, op: ApplyNetworks, vms: Callable[[], list[ObservedVm]]
+) -> NetworksApplied:
+    """Have the backend apply a configuration; its result (``NetworkError`` included) as a
+    stimulus."""
+    config, error = op.config, None
+    try:
+        await network.apply(config)
+    except NetworkError as exc:
+        error = str(exc)
+    vnis = frozenset(n.vni for n in config.networks if network.has_network(n.vni))
+    return NetworksApplied(config, vnis, network.applied_digest, vms(), error)
+
+
 class Agent:
     def __init__(
         self,
@@ -135,10 +153,13 @@ class Agent:
         execlog: ExecLog,
         clock: Clock,
         operations: Operations | None = None,
+        network: NetworkBackend | None = None,
     ) -> None:
         self.state = state
         self.host_id = state.host_id
         self.driver = driver
+        self.network: NetworkBackend = network or SimulatedNetwork()
+        """The host's guest networking (simulated unless the app opened another)."""
         self._execlog = execlog
         self._clock = clock
         self.operations = operations or Operations()
@@ -186,6 +207,8 @@ class Agent:
                     self.submit(commands)
                 case RunCapture():
                     self.operations.spawn(self._capture(instruction), f"capture-{instruction.name}")
+                case ApplyNetworks():
+                    self.operations.spawn(self._apply_networks(instruction), "networks")
                 case (
                     DriverStart()
                     | DriverStop()
@@ -201,6 +224,9 @@ class Agent:
 
     async def _drive(self, op: DriverCall) -> None:
         self.handle(await drive(self.driver, op))
+
+    async def _apply_networks(self, op: ApplyNetworks) -> None:
+        self.handle(await apply_networks(self.network, op, self.driver.inventory))
 
     async def _capture(self, op: RunCapture) -> None:
         if self.capture is None:

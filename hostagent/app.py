@@ -37,6 +37,8 @@ from hostagent.execlog import ExecLog, execlog_path
 from hostagent.fencing import FenceGuardKeeper
 from hostagent.heartbeat import HeartbeatLoop
 from hostagent.inventory import host_capacity
+from hostagent.netsim import SimulatedNetwork
+from hostagent.network import NetworkBackend
 from hostagent.qemusetup import check_host, open_qemu_driver, qemu_root
 from hostagent.state import AgentState
 
@@ -79,6 +81,12 @@ def make_driver(settings: AgentSettings) -> HypervisorDriver:
             )
         case "qemu":
             raise ConfigError("the qemu driver needs NATS and I/O: use open_driver()")
+
+
+async def open_network_backend(settings: AgentSettings) -> NetworkBackend:
+    """The host's guest networking: the simulated backend for every driver, for now (it keeps
+    honest accounts and builds nothing in the kernel)."""
+    return SimulatedNetwork()
 
 
 async def open_driver(settings: AgentSettings, nc: Client | None) -> HypervisorDriver:
@@ -144,8 +152,12 @@ class AgentApp:
         async with AsyncExitStack() as stack:
             nc = await self._connect()
             stack.push_async_callback(_drain, nc)
+            network = await open_network_backend(settings)
+            stack.push_async_callback(network.close)  # kernel objects stay for running guests
             driver = await open_driver(settings, nc)
             stack.push_async_callback(driver.close)  # a real driver leaves its VMs running
+            if isinstance(driver, FakeDriver):
+                driver.has_network = network.has_network
             execlog = ExecLog(execlog_path(config.data_dir, settings.host_id), settings.host_id)
             stack.callback(execlog.close)
             state = AgentState(
@@ -153,7 +165,7 @@ class AgentApp:
                 heartbeat_interval_s=config.heartbeat_interval_s,
                 fence_after_s=config.fence_after_s,
             )
-            agent = Agent(state, driver, execlog, clock)
+            agent = Agent(state, driver, execlog, clock, network=network)
             guard: FenceGuardKeeper | None = None
             if isinstance(driver, QemuDriver):
                 driver.on_change = agent.changed.set
@@ -174,10 +186,12 @@ class AgentApp:
                 on_refused=self._refused,
             )
             log.info(
-                "agent serving host_id=%s capacity=%s driver=%s",
+                "agent serving host_id=%s capacity=%s driver=%s network=%s underlay_ip=%s",
                 settings.host_id,
                 settings.capacity,
                 driver.name,
+                network.name,
+                config.underlay_ip or "-",
             )
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(heartbeats.run(), name="heartbeat")
@@ -200,6 +214,7 @@ class AgentApp:
             labels=dict(config.labels),
             cpu_overcommit=config.cpu_overcommit,
             driver=driver_name,
+            underlay_ip=config.underlay_ip,
         )
 
     async def _connect(self) -> Client:

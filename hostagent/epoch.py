@@ -3,12 +3,14 @@
 Every command batch and heartbeat ack carries the epoch of the leadership that sent it (the
 revision of the lease it won; it only grows). A deposed leader that has not noticed yet may
 still send: once this host has heard from a newer leader, anything from an older one is refused.
-``AgentState`` holds one gate and turns its verdicts into log notes.
+``AgentState`` holds one gate; ``from_leader`` turns its verdicts into log notes.
 """
 
 from __future__ import annotations
 
 from enum import Enum
+
+from hostagent.stimuli import Instruction, Note
 
 
 class Verdict(Enum):
@@ -41,3 +43,21 @@ class EpochGate:
     def admit(self, epoch: int) -> bool:
         """Observe ``epoch``: True if a message from it may be obeyed."""
         return self.judge(epoch) is not Verdict.REFUSED
+
+
+def from_leader(gate: EpochGate, epoch: int, what: str, out: list[Instruction]) -> bool:
+    """Judge ``what`` (commands, an ack) from ``epoch``: True if it may be obeyed."""
+    match gate.judge(epoch):
+        case Verdict.REFUSED:
+            out.append(
+                Note.warning(
+                    "%s from a deposed leader refused epoch=%d newest=%d",
+                    what,
+                    epoch,
+                    gate.newest,
+                )
+            )
+            return False
+        case Verdict.NEWER if epoch > 1:
+            out.append(Note.info("scheduler leader epoch=%d", epoch))
+    return True

@@ -16,6 +16,10 @@ CLOCK_MONOTONIC seconds, the agent's pid and start time, and the kernel boot id;
 means nothing across a reboot), ``fenceguard.pid`` (flock-held while the guard lives: at most one
 guard per host), ``fenceguard.log`` and ``executions.jsonl`` (each fence appends one ``pause``
 line).
+
+The lease file and the fencing rule are in hostagent/leasefile.py, the VMs, processes and QMP
+pause in hostagent/guardvms.py; this module is the guard's loop, its one-per-host lock and its
+command line.
 """
 
 from __future__ import annotations
@@ -23,7 +27,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
-import json
 import logging
 import math
 import os
@@ -34,255 +37,37 @@ import time
 import tomllib
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
 from pathlib import Path
+
+from hostagent.guardvms import (
+    PAUSE_DEADLINE_S,
+    GuardedVm,
+    agent_alive,
+    append_pause,
+    live_vms,
+    pause_vm,
+)
+from hostagent.leasefile import (
+    LEASE_FILE,
+    LeaseRecord,
+    current_boot_id,
+    fence_due,
+    host_dir,
+    read_lease,
+)
 
 log = logging.getLogger("hostagent.fenceguard")
 
 CHECK_S = 0.1
 """How often the guard reads the lease."""
-AGENT_GRACE_S = 0.5
-"""While the agent process lives, it fences its own VMs at expiry; the guard steps in only this
-much later (a stuck agent). Well within config.FENCE_MARGIN_S."""
 RECHECK_S = 1.0
 """While fenced, each VM is checked again this often (a VM found paused is left alone)."""
 IDLE_EXIT_S = 5.0
 """With no agent and no VM process on the host for this long, the guard exits."""
-PAUSE_DEADLINE_S = 0.4
-"""Each VM's pause (connect, greeting, ``query-status``, ``stop``) must finish within this; all
-VMs are paused at once, so one hung monitor delays none of the others (the whole fence must fit
-in config.FENCE_MARGIN_S). A pause past its deadline fails and is tried again."""
 MAX_PARALLEL_PAUSES = 64
-LEASE_FILE = "lease.json"
 PID_FILE = "fenceguard.pid"
 LOG_FILE = "fenceguard.log"
 EXECLOG_FILE = "executions.jsonl"
-GUARD_SOCKET = "guard.sock"
-BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
-
-
-# --------------------------------------------------------------------------- lease file (pure)
-
-
-@dataclass(frozen=True, slots=True)
-class LeaseRecord:
-    """What the agent publishes of its lease; times are CLOCK_MONOTONIC seconds."""
-
-    expires_at_s: float | None
-    """None: no lease held."""
-    written_at_s: float
-    pid: int
-    """The agent's process, and its start time (``/proc/PID/stat`` starttime): a pid alone may
-    have been reused."""
-    pid_start: int
-    boot_id: str
-
-
-def encode_lease(record: LeaseRecord) -> bytes:
-    return json.dumps(
-        {
-            "expires_at_s": record.expires_at_s,
-            "written_at_s": record.written_at_s,
-            "pid": record.pid,
-            "pid_start": record.pid_start,
-            "boot_id": record.boot_id,
-        }
-    ).encode()
-
-
-def decode_lease(data: bytes) -> LeaseRecord | None:
-    """The record, or None when ``data`` is not a well-formed lease."""
-    try:
-        raw = json.loads(data)
-        expires = raw["expires_at_s"]
-        record = LeaseRecord(
-            expires_at_s=None if expires is None else float(expires),
-            written_at_s=float(raw["written_at_s"]),
-            pid=int(raw["pid"]),
-            pid_start=int(raw["pid_start"]),
-            boot_id=str(raw["boot_id"]),
-        )
-    except (ValueError, TypeError, KeyError):
-        return None
-    finite = [record.written_at_s] + ([record.expires_at_s] if record.expires_at_s else [])
-    return record if all(math.isfinite(x) for x in finite) and record.pid > 0 else None
-
-
-def fence_due(lease: LeaseRecord | None, *, now_s: float, boot_id: str, agent_alive: bool) -> bool:
-    """Whether the host's VMs must not execute now. Pure.
-
-    No readable lease, or one from another kernel boot, fences at once. Otherwise the lease's
-    expiry (or, with no lease held, the moment the record was written) is the deadline; a live
-    agent gets ``AGENT_GRACE_S`` to fence its VMs itself, so each fence is logged once.
-    """
-    if lease is None or lease.boot_id != boot_id:
-        return True
-    due_s = lease.written_at_s if lease.expires_at_s is None else lease.expires_at_s
-    if agent_alive:
-        due_s += AGENT_GRACE_S
-    return now_s >= due_s
-
-
-def host_dir(data_dir: str | Path, host_id: str) -> Path:
-    return Path(data_dir) / host_id
-
-
-def lease_path(data_dir: str | Path, host_id: str) -> Path:
-    return host_dir(data_dir, host_id) / LEASE_FILE
-
-
-def write_lease(path: Path, record: LeaseRecord) -> None:
-    """Atomically: a reader sees the old record or the new one, never a partial one."""
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_bytes(encode_lease(record))
-    partial.replace(path)
-
-
-def read_lease(path: Path) -> LeaseRecord | None:
-    try:
-        return decode_lease(path.read_bytes())
-    except OSError:
-        return None
-
-
-def current_boot_id() -> str:
-    return BOOT_ID_PATH.read_text().strip()
-
-
-# --------------------------------------------------------------------------- processes
-
-
-def process_start(pid: int) -> int | None:
-    """When ``pid`` started (clock ticks after boot), or None if it is gone or a zombie."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()
-    except OSError:
-        return None
-    return None if fields[0] in ("Z", "X") else int(fields[19])
-
-
-def agent_alive(lease: LeaseRecord) -> bool:
-    return process_start(lease.pid) == lease.pid_start
-
-
-def process_alive(pid: int, needle: bytes) -> bool:
-    """Whether ``pid`` runs (not a zombie) with ``needle`` in its command line."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X") and needle in cmdline
-
-
-@dataclass(frozen=True, slots=True)
-class GuardedVm:
-    name: str
-    generation: int
-    pid: int
-    dir: Path
-
-
-def live_vms(qemu_root: Path) -> list[GuardedVm]:
-    """The host's VMs whose QEMU process is alive (same files as hostagent/drivers/qemuproc)."""
-    found: list[GuardedVm] = []
-    for vm_dir in sorted((qemu_root / "vms").glob("*")):
-        try:
-            pid = int((vm_dir / "qemu.pid").read_text().strip())
-            generation = int(json.loads((vm_dir / "vm.json").read_bytes())["generation"])
-        except (OSError, ValueError, TypeError, KeyError):
-            continue
-        if process_alive(pid, os.fsencode(qemu_root)):
-            found.append(GuardedVm(vm_dir.name, generation, pid, vm_dir))
-    return found
-
-
-# --------------------------------------------------------------------------- QMP (blocking)
-
-
-class _Qmp:
-    """Just enough QMP over a blocking unix socket: greeting, capabilities, commands; every
-    socket operation times out at ``deadline_s`` (CLOCK_MONOTONIC), the whole exchange's."""
-
-    def __init__(self, path: Path, deadline_s: float) -> None:
-        self._deadline_s = deadline_s
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._sock.settimeout(self._remaining_s())
-        self._buffer = b""
-        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:  # through the directory's fd: no sun_path length limit
-            self._sock.connect(f"/proc/self/fd/{dir_fd}/{path.name}")
-        except OSError:
-            self._sock.close()
-            raise
-        finally:
-            os.close(dir_fd)
-
-    def _remaining_s(self) -> float:
-        remaining_s = self._deadline_s - time.monotonic()
-        if remaining_s <= 0:
-            raise TimeoutError("QMP deadline passed")
-        return remaining_s
-
-    def _message(self) -> dict[str, object]:
-        while b"\n" not in self._buffer:
-            self._sock.settimeout(self._remaining_s())
-            chunk = self._sock.recv(65536)
-            if not chunk:
-                raise ConnectionError("QMP connection closed")
-            self._buffer += chunk
-        line, self._buffer = self._buffer.split(b"\n", 1)
-        message = json.loads(line)
-        if not isinstance(message, dict):
-            raise ValueError(f"malformed QMP message: {line!r}")
-        return message
-
-    def execute(self, command: str) -> object:
-        self._sock.settimeout(self._remaining_s())
-        self._sock.sendall(json.dumps({"execute": command}).encode() + b"\n")
-        while True:
-            reply = self._message()
-            if "event" in reply:
-                continue
-            if "error" in reply:
-                raise ValueError(f"QMP {command} failed: {reply['error']}")
-            return reply.get("return")
-
-    def __enter__(self) -> _Qmp:
-        greeting = self._message()
-        if "QMP" not in greeting:
-            raise ValueError(f"unexpected QMP greeting: {greeting!r}")
-        self.execute("qmp_capabilities")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._sock.close()
-
-
-def pause_vm(vm: GuardedVm) -> bool:
-    """QMP ``stop`` if the VM runs, within ``PAUSE_DEADLINE_S``; True if this paused it.
-    Raises OSError (TimeoutError included) or ValueError."""
-    path = vm.dir / GUARD_SOCKET
-    if not path.exists():  # a VM started before guard sockets existed: the agent's socket
-        path = vm.dir / "qmp.sock"
-    with _Qmp(path, time.monotonic() + PAUSE_DEADLINE_S) as qmp:
-        status = qmp.execute("query-status")
-        if not isinstance(status, dict) or status.get("status") != "running":
-            return False
-        qmp.execute("stop")
-        return True
-
-
-def append_pause(execlog: Path, host_id: str, vm: GuardedVm, wall_s: float) -> None:
-    """One whole line, one append: the agent appends to the same file (hostagent/execlog.py).
-    Raises OSError (a full disk): the caller logs it, the pause has happened already."""
-    line = {"t": wall_s, "host": host_id, "vm": vm.name, "gen": vm.generation, "event": "pause"}
-    data = json.dumps(line, separators=(",", ":")).encode() + b"\n"
-    fd = os.open(execlog, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, data)
-    finally:
-        os.close(fd)
 
 
 # --------------------------------------------------------------------------- the guard loop

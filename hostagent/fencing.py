@@ -15,16 +15,10 @@ from pathlib import Path
 
 from common.clock import Clock
 from hostagent.agent import Agent
-from hostagent.fenceguard import (
-    LeaseRecord,
-    current_boot_id,
-    ensure_guard,
-    guard_pid,
-    lease_path,
-    process_start,
-    write_lease,
-)
+from hostagent.fenceguard import ensure_guard, guard_pid
+from hostagent.guardvms import process_start
 from hostagent.lease import Lease
+from hostagent.leasefile import LeaseRecord, current_boot_id, lease_path, write_lease
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,5 @@
-"""The heartbeat report's inventory: left out when the scheduler holds it already. Pure.
+"""The heartbeat report: its inventory (left out when the scheduler holds it already), the
+reports sent recently (to match their acks), and the timing an ack brings. Pure.
 
 An inventory the scheduler says it holds (its ack names the digest) is sent as the digest alone:
 at 10,000 hosts, decoding unchanged inventories was half of the scheduler's work.
@@ -6,10 +7,14 @@ at 10,000 hosts, decoding unchanged inventories was half of the scheduler's work
 
 from __future__ import annotations
 
+from collections import deque
+from dataclasses import dataclass
+
 from msgspec.structs import replace
 
 from common import codec
 from common.messages import Heartbeat, HeartbeatAck
+from hostagent.stimuli import Instruction, Note
 
 
 class InventoryReport:
@@ -38,3 +43,48 @@ class InventoryReport:
 
 def omitted_digest(heartbeat: Heartbeat) -> str:
     return heartbeat.inventory_digest if heartbeat.vms_omitted else ""
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    seq: int
+    sent_at_s: float
+    omitted: str
+    """The digest of the inventory the report left out ("" if it left nothing out)."""
+
+
+class SentReports:
+    """The heartbeats sent within the last interval: an ack counts only for one of them (an
+    ack later than that renews nothing)."""
+
+    __slots__ = ("_sent", "seq")
+
+    def __init__(self) -> None:
+        self.seq = 0
+        self._sent: deque[Sent] = deque()
+
+    def sent(self, heartbeat: Heartbeat, now_s: float, window_s: float) -> None:
+        while self._sent and now_s - self._sent[0].sent_at_s > window_s:
+            self._sent.popleft()  # its ack would come too late to count
+        self._sent.append(Sent(heartbeat.seq, now_s, omitted_digest(heartbeat)))
+
+    def match(self, ack: HeartbeatAck, now_s: float, window_s: float) -> Sent | None:
+        sent = next((s for s in self._sent if s.seq == ack.seq), None)
+        if sent is None or now_s - sent.sent_at_s > window_s:
+            return None
+        return sent
+
+
+def timing_of(ack: HeartbeatAck, out: list[Instruction]) -> tuple[float, float] | None:
+    """The (heartbeat interval, fence after) an ack brings, if they make sense."""
+    interval_s, fence_after_s = ack.heartbeat_interval_s, ack.fence_after_s
+    if 0 < interval_s < fence_after_s:
+        return interval_s, fence_after_s
+    out.append(
+        Note.warning(
+            "heartbeat ack timing ignored heartbeat_interval_s=%s fence_after_s=%s",
+            interval_s,
+            fence_after_s,
+        )
+    )
+    return None

@@ -14,7 +14,9 @@ hosts fit one process:
   per ``MIN_GAP_S``), like the single agent's loop;
 - one fence watchdog that looks only at leases that have run out (a heap by expiry);
 - one set of driver operations in flight (no task per host);
-- one execution log file for the pool (each line names its host).
+- one execution log file for the pool (each line names its host);
+- each host has a simulated network backend (hostagent/netsim.py) and an underlay address of
+  its own from 100.64.0.0/10.
 
 A host can be made to go silent (a network partition: no heartbeats, commands dropped, and its
 lease runs out so it fences) by a request on ``stratus.sim.silence`` whose body is the host id;
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import ipaddress
 import logging
 import random
 import signal
@@ -55,6 +58,7 @@ from hostagent.drivers.fake import FakeDriver
 from hostagent.execlog import ExecLog
 from hostagent.heartbeat import JITTER, MIN_GAP_S
 from hostagent.lease import Lease
+from hostagent.netsim import SimulatedNetwork
 from hostagent.state import AgentState
 from hostagent.stimuli import AckReceived, AdoptCpuOvercommit, ClaimRefused, TimingAdopted
 
@@ -62,6 +66,16 @@ log = logging.getLogger(__name__)
 
 WHEEL_TICK_S = 0.01
 """The heartbeat wheel turns this often."""
+SIM_UNDERLAY = int(ipaddress.IPv4Address("100.64.0.0"))
+"""Simulated hosts report underlay addresses from 100.64.0.0/10 (shared address space), one
+each, so that the scheduler's peer lists are as long as a real cluster's; nothing is sent
+there."""
+
+
+def sim_underlay_ip(index: int) -> str:
+    return str(ipaddress.IPv4Address(SIM_UNDERLAY + index + 1))
+
+
 ACK_INBOX_PREFIX = "_INBOX.simpool"
 
 
@@ -135,6 +149,8 @@ class SimPool:
                 cpu_overcommit=config.cpu_overcommit or 1.0,
                 start_delay_s=config.fake_start_delay_s,
             )
+            network = SimulatedNetwork()
+            driver.has_network = network.has_network
             template = Heartbeat(
                 host_id=hid,
                 seq=0,
@@ -145,6 +161,7 @@ class SimPool:
                 labels=dict(config.labels),
                 cpu_overcommit=config.cpu_overcommit,
                 driver=driver.name,
+                underlay_ip=sim_underlay_ip(index),
             )
             state = AgentState(
                 template,
@@ -152,7 +169,7 @@ class SimPool:
                 fence_after_s=config.fence_after_s,
             )
             execlog = _SharedExecLog(execlog_file, execlog_file_path, hid)
-            agent = Agent(state, driver, execlog, self.clock, self._operations)
+            agent = Agent(state, driver, execlog, self.clock, self._operations, network)
             agent.on_change = partial(self._dirty.add, index)
             agent.on_lease = partial(self._lease_renewed, index)
             host = SimHost(index, agent, driver, subjects.host_heartbeat(hid))

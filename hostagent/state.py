@@ -12,7 +12,8 @@ Pure, synchronous and deterministic (no await, no I/O, time is an input), in the
   ignored, starts and resumes arriving without a lease are dropped; commands for one VM run in
   order (one driver operation at a time), different VMs proceed concurrently;
 - the inventory (the driver's, plus failed starts kept until the scheduler clears them) and the
-  heartbeat report, which leaves out an inventory the scheduler says it holds.
+  heartbeat report, which leaves out an inventory the scheduler says it holds;
+- the host's networks (:mod:`hostagent.netgate`): a start waits for the networks it needs.
 
 The real agent (:mod:`hostagent.agent`), the simulated pool (:mod:`hostagent.simpool`) and the
 scheduler's property tests all drive this one class.
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import assert_never
 
 from msgspec.structs import replace
@@ -41,11 +41,13 @@ from common.messages import (
     StopVm,
     VmSpec,
 )
+from common.network_messages import ConfigureNetworks
 from hostagent.claim import HostClaim
-from hostagent.epoch import EpochGate, Verdict
+from hostagent.epoch import EpochGate, from_leader
 from hostagent.execlog import ExecEvent
 from hostagent.lease import Lease
-from hostagent.report import InventoryReport, omitted_digest
+from hostagent.netgate import NetworkGate
+from hostagent.report import InventoryReport, SentReports, timing_of
 from hostagent.stimuli import (
     REPORT_CHANGED,
     AckReceived,
@@ -61,6 +63,7 @@ from hostagent.stimuli import (
     HeartbeatDue,
     Instruction,
     LeaseRenewed,
+    NetworksApplied,
     Note,
     OpDone,
     RecordExecution,
@@ -69,35 +72,9 @@ from hostagent.stimuli import (
     Stimulus,
     TimingAdopted,
 )
+from hostagent.vmcommands import NOT_HERE, VmCommand, command_vm_name, find, stale, vg
 
 _EXECUTING = (ObservedState.RUNNING, ObservedState.STARTING)
-
-
-def command_vm_name(command: AgentCommand) -> str:
-    return command.vm.name if isinstance(command, StartVm) else command.name
-
-
-@dataclass(frozen=True, slots=True)
-class _Sent:
-    seq: int
-    sent_at_s: float
-    omitted: str
-
-
-_NOT_HERE = "remove of vm not running here vm=%s generation=%d"
-
-
-def _vg(vm: ObservedVm) -> tuple[str, int]:
-    return vm.name, vm.generation
-
-
-def _stale(verb: str, name: str, generation: int, held: ObservedVm) -> Note:
-    event = "stale %s ignored vm=%s generation=%d held_generation=%d"
-    return Note.info(event, verb, name, generation, held.generation)
-
-
-def _find(vms: Sequence[ObservedVm], name: str) -> ObservedVm | None:
-    return next((vm for vm in vms if vm.name == name), None)
 
 
 class AgentState:
@@ -116,14 +93,14 @@ class AgentState:
         self.claim = HostClaim()
         self.fenced = False
         self.report = InventoryReport()
+        self.net = NetworkGate()
         self._failed: dict[str, ObservedVm] = {}
-        self._queues: dict[str, deque[AgentCommand]] = {}
+        self._queues: dict[str, deque[VmCommand]] = {}
         """Commands per VM, in order; the head is the one being carried out."""
         self._waiting: set[str] = set()
         """VMs whose head command waits for a driver operation."""
         self._pausing: set[str] = set()
-        self._seq = 0
-        self._sent: deque[_Sent] = deque()
+        self._sent = SentReports()
         self._cpu_overcommit: float | None = None
 
     # ------------------------------------------------------------------ queries
@@ -135,8 +112,9 @@ class AgentState:
         return sorted([*vms, *self._failed.values()], key=lambda vm: vm.name)
 
     def idle(self) -> bool:
-        """No command is queued or waits for the driver, and no pause is under way."""
-        return not self._queues and not self._pausing
+        """No command is queued or waits for the driver or the networks, and no pause is under
+        way."""
+        return not self._queues and not self._pausing and not self.net.pending
 
     # ------------------------------------------------------------------ the one entry point
 
@@ -144,7 +122,7 @@ class AgentState:
         out: list[Instruction] = []
         match stimulus:
             case CommandsReceived(commands=commands, vms=vms, epoch=epoch):
-                if self._from_leader(epoch, "commands", out):
+                if from_leader(self.epochs, epoch, "commands", out):
                     self._receive(commands, vms, now_s, out)
             case OpDone():
                 self._op_done(stimulus, now_s, out)
@@ -153,37 +131,28 @@ class AgentState:
             case HeartbeatDue(vms=vms):
                 out.append(SendHeartbeat(self._heartbeat(vms, now_s)))
             case AckReceived(ack=ack):
-                if self._from_leader(ack.epoch, "heartbeat ack", out):
+                if from_leader(self.epochs, ack.epoch, "heartbeat ack", out):
                     self._ack(ack, now_s, out)  # a deposed leader's ack renews nothing
+            case NetworksApplied():
+                self._networks_applied(stimulus, now_s, out)
             case _:
                 assert_never(stimulus)
         return out
 
-    def _from_leader(self, epoch: int, what: str, out: list[Instruction]) -> bool:
-        match self.epochs.judge(epoch):
-            case Verdict.REFUSED:
-                out.append(
-                    Note.warning(
-                        "%s from a deposed leader refused epoch=%d newest=%d",
-                        what,
-                        epoch,
-                        self.epochs.newest,
-                    )
-                )
-                return False
-            case Verdict.NEWER if epoch > 1:
-                out.append(Note.info("scheduler leader epoch=%d", epoch))
-        return True
-
     # ------------------------------------------------------------------ heartbeats and the lease
 
     def _heartbeat(self, vms: Sequence[ObservedVm], now_s: float) -> Heartbeat:
-        self._seq += 1
-        full = replace(self.template, seq=self._seq, fenced=self.fenced, vms=self.inventory(vms))
-        heartbeat = self.report.fill(full)
-        while self._sent and now_s - self._sent[0].sent_at_s > self.heartbeat_interval_s:
-            self._sent.popleft()  # its ack would come too late to count
-        self._sent.append(_Sent(self._seq, now_s, omitted_digest(heartbeat)))
+        self._sent.seq += 1
+        heartbeat = self.report.fill(
+            replace(
+                self.template,
+                seq=self._sent.seq,
+                fenced=self.fenced,
+                vms=self.inventory(vms),
+                network_digest=self.net.digest,
+            )
+        )
+        self._sent.sent(heartbeat, now_s, self.heartbeat_interval_s)
         return heartbeat
 
     def _ack(self, ack: HeartbeatAck, now_s: float, out: list[Instruction]) -> None:
@@ -194,8 +163,8 @@ class AgentState:
                 )
             )
             return
-        sent = next((s for s in self._sent if s.seq == ack.seq), None)
-        if sent is None or now_s - sent.sent_at_s > self.heartbeat_interval_s:
+        sent = self._sent.match(ack, now_s, self.heartbeat_interval_s)
+        if sent is None:
             out.append(Note.debug("heartbeat ack unmatched or late seq=%d", ack.seq))
             return
         if ack.refused:  # another live agent holds the host id: no lease, no command
@@ -212,19 +181,10 @@ class AgentState:
         self._renew(sent.sent_at_s, now_s, out)
 
     def _adopt_timing(self, ack: HeartbeatAck, out: list[Instruction]) -> None:
-        interval_s, fence_after_s = ack.heartbeat_interval_s, ack.fence_after_s
-        if not 0 < interval_s < fence_after_s:
-            out.append(
-                Note.warning(
-                    "heartbeat ack timing ignored heartbeat_interval_s=%s fence_after_s=%s",
-                    interval_s,
-                    fence_after_s,
-                )
-            )
-            return
-        if (interval_s, fence_after_s) != (self.heartbeat_interval_s, self.fence_after_s):
-            self.heartbeat_interval_s, self.fence_after_s = interval_s, fence_after_s
-            out.append(TimingAdopted(ack.scheduler_id, interval_s, fence_after_s))
+        timing = timing_of(ack, out)
+        if timing is not None and timing != (self.heartbeat_interval_s, self.fence_after_s):
+            self.heartbeat_interval_s, self.fence_after_s = timing
+            out.append(TimingAdopted(ack.scheduler_id, *timing))
 
     def _renew(self, sent_at_s: float, now_s: float, out: list[Instruction]) -> None:
         self.lease = self.lease.renewed(sent_at_s, self.fence_after_s)
@@ -279,7 +239,9 @@ class AgentState:
             self.claim.hold(commands, out)
             return
         touched: dict[str, None] = {}
-        for command in commands:
+        for config in (c for c in commands if isinstance(c, ConfigureNetworks)):
+            self.net.receive(config, out)  # before the starts of the batch that need it
+        for command in (c for c in commands if not isinstance(c, ConfigureNetworks)):
             name = command_vm_name(command)
             self._queues.setdefault(name, deque()).append(command)
             touched[name] = None
@@ -300,7 +262,7 @@ class AgentState:
         del self._queues[name]
 
     def _begin(
-        self, command: AgentCommand, vms: Sequence[ObservedVm], now_s: float, out: list[Instruction]
+        self, command: VmCommand, vms: Sequence[ObservedVm], now_s: float, out: list[Instruction]
     ) -> bool:
         """Decide ``command``; True when it waits for a driver operation."""
         match command:
@@ -318,7 +280,7 @@ class AgentState:
 
     def _held(self, name: str, vms: Sequence[ObservedVm]) -> ObservedVm | None:
         failed = self._failed.get(name)
-        return failed if failed is not None else _find(vms, name)
+        return failed if failed is not None else find(vms, name)
 
     def _start(
         self, command: StartVm, vms: Sequence[ObservedVm], now_s: float, out: list[Instruction]
@@ -327,12 +289,10 @@ class AgentState:
         held = self._held(spec.name, vms)
         if held is not None:
             if held.generation == generation:
-                out.append(
-                    Note.debug("start ignored, already held vm=%s generation=%d", *_vg(held))
-                )
+                out.append(Note.debug("start ignored, already held vm=%s generation=%d", *vg(held)))
                 return False
             if held.generation > generation:
-                out.append(_stale("start", spec.name, generation, held))
+                out.append(stale("start", spec.name, generation, held))
                 return False
             if spec.name not in self._failed:  # destroy the older copy, then launch
                 out.append(DriverDestroy(spec.name, held.generation))
@@ -349,6 +309,9 @@ class AgentState:
                 Note.info("start refused without a lease vm=%s generation=%d", name, generation)
             )
             return False
+        networks = self.net.may_start(spec, out)  # never a VM whose bridge is missing
+        if networks is not True:
+            return networks is None  # None: waits for the networks being applied
         out.append(
             Note.info("vm starting vm=%s generation=%d size=%s", name, generation, spec.size)
         )
@@ -366,10 +329,10 @@ class AgentState:
             if destroy:  # a deleted VM not running here may still have disks here
                 out.append(DriverForget(name, generation))
                 return True
-            out.append(Note.debug(_NOT_HERE, name, generation))
+            out.append(Note.debug(NOT_HERE, name, generation))
             return False
         if held.generation > generation:
-            out.append(_stale("delete" if destroy else "stop", name, generation, held))
+            out.append(stale("delete" if destroy else "stop", name, generation, held))
             return False
         if name in self._failed:
             self._clear_failed(held, out)
@@ -400,6 +363,18 @@ class AgentState:
         out.append(RecordExecution(name, generation, ExecEvent.RESUME))
         out.append(DriverResume(name, generation))
         return True
+
+    def _networks_applied(
+        self, done: NetworksApplied, now_s: float, out: list[Instruction]
+    ) -> None:
+        """The host's networks changed: the starts waiting for them are judged again."""
+        if self.net.applied(done, out):
+            out.append(REPORT_CHANGED)
+        waiting, self.net.waiting = self.net.waiting, set()
+        for name in sorted(waiting):
+            if name in self._queues:
+                self._waiting.discard(name)
+                self._advance(name, done.vms, now_s, out)
 
     # ------------------------------------------------------------------ driver results
 
@@ -442,7 +417,7 @@ class AgentState:
                             error,
                         )
                     )
-                out.append(Note.debug(_NOT_HERE, name, generation))
+                out.append(Note.debug(NOT_HERE, name, generation))
             case RunCapture():
                 pass
             case DriverPause():
@@ -470,7 +445,7 @@ class AgentState:
                 )
             )
             return
-        held = _find(done.vms, name)
+        held = find(done.vms, name)
         if held is not None and held.state is ObservedState.RUNNING:
             out.append(RecordExecution(name, generation, ExecEvent.RUNNING))
             out.append(Note.info("vm running vm=%s generation=%d", name, generation))

@@ -25,6 +25,7 @@ from common.messages import (
     ObservedVm,
     VmSpec,
 )
+from common.network_messages import ConfigureNetworks
 from hostagent.execlog import ExecEvent
 from hostagent.lease import Lease
 
@@ -72,7 +73,20 @@ class AckReceived:
     ack: HeartbeatAck
 
 
-Stimulus = CommandsReceived | OpDone | FenceTick | HeartbeatDue | AckReceived
+@dataclass(frozen=True, slots=True)
+class NetworksApplied:
+    """The network backend finished applying ``config`` (``error`` set when it could not)."""
+
+    config: ConfigureNetworks
+    vnis: frozenset[int]
+    """The networks of ``config`` in place now (all of them unless it failed)."""
+    digest: str
+    """The backend's applied digest now (``config.digest`` unless it failed)."""
+    vms: Sequence[ObservedVm]
+    error: str | None = None
+
+
+Stimulus = CommandsReceived | OpDone | FenceTick | HeartbeatDue | AckReceived | NetworksApplied
 
 # --------------------------------------------------------------------------- instructions
 
@@ -133,6 +147,14 @@ class RunCapture:
     @property
     def name(self) -> str:
         return self.command.name
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyNetworks:
+    """Have the network backend make the host's networks ``config``; then
+    :class:`NetworksApplied`."""
+
+    config: ConfigureNetworks
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,6 +249,7 @@ class Note:
 Instruction = (
     DriverCall
     | RunCapture
+    | ApplyNetworks
     | RecordExecution
     | ReportChanged
     | LeaseRenewed

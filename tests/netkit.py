@@ -3,7 +3,7 @@ the QEMU driver's NICs.
 
 A *host* is a namespace with a veth pair to the root namespace (its address there is how the
 root namespace reaches it, as a client of its endpoints would) and, between two hosts, a veth
-"underlay" of their own (tests/chaos/netns.py names and addresses them; a crashed run's leftovers
+"underlay" of their own (rigs/chaos/netns.py names and addresses them; a crashed run's leftovers
 are removed by the next). A *guest* is a namespace whose ``eth0`` is a veth plugged into a host's
 bridge: it gets its address by DHCP like a VM would, in milliseconds, so isolation and endpoint
 rules are checked without booting anything. Guest networks use 10.214.0.0/16: those addresses
@@ -24,8 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.chaos import netns as chaos_netns
-from tests.chaos.netns import Network, run_ip
+from rigs.chaos import netns as chaos_netns
+from rigs.chaos.netns import Network, run_ip
 
 TOOLS = ("ip", "bridge", "nft", "dnsmasq", "busybox")
 APT_LINE = (

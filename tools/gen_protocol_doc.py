@@ -28,6 +28,15 @@ from common.image_messages import (
     ListImages,
     UploadImage,
 )
+from common.network_messages import (
+    AddEndpoint,
+    CreateVnet,
+    ListVnets,
+    RemoveEndpoint,
+    VnetListReply,
+    VnetRef,
+    VnetReply,
+)
 from common.resources import Resources
 from common.usage_messages import UsageQuery, UsageReply
 
@@ -74,6 +83,12 @@ SUBJECTS: tuple[Subject, ...] = (
     _api(subjects.IMAGE_LIST, "ListImages", "ImageListReply"),
     _api(subjects.IMAGE_UPLOAD, "UploadImage", "ImageReply"),
     _api(subjects.IMAGE_DELETE, "ImageRef", "ImageReply"),
+    _api(subjects.VNET_CREATE, "CreateVnet", "VnetReply"),
+    _api(subjects.VNET_GET, "VnetRef", "VnetReply"),
+    _api(subjects.VNET_LIST, "ListVnets", "VnetListReply"),
+    _api(subjects.VNET_DELETE, "VnetRef", "VnetReply"),
+    _api(subjects.ENDPOINT_ADD, "AddEndpoint", "VmReply"),
+    _api(subjects.ENDPOINT_REMOVE, "RemoveEndpoint", "VmReply"),
     Subject(
         subjects.job_subject(f"{subjects.ROOT}.api.<noun>.<verb>"),
         f"JetStream `{subjects.JOBS_STREAM}`",
@@ -176,6 +191,15 @@ ERROR_CODES: dict[str, str] = {
     m.ErrorCode.TOO_LARGE: "the body is larger than the scheduler accepts",
     m.ErrorCode.UNAVAILABLE: "no scheduler answered (clients report this, e.g. no responders)",
     m.ErrorCode.INTERNAL: "an unexpected failure in the scheduler",
+    m.ErrorCode.INVALID_NETWORK: "a network range the cluster cannot take (not IPv4, larger "
+    "than /16 or smaller than /29, reserved, overlapping another network), an address outside "
+    "its network or reserved in it (network, gateway, broadcast), a network of another region "
+    "than the VM, two NICs in one network, an endpoint on a VM without a NIC, a bad `allow` "
+    "range",
+    m.ErrorCode.ADDRESS_IN_USE: "the address asked for is another VM's, or the public port asked "
+    "for is taken on the VM's host (nothing changed)",
+    m.ErrorCode.NETWORK_IN_USE: "the network still has VMs with a NIC in it (stopped ones too: "
+    "they keep their addresses); delete them first",
 }
 
 GROUPS: tuple[tuple[str, tuple[object, ...]], ...] = (
@@ -185,13 +209,14 @@ GROUPS: tuple[tuple[str, tuple[object, ...]], ...] = (
             *(m.CreateVm, m.VmRef, m.HostRef, m.ListVms, m.ListHosts, m.ListSizes, UsageQuery),
             *(m.CaptureVm, m.AttachDisk, m.DetachDisk),
             *(ListImages, UploadImage, ImageRef),
+            *(CreateVnet, VnetRef, ListVnets, AddEndpoint, RemoveEndpoint),
         ),
     ),
     (
         "API replies",
         (
             *(m.VmReply, m.HostReply, m.VmListReply, m.HostListReply, m.SizeListReply),
-            *(UsageReply, ImageReply, ImageListReply, m.ErrorReply),
+            *(UsageReply, ImageReply, ImageListReply, VnetReply, VnetListReply, m.ErrorReply),
         ),
     ),
     ("Agent protocol", (m.HostCommands, m.Heartbeat, m.HeartbeatAck, ImageCaptured)),
@@ -341,7 +366,9 @@ def render_types() -> list[str]:
     top, components = msgspec.json.schema_components(
         [*grouped, *leftovers], ref_template="#/$defs/{name}"
     )
-    docs = field_docs(message_types())
+    docs = field_docs(
+        [*message_types(), *(m for _, ms in GROUPS for m in ms if isinstance(m, type))]
+    )
     shown: set[str] = set()
     lines: list[str] = []
     position = 0

@@ -3,6 +3,10 @@
 Every VM it holds counts against the host's capacity, paused ones included (a paused VM keeps
 its memory). Memory is never overcommitted; CPU up to ``capacity * cpu_overcommit``.
 
+A VM's NICs are taps (named as the Linux driver names them) on its networks' bridges: a start
+whose network is not in place on the host (``has_network``, the host's network backend) is
+refused, as the real driver's would be, and two VMs never share a tap name.
+
 Each VM has a simulated serial console: a boot log written as it starts (ending with the same
 ``STRATUS-READY`` line the tiny QEMU guest prints, then a ``# `` prompt), and a terminal that
 echoes what is typed and, like ``cat`` on a tty, repeats each completed line. The last 64 KiB
@@ -12,6 +16,7 @@ are kept.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from common.errors import DriverError
@@ -19,6 +24,7 @@ from common.messages import ObservedState, ObservedVm, VmSpec
 from common.resources import ZERO, Resources
 from hostagent.drivers.base import ConsoleBytes, ConsoleDriver, HypervisorDriver
 from hostagent.drivers.consolebuf import ConsoleBuffer
+from hostagent.network import tap_name
 
 PROMPT = b"# "
 
@@ -70,7 +76,11 @@ class FakeDriver:
         self.capacity = capacity
         self.cpu_overcommit = cpu_overcommit
         self.start_delay_s = start_delay_s
+        self.has_network: Callable[[int], bool] | None = None
+        """Whether the network with that VNI is in place (None: no network is checked)."""
         self._vms: dict[str, _FakeVm] = {}
+        self._taps: dict[str, str] = {}
+        """The taps of the VMs held: tap name -> VM."""
 
     def allocated(self) -> Resources:
         """What every held VM (starting, running or paused) takes from the host."""
@@ -80,9 +90,11 @@ class FakeDriver:
         if spec.name in self._vms:
             raise DriverError(f"vm {spec.name} already exists on this host", retryable=False)
         self._check_fits(spec)
+        taps = self._check_nics(spec)
         vm = _FakeVm(spec, generation, ObservedState.STARTING)
         vm.boot_log(ready=False)
         self._vms[spec.name] = vm
+        self._taps.update(dict.fromkeys(taps, spec.name))
         try:
             if self.start_delay_s > 0:
                 await asyncio.sleep(self.start_delay_s)
@@ -113,9 +125,33 @@ class FakeDriver:
                 retryable=True,
             )
 
+    def _check_nics(self, spec: VmSpec) -> list[str]:
+        """The VM's taps, if its networks are in place and no other VM has its tap names."""
+        taps = [tap_name(spec.name, nic.index) for nic in spec.nics]
+        for nic, tap in zip(spec.nics, taps, strict=True):
+            if self.has_network is not None and not self.has_network(nic.vni):
+                raise DriverError(
+                    f"network {nic.vnet} (vni {nic.vni}) is not in place on this host",
+                    retryable=True,
+                )
+            if self._taps.get(tap, spec.name) != spec.name:
+                raise DriverError(f"tap {tap} is {self._taps[tap]}'s", retryable=True)
+        return taps
+
+    def taps(self) -> dict[str, str]:
+        """The taps of the VMs held: tap name -> VM."""
+        return dict(self._taps)
+
+    def _drop(self, name: str) -> None:
+        vm = self._vms.pop(name, None)
+        for nic in vm.spec.nics if vm is not None else ():
+            tap = tap_name(name, nic.index)
+            if self._taps.get(tap) == name:
+                del self._taps[tap]
+
     def _forget(self, vm: _FakeVm) -> None:
         if self._vms.get(vm.spec.name) is vm:
-            del self._vms[vm.spec.name]
+            self._drop(vm.spec.name)
 
     def _get(self, name: str) -> _FakeVm:
         vm = self._vms.get(name)
@@ -124,10 +160,10 @@ class FakeDriver:
         return vm
 
     async def stop(self, name: str) -> None:
-        self._vms.pop(name, None)
+        self._drop(name)
 
     async def destroy(self, name: str) -> None:
-        self._vms.pop(name, None)
+        self._drop(name)
 
     async def forget(self, name: str, generation: int) -> None:
         """The fake keeps nothing of a VM it does not run."""
@@ -156,6 +192,7 @@ class FakeDriver:
 
     async def close(self) -> None:
         self._vms.clear()
+        self._taps.clear()
 
     # ------------------------------------------------------------------ console
 

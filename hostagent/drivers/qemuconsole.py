@@ -1,14 +1,18 @@
 """A QEMU VM's serial console as the driver serves it: output read from ``serial.log`` (QEMU
 logs every byte the guest writes, connected or not; offsets are file positions), input typed
-through ``console.sock`` (a ``-chardev socket`` QEMU listens on)."""
+through ``console.sock`` (a ``-chardev socket`` QEMU listens on).
+
+The agent's console relay reads every running VM's output ten times a second
+(hostagent/console.py); those reads also keep each ``serial.log`` bounded on disk
+(hostagent/drivers/seriallog.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 
 from common.errors import DriverError
+from hostagent.drivers import seriallog
 from hostagent.drivers.base import ConsoleBytes
 from hostagent.drivers.qemuproc import VmFiles
 
@@ -16,16 +20,13 @@ from hostagent.drivers.qemuproc import VmFiles
 def read_console(
     files: VmFiles, generation: int, offset: int | None, max_bytes: int
 ) -> ConsoleBytes:
-    """``ConsoleDriver.console_read`` over ``serial.log``."""
+    """``ConsoleDriver.console_read`` over ``serial.log``, trimming it when due."""
     try:
         with files.serial.open("rb") as log:
-            size = os.fstat(log.fileno()).st_size
-            if offset is None:
-                begin = max(0, size - max_bytes)
-            else:
-                begin = offset if 0 <= offset <= size else 0
-            log.seek(begin)
-            return ConsoleBytes(generation, begin, log.read(max(0, min(max_bytes, size - begin))))
+            if seriallog.trim_due(log.fileno()):
+                seriallog.trim(files.serial)
+            begin, data = seriallog.read_range(log.fileno(), offset, max_bytes)
+            return ConsoleBytes(generation, begin, data)
     except OSError:
         return ConsoleBytes(generation, 0, b"")
 

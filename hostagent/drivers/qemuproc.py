@@ -25,6 +25,7 @@ from common.errors import DriverError
 from common.messages import VmSpec
 from common.waiting import poll
 from hostagent.accel import Accel
+from hostagent.drivers import seriallog
 from hostagent.drivers.qemunics import nic_args
 from hostagent.hostcmd import HostCommands
 
@@ -210,8 +211,9 @@ async def wait_exit(pid: int, root: Path, timeout_s: float) -> bool:
 
 
 def read_serial(files: VmFiles) -> bytes:
+    """What ``serial.log`` keeps: its head (the boot) and its recent output (seriallog.py)."""
     try:
-        return files.serial.read_bytes()
+        return seriallog.read_kept(files.serial)
     except OSError:
         return b""
 

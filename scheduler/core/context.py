@@ -32,13 +32,14 @@ from common.messages import (
     VmEvent,
     VmState,
 )
+from common.network_messages import ConfigureNetworks, EndpointInfo, NicInfo
 from scheduler.core import transitions
 from scheduler.core.contract import Action, Emit, Now, Reply, SendCommands
 from scheduler.placement.hostviews import HostViews
 from scheduler.placement.pipeline import PlacementPolicy
 from scheduler.state.cluster import ClusterState
 from scheduler.state.model import VmRecord
-from scheduler.state.storage import DiskRecord
+from scheduler.state.storage import DiskRecord, EndpointRecord, NicRecord
 
 
 class Keep(enum.Enum):
@@ -48,6 +49,19 @@ class Keep(enum.Enum):
 
 
 KEEP: Final = Keep.KEEP
+NETWORKS_KEY: Final = VmName("*networks")
+"""What a host's ``ConfigureNetworks`` is remembered under in ``Carry.sent`` (no VM is named
+so: ``*`` is not allowed in VM names)."""
+
+
+def command_key(command: AgentCommand) -> VmName:
+    """Which earlier command a command replaces (for resend suppression): the VM's, or the
+    host's network configuration."""
+    if isinstance(command, StartVm):
+        return VmName(command.vm.name)
+    if isinstance(command, ConfigureNetworks):
+        return NETWORKS_KEY
+    return VmName(command.name)
 
 
 @dataclass(slots=True)
@@ -63,6 +77,9 @@ class Carry:
     """Some capacity was freed or changed: every pending VM is tried again at the next tick."""
     drains_due: bool = True
     """A drain started or moved on: drains progress in this step even without a tick."""
+    networks: dict[HostId, ConfigureNetworks] = field(default_factory=dict)
+    """Each host's desired network configuration as last computed (scheduler/core/hostnets.py);
+    a host missing here has it computed when next needed."""
 
 
 @dataclass(slots=True)
@@ -93,6 +110,8 @@ class StepContext:
         disks: list[DiskRecord] | Keep = KEEP,
         disk_serial: int | Keep = KEEP,
         recovering: bool | Keep = KEEP,
+        nics: list[NicRecord] | Keep = KEEP,
+        endpoints: list[EndpointRecord] | Keep = KEEP,
     ) -> None:
         """Change fields of ``record``, keeping the indexes, the store and the event stream
         right: a change of state must be in the transition table, and is emitted."""
@@ -113,6 +132,8 @@ class StepContext:
             ("disks", disks),
             ("disk_serial", disk_serial),
             ("recovering", recovering),
+            ("nics", nics),
+            ("endpoints", endpoints),
         )
         self.state.before_change(record)
         for name, value in changes:  # the signature above is what mypy checks
@@ -159,6 +180,8 @@ class StepContext:
             generation=record.generation,
             reason=record.reason,
             size=record.size,
+            nics=_nic_infos(record.nics) if record.nics else [],
+            endpoints=_endpoint_infos(record.endpoints) if record.endpoints else [],
         )
         self.actions.append(Emit(event))
 
@@ -203,7 +226,7 @@ class StepContext:
         sent = self.carry.sent.setdefault(host, {})
         now_s, retry_s = self.now.mono_s, self.config.command_retry_s
         for cmd in commands:
-            key = VmName(cmd.vm.name if isinstance(cmd, StartVm) else cmd.name)
+            key = command_key(cmd)
             last = sent.get(key)
             if last is None or last[0] != cmd or now_s - last[1] >= retry_s:
                 sent[key] = (cmd, now_s)
@@ -221,3 +244,24 @@ class StepContext:
     def reply(self, token: int, body: msgspec.Struct | None) -> None:
         """Answer request ``token`` (a job is acked when ``body`` is None)."""
         self.actions.append(Reply(token, body))
+
+
+def _nic_infos(nics: list[NicRecord]) -> list[NicInfo]:
+    """Built field by field: an event per VM change made ``msgspec.convert`` a hot spot."""
+    return [
+        NicInfo(vnet=n.vnet, ip=n.ip, mac=n.mac, prefix_len=n.prefix_len, gateway=n.gateway)
+        for n in nics
+    ]
+
+
+def _endpoint_infos(endpoints: list[EndpointRecord]) -> list[EndpointInfo]:
+    return [
+        EndpointInfo(
+            vm_port=e.vm_port,
+            protocol=e.protocol,
+            public_port=e.public_port,
+            address=e.address,
+            allow=list(e.allow),
+        )
+        for e in endpoints
+    ]

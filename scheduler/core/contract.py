@@ -4,7 +4,7 @@ to store). Pure data. Actions name hosts and VMs, never NATS subjects: the shell
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
@@ -25,8 +25,9 @@ from common.messages import (
     HostRef,
     VmRef,
 )
+from common.network_messages import AddEndpoint, CreateVnet, RemoveEndpoint, VnetRef
 from scheduler.state.model import HostRecord, ReplyRecord, VmRecord
-from scheduler.state.storage import ImageRecord
+from scheduler.state.storage import ImageRecord, NetCounters, VnetRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,14 +52,23 @@ class Op(StrEnum):
     IMAGE_UPLOAD = "image_upload"
     IMAGE_DELETE = "image_delete"
     IMAGE_CAPTURED = "image_captured"
+    VNET_CREATE = "vnet_create"
+    VNET_DELETE = "vnet_delete"
+    ENDPOINT_ADD = "endpoint_add"
+    ENDPOINT_REMOVE = "endpoint_remove"
 
 
 HOST_OPS = frozenset({Op.CORDON, Op.UNCORDON, Op.DRAIN})
 """Operations on a host (body HostRef, reply HostReply); the others act on a VM."""
 IMAGE_OPS = frozenset({Op.IMAGE_UPLOAD, Op.IMAGE_DELETE, Op.IMAGE_CAPTURED})
 """Gallery operations (reply ImageReply); see scheduler/core/images.py."""
+VNET_OPS = frozenset({Op.VNET_CREATE, Op.VNET_DELETE})
+"""Network operations (reply VnetReply); see scheduler/core/networks.py."""
+ANSWERED_AT_ONCE = IMAGE_OPS | VNET_OPS
+"""Operations answered as they are handled (not after placement, as VM and host ones)."""
 
 StorageBody = AttachDisk | DetachDisk | CaptureVm | UploadImage | ImageRef | ImageCaptured
+NetworkBody = CreateVnet | VnetRef | AddEndpoint | RemoveEndpoint
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +76,7 @@ class Mutation:
     """A mutating API request (from request/reply or from the jobs stream)."""
 
     op: Op
-    body: CreateVm | VmRef | HostRef | StorageBody
+    body: CreateVm | VmRef | HostRef | StorageBody | NetworkBody
     token: int
     via_job: bool = False
     job_subject: str = ""
@@ -165,3 +175,6 @@ class StepResult:
     hosts: list[HostRecord]
     images: list[ImageRecord]
     replies: dict[str, ReplyRecord]
+    vnets: list[VnetRecord] = field(default_factory=list)
+    counters: NetCounters | None = None
+    """The network counters, when this step moved them."""

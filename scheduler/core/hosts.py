@@ -25,7 +25,7 @@ from common.messages import (
     VmState,
 )
 from common.resources import ZERO
-from scheduler.core import disks, drain, lifecycle, views
+from scheduler.core import disks, drain, hostnets, lifecycle, networks, views
 from scheduler.core.context import StepContext
 from scheduler.core.contract import Ack, Op
 from scheduler.core.liveness import claim_after_s, expired_hosts
@@ -48,6 +48,9 @@ def heartbeat(ctx: StepContext, hb: Heartbeat, token: int, scheduler_id: str) ->
     runtime.last_seen_s = runtime.heard_s = now_s
     reconcile = _learn(ctx, host, hb, runtime)
     ctx.actions.append(Ack(token, _ack(ctx, hb, runtime, scheduler_id)))
+    if (runtime.boot_id, runtime.last_seq) == (hb.boot_id, hb.seq) and host in ctx.state.hosts:
+        # Taken in: the host's networks first, so that a StartVm the reconcile sends finds them.
+        hostnets.heartbeat(ctx, host, hb.network_digest)
     if reconcile:
         _reconcile(ctx, host, runtime)
 
@@ -163,12 +166,15 @@ def _register(ctx: StepContext, host: HostId, hb: Heartbeat) -> None:
         draining=record.draining if record else False,
         boot_id=hb.boot_id,
         drain_reported=record.drain_reported if record else None,
+        underlay_ip=hb.underlay_ip,
     )
     if record == fresh:
         return
     ctx.state.hosts[host] = fresh
     ctx.host_changed(host)
     ctx.views.forget_empty()
+    if record is None or not record.up or record.underlay_ip != fresh.underlay_ip:
+        networks.host_moved(ctx, host)
     if record is None or not record.up:
         reason = "registered" if record is None else "heartbeats resumed"
         _emit_host(ctx, host, HostState.UP, reason)
@@ -221,6 +227,7 @@ def _declare_dead(ctx: StepContext, host: HostId) -> None:
     _emit_host(ctx, host, HostState.DOWN, f"no heartbeat for {age:.1f}s")
     runtime.observed = {}
     runtime.inventory_digest = ""
+    runtime.network_digest = ""
     runtime.settled = False
     runtime.orphaned = ZERO
     state.stale_views.add(host)

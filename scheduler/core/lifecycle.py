@@ -1,7 +1,8 @@
 """A VM's moves on and off its host, shared by the feature handlers. Pure.
 
 Stop, delete, a finished stop, and *release* (take the VM off its host with a new generation,
-so that any copy left there is stale). Everything goes through the step context.
+so that any copy left there is stale; its endpoints give their host ports back, its addresses
+stay). Everything goes through the step context.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from datetime import datetime
 
 from common.ids import HostId, VmName
 from common.messages import AgentCommand, DeleteVm, StopVm, VmState
-from scheduler.core import disks
+from scheduler.core import disks, networks
 from scheduler.core.context import StepContext
 from scheduler.state.model import VmRecord
 
@@ -47,6 +48,8 @@ def delete(ctx: StepContext, record: VmRecord) -> None:
         ctx.change_vm(record, state=VmState.DELETED, reason="deleted")
         ctx.state.forget_set_member(record)
         disks.drop_disks(ctx, record)
+        if record.nics:  # its addresses are free: a VM waiting for one may be placed
+            ctx.capacity_changed()
 
 
 def deleted(ctx: StepContext, record: VmRecord, reason: str) -> None:
@@ -76,6 +79,7 @@ def release(ctx: StepContext, record: VmRecord, state: VmState, reason: str) -> 
         generation=record.generation + 1,
         reason=reason,
         pending_since=pending_since,
+        endpoints=networks.unplaced_endpoints(record),
     )
     if state is VmState.PENDING:
         ctx.want_placement(record.name)

@@ -15,7 +15,7 @@ import hashlib
 from msgspec.structs import replace
 
 from common import codec
-from common.fields import ErrorCode
+from common.fields import ErrorBody, ErrorCode
 from common.image_messages import ImageRef, ImageReply, UploadImage
 from common.messages import (
     AttachDisk,
@@ -27,18 +27,32 @@ from common.messages import (
     VmRef,
     VmReply,
 )
+from common.network_messages import AddEndpoint, CreateVnet, RemoveEndpoint, VnetRef, VnetReply
 from scheduler.core import views
-from scheduler.core.contract import HOST_OPS, IMAGE_OPS, Op
+from scheduler.core.contract import HOST_OPS, IMAGE_OPS, VNET_OPS, Op
 from scheduler.state.model import ReplyRecord
 
-Bound = CreateVm | VmRef | HostRef | AttachDisk | DetachDisk | CaptureVm | UploadImage | ImageRef
+Bound = (
+    CreateVm
+    | VmRef
+    | HostRef
+    | AttachDisk
+    | DetachDisk
+    | CaptureVm
+    | UploadImage
+    | ImageRef
+    | CreateVnet
+    | VnetRef
+    | AddEndpoint
+    | RemoveEndpoint
+)
 """Bodies whose request id is bound (an agent's capture report is not a client request)."""
 
 
 def request_of(op: Op, body: Bound) -> ReplyRecord:
     """What ``body``'s request id names: the operation, its target, a digest of the body."""
     match body:
-        case AttachDisk() | DetachDisk():
+        case AttachDisk() | DetachDisk() | AddEndpoint() | RemoveEndpoint():
             target = body.vm
         case HostRef():
             target = body.host_id
@@ -49,11 +63,13 @@ def request_of(op: Op, body: Bound) -> ReplyRecord:
     return ReplyRecord(op=op.value, target=target, digest=digest)
 
 
-def conflict(op: Op, request_id: str) -> VmReply | HostReply | ImageReply:
+def conflict(op: Op, request_id: str) -> VmReply | HostReply | ImageReply | VnetReply:
     """The answer to a request id used for another request (nothing is done)."""
     detail = f"request id {request_id} was used for another request"
     if op in HOST_OPS:
         return views.host_error(ErrorCode.CONFLICT, detail)
     if op in IMAGE_OPS:
         return views.image_error(ErrorCode.CONFLICT, detail)
+    if op in VNET_OPS:
+        return VnetReply(error=ErrorBody(code=ErrorCode.CONFLICT, detail=detail))
     return views.vm_error(ErrorCode.CONFLICT, detail)

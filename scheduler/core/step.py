@@ -37,10 +37,11 @@ from common.messages import (
     VmRef,
     VmReply,
 )
-from scheduler.core import disks, hosts, images, requests, vms
+from common.network_messages import AddEndpoint, CreateVnet, RemoveEndpoint, VnetRef, VnetReply
+from scheduler.core import disks, hostnets, hosts, images, networks, requests, vms
 from scheduler.core.context import Carry, StepContext
 from scheduler.core.contract import (
-    IMAGE_OPS,
+    ANSWERED_AT_ONCE,
     BuiltinImage,
     HeartbeatReceived,
     Input,
@@ -59,7 +60,7 @@ from scheduler.placement.hostviews import HostViews
 from scheduler.placement.pipeline import PlacementPolicy
 from scheduler.state.cluster import ClusterState
 
-_VmBody = CreateVm | VmRef | AttachDisk | DetachDisk | CaptureVm
+_VmBody = CreateVm | VmRef | AttachDisk | DetachDisk | CaptureVm | AddEndpoint | RemoveEndpoint
 _VmAnswer = tuple[Mutation, VmName | VmReply]
 _HostAnswer = tuple[Mutation, HostId | HostReply]
 
@@ -140,6 +141,7 @@ class SchedulerCore:
         if ticked or self.carry.drains_due:
             hosts.progress_drains(ctx)
         vms.place_pending(ctx, everything=ticked and self.carry.capacity_changed)
+        hostnets.flush(ctx, peers_too=ticked)
         self._answer_all(ctx, answers)
         return self._result(ctx)
 
@@ -172,7 +174,7 @@ class SchedulerCore:
                 self.state.remember_reply(request_id, request)
             answers.firsts[request_id] = _PENDING
             self._mutation(ctx, item, answers)
-            if item.op in IMAGE_OPS:  # answered at once: its reply is the step's last
+            if item.op in ANSWERED_AT_ONCE:  # answered at once: its reply is the step's last
                 answers.firsts[request_id] = _reply_to(ctx, item.token)
         return True
 
@@ -181,18 +183,29 @@ class SchedulerCore:
         they show its outcome, and gallery replies at once."""
         body = item.body
         match body:
-            case CreateVm() | VmRef() | AttachDisk() | DetachDisk() | CaptureVm():
+            case (
+                CreateVm()
+                | VmRef()
+                | AttachDisk()
+                | DetachDisk()
+                | CaptureVm()
+                | AddEndpoint()
+                | RemoveEndpoint()
+            ):
                 answers.vms.append((item, self._vm_op(ctx, item.op, body)))
             case HostRef():
                 answers.hosts.append((item, hosts.host_op(ctx, item.op, body)))
             case UploadImage() | ImageRef() | ImageCaptured():
                 images.gallery_op(ctx, item.token, body)
+            case CreateVnet() | VnetRef():
+                self._answer(ctx, item, networks.vnet_op(ctx, body))
             case _:
                 assert_never(body)
 
     def _answer(self, ctx: StepContext, item: Mutation, reply: msgspec.Struct) -> None:
-        """Answer ``item`` with a reply made elsewhere (a conflict, or a first copy's)."""
-        if isinstance(reply, VmReply | HostReply):
+        """Answer ``item`` with a reply made elsewhere (a conflict, a first copy's, or a
+        network operation's)."""
+        if isinstance(reply, VmReply | HostReply | VnetReply):
             self._reject_failed_job(ctx, item, reply)
         ctx.reply(item.token, reply)
 
@@ -206,6 +219,8 @@ class SchedulerCore:
                 return disks.attach_or_detach(ctx, body)
             case CaptureVm():
                 return images.capture(ctx, body)
+            case AddEndpoint() | RemoveEndpoint():
+                return networks.endpoint_op(ctx, body)
             case _:
                 assert_never(body)
 
@@ -238,7 +253,7 @@ class SchedulerCore:
         return {} if request_id is None else {request_id: reply}
 
     def _reject_failed_job(
-        self, ctx: StepContext, item: Mutation, reply: VmReply | HostReply
+        self, ctx: StepContext, item: Mutation, reply: VmReply | HostReply | VnetReply
     ) -> None:
         if item.via_job and reply.error is not None:
             error = reply.error
@@ -253,8 +268,16 @@ class SchedulerCore:
         )
 
     def _result(self, ctx: StepContext) -> StepResult:
-        vms_, hosts_, images_, replies = self.state.take_changes()
-        return StepResult(ctx.actions, vms_, hosts_, images_, replies)
+        changes = self.state.take_changes()
+        return StepResult(
+            ctx.actions,
+            changes.vms,
+            changes.hosts,
+            changes.images,
+            changes.replies,
+            changes.vnets,
+            changes.counters,
+        )
 
 
 _PENDING = msgspec.Struct()

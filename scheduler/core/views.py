@@ -57,4 +57,5 @@ def host_info(
         last_heartbeat_age_s=round(now_s - runtime.last_seen_s, 3) if runtime else None,
         draining=record.draining,
         drain_remaining=drain_remaining,
+        underlay_ip=record.underlay_ip or None,
     )

@@ -12,7 +12,7 @@ from common.fields import ErrorCode
 from common.ids import HostId, VmName
 from common.messages import AgentCommand, CreateVm, StartVm, VmReply, VmState
 from common.sizes import find_size
-from scheduler.core import disks, images, lifecycle
+from scheduler.core import disks, hostnets, images, lifecycle, networks
 from scheduler.core.context import StepContext
 from scheduler.core.contract import Op
 from scheduler.core.reconciler import spec_of
@@ -30,16 +30,17 @@ def create(ctx: StepContext, body: CreateVm) -> VmName | VmReply:
     name = VmName(body.name)
     existing = ctx.state.vms.get(name)
     if existing is not None and existing.state is not VmState.DELETED:
-        spec = (existing.size, existing.image, existing.region, existing.availability_set)
-        if spec == (size.name, body.image, body.region, body.availability_set):
-            return name
-        return vm_error(ErrorCode.CONFLICT, f"vm {name!r} exists with a different spec")
+        return _repeated(ctx, existing, body, size.name)
+    planned = networks.plan_nics(ctx.state, body.nics, body.region)
+    if isinstance(planned, VmReply):
+        return planned
+    plans, region = planned
     image = images.image_for_create(ctx.state.images, body.image)
     if isinstance(image, VmReply):
         return image
-    request = PlacementRequest(name, size.resources, body.region)
+    request = PlacementRequest(name, size.resources, region)
     if not could_ever_fit(request, ctx.views.empty()):
-        where = f"region {body.region!r}" if body.region else "any region"
+        where = f"region {region!r}" if region else "any region"
         return vm_error(
             ErrorCode.INSUFFICIENT_CAPACITY,
             f"size {size.name} ({size.resources}) is larger than every host in {where}",
@@ -48,25 +49,38 @@ def create(ctx: StepContext, body: CreateVm) -> VmName | VmReply:
     new_disks, serial = disks.initial_disks(
         name, generation, image.name, image.sha256, body.data_disks_mib
     )
+    nics = networks.new_nics(ctx.state, plans) if plans else []
     record = VmRecord(
         name=name,
         size=size.name,
         cpu_milli=size.cpu_milli,
         mem_mib=size.mem_mib,
         image=body.image,
-        region=body.region,
+        region=region,
         availability_set=body.availability_set,
         state=VmState.PENDING,
         generation=generation,
-        reason="waiting for placement",
+        reason=networks.missing_address(nics) or "waiting for placement",
         created_at=ctx.now.wall,
         updated_at=ctx.now.wall,
         pending_since=ctx.now.wall,
         disks=new_disks,
         disk_serial=serial,
+        nics=nics,
     )
     ctx.add_vm(record)
     return name
+
+
+def _repeated(ctx: StepContext, existing: VmRecord, body: CreateVm, size: str) -> VmName | VmReply:
+    """A create of a VM that exists: the VM itself if the request is the same, else a
+    conflict (a VM that named no region has its networks' region)."""
+    region = networks.region_of(ctx.state, body.nics, body.region)
+    spec = (existing.size, existing.image, existing.region, existing.availability_set)
+    same = spec == (size, body.image, region, body.availability_set)
+    if same and networks.same_nics(existing, body.nics):
+        return existing.name
+    return vm_error(ErrorCode.CONFLICT, f"vm {existing.name!r} exists with a different spec")
 
 
 def change(ctx: StepContext, op: Op, name: VmName) -> VmName | VmReply:
@@ -119,6 +133,7 @@ def place_pending(ctx: StepContext, *, everything: bool) -> None:
     if not names:
         return
     records = [state.vms[name] for name in names]
+    records = [r for r in records if not r.nics or networks.ensure_addresses(ctx, r)]
     requests = [
         PlacementRequest(
             r.name,
@@ -149,7 +164,13 @@ def place_pending(ctx: StepContext, *, everything: bool) -> None:
                 ctx.capacity_changed()  # try again next tick
                 continue
             recovered[result.host_id] += 1
-        ctx.change_vm(record, state=VmState.SCHEDULED, host=result.host_id, reason="")
+        endpoints = networks.placed_endpoints(ctx, record, result.host_id)
+        ctx.change_vm(
+            record, state=VmState.SCHEDULED, host=result.host_id, reason="", endpoints=endpoints
+        )
         starts[result.host_id].append(StartVm(vm=spec_of(record), generation=record.generation))
+    peers = hostnets.PeerLists(state)
     for host, commands in starts.items():
-        ctx.send(host, commands)
+        # The host's network configuration first, in the same batch: its VMs' bridges exist
+        # before they start.
+        ctx.send(host, hostnets.due(ctx, host, peers) + commands)

@@ -12,9 +12,20 @@ from nats.aio.msg import Msg
 
 from common import codec, messages as m, subjects
 from common.ids import HostId, vm_name_problem
+from common.network_messages import ListVnets, VnetRef, VnetReply
 from scheduler.core import drain
-from scheduler.core.contract import HOST_OPS, IMAGE_OPS, InvalidJob, Mutation, Now, Op, StorageBody
+from scheduler.core.contract import (
+    HOST_OPS,
+    IMAGE_OPS,
+    InvalidJob,
+    Mutation,
+    NetworkBody,
+    Now,
+    Op,
+    StorageBody,
+)
 from scheduler.core.images import listed_images
+from scheduler.core.networks import listed_vnets, live_vnet, vnet_info
 from scheduler.core.views import host_info, vm_info
 from scheduler.state.cluster import ClusterState
 from scheduler.state.model import VmRecord
@@ -34,6 +45,10 @@ MUTATIONS: Final = {
     subjects.VM_CAPTURE: Op.CAPTURE,
     subjects.IMAGE_UPLOAD: Op.IMAGE_UPLOAD,
     subjects.IMAGE_DELETE: Op.IMAGE_DELETE,
+    subjects.VNET_CREATE: Op.VNET_CREATE,
+    subjects.VNET_DELETE: Op.VNET_DELETE,
+    subjects.ENDPOINT_ADD: Op.ENDPOINT_ADD,
+    subjects.ENDPOINT_REMOVE: Op.ENDPOINT_REMOVE,
 }
 """Capture reports are not API requests: agents send them on their own host's subject
 (``decode_capture_report``); ``stratus.api.image.captured`` is answered "unknown subject"."""
@@ -46,14 +61,20 @@ VM_NAME_FIELDS: Final = {
     subjects.VM_CAPTURE: "name",
     subjects.DISK_ATTACH: "vm",
     subjects.DISK_DETACH: "vm",
+    subjects.ENDPOINT_ADD: "vm",
+    subjects.ENDPOINT_REMOVE: "vm",
 }
 """The field of each request body that names a VM (what a bad name is explained from)."""
-_STORAGE_DECODERS: Final[dict[Op, Callable[[bytes], StorageBody]]] = {
+_BODY_DECODERS: Final[dict[Op, Callable[[bytes], StorageBody | NetworkBody]]] = {
     Op.ATTACH_DISK: codec.attach_disk.decode,
     Op.DETACH_DISK: codec.detach_disk.decode,
     Op.CAPTURE: codec.capture_vm.decode,
     Op.IMAGE_UPLOAD: codec.upload_image.decode,
     Op.IMAGE_DELETE: codec.image_ref.decode,
+    Op.VNET_CREATE: codec.create_vnet.decode,
+    Op.VNET_DELETE: codec.vnet_ref.decode,
+    Op.ENDPOINT_ADD: codec.add_endpoint.decode,
+    Op.ENDPOINT_REMOVE: codec.remove_endpoint.decode,
 }
 
 
@@ -93,16 +114,16 @@ def decode_mutation(
         detail = f"body of {len(data)} bytes exceeds {codec.MAX_MESSAGE_BYTES}"
         return InvalidJob(subject, msg_id, m.ErrorCode.TOO_LARGE, detail, token)
     try:
-        body: m.CreateVm | m.VmRef | m.HostRef | StorageBody
+        body: m.CreateVm | m.VmRef | m.HostRef | StorageBody | NetworkBody
         if op is Op.CREATE:
             body = codec.create_vm.decode(data)
         elif op in HOST_OPS:
             body = codec.host_ref.decode(data)
-        elif op in _STORAGE_DECODERS:
+        elif op in _BODY_DECODERS:
             if via_job and op in IMAGE_OPS:
                 detail = "image operations are request/reply only"
                 return InvalidJob(subject, msg_id, m.ErrorCode.INVALID_REQUEST, detail, token)
-            body = _STORAGE_DECODERS[op](data)
+            body = _BODY_DECODERS[op](data)
         else:
             body = codec.vm_ref.decode(data)
     except msgspec.DecodeError as exc:
@@ -156,6 +177,11 @@ class ReadApi:
             if subject == subjects.SIZES_LIST:
                 codec.list_sizes.decode(body)
                 return _listed("sizes", self._sizes)
+            if subject == subjects.VNET_GET:
+                return self._vnet(codec.vnet_ref.decode(body))
+            if subject == subjects.VNET_LIST:
+                query: ListVnets = codec.list_vnets.decode(body)
+                return _listed("vnets", listed_vnets(self._state(), query.region))
         except msgspec.DecodeError as exc:
             detail = in_words(exc, body, VM_NAME_FIELDS.get(subject))
             return error_reply(m.ErrorCode.INVALID_REQUEST, detail)
@@ -168,6 +194,13 @@ class ReadApi:
             host = self._state().hosts.get(record.host)
             info.region = host.region if host is not None else None
         return info
+
+    def _vnet(self, ref: VnetRef) -> bytes:
+        state = self._state()
+        record = live_vnet(state, ref.name)
+        if record is None:
+            return error_reply(m.ErrorCode.NOT_FOUND, f"network {ref.name!r} does not exist")
+        return codec.encode(VnetReply(vnet=vnet_info(state, record)))
 
     def _get(self, ref: m.VmRef) -> bytes:
         record = self._state().vms.get(ref.name)  # type: ignore[call-overload]
@@ -219,6 +252,8 @@ def is_read(subject: str) -> bool:
         subjects.HOST_LIST,
         subjects.SIZES_LIST,
         subjects.IMAGE_LIST,
+        subjects.VNET_GET,
+        subjects.VNET_LIST,
     )
 
 

@@ -128,7 +128,12 @@ class SchedulerApp:
         try:
             loaded = await store.load()
             state = ClusterState.from_records(
-                loaded.vms, loaded.hosts, loaded.replies, loaded.images
+                loaded.vms,
+                loaded.hosts,
+                loaded.replies,
+                loaded.images,
+                loaded.vnets,
+                loaded.counters,
             )
             self.core = SchedulerCore(
                 self.config, state, scheduler_id=self.scheduler_id, event_seq=loaded.event_seq
@@ -430,6 +435,8 @@ class SchedulerApp:
             ],
             published=self._published,
             images=result.images,
+            vnets=result.vnets,
+            counters=result.counters,
         )
         self._published = []
         return encode_batch(batch), snapshot(result)

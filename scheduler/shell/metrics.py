@@ -3,8 +3,9 @@
 Two kinds:
 
 - **Gauges computed at scrape time** from the cluster state (``ClusterCollector``): hosts and VMs
-  by state, capacity and allocation per region, heartbeat age. Nothing on the hot path updates
-  them; a scrape reads the last committed state (scheduler/shell/readview.py).
+  by state, capacity and allocation per region, heartbeat age, addresses used per network.
+  Nothing on the hot path updates them; a scrape reads the last committed state
+  (scheduler/shell/readview.py).
 - **Histograms and counters fed by the actions** of each committed core step (the app calls
   ``observe`` before carrying them out): placement latency (pending → scheduled), failure
   detection (last heartbeat → host declared dead), recovery (host declared dead → each of its
@@ -69,6 +70,7 @@ class ClusterCollector(Collector):
             return
         yield from _host_metrics(state, self._now_s())
         yield _vm_metric(state)
+        yield from _network_metrics(state)
 
 
 def _host_state(record: HostRecord, runtime: HostRuntime | None) -> str:
@@ -140,6 +142,24 @@ def _vm_metric(state: ClusterState) -> Metric:
         for vm_state in VmState:
             vms.add_metric([vm_state.value, size], counts[(vm_state.value, size)])
     return vms
+
+
+def _network_metrics(state: ClusterState) -> Iterator[Metric]:
+    labels = ["vnet", "region"]
+    used = GaugeMetricFamily(
+        "stratus_network_addresses_used", "Addresses held by VMs per network", labels=labels
+    )
+    total = GaugeMetricFamily(
+        "stratus_network_addresses_total", "Addresses VMs can have per network", labels=labels
+    )
+    for name, record in sorted(state.vnets.items()):
+        ipam = state.net.ipams.get(name)
+        if record.deleted or ipam is None:
+            continue
+        where = [name, record.region or ""]
+        used.add_metric(where, ipam.used)
+        total.add_metric(where, ipam.total)
+    yield from (used, total)
 
 
 class SchedulerMetrics:

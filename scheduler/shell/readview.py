@@ -17,7 +17,7 @@ from msgspec.structs import replace
 from scheduler.core.contract import StepResult
 from scheduler.state.cluster import ClusterState
 from scheduler.state.model import HostRecord, VmRecord
-from scheduler.state.storage import ImageRecord
+from scheduler.state.storage import ImageRecord, VnetRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +27,7 @@ class Snapshot:
     vms: list[VmRecord]
     hosts: list[HostRecord]
     images: list[ImageRecord]
+    vnets: list[VnetRecord]
 
 
 def snapshot(result: StepResult) -> Snapshot:
@@ -34,6 +35,7 @@ def snapshot(result: StepResult) -> Snapshot:
         vms=[replace(r) for r in result.vms],
         hosts=[replace(h) for h in result.hosts],
         images=[replace(i) for i in result.images],
+        vnets=[replace(v) for v in result.vnets],
     )
 
 
@@ -45,12 +47,16 @@ class ReadView:
             runtimes=live.runtimes,
             images={name: replace(image) for name, image in live.images.items()},
         )
+        for vnet in live.vnets.values():  # before the VMs, whose addresses they index
+            self.state.put_vnet(replace(vnet))
         for record in live.vms.values():
             self.state.put_vm(replace(record))
 
     def apply(self, committed: Snapshot) -> None:
         """A step's records are committed: reads see them from now on."""
         state = self.state
+        for vnet in committed.vnets:
+            state.put_vnet(vnet)
         for record in committed.vms:
             state.put_vm(record)
         for host in committed.hosts:

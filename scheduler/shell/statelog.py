@@ -243,7 +243,7 @@ _EMPTY = Rows([], [], [], [], [], [])
 
 
 def _with_seq(rows: Rows, seq: int) -> Rows:
-    return Rows(rows.vms, rows.hosts, rows.images, rows.replies, rows.events, rows.published, seq)
+    return rows.with_seq(seq)
 
 
 def _replace_db(new: Path, path: str) -> None:

@@ -7,6 +7,7 @@ the same transaction and deleted once JetStream has them, so a crash never loses
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sqlite3
 import time
@@ -21,13 +22,17 @@ from common import subjects
 from common.errors import StoreError
 from common.messages import VmReply
 from scheduler.state.model import HostRecord, ReplyRecord, VmRecord
-from scheduler.state.storage import ImageRecord
+from scheduler.state.storage import ImageRecord, NetCounters, VnetRecord
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """2: a reply row's body is a ``ReplyRecord`` (the request its id names, and the reply), no
-longer a bare ``VmReply``; ``_migrate_1_to_2`` rewrites version 1 rows."""
+longer a bare ``VmReply``; ``_migrate_1_to_2`` rewrites version 1 rows.
+3: virtual networks (the ``vnets`` table, the network counters in ``meta``, NICs and endpoints
+in VM records): nothing to rewrite, but an older scheduler must not open the store, since it
+would drop the NICs of every VM it saves."""
+COUNTERS_KEY = "network_counters"
 REPLY_RETENTION_S = 7 * 24 * 3600.0
 """How long a request_id stays bound to its request (and keeps returning its reply)."""
 
@@ -41,6 +46,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY, subject TEXT NOT NULL, body BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS vm_history (seq INTEGER PRIMARY KEY, body BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS images (name TEXT PRIMARY KEY, body BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS vnets (name TEXT PRIMARY KEY, body BLOB NOT NULL);
 """
 VM_EVENT_PREFIX = subjects.vm_event("")
 """Events on subjects starting with this are VM events, kept in vm_history for usage metering:
@@ -55,6 +61,8 @@ class Loaded:
     event_seq: int
     outbox: list[tuple[int, str, bytes]]
     images: list[ImageRecord] = field(default_factory=list)
+    vnets: list[VnetRecord] = field(default_factory=list)
+    counters: NetCounters = field(default_factory=NetCounters)
 
 
 @dataclass
@@ -65,10 +73,19 @@ class Batch:
     events: list[tuple[int, str, bytes]] = field(default_factory=list)
     published: list[int] = field(default_factory=list)
     images: list[ImageRecord] = field(default_factory=list)
+    vnets: list[VnetRecord] = field(default_factory=list)
+    counters: NetCounters | None = None
 
     def __bool__(self) -> bool:
         return bool(
-            self.vms or self.hosts or self.replies or self.events or self.published or self.images
+            self.vms
+            or self.hosts
+            or self.replies
+            or self.events
+            or self.published
+            or self.images
+            or self.vnets
+            or self.counters
         )
 
 
@@ -85,6 +102,9 @@ class Rows:
     published: list[int]
     log_seq: int = 0
     """The state log sequence this batch is (scheduler/statelog.py); 0: not logged."""
+    vnets: list[tuple[str, bytes]] = field(default_factory=list)
+    counters: bytes = b""
+    """The network counters (JSON), when they moved; empty: unchanged."""
 
     def __bool__(self) -> bool:
         return bool(
@@ -95,7 +115,12 @@ class Rows:
             or self.events
             or self.published
             or self.log_seq
+            or self.vnets
+            or self.counters
         )
+
+    def with_seq(self, seq: int) -> Rows:
+        return dataclasses.replace(self, log_seq=seq)
 
 
 def encode_batch(batch: Batch) -> Rows:
@@ -107,6 +132,8 @@ def encode_batch(batch: Batch) -> Rows:
         replies=[(rid, _encoder.encode(reply), now) for rid, reply in batch.replies.items()],
         events=list(batch.events),
         published=list(batch.published),
+        vnets=[(v.name, _encoder.encode(v)) for v in batch.vnets],
+        counters=_encoder.encode(batch.counters) if batch.counters is not None else b"",
     )
 
 
@@ -123,6 +150,8 @@ class Store(Protocol):
 _vm_decoder = msgspec.json.Decoder(VmRecord)
 _host_decoder = msgspec.json.Decoder(HostRecord)
 _image_decoder = msgspec.json.Decoder(ImageRecord)
+_vnet_decoder = msgspec.json.Decoder(VnetRecord)
+_counters_decoder = msgspec.json.Decoder(NetCounters)
 _reply_decoder = msgspec.json.Decoder(ReplyRecord)
 _v1_reply_decoder = msgspec.json.Decoder(VmReply)
 _encoder = msgspec.json.Encoder()
@@ -137,12 +166,18 @@ class SqliteStore:
     async def open(cls, path: str | Path) -> SqliteStore:
         try:
             db = await aiosqlite.connect(str(path), isolation_level=None)
+        except (aiosqlite.Error, OSError) as exc:
+            raise StoreError(f"cannot open store {path}: {exc}") from exc
+        try:
             await db.execute("PRAGMA journal_mode=WAL")
             await db.execute("PRAGMA synchronous=FULL")
             await db.executescript(_SCHEMA)
             store = cls(db, str(path))
             await store._check_version()
-        except (aiosqlite.Error, OSError, msgspec.DecodeError) as exc:
+        except (aiosqlite.Error, OSError, msgspec.DecodeError, StoreError) as exc:
+            await db.close()  # a store refused is closed, not left to the garbage collector
+            if isinstance(exc, StoreError):
+                raise
             raise StoreError(f"cannot open store {path}: {exc}") from exc
         return store
 
@@ -157,8 +192,12 @@ class SqliteStore:
             raise StoreError(
                 f"store schema {row[0]} is newer than this scheduler ({SCHEMA_VERSION})"
             )
-        elif int(row[0]) == 1:
-            await self._db._execute(_migrate_1_to_2, self._db._conn)  # type: ignore[no-untyped-call]
+        else:
+            if int(row[0]) == 1:
+                await self._db._execute(_migrate_1_to_2, self._db._conn)  # type: ignore[no-untyped-call]
+            await self._db.execute(
+                "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
+            )
 
     async def load(self) -> Loaded:
         try:
@@ -170,6 +209,8 @@ class SqliteStore:
             images = [
                 _image_decoder.decode(r[0]) for r in await self._all("SELECT body FROM images")
             ]
+            vnets = [_vnet_decoder.decode(r[0]) for r in await self._all("SELECT body FROM vnets")]
+            counter_rows = await self._all("SELECT value FROM meta WHERE key = 'network_counters'")
             replies = {
                 row[0]: _reply_decoder.decode(row[1])
                 for row in await self._all("SELECT request_id, body FROM replies")
@@ -182,7 +223,13 @@ class SqliteStore:
         except (aiosqlite.Error, msgspec.DecodeError) as exc:
             raise StoreError(f"cannot load store: {exc}") from exc
         event_seq = int(seq_rows[0][0]) if seq_rows else 0
-        return Loaded(vms, hosts, replies, event_seq, outbox, images)
+        try:
+            counters = (
+                _counters_decoder.decode(counter_rows[0][0]) if counter_rows else NetCounters()
+            )
+        except msgspec.DecodeError as exc:
+            raise StoreError(f"cannot load store: {exc}") from exc
+        return Loaded(vms, hosts, replies, event_seq, outbox, images, vnets, counters)
 
     async def meta(self, key: str) -> str | None:
         """A value of the store's ``meta`` table (e.g. ``state_log_seq``)."""
@@ -227,6 +274,12 @@ def _write_rows(conn: sqlite3.Connection, rows: Rows) -> None:
         )
         conn.executemany("INSERT OR REPLACE INTO hosts (host_id, body) VALUES (?, ?)", rows.hosts)
         conn.executemany("INSERT OR REPLACE INTO images (name, body) VALUES (?, ?)", rows.images)
+        conn.executemany("INSERT OR REPLACE INTO vnets (name, body) VALUES (?, ?)", rows.vnets)
+        if rows.counters:
+            conn.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                (COUNTERS_KEY, rows.counters.decode()),
+            )
         conn.executemany(
             "INSERT OR REPLACE INTO replies (request_id, body, created_s) VALUES (?, ?, ?)",
             rows.replies,

@@ -12,7 +12,21 @@ from dataclasses import dataclass, field
 from common.ids import HostId, VmName
 from common.resources import ZERO, Resources
 from scheduler.state.model import HostRecord, HostRuntime, ReplyRecord, VmRecord
-from scheduler.state.storage import ImageRecord
+from scheduler.state.netindex import NetIndex, NetShare, share_of
+from scheduler.state.storage import ImageRecord, NetCounters, VnetRecord
+
+
+@dataclass(slots=True)
+class Changes:
+    """The records changed since the last ``take_changes``: what one step stores."""
+
+    vms: list[VmRecord]
+    hosts: list[HostRecord]
+    images: list[ImageRecord]
+    replies: dict[str, ReplyRecord]
+    vnets: list[VnetRecord]
+    counters: NetCounters | None
+    """The network counters, when they moved."""
 
 
 @dataclass
@@ -39,6 +53,14 @@ class ClusterState:
     stale_views: set[HostId] = field(default_factory=set)
     """Hosts whose placement view (allocation, record, orphans) changed since placement last
     refreshed its index."""
+    vnets: dict[str, VnetRecord] = field(default_factory=dict)
+    """Virtual networks by name, deleted ones included (tombstones)."""
+    changed_vnets: set[str] = field(default_factory=set)
+    counters: NetCounters = field(default_factory=NetCounters)
+    counters_changed: bool = False
+    net: NetIndex = field(default_factory=NetIndex)
+    """Addresses, network membership and ports, kept from the VM records (netindex.py)."""
+    _net_before: NetShare | None = None
 
     @classmethod
     def from_records(
@@ -47,16 +69,26 @@ class ClusterState:
         hosts: list[HostRecord],
         replies: dict[str, ReplyRecord],
         images: list[ImageRecord] | None = None,
+        vnets: list[VnetRecord] | None = None,
+        counters: NetCounters | None = None,
     ) -> ClusterState:
         state = cls(hosts={h.host_id: h for h in hosts}, replies=dict(replies))
         state.images = {image.name: image for image in images or ()}
+        state.counters = counters or NetCounters()
+        for vnet in vnets or ():
+            state.put_vnet(vnet)
         for record in sorted(vms, key=lambda r: (r.pending_since or r.created_at, r.name)):
             state.add_vm(record)
+        # As loaded, every host has the configuration it reported: heartbeats tell.
+        state.net.dirty_hosts.clear()
+        state.net.dirty_vnets.clear()
         return state
 
     def add_vm(self, record: VmRecord) -> None:
+        old = self.vms.get(record.name)
         self.vms[record.name] = record
         self._index(record)
+        self.net.update(record.name, share_of(old), share_of(record))
         if record.host is not None:
             self.touched_hosts.add(record.host)
 
@@ -69,6 +101,25 @@ class ClusterState:
             self.forget_set_member(old)
         self.vms[record.name] = record
         self._index(record)
+        self.net.update(record.name, share_of(old), share_of(record))
+
+    def put_vnet(self, record: VnetRecord) -> None:
+        """Put a network record in place (new, changed, or a read copy's update)."""
+        old = self.vnets.get(record.name)
+        self.vnets[record.name] = record
+        if record.deleted:
+            self.net.drop_vnet(record.name)
+        elif old is None or old.deleted or old.cidr != record.cidr:
+            self.net.add_vnet(record.name, record.cidr)
+
+    def vnet_changed(self, name: str) -> None:
+        """A network record changed (or is new): to be stored with this step."""
+        self.changed_vnets.add(name)
+
+    def count_up(self) -> NetCounters:
+        """The counters, to be moved on and stored with this step."""
+        self.counters_changed = True
+        return self.counters
 
     def host_changed(self, host: HostId) -> None:
         """A host record changed: to be stored, and seen anew by placement."""
@@ -98,10 +149,13 @@ class ClusterState:
         if record.host is not None:
             self.touched_hosts.add(record.host)
         self._unindex(record)
+        self._net_before = share_of(record)
 
     def after_change(self, record: VmRecord) -> None:
         """``record`` changed: index it again, and store it with this step."""
         self._index(record)
+        self.net.update(record.name, self._net_before, share_of(record))
+        self._net_before = None
         self.dirty_vms.add(record.name)
         if record.host is not None:
             self.touched_hosts.add(record.host)
@@ -110,17 +164,20 @@ class ClusterState:
         """An image record changed (or is new): to be stored with this step."""
         self.dirty_images.add(name)
 
-    def take_changes(
-        self,
-    ) -> tuple[list[VmRecord], list[HostRecord], list[ImageRecord], dict[str, ReplyRecord]]:
+    def take_changes(self) -> Changes:
         """The records changed since the last call, and the new replies; forgets them."""
-        vms = [self.vms[name] for name in self.dirty_vms]
-        hosts = [self.hosts[host] for host in self.dirty_hosts]
-        images = [self.images[name] for name in self.dirty_images]
-        replies = self.new_replies
+        changes = Changes(
+            vms=[self.vms[name] for name in self.dirty_vms],
+            hosts=[self.hosts[host] for host in self.dirty_hosts],
+            images=[self.images[name] for name in self.dirty_images],
+            replies=self.new_replies,
+            vnets=[self.vnets[name] for name in self.changed_vnets],
+            counters=self.counters if self.counters_changed else None,
+        )
         self.dirty_vms, self.dirty_hosts, self.dirty_images = set(), set(), set()
+        self.changed_vnets, self.counters_changed = set(), False
         self.new_replies = {}
-        return vms, hosts, images, replies
+        return changes
 
     def forget_set_member(self, record: VmRecord) -> None:
         if record.availability_set is not None:
@@ -143,3 +200,11 @@ class ClusterState:
             assert self.allocated.get(host, ZERO) == total, f"allocation drift on {host}"
         for host, names in expected.items():
             assert self.by_host.get(host) == names, f"by_host missing {host}"
+        fresh = NetIndex()
+        for vnet in self.vnets.values():
+            if not vnet.deleted:
+                fresh.add_vnet(vnet.name, vnet.cidr)
+        for record in self.vms.values():
+            fresh.update(record.name, None, share_of(record))
+        problems = self.net.same_as(fresh)
+        assert not problems, f"network index drift: {problems}"

@@ -10,7 +10,7 @@ import msgspec
 from common.ids import HostId, VmName
 from common.messages import ObservedVm, VmReply, VmState
 from common.resources import ZERO, Resources
-from scheduler.state.storage import DiskRecord
+from scheduler.state.storage import DiskRecord, EndpointRecord, NicRecord
 
 ACTIVE_STATES = frozenset(
     {VmState.SCHEDULED, VmState.STARTING, VmState.RUNNING, VmState.STOPPING, VmState.DELETING}
@@ -86,6 +86,9 @@ class VmRecord(msgspec.Struct, kw_only=True):
     recovering: bool = False
     """Taken off a host declared dead and not running again yet: its placement counts against
     the recovery rate limit (``recovery_per_host_per_tick``). Stored, so a restart keeps it."""
+    nics: list[NicRecord] = []
+    """In order; their addresses and MACs stay the VM's until it is deleted."""
+    endpoints: list[EndpointRecord] = []
 
     @property
     def resources(self) -> Resources:
@@ -129,6 +132,8 @@ class HostRecord(msgspec.Struct, kw_only=True):
     drain_reported: int | None = None
     """While draining: the VMs left that the last host event reported (a new event goes out
     only when it changes). Stored, so a restart does not report the same count again."""
+    underlay_ip: str = ""
+    """Where other hosts reach this one (VXLAN peers, endpoints); empty: not reported."""
 
 
 @dataclass(slots=True)
@@ -153,3 +158,5 @@ class HostRuntime:
     settled: bool = False
     """The last reconcile of this host found nothing to do; it stays true until one of the
     host's VMs changes (``ClusterState.touched_hosts``) or its inventory does."""
+    network_digest: str = ""
+    """The digest of the network configuration the host last reported applied."""

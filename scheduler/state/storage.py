@@ -1,4 +1,4 @@
-"""Disk and image records (pure data), persisted with the VMs in the store."""
+"""Disk, image and network records (pure data), persisted with the VMs in the store."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import msgspec
 from common.ids import HostId
 from common.image_messages import ImageState
 from common.messages import DiskKind, DiskStorage
+from common.network_messages import EndpointProtocol
 
 
 class DiskRecord(msgspec.Struct, kw_only=True):
@@ -46,3 +47,57 @@ class ImageRecord(msgspec.Struct, kw_only=True):
     capture_disk: str = ""
     """While capturing: the OS disk being flattened, on ``capture_host``."""
     capture_host: HostId | None = None
+
+
+# --------------------------------------------------------------------------- networks
+
+FIRST_VNI = 4096
+"""VNIs below this are left to other users of VXLAN on the hosts."""
+
+
+class VnetRecord(msgspec.Struct, kw_only=True):
+    """A virtual network. A deleted one stays as a tombstone (its name may be used again, by a
+    network with a new VNI)."""
+
+    name: str
+    cidr: str
+    region: str | None = None
+    vni: int
+    created_at: datetime
+    deleted: bool = False
+
+
+class NicRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """A NIC of a VM: its address belongs to the VM (kept across stop/start and moves) until
+    the VM is deleted. ``ip`` is empty while the network had no free address (``no_address``)."""
+
+    index: int
+    vnet: str
+    vni: int
+    mac: str
+    ip: str = ""
+    prefix_len: int
+    gateway: str
+
+
+class EndpointRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """A port of the VM's first NIC forwarded from a port of its host. ``public_port`` and
+    ``address`` say where it answers now (None while the VM has no host); ``requested_port``
+    is the port asked for, ``previous_port`` the one it had last (tried first on a new host)."""
+
+    vm_port: int
+    protocol: EndpointProtocol = EndpointProtocol.TCP
+    allow: list[str] = []
+    requested_port: int | None = None
+    public_port: int | None = None
+    address: str | None = None
+    previous_port: int | None = None
+
+
+class NetCounters(msgspec.Struct, kw_only=True):
+    """Counters that are never turned back, stored with the records."""
+
+    vni: int = FIRST_VNI - 1
+    """The last VNI handed out: networks get VNIs from 4096 up, never one twice."""
+    mac_serial: int = 0
+    """MACs handed out so far: the next NIC gets ``52:54:00`` + the next serial."""

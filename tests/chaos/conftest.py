@@ -7,7 +7,7 @@ import os
 import pytest
 
 from common.natsserver import find_nats_server
-from tests.chaos import netns
+from rigs.chaos import netns
 
 
 @pytest.fixture

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.chaos import netns
-from tests.chaos.campaign import Settings, run_campaign
+from rigs.chaos import netns
+from rigs.chaos.campaign import Settings, run_campaign
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration, pytest.mark.e2e]
 

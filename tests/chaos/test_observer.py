@@ -5,13 +5,15 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
-from common.messages import HostEvent, HostState, VmInfo, VmState
-from tests.chaos.faults import Fault, Kind
-from tests.chaos.load import Acked, Op
-from tests.chaos.observer import (
+from common.messages import HostEvent, HostState, VmEvent, VmInfo, VmState
+from common.network_messages import NicInfo
+from rigs.chaos.faults import Fault, Kind
+from rigs.chaos.load import Acked, Op
+from rigs.chaos.observer import (
     Replay,
     Row,
     acked_outcomes,
+    address_violations,
     convergence_problems,
     destroyed_during_nats_outages,
     duplicates_refused,
@@ -142,3 +144,30 @@ def test_a_duplicate_that_was_not_refused_or_executed_is_a_violation(tmp_path: P
     (tmp_path / "0" / "h1" / "executions.jsonl").write_text("")
     found = duplicates_refused([refused, lingering, executed], lambda i: tmp_path / str(i))
     assert sorted(v.kind for v in found) == ["duplicate_executed", "duplicate_not_refused"]
+
+
+def nic_event(seq: int, name: str, ip: str, state: VmState = VmState.RUNNING) -> VmEvent:
+    nic = NicInfo(vnet="net", ip=ip, mac="52:54:00:00:00:01", prefix_len=16, gateway="10.14.0.1")
+    return VmEvent(
+        seq=seq,
+        time=datetime.now(UTC),
+        name=name,
+        state=state,
+        host="h1",
+        generation=seq,
+        nics=[nic] if ip else [],
+    )
+
+
+def test_an_address_held_twice_or_changed_is_caught_and_a_released_one_may_be_reused() -> None:
+    fine = [
+        nic_event(1, "a", "10.14.0.2"),
+        nic_event(2, "a", "10.14.0.2"),  # another generation, the same address
+        nic_event(3, "a", "", VmState.DELETED),
+        nic_event(4, "b", "10.14.0.2"),  # released, reused
+    ]
+    assert address_violations(fine) == []
+    shared = [nic_event(1, "a", "10.14.0.2"), nic_event(2, "b", "10.14.0.2")]
+    assert [v.kind for v in address_violations(shared)] == ["address_shared"]
+    moved = [nic_event(1, "a", "10.14.0.2"), nic_event(2, "a", "10.14.0.3")]
+    assert [v.kind for v in address_violations(moved)] == ["address_changed"]

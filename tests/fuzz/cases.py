@@ -77,12 +77,25 @@ API_FIELDS: dict[str, tuple[str, ...]] = {
     subjects.IMAGE_LIST: (),
     subjects.IMAGE_UPLOAD: ("name", "sha256", "size_bytes", "os", "format"),
     subjects.IMAGE_DELETE: ("name",),
+    subjects.VNET_CREATE: ("name", "cidr", "region"),
+    subjects.VNET_GET: ("name",),
+    subjects.VNET_LIST: ("region",),
+    subjects.VNET_DELETE: ("name",),
+    subjects.ENDPOINT_ADD: ("vm", "vm_port", "public_port", "protocol", "allow"),
+    subjects.ENDPOINT_REMOVE: ("vm", "vm_port", "protocol"),
     CAPTURE_REPORTS: ("image", "vm", "host_id", "sha256", "size_bytes", "error"),
     subjects.USAGE_GET: ("since", "until"),
 }
 JOB_SUBJECTS = [
     subjects.job_subject(s)
-    for s in (subjects.VM_CREATE, subjects.VM_STOP, subjects.VM_START, subjects.VM_DELETE)
+    for s in (
+        subjects.VM_CREATE,
+        subjects.VM_STOP,
+        subjects.VM_START,
+        subjects.VM_DELETE,
+        subjects.VNET_CREATE,
+        subjects.ENDPOINT_ADD,
+    )
 ] + ["stratus.jobs.vm.bogus", subjects.job_subject(subjects.IMAGE_DELETE)]
 
 _GLYPHS = ["a", "-", "é", "\u4e2d", "\U0001f600", "\x00", "\u202e", ".", "*", ">", " "]
@@ -132,6 +145,11 @@ GOOD: dict[str, st.SearchStrategy[Any]] = {
     "error": short_text,
     "since": st.sampled_from(["2026-01-01T00:00:00Z", "2030-01-01T00:00:00+02:00", "yesterday"]),
     "until": st.sampled_from(["2026-01-02T00:00:00Z", "2000-01-01T00:00:00Z"]),
+    "cidr": st.sampled_from(["10.1.0.0/24", "10.1.0.0/16", "10.1.0.5/24", "10.0.0.0/8", "x/24"]),
+    "vm_port": st.one_of(st.integers(-1, 70_000), texts),
+    "public_port": st.one_of(st.none(), st.integers(-1, 70_000)),
+    "protocol": st.sampled_from(["tcp", "udp", "sctp"]),
+    "allow": st.lists(st.sampled_from(["0.0.0.0/0", "203.0.113.7/24", "nope"]), max_size=20),
 }
 
 

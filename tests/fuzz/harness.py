@@ -24,9 +24,9 @@ from nats.aio.msg import Msg
 from common import codec, messages as m, subjects
 from common.config import SchedulerConfig
 from common.natsserver import NatsServer
+from rigs.cluster import Cluster, Timings, overlapping_executions
 from scheduler.shell.app import SchedulerApp
 from tests.fuzz.cases import CAPTURE_REPORTS, VM_POOL, Case, Kind
-from tests.integration.cluster import Cluster, Timings, overlapping_executions
 
 T = TypeVar("T")
 
@@ -52,6 +52,12 @@ REPLY_DECODERS: Final[dict[str, Callable[[bytes], msgspec.Struct]]] = {
     subjects.IMAGE_DELETE: codec.image_reply.decode,
     CAPTURE_REPORTS: codec.image_reply.decode,
     subjects.USAGE_GET: codec.usage_reply.decode,
+    subjects.VNET_CREATE: codec.vnet_reply.decode,
+    subjects.VNET_GET: codec.vnet_reply.decode,
+    subjects.VNET_DELETE: codec.vnet_reply.decode,
+    subjects.VNET_LIST: codec.vnet_list_reply.decode,
+    subjects.ENDPOINT_ADD: codec.vm_reply.decode,
+    subjects.ENDPOINT_REMOVE: codec.vm_reply.decode,
 }
 _error_reply: Final = msgspec.json.Decoder(m.ErrorReply)
 

@@ -8,7 +8,7 @@ from nats.aio.client import Client
 
 from cli.client import StratusClient
 from common.natsserver import NatsServer
-from tests.integration.cluster import Cluster
+from rigs.cluster import Cluster
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from common.errors import ApiError
 from common.fields import ErrorCode
 from common.messages import CreateVm, JobRejected, ListVms, VmEvent, VmState
 from common.streams import ensure_streams
-from tests.integration.cluster import Cluster
+from rigs.cluster import Cluster
 from tests.integration.helpers import wait_all_running, wait_hosts_up
 from tests.waiting import wait_until
 

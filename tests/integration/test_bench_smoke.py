@@ -36,6 +36,7 @@ def test_e2e_smoke_places_every_vm_over_api_and_jobs(tmp_path: Path) -> None:
     assert isinstance(phases, list)
     assert [p["via"] for p in phases] == ["nats request/reply api", "jetstream jobs stream"]
     assert all(p["vms"] == 60 and p["vms_per_s"] > 0 and not p["errors"] for p in phases)
+    assert result["networks"] == 2  # every VM has a NIC, by default
 
 
 def test_failover_smoke_moves_every_vm_after_kill_and_silence(tmp_path: Path) -> None:

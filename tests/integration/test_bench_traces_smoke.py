@@ -31,10 +31,13 @@ def test_placement_smoke_agrees_with_the_reference(
 ) -> None:
     monkeypatch.setenv("STRATUS_BENCH_RESULTS", str(tmp_path))
     assert placement.main(["--smoke"]) == 0
-    policies = _result(tmp_path, "placement")["policies"]
+    result = _result(tmp_path, "placement")
+    policies = result["policies"]
+    assert result["networks"] == 4  # every VM on a network, by default
     assert isinstance(policies, dict) and set(policies) == {"binpack", "spread"}
     for body in policies.values():
         assert body["indexed"]["decisions"] == 500 and body["indexed"]["rejected"] == 0
+        assert body["indexed"]["addresses_held"] == 500
         assert body["reference_place"]["same_choices_as_index"] is True
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import pytest
 
 from cli.client import StratusClient
-from tests.integration.cluster import Cluster
+from rigs.cluster import Cluster
 from tests.integration.helpers import wait_hosts_up
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]

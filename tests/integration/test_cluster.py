@@ -15,7 +15,7 @@ from common import codec, subjects
 from common.messages import CreateVm, HostEvent, HostState, VmState
 from common.resources import Resources
 from common.waiting import Deadline
-from tests.integration.cluster import Cluster, overlapping_executions
+from rigs.cluster import Cluster, overlapping_executions
 from tests.integration.helpers import wait_all_running, wait_hosts_up
 from tests.integration.proxy import CuttableProxy
 from tests.waiting import wait_until

@@ -16,7 +16,7 @@ import pytest
 from cli.client import StratusClient
 from common import messages as m
 from common.errors import ApiError
-from tests.integration.cluster import Cluster
+from rigs.cluster import Cluster
 from tests.integration.helpers import wait_hosts_up
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.timeout(60)]

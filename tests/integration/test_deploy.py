@@ -1,30 +1,42 @@
 """deploy/: the NATS configs run a real nats-server (single node, and a 3-node JetStream cluster on
-loopback), and the systemd units are valid and keep VMs alive across an agent restart."""
+loopback that demands credentials of clients and routes), and the systemd units are valid and
+keep VMs alive across an agent restart."""
 
 from __future__ import annotations
 
 import asyncio
 import configparser
 import contextlib
+import json
 import os
 import re
 import shutil
 import socket
 import subprocess
 import sysconfig
+import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import nats
 import pytest
 from nats.errors import NoRespondersError, TimeoutError as NatsTimeoutError
 from nats.js.api import StreamConfig
+from nats.js.client import JetStreamContext
 from nats.js.errors import NoStreamResponseError
 
+from cli.client import StratusClient, connect
+from cli.natsconfig import generate
 from common import procs, subjects
-from common.errors import StratusError
+from common.errors import ApiError, StratusError
+from common.messages import CreateVm
 from common.natsserver import READY_RE, NatsServer, find_nats_server
 from common.streams import ensure_streams
+from rigs.cluster import Cluster
+from tests.integration.helpers import wait_all_running, wait_hosts_up
+from tests.waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 NATS_DIR = REPO / "deploy" / "nats"
@@ -42,27 +54,61 @@ def _nats_binary() -> str:
     return binary
 
 
-@pytest.mark.parametrize("name", ["nats-single.conf", "nats-cluster.conf"])
-def test_nats_config_is_valid(name: str) -> None:
-    result = subprocess.run(
-        [_nats_binary(), "-c", str(NATS_DIR / name), "-t"],
+def _check_config(config: Path) -> subprocess.CompletedProcess[bytes]:
+    """``nats-server -t``: parse the config (and its includes) without starting."""
+    return subprocess.run(
+        [_nats_binary(), "-c", str(config), "-t"],
         env={**os.environ, "NATS_SERVER_NAME": "nats-1"},
         capture_output=True,
         timeout=10,
         check=False,
     )
+
+
+def test_single_node_config_is_valid() -> None:
+    result = _check_config(NATS_DIR / "nats-single.conf")
     assert result.returncode == 0, result.stderr.decode()
-    assert b"is valid" in result.stdout + result.stderr
 
 
-def _local_copy(name: str, workdir: Path, http_port: int) -> Path:
-    """The config with its machine paths and its monitoring port made local to this test; the
-    client and route addresses are overridden on the command line."""
+def test_cluster_config_does_not_start_without_client_and_route_authorization(
+    tmp_path: Path,
+) -> None:
+    """Its includes are not optional: without the generated authorization (clients) and route
+    credentials it refuses to start, so it never listens on 0.0.0.0 open to anyone."""
+    config = tmp_path / "nats-cluster.conf"
+    shutil.copy(NATS_DIR / "nats-cluster.conf", config)
+    missing_both = _check_config(config)
+    assert missing_both.returncode != 0
+    assert b"nats-server.conf" in missing_both.stdout + missing_both.stderr
+    generate(tmp_path / "nats", ["host-01"])
+    missing_routes = _check_config(config)
+    assert missing_routes.returncode != 0
+    assert b"routes.conf" in missing_routes.stdout + missing_routes.stderr
+    _make_routes(tmp_path / "nats" / "routes.conf", ["nats-1", "nats-2", "nats-3"])
+    result = _check_config(config)
+    assert result.returncode == 0, result.stderr.decode()
+
+
+def _make_routes(out: Path, servers: list[str]) -> str:
+    """Run deploy/nats/make-routes.sh as an operator would; return the password it chose."""
+    subprocess.run(
+        [str(NATS_DIR / "make-routes.sh"), str(out), *servers],
+        capture_output=True,
+        timeout=10,
+        check=True,
+    )
+    assert out.stat().st_mode & 0o077 == 0, "the route credentials are readable by others"
+    match = re.search(r'password: "([0-9a-f]{64})"', out.read_text())
+    assert match is not None, out.read_text()
+    return match[1]
+
+
+def _local_copy(name: str, workdir: Path, replacements: dict[str, str]) -> Path:
+    """The config with its machine paths and addresses made local to this test (loopback, free
+    ports); everything else as shipped."""
     text = (NATS_DIR / name).read_text()
-    for old, new in (
-        ('store_dir: "/var/lib/nats"', f'store_dir: "{workdir / "js"}"'),
-        ('http: "127.0.0.1:8222"', f'http: "127.0.0.1:{http_port}"'),
-    ):
+    replacements = {'store_dir: "/var/lib/nats"': f'store_dir: "{workdir / "js"}"', **replacements}
+    for old, new in replacements.items():
         assert text.count(old) == 1, f"{name} no longer has {old!r}: update this test"
         text = text.replace(old, new)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -74,7 +120,8 @@ def _local_copy(name: str, workdir: Path, http_port: int) -> Path:
 async def test_single_node_config_serves_the_stratus_streams(tmp_path: Path) -> None:
     _nats_binary()
     [http_port] = _free_ports(1)
-    config = _local_copy("nats-single.conf", tmp_path / "n", http_port)
+    http = {'http: "127.0.0.1:8222"': f'http: "127.0.0.1:{http_port}"'}
+    config = _local_copy("nats-single.conf", tmp_path / "n", http)
     server = _launch(config)
     try:
         nc = await nats.connect(server.url, connect_timeout=2, max_reconnect_attempts=0)
@@ -114,48 +161,90 @@ def _free_ports(count: int) -> list[int]:
             sock.close()
 
 
+@dataclass
+class DeployedCluster:
+    """Three servers from deploy/nats/nats-cluster.conf, installed as docs/operations.md says:
+    beside each copy, nats/nats-server.conf from `stratus nats-config` and nats/routes.conf from
+    deploy/nats/make-routes.sh (the same files on every server)."""
+
+    servers: list[NatsServer]
+    auth_dir: Path
+    route_ports: list[int]
+    http_ports: list[int]
+    route_password: str
+
+    def seed(self, role: str) -> str:
+        return str(self.auth_dir / "nkeys" / f"{role}.nk")
+
+    def route_peers(self, index: int) -> set[str]:
+        routes = _routez(self.http_ports[index]).get("routes") or []
+        return {str(route["remote_name"]) for route in routes}
+
+
+def _routez(http_port: int) -> dict[str, Any]:
+    """A server's routes, from its monitoring endpoint."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/routez", timeout=5) as response:
+        routez: dict[str, Any] = json.load(response)
+    return routez
+
+
 @pytest.fixture
-def nats_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[NatsServer]]:
-    """Three servers from deploy/nats/nats-cluster.conf; only the addresses (loopback, free
-    ports) and the store directories are overridden on the command line."""
+def deployed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[DeployedCluster]:
     _nats_binary()
     ports = _free_ports(6)
     route_ports, http_ports = ports[:3], ports[3:]
-    routes = ",".join(f"nats://127.0.0.1:{port}" for port in route_ports)
+    auth_dir = tmp_path / "auth"
+    generate(auth_dir, ["h1"])
+    routes = tmp_path / "routes.conf"
+    password = _make_routes(routes, [f"127.0.0.1:{port}" for port in route_ports])
     servers: list[NatsServer] = []
     try:
         for index, (port, http_port) in enumerate(zip(route_ports, http_ports, strict=True), 1):
             monkeypatch.setenv("NATS_SERVER_NAME", f"nats-{index}")
-            config = _local_copy("nats-cluster.conf", tmp_path / f"n{index}", http_port)
-            cluster = ("--cluster", f"nats://127.0.0.1:{port}", "--routes", routes)
-            servers.append(_launch(config, cluster))
-        yield servers
+            workdir = tmp_path / f"n{index}"
+            (workdir / "nats").mkdir(parents=True)
+            shutil.copy(auth_dir / "nats-server.conf", workdir / "nats" / "nats-server.conf")
+            shutil.copy(routes, workdir / "nats" / "routes.conf")
+            local = {
+                'http: "127.0.0.1:8222"': f'http: "127.0.0.1:{http_port}"',
+                'listen: "0.0.0.0:4222"': 'listen: "127.0.0.1:-1"',
+                'listen: "0.0.0.0:6222"': f'listen: "127.0.0.1:{port}"',
+            }
+            servers.append(_launch(_local_copy("nats-cluster.conf", workdir, local)))
+        yield DeployedCluster(servers, auth_dir, route_ports, http_ports, password)
     finally:
-        for server in servers:
-            server.stop()
+        procs.stop_all([server.process for server in servers], timeout_s=5)
 
 
-async def test_three_node_config_forms_a_cluster_with_replicated_jetstream(
-    nats_cluster: list[NatsServer],
+async def _wait_for_r3(js: JetStreamContext) -> None:
+    config = StreamConfig(name="R3PROBE", subjects=["probe.>"], num_replicas=3)
+    async with asyncio.timeout(20):
+        while True:  # until the meta leader is elected (PLATFORM.md: 0.2-0.6 s)
+            try:
+                await js.add_stream(config)
+                break
+            except (NatsTimeoutError, NoRespondersError, NoStreamResponseError):
+                continue
+        while True:  # the first publish to a fresh R3 stream may find no responder yet
+            try:
+                await js.publish("probe.one", b"x", timeout=1.0)
+                break
+            except (NatsTimeoutError, NoRespondersError, NoStreamResponseError):
+                continue
+
+
+async def test_three_node_config_serves_replicated_jetstream_to_credentialed_clients_only(
+    deployed: DeployedCluster,
 ) -> None:
-    urls = [server.url for server in nats_cluster]
-    nc = await nats.connect(urls, connect_timeout=2, max_reconnect_attempts=2)
+    for server in deployed.servers:
+        with pytest.raises(ApiError):  # no credentials: refused
+            await connect(server.url, timeout_s=3)
+        nc = await connect(server.url, timeout_s=3, nkey_seed=deployed.seed("admin"))
+        await nc.close()
+    nc = await connect(deployed.servers[0].url, timeout_s=3, nkey_seed=deployed.seed("admin"))
     try:
         js = nc.jetstream(timeout=1.0)
-        config = StreamConfig(name="R3PROBE", subjects=["probe.>"], num_replicas=3)
-        async with asyncio.timeout(20):
-            while True:  # until the meta leader is elected (PLATFORM.md: 0.2-0.6 s)
-                try:
-                    await js.add_stream(config)
-                    break
-                except (NatsTimeoutError, NoRespondersError, NoStreamResponseError):
-                    continue
-            while True:  # the first publish to a fresh R3 stream may find no responder yet
-                try:
-                    await js.publish("probe.one", b"x", timeout=1.0)
-                    break
-                except (NatsTimeoutError, NoRespondersError, NoStreamResponseError):
-                    continue
+        await _wait_for_r3(js)
         info = await js.stream_info("R3PROBE")
         assert info.cluster is not None and info.cluster.name == "stratus"
         assert info.cluster.leader in {"nats-1", "nats-2", "nats-3"}
@@ -163,6 +252,83 @@ async def test_three_node_config_forms_a_cluster_with_replicated_jetstream(
         assert info.state.messages == 1
     finally:
         await nc.close()
+    for server in deployed.servers:
+        assert deployed.route_password not in server.log_path.read_text()
+
+
+def _peer(workdir: Path, cluster_lines: str) -> tuple[NatsServer, int]:
+    """A fourth server (no JetStream) named after ``workdir`` that tries to join the cluster
+    with ``cluster_lines`` in its cluster block; with its monitoring port."""
+    route_port, http_port = _free_ports(2)
+    config = workdir / "peer.conf"
+    config.write_text(
+        f'server_name: "{workdir.name}"\n'
+        f'http: "127.0.0.1:{http_port}"\n'
+        f'cluster {{\n  name: "stratus"\n  listen: "127.0.0.1:{route_port}"\n{cluster_lines}}}\n'
+    )
+    return _launch(config), http_port
+
+
+async def test_three_node_config_refuses_a_route_without_the_cluster_credentials(
+    deployed: DeployedCluster, tmp_path: Path
+) -> None:
+    one, two = deployed.route_ports[:2]
+    (tmp_path / "rogue").mkdir()
+    rogue, rogue_http = _peer(
+        tmp_path / "rogue",
+        f'  routes: ["nats-route://127.0.0.1:{one}", "nats-route://route:guess@127.0.0.1:{two}"]\n',
+    )
+    # The same kind of server with the operator's route credentials joins: what keeps the
+    # rogue out is the password, not an address or the cluster's name.
+    (tmp_path / "newcomer" / "nats").mkdir(parents=True)
+    shutil.copy(tmp_path / "routes.conf", tmp_path / "newcomer" / "nats" / "routes.conf")
+    newcomer, _ = _peer(tmp_path / "newcomer", '  include "nats/routes.conf"\n')
+    try:
+        await wait_until(
+            lambda: all("newcomer" in deployed.route_peers(i) for i in range(3)),
+            timeout_s=10,
+            message="the newcomer with the route credentials joined every server",
+        )
+        for index, server in enumerate(deployed.servers[:2]):
+            # Synchronise on the server's own word that it turned the rogue's route away.
+            log_path = server.log_path
+
+            def refused(log_path: Path = log_path) -> bool:
+                return b"Authentication Failure" in log_path.read_bytes()
+
+            await wait_until(refused, timeout_s=10, message=f"nats-{index + 1} refused the rogue")
+        assert all("rogue" not in deployed.route_peers(i) for i in range(3))
+        assert _routez(rogue_http)["num_routes"] == 0
+    finally:
+        procs.stop_all([rogue.process, newcomer.process], timeout_s=5)
+
+
+async def test_scheduler_and_agent_work_across_the_cluster_with_their_generated_credentials(
+    deployed: DeployedCluster, tmp_path: Path
+) -> None:
+    """The scheduler on nats-1, the agent of h1 on nats-3, a publisher on nats-2: every hop
+    crosses an authenticated route, with R3 streams."""
+    one, two, three = deployed.servers
+    cluster = Cluster(one, tmp_path / "procs")
+    cluster.workdir.mkdir()
+    urls = ",".join(server.url for server in deployed.servers)
+    cluster.start_scheduler(
+        "--nats", urls, "--nkey-seed", deployed.seed("scheduler"), "--replicas", "3"
+    )
+    cluster.start_agent("h1", nats_url=three.url, extra=("--nkey-seed", deployed.seed("host-h1")))
+    publisher = await connect(two.url, timeout_s=3, nkey_seed=deployed.seed("publisher"))
+    try:
+        client = StratusClient(publisher, timeout_s=5)
+        await wait_hosts_up(client, 1, timeout_s=30)
+        await client.create_vm(CreateVm(name="across", size="Small"))
+        vms = await wait_all_running(client, ["across"])
+        assert vms["across"].host == "h1"
+    finally:
+        await publisher.close()
+        cluster.stop()
+    logs = [server.log_path for server in deployed.servers] + list(cluster.workdir.glob("*.log"))
+    for path in logs:
+        assert deployed.route_password not in path.read_text(), path.name
 
 
 # --------------------------------------------------------------------------- systemd units
@@ -228,7 +394,7 @@ def _settings(text: str) -> str:
     return "\n".join(line.split("#", 1)[0] for line in text.splitlines())
 
 
-@pytest.mark.parametrize("name", ["nats-single.conf"])
+@pytest.mark.parametrize("name", ["nats-single.conf", "nats-cluster.conf"])
 def test_nats_config_demands_auth_where_it_listens_beyond_loopback(name: str) -> None:
     settings = _settings((NATS_DIR / name).read_text())
     listens = re.findall(r'^\s*listen:\s*"?([^"\s]+)"?', settings, flags=re.MULTILINE)

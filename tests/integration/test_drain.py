@@ -8,7 +8,7 @@ from cli.client import StratusClient
 from common.errors import ApiError
 from common.fields import ErrorCode
 from common.messages import CreateVm, VmState
-from tests.integration.cluster import Cluster, overlapping_executions
+from rigs.cluster import Cluster, overlapping_executions
 from tests.integration.helpers import wait_all_running, wait_hosts_up
 from tests.waiting import wait_until
 

@@ -16,7 +16,7 @@ from cli.client import StratusClient
 from common.messages import CreateVm
 from hostagent.drivers.qmp import QmpClient
 from hostagent.fenceguard import ensure_guard, guard_pid
-from tests.integration.cluster import Cluster, overlapping_executions
+from rigs.cluster import Cluster, overlapping_executions
 from tests.integration.helpers import wait_all_running, wait_hosts_up
 from tests.integration.test_qemu import (
     BOOT_S,

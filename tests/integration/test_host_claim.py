@@ -12,7 +12,7 @@ from cli.client import StratusClient
 from common import codec, subjects
 from common.messages import CreateVm, HostEvent, HostState
 from hostagent.__main__ import EXIT_HOST_ID_REFUSED
-from tests.integration.cluster import Cluster
+from rigs.cluster import Cluster
 from tests.integration.helpers import wait_all_running, wait_hosts_up
 from tests.waiting import wait_until
 

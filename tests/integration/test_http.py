@@ -17,8 +17,8 @@ import pytest
 
 from common.config import SchedulerConfig
 from common.natsserver import NatsServer
+from rigs.cluster import FAST_TIMINGS, Cluster
 from scheduler.shell.app import SchedulerApp
-from tests.integration.cluster import FAST_TIMINGS, Cluster
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration

@@ -22,8 +22,8 @@ from schemathesis.core.result import Ok
 
 from common.config import SchedulerConfig
 from common.natsserver import NatsServer
+from rigs.cluster import FAST_TIMINGS, Cluster
 from scheduler.shell.app import SchedulerApp
-from tests.integration.cluster import FAST_TIMINGS, Cluster
 
 pytestmark = pytest.mark.integration
 
@@ -58,6 +58,10 @@ EVERY_OPERATION = {
     "/v1/usage",
     "/v1/images",
     "/v1/images/{name}",
+    "/v1/vnets",
+    "/v1/vnets/{name}",
+    "/v1/vms/{name}/endpoints",
+    "/v1/vms/{name}/endpoints/{vm_port}",
 }
 CHECKS: list[schemathesis.CheckFunction] = [
     sc.not_a_server_error,

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.cluster import Cluster
+from rigs.cluster import Cluster
 from tests.integration.test_http import AUTH, Api, api
 from tests.waiting import wait_until
 

@@ -24,8 +24,8 @@ from common import codec, subjects
 from common.errors import ApiError
 from common.messages import CreateVm, HostEvent, HostState, VmState
 from common.natsserver import NatsServer
+from rigs.cluster import overlapping_executions
 from scheduler.shell.leader import LEASE_BUCKET, LEASE_KEY, LeaseHolder
-from tests.integration.cluster import overlapping_executions
 from tests.integration.helpers import wait_all_running, wait_hosts_up
 from tests.waiting import wait_until
 

@@ -19,11 +19,11 @@ from nats.aio.client import Client
 from cli.client import StratusClient
 from common.errors import ApiError
 from common.messages import CreateVm, HostEvent
+from rigs.cluster import overlapping_executions
+from rigs.natscluster import NatsCluster
 from scheduler.shell.statelog import STATE_STREAM
 from tests.conftest import _require_nats
-from tests.integration.cluster import overlapping_executions
 from tests.integration.helpers import wait_all_running, wait_hosts_up
-from tests.integration.natscluster import NatsCluster
 from tests.integration.test_leader import (
     HaCluster,
     has_leader,

@@ -28,8 +28,8 @@ from common.messages import CaptureVm, CreateVm
 from common.natsauth import host_inbox_prefix, inbox_options, redact_url
 from common.natsserver import NatsServer, start_nats_server
 from hostagent.simpool import SimPool, resolve_pool_settings
+from rigs.cluster import Cluster
 from scheduler.shell.app import SchedulerApp
-from tests.integration.cluster import Cluster
 from tests.integration.helpers import wait_all_running, wait_hosts_up
 from tests.integration.test_qemu import kill, qemu_pids
 from tests.qemukit import boot_kit

@@ -22,9 +22,9 @@ from common.config import SchedulerConfig
 from common.messages import CreateVm, VmRef, VmState
 from common.natsserver import NatsServer
 from common.usage_messages import UsageQuery, UsageReply
+from rigs.cluster import FAST_TIMINGS, Cluster
 from scheduler.core.contract import Op
 from scheduler.shell.app import SchedulerApp
-from tests.integration.cluster import FAST_TIMINGS, Cluster
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration

@@ -20,10 +20,10 @@ import pytest
 from common.config import SchedulerConfig
 from common.messages import CreateVm, VmRef
 from common.natsserver import NatsServer
+from rigs.cluster import FAST_TIMINGS, Cluster
 from scheduler.core.contract import Op
 from scheduler.shell.app import SchedulerApp
 from tests.integration.browser import CdpError, Page, chromium_page, find_chromium
-from tests.integration.cluster import FAST_TIMINGS, Cluster
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration

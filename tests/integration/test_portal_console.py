@@ -22,9 +22,9 @@ from cli.client import StratusClient
 from common.config import SchedulerConfig
 from common.messages import CreateVm, VmState
 from common.natsserver import NatsServer
+from rigs.cluster import FAST_TIMINGS, Cluster
 from scheduler.shell.app import SchedulerApp
 from tests.integration.browser import chromium_page, find_chromium
-from tests.integration.cluster import FAST_TIMINGS, Cluster
 from tests.integration.helpers import wait_all_running, wait_hosts_up
 from tests.integration.test_portal import fill_and_submit, until_true
 from tests.waiting import wait_until

@@ -24,7 +24,7 @@ from common import codec, subjects
 from common.errors import ApiError
 from common.image_messages import ImageState
 from common.messages import CaptureVm, CreateVm, DiskKind, VmEvent, VmInfo, VmState
-from tests.integration.cluster import Cluster
+from rigs.cluster import Cluster
 from tests.integration.helpers import wait_all_running, wait_hosts_up
 from tests.integration.proxy import CuttableProxy
 from tests.qemukit import boot_kit

@@ -13,8 +13,8 @@ from nats.js.errors import NoStreamResponseError
 
 from common import subjects
 from common.streams import ensure_stream, ensure_streams, events_stream_config
+from rigs.natscluster import NatsCluster
 from tests.conftest import _require_nats
-from tests.integration.natscluster import NatsCluster
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration

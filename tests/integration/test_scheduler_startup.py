@@ -11,8 +11,8 @@ import pytest
 from cli.client import StratusClient
 from common.errors import ApiError
 from common.natsserver import start_nats_server
+from rigs.cluster import Cluster
 from tests.conftest import _require_nats
-from tests.integration.cluster import Cluster
 from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]

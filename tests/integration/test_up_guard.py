@@ -21,7 +21,8 @@ import pytest
 from cli.client import StratusClient
 from common.messages import CreateVm
 from hostagent.drivers.qmp import QmpClient
-from hostagent.fenceguard import guard_pid, read_lease
+from hostagent.fenceguard import guard_pid
+from hostagent.leasefile import read_lease
 from tests.integration.helpers import wait_all_running, wait_hosts_up
 from tests.integration.test_qemu import alive, kill
 from tests.qemukit import boot_kit

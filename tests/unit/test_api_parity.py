@@ -19,6 +19,7 @@ from scheduler.shell.http.server import build_registry
 API_PREFIX = f"{subjects.ROOT}.api."
 CLI_NAMES = {
     subjects.VM_GET: ("vm", "show"),
+    subjects.VNET_GET: ("vnet", "show"),
     subjects.SIZES_LIST: ("sizes",),
     subjects.USAGE_GET: ("usage",),
 }

@@ -41,14 +41,22 @@ def test_no_import_cycles_in_the_services() -> None:
         assert not cycles, f"import cycles in {package}: {sorted(cycles)}"
 
 
+OVER_500_LINES = {
+    # Still to be split by concept (issue #11); nothing may join them.
+    "hostagent/state.py",
+    "hostagent/drivers/qemu.py",
+    "cli/local.py",
+}
+
+
 def test_product_modules_stay_under_500_lines() -> None:
     long = {
         str(path.relative_to(ROOT)): lines
-        for package in ("scheduler",)
+        for package in ("scheduler", "hostagent", "common", "cli")
         for path in _modules(package)
         if (lines := len(path.read_text().splitlines())) > 500
     }
-    assert not long, long
+    assert set(long) <= OVER_500_LINES, long
 
 
 def test_no_module_reaches_another_modules_private_names() -> None:

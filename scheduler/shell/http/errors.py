@@ -8,13 +8,17 @@ The codes are those of the NATS API (``common.messages.ErrorCode``):
 | unauthorized | 401 | missing or wrong bearer token (nothing was done) |
 | forbidden | 403 | a Host or Origin header not in ``http_allowed_hosts`` (nothing was done) |
 | not_found | 404 | no such VM, host, image or route |
-| conflict | 409 | a VM of that name exists with another spec |
+| conflict | 409 | a VM (or network) of that name exists with another spec |
 | invalid_state | 409 | the VM's current state forbids the operation (e.g. being deleted) |
 | insufficient_capacity | 409 | the cluster as it is cannot hold it (too big for every host; a drain
   with no room elsewhere); may succeed once the cluster changes |
 | too_large | 413 | body over the size limit |
 | unsupported_media_type | 415 | a mutation whose body is not ``application/json`` (nothing done) |
+| address_in_use | 409 | the address (or public port) asked for is held by another VM |
+| network_in_use | 409 | a network VMs still have a NIC in cannot be deleted |
 | unknown_size | 422 | the request names a size the catalogue does not have |
+| invalid_network | 422 | a network range or address the cluster cannot take (overlapping,
+  too small or large, outside the network, reserved, another region) |
 | invalid_image | 422 | an uploaded file is not a disk image (or not the announced one) |
 | too_many_requests | 429 | the client already holds its ``http_max_streams_per_client`` streams |
 | unavailable | 503 | the scheduler did not answer in time, or too many event streams |
@@ -41,11 +45,14 @@ STATUS: Final[Mapping[ErrorCode, int]] = {
     ErrorCode.CONFLICT: 409,
     ErrorCode.INVALID_STATE: 409,
     ErrorCode.INSUFFICIENT_CAPACITY: 409,
+    ErrorCode.ADDRESS_IN_USE: 409,
+    ErrorCode.NETWORK_IN_USE: 409,
     ErrorCode.TOO_LARGE: 413,
     ErrorCode.UNSUPPORTED_MEDIA_TYPE: 415,
     ErrorCode.TOO_MANY_REQUESTS: 429,
     ErrorCode.UNKNOWN_SIZE: 422,
     ErrorCode.INVALID_IMAGE: 422,
+    ErrorCode.INVALID_NETWORK: 422,
     ErrorCode.UNAVAILABLE: 503,
     ErrorCode.INTERNAL: 500,
 }

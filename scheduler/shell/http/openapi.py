@@ -26,6 +26,21 @@ BEARER: Final = {
 }
 
 
+EVENT_STREAM: Final = "text/event-stream"
+SSE_EVENT: Final[Json] = {
+    "type": "object",
+    "description": "One server-sent event (before Open API 3.2, the schema of a "
+    "text/event-stream response describes each event): its type, its data (JSON text), and "
+    "the id to resume from.",
+    "properties": {
+        "event": {"type": "string"},
+        "data": {"type": "string"},
+        "id": {"type": "string"},
+        "retry": {"type": "integer"},
+    },
+}
+
+
 def build_openapi(
     endpoints: Iterable[Endpoint],
     *,
@@ -81,6 +96,8 @@ def _operation(e: Endpoint, components: Json, *, secured: bool) -> Json:
     success: Json = {"description": "OK"}
     if e.response is not None:
         success["content"] = {e.media_type: {"schema": _ref(e.response)}}
+    elif e.media_type == EVENT_STREAM:
+        success["content"] = {e.media_type: {"schema": SSE_EVENT}}
     elif e.media_type != "application/json":
         success["content"] = {e.media_type: {"schema": {"type": "string"}}}
     op["responses"] = {str(e.status): success, **_errors(e, secured=secured)}

@@ -1,51 +1,19 @@
 // Stratus console page (/console.html?vm=NAME): the VM's serial console, live, over
 // GET /v1/vms/NAME/console (server-sent events read with fetch, so the token can be sent),
-// and an input line (POST /v1/vms/NAME/console/input) when the VM's driver relays input.
+// and an input line (POST /v1/vms/NAME/console/input) when the VM's driver relays input. The
+// token, the notice line and event-stream reading are shared.js's (loaded before this).
 "use strict";
 
 const RECONNECT_MS = 2000;
 const MAX_SCREEN_CHARS = 200000;
 
-const $ = (selector) => document.querySelector(selector);
 const vm = new URLSearchParams(location.search).get("vm") || "";
 const view = {
-  token: sessionStorage.getItem("stratus-token") || "",
-  tokenWaiters: [],
   generation: null,
   next: null, // offset of the next byte to show
   decoder: new TextDecoder(),
   closed: false,
 };
-
-function headers(extra = {}) {
-  const all = { ...extra };
-  if (view.token) all.Authorization = `Bearer ${view.token}`;
-  return all;
-}
-
-function notice(text) {
-  const element = $("#notice");
-  element.textContent = text;
-  element.hidden = !text;
-}
-
-function needToken() {
-  notice("This scheduler needs an API token: enter it above.");
-  $("#token").focus();
-}
-
-function tokenEntered() {
-  return new Promise((resolve) => view.tokenWaiters.push(resolve));
-}
-
-$("#token-form").addEventListener("submit", (event) => {
-  event.preventDefault();
-  view.token = $("#token").value.trim();
-  sessionStorage.setItem("stratus-token", view.token);
-  $("#token").value = "";
-  notice("");
-  view.tokenWaiters.splice(0).forEach((resolve) => resolve());
-});
 
 function setLive(state, text) {
   const element = $("#live");
@@ -102,16 +70,6 @@ function handle(type, data) {
   }
 }
 
-function parseFrame(frame) {
-  let type = "message";
-  const data = [];
-  for (const line of frame.split("\n")) {
-    if (line.startsWith("event: ")) type = line.slice(7);
-    else if (line.startsWith("data: ")) data.push(line.slice(6));
-  }
-  return data.length ? { type, data: data.join("\n") } : null;
-}
-
 async function follow() {
   while (!view.closed) {
     try {
@@ -131,19 +89,7 @@ async function follow() {
         return;
       }
       setLive("on", "live");
-      const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
-      let buffer = "";
-      for (;;) {
-        const { value, done } = await reader.read();
-        if (done) break;
-        buffer += value;
-        let cut;
-        while ((cut = buffer.indexOf("\n\n")) >= 0) {
-          const event = parseFrame(buffer.slice(0, cut));
-          buffer = buffer.slice(cut + 2);
-          if (event) handle(event.type, JSON.parse(event.data));
-        }
-      }
+      await readEvents(response, handle);
     } catch (error) {
       console.warn("console stream interrupted", error);
     }

@@ -1,5 +1,5 @@
-// Stratus portal, the detail pages: a VM, a host, the image gallery, usage and cost.
-// Routed by the URL's hash (#/vm/NAME, #/host/ID, #/images, #/usage); #/ is the overview
+// Stratus portal, the detail pages: a VM, a host, the image gallery, networks, usage and cost.
+// Routed by the URL's hash (#/vm/NAME, #/host/ID, #/images, #/networks, #/usage); #/ is the overview
 // (portal.js). Uses portal.js's api(), element(), badge(), bar(), confirmThen() and view.
 "use strict";
 
@@ -8,7 +8,7 @@ const USAGE_DAYS = 7;
 const CHART = { width: 640, height: 220, left: 48, bottom: 28, top: 10 };
 const PALETTE = ["#2463eb", "#1f9d55", "#c77c02", "#d2373c", "#7c3aed", "#0891b2", "#be185d"];
 
-const PAGES = ["overview", "vm", "host", "images", "usage"];
+const PAGES = ["overview", "vm", "host", "images", "networks", "usage"];
 
 function route() {
   const [, page = "", arg = ""] = location.hash.split("/");
@@ -21,6 +21,7 @@ function route() {
   if (name === "vm") showVm(id);
   else if (name === "host") showHost(id);
   else if (name === "images") showImages();
+  else if (name === "networks") showNetworks();
   else if (name === "usage") showUsage();
   return name;
 }
@@ -69,9 +70,25 @@ async function showVm(name) {
     element("td", { class: "actions" }, d.kind === "data" && vm.state === "stopped"
       ? action("Detach", (e) => confirmThen(e.target, () => detachDisk(vm, d), "Detach"), true)
       : null)));
-  const nics = (vm.nics || []).map((n) => element("tr", {},
-    element("td", { textContent: n.network || n.name || "" }),
-    element("td", { textContent: n.mac || "" }), element("td", { textContent: n.ip || "" })));
+  const nics = (vm.nics || []).map((n) => element("tr", { "data-nic": n.vnet },
+    element("td", {}, link("#/networks", n.vnet)),
+    element("td", { textContent: n.ip ? `${n.ip}/${n.prefix_len}` : "no address yet" }),
+    element("td", { textContent: n.gateway }), element("td", { textContent: n.mac })));
+  const endpoints = (vm.endpoints || []).map((p) => element("tr", { "data-endpoint": `${p.vm_port}/${p.protocol}` },
+    element("td", { textContent: `${p.vm_port}/${p.protocol}` }),
+    element("td", { class: "where", textContent: p.public_port === null ? "not placed" : `${p.address || "?"}:${p.public_port}` }),
+    element("td", { textContent: (p.allow || []).join(", ") || "anyone" }),
+    element("td", { class: "actions" },
+      action("Remove", (e) => confirmThen(e.target, () => removeEndpoint(vm, p), "Remove"), true))));
+  const forward = element("form", { class: "inline", id: "endpoint-form" },
+    element("label", { textContent: "Forward VM port " },
+      element("input", { name: "vm_port", type: "number", min: 1, max: 65535, required: true, placeholder: "22" })),
+    element("label", { textContent: " from host port " },
+      element("input", { name: "public_port", type: "number", min: 1, max: 65535, placeholder: "any" })),
+    element("select", { name: "protocol" }, option("tcp", "TCP"), option("udp", "UDP")),
+    element("label", { textContent: " allow " }, element("input", { name: "allow", placeholder: "anyone, or 203.0.113.0/24" })),
+    element("button", { type: "submit", textContent: "Add endpoint" }));
+  forward.addEventListener("submit", (e) => { e.preventDefault(); addEndpoint(vm, forward); });
   const attach = element("form", { class: "inline", id: "attach-form" },
     element("label", { textContent: "New data disk (MiB) " },
       element("input", { name: "size_mib", type: "number", min: 1, value: 1024, required: true })),
@@ -95,7 +112,10 @@ async function showVm(name) {
     table(["Disk", "Kind", "Size", "Storage", "Host", ""], disks, "no disks"),
     vm.state === "stopped" ? attach : element("p", { class: "hint", textContent: "Disks attach and detach while the VM is stopped." }),
     element("h3", { textContent: "Network interfaces" }),
-    table(["Network", "MAC", "Address"], nics, "no network interfaces"),
+    table(["Network", "Address", "Gateway", "MAC"], nics, "no network interfaces"),
+    element("h3", { textContent: "Endpoints" }),
+    table(["VM port", "Answers at", "Allowed from", ""], endpoints, "no endpoints"),
+    (vm.nics || []).length ? forward : null,
     vm.state === "running" ? capture : null,
     element("p", { id: "vm-result", class: "result" }),
     element("h3", { textContent: "Events" }),
@@ -121,6 +141,16 @@ const vmPath = (vm) => `/v1/vms/${encodeURIComponent(vm.name)}`;
 const attachDisk = (vm, sizeMib) => vmCall(vm, "POST", `${vmPath(vm)}/disks`, { size_mib: sizeMib }, "disk attached");
 const detachDisk = (vm, d) => vmCall(vm, "DELETE", `${vmPath(vm)}/disks/${encodeURIComponent(d.disk_id)}`, undefined, "disk detached");
 const captureVm = (vm, image) => vmCall(vm, "POST", `${vmPath(vm)}/capture`, { image }, `capturing into image ${image}`);
+const removeEndpoint = (vm, p) => vmCall(vm, "DELETE",
+  `${vmPath(vm)}/endpoints/${p.vm_port}?protocol=${p.protocol}`, undefined, "endpoint removed");
+
+function addEndpoint(vm, form) {
+  const body = { vm_port: +form.elements.vm_port.value, protocol: form.elements.protocol.value };
+  if (form.elements.public_port.value) body.public_port = +form.elements.public_port.value;
+  const allow = form.elements.allow.value.split(/[\s,]+/).filter(Boolean);
+  if (allow.length) body.allow = allow.map((a) => (a.includes("/") ? a : `${a}/32`));
+  vmCall(vm, "POST", `${vmPath(vm)}/endpoints`, body, `port ${body.vm_port} forwarded`);
+}
 
 // The VM's events, replayed from the start of the events stream; the replay ends when quiet.
 async function timeline(name) {
@@ -265,6 +295,77 @@ async function loadImageChoices() {
   }
 }
 
+// ------------------------------------------------------------------ networks
+
+async function showNetworks() {
+  const page = $("#page-networks");
+  const create = element("form", { id: "vnet-form", class: "create", autocomplete: "off" },
+    element("label", { textContent: "Name " }, element("input", { name: "name", required: true, pattern: "[a-z0-9-]{1,63}", placeholder: "front" })),
+    element("label", { textContent: "Range " }, element("input", { name: "cidr", required: true, placeholder: "10.1.0.0/24" })),
+    element("label", { textContent: "Region " }, element("input", { name: "region", placeholder: "any" })),
+    element("button", { type: "submit", textContent: "Create" }),
+    element("span", { id: "vnet-result", class: "result" }));
+  create.addEventListener("submit", (e) => { e.preventDefault(); createVnet(create); });
+  page.replaceChildren(element("h2", { textContent: "Virtual networks" }), create,
+    element("div", { id: "vnets-table" }, element("p", { class: "hint", textContent: "loading…" })));
+  let vnets;
+  try {
+    vnets = (await api("GET", "/v1/vnets")).vnets;
+  } catch (error) {
+    failed($("#vnets-table"), error);
+    return;
+  }
+  const rows = vnets.map((v) => element("tr", { "data-vnet": v.name },
+    element("td", { textContent: v.name }), element("td", { textContent: v.cidr }),
+    element("td", { textContent: v.region || "any" }), element("td", { textContent: String(v.vni) }),
+    element("td", { textContent: v.gateway }),
+    element("td", {}, bar(v.addresses_used, v.addresses_total, String, "addresses")),
+    element("td", { class: "vms", textContent: String(v.vms) }),
+    element("td", { class: "actions" }, v.vms ? null
+      : action("Delete", (e) => confirmThen(e.target, () => deleteVnet(v)), true))));
+  $("#vnets-table").replaceChildren(
+    table(["Name", "Range", "Region", "VNI", "Gateway", "Addresses", "VMs", ""], rows, "no networks yet"));
+}
+
+async function createVnet(form) {
+  const out = $("#vnet-result");
+  const body = { name: form.elements.name.value.trim(), cidr: form.elements.cidr.value.trim() };
+  if (form.elements.region.value.trim()) body.region = form.elements.region.value.trim();
+  try {
+    const reply = await api("POST", "/v1/vnets", body);
+    await showNetworks();
+    $("#vnet-result").className = "result";
+    $("#vnet-result").textContent = `${reply.vnet.name}: gateway ${reply.vnet.gateway}, ${reply.vnet.addresses_total} addresses`;
+    loadVnetChoices();
+  } catch (error) {
+    out.className = "result error";
+    out.textContent = error.message;
+  }
+}
+
+async function deleteVnet(vnet) {
+  try {
+    await api("DELETE", `/v1/vnets/${encodeURIComponent(vnet.name)}`);
+    showNetworks();
+    loadVnetChoices();
+  } catch (error) {
+    notice(`delete network ${vnet.name}: ${error.message}`);
+  }
+}
+
+async function loadVnetChoices() {
+  try {
+    const vnets = (await api("GET", "/v1/vnets")).vnets;
+    const select = $("#create-form select[name=vnet]");
+    const keep = select.value;
+    select.replaceChildren(option("", "none"),
+      ...vnets.map((v) => option(v.name, `${v.name} (${v.cidr}, ${v.addresses_total - v.addresses_used} free)`)));
+    select.value = vnets.some((v) => v.name === keep) ? keep : "";
+  } catch (error) {
+    console.warn("networks", error);
+  }
+}
+
 // ------------------------------------------------------------------ usage
 
 function dayStart(offset) {
@@ -352,3 +453,4 @@ function costChart(days, sizes, costs) {
 window.addEventListener("hashchange", route);
 route();
 loadImageChoices();
+loadVnetChoices();

@@ -1,5 +1,6 @@
 // Stratus portal: plain JavaScript over the HTTP API (/v1/...) and its event stream (/v1/events).
-// No build step. Everything shown comes from the API; everything done goes through it.
+// No build step. Everything shown comes from the API; everything done goes through it. The
+// token, the notice line and event-stream reading are shared.js's (loaded before this).
 "use strict";
 
 const VM_STATES = [
@@ -14,12 +15,8 @@ const view = {
   hosts: new Map(),
   vms: new Map(),
   sizes: [],
-  token: sessionStorage.getItem("stratus-token") || "",
   events: 0,
-  tokenWaiters: [],
 };
-
-const $ = (selector) => document.querySelector(selector);
 
 // ------------------------------------------------------------------ the API
 
@@ -28,12 +25,6 @@ class ApiError extends Error {
     super(`${code}: ${detail}`);
     this.code = code;
   }
-}
-
-function headers(extra = {}) {
-  const all = { ...extra };
-  if (view.token) all.Authorization = `Bearer ${view.token}`;
-  return all;
 }
 
 async function api(method, path, body) {
@@ -50,33 +41,6 @@ async function api(method, path, body) {
     throw new ApiError(error.code, error.detail);
   }
   return data;
-}
-
-// ------------------------------------------------------------------ token
-
-function needToken() {
-  notice("This scheduler needs an API token: enter it above.");
-  $("#token").focus();
-}
-
-function tokenEntered() {
-  return new Promise((resolve) => view.tokenWaiters.push(resolve));
-}
-
-$("#token-form").addEventListener("submit", (event) => {
-  event.preventDefault();
-  view.token = $("#token").value.trim();
-  sessionStorage.setItem("stratus-token", view.token);
-  $("#token").value = "";
-  notice("");
-  view.tokenWaiters.splice(0).forEach((resolve) => resolve());
-  refresh();
-});
-
-function notice(text) {
-  const element = $("#notice");
-  element.textContent = text;
-  element.hidden = !text;
 }
 
 // ------------------------------------------------------------------ loading
@@ -112,21 +76,6 @@ function refreshSoon() {
 
 // ------------------------------------------------------------------ live updates
 
-function parseFrame(frame) {
-  const event = { id: null, type: "message", data: "" };
-  for (const line of frame.split("\n")) {
-    if (!line || line.startsWith(":")) continue;
-    const colon = line.indexOf(":");
-    const field = colon < 0 ? line : line.slice(0, colon);
-    const value = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
-    if (field === "id") event.id = value;
-    else if (field === "event") event.type = value;
-    else if (field === "data") event.data += value;
-  }
-  return event.data ? event : null;
-}
-
-// Server-sent events read with fetch (not EventSource) so that the token can be sent.
 async function follow() {
   let lastId = null;
   for (;;) {
@@ -142,22 +91,10 @@ async function follow() {
       if (!response.ok) throw new Error(`events: HTTP ${response.status}`);
       setLive(true);
       refresh(); // subscribed first, then loaded: nothing falls in between
-      const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
-      let buffer = "";
-      for (;;) {
-        const { value, done } = await reader.read();
-        if (done) break;
-        buffer += value;
-        let cut;
-        while ((cut = buffer.indexOf("\n\n")) >= 0) {
-          const event = parseFrame(buffer.slice(0, cut));
-          buffer = buffer.slice(cut + 2);
-          if (event) {
-            lastId = event.id ?? lastId;
-            apply(event.type, JSON.parse(event.data));
-          }
-        }
-      }
+      await readEvents(response, (type, event, id) => {
+        lastId = id ?? lastId;
+        apply(type, event);
+      });
     } catch (error) {
       console.warn("event stream interrupted", error);
     }
@@ -204,6 +141,7 @@ function applyVm(event) {
     Object.assign(vm, {
       state: event.state, host: event.host, generation: event.generation,
       reason: event.reason, updated_at: event.time,
+      nics: event.nics || vm.nics, endpoints: event.endpoints || vm.endpoints,
     });
   }
   refreshSoon(); // host allocations follow placements and releases
@@ -346,9 +284,18 @@ function renderVms(vms) {
     element("td", { textContent: vm.host || "–" }),
     element("td", { textContent: regionOf(vm) || "any" }),
     element("td", { textContent: String(vm.generation) }),
+    element("td", { class: "network", textContent: networkOf(vm) }),
     element("td", { class: "reason", textContent: vm.reason }),
     element("td", { class: "actions" }, ...vmActions(vm))));
-  fill("#vms tbody", rows, 8, "no VMs");
+  fill("#vms tbody", rows, 9, "no VMs");
+}
+
+// The first NIC's network and address ("front 10.1.0.2"), "–" without one.
+function networkOf(vm) {
+  const nics = vm.nics || [];
+  if (!nics.length) return "–";
+  const more = nics.length > 1 ? ` +${nics.length - 1}` : "";
+  return `${nics[0].vnet} ${nics[0].ip || "(no address yet)"}${more}`;
 }
 
 function vmActions(vm) {
@@ -412,6 +359,7 @@ $("#create-form").addEventListener("submit", async (event) => {
   if (form.get("image")) body.image = form.get("image");
   if (form.get("region")) body.region = form.get("region");
   if (form.get("availability_set").trim()) body.availability_set = form.get("availability_set").trim();
+  if (form.get("vnet")) body.nics = [{ vnet: form.get("vnet") }];
   const result = $("#create-result");
   try {
     const reply = await api("POST", "/v1/vms", body);
@@ -431,6 +379,7 @@ for (const select of [$("#filter-state"), $("#filter-region")]) {
 }
 $("#filter-state").append(...VM_STATES.map((s) => option(s, s)));
 
+onToken(refresh);
 refresh();
 follow();
 setInterval(refresh, REFRESH_MS);

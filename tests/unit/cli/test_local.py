@@ -52,6 +52,7 @@ def test_agent_command_line() -> None:
         "--data-dir": "/d/agents",
         "--driver": "fake",
         "--log-level": "INFO",
+        "--underlay-ip": "127.0.0.1",  # all on this machine: endpoints answer on its loopback
     }
 
 

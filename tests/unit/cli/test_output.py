@@ -83,8 +83,8 @@ def test_vm_table_sorts_by_name_and_dashes_missing_values() -> None:
     ]
     lines = output.vm_table(vms).splitlines()
     assert lines[0].split() == list(output.VM_COLUMNS)
-    assert lines[1].split() == ["web-1", "Small", "running", "host-1", "1", "west", "-"]
-    assert lines[2].split()[:6] == ["web-2", "Small", "pending", "-", "0", "-"]
+    assert lines[1].split() == ["web-1", "Small", "running", "host-1", "1", "west", "-", "-"]
+    assert lines[2].split()[:7] == ["web-2", "Small", "pending", "-", "0", "-", "-"]
     assert lines[2].endswith("no host fits")
 
 

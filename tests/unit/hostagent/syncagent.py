@@ -13,11 +13,13 @@ from typing import TypeVar
 
 from common.messages import AgentCommand, Heartbeat, ObservedState
 from common.resources import Resources
-from hostagent.agent import drive
+from hostagent.agent import apply_networks, drive
 from hostagent.drivers.fake import FakeDriver
+from hostagent.netsim import SimulatedNetwork
 from hostagent.state import AgentState
 from hostagent.stimuli import (
     AdmitHeld,
+    ApplyNetworks,
     CommandsReceived,
     DriverDestroy,
     DriverForget,
@@ -54,8 +56,12 @@ def run_now(coro: Coroutine[object, object, T]) -> T:
 class SyncAgent:
     state: AgentState
     driver: FakeDriver = field(default_factory=lambda: FakeDriver(ROOMY))
+    network: SimulatedNetwork = field(default_factory=SimulatedNetwork)
     log: list[Instruction] = field(default_factory=list)
     """Every instruction the state gave, driver calls included, in order."""
+
+    def __post_init__(self) -> None:
+        self.driver.has_network = self.network.has_network
 
     def handle(self, stimulus: Stimulus, now: float) -> list[Instruction]:
         """Feed the state and carry out its driver calls; return the other instructions."""
@@ -71,6 +77,10 @@ class SyncAgent:
                     continue
                 case RunCapture():
                     done = OpDone(instruction, self.driver.inventory())
+                case ApplyNetworks():
+                    applied = apply_networks(self.network, instruction, self.driver.inventory)
+                    pending.extend(self.state.handle(run_now(applied), now))
+                    continue
                 case (
                     DriverStart()
                     | DriverStop()

@@ -12,7 +12,9 @@ import pytest
 from common.messages import ObservedState, StartVm
 from hostagent.drivers.fake import FakeDriver
 from hostagent.execlog import ExecLog
-from hostagent.fenceguard import PAUSE_DEADLINE_S, Guard, GuardedVm, lease_path, write_lease
+from hostagent.fenceguard import Guard
+from hostagent.guardvms import PAUSE_DEADLINE_S, GuardedVm
+from hostagent.leasefile import lease_path, write_lease
 from tests.unit.hostagent.conftest import FakeClock, make_agent, make_spec
 from tests.unit.hostagent.test_fenceguard import BOOT, World, record
 

@@ -11,24 +11,20 @@ import pytest
 
 from hostagent.drivers.fake import FakeDriver
 from hostagent.execlog import ExecEvent, ExecLog, read_execlog
-from hostagent.fenceguard import (
+from hostagent.fenceguard import IDLE_EXIT_S, RECHECK_S, Guard
+from hostagent.fencing import LeasePublisher
+from hostagent.guardvms import GuardedVm, agent_alive, process_start
+from hostagent.lease import Lease
+from hostagent.leasefile import (
     AGENT_GRACE_S,
-    IDLE_EXIT_S,
-    RECHECK_S,
-    Guard,
-    GuardedVm,
     LeaseRecord,
-    agent_alive,
     decode_lease,
     encode_lease,
     fence_due,
     lease_path,
-    process_start,
     read_lease,
     write_lease,
 )
-from hostagent.fencing import LeasePublisher
-from hostagent.lease import Lease
 from tests.unit.hostagent.conftest import FakeClock, make_agent, renew
 
 BOOT = "boot-a"

@@ -18,7 +18,7 @@ from common.messages import DiskKind, DiskSpec, ObservedState, VmSpec
 from common.resources import Resources
 from hostagent.drivers.qemu import QemuDriver
 from hostagent.drivers.qemuproc import QemuSettings, VmFiles, pid_alive, read_pid, read_serial
-from hostagent.fenceguard import live_vms, pause_vm
+from hostagent.guardvms import live_vms, pause_vm
 from hostagent.images import ImageCache
 from tests.qemukit import boot_kit
 from tests.waiting import wait_until

@@ -16,7 +16,7 @@ import pytest
 
 from common.messages import ObservedState
 from hostagent.drivers.qemuproc import pid_alive, read_pid
-from hostagent.fenceguard import live_vms
+from hostagent.guardvms import live_vms
 from tests.unit.hostagent.test_qemu_driver import DriverFactory, kit, make_driver, spec
 from tests.waiting import wait_until
 

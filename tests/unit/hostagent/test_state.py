@@ -14,6 +14,7 @@ from msgspec.structs import replace
 
 from common import codec
 from common.messages import AgentCommand, DeleteVm, ObservedState, ResumeVm, StartVm, StopVm
+from common.network_messages import ConfigureNetworks
 from hostagent.execlog import ExecEvent
 from hostagent.stimuli import (
     AckReceived,
@@ -122,6 +123,7 @@ class Run:
         self.check(self.agent.log[before:])
 
     def command(self, command: AgentCommand) -> None:
+        assert not isinstance(command, ConfigureNetworks)  # host-level: tests of its own
         name = command.vm.name if isinstance(command, StartVm) else command.name
         held_before = self.agent.held().get(name)
         start_at = len(self.agent.log)

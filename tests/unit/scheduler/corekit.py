@@ -14,11 +14,19 @@ from common.messages import (
     AgentCommand,
     CreateVm,
     Heartbeat,
+    HostRef,
     ObservedState,
     ObservedVm,
     VmEvent,
     VmRef,
     VmReply,
+)
+from common.network_messages import (
+    AddEndpoint,
+    CreateVnet,
+    RemoveEndpoint,
+    VnetRef,
+    VnetReply,
 )
 from common.resources import Resources
 from hostagent.report import InventoryReport, omitted_digest
@@ -38,8 +46,9 @@ from scheduler.core.contract import (
 from scheduler.core.step import SchedulerCore
 from scheduler.state.cluster import ClusterState
 from scheduler.state.model import HostRecord, VmRecord
-from scheduler.state.storage import ImageRecord
+from scheduler.state.storage import ImageRecord, NetCounters, VnetRecord
 
+Body = CreateVm | VmRef | HostRef | AddEndpoint | RemoveEndpoint | CreateVnet | VnetRef
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 HOST_CAPACITY = Resources(8000, 16384)
 T = TypeVar("T")
@@ -73,6 +82,8 @@ class CoreKit:
                 [_stored(h, HostRecord) for h in self.state.hosts.values()],
                 dict(self.state.replies),
                 [_stored(i, ImageRecord) for i in self.state.images.values()],
+                [_stored(v, VnetRecord) for v in self.state.vnets.values()],
+                _stored(self.state.counters, NetCounters),
             )
         self.core = SchedulerCore(
             self.config, self.state, scheduler_id="test", event_seq=self.core.event_seq
@@ -93,13 +104,31 @@ class CoreKit:
         self.actions = self.result.actions
         return self.actions
 
-    def mutate(self, op: Op, body: CreateVm | VmRef) -> VmReply:
+    def mutate(self, op: Op, body: CreateVm | VmRef | AddEndpoint | RemoveEndpoint) -> VmReply:
+        reply = self.ask(op, body)
+        assert isinstance(reply, VmReply)
+        return reply
+
+    def ask(self, op: Op, body: Body) -> msgspec.Struct | None:
+        """Step one mutation; its reply."""
         token = next(self.tokens)
         actions = self.step(Mutation(op, body, token))
         replies = [a for a in actions if isinstance(a, Reply) and a.token == token]
         assert len(replies) == 1
-        assert isinstance(replies[0].body, VmReply)
         return replies[0].body
+
+    def host_op(self, op: Op, host: str) -> list[Action]:
+        return self.step(Mutation(op, HostRef(host_id=host), next(self.tokens)))
+
+    def vnet(self, name: str, cidr: str, region: str | None = None) -> VnetReply:
+        reply = self.ask(Op.VNET_CREATE, CreateVnet(name=name, cidr=cidr, region=region))
+        assert isinstance(reply, VnetReply)
+        return reply
+
+    def delete_vnet(self, name: str) -> VnetReply:
+        reply = self.ask(Op.VNET_DELETE, VnetRef(name=name))
+        assert isinstance(reply, VnetReply)
+        return reply
 
     def create(self, name: str, size: str = "Small", **kw: object) -> VmReply:
         return self.mutate(Op.CREATE, CreateVm(name=name, size=size, **kw))  # type: ignore[arg-type]
@@ -114,6 +143,8 @@ class CoreKit:
         region: str = "local",
         boot_id: str = "boot-1",
         report: InventoryReport | None = None,
+        underlay_ip: str = "",
+        network_digest: str = "",
     ) -> list[Action]:
         """One heartbeat of ``host``; through ``report`` (an agent's), an inventory the core
         holds already goes as its digest alone, and one it lacked is sent again in full."""
@@ -126,6 +157,8 @@ class CoreKit:
             region=region,
             fault_domain=fault_domain,
             vms=vms or [],
+            underlay_ip=underlay_ip,
+            network_digest=network_digest,
         )
         if report is None:
             return self.step(HeartbeatReceived(hb, next(self.tokens)))
@@ -141,6 +174,8 @@ class CoreKit:
                 region=region,
                 boot_id=boot_id,
                 report=report,
+                underlay_ip=underlay_ip,
+                network_digest=network_digest,
             )
         return actions
 

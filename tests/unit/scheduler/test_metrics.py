@@ -11,6 +11,7 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from common.messages import CreateVm, HostRef, VmRef
+from common.network_messages import NicRequest
 from scheduler.core.contract import Action, Input, Mutation, Op
 from scheduler.shell.metrics import Observer, SchedulerMetrics
 from scheduler.state.cluster import ClusterState
@@ -83,6 +84,18 @@ def test_gauges_read_the_state_at_scrape_time() -> None:
     assert REGISTRY.get_sample_value("stratus_heartbeat_age_max_seconds") is None
 
 
+def test_addresses_used_and_left_per_network() -> None:
+    kit = ObservedKit()
+    metrics = SchedulerMetrics(kit).attach()  # type: ignore[arg-type]
+    kit.heartbeat("h1")
+    kit.vnet("front", "10.1.0.0/28", region="local")
+    for name in ("a", "b"):
+        kit.create(name, nics=[NicRequest(vnet="front")])
+    labels = {"vnet": "front", "region": "local"}
+    assert value(metrics, "stratus_network_addresses_used", **labels) == 2
+    assert value(metrics, "stratus_network_addresses_total", **labels) == 13
+
+
 def test_histograms_follow_placement_failure_detection_and_recovery() -> None:
     kit = ObservedKit()
     metrics = SchedulerMetrics(kit).attach()  # type: ignore[arg-type]
@@ -143,6 +156,8 @@ def test_the_exposition_parses_and_names_every_documented_metric() -> None:
         "stratus_recovery_seconds",
         "stratus_requests",
         "stratus_vm_transitions",
+        "stratus_network_addresses_used",
+        "stratus_network_addresses_total",
     } <= names
 
 
@@ -150,7 +165,8 @@ def test_the_grafana_dashboard_uses_only_metrics_the_scheduler_exports() -> None
     kit = ObservedKit()
     metrics = SchedulerMetrics(kit).attach()  # type: ignore[arg-type]
     kit.heartbeat("h1")
-    kit.create("a")
+    kit.vnet("front", "10.1.0.0/24")
+    kit.create("a", nics=[NicRequest(vnet="front")])
     exported = {
         sample.name
         for family in text_string_to_metric_families(metrics.render().decode())

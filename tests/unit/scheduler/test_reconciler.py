@@ -21,6 +21,7 @@ from common.messages import (
     VmSpec,
     VmState,
 )
+from scheduler.core.context import command_key
 from scheduler.core.reconciler import Outcome, reconcile_host, spec_of
 from scheduler.state.model import VmRecord
 from scheduler.state.storage import DiskRecord
@@ -153,7 +154,7 @@ def test_properties(
     inventory = {VmName(n): seen(n, s, g) for n, (s, g) in observed.items()}
     result = reconcile_host(H, assigned, inventory)
     for cmd in result.commands:
-        name = cmd.vm.name if isinstance(cmd, StartVm) else cmd.name
+        name = command_key(cmd)
         mine = assigned.get(VmName(name))
         if isinstance(cmd, ResumeVm):
             # Only the current generation of a VM wanted running here is ever resumed.
@@ -172,7 +173,7 @@ def test_properties(
         if name not in assigned:
             assert DeleteVm(name=name, generation=vm.generation) in result.commands
     # Each VM gets at most one command per pass.
-    targets = [c.vm.name if isinstance(c, StartVm) else c.name for c in result.commands]
+    targets = [command_key(c) for c in result.commands]
     assert len(targets) == len(set(targets))
 
 

@@ -91,6 +91,26 @@ async def error_of(response: Any) -> str:
     return str(body["error"]["code"])
 
 
+def test_event_streams_document_each_event_as_an_object() -> None:
+    """Before Open API 3.2 the schema of a text/event-stream response describes each event
+    (what clients and schemathesis check a stream's events against): an object with its type
+    and its data, not a string (a console that answered with its ``attached`` event was
+    reported as violating its own document)."""
+    from scheduler.shell.http.openapi import build_openapi
+
+    doc = build_openapi(build_registry(), version="1", token=False, token_for_reads=False)
+    streams = [
+        op["responses"]["200"]["content"]["text/event-stream"]["schema"]
+        for path in doc["paths"].values()
+        for op in path.values()
+        if "text/event-stream" in op["responses"].get("200", {}).get("content", {})
+    ]
+    assert len(streams) >= 2  # the events and the console
+    for schema in streams:
+        assert schema["type"] == "object"
+        assert schema["properties"]["data"] == {"type": "string"}
+
+
 def test_every_error_code_has_an_http_status() -> None:
     assert set(STATUS) == set(m.ErrorCode)
 

@@ -1,4 +1,5 @@
-"""The load generator: concurrent creates (API request/reply and the jobs stream) and deletes.
+"""The load generator: concurrent creates (API request/reply and the jobs stream), half of them
+with a NIC in a network, and deletes.
 
 It records every ACKNOWLEDGED request: an API reply without error, or a jobs-stream PubAck (the
 job is durable from then on). A request that times out during a fault is retried with the same
@@ -24,6 +25,7 @@ from common import subjects
 from common.errors import ApiError
 from common.fields import ErrorCode
 from common.messages import CreateVm
+from common.network_messages import NicRequest
 
 SIZES = {"ExtraSmall": (250, 768), "Small": (1000, 1792)}
 """Sizes the load uses (cpu millicores, memory MiB): small enough to fit a degraded cluster."""
@@ -55,6 +57,8 @@ class Load:
     max_live: int = 16
     workers: int = 3
     pace_s: float = 0.15
+    vnet: str | None = None
+    """A network half the created VMs get a NIC in (None: no NICs)."""
     acked: list[Acked] = field(default_factory=list)
     sizes: dict[str, str] = field(default_factory=dict)
     """VM name -> size, for every create submitted (acked or not)."""
@@ -95,7 +99,8 @@ class Load:
         name, request_id = self._next("vm-"), self._next("rq-")
         size = self.rng.choice(sorted(SIZES))
         self.sizes[name] = size
-        body = CreateVm(name=name, size=size, request_id=request_id)
+        nics = [NicRequest(vnet=self.vnet)] if self.vnet and self.rng.random() < 0.5 else []
+        body = CreateVm(name=name, size=size, request_id=request_id, nics=nics)
         if op is Op.CREATE_API:
             ok = await self._retry(op, name, request_id, lambda: self.client.create_vm(body))
         else:

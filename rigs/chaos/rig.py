@@ -1,6 +1,6 @@
 """The chaos cluster: nats-server (JetStream on disk), the scheduler and agents as processes.
 
-Each agent runs inside its own network namespace (tests/chaos/netns.py); nats-server listens on
+Each agent runs inside its own network namespace (rigs/chaos/netns.py); nats-server listens on
 the hub address every namespace reaches, and restarts on the same port with the same store.
 """
 
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.natsserver import NatsServer, start_nats_server
-from tests.chaos.netns import Network
+from rigs.chaos.netns import Network
 
 TIMINGS = {"heartbeat_interval_s": 0.2, "fence_after_s": 0.8, "dead_after_s": 1.8}
 """The integration tests' fast knobs (dead_after_s >= fence_after_s + 1)."""

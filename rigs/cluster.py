@@ -1,4 +1,4 @@
-"""A real local cluster for tests: the scheduler and host agents as separate processes."""
+"""A real local cluster: the scheduler and host agents as separate processes (tests, bench)."""
 
 from __future__ import annotations
 

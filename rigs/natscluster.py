@@ -1,4 +1,4 @@
-"""A 3-node NATS cluster (JetStream, R3-capable) on loopback random ports, for tests.
+"""A 3-node NATS cluster (JetStream, R3-capable) on loopback random ports, for tests and bench.
 
 Each node can be killed, restarted on its own port and store, frozen (SIGSTOP) and thawed.
 """
@@ -17,7 +17,7 @@ import nats
 from nats.aio.client import Client
 
 from common.natsserver import NatsServer, start_nats_server
-from tests.waiting import wait_until
+from common.waiting import wait_until
 
 NODES = 3
 
@@ -134,7 +134,9 @@ class NatsCluster:
         async def elected() -> bool:
             return await asyncio.to_thread(self.meta_leader) is not None
 
-        await wait_until(elected, timeout_s=timeout_s, message="a JetStream meta leader")
+        await wait_until(
+            elected, timeout_s=timeout_s, interval_s=0.02, message="a JetStream meta leader"
+        )
 
     async def connect(self) -> Client:
         return await nats.connect(

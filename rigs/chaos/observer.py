@@ -11,11 +11,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common.messages import HostEvent, HostState, JobRejected, VmInfo, VmState
+from common.messages import HostEvent, HostState, JobRejected, VmEvent, VmInfo, VmState
 from hostagent.__main__ import EXIT_HOST_ID_REFUSED
-from tests.chaos.faults import AGENT_SIDE, DEAD_AFTER_S, Fault, Kind, Violation
-from tests.chaos.load import SIZES, Acked, Op
-from tests.chaos.rig import CPU_MILLI, MEM_MIB
+from rigs.chaos.faults import AGENT_SIDE, DEAD_AFTER_S, Fault, Kind, Violation
+from rigs.chaos.load import SIZES, Acked, Op
+from rigs.chaos.rig import CPU_MILLI, MEM_MIB
 
 THAW_GRACE_S = 0.5
 """After SIGCONT an agent's first fence-watchdog pass pauses what it may no longer execute; the
@@ -187,6 +187,38 @@ def duplicates_refused(
         audits = list(duplicate_dir(f.index).glob("*/executions.jsonl"))
         if any(path.read_text().strip() for path in audits):
             found.append(Violation("duplicate_executed", f"fault #{f.index} host={f.host}"))
+    return found
+
+
+def address_violations(events: Iterable[object]) -> list[Violation]:
+    """From the VM events, in order: no address of a network is held by two live VMs at once,
+    and a VM keeps each of its addresses for its life (every generation, every host). An
+    address is the VM's from the first event showing it until its ``deleted`` event."""
+    holder: dict[tuple[str, str], str] = {}
+    identity: dict[tuple[str, str], str] = {}
+    """(VM, network) -> the address it first had."""
+    found: list[Violation] = []
+    for event in events:
+        if not isinstance(event, VmEvent):
+            continue
+        where = f"seq={event.seq} vm={event.name} generation={event.generation}"
+        if event.state is VmState.DELETED:
+            for key in [k for k, name in holder.items() if name == event.name]:
+                del holder[key]
+            for key in [k for k in identity if k[0] == event.name]:
+                del identity[key]
+            continue
+        for nic in event.nics:
+            if not nic.ip:
+                continue
+            first = identity.setdefault((event.name, nic.vnet), nic.ip)
+            if first != nic.ip:
+                detail = f"{where} {nic.vnet} address {first} became {nic.ip}"
+                found.append(Violation("address_changed", detail))
+            other = holder.setdefault((nic.vnet, nic.ip), event.name)
+            if other != event.name:
+                detail = f"{where} {nic.vnet} {nic.ip} is held by {other} too"
+                found.append(Violation("address_shared", detail))
     return found
 
 

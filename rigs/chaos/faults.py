@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from enum import StrEnum
 
-from tests.chaos.rig import TIMINGS, Rig
+from rigs.chaos.rig import TIMINGS, Rig
 
 
 @dataclass

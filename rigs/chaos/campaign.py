@@ -19,13 +19,16 @@ from cli.client import StratusClient
 from common import codec, subjects
 from common.errors import ApiError
 from common.messages import HostState, VmInfo
-from tests.chaos import netns, observer
-from tests.chaos.faults import Fault, Injector, Violation, plan
-from tests.chaos.load import Acked, Load, Op
-from tests.chaos.rig import Rig
-from tests.waiting import wait_until
+from common.network_messages import CreateVnet
+from common.waiting import WaitTimeout, wait_until
+from rigs.chaos import netns, observer
+from rigs.chaos.faults import Fault, Injector, Violation, plan
+from rigs.chaos.load import Acked, Load, Op
+from rigs.chaos.rig import Rig
 
 CONVERGE_TIMEOUT_S = 90.0
+VNET, VNET_CIDR = "chaos", "10.14.0.0/16"
+"""The network some of the load's VMs have a NIC in."""
 
 
 @dataclass
@@ -139,10 +142,14 @@ async def run_campaign(settings: Settings) -> Report:
 async def _campaign(rig: Rig, nc: Client, settings: Settings, report: Report) -> None:
     client = StratusClient(nc, timeout_s=5.0)
     await wait_until(
-        lambda: _api_ready(client, settings.hosts), timeout_s=60, message="every host up"
+        lambda: _api_ready(client, settings.hosts),
+        timeout_s=60,
+        interval_s=0.02,
+        message="every host up",
     )
     report.faults = plan(random.Random(settings.seed), settings.faults, sorted(rig.agents))
-    load = Load(nc, random.Random(settings.seed + 1))
+    await client.create_vnet(CreateVnet(name=VNET, cidr=VNET_CIDR))
+    load = Load(nc, random.Random(settings.seed + 1), vnet=VNET)
     injector = Injector(rig, progress_every=settings.progress_every)
     async with asyncio.TaskGroup() as group:
         load_task = group.create_task(load.run())
@@ -176,7 +183,7 @@ async def _converge(rig: Rig, client: StratusClient, acked: list[Acked], report:
         await wait_until(
             converged, timeout_s=CONVERGE_TIMEOUT_S, interval_s=0.5, message="convergence"
         )
-    except AssertionError:
+    except WaitTimeout:
         report.violations += [Violation("not_converged", p) for p in last[:50]]
     report.converge_s = time.monotonic() - started
 
@@ -190,6 +197,7 @@ async def _judge(rig: Rig, nc: Client, client: StratusClient, load: Load, report
     report.violations += observer.duplicates_refused(report.faults, rig.duplicate_dir)
     events = await read_events(nc)
     report.violations += observer.healthy_hosts_declared_dead(events, report.faults)
+    report.violations += observer.address_violations(events)
     report.violations += observer.acked_outcomes(load.acked, await final_vms(client), events)
     report.acked = Counter(str(a.op) for a in load.acked)
     report.outcomes = load.outcomes

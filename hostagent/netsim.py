@@ -1,0 +1,191 @@
+"""The simulated network backend (with the fake driver, and in simulated-host pools).
+
+It keeps the accounts a Linux host would (per network a bridge holding the gateway, a VXLAN
+device with its peers, the DHCP leases; the endpoints' port forwards) without touching the
+kernel, and refuses what the Linux backend would refuse: a configuration it could not build
+(a lease outside its network or on a reserved address, two leases for one address or MAC, two
+networks with one VNI or overlapping ranges, two endpoints on one port, an endpoint to an
+address no lease of this host has, a malformed address or range). A refused configuration
+changes nothing (stricter than the contract, which allows a partial apply), and
+``applied_digest`` stays what it was.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from common.errors import NetworkError
+from common.network_messages import ConfigureNetworks, HostEndpoint, HostNetwork
+from hostagent.network import IFNAME_MAX, NetworkBackend, bridge_name, vxlan_name
+
+MAX_VNI = 2**24 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class _Range:
+    network: int
+    broadcast: int
+    gateway: int
+
+
+def parse_ip(text: str) -> int | None:
+    """A dotted IPv4 address as an int; None if it is not one (no leading zeros)."""
+    parts = text.split(".")
+    if len(parts) != 4:
+        return None
+    value = 0
+    for part in parts:
+        if not part.isdigit() or len(part) > 3 or (len(part) > 1 and part[0] == "0"):
+            return None
+        octet = int(part)
+        if octet > 255:
+            return None
+        value = value << 8 | octet
+    return value
+
+
+class SimulatedNetwork:
+    name: str = "simulated"
+
+    def __init__(self) -> None:
+        self._digest = ""
+        self.networks: dict[int, HostNetwork] = {}
+        """The networks in place, by VNI (each a bridge and a VXLAN device on a real host)."""
+        self.endpoints: dict[tuple[str, int], HostEndpoint] = {}
+        """The port forwards in place, by (protocol, public port)."""
+        self.applied = 0
+        """Configurations applied in full (for tests and pools' accounts)."""
+        self._ranges: dict[str, _Range] = {}
+
+    @property
+    def applied_digest(self) -> str:
+        return self._digest
+
+    async def apply(self, config: ConfigureNetworks) -> None:
+        problems = self.problems(config)
+        if problems:
+            more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+            raise NetworkError("; ".join(problems[:3]) + more)
+        self.networks = {network.vni: network for network in config.networks}
+        self.endpoints = {(e.protocol.value, e.public_port): e for e in config.endpoints}
+        self._digest = config.digest
+        self.applied += 1
+
+    def has_network(self, vni: int) -> bool:
+        return vni in self.networks
+
+    async def close(self) -> None:
+        """Nothing is held outside this object."""
+
+    # ------------------------------------------------------------------ accounts
+
+    def bridges(self) -> list[str]:
+        return sorted(bridge_name(vni) for vni in self.networks)
+
+    def vxlans(self) -> list[str]:
+        return sorted(vxlan_name(vni) for vni in self.networks)
+
+    def leased(self) -> dict[str, str]:
+        """Every lease in place: VM name -> address."""
+        return {lease.vm: lease.ip for n in self.networks.values() for lease in n.leases}
+
+    # ------------------------------------------------------------------ what Linux would refuse
+
+    def problems(self, config: ConfigureNetworks) -> list[str]:
+        found: list[str] = []
+        ranges: list[tuple[str, ipaddress.IPv4Network]] = []
+        vnis: set[int] = set()
+        addresses: set[str] = set()
+        for network in config.networks:
+            found += self._network_problems(network, ranges, vnis)
+            addresses.update(lease.ip for lease in network.leases)
+        ports: set[tuple[str, int]] = set()
+        for endpoint in config.endpoints:
+            found += _endpoint_problems(endpoint, ports, addresses)
+        return found
+
+    def _range(self, cidr: str) -> _Range | None:
+        known = self._ranges.get(cidr)
+        if known is None:
+            try:
+                net = ipaddress.IPv4Network(cidr)
+            except ValueError:
+                return None
+            network, broadcast = int(net.network_address), int(net.broadcast_address)
+            known = self._ranges[cidr] = _Range(network, broadcast, network + 1)
+        return known
+
+    def _network_problems(
+        self,
+        network: HostNetwork,
+        ranges: list[tuple[str, ipaddress.IPv4Network]],
+        vnis: set[int],
+    ) -> list[str]:
+        name = network.vnet
+        if not 1 <= network.vni <= MAX_VNI:
+            return [f"network {name}: VNI {network.vni} is not a VXLAN network id"]
+        if network.vni in vnis:
+            return [f"network {name}: VNI {network.vni} is used twice"]
+        vnis.add(network.vni)
+        if len(bridge_name(network.vni)) > IFNAME_MAX:
+            return [f"network {name}: interface name too long"]
+        span = self._range(network.cidr)
+        if span is None or span.broadcast - span.network < 3:
+            return [f"network {name}: {network.cidr!r} is not an IPv4 network with room"]
+        net = ipaddress.IPv4Network(network.cidr)
+        clash = next((other for other, r in ranges if r.overlaps(net)), None)
+        if clash is not None:
+            return [f"network {name}: {network.cidr} overlaps network {clash}"]
+        ranges.append((name, net))
+        found: list[str] = []
+        if parse_ip(network.gateway) != span.gateway:
+            found.append(f"network {name}: gateway {network.gateway} is not its first address")
+        if not 576 <= network.mtu <= 9000:
+            found.append(f"network {name}: MTU {network.mtu} out of 576..9000")
+        if len(set(network.peers)) != len(network.peers) or any(
+            parse_ip(peer) is None for peer in network.peers
+        ):
+            found.append(f"network {name}: peers are not distinct IPv4 addresses")
+        return found + _lease_problems(network, span)
+
+
+def _lease_problems(network: HostNetwork, span: _Range) -> list[str]:
+    found: list[str] = []
+    ips: set[int] = set()
+    macs: set[str] = set()
+    for lease in network.leases:
+        address = parse_ip(lease.ip)
+        where = f"lease of {lease.vm} in {network.vnet}"
+        if address is None or not span.gateway < address < span.broadcast:
+            found.append(f"{where}: {lease.ip} is not a VM address of {network.cidr}")
+        elif address in ips or lease.mac in macs:
+            found.append(f"{where}: address {lease.ip} or MAC {lease.mac} leased twice")
+        if address is not None:
+            ips.add(address)
+        macs.add(lease.mac)
+    return found
+
+
+def _endpoint_problems(
+    endpoint: HostEndpoint, ports: set[tuple[str, int]], addresses: set[str]
+) -> list[str]:
+    key = (endpoint.protocol.value, endpoint.public_port)
+    where = f"endpoint {endpoint.public_port}/{endpoint.protocol}"
+    found: list[str] = []
+    if key in ports:
+        found.append(f"{where}: the port is forwarded twice")
+    ports.add(key)
+    if not (1 <= endpoint.public_port <= 65535 and 1 <= endpoint.vm_port <= 65535):
+        found.append(f"{where}: a port out of 1..65535")
+    if endpoint.vm_ip not in addresses:
+        found.append(f"{where}: {endpoint.vm_ip} is no VM leased on this host")
+    for text in endpoint.allow:
+        try:
+            ipaddress.IPv4Network(text)
+        except ValueError:
+            found.append(f"{where}: allow range {text!r} is not an IPv4 network")
+    return found
+
+
+_: NetworkBackend = SimulatedNetwork()
