@@ -26,6 +26,7 @@ the host matches, it costs those four commands and nothing else.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import shutil
 from pathlib import Path
@@ -33,6 +34,7 @@ from typing import assert_never
 
 import msgspec
 
+from common.config import AgentConfig
 from common.errors import ConfigError, NetworkError
 from common.network_messages import ConfigureNetworks
 from hostagent import dnsmasq
@@ -69,6 +71,22 @@ log = logging.getLogger(__name__)
 SELFCHECK_S = 10.0
 TOOLS = ("ip", "bridge", "nft", "dnsmasq")
 APT_LINE = "apt-get install -y --no-install-recommends iproute2 nftables dnsmasq-base"
+
+
+def uses_kernel_networks(config: AgentConfig) -> bool:
+    """Whether this agent builds its guests' networks in the kernel: with the qemu driver,
+    unless its underlay address is a loopback one. That is the one-machine local cluster
+    (``stratus up``), whose agents share one network namespace and would take each other's
+    bridges and DHCP servers for leftovers: its networks stay simulated, its guests boot without
+    a NIC, and the machine's networking is left as it is."""
+    if config.driver != "qemu":
+        return False
+    return not (config.underlay_ip and ipaddress.ip_address(config.underlay_ip).is_loopback)
+
+
+def network_dir(config: AgentConfig, host: str) -> Path:
+    """Where a host's DHCP servers keep their files: ``<data_dir>/<host_id>/network``."""
+    return Path(config.data_dir) / host / "network"
 
 
 def check_host_tools() -> None:
@@ -244,7 +262,7 @@ class LinuxNetworks:
         async with self._lock:
             steps = await self._converge(wanted)
             self._wanted, self._configured = wanted, True
-        log.info(
+        log.debug(  # the agent logs the outcome
             "networks applied digest=%s networks=%d endpoints=%d steps=%d",
             wanted.digest,
             len(wanted.networks),

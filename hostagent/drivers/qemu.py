@@ -100,7 +100,8 @@ class QemuDriver:
                 if self._vms.get(spec.name) is not vm:
                     raise DriverError(f"vm {spec.name} was removed while queued", retryable=True)
                 paths, created = await self._prepare(vm)
-                await plug(self._commands, spec)
+                if self.settings.nics:
+                    await plug(self._commands, spec)
                 await self._launch(vm, paths)
                 await self._wait_booted(vm, time.monotonic() + self.settings.boot_timeout_s)
         except (DriverError, asyncio.CancelledError) as exc:

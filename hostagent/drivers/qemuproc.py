@@ -49,6 +49,9 @@ class QemuSettings:
     netns: str | None = None
     """The network namespace QEMU and the taps live in; None: the agent's own (tests run two
     "hosts" on one machine as two namespaces)."""
+    nics: bool = True
+    """Give guests their NICs (taps on the networks' bridges). False where the host's networks
+    are simulated (hostagent/netlinux.py ``uses_kernel_networks``): guests boot without one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +139,7 @@ def qemu_args(settings: QemuSettings, spec: VmSpec, disks: list[Path]) -> list[s
             *("-drive", f"if=none,id=disk{index},file={path},format=qcow2,cache=writeback"),
             *("-device", f"virtio-blk-pci,drive=disk{index}"),
         ]
-    return args + nic_args(spec)
+    return args + (nic_args(spec) if settings.nics else [])
 
 
 async def launch(settings: QemuSettings, spec: VmSpec, files: VmFiles, disks: list[Path]) -> int:
