@@ -244,7 +244,10 @@ class LinuxNetworks:
         self.heals = 0
         """How many self-checks found something to repair."""
         self._wanted: Wanted = NOTHING
-        self._configured = False
+        """The last configuration applied in full."""
+        self._target: Wanted | None = None
+        """The last configuration asked for (None before the first): what the self-check holds
+        the host to, so it finishes an apply that failed half-way instead of undoing it."""
         self._rules: str | None = None
         """The tables text this process last loaded (None: not known, e.g. after a restart)."""
         # apply() and the self-check both observe then act: they must not interleave.
@@ -260,8 +263,9 @@ class LinuxNetworks:
     async def apply(self, config: ConfigureNetworks) -> None:
         wanted = check_config(config, underlay_ip=self.underlay_ip)  # refused: nothing touched
         async with self._lock:
+            self._target = wanted
             steps = await self._converge(wanted)
-            self._wanted, self._configured = wanted, True
+            self._wanted = wanted
         log.debug(  # the agent logs the outcome
             "networks applied digest=%s networks=%d endpoints=%d steps=%d",
             wanted.digest,
@@ -271,16 +275,18 @@ class LinuxNetworks:
         )
 
     async def check(self) -> list[Step]:
-        """Make the host match the last configuration applied again; the steps it took."""
+        """Make the host match the last configuration asked for again; the steps it took."""
         async with self._lock:
-            if not self._configured:
+            target = self._target
+            if target is None:
                 return []  # nothing to hold to before the first configuration
-            steps = await self._converge(self._wanted)
+            steps = await self._converge(target)
+            self._wanted = target
         if steps:
             self.heals += 1
             log.warning(
                 "networks healed digest=%s steps=%s",
-                self._wanted.digest,
+                target.digest,
                 ",".join(type(step).__name__ for step in steps),
             )
         return steps

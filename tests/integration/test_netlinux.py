@@ -265,6 +265,22 @@ async def test_the_self_check_heals_a_killed_dnsmasq_a_deleted_bridge_and_flushe
     assert net.heals >= 2
 
 
+async def test_an_apply_that_failed_half_way_is_finished_by_the_self_check(
+    bed: Netbed, tmp_path: Path
+) -> None:
+    h1 = bed.host("h1")
+    underlay = "10.213.255.77"  # not on any interface of the host yet
+    net = LinuxNetworks(tmp_path / h1.netns, underlay, netns=h1.netns)
+    with pytest.raises(NetworkError, match="on no interface"):
+        await net.apply(config(network(A), digest="d1"))
+    assert net.applied_digest == "" and not net.has_network(A) and ours(h1) == set()
+
+    in_netns(h1.netns, "ip", "addr", "add", f"{underlay}/32", "dev", "lo")
+    assert await net.check() != []
+    assert net.applied_digest == "d1" and net.has_network(A)
+    assert ours(h1) == {"stbr4096", "stvx4096"}
+
+
 @pytest.mark.parametrize(
     "bad",
     [
