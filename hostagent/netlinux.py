@@ -20,7 +20,9 @@ dnsmasq outlive the agent, so guests keep their network while it restarts.
 :meth:`run_selfcheck` repeats the same observe-and-plan every ``selfcheck_interval_s``
 (level-triggered healing: a bridge someone deleted, a dnsmasq that died, a table flushed are made
 again, and taps that lost their bridge, named by their ``ifalias``, are enslaved again); when
-the host matches, it costs those four commands and nothing else.
+the host matches, it costs those four commands and nothing else. Before the first
+configuration it removes what an earlier agent left if no VM can be using it (no tap on the
+host): a host that should carry no network is sent no configuration at all.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ from hostagent.netplan import (
     StopDhcp,
     VxlanInfo,
     plan,
+    unused_leftovers,
 )
 from hostagent.netrender import TABLE, DhcpFiles, rules_replace
 from hostagent.netwanted import NOTHING, Wanted, check_config
@@ -278,8 +281,8 @@ class LinuxNetworks:
         """Make the host match the last configuration asked for again; the steps it took."""
         async with self._lock:
             target = self._target
-            if target is None:
-                return []  # nothing to hold to before the first configuration
+            if target is None:  # before the first configuration
+                return await self._remove_unused_leftovers()
             steps = await self._converge(target)
             self._wanted = target
         if steps:
@@ -305,8 +308,20 @@ class LinuxNetworks:
 
     # ------------------------------------------------------------------ observe, plan, act
 
-    async def _converge(self, wanted: Wanted) -> list[Step]:
+    async def _remove_unused_leftovers(self) -> list[Step]:
+        """What an earlier agent left that no VM uses (no tap on the host): removed."""
         observed = await self._observe()
+        if not unused_leftovers(observed):
+            return []
+        steps = await self._converge(NOTHING, observed)
+        log.warning(
+            "networks left by an earlier agent removed, no vm uses them steps=%s",
+            ",".join(type(step).__name__ for step in steps),
+        )
+        return steps
+
+    async def _converge(self, wanted: Wanted, observed: Observed | None = None) -> list[Step]:
+        observed = observed or await self._observe()
         if wanted.networks and self.underlay_ip:
             self._check_underlay(observed)
         steps = plan(

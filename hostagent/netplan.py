@@ -208,6 +208,18 @@ def plan(
     return steps
 
 
+def unused_leftovers(observed: Observed) -> bool:
+    """Whether the host holds objects of the agent's (links, DHCP servers, tables) that no VM
+    can be using: there is no tap (``stt*``) on the host at all. Before its first configuration
+    a restarted agent removes them then; the scheduler sends nothing to a host that should carry
+    no network (its wanted configuration is the empty one, which a fresh agent reports)."""
+    names = observed.links.keys()
+    if any(name.startswith(TAP_PREFIX) for name in names):
+        return False
+    ours = any(name.startswith((BRIDGE_PREFIX, VXLAN_PREFIX)) for name in names)
+    return ours or bool(observed.dhcp) or observed.rules != ""
+
+
 def _vxlan_ok(link: Link, net: WantedNetwork, underlay_ip: str) -> bool:
     info = link.vxlan
     return (

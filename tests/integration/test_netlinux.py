@@ -175,6 +175,25 @@ async def test_what_the_configuration_no_longer_names_is_removed_also_after_a_re
     assert second.applied_digest == "none" and not second.has_network(A)
 
 
+async def test_leftovers_no_vm_uses_are_removed_before_any_configuration(
+    bed: Netbed, tmp_path: Path
+) -> None:
+    """A host that should carry no network is sent no configuration: a restarted agent removes
+    what its predecessor left once nothing can be using it (no tap on the host)."""
+    h1 = bed.host("h1")
+    await backend(h1, tmp_path).apply(config(network(A), digest="before"))
+    in_netns(h1.netns, "ip", "tuntap", "add", "dev", "sttdeadbeef0", "mode", "tap")
+    restarted = backend(h1, tmp_path)
+    assert await restarted.check() == [], "a VM may still use them"
+    assert ours(h1) == {"stbr4096", "stvx4096"} and dhcp_pid(restarted, A) is not None
+
+    in_netns(h1.netns, "ip", "link", "del", "sttdeadbeef0")  # that VM is gone
+    assert await restarted.check() != []
+    assert ours(h1) == set() and "stratus" not in tables(h1)
+    assert dhcp_pid(restarted, A) is None and restarted.applied_digest == ""
+    assert await restarted.check() == []
+
+
 async def test_peers_follow_the_configuration(bed: Netbed, tmp_path: Path) -> None:
     h1 = bed.host("h1")
     net = backend(h1, tmp_path)

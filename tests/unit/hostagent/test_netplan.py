@@ -27,6 +27,7 @@ from hostagent.netplan import (
     StopDhcp,
     VxlanInfo,
     plan,
+    unused_leftovers,
 )
 from hostagent.netrender import DhcpFiles, render_dnsmasq_conf, render_dnsmasq_hosts, render_rules
 from hostagent.netwanted import NOTHING, Wanted, check_config, gateway_mac
@@ -195,3 +196,12 @@ def test_rules_not_known_after_a_restart_are_loaded_again_and_none_are_removed()
     everything = planned(NOTHING, observed)
     assert everything[0] == LoadRules("")
     assert everything[1:] == [DeleteLink("stvx4096"), DeleteLink("stbr4096"), StopDhcp(4096)]
+
+
+def test_leftovers_count_as_unused_only_without_any_tap_on_the_host() -> None:
+    observed = matching(wanted())
+    assert unused_leftovers(observed)
+    tap = Link("stt0a1b2c3d0", "tun", up=True, alias="stbr4096")
+    assert not unused_leftovers(replace(observed, links={**observed.links, tap.name: tap}))
+    assert not unused_leftovers(Observed(links={"eth0": Link("eth0", "veth")}))
+    assert unused_leftovers(Observed(rules=None)), "tables of unknown content"
