@@ -91,7 +91,11 @@ def _inet_table(wanted: Wanted) -> str:
             if ep.allow
         ),
     ]
+    ranges = ", ".join(str(net.network) for net in nets)
     forward_rules = [
+        # Traffic for a guest network leaves through its bridge or not at all (an endpoint
+        # whose bridge is missing for a moment must not be routed elsewhere).
+        f'ip daddr {{ {ranges} }} oifname != "{BRIDGES}" drop',
         *(f'iifname "{net.bridge}" oifname "{net.bridge}" accept' for net in nets),
         f'iifname "{BRIDGES}" oifname "{BRIDGES}" drop',
         f'oifname "{BRIDGES}" ct status dnat accept',

@@ -81,6 +81,7 @@ def test_endpoints_are_dnat_with_allow_as_a_source_match_and_others_refused() ->
 def test_networks_are_isolated_and_gateways_kept_off_vxlan() -> None:
     rules = render_rules(wanted())
     lines = chain(rules, "inet", "forward")
+    assert lines.pop(0) == 'ip daddr { 10.214.0.0/24, 10.214.1.0/24 } oifname != "stbr*" drop'
     assert lines[:3] == [
         'iifname "stbr4096" oifname "stbr4096" accept',
         'iifname "stbr4097" oifname "stbr4097" accept',
