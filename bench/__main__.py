@@ -2,7 +2,7 @@
 process (so one's load never overlaps another's); results land in bench/results/.
 
 ``python -m bench NAME [args]`` runs one of ON_DEMAND alone (not part of the default run):
-``python -m bench chaos --faults 1000 [--seed N]``."""
+``python -m bench chaos --faults 1000 [--seed N]``, ``python -m bench netboot --vms 4``."""
 
 from __future__ import annotations
 
@@ -17,9 +17,10 @@ BENCHMARKS = (
     "bench.restart",
     "bench.traces",
 )
-ON_DEMAND = {"chaos": "bench.chaos", "takeover": "bench.takeover"}
-"""Long runs (root needed for chaos's network namespaces; takeover runs a 3-node NATS cluster
-and two schedulers per run): only when asked for by name."""
+ON_DEMAND = {"chaos": "bench.chaos", "takeover": "bench.takeover", "netboot": "bench.netboot"}
+"""Long runs (root needed for chaos's and netboot's network namespaces, netboot boots real
+QEMU guests; takeover runs a 3-node NATS cluster and two schedulers per run): only when asked
+for by name."""
 
 
 def main(argv: list[str] | None = None) -> int:

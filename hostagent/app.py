@@ -37,6 +37,12 @@ from hostagent.execlog import ExecLog, execlog_path
 from hostagent.fencing import FenceGuardKeeper
 from hostagent.heartbeat import HeartbeatLoop
 from hostagent.inventory import host_capacity
+from hostagent.netlinux import (
+    LinuxNetworks,
+    check_host_tools,
+    network_dir,
+    uses_kernel_networks,
+)
 from hostagent.netsim import SimulatedNetwork
 from hostagent.network import NetworkBackend
 from hostagent.qemusetup import check_host, open_qemu_driver, qemu_root
@@ -67,6 +73,8 @@ def resolve_settings(config: AgentConfig) -> AgentSettings:
     capacity = host_capacity(config.capacity, config.reserved)
     if config.driver == "qemu":
         check_host(config)
+    if uses_kernel_networks(config):
+        check_host_tools()
     return AgentSettings(config, checked_id, capacity)
 
 
@@ -84,8 +92,12 @@ def make_driver(settings: AgentSettings) -> HypervisorDriver:
 
 
 async def open_network_backend(settings: AgentSettings) -> NetworkBackend:
-    """The host's guest networking: the simulated backend for every driver, for now (it keeps
-    honest accounts and builds nothing in the kernel)."""
+    """The host's guest networking: bridges, VXLAN, DHCP and nftables in the kernel for the qemu
+    driver (hostagent/netlinux.py), else the simulated backend (honest accounts, nothing built
+    in the kernel), also for the one-machine local cluster (``uses_kernel_networks``)."""
+    config = settings.config
+    if uses_kernel_networks(config):
+        return LinuxNetworks(network_dir(config, settings.host_id), config.underlay_ip)
     return SimulatedNetwork()
 
 
@@ -201,6 +213,8 @@ class AgentApp:
                     tg.create_task(guard.run(), name="fence-guard-keeper")
                 if consoles is not None:
                     tg.create_task(consoles.run(), name="consoles")
+                if isinstance(network, LinuxNetworks):
+                    tg.create_task(network.run_selfcheck(), name="network-selfcheck")
 
     def _heartbeat_template(self, driver_name: str) -> Heartbeat:
         config = self.settings.config

@@ -23,6 +23,7 @@ from hostagent.accel import resolve_accel
 from hostagent.drivers.qemu import QemuDriver
 from hostagent.drivers.qemuproc import QemuSettings
 from hostagent.images import ImageCache, ImageFetcher
+from hostagent.netlinux import uses_kernel_networks
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,7 @@ async def open_qemu_driver(
         boot_timeout_s=config.boot_timeout_s,
         stop_timeout_s=config.stop_timeout_s,
         max_concurrent_boots=config.max_concurrent_boots,
+        nics=uses_kernel_networks(config),
     )
     cache = ImageCache(
         root / "images",

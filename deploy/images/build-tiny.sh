@@ -8,10 +8,12 @@
 # OUT_DIR receives:
 #   vmlinux        the Debian cloud kernel, uncompressed (boots ~1 s faster under TCG than
 #                  vmlinuz; when lz4 is missing, vmlinuz is copied under this name instead)
-#   initramfs.gz   busybox-static + the virtio/ACPI modules + /init: it mounts the OS disk
-#                  (/dev/vda, ext4) and switches to it
+#   initramfs.gz   busybox-static + the virtio (disk, NIC) and ACPI modules + /init: it mounts
+#                  the OS disk (/dev/vda, ext4) and switches to it
 #   tiny.qcow2     the image: busybox + /sbin/init, which counts boots on the disk, starts acpid
-#                  (ACPI power-off) and prints "STRATUS-READY ..." on the serial console
+#                  (ACPI power-off), brings eth0 up by DHCP (udhcpc), serves a page naming the
+#                  VM on port 80 (busybox httpd) and prints "STRATUS-READY ..." on the serial
+#                  console
 #   build.json     what was built (kernel package, sizes, sha256 of the image)
 #
 # Needs (Debian 12): apt-get install -y --no-install-recommends \
@@ -87,7 +89,7 @@ for applet in sh mount insmod sleep switch_root poweroff echo grep; do
     ln -s busybox "$ramfs/bin/$applet"
 done
 for module in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci \
-    virtio_blk button evdev; do
+    virtio_blk failover net_failover virtio_net button evdev; do
     path=$(find "$moddir" -name "$module.ko" | head -1)
     [ -n "$path" ] || { echo "build-tiny: module $module not in $kernel_pkg" >&2; exit 2; }
     cp "$path" "$ramfs/lib/modules/"
@@ -98,15 +100,17 @@ chmod 755 "$ramfs/init"
 
 # --- the image: an ext4 root filesystem with busybox and the stage-2 init -----------------------
 rootfs="$work/rootfs"
-mkdir -p "$rootfs/bin" "$rootfs/sbin" "$rootfs/etc/acpi" "$rootfs/proc" "$rootfs/sys" \
-    "$rootfs/dev" "$rootfs/tmp" "$rootfs/var/lib/stratus" "$rootfs/var/run"
+mkdir -p "$rootfs/bin" "$rootfs/sbin" "$rootfs/etc/acpi" "$rootfs/etc/udhcpc" "$rootfs/proc" \
+    "$rootfs/sys" "$rootfs/dev" "$rootfs/tmp" "$rootfs/var/lib/stratus" "$rootfs/var/run" \
+    "$rootfs/var/www"
 cp "$busybox" "$rootfs/bin/busybox"
 for applet in $("$busybox" --list); do
     [ "$applet" = busybox ] || ln -s busybox "$rootfs/bin/$applet"
 done
 cp "$here/guest/rootfs-init" "$rootfs/sbin/init"
 cp "$here/guest/power-off" "$rootfs/etc/acpi/power-off"
-chmod 755 "$rootfs/sbin/init" "$rootfs/etc/acpi/power-off"
+cp "$here/guest/udhcpc-event" "$rootfs/etc/udhcpc/event"
+chmod 755 "$rootfs/sbin/init" "$rootfs/etc/acpi/power-off" "$rootfs/etc/udhcpc/event"
 echo "PWRF power-off" >"$rootfs/etc/acpid.conf"
 echo "tiny" >"$rootfs/etc/hostname"
 mke2fs -q -t ext4 -L tiny -d "$rootfs" "$work/rootfs.img" "${image_mib}M" >/dev/null

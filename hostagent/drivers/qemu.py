@@ -5,8 +5,10 @@ is gone) and process liveness; a VM has booted once its guest printed the readin
 the serial console. Boots wait for one of ``max_concurrent_boots`` slots (a boot costs seconds
 of CPU under TCG), so a burst of starts, such as a failover onto this host, is queued instead of
 overloading it. Disks are host-local qcow2 files (``hostagent/disks.py``): kept by ``stop``,
-removed by ``destroy``. An agent restart re-adopts running VMs from their pid files and QMP
-sockets; :meth:`close` leaves every VM running.
+removed by ``destroy``. NICs are taps on the bridges of their networks, made before the launch
+and removed with the VM (``hostagent/drivers/qemunics.py``). An agent restart re-adopts running
+VMs from their pid files and QMP sockets (and their taps; taps of no VM are removed);
+:meth:`close` leaves every VM running.
 """
 
 from __future__ import annotations
@@ -17,15 +19,15 @@ import logging
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.errors import DriverError
-from common.messages import ObservedState, ObservedVm, VmSpec
-from common.resources import ZERO, Resources
+from common.messages import ObservedVm, VmSpec
+from common.resources import Resources
 from hostagent.disks import DiskStore, effective_disks
 from hostagent.drivers.base import ConsoleBytes, ConsoleDriver, HypervisorDriver
 from hostagent.drivers.qemuconsole import ConsoleLink, read_console
+from hostagent.drivers.qemunics import host_taps, plug, taps, unplug
 from hostagent.drivers.qemuproc import (
     FAILED_MARKER,
     READY_MARKER,
@@ -42,7 +44,9 @@ from hostagent.drivers.qemuproc import (
     wait_exit,
     write_meta,
 )
+from hostagent.drivers.qemuvm import QemuVm, admit
 from hostagent.drivers.qmp import JsonObject, QmpClient, QmpError
+from hostagent.hostcmd import HostCommands
 from hostagent.images import ImageCache
 
 log = logging.getLogger(__name__)
@@ -52,44 +56,6 @@ QUIT_WAIT_S = 3.0
 KILL_WAIT_S = 5.0
 REATTACH_S = 1.0
 """How often an unreachable QEMU found at adoption is tried again."""
-
-
-@dataclass(eq=False)
-class _Vm:
-    spec: VmSpec
-    generation: int
-    files: VmFiles
-    booted: bool = False
-    paused: bool = False
-    """Fenced (QMP ``stop``), or asked to be before its vCPUs ever ran."""
-    stopping: bool = False
-    """The driver is taking it down: its process exiting is expected."""
-    failure: str = ""
-    unreachable: str = ""
-    """Found at adoption but its monitor does not answer (why). Held, never forgotten: its run
-    files stay for the fence guard, it is tried again every ``REATTACH_S``, and it is reported
-    ``starting`` (not confirmed running), which the scheduler waits on instead of starting
-    another copy. Fencing it while still unreachable kills it."""
-    pid: int | None = None
-    qmp: QmpClient | None = None
-    console: ConsoleLink | None = None
-    tasks: set[asyncio.Task[None]] = field(default_factory=set)
-
-    @property
-    def state(self) -> ObservedState:
-        if self.failure:
-            return ObservedState.FAILED
-        if self.unreachable:
-            return ObservedState.STARTING
-        if self.stopping:
-            return ObservedState.STOPPING
-        if self.paused:
-            return ObservedState.PAUSED
-        return ObservedState.RUNNING if self.booted else ObservedState.STARTING
-
-    @property
-    def resources(self) -> Resources:
-        return Resources(self.spec.cpu_milli, self.spec.mem_mib)
 
 
 class QemuDriver:
@@ -113,8 +79,9 @@ class QemuDriver:
         """Reported in heartbeats: the driver and the accelerator it uses."""
         self.on_change: Callable[[], None] = lambda: None
         """Called when a VM changes by itself (booted, exited): the agent reports at once."""
-        self._vms: dict[str, _Vm] = {}
+        self._vms: dict[str, QemuVm] = {}
         self._boot_slots = asyncio.Semaphore(settings.max_concurrent_boots)
+        self._commands = HostCommands(settings.netns)
 
     def files(self, name: str) -> VmFiles:
         return VmFiles(self.root / "vms" / name)
@@ -124,8 +91,8 @@ class QemuDriver:
     async def start(self, spec: VmSpec, generation: int) -> None:
         if spec.name in self._vms:
             raise DriverError(f"vm {spec.name} already exists on this host", retryable=False)
-        self._check_fits(spec)
-        vm = _Vm(spec, generation, self.files(spec.name))
+        admit(spec, self._vms.values(), self.capacity, self.cpu_overcommit)
+        vm = QemuVm(spec, generation, self.files(spec.name))
         self._vms[spec.name] = vm
         created: list[Path] = []
         try:
@@ -133,29 +100,15 @@ class QemuDriver:
                 if self._vms.get(spec.name) is not vm:
                     raise DriverError(f"vm {spec.name} was removed while queued", retryable=True)
                 paths, created = await self._prepare(vm)
+                if self.settings.nics:
+                    await plug(self._commands, spec)
                 await self._launch(vm, paths)
                 await self._wait_booted(vm, time.monotonic() + self.settings.boot_timeout_s)
         except (DriverError, asyncio.CancelledError) as exc:
             await self._abandon(vm, created, exc)
             raise
 
-    def _check_fits(self, spec: VmSpec) -> None:
-        used = sum((vm.resources for vm in self._vms.values()), ZERO)
-        free_mem_mib = self.capacity.mem_mib - used.mem_mib
-        if spec.mem_mib > free_mem_mib:
-            raise DriverError(
-                f"insufficient memory on host: need {spec.mem_mib} MiB, free {free_mem_mib} MiB",
-                retryable=True,
-            )
-        free_cpu_milli = int(self.capacity.cpu_milli * self.cpu_overcommit) - used.cpu_milli
-        if spec.cpu_milli > free_cpu_milli:
-            raise DriverError(
-                f"insufficient cpu on host: need {spec.cpu_milli} millicores, "
-                f"free {free_cpu_milli} millicores",
-                retryable=True,
-            )
-
-    async def _prepare(self, vm: _Vm) -> tuple[list[Path], list[Path]]:
+    async def _prepare(self, vm: QemuVm) -> tuple[list[Path], list[Path]]:
         """Disks ready and ``vm.json`` written; disks of an older incarnation are removed."""
         old = read_meta(vm.files)
         paths, created = await self.disks.prepare(vm.spec)
@@ -168,14 +121,14 @@ class QemuDriver:
         )
         return paths, created
 
-    async def _launch(self, vm: _Vm, disks: list[Path]) -> None:
+    async def _launch(self, vm: QemuVm, disks: list[Path]) -> None:
         vm.pid = await launch(self.settings, vm.spec, vm.files, disks)
         log.info("qemu launched vm=%s pid=%d accel=%s", vm.spec.name, vm.pid, self.settings.accel)
         await self._attach(vm)
         if not vm.paused:
             await self._qmp(vm, "cont")
 
-    async def _attach(self, vm: _Vm) -> None:
+    async def _attach(self, vm: QemuVm) -> None:
         """Connect QMP and watch the process: its socket closing means QEMU exited."""
 
         def on_event(event: str, data: JsonObject) -> None:
@@ -189,7 +142,7 @@ class QemuDriver:
         vm.qmp = await self._connect(vm, on_event)
         self._spawn(vm, self._watch_exit(vm, vm.qmp), "exit")
 
-    async def _connect(self, vm: _Vm, on_event: Callable[[str, JsonObject], None]) -> QmpClient:
+    async def _connect(self, vm: QemuVm, on_event: Callable[[str, JsonObject], None]) -> QmpClient:
         try:
             return await QmpClient.connect(vm.files.qmp, on_event=on_event)
         except QmpError as exc:
@@ -197,13 +150,13 @@ class QemuDriver:
                 f"cannot reach qemu of vm {vm.spec.name}: {exc}", retryable=True
             ) from exc
 
-    def _spawn(self, vm: _Vm, coro: object, what: str) -> None:
+    def _spawn(self, vm: QemuVm, coro: object, what: str) -> None:
         assert asyncio.iscoroutine(coro)
         task: asyncio.Task[None] = asyncio.create_task(coro, name=f"qemu-{what}-{vm.spec.name}")
         vm.tasks.add(task)
         task.add_done_callback(vm.tasks.discard)
 
-    async def _wait_booted(self, vm: _Vm, deadline_s: float) -> None:
+    async def _wait_booted(self, vm: QemuVm, deadline_s: float) -> None:
         """Until the guest printed its marker, or was paused (then return with it paused)."""
         while not vm.paused:
             serial = read_serial(vm.files)
@@ -222,7 +175,7 @@ class QemuDriver:
                 )
             await asyncio.sleep(POLL_S)
 
-    async def _abandon(self, vm: _Vm, created: list[Path], exc: BaseException) -> None:
+    async def _abandon(self, vm: QemuVm, created: list[Path], exc: BaseException) -> None:
         """A start failed or was cancelled: leave no process and no new disk behind."""
         log.warning("vm start abandoned vm=%s error=%s", vm.spec.name, exc)
         vm.stopping = True
@@ -232,7 +185,7 @@ class QemuDriver:
 
     # ------------------------------------------------------------------ process watch
 
-    async def _watch_exit(self, vm: _Vm, qmp: QmpClient) -> None:
+    async def _watch_exit(self, vm: QemuVm, qmp: QmpClient) -> None:
         await qmp.closed.wait()
         if vm.stopping or self._vms.get(vm.spec.name) is not vm:
             return
@@ -248,9 +201,10 @@ class QemuDriver:
         vm.files.clear_run_files()
         del self._vms[vm.spec.name]
         await qmp.close()
+        await unplug(self._commands, taps(vm.spec))
         self.on_change()
 
-    async def _watch_boot(self, vm: _Vm) -> None:
+    async def _watch_boot(self, vm: QemuVm) -> None:
         """A VM resumed before it ever booted: its boot goes on in the background."""
         try:
             await self._wait_booted(vm, time.monotonic() + self.settings.boot_timeout_s)
@@ -283,7 +237,7 @@ class QemuDriver:
         if not vm.booted and not any(t.get_name().startswith("qemu-boot") for t in vm.tasks):
             self._spawn(vm, self._watch_boot(vm), "boot")
 
-    async def _qmp(self, vm: _Vm, command: str) -> None:
+    async def _qmp(self, vm: QemuVm, command: str) -> None:
         assert vm.qmp is not None
         try:
             await vm.qmp.execute(command)
@@ -292,7 +246,7 @@ class QemuDriver:
                 f"qmp {command} failed for vm {vm.spec.name}: {exc}", retryable=True
             ) from exc
 
-    def _get(self, name: str) -> _Vm:
+    def _get(self, name: str) -> QemuVm:
         vm = self._vms.get(name)
         if vm is None:
             raise DriverError(f"no vm {name} on this host", retryable=False)
@@ -312,7 +266,7 @@ class QemuDriver:
             await self._kill(vm)
         await self._forget(vm)
 
-    async def _power_off(self, vm: _Vm) -> bool:
+    async def _power_off(self, vm: QemuVm) -> bool:
         """ACPI power button; True if the guest powered itself off in time."""
         assert vm.qmp is not None and vm.pid is not None
         try:
@@ -321,7 +275,7 @@ class QemuDriver:
             return False
         return await wait_exit(vm.pid, self.root, self.settings.stop_timeout_s)
 
-    async def _kill(self, vm: _Vm) -> None:
+    async def _kill(self, vm: QemuVm) -> None:
         """QMP ``quit``, then SIGKILL; returns once the process is gone."""
         if vm.pid is None:
             vm.pid = read_pid(vm.files)
@@ -336,7 +290,7 @@ class QemuDriver:
         if not await wait_exit(vm.pid, self.root, KILL_WAIT_S):
             raise DriverError(f"qemu pid {vm.pid} survived SIGKILL", retryable=True)
 
-    async def _forget(self, vm: _Vm) -> None:
+    async def _forget(self, vm: QemuVm) -> None:
         """Drop a VM whose process is gone: its tasks, QMP connection and run files."""
         if self._vms.get(vm.spec.name) is vm:
             del self._vms[vm.spec.name]
@@ -347,6 +301,7 @@ class QemuDriver:
         if vm.console is not None:
             vm.console.close()
         vm.files.clear_run_files()
+        await unplug(self._commands, taps(vm.spec))
 
     async def destroy(self, name: str) -> None:
         vm = self._vms.get(name)
@@ -391,7 +346,7 @@ class QemuDriver:
     async def adopt(self) -> list[str]:
         """Find the VMs left running by a previous agent (pid file + QMP socket) and hold them
         again; clear the run files of those that are gone. A live QEMU whose monitor does not
-        answer is held as unreachable (see ``_Vm.unreachable``). Returns the names held."""
+        answer is held as unreachable (see ``QemuVm.unreachable``). Returns the names held."""
         adopted: list[str] = []
         for meta_path in sorted((self.root / "vms").glob("*/vm.json")):
             files = VmFiles(meta_path.parent)
@@ -402,7 +357,7 @@ class QemuDriver:
             if not pid_alive(pid, self.root):
                 files.clear_run_files()
                 continue
-            vm = _Vm(meta.spec, meta.generation, files, pid=pid)
+            vm = QemuVm(meta.spec, meta.generation, files, pid=pid)
             self._vms[meta.spec.name] = vm
             adopted.append(meta.spec.name)
             try:
@@ -420,9 +375,21 @@ class QemuDriver:
                 self._spawn(vm, self._reattach(vm), "reattach")
                 continue
             log.info("vm adopted vm=%s pid=%d status=%s", meta.spec.name, pid, status)
+        await self._remove_orphan_taps()
         return adopted
 
-    async def _hold(self, vm: _Vm) -> str:
+    async def _remove_orphan_taps(self) -> None:
+        """Taps this driver made (its VMs' ``vm.json`` name them) for VMs it does not hold;
+        taps of other agents sharing the namespace are not its business."""
+        metas = [read_meta(VmFiles(path.parent)) for path in (self.root / "vms").glob("*/vm.json")]
+        made = {tap for meta in metas if meta is not None for tap in taps(meta.spec)}
+        held = {tap for vm in self._vms.values() for tap in taps(vm.spec)}
+        orphans = sorted((await host_taps(self._commands) & made) - held)
+        if orphans:
+            log.warning("orphan taps removed taps=%s", ",".join(orphans))
+            await unplug(self._commands, orphans)
+
+    async def _hold(self, vm: QemuVm) -> str:
         """Attach to an adopted VM's QEMU and take its run state; its QEMU status."""
         try:
             await self._attach(vm)
@@ -442,7 +409,7 @@ class QemuDriver:
             self._spawn(vm, self._watch_boot(vm), "boot")
         return status
 
-    async def _reattach(self, vm: _Vm) -> None:
+    async def _reattach(self, vm: QemuVm) -> None:
         """Try an unreachable VM again until it answers (adopted) or its process is gone."""
         while self._vms.get(vm.spec.name) is vm and vm.unreachable:
             await asyncio.sleep(REATTACH_S)
@@ -461,7 +428,7 @@ class QemuDriver:
             )
             self.on_change()
 
-    async def _kill_unreachable(self, vm: _Vm) -> None:
+    async def _kill_unreachable(self, vm: QemuVm) -> None:
         """Fencing a VM that cannot be paused: kill it, so that it surely no longer runs."""
         log.error(
             "vm killed vm=%s pid=%s generation=%d: qemu unreachable (%s) and it must not run",
@@ -494,7 +461,7 @@ class QemuDriver:
             raise DriverError(f"vm {name} has no console socket", retryable=False)
         await self._console(vm).write(data)
 
-    def _console(self, vm: _Vm) -> ConsoleLink:
+    def _console(self, vm: QemuVm) -> ConsoleLink:
         if vm.console is None:
             vm.console = ConsoleLink(vm.files)
         return vm.console

@@ -5,7 +5,8 @@ agent, so an agent restart neither kills nor orphans it) and ``-S`` (vCPUs start
 driver lets them run over QMP unless the VM was fenced meanwhile). Per VM, in
 ``<root>/vms/<name>/``: ``vm.json`` (spec and generation), ``qemu.pid``, ``qmp.sock`` (the
 agent's monitor), ``guard.sock`` (the fence guard's) and ``serial.log`` (the guest's console:
-the readiness marker, and the tail of a failed boot).
+the readiness marker, and the tail of a failed boot). NICs are taps made before the launch
+(hostagent/drivers/qemunics.py).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from common.messages import VmSpec
 from common.waiting import poll
 from hostagent.accel import Accel
 from hostagent.drivers import seriallog
+from hostagent.drivers.qemunics import nic_args
+from hostagent.hostcmd import HostCommands
 
 READY_MARKER = b"STRATUS-READY"
 """Printed on the serial console by a guest that finished booting."""
@@ -43,6 +46,12 @@ class QemuSettings:
     boot_timeout_s: float = 60.0
     stop_timeout_s: float = 10.0
     max_concurrent_boots: int = 2
+    netns: str | None = None
+    """The network namespace QEMU and the taps live in; None: the agent's own (tests run two
+    "hosts" on one machine as two namespaces)."""
+    nics: bool = True
+    """Give guests their NICs (taps on the networks' bridges). False where the host's networks
+    are simulated (hostagent/netlinux.py ``uses_kernel_networks``): guests boot without one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +139,7 @@ def qemu_args(settings: QemuSettings, spec: VmSpec, disks: list[Path]) -> list[s
             *("-drive", f"if=none,id=disk{index},file={path},format=qcow2,cache=writeback"),
             *("-device", f"virtio-blk-pci,drive=disk{index}"),
         ]
-    return args
+    return args + (nic_args(spec) if settings.nics else [])
 
 
 async def launch(settings: QemuSettings, spec: VmSpec, files: VmFiles, disks: list[Path]) -> int:
@@ -142,7 +151,7 @@ async def launch(settings: QemuSettings, spec: VmSpec, files: VmFiles, disks: li
     with files.stderr.open("wb") as stderr:
         try:
             proc = await asyncio.create_subprocess_exec(
-                *qemu_args(settings, spec, disks),
+                *HostCommands(settings.netns).argv(*qemu_args(settings, spec, disks)),
                 cwd=files.dir,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.DEVNULL,

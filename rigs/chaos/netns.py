@@ -142,6 +142,28 @@ class Network:
         run_ip("ip", "route", "add", "default", "via", pair.root_addr, netns=netns)
         return netns
 
+    def join(self, netns_a: str, netns_b: str) -> tuple[str, str]:
+        """Join two namespaces by a veth pair of their own (an underlay between two "hosts");
+        the address of the end in ``netns_a`` and of the end in ``netns_b``."""
+        if len(self.pairs) >= _PAIRS_PER_RUN:
+            raise RuntimeError("too many veth pairs for one run")
+        index = len(self.pairs)
+        base = self._block() + index * 4
+        pair = Pair(
+            index, f"{self.prefix}r{index}", f"{self.prefix}n{index}", str(base + 1),
+            str(base + 2), netns_b,
+        )  # fmt: skip
+        self.pairs.append(pair)
+        run_ip(
+            "ip", "link", "add", pair.root_dev, "netns", netns_a, "type", "veth",
+            "peer", "name", pair.inner_dev, "netns", netns_b,
+        )  # fmt: skip
+        for dev, addr, netns in ((pair.root_dev, pair.root_addr, netns_a),
+                                 (pair.inner_dev, pair.inner_addr, netns_b)):  # fmt: skip
+            run_ip("ip", "addr", "add", f"{addr}/30", "dev", dev, netns=netns)
+            run_ip("ip", "link", "set", dev, "up", netns=netns)
+        return pair.root_addr, pair.inner_addr
+
     def block(self, netns: str, peer: str, *, outbound: bool, inbound: bool) -> None:
         """Drop the namespace's packets to (``outbound``) and/or from (``inbound``) ``peer``."""
         if outbound:

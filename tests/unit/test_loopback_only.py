@@ -1,11 +1,13 @@
 """Tests and benchmarks talk only to loopback or to the network namespaces they create.
 
 A scan of every address literal in tests/, rigs/, bench/ and scripts/: each must be on loopback,
-or in the range the chaos rig's namespaces are built from (rigs/chaos/netns.py), or be data that
-is never dialled: the ranges of the tests' virtual networks (guests' addresses, which the fake
-driver and the simulated network backend only account for), the documentation ranges (RFC 5737:
-never routed), the unspecified address (``0.0.0.0/0``: anyone, in an endpoint's allow list), or
-be listed below. A new address anywhere else fails here first.
+or in the range the chaos rig's namespaces are built from (rigs/chaos/netns.py), or in the range
+of the guest networks the network tests build on bridges inside their namespaces
+(tests/netkit.py), or be data that is never dialled: the ranges of the tests' virtual networks
+(guests' addresses, which the fake driver and the simulated network backend only account for),
+the documentation ranges (RFC 5737: never routed), the unspecified address (``0.0.0.0/0``:
+anyone, in an endpoint's allow list), or be listed below. A new address anywhere else fails here
+first.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SCANNED = ("tests", "rigs", "bench", "scripts")
 LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
 NETNS_RANGE = ipaddress.ip_network("10.213.0.0/16")  # rigs/chaos/netns.py _BASE
+GUEST_RANGE = ipaddress.ip_network("10.214.0.0/16")  # tests/netkit.py: bridges in namespaces
 DATA_RANGES = (
     ipaddress.ip_network("10.0.0.0/12"),  # the tests' and benchmarks' virtual networks
     ipaddress.ip_network("192.0.2.0/24"),  # RFC 5737 documentation ranges: hosts' underlay
@@ -26,6 +29,8 @@ DATA_RANGES = (
     ipaddress.ip_network("0.0.0.0/32"),
 )
 NEVER_DIALLED = {
+    # A netmask in the text of a dnsmasq configuration.
+    ("tests/unit/hostagent/test_netrender.py", "255.255.255.0"),
     # redact_url() is a pure string function; the address is only its input.
     ("tests/integration/test_nats_auth.py", "10.0.0.1"),
     # The shipped cluster config's listen lines, replaced by loopback ones before it runs.
@@ -57,7 +62,7 @@ def _allowed(rel: str, text: str) -> bool:
         address = ipaddress.ip_address(text)
     except ValueError:
         return True  # a version number such as 1.2.3.4 in a comment, not an address
-    if address in LOOPBACK or address in NETNS_RANGE:
+    if address in LOOPBACK or address in NETNS_RANGE or address in GUEST_RANGE:
         return True
     if any(address in data for data in DATA_RANGES):
         return True
