@@ -178,6 +178,7 @@ async def test_bad_network_requests_get_typed_errors_over_nats_and_jobs_and_chan
     await client.create_vm(
         CreateVm(name="a", size="Small", nics=[NicRequest(vnet="front", ip="10.1.0.10")])
     )
+    await wait_all_running(client, ["a"])  # the snapshot must not race its own start
     before = ([v.addresses_used for v in await client.list_vnets()], await client.list_vms())
     refusals = [
         (client.create_vnet(CreateVnet(name="back", cidr="10.1.0.128/25")), "invalid_network"),
