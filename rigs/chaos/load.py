@@ -48,6 +48,8 @@ class Acked:
     acked_at: float
     """Wall-clock seconds."""
     attempts: int
+    sent_at: float = 0.0
+    """Wall-clock seconds of the first attempt (0: not recorded)."""
 
 
 @dataclass
@@ -125,7 +127,7 @@ class Load:
     ) -> bool:
         """Call until acknowledged, refused, or ``RETRY_FOR_S`` ran out; True when acked."""
         deadline = time.monotonic() + RETRY_FOR_S
-        attempts = 0
+        attempts, sent_at = 0, time.time()
         while True:
             attempts += 1
             try:
@@ -137,7 +139,7 @@ class Load:
             except (NatsError, TimeoutError, OSError):
                 pass
             else:
-                self.acked.append(Acked(request_id, name, op, time.time(), attempts))
+                self.acked.append(Acked(request_id, name, op, time.time(), attempts, sent_at))
                 self.outcomes[f"{op}_acked"] += 1
                 if attempts > 1:
                     self.outcomes[f"{op}_acked_after_retry"] += 1

@@ -154,15 +154,17 @@ def destroyed_during_nats_outages(
     """Only the scheduler's word removes a VM: while NATS is down (dead or frozen) no agent hears
     it, so no VM
     may be stopped or destroyed then (fencing pauses; it never destroys). The word may have been
-    given before the outage and arrive late: a delete acknowledged before the outage began may
-    complete during it (seen: a DeleteVm held back by TCP retransmission through a partition
-    landed as nats-server was killed)."""
+    given before the outage and arrive late: a delete first sent before the outage began may
+    complete during it, even when its acknowledgement only came after the outage (seen: a
+    DeleteVm held back by TCP retransmission through a partition landed as nats-server was
+    killed; and a delete the scheduler carried out just before nats-server died, whose reply
+    was lost, acknowledged to the retrying client after the restart)."""
     outages = [
         (f.start + OUTAGE_SETTLE_S, f.end, f.start)
         for f in faults
         if f.kind in NATS_SILENT and f.start
     ]
-    deleted_at = {a.vm: a.acked_at for a in acked if a.op is Op.DELETE}
+    deleted_at = {a.vm: a.sent_at or a.acked_at for a in acked if a.op is Op.DELETE}
     return [
         Violation("removed_during_nats_outage", f"t={r.t:.3f} {r.event} {r.vm} on {r.host}")
         for r in rows

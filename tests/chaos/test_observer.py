@@ -133,6 +133,13 @@ def test_a_vm_removed_while_nats_is_down_is_caught() -> None:
     after = [Acked("r1", "a", Op.DELETE, acked_at=11.0, attempts=1)]
     found = destroyed_during_nats_outages([Row(13.0, "h1", "a", 1, "destroy")], outage, after)
     assert [v.kind for v in found] == ["removed_during_nats_outage"]
+    # Sent before the outage, its reply lost with nats-server, acknowledged to a retry after it.
+    retried = [Acked("r1", "a", Op.DELETE, acked_at=15.0, attempts=2, sent_at=9.9)]
+    late_destroy = [Row(13.0, "h1", "a", 1, "destroy")]
+    assert destroyed_during_nats_outages(late_destroy, outage, retried) == []
+    sent_late = [Acked("r1", "a", Op.DELETE, acked_at=15.0, attempts=2, sent_at=11.0)]
+    found = destroyed_during_nats_outages([Row(13.0, "h1", "a", 1, "destroy")], outage, sent_late)
+    assert [v.kind for v in found] == ["removed_during_nats_outage"]
 
 
 def test_a_duplicate_that_was_not_refused_or_executed_is_a_violation(tmp_path: Path) -> None:
