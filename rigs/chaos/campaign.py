@@ -144,12 +144,20 @@ async def run_campaign(settings: Settings) -> Report:
     settings.workdir.mkdir(parents=True, exist_ok=True)
     await asyncio.to_thread(netns.clean_leftovers)
     rig = Rig(settings.workdir, netns.Network(), hosts=settings.hosts)
+    return await run_on_rig(rig, report, lambda nc: _campaign(rig, nc, settings, report))
+
+
+async def run_on_rig(
+    rig: Rig, report: Report, campaign: Callable[[Client], Awaitable[None]]
+) -> Report:
+    """Start ``rig``, run ``campaign`` with an observer's connection, and stop the rig whatever
+    happens; the report's duration covers it all."""
     started = time.monotonic()
     try:
         await asyncio.to_thread(rig.start)
         nc = await connect_observer(rig.url)
         try:
-            await _campaign(rig, nc, settings, report)
+            await campaign(nc)
         finally:
             with contextlib.suppress(Exception):
                 await nc.close()

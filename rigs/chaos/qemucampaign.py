@@ -10,7 +10,6 @@ the end every VM runs exactly once, on the host the scheduler names, and no othe
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import time
 from collections import Counter
@@ -27,10 +26,10 @@ from rigs.chaos.campaign import (
     Report,
     Settings,
     api_ready,
-    connect_observer,
     final_vms,
     leader_finder,
     read_events,
+    run_on_rig,
 )
 from rigs.chaos.consolewatch import ConsoleWatch, alive
 from rigs.chaos.faults import QEMU_WEIGHTS, Injector, Violation, plan
@@ -53,19 +52,7 @@ async def run_qemu_campaign(settings: Settings, kit: Path) -> Report:
     await asyncio.to_thread(netns.clean_leftovers)
     await asyncio.to_thread(disks.clean_leftovers)
     rig = Rig(settings.workdir, netns.Network(), hosts=HOSTS, qemu=QemuSetup(kit))
-    started = time.monotonic()
-    try:
-        await asyncio.to_thread(rig.start)
-        nc = await connect_observer(rig.url)
-        try:
-            await _campaign(rig, nc, settings, report)
-        finally:
-            with contextlib.suppress(Exception):
-                await nc.close()
-    finally:
-        await asyncio.to_thread(rig.stop)
-        report.duration_s = time.monotonic() - started
-    return report
+    return await run_on_rig(rig, report, lambda nc: _campaign(rig, nc, settings, report))
 
 
 async def _campaign(rig: Rig, nc: Client, settings: Settings, report: Report) -> None:
