@@ -30,15 +30,27 @@ from common.fields import (
     ShortText as ShortText,
     VmNameField as VmNameField,
 )
+from common.migration_messages import (
+    CancelMigration,
+    FinishIncoming,
+    MigrateOut,
+    MigrationInfo,
+    MigrationReport,
+)
 from common.network_messages import (
     MAX_NICS,
     ConfigureNetworks,
     EndpointInfo,
     NicInfo,
     NicRequest,
-    NicSpec,
 )
 from common.resources import Resources
+from common.spec_messages import (
+    DiskKind as DiskKind,
+    DiskSpec as DiskSpec,
+    DiskStorage as DiskStorage,
+    VmSpec as VmSpec,
+)
 
 
 class VmState(StrEnum):
@@ -136,6 +148,8 @@ class VmInfo(msgspec.Struct, kw_only=True):
     nics: list[NicInfo] = []
     """The VM's addresses: kept across stop/start, failover and migration."""
     endpoints: list[EndpointInfo] = []
+    migration: MigrationInfo | None = None
+    """A live migration under way (the VM runs on ``host`` meanwhile)."""
 
 
 class HostInfo(msgspec.Struct, kw_only=True):
@@ -193,49 +207,6 @@ class ErrorReply(msgspec.Struct):
 # answered by HeartbeatAck.
 
 
-class DiskKind(StrEnum):
-    OS = "os"
-    """The VM's boot disk: a copy-on-write (qcow2) overlay of its image."""
-    DATA = "data"
-    """An empty disk the VM got at create time or by ``disk attach``."""
-
-
-class DiskStorage(StrEnum):
-    """Where a disk's bytes live. Only host-local storage exists so far: the disk is a file on
-    one host and is gone with it. Shared storage (reachable from every host) is a later kind."""
-
-    HOST_LOCAL = "host_local"
-
-
-class DiskSpec(msgspec.Struct, frozen=True, kw_only=True):
-    """A disk as the agent needs it: which file to use or create, and from what."""
-
-    disk_id: str
-    """Unique for the lifetime of the cluster (a rebuilt disk gets a new id)."""
-    kind: DiskKind
-    size_mib: int = 0
-    """Data disks: their size. OS disks: 0 (the image's size)."""
-    image: str = ""
-    """OS disks: the image's name (a host may carry built-in images such as ``tiny``)."""
-    image_sha256: str = ""
-    """OS disks: the image's digest in the gallery; empty means the host's built-in copy."""
-    storage: DiskStorage = DiskStorage.HOST_LOCAL
-
-
-class VmSpec(msgspec.Struct, frozen=True, kw_only=True):
-    name: VmNameField
-    size: str
-    cpu_milli: int
-    mem_mib: int
-    image: str
-    disks: list[DiskSpec] = []
-    """OS disk first, then data disks in attach order. Empty (older schedulers): the agent
-    makes an OS disk of ``image`` named after the VM."""
-    nics: list[NicSpec] = []
-    """A tap per NIC on its network's bridge (the agent has the network from
-    ``ConfigureNetworks`` before it starts the VM)."""
-
-
 class StartVm(msgspec.Struct, tag="start_vm", kw_only=True):
     """Run ``vm`` at ``generation``; a copy with an older generation is destroyed first."""
 
@@ -264,6 +235,16 @@ class ResumeVm(msgspec.Struct, tag="resume_vm", kw_only=True):
     generation: Generation
 
 
+class PrepareIncoming(msgspec.Struct, tag="prepare_incoming", kw_only=True):
+    """Destination of a live migration (common/migration_messages.py): get ready to receive
+    ``vm`` from ``source`` as ``generation``: its disks empty at full size and exported, the VM
+    paused waiting for its state. Repeating it changes nothing and re-reports."""
+
+    vm: VmSpec
+    generation: Generation
+    source: HostIdField
+
+
 class CaptureDisk(msgspec.Struct, tag="capture_disk", kw_only=True):
     """Flatten the OS disk ``disk_id`` of the stopped VM ``name`` into the gallery image
     ``image`` and report it (``ImageCaptured``). Repeating it re-reports the result."""
@@ -275,6 +256,10 @@ class CaptureDisk(msgspec.Struct, tag="capture_disk", kw_only=True):
 
 
 AgentCommand = StartVm | StopVm | DeleteVm | ResumeVm | CaptureDisk | ConfigureNetworks
+
+MigrationCommand = PrepareIncoming | MigrateOut | CancelMigration | FinishIncoming
+"""The live-migration commands (common/migration_messages.py); they join ``AgentCommand`` as
+agents and scheduler learn them."""
 
 
 class HostCommands(msgspec.Struct, kw_only=True):
@@ -292,6 +277,12 @@ class ObservedState(StrEnum):
     STOPPING = "stopping"
     STOPPED = "stopped"
     FAILED = "failed"
+    INCOMING = "incoming"
+    """Destination of a live migration: paused, holding resources, receiving its state; it runs
+    only on ``FinishIncoming``."""
+    HANDED_OVER = "handed_over"
+    """Source of a finished live migration: paused for good, its state on the destination;
+    waits to be destroyed."""
 
 
 class ObservedVm(msgspec.Struct, kw_only=True):
@@ -302,6 +293,8 @@ class ObservedVm(msgspec.Struct, kw_only=True):
     mem_mib: Annotated[int, msgspec.Meta(ge=0)]
     reason: str = ""
     retryable: bool = False
+    migration: MigrationReport | None = None
+    """The VM's side of a live migration attempt, while one runs or until the next command."""
 
     @property
     def resources(self) -> Resources:
