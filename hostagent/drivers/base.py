@@ -24,7 +24,15 @@ from typing import Protocol, runtime_checkable
 from common.errors import DriverError
 from common.messages import ObservedVm, VmSpec
 
-__all__ = ["ConsoleBytes", "ConsoleDriver", "DriverError", "HypervisorDriver"]
+__all__ = [
+    "ConsoleBytes",
+    "ConsoleDriver",
+    "DriverError",
+    "HypervisorDriver",
+    "IncomingEndpoint",
+    "MigratingDriver",
+    "MigrationProgress",
+]
 
 
 class HypervisorDriver(Protocol):
@@ -110,4 +118,75 @@ class ConsoleDriver(Protocol):
 
     async def console_write(self, name: str, data: bytes) -> None:
         """Type ``data`` on the VM's console; ``DriverError`` when it cannot."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingEndpoint:
+    """Where the destination of a live migration waits: QEMU's ``-incoming`` listener and the NBD
+    server exporting the VM's disks (one export per ``DiskSpec.disk_id``), both on ``address``."""
+
+    address: str
+    migration_port: int
+    nbd_port: int
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationProgress:
+    """How far an outgoing migration is: MiB sent of what there is to send (disks, then memory;
+    ``total_mib`` may grow while the guest dirties memory)."""
+
+    transferred_mib: int
+    total_mib: int
+
+
+@runtime_checkable
+class MigratingDriver(Protocol):
+    """A driver that can move a running VM to another host's driver of the same kind, live
+    (the protocol is in common/migration_messages.py). Operations on one VM are not interleaved
+    by the agent, except :meth:`cancel_migration` (during :meth:`migrate_out`) and :meth:`pause`."""
+
+    async def prepare_incoming(
+        self, spec: VmSpec, generation: int, listen_address: str
+    ) -> IncomingEndpoint:
+        """Get ready to receive ``spec`` as ``generation``: its disks created empty at full size
+        and exported, the VM paused and waiting for its state, both on ``listen_address``.
+
+        The VM holds its resources and shows in :meth:`inventory` as ``incoming``. Repeating it
+        for the same VM and generation returns the same endpoint. On failure nothing is left
+        behind and ``DriverError`` is raised.
+        """
+        ...
+
+    async def migrate_out(
+        self,
+        name: str,
+        target: IncomingEndpoint,
+        *,
+        max_downtime_ms: int,
+        max_bandwidth_mib_s: int,
+    ) -> None:
+        """Send the running VM to ``target``: its disks (mirrored, so that writes made meanwhile
+        reach both copies), then its memory, then a last round with the VM paused.
+
+        Returns once the VM is ``handed_over``: paused here for good, its whole state on the
+        destination. On failure or cancel it raises ``DriverError`` and the VM runs here as
+        before (the destination's copy is left for its own host to destroy).
+        """
+        ...
+
+    def migration_progress(self, name: str) -> MigrationProgress | None:
+        """The progress of the VM's outgoing migration; None when none runs."""
+        ...
+
+    async def cancel_migration(self, name: str) -> None:
+        """End the VM's outgoing migration without a switchover (:meth:`migrate_out` raises).
+        Nothing happens when none runs or the VM was already handed over."""
+        ...
+
+    async def finish_incoming(self, name: str) -> None:
+        """The VM received completely is now the VM: stop exporting its disks and let it run.
+
+        ``DriverError`` if its state has not fully arrived (it stays ``incoming``).
+        """
         ...
