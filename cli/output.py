@@ -41,6 +41,11 @@ def cores(cpu_milli: int) -> str:
     return f"{cpu_milli / 1000:g}"
 
 
+def cores_phrase(cpu_milli: int) -> str:
+    """``1 core``, ``0.25 cores``, ``2 cores``."""
+    return f"{cores(cpu_milli)} core" + ("" if cpu_milli == 1000 else "s")
+
+
 def gib(mem_mib: int) -> str:
     """MiB as GiB with at most two decimals: 1792 -> ``1.75``, 65536 -> ``64``."""
     return f"{round(mem_mib / 1024, 2):g}"
@@ -127,7 +132,7 @@ def vm_details(vm: m.VmInfo) -> str:
         ("name", vm.name),
         ("state", str(vm.state)),
         ("reason", _dash(vm.reason)),
-        ("size", f"{vm.size} ({cores(vm.cpu_milli)} cores, {gib(vm.mem_mib)} GiB)"),
+        ("size", f"{vm.size} ({cores_phrase(vm.cpu_milli)}, {gib(vm.mem_mib)} GiB)"),
         ("image", vm.image),
         ("region", _dash(vm.region)),
         ("availability set", _dash(vm.availability_set)),

@@ -1,6 +1,7 @@
 // Stratus portal, the detail pages: a VM, a host, the image gallery, networks, usage and cost.
 // Routed by the URL's hash (#/vm/NAME, #/host/ID, #/images, #/networks, #/usage); #/ is the overview
-// (portal.js). Uses portal.js's api(), element(), badge(), bar(), confirmThen() and view.
+// (portal.js). Uses portal.js's api(), element(), badge(), bar(), coresPhrase(), confirmThen() and
+// view.
 "use strict";
 
 const TIMELINE_QUIET_MS = 600;  // the replay of /v1/events is over once it is quiet this long
@@ -103,7 +104,7 @@ async function showVm(name) {
     element("p", { class: "links" },
       link(`/console.html?vm=${encodeURIComponent(vm.name)}`, "Open console"), " · ",
       link("#/", "back to overview")),
-    facts([["State", badge(vm.state)], ["Size", `${vm.size} (${cores(vm.cpu_milli)} cores, ${gib(vm.mem_mib)} GiB)`],
+    facts([["State", badge(vm.state)], ["Size", `${vm.size} (${coresPhrase(vm.cpu_milli)}, ${gib(vm.mem_mib)} GiB)`],
       ["Image", vm.image], ["Host", hostLink(vm.host)], ["Region", vm.region || (host && host.region) || "any"],
       ["Availability set", vm.availability_set || "–"], ["Generation", vm.generation],
       ["Reason", vm.reason || "–"], ["Created", when(vm.created_at)], ["Updated", when(vm.updated_at)]]),

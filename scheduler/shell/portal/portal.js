@@ -62,7 +62,7 @@ async function loadSizes() {
   view.sizes = (await api("GET", "/v1/sizes")).sizes;
   const select = $("#create-form select[name=size]");
   select.replaceChildren(...view.sizes.map((size) => {
-    const label = `${size.name} (${cores(size.cpu_milli)} cores, ${gib(size.mem_mib)} GiB)`;
+    const label = `${size.name} (${coresPhrase(size.cpu_milli)}, ${gib(size.mem_mib)} GiB)`;
     return option(size.name, label);
   }));
   select.value = view.sizes.some((size) => size.name === "Small") ? "Small" : select.value;
@@ -163,6 +163,7 @@ function applyHost(event) {
 
 const cores = (milli) => `${+(milli / 1000).toFixed(2)}`;
 const gib = (mib) => `${+(mib / 1024).toFixed(2)}`;
+const coresPhrase = (milli) => `${cores(milli)} ${milli === 1000 ? "core" : "cores"}`;
 
 function element(tag, attributes = {}, ...children) {
   const node = document.createElement(tag);

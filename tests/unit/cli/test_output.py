@@ -129,7 +129,7 @@ def test_size_table() -> None:
 def test_vm_details_lists_every_field() -> None:
     text = output.vm_details(make_vm("web-1", availability_set="web"))
     assert "name:             web-1" in text
-    assert "size:             Small (1 cores, 1.75 GiB)" in text
+    assert "size:             Small (1 core, 1.75 GiB)" in text
     assert "availability set: web" in text
     assert "reason:           -" in text
     assert "created:          2025-01-02T03:04:05+00:00" in text
