@@ -66,3 +66,7 @@ def port_pair(text: str) -> tuple[int | None, int]:
 def cidr(text: str) -> str:
     """An address range like ``203.0.113.0/24``; a bare address means just it (``/32``)."""
     return text if "/" in text else f"{text}/32"
+
+
+AUTO_HTTP = "auto"
+"""``stratus up --http`` without an address: 127.0.0.1 from port 8080, or the first free run."""

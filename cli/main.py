@@ -307,10 +307,11 @@ def _add_local_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
         "--http",
         dest="http_listen",
         nargs="?",
-        const=DEFAULT_HTTP_LISTEN,
+        const=argtypes.AUTO_HTTP,
         default=None,
         metavar="ADDR",
-        help=f"also serve the portal and HTTP API (default {DEFAULT_HTTP_LISTEN}), with a "
+        help=f"also serve the portal and HTTP API (default {DEFAULT_HTTP_LISTEN}, or the next "
+        "free port), with a "
         "generated bearer token printed at start",
     )
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from nats.aio.client import Client
 
 from cli import output, qemukit
+from cli.args import AUTO_HTTP
 from cli.client import StratusClient, connect
 from cli.local import (
     DEFAULT_PORT,
@@ -42,6 +43,24 @@ UP_HINTS = """try:  stratus vm create web-1 --size Small --wait
       stratus vm list
       stratus host list
 Ctrl-C stops the cluster."""
+
+
+HTTP_FIRST_PORT = 8080
+HTTP_PORTS_TRIED = 100
+
+
+def http_listen_for(
+    requested: str | None, schedulers: int, first_port: int = HTTP_FIRST_PORT
+) -> str | None:
+    """The portal's address: as given, or (``--http`` alone) the first port from 8080 such that
+    every scheduler of the cluster finds its own port (the first's, and the next ones) free."""
+    if requested != AUTO_HTTP:
+        return requested
+    for base in range(first_port, first_port + HTTP_PORTS_TRIED):
+        if all(port_is_free(base + offset) for offset in range(schedulers)):
+            return f"127.0.0.1:{base}"
+    last = first_port + HTTP_PORTS_TRIED - 1
+    raise StratusError(f"no free port for the portal in {first_port}-{last}: use --http ADDR")
 
 
 def _up_port(requested: int | None) -> int:
@@ -82,6 +101,8 @@ def _spec(args: argparse.Namespace) -> ClusterSpec:
     if args.hosts < 1:
         raise StratusError("--hosts must be at least 1")
     data_dir = Path(args.data_dir).resolve()
+    schedulers = getattr(args, "schedulers", 1)
+    http_listen = http_listen_for(args.http_listen, schedulers)
     return ClusterSpec(
         data_dir=data_dir,
         hosts=args.hosts,
@@ -91,9 +112,9 @@ def _spec(args: argparse.Namespace) -> ClusterSpec:
         log_level=args.log_level.upper(),
         agent_config=Path(args.agent_config).resolve() if args.agent_config else None,
         boot_dir=qemukit.ensure_boot_kit(data_dir / "boot") if args.driver == "qemu" else None,
-        http_listen=args.http_listen,
-        api_token=secrets.token_urlsafe(32) if args.http_listen else "",
-        schedulers=getattr(args, "schedulers", 1),
+        http_listen=http_listen,
+        api_token=secrets.token_urlsafe(32) if http_listen else "",
+        schedulers=schedulers,
     )
 
 

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from cli import demo, local
+from cli.args import AUTO_HTTP
+from cli.up import http_listen_for
 from common import messages as m
 from common.config import AZURE_SIZES
 from common.errors import StratusError
@@ -118,3 +120,18 @@ def test_two_schedulers_have_their_own_stores_and_http_ports() -> None:
 def test_more_schedulers_than_two_are_refused(tmp_path: Path) -> None:
     with pytest.raises(StratusError, match="--schedulers"):
         local.start_cluster(local.ClusterSpec(data_dir=tmp_path, schedulers=3))
+
+
+def test_http_alone_takes_the_first_run_of_free_ports_past_a_taken_one() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        chosen = http_listen_for(AUTO_HTTP, schedulers=2, first_port=busy)
+        assert chosen is not None
+        host, _, port = chosen.rpartition(":")
+        assert host == "127.0.0.1" and int(port) > busy
+        assert local.port_is_free(int(port)) and local.port_is_free(int(port) + 1)
+        # An address given by the operator is theirs: taken or not, it is kept.
+        assert http_listen_for(f"127.0.0.1:{busy}", schedulers=1) == f"127.0.0.1:{busy}"
+        assert http_listen_for(None, schedulers=1) is None
