@@ -21,9 +21,13 @@ from hostagent.stimuli import (
     AdmitHeld,
     ApplyNetworks,
     CommandsReceived,
+    DriverCancelMigration,
     DriverDestroy,
+    DriverFinishIncoming,
     DriverForget,
+    DriverMigrateOut,
     DriverPause,
+    DriverPrepareIncoming,
     DriverResume,
     DriverStart,
     DriverStop,
@@ -88,6 +92,10 @@ class SyncAgent:
                     | DriverForget()
                     | DriverPause()
                     | DriverResume()
+                    | DriverPrepareIncoming()
+                    | DriverMigrateOut()
+                    | DriverCancelMigration()
+                    | DriverFinishIncoming()
                 ):
                     done = run_now(drive(self.driver, instruction))
                 case _:

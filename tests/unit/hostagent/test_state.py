@@ -13,7 +13,15 @@ from hypothesis import given, settings, strategies as st
 from msgspec.structs import replace
 
 from common import codec
-from common.messages import AgentCommand, DeleteVm, ObservedState, ResumeVm, StartVm, StopVm
+from common.messages import (
+    AgentCommand,
+    DeleteVm,
+    ObservedState,
+    PrepareIncoming,
+    ResumeVm,
+    StartVm,
+    StopVm,
+)
 from common.network_messages import ConfigureNetworks
 from hostagent.execlog import ExecEvent
 from hostagent.stimuli import (
@@ -124,7 +132,7 @@ class Run:
 
     def command(self, command: AgentCommand) -> None:
         assert not isinstance(command, ConfigureNetworks)  # host-level: tests of its own
-        name = command.vm.name if isinstance(command, StartVm) else command.name
+        name = command.vm.name if isinstance(command, StartVm | PrepareIncoming) else command.name
         held_before = self.agent.held().get(name)
         start_at = len(self.agent.log)
         self.agent.execute([command], self.now_s)
