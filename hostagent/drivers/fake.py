@@ -223,6 +223,8 @@ class FakeDriver:
 
     def _drop(self, name: str) -> None:
         vm = self._vms.pop(name, None)
+        if vm is not None and vm.outgoing is not None:
+            vm.outgoing.cancelled.set()  # a killed VM sends nothing more
         for nic in vm.spec.nics if vm is not None else ():
             tap = tap_name(name, nic.index)
             if self._taps.get(tap) == name:
@@ -270,9 +272,8 @@ class FakeDriver:
         ]
 
     async def close(self) -> None:
-        for vm in self._vms.values():
-            if vm.outgoing is not None:
-                vm.outgoing.cancelled.set()
+        for name in list(self._vms):
+            self._drop(name)
         self._vms.clear()
         self._taps.clear()
 
@@ -324,10 +325,10 @@ class FakeDriver:
                         await outgoing.cancelled.wait()
         finally:
             vm.outgoing = None
-        if outgoing.cancelled.is_set():
-            raise DriverError(f"migration of vm {name} cancelled", retryable=True)
         if self._vms.get(name) is not vm:
             raise DriverError(f"vm {name} was removed while migrating", retryable=True)
+        if outgoing.cancelled.is_set():
+            raise DriverError(f"migration of vm {name} cancelled", retryable=True)
         vm.state = ObservedState.HANDED_OVER  # paused here for good
         vm.console.append(
             f"fake-migration: handed over to {target.address}:{target.migration_port}\r\n".encode()
