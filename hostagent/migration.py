@@ -15,8 +15,9 @@ What this module decides:
   background (the VM runs on; the report says ``sending``, with the driver's progress), then
   ``handed_over`` and ``sent``, or back to ``running`` with ``failed`` and the reason. A repeat
   for the same attempt, while it runs or after it ended, changes nothing. A VM that is not here
-  at that generation is left alone (nothing is reported); one here but not running (fenced) is
-  reported ``failed``. ``CancelMigration`` acts beside the copy it ends, as a fence's pause does.
+  at that generation, or is not one that could be a source (incoming, handed over, starting),
+  is left alone (nothing is reported); one here but paused (fenced) is reported ``failed``.
+  ``CancelMigration`` acts beside the copy it ends, as a fence's pause does.
 - fencing: an outgoing migration is cancelled before its VM is paused; an ``incoming`` or
   ``handed_over`` VM does not execute and stays as it is.
 - reports: the last ``MigrationReport`` of a VM stays in its inventory entry until the next
@@ -264,8 +265,11 @@ class Migrations:
                 )
             )
             return False
-        if held.state is not ObservedState.RUNNING:
-            self._fail(name, attempt, target, f"vm is {held.state}, not running", out)
+        if held.state is ObservedState.PAUSED:  # fenced: it may not leave before it runs
+            self._fail(name, attempt, target, "vm is paused, not running", out)
+            return False
+        if held.state is not ObservedState.RUNNING:  # incoming, handed over: not a source
+            out.append(Note.info("migrate out ignored vm=%s state=%s", name, held.state))
             return False
         if not leased:
             out.append(

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import msgspec
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from common.messages import (
     AgentCommand,
@@ -60,6 +61,7 @@ from hostagent.stimuli import (
 )
 from tests.unit.hostagent.conftest import TEMPLATE, ack_for, make_spec, make_state
 from tests.unit.hostagent.syncagent import INSTANT, ROOMY, SyncAgent, run_now
+from tests.unit.hostagent.test_state import Run
 
 UNDERLAY = "10.0.0.1"
 HERE = msgspec.structs.replace(TEMPLATE, underlay_ip=UNDERLAY)
@@ -332,6 +334,15 @@ def test_migrate_out_of_a_vm_not_here_at_its_generation_reports_nothing(
     assert state.mig.reports == {}
 
 
+def test_migrate_out_of_an_incoming_vm_leaves_its_ready_report() -> None:
+    """An incoming VM is no source: its destination report must stand for its own attempt."""
+    agent = sync_agent()
+    agent.execute([prepare()], 100.5)
+    before = agent.heartbeat(100.6)
+    agent.execute([migrate_out(generation=T, attempt=T + 1)], 100.7)
+    assert report_of(agent.heartbeat(100.8)) == report_of(before)
+
+
 def test_migrate_out_of_a_fenced_vm_reports_failed() -> None:
     state = bare_state()
     paused = [observed(state=ObservedState.PAUSED)]
@@ -491,3 +502,44 @@ def test_a_driver_that_cannot_migrate_fails_every_migration_call() -> None:
     for op in calls:
         done = run_now(drive(driver, op))
         assert (done.error, done.retryable) == ("driver plain cannot migrate", False)
+
+
+# --------------------------------------------------------------------------- histories
+
+one_vm = st.just("vm-a")
+two_generations = st.integers(1, 2)
+attempt_steps = st.one_of(
+    st.tuples(
+        st.just("command"),
+        st.one_of(
+            st.builds(lambda n, g: StartVm(vm=make_spec(n), generation=g), one_vm, two_generations),
+            st.builds(lambda n, g: DeleteVm(name=n, generation=g), one_vm, two_generations),
+            st.builds(lambda n, g: ResumeVm(name=n, generation=g), one_vm, two_generations),
+            st.builds(lambda n, g: prepare(n, g), one_vm, two_generations),
+            st.builds(lambda n, g: migrate_out(n, g, g + 1), one_vm, two_generations),
+            st.builds(lambda n, g: FinishIncoming(name=n, generation=g), one_vm, two_generations),
+            st.builds(lambda n, g: cancel(n, g, g + 1), one_vm, two_generations),
+        ),
+    ),
+    st.tuples(st.just("advance"), st.sampled_from([0.5, 5.0])),
+    st.tuples(st.just("fence"), st.none()),
+    st.tuples(st.just("beat"), st.sampled_from(["acked", "lost"])),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(attempt_steps, max_size=30))
+def test_attempt_histories_keep_the_agent_promises(history: list[tuple[str, object]]) -> None:
+    """Both sides of attempts on one VM, with leases lost and renewed: nothing executes without
+    a lease or on a fenced host, a handed-over VM never runs again, an incoming one only on
+    FinishIncoming (Run checks each step), and every report names its VM's attempt."""
+    run = Run()
+    run.beat(acked=True, held=False)
+    for kind, arg in history:
+        run.step(kind, arg)
+        for vm in run.agent.state.inventory(run.agent.driver.inventory()):
+            report = vm.migration
+            if vm.state is ObservedState.HANDED_OVER:
+                assert report is not None and report.status is MigrationStatus.SENT
+            if vm.state is ObservedState.INCOMING and report is not None:
+                assert report.attempt == vm.generation
