@@ -16,7 +16,8 @@ What this module decides:
   ``handed_over`` and ``sent``, or back to ``running`` with ``failed`` and the reason. A repeat
   for the same attempt, while it runs or after it ended, changes nothing. A VM that is not here
   at that generation, or is not one that could be a source (incoming, handed over, starting),
-  is left alone (nothing is reported); one here but paused (fenced) is reported ``failed``.
+  is left alone (nothing is reported); one here but paused (fenced) is reported ``failed``, and
+  a handed-over one whose report was lost (the agent restarted) is reported ``sent`` again.
   ``CancelMigration`` acts beside the copy it ends, as a fence's pause does.
 - fencing: an outgoing migration is cancelled before its VM is paused; an ``incoming`` or
   ``handed_over`` VM does not execute and stays as it is.
@@ -84,8 +85,8 @@ class Migrations:
         """The last report of each VM, until the next migration command for it."""
         self.outgoing: dict[str, DriverMigrateOut] = {}
         """The outgoing migrations the driver is carrying out, by VM."""
-        self.cancelling: set[str] = set()
-        """Outgoing migrations asked to end (by ``CancelMigration`` or the fence)."""
+        self.cancelling: dict[str, str] = {}
+        """Outgoing migrations asked to end (by ``CancelMigration`` or the fence), and why."""
         self.progress: dict[str, Progress] = {}
         """The last progress the shell saw of each outgoing migration."""
 
@@ -268,7 +269,13 @@ class Migrations:
         if held.state is ObservedState.PAUSED:  # fenced: it may not leave before it runs
             self._fail(name, attempt, target, "vm is paused, not running", out)
             return False
-        if held.state is not ObservedState.RUNNING:  # incoming, handed over: not a source
+        if held.state is ObservedState.HANDED_OVER and report is None:
+            # Handed over, its report lost with a restarted agent: only a MigrateOut hands a
+            # VM over, and the destination refuses to run a VM whose state never came.
+            sent = MigrationReport(attempt=attempt, peer=target, status=MigrationStatus.SENT)
+            self._report(name, sent, out)
+            return False
+        if held.state is not ObservedState.RUNNING:  # incoming, starting: not a source
             out.append(Note.info("migrate out ignored vm=%s state=%s", name, held.state))
             return False
         if not leased:
@@ -298,7 +305,7 @@ class Migrations:
         command = op.command
         name, attempt, target = command.name, command.target_generation, command.target
         del self.outgoing[name]
-        self.cancelling.discard(name)
+        why = self.cancelling.pop(name, None)
         progress = self.progress.pop(name, None)
         if error is None:
             total_mib = max(progress) if progress is not None else 0
@@ -321,7 +328,7 @@ class Migrations:
                 )
             )
             return
-        self._fail(name, attempt, target, error, out)
+        self._fail(name, attempt, target, error if why is None else f"{why}: {error}", out)
         out.append(
             Note.warning("vm migration failed vm=%s attempt=%d error=%s", name, attempt, error)
         )
@@ -342,7 +349,7 @@ class Migrations:
                 )
             )
             return
-        self._cancel(op, "cancelled", out)
+        self._cancel(op, "cancelled by the scheduler", out)
 
     def fence(self, out: list[Instruction]) -> None:
         """The lease ran out: every outgoing migration ends (its VM is then paused)."""
@@ -352,7 +359,7 @@ class Migrations:
     def _cancel(self, op: DriverMigrateOut, why: str, out: list[Instruction]) -> None:
         if op.name in self.cancelling:
             return
-        self.cancelling.add(op.name)
+        self.cancelling[op.name] = why
         attempt = op.command.target_generation
         out.append(Note.info("vm migration %s vm=%s attempt=%d", why, op.name, attempt))
         out.append(DriverCancelMigration(op.name, op.generation, attempt))

@@ -418,6 +418,31 @@ def test_a_fence_cancels_the_outgoing_migration_before_pausing_the_vm() -> None:
     assert decisions(state.handle(FenceTick(running), 104.6)) == [], "cancelled once"
 
 
+def test_a_migration_ended_by_the_fence_says_so() -> None:
+    state = bare_state()
+    running = [observed()]
+    state.handle(CommandsReceived([migrate_out()], running), 100.5)
+    state.handle(FenceTick(running), 104.5)
+    paused = [observed(state=ObservedState.PAUSED)]
+    state.handle(OpDone(DriverMigrateOut(migrate_out()), paused, "migration cancelled"), 104.6)
+    vm_state, report = report_of(heartbeat(state, paused, 104.7))
+    assert vm_state is ObservedState.PAUSED
+    assert report is not None and report.status is MigrationStatus.FAILED
+    assert report.detail == "cancelled, lease lost: migration cancelled"
+
+
+def test_a_handed_over_vm_whose_report_was_lost_reports_sent_again() -> None:
+    """An agent restarted after the hand-over (a real driver keeps the VM) has no report: the
+    scheduler's repeated MigrateOut gets ``sent`` again, so the switchover can go on."""
+    state = bare_state()
+    handed_over = [observed(state=ObservedState.HANDED_OVER)]
+    assert decisions(state.handle(CommandsReceived([migrate_out()], handed_over), 100.5)) == [
+        REPORT_NOW
+    ]
+    _, report = report_of(heartbeat(state, handed_over, 100.6))
+    assert report == MigrationReport(attempt=T, peer="h2", status=MigrationStatus.SENT)
+
+
 def test_a_fence_leaves_incoming_and_handed_over_vms_as_they_are() -> None:
     state = bare_state()
     held = [
