@@ -86,6 +86,8 @@ async def hosts(nc: Client, agents: dict[str, Agent]) -> AsyncIterator[tuple[Hos
     source, target = Host(nc, "h1"), Host(nc, "h2")
     for host in (source, target):
         await host.start()
+    # two agents starting on a busy machine may take a while before their first heartbeat
+    await wait_until(lambda: bool(source.acked_seqs and target.acked_seqs), timeout_s=20)
     for host in (source, target):
         await host.wait_acked()
     yield source, target
@@ -128,15 +130,19 @@ async def test_a_vm_moves_from_one_agent_to_the_other(
     assert (ready.peer, ready.address) == ("h1", "127.0.0.2")
     assert ready.migration_port > 0 and ready.nbd_port > 0
 
-    await source.command(migrate_out("vm-1", ready))
-    await wait_until(
-        lambda: source.sees("vm-1", ObservedState.RUNNING, MigrationStatus.SENDING),
-        message="sending while it runs",
-    )
+    await source.command(migrate_out("vm-1", ready, cap_mib_s=512))  # 0.3 s + 2 s
     await wait_until(
         lambda: source.sees("vm-1", ObservedState.HANDED_OVER, MigrationStatus.SENT, 1),
         message="handed over",
     )
+    sending = [
+        vm.migration
+        for heartbeat in source.heartbeats
+        for vm in heartbeat.vms
+        if vm.name == "vm-1" and vm.state is ObservedState.RUNNING and vm.migration
+    ]
+    assert sending and all(r.status is MigrationStatus.SENDING for r in sending)
+    assert sending[0].attempt == 2
     sent = source.report("vm-1")
     assert sent is not None and (sent.peer, sent.attempt) == ("h2", 2)
     assert sent.transferred_mib == sent.total_mib == 1024
