@@ -159,6 +159,10 @@ class AgentConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     fence_after_s: PositiveS = 4.0
     """Used until the scheduler's first ack tells the cluster's value."""
     fake_start_delay_s: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    fake_migration_setup_s: Annotated[float, msgspec.Meta(ge=0)] = 0.5
+    """The fake driver's live migration: a fixed cost, plus memory and data disks at
+    ``fake_migration_bandwidth_mib_s`` (hostagent/drivers/fake.py ``MigrationModel``)."""
+    fake_migration_bandwidth_mib_s: Annotated[float, msgspec.Meta(gt=0)] = 1024.0
     underlay_ip: str = ""
     """The IPv4 address other hosts reach this one at (VXLAN between hosts, endpoints); empty:
     none, so this host's VMs reach no VM on another host and its endpoints have no address.

@@ -27,6 +27,7 @@ from common.messages import (
     HostEvent,
     HostState,
     JobRejected,
+    PrepareIncoming,
     Size,
     StartVm,
     VmEvent,
@@ -57,7 +58,7 @@ so: ``*`` is not allowed in VM names)."""
 def command_key(command: AgentCommand) -> VmName:
     """Which earlier command a command replaces (for resend suppression): the VM's, or the
     host's network configuration."""
-    if isinstance(command, StartVm):
+    if isinstance(command, StartVm | PrepareIncoming):
         return VmName(command.vm.name)
     if isinstance(command, ConfigureNetworks):
         return NETWORKS_KEY
