@@ -255,11 +255,12 @@ class CaptureDisk(msgspec.Struct, tag="capture_disk", kw_only=True):
     image: ImageNameField
 
 
-AgentCommand = StartVm | StopVm | DeleteVm | ResumeVm | CaptureDisk | ConfigureNetworks
-
 MigrationCommand = PrepareIncoming | MigrateOut | CancelMigration | FinishIncoming
-"""The live-migration commands (common/migration_messages.py); they join ``AgentCommand`` as
-agents and scheduler learn them."""
+"""The live-migration commands (common/migration_messages.py)."""
+
+AgentCommand = (
+    StartVm | StopVm | DeleteVm | ResumeVm | CaptureDisk | ConfigureNetworks | MigrationCommand
+)
 
 
 class HostCommands(msgspec.Struct, kw_only=True):

@@ -38,7 +38,7 @@ from scheduler.core.contract import Action, Emit, Now, Reply, SendCommands
 from scheduler.placement.hostviews import HostViews
 from scheduler.placement.pipeline import PlacementPolicy
 from scheduler.state.cluster import ClusterState
-from scheduler.state.model import VmRecord
+from scheduler.state.model import MigrationRecord, VmRecord
 from scheduler.state.storage import DiskRecord, EndpointRecord, NicRecord
 
 
@@ -112,6 +112,9 @@ class StepContext:
         recovering: bool | Keep = KEEP,
         nics: list[NicRecord] | Keep = KEEP,
         endpoints: list[EndpointRecord] | Keep = KEEP,
+        migration: MigrationRecord | Keep | None = KEEP,
+        max_generation: int | Keep = KEEP,
+        migrated_at: datetime | Keep | None = KEEP,
     ) -> None:
         """Change fields of ``record``, keeping the indexes, the store and the event stream
         right: a change of state must be in the transition table, and is emitted."""
@@ -134,6 +137,9 @@ class StepContext:
             ("recovering", recovering),
             ("nics", nics),
             ("endpoints", endpoints),
+            ("migration", migration),
+            ("max_generation", max_generation),
+            ("migrated_at", migrated_at),
         )
         self.state.before_change(record)
         for name, value in changes:  # the signature above is what mypy checks

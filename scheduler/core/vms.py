@@ -45,7 +45,7 @@ def create(ctx: StepContext, body: CreateVm) -> VmName | VmReply:
             ErrorCode.INSUFFICIENT_CAPACITY,
             f"size {size.name} ({size.resources}) is larger than every host in {where}",
         )
-    generation = existing.generation + 1 if existing is not None else 1
+    generation = existing.next_generation() if existing is not None else 1
     new_disks, serial = disks.initial_disks(
         name, generation, image.name, image.sha256, body.data_disks_mib
     )
