@@ -365,6 +365,16 @@ class HeartbeatAck(msgspec.Struct, kw_only=True):
 # JetStream stream on stratus.events.>; one event per state change, numbered by ``seq``.
 
 
+class MigrationOutcome(StrEnum):
+    """What a VM event says of a live migration (``VmEvent.migration_outcome``)."""
+
+    STARTED = "started"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    """Ended without a switchover (failed, timed out, cancelled): the VM runs where it was,
+    or, if its source host died, it is placed again as after any host death."""
+
+
 class VmEvent(msgspec.Struct, tag="vm", kw_only=True):
     seq: int
     time: datetime
@@ -378,6 +388,10 @@ class VmEvent(msgspec.Struct, tag="vm", kw_only=True):
     nics: list[NicInfo] = []
     endpoints: list[EndpointInfo] = []
     """Where the VM's endpoints answer now (after a move: on its new host)."""
+    migration: MigrationInfo | None = None
+    """The live migration this event is about (under way, or just ended)."""
+    migration_outcome: MigrationOutcome | None = None
+    """Set on the events that start and end a live migration."""
 
 
 class HostEvent(msgspec.Struct, tag="host", kw_only=True):

@@ -27,6 +27,8 @@ from common.messages import (
     HostEvent,
     HostState,
     JobRejected,
+    MigrationOutcome,
+    PrepareIncoming,
     Size,
     StartVm,
     VmEvent,
@@ -35,6 +37,7 @@ from common.messages import (
 from common.network_messages import ConfigureNetworks, EndpointInfo, NicInfo
 from scheduler.core import transitions
 from scheduler.core.contract import Action, Emit, Now, Reply, SendCommands
+from scheduler.core.views import migration_info
 from scheduler.placement.hostviews import HostViews
 from scheduler.placement.pipeline import PlacementPolicy
 from scheduler.state.cluster import ClusterState
@@ -57,7 +60,7 @@ so: ``*`` is not allowed in VM names)."""
 def command_key(command: AgentCommand) -> VmName:
     """Which earlier command a command replaces (for resend suppression): the VM's, or the
     host's network configuration."""
-    if isinstance(command, StartVm):
+    if isinstance(command, StartVm | PrepareIncoming):
         return VmName(command.vm.name)
     if isinstance(command, ConfigureNetworks):
         return NETWORKS_KEY
@@ -176,7 +179,15 @@ class StepContext:
         self.carry.event_seq += 1
         return self.carry.event_seq
 
-    def emit_vm(self, record: VmRecord) -> None:
+    def emit_vm(
+        self,
+        record: VmRecord,
+        outcome: MigrationOutcome | None = None,
+        migration: MigrationRecord | None = None,
+    ) -> None:
+        """A VM event; ``outcome`` (with the ``migration`` it ended, if it did) for the events
+        that start and end a live migration."""
+        about = migration or record.migration
         event = VmEvent(
             seq=self.next_seq(),
             time=self.now.wall,
@@ -188,6 +199,8 @@ class StepContext:
             size=record.size,
             nics=_nic_infos(record.nics) if record.nics else [],
             endpoints=_endpoint_infos(record.endpoints) if record.endpoints else [],
+            migration=migration_info(about) if about is not None else None,
+            migration_outcome=outcome,
         )
         self.actions.append(Emit(event))
 

@@ -25,12 +25,12 @@ from common.messages import (
     VmState,
 )
 from common.resources import ZERO
-from scheduler.core import disks, drain, hostnets, lifecycle, networks, views
+from scheduler.core import disks, drain, hostnets, lifecycle, migration_flow, networks, views
 from scheduler.core.context import StepContext
 from scheduler.core.contract import Ack, Op
 from scheduler.core.liveness import claim_after_s, expired_hosts
 from scheduler.core.reconciler import Outcome, Transition, reconcile_host
-from scheduler.state.model import HostRecord, HostRuntime
+from scheduler.state.model import HostRecord, HostRuntime, VmRecord
 
 # --------------------------------------------------------------------------- heartbeats
 
@@ -122,7 +122,8 @@ def _reconcile(ctx: StepContext, host: HostId, runtime: HostRuntime) -> None:
     state = ctx.state
     state.touched_hosts.discard(host)
     assigned = {name: state.vms[name] for name in state.by_host.get(host, ())}
-    result = reconcile_host(host, assigned, runtime.observed)
+    incoming = {name: _attempt(state.vms[name]) for name in state.incoming.get(host, ())}
+    result = reconcile_host(host, assigned, runtime.observed, incoming)
     orphaned = sum((vm.resources for vm in result.orphans), ZERO)
     if orphaned != runtime.orphaned:
         runtime.orphaned = orphaned
@@ -132,6 +133,13 @@ def _reconcile(ctx: StepContext, host: HostId, runtime: HostRuntime) -> None:
     for transition in result.transitions:
         _apply(ctx, transition, host)
     ctx.send(host, result.commands)
+    if state.migrating and migration_flow.observe(ctx, host, runtime.observed):
+        runtime.settled = False  # a migration follows every report of its hosts
+
+
+def _attempt(record: VmRecord) -> int:
+    assert record.migration is not None
+    return record.migration.attempt
 
 
 def _ack(
@@ -232,8 +240,10 @@ def _declare_dead(ctx: StepContext, host: HostId) -> None:
     runtime.orphaned = ZERO
     state.stale_views.add(host)
     why = f"host {host} declared dead"
+    migration_flow.target_down(ctx, host)
     for name in sorted(state.by_host.get(host, ())):
         vm = state.vms[name]
+        migration_flow.abandon(ctx, vm, why)
         if vm.state is VmState.STOPPING:
             lifecycle.stopped(ctx, vm, why)
         elif vm.state is VmState.DELETING:

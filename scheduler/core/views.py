@@ -7,8 +7,9 @@ import msgspec
 from common.fields import ErrorBody, ErrorCode
 from common.image_messages import ImageInfo, ImageReply
 from common.messages import HostInfo, HostReply, HostState, VmInfo, VmReply
+from common.migration_messages import MigrationInfo
 from common.resources import ZERO, Resources
-from scheduler.state.model import HostRecord, HostRuntime, VmRecord
+from scheduler.state.model import HostRecord, HostRuntime, MigrationRecord, VmRecord
 from scheduler.state.storage import ImageRecord
 
 
@@ -27,6 +28,19 @@ def host_error(code: ErrorCode, detail: str) -> HostReply:
 def vm_info(record: VmRecord) -> VmInfo:
     """The record as the API shows it (its disks as ``DiskInfo``)."""
     return msgspec.convert(record, VmInfo, from_attributes=True)
+
+
+def migration_info(record: MigrationRecord) -> MigrationInfo:
+    return MigrationInfo(
+        source=record.source,
+        target=record.target,
+        attempt=record.attempt,
+        cause=record.cause,
+        phase=record.phase,
+        started_at=record.started_at,
+        transferred_mib=record.transferred_mib,
+        total_mib=record.total_mib,
+    )
 
 
 def image_info(image: ImageRecord) -> ImageInfo:

@@ -21,6 +21,7 @@ from common.messages import (
     VmRef,
     VmReply,
 )
+from common.migration_messages import MigrateVm
 from common.network_messages import (
     AddEndpoint,
     CreateVnet,
@@ -48,7 +49,7 @@ from scheduler.state.cluster import ClusterState
 from scheduler.state.model import HostRecord, VmRecord
 from scheduler.state.storage import ImageRecord, NetCounters, VnetRecord
 
-Body = CreateVm | VmRef | HostRef | AddEndpoint | RemoveEndpoint | CreateVnet | VnetRef
+Body = CreateVm | VmRef | HostRef | AddEndpoint | RemoveEndpoint | CreateVnet | VnetRef | MigrateVm
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 HOST_CAPACITY = Resources(8000, 16384)
 T = TypeVar("T")
