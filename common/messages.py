@@ -110,6 +110,9 @@ class HostRef(msgspec.Struct, kw_only=True):
 
     host_id: HostIdField
     request_id: RequestId | None = None
+    cold: bool = False
+    """host.drain: move the VMs by stop and start, not live (a drain migrates each running VM
+    live by default, and stops and starts only those that cannot migrate)."""
 
 
 class ListVms(msgspec.Struct, kw_only=True):
@@ -171,6 +174,8 @@ class HostInfo(msgspec.Struct, kw_only=True):
     """A drain is under way: the host is cordoned and its VMs are being moved elsewhere."""
     drain_remaining: int = 0
     """VMs of a draining host not yet running on another host."""
+    migrations: int = 0
+    """Live migrations under way from or to this host."""
 
 
 class VmReply(msgspec.Struct, omit_defaults=True):

@@ -24,8 +24,18 @@ from common.messages import (
     ObservedVm,
     VmState,
 )
+from common.migration_messages import MigrationCause
 from common.resources import ZERO
-from scheduler.core import disks, drain, hostnets, lifecycle, migration_flow, networks, views
+from scheduler.core import (
+    disks,
+    drain,
+    hostnets,
+    lifecycle,
+    migration_flow,
+    migrations,
+    networks,
+    views,
+)
 from scheduler.core.context import StepContext
 from scheduler.core.contract import Ack, Op
 from scheduler.core.liveness import claim_after_s, expired_hosts
@@ -175,6 +185,7 @@ def _register(ctx: StepContext, host: HostId, hb: Heartbeat) -> None:
         boot_id=hb.boot_id,
         drain_reported=record.drain_reported if record else None,
         underlay_ip=hb.underlay_ip,
+        drain_cold=record.drain_cold if record else False,
     )
     if record == fresh:
         return
@@ -280,9 +291,14 @@ def host_op(ctx: StepContext, op: Op, body: HostRef) -> HostId | HostReply:
             return views.host_error(ErrorCode.INSUFFICIENT_CAPACITY, problem)
     cordoned = op is not Op.UNCORDON
     draining = op is Op.DRAIN or (op is Op.CORDON and record.draining)
-    if (record.cordoned, record.draining) == (cordoned, draining):
+    cold = body.cold if op is Op.DRAIN else record.drain_cold and draining
+    if (record.cordoned, record.draining, record.drain_cold) == (cordoned, draining, cold):
         return host
-    record.cordoned, record.draining = cordoned, draining
+    if (record.cordoned, record.draining) == (cordoned, draining):  # only how to move changed
+        record.drain_cold = cold
+        ctx.host_changed(host)
+        return host
+    record.cordoned, record.draining, record.drain_cold = cordoned, draining, cold
     ctx.host_changed(host)
     reason = {Op.CORDON: "cordoned", Op.UNCORDON: "uncordoned", Op.DRAIN: "drain started"}
     record.drain_reported = _emit_host(ctx, host, _state_of(record.up), reason[op])
@@ -294,6 +310,26 @@ def _drain_capacity_problem(ctx: StepContext, host: HostId) -> str | None:
     sets = {r.availability_set for r in drain.movable(ctx.state, host)} - {None}
     members = {s: ctx.views.set_fault_domains(s) for s in sets if s is not None}
     return drain.check_capacity(ctx.state, host, ctx.views.all(), ctx.policy, members)
+
+
+def _move(ctx: StepContext, vm: VmRecord, host: HostId) -> None:
+    """Move a VM off draining ``host``: live, unless told not to or it cannot migrate."""
+    if ctx.state.hosts[host].drain_cold:
+        _move_cold(ctx, vm, host, "")
+        return
+    refusal = migrations.begin(ctx, vm, None, MigrationCause.DRAIN)
+    if refusal is None:
+        ctx.change_vm(vm, drained_from=host)
+    elif not refusal.later:  # busy hosts: tried again at a later step
+        _move_cold(ctx, vm, host, refusal.detail)
+
+
+def _move_cold(ctx: StepContext, vm: VmRecord, host: HostId, why_not_live: str) -> None:
+    why = f"moving off draining host {host}"
+    if why_not_live:
+        why += f" by stop and start: {why_not_live}"
+    ctx.change_vm(vm, state=VmState.STOPPING, reason=why, drained_from=host)
+    lifecycle.command(ctx, host, vm.name, vm.generation, stop=True)
 
 
 def host_info(ctx: StepContext, host: HostId) -> HostInfo:
@@ -324,12 +360,11 @@ def progress_drains(ctx: StepContext) -> None:
         return
     on_the_move = drain.moving(state)
     for host in draining:
+        for vm in drain.failed_live(state, host):
+            _move_cold(ctx, vm, host, f"live migration failed ({vm.reason})")
         step = drain.plan_drain(state, host, ctx.config.drain_parallelism, on_the_move)
         for name in step.move:
-            vm = state.vms[name]
-            why = f"moving off draining host {host}"
-            ctx.change_vm(vm, state=VmState.STOPPING, reason=why, drained_from=host)
-            lifecycle.command(ctx, host, name, vm.generation, stop=True)
+            _move(ctx, state.vms[name], host)
         record = state.hosts[host]
         if step.done:
             record.draining = False

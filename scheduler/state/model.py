@@ -185,6 +185,8 @@ class HostRecord(msgspec.Struct, kw_only=True):
     only when it changes). Stored, so a restart does not report the same count again."""
     underlay_ip: str = ""
     """Where other hosts reach this one (VXLAN peers, endpoints); empty: not reported."""
+    drain_cold: bool = False
+    """While draining: move the VMs by stop and start (``host drain --cold``), not live."""
 
 
 @dataclass(slots=True)

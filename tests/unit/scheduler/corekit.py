@@ -118,8 +118,9 @@ class CoreKit:
         assert len(replies) == 1
         return replies[0].body
 
-    def host_op(self, op: Op, host: str) -> list[Action]:
-        return self.step(Mutation(op, HostRef(host_id=host), next(self.tokens)))
+    def host_op(self, op: Op, host: str, *, cold: bool = False) -> list[Action]:
+        body = HostRef(host_id=host, cold=cold)
+        return self.step(Mutation(op, body, next(self.tokens)))
 
     def vnet(self, name: str, cidr: str, region: str | None = None) -> VnetReply:
         reply = self.ask(Op.VNET_CREATE, CreateVnet(name=name, cidr=cidr, region=region))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from common.fields import ErrorCode
+from common.ids import HostId
 from common.messages import (
     DeleteVm,
     MigrationOutcome,
@@ -24,6 +25,7 @@ from common.migration_messages import (
     MigrationPhase,
     MigrationStatus,
 )
+from common.network_messages import ConfigureNetworks, NicRequest
 from common.resources import ZERO, Resources
 from scheduler.core.contract import Op
 from scheduler.core.migrations import in_flight, last_migrated
@@ -444,3 +446,24 @@ def test_a_vm_reply_shows_the_migration_under_way() -> None:
         2,
         MigrationPhase.PREPARING,
     )
+
+
+def test_a_vm_with_a_nic_keeps_its_address_and_its_network_goes_to_the_destination_first() -> None:
+    kit = cluster("h1", "h2")
+    kit.vnet("front", "10.1.0.0/24")
+    kit.host_op(Op.CORDON, "h2")
+    kit.create("a", nics=[NicRequest(vnet="front")])
+    kit.host_op(Op.UNCORDON, "h2")
+    beat(kit, "h1", kit.running_on("h1"))
+    nics = kit.vm("a").nics
+    assert migrate(kit, "a", "h2").error is None
+    sent = commands(kit.actions, "h2")
+    assert [type(c) for c in sent] == [ConfigureNetworks, PrepareIncoming]
+    config = sent[0]
+    assert isinstance(config, ConfigureNetworks)
+    assert [lease.ip for lease in config.networks[0].leases] == [nics[0].ip]
+    beat(kit, "h2", [incoming("a", 2, "h1", READY)])
+    beat(kit, "h1", [handed_over("a", 1, 2, "h2")])
+    beat(kit, "h2", [vm_at("a", 2, ObservedState.RUNNING)])
+    assert kit.vm("a").host == "h2" and kit.vm("a").nics == nics
+    assert not kit.state.net.leases.get(HostId("h1")), "h1 no longer carries the network"
