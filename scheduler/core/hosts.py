@@ -341,6 +341,7 @@ def host_info(ctx: StepContext, host: HostId) -> HostInfo:
         len(state.by_host.get(host, ())),
         ctx.now.mono_s,
         drain_remaining=drain_remaining(ctx, host),
+        migrations=migrations.in_flight(state)[host] if state.migrating else 0,
     )
 
 

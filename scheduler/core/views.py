@@ -55,6 +55,7 @@ def host_info(
     now_s: float,
     *,
     drain_remaining: int = 0,
+    migrations: int = 0,
 ) -> HostInfo:
     return HostInfo(
         host_id=record.host_id,
@@ -72,4 +73,5 @@ def host_info(
         draining=record.draining,
         drain_remaining=drain_remaining,
         underlay_ip=record.underlay_ip or None,
+        migrations=migrations,
     )
