@@ -302,8 +302,8 @@ def _done(ctx: StepContext, record: VmRecord, migration: MigrationRecord) -> Non
 
 def _end(ctx: StepContext, record: VmRecord, reason: str) -> None:
     """The attempt is over without a switchover (or the VM was lost after it): the reservation
-    goes, the destination's copy is destroyed. A drain's VM keeps ``drained_from``: the drain
-    moves it by stop and start instead."""
+    goes, the destination's copy is destroyed. A VM of a host still draining keeps
+    ``drained_from``: the drain moves it by stop and start instead."""
     migration = record.migration
     assert migration is not None
     if migration.phase is not Phase.SWITCHING:
@@ -312,7 +312,10 @@ def _end(ctx: StepContext, record: VmRecord, reason: str) -> None:
     why = f"migration to {migration.target} failed: {reason}; the vm stays on {where}"
     if migration.phase is Phase.SWITCHING:
         why = f"migration to {migration.target} ended badly: {reason}"
-    ctx.change_vm(record, migration=None, reason=why)
+    source = ctx.state.hosts.get(migration.source)
+    draining = source is not None and source.draining and record.host == migration.source
+    drained_from = record.drained_from if draining else None
+    ctx.change_vm(record, migration=None, reason=why, drained_from=drained_from)
     ctx.emit_vm(record, MigrationOutcome.FAILED, migration)
 
 

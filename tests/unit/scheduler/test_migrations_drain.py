@@ -131,3 +131,16 @@ def test_a_vm_migrating_on_request_is_left_to_finish_by_a_drain() -> None:
     assert migration.phase is MigrationPhase.PREPARING
     hosts.rounds(10)
     assert drained(kit) and kit.vm("a").host == "h2"
+
+
+def test_a_live_move_that_fails_after_the_drain_was_called_off_leaves_the_vm_be() -> None:
+    kit, hosts = three_on_h1(drain_parallelism=1, migration_max_per_host=1)
+    hosts.refuse_out = {"a"}
+    hosts.carry_out(kit.host_op(Op.DRAIN, "h1"))
+    assert kit.vm("a").drained_from == "h1"
+    kit.host_op(Op.UNCORDON, "h1")
+    hosts.rounds(4)
+    record = kit.vm("a")
+    assert (record.host, record.state, record.migration) == ("h1", VmState.RUNNING, None)
+    assert record.drained_from is None, "no drain is moving it any more"
+    assert record.generation == 1
