@@ -196,19 +196,14 @@ def _add_migrate_commands(
     verb_parsers: argparse._SubParsersAction[argparse.ArgumentParser],
     common: list[argparse.ArgumentParser],
 ) -> None:
-    migrate = verb_parsers.add_parser(
-        "migrate", parents=common, help="move a running VM to another host, live"
-    )
-    migrate.add_argument("name", metavar="NAME", type=argtypes.vm_name)
+    migrate = verb_parsers.add_parser("migrate", parents=common, help="move a VM, live")
+    cancel = verb_parsers.add_parser("migrate-cancel", parents=common, help="end a migration")
+    for sub in (migrate, cancel):
+        sub.add_argument("name", metavar="NAME", type=argtypes.vm_name)
+        sub.add_argument("--request-id", metavar="ID", help=RETRY_HELP)
     migrate.add_argument("--to", metavar="HOST", help="destination (default: the scheduler's)")
-    migrate.add_argument("--request-id", metavar="ID", help=RETRY_HELP)
     _add_wait(migrate, "until the VM runs on its new host")
     migrate.set_defaults(handler=verbs.vm_migrate)
-    cancel = verb_parsers.add_parser(
-        "migrate-cancel", parents=common, help="end a VM's live migration; it stays put"
-    )
-    cancel.add_argument("name", metavar="NAME", type=argtypes.vm_name)
-    cancel.add_argument("--request-id", metavar="ID", help=RETRY_HELP)
     cancel.set_defaults(handler=verbs.vm_migrate_cancel)
 
 
@@ -300,12 +295,8 @@ def _add_host_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
         sub.add_argument("--request-id", metavar="ID", help=RETRY_HELP)
         if verb == "drain":
             _add_wait(sub, "until every VM has moved")
-            sub.add_argument(
-                "--cold",
-                action="store_true",
-                help="move the VMs by stop and start, not live (a live drain stops and starts "
-                "only the VMs that cannot migrate)",
-            )
+            cold = "move the VMs by stop and start, not live migration"
+            sub.add_argument("--cold", action="store_true", help=cold)
         sub.set_defaults(handler=handler)
 
 
