@@ -75,6 +75,21 @@ class SchedulerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     drain_parallelism: Annotated[int, msgspec.Meta(ge=1)] = 4
     """At most this many VMs of a draining host are on the move (stopped, not yet running
     elsewhere) at any time."""
+    migration_prepare_timeout_s: PositiveS = 60.0
+    """A live migration whose destination has not reported ready within this long is
+    cancelled (the VM runs on where it was)."""
+    migration_stall_timeout_s: PositiveS = 60.0
+    """A live migration whose copy has made no progress for this long is cancelled."""
+    migration_cancel_grace_s: PositiveS = 15.0
+    """A cancelled migration whose source no longer reports the attempt at all (an agent
+    restarted) is taken as ended after this long; one reported failed ends at once."""
+    migration_max_per_host: Annotated[int, msgspec.Meta(ge=1)] = 2
+    """At most this many live migrations touch one host (as source or destination) at once;
+    more are refused (``busy``), and a drain waits for a slot."""
+    migration_max_downtime_ms: Annotated[int, msgspec.Meta(ge=1)] = 100
+    """The longest a migrating VM may be paused for the last round (``MigrateOut``)."""
+    migration_max_bandwidth_mib_s: Annotated[int, msgspec.Meta(ge=0)] = 0
+    """Cap on a migration's copy rate; 0: no cap."""
     http_listen: str = ""
     """Address of the HTTP API and portal, like ``127.0.0.1:8080`` (port 0: any free port);
     empty means no HTTP server."""

@@ -110,6 +110,9 @@ class HostRef(msgspec.Struct, kw_only=True):
 
     host_id: HostIdField
     request_id: RequestId | None = None
+    cold: bool = False
+    """host.drain: move the VMs by stop and start, not live (a drain migrates each running VM
+    live by default, and stops and starts only those that cannot migrate)."""
 
 
 class ListVms(msgspec.Struct, kw_only=True):
@@ -171,6 +174,8 @@ class HostInfo(msgspec.Struct, kw_only=True):
     """A drain is under way: the host is cordoned and its VMs are being moved elsewhere."""
     drain_remaining: int = 0
     """VMs of a draining host not yet running on another host."""
+    migrations: int = 0
+    """Live migrations under way from or to this host."""
 
 
 class VmReply(msgspec.Struct, omit_defaults=True):
@@ -256,8 +261,11 @@ class CaptureDisk(msgspec.Struct, tag="capture_disk", kw_only=True):
 
 
 MigrationCommand = PrepareIncoming | MigrateOut | CancelMigration | FinishIncoming
-"""The live-migration commands (common/migration_messages.py); they join ``AgentCommand`` as
-agents and scheduler learn them."""
+"""The live-migration commands (common/migration_messages.py)."""
+
+AgentCommand = (
+    StartVm | StopVm | DeleteVm | ResumeVm | CaptureDisk | ConfigureNetworks | MigrationCommand
+)
 
 AgentCommand = (
     StartVm | StopVm | DeleteVm | ResumeVm | CaptureDisk | ConfigureNetworks | MigrationCommand
@@ -366,6 +374,16 @@ class HeartbeatAck(msgspec.Struct, kw_only=True):
 # JetStream stream on stratus.events.>; one event per state change, numbered by ``seq``.
 
 
+class MigrationOutcome(StrEnum):
+    """What a VM event says of a live migration (``VmEvent.migration_outcome``)."""
+
+    STARTED = "started"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    """Ended without a switchover (failed, timed out, cancelled): the VM runs where it was,
+    or, if its source host died, it is placed again as after any host death."""
+
+
 class VmEvent(msgspec.Struct, tag="vm", kw_only=True):
     seq: int
     time: datetime
@@ -379,6 +397,10 @@ class VmEvent(msgspec.Struct, tag="vm", kw_only=True):
     nics: list[NicInfo] = []
     endpoints: list[EndpointInfo] = []
     """Where the VM's endpoints answer now (after a move: on its new host)."""
+    migration: MigrationInfo | None = None
+    """The live migration this event is about (under way, or just ended)."""
+    migration_outcome: MigrationOutcome | None = None
+    """Set on the events that start and end a live migration."""
 
 
 class HostEvent(msgspec.Struct, tag="host", kw_only=True):

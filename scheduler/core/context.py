@@ -27,6 +27,7 @@ from common.messages import (
     HostEvent,
     HostState,
     JobRejected,
+    MigrationOutcome,
     PrepareIncoming,
     Size,
     StartVm,
@@ -36,10 +37,11 @@ from common.messages import (
 from common.network_messages import ConfigureNetworks, EndpointInfo, NicInfo
 from scheduler.core import transitions
 from scheduler.core.contract import Action, Emit, Now, Reply, SendCommands
+from scheduler.core.views import migration_info
 from scheduler.placement.hostviews import HostViews
 from scheduler.placement.pipeline import PlacementPolicy
 from scheduler.state.cluster import ClusterState
-from scheduler.state.model import VmRecord
+from scheduler.state.model import MigrationRecord, VmRecord
 from scheduler.state.storage import DiskRecord, EndpointRecord, NicRecord
 
 
@@ -113,6 +115,9 @@ class StepContext:
         recovering: bool | Keep = KEEP,
         nics: list[NicRecord] | Keep = KEEP,
         endpoints: list[EndpointRecord] | Keep = KEEP,
+        migration: MigrationRecord | Keep | None = KEEP,
+        max_generation: int | Keep = KEEP,
+        migrated_at: datetime | Keep | None = KEEP,
     ) -> None:
         """Change fields of ``record``, keeping the indexes, the store and the event stream
         right: a change of state must be in the transition table, and is emitted."""
@@ -135,6 +140,9 @@ class StepContext:
             ("recovering", recovering),
             ("nics", nics),
             ("endpoints", endpoints),
+            ("migration", migration),
+            ("max_generation", max_generation),
+            ("migrated_at", migrated_at),
         )
         self.state.before_change(record)
         for name, value in changes:  # the signature above is what mypy checks
@@ -171,7 +179,15 @@ class StepContext:
         self.carry.event_seq += 1
         return self.carry.event_seq
 
-    def emit_vm(self, record: VmRecord) -> None:
+    def emit_vm(
+        self,
+        record: VmRecord,
+        outcome: MigrationOutcome | None = None,
+        migration: MigrationRecord | None = None,
+    ) -> None:
+        """A VM event; ``outcome`` (with the ``migration`` it ended, if it did) for the events
+        that start and end a live migration."""
+        about = migration or record.migration
         event = VmEvent(
             seq=self.next_seq(),
             time=self.now.wall,
@@ -183,6 +199,8 @@ class StepContext:
             size=record.size,
             nics=_nic_infos(record.nics) if record.nics else [],
             endpoints=_endpoint_infos(record.endpoints) if record.endpoints else [],
+            migration=migration_info(about) if about is not None else None,
+            migration_outcome=outcome,
         )
         self.actions.append(Emit(event))
 
