@@ -34,7 +34,6 @@ import uvloop
 from bench.harness import Watch, machine, percentile, rig, submit_api, write_result
 from cli.client import StratusClient
 from common.messages import CreateVm, VmInfo, VmState
-from common.migration_messages import MigrateVm
 from rigs.counting import Copy, CounterWatch
 from rigs.netqemu import NetRig
 from rigs.qemukit import boot_kit
@@ -69,7 +68,7 @@ async def _move(
 ) -> dict[str, Any]:
     await watch.wait_for(lambda: len(watch.counts(source)) >= 20, 30, "counting before")
     started = time.monotonic()
-    await client.migrate_vm(MigrateVm(name=name, to=target))
+    await client.migrate_vm(name, to=target)
     await _settled(client, name, target, MOVE_TIMEOUT_S)
     total_s = time.monotonic() - started
     arrived = await _counting_copy(watch, target)

@@ -267,10 +267,6 @@ AgentCommand = (
     StartVm | StopVm | DeleteVm | ResumeVm | CaptureDisk | ConfigureNetworks | MigrationCommand
 )
 
-AgentCommand = (
-    StartVm | StopVm | DeleteVm | ResumeVm | CaptureDisk | ConfigureNetworks | MigrationCommand
-)
-
 
 class HostCommands(msgspec.Struct, kw_only=True):
     host_id: HostIdField

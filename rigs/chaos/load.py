@@ -25,7 +25,6 @@ from common import subjects
 from common.errors import ApiError
 from common.fields import ErrorCode
 from common.messages import CreateVm
-from common.migration_messages import MigrateVm
 from common.network_messages import NicRequest
 
 SIZES = {"ExtraSmall": (250, 768), "Small": (1000, 1792)}
@@ -130,8 +129,12 @@ class Load:
         """A live migration to wherever the scheduler chooses (refused while the VM is not
         running, or already moving: counted, not retried)."""
         request_id = self._next("rq-")
-        body = MigrateVm(name=name, request_id=request_id)
-        await self._retry(Op.MIGRATE, name, request_id, lambda: self.client.migrate_vm(body))
+        await self._retry(
+            Op.MIGRATE,
+            name,
+            request_id,
+            lambda: self.client.migrate_vm(name, request_id=request_id),
+        )
 
     async def _retry(
         self, op: Op, name: str, request_id: str, call: Callable[[], Awaitable[object]]

@@ -22,7 +22,6 @@ from nats.errors import Error as NatsError
 from cli.client import StratusClient
 from common.errors import ApiError
 from common.messages import CreateVm, VmInfo, VmState
-from common.migration_messages import MigrateVm
 from common.waiting import WaitTimeout, wait_until
 from rigs.chaos import consolewatch, disks, netns, observer
 from rigs.chaos.campaign import (
@@ -101,7 +100,7 @@ async def _mover(
         await asyncio.sleep(MIGRATE_EVERY_S * (0.5 + rng.random()))  # the load's own pace
         name = rng.choice(names)
         try:
-            await client.migrate_vm(MigrateVm(name=name))
+            await client.migrate_vm(name)
             report.outcomes["migrate_acked"] += 1
         except ApiError as exc:
             report.outcomes[f"migrate_refused_{exc.code}"] += 1

@@ -21,7 +21,6 @@ import pytest
 
 from cli.client import StratusClient
 from common.messages import CreateVm, VmInfo, VmState
-from common.migration_messages import MigrateVm
 from common.network_messages import AddEndpoint, CreateVnet, NicRequest
 from rigs.chaos.consolewatch import alive
 from rigs.counting import Copy, CounterWatch
@@ -133,7 +132,7 @@ async def test_a_counting_guest_migrates_live_with_its_disks_address_and_endpoin
         assert "marked" in marked
         await counting(watch, source)
 
-        reply = await api.migrate_vm(MigrateVm(name="m-1"))
+        reply = await api.migrate_vm("m-1")
         assert reply.migration is not None and reply.migration.target == "h2"
         after = await settled(api, "m-1", MOVE_S, host="h2")
         target = await moved_without_a_restart(watch, source, "h2")
