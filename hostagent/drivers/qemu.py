@@ -261,6 +261,9 @@ class QemuDriver(QemuMigrations):
         vm = self._vms.get(name)
         if vm is None:
             return
+        if vm.incoming is not None:  # its half-copied disks are not worth keeping
+            await self.destroy(name)
+            return
         vm.stopping = True
         graceful = vm.booted and not vm.paused and not vm.handed_over and vm.qmp is not None
         if graceful and await self._power_off(vm):

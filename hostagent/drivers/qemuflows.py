@@ -103,6 +103,14 @@ class Outgoing:
     job_errors: dict[str, str] = field(default_factory=dict)
     progress: MigrationProgress = field(default_factory=lambda: MigrationProgress(0, 0))
     disks_sent_mib: int = 0
+    began_s: float = field(default_factory=time.monotonic)
+    phases_ms: dict[str, int] = field(default_factory=dict)
+    """When each phase was reached, in ms since the start (logged with the outcome)."""
+    downtime_ms: int = 0
+    """QEMU's own measure of the guest's pause (``query-migrate`` ``downtime``)."""
+
+    def reached(self, phase: str) -> None:
+        self.phases_ms[phase] = round((time.monotonic() - self.began_s) * 1000)
 
     def notice(self, event: str, data: JsonObject) -> None:
         """A QMP event of the VM's QEMU."""
@@ -210,19 +218,23 @@ async def send(qmp: QmpClient, out: Outgoing) -> None:
     await _qmp(qmp, "migrate-set-capabilities", {"capabilities": caps})
     await _start_mirrors(qmp, out)
     await _until(out, lambda: _mirrors_ready(qmp, out), disks_s, "disks in step")
+    out.reached("disks_ready")
     parameters: JsonObject = {"downtime-limit": out.max_downtime_ms}
     parameters["max-bandwidth"] = out.max_bandwidth_mib_s * MIB or NO_CAP_BYTES_S
     await _qmp(qmp, "migrate-set-parameters", parameters)
     await _qmp(qmp, "migrate", {"uri": uri(out.target.address, out.target.migration_port)})
     await _until(out, lambda: _migration(qmp, out, "pre-switchover"), memory_s, "memory sent")
+    out.reached("paused")
     for index in range(len(out.disk_ids)):
         await _qmp(qmp, "block-job-cancel", {"device": job_id(index)})
     await _until(out, lambda: _mirrors_done(qmp, out), SWITCH_S, "disks completed")
+    out.reached("disks_done")
     if out.cancelled:
         raise MigrationCancelled
     out.committed = True
     await _qmp(qmp, "migrate-continue", {"state": "pre-switchover"})
     await _until(out, lambda: _migration(qmp, out, "completed"), SWITCH_S, "switchover")
+    out.reached("completed")
     for index in range(len(out.disk_ids)):
         with contextlib.suppress(QmpError):
             await qmp.execute("blockdev-del", {"node-name": nbd_node(index)})
@@ -294,6 +306,7 @@ async def _migration(qmp: QmpClient, out: Outgoing, wanted: str) -> bool | None:
         sent = out.disks_sent_mib + _int(ram.get("transferred")) // MIB
         out.progress = MigrationProgress(sent, max(total, sent))
     if status == wanted:
+        out.downtime_ms = _int(info.get("downtime"))
         return True
     if status in DONE:
         detail = info.get("error-desc", "")

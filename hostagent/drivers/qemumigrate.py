@@ -244,6 +244,12 @@ class QemuMigrations:
             out.done.set()
         if outcome != "completed":
             raise DriverError(f"migration of vm {name} failed: {error}", retryable=True) from error
+        log.info(
+            "vm sent vm=%s phases_ms=%s qemu_downtime_ms=%d",
+            name,
+            out.phases_ms,
+            out.downtime_ms,
+        )
         self._hand_over(vm)
 
     def _hand_over(self, vm: QemuVm) -> None:

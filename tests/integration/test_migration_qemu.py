@@ -29,6 +29,7 @@ import pytest
 from common.errors import DriverError
 from common.messages import DiskKind, DiskSpec, ObservedState, VmSpec
 from common.resources import Resources
+from hostagent.drivers.base import IncomingEndpoint
 from hostagent.drivers.qemu import QemuDriver
 from hostagent.drivers.qemuproc import QemuSettings, pid_alive, read_pid
 from hostagent.images import ImageCache
@@ -211,7 +212,9 @@ READ_BACK = (
 )
 
 
-async def test_a_counting_guest_moves_live_with_its_disks(nodes: tuple[Node, Node]) -> None:
+async def test_a_counting_guest_moves_live_with_its_disks(
+    nodes: tuple[Node, Node], kit: Path
+) -> None:
     source, destination = nodes
     async with watching(source, destination) as ticks:
         await boot_counting(source, ticks)
@@ -245,6 +248,14 @@ async def test_a_counting_guest_moves_live_with_its_disks(nodes: tuple[Node, Nod
         assert source.driver.migration_progress(VM) is None
         assert progress and progress[-1].transferred_mib >= MEM_MIB // 4, progress
 
+        # Both agents restart here: each adopts its side of the migration as it stands.
+        for node in (source, destination):
+            await node.driver.close()
+            node.driver = make_driver(kit, node.driver.root, node.host.netns)
+            assert await node.driver.adopt() == [VM]
+        assert state(source.driver) is ObservedState.HANDED_OVER
+        assert state(destination.driver) is ObservedState.INCOMING
+
         await destination.driver.finish_incoming(VM)
         finished = time.monotonic()
         assert state(destination.driver) is ObservedState.RUNNING
@@ -271,6 +282,42 @@ async def test_a_counting_guest_moves_live_with_its_disks(nodes: tuple[Node, Nod
     assert not pid_alive(source_pid, source.driver.root), "the source's qemu is gone"
     assert not list((source.driver.root / "disks").glob("*.qcow2")), "the stale disks too"
     assert not source.driver.files(VM).dir.exists()
+
+
+async def test_bad_or_early_commands_are_refused_and_change_nothing(
+    nodes: tuple[Node, Node],
+) -> None:
+    source, destination = nodes
+    with pytest.raises(DriverError) as refused:
+        await destination.driver.prepare_incoming(spec(), 2, "host-2.example")
+    assert not refused.value.retryable and "listen address" in str(refused.value)
+    assert destination.driver.inventory() == []
+    assert not (destination.driver.root / "disks").exists()
+    assert not (destination.driver.root / "vms").exists()
+    for attempt in (
+        destination.driver.finish_incoming(VM),
+        source.driver.migrate_out(
+            VM, IncomingEndpoint("10.0.0.1", 1, 1), max_downtime_ms=100, max_bandwidth_mib_s=0
+        ),
+    ):
+        with pytest.raises(DriverError) as unknown:
+            await attempt
+        assert not unknown.value.retryable
+    await source.driver.cancel_migration(VM)  # nothing to cancel: nothing happens
+
+    address = destination.host.underlay_ip
+    endpoint = await destination.driver.prepare_incoming(spec(), 2, address)
+    with pytest.raises(DriverError) as other:
+        await destination.driver.prepare_incoming(spec(), 3, address)
+    assert other.value.retryable, "another attempt waits until this one is destroyed"
+    with pytest.raises(DriverError) as early:
+        await destination.driver.finish_incoming(VM)
+    assert early.value.retryable and "not fully arrived" in str(early.value)
+    assert state(destination.driver) is ObservedState.INCOMING
+    assert await destination.driver.prepare_incoming(spec(), 2, address) == endpoint
+    await destination.driver.stop(VM)  # an incoming VM's disks are not kept
+    assert destination.driver.inventory() == []
+    assert not list((destination.driver.root / "disks").glob("*.qcow2"))
 
 
 async def slow_migration(source: Node, destination: Node) -> asyncio.Task[None]:
