@@ -32,6 +32,7 @@ from common.resources import Resources
 from hostagent.drivers.base import IncomingEndpoint
 from hostagent.drivers.qemu import QemuDriver
 from hostagent.drivers.qemuproc import QemuSettings, pid_alive, read_pid
+from hostagent.drivers.qmp import QmpClient
 from hostagent.images import ImageCache
 from tests.netkit import Host, Netbed, clean_leftovers, require_netns
 from tests.qemukit import boot_kit
@@ -381,4 +382,30 @@ async def test_a_migration_whose_destination_dies_leaves_the_guest_counting_at_t
         os.kill(destination_pid, signal.SIGKILL)
         await runs_on_at_source(source, ticks, sending)
     await wait_until(lambda: state(destination.driver) is None, message="destination gone")
+    await leaves_nothing(destination)
+
+
+async def test_a_vm_fenced_during_its_migration_stays_paused_when_it_fails(
+    nodes: tuple[Node, Node],
+) -> None:
+    source, destination = nodes
+    async with watching(source, destination) as ticks:
+        await boot_counting(source, ticks)
+        sending = await slow_migration(source, destination)
+        await source.driver.pause(VM)  # the fence watchdog, mid-copy
+        paused = time.monotonic()
+        await source.driver.cancel_migration(VM)
+        with pytest.raises(DriverError):
+            await sending
+        assert state(source.driver) is ObservedState.PAUSED
+        guard = await QmpClient.connect(source.driver.files(VM).guard)
+        try:
+            assert await guard.query_status() == "paused", "QEMU did not let it run again"
+        finally:
+            await guard.close()
+        resumed = time.monotonic()
+        ran = [t for t, _ in ticks.seen["source"] if paused + 0.2 < t < resumed]
+        assert not ran, "a fenced VM does not run again when its migration ends"
+        await source.driver.resume(VM)  # on the scheduler's word only
+        await ticking(ticks, "source", resumed)
     await leaves_nothing(destination)
