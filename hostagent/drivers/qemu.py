@@ -231,8 +231,8 @@ class QemuDriver(QemuMigrations):
 
     async def resume(self, name: str) -> None:
         vm = self._get(name)
-        if not vm.paused:
-            return
+        if not vm.paused or vm.handed_over or vm.incoming is not None:
+            return  # a handed-over VM never runs again; an incoming one runs on finish_incoming
         vm.paused = False
         if vm.qmp is None:
             return  # not launched yet: start() lets it run

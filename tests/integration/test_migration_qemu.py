@@ -232,6 +232,7 @@ async def test_a_counting_guest_moves_live_with_its_disks(
             spec(), 2, destination.host.underlay_ip
         ), "repeating it returns the same endpoint"
         await destination.driver.pause(VM)  # fencing an incoming VM does nothing
+        await destination.driver.resume(VM)  # nor does resuming it: only finish_incoming
         progress = []
 
         async def observe() -> bool:
@@ -248,6 +249,7 @@ async def test_a_counting_guest_moves_live_with_its_disks(
         assert state(source.driver) is ObservedState.HANDED_OVER
         assert source.driver.migration_progress(VM) is None
         assert progress and progress[-1].transferred_mib >= MEM_MIB // 4, progress
+        assert await qemu_status(destination) == "paused", "it waits for finish_incoming"
 
         # Both agents restart here: each adopts its side of the migration as it stands.
         for node in (source, destination):
@@ -314,18 +316,34 @@ async def test_bad_or_early_commands_are_refused_and_change_nothing(
     with pytest.raises(DriverError) as early:
         await destination.driver.finish_incoming(VM)
     assert early.value.retryable and "not fully arrived" in str(early.value)
+    await destination.driver.resume(VM)  # it runs on finish_incoming only
     assert state(destination.driver) is ObservedState.INCOMING
+    assert await qemu_status(destination) == "inmigrate"
     assert await destination.driver.prepare_incoming(spec(), 2, address) == endpoint
     await destination.driver.stop(VM)  # an incoming VM's disks are not kept
     assert destination.driver.inventory() == []
     assert not list((destination.driver.root / "disks").glob("*.qcow2"))
 
 
-async def slow_migration(source: Node, destination: Node) -> asyncio.Task[None]:
-    """A migration capped at 2 MiB/s (it takes a minute), once it has copied a few MiB."""
-    endpoint = await destination.driver.prepare_incoming(spec(), 2, destination.host.underlay_ip)
+async def qemu_status(node: Node) -> str:
+    """What QEMU itself says of the VM's run state (asked on the fence guard's monitor)."""
+    guard = await QmpClient.connect(node.driver.files(VM).guard)
+    try:
+        return await guard.query_status()
+    finally:
+        await guard.close()
+
+
+async def slow_migration(
+    source: Node, destination: Node, *, generation: int = 2, cap_mib_s: int = 2
+) -> asyncio.Task[None]:
+    """A migration capped at ``cap_mib_s`` (2 MiB/s: it takes a minute), once it has copied a
+    few MiB."""
+    endpoint = await destination.driver.prepare_incoming(
+        spec(), generation, destination.host.underlay_ip
+    )
     sending = asyncio.create_task(
-        source.driver.migrate_out(VM, endpoint, max_downtime_ms=100, max_bandwidth_mib_s=2)
+        source.driver.migrate_out(VM, endpoint, max_downtime_ms=100, max_bandwidth_mib_s=cap_mib_s)
     )
 
     def copying() -> bool:
@@ -385,7 +403,7 @@ async def test_a_migration_whose_destination_dies_leaves_the_guest_counting_at_t
     await leaves_nothing(destination)
 
 
-async def test_a_vm_fenced_during_its_migration_stays_paused_when_it_fails(
+async def test_a_vm_fenced_during_its_migration_never_runs_again_on_its_own(
     nodes: tuple[Node, Node],
 ) -> None:
     source, destination = nodes
@@ -398,14 +416,20 @@ async def test_a_vm_fenced_during_its_migration_stays_paused_when_it_fails(
         with pytest.raises(DriverError):
             await sending
         assert state(source.driver) is ObservedState.PAUSED
-        guard = await QmpClient.connect(source.driver.files(VM).guard)
-        try:
-            assert await guard.query_status() == "paused", "QEMU did not let it run again"
-        finally:
-            await guard.close()
+        assert await qemu_status(source) == "paused", "QEMU did not let it run again"
         resumed = time.monotonic()
         ran = [t for t, _ in ticks.seen["source"] if paused + 0.2 < t < resumed]
         assert not ran, "a fenced VM does not run again when its migration ends"
         await source.driver.resume(VM)  # on the scheduler's word only
         await ticking(ticks, "source", resumed)
-    await leaves_nothing(destination)
+        await leaves_nothing(destination)
+
+        # Fenced during an attempt that then completes: handed over, and it never runs again.
+        sending = await slow_migration(source, destination, generation=3, cap_mib_s=16)
+        await source.driver.pause(VM)
+        await sending
+        assert state(source.driver) is ObservedState.HANDED_OVER
+        await source.driver.resume(VM)
+        assert await qemu_status(source) == "postmigrate", "the stale copy stays stopped"
+        await destination.driver.finish_incoming(VM)
+        await ticking(ticks, "destination", time.monotonic())
