@@ -53,9 +53,16 @@ from scheduler.state.model import HostRecord, MigrationRecord, PlacementRequest,
 
 Phase = MigrationPhase
 LIVE_DRIVERS = frozenset({"fake", "qemu"})
-"""Drivers that can migrate a VM live (the source and destination must share one)."""
+"""Driver families that can migrate a VM live. Hosts report ``family/accelerator`` (e.g.
+``qemu/tcg``, ``qemu/kvm``); source and destination must report the very same string, since
+a guest's state moves only between like accelerators."""
 UNDERLAY_DRIVERS = frozenset({"qemu"})
-"""Drivers whose destination must have an underlay address (the source sends there)."""
+"""Driver families whose destination must have an underlay address (the source sends there)."""
+
+
+def driver_family(driver: str) -> str:
+    """``qemu/tcg`` -> ``qemu``; ``fake`` -> ``fake``."""
+    return driver.partition("/")[0]
 _CAPACITY = frozenset({Reason.INSUFFICIENT_CPU, Reason.INSUFFICIENT_MEMORY})
 _TARGET_TRIES = 16
 """Hosts of another driver kind skipped when the scheduler picks the destination."""
@@ -178,7 +185,7 @@ def _vm_problem(ctx: StepContext, record: VmRecord) -> Refusal | None:
     host = ctx.state.hosts.get(record.host)
     if host is None or not host.up:
         return Refusal(ErrorCode.NOT_MIGRATABLE, f"vm {name!r} is on a host that is down")
-    if host.driver not in LIVE_DRIVERS:
+    if driver_family(host.driver) not in LIVE_DRIVERS:
         detail = f"vm {name!r} runs on driver {host.driver!r}, which cannot migrate live"
         return Refusal(ErrorCode.NOT_MIGRATABLE, detail)
     return None
@@ -232,7 +239,7 @@ def _target(
 def _kind_problem(source: HostRecord, target: HostRecord) -> str | None:
     if target.driver != source.driver:
         return f"host {target.host_id} runs driver {target.driver!r}, not {source.driver!r}"
-    if target.driver in UNDERLAY_DRIVERS and not target.underlay_ip:
+    if driver_family(target.driver) in UNDERLAY_DRIVERS and not target.underlay_ip:
         return f"host {target.host_id} has no underlay address to receive the vm at"
     return None
 

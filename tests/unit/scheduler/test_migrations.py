@@ -416,6 +416,19 @@ def test_a_destination_of_another_driver_or_without_an_underlay_address_is_refus
     assert bad(kit, "a", None) is ErrorCode.INSUFFICIENT_CAPACITY
 
 
+def test_qemu_hosts_report_their_accelerator_and_migrate_only_between_like_ones() -> None:
+    kit = CoreKit()
+    for host, fd in (("h1", "fd-1"), ("h2", "fd-2"), ("h3", "fd-3")):
+        kit.heartbeat(host, fault_domain=fd, underlay_ip=f"10.0.0.{fd[-1]}")
+    running_vm(kit, "a", "h1")
+    for host, driver in (("h1", "qemu/tcg"), ("h2", "qemu/kvm"), ("h3", "qemu/tcg")):
+        kit.state.hosts[host].driver = driver  # type: ignore[index]
+    assert bad(kit, "a", "h2") is ErrorCode.INVALID_TARGET
+    reply = migrate(kit, "a", None)
+    assert reply.error is None and reply.vm is not None
+    assert reply.vm.migration is not None and reply.vm.migration.target == "h3"
+
+
 def test_migrations_per_host_are_limited() -> None:
     kit = cluster("h1", "h2", "h3", migration_max_per_host=1)
     running_vm(kit, "a", "h1")
