@@ -181,6 +181,7 @@ class Migrations:
                 nbd_port=nbd_port,
             )
             self._report(name, ready, out)
+            out.append(RecordExecution(name, generation, ExecEvent.INCOMING))
             out.append(
                 Note.info(
                     "vm incoming vm=%s generation=%d source=%s address=%s migration_port=%d",

@@ -63,6 +63,8 @@ UNDERLAY_DRIVERS = frozenset({"qemu"})
 def driver_family(driver: str) -> str:
     """``qemu/tcg`` -> ``qemu``; ``fake`` -> ``fake``."""
     return driver.partition("/")[0]
+
+
 _CAPACITY = frozenset({Reason.INSUFFICIENT_CPU, Reason.INSUFFICIENT_MEMORY})
 _TARGET_TRIES = 16
 """Hosts of another driver kind skipped when the scheduler picks the destination."""

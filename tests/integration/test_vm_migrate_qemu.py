@@ -126,10 +126,11 @@ async def test_a_counting_guest_migrates_live_with_its_disks_address_and_endpoin
         source = await source_copy(watch, "h1")
         marked = await watch.run(
             source,
-            "echo os-mark > /marker && printf data-mark | dd of=/dev/vdb conv=fsync 2>/dev/null"
-            " && sync && echo marked",
+            "echo os-mark > /marker && echo data-mark | dd of=/dev/vdb bs=512 conv=fsync"
+            " 2>/dev/null && sync && echo 3 > /proc/sys/vm/drop_caches && echo marked"
+            " $(dd if=/dev/vdb bs=512 count=1 2>/dev/null | head -n 1)",
         )
-        assert "marked" in marked
+        assert "marked data-mark" in marked, marked
         await counting(watch, source)
 
         reply = await api.migrate_vm("m-1")
@@ -142,7 +143,7 @@ async def test_a_counting_guest_migrates_live_with_its_disks_address_and_endpoin
         out = await watch.run(
             target,
             "sync; echo 3 > /proc/sys/vm/drop_caches; cat /marker;"
-            " dd if=/dev/vdb bs=9 count=1 2>/dev/null; echo; cat /var/count",
+            " dd if=/dev/vdb bs=512 count=1 2>/dev/null | head -n 1; cat /var/count",
         )
         assert "os-mark" in out and "data-mark" in out, out
         last_written = int(out.strip().splitlines()[-1])

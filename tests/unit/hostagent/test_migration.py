@@ -147,7 +147,9 @@ def test_prepare_incoming_reports_ready_with_the_endpoint_at_once() -> None:
     assert report is not None
     assert (report.attempt, report.peer, report.status) == (T, "h2", MigrationStatus.READY)
     assert report.address == UNDERLAY and report.migration_port > 0 and report.nbd_port > 0
-    assert not [i for i in agent.log if isinstance(i, RecordExecution)], "incoming never runs"
+    # Audited as held, never as executing.
+    audited = [i for i in agent.log if isinstance(i, RecordExecution)]
+    assert audited == [RecordExecution("vm-1", T, ExecEvent.INCOMING)]
 
 
 def test_a_host_without_an_underlay_address_listens_on_loopback() -> None:
@@ -227,6 +229,7 @@ def test_a_refused_finish_reports_failed_keeps_the_vm_incoming_and_a_repeat_retr
     assert report is not None and report.status is MigrationStatus.FAILED
     assert (report.attempt, report.peer) == (T, "h2") and "has not arrived" in report.detail
     assert [i.event for i in agent.log if isinstance(i, RecordExecution)] == [
+        ExecEvent.INCOMING,
         ExecEvent.RESUME,
         ExecEvent.PAUSE,
     ]
