@@ -402,6 +402,9 @@ class QemuDriver(QemuMigrations):
             await self._attach(vm)
             assert vm.qmp is not None
             status = await vm.qmp.query_status()
+            vm.paused = status != "running"
+            vm.booted = vm.arrived or READY_MARKER in read_serial(vm.files)
+            await self._settle_adopted(vm, status)  # its part in a migration, if any
         except (DriverError, QmpError):
             if vm.qmp is not None:  # the exit watch must not take a slow monitor for an exit
                 for task in list(vm.tasks):
@@ -410,9 +413,6 @@ class QemuDriver(QemuMigrations):
                 await vm.qmp.close()
                 vm.qmp = None
             raise
-        vm.paused = status != "running"
-        vm.booted = vm.arrived or READY_MARKER in read_serial(vm.files)
-        await self._settle_adopted(vm, status)
         if not vm.booted and not vm.paused:
             self._spawn(vm, self._watch_boot(vm), "boot")
         return status

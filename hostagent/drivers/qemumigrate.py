@@ -319,6 +319,6 @@ class QemuMigrations:
         if await abort(vm.qmp, out) == "completed":
             vm.handed_over = True
             return
+        vm.paused = True  # before the STOP event, which is no fence
         await vm.qmp.execute("stop")
-        vm.paused = True
         log.warning("vm migration found under way at adoption cancelled vm=%s", vm.spec.name)

@@ -433,3 +433,23 @@ async def test_a_vm_fenced_during_its_migration_never_runs_again_on_its_own(
         assert await qemu_status(source) == "postmigrate", "the stale copy stays stopped"
         await destination.driver.finish_incoming(VM)
         await ticking(ticks, "destination", time.monotonic())
+
+
+async def test_a_migration_under_way_when_the_agent_restarts_is_cancelled_and_the_vm_held_paused(
+    nodes: tuple[Node, Node], kit: Path
+) -> None:
+    source, destination = nodes
+    async with watching(source, destination) as ticks:
+        await boot_counting(source, ticks)
+        sending = await slow_migration(source, destination)
+        await source.driver.close()  # the source's agent stops; QEMU's migration goes on
+        source.driver = make_driver(kit, source.driver.root, source.host.netns)
+        assert await source.driver.adopt() == [VM]
+        with pytest.raises(DriverError):
+            await sending  # the old agent's call, cut off from QEMU
+        assert state(source.driver) is ObservedState.PAUSED, "the scheduler decides"
+        assert await qemu_status(source) == "paused"
+        resumed = time.monotonic()
+        await source.driver.resume(VM)
+        await ticking(ticks, "source", resumed)
+    await leaves_nothing(destination)
