@@ -29,7 +29,7 @@ import pytest
 from common.errors import DriverError
 from common.messages import DiskKind, DiskSpec, ObservedState, VmSpec
 from common.resources import Resources
-from hostagent.drivers.base import IncomingEndpoint
+from hostagent.drivers.base import IncomingEndpoint, MigrationProgress
 from hostagent.drivers.qemu import QemuDriver
 from hostagent.drivers.qemuproc import QemuSettings, pid_alive, read_pid
 from hostagent.drivers.qmp import QmpClient
@@ -213,9 +213,49 @@ READ_BACK = (
 )
 
 
-async def test_a_counting_guest_moves_live_with_its_disks(
-    nodes: tuple[Node, Node], kit: Path
-) -> None:
+async def send_watched(source: Node, endpoint: IncomingEndpoint) -> list[MigrationProgress]:
+    """``migrate_out`` at full speed; the progress it reported meanwhile."""
+    progress = []
+
+    async def observe() -> bool:
+        if (now := source.driver.migration_progress(VM)) is not None:
+            progress.append(now)
+        return False
+
+    watcher = asyncio.create_task(wait_until(observe, timeout_s=60, interval_s=0.05))
+    try:
+        await source.driver.migrate_out(VM, endpoint, max_downtime_ms=100, max_bandwidth_mib_s=0)
+    finally:
+        watcher.cancel()
+    return progress
+
+
+def downtime(ticks: Ticks, began: float, handed: float, finished: float) -> tuple[float, int]:
+    """Check that the count went on without a reset, print the downtime; the source's last
+    tick."""
+    last_source, first_destination = ticks.last("source"), ticks.first_after("destination", 0)
+    assert last_source is not None and first_destination is not None
+    assert last_source[0] < first_destination[0], "one copy executes at a time"
+    assert last_source[1] < first_destination[1] <= last_source[1] + 3, "no reset"
+    downtime_ms = (first_destination[0] - last_source[0]) * 1000
+    print(
+        f"migration of a {MEM_MIB} MiB guest: total {(handed - began) * 1000:.0f} ms "
+        f"(prepare + copy), finish {(finished - handed) * 1000:.0f} ms, downtime (last tick "
+        f"on source -> first on destination) {downtime_ms:.0f} ms"
+    )
+    assert downtime_ms < 3000
+    return last_source
+
+
+async def restart_both(nodes: tuple[Node, Node], kit: Path) -> None:
+    """Both agents restart: each adopts its VM again."""
+    for node in nodes:
+        await node.driver.close()
+        node.driver = make_driver(kit, node.driver.root, node.host.netns)
+        assert await node.driver.adopt() == [VM]
+
+
+async def test_a_counting_guest_moves_live_with_its_disks(nodes: tuple[Node, Node]) -> None:
     source, destination = nodes
     async with watching(source, destination) as ticks:
         await boot_counting(source, ticks)
@@ -233,16 +273,7 @@ async def test_a_counting_guest_moves_live_with_its_disks(
         ), "repeating it returns the same endpoint"
         await destination.driver.pause(VM)  # fencing an incoming VM does nothing
         await destination.driver.resume(VM)  # nor does resuming it: only finish_incoming
-        progress = []
-
-        async def observe() -> bool:
-            if (now := source.driver.migration_progress(VM)) is not None:
-                progress.append(now)
-            return False
-
-        watcher = asyncio.create_task(wait_until(observe, timeout_s=60, interval_s=0.05))
-        await source.driver.migrate_out(VM, endpoint, max_downtime_ms=100, max_bandwidth_mib_s=0)
-        watcher.cancel()
+        progress = await send_watched(source, endpoint)
         handed = time.monotonic()
         assert state(source.driver) is ObservedState.HANDED_OVER
         await source.driver.pause(VM)  # a no-op too
@@ -251,29 +282,11 @@ async def test_a_counting_guest_moves_live_with_its_disks(
         assert progress and progress[-1].transferred_mib >= MEM_MIB // 4, progress
         assert await qemu_status(destination) == "paused", "it waits for finish_incoming"
 
-        # Both agents restart here: each adopts its side of the migration as it stands.
-        for node in (source, destination):
-            await node.driver.close()
-            node.driver = make_driver(kit, node.driver.root, node.host.netns)
-            assert await node.driver.adopt() == [VM]
-        assert state(source.driver) is ObservedState.HANDED_OVER
-        assert state(destination.driver) is ObservedState.INCOMING
-
         await destination.driver.finish_incoming(VM)
         finished = time.monotonic()
         assert state(destination.driver) is ObservedState.RUNNING
         await ticking(ticks, "destination", finished)
-        last_source, first_destination = ticks.last("source"), ticks.first_after("destination", 0)
-        assert last_source is not None and first_destination is not None
-        assert last_source[0] < first_destination[0], "one copy executes at a time"
-        assert last_source[1] < first_destination[1] <= last_source[1] + 3, "no reset"
-        downtime_ms = (first_destination[0] - last_source[0]) * 1000
-        print(
-            f"migration of a {MEM_MIB} MiB guest: total {(handed - began) * 1000:.0f} ms "
-            f"(prepare + copy), finish {(finished - handed) * 1000:.0f} ms, downtime (last tick "
-            f"on source -> first on destination) {downtime_ms:.0f} ms"
-        )
-        assert downtime_ms < 3000
+        last_source = downtime(ticks, began, handed, finished)
 
         after = await in_guest(destination.driver, READ_BACK)
         assert md5(after, "os") == md5(before, "os") and md5(after, "data") == md5(before, "data")
@@ -404,7 +417,7 @@ async def test_a_migration_whose_destination_dies_leaves_the_guest_counting_at_t
 
 
 async def test_a_vm_fenced_during_its_migration_never_runs_again_on_its_own(
-    nodes: tuple[Node, Node],
+    nodes: tuple[Node, Node], kit: Path
 ) -> None:
     source, destination = nodes
     async with watching(source, destination) as ticks:
@@ -431,6 +444,11 @@ async def test_a_vm_fenced_during_its_migration_never_runs_again_on_its_own(
         assert state(source.driver) is ObservedState.HANDED_OVER
         await source.driver.resume(VM)
         assert await qemu_status(source) == "postmigrate", "the stale copy stays stopped"
+        await restart_both(nodes, kit)  # each side is adopted as it stands
+        assert state(source.driver) is ObservedState.HANDED_OVER
+        assert state(destination.driver) is ObservedState.INCOMING
+        await source.driver.resume(VM)
+        assert await qemu_status(source) == "postmigrate"
         await destination.driver.finish_incoming(VM)
         await ticking(ticks, "destination", time.monotonic())
 
