@@ -13,7 +13,8 @@ target)`` that the shell carries out as live migrations:
 
 Every target is chosen by the placement index with the placement filters (region, cordon,
 availability set, capacity with overcommit), seeing the capacity that moves planned earlier
-in the same round reserve. Nothing is planned while any host is down, for a host that is
+in the same round reserve; a member of an availability set moves only within its fault domain
+or to one holding fewer members, so no move leaves a set less spread. Nothing is planned while any host is down, for a host that is
 cordoned, draining or down, for a VM in its cool-down (``cooldown_s`` after its last migration
 started), or beyond ``max_migrations_per_hour`` moves in any rolling hour (``MigrationBudget``,
 returned updated) and ``max_migrations_per_host`` migrations at once touching one host.
@@ -265,13 +266,14 @@ class _Round:
             counts = self.members.setdefault(vm.availability_set, {})
             _bump(counts, source.fault_domain, -1)  # placed as if it were not there yet
         result = self.index.place(req, policy, counts)
-        if not isinstance(result, Placed):
+        domain = self.index.view(result.host_id).fault_domain if isinstance(result, Placed) else ""
+        if not isinstance(result, Placed) or not _keeps_set_spread(counts, source, domain):
             if counts is not None:
                 _bump(counts, source.fault_domain, +1)
             return None
         target = result.host_id
         if counts is not None:
-            _bump(counts, self.index.view(target).fault_domain, +1)
+            _bump(counts, domain, +1)
         self.index.reserve(target, vm.resources)
         self._count_load(target, +1)
         return target
@@ -311,6 +313,15 @@ class _Round:
 
 def _largest_first(vm: RebalanceVm) -> tuple[int, int, str]:
     return (-vm.resources.mem_mib, -vm.resources.cpu_milli, vm.name)
+
+
+def _keeps_set_spread(counts: Mapping[str, int] | None, source: HostView, domain: str) -> bool:
+    """A set member leaves its fault domain only for one holding fewer members (``counts``
+    leaves the member out), so the set is never less spread than before. ``place`` alone
+    compares only the domains of the candidate targets, which are the hosts in use."""
+    if counts is None or domain == source.fault_domain:
+        return True
+    return counts.get(domain, 0) <= counts.get(source.fault_domain, 0)
 
 
 def _bump(counts: dict[str, int], domain: str, delta: int) -> None:
