@@ -53,19 +53,19 @@ class RebalanceConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     enabled: bool = True
     interval_s: PositiveS = 300.0
     """A planning round at most this often."""
-    max_migrations_per_hour: Annotated[int, msgspec.Meta(ge=0)] = 300
+    max_migrations_per_hour: Annotated[int, msgspec.Meta(ge=0)] = 600
     """Moves planned in any rolling hour, over the whole cluster."""
-    cooldown_s: Annotated[float, msgspec.Meta(ge=0)] = 6 * 3600.0
+    cooldown_s: Annotated[float, msgspec.Meta(ge=0)] = 3600.0
     """A VM is not moved again until this long after its last migration started."""
     empty_below: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.5
     """binpack: hosts filled less than this (the larger of CPU and memory) are emptied onto
     the other hosts in use, if every one of their VMs fits there."""
     spread_margin: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.1
     """spread: a VM moves from a fuller host only if that narrows their fill gap by this."""
-    max_migrations_per_host: Annotated[int, msgspec.Meta(ge=1)] = 8
+    max_migrations_per_host: Annotated[int, msgspec.Meta(ge=1)] = 32
     """Migrations at once touching one host (as source or target); a host with more VMs is
     never emptied."""
-    max_hosts_per_round: Annotated[int, msgspec.Meta(ge=1)] = 16
+    max_hosts_per_round: Annotated[int, msgspec.Meta(ge=1)] = 64
     """Hosts a round tries to empty (binpack) or relieve (spread): bounds a round's work."""
 
 

@@ -120,16 +120,17 @@ def test_a_round_at_most_every_interval_and_at_most_the_hourly_budget() -> None:
     assert len(first.moves) == 1
     again = plan_moves(cluster, BINPACK, RebalanceConfig(), first.budget, NOW_S + 1)
     assert (again.moves, again.idle) == ((), Idle.NOT_DUE)
-    spent = MigrationBudget(tuple(NOW_S - 60 for _ in range(300)), NOW_S - 3600)
+    bound = RebalanceConfig().max_migrations_per_hour
+    spent = MigrationBudget(tuple(NOW_S - 60 for _ in range(bound)), NOW_S - 3600)
     assert _plan(cluster, budget=spent).idle == Idle.BUDGET_SPENT
-    an_hour_later = MigrationBudget(tuple(NOW_S - 3600 for _ in range(300)), NOW_S - 3600)
+    an_hour_later = MigrationBudget(tuple(NOW_S - 3600 for _ in range(bound)), NOW_S - 3600)
     assert len(_plan(cluster, budget=an_hour_later).moves) == 1
 
 
 def test_a_vm_in_its_cool_down_keeps_its_host_in_use() -> None:
     layout = {**LIGHT, "h1": [_vm("small", 1000, last_migrated_s=NOW_S - 60)]}
     assert _plan(_cluster(layout)).moves == ()
-    layout = {**LIGHT, "h1": [_vm("small", 1000, last_migrated_s=NOW_S - 7 * 3600)]}
+    layout = {**LIGHT, "h1": [_vm("small", 1000, last_migrated_s=NOW_S - 3600)]}
     assert len(_plan(_cluster(layout)).moves) == 1
 
 
