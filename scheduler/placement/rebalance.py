@@ -14,10 +14,12 @@ target)`` that the shell carries out as live migrations:
 Every target is chosen by the placement index with the placement filters (region, cordon,
 availability set, capacity with overcommit), seeing the capacity that moves planned earlier
 in the same round reserve; a member of an availability set moves only within its fault domain
-or to one holding fewer members, so no move leaves a set less spread. Nothing is planned while any host is down, for a host that is
-cordoned, draining or down, for a VM in its cool-down (``cooldown_s`` after its last migration
-started), or beyond ``max_migrations_per_hour`` moves in any rolling hour (``MigrationBudget``,
-returned updated) and ``max_migrations_per_host`` migrations at once touching one host.
+or to one holding fewer members, so no move leaves a set less spread.
+
+Nothing is planned while any host is down, from or to a host that is cordoned, draining or
+down, for a VM in its cool-down (``cooldown_s`` after its last migration started), beyond
+``max_migrations_per_hour`` moves in any rolling hour (``MigrationBudget``, returned updated),
+or beyond ``max_migrations_per_host`` migrations at once touching one host.
 
 Work per round: one ``HostIndex`` over the candidate targets (O(n log n) in hosts), the fill of
 every host, then at most ``max_hosts_per_round`` hosts tried, each with at most
