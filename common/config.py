@@ -45,6 +45,30 @@ FENCE_MARGIN_S = 1.0
 that its lease ran out and pause its VMs, plus message transit."""
 
 
+class RebalanceConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The rebalancer's knobs (``scheduler/placement/rebalance.py``): live migrations it plans
+    to free lightly used hosts (binpack) or even hosts out (spread). The defaults are the
+    ones ``stratus simulate`` and ``python -m bench.traces`` measure (docs/benchmarks.md)."""
+
+    enabled: bool = True
+    interval_s: PositiveS = 300.0
+    """A planning round at most this often."""
+    max_migrations_per_hour: Annotated[int, msgspec.Meta(ge=0)] = 600
+    """Moves planned in any rolling hour, over the whole cluster."""
+    cooldown_s: Annotated[float, msgspec.Meta(ge=0)] = 3600.0
+    """A VM is not moved again until this long after its last migration started."""
+    empty_below: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.5
+    """binpack: hosts filled less than this (the larger of CPU and memory) are emptied onto
+    the other hosts in use, if every one of their VMs fits there."""
+    spread_margin: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.1
+    """spread: a VM moves from a fuller host only if that narrows their fill gap by this."""
+    max_migrations_per_host: Annotated[int, msgspec.Meta(ge=1)] = 32
+    """Migrations at once touching one host (as source or target); a host with more VMs is
+    never emptied."""
+    max_hosts_per_round: Annotated[int, msgspec.Meta(ge=1)] = 64
+    """Hosts a round tries to empty (binpack) or relieve (spread): bounds a round's work."""
+
+
 class SchedulerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     nats_url: str = "nats://127.0.0.1:4222"
     nats_creds: str = ""
@@ -123,6 +147,8 @@ class SchedulerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     )
     """Usage price per size in currency-neutral units per hour; a size missing here is priced
     as in DEFAULT_PRICES, or 0 if it has no default."""
+    rebalance: RebalanceConfig = msgspec.field(default_factory=RebalanceConfig)
+    """Live migrations that consolidate (binpack) or even out (spread) the hosts."""
 
     def __post_init__(self) -> None:
         if self.dead_after_s < self.fence_after_s + FENCE_MARGIN_S:
