@@ -47,6 +47,7 @@ from scheduler.core import (
     migration_flow,
     migrations,
     networks,
+    rebalancing,
     requests,
     vms,
 )
@@ -161,6 +162,8 @@ class SchedulerCore:
             images.progress_captures(ctx)
         if ticked or self.carry.drains_due:
             hosts.progress_drains(ctx)
+        if ticked:
+            rebalancing.rebalance(ctx)
         vms.place_pending(ctx, everything=ticked and self.carry.capacity_changed)
         hostnets.flush(ctx, peers_too=ticked)
         self._answer_all(ctx, answers)
