@@ -67,6 +67,9 @@ ON_THE_LEADER = {Kind.LEADER_KILL, Kind.SCHEDULER_STOP_SHORT, Kind.SCHEDULER_STO
 NATS_SILENT = {Kind.NATS_KILL, Kind.NATS_RESTART, Kind.NATS_STOP_SHORT, Kind.NATS_STOP_LONG}
 """Faults during which no agent hears the scheduler (nats-server dead or frozen)."""
 
+SIGTERM_EXIT_S = 15.0
+"""How long a process may take to exit after SIGTERM (an orderly stop) before kill -9."""
+
 WEIGHTS = {
     Kind.AGENT_KILL: 3,
     Kind.SCHEDULER_KILL: 1,
@@ -308,6 +311,13 @@ class Injector:
         status = self._second.poll()
         if status is None:
             self._second.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
-        self._second.wait(timeout=15)
+        try:
+            self._second.wait(timeout=SIGTERM_EXIT_S)
+        except subprocess.TimeoutExpired:
+            # Not a safety matter, but an operator's SIGTERM must end a scheduler: reported.
+            detail = f"pid {self._second.pid} still running {SIGTERM_EXIT_S} s after SIGTERM"
+            self.crashes.append(Violation("ignored_sigterm", detail))
+            self._second.kill()
+            self._second.wait(timeout=SIGTERM_EXIT_S)
         self._second = None
         return status

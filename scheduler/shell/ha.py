@@ -20,7 +20,7 @@ import fcntl
 import logging
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import nats
@@ -142,6 +142,11 @@ class HaScheduler:
             await self._pause(RETRY_S)
         return None
 
+    def _in_time(self, seconds: float) -> Callable[[], bool]:
+        """Whether a bounded step may go on: within ``seconds`` from now and not stopping."""
+        deadline_s = self.clock.monotonic_s() + seconds
+        return lambda: self.clock.monotonic_s() < deadline_s and not self._stop.is_set()
+
     async def _pause(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(seconds):
@@ -152,7 +157,7 @@ class HaScheduler:
         while not self._stop.is_set():
             try:
                 async with asyncio.timeout(self.config.lease_s):
-                    await statelog.catch_up()
+                    await statelog.catch_up(self._in_time(self.config.lease_s))
                 synced = True
             except (nats.errors.Error, TimeoutError, StratusError) as exc:
                 log.debug("state log not caught up error=%r", exc)
@@ -165,14 +170,15 @@ class HaScheduler:
     async def _lead(self, lease: Lease, statelog: StateLog) -> None:
         epoch = lease.term.epoch
         try:
+            in_time = self._in_time(self.config.lease_s)
             async with asyncio.timeout(self.config.lease_s):
-                await statelog.catch_up()
+                await statelog.catch_up(in_time)
                 # A log with records has a snapshot (its first leader took one before its
                 # fence): only the first leader of a cluster asks the snapshot bucket, whose
                 # stream leader may be on a frozen NATS node.
                 if statelog.seq == 0 and not await statelog.has_snapshot():
                     await statelog.take_snapshot(self.config.db_path)
-                await statelog.fence(epoch)
+                await statelog.fence(epoch, in_time)
         except (nats.errors.Error, TimeoutError, StratusError) as exc:
             log.warning("takeover failed, standby again epoch=%d error=%r", epoch, exc)
             lease.term.revoked = True

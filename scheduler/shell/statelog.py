@@ -22,6 +22,7 @@ import logging
 import os
 import sqlite3
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
@@ -57,6 +58,13 @@ WRONG_LAST_SEQUENCE = 10071
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Rows)
+
+
+def _always() -> bool:
+    return True
+
+
+_ALWAYS = _always
 
 
 class Fenced(StratusError):
@@ -130,12 +138,13 @@ class StateLog:
         self.appended += 1
         return _with_seq(rows, self.seq)
 
-    async def fence(self, epoch: int) -> None:
+    async def fence(self, epoch: int, in_time: Callable[[], bool] = _ALWAYS) -> None:
         """Take the log over for ``epoch``: catch up, then append a fence record that makes
-        every earlier leader's next append fail. Retried until it lands after the last one."""
+        every earlier leader's next append fail. Retried until it lands after the last one
+        (or ``in_time`` says no: ``TimeoutError``)."""
         self.epoch = epoch
         while True:
-            await self.catch_up()
+            await self.catch_up(in_time)
             try:
                 self.seq = await self._publish(b"", {KIND: "fence", EPOCH: str(epoch)})
             except Fenced:
@@ -163,13 +172,21 @@ class StateLog:
         info = await self.js.stream_info(STATE_STREAM)
         return int(info.state.first_seq), int(info.state.last_seq)
 
-    async def catch_up(self) -> int:
-        """Apply every record after ``seq`` up to the stream's last; return how many."""
+    async def catch_up(self, in_time: Callable[[], bool] = _ALWAYS) -> int:
+        """Apply every record after ``seq`` up to the stream's last; return how many.
+
+        ``in_time`` is asked before each record; once it says no, ``TimeoutError``. Callers
+        also bound the call with ``asyncio.timeout``, but that cancels once, and a library
+        await that swallows the cancellation (seen under load: a standby then applied a long
+        log for 24 s and ignored SIGTERM meanwhile) would leave the loop unbounded.
+        """
         first, last = await self.last_seq()
         if self.seq < first - 1 or (self.seq == 0 and last > 0):
             await self.restore_snapshot()
         applied = 0
         while self.seq < last:
+            if not in_time():
+                raise TimeoutError(f"state log catch-up stopped at seq {self.seq} of {last}")
             try:
                 msg = await self.js.get_msg(STATE_STREAM, self.seq + 1, direct=True)
             except NotFoundError:
