@@ -40,7 +40,7 @@ from scheduler.core.contract import Action, Emit, Now, Reply, SendCommands
 from scheduler.core.views import migration_info
 from scheduler.placement.hostviews import HostViews
 from scheduler.placement.pipeline import PlacementPolicy
-from scheduler.placement.rebalance import MigrationBudget
+from scheduler.placement.rebalance import MigrationBudget, Move
 from scheduler.state.cluster import ClusterState
 from scheduler.state.model import MigrationRecord, VmRecord
 from scheduler.state.storage import DiskRecord, EndpointRecord, NicRecord
@@ -84,6 +84,8 @@ class Carry:
     networks: dict[HostId, ConfigureNetworks] = field(default_factory=dict)
     """Each host's desired network configuration as last computed (scheduler/core/hostnets.py);
     a host missing here has it computed when next needed."""
+    rebalance_queue: list[Move] = field(default_factory=list)
+    """Moves the rebalancer planned that wait for a migration slot."""
     rebalance_budget: MigrationBudget | None = None
     """The rebalancer's rounds and moves of the last hour (scheduler/core/rebalancing.py);
     None: not yet rebuilt from the records since the start."""

@@ -7,7 +7,12 @@ on its destination included), the VMs on each host with the time of their last m
 cool-down), the migrations in flight per host, the draining hosts, the members of each
 availability set per fault domain.
 
-Its hourly budget (``MigrationBudget``) lives in the step carry. After a restart it starts from
+A round plans every move at once (a host is emptied completely or not at all); the core starts
+them as migration slots allow (``migration_max_per_host`` at once per host), keeping the rest
+queued in the step carry and trying them again at each tick. A queued move whose VM moved,
+stopped or whose target no longer fits is dropped; the next round plans afresh.
+
+Its hourly budget (``MigrationBudget``) lives in the step carry too. After a restart it starts from
 the records: every VM that finished a migration in the last hour, whatever the cause, counts
 against it, so a restart never lets more than ``max_migrations_per_hour`` through (it can only
 let fewer).
@@ -32,26 +37,40 @@ from scheduler.placement.rebalance import (
 
 
 def rebalance(ctx: StepContext) -> int:
-    """Start the moves a due round plans; how many started."""
+    """Start the moves of a due round, and those of earlier rounds still waiting for a
+    migration slot (``migration_max_per_host``); how many started."""
     config = ctx.config.rebalance
     if not config.enabled:
+        ctx.carry.rebalance_queue.clear()
         return 0
     now_s = ctx.now.wall.timestamp()
     budget = ctx.carry.rebalance_budget
     if budget is None:
         budget = _budget_from_records(ctx, now_s)
     last_s = budget.last_round_s
-    if last_s is not None and now_s - last_s < config.interval_s:
-        return 0  # not due: the cluster is not even looked at
-    plan = plan_moves(_cluster(ctx), ctx.policy, config, budget, now_s)
-    ctx.carry.rebalance_budget = plan.budget
-    started = 0
-    for move in plan.moves:
+    if last_s is None or now_s - last_s >= config.interval_s:
+        plan = plan_moves(_cluster(ctx), ctx.policy, config, budget, now_s)
+        budget = plan.budget
+        queued = {move.vm for move in ctx.carry.rebalance_queue}
+        ctx.carry.rebalance_queue.extend(m for m in plan.moves if m.vm not in queued)
+    ctx.carry.rebalance_budget = budget
+    return _start_queued(ctx)
+
+
+def _start_queued(ctx: StepContext) -> int:
+    """Begin each queued move; one refused only for want of a slot waits for the next tick,
+    one refused for any other reason (the VM moved, stopped, the target filled) is dropped."""
+    started, waiting = 0, []
+    for move in ctx.carry.rebalance_queue:
         record = ctx.state.vms.get(move.vm)
-        if record is None or record.host != move.source:
+        if record is None or record.host != move.source or record.migration is not None:
             continue
-        if migrations.begin(ctx, record, move.target, MigrationCause.REBALANCE) is None:
+        refusal = migrations.begin(ctx, record, move.target, MigrationCause.REBALANCE)
+        if refusal is None:
             started += 1
+        elif refusal.later:
+            waiting.append(move)
+    ctx.carry.rebalance_queue[:] = waiting
     return started
 
 

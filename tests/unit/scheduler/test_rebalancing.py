@@ -57,3 +57,18 @@ def test_a_round_is_not_repeated_before_its_interval() -> None:
     assert last_round(kit) == 1.0
     kit.advance(600.0)
     assert last_round(kit) == 701.0
+
+
+def test_moves_beyond_the_hosts_migration_slots_wait_their_turn() -> None:
+    kit = cluster("h1", "h2", "h3", migration_max_per_host=1)
+    running_vm(kit, "a", "h1")
+    running_vm(kit, "big", "h1")
+    for name in ("b", "c", "d"):
+        running_vm(kit, name, "h2")
+    kit.advance(1.0)
+    moving = migrating(kit)
+    assert len(moving) == 1, moving
+    waiting = kit.core.carry.rebalance_queue
+    assert len(waiting) >= 1 and all(m.vm not in moving for m in waiting)
+    kit.advance(1.0)  # the slot is still taken: nothing more starts, nothing is dropped
+    assert len(migrating(kit)) == 1 and kit.core.carry.rebalance_queue == waiting
