@@ -185,6 +185,20 @@ def test_an_address_held_twice_or_changed_is_caught_and_a_released_one_may_be_re
     assert [v.kind for v in address_violations(moved)] == ["address_changed"]
 
 
+def test_addresses_are_judged_in_the_schedulers_order_not_the_streams() -> None:
+    """a's first events were lost with a stopping nats-server and published again 5 s later,
+    after a's deletion and b's creation with the address a had released."""
+    republished = [
+        nic_event(3, "a", "", VmState.DELETED),
+        nic_event(4, "b", "10.14.0.6"),
+        nic_event(1, "a", "10.14.0.6"),
+        nic_event(2, "a", "10.14.0.6"),
+    ]
+    assert address_violations(republished) == []
+    shared = [nic_event(2, "b", "10.14.0.6"), nic_event(1, "a", "10.14.0.6")]
+    assert [v.kind for v in address_violations(shared)] == ["address_shared"]
+
+
 def test_a_vm_removed_while_nats_is_frozen_is_caught() -> None:
     frozen = [fault(Kind.NATS_STOP_LONG, None, 10.0, 14.0)]
     found = destroyed_during_nats_outages([Row(13.0, "h1", "a", 1, "stop")], frozen)
