@@ -86,6 +86,8 @@ class SchedulerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     command_retry_s: PositiveS = 3.0
     """A command not yet reflected in the host's inventory is sent again after this long."""
     max_start_attempts: Annotated[int, msgspec.Meta(ge=1)] = 3
+    """Retryable start failures in a row (each on another host) before a VM fails; a VM that
+    runs starts counting afresh, and the hosts it failed on are fit for it again."""
     recovery_per_host_per_tick: Annotated[int, msgspec.Meta(ge=1)] = 50
     """At most this many recovered (re-placed) VMs go to one host per placement pass."""
     tick_s: PositiveS = 0.2

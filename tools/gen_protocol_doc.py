@@ -461,7 +461,11 @@ def render_streams() -> list[str]:
         f"on `{subjects.JOB_REJECTED}`; the others show up as VM and host events.",
         f"- **`{events.name}`** (`{subjects.EVENTS_WILDCARD}`): one event per state change, "
         f"numbered by `seq`, kept {max_age_d:g} days. Consumers replay from any sequence; "
-        "events carry `Nats-Msg-Id` so a republished event is stored once.",
+        "events carry `Nats-Msg-Id` so a republished event is stored once. An event whose "
+        "publication was lost (nats-server stopped as it went out) is published again once "
+        "its ack is overdue, after events numbered later: the stream's order is not always "
+        "`seq` order, so a consumer that keeps a VM's state ignores an event older (lower "
+        "`seq`) than the last it applied for that VM.",
         f"- **`{subjects.IMAGES_BUCKET}`** (JetStream object store): image bytes, one object per "
         "image named by its sha256 (hex). An uploader stages the chunks (`$O."
         f"{subjects.IMAGES_BUCKET}.C.<nuid>`, no metadata), then registers them with "

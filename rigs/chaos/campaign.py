@@ -221,10 +221,12 @@ async def _judge(rig: Rig, nc: Client, client: StratusClient, load: Load, report
     replay = observer.Replay()
     replay.run(rows, report.faults, load.sizes)
     report.violations += replay.violations
-    report.violations += observer.destroyed_during_nats_outages(rows, report.faults, load.acked)
+    events = await read_events(nc)
+    report.violations += observer.destroyed_during_nats_outages(
+        rows, report.faults, load.acked, events
+    )
     report.violations += observer.duplicates_refused(report.faults, rig.duplicate_dir)
     report.violations += observer.mistakes_stood_by(report.faults, rig.mistake_log)
-    events = await read_events(nc)
     report.violations += observer.healthy_hosts_declared_dead(events, report.faults)
     report.violations += observer.address_violations(events)
     report.violations += observer.acked_outcomes(load.acked, await final_vms(client), events)

@@ -149,7 +149,10 @@ def healthy_hosts_declared_dead(events: Iterable[object], faults: list[Fault]) -
 
 
 def destroyed_during_nats_outages(
-    rows: list[Row], faults: list[Fault], acked: Sequence[Acked] = ()
+    rows: list[Row],
+    faults: list[Fault],
+    acked: Sequence[Acked] = (),
+    events: Iterable[object] = (),
 ) -> list[Violation]:
     """Only the scheduler's word removes a VM: while NATS is down (dead or frozen) no agent hears
     it, so no VM
@@ -158,21 +161,46 @@ def destroyed_during_nats_outages(
     complete during it, even when its acknowledgement only came after the outage (seen: a
     DeleteVm held back by TCP retransmission through a partition landed as nats-server was
     killed; and a delete the scheduler carried out just before nats-server died, whose reply
-    was lost, acknowledged to the retrying client after the restart)."""
+    was lost, acknowledged to the retrying client after the restart). So may the removal of a
+    copy the scheduler had given up before the outage, as its events show (seen: a host cut off
+    by a partition declared dead, its VMs started elsewhere at a new generation; the DeleteVm of
+    the old copies, held back by TCP retransmission through the partition, landed while
+    nats-server was frozen)."""
     outages = [
         (f.start + OUTAGE_SETTLE_S, f.end, f.start)
         for f in faults
         if f.kind in NATS_SILENT and f.start
     ]
     deleted_at = {a.vm: a.sent_at or a.acked_at for a in acked if a.op is Op.DELETE}
+    given_up = _given_up(events)
     return [
         Violation("removed_during_nats_outage", f"t={r.t:.3f} {r.event} {r.vm} on {r.host}")
         for r in rows
         if r.event in ("stop", "destroy")
         and any(
-            a <= r.t <= b and deleted_at.get(r.vm, float("inf")) > began for a, b, began in outages
+            a <= r.t <= b
+            and deleted_at.get(r.vm, float("inf")) > began
+            and given_up.get((r.vm, r.gen), float("inf")) > began
+            for a, b, began in outages
         )
     ]
+
+
+_GIVES_UP = {VmState.STOPPING, VmState.STOPPED, VmState.DELETING, VmState.DELETED, VmState.FAILED}
+
+
+def _given_up(events: Iterable[object]) -> dict[tuple[str, int], float]:
+    """(VM, generation) -> when an event first showed the scheduler no longer wants that copy
+    to run: the VM at a later generation, or stopping, deleted, failed at that one."""
+    first: dict[tuple[str, int], float] = {}
+    newest: dict[str, int] = {}
+    for event in sorted((e for e in events if isinstance(e, VmEvent)), key=lambda e: e.time):
+        t = event.time.timestamp()
+        done = event.generation if event.state in _GIVES_UP else event.generation - 1
+        for gen in range(newest.get(event.name, 0) + 1, done + 1):
+            first.setdefault((event.name, gen), t)
+        newest[event.name] = max(newest.get(event.name, 0), done)
+    return first
 
 
 def duplicates_refused(
@@ -194,16 +222,20 @@ def duplicates_refused(
 
 
 def address_violations(events: Iterable[object]) -> list[Violation]:
-    """From the VM events, in order: no address of a network is held by two live VMs at once,
-    and a VM keeps each of its addresses for its life (every generation, every host). An
-    address is the VM's from the first event showing it until its ``deleted`` event."""
+    """From the VM events, in the scheduler's order (``seq``): no address of a network is held
+    by two live VMs at once, and a VM keeps each of its addresses for its life (every
+    generation, every host). An address is the VM's from the first event showing it until its
+    ``deleted`` event.
+
+    Not in the stream's order: an event whose publication nats-server lost (it stopped as the
+    event went out) is published again once its ack is overdue (5 s), behind events committed
+    after it; the stream then holds, say, a VM's ``scheduled`` after its ``deleted``."""
     holder: dict[tuple[str, str], str] = {}
     identity: dict[tuple[str, str], str] = {}
     """(VM, network) -> the address it first had."""
     found: list[Violation] = []
-    for event in events:
-        if not isinstance(event, VmEvent):
-            continue
+    vm_events = sorted((e for e in events if isinstance(e, VmEvent)), key=lambda e: e.seq)
+    for event in vm_events:
         where = f"seq={event.seq} vm={event.name} generation={event.generation}"
         if event.state is VmState.DELETED:
             for key in [k for k, name in holder.items() if name == event.name]:

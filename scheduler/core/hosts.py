@@ -204,8 +204,15 @@ def _apply(ctx: StepContext, transition: Transition, host: HostId) -> None:
     match transition.outcome:
         case Outcome.STARTING:
             ctx.change_vm(record, state=VmState.STARTING, reason="")
-        case Outcome.RUNNING:
-            ctx.change_vm(record, state=VmState.RUNNING, reason="", recovering=False)
+        case Outcome.RUNNING:  # it started: the failed starts before no longer bar hosts
+            ctx.change_vm(
+                record,
+                state=VmState.RUNNING,
+                reason="",
+                recovering=False,
+                start_attempts=0,
+                failed_hosts=[],
+            )
             disks.settle(ctx, record, host)
         case Outcome.VANISHED:
             ctx.change_vm(record, state=VmState.STARTING, reason=transition.reason)

@@ -142,6 +142,32 @@ def test_a_vm_removed_while_nats_is_down_is_caught() -> None:
     assert [v.kind for v in found] == ["removed_during_nats_outage"]
 
 
+def vm_event(t: float, state: VmState, generation: int, host: str | None) -> VmEvent:
+    when = datetime.fromtimestamp(t, UTC)
+    return VmEvent(seq=0, time=when, name="a", state=state, host=host, generation=generation)
+
+
+def test_removing_a_copy_the_scheduler_gave_up_before_nats_went_silent_is_no_violation() -> None:
+    """h1 was cut off and declared dead; a runs again on h2 at generation 2; the DeleteVm of
+    the old copy reaches h1 late, while nats-server is frozen."""
+    frozen = [fault(Kind.NATS_STOP_LONG, None, 10.0, 14.0)]
+    old_copy = [Row(12.0, "h1", "a", 1, "destroy")]
+    moved = [vm_event(9.5, VmState.LOST, 1, "h1"), vm_event(9.5, VmState.PENDING, 2, None)]
+    assert destroyed_during_nats_outages(old_copy, frozen, (), moved) == []
+    # Given up only after the outage began: nobody could have told h1.
+    moved_late = [vm_event(10.5, VmState.LOST, 1, "h1"), vm_event(10.5, VmState.PENDING, 2, None)]
+    found = destroyed_during_nats_outages(old_copy, frozen, (), moved_late)
+    assert [v.kind for v in found] == ["removed_during_nats_outage"]
+    # The current copy: a newer generation says nothing about it.
+    current = [Row(12.0, "h2", "a", 2, "destroy")]
+    found = destroyed_during_nats_outages(current, frozen, (), moved)
+    assert [v.kind for v in found] == ["removed_during_nats_outage"]
+    # Stopped before the outage: its stop may land during it.
+    stopping = [vm_event(9.0, VmState.STOPPING, 2, "h2")]
+    late_stop = [Row(12.0, "h2", "a", 2, "stop")]
+    assert destroyed_during_nats_outages(late_stop, frozen, (), moved + stopping) == []
+
+
 def test_a_duplicate_that_was_not_refused_or_executed_is_a_violation(tmp_path: Path) -> None:
     refused = fault(Kind.DUPLICATE_HOST_ID, "h1", 10.0, 14.0)
     refused.duplicate_exit = 3
@@ -183,6 +209,20 @@ def test_an_address_held_twice_or_changed_is_caught_and_a_released_one_may_be_re
     assert [v.kind for v in address_violations(shared)] == ["address_shared"]
     moved = [nic_event(1, "a", "10.14.0.2"), nic_event(2, "a", "10.14.0.3")]
     assert [v.kind for v in address_violations(moved)] == ["address_changed"]
+
+
+def test_addresses_are_judged_in_the_schedulers_order_not_the_streams() -> None:
+    """a's first events were lost with a stopping nats-server and published again 5 s later,
+    after a's deletion and b's creation with the address a had released."""
+    republished = [
+        nic_event(3, "a", "", VmState.DELETED),
+        nic_event(4, "b", "10.14.0.6"),
+        nic_event(1, "a", "10.14.0.6"),
+        nic_event(2, "a", "10.14.0.6"),
+    ]
+    assert address_violations(republished) == []
+    shared = [nic_event(2, "b", "10.14.0.6"), nic_event(1, "a", "10.14.0.6")]
+    assert [v.kind for v in address_violations(shared)] == ["address_shared"]
 
 
 def test_a_vm_removed_while_nats_is_frozen_is_caught() -> None:

@@ -371,3 +371,33 @@ def test_size_names_are_case_insensitive_and_a_repeat_in_another_case_is_the_sam
     again = kit.create("a", "SMALL")
     assert again.error is None and again.vm is not None
     assert again.vm.generation == first.vm.generation and len(kit.state.vms) == 1
+
+
+def test_a_start_that_failed_once_does_not_bar_that_host_after_the_vm_ran() -> None:
+    """A failed start steers the next attempts away from its host; once the VM runs, that
+    host is fit again (a full disk is over by then): a later move may go back there."""
+    kit = with_hosts("h1", "h2")
+    kit.create("a")
+    first = kit.vm("a").host
+    assert first is not None
+    failed = ObservedVm(
+        name="a",
+        generation=1,
+        state=ObservedState.FAILED,
+        cpu_milli=1000,
+        mem_mib=1792,
+        reason="No space left on device",
+        retryable=True,
+    )
+    kit.heartbeat(first, [failed])
+    second = kit.vm("a").host
+    assert second not in (None, first)
+    kit.heartbeat(first, [])
+    kit.heartbeat(second, kit.running_on(second))
+    assert kit.vm("a").state is VmState.RUNNING
+    for _ in range(8):  # the host it runs on goes silent and is declared dead
+        kit.advance(1.0)
+        kit.heartbeat(first, [])
+    record = kit.vm("a")
+    assert not kit.host(second).up
+    assert record.host == first and record.state is VmState.SCHEDULED, record.reason
