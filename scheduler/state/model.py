@@ -57,7 +57,7 @@ class PlacementRequest:
     """The only host this VM may go to: its host-local disks live there."""
 
 
-class VmRecord(msgspec.Struct, kw_only=True):
+class VmRecord(msgspec.Struct, kw_only=True, gc=False):
     """Desired state of one VM, as persisted in the store."""
 
     name: VmName
@@ -99,7 +99,7 @@ class VmRecord(msgspec.Struct, kw_only=True):
         return self.host is not None and self.state in ACTIVE_STATES
 
 
-class ReplyRecord(msgspec.Struct, kw_only=True):
+class ReplyRecord(msgspec.Struct, kw_only=True, gc=False):
     """What a request id stands for, as persisted: the one request it named (operation, target
     and a digest of its body) and, once a VM operation succeeded, the reply its retries get."""
 
@@ -115,7 +115,7 @@ class ReplyRecord(msgspec.Struct, kw_only=True):
         return (self.op, self.target, self.digest) == (request.op, request.target, request.digest)
 
 
-class HostRecord(msgspec.Struct, kw_only=True):
+class HostRecord(msgspec.Struct, kw_only=True, gc=False):
     """What the scheduler knows of a host, as persisted in the store."""
 
     host_id: HostId
