@@ -129,7 +129,7 @@ class ListSizes(msgspec.Struct, kw_only=True):
 # --------------------------------------------------------------------------- API replies
 
 
-class VmInfo(msgspec.Struct, kw_only=True):
+class VmInfo(msgspec.Struct, kw_only=True, gc=False):
     name: str
     size: str
     cpu_milli: int
@@ -173,7 +173,7 @@ class HostInfo(msgspec.Struct, kw_only=True):
     """VMs of a draining host not yet running on another host."""
 
 
-class VmReply(msgspec.Struct, omit_defaults=True):
+class VmReply(msgspec.Struct, omit_defaults=True, gc=False):
     vm: VmInfo | None = None
     error: ErrorBody | None = None
 
@@ -285,7 +285,7 @@ class ObservedState(StrEnum):
     waits to be destroyed."""
 
 
-class ObservedVm(msgspec.Struct, kw_only=True):
+class ObservedVm(msgspec.Struct, kw_only=True, gc=False):
     name: VmNameField
     generation: Generation
     state: ObservedState
@@ -407,7 +407,7 @@ Event = VmEvent | HostEvent | JobRejected
 # upload|delete (ImageReply, ImageListReply); agents report captures on stratus.host.<id>.captured.
 
 
-class DiskInfo(msgspec.Struct, kw_only=True):
+class DiskInfo(msgspec.Struct, kw_only=True, gc=False):
     disk_id: str
     kind: DiskKind
     size_mib: int
