@@ -117,15 +117,7 @@ def _networks(draw: st.DrawFn) -> HostNetwork:
     # one: "e" has the MAC of "a", and an address may be taken, reserved or malformed.
     vms = _often(["a", "b", "c", "d"], ["e"])
     hosts = st.sampled_from([None] * 30 + [*_ODD_HOSTS, "2"])
-    leases = st.builds(
-        lambda vm, host: NicLease(
-            vm=vm,
-            mac=f"52:54:00:00:00:{ord({'e': 'a'}.get(vm, vm)):02x}",
-            ip=f"{prefix}.{host or ord(vm) - 95}",
-        ),
-        vms,
-        hosts,
-    )
+    leases = st.builds(lambda vm, host: _lease(vm, prefix, host), vms, hosts)
     return HostNetwork(
         vnet=f"net-{vni}",
         vni=vni,
@@ -141,6 +133,11 @@ def _networks(draw: st.DrawFn) -> HostNetwork:
         ),
         leases=draw(st.lists(leases, max_size=4, unique_by=lambda x: x.vm)),
     )
+
+
+def _lease(vm: str, prefix: str, host: str | None) -> NicLease:
+    mac = ord("a" if vm == "e" else vm)
+    return NicLease(vm=vm, mac=f"52:54:00:00:00:{mac:02x}", ip=f"{prefix}.{host or ord(vm) - 95}")
 
 
 def _endpoints(addresses: list[str]) -> st.SearchStrategy[HostEndpoint]:
@@ -167,7 +164,8 @@ def _configs(draw: st.DrawFn) -> tuple[list[HostNetwork], list[HostEndpoint]]:
     networks = draw(_mostly_unique(_networks(), lambda n: n.vni))
     addresses = [lease.ip for network in networks for lease in network.leases]
     endpoints = draw(_mostly_unique(_endpoints(addresses or ["10.1.0.2"]), lambda e: e.public_port))
-    return networks, endpoints if addresses and draw(st.booleans()) else []
+    with_endpoints: bool = bool(addresses) and draw(st.booleans())
+    return networks, endpoints if with_endpoints else []
 
 
 @settings(max_examples=300, deadline=None)
