@@ -132,7 +132,7 @@ class ListSizes(msgspec.Struct, kw_only=True):
 # --------------------------------------------------------------------------- API replies
 
 
-class VmInfo(msgspec.Struct, kw_only=True):
+class VmInfo(msgspec.Struct, kw_only=True, gc=False):
     name: str
     size: str
     cpu_milli: int
@@ -178,7 +178,7 @@ class HostInfo(msgspec.Struct, kw_only=True):
     """Live migrations under way from or to this host."""
 
 
-class VmReply(msgspec.Struct, omit_defaults=True):
+class VmReply(msgspec.Struct, omit_defaults=True, gc=False):
     vm: VmInfo | None = None
     error: ErrorBody | None = None
 
@@ -291,7 +291,7 @@ class ObservedState(StrEnum):
     waits to be destroyed."""
 
 
-class ObservedVm(msgspec.Struct, kw_only=True):
+class ObservedVm(msgspec.Struct, kw_only=True, gc=False):
     name: VmNameField
     generation: Generation
     state: ObservedState
@@ -427,7 +427,7 @@ Event = VmEvent | HostEvent | JobRejected
 # upload|delete (ImageReply, ImageListReply); agents report captures on stratus.host.<id>.captured.
 
 
-class DiskInfo(msgspec.Struct, kw_only=True):
+class DiskInfo(msgspec.Struct, kw_only=True, gc=False):
     disk_id: str
     kind: DiskKind
     size_mib: int

@@ -65,7 +65,7 @@ MIGRATION_RESERVES = frozenset(
 the switchover on, the destination *is* its host)."""
 
 
-class MigrationRecord(msgspec.Struct, kw_only=True):
+class MigrationRecord(msgspec.Struct, kw_only=True, gc=False):
     """A live migration under way (scheduler/core/migrations.py), as persisted with its VM."""
 
     source: HostId
@@ -87,7 +87,7 @@ class MigrationRecord(msgspec.Struct, kw_only=True):
     """``cancelling``: why the attempt is being ended."""
 
 
-class VmRecord(msgspec.Struct, kw_only=True):
+class VmRecord(msgspec.Struct, kw_only=True, gc=False):
     """Desired state of one VM, as persisted in the store."""
 
     name: VmName
@@ -150,7 +150,7 @@ class VmRecord(msgspec.Struct, kw_only=True):
         return max(self.generation, self.max_generation) + 1
 
 
-class ReplyRecord(msgspec.Struct, kw_only=True):
+class ReplyRecord(msgspec.Struct, kw_only=True, gc=False):
     """What a request id stands for, as persisted: the one request it named (operation, target
     and a digest of its body) and, once a VM operation succeeded, the reply its retries get."""
 
@@ -166,7 +166,7 @@ class ReplyRecord(msgspec.Struct, kw_only=True):
         return (self.op, self.target, self.digest) == (request.op, request.target, request.digest)
 
 
-class HostRecord(msgspec.Struct, kw_only=True):
+class HostRecord(msgspec.Struct, kw_only=True, gc=False):
     """What the scheduler knows of a host, as persisted in the store."""
 
     host_id: HostId
