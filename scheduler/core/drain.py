@@ -80,13 +80,15 @@ def moving(state: ClusterState) -> Counter[HostId]:
 
 
 def remaining(state: ClusterState, host: HostId, on_the_move: Mapping[HostId, int]) -> int:
-    """VMs on ``host`` (holding capacity there) plus those moved off it not yet running elsewhere.
+    """VMs on ``host`` (holding capacity there) plus those moved off it not yet running elsewhere,
+    plus those migrating live *to* it (begun before the drain: they land, then move on).
 
     A VM being stopped by the drain is on the host and on the move: counted once.
     """
     on_host = state.by_host.get(host, ())
     stopping_here = sum(1 for name in on_host if state.vms[name].drained_from == host)
-    return len(on_host) + on_the_move.get(host, 0) - stopping_here
+    arriving = len(state.incoming.get(host, ()))
+    return len(on_host) + on_the_move.get(host, 0) - stopping_here + arriving
 
 
 def remaining_by_host(state: ClusterState) -> dict[HostId, int]:

@@ -144,3 +144,21 @@ def test_a_live_move_that_fails_after_the_drain_was_called_off_leaves_the_vm_be(
     assert (record.host, record.state, record.migration) == ("h1", VmState.RUNNING, None)
     assert record.drained_from is None, "no drain is moving it any more"
     assert record.generation == 1
+
+
+def test_a_drain_of_a_host_vms_are_migrating_to_waits_for_them_and_moves_them_on() -> None:
+    kit, hosts = three_on_h1(drain_parallelism=3, migration_max_per_host=4)
+    hosts.carry_out(kit.host_op(Op.CORDON, "h3"))
+    hosts.carry_out(kit.host_op(Op.DRAIN, "h1"))  # a, b and c head for h2
+    assert {kit.vm(n).migration.target for n in "abc"} == {"h2"}  # type: ignore[union-attr]
+    hosts.carry_out(kit.host_op(Op.UNCORDON, "h3"))
+    hosts.carry_out(kit.host_op(Op.DRAIN, "h2"))  # while they are on their way to it
+    assert kit.host("h2").draining, "not complete while vms are arriving"
+    for _ in range(24):
+        hosts.beat_all()
+        hosts.carry_out(kit.advance(0.5))
+    assert drained(kit)
+    assert not kit.host("h2").draining and not kit.vms_on("h2")
+    for name in "abc":
+        record = kit.vm(name)
+        assert record.state is VmState.RUNNING and record.host == "h3", (name, record.host)
