@@ -33,6 +33,7 @@ import uvloop
 
 from bench.harness import Watch, machine, percentile, rig, submit_api, write_result
 from cli.client import StratusClient
+from common.errors import ApiError
 from common.messages import CreateVm, VmInfo, VmState
 from rigs.counting import Copy, CounterWatch
 from rigs.netqemu import NetRig
@@ -84,9 +85,11 @@ async def _move(
     }
 
 
-async def downtime_part(rig_: NetRig, client: StratusClient, moves: int) -> dict[str, Any]:
+async def downtime_part(
+    rig_: NetRig, client: StratusClient, moves: int, sizes: list[str]
+) -> dict[str, Any]:
     per_size: dict[str, Any] = {}
-    for size in SIZES:
+    for size in sizes:
         name = f"mig-{size.lower()}"
         await client.create_vm(CreateVm(name=name, size=size))
         await _settled(client, name, "h1", MOVE_TIMEOUT_S)
@@ -165,7 +168,9 @@ async def _counting_copy_started(watch: CounterWatch) -> Copy:
     return copy
 
 
-async def qemu_parts(parts: set[str], moves: int, drain_vms: int) -> dict[str, Any]:
+async def qemu_parts(
+    parts: set[str], moves: int, drain_vms: int, sizes: list[str]
+) -> dict[str, Any]:
     kit = boot_kit()
     result: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="stratus-bench-mig-") as tmp:
@@ -178,7 +183,7 @@ async def qemu_parts(parts: set[str], moves: int, drain_vms: int) -> dict[str, A
             client = StratusClient(nc, timeout_s=10.0)
             await _hosts_up(client, 2)
             if "downtime" in parts:
-                result["downtime"] = await downtime_part(rig_, client, moves)
+                result["downtime"] = await downtime_part(rig_, client, moves, sizes)
             if "drain" in parts:
                 result["drain"] = await drain_part(rig_, client, drain_vms)
             await nc.close()
@@ -189,7 +194,10 @@ async def qemu_parts(parts: set[str], moves: int, drain_vms: int) -> dict[str, A
 
 async def _hosts_up(client: StratusClient, count: int) -> None:
     deadline = time.monotonic() + 60
-    while len([h for h in await client.list_hosts() if h.state == "up"]) < count:
+    while True:
+        with contextlib.suppress(ApiError):  # the scheduler may not answer yet
+            if len([h for h in await client.list_hosts() if h.state == "up"]) >= count:
+                return
         if time.monotonic() > deadline:
             raise TimeoutError("hosts not up")
         await asyncio.sleep(0.2)  # polling at the bench's own pace
@@ -247,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     started = machine()
     result: dict[str, Any] = {}
     if parts & {"downtime", "drain"}:
-        result.update(uvloop.run(qemu_parts(parts, args.moves, args.drain_vms)))
+        sizes = ["Tiny"] if args.smoke else list(SIZES)
+        result.update(uvloop.run(qemu_parts(parts, args.moves, args.drain_vms, sizes)))
     if "fleet" in parts:
         result["fleet"] = uvloop.run(fleet_part(args.fleet_hosts, args.fleet_vms))
     path = write_result(args.name, result, started)
