@@ -17,6 +17,7 @@ it (their network backend keeps the accounts) before they start the VMs.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import sys
 import time
@@ -94,9 +95,7 @@ async def _phase(
         await js.publish(subject, body, timeout=60, headers={"Nats-Msg-Id": name})
 
     waiting = watch.awaiting_running(names)
-    pids = {name: proc.pid for name, proc in the_rig.procs.items()}
-    pids |= {"nats-server": the_rig.nats.process.pid, "bench client": os.getpid()}
-    cpus = {name: CpuWindow(pid) for name, pid in pids.items()}
+    cpus = {name: CpuWindow(pid) for name, pid in _pids(the_rig).items()}
     for window in cpus.values():
         window.start()
     start_s = time.monotonic()
@@ -112,6 +111,7 @@ async def _phase(
     to_running = [watch.running_at[name] - start_s for name in names]
     await nc.close()
     vms_per_s = count / done_s
+    cpu = {name: window.stop() for name, window in cpus.items()}
     return {
         "via": "jetstream jobs stream" if via_jobs else "nats request/reply api",
         "vms": count,
@@ -122,11 +122,32 @@ async def _phase(
         "request_latency": summary_ms(latencies_s),
         "submit_to_running_s_max": round(max(to_running), 2),
         "errors": errors[:10],
-        "scheduler": cpus.pop("scheduler").stop(),
-        "others": {name: window.stop() for name, window in cpus.items()},
+        "scheduler": cpu["scheduler"],
+        "others": {name: used for name, used in cpu.items() if name != "scheduler"},
+        "cpu_s_per_1000_vms": {name: _per_1000(used, count) for name, used in cpu.items()},
         "target_vms_per_s": TARGET_VMS_PER_S,
         "meets_target": vms_per_s >= TARGET_VMS_PER_S,
     }
+
+
+def _pids(the_rig: Rig) -> dict[str, int]:
+    pids = {name: proc.pid for name, proc in the_rig.procs.items()}
+    return pids | {"nats-server": the_rig.nats.process.pid, "bench client": os.getpid()}
+
+
+def _per_1000(used: dict[str, float], vms: int) -> float:
+    """CPU-seconds of a process per 1,000 VMs over a phase (all it did meanwhile counts)."""
+    return round(used["cpu_core_fraction"] * used["window_s"] * 1000 / vms, 4)
+
+
+async def _idle(the_rig: Rig, window_s: float = 3.0) -> dict[str, float]:
+    """Each process's CPU (fraction of a core) with every host up and no VM on its way: the
+    heartbeats, which the phases' figures include too."""
+    cpus = {name: CpuWindow(pid) for name, pid in _pids(the_rig).items()}
+    for window in cpus.values():
+        window.start()
+    await asyncio.sleep(window_s)
+    return {name: window.stop()["cpu_core_fraction"] for name, window in cpus.items()}
 
 
 async def run(hosts: int, vms: int, concurrency: int, vnets: int = 2) -> dict[str, Any]:
@@ -139,13 +160,14 @@ async def run(hosts: int, vms: int, concurrency: int, vnets: int = 2) -> dict[st
         await watch.until(lambda: len(watch.hosts_up) >= hosts, timeout_s=60 + hosts / 50)
         the_rig.check_alive()
         await _create_vnets(the_rig.nats.url, vnets)
+        idle = await _idle(the_rig)
         phases = [
             await _phase(the_rig, watch, "api", vms, concurrency, via_jobs=False, vnets=vnets),
             await _phase(the_rig, watch, "job", vms, concurrency, via_jobs=True, vnets=vnets),
         ]
         the_rig.check_alive()
         await nc.close()
-    return {"hosts": hosts, "networks": vnets, "phases": phases}
+    return {"hosts": hosts, "networks": vnets, "idle_cpu_core_fraction": idle, "phases": phases}
 
 
 def main(argv: list[str] | None = None) -> int:

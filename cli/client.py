@@ -24,6 +24,7 @@ from common.image_messages import (
     UploadImage,
 )
 from common.imagestore import stage_image
+from common.migration_messages import MigrateVm
 from common.natsauth import auth_options, inbox_options, redact_url
 from common.network_messages import (
     AddEndpoint,
@@ -125,6 +126,16 @@ class StratusClient:
     async def delete_vm(self, name: str, request_id: str | None = None) -> m.VmInfo:
         return await self._vm(subjects.VM_DELETE, m.VmRef(name=name, request_id=request_id))
 
+    async def migrate_vm(
+        self, name: str, to: str | None = None, request_id: str | None = None
+    ) -> m.VmInfo:
+        body = MigrateVm(name=name, to=to, request_id=request_id)
+        return await self._vm(subjects.VM_MIGRATE, body)
+
+    async def cancel_migration(self, name: str, request_id: str | None = None) -> m.VmInfo:
+        body = m.VmRef(name=name, request_id=request_id)
+        return await self._vm(subjects.VM_MIGRATE_CANCEL, body)
+
     async def list_vms(self, query: m.ListVms | None = None) -> list[m.VmInfo]:
         reply = await self._call(subjects.VM_LIST, query or m.ListVms(), codec.vm_list_reply)
         return reply.vms
@@ -132,8 +143,10 @@ class StratusClient:
     async def list_hosts(self) -> list[m.HostInfo]:
         return (await self._call(subjects.HOST_LIST, m.ListHosts(), codec.host_list_reply)).hosts
 
-    async def _host(self, subject: str, host_id: str, request_id: str | None) -> m.HostInfo:
-        body = m.HostRef(host_id=host_id, request_id=request_id)
+    async def _host(
+        self, subject: str, host_id: str, request_id: str | None, *, cold: bool = False
+    ) -> m.HostInfo:
+        body = m.HostRef(host_id=host_id, request_id=request_id, cold=cold)
         reply = await self._call(subject, body, codec.host_reply)
         assert reply.host is not None
         return reply.host
@@ -144,8 +157,11 @@ class StratusClient:
     async def uncordon_host(self, host_id: str, request_id: str | None = None) -> m.HostInfo:
         return await self._host(subjects.HOST_UNCORDON, host_id, request_id)
 
-    async def drain_host(self, host_id: str, request_id: str | None = None) -> m.HostInfo:
-        return await self._host(subjects.HOST_DRAIN, host_id, request_id)
+    async def drain_host(
+        self, host_id: str, request_id: str | None = None, *, cold: bool = False
+    ) -> m.HostInfo:
+        """Drain: live migration for every running VM, or stop and start with ``cold``."""
+        return await self._host(subjects.HOST_DRAIN, host_id, request_id, cold=cold)
 
     async def list_sizes(self) -> list[m.Size]:
         return (await self._call(subjects.SIZES_LIST, m.ListSizes(), codec.size_list_reply)).sizes

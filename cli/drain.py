@@ -18,10 +18,13 @@ class HostLister(Protocol):
     async def list_hosts(self) -> list[m.HostInfo]: ...
 
 
-def progress_bar(host_id: str, moved: int, total: int, width: int = BAR_WIDTH) -> str:
-    """``draining h1 [###########-------------------] 3/8 vms moved``."""
+def progress_bar(
+    host_id: str, moved: int, total: int, width: int = BAR_WIDTH, live: int = 0
+) -> str:
+    """``draining h1 [###########-------------------] 3/8 vms moved, 2 migrating live``."""
     filled = width if total <= 0 else min(width, width * moved // total)
-    return f"draining {host_id} [{'#' * filled}{'-' * (width - filled)}] {moved}/{total} vms moved"
+    bar = f"draining {host_id} [{'#' * filled}{'-' * (width - filled)}] {moved}/{total} vms moved"
+    return bar + (f", {live} migrating live" if live else "")
 
 
 async def wait_drained(
@@ -35,7 +38,8 @@ async def wait_drained(
     try:
         while True:
             moved = total - host.drain_remaining if host.draining else total
-            progress.show(progress_bar(host_id, moved, total))
+            live = host.migrations if host.draining else 0
+            progress.show(progress_bar(host_id, moved, total, live=live))
             if not host.draining:
                 return host
             if deadline.passed():

@@ -137,7 +137,7 @@ def _add_wait(parser: argparse.ArgumentParser, until: str) -> None:
 def _add_vm_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     common = [_common_options(defaults=False)]
     vm = commands.add_parser(
-        "vm", help="create, list, show, stop, start, delete, capture VMs; logs, console"
+        "vm", help="create, list, show, stop, start, delete, migrate, capture VMs; logs, console"
     )
     verb_parsers = vm.add_subparsers(dest="verb", required=True, metavar="VERB")
 
@@ -178,6 +178,7 @@ def _add_vm_commands(commands: argparse._SubParsersAction[argparse.ArgumentParse
             sub.add_argument("--request-id", metavar="ID", help=RETRY_HELP)
             _add_wait(sub, WAIT_UNTIL[verb])
         sub.set_defaults(handler=handler)
+    _add_migrate_commands(verb_parsers, common)
 
     capture = verb_parsers.add_parser(
         "capture", parents=common, help="stop a VM, save it as an image"
@@ -189,6 +190,21 @@ def _add_vm_commands(commands: argparse._SubParsersAction[argparse.ArgumentParse
     capture.set_defaults(handler=verbs.vm_capture)
     _add_console_commands(verb_parsers, common)
     netcmds.add_endpoint_commands(verb_parsers, common)
+
+
+def _add_migrate_commands(
+    verb_parsers: argparse._SubParsersAction[argparse.ArgumentParser],
+    common: list[argparse.ArgumentParser],
+) -> None:
+    migrate = verb_parsers.add_parser("migrate", parents=common, help="move a VM, live")
+    cancel = verb_parsers.add_parser("migrate-cancel", parents=common, help="end a migration")
+    for sub in (migrate, cancel):
+        sub.add_argument("name", metavar="NAME", type=argtypes.vm_name)
+        sub.add_argument("--request-id", metavar="ID", help=RETRY_HELP)
+    migrate.add_argument("--to", metavar="HOST", help="destination (default: the scheduler's)")
+    _add_wait(migrate, "until the VM runs on its new host")
+    migrate.set_defaults(handler=verbs.vm_migrate)
+    cancel.set_defaults(handler=verbs.vm_migrate_cancel)
 
 
 def _add_console_commands(
@@ -279,6 +295,8 @@ def _add_host_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
         sub.add_argument("--request-id", metavar="ID", help=RETRY_HELP)
         if verb == "drain":
             _add_wait(sub, "until every VM has moved")
+            cold = "move the VMs by stop and start, not live migration"
+            sub.add_argument("--cold", action="store_true", help=cold)
         sub.set_defaults(handler=handler)
 
 

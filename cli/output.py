@@ -55,11 +55,18 @@ def _dash(value: str | None) -> str:
     return value if value else "-"
 
 
+def vm_state(vm: m.VmInfo) -> str:
+    """``running``, or ``running,migrating(copying->h2)`` while it moves live."""
+    if vm.migration is None:
+        return str(vm.state)
+    return f"{vm.state},migrating({vm.migration.phase}->{vm.migration.target})"
+
+
 def vm_row(vm: m.VmInfo) -> Row:
     return (
         vm.name,
         vm.size,
-        str(vm.state),
+        vm_state(vm),
         _dash(vm.host),
         str(vm.generation),
         _dash(vm.region),

@@ -1,6 +1,12 @@
-"""``stratus simulate``: how many hosts does a trace need? Replayed with the scheduler's placement.
+"""``stratus simulate``: how many hosts does a trace need? Replayed with the scheduler's placement
+and rebalancer.
 
-    stratus simulate --trace vms.csv.gz --host-size 64c/256g --policy binpack [--hosts N]
+    stratus simulate --trace vms.csv.gz [--host-size 64c/256g] [--hosts N]
+                     [--config scheduler.toml] [--policy binpack|spread] [--no-rebalance]
+
+Without flags the replay uses the scheduler's default configuration: its default policy and
+its rebalancer with the default knobs; ``--config`` reads them (``scorer`` and ``[rebalance]``)
+from a scheduler config file instead.
 
 Reads an Azure 2017 style VM trace (``vm_id,arrival_s,batch_id,vcpus,mem_gb,censored,...``) or
 an Alibaba 2023 style pod list (``name,cpu_milli,memory_mib,...,creation_time,deletion_time``),
@@ -13,9 +19,13 @@ import argparse
 import gzip
 import io
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
+from common.config import SchedulerConfig, load_config
 from common.errors import ConfigError
 from common.resources import parse_capacity
 from scheduler.placement.simulate import (
@@ -38,12 +48,14 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--hosts", type=int, metavar="N", help="fleet size (default: more than ever needed)"
     )
     sim.add_argument("--host-size", default="64c/256g", help="capacity of each host (64c/256g)")
-    sim.add_argument("--policy", choices=("binpack", "spread"), default="binpack")
     sim.add_argument(
-        "--consolidate",
-        type=float,
-        metavar="S",
-        help="every S seconds of trace time, empty hosts under half full by migration",
+        "--config", type=Path, metavar="FILE", help="scheduler config (default: its defaults)"
+    )
+    sim.add_argument(
+        "--policy", choices=("binpack", "spread"), help="placement policy (default: the config's)"
+    )
+    sim.add_argument(
+        "--no-rebalance", action="store_true", help="replay without the rebalancer's migrations"
     )
     sim.add_argument(
         "--group-batches", action="store_true", help="keep a batch's VMs on the same hosts"
@@ -72,15 +84,14 @@ def run_simulate(args: argparse.Namespace) -> int:
     if args.hosts is not None and args.hosts < 1:
         raise ConfigError("--hosts must be at least 1")
     count = args.hosts if args.hosts is not None else hosts_needed(vms, capacity)
-    policy = SimPolicy(
-        args.policy, group_batches=args.group_batches, consolidate_every_s=args.consolidate
-    )
+    policy = sim_policy(args)
     result, _ = simulate(vms, equal_hosts(count, capacity), policy, bound_capacity=capacity)
     report: dict[str, Any] = {
         "vms": result.vms,
         "hosts": count,
         "host_size": str(capacity),
-        "policy": args.policy,
+        "policy": policy.scorer,
+        "rebalance": msgspec.to_builtins(policy.rebalance),
         "placed": result.placed,
         "rejected": result.rejected,
         "peak_hosts_in_use": result.peak_hosts,
@@ -88,9 +99,22 @@ def run_simulate(args: argparse.Namespace) -> int:
         "peak_ratio": round(result.peak_ratio, 4),
         "time_averaged_ratio": round(result.time_averaged_ratio, 4),
         "migrations": result.migrations,
+        "vms_migrated": result.vms_migrated,
+        "migrated_fraction": round(result.migrated_fraction, 4),
+        "migrations_per_vm_hour": round(result.migrations_per_vm_hour, 5),
     }
     print(json.dumps(report, indent=2) if args.output == "json" else _text(report))
     return 0
+
+
+def sim_policy(args: argparse.Namespace) -> SimPolicy:
+    """The scheduler's configuration (its defaults, or ``--config``) with the flags applied."""
+    config = load_config(SchedulerConfig, str(args.config) if args.config else None, {})
+    rebalance = config.rebalance
+    if args.no_rebalance:
+        rebalance = msgspec.structs.replace(rebalance, enabled=False)
+    policy = SimPolicy(config.scorer, group_batches=args.group_batches, rebalance=rebalance)
+    return replace(policy, scorer=args.policy) if args.policy else policy
 
 
 def _text(report: dict[str, Any]) -> str:
@@ -108,6 +132,10 @@ def _text(report: dict[str, Any]) -> str:
             f"(max of Σcpu/host cpu, Σmem/host mem)",
             f"peak ratio     {report['peak_ratio']}  (hosts in use / lower bound)",
             f"time-averaged  {report['time_averaged_ratio']}  (∫hosts dt / ∫lower bound dt)",
-            f"migrations     {report['migrations']}",
+            f"policy         {report['policy']}, rebalancer "
+            + ("on" if report["rebalance"]["enabled"] else "off"),
+            f"migrations     {report['migrations']} of {report['vms_migrated']} vms "
+            f"({report['migrated_fraction']:.1%} of those placed; "
+            f"{report['migrations_per_vm_hour']} per vm-hour)",
         ]
     )

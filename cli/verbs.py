@@ -13,6 +13,7 @@ from pathlib import Path
 from cli import output, usage as usage_output
 from cli.client import StratusClient
 from cli.drain import wait_drained
+from cli.migrate import wait_migrated
 from cli.waiting import Progress, wait_image, wait_vm
 from common import messages as m
 from common.errors import ApiError
@@ -182,11 +183,25 @@ async def host_uncordon(client: StratusClient, args: argparse.Namespace) -> Outc
 
 
 async def host_drain(client: StratusClient, args: argparse.Namespace) -> Outcome:
-    host = await client.drain_host(args.host_id, args.request_id)
+    host = await client.drain_host(args.host_id, args.request_id, cold=args.cold)
     if not args.wait:
         return _host(host, args)
     host = await wait_drained(client, host, _wait_s(args), _progress())
     return _host(host, args, f"host {host.host_id} is drained")
+
+
+async def vm_migrate(client: StratusClient, args: argparse.Namespace) -> Outcome:
+    vm = await client.migrate_vm(args.name, args.to, args.request_id)
+    target = vm.migration.target if vm.migration is not None else "?"
+    if not args.wait:
+        return _vm(vm, args, f"{vm.name} is migrating to {target}")
+    final = await wait_migrated(client, vm, _wait_s(args), _progress())
+    return _vm(final, args, f"{final.name} is running on {final.host} (moved live)")
+
+
+async def vm_migrate_cancel(client: StratusClient, args: argparse.Namespace) -> Outcome:
+    vm = await client.cancel_migration(args.name, args.request_id)
+    return _vm(vm, args, f"{vm.name}: migration cancelled, it runs on {vm.host}")
 
 
 def _image(image: ImageInfo, args: argparse.Namespace, note: str = "") -> Outcome:

@@ -17,6 +17,7 @@ from common.image_messages import (
     ListImages,
     UploadImage,
 )
+from common.migration_messages import MigrateVm
 from common.network_messages import (
     AddEndpoint,
     CreateVnet,
@@ -87,6 +88,7 @@ vnet_ref: Final = Decoder(msgspec.json.Decoder(VnetRef))
 list_vnets: Final = Decoder(msgspec.json.Decoder(ListVnets))
 add_endpoint: Final = Decoder(msgspec.json.Decoder(AddEndpoint))
 remove_endpoint: Final = Decoder(msgspec.json.Decoder(RemoveEndpoint))
+migrate_vm: Final = Decoder(msgspec.json.Decoder(MigrateVm))
 vnet_reply: Final = Decoder(msgspec.json.Decoder(VnetReply))
 vnet_list_reply: Final = Decoder(msgspec.json.Decoder(VnetListReply))
 

@@ -45,6 +45,30 @@ FENCE_MARGIN_S = 1.0
 that its lease ran out and pause its VMs, plus message transit."""
 
 
+class RebalanceConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The rebalancer's knobs (``scheduler/placement/rebalance.py``): live migrations it plans
+    to free lightly used hosts (binpack) or even hosts out (spread). The defaults are the
+    ones ``stratus simulate`` and ``python -m bench.traces`` measure (docs/benchmarks.md)."""
+
+    enabled: bool = True
+    interval_s: PositiveS = 300.0
+    """A planning round at most this often."""
+    max_migrations_per_hour: Annotated[int, msgspec.Meta(ge=0)] = 600
+    """Moves planned in any rolling hour, over the whole cluster."""
+    cooldown_s: Annotated[float, msgspec.Meta(ge=0)] = 3600.0
+    """A VM is not moved again until this long after its last migration started."""
+    empty_below: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.5
+    """binpack: hosts filled less than this (the larger of CPU and memory) are emptied onto
+    the other hosts in use, if every one of their VMs fits there."""
+    spread_margin: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.1
+    """spread: a VM moves from a fuller host only if that narrows their fill gap by this."""
+    max_migrations_per_host: Annotated[int, msgspec.Meta(ge=1)] = 32
+    """Migrations at once touching one host (as source or target); a host with more VMs is
+    never emptied."""
+    max_hosts_per_round: Annotated[int, msgspec.Meta(ge=1)] = 64
+    """Hosts a round tries to empty (binpack) or relieve (spread): bounds a round's work."""
+
+
 class SchedulerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     nats_url: str = "nats://127.0.0.1:4222"
     nats_creds: str = ""
@@ -77,6 +101,21 @@ class SchedulerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     drain_parallelism: Annotated[int, msgspec.Meta(ge=1)] = 4
     """At most this many VMs of a draining host are on the move (stopped, not yet running
     elsewhere) at any time."""
+    migration_prepare_timeout_s: PositiveS = 60.0
+    """A live migration whose destination has not reported ready within this long is
+    cancelled (the VM runs on where it was)."""
+    migration_stall_timeout_s: PositiveS = 60.0
+    """A live migration whose copy has made no progress for this long is cancelled."""
+    migration_cancel_grace_s: PositiveS = 15.0
+    """A cancelled migration whose source no longer reports the attempt at all (an agent
+    restarted) is taken as ended after this long; one reported failed ends at once."""
+    migration_max_per_host: Annotated[int, msgspec.Meta(ge=1)] = 2
+    """At most this many live migrations touch one host (as source or destination) at once;
+    more are refused (``busy``), and a drain waits for a slot."""
+    migration_max_downtime_ms: Annotated[int, msgspec.Meta(ge=1)] = 100
+    """The longest a migrating VM may be paused for the last round (``MigrateOut``)."""
+    migration_max_bandwidth_mib_s: Annotated[int, msgspec.Meta(ge=0)] = 0
+    """Cap on a migration's copy rate; 0: no cap."""
     http_listen: str = ""
     """Address of the HTTP API and portal, like ``127.0.0.1:8080`` (port 0: any free port);
     empty means no HTTP server."""
@@ -110,6 +149,8 @@ class SchedulerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     )
     """Usage price per size in currency-neutral units per hour; a size missing here is priced
     as in DEFAULT_PRICES, or 0 if it has no default."""
+    rebalance: RebalanceConfig = msgspec.field(default_factory=RebalanceConfig)
+    """Live migrations that consolidate (binpack) or even out (spread) the hosts."""
 
     def __post_init__(self) -> None:
         if self.dead_after_s < self.fence_after_s + FENCE_MARGIN_S:
@@ -161,6 +202,10 @@ class AgentConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     fence_after_s: PositiveS = 4.0
     """Used until the scheduler's first ack tells the cluster's value."""
     fake_start_delay_s: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    fake_migration_setup_s: Annotated[float, msgspec.Meta(ge=0)] = 0.5
+    """The fake driver's live migration: a fixed cost, plus memory and data disks at
+    ``fake_migration_bandwidth_mib_s`` (hostagent/drivers/fake.py ``MigrationModel``)."""
+    fake_migration_bandwidth_mib_s: Annotated[float, msgspec.Meta(gt=0)] = 1024.0
     underlay_ip: str = ""
     """The IPv4 address other hosts reach this one at (VXLAN between hosts, endpoints); empty:
     none, so this host's VMs reach no VM on another host and its endpoints have no address.

@@ -72,6 +72,15 @@ class ErrorCode(StrEnum):
     NETWORK_IN_USE = "network_in_use"
     """A network cannot be deleted while VMs have a NIC in it (stopped ones included: they
     keep their addresses)."""
+    NOT_MIGRATABLE = "not_migratable"
+    """A live migration of a VM that cannot move live now: not running, already migrating,
+    or its host's driver cannot migrate."""
+    INVALID_TARGET = "invalid_target"
+    """A live migration to a host that cannot take the VM: unknown, down, cordoned, full, of
+    another driver kind, without an underlay address, or the VM's own host."""
+    BUSY = "busy"
+    """The hosts of a live migration already have as many under way as they may
+    (``migration_max_per_host``): try again once one has finished."""
 
 
 class ErrorBody(msgspec.Struct):

@@ -110,6 +110,9 @@ class HostRef(msgspec.Struct, kw_only=True):
 
     host_id: HostIdField
     request_id: RequestId | None = None
+    cold: bool = False
+    """host.drain: move the VMs by stop and start, not live (a drain migrates each running VM
+    live by default, and stops and starts only those that cannot migrate)."""
 
 
 class ListVms(msgspec.Struct, kw_only=True):
@@ -129,7 +132,7 @@ class ListSizes(msgspec.Struct, kw_only=True):
 # --------------------------------------------------------------------------- API replies
 
 
-class VmInfo(msgspec.Struct, kw_only=True):
+class VmInfo(msgspec.Struct, kw_only=True, gc=False):
     name: str
     size: str
     cpu_milli: int
@@ -171,9 +174,11 @@ class HostInfo(msgspec.Struct, kw_only=True):
     """A drain is under way: the host is cordoned and its VMs are being moved elsewhere."""
     drain_remaining: int = 0
     """VMs of a draining host not yet running on another host."""
+    migrations: int = 0
+    """Live migrations under way from or to this host."""
 
 
-class VmReply(msgspec.Struct, omit_defaults=True):
+class VmReply(msgspec.Struct, omit_defaults=True, gc=False):
     vm: VmInfo | None = None
     error: ErrorBody | None = None
 
@@ -255,11 +260,12 @@ class CaptureDisk(msgspec.Struct, tag="capture_disk", kw_only=True):
     image: ImageNameField
 
 
-AgentCommand = StartVm | StopVm | DeleteVm | ResumeVm | CaptureDisk | ConfigureNetworks
-
 MigrationCommand = PrepareIncoming | MigrateOut | CancelMigration | FinishIncoming
-"""The live-migration commands (common/migration_messages.py); they join ``AgentCommand`` as
-agents and scheduler learn them."""
+"""The live-migration commands (common/migration_messages.py)."""
+
+AgentCommand = (
+    StartVm | StopVm | DeleteVm | ResumeVm | CaptureDisk | ConfigureNetworks | MigrationCommand
+)
 
 
 class HostCommands(msgspec.Struct, kw_only=True):
@@ -285,7 +291,7 @@ class ObservedState(StrEnum):
     waits to be destroyed."""
 
 
-class ObservedVm(msgspec.Struct, kw_only=True):
+class ObservedVm(msgspec.Struct, kw_only=True, gc=False):
     name: VmNameField
     generation: Generation
     state: ObservedState
@@ -364,6 +370,16 @@ class HeartbeatAck(msgspec.Struct, kw_only=True):
 # JetStream stream on stratus.events.>; one event per state change, numbered by ``seq``.
 
 
+class MigrationOutcome(StrEnum):
+    """What a VM event says of a live migration (``VmEvent.migration_outcome``)."""
+
+    STARTED = "started"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    """Ended without a switchover (failed, timed out, cancelled): the VM runs where it was,
+    or, if its source host died, it is placed again as after any host death."""
+
+
 class VmEvent(msgspec.Struct, tag="vm", kw_only=True):
     seq: int
     time: datetime
@@ -377,6 +393,10 @@ class VmEvent(msgspec.Struct, tag="vm", kw_only=True):
     nics: list[NicInfo] = []
     endpoints: list[EndpointInfo] = []
     """Where the VM's endpoints answer now (after a move: on its new host)."""
+    migration: MigrationInfo | None = None
+    """The live migration this event is about (under way, or just ended)."""
+    migration_outcome: MigrationOutcome | None = None
+    """Set on the events that start and end a live migration."""
 
 
 class HostEvent(msgspec.Struct, tag="host", kw_only=True):
@@ -407,7 +427,7 @@ Event = VmEvent | HostEvent | JobRejected
 # upload|delete (ImageReply, ImageListReply); agents report captures on stratus.host.<id>.captured.
 
 
-class DiskInfo(msgspec.Struct, kw_only=True):
+class DiskInfo(msgspec.Struct, kw_only=True, gc=False):
     disk_id: str
     kind: DiskKind
     size_mib: int

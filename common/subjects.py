@@ -38,6 +38,10 @@ VNET_LIST = f"{ROOT}.api.vnet.list"
 VNET_DELETE = f"{ROOT}.api.vnet.delete"
 ENDPOINT_ADD = f"{ROOT}.api.vm.endpoint.add"
 ENDPOINT_REMOVE = f"{ROOT}.api.vm.endpoint.remove"
+VM_MIGRATE = f"{ROOT}.api.vm.migrate"
+"""Move a running VM to another host, live (``MigrateVm``)."""
+VM_MIGRATE_CANCEL = f"{ROOT}.api.vm.migrate_cancel"
+"""End a VM's live migration without a switchover (``VmRef``)."""
 
 # Durable submission (JetStream): stratus.jobs.<noun>.<verb>, same bodies as the API.
 JOBS_STREAM = "STRATUS_JOBS"

@@ -45,6 +45,14 @@ def build_parser() -> argparse.ArgumentParser:
     add("--boot-timeout", dest="boot_timeout_s", type=float, metavar="S")
     add("--stop-timeout", dest="stop_timeout_s", type=float, metavar="S")
     add("--fake-start-delay", dest="fake_start_delay_s", type=float, metavar="S")
+    add("--fake-migration-setup", dest="fake_migration_setup_s", type=float, metavar="S")
+    add(
+        "--fake-migration-bandwidth",
+        dest="fake_migration_bandwidth_mib_s",
+        type=float,
+        metavar="MIB_S",
+        help="fake: a live migration's fixed cost (S) and its rate",
+    )
     add("--heartbeat-interval", dest="heartbeat_interval_s", type=float, metavar="S")
     add("--fence-after", dest="fence_after_s", type=float, metavar="S")
     add("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])

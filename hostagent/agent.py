@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from typing import assert_never
 
 import msgspec
@@ -23,7 +23,7 @@ from common import codec
 from common.clock import Clock
 from common.errors import DriverError, NetworkError
 from common.messages import AgentCommand, CaptureDisk, Heartbeat, ObservedVm
-from hostagent.drivers.base import HypervisorDriver
+from hostagent.drivers.base import HypervisorDriver, IncomingEndpoint, MigratingDriver
 from hostagent.execlog import ExecLog
 from hostagent.lease import Lease
 from hostagent.netsim import SimulatedNetwork
@@ -34,21 +34,29 @@ from hostagent.stimuli import (
     ApplyNetworks,
     CommandsReceived,
     DriverCall,
+    DriverCancelMigration,
     DriverDestroy,
+    DriverFinishIncoming,
     DriverForget,
+    DriverMigrateOut,
     DriverPause,
+    DriverPrepareIncoming,
     DriverResume,
     DriverStart,
     DriverStop,
+    Endpoint,
     FenceTick,
     HeartbeatDue,
     Instruction,
     LeaseRenewed,
+    MigrationCall,
     NetworksApplied,
     Note,
     OpDone,
+    Progress,
     RecordExecution,
     ReportChanged,
+    ReportNow,
     RunCapture,
     SendHeartbeat,
     Stimulus,
@@ -62,6 +70,7 @@ FENCE_CHECK_S = 0.05
 
 async def drive(driver: HypervisorDriver, op: DriverCall) -> OpDone:
     """Carry out one driver call; its result (``DriverError`` included) as a stimulus."""
+    endpoint = None
     try:
         match op:
             case DriverStart(spec=spec, generation=generation):
@@ -76,11 +85,55 @@ async def drive(driver: HypervisorDriver, op: DriverCall) -> OpDone:
                 await driver.pause(name)
             case DriverResume(name=name):
                 await driver.resume(name)
+            case (
+                DriverPrepareIncoming()
+                | DriverMigrateOut()
+                | DriverCancelMigration()
+                | DriverFinishIncoming()
+            ):
+                endpoint = await _migrate(driver, op)
             case _:
                 assert_never(op)
     except DriverError as exc:
         return OpDone(op, driver.inventory(), str(exc), exc.retryable)
-    return OpDone(op, driver.inventory())
+    return OpDone(op, driver.inventory(), endpoint=endpoint)
+
+
+async def _migrate(driver: HypervisorDriver, op: MigrationCall) -> Endpoint | None:
+    """Carry out one migration call; a driver that cannot migrate fails it."""
+    if not isinstance(driver, MigratingDriver):
+        raise DriverError(f"driver {driver.name} cannot migrate", retryable=False)
+    match op:
+        case DriverPrepareIncoming(spec=spec, generation=generation, listen_address=address):
+            ready = await driver.prepare_incoming(spec, generation, address)
+            return Endpoint(ready.address, ready.migration_port, ready.nbd_port)
+        case DriverMigrateOut(command=command):
+            target = IncomingEndpoint(command.address, command.migration_port, command.nbd_port)
+            await driver.migrate_out(
+                command.name,
+                target,
+                max_downtime_ms=command.max_downtime_ms,
+                max_bandwidth_mib_s=command.max_bandwidth_mib_s,
+            )
+        case DriverCancelMigration(name=name):
+            await driver.cancel_migration(name)
+        case DriverFinishIncoming(name=name):
+            await driver.finish_incoming(name)
+        case _:
+            assert_never(op)
+    return None
+
+
+def migration_progress(driver: HypervisorDriver, names: Iterable[str]) -> dict[str, Progress]:
+    """The progress of the outgoing migrations of ``names`` (for a heartbeat)."""
+    if not isinstance(driver, MigratingDriver):
+        return {}
+    progress = {}
+    for name in names:
+        seen = driver.migration_progress(name)
+        if seen is not None:
+            progress[name] = Progress(seen.transferred_mib, seen.total_mib)
+    return progress
 
 
 class Operations:
@@ -145,6 +198,11 @@ async def apply_networks(
     return NetworksApplied(config, vnis, network.applied_digest, vms(), error)
 
 
+def _log(note: Note) -> None:
+    if log.isEnabledFor(note.level):
+        log.log(note.level, note.event, *note.args)
+
+
 class Agent:
     def __init__(
         self,
@@ -167,6 +225,9 @@ class Agent:
         """Set whenever the report (inventory, fenced flag) changes; the heartbeat loop clears
         it."""
         self.on_change: Callable[[], None] = self.changed.set
+        self.urgent = False
+        """A migration's status changed since the last heartbeat: the next one goes at once."""
+        self.on_report_now: Callable[[], None] = self._report_now
         self.capture: Callable[[CaptureDisk, bool], Awaitable[None]] | None = None
         """Carries out CaptureDisk (set by the app when the driver keeps disks)."""
         self.on_lease: Callable[[Lease], None] | None = None
@@ -197,12 +258,13 @@ class Agent:
                     self.on_change()
                 case ReportChanged():
                     self.on_change()
+                case ReportNow():
+                    self.on_report_now()
                 case LeaseRenewed(lease=lease):
                     if self.on_lease is not None:
                         self.on_lease(lease)
-                case Note(level=level, event=event, args=args):
-                    if log.isEnabledFor(level):
-                        log.log(level, event, *args)
+                case Note():
+                    _log(instruction)
                 case AdmitHeld(commands=commands):
                     self.submit(commands)
                 case RunCapture():
@@ -216,11 +278,19 @@ class Agent:
                     | DriverForget()
                     | DriverPause()
                     | DriverResume()
+                    | DriverPrepareIncoming()
+                    | DriverMigrateOut()
+                    | DriverCancelMigration()
+                    | DriverFinishIncoming()
                 ):
                     self.operations.spawn(self._drive(instruction), f"vm-{instruction.name}")
                 case _:
                     rest.append(instruction)
         return rest
+
+    def _report_now(self) -> None:
+        self.urgent = True
+        self.on_change()
 
     async def _drive(self, op: DriverCall) -> None:
         self.handle(await drive(self.driver, op))
@@ -237,7 +307,9 @@ class Agent:
 
     def next_heartbeat(self) -> Heartbeat:
         """The next report (the caller sends it and hands its ack to :meth:`handle`)."""
-        for instruction in self.handle(HeartbeatDue(self.driver.inventory())):
+        self.urgent = False
+        progress = migration_progress(self.driver, self.state.mig.outgoing)
+        for instruction in self.handle(HeartbeatDue(self.driver.inventory(), progress)):
             if isinstance(instruction, SendHeartbeat):
                 return instruction.heartbeat
         raise AssertionError("a heartbeat due yields a heartbeat")

@@ -31,7 +31,7 @@ from hostagent.agent import Agent
 from hostagent.capture import Capturer
 from hostagent.console import ConsoleRelay
 from hostagent.drivers.base import ConsoleDriver, HypervisorDriver
-from hostagent.drivers.fake import FakeDriver
+from hostagent.drivers.fake import FakeDriver, fake_migration_model
 from hostagent.drivers.qemu import QemuDriver
 from hostagent.execlog import ExecLog, execlog_path
 from hostagent.fencing import FenceGuardKeeper
@@ -86,6 +86,7 @@ def make_driver(settings: AgentSettings) -> HypervisorDriver:
                 settings.capacity,
                 cpu_overcommit=config.cpu_overcommit or 1.0,
                 start_delay_s=config.fake_start_delay_s,
+                migration=fake_migration_model(config),
             )
         case "qemu":
             raise ConfigError("the qemu driver needs NATS and I/O: use open_driver()")

@@ -1,7 +1,8 @@
 """The execution log: one JSON line per transition that starts or ends a VM's execution.
 
 ``<data_dir>/<host_id>/executions.jsonl`` is an audit trail: tests merge the logs of every host
-to prove that no VM ever executed on two hosts at once. ``running``/``resume`` mean the VM may
+to prove that no VM ever executed on two hosts at once. ``start``/``incoming`` mean the host
+holds the VM (its resources) without it executing yet; ``running``/``resume`` mean the VM may
 execute from then on; ``pause``/``stop``/``destroy``/``fail`` mean it no longer does. Each line
 is written (one unbuffered append) as the transition happens.
 
@@ -25,6 +26,8 @@ log = logging.getLogger(__name__)
 
 class ExecEvent(StrEnum):
     START = "start"
+    INCOMING = "incoming"
+    """The destination of a live migration holds the VM; it does not execute until ``resume``."""
     RUNNING = "running"
     PAUSE = "pause"
     RESUME = "resume"

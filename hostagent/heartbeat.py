@@ -2,8 +2,9 @@
 
 Heartbeats go every ``heartbeat_interval_s`` (±10 % jitter) and also soon after the report
 changes, coalesced so that a burst of changes costs one heartbeat and never more than one per
-``MIN_GAP_S``. The ack carries the cluster's timing knobs, which the agent adopts: the scheduler
-is their source of truth; the configured values only hold until the first ack.
+``MIN_GAP_S``, except when a migration's status changed: that report goes at once (the
+switchover waits for it). The ack carries the cluster's timing knobs, which the agent adopts:
+the scheduler is their source of truth; the configured values only hold until the first ack.
 
 What a heartbeat says, and what an ack means, is decided by :class:`hostagent.state.AgentState`
 (an inventory the scheduler holds goes as its digest alone); this loop, part of the shell, only
@@ -82,7 +83,7 @@ class HeartbeatLoop:
             except TimeoutError:
                 return
         gap_s = self._last_sent_s + MIN_GAP_S - self._clock.monotonic_s()
-        if gap_s > 0:
+        if gap_s > 0 and not self._agent.urgent:  # a migration's news goes at once
             await asyncio.sleep(gap_s)
 
     def next_heartbeat(self) -> Heartbeat:

@@ -11,7 +11,8 @@ hosts fit one process:
   subject) and one for every heartbeat ack (the reply subject names the host);
 - one heartbeat wheel: hosts are spread evenly over the interval, each due again one jittered
   interval after its last heartbeat, or soon after its inventory changed (coalesced, at most one
-  per ``MIN_GAP_S``), like the single agent's loop;
+  per ``MIN_GAP_S``; at the next turn of the wheel when a migration's status changed), like the
+  single agent's loop;
 - one fence watchdog that looks only at leases that have run out (a heap by expiry);
 - one set of driver operations in flight (no task per host);
 - one execution log file for the pool (each line names its host);
@@ -54,7 +55,7 @@ from common.messages import Heartbeat
 from common.natsauth import auth_options, nats_servers
 from common.resources import Resources, parse_capacity
 from hostagent.agent import FENCE_CHECK_S, Agent, Operations
-from hostagent.drivers.fake import FakeDriver
+from hostagent.drivers.fake import FakeDriver, fake_migration_model
 from hostagent.execlog import ExecLog
 from hostagent.heartbeat import JITTER, MIN_GAP_S
 from hostagent.lease import Lease
@@ -126,6 +127,8 @@ class SimPool:
         self._due: list[tuple[float, int]] = []
         self._expiring: list[tuple[float, int]] = []
         self._dirty: set[int] = set()
+        self._urgent: set[int] = set()
+        """Hosts whose migration news goes at the next turn of the wheel."""
         self._rng = random.Random()
         self._operations = Operations()
         self._inbox = f"{ACK_INBOX_PREFIX}.{uuid.uuid4().hex[:12]}"
@@ -148,6 +151,7 @@ class SimPool:
                 settings.capacity,
                 cpu_overcommit=config.cpu_overcommit or 1.0,
                 start_delay_s=config.fake_start_delay_s,
+                migration=fake_migration_model(config),
             )
             network = SimulatedNetwork()
             driver.has_network = network.has_network
@@ -171,6 +175,7 @@ class SimPool:
             execlog = _SharedExecLog(execlog_file, execlog_file_path, hid)
             agent = Agent(state, driver, execlog, self.clock, self._operations, network)
             agent.on_change = partial(self._dirty.add, index)
+            agent.on_report_now = partial(self._urgent.add, index)
             agent.on_lease = partial(self._lease_renewed, index)
             host = SimHost(index, agent, driver, subjects.host_heartbeat(hid))
             host.next_due_s = start_s + self.heartbeat_interval_s * index / settings.count
@@ -265,7 +270,8 @@ class SimPool:
             await asyncio.sleep(WHEEL_TICK_S)
 
     def _due_hosts(self, now_s: float) -> list[SimHost]:
-        """Hosts whose interval ran out, and changed hosts past their minimum gap."""
+        """Hosts whose interval ran out, changed hosts past their minimum gap, and hosts with
+        migration news."""
         due: dict[int, SimHost] = {}
         while self._due and self._due[0][0] <= now_s:
             due_s, index = heapq.heappop(self._due)
@@ -277,6 +283,9 @@ class SimPool:
             if host.last_sent_s + MIN_GAP_S <= now_s:
                 self._dirty.discard(index)
                 due[index] = host
+        for index in self._urgent:
+            due[index] = self._by_index[index]
+        self._urgent.clear()
         return [host for host in due.values() if not host.silent]
 
     async def _send(self, nc: Client, host: SimHost, now_s: float) -> None:

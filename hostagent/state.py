@@ -13,7 +13,8 @@ Pure, synchronous and deterministic (no await, no I/O, time is an input), in the
   order (one driver operation at a time), different VMs proceed concurrently;
 - the inventory (the driver's, plus failed starts kept until the scheduler clears them) and the
   heartbeat report, which leaves out an inventory the scheduler says it holds;
-- the host's networks (:mod:`hostagent.netgate`): a start waits for the networks it needs.
+- the host's networks (:mod:`hostagent.netgate`): a start waits for the networks it needs;
+- live migration (:mod:`hostagent.migration`), as source and as destination.
 
 The real agent (:mod:`hostagent.agent`), the simulated pool (:mod:`hostagent.simpool`) and the
 scheduler's property tests all drive this one class.
@@ -36,16 +37,18 @@ from common.messages import (
     HeartbeatAck,
     ObservedState,
     ObservedVm,
+    PrepareIncoming,
     ResumeVm,
     StartVm,
     StopVm,
-    VmSpec,
 )
+from common.migration_messages import CancelMigration, FinishIncoming, MigrateOut
 from common.network_messages import ConfigureNetworks
 from hostagent.claim import HostClaim
 from hostagent.epoch import EpochGate, from_leader
 from hostagent.execlog import ExecEvent
 from hostagent.lease import Lease
+from hostagent.migration import Migrations
 from hostagent.netgate import NetworkGate
 from hostagent.report import InventoryReport, SentReports, timing_of
 from hostagent.stimuli import (
@@ -53,9 +56,13 @@ from hostagent.stimuli import (
     AckReceived,
     AdoptCpuOvercommit,
     CommandsReceived,
+    DriverCancelMigration,
     DriverDestroy,
+    DriverFinishIncoming,
     DriverForget,
+    DriverMigrateOut,
     DriverPause,
+    DriverPrepareIncoming,
     DriverResume,
     DriverStart,
     DriverStop,
@@ -72,7 +79,18 @@ from hostagent.stimuli import (
     Stimulus,
     TimingAdopted,
 )
-from hostagent.vmcommands import NOT_HERE, VmCommand, command_vm_name, find, stale, vg
+from hostagent.vmcommands import (
+    NEEDS_LEASE,
+    NOT_HERE,
+    VmCommand,
+    command_vm_name,
+    failed,
+    failed_vm,
+    find,
+    resume,
+    stale,
+    vg,
+)
 
 _EXECUTING = (ObservedState.RUNNING, ObservedState.STARTING)
 
@@ -95,6 +113,7 @@ class AgentState:
         self.report = InventoryReport()
         self.net = NetworkGate()
         self._failed: dict[str, ObservedVm] = {}
+        self.mig = Migrations(self.host_id, template.underlay_ip, self._failed)
         self._queues: dict[str, deque[VmCommand]] = {}
         """Commands per VM, in order; the head is the one being carried out."""
         self._waiting: set[str] = set()
@@ -106,10 +125,10 @@ class AgentState:
     # ------------------------------------------------------------------ queries
 
     def inventory(self, vms: Sequence[ObservedVm]) -> list[ObservedVm]:
-        """Every VM held: the driver's ``vms``, plus failed starts not yet cleared."""
-        if not self._failed:
-            return sorted(vms, key=lambda vm: vm.name)
-        return sorted([*vms, *self._failed.values()], key=lambda vm: vm.name)
+        """Every VM held: the driver's ``vms``, plus failed starts not yet cleared, with their
+        migration reports."""
+        held = [*vms, *self._failed.values()] if self._failed else vms
+        return self.mig.attach(sorted(held, key=lambda vm: vm.name))
 
     def idle(self) -> bool:
         """No command is queued or waits for the driver or the networks, and no pause is under
@@ -128,7 +147,8 @@ class AgentState:
                 self._op_done(stimulus, now_s, out)
             case FenceTick(vms=vms):
                 self._enforce(vms, now_s, out)
-            case HeartbeatDue(vms=vms):
+            case HeartbeatDue(vms=vms, progress=progress):
+                self.mig.observe(progress)
                 out.append(SendHeartbeat(self._heartbeat(vms, now_s)))
             case AckReceived(ack=ack):
                 if from_leader(self.epochs, ack.epoch, "heartbeat ack", out):
@@ -198,6 +218,7 @@ class AgentState:
         """Without a valid lease, pause every executing VM (paused, never destroyed)."""
         if not self.lease.expired(now_s):
             return
+        self.mig.fence(out)  # an outgoing migration ends before its VM is paused
         executing = [vm for vm in vms if vm.state in _EXECUTING]
         if not self.fenced and (self.lease.ever_held or executing):
             self.fenced = True
@@ -227,11 +248,12 @@ class AgentState:
     ) -> None:
         """Queue ``commands`` per VM and start on every idle VM's queue.
 
-        Starts and resumes that arrive while the lease is expired are dropped: sent before a
-        partition healed, they may already run elsewhere, and an ack arriving right behind them
-        would otherwise let them run. The scheduler resends them while they are still due."""
+        Starts, resumes and migration steps that arrive while the lease is expired are dropped:
+        sent before a partition healed, they may already run elsewhere, and an ack arriving right
+        behind them would otherwise let them run. The scheduler resends them while they are still
+        due. A ``CancelMigration`` is not queued: it ends the migration its VM's queue waits for."""
         if self.lease.expired(now_s):
-            kept = [c for c in commands if not isinstance(c, StartVm | ResumeVm)]
+            kept = [c for c in commands if not isinstance(c, NEEDS_LEASE)]
             if refused := len(commands) - len(kept):
                 out.append(Note.info("commands refused without a lease refused=%d", refused))
             commands = kept
@@ -242,6 +264,9 @@ class AgentState:
         for config in (c for c in commands if isinstance(c, ConfigureNetworks)):
             self.net.receive(config, out)  # before the starts of the batch that need it
         for command in (c for c in commands if not isinstance(c, ConfigureNetworks)):
+            if isinstance(command, CancelMigration):
+                self.mig.cancel(command, out)
+                continue
             name = command_vm_name(command)
             self._queues.setdefault(name, deque()).append(command)
             touched[name] = None
@@ -265,16 +290,21 @@ class AgentState:
         self, command: VmCommand, vms: Sequence[ObservedVm], now_s: float, out: list[Instruction]
     ) -> bool:
         """Decide ``command``; True when it waits for a driver operation."""
+        leased = not self.lease.expired(now_s)
         match command:
-            case StartVm():
+            case StartVm() | PrepareIncoming():
                 return self._start(command, vms, now_s, out)
             case StopVm() | DeleteVm():
                 return self._remove(command, vms, out)
             case ResumeVm():
-                return self._resume(command, vms, now_s, out)
+                return resume(command, self._held(command.name, vms), leased, out)
             case CaptureDisk():
                 out.append(RunCapture(command, self._held(command.name, vms) is not None))
                 return True
+            case MigrateOut():
+                return self.mig.migrate_out(command, find(vms, command.name), leased, out)
+            case FinishIncoming():
+                return self.mig.finish(command, find(vms, command.name), leased, out)
             case _:
                 assert_never(command)
 
@@ -283,12 +313,19 @@ class AgentState:
         return failed if failed is not None else find(vms, name)
 
     def _start(
-        self, command: StartVm, vms: Sequence[ObservedVm], now_s: float, out: list[Instruction]
+        self,
+        command: StartVm | PrepareIncoming,
+        vms: Sequence[ObservedVm],
+        now_s: float,
+        out: list[Instruction],
     ) -> bool:
+        """A start, or a start that ends incoming (the destination of a migration)."""
         spec, generation = command.vm, command.generation
         held = self._held(spec.name, vms)
         if held is not None:
             if held.generation == generation:
+                if isinstance(command, PrepareIncoming) and self.mig.prepare_again(command, held):
+                    return self._launch(command, now_s, out)
                 out.append(Note.debug("start ignored, already held vm=%s generation=%d", *vg(held)))
                 return False
             if held.generation > generation:
@@ -298,9 +335,12 @@ class AgentState:
                 out.append(DriverDestroy(spec.name, held.generation))
                 return True
             self._clear_failed(held, out)
-        return self._launch(spec, generation, now_s, out)
+        return self._launch(command, now_s, out)
 
-    def _launch(self, spec: VmSpec, generation: int, now_s: float, out: list[Instruction]) -> bool:
+    def _launch(
+        self, command: StartVm | PrepareIncoming, now_s: float, out: list[Instruction]
+    ) -> bool:
+        spec, generation = command.vm, command.generation
         name = spec.name
         if self.lease.expired(now_s):
             # A start delivered late (after a partition) may already run elsewhere: without a
@@ -312,6 +352,9 @@ class AgentState:
         networks = self.net.may_start(spec, out)  # never a VM whose bridge is missing
         if networks is not True:
             return networks is None  # None: waits for the networks being applied
+        if isinstance(command, PrepareIncoming):
+            out.append(self.mig.prepare(command))
+            return True
         out.append(
             Note.info("vm starting vm=%s generation=%d size=%s", name, generation, spec.size)
         )
@@ -342,27 +385,9 @@ class AgentState:
 
     def _clear_failed(self, held: ObservedVm, out: list[Instruction]) -> None:
         del self._failed[held.name]
+        self.mig.forget(held.name)
         out.append(REPORT_CHANGED)
         out.append(Note.info("failed vm cleared vm=%s generation=%d", held.name, held.generation))
-
-    def _resume(
-        self, command: ResumeVm, vms: Sequence[ObservedVm], now_s: float, out: list[Instruction]
-    ) -> bool:
-        name, generation = command.name, command.generation
-        held = self._held(name, vms)
-        if held is None or held.generation != generation or held.state is not ObservedState.PAUSED:
-            out.append(
-                Note.debug("resume ignored vm=%s generation=%d held=%s", name, generation, held)
-            )
-            return False
-        if self.lease.expired(now_s):
-            out.append(
-                Note.info("resume refused without a lease vm=%s generation=%d", name, generation)
-            )
-            return False
-        out.append(RecordExecution(name, generation, ExecEvent.RESUME))
-        out.append(DriverResume(name, generation))
-        return True
 
     def _networks_applied(
         self, done: NetworksApplied, now_s: float, out: list[Instruction]
@@ -383,6 +408,9 @@ class AgentState:
         if isinstance(op, DriverPause):
             self._paused(op, done.error, out)
             return
+        if isinstance(op, DriverCancelMigration):
+            self.mig.cancel_done(op, done.error, out)
+            return
         if self._finish(done, now_s, out):
             return  # the same command waits for another driver operation
         self._waiting.discard(op.name)
@@ -400,50 +428,30 @@ class AgentState:
             case DriverResume(name=name, generation=generation):
                 if error is not None:
                     out.append(RecordExecution(name, generation, ExecEvent.PAUSE))
-                    out.append(
-                        Note.error(
-                            "vm resume failed vm=%s generation=%d error=%s", name, generation, error
-                        )
-                    )
+                    out.append(failed("resume", name, generation, error))
                 else:
                     out.append(Note.info("vm resumed vm=%s generation=%d", name, generation))
             case DriverForget(name=name, generation=generation):
                 if error is not None:
-                    out.append(
-                        Note.error(
-                            "vm disks not removed vm=%s generation=%d error=%s",
-                            name,
-                            generation,
-                            error,
-                        )
-                    )
+                    out.append(failed("disk removal", name, generation, error))
                 out.append(Note.debug(NOT_HERE, name, generation))
             case RunCapture():
                 pass
-            case DriverPause():
-                raise AssertionError("pauses are not queued")
+            case DriverPrepareIncoming() | DriverMigrateOut() | DriverFinishIncoming():
+                if self.mig.done(op, done, out):
+                    self._enforce(done.vms, now_s, out)  # it runs: perhaps as the lease ran out
+            case DriverPause() | DriverCancelMigration():
+                raise AssertionError("pauses and cancels are not queued")
             case _:
                 assert_never(op)
         return False
 
     def _started(self, op: DriverStart, done: OpDone, now_s: float, out: list[Instruction]) -> None:
-        name, generation, spec = op.name, op.generation, op.spec
+        name, generation = op.name, op.generation
         if done.error is not None:
-            self._failed[name] = ObservedVm(
-                name=name,
-                generation=generation,
-                state=ObservedState.FAILED,
-                cpu_milli=spec.cpu_milli,
-                mem_mib=spec.mem_mib,
-                reason=done.error,
-                retryable=done.retryable,
-            )
+            self._failed[name] = failed_vm(op.spec, generation, done.error, done.retryable)
             out.append(RecordExecution(name, generation, ExecEvent.FAIL))
-            out.append(
-                Note.error(
-                    "vm start failed vm=%s generation=%d error=%s", name, generation, done.error
-                )
-            )
+            out.append(failed("start", name, generation, done.error))
             return
         held = find(done.vms, name)
         if held is not None and held.state is ObservedState.RUNNING:
@@ -463,29 +471,21 @@ class AgentState:
     ) -> bool:
         destroy = isinstance(op, DriverDestroy)
         if error is not None:
-            verb = "destroy" if destroy else "stop"
-            out.append(
-                Note.error(
-                    "vm %s failed vm=%s generation=%d error=%s", verb, op.name, op.generation, error
-                )
-            )
+            out.append(failed("destroy" if destroy else "stop", op.name, op.generation, error))
             return False
         event, done = (ExecEvent.DESTROY, "destroyed") if destroy else (ExecEvent.STOP, "stopped")
         out.append(RecordExecution(op.name, op.generation, event))
         out.append(Note.info("vm %s vm=%s generation=%d", done, op.name, op.generation))
+        self.mig.forget(op.name)
         head = self._queues[op.name][0]
-        if isinstance(head, StartVm):  # the older copy is gone: now launch the newer
-            return self._launch(head.vm, head.generation, now_s, out)
+        if isinstance(head, StartVm | PrepareIncoming):  # the older copy is gone: launch anew
+            return self._launch(head, now_s, out)
         return False
 
     def _paused(self, op: DriverPause, error: str | None, out: list[Instruction]) -> None:
         self._pausing.discard(op.name)
         if error is not None:
-            out.append(
-                Note.error(
-                    "vm pause failed vm=%s generation=%d error=%s", op.name, op.generation, error
-                )
-            )
+            out.append(failed("pause", op.name, op.generation, error))
             return
         out.append(RecordExecution(op.name, op.generation, ExecEvent.PAUSE))
         out.append(Note.info("vm fenced vm=%s generation=%d", op.name, op.generation))

@@ -13,9 +13,10 @@ shell at that moment (``HypervisorDriver.inventory()`` is synchronous and cheap)
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from enum import IntEnum
+from typing import NamedTuple
 
 from common.messages import (
     AgentCommand,
@@ -25,11 +26,27 @@ from common.messages import (
     ObservedVm,
     VmSpec,
 )
+from common.migration_messages import MigrateOut
 from common.network_messages import ConfigureNetworks
 from hostagent.execlog import ExecEvent
 from hostagent.lease import Lease
 
 # --------------------------------------------------------------------------- stimuli
+
+
+class Endpoint(NamedTuple):
+    """Where a migration's destination waits (the driver's ``IncomingEndpoint``, as a value)."""
+
+    address: str
+    migration_port: int
+    nbd_port: int
+
+
+class Progress(NamedTuple):
+    """How far an outgoing migration is (the driver's ``MigrationProgress``, as a value)."""
+
+    transferred_mib: int
+    total_mib: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +67,8 @@ class OpDone:
     vms: Sequence[ObservedVm]
     error: str | None = None
     retryable: bool = False
+    endpoint: Endpoint | None = None
+    """:class:`DriverPrepareIncoming` that succeeded: where the VM waits for its state."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +83,8 @@ class HeartbeatDue:
     """The shell is about to send a heartbeat: the state answers with :class:`SendHeartbeat`."""
 
     vms: Sequence[ObservedVm]
+    progress: Mapping[str, Progress] = field(default_factory=dict)
+    """The progress of the outgoing migrations under way, by VM."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +154,68 @@ class DriverResume:
     generation: int
 
 
-DriverCall = DriverStart | DriverStop | DriverDestroy | DriverForget | DriverPause | DriverResume
+@dataclass(frozen=True, slots=True)
+class DriverPrepareIncoming:
+    """Destination: get ready to receive ``spec`` as ``generation`` from ``source``."""
+
+    spec: VmSpec
+    generation: int
+    listen_address: str
+    source: str
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+@dataclass(frozen=True, slots=True)
+class DriverMigrateOut:
+    """Source: send the VM (at ``generation``) as ``command`` says. Runs as long as the copy;
+    the VM keeps running meanwhile."""
+
+    command: MigrateOut
+
+    @property
+    def name(self) -> str:
+        return self.command.name
+
+    @property
+    def generation(self) -> int:
+        return self.command.generation
+
+
+@dataclass(frozen=True, slots=True)
+class DriverCancelMigration:
+    """Source: end the VM's outgoing migration (attempt ``attempt``) without a switchover.
+    Like a pause, it runs beside the VM's operation (the migration it ends)."""
+
+    name: str
+    generation: int
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class DriverFinishIncoming:
+    """Destination: the VM received as ``generation`` runs from now on."""
+
+    name: str
+    generation: int
+
+
+MigrationCall = (
+    DriverPrepareIncoming | DriverMigrateOut | DriverCancelMigration | DriverFinishIncoming
+)
+"""The calls of a ``MigratingDriver``; a driver that is not one fails them."""
+
+DriverCall = (
+    DriverStart
+    | DriverStop
+    | DriverDestroy
+    | DriverForget
+    | DriverPause
+    | DriverResume
+    | MigrationCall
+)
 """One call of the driver; the shell answers each with :class:`OpDone`."""
 
 
@@ -169,6 +251,12 @@ class RecordExecution:
 @dataclass(frozen=True, slots=True)
 class ReportChanged:
     """The report changed (inventory or fenced flag): the next heartbeat should go soon."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReportNow:
+    """A migration's status changed: send the report at once, not after the usual coalescing
+    gap (the switchover waits for it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,6 +340,7 @@ Instruction = (
     | ApplyNetworks
     | RecordExecution
     | ReportChanged
+    | ReportNow
     | LeaseRenewed
     | SendHeartbeat
     | TimingAdopted
@@ -262,3 +351,4 @@ Instruction = (
 )
 
 REPORT_CHANGED = ReportChanged()
+REPORT_NOW = ReportNow()

@@ -48,6 +48,8 @@ class NetRig:
     """The address nats-server listens on (every namespace reaches it)."""
     scheduler: subprocess.Popen[bytes] | None = None
     hosts: dict[str, NetHost] = field(default_factory=dict)
+    sizes: dict[str, tuple[int, int]] = field(default_factory=dict)
+    """VM sizes (cpu millicores, memory MiB) besides the tiny image's own."""
 
     @property
     def url(self) -> str:
@@ -78,10 +80,14 @@ class NetRig:
 
     def _start_scheduler(self) -> None:
         name, cpu_milli, mem_mib = TINY_SIZE
+        sizes = {name: (cpu_milli, mem_mib), **self.sizes}
+        listed = ", ".join(
+            f'{{ name = "{size}", cpu_milli = {cpu}, mem_mib = {mem} }}'
+            for size, (cpu, mem) in sizes.items()
+        )
         config = self.workdir / "scheduler.toml"
         config.write_text(
-            f'sizes = [{{ name = "{name}", cpu_milli = {cpu_milli}, mem_mib = {mem_mib} }}]\n'
-            f'builtin_images = {{ tiny = "{self.kit / "tiny.qcow2"}" }}\n'
+            f'sizes = [{listed}]\nbuiltin_images = {{ tiny = "{self.kit / "tiny.qcow2"}" }}\n'
         )
         t = TIMINGS
         args = [sys.executable, "-m", "scheduler", "--nats", self.url, "--config", str(config)]

@@ -51,6 +51,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--replicas", type=int, help="replicas of every stream and bucket, 1..5 (default 1)"
     )
     parser.add_argument("--drain-parallelism", dest="drain_parallelism", type=int)
+    parser.add_argument(
+        "--migration-max-per-host",
+        dest="migration_max_per_host",
+        type=int,
+        help="live migrations touching one host at once (default 2)",
+    )
     parser.add_argument("--log-level", default="INFO")
     return parser.parse_args(argv)
 

@@ -28,6 +28,7 @@ from common.image_messages import (
     ListImages,
     UploadImage,
 )
+from common.migration_messages import MigrateVm
 from common.network_messages import (
     AddEndpoint,
     CreateVnet,
@@ -89,6 +90,8 @@ SUBJECTS: tuple[Subject, ...] = (
     _api(subjects.VNET_DELETE, "VnetRef", "VnetReply"),
     _api(subjects.ENDPOINT_ADD, "AddEndpoint", "VmReply"),
     _api(subjects.ENDPOINT_REMOVE, "RemoveEndpoint", "VmReply"),
+    _api(subjects.VM_MIGRATE, "MigrateVm", "VmReply"),
+    _api(subjects.VM_MIGRATE_CANCEL, "VmRef", "VmReply"),
     Subject(
         subjects.job_subject(f"{subjects.ROOT}.api.<noun>.<verb>"),
         f"JetStream `{subjects.JOBS_STREAM}`",
@@ -217,6 +220,7 @@ GROUPS: tuple[tuple[str, tuple[object, ...]], ...] = (
             *(m.CaptureVm, m.AttachDisk, m.DetachDisk),
             *(ListImages, UploadImage, ImageRef),
             *(CreateVnet, VnetRef, ListVnets, AddEndpoint, RemoveEndpoint),
+            MigrateVm,
         ),
     ),
     (

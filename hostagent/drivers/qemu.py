@@ -25,8 +25,9 @@ from common.errors import DriverError
 from common.messages import ObservedVm, VmSpec
 from common.resources import Resources
 from hostagent.disks import DiskStore, effective_disks
-from hostagent.drivers.base import ConsoleBytes, ConsoleDriver, HypervisorDriver
+from hostagent.drivers.base import ConsoleBytes, ConsoleDriver, HypervisorDriver, MigratingDriver
 from hostagent.drivers.qemuconsole import ConsoleLink, read_console
+from hostagent.drivers.qemumigrate import QemuMigrations, incoming_of
 from hostagent.drivers.qemunics import host_taps, plug, taps, unplug
 from hostagent.drivers.qemuproc import (
     FAILED_MARKER,
@@ -58,7 +59,7 @@ REATTACH_S = 1.0
 """How often an unreachable QEMU found at adoption is tried again."""
 
 
-class QemuDriver:
+class QemuDriver(QemuMigrations):
     name: str = "qemu"
 
     def __init__(
@@ -133,7 +134,9 @@ class QemuDriver:
 
         def on_event(event: str, data: JsonObject) -> None:
             log.debug("qmp event vm=%s event=%s data=%s", vm.spec.name, event, data)
-            if event == "STOP" and not vm.paused and not vm.stopping:
+            if vm.outgoing is not None:  # the migration's STOP is no fence
+                vm.outgoing.notice(event, data)
+            elif event == "STOP" and not vm.paused and not vm.stopping and not vm.handed_over:
                 # Paused through another monitor: the fence guard's (hostagent/fenceguard.py).
                 vm.paused = True
                 log.warning("vm paused by the fence guard vm=%s", vm.spec.name)
@@ -220,16 +223,16 @@ class QemuDriver:
         if vm.unreachable:
             await self._kill_unreachable(vm)
             return
-        if vm.paused or vm.stopping:
-            return
+        if vm.paused or vm.stopping or vm.incoming is not None or vm.handed_over:
+            return  # neither an incoming nor a handed-over VM executes
         vm.paused = True
         if vm.qmp is not None and not vm.qmp.closed.is_set():
             await self._qmp(vm, "stop")
 
     async def resume(self, name: str) -> None:
         vm = self._get(name)
-        if not vm.paused:
-            return
+        if not vm.paused or vm.handed_over or vm.incoming is not None:
+            return  # a handed-over VM never runs again; an incoming one runs on finish_incoming
         vm.paused = False
         if vm.qmp is None:
             return  # not launched yet: start() lets it run
@@ -258,8 +261,11 @@ class QemuDriver:
         vm = self._vms.get(name)
         if vm is None:
             return
+        if vm.incoming is not None:  # its half-copied disks are not worth keeping
+            await self.destroy(name)
+            return
         vm.stopping = True
-        graceful = vm.booted and not vm.paused and vm.qmp is not None
+        graceful = vm.booted and not vm.paused and not vm.handed_over and vm.qmp is not None
         if graceful and await self._power_off(vm):
             log.info("vm powered off vm=%s", name)
         else:
@@ -357,7 +363,8 @@ class QemuDriver:
             if not pid_alive(pid, self.root):
                 files.clear_run_files()
                 continue
-            vm = QemuVm(meta.spec, meta.generation, files, pid=pid)
+            vm = QemuVm(meta.spec, meta.generation, files, pid=pid, arrived=meta.arrived)
+            vm.incoming = incoming_of(meta)
             self._vms[meta.spec.name] = vm
             adopted.append(meta.spec.name)
             try:
@@ -395,6 +402,9 @@ class QemuDriver:
             await self._attach(vm)
             assert vm.qmp is not None
             status = await vm.qmp.query_status()
+            vm.paused = status != "running"
+            vm.booted = vm.arrived or READY_MARKER in read_serial(vm.files)
+            await self._settle_adopted(vm, status)  # its part in a migration, if any
         except (DriverError, QmpError):
             if vm.qmp is not None:  # the exit watch must not take a slow monitor for an exit
                 for task in list(vm.tasks):
@@ -403,8 +413,6 @@ class QemuDriver:
                 await vm.qmp.close()
                 vm.qmp = None
             raise
-        vm.paused = status != "running"
-        vm.booted = READY_MARKER in read_serial(vm.files)
         if not vm.booted and not vm.paused:
             self._spawn(vm, self._watch_boot(vm), "boot")
         return status
@@ -482,4 +490,5 @@ class QemuDriver:
 
 
 _: type[HypervisorDriver] = QemuDriver
+_migrating: type[MigratingDriver] = QemuDriver
 _console: type[ConsoleDriver] = QemuDriver

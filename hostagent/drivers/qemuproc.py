@@ -16,6 +16,7 @@ import contextlib
 import math
 import os
 import signal
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,12 +95,25 @@ class VmFiles:
                 path.unlink()
 
 
+class IncomingMeta(msgspec.Struct, kw_only=True):
+    """Where a VM waiting for its state by live migration listens (qemumigrate.py)."""
+
+    address: str
+    migration_port: int
+    nbd_port: int
+
+
 class VmMeta(msgspec.Struct, kw_only=True):
     """What the driver keeps of a VM across agent restarts and stop/start."""
 
     spec: VmSpec
     generation: int
     accel: str = ""
+    incoming: IncomingMeta | None = None
+    """Set while the VM waits for its state (live migration), until it is let run."""
+    arrived: bool = False
+    """The VM came by live migration: it booted on another host, and its serial log here has
+    no readiness marker."""
 
 
 def write_meta(files: VmFiles, meta: VmMeta) -> None:
@@ -120,8 +134,12 @@ def vcpus(spec: VmSpec) -> int:
     return max(1, math.ceil(spec.cpu_milli / 1000))
 
 
-def qemu_args(settings: QemuSettings, spec: VmSpec, disks: list[Path]) -> list[str]:
-    """The command line; relative paths are resolved in the VM's directory (the launch cwd)."""
+def qemu_args(
+    settings: QemuSettings, spec: VmSpec, disks: list[Path], extra: Sequence[str] = ()
+) -> list[str]:
+    """The command line; relative paths are resolved in the VM's directory (the launch cwd).
+    ``extra`` (``-incoming defer`` for a live migration's destination) changes no device: the
+    migration stream needs the very same device models on both sides."""
     args = [
         settings.qemu_binary,
         *("-name", f"guest=stratus-{spec.name}"),
@@ -139,10 +157,16 @@ def qemu_args(settings: QemuSettings, spec: VmSpec, disks: list[Path]) -> list[s
             *("-drive", f"if=none,id=disk{index},file={path},format=qcow2,cache=writeback"),
             *("-device", f"virtio-blk-pci,drive=disk{index}"),
         ]
-    return args + (nic_args(spec) if settings.nics else [])
+    return args + (nic_args(spec) if settings.nics else []) + list(extra)
 
 
-async def launch(settings: QemuSettings, spec: VmSpec, files: VmFiles, disks: list[Path]) -> int:
+async def launch(
+    settings: QemuSettings,
+    spec: VmSpec,
+    files: VmFiles,
+    disks: list[Path],
+    extra: Sequence[str] = (),
+) -> int:
     """Start the VM's QEMU (vCPUs stopped); return its pid once its QMP socket listens."""
     files.clear_run_files()
     with contextlib.suppress(FileNotFoundError):
@@ -151,7 +175,7 @@ async def launch(settings: QemuSettings, spec: VmSpec, files: VmFiles, disks: li
     with files.stderr.open("wb") as stderr:
         try:
             proc = await asyncio.create_subprocess_exec(
-                *HostCommands(settings.netns).argv(*qemu_args(settings, spec, disks)),
+                *HostCommands(settings.netns).argv(*qemu_args(settings, spec, disks, extra)),
                 cwd=files.dir,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.DEVNULL,

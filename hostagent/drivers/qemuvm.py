@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 from common.errors import DriverError
 from common.messages import ObservedState, VmSpec
 from common.resources import ZERO, Resources
+from hostagent.drivers.base import IncomingEndpoint
 from hostagent.drivers.qemuconsole import ConsoleLink
+from hostagent.drivers.qemuflows import Outgoing
 from hostagent.drivers.qemunics import taps
 from hostagent.drivers.qemuproc import VmFiles
 from hostagent.drivers.qmp import QmpClient
@@ -33,6 +35,15 @@ class QemuVm:
     files stay for the fence guard, it is tried again every ``REATTACH_S``, and it is reported
     ``starting`` (not confirmed running), which the scheduler waits on instead of starting
     another copy. Fencing it while still unreachable kills it."""
+    incoming: IncomingEndpoint | None = None
+    """Destination of a live migration: paused, waiting for (or holding) its state, its disks
+    exported, until ``finish_incoming`` lets it run (hostagent/drivers/qemumigrate.py)."""
+    outgoing: Outgoing | None = None
+    """Source of a live migration under way (``migrate_out``)."""
+    handed_over: bool = False
+    """Source of a finished live migration: paused for good, its state on the destination."""
+    arrived: bool = False
+    """Came by live migration: booted on another host (no readiness marker here)."""
     pid: int | None = None
     qmp: QmpClient | None = None
     console: ConsoleLink | None = None
@@ -46,6 +57,10 @@ class QemuVm:
             return ObservedState.STARTING
         if self.stopping:
             return ObservedState.STOPPING
+        if self.handed_over:
+            return ObservedState.HANDED_OVER
+        if self.incoming is not None:
+            return ObservedState.INCOMING
         if self.paused:
             return ObservedState.PAUSED
         return ObservedState.RUNNING if self.booted else ObservedState.STARTING

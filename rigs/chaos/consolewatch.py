@@ -1,9 +1,11 @@
 """The QEMU part's external observer: is a guest executing, seen from outside the system.
 
 Every QEMU process the agents start is found by its files (``<host>/qemu/vms/<vm>/qemu.pid``
-and ``console.sock``); once its guest has booted, the watch connects to the serial console (a
-socket QEMU serves; the agent connects to it only to type, which nothing does here) and starts
-a loop in the guest's shell that prints a tick every TICK_S. A tick can only come from a guest
+and ``console.sock``); the watch connects to its serial console (a socket QEMU serves; the
+agent connects to it only to type, which nothing does here), and once the guest has booted it
+starts a loop in the guest's shell that prints a tick every TICK_S. The copy a live migration
+makes on another host is followed too: it never boots, it goes on ticking with the loop it
+brought along. A tick can only come from a guest
 whose vCPU runs: paused (QMP ``stop``), frozen or killed, it prints nothing. The ticks' arrival
 times, per QEMU process, are the evidence; neither the agents' audit logs nor the scheduler are
 asked. Two processes of one VM ticking at the same time are two executing copies.
@@ -98,7 +100,7 @@ class ConsoleWatch:
             if process_state(copy.pid) == "T":
                 self.stopped_seen.add(copy)
             task = self._watched.get(copy)
-            if (task is None or task.done()) and _booted(vm_dir):
+            if task is None or task.done():
                 self._watched[copy] = asyncio.create_task(self._follow(copy, vm_dir))
 
     async def _follow(self, copy: Copy, vm_dir: Path) -> None:
@@ -109,7 +111,7 @@ class ConsoleWatch:
             return  # gone meanwhile (destroyed), or not serving yet: the next scan retries
         try:
             while alive(copy.pid):
-                if self._needs_typing(copy):
+                if self._needs_typing(copy) and _booted(vm_dir):
                     writer.write(START_TICKS)
                     await writer.drain()
                     self._typed_at[copy] = time.time()

@@ -1,5 +1,5 @@
 """The load generator: concurrent creates (API request/reply and the jobs stream), half of them
-with a NIC in a network, and deletes.
+with a NIC in a network, live migrations and deletes.
 
 It records every ACKNOWLEDGED request: an API reply without error, or a jobs-stream PubAck (the
 job is durable from then on). A request that times out during a fault is retried with the same
@@ -38,6 +38,7 @@ class Op(StrEnum):
     CREATE_API = "create_api"
     CREATE_JOB = "create_job"
     DELETE = "delete"
+    MIGRATE = "migrate"
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,9 @@ class Load:
             roll = self.rng.random()
             if self.live and (roll < 0.3 or len(self.live) >= self.max_live):
                 await self._delete(self.live.pop(self.rng.randrange(len(self.live))))
-            elif roll < 0.65:
+            elif self.live and roll < 0.4:
+                await self._migrate(self.rng.choice(self.live))
+            elif roll < 0.7:
                 await self._create(Op.CREATE_API)
             else:
                 await self._create(Op.CREATE_JOB)
@@ -121,6 +124,17 @@ class Load:
             Op.DELETE, name, request_id, lambda: self.client.delete_vm(name, request_id)
         ):
             self.live.append(name)  # not deleted (e.g. its job is not yet processed): later
+
+    async def _migrate(self, name: str) -> None:
+        """A live migration to wherever the scheduler chooses (refused while the VM is not
+        running, or already moving: counted, not retried)."""
+        request_id = self._next("rq-")
+        await self._retry(
+            Op.MIGRATE,
+            name,
+            request_id,
+            lambda: self.client.migrate_vm(name, request_id=request_id),
+        )
 
     async def _retry(
         self, op: Op, name: str, request_id: str, call: Callable[[], Awaitable[object]]

@@ -98,7 +98,7 @@ class Replay:
 
     def _row(self, row: Row, sizes: dict[str, str]) -> None:
         host, vm = row.host, row.vm
-        if row.event == "start":
+        if row.event in ("start", "incoming"):  # held, not executing (incoming: a migration's)
             self.held[host][vm] = row.gen
             self._check_capacity(row, sizes)
         elif row.event in _RELEASES:

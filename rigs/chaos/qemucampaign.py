@@ -1,6 +1,7 @@
 """The campaign's QEMU part: a few real guests (TCG) on two agents whose data dir is a small
 tmpfs, a leader and a standby, and faults that pause, move or starve them (a full disk, an
-agent killed or frozen, a partition, the leader killed, nats-server frozen).
+agent killed or frozen, a partition, the leader killed, nats-server frozen), while the guests
+are asked to migrate live from one host to the other every few seconds.
 
 Execution is judged from outside the system (tests/chaos/consolewatch.py): the guests' own
 console ticks, per QEMU process, and /proc. At no instant may two processes of one VM tick; at
@@ -16,6 +17,7 @@ from collections import Counter
 from pathlib import Path
 
 from nats.aio.client import Client
+from nats.errors import Error as NatsError
 
 from cli.client import StratusClient
 from common.errors import ApiError
@@ -40,6 +42,7 @@ HOSTS = 2
 VMS = 3
 BOOT_TIMEOUT_S = 90.0
 CONVERGE_TIMEOUT_S = 120.0
+MIGRATE_EVERY_S = 6.0
 TICKING_S = 3.0
 """A VM counts as executing at the end when its copy ticked this recently."""
 
@@ -74,13 +77,35 @@ async def _campaign(rig: Rig, nc: Client, settings: Settings, report: Report) ->
         rng = random.Random(settings.seed)
         report.faults = plan(rng, settings.faults, sorted(rig.agents), QEMU_WEIGHTS)
         injector = Injector(rig, leader=leader_finder(rig, nc))
-        await injector.run(report.faults)
+        moving = asyncio.create_task(_mover(client, names, random.Random(rng.random()), report))
+        try:
+            await injector.run(report.faults)
+        finally:
+            moving.cancel()
+            await asyncio.gather(moving, return_exceptions=True)
         report.violations += injector.crashes
         await _converge(client, watch, names, report)
     finally:
         watching.cancel()
         await asyncio.gather(watching, return_exceptions=True)
     await _judge(nc, client, watch, acked, report)
+
+
+async def _mover(
+    client: StratusClient, names: list[str], rng: random.Random, report: Report
+) -> None:
+    """Live migrations while the faults go on: every MIGRATE_EVERY_S a guest is asked to move
+    to the other host (refusals, e.g. while it is not running, are counted, not retried)."""
+    while True:
+        await asyncio.sleep(MIGRATE_EVERY_S * (0.5 + rng.random()))  # the load's own pace
+        name = rng.choice(names)
+        try:
+            await client.migrate_vm(name)
+            report.outcomes["migrate_acked"] += 1
+        except ApiError as exc:
+            report.outcomes[f"migrate_refused_{exc.code}"] += 1
+        except (NatsError, TimeoutError, OSError):
+            report.outcomes["migrate_unanswered"] += 1
 
 
 async def _create_vms(client: StratusClient) -> list[Acked]:
@@ -157,7 +182,7 @@ async def _judge(
     report.violations += observer.healthy_hosts_declared_dead(events, report.faults)
     report.violations += observer.acked_outcomes(acked, await final_vms(client), events)
     report.acked = Counter(str(a.op) for a in acked)
-    report.outcomes = Counter(
+    report.outcomes.update(
         {"qemu_processes": len(watch.ticks), "ticks": sum(map(len, watch.ticks.values()))}
     )
     report.vms_created = len(acked)

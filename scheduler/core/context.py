@@ -27,6 +27,8 @@ from common.messages import (
     HostEvent,
     HostState,
     JobRejected,
+    MigrationOutcome,
+    PrepareIncoming,
     Size,
     StartVm,
     VmEvent,
@@ -35,10 +37,12 @@ from common.messages import (
 from common.network_messages import ConfigureNetworks, EndpointInfo, NicInfo
 from scheduler.core import transitions
 from scheduler.core.contract import Action, Emit, Now, Reply, SendCommands
+from scheduler.core.views import migration_info
 from scheduler.placement.hostviews import HostViews
 from scheduler.placement.pipeline import PlacementPolicy
+from scheduler.placement.rebalance import MigrationBudget, Move
 from scheduler.state.cluster import ClusterState
-from scheduler.state.model import VmRecord
+from scheduler.state.model import MigrationRecord, VmRecord
 from scheduler.state.storage import DiskRecord, EndpointRecord, NicRecord
 
 
@@ -57,7 +61,7 @@ so: ``*`` is not allowed in VM names)."""
 def command_key(command: AgentCommand) -> VmName:
     """Which earlier command a command replaces (for resend suppression): the VM's, or the
     host's network configuration."""
-    if isinstance(command, StartVm):
+    if isinstance(command, StartVm | PrepareIncoming):
         return VmName(command.vm.name)
     if isinstance(command, ConfigureNetworks):
         return NETWORKS_KEY
@@ -80,6 +84,11 @@ class Carry:
     networks: dict[HostId, ConfigureNetworks] = field(default_factory=dict)
     """Each host's desired network configuration as last computed (scheduler/core/hostnets.py);
     a host missing here has it computed when next needed."""
+    rebalance_queue: list[Move] = field(default_factory=list)
+    """Moves the rebalancer planned that wait for a migration slot."""
+    rebalance_budget: MigrationBudget | None = None
+    """The rebalancer's rounds and moves of the last hour (scheduler/core/rebalancing.py);
+    None: not yet rebuilt from the records since the start."""
 
 
 @dataclass(slots=True)
@@ -112,6 +121,9 @@ class StepContext:
         recovering: bool | Keep = KEEP,
         nics: list[NicRecord] | Keep = KEEP,
         endpoints: list[EndpointRecord] | Keep = KEEP,
+        migration: MigrationRecord | Keep | None = KEEP,
+        max_generation: int | Keep = KEEP,
+        migrated_at: datetime | Keep | None = KEEP,
     ) -> None:
         """Change fields of ``record``, keeping the indexes, the store and the event stream
         right: a change of state must be in the transition table, and is emitted."""
@@ -134,6 +146,9 @@ class StepContext:
             ("recovering", recovering),
             ("nics", nics),
             ("endpoints", endpoints),
+            ("migration", migration),
+            ("max_generation", max_generation),
+            ("migrated_at", migrated_at),
         )
         self.state.before_change(record)
         for name, value in changes:  # the signature above is what mypy checks
@@ -170,7 +185,15 @@ class StepContext:
         self.carry.event_seq += 1
         return self.carry.event_seq
 
-    def emit_vm(self, record: VmRecord) -> None:
+    def emit_vm(
+        self,
+        record: VmRecord,
+        outcome: MigrationOutcome | None = None,
+        migration: MigrationRecord | None = None,
+    ) -> None:
+        """A VM event; ``outcome`` (with the ``migration`` it ended, if it did) for the events
+        that start and end a live migration."""
+        about = migration or record.migration
         event = VmEvent(
             seq=self.next_seq(),
             time=self.now.wall,
@@ -182,6 +205,8 @@ class StepContext:
             size=record.size,
             nics=_nic_infos(record.nics) if record.nics else [],
             endpoints=_endpoint_infos(record.endpoints) if record.endpoints else [],
+            migration=migration_info(about) if about is not None else None,
+            migration_outcome=outcome,
         )
         self.actions.append(Emit(event))
 

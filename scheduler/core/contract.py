@@ -25,6 +25,7 @@ from common.messages import (
     HostRef,
     VmRef,
 )
+from common.migration_messages import MigrateVm
 from common.network_messages import AddEndpoint, CreateVnet, RemoveEndpoint, VnetRef
 from scheduler.state.model import HostRecord, ReplyRecord, VmRecord
 from scheduler.state.storage import ImageRecord, NetCounters, VnetRecord
@@ -56,6 +57,8 @@ class Op(StrEnum):
     VNET_DELETE = "vnet_delete"
     ENDPOINT_ADD = "endpoint_add"
     ENDPOINT_REMOVE = "endpoint_remove"
+    MIGRATE = "migrate"
+    MIGRATE_CANCEL = "migrate_cancel"
 
 
 HOST_OPS = frozenset({Op.CORDON, Op.UNCORDON, Op.DRAIN})
@@ -76,7 +79,7 @@ class Mutation:
     """A mutating API request (from request/reply or from the jobs stream)."""
 
     op: Op
-    body: CreateVm | VmRef | HostRef | StorageBody | NetworkBody
+    body: CreateVm | VmRef | HostRef | StorageBody | NetworkBody | MigrateVm
     token: int
     via_job: bool = False
     job_subject: str = ""

@@ -1,10 +1,13 @@
 """Drain: move every VM off a host for maintenance, a few at a time. Pure.
 
-A drained host is cordoned (no new placements) and its VMs are moved one by one: the core stops
-the VM on the draining host (``StopVm``), and only once the host reports it gone does it put the
-VM back to ``pending`` with generation + 1, so placement starts it on another host. Stop before
-start keeps the rule that a VM never runs twice. At most ``parallelism`` VMs of a host are on
-the move at once (stopping, pending, or starting elsewhere).
+A drained host is cordoned (no new placements) and its VMs are moved one by one. A running VM
+migrates live (scheduler/core/migrations.py, cause ``drain``) to a host placement picks. A VM
+that cannot (not running, a driver that cannot migrate, a failed migration), or every VM of a
+``--cold`` drain, moves by stop and start: the core stops the VM on the draining host
+(``StopVm``), and only once the host reports it gone does it put the VM back to ``pending``
+with a new generation, so placement starts it on another host. Stop before start keeps the
+rule that a VM never runs twice. At most ``parallelism`` VMs of a host are on the move at once
+(migrating, stopping, pending, or starting elsewhere).
 
 A drain is refused up front, changing nothing, when the VMs to move would not all fit on the
 other hosts (``insufficient_capacity``).
@@ -47,7 +50,24 @@ def movable(state: ClusterState, host: HostId) -> list[VmRecord]:
     """The VMs on ``host`` that its drain has still to move, in name order."""
     records = (state.vms[name] for name in state.by_host.get(host, ()))
     return sorted(
-        (r for r in records if r.state in MOVABLE_STATES and r.drained_from is None),
+        (
+            r
+            for r in records
+            if r.state in MOVABLE_STATES and r.drained_from is None and r.migration is None
+        ),
+        key=lambda r: r.name,
+    )
+
+
+def failed_live(state: ClusterState, host: HostId) -> list[VmRecord]:
+    """VMs whose live move off ``host`` ended without a switchover: to move by stop and start."""
+    records = (state.vms[name] for name in state.by_host.get(host, ()))
+    return sorted(
+        (
+            r
+            for r in records
+            if r.drained_from == host and r.migration is None and r.state in MOVABLE_STATES
+        ),
         key=lambda r: r.name,
     )
 
@@ -60,13 +80,15 @@ def moving(state: ClusterState) -> Counter[HostId]:
 
 
 def remaining(state: ClusterState, host: HostId, on_the_move: Mapping[HostId, int]) -> int:
-    """VMs on ``host`` (holding capacity there) plus those moved off it not yet running elsewhere.
+    """VMs on ``host`` (holding capacity there) plus those moved off it not yet running elsewhere,
+    plus those migrating live *to* it (begun before the drain: they land, then move on).
 
     A VM being stopped by the drain is on the host and on the move: counted once.
     """
     on_host = state.by_host.get(host, ())
     stopping_here = sum(1 for name in on_host if state.vms[name].drained_from == host)
-    return len(on_host) + on_the_move.get(host, 0) - stopping_here
+    arriving = len(state.incoming.get(host, ()))
+    return len(on_host) + on_the_move.get(host, 0) - stopping_here + arriving
 
 
 def remaining_by_host(state: ClusterState) -> dict[HostId, int]:

@@ -24,13 +24,23 @@ from common.messages import (
     ObservedVm,
     VmState,
 )
+from common.migration_messages import MigrationCause
 from common.resources import ZERO
-from scheduler.core import disks, drain, hostnets, lifecycle, networks, views
+from scheduler.core import (
+    disks,
+    drain,
+    hostnets,
+    lifecycle,
+    migration_flow,
+    migrations,
+    networks,
+    views,
+)
 from scheduler.core.context import StepContext
 from scheduler.core.contract import Ack, Op
 from scheduler.core.liveness import claim_after_s, expired_hosts
 from scheduler.core.reconciler import Outcome, Transition, reconcile_host
-from scheduler.state.model import HostRecord, HostRuntime
+from scheduler.state.model import HostRecord, HostRuntime, VmRecord
 
 # --------------------------------------------------------------------------- heartbeats
 
@@ -122,7 +132,8 @@ def _reconcile(ctx: StepContext, host: HostId, runtime: HostRuntime) -> None:
     state = ctx.state
     state.touched_hosts.discard(host)
     assigned = {name: state.vms[name] for name in state.by_host.get(host, ())}
-    result = reconcile_host(host, assigned, runtime.observed)
+    incoming = {name: _attempt(state.vms[name]) for name in state.incoming.get(host, ())}
+    result = reconcile_host(host, assigned, runtime.observed, incoming)
     orphaned = sum((vm.resources for vm in result.orphans), ZERO)
     if orphaned != runtime.orphaned:
         runtime.orphaned = orphaned
@@ -132,6 +143,13 @@ def _reconcile(ctx: StepContext, host: HostId, runtime: HostRuntime) -> None:
     for transition in result.transitions:
         _apply(ctx, transition, host)
     ctx.send(host, result.commands)
+    if state.migrating and migration_flow.observe(ctx, host, runtime.observed):
+        runtime.settled = False  # a migration follows every report of its hosts
+
+
+def _attempt(record: VmRecord) -> int:
+    assert record.migration is not None
+    return record.migration.attempt
 
 
 def _ack(
@@ -167,6 +185,7 @@ def _register(ctx: StepContext, host: HostId, hb: Heartbeat) -> None:
         boot_id=hb.boot_id,
         drain_reported=record.drain_reported if record else None,
         underlay_ip=hb.underlay_ip,
+        drain_cold=record.drain_cold if record else False,
     )
     if record == fresh:
         return
@@ -239,8 +258,10 @@ def _declare_dead(ctx: StepContext, host: HostId) -> None:
     runtime.orphaned = ZERO
     state.stale_views.add(host)
     why = f"host {host} declared dead"
+    migration_flow.target_down(ctx, host)
     for name in sorted(state.by_host.get(host, ())):
         vm = state.vms[name]
+        migration_flow.abandon(ctx, vm, why)
         if vm.state is VmState.STOPPING:
             lifecycle.stopped(ctx, vm, why)
         elif vm.state is VmState.DELETING:
@@ -277,9 +298,14 @@ def host_op(ctx: StepContext, op: Op, body: HostRef) -> HostId | HostReply:
             return views.host_error(ErrorCode.INSUFFICIENT_CAPACITY, problem)
     cordoned = op is not Op.UNCORDON
     draining = op is Op.DRAIN or (op is Op.CORDON and record.draining)
-    if (record.cordoned, record.draining) == (cordoned, draining):
+    cold = body.cold if op is Op.DRAIN else record.drain_cold and draining
+    if (record.cordoned, record.draining, record.drain_cold) == (cordoned, draining, cold):
         return host
-    record.cordoned, record.draining = cordoned, draining
+    if (record.cordoned, record.draining) == (cordoned, draining):  # only how to move changed
+        record.drain_cold = cold
+        ctx.host_changed(host)
+        return host
+    record.cordoned, record.draining, record.drain_cold = cordoned, draining, cold
     ctx.host_changed(host)
     reason = {Op.CORDON: "cordoned", Op.UNCORDON: "uncordoned", Op.DRAIN: "drain started"}
     record.drain_reported = _emit_host(ctx, host, _state_of(record.up), reason[op])
@@ -293,6 +319,26 @@ def _drain_capacity_problem(ctx: StepContext, host: HostId) -> str | None:
     return drain.check_capacity(ctx.state, host, ctx.views.all(), ctx.policy, members)
 
 
+def _move(ctx: StepContext, vm: VmRecord, host: HostId) -> None:
+    """Move a VM off draining ``host``: live, unless told not to or it cannot migrate."""
+    if ctx.state.hosts[host].drain_cold:
+        _move_cold(ctx, vm, host, "")
+        return
+    refusal = migrations.begin(ctx, vm, None, MigrationCause.DRAIN)
+    if refusal is None:
+        ctx.change_vm(vm, drained_from=host)
+    elif not refusal.later:  # busy hosts: tried again at a later step
+        _move_cold(ctx, vm, host, refusal.detail)
+
+
+def _move_cold(ctx: StepContext, vm: VmRecord, host: HostId, why_not_live: str) -> None:
+    why = f"moving off draining host {host}"
+    if why_not_live:
+        why += f" by stop and start: {why_not_live}"
+    ctx.change_vm(vm, state=VmState.STOPPING, reason=why, drained_from=host)
+    lifecycle.command(ctx, host, vm.name, vm.generation, stop=True)
+
+
 def host_info(ctx: StepContext, host: HostId) -> HostInfo:
     state = ctx.state
     return views.host_info(
@@ -302,6 +348,7 @@ def host_info(ctx: StepContext, host: HostId) -> HostInfo:
         len(state.by_host.get(host, ())),
         ctx.now.mono_s,
         drain_remaining=drain_remaining(ctx, host),
+        migrations=migrations.in_flight(state)[host] if state.migrating else 0,
     )
 
 
@@ -321,12 +368,11 @@ def progress_drains(ctx: StepContext) -> None:
         return
     on_the_move = drain.moving(state)
     for host in draining:
+        for vm in drain.failed_live(state, host):
+            _move_cold(ctx, vm, host, f"live migration failed ({vm.reason})")
         step = drain.plan_drain(state, host, ctx.config.drain_parallelism, on_the_move)
         for name in step.move:
-            vm = state.vms[name]
-            why = f"moving off draining host {host}"
-            ctx.change_vm(vm, state=VmState.STOPPING, reason=why, drained_from=host)
-            lifecycle.command(ctx, host, name, vm.generation, stop=True)
+            _move(ctx, state.vms[name], host)
         record = state.hosts[host]
         if step.done:
             record.draining = False

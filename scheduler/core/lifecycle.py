@@ -68,7 +68,8 @@ def stopped(ctx: StepContext, record: VmRecord, reason: str) -> None:
 
 
 def release(ctx: StepContext, record: VmRecord, state: VmState, reason: str) -> None:
-    """Take the VM off its host: a new generation, so any copy left there is stale."""
+    """Take the VM off its host: a new generation (above any migration attempt's too), so any
+    copy left there is stale."""
     if record.host is not None:
         ctx.forget_sent(record.host, record.name)
     pending_since: datetime | None = ctx.now.wall if state is VmState.PENDING else None
@@ -76,7 +77,7 @@ def release(ctx: StepContext, record: VmRecord, state: VmState, reason: str) -> 
         record,
         state=state,
         host=None,
-        generation=record.generation + 1,
+        generation=record.next_generation(),
         reason=reason,
         pending_since=pending_since,
         endpoints=networks.unplaced_endpoints(record),

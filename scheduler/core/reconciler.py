@@ -24,6 +24,7 @@ from common.messages import (
     VmSpec,
     VmState,
 )
+from common.migration_messages import FinishIncoming
 from scheduler.state.model import VmRecord
 
 
@@ -63,18 +64,24 @@ def reconcile_host(
     host: HostId,
     assigned: Mapping[VmName, VmRecord],
     observed: Mapping[VmName, ObservedVm],
+    incoming: Mapping[VmName, int] | None = None,
 ) -> HostReconcile:
     """Compare the VMs assigned to ``host`` (desired) with its inventory (observed).
 
-    ``assigned`` holds the records whose ``host`` is this host and that hold capacity there.
-    Every observed VM that is not one of them, or is an older generation, is stale: only the
-    scheduler's word destroys it, and this is that word.
+    ``assigned`` holds the records whose ``host`` is this host and that hold capacity there;
+    ``incoming`` the attempt numbers of the live migrations coming to it (their copies here,
+    at exactly that generation, are the migrations' to manage: scheduler/core/migrations.py).
+    Every other observed VM that is not one of them, or is an older generation, is stale: only
+    the scheduler's word destroys it, and this is that word.
     """
     result = HostReconcile()
+    expected = incoming or {}
     for name, record in assigned.items():
         _reconcile_assigned(record, observed.get(name), result)
     for name, seen in observed.items():
         mine = assigned.get(name)
+        if mine is None and expected.get(name) == seen.generation:
+            continue
         if mine is None or seen.generation > mine.generation:
             result.orphans.append(seen)
             result.commands.append(DeleteVm(name=name, generation=seen.generation))
@@ -132,3 +139,11 @@ def _reconcile_wanted_running(
             out.commands.append(DeleteVm(name=name, generation=gen))
         case ObservedState.STOPPING | ObservedState.STOPPED:
             out.commands.append(StartVm(vm=spec_of(record), generation=gen))
+        case ObservedState.INCOMING:
+            # A migrated VM whose switchover is stored (it is this host's at this generation):
+            # the destination may let it run now.
+            out.commands.append(FinishIncoming(name=name, generation=gen))
+        case ObservedState.HANDED_OVER:
+            # Its state went to a migration's destination: it never runs here again, and the
+            # migration (scheduler/core/migrations.py) switches the VM over.
+            pass

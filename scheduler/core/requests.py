@@ -27,6 +27,7 @@ from common.messages import (
     VmRef,
     VmReply,
 )
+from common.migration_messages import MigrateVm
 from common.network_messages import AddEndpoint, CreateVnet, RemoveEndpoint, VnetRef, VnetReply
 from scheduler.core import views
 from scheduler.core.contract import HOST_OPS, IMAGE_OPS, VNET_OPS, Op
@@ -45,6 +46,7 @@ Bound = (
     | VnetRef
     | AddEndpoint
     | RemoveEndpoint
+    | MigrateVm
 )
 """Bodies whose request id is bound (an agent's capture report is not a client request)."""
 

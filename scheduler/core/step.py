@@ -37,8 +37,20 @@ from common.messages import (
     VmRef,
     VmReply,
 )
+from common.migration_messages import MigrateVm
 from common.network_messages import AddEndpoint, CreateVnet, RemoveEndpoint, VnetRef, VnetReply
-from scheduler.core import disks, hostnets, hosts, images, networks, requests, vms
+from scheduler.core import (
+    disks,
+    hostnets,
+    hosts,
+    images,
+    migration_flow,
+    migrations,
+    networks,
+    rebalancing,
+    requests,
+    vms,
+)
 from scheduler.core.context import Carry, StepContext
 from scheduler.core.contract import (
     ANSWERED_AT_ONCE,
@@ -60,7 +72,16 @@ from scheduler.placement.hostviews import HostViews
 from scheduler.placement.pipeline import PlacementPolicy
 from scheduler.state.cluster import ClusterState
 
-_VmBody = CreateVm | VmRef | AttachDisk | DetachDisk | CaptureVm | AddEndpoint | RemoveEndpoint
+_VmBody = (
+    CreateVm
+    | VmRef
+    | AttachDisk
+    | DetachDisk
+    | CaptureVm
+    | AddEndpoint
+    | RemoveEndpoint
+    | MigrateVm
+)
 _VmAnswer = tuple[Mutation, VmName | VmReply]
 _HostAnswer = tuple[Mutation, HostId | HostReply]
 
@@ -137,9 +158,12 @@ class SchedulerCore:
         if ticked:
             hosts.check_liveness(ctx)
             vms.expire_pending(ctx)
+            migration_flow.check_timeouts(ctx)
             images.progress_captures(ctx)
         if ticked or self.carry.drains_due:
             hosts.progress_drains(ctx)
+        if ticked:
+            rebalancing.rebalance(ctx)
         vms.place_pending(ctx, everything=ticked and self.carry.capacity_changed)
         hostnets.flush(ctx, peers_too=ticked)
         self._answer_all(ctx, answers)
@@ -191,6 +215,7 @@ class SchedulerCore:
                 | CaptureVm()
                 | AddEndpoint()
                 | RemoveEndpoint()
+                | MigrateVm()
             ):
                 answers.vms.append((item, self._vm_op(ctx, item.op, body)))
             case HostRef():
@@ -213,8 +238,12 @@ class SchedulerCore:
         match body:
             case CreateVm():
                 return vms.create(ctx, body)
+            case VmRef() if op is Op.MIGRATE_CANCEL:
+                return migrations.cancel_request(ctx, VmName(body.name))
             case VmRef():
                 return vms.change(ctx, op, VmName(body.name))
+            case MigrateVm():
+                return migrations.request(ctx, body)
             case AttachDisk() | DetachDisk():
                 return disks.attach_or_detach(ctx, body)
             case CaptureVm():

@@ -7,8 +7,9 @@ import msgspec
 from common.fields import ErrorBody, ErrorCode
 from common.image_messages import ImageInfo, ImageReply
 from common.messages import HostInfo, HostReply, HostState, VmInfo, VmReply
+from common.migration_messages import MigrationInfo
 from common.resources import ZERO, Resources
-from scheduler.state.model import HostRecord, HostRuntime, VmRecord
+from scheduler.state.model import HostRecord, HostRuntime, MigrationRecord, VmRecord
 from scheduler.state.storage import ImageRecord
 
 
@@ -29,6 +30,19 @@ def vm_info(record: VmRecord) -> VmInfo:
     return msgspec.convert(record, VmInfo, from_attributes=True)
 
 
+def migration_info(record: MigrationRecord) -> MigrationInfo:
+    return MigrationInfo(
+        source=record.source,
+        target=record.target,
+        attempt=record.attempt,
+        cause=record.cause,
+        phase=record.phase,
+        started_at=record.started_at,
+        transferred_mib=record.transferred_mib,
+        total_mib=record.total_mib,
+    )
+
+
 def image_info(image: ImageRecord) -> ImageInfo:
     return msgspec.convert(image, ImageInfo, from_attributes=True)
 
@@ -41,6 +55,7 @@ def host_info(
     now_s: float,
     *,
     drain_remaining: int = 0,
+    migrations: int = 0,
 ) -> HostInfo:
     return HostInfo(
         host_id=record.host_id,
@@ -58,4 +73,5 @@ def host_info(
         draining=record.draining,
         drain_remaining=drain_remaining,
         underlay_ip=record.underlay_ip or None,
+        migrations=migrations,
     )

@@ -12,7 +12,7 @@ from common.fields import ErrorCode
 from common.ids import HostId, VmName
 from common.messages import AgentCommand, CreateVm, StartVm, VmReply, VmState
 from common.sizes import find_size
-from scheduler.core import disks, hostnets, images, lifecycle, networks
+from scheduler.core import disks, hostnets, images, lifecycle, migration_flow, networks
 from scheduler.core.context import StepContext
 from scheduler.core.contract import Op
 from scheduler.core.reconciler import spec_of
@@ -45,7 +45,7 @@ def create(ctx: StepContext, body: CreateVm) -> VmName | VmReply:
             ErrorCode.INSUFFICIENT_CAPACITY,
             f"size {size.name} ({size.resources}) is larger than every host in {where}",
         )
-    generation = existing.generation + 1 if existing is not None else 1
+    generation = existing.next_generation() if existing is not None else 1
     new_disks, serial = disks.initial_disks(
         name, generation, image.name, image.sha256, body.data_disks_mib
     )
@@ -93,6 +93,8 @@ def change(ctx: StepContext, op: Op, name: VmName) -> VmName | VmReply:
         return vm_error(ErrorCode.NOT_FOUND, f"vm {name!r} was deleted")
     if state is VmState.DELETING and op is not Op.DELETE:
         return vm_error(ErrorCode.INVALID_STATE, f"vm {name!r} is being deleted")
+    if op in (Op.STOP, Op.DELETE) and record.migration is not None:
+        migration_flow.abandon(ctx, record, f"{op} requested")
     if op is Op.STOP:
         lifecycle.stop(ctx, record)
     elif op is Op.START:

@@ -1,4 +1,5 @@
-"""Replay a VM trace through the scheduler's placement and count the hosts it needs. Pure.
+"""Replay a VM trace through the scheduler's placement and rebalancer; count the hosts it needs.
+Pure.
 
 Arrivals are placed with the same ``HostIndex`` the scheduler's ``place_batch`` uses, one at a
 time in arrival order; departures give the capacity back. Time is the trace's own: the replay
@@ -6,14 +7,15 @@ jumps from event to event (as fast as the CPU allows), and integrates over trace
 in use (hosts holding at least one VM) and the lower bound ``max(Σcpu / host_cpu, Σmem /
 host_mem)`` of the VMs running at that moment.
 
-Two optional refinements on top of the plain scorer:
+The rebalancer is the scheduler's own (``rebalance.plan_moves``), called every ``interval_s``
+of trace time with the knobs of ``SimPolicy.rebalance`` (by default the scheduler's defaults).
+Each move it plans is one migration, which takes ``migration_s`` of trace time (a fixed setup
+cost plus the guest's memory at a modelled bandwidth); meanwhile the VM holds its capacity on
+both hosts, as in the product, and both count as in use. A VM that leaves during its migration
+frees both.
 
-* ``group_batches``: a VM whose batch (one tenant's simultaneous requests) already runs on some
-  hosts goes to one of those if it fits there, chosen by the same ``place`` among them.
-* ``consolidate_every_s``: every so often, hosts less than ``consolidate_below`` full are
-  emptied by migrating all their VMs onto other hosts already in use, if (and only if) every one
-  of them fits there; a host that cannot be emptied completely is left alone. Each move counts
-  as one migration.
+``group_batches`` (optional): a VM whose batch (one tenant's simultaneous requests) already runs
+on some hosts goes to one of those if it fits there, chosen by the same ``place`` among them.
 
 Readers for the Azure 2017 and Alibaba 2023 traces (see the workloads README for their
 sources and licences) take lines of text, so this module opens no files.
@@ -25,14 +27,16 @@ import csv
 import heapq
 import math
 from collections import Counter
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Collection, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
+from common.config import RebalanceConfig, SchedulerConfig
 from common.ids import HostId, VmName
 from common.resources import ZERO, Resources
 from scheduler.placement.index import HostIndex
 from scheduler.placement.pipeline import Placed, PlacementPolicy, place
+from scheduler.placement.rebalance import Cluster, MigrationBudget, Move, RebalanceVm, plan_moves
 from scheduler.state.model import HostView, PlacementRequest
 
 ScorerName = Literal["binpack", "spread"]
@@ -51,13 +55,31 @@ class TraceVm:
     resources: Resources
 
 
+MIGRATION_SETUP_S = 10.0
+MIGRATION_GIB_PER_S = 0.5
+"""A simulated migration takes ``MIGRATION_SETUP_S`` plus the guest's memory at this rate
+(about 4 Gbit/s of pre-copy): 38 s for a 14 GiB guest."""
+
+_DEFAULTS = SchedulerConfig()
+
+
+def migration_s(resources: Resources) -> float:
+    return MIGRATION_SETUP_S + resources.mem_mib / 1024 / MIGRATION_GIB_PER_S
+
+
 @dataclass(frozen=True, slots=True)
 class SimPolicy:
-    scorer: ScorerName = "binpack"
+    """What the replay runs: by default the scheduler's default scorer and rebalancer."""
+
+    scorer: ScorerName = _DEFAULTS.scorer
     group_batches: bool = False
-    consolidate_every_s: float | None = None
-    consolidate_below: float = 0.5
-    """Fraction of a host's capacity (the larger of CPU and memory) under which it is emptied."""
+    rebalance: RebalanceConfig = field(default_factory=RebalanceConfig)
+    """The scheduler's defaults unless given (``SchedulerConfig.rebalance``)."""
+
+    @classmethod
+    def plain(cls, scorer: ScorerName = "binpack") -> SimPolicy:
+        """The scorer alone: no rebalancer."""
+        return cls(scorer, rebalance=RebalanceConfig(enabled=False))
 
 
 @dataclass(slots=True)
@@ -66,12 +88,16 @@ class SimResult:
     placed: int = 0
     rejected: int = 0
     migrations: int = 0
+    vms_migrated: int = 0
+    """VMs migrated at least once."""
     peak_hosts: int = 0
     peak_lower_bound: float = 0.0
     host_seconds: float = 0.0
     """∫ hosts in use dt, over the arrivals' span."""
     lower_bound_seconds: float = 0.0
     """∫ lower bound dt, over the same span."""
+    vm_seconds: float = 0.0
+    """∫ VMs running dt, over the same span."""
     series: list[tuple[float, int, float]] = field(default_factory=list)
     """``(t_s, hosts in use, lower bound)`` sampled every ``sample_every_s``."""
 
@@ -80,6 +106,14 @@ class SimResult:
         if self.lower_bound_seconds <= 0:
             return 0.0
         return self.host_seconds / self.lower_bound_seconds
+
+    @property
+    def migrations_per_vm_hour(self) -> float:
+        return self.migrations / (self.vm_seconds / 3600) if self.vm_seconds > 0 else 0.0
+
+    @property
+    def migrated_fraction(self) -> float:
+        return self.vms_migrated / self.placed if self.placed else 0.0
 
     @property
     def peak_ratio(self) -> float:
@@ -213,6 +247,32 @@ def simulate(
     return replay.result, list(replay.index.views)
 
 
+@dataclass(slots=True)
+class _Flight:
+    """A migration under way: the VM holds capacity on both hosts until it lands."""
+
+    vm: TraceVm
+    source: HostId
+    target: HostId
+    started_s: float
+
+
+class _VmsByHost(Mapping[HostId, Collection[RebalanceVm]]):
+    """The planner's view of ``_Replay.on_host`` without copying it."""
+
+    def __init__(self, on_host: dict[HostId, dict[str, RebalanceVm]]) -> None:
+        self._on_host = on_host
+
+    def __getitem__(self, host: HostId) -> Collection[RebalanceVm]:
+        return self._on_host[host].values()
+
+    def __iter__(self) -> Iterator[HostId]:
+        return iter(self._on_host)
+
+    def __len__(self) -> int:
+        return len(self._on_host)
+
+
 class _Replay:
     def __init__(
         self,
@@ -227,22 +287,31 @@ class _Replay:
         self.sample_every_s = sample_every_s
         self.result = SimResult()
         self._placement = PlacementPolicy(policy.scorer)
-        self._packing = PlacementPolicy("binpack")
         self._where: dict[str, HostId] = {}
-        self._on_host: dict[HostId, dict[str, TraceVm]] = {}
+        self._vms: dict[str, TraceVm] = {}
+        """The VMs running, by id."""
+        self.on_host: dict[HostId, dict[str, RebalanceVm]] = {}
+        self._holders: dict[HostId, int] = {}
+        """VMs holding capacity on each host (a migrating VM on both of its hosts)."""
         self._batch_hosts: dict[str, Counter[HostId]] = {}
         self._departures: list[tuple[float, int, TraceVm]] = []
+        self._landings: list[tuple[float, int, str]] = []
+        self._flights: dict[str, _Flight] = {}
+        self._in_flight: dict[HostId, int] = {}
+        self._budget = MigrationBudget()
+        self._migrated: set[str] = set()
         self._seq = 0
         self._in_use = 0
         self._running = ZERO
+        self._running_vms = 0
         self._now_s = 0.0
         self._next_sample_s = 0.0
         self._next_tick_s = math.inf
 
     def start(self, t_s: float) -> None:
         self._now_s = self._next_sample_s = t_s
-        if self.policy.consolidate_every_s is not None:
-            self._next_tick_s = t_s + self.policy.consolidate_every_s
+        if self.policy.rebalance.enabled:
+            self._next_tick_s = t_s + self.policy.rebalance.interval_s
 
     def lower_bound(self) -> float:
         cap = self.bound_capacity
@@ -252,19 +321,25 @@ class _Replay:
         return max(running.cpu_milli / cap.cpu_milli, running.mem_mib / cap.mem_mib)
 
     def advance_to(self, t_s: float) -> None:
-        """Carry out departures and consolidation rounds due by ``t_s``, integrating as we go."""
+        """Carry out departures, migrations and rebalancer rounds due by ``t_s``, integrating
+        as we go. At equal times landings go first, then departures, then arrivals, and a round
+        last: the Azure trace's arrivals fall on 300 s marks, and a round ahead of a burst
+        of them would find the burst's capacity held by migrations it just started."""
         while True:
-            next_departure_s = self._departures[0][0] if self._departures else math.inf
-            due_s = min(next_departure_s, self._next_tick_s)
+            landing_s = self._landings[0][0] if self._landings else math.inf
+            departure_s = self._departures[0][0] if self._departures else math.inf
+            tick_s = self._next_tick_s if self._next_tick_s < t_s else math.inf
+            due_s = min(landing_s, departure_s, tick_s)
             if due_s > t_s:
                 break
             self._integrate(due_s)
-            if next_departure_s <= self._next_tick_s:
+            if landing_s == due_s:
+                self._land(heapq.heappop(self._landings)[2])
+            elif departure_s == due_s:
                 self._depart(heapq.heappop(self._departures)[2])
             else:
-                self._consolidate()
-                assert self.policy.consolidate_every_s is not None
-                self._next_tick_s += self.policy.consolidate_every_s
+                self._rebalance()
+                self._next_tick_s += self.policy.rebalance.interval_s
         self._integrate(t_s)
 
     def arrive(self, vm: TraceVm) -> None:
@@ -275,23 +350,30 @@ class _Replay:
             result.rejected += 1
             return
         result.placed += 1
-        self._put(vm, host)
+        self._put(vm, host, RebalanceVm(VmName(vm.vm_id), vm.resources))
+        self._vms[vm.vm_id] = vm
         self._running = self._running + vm.resources
+        self._running_vms += 1
         result.peak_hosts = max(result.peak_hosts, self._in_use)
         result.peak_lower_bound = max(result.peak_lower_bound, self.lower_bound())
         if vm.departure_s is not None:
-            self._seq += 1
-            heapq.heappush(self._departures, (vm.departure_s, self._seq, vm))
+            heapq.heappush(self._departures, (vm.departure_s, self._next_seq(), vm))
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
 
     def _integrate(self, t_s: float) -> None:
         dt_s = t_s - self._now_s
         if dt_s <= 0:
             return
         bound = self.lower_bound()
-        self.result.host_seconds += self._in_use * dt_s
-        self.result.lower_bound_seconds += bound * dt_s
+        result = self.result
+        result.host_seconds += self._in_use * dt_s
+        result.lower_bound_seconds += bound * dt_s
+        result.vm_seconds += self._running_vms * dt_s
         while self._next_sample_s <= t_s:
-            self.result.series.append((self._next_sample_s, self._in_use, round(bound, 2)))
+            result.series.append((self._next_sample_s, self._in_use, round(bound, 2)))
             self._next_sample_s += self.sample_every_s
         self._now_s = t_s
 
@@ -307,26 +389,46 @@ class _Replay:
         return result.host_id if isinstance(result, Placed) else None
 
     def _depart(self, vm: TraceVm) -> None:
-        if vm.vm_id in self._where:
-            self._take(vm)
-            self._running = self._running - vm.resources
+        if vm.vm_id not in self._where:
+            return
+        flight = self._flights.pop(vm.vm_id, None)
+        if flight is not None:  # it leaves mid-migration: the target's reservation goes too
+            self._unhold(flight.target, vm.resources)
+            self._end_flight(flight)
+        self._take(vm)
+        del self._vms[vm.vm_id]
+        self._running = self._running - vm.resources
+        self._running_vms -= 1
 
-    def _put(self, vm: TraceVm, host: HostId) -> None:
-        vms = self._on_host.setdefault(host, {})
-        if not vms:
+    # ----------------------------------------------------------------------- holding capacity
+
+    def _hold(self, host: HostId, resources: Resources) -> None:
+        self.index.reserve(host, resources)
+        held = self._holders[host] = self._holders.get(host, 0) + 1
+        if held == 1:
             self._in_use += 1
-        vms[vm.vm_id] = vm
+
+    def _unhold(self, host: HostId, resources: Resources) -> None:
+        self.index.release(host, resources)
+        held = self._holders[host] = self._holders[host] - 1
+        if held == 0:
+            self._in_use -= 1
+
+    def _put(self, vm: TraceVm, host: HostId, entry: RebalanceVm, *, held: bool = False) -> None:
+        """``vm`` runs on ``host`` (``held``: its capacity there is already reserved)."""
+        if not held:
+            self._hold(host, vm.resources)
+        self.on_host.setdefault(host, {})[vm.vm_id] = entry
         self._where[vm.vm_id] = host
-        self.index.reserve(host, vm.resources)
         self._batch_hosts.setdefault(vm.batch, Counter())[host] += 1
 
     def _take(self, vm: TraceVm) -> HostId:
         host = self._where.pop(vm.vm_id)
-        vms = self._on_host[host]
+        vms = self.on_host[host]
         del vms[vm.vm_id]
         if not vms:
-            self._in_use -= 1
-        self.index.release(host, vm.resources)
+            del self.on_host[host]
+        self._unhold(host, vm.resources)
         hosts = self._batch_hosts[vm.batch]
         hosts[host] -= 1
         if hosts[host] <= 0:
@@ -335,40 +437,46 @@ class _Replay:
                 del self._batch_hosts[vm.batch]
         return host
 
-    # ----------------------------------------------------------------------- consolidation
+    # ---------------------------------------------------------------------------- migrations
 
-    def _fill(self, host: HostId) -> float:
-        view = self.index.view(host)
-        cap, used = view.schedulable, view.allocated
-        return max(used.cpu_milli / max(cap.cpu_milli, 1), used.mem_mib / max(cap.mem_mib, 1))
-
-    def _consolidate(self) -> None:
-        """Empty the emptiest hosts in use onto the others, where every VM of one fits."""
-        below = self.policy.consolidate_below
-        ranked = sorted((self._fill(host), host) for host, vms in self._on_host.items() if vms)
-        for fill, host in ranked:
-            if fill >= below:
-                break
-            if self._on_host[host] and self._fill(host) < below:
-                self._try_to_empty(host)
-
-    def _try_to_empty(self, host: HostId) -> bool:
-        """Move every VM off ``host`` onto hosts in use, or move none."""
-        vms = sorted(
-            self._on_host[host].values(),
-            key=lambda vm: (-vm.resources.mem_mib, -vm.resources.cpu_milli, vm.vm_id),
+    def _rebalance(self) -> None:
+        cluster = Cluster(self.index.views, _VmsByHost(self.on_host), in_flight=self._in_flight)
+        plan = plan_moves(
+            cluster, self._placement, self.policy.rebalance, self._budget, self._now_s
         )
-        moved: list[TraceVm] = []
-        for vm in vms:
-            req = PlacementRequest(VmName(vm.vm_id), vm.resources, avoid_hosts=frozenset({host}))
-            result = self.index.place(req, self._packing)
-            if not isinstance(result, Placed) or not self._on_host.get(result.host_id):
-                for done in reversed(moved):  # it does not pay: put them back
-                    self._take(done)
-                    self._put(done, host)
-                return False
-            self._take(vm)
-            self._put(vm, result.host_id)
-            moved.append(vm)
-        self.result.migrations += len(moved)
-        return True
+        self._budget = plan.budget
+        for move in plan.moves:
+            self._take_off(move)
+        self.result.peak_hosts = max(self.result.peak_hosts, self._in_use)
+
+    def _take_off(self, move: Move) -> None:
+        """Start a migration: the target holds the VM's capacity from now on."""
+        entry = self.on_host[move.source][move.vm]
+        self.on_host[move.source][move.vm] = replace(entry, movable=False)
+        vm_id = str(move.vm)
+        self._hold(move.target, entry.resources)
+        self._flights[vm_id] = _Flight(self._vms[vm_id], move.source, move.target, self._now_s)
+        for host in (move.source, move.target):
+            self._in_flight[host] = self._in_flight.get(host, 0) + 1
+        done_s = self._now_s + migration_s(entry.resources)
+        heapq.heappush(self._landings, (done_s, self._next_seq(), vm_id))
+        self.result.migrations += 1
+        if vm_id not in self._migrated:
+            self._migrated.add(vm_id)
+            self.result.vms_migrated += 1
+
+    def _land(self, vm_id: str) -> None:
+        """A migration completes: the VM runs on the target and leaves the source."""
+        flight = self._flights.pop(vm_id, None)
+        if flight is None:  # it left mid-migration
+            return
+        self._end_flight(flight)
+        self._take(flight.vm)
+        entry = RebalanceVm(VmName(vm_id), flight.vm.resources, last_migrated_s=flight.started_s)
+        self._put(flight.vm, flight.target, entry, held=True)
+
+    def _end_flight(self, flight: _Flight) -> None:
+        for host in (flight.source, flight.target):
+            left = self._in_flight[host] = self._in_flight[host] - 1
+            if left == 0:
+                del self._in_flight[host]

@@ -12,6 +12,7 @@ from nats.aio.msg import Msg
 
 from common import codec, messages as m, subjects
 from common.ids import HostId, vm_name_problem
+from common.migration_messages import MigrateVm
 from common.network_messages import ListVnets, VnetRef, VnetReply
 from scheduler.core import drain
 from scheduler.core.contract import (
@@ -25,6 +26,7 @@ from scheduler.core.contract import (
     StorageBody,
 )
 from scheduler.core.images import listed_images
+from scheduler.core.migrations import in_flight
 from scheduler.core.networks import listed_vnets, live_vnet, vnet_info
 from scheduler.core.views import host_info, vm_info
 from scheduler.state.cluster import ClusterState
@@ -49,6 +51,8 @@ MUTATIONS: Final = {
     subjects.VNET_DELETE: Op.VNET_DELETE,
     subjects.ENDPOINT_ADD: Op.ENDPOINT_ADD,
     subjects.ENDPOINT_REMOVE: Op.ENDPOINT_REMOVE,
+    subjects.VM_MIGRATE: Op.MIGRATE,
+    subjects.VM_MIGRATE_CANCEL: Op.MIGRATE_CANCEL,
 }
 """Capture reports are not API requests: agents send them on their own host's subject
 (``decode_capture_report``); ``stratus.api.image.captured`` is answered "unknown subject"."""
@@ -63,9 +67,11 @@ VM_NAME_FIELDS: Final = {
     subjects.DISK_DETACH: "vm",
     subjects.ENDPOINT_ADD: "vm",
     subjects.ENDPOINT_REMOVE: "vm",
+    subjects.VM_MIGRATE: "name",
+    subjects.VM_MIGRATE_CANCEL: "name",
 }
 """The field of each request body that names a VM (what a bad name is explained from)."""
-_BODY_DECODERS: Final[dict[Op, Callable[[bytes], StorageBody | NetworkBody]]] = {
+_BODY_DECODERS: Final[dict[Op, Callable[[bytes], StorageBody | NetworkBody | MigrateVm]]] = {
     Op.ATTACH_DISK: codec.attach_disk.decode,
     Op.DETACH_DISK: codec.detach_disk.decode,
     Op.CAPTURE: codec.capture_vm.decode,
@@ -75,6 +81,7 @@ _BODY_DECODERS: Final[dict[Op, Callable[[bytes], StorageBody | NetworkBody]]] = 
     Op.VNET_DELETE: codec.vnet_ref.decode,
     Op.ENDPOINT_ADD: codec.add_endpoint.decode,
     Op.ENDPOINT_REMOVE: codec.remove_endpoint.decode,
+    Op.MIGRATE: codec.migrate_vm.decode,
 }
 
 
@@ -114,7 +121,7 @@ def decode_mutation(
         detail = f"body of {len(data)} bytes exceeds {codec.MAX_MESSAGE_BYTES}"
         return InvalidJob(subject, msg_id, m.ErrorCode.TOO_LARGE, detail, token)
     try:
-        body: m.CreateVm | m.VmRef | m.HostRef | StorageBody | NetworkBody
+        body: m.CreateVm | m.VmRef | m.HostRef | StorageBody | NetworkBody | MigrateVm
         if op is Op.CREATE:
             body = codec.create_vm.decode(data)
         elif op in HOST_OPS:
@@ -225,6 +232,7 @@ class ReadApi:
     def _hosts(self, now: Now) -> bytes:
         state = self._state()
         remaining = drain.remaining_by_host(state)
+        moving = in_flight(state)
         infos = [
             host_info(
                 record,
@@ -233,6 +241,7 @@ class ReadApi:
                 len(state.by_host.get(host, ())),
                 now.mono_s,
                 drain_remaining=remaining.get(host, 0),
+                migrations=moving[host],
             )
             for host, record in sorted(state.hosts.items())
         ]

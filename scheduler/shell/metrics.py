@@ -70,6 +70,11 @@ class ClusterCollector(Collector):
             return
         yield from _host_metrics(state, self._now_s())
         yield _vm_metric(state)
+        yield GaugeMetricFamily(
+            "stratus_migrations_in_flight",
+            "Live migrations under way",
+            value=len(state.migrating),
+        )
         yield from _network_metrics(state)
 
 
@@ -196,6 +201,12 @@ class SchedulerMetrics:
         self.transitions = Counter(
             "stratus_vm_transitions", "VM events, by the state entered", ["state"], registry=r
         )
+        self.migrations = Counter(
+            "stratus_migrations",
+            "Live migrations started, succeeded and failed (or cancelled), by cause",
+            ["outcome", "cause"],
+            registry=r,
+        )
         r.register(ClusterCollector(self._state, source.clock.monotonic_s))
         self._pending_since: dict[str, datetime] = {}
         self._down_at: dict[str, datetime] = {}
@@ -226,6 +237,11 @@ class SchedulerMetrics:
 
     def _vm_event(self, event: VmEvent) -> None:
         name = event.name
+        if event.migration_outcome is not None and event.migration is not None:
+            cause = event.migration.cause.value
+            self.migrations.labels(event.migration_outcome.value, cause).inc()
+            if event.state is VmState.RUNNING:
+                return  # a migration's event, not a transition
         self.transitions.labels(event.state.value).inc()
         match event.state:
             case VmState.PENDING:

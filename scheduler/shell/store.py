@@ -26,12 +26,16 @@ from scheduler.state.storage import ImageRecord, NetCounters, VnetRecord
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """2: a reply row's body is a ``ReplyRecord`` (the request its id names, and the reply), no
 longer a bare ``VmReply``; ``_migrate_1_to_2`` rewrites version 1 rows.
 3: virtual networks (the ``vnets`` table, the network counters in ``meta``, NICs and endpoints
 in VM records): nothing to rewrite, but an older scheduler must not open the store, since it
-would drop the NICs of every VM it saves."""
+would drop the NICs of every VM it saves.
+4: live migration (a VM record's ``migration`` under way, its generation high-water mark
+``max_generation`` and ``migrated_at``): ``_migrate_3_to_4`` sets each VM's high-water mark to
+its generation; an older scheduler must not open the store, since it would drop a migration
+under way and could reuse an attempt's generation."""
 COUNTERS_KEY = "network_counters"
 REPLY_RETENTION_S = 7 * 24 * 3600.0
 """How long a request_id stays bound to its request (and keeps returning its reply)."""
@@ -195,6 +199,8 @@ class SqliteStore:
         else:
             if int(row[0]) == 1:
                 await self._db._execute(_migrate_1_to_2, self._db._conn)  # type: ignore[no-untyped-call]
+            if int(row[0]) <= 3:
+                await self._db._execute(_migrate_3_to_4, self._db._conn)  # type: ignore[no-untyped-call]
             await self._db.execute(
                 "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
             )
@@ -324,6 +330,26 @@ def _migrate_1_to_2(conn: sqlite3.Connection) -> None:
                 (_encoder.encode(record), request_id),
             )
         conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+        conn.execute("COMMIT")
+    except (sqlite3.Error, msgspec.DecodeError):
+        conn.execute("ROLLBACK")
+        raise
+
+
+def _migrate_3_to_4(conn: sqlite3.Connection) -> None:
+    """Version 3 VM records had no generation high-water mark: each starts at the VM's
+    generation (what it would be read as anyway, written down), in one transaction."""
+    rows = conn.execute("SELECT name, body FROM vms").fetchall()
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        for name, body in rows:
+            record = _vm_decoder.decode(body)
+            if record.max_generation < record.generation:
+                record.max_generation = record.generation
+                conn.execute(
+                    "UPDATE vms SET body = ? WHERE name = ?", (_encoder.encode(record), name)
+                )
+        conn.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
         conn.execute("COMMIT")
     except (sqlite3.Error, msgspec.DecodeError):
         conn.execute("ROLLBACK")

@@ -38,6 +38,11 @@ class ClusterState:
     """Mutating requests by request_id: what each id was used for and, for VM operations, the
     reply a retry gets (scheduler/core/requests.py)."""
     by_host: dict[HostId, set[VmName]] = field(default_factory=lambda: defaultdict(set))
+    incoming: dict[HostId, set[VmName]] = field(default_factory=dict)
+    """Per destination host, the VMs migrating to it not yet switched over: each holds its
+    resources there too (``allocated``) until the switchover or the end of the attempt."""
+    migrating: dict[VmName, None] = field(default_factory=dict)
+    """VMs with a live migration under way (an ordered set)."""
     allocated: dict[HostId, Resources] = field(default_factory=dict)
     by_set: dict[str, set[VmName]] = field(default_factory=lambda: defaultdict(set))
     pending: dict[VmName, None] = field(default_factory=dict)
@@ -89,8 +94,15 @@ class ClusterState:
         self.vms[record.name] = record
         self._index(record)
         self.net.update(record.name, share_of(old), share_of(record))
+        self._touch(record)
+
+    def _touch(self, record: VmRecord) -> None:
+        """The hosts whose inventories must be looked at again after ``record`` changed."""
         if record.host is not None:
             self.touched_hosts.add(record.host)
+        if record.migration is not None:
+            self.touched_hosts.add(record.migration.target)
+            self.touched_hosts.add(record.migration.source)
 
     def put_vm(self, record: VmRecord) -> None:
         """Put ``record`` in place of the record of the same name (a read copy's update: no
@@ -131,6 +143,13 @@ class ClusterState:
             self.stale_views.add(record.host)
             self.by_host[record.host].add(record.name)
             self.allocated[record.host] = self.allocated.get(record.host, ZERO) + record.resources
+        if record.migration is not None:
+            self.migrating[record.name] = None
+        target = record.incoming_host
+        if target is not None:
+            self.stale_views.add(target)
+            self.incoming.setdefault(target, set()).add(record.name)
+            self.allocated[target] = self.allocated.get(target, ZERO) + record.resources
         if record.availability_set is not None:
             self.by_set[record.availability_set].add(record.name)
         if record.state == "pending":
@@ -141,13 +160,21 @@ class ClusterState:
             self.stale_views.add(record.host)
             self.by_host[record.host].discard(record.name)
             self.allocated[record.host] = self.allocated[record.host] - record.resources
+        self.migrating.pop(record.name, None)
+        target = record.incoming_host
+        if target is not None:
+            self.stale_views.add(target)
+            names = self.incoming[target]
+            names.discard(record.name)
+            if not names:
+                del self.incoming[target]
+            self.allocated[target] = self.allocated[target] - record.resources
         self.pending.pop(record.name, None)
 
     def before_change(self, record: VmRecord) -> None:
         """``record`` is about to change (state, host, ...): take it out of the indexes.
         ``after_change`` puts it back; between the two, only its fields are set."""
-        if record.host is not None:
-            self.touched_hosts.add(record.host)
+        self._touch(record)
         self._unindex(record)
         self._net_before = share_of(record)
 
@@ -157,8 +184,7 @@ class ClusterState:
         self.net.update(record.name, self._net_before, share_of(record))
         self._net_before = None
         self.dirty_vms.add(record.name)
-        if record.host is not None:
-            self.touched_hosts.add(record.host)
+        self._touch(record)
 
     def image_changed(self, name: str) -> None:
         """An image record changed (or is new): to be stored with this step."""
@@ -190,13 +216,19 @@ class ClusterState:
     def check_invariants(self) -> None:
         """Raise AssertionError if an index disagrees with the records (used by tests)."""
         expected: dict[HostId, set[VmName]] = defaultdict(set)
+        incoming: dict[HostId, set[VmName]] = defaultdict(set)
         for record in self.vms.values():
             if record.holds_capacity and record.host is not None:
                 expected[record.host].add(record.name)
+            if record.incoming_host is not None:
+                incoming[record.incoming_host].add(record.name)
             assert (record.name in self.pending) == (record.state == "pending"), record.name
-        for host, names in self.by_host.items():
+            assert (record.name in self.migrating) == (record.migration is not None), record.name
+        assert self.incoming == incoming, "incoming index drift"
+        for host in set(self.by_host) | set(incoming) | set(self.allocated):
+            names = self.by_host.get(host, set())
             assert names == expected.get(host, set()), f"by_host drift on {host}"
-            total = sum((self.vms[n].resources for n in names), ZERO)
+            total = sum((self.vms[n].resources for n in names | incoming[host]), ZERO)
             assert self.allocated.get(host, ZERO) == total, f"allocation drift on {host}"
         for host, names in expected.items():
             assert self.by_host.get(host) == names, f"by_host missing {host}"

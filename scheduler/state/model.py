@@ -9,6 +9,7 @@ import msgspec
 
 from common.ids import HostId, VmName
 from common.messages import ObservedVm, VmReply, VmState
+from common.migration_messages import MigrationCause, MigrationPhase
 from common.resources import ZERO, Resources
 from scheduler.state.storage import DiskRecord, EndpointRecord, NicRecord
 
@@ -57,7 +58,36 @@ class PlacementRequest:
     """The only host this VM may go to: its host-local disks live there."""
 
 
-class VmRecord(msgspec.Struct, kw_only=True):
+MIGRATION_RESERVES = frozenset(
+    {MigrationPhase.PREPARING, MigrationPhase.COPYING, MigrationPhase.CANCELLING}
+)
+"""Phases in which a migration's destination holds the VM's resources besides its host (from
+the switchover on, the destination *is* its host)."""
+
+
+class MigrationRecord(msgspec.Struct, kw_only=True, gc=False):
+    """A live migration under way (scheduler/core/migrations.py), as persisted with its VM."""
+
+    source: HostId
+    target: HostId
+    attempt: int
+    """The generation the VM gets on ``target`` (above any it ever had)."""
+    cause: MigrationCause
+    phase: MigrationPhase
+    started_at: datetime
+    progress_at: datetime
+    """When the attempt last moved on (began, a phase, more bytes copied)."""
+    transferred_mib: int = 0
+    total_mib: int = 0
+    address: str = ""
+    migration_port: int = 0
+    nbd_port: int = 0
+    """Where the destination awaits the VM's state, as it reported (for ``MigrateOut``)."""
+    reason: str = ""
+    """``cancelling``: why the attempt is being ended."""
+
+
+class VmRecord(msgspec.Struct, kw_only=True, gc=False):
     """Desired state of one VM, as persisted in the store."""
 
     name: VmName
@@ -89,6 +119,14 @@ class VmRecord(msgspec.Struct, kw_only=True):
     nics: list[NicRecord] = []
     """In order; their addresses and MACs stay the VM's until it is deleted."""
     endpoints: list[EndpointRecord] = []
+    migration: MigrationRecord | None = None
+    """A live migration under way: the VM runs on ``host`` and is also reserved on the
+    destination until the switchover (then ``host`` is the destination)."""
+    max_generation: int = 0
+    """The highest generation the VM was ever given or promised (a migration attempt's
+    number, even one that was aborted): a new generation is always above it."""
+    migrated_at: datetime | None = None
+    """When the VM last finished a live migration (the rebalancer's cool-down)."""
 
     @property
     def resources(self) -> Resources:
@@ -98,8 +136,21 @@ class VmRecord(msgspec.Struct, kw_only=True):
     def holds_capacity(self) -> bool:
         return self.host is not None and self.state in ACTIVE_STATES
 
+    @property
+    def incoming_host(self) -> HostId | None:
+        """The destination of a migration not yet switched over (it holds capacity for the
+        VM there too), if any."""
+        migration = self.migration
+        if migration is None or migration.phase not in MIGRATION_RESERVES:
+            return None
+        return migration.target if self.holds_capacity else None
 
-class ReplyRecord(msgspec.Struct, kw_only=True):
+    def next_generation(self) -> int:
+        """A generation the VM never had nor was promised: each move takes a new one."""
+        return max(self.generation, self.max_generation) + 1
+
+
+class ReplyRecord(msgspec.Struct, kw_only=True, gc=False):
     """What a request id stands for, as persisted: the one request it named (operation, target
     and a digest of its body) and, once a VM operation succeeded, the reply its retries get."""
 
@@ -115,7 +166,7 @@ class ReplyRecord(msgspec.Struct, kw_only=True):
         return (self.op, self.target, self.digest) == (request.op, request.target, request.digest)
 
 
-class HostRecord(msgspec.Struct, kw_only=True):
+class HostRecord(msgspec.Struct, kw_only=True, gc=False):
     """What the scheduler knows of a host, as persisted in the store."""
 
     host_id: HostId
@@ -134,6 +185,8 @@ class HostRecord(msgspec.Struct, kw_only=True):
     only when it changes). Stored, so a restart does not report the same count again."""
     underlay_ip: str = ""
     """Where other hosts reach this one (VXLAN peers, endpoints); empty: not reported."""
+    drain_cold: bool = False
+    """While draining: move the VMs by stop and start (``host drain --cold``), not live."""
 
 
 @dataclass(slots=True)

@@ -38,6 +38,15 @@ class NetShare:
     host: HostId | None
     """The host it is placed on (holding capacity there), if any."""
     endpoints: tuple[EndpointRecord, ...]
+    incoming: HostId | None = None
+    """The destination of its live migration until the switchover: the VM's networks and
+    leases are there too (its NICs attach there paused), its endpoints are not."""
+
+    @property
+    def carriers(self) -> tuple[HostId, ...]:
+        """The hosts that carry the VM's networks."""
+        hosts = (self.host, self.incoming)
+        return tuple(h for h in hosts if h is not None)
 
 
 def share_of(record: VmRecord | None) -> NetShare | None:
@@ -45,7 +54,7 @@ def share_of(record: VmRecord | None) -> NetShare | None:
     if record is None or not record.nics or record.state is VmState.DELETED:
         return None
     host = record.host if record.holds_capacity else None
-    return NetShare(tuple(record.nics), host, tuple(record.endpoints))
+    return NetShare(tuple(record.nics), host, tuple(record.endpoints), record.incoming_host)
 
 
 def held_ports(share: NetShare | None) -> Iterator[Port]:
@@ -98,20 +107,18 @@ class NetIndex:
         if old_nics != new_nics:
             self._addresses(old_nics, -1)
             self._addresses(new_nics, +1)
-        old_host, new_host = (old.host if old else None), (new.host if new else None)
-        if old_host != new_host or old_nics != new_nics:
-            if old_host is not None:
+        old_hosts, new_hosts = (old.carriers if old else ()), (new.carriers if new else ())
+        if old_hosts != new_hosts or old_nics != new_nics:
+            for host in old_hosts:
                 for nic in old_nics:
-                    self._leave(nic.vnet, old_host, name)
-            if new_host is not None:
+                    self._leave(nic.vnet, host, name)
+            for host in new_hosts:
                 for nic in new_nics:
-                    self._join(nic.vnet, new_host, name, nic)
+                    self._join(nic.vnet, host, name, nic)
         if (old is not None and old.endpoints) or (new is not None and new.endpoints):
             self._forwards(name, old, new)
-        if old_host is not None:
-            self.dirty_hosts.add(old_host)
-        if new_host is not None:
-            self.dirty_hosts.add(new_host)
+        self.dirty_hosts.update(old_hosts)
+        self.dirty_hosts.update(new_hosts)
 
     def _forwards(self, name: VmName, old: NetShare | None, new: NetShare | None) -> None:
         """The ports and forwarding VMs of a VM with endpoints, before and after."""

@@ -12,7 +12,7 @@ from common.messages import DiskKind, DiskStorage
 from common.network_messages import EndpointProtocol
 
 
-class DiskRecord(msgspec.Struct, kw_only=True):
+class DiskRecord(msgspec.Struct, kw_only=True, gc=False):
     """One disk of a VM and where its bytes live.
 
     A host-local disk is a file on ``host``: set when the VM first runs there, it pins the VM to
@@ -29,7 +29,7 @@ class DiskRecord(msgspec.Struct, kw_only=True):
     host: HostId | None = None
 
 
-class ImageRecord(msgspec.Struct, kw_only=True):
+class ImageRecord(msgspec.Struct, kw_only=True, gc=False):
     """A gallery image. Its bytes are in the images object store under ``sha256``."""
 
     name: str
@@ -55,7 +55,7 @@ FIRST_VNI = 4096
 """VNIs below this are left to other users of VXLAN on the hosts."""
 
 
-class VnetRecord(msgspec.Struct, kw_only=True):
+class VnetRecord(msgspec.Struct, kw_only=True, gc=False):
     """A virtual network. A deleted one stays as a tombstone (its name may be used again, by a
     network with a new VNI)."""
 
@@ -67,7 +67,7 @@ class VnetRecord(msgspec.Struct, kw_only=True):
     deleted: bool = False
 
 
-class NicRecord(msgspec.Struct, frozen=True, kw_only=True):
+class NicRecord(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """A NIC of a VM: its address belongs to the VM (kept across stop/start and moves) until
     the VM is deleted. ``ip`` is empty while the network had no free address (``no_address``)."""
 
@@ -80,7 +80,7 @@ class NicRecord(msgspec.Struct, frozen=True, kw_only=True):
     gateway: str
 
 
-class EndpointRecord(msgspec.Struct, frozen=True, kw_only=True):
+class EndpointRecord(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """A port of the VM's first NIC forwarded from a port of its host. ``public_port`` and
     ``address`` say where it answers now (None while the VM has no host); ``requested_port``
     is the port asked for, ``previous_port`` the one it had last (tried first on a new host)."""

@@ -56,7 +56,8 @@ def test_traces_smoke_replays_both_traces(tmp_path: Path, monkeypatch: pytest.Mo
     assert isinstance(azure, dict) and set(azure) == {"64c/256g", "16c/64g"}
     for size in azure.values():
         assert size["open_fleet"]["binpack"]["placed"] == 400
-        assert size["open_fleet"]["binpack+consolidate"]["time_averaged_ratio"] >= 1.0
+        assert size["open_fleet"]["default"]["time_averaged_ratio"] >= 1.0
+        assert size["open_fleet"]["binpack"]["migrations"] == 0
     alibaba = result["alibaba_2023"]
     assert isinstance(alibaba, dict)
     assert (alibaba["binpack"]["placed"], alibaba["binpack"]["rejected"]) == (2, 1)

@@ -33,7 +33,7 @@ async def test_drained_host_ends_empty_with_its_vms_running_elsewhere_never_twic
     await client.uncordon_host("h2")
     await client.uncordon_host("h3")
 
-    started = await client.drain_host("h1")
+    started = await client.drain_host("h1", cold=True)  # test_migration.py: live drains
     assert started.cordoned and started.draining and started.drain_remaining == 4
     seen_remaining: list[int] = []
 

@@ -121,6 +121,10 @@ ERRORS = [
     ("GET", "/v1/vms/nobody", None, 404, "not_found"),
     ("POST", "/v1/vms/nobody/stop", None, 404, "not_found"),
     ("POST", "/v1/hosts/nowhere/drain", None, 404, "not_found"),
+    ("POST", "/v1/hosts/h1/drain?cold=maybe", None, 400, "invalid_request"),
+    ("POST", "/v1/vms/nobody/migrate", {}, 404, "not_found"),
+    ("POST", "/v1/vms/nobody/migrate", {"to": "no such host"}, 400, "invalid_request"),
+    ("POST", "/v1/vms/nobody/migrate/cancel", None, 404, "not_found"),
     ("GET", "/v1/nothing", None, 404, "not_found"),
     ("POST", "/v1/vms", {"name": "taken", "size": "Medium"}, 409, "conflict"),
     ("POST", "/v1/vms", {"name": "huge", "size": "A7"}, 409, "insufficient_capacity"),
@@ -191,7 +195,7 @@ async def test_cordon_drain_and_the_event_stream_over_http(api: Api, cluster: Cl
     assert {(await api.wait_state(n, "running"))["host"] for n in ("a", "b")} == {"h1"}
     assert (await api.call("POST", "/v1/hosts/h2/uncordon"))[0] == 200
 
-    status, body = await api.call("POST", "/v1/hosts/h1/drain")
+    status, body = await api.call("POST", "/v1/hosts/h1/drain?cold=true")  # stop, then start
     assert status == 200 and body["host"]["draining"] and body["host"]["drain_remaining"] == 2
 
     async def drained() -> bool:

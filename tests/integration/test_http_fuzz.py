@@ -62,6 +62,8 @@ EVERY_OPERATION = {
     "/v1/vnets/{name}",
     "/v1/vms/{name}/endpoints",
     "/v1/vms/{name}/endpoints/{vm_port}",
+    "/v1/vms/{name}/migrate",
+    "/v1/vms/{name}/migrate/cancel",
 }
 CHECKS: list[schemathesis.CheckFunction] = [
     sc.not_a_server_error,

@@ -13,15 +13,19 @@ from nats.aio.msg import Msg
 from common import codec, subjects
 from common.config import AgentConfig
 from common.messages import (
+    AgentCommand,
+    DeleteVm,
     Heartbeat,
     HeartbeatAck,
     HostCommands,
     ObservedState,
+    PrepareIncoming,
     StartVm,
     VmSpec,
 )
+from common.migration_messages import FinishIncoming, MigrateOut, MigrationReport, MigrationStatus
 from common.natsserver import NatsServer
-from hostagent.simpool import SimPool, resolve_pool_settings
+from hostagent.simpool import SimPool, resolve_pool_settings, sim_underlay_ip
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
@@ -132,3 +136,54 @@ async def test_a_silenced_host_stops_heartbeating_while_the_others_go_on(
         lambda: scheduler.counts["sim-00002"] >= others_at + 5, timeout_s=10, message="5 more"
     )
     assert scheduler.counts["sim-00001"] <= silenced_at + 1  # at most one already on its way
+
+
+def _commands(host: str, *commands: AgentCommand) -> bytes:
+    return codec.encode(HostCommands(host_id=host, commands=list(commands)))
+
+
+async def test_a_vm_migrates_between_simulated_hosts(
+    pool: SimPool, scheduler: FakeScheduler, nc: Client
+) -> None:
+    """The migration commands run through each simulated host's AgentState, as on an agent."""
+    source, target = "sim-00001", "sim-00002"
+    await wait_until(lambda: len(scheduler.latest) == 3, timeout_s=10, message="3 hosts")
+
+    def report(host: str) -> tuple[ObservedState, int, MigrationReport | None] | None:
+        hb = scheduler.latest.get(host)
+        vm = next((vm for vm in hb.vms if vm.name == "m"), None) if hb else None
+        return (vm.state, vm.generation, vm.migration) if vm else None
+
+    def status(host: str) -> tuple[ObservedState, MigrationStatus | None] | None:
+        seen = report(host)
+        return (seen[0], seen[2].status if seen[2] else None) if seen else None
+
+    spec = VmSpec(name="m", size="Small", cpu_milli=1000, mem_mib=1024, image="tiny")
+    await nc.publish(subjects.host_commands(source), _start(source, "m"))
+    await wait_until(lambda: status(source) == (ObservedState.RUNNING, None), timeout_s=10)
+    prepare = PrepareIncoming(vm=spec, generation=2, source=source)
+    await nc.publish(subjects.host_commands(target), _commands(target, prepare))
+    ready = (ObservedState.INCOMING, MigrationStatus.READY)
+    await wait_until(lambda: status(target) == ready, timeout_s=10, message="ready")
+    seen = report(target)
+    assert seen is not None and seen[2] is not None
+    endpoint = seen[2]
+    assert endpoint.address == sim_underlay_ip(1)
+    out = MigrateOut(
+        name="m",
+        generation=1,
+        target=target,
+        target_generation=2,
+        address=endpoint.address,
+        migration_port=endpoint.migration_port,
+        nbd_port=endpoint.nbd_port,
+    )
+    await nc.publish(subjects.host_commands(source), _commands(source, out))
+    sent = (ObservedState.HANDED_OVER, MigrationStatus.SENT)
+    await wait_until(lambda: status(source) == sent, timeout_s=10, message="handed over")
+    finish = FinishIncoming(name="m", generation=2)
+    await nc.publish(subjects.host_commands(target), _commands(target, finish))
+    await wait_until(lambda: report(target) == (ObservedState.RUNNING, 2, None), timeout_s=10)
+    delete = DeleteVm(name="m", generation=1)
+    await nc.publish(subjects.host_commands(source), _commands(source, delete))
+    await wait_until(lambda: report(source) is None, timeout_s=10, message="source deleted")

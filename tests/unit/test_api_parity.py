@@ -22,6 +22,7 @@ CLI_NAMES = {
     subjects.VNET_GET: ("vnet", "show"),
     subjects.SIZES_LIST: ("sizes",),
     subjects.USAGE_GET: ("usage",),
+    subjects.VM_MIGRATE_CANCEL: ("vm", "migrate-cancel"),
 }
 """CLI verbs not spelled like their subject's ``<noun> <verb>``."""
 

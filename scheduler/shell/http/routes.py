@@ -148,8 +148,9 @@ async def submit(request: web.Request, op: Op, body: m.CreateVm | m.VmRef) -> m.
         raise HttpError(m.ErrorCode.UNAVAILABLE, "the scheduler did not answer in time") from exc
 
 
-async def submit_host(request: web.Request, op: Op) -> m.HostReply:
+async def submit_host(request: web.Request, op: Op, *, cold: bool = False) -> m.HostReply:
     ref = host_ref(request)
+    ref.cold = cold
     try:
         return await backend_of(request).submit_host(op, ref, timeout_s=SUBMIT_TIMEOUT_S)
     except TimeoutError as exc:
@@ -199,8 +200,16 @@ async def uncordon_host(request: web.Request) -> web.StreamResponse:
     return reply_response(await submit_host(request, Op.UNCORDON))
 
 
+class DrainQuery(msgspec.Struct, kw_only=True):
+    """Query of ``POST /v1/hosts/{host_id}/drain``."""
+
+    cold: bool = False
+    """Move the VMs by stop and start rather than live."""
+
+
 async def drain_host(request: web.Request) -> web.StreamResponse:
-    return reply_response(await submit_host(request, Op.DRAIN))
+    query = parse_query(request.query, DrainQuery)
+    return reply_response(await submit_host(request, Op.DRAIN, cold=query.cold))
 
 
 async def list_sizes(request: web.Request) -> web.StreamResponse:
@@ -253,8 +262,10 @@ def register(api: Registry) -> None:
                  path_params=_HOST_PATH, response=m.HostReply, errors=(_E.NOT_FOUND,),
                  subject=subjects.HOST_UNCORDON),
         Endpoint("POST", "/v1/hosts/{host_id}/drain", drain_host, "drainHost", "Drain a host: "
-                 "cordon it and move its VMs to other hosts (progress in drain_remaining)",
+                 "cordon it and move its VMs to other hosts, live (by stop and start with "
+                 "`cold`, or for VMs that cannot migrate; progress in drain_remaining)",
                  tag=host, mutating=True, path_params=_HOST_PATH, response=m.HostReply,
+                 query=DrainQuery,
                  errors=(_E.NOT_FOUND, _E.INSUFFICIENT_CAPACITY), subject=subjects.HOST_DRAIN),
         Endpoint("GET", "/v1/sizes", list_sizes, "listSizes", "List VM sizes", tag="sizes",
                  response=m.SizeListReply, subject=subjects.SIZES_LIST),

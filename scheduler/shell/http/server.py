@@ -24,7 +24,16 @@ from common import codec
 from common.config import SchedulerConfig
 from common.errors import ConfigError
 from common.fields import ErrorCode
-from scheduler.shell.http import console, events, guards, networks, operations, routes, storage
+from scheduler.shell.http import (
+    console,
+    events,
+    guards,
+    migrations,
+    networks,
+    operations,
+    routes,
+    storage,
+)
 from scheduler.shell.http.errors import CODE_OF_STATUS, JSON, HttpError, error_response
 from scheduler.shell.http.openapi import build_openapi
 from scheduler.shell.http.registry import BACKEND, NATS, Backend, Endpoint, Handler, Registry
@@ -35,6 +44,7 @@ ROUTE_MODULES: Final[tuple[Callable[[Registry], None], ...]] = (
     routes.register,
     storage.register,
     networks.register,
+    migrations.register,
     events.register,
     operations.register,
     console.register,

@@ -107,7 +107,8 @@ async function showVm(name) {
     facts([["State", badge(vm.state)], ["Size", `${vm.size} (${coresPhrase(vm.cpu_milli)}, ${gib(vm.mem_mib)} GiB)`],
       ["Image", vm.image], ["Host", hostLink(vm.host)], ["Region", vm.region || (host && host.region) || "any"],
       ["Availability set", vm.availability_set || "–"], ["Generation", vm.generation],
-      ["Reason", vm.reason || "–"], ["Created", when(vm.created_at)], ["Updated", when(vm.updated_at)]]),
+      ["Reason", vm.reason || "–"], ["Migration", migrationText(vm.migration)],
+      ["Created", when(vm.created_at)], ["Updated", when(vm.updated_at)]]),
     element("div", { class: "actions-bar" }, ...vmActions(vm)),
     element("h3", { textContent: "Disks" }),
     table(["Disk", "Kind", "Size", "Storage", "Host", ""], disks, "no disks"),
@@ -122,6 +123,13 @@ async function showVm(name) {
     element("h3", { textContent: "Events" }),
     element("ol", { id: "timeline", class: "timeline" }, element("li", { class: "hint", textContent: "loading…" })));
   timeline(vm.name);
+}
+
+// A live migration under way, in words: "copying to h2 (attempt 3, drain): 40/128 MiB".
+function migrationText(m) {
+  if (!m) return "–";
+  const bytes = m.total_mib ? `: ${m.transferred_mib}/${m.total_mib} MiB` : "";
+  return `${m.phase} to ${m.target} (attempt ${m.attempt}, ${m.cause})${bytes}`;
 }
 
 async function vmCall(vm, method, path, body, done) {

@@ -305,6 +305,10 @@ function vmActions(vm) {
   if (["pending", "scheduled", "starting", "running"].includes(vm.state)) {
     actions.push(action("Stop", () => vmOp(vm, "stop")));
   }
+  if (vm.state === "running" && !vm.migration) actions.push(action("Migrate", () => vmOp(vm, "migrate", {})));
+  if (vm.migration && ["preparing", "copying"].includes(vm.migration.phase)) {
+    actions.push(action("Cancel migration", () => vmOp(vm, "migrate/cancel")));
+  }
   if (!["deleting", "deleted"].includes(vm.state)) {
     actions.push(action("Delete", (event) => confirmThen(event.target, () => vmOp(vm, "delete")), true));
   }
@@ -331,11 +335,11 @@ function confirmThen(button, then, label = "Delete") {
   setTimeout(() => { delete button.dataset.armed; button.textContent = label; }, 3000);
 }
 
-async function vmOp(vm, op) {
+async function vmOp(vm, op, body) {
   try {
     const reply = op === "delete"
       ? await api("DELETE", `/v1/vms/${encodeURIComponent(vm.name)}`)
-      : await api("POST", `/v1/vms/${encodeURIComponent(vm.name)}/${op}`);
+      : await api("POST", `/v1/vms/${encodeURIComponent(vm.name)}/${op}`, body);
     if (reply.vm) view.vms.set(reply.vm.name, reply.vm);
     render();
   } catch (error) {

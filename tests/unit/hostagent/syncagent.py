@@ -6,6 +6,7 @@ stimulus settles within one call: a valid interleaving of the real agent's concu
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
@@ -14,16 +15,20 @@ from typing import TypeVar
 from common.messages import AgentCommand, Heartbeat, ObservedState
 from common.resources import Resources
 from hostagent.agent import apply_networks, drive
-from hostagent.drivers.fake import FakeDriver
+from hostagent.drivers.fake import FakeDriver, MigrationModel
 from hostagent.netsim import SimulatedNetwork
 from hostagent.state import AgentState
 from hostagent.stimuli import (
     AdmitHeld,
     ApplyNetworks,
     CommandsReceived,
+    DriverCancelMigration,
     DriverDestroy,
+    DriverFinishIncoming,
     DriverForget,
+    DriverMigrateOut,
     DriverPause,
+    DriverPrepareIncoming,
     DriverResume,
     DriverStart,
     DriverStop,
@@ -38,6 +43,8 @@ from hostagent.stimuli import (
 
 ROOMY = Resources(10**6, 10**9)
 """A fake hypervisor whose own accounts never refuse."""
+INSTANT = MigrationModel(setup_s=0.0, bandwidth_mib_s=math.inf)
+"""Live migrations that take no time (the fake driver then never suspends)."""
 
 T = TypeVar("T")
 
@@ -55,7 +62,7 @@ def run_now(coro: Coroutine[object, object, T]) -> T:
 @dataclass
 class SyncAgent:
     state: AgentState
-    driver: FakeDriver = field(default_factory=lambda: FakeDriver(ROOMY))
+    driver: FakeDriver = field(default_factory=lambda: FakeDriver(ROOMY, migration=INSTANT))
     network: SimulatedNetwork = field(default_factory=SimulatedNetwork)
     log: list[Instruction] = field(default_factory=list)
     """Every instruction the state gave, driver calls included, in order."""
@@ -88,6 +95,10 @@ class SyncAgent:
                     | DriverForget()
                     | DriverPause()
                     | DriverResume()
+                    | DriverPrepareIncoming()
+                    | DriverMigrateOut()
+                    | DriverCancelMigration()
+                    | DriverFinishIncoming()
                 ):
                     done = run_now(drive(self.driver, instruction))
                 case _:

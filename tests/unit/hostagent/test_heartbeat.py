@@ -172,6 +172,27 @@ async def test_inventory_changes_are_coalesced(agent: Agent) -> None:
             await runner
 
 
+async def test_migration_news_goes_at_once(agent: Agent, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A migration's status change (the switchover waits for it) skips the coalescing gap."""
+    monkeypatch.setattr("hostagent.heartbeat.MIN_GAP_S", 1.0)
+    stub = StubNats(lambda hb: ack_for(hb, interval_s=30, fence_after_s=60))
+    loop = make_loop(stub, agent, SystemClock(), interval_s=30)
+    runner = asyncio.create_task(loop.run())
+    try:
+        await wait_until(lambda: len(stub.sent) == 1, timeout_s=1, message="first heartbeat")
+        agent.changed.set()  # an ordinary change waits out the 1 s gap
+        await wait_until(lambda: len(stub.sent) == 2, timeout_s=2, message="change heartbeat")
+        agent.on_report_now()
+        await wait_until(lambda: len(stub.sent) == 3, timeout_s=2, message="news heartbeat")
+        assert stub.sent_at_s[1] - stub.sent_at_s[0] >= 0.9
+        assert stub.sent_at_s[2] - stub.sent_at_s[1] < 0.5
+        assert not agent.urgent
+    finally:
+        runner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await runner
+
+
 async def test_an_inventory_the_scheduler_holds_goes_as_its_digest_alone(
     agent: Agent, clock: FakeClock
 ) -> None:

@@ -13,7 +13,16 @@ from hypothesis import given, settings, strategies as st
 from msgspec.structs import replace
 
 from common import codec
-from common.messages import AgentCommand, DeleteVm, ObservedState, ResumeVm, StartVm, StopVm
+from common.messages import (
+    AgentCommand,
+    DeleteVm,
+    ObservedState,
+    PrepareIncoming,
+    ResumeVm,
+    StartVm,
+    StopVm,
+)
+from common.migration_messages import CancelMigration, FinishIncoming, MigrateOut
 from common.network_messages import ConfigureNetworks
 from hostagent.execlog import ExecEvent
 from hostagent.stimuli import (
@@ -27,6 +36,7 @@ from hostagent.stimuli import (
     Note,
     RecordExecution,
 )
+from hostagent.vmcommands import VmAnyCommand, command_vm_name
 from tests.unit.hostagent.conftest import ack_for, make_spec, make_state
 from tests.unit.hostagent.syncagent import SyncAgent
 
@@ -93,6 +103,33 @@ commands = st.one_of(
     st.builds(lambda n, g: DeleteVm(name=n, generation=g), names, generations),
     st.builds(lambda n, g: ResumeVm(name=n, generation=g), names, generations),
 )
+migration_commands = st.one_of(
+    st.builds(
+        lambda n, g: PrepareIncoming(vm=make_spec(n), generation=g, source="h2"), names, generations
+    ),
+    st.builds(
+        lambda n, g, t: MigrateOut(
+            name=n,
+            generation=g,
+            target="h2",
+            target_generation=t,
+            address="10.0.0.2",
+            migration_port=49152,
+            nbd_port=49153,
+        ),
+        names,
+        generations,
+        generations,
+    ),
+    st.builds(lambda n, g: FinishIncoming(name=n, generation=g), names, generations),
+    st.builds(
+        lambda n, g, t: CancelMigration(name=n, generation=g, target_generation=t),
+        names,
+        generations,
+        generations,
+    ),
+)
+commands = st.one_of(commands, migration_commands)
 steps = st.one_of(
     st.tuples(st.just("command"), commands),
     st.tuples(st.just("advance"), st.sampled_from([0.5, 2.0, 5.0])),
@@ -107,11 +144,13 @@ class Run:
 
     agent: SyncAgent = field(default_factory=lambda: SyncAgent(make_state()))
     now_s: float = 100.0
+    finishes: set[tuple[str, int]] = field(default_factory=set)
+    """The FinishIncoming commands sent, as (vm, generation)."""
 
     def step(self, kind: str, arg: object) -> None:
-        before = len(self.agent.log)
+        before, held = len(self.agent.log), self.agent.held()
         if kind == "command":
-            assert isinstance(arg, StartVm | StopVm | DeleteVm | ResumeVm)
+            assert isinstance(arg, VmAnyCommand)
             self.command(arg)
         elif kind == "advance":
             assert isinstance(arg, float)
@@ -121,11 +160,14 @@ class Run:
         else:
             self.beat(acked=arg != "lost", held=arg == "acked-held", refused=arg == "refused")
         self.check(self.agent.log[before:])
+        self.check_migrations(held)
 
     def command(self, command: AgentCommand) -> None:
         assert not isinstance(command, ConfigureNetworks)  # host-level: tests of its own
-        name = command.vm.name if isinstance(command, StartVm) else command.name
+        name = command_vm_name(command)
         held_before = self.agent.held().get(name)
+        if isinstance(command, FinishIncoming):
+            self.finishes.add((command.name, command.generation))
         start_at = len(self.agent.log)
         self.agent.execute([command], self.now_s)
         if held_before is not None and held_before[0] > command.generation:
@@ -147,6 +189,17 @@ class Run:
             if refused:  # another live agent holds the host id
                 ack = replace(ack, refused="host id h1 is held by another agent", claim_after_s=2.5)
             self.agent.handle(AckReceived(ack), self.now_s + 0.1)
+
+    def check_migrations(self, before: dict[str, tuple[int, ObservedState]]) -> None:
+        """A handed-over VM never executes again; an incoming one only once told to finish (the
+        FinishIncoming may have been held until the host id was the agent's)."""
+        for name, (generation, state) in self.agent.held().items():
+            was = before.get(name)
+            if was is None or was[0] != generation or state not in EXECUTING:
+                continue
+            assert was[1] is not ObservedState.HANDED_OVER, "a handed-over vm ran again"
+            if was[1] is ObservedState.INCOMING:
+                assert (name, generation) in self.finishes
 
     def check(self, new: list[Instruction]) -> None:
         if not self.agent.state.claim.admitted:
@@ -174,7 +227,8 @@ def test_the_same_command_twice_does_nothing_the_second_time(
     history: list[tuple[str, object]], command: AgentCommand
 ) -> None:
     """The scheduler resends commands until it sees their effect: a repeat changes nothing
-    (the only driver call it may make is forgetting a deleted VM's disks again)."""
+    (the only driver call it may make is forgetting a deleted VM's disks again; a refused
+    FinishIncoming is asked again, but the instant fake migration never refuses one)."""
     run = Run()
     for kind, arg in history:
         run.step(kind, arg)

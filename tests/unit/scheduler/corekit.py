@@ -21,6 +21,7 @@ from common.messages import (
     VmRef,
     VmReply,
 )
+from common.migration_messages import MigrateVm
 from common.network_messages import (
     AddEndpoint,
     CreateVnet,
@@ -48,7 +49,7 @@ from scheduler.state.cluster import ClusterState
 from scheduler.state.model import HostRecord, VmRecord
 from scheduler.state.storage import ImageRecord, NetCounters, VnetRecord
 
-Body = CreateVm | VmRef | HostRef | AddEndpoint | RemoveEndpoint | CreateVnet | VnetRef
+Body = CreateVm | VmRef | HostRef | AddEndpoint | RemoveEndpoint | CreateVnet | VnetRef | MigrateVm
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 HOST_CAPACITY = Resources(8000, 16384)
 T = TypeVar("T")
@@ -117,8 +118,9 @@ class CoreKit:
         assert len(replies) == 1
         return replies[0].body
 
-    def host_op(self, op: Op, host: str) -> list[Action]:
-        return self.step(Mutation(op, HostRef(host_id=host), next(self.tokens)))
+    def host_op(self, op: Op, host: str, *, cold: bool = False) -> list[Action]:
+        body = HostRef(host_id=host, cold=cold)
+        return self.step(Mutation(op, body, next(self.tokens)))
 
     def vnet(self, name: str, cidr: str, region: str | None = None) -> VnetReply:
         reply = self.ask(Op.VNET_CREATE, CreateVnet(name=name, cidr=cidr, region=region))

@@ -118,8 +118,10 @@ class World:
             self.advance(arg)
 
     def host_op(self, op: Op, host: str) -> None:
+        # Drains move VMs by stop and start: the model agent (hostagent's AgentState) cannot
+        # play live migrations until it learns them; test_migrations.py plays them by hand.
         token = next(self.kit.tokens)
-        self.deliver(self.kit.step(Mutation(op, HostRef(host_id=host), token)))
+        self.deliver(self.kit.step(Mutation(op, HostRef(host_id=host, cold=True), token)))
 
     def advance(self, dt: float) -> None:
         self.kit.t += dt

@@ -1,4 +1,7 @@
-"""Cordon, uncordon and drain in the pure core: requests, heartbeats and time in; commands out."""
+"""Cordon, uncordon and drain in the pure core: requests, heartbeats and time in; commands out.
+
+The drains here move VMs by stop and start (``--cold``); test_migrations_drain.py has the live
+ones."""
 
 from __future__ import annotations
 
@@ -23,9 +26,9 @@ from tests.unit.scheduler.corekit import CoreKit, commands
 SMALL_HOST = Resources(2000, 4096)
 
 
-def host_op(kit: CoreKit, op: Op, host: str, **kw: object) -> HostReply:
+def host_op(kit: CoreKit, op: Op, host: str, *, cold: bool = False, **kw: object) -> HostReply:
     token = next(kit.tokens)
-    actions = kit.step(Mutation(op, HostRef(host_id=host), token, **kw))  # type: ignore[arg-type]
+    actions = kit.step(Mutation(op, HostRef(host_id=host, cold=cold), token, **kw))  # type: ignore[arg-type]
     [reply] = [a.body for a in actions if isinstance(a, Reply) and a.token == token]
     assert isinstance(reply, HostReply)
     return reply
@@ -99,7 +102,7 @@ def test_repeated_cordon_changes_nothing_and_unknown_host_is_not_found() -> None
 def test_drain_moves_every_vm_elsewhere_a_few_at_a_time_with_a_new_generation() -> None:
     kit = cluster("h1", "h2", "h3", drain_parallelism=2)
     names = fill(kit, "h1", 6)
-    reply = host_op(kit, Op.DRAIN, "h1")
+    reply = host_op(kit, Op.DRAIN, "h1", cold=True)
     assert reply.host is not None and reply.host.draining and reply.host.cordoned
     assert reply.host.drain_remaining == 6
     stops = commands(kit.actions, "h1")
@@ -127,7 +130,7 @@ def test_drain_moves_every_vm_elsewhere_a_few_at_a_time_with_a_new_generation() 
 def test_vm_moves_stop_first_then_start_elsewhere() -> None:
     kit = cluster("h1", "h2")
     [name] = fill(kit, "h1", 1)
-    host_op(kit, Op.DRAIN, "h1")
+    host_op(kit, Op.DRAIN, "h1", cold=True)
     record = kit.vm(name)
     assert record.state is VmState.STOPPING and record.host == "h1"
     assert commands(kit.actions, "h2") == []  # nothing starts before the old copy is gone
@@ -155,7 +158,7 @@ def test_drain_without_room_elsewhere_fails_up_front_and_changes_nothing(
         kit.heartbeat("h2", capacity=other_capacity)  # 2 cores: room for 2 of the 4
     fill(kit, "h1", vms)
     before = {n: (r.state, r.host, r.generation) for n, r in kit.state.vms.items()}
-    reply = host_op(kit, Op.DRAIN, "h1")
+    reply = host_op(kit, Op.DRAIN, "h1", cold=True)
     assert reply.error is not None and reply.error.code is ErrorCode.INSUFFICIENT_CAPACITY
     assert reply.error.detail.startswith(f"cannot drain h1: {why}")
     assert not any(isinstance(a, Emit) for a in kit.actions) and commands(kit.actions) == []
@@ -165,7 +168,7 @@ def test_drain_without_room_elsewhere_fails_up_front_and_changes_nothing(
 
 def test_drain_of_an_empty_host_completes_at_once() -> None:
     kit = cluster("h1")
-    reply = host_op(kit, Op.DRAIN, "h1")
+    reply = host_op(kit, Op.DRAIN, "h1", cold=True)
     assert reply.host is not None and reply.host.cordoned and not reply.host.draining
     assert [e.reason for e in host_events(kit)] == ["drain started", "drain complete"]
 
@@ -173,7 +176,7 @@ def test_drain_of_an_empty_host_completes_at_once() -> None:
 def test_stop_asked_for_during_a_move_wins() -> None:
     kit = cluster("h1", "h2")
     [name] = fill(kit, "h1", 1)
-    host_op(kit, Op.DRAIN, "h1")
+    host_op(kit, Op.DRAIN, "h1", cold=True)
     kit.mutate(Op.STOP, VmRef(name=name))
     kit.heartbeat("h1", [])
     record = kit.vm(name)
@@ -186,7 +189,7 @@ def test_stop_asked_for_during_a_move_wins() -> None:
 def test_vm_being_moved_off_a_host_that_dies_is_placed_again_not_stopped() -> None:
     kit = cluster("h1", "h2")
     [name] = fill(kit, "h1", 1)
-    host_op(kit, Op.DRAIN, "h1")
+    host_op(kit, Op.DRAIN, "h1", cold=True)
     for _ in range(7):
         kit.heartbeat("h2", agent_report(kit, "h2"))
         kit.advance(1.0)
@@ -198,7 +201,7 @@ def test_vm_being_moved_off_a_host_that_dies_is_placed_again_not_stopped() -> No
 def test_uncordon_cancels_a_drain_and_vms_not_yet_moved_stay() -> None:
     kit = cluster("h1", "h2", drain_parallelism=1)
     names = fill(kit, "h1", 3)
-    host_op(kit, Op.DRAIN, "h1")
+    host_op(kit, Op.DRAIN, "h1", cold=True)
     reply = host_op(kit, Op.UNCORDON, "h1")
     assert reply.host is not None and not reply.host.cordoned and not reply.host.draining
     kit.heartbeat("h1", agent_report(kit, "h1"))  # the one move under way finishes
@@ -210,7 +213,7 @@ def test_uncordon_cancels_a_drain_and_vms_not_yet_moved_stay() -> None:
 def test_cordon_during_a_drain_keeps_draining() -> None:
     kit = cluster("h1", "h2")
     fill(kit, "h1", 1)
-    host_op(kit, Op.DRAIN, "h1")
+    host_op(kit, Op.DRAIN, "h1", cold=True)
     reply = host_op(kit, Op.CORDON, "h1")
     assert reply.host is not None and reply.host.draining and reply.host.drain_remaining == 1
 

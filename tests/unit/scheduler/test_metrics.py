@@ -10,12 +10,14 @@ from pathlib import Path
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from common.messages import CreateVm, HostRef, VmRef
+from common.messages import CreateVm, HostRef, ObservedState, VmRef
+from common.migration_messages import MigrationStatus
 from common.network_messages import NicRequest
 from scheduler.core.contract import Action, Input, Mutation, Op
 from scheduler.shell.metrics import Observer, SchedulerMetrics
 from scheduler.state.cluster import ClusterState
 from tests.unit.scheduler.corekit import CoreKit
+from tests.unit.scheduler.migkit import beat, handed_over, incoming, migrate, running_vm, vm_at
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -158,6 +160,7 @@ def test_the_exposition_parses_and_names_every_documented_metric() -> None:
         "stratus_vm_transitions",
         "stratus_network_addresses_used",
         "stratus_network_addresses_total",
+        "stratus_migrations_in_flight",
     } <= names
 
 
@@ -176,3 +179,24 @@ def test_the_grafana_dashboard_uses_only_metrics_the_scheduler_exports() -> None
     exprs = [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
     used = {name for expr in exprs for name in re.findall(r"\bstratus_[a-z_]+", expr)}
     assert used and used <= exported, used - exported
+
+
+def test_migrations_are_counted_by_outcome_and_cause_and_in_flight() -> None:
+    kit = ObservedKit()
+    metrics = SchedulerMetrics(kit).attach()  # type: ignore[arg-type]
+    for host in ("h1", "h2", "h3"):
+        beat(kit, host, [])
+    running_vm(kit, "a", "h1")
+    running_vm(kit, "b", "h1")
+    assert migrate(kit, "a", "h2").error is None
+    assert migrate(kit, "b", "h3").error is None
+    assert value(metrics, "stratus_migrations_in_flight") == 2
+    beat(kit, "h2", [incoming("a", 2, "h1", MigrationStatus.READY)])
+    beat(kit, "h1", [handed_over("a", 1, 2, "h2"), vm_at("b", 1, ObservedState.RUNNING)])
+    beat(kit, "h2", [vm_at("a", 2, ObservedState.RUNNING)])
+    beat(kit, "h3", [incoming("b", 2, "h1", MigrationStatus.FAILED)])
+    started = value(metrics, "stratus_migrations_total", outcome="started", cause="request")
+    succeeded = value(metrics, "stratus_migrations_total", outcome="succeeded", cause="request")
+    failed = value(metrics, "stratus_migrations_total", outcome="failed", cause="request")
+    assert (started, succeeded, failed) == (2, 1, 1)
+    assert value(metrics, "stratus_migrations_in_flight") == 0

@@ -107,7 +107,7 @@ async def test_a_store_of_a_newer_schema_is_refused(tmp_path: Path) -> None:
         await SqliteStore.open(path)
 
 
-async def test_a_version_2_store_opens_as_version_3(tmp_path: Path) -> None:
+async def test_a_version_2_store_opens_as_the_current_version(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
     store = await SqliteStore.open(path)
     await store.close()
@@ -117,4 +117,33 @@ async def test_a_version_2_store_opens_as_version_3(tmp_path: Path) -> None:
     await store.close()
     with sqlite3.connect(path) as db:
         [(version,)] = db.execute("SELECT value FROM meta WHERE key = 'schema_version'")
-    assert version == "3"
+    assert version == str(SCHEMA_VERSION)
+
+
+async def test_a_version_3_store_gets_each_vms_generation_as_its_high_water_mark(
+    tmp_path: Path,
+) -> None:
+    """Schema 4 keeps a generation high-water mark per VM (live migration never reuses an
+    attempt's number); a version 3 store's VMs start with theirs at their generation."""
+    _, batches = kit_with_networks()
+    path = tmp_path / "s.db"
+    store = await SqliteStore.open(path)
+    try:
+        for batch in batches:
+            await store.commit(batch)
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+        body = db.execute("SELECT body FROM vms WHERE name = 'a'").fetchone()[0]
+        old = msgspec.json.decode(body)
+        old.pop("max_generation", None)
+        old["generation"] = 7
+        db.execute("UPDATE vms SET body = ? WHERE name = 'a'", (msgspec.json.encode(old),))
+    store = await SqliteStore.open(path)
+    try:
+        loaded = await store.load()
+    finally:
+        await store.close()
+    [a] = [vm for vm in loaded.vms if vm.name == "a"]
+    assert (a.generation, a.max_generation, a.next_generation()) == (7, 7, 8)

@@ -220,7 +220,7 @@ def test_the_address_and_mac_stay_across_stop_start_failover_and_drain() -> None
     # drain: back to the first host
     kit.heartbeat(host, [], underlay_ip="192.0.2.8")
     kit.heartbeat(other, kit.running_on(other), underlay_ip="192.0.2.9")
-    actions = kit.host_op(Op.DRAIN, other)
+    actions = kit.host_op(Op.DRAIN, other, cold=True)
     actions += kit.heartbeat(other, [], underlay_ip="192.0.2.9")
     actions += kit.advance(0.1)
     assert kit.vm("web-1").host == host and kit.vm("web-1").nics == [nic]
