@@ -69,8 +69,8 @@ def spec(nic: bool) -> VmSpec:
         DiskSpec(disk_id=f"{VM}-data", kind=DiskKind.DATA, size_mib=64),
     ]
     nics = [
-        NicSpec(index=0, vnet="n", vni=VNI, mac="52:54:00:aa:bb:01", ip="10.216.0.5",
-                prefix_len=24, gateway="10.216.0.1"),
+        NicSpec(index=0, vnet="n", vni=VNI, mac="52:54:00:aa:bb:01", ip="10.214.77.5",
+                prefix_len=24, gateway="10.214.77.1"),
     ]  # fmt: skip
     return VmSpec(
         name=VM, size="Tiny", cpu_milli=1000, mem_mib=MEM_MIB, image="tiny", disks=disks,
