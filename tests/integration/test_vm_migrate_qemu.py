@@ -114,7 +114,7 @@ async def test_a_counting_guest_migrates_live_with_its_disks_address_and_endpoin
 ) -> None:
     rig.start_agent("h1")
     await wait_hosts_up(api, 1)
-    await api.create_vnet(CreateVnet(name="net-m", cidr="10.215.0.0/24"))
+    await api.create_vnet(CreateVnet(name="net-m", cidr="10.214.215.0/24"))
     nic = NicRequest(vnet="net-m")
     await api.create_vm(CreateVm(name="m-1", size="Tiny", nics=[nic], data_disks_mib=[64]))
     before = await settled(api, "m-1", BOOT_S, host="h1")
