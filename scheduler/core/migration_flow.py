@@ -78,6 +78,13 @@ def _destroy_incoming(ctx: StepContext, name: VmName, migration: MigrationRecord
     if host is not None and host.up:
         delete: AgentCommand = DeleteVm(name=name, generation=migration.attempt)
         ctx.send(migration.target, [delete])
+        # Until the destination reports the copy gone, it still holds the VM's resources there:
+        # counted as an orphan's (its next report recomputes them), so that nothing is placed
+        # into them while the copy is being destroyed.
+        runtime = ctx.state.runtimes.get(migration.target)
+        if runtime is not None:
+            runtime.orphaned = runtime.orphaned + ctx.state.vms[name].resources
+            ctx.state.stale_views.add(migration.target)
 
 
 # --------------------------------------------------------------------------- the reports

@@ -237,6 +237,17 @@ def test_a_source_that_reports_failure_ends_the_attempt() -> None:
     assert "a" not in kit.vms_on("h2") and kit.allocated("h2") == ZERO
 
 
+def test_an_ended_attempts_copy_holds_its_destinations_capacity_until_it_is_gone() -> None:
+    kit = copying(cluster("h1", "h2"))
+    beat(kit, "h1", [source_failed("a", 1, 2, "h2")])
+    assert DeleteVm(name="a", generation=2) in commands(kit.actions, "h2")
+    assert kit.core.views.view(HostId("h2")).allocated == SMALL, "the copy is still there"
+    beat(kit, "h2", [incoming("a", 2, "h1", READY)])  # not destroyed yet: an orphan
+    assert kit.core.views.view(HostId("h2")).allocated == SMALL
+    beat(kit, "h2", [])  # gone
+    assert kit.core.views.view(HostId("h2")).allocated == ZERO
+
+
 def test_a_destination_not_ready_in_time_is_given_up() -> None:
     kit = started(cluster("h1", "h2", migration_prepare_timeout_s=10.0))
     for _ in range(3):
