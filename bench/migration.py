@@ -164,7 +164,9 @@ async def drain_part(rig_: NetRig, client: StratusClient, vms: int) -> dict[str,
 async def _counting_copy_started(watch: CounterWatch) -> Copy:
     await watch.wait_for(lambda: bool(watch.copies()), 30, "console")
     copy = watch.copies()[0]
+    await watch.run(copy, "true")  # the guest's shell answers
     await watch.start_counting(copy)
+    await watch.wait_for(lambda: len(watch.counts(copy)) >= 20, 30, "counting")
     return copy
 
 
