@@ -22,6 +22,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
+import shutil
 import sys
 import tempfile
 import time
@@ -31,7 +33,7 @@ from typing import Any
 import nats
 import uvloop
 
-from bench.harness import Watch, machine, percentile, rig, submit_api, write_result
+from bench.harness import LOGS_ENV, Watch, machine, percentile, rig, submit_api, write_result
 from cli.client import StratusClient
 from common.errors import ApiError
 from common.messages import CreateVm, VmInfo, VmState
@@ -57,9 +59,15 @@ async def _settled(client: StratusClient, name: str, host: str, timeout_s: float
         await asyncio.sleep(0.02)  # polling the API at the bench's own pace
 
 
-async def _counting_copy(watch: CounterWatch, host: str) -> Copy:
-    await watch.wait_for(lambda: watch.counting_on(host) is not None, 60, f"counts on {host}")
-    copy = watch.counting_on(host)
+async def _counting_copy(watch: CounterWatch, host: str, seen: set[Copy]) -> Copy:
+    """The copy on ``host``, not one of ``seen`` (a move's own), once it counts."""
+
+    def arrived() -> Copy | None:
+        fresh = [c for c in watch.copies() if c.host == host and c not in seen]
+        return next((c for c in fresh if watch.counts(c)), None)
+
+    await watch.wait_for(lambda: arrived() is not None, 60, f"counts on {host}")
+    copy = arrived()
     assert copy is not None
     return copy
 
@@ -68,13 +76,15 @@ async def _move(
     client: StratusClient, watch: CounterWatch, name: str, source: Copy, target: str
 ) -> dict[str, Any]:
     await watch.wait_for(lambda: len(watch.counts(source)) >= 20, 30, "counting before")
+    seen = set(watch.copies())
     started = time.monotonic()
     await client.migrate_vm(name, to=target)
     await _settled(client, name, target, MOVE_TIMEOUT_S)
     total_s = time.monotonic() - started
-    arrived = await _counting_copy(watch, target)
+    arrived = await _counting_copy(watch, target, seen)
     downtime_s, last, first = watch.handover(source, arrived)
     return {
+        "copy": arrived,
         "from": source.host,
         "to": target,
         "downtime_ms": round(downtime_s * 1000, 1),
@@ -98,8 +108,9 @@ async def downtime_part(
             here = await _counting_copy_started(watch)
             for index in range(moves if size == "Tiny" else max(2, moves // 5)):
                 target = "h2" if index % 2 == 0 else "h1"
-                results.append(await _move(client, watch, name, here, target))
-                here = await _counting_copy(watch, target)
+                moved = await _move(client, watch, name, here, target)
+                here = moved.pop("copy")
+                results.append(moved)
         await client.delete_vm(name)
         downtimes = [r["downtime_ms"] for r in results]
         totals = [r["total_s"] for r in results]
@@ -135,9 +146,10 @@ async def drain_part(rig_: NetRig, client: StratusClient, vms: int) -> dict[str,
         watches = {
             n: await stack.enter_async_context(CounterWatch(rig_.agents_dir, n)) for n in names
         }
-        sources = {}
+        sources, seen = {}, {}
         for name, watch in watches.items():
             sources[name] = await _counting_copy_started(watch)
+            seen[name] = set(watch.copies())
         started = time.monotonic()
         await client.drain_host("h1")
         for name in names:
@@ -145,7 +157,7 @@ async def drain_part(rig_: NetRig, client: StratusClient, vms: int) -> dict[str,
         drain_s = time.monotonic() - started
         handovers = {}
         for name, watch in watches.items():
-            arrived = await _counting_copy(watch, "h2")
+            arrived = await _counting_copy(watch, "h2", seen[name])
             downtime_s, last, first = watch.handover(sources[name], arrived)
             handovers[name] = {
                 "downtime_ms": round(downtime_s * 1000, 1),
@@ -191,6 +203,10 @@ async def qemu_parts(
             await nc.close()
         finally:
             rig_.stop()
+            keep = os.environ.get(LOGS_ENV)
+            if keep:
+                skip = shutil.ignore_patterns("*.sock", "*.qcow2", "*.img", "nats")
+                shutil.copytree(tmp, Path(keep) / "migration", ignore=skip, dirs_exist_ok=True)
     return result
 
 

@@ -42,6 +42,10 @@ from hostagent.drivers.qmp import JsonObject, QmpClient, QmpError
 
 T = TypeVar("T")
 
+ARRIVE_S = 5.0
+"""How long ``finish_incoming`` waits for a destination still loading the state it received."""
+ARRIVE_POLL_S = 0.005
+
 COPY_MODE = "background"
 """Not ``write-blocking``, though it guarantees that the mirror converges (each guest write
 reaches both copies before it completes): QEMU 7.2 cannot switch a running job to it once ready
@@ -203,8 +207,17 @@ async def _start_nbd(qmp: QmpClient, address: str) -> int:
 
 
 async def close_incoming(qmp: QmpClient, disk_count: int) -> None:
-    """The state arrived completely: stop exporting the disks (``DriverError`` otherwise)."""
+    """The state arrived completely: stop exporting the disks (``DriverError`` otherwise).
+
+    The source reports ``completed`` once it has sent the last byte; the destination may still
+    be loading the device state for a few milliseconds. While it is (``active``), wait up to
+    ``ARRIVE_S`` rather than refuse: a refusal costs the switchover a command retry (3 s).
+    """
+    deadline = asyncio.get_running_loop().time() + ARRIVE_S
     status = _dict(await _qmp(qmp, "query-migrate")).get("status")
+    while status == "active" and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(ARRIVE_POLL_S)  # QEMU's own pace: nothing to wait on but its status
+        status = _dict(await _qmp(qmp, "query-migrate")).get("status")
     if status != "completed":
         raise DriverError(f"the vm's state has not fully arrived (status {status})", retryable=True)
     for index in range(disk_count):
