@@ -15,10 +15,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
-import nats
 import pytest
 
 from cli.client import StratusClient
@@ -26,40 +23,13 @@ from common.messages import CreateVm, VmInfo, VmState
 from common.network_messages import AddEndpoint, CreateVnet, NicRequest
 from rigs.netqemu import NetRig
 from tests.integration.helpers import wait_hosts_up
-from tests.netkit import clean_leftovers, http_get, require_netns
-from tests.qemukit import boot_kit
+from tests.netkit import http_get
 from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.timeout(420)]
 
 BOOT_S = 120.0
 _marks = itertools.count()
-
-
-@pytest.fixture(scope="module")
-def kit() -> Path:
-    return boot_kit()
-
-
-@pytest.fixture
-def rig(kit: Path, tmp_path: Path) -> Iterator[NetRig]:
-    require_netns()
-    clean_leftovers()
-    made = NetRig(tmp_path, kit)
-    try:
-        made.start(["h1", "h2"])
-        yield made
-    finally:
-        made.stop()
-
-
-@pytest.fixture
-async def api(rig: NetRig) -> AsyncIterator[StratusClient]:
-    nc = await nats.connect(rig.url, connect_timeout=5)
-    try:
-        yield StratusClient(nc, timeout_s=10.0)
-    finally:
-        await nc.close()
 
 
 async def running(client: StratusClient, name: str, **where: str) -> VmInfo:
@@ -97,37 +67,37 @@ async def in_guest(client: StratusClient, vm: VmInfo, command: str, timeout_s: f
 
 
 async def test_networks_across_hosts_isolation_endpoints_and_failover_with_the_same_address(
-    rig: NetRig, api: StratusClient
+    net_rig: NetRig, net_api: StratusClient
 ) -> None:
-    h1, h2 = rig.hosts["h1"], rig.hosts["h2"]
-    rig.start_agent("h1")
-    await wait_hosts_up(api, 1)
-    await api.create_vnet(CreateVnet(name="net-a", cidr="10.214.0.0/24"))
-    await api.create_vnet(CreateVnet(name="net-b", cidr="10.214.1.0/24"))
-    await api.create_vm(CreateVm(name="a-1", size="Tiny", nics=[NicRequest(vnet="net-a")]))
-    a1 = await running(api, "a-1", host="h1")
-    rig.start_agent("h2")
-    await wait_hosts_up(api, 2)
-    await api.cordon_host("h1")
+    h1, h2 = net_rig.hosts["h1"], net_rig.hosts["h2"]
+    net_rig.start_agent("h1")
+    await wait_hosts_up(net_api, 1)
+    await net_api.create_vnet(CreateVnet(name="net-a", cidr="10.214.0.0/24"))
+    await net_api.create_vnet(CreateVnet(name="net-b", cidr="10.214.1.0/24"))
+    await net_api.create_vm(CreateVm(name="a-1", size="Tiny", nics=[NicRequest(vnet="net-a")]))
+    a1 = await running(net_api, "a-1", host="h1")
+    net_rig.start_agent("h2")
+    await wait_hosts_up(net_api, 2)
+    await net_api.cordon_host("h1")
     for name, vnet in (("a-2", "net-a"), ("b-1", "net-b")):
-        await api.create_vm(CreateVm(name=name, size="Tiny", nics=[NicRequest(vnet=vnet)]))
-    a2, b1 = await running(api, "a-2", host="h2"), await running(api, "b-1", host="h2")
-    await api.uncordon_host("h1")
+        await net_api.create_vm(CreateVm(name=name, size="Tiny", nics=[NicRequest(vnet=vnet)]))
+    a2, b1 = await running(net_api, "a-2", host="h2"), await running(net_api, "b-1", host="h2")
+    await net_api.uncordon_host("h1")
     [a1_nic], [a2_nic], [b1_nic] = a1.nics, a2.nics, b1.nics
 
     # Across hosts in one network: ICMP and TCP.
-    out = await in_guest(api, a2, f"ping -c 2 -W 2 {a1_nic.ip}")
+    out = await in_guest(net_api, a2, f"ping -c 2 -W 2 {a1_nic.ip}")
     assert re.search(r"2 packets transmitted, [12] packets received", out), out
-    assert "stratus-vm a-1" in await in_guest(api, a2, f"wget -q -O - http://{a1_nic.ip}/")
+    assert "stratus-vm a-1" in await in_guest(net_api, a2, f"wget -q -O - http://{a1_nic.ip}/")
 
     # Network B reaches neither A guest nor A's gateway; its own gateway answers.
     for target in (a2_nic.ip, a1_nic.ip, a1_nic.gateway):
-        out = await in_guest(api, b1, f"ping -c 1 -W 1 {target}")
+        out = await in_guest(net_api, b1, f"ping -c 1 -W 1 {target}")
         assert "1 packets transmitted, 0 packets received" in out, (target, out)
-    assert "1 packets received" in await in_guest(api, b1, f"ping -c 1 -W 2 {b1_nic.gateway}")
+    assert "1 packets received" in await in_guest(net_api, b1, f"ping -c 1 -W 2 {b1_nic.gateway}")
 
     # An endpoint on h1 answers from the root namespace with a-1's own page.
-    a1 = await api.add_endpoint(AddEndpoint(vm="a-1", vm_port=80))
+    a1 = await net_api.add_endpoint(AddEndpoint(vm="a-1", vm_port=80))
     [endpoint] = a1.endpoints
     assert endpoint.public_port is not None and endpoint.address == h1.underlay_ip
     port = endpoint.public_port
@@ -139,11 +109,11 @@ async def test_networks_across_hosts_isolation_endpoints_and_failover_with_the_s
 
     # kill -9 of h1's agent: a-1 restarts on h2 with the same address and MAC, and so does its
     # endpoint (it says where it answers now).
-    rig.kill_agent("h1")
-    moved = await running(api, "a-1", host="h2")
+    net_rig.kill_agent("h1")
+    moved = await running(net_api, "a-1", host="h2")
     assert [(n.ip, n.mac) for n in moved.nics] == [(a1_nic.ip, a1_nic.mac)]
     [endpoint] = moved.endpoints
     assert endpoint.address == h2.underlay_ip and endpoint.public_port is not None
     port = endpoint.public_port
     await wait_until(lambda: answers(h2.outside), timeout_s=60, message="endpoint on h2")
-    assert "stratus-vm a-1" in await in_guest(api, a2, f"wget -q -O - http://{a1_nic.ip}/")
+    assert "stratus-vm a-1" in await in_guest(net_api, a2, f"wget -q -O - http://{a1_nic.ip}/")

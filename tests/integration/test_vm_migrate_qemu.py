@@ -13,10 +13,7 @@ Skipped without QEMU, root or the network tools; required in CI.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
-import nats
 import pytest
 
 from cli.client import StratusClient
@@ -26,8 +23,7 @@ from rigs.chaos.consolewatch import alive
 from rigs.counting import Copy, CounterWatch
 from rigs.netqemu import NetRig
 from tests.integration.helpers import wait_hosts_up
-from tests.netkit import clean_leftovers, http_get, require_netns
-from tests.qemukit import boot_kit
+from tests.netkit import http_get
 from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.timeout(420)]
@@ -36,32 +32,6 @@ BOOT_S = 120.0
 MOVE_S = 90.0
 COUNTED = 30
 """Counts seen on the source before it is moved."""
-
-
-@pytest.fixture(scope="module")
-def kit() -> Path:
-    return boot_kit()
-
-
-@pytest.fixture
-def rig(kit: Path, tmp_path: Path) -> Iterator[NetRig]:
-    require_netns()
-    clean_leftovers()
-    made = NetRig(tmp_path, kit)
-    try:
-        made.start(["h1", "h2"])
-        yield made
-    finally:
-        made.stop()
-
-
-@pytest.fixture
-async def api(rig: NetRig) -> AsyncIterator[StratusClient]:
-    nc = await nats.connect(rig.url, connect_timeout=5)
-    try:
-        yield StratusClient(nc, timeout_s=10.0)
-    finally:
-        await nc.close()
 
 
 async def settled(client: StratusClient, name: str, timeout_s: float, **where: object) -> VmInfo:
@@ -110,19 +80,19 @@ async def moved_without_a_restart(watch: CounterWatch, source: Copy, target_host
 
 
 async def test_a_counting_guest_migrates_live_with_its_disks_address_and_endpoint(
-    rig: NetRig, api: StratusClient
+    net_rig: NetRig, net_api: StratusClient
 ) -> None:
-    rig.start_agent("h1")
-    await wait_hosts_up(api, 1)
-    await api.create_vnet(CreateVnet(name="net-m", cidr="10.214.2.0/24"))
+    net_rig.start_agent("h1")
+    await wait_hosts_up(net_api, 1)
+    await net_api.create_vnet(CreateVnet(name="net-m", cidr="10.214.2.0/24"))
     nic = NicRequest(vnet="net-m")
-    await api.create_vm(CreateVm(name="m-1", size="Tiny", nics=[nic], data_disks_mib=[64]))
-    before = await settled(api, "m-1", BOOT_S, host="h1")
-    before = await api.add_endpoint(AddEndpoint(vm="m-1", vm_port=80))
-    rig.start_agent("h2")
-    await wait_hosts_up(api, 2)
+    await net_api.create_vm(CreateVm(name="m-1", size="Tiny", nics=[nic], data_disks_mib=[64]))
+    before = await settled(net_api, "m-1", BOOT_S, host="h1")
+    before = await net_api.add_endpoint(AddEndpoint(vm="m-1", vm_port=80))
+    net_rig.start_agent("h2")
+    await wait_hosts_up(net_api, 2)
 
-    async with CounterWatch(rig.agents_dir, "m-1") as watch:
+    async with CounterWatch(net_rig.agents_dir, "m-1") as watch:
         source = await source_copy(watch, "h1")
         marked = await watch.run(
             source,
@@ -133,9 +103,9 @@ async def test_a_counting_guest_migrates_live_with_its_disks_address_and_endpoin
         assert "marked data-mark" in marked, marked
         await counting(watch, source)
 
-        reply = await api.migrate_vm("m-1")
+        reply = await net_api.migrate_vm("m-1")
         assert reply.migration is not None and reply.migration.target == "h2"
-        after = await settled(api, "m-1", MOVE_S, host="h2")
+        after = await settled(net_api, "m-1", MOVE_S, host="h2")
         target = await moved_without_a_restart(watch, source, "h2")
 
         # What it wrote to its disks is on the destination's disks (the page cache dropped, so
@@ -152,38 +122,40 @@ async def test_a_counting_guest_migrates_live_with_its_disks_address_and_endpoin
     assert after.generation > before.generation
     assert [(n.ip, n.mac) for n in after.nics] == [(n.ip, n.mac) for n in before.nics]
     [endpoint] = after.endpoints
-    assert endpoint.address == rig.hosts["h2"].underlay_ip and endpoint.public_port is not None
+    assert endpoint.address == net_rig.hosts["h2"].underlay_ip and endpoint.public_port is not None
     port = endpoint.public_port
 
     async def answers() -> bool:
-        return http_get(None, rig.hosts["h2"].outside, port) == "stratus-vm m-1"
+        return http_get(None, net_rig.hosts["h2"].outside, port) == "stratus-vm m-1"
 
     await wait_until(answers, timeout_s=60, message="endpoint on h2")
 
 
-async def test_a_drain_moves_three_counting_guests_live(rig: NetRig, api: StratusClient) -> None:
-    rig.start_agent("h1")
-    await wait_hosts_up(api, 1)
+async def test_a_drain_moves_three_counting_guests_live(
+    net_rig: NetRig, net_api: StratusClient
+) -> None:
+    net_rig.start_agent("h1")
+    await wait_hosts_up(net_api, 1)
     names = ["d-1", "d-2", "d-3"]
     for name in names:
-        await api.create_vm(CreateVm(name=name, size="Tiny"))
-    before = {name: await settled(api, name, BOOT_S, host="h1") for name in names}
-    rig.start_agent("h2")
-    await wait_hosts_up(api, 2)
+        await net_api.create_vm(CreateVm(name=name, size="Tiny"))
+    before = {name: await settled(net_api, name, BOOT_S, host="h1") for name in names}
+    net_rig.start_agent("h2")
+    await wait_hosts_up(net_api, 2)
 
     sources = {}
     async with contextlib.AsyncExitStack() as stack:
         watches = {
-            name: await stack.enter_async_context(CounterWatch(rig.agents_dir, name))
+            name: await stack.enter_async_context(CounterWatch(net_rig.agents_dir, name))
             for name in names
         }
         for name, watch in watches.items():
             sources[name] = await source_copy(watch, "h1")
             await counting(watch, sources[name])
-        await api.drain_host("h1")
+        await net_api.drain_host("h1")
         for name, watch in watches.items():
-            after = await settled(api, name, MOVE_S, host="h2")
+            after = await settled(net_api, name, MOVE_S, host="h2")
             assert after.generation > before[name].generation
             await moved_without_a_restart(watch, sources[name], "h2")
-    [h1] = [h for h in await api.list_hosts() if h.host_id == "h1"]
+    [h1] = [h for h in await net_api.list_hosts() if h.host_id == "h1"]
     assert h1.vms == 0
