@@ -12,10 +12,12 @@ them as migration slots allow (``migration_max_per_host`` at once per host), kee
 queued in the step carry and trying them again at each tick. A queued move whose VM moved,
 stopped or whose target no longer fits is dropped; the next round plans afresh.
 
-Its hourly budget (``MigrationBudget``) lives in the step carry too. After a restart it starts from
-the records: every VM that finished a migration in the last hour, whatever the cause, counts
-against it, so a restart never lets more than ``max_migrations_per_hour`` through (it can only
-let fewer).
+Its hourly budget (``MigrationBudget``) lives in the step carry too. A scheduler that starts (or
+takes over) plans its first round one interval later: the hosts' reports are not in yet, and a
+round over the whole fleet would slow the reconciling that follows a restart (bench.restart).
+The budget starts from the records: every VM that finished a migration in the last hour,
+whatever the cause, counts against it, so a restart never lets more than
+``max_migrations_per_hour`` through (it can only let fewer).
 """
 
 from __future__ import annotations
@@ -78,7 +80,7 @@ def _budget_from_records(ctx: StepContext, now_s: float) -> MigrationBudget:
     recent = sorted(
         t_s for t_s in migrations.last_migrated(ctx.state).values() if now_s - t_s < HOUR_S
     )
-    return MigrationBudget(tuple(recent), None)
+    return MigrationBudget(tuple(recent), now_s)
 
 
 def _cluster(ctx: StepContext) -> Cluster:
