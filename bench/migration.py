@@ -10,9 +10,11 @@ Three parts (``--part``, default all):
   runs on the destination with no migration under way). Goal: downtime p99 <= 100 ms.
 - ``drain`` (root, QEMU): ``--drain-vms`` counting guests on one host, ``host drain``; the time
   until every one runs on the other host (goal <= 15 s for 4), and that none restarted.
-- ``fleet`` (no root): simulated hosts (fake driver): ``--fleet-vms`` VMs on ``--fleet-hosts``
-  hosts, as many idle hosts join, the full ones are drained at once; the time until every VM
-  runs elsewhere, and no host declared down.
+- ``fleet`` (no root): simulated hosts (fake driver, 64c/256g each): ``--fleet-vms`` VMs of the
+  benchmarks' size mix (about 1.7 cores and 3 GiB each) on ``--fleet-hosts`` hosts (32 hold
+  1,000), as many idle hosts join, the full ones are drained at once; the time until every VM
+  runs elsewhere, and no host declared down. Each migration takes the fake driver's modelled
+  time (0.5 s + memory at 1 GiB/s), ``migration_max_per_host`` (2) at once per host.
 
     .venv/bin/python -m bench.migration [--part all|downtime|drain|fleet] [--moves 10]
 """
@@ -234,7 +236,12 @@ async def fleet_part(hosts: int, vms: int) -> dict[str, Any]:
         _, errors = await submit_api(the_rig.nats.url, names, 100)
         if errors:
             raise RuntimeError(f"submissions failed: {errors[:5]}")
-        await watch.until(lambda: not waiting, timeout_s=300)
+        try:
+            await watch.until(lambda: not waiting, timeout_s=300)
+        except TimeoutError:
+            raise RuntimeError(
+                f"{len(waiting)} of {vms} VMs never ran: do {vms} VMs fit on {hosts} hosts?"
+            ) from None
         the_rig.start_pool(hosts, "idle")
         await watch.until(lambda: len(watch.hosts_up) >= 2 * hosts, timeout_s=60)
         full = [f"full-{i:05d}" for i in range(1, hosts + 1)]
@@ -261,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--part", choices=("all", "downtime", "drain", "fleet"), default="all")
     parser.add_argument("--moves", type=int, default=10, help="moves of the smallest guest")
     parser.add_argument("--drain-vms", type=int, default=4)
-    parser.add_argument("--fleet-hosts", type=int, default=10)
+    parser.add_argument("--fleet-hosts", type=int, default=32)
     parser.add_argument("--fleet-vms", type=int, default=1000)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes (CI)")
     parser.add_argument("--name", default="migration")
