@@ -202,6 +202,7 @@ class Injector:
         await asyncio.sleep(fault.hold_s)  # the fault's duration (not a synchronisation)
         await asyncio.to_thread(self._undo, fault)
         fault.end = time.time()
+        self.rig.calm_from_s[fault.host] = time.monotonic() + fault.hold_s
         for crash in await asyncio.to_thread(self.rig.revive):
             fault.note = f"{fault.note} {crash}".strip()
             self.crashes.append(Violation("process_died", f"after fault #{fault.index}: {crash}"))

@@ -86,6 +86,10 @@ class Rig:
     agents: dict[str, Agent] = field(default_factory=dict)
     started_s: dict[str, float] = field(default_factory=dict)
     """Monotonic seconds when nats-server and each scheduler were last started."""
+    calm_from_s: dict[str | None, float] = field(default_factory=dict)
+    """Per host (None: the control plane), from when its last fault can no longer keep its
+    heartbeats from the leader: the fault's end plus its length again (TCP's retransmission
+    backoff after an outage grows with the outage)."""
 
     @property
     def url(self) -> str:
@@ -226,9 +230,12 @@ class Rig:
 
     def settled(self, host: str | None, for_s: float) -> bool:
         """nats-server, the schedulers and ``host``'s agent (if any) have all run for ``for_s``,
-        and none is stopped: the leader has heard the agent as the holder of its id."""
+        none is stopped, and no fault has kept them apart for as long: the leader has heard the
+        agent as the holder of its id (a holder unheard for ``claim_after_s`` is taken to have
+        restarted, and a second agent then rightly takes its id over)."""
         now_s = time.monotonic()
         started = list(self.started_s.values())
+        started += [self.calm_from_s.get(None, 0.0), self.calm_from_s.get(host, 0.0)]
         if host is not None:
             agent = self.agents[host]
             if agent.process is None or agent.stopped:
