@@ -35,6 +35,7 @@ from common.messages import (
     VmState,
 )
 from common.network_messages import ConfigureNetworks, EndpointInfo, NicInfo
+from common.replica_messages import ConfigureReplicas
 from scheduler.core import transitions
 from scheduler.core.contract import Action, Emit, Now, Reply, SendCommands
 from scheduler.core.views import migration_info
@@ -56,6 +57,8 @@ KEEP: Final = Keep.KEEP
 NETWORKS_KEY: Final = VmName("*networks")
 """What a host's ``ConfigureNetworks`` is remembered under in ``Carry.sent`` (no VM is named
 so: ``*`` is not allowed in VM names)."""
+REPLICAS_KEY: Final = VmName("*replicas")
+"""And a host's ``ConfigureReplicas``."""
 
 
 def command_key(command: AgentCommand) -> VmName:
@@ -65,6 +68,8 @@ def command_key(command: AgentCommand) -> VmName:
         return VmName(command.vm.name)
     if isinstance(command, ConfigureNetworks):
         return NETWORKS_KEY
+    if isinstance(command, ConfigureReplicas):
+        return REPLICAS_KEY
     return VmName(command.name)
 
 
