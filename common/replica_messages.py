@@ -94,6 +94,8 @@ class ConfigureReplicas(msgspec.Struct, tag="configure_replicas", kw_only=True):
     replicas: list[ReplicaSpec] = []
     digest: DigestField
     """Names this set; the agent echoes it in ``Heartbeat.replica_digest``."""
+    rebuild_mib_per_s: float = 0.0
+    """Copy a ``fill_from`` replica at most this fast (each); 0: not limited."""
 
 
 class ReplicaStatus(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -120,6 +122,9 @@ class SetDiskReplicas(msgspec.Struct, tag="set_disk_replicas", kw_only=True):
     """The current copies the VM keeps writing to (never empty)."""
     joining: list[ReplicaRef] = []
     """New copies (ready, empty) to fill from the VM's own disk and then write to."""
+    rebuild_mib_per_s: float = 0.0
+    """Bring each joining copy in step at most this fast (the mirror's speed); 0: not
+    limited."""
 
 
 class DiskReplicas(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):

@@ -1,0 +1,228 @@
+"""Replicated disks in the core: the kind chosen at create, copies placed with the VM in
+distinct fault domains, starts held until every copy is ready, the spec naming the copies,
+copies lost with their host and the VM restarted with its disks elsewhere."""
+
+from __future__ import annotations
+
+import pytest
+
+from common.fields import ErrorCode
+from common.messages import DiskStorage, StartVm, VmRef, VmState
+from common.replica_messages import ConfigureReplicas, SetDiskReplicas
+from scheduler.core.contract import Op
+from scheduler.state.storage import CopyState
+from tests.unit.scheduler.corekit import vm_events
+from tests.unit.scheduler.replkit import PORT, ReplicaKit
+
+
+def kit_of(*domains: str, replicas: int = 2, **config: object) -> ReplicaKit:
+    """Hosts h1, h2, ... in the fault domains given, serving replicas."""
+    kit = ReplicaKit(replicas=replicas, **config)
+    for n, domain in enumerate(domains, start=1):
+        kit.add_host(f"h{n}", domain)
+    return kit
+
+
+def started(kit: ReplicaKit, vm: str) -> StartVm:
+    (start,) = [c for c in kit.sent(StartVm) if isinstance(c, StartVm) and c.vm.name == vm][-1:]
+    return start
+
+
+# --------------------------------------------------------------------------- the kind
+
+
+def test_auto_is_host_local_while_the_hosts_span_too_few_fault_domains() -> None:
+    kit = kit_of("fd-a", "fd-a")
+    kit.create("web", data_disks_mib=[512])
+    assert {d.storage for d in kit.vm("web").disks} == {DiskStorage.HOST_LOCAL}
+
+
+def test_auto_is_replicated_once_the_hosts_span_enough_fault_domains() -> None:
+    kit = kit_of("fd-a", "fd-b")
+    kit.create("web", data_disks_mib=[512])
+    assert {d.storage for d in kit.vm("web").disks} == {DiskStorage.REPLICATED}
+
+
+def test_hosts_that_serve_no_replicas_do_not_count_for_auto() -> None:
+    kit = ReplicaKit()
+    kit.add_host("h1", "fd-a")
+    kit.add_host("h2", "fd-b", port=0)
+    kit.create("web")
+    assert kit.vm("web").disks[0].storage is DiskStorage.HOST_LOCAL
+
+
+def test_replicated_asked_for_with_too_few_fault_domains_is_refused_and_changes_nothing() -> None:
+    kit = kit_of("fd-a", "fd-a", replicas=3)
+    reply = kit.create("web", storage=DiskStorage.REPLICATED)
+    assert reply.error is not None
+    assert reply.error.code is ErrorCode.INSUFFICIENT_CAPACITY
+    assert "3 fault domains" in reply.error.detail and "fd-a" in reply.error.detail
+    assert "web" not in kit.state.vms
+
+
+def test_host_local_asked_for_stays_host_local() -> None:
+    kit = kit_of("fd-a", "fd-b")
+    kit.create("web", storage=DiskStorage.HOST_LOCAL)
+    assert kit.vm("web").disks[0].storage is DiskStorage.HOST_LOCAL
+
+
+def test_the_configured_default_kind_applies() -> None:
+    kit = kit_of("fd-a", "fd-b", storage={"default_kind": "host_local"})
+    kit.create("web")
+    assert kit.vm("web").disks[0].storage is DiskStorage.HOST_LOCAL
+
+
+# --------------------------------------------------------------------------- placement, start
+
+
+def test_a_new_vm_gets_a_copy_on_its_host_and_one_in_another_fault_domain() -> None:
+    kit = kit_of("fd-a", "fd-a", "fd-b")
+    kit.create("web", data_disks_mib=[512])
+    record = kit.vm("web")
+    assert record.state is VmState.SCHEDULED
+    for hosts in kit.copies("web", CopyState.CURRENT):
+        assert hosts[0] == record.host
+        assert len({kit.domains[h] for h in hosts}) == 2
+
+
+def test_the_vm_starts_only_once_every_copy_is_ready_and_its_spec_names_them() -> None:
+    kit = kit_of("fd-a", "fd-b")
+    kit.create("web", data_disks_mib=[512])
+    record = kit.vm("web")
+    assert record.reason == "waiting for its disk copies to be ready"
+    assert not kit.sent(StartVm)
+    host = record.host
+    assert host is not None
+    other = "h2" if host == "h1" else "h1"
+    sets = kit.sent(ConfigureReplicas)
+    assert {c.digest for c in sets if isinstance(c, ConfigureReplicas)} != {""}
+    kit.held_back[other] = {record.disks[1].disk_id}
+    kit.beat_all()
+    assert not kit.sent(StartVm)  # the data disk's copy on the other host is not ready
+    kit.held_back[other] = set()
+    kit.beat(other)
+    start = started(kit, "web")
+    assert start.vm.disks[0].storage is DiskStorage.REPLICATED
+    for disk in start.vm.disks:
+        assert [r.host for r in disk.replicas] == [host, other]  # its own host's first
+        assert {(r.address, r.port) for r in disk.replicas} == {("127.0.0.1", PORT)}
+    kit.beat(host)
+    assert kit.vm("web").state is VmState.RUNNING
+
+
+def test_a_replica_set_is_sent_again_while_the_host_reports_another_digest() -> None:
+    kit = kit_of("fd-a", "fd-b", command_retry_s=2.0)
+    kit.create("web")
+    (first,) = kit.sent(ConfigureReplicas, "h2")
+    assert isinstance(first, ConfigureReplicas)
+    kit.sent_sets.pop("h2")  # lost on the way
+    kit.t += 3.0
+    actions = kit.beat("h2")
+    assert any(isinstance(c, ConfigureReplicas) for c in kit.sent(ConfigureReplicas, "h2")[1:])
+    assert actions
+
+
+def run(kit: ReplicaKit, vm: str, **create: object) -> str:
+    """Create ``vm`` and bring it to running; its host."""
+    kit.create(vm, **create)  # type: ignore[arg-type]
+    kit.beat_all()
+    kit.beat_all()
+    record = kit.vm(vm)
+    assert record.state is VmState.RUNNING, record.reason
+    assert record.host is not None
+    return record.host
+
+
+# --------------------------------------------------------------------------- losses
+
+
+def kill(kit: ReplicaKit, host: str) -> None:
+    """``host`` goes silent; the others keep reporting until it is declared dead."""
+    alive = [h for h in kit.domains if h != host]
+    del kit.domains[host]
+    for _ in range(8):
+        kit.advance(1.0)
+        kit.beat_all(*alive)
+
+
+def test_a_dead_hosts_copies_are_lost_and_its_vm_restarts_with_its_disks_on_a_copy_holder() -> None:
+    kit = kit_of("fd-a", "fd-b", "fd-c")
+    host = run(kit, "web", data_disks_mib=[512])
+    [survivor] = [h for h in kit.copies("web")[0] if h != host]
+    kill(kit, host)
+    record = kit.vm("web")
+    assert record.state is VmState.RUNNING
+    assert record.host == survivor  # preferred: it holds a current copy
+    assert all(host not in hosts for hosts in kit.copies("web"))
+    start = started(kit, "web")
+    assert all(host not in [r.host for r in d.replicas] for d in start.vm.disks)
+
+
+def test_no_event_of_a_failover_with_replicated_disks_says_rebuilt() -> None:
+    kit = kit_of("fd-a", "fd-b", "fd-c")
+    host = run(kit, "web", data_disks_mib=[512])
+    events = []
+    alive = [h for h in kit.domains if h != host]
+    del kit.domains[host]
+    for _ in range(8):
+        events += vm_events(kit.advance(1.0))
+        for h in alive:
+            events += vm_events(kit.beat(h))
+    reasons = [e.reason for e in events if e.name == "web"]
+    assert any("restart" in r and "with its disks" in r for r in reasons), reasons
+    assert not any("rebuilt" in r for r in reasons), reasons
+
+
+def test_a_vm_whose_every_copy_is_lost_fails_with_that_reason() -> None:
+    kit = kit_of("fd-a", "fd-b", "fd-c")
+    kit.create("web", storage=DiskStorage.REPLICATED)
+    record = kit.vm("web")
+    holders = kit.copies("web")[0]
+    for host in holders:
+        del kit.domains[host]
+    alive = list(kit.domains)
+    for _ in range(8):
+        kit.advance(1.0)
+        kit.beat_all(*alive)
+    assert record.state is VmState.FAILED
+    assert record.reason == f"every replica of disk {record.disks[0].disk_id} lost"
+    # The last copy (the other was dropped when its host died first: it stopped being current
+    # then) is kept, never deleted by the scheduler.
+    [lost] = kit.copies("web", CopyState.LOST)
+    assert len(lost) == 1 and lost[0] in holders
+    assert any(r.disk_id == record.disks[0].disk_id for r in kit.wanted_set(lost[0]).replicas)
+
+
+def test_a_copy_that_failed_a_write_is_dropped_before_the_smaller_set_is_sent() -> None:
+    kit = kit_of("fd-a", "fd-b", "fd-c", replicas=3)
+    host = run(kit, "web")
+    [other, *_] = [h for h in kit.copies("web")[0] if h != host]
+    kit.fail_copy("web", other)
+    actions = kit.beat(host)
+    assert other not in kit.copies("web")[0]
+    stored = [r for r in kit.result.vms if r.name == "web"]
+    assert stored and other not in [c.host for c in stored[0].disks[0].copies]
+    sets = [c for c in kit.sent(SetDiskReplicas, host) if isinstance(c, SetDiskReplicas)]
+    assert sets and other not in [r.host for r in sets[-1].replicas]
+    assert actions
+
+
+@pytest.mark.parametrize("reload", [False, True], ids=["restart", "restart-reload"])
+def test_a_restarted_scheduler_keeps_every_copy_it_placed(reload: bool) -> None:
+    kit = kit_of("fd-a", "fd-b")
+    run(kit, "web", data_disks_mib=[512])
+    before = {h: c for h, c in kit.applied.items()}
+    kit.restart(reload=reload)
+    kit.beat_all()
+    for host, config in before.items():
+        assert kit.sent_sets[host].digest == config.digest  # nothing dropped from any host
+
+
+def test_deleting_a_vm_drops_its_copies_from_every_host() -> None:
+    kit = kit_of("fd-a", "fd-b")
+    host = run(kit, "web")
+    kit.mutate(Op.DELETE, VmRef(name="web"))
+    kit.beat_all()
+    kit.beat_all()
+    assert kit.vm("web").state is VmState.DELETED
+    assert all(not kit.sent_sets[h].replicas for h in ("h1", "h2")), host
