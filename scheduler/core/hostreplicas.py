@@ -27,12 +27,12 @@ from msgspec.structs import replace
 from common import codec
 from common.ids import HostId
 from common.messages import AgentCommand, Heartbeat, StartVm, VmState
-from common.replica_messages import ConfigureReplicas, ReplicaSpec, ReplicaState
+from common.replica_messages import ConfigureReplicas, ReplicaSpec, ReplicaState, ReplicaStatus
 from scheduler.core import replicas
 from scheduler.core.context import StepContext
 from scheduler.state.cluster import ClusterState
 from scheduler.state.model import HostRuntime, VmRecord
-from scheduler.state.storage import CopyState, DiskRecord
+from scheduler.state.storage import CopyRecord, CopyState, DiskRecord
 
 
 def digest_of(config: ConfigureReplicas) -> str:
@@ -101,72 +101,91 @@ def heartbeat(ctx: StepContext, host: HostId, hb: Heartbeat) -> None:
     config = wanted(ctx, host)
     before = _ready_set(runtime)
     runtime.replica_digest = hb.replica_digest
-    if hb.replica_digest == "":
-        runtime.replicas_held = frozenset()
-    elif hb.replica_digest == config.digest:
+    known = runtime.replicas_known
+    if hb.replica_digest == config.digest:
         runtime.replicas_held = frozenset(spec.disk_id for spec in config.replicas)
+        known = True
+    elif hb.replica_digest == "":
+        runtime.replicas_held = frozenset()
+        known = False  # it lost what it had (or never had any): known once it applied ours
+    if known != runtime.replicas_known:
+        runtime.replicas_known = known
+        ctx.state.stale_views.add(host)
     runtime.replicas_unready = {status.disk_id: status for status in hb.replicas}
     ctx.send(host, due(ctx, host))
     for disk_id in sorted(_ready_set(runtime) - before):
         _became_ready(ctx, host, disk_id)
     for status in hb.replicas:
-        if status.state is ReplicaState.FAILED and not status.retryable:
-            _failed(ctx, host, status.disk_id, status.reason)
+        _not_ready(ctx, host, status)
 
 
 def _ready_set(runtime: HostRuntime) -> frozenset[str]:
     return runtime.replicas_held - runtime.replicas_unready.keys()
 
 
-def _copy_on(ctx: StepContext, host: HostId, disk_id: str) -> tuple[VmRecord, CopyState] | None:
+def _copy_on(ctx: StepContext, host: HostId, disk_id: str) -> tuple[VmRecord, CopyRecord] | None:
     name = ctx.state.disks.held.get(host, {}).get(disk_id)
     if name is None:
         return None
     record = ctx.state.vms[name]
-    states = [c.state for c in _disk(record, disk_id).copies if c.host == host]
-    return (record, states[0]) if states else None
+    copies = [c for c in _disk(record, disk_id).copies if c.host == host]
+    return (record, copies[0]) if copies else None
 
 
-def _became_ready(ctx: StepContext, host: HostId, disk_id: str) -> None:
-    found = _copy_on(ctx, host, disk_id)
-    if found is None:
-        return
-    record, state = found
-    match state:
-        case CopyState.FILLING:
-            _filled(ctx, record, host, disk_id)
-        case CopyState.JOINING:
-            replicas.push(ctx, record)
-        case CopyState.CURRENT:
-            start_if_ready(ctx, record)
-        case CopyState.LOST:
-            pass
-
-
-def _filled(ctx: StepContext, record: VmRecord, host: HostId, disk_id: str) -> None:
-    """A copy of a disk whose VM does not run was filled from a current one: current."""
-    disks = [
-        replace(
-            d,
-            copies=[replace(c, state=CopyState.CURRENT) if c.host == host else c for c in d.copies],
-        )
+def _with_copy(record: VmRecord, disk_id: str, host: HostId, copy: CopyRecord) -> list[DiskRecord]:
+    return [
+        replace(d, copies=[copy if c.host == host else c for c in d.copies])
         if d.disk_id == disk_id
         else d
         for d in record.disks
     ]
-    ctx.change_vm(record, disks=disks, reason=f"new copy of disk {disk_id} on {host} is current")
-    ctx.emit_vm(record)
 
 
-def _failed(ctx: StepContext, host: HostId, disk_id: str, reason: str) -> None:
-    """A copy being made could not be: dropped (a later rebuild tries again)."""
+def _became_ready(ctx: StepContext, host: HostId, disk_id: str) -> None:
+    """A copy is made and served: a filled one is current now, a joining one goes to its VM's
+    host to be brought in step, and a VM waiting for its copies may start."""
     found = _copy_on(ctx, host, disk_id)
     if found is None:
         return
-    record, state = found
-    if state in (CopyState.FILLING, CopyState.JOINING):
-        replicas.drop_copies(ctx, record, {disk_id: {host}})
-        ctx.change_vm(record, reason=f"copy of disk {disk_id} on {host} failed: {reason}")
+    record, copy = found
+    filled = copy.state is CopyState.FILLING
+    if filled or not copy.made:
+        state = CopyState.CURRENT if filled else copy.state
+        made = replace(copy, state=state, made=True)
+        ctx.change_vm(record, disks=_with_copy(record, disk_id, host, made))
+    if filled:
+        ctx.change_vm(record, reason=f"new copy of disk {disk_id} on {host} is current")
+        ctx.emit_vm(record)
+    elif copy.state is CopyState.JOINING:
+        replicas.push(ctx, record)
+    elif copy.state is CopyState.CURRENT:
+        start_if_ready(ctx, record)
+
+
+def _not_ready(ctx: StepContext, host: HostId, status: ReplicaStatus) -> None:
+    """A copy its host reports not ready: one that was made and is being made again, or one
+    that cannot be made, is dropped (a rebuild makes another); a new VM's copy that cannot be
+    made says so in the VM's reason."""
+    found = _copy_on(ctx, host, status.disk_id)
+    if found is None:
+        return
+    record, copy = found
+    disk_id = status.disk_id
+    failed = status.state is ReplicaState.FAILED and not status.retryable
+    if copy.made and status.state in (ReplicaState.CREATING, ReplicaState.FILLING):
+        why = f"copy of disk {disk_id} on {host} was lost there (its host makes it anew)"
+    elif failed and (copy.made or copy.state is not CopyState.CURRENT):
+        why = f"copy of disk {disk_id} on {host} failed: {status.reason}"
+    else:
+        if failed:
+            why = f"copy of disk {disk_id} on {host} cannot be made: {status.reason}"
+            if record.reason != why:
+                ctx.change_vm(record, reason=why)
+                ctx.emit_vm(record)
+        return
+    replicas.drop_copies(ctx, record, {disk_id: {host}})
+    if record.state is not VmState.FAILED:
+        ctx.change_vm(record, reason=why)
         ctx.emit_vm(record)
 
 

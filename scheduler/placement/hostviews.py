@@ -93,7 +93,9 @@ class HostViews:
             cordoned=record.cordoned,
             disk_capacity_mib=record.disk_capacity_mib,
             disk_used_mib=self.state.disks.used_mib.get(host, 0),
-            serves_replicas=record.replica_port > 0,
+            serves_replicas=record.replica_port > 0
+            and runtime is not None
+            and runtime.replicas_known,
         )
 
     def empty(self) -> list[HostView]:

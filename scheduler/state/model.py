@@ -247,3 +247,7 @@ class HostRuntime:
     """The disks of the replica set it applied last (as far as known): what it holds."""
     replicas_unready: dict[str, ReplicaStatus] = field(default_factory=dict)
     """Its replicas that are not ready yet (creating, filling, failed), as it reported."""
+    replicas_known: bool = False
+    """It applied the wanted replica set since it was last taken in (a start, a host back
+    from the dead, an agent that lost its state): only then is it known to hold no old copy
+    the records forgot, and only then does it get new copies."""

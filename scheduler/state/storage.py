@@ -40,6 +40,9 @@ class CopyRecord(msgspec.Struct, frozen=True, kw_only=True, gc=False):
 
     host: HostId
     state: CopyState = CopyState.CURRENT
+    made: bool = False
+    """Its host reported it made and served once. A made copy its host reports being made
+    again (or failed for good) was lost there: its host lost its disks."""
 
 
 class DiskRecord(msgspec.Struct, kw_only=True, gc=False):

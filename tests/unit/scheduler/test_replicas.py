@@ -98,6 +98,7 @@ def test_the_vm_starts_only_once_every_copy_is_ready_and_its_spec_names_them() -
     assert {c.digest for c in sets if isinstance(c, ConfigureReplicas)} != {""}
     kit.held_back[other] = {record.disks[1].disk_id}
     kit.beat_all()
+    kit.beat_all()
     assert not kit.sent(StartVm)  # the data disk's copy on the other host is not ready
     kit.held_back[other] = set()
     kit.beat(other)
@@ -125,8 +126,8 @@ def test_a_replica_set_is_sent_again_while_the_host_reports_another_digest() -> 
 def run(kit: ReplicaKit, vm: str, **create: object) -> str:
     """Create ``vm`` and bring it to running; its host."""
     kit.create(vm, **create)  # type: ignore[arg-type]
-    kit.beat_all()
-    kit.beat_all()
+    for _ in range(3):  # the copies are made, the VM is started, it runs
+        kit.beat_all()
     record = kit.vm(vm)
     assert record.state is VmState.RUNNING, record.reason
     assert record.host is not None
@@ -138,11 +139,10 @@ def run(kit: ReplicaKit, vm: str, **create: object) -> str:
 
 def kill(kit: ReplicaKit, host: str) -> None:
     """``host`` goes silent; the others keep reporting until it is declared dead."""
-    alive = [h for h in kit.domains if h != host]
-    del kit.domains[host]
+    kit.kill(host)
     for _ in range(8):
         kit.advance(1.0)
-        kit.beat_all(*alive)
+        kit.beat_all()
 
 
 def test_a_dead_hosts_copies_are_lost_and_its_vm_restarts_with_its_disks_on_a_copy_holder() -> None:
@@ -162,11 +162,10 @@ def test_no_event_of_a_failover_with_replicated_disks_says_rebuilt() -> None:
     kit = kit_of("fd-a", "fd-b", "fd-c")
     host = run(kit, "web", data_disks_mib=[512])
     events = []
-    alive = [h for h in kit.domains if h != host]
-    del kit.domains[host]
+    kit.kill(host)
     for _ in range(8):
         events += vm_events(kit.advance(1.0))
-        for h in alive:
+        for h in list(kit.domains):
             events += vm_events(kit.beat(h))
     reasons = [e.reason for e in events if e.name == "web"]
     assert any("restart" in r and "with its disks" in r for r in reasons), reasons
@@ -179,11 +178,10 @@ def test_a_vm_whose_every_copy_is_lost_fails_with_that_reason() -> None:
     record = kit.vm("web")
     holders = kit.copies("web")[0]
     for host in holders:
-        del kit.domains[host]
-    alive = list(kit.domains)
+        kit.kill(host)
     for _ in range(8):
         kit.advance(1.0)
-        kit.beat_all(*alive)
+        kit.beat_all()
     assert record.state is VmState.FAILED
     assert record.reason == f"every replica of disk {record.disks[0].disk_id} lost"
     # The last copy (the other was dropped when its host died first: it stopped being current
@@ -226,3 +224,112 @@ def test_deleting_a_vm_drops_its_copies_from_every_host() -> None:
     kit.beat_all()
     assert kit.vm("web").state is VmState.DELETED
     assert all(not kit.sent_sets[h].replicas for h in ("h1", "h2")), host
+
+
+# --------------------------------------------------------------------------- rebuilds
+
+
+def test_a_running_vms_lost_copy_is_rebuilt_in_an_unused_fault_domain_and_joins_it() -> None:
+    kit = kit_of("fd-a", "fd-b", "fd-c", storage={"rebuild_mib_per_s": 50.0})
+    host = run(kit, "web")
+    [other] = [h for h in kit.copies("web")[0] if h != host]
+    [spare] = [h for h in kit.domains if h not in (host, other)]
+    kill(kit, other)  # a copy holder dies; the VM keeps running on its host
+    record = kit.vm("web")
+    assert (record.state, record.host) == (VmState.RUNNING, host)
+    assert kit.copies("web", CopyState.CURRENT) == [[host]]
+    assert kit.copies("web", CopyState.JOINING) == [[spare]]
+    assert any(r.disk_id == record.disks[0].disk_id for r in kit.sent_sets[spare].replicas)
+    kit.beat(spare)  # made and ready: the VM's host is told to bring it in step
+    sets = [c for c in kit.sent(SetDiskReplicas, host) if isinstance(c, SetDiskReplicas)]
+    assert [r.host for r in sets[-1].joining] == [spare]
+    assert [r.host for r in sets[-1].replicas] == [host]
+    assert sets[-1].rebuild_mib_per_s == 50.0
+    kit.beat(host)
+    assert kit.copies("web", CopyState.JOINING) == [[spare]]  # not current before in step
+    kit.join("web")
+    kit.beat(host)
+    assert sorted(kit.copies("web", CopyState.CURRENT)[0]) == sorted([host, spare])
+    assert kit.state.disks.short_of(2) == []
+
+
+def test_a_stopped_vms_lost_copy_is_filled_from_a_current_one() -> None:
+    kit = kit_of("fd-a", "fd-b", "fd-c")
+    host = run(kit, "web")
+    kit.mutate(Op.STOP, VmRef(name="web"))
+    kit.beat_all()
+    assert kit.vm("web").state is VmState.STOPPED
+    [other] = [h for h in kit.copies("web")[0] if h != host]
+    [spare] = [h for h in kit.domains if h not in (host, other)]
+    kit.held_back[spare] = {d.disk_id for d in kit.vm("web").disks}  # copying takes a while
+    kill(kit, other)
+    assert kit.copies("web", CopyState.FILLING) == [[spare]]
+    [spec] = [r for r in kit.sent_sets[spare].replicas if r.vm == "web"]
+    assert spec.fill_from is not None and spec.fill_from.host == host
+    assert kit.copies("web", CopyState.CURRENT) == [[host]]  # not current while copying
+    kit.held_back[spare] = set()
+    kit.beat(spare)
+    assert sorted(kit.copies("web", CopyState.CURRENT)[0]) == sorted([host, spare])
+
+
+def test_rebuilds_onto_one_host_are_limited() -> None:
+    kit = kit_of("fd-a", "fd-b", "fd-c", storage={"max_rebuilds_per_host": 1})
+    for name in ("a", "b", "c"):
+        kit.create(name, storage=DiskStorage.REPLICATED)
+        kit.beat_all()
+        kit.beat_all()
+    kit.beat_all()
+    for name in ("a", "b", "c"):
+        kit.mutate(Op.STOP, VmRef(name=name))
+    kit.beat_all()
+    disks = {d.disk_id for name in ("a", "b", "c") for d in kit.vm(name).disks}
+    for host in kit.domains:
+        kit.held_back[host] = set(disks)  # every new copy takes a while
+    victim = "h1"
+    kill(kit, victim)
+    making = kit.state.disks.making
+    assert making and max(making.values()) <= 1
+    assert len(kit.state.disks.short_of(2)) >= 2  # the others wait their turn
+
+
+def test_stopped_then_started_a_replicated_vm_goes_where_a_copy_is_or_anywhere() -> None:
+    kit = kit_of("fd-a", "fd-b", "fd-c")
+    host = run(kit, "web")
+    kit.mutate(Op.STOP, VmRef(name="web"))
+    kit.beat_all()
+    holders = kit.copies("web")[0]
+    for holder in holders:
+        kit.host_op(Op.CORDON, holder)
+    kit.mutate(Op.START, VmRef(name="web"))
+    record = kit.vm("web")
+    [free] = [h for h in kit.domains if h not in holders]
+    assert record.host == free, record.reason  # not pinned: the copies are reached over NBD
+    kit.beat_all()
+    kit.beat_all()
+    assert kit.vm("web").state is VmState.RUNNING
+    start = started(kit, "web")
+    assert sorted(r.host for r in start.vm.disks[0].replicas) == sorted(holders)
+    assert host in holders
+
+
+def test_a_host_without_disk_room_takes_neither_the_vm_nor_a_copy() -> None:
+    kit = ReplicaKit()
+    kit.add_host("h1", "fd-a", capacity_mib=100)
+    kit.add_host("h2", "fd-b", capacity_mib=10_000)
+    kit.add_host("h3", "fd-c", capacity_mib=10_000)
+    kit.create("web", storage=DiskStorage.REPLICATED, data_disks_mib=[2048])
+    assert "h1" not in [h for hosts in kit.copies("web") for h in hosts]
+    assert kit.vm("web").host != "h1"
+    for host in ("h2", "h3"):
+        assert kit.state.disks.used_mib[kit.host(host).host_id] == 1024 + 2048
+
+
+def test_copies_that_do_not_fit_leave_the_vm_pending_with_the_reason() -> None:
+    kit = ReplicaKit()
+    kit.add_host("h1", "fd-a", capacity_mib=10_000)
+    kit.add_host("h2", "fd-b", capacity_mib=500)
+    kit.create("web", storage=DiskStorage.REPLICATED)
+    record = kit.vm("web")
+    assert record.state is VmState.PENDING
+    assert "no room for 2 copies" in record.reason
+    assert kit.state.disks.used_mib == {}
