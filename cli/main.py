@@ -156,6 +156,12 @@ def _add_vm_commands(commands: argparse._SubParsersAction[argparse.ArgumentParse
         metavar="SIZE",
         help="add an empty data disk, like 1G or 512M (repeatable)",
     )
+    create.add_argument(
+        "--storage",
+        choices=["replicated", "host-local"],
+        help="where its disks live: copies on hosts in distinct fault domains, or on its host "
+        "(default: the cluster's, replicated once it has hosts in enough fault domains)",
+    )
     netcmds.add_nic_options(create)
     create.set_defaults(handler=verbs.vm_create)
 

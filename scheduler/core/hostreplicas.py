@@ -154,7 +154,7 @@ def _became_ready(ctx: StepContext, host: HostId, disk_id: str) -> None:
         made = replace(copy, state=state, made=True)
         ctx.change_vm(record, disks=_with_copy(record, disk_id, host, made))
     if filled:
-        ctx.change_vm(record, reason=f"new copy of disk {disk_id} on {host} is current")
+        ctx.change_vm(record, reason=replicas.copies_current_reason([(disk_id, host)]))
         ctx.emit_vm(record)
     elif copy.state is CopyState.JOINING:
         replicas.push(ctx, record)

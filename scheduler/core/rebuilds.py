@@ -71,7 +71,7 @@ def rebuild(ctx: StepContext) -> None:
                 started.append(f"{disk.disk_id} on {copy.host}")
             disks.append(disk)
         if started:
-            why = f"making a new copy of disk {'; '.join(started)}"
+            why = f"{replicas.COPY_STARTED} {'; '.join(started)}"
             ctx.change_vm(record, disks=disks, reason=why)
             ctx.emit_vm(record)
 

@@ -44,6 +44,18 @@ from scheduler.state.storage import CopyRecord, CopyState, DiskRecord
 
 LOOPBACK = "127.0.0.1"
 WAITING = "waiting for its disk copies to be ready"
+COPY_STARTED = "making a new copy of disk"
+"""How a VM event's reason begins when new copies of its disks are started (one per disk,
+``; ``-separated); the metrics count them."""
+COPY_CURRENT = "new copy of disk"
+"""And when new copies became current (``... is current``)."""
+
+
+def copies_current_reason(done: list[tuple[str, HostId]]) -> str:
+    """The reason of a VM whose new copies (disk id, host) became current."""
+    return (
+        f"{COPY_CURRENT} " + "; ".join(f"{disk} on {host}" for disk, host in done) + " is current"
+    )
 
 
 # --------------------------------------------------------------------------- the kind
@@ -360,6 +372,6 @@ def _joined(ctx: StepContext, record: VmRecord, joined: dict[str, set[HostId]]) 
             ]
             disk = replace(disk, copies=copies)
         disks.append(disk)
-    done = "; ".join(f"{d} on {', '.join(sorted(h))}" for d, h in sorted(joined.items()) if h)
-    ctx.change_vm(record, disks=disks, reason=f"new disk copy in step: {done}")
+    done = [(disk, host) for disk, hosts in sorted(joined.items()) for host in sorted(hosts)]
+    ctx.change_vm(record, disks=disks, reason=copies_current_reason(done))
     ctx.emit_vm(record)

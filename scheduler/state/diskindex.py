@@ -45,6 +45,16 @@ class DiskShare:
             for _, _, copies in self.replicated
         )
 
+    @property
+    def fewest_current(self) -> int | None:
+        """The fewest current copies of its replicated disks; None without any."""
+        if not self.replicated:
+            return None
+        return min(
+            sum(state is CopyState.CURRENT for _, state in copies)
+            for _, _, copies in self.replicated
+        )
+
 
 def share_of(record: VmRecord | None) -> DiskShare | None:
     if record is None or record.state is VmState.DELETED:
@@ -69,6 +79,8 @@ class DiskIndex:
     """Hosts whose replica set may have changed since it was last computed."""
     by_copies: dict[int, dict[VmName, None]] = field(default_factory=dict)
     """VMs with replicated disks by the fewest live copies of one of their disks."""
+    by_current: dict[int, dict[VmName, None]] = field(default_factory=dict)
+    """The same by the fewest current copies (below the wanted count: degraded)."""
     making: dict[HostId, int] = field(default_factory=dict)
     """Per host, the copies being made there (filling or joining): rebuilds are limited."""
     copies_changed: set[HostId] = field(default_factory=set)
@@ -118,17 +130,18 @@ class DiskIndex:
         self.copies_changed.add(host)
 
     def _refile(self, name: VmName, old: DiskShare | None, new: DiskShare | None) -> None:
-        before = old.fewest if old is not None else None
-        after = new.fewest if new is not None else None
-        if before == after:
-            return
-        if before is not None:
-            bucket = self.by_copies[before]
-            bucket.pop(name, None)
-            if not bucket:
-                del self.by_copies[before]
-        if after is not None:
-            self.by_copies.setdefault(after, {})[name] = None
+        _move(
+            self.by_copies,
+            name,
+            old.fewest if old is not None else None,
+            new.fewest if new is not None else None,
+        )
+        _move(
+            self.by_current,
+            name,
+            old.fewest_current if old is not None else None,
+            new.fewest_current if new is not None else None,
+        )
 
     def replicas_on(self, host: HostId) -> int:
         return len(self.held.get(host, ()))
@@ -145,7 +158,21 @@ class DiskIndex:
     def same_as(self, other: DiskIndex) -> list[str]:
         """What differs from ``other`` (an index built afresh): [] when nothing does."""
         problems = []
-        for what in ("held", "used_mib", "by_copies", "making"):
+        for what in ("held", "used_mib", "by_copies", "by_current", "making"):
             if getattr(self, what) != getattr(other, what):
                 problems.append(what)
         return problems
+
+
+def _move(
+    buckets: dict[int, dict[VmName, None]], name: VmName, before: int | None, after: int | None
+) -> None:
+    if before == after:
+        return
+    if before is not None:
+        bucket = buckets[before]
+        bucket.pop(name, None)
+        if not bucket:
+            del buckets[before]
+    if after is not None:
+        buckets.setdefault(after, {})[name] = None

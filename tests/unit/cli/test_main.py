@@ -247,3 +247,16 @@ def test_usage_errors_are_json_under_output_json(capsys: pytest.CaptureFixture[s
     assert exc.value.code == 2
     error = json.loads(capsys.readouterr().err)["error"]
     assert error["code"] == "usage" and "lowercase letters" in error["detail"]
+
+
+@pytest.mark.parametrize(
+    ("given", "storage"),
+    [
+        (["--storage", "replicated"], "replicated"),
+        (["--storage", "host-local"], "host-local"),
+        ([], None),
+    ],
+    ids=["replicated", "host-local", "default"],
+)
+def test_vm_create_takes_a_storage_kind(given: list[str], storage: str | None) -> None:
+    assert parse("vm", "create", "w", "--size", "Small", *given)["storage"] == storage
