@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 
 from common.fields import ErrorCode
-from common.messages import DiskStorage, StartVm, VmRef, VmState
+from common.messages import CaptureVm, DiskStorage, StartVm, VmRef, VmState
 from common.replica_messages import ConfigureReplicas, SetDiskReplicas
-from scheduler.core.contract import Op
+from scheduler.core.contract import Mutation, Op
 from scheduler.state.storage import CopyState
 from tests.unit.scheduler.corekit import vm_events
 from tests.unit.scheduler.replkit import PORT, ReplicaKit
@@ -333,3 +333,19 @@ def test_copies_that_do_not_fit_leave_the_vm_pending_with_the_reason() -> None:
     assert record.state is VmState.PENDING
     assert "no room for 2 copies" in record.reason
     assert kit.state.disks.used_mib == {}
+
+
+def test_a_replicated_vm_is_captured_from_a_current_copy_not_its_host() -> None:
+    kit = kit_of("fd-a", "fd-b", "fd-c")
+    run(kit, "web")
+    kit.mutate(Op.STOP, VmRef(name="web"))
+    kit.beat_all()
+    holders = kit.copies("web")[0]
+    for holder in holders:
+        kit.host_op(Op.CORDON, holder)
+    kit.mutate(Op.START, VmRef(name="web"))
+    for _ in range(3):
+        kit.beat_all()
+    assert kit.vm("web").state is VmState.RUNNING and kit.vm("web").host not in holders
+    kit.step(Mutation(Op.CAPTURE, CaptureVm(name="web", image="golden"), next(kit.tokens)))
+    assert kit.state.images["golden"].capture_host in holders
