@@ -85,6 +85,8 @@ def _repeated(ctx: StepContext, existing: VmRecord, body: CreateVm, size: str) -
     region = networks.region_of(ctx.state, body.nics, body.region)
     spec = (existing.size, existing.image, existing.region, existing.availability_set)
     same = spec == (size, body.image, region, body.availability_set)
+    kinds = {disk.storage for disk in existing.disks}
+    same = same and (body.storage is None or kinds <= {body.storage})
     if same and networks.same_nics(existing, body.nics):
         return existing.name
     return vm_error(ErrorCode.CONFLICT, f"vm {existing.name!r} exists with a different spec")

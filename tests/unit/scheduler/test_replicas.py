@@ -349,3 +349,12 @@ def test_a_replicated_vm_is_captured_from_a_current_copy_not_its_host() -> None:
     assert kit.vm("web").state is VmState.RUNNING and kit.vm("web").host not in holders
     kit.step(Mutation(Op.CAPTURE, CaptureVm(name="web", image="golden"), next(kit.tokens)))
     assert kit.state.images["golden"].capture_host in holders
+
+
+def test_a_create_repeated_with_another_storage_kind_is_a_conflict() -> None:
+    kit = kit_of("fd-a", "fd-b")
+    kit.create("web", storage=DiskStorage.REPLICATED)
+    assert kit.create("web", storage=DiskStorage.REPLICATED).error is None
+    assert kit.create("web").error is None  # no kind asked for: the same VM
+    reply = kit.create("web", storage=DiskStorage.HOST_LOCAL)
+    assert reply.error is not None and reply.error.code is ErrorCode.CONFLICT
