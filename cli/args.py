@@ -9,6 +9,7 @@ from pathlib import Path
 
 from common.ids import vm_name_problem
 from common.sizes import parse_size_mib
+from common.spec_messages import DiskStorage
 
 
 def disk_size_mib(text: str) -> int:
@@ -70,3 +71,13 @@ def cidr(text: str) -> str:
 
 AUTO_HTTP = "auto"
 """``stratus up --http`` without an address: 127.0.0.1 from port 8080, or the first free run."""
+
+
+def storage_kind(text: str) -> DiskStorage:
+    """``replicated`` or ``host-local`` (``host_local`` too)."""
+    try:
+        return DiskStorage(text.replace("-", "_"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a storage kind: replicated or host-local"
+        ) from None

@@ -35,6 +35,7 @@ REQUEST_TIMEOUT_S = 10.0
 PASSTHROUGH = ("scheduler", "agent", "fenceguard")
 DEFAULT_HTTP_LISTEN = "127.0.0.1:8080"
 RETRY_HELP = "idempotency key: a retry with the same id returns the first result"
+STORAGE = "replicated (copies in distinct fault domains) or host-local; default: the cluster's"
 DRIVERS: tuple[str, ...] = typing.get_args(
     {field.name: field.type for field in msgspec.structs.fields(AgentConfig)}["driver"]
 )
@@ -156,6 +157,7 @@ def _add_vm_commands(commands: argparse._SubParsersAction[argparse.ArgumentParse
         metavar="SIZE",
         help="add an empty data disk, like 1G or 512M (repeatable)",
     )
+    create.add_argument("--storage", type=argtypes.storage_kind, metavar="KIND", help=STORAGE)
     netcmds.add_nic_options(create)
     create.set_defaults(handler=verbs.vm_create)
 

@@ -12,12 +12,13 @@ import msgspec
 from common import messages as m
 from common.image_messages import ImageInfo
 from common.network_messages import EndpointInfo, NicInfo, VnetInfo
+from common.replica_messages import ReplicaInfo
 from common.usage_messages import UsageReport
 
 Row = Sequence[str]
 
 VM_COLUMNS = ("NAME", "SIZE", "STATE", "HOST", "GEN", "REGION", "NETWORK/IP", "REASON")
-HOST_COLUMNS = ("HOST", "STATE", "REGION", "FD", "CPU", "MEM", "VMS", "AGE")
+HOST_COLUMNS = ("HOST", "STATE", "REGION", "FD", "CPU", "MEM", "DISK", "REPLICAS", "VMS", "AGE")
 SIZE_COLUMNS = ("NAME", "CORES", "MEM")
 
 
@@ -118,9 +119,17 @@ def host_row(host: m.HostInfo) -> Row:
         host.fault_domain,
         f"{cores(host.allocated.cpu_milli)}/{cores(host.capacity.cpu_milli)}",
         f"{gib(host.allocated.mem_mib)}/{gib(host.capacity.mem_mib)}",
+        disk_use(host),
+        str(host.replicas),
         str(host.vms),
         age(host.last_heartbeat_age_s),
     )
+
+
+def disk_use(host: m.HostInfo) -> str:
+    """Disk space used / reported, in GiB (``-`` for a host that reports none)."""
+    capacity = gib(host.disk_capacity_mib) if host.disk_capacity_mib else "-"
+    return f"{gib(host.disk_used_mib)}/{capacity}"
 
 
 def host_table(hosts: Sequence[m.HostInfo]) -> str:
@@ -250,8 +259,16 @@ def image_table(images: Sequence[ImageInfo]) -> str:
 def disk_line(disk: m.DiskInfo) -> str:
     size = "image size" if disk.size_mib == 0 else f"{gib(disk.size_mib)} GiB"
     where = f" on {disk.host}" if disk.host else ""
+    if disk.replicas:
+        where = ": " + ", ".join(copy_phrase(copy) for copy in disk.replicas)
     image = f" from {disk.image}" if disk.image else ""
     return f"{disk.disk_id} ({disk.kind}, {size}{image}, {disk.storage}{where})"
+
+
+def copy_phrase(copy: ReplicaInfo) -> str:
+    """``h2 current``, ``h3 joining 40%``."""
+    progress = f" {copy.progress:.0%}" if copy.progress else ""
+    return f"{copy.host} {copy.state}{progress}"
 
 
 DISK_COLUMNS = ("VM", "DISK", "KIND", "SIZE", "IMAGE", "STORAGE", "HOST")
@@ -274,7 +291,7 @@ def disk_table(vms: Sequence[m.VmInfo]) -> str:
             disk_size(disk.size_mib),
             _dash(disk.image),
             str(disk.storage),
-            _dash(disk.host),
+            ",".join(copy.host for copy in disk.replicas) or _dash(disk.host),
         )
         for vm in sorted(vms, key=lambda vm: vm.name)
         for disk in vm.disks
@@ -292,6 +309,7 @@ class VmDisk(msgspec.Struct, kw_only=True):
     image: str
     storage: str
     host: str | None
+    replicas: list[ReplicaInfo] = []
 
 
 def disks_json(vms: Sequence[m.VmInfo]) -> str:

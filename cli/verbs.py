@@ -95,6 +95,7 @@ async def vm_create(client: StratusClient, args: argparse.Namespace) -> Outcome:
         request_id=args.request_id,
         data_disks_mib=args.data_disk or [],
         nics=args.nics or [],
+        storage=args.storage,
     )
     existed = await _exists(client, args.name)
     vm = await client.create_vm(request)

@@ -69,6 +69,21 @@ class RebalanceConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Hosts a round tries to empty (binpack) or relieve (spread): bounds a round's work."""
 
 
+class StorageConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Where VMs' disks live (docs/operations.md, Storage): host-local files, or replicated
+    copies on hosts in distinct fault domains (common/replica_messages.py)."""
+
+    default_kind: Literal["auto", "host_local", "replicated"] = "auto"
+    """For VMs created without a storage kind. ``auto``: replicated once the cluster has up
+    hosts in at least ``replicas`` distinct fault domains, else host-local."""
+    replicas: Annotated[int, msgspec.Meta(ge=2, le=3)] = 2
+    """Copies of every replicated disk, each in its own fault domain."""
+    rebuild_mib_per_s: Annotated[float, msgspec.Meta(gt=0)] = 200.0
+    """A lost copy is made again on another host at most this fast (per copy)."""
+    max_rebuilds_per_host: Annotated[int, msgspec.Meta(ge=1)] = 2
+    """Copies being filled at once from or onto one host."""
+
+
 class SchedulerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     nats_url: str = "nats://127.0.0.1:4222"
     nats_creds: str = ""
@@ -151,6 +166,8 @@ class SchedulerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     as in DEFAULT_PRICES, or 0 if it has no default."""
     rebalance: RebalanceConfig = msgspec.field(default_factory=RebalanceConfig)
     """Live migrations that consolidate (binpack) or even out (spread) the hosts."""
+    storage: StorageConfig = msgspec.field(default_factory=StorageConfig)
+    """Disk storage kinds and the replicas of replicated disks."""
 
     def __post_init__(self) -> None:
         if self.dead_after_s < self.fence_after_s + FENCE_MARGIN_S:
@@ -210,6 +227,12 @@ class AgentConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """The IPv4 address other hosts reach this one at (VXLAN between hosts, endpoints); empty:
     none, so this host's VMs reach no VM on another host and its endpoints have no address.
     ``stratus up`` gives its agents 127.0.0.1."""
+    replica_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 10809
+    """The NBD port of this host's replica server (on ``underlay_ip``) serving the disk
+    replicas it holds; 0: any free port (tests)."""
+    disk_capacity: str = ""
+    """Space for disks and replicas like ``500g``; empty: the size of the data directory's
+    file system, measured at start."""
     # --- the qemu driver
     boot_dir: str = ""
     """The boot kit (``deploy/images/build-tiny.sh OUT_DIR``): ``vmlinux``, ``initramfs.gz`` and

@@ -44,6 +44,13 @@ from common.network_messages import (
     NicInfo,
     NicRequest,
 )
+from common.replica_messages import (
+    ConfigureReplicas,
+    DiskReplicas,
+    ReplicaInfo,
+    ReplicaStatus,
+    SetDiskReplicas,
+)
 from common.resources import Resources
 from common.spec_messages import (
     DiskKind as DiskKind,
@@ -93,9 +100,12 @@ class CreateVm(msgspec.Struct, kw_only=True):
     availability_set: ShortText | None = None
     request_id: RequestId | None = None
     data_disks_mib: Annotated[list[DiskSizeMib], msgspec.Meta(max_length=MAX_DATA_DISKS)] = []
-    """Sizes of empty data disks to give the VM (host-local, like its OS disk)."""
+    """Sizes of empty data disks to give the VM (stored like its OS disk)."""
     nics: Annotated[list[NicRequest], msgspec.Meta(max_length=MAX_NICS)] = []
     """The VM's network interfaces, in order; empty: a VM without a network."""
+    storage: DiskStorage | None = None
+    """Where its disks live; None: the cluster's default (``[storage]`` in the scheduler's
+    config: replicated once there are enough fault domains, else host-local)."""
 
 
 class VmRef(msgspec.Struct, kw_only=True):
@@ -176,6 +186,12 @@ class HostInfo(msgspec.Struct, kw_only=True):
     """VMs of a draining host not yet running on another host."""
     migrations: int = 0
     """Live migrations under way from or to this host."""
+    disk_capacity_mib: int = 0
+    """Space for disks on this host as its agent reports it; 0: not reported."""
+    disk_used_mib: int = 0
+    """Space its disks and replicas take (their full size)."""
+    replicas: int = 0
+    """Disk replicas this host holds."""
 
 
 class VmReply(msgspec.Struct, omit_defaults=True, gc=False):
@@ -263,8 +279,18 @@ class CaptureDisk(msgspec.Struct, tag="capture_disk", kw_only=True):
 MigrationCommand = PrepareIncoming | MigrateOut | CancelMigration | FinishIncoming
 """The live-migration commands (common/migration_messages.py)."""
 
+ReplicaCommand = ConfigureReplicas | SetDiskReplicas
+"""The replicated-disk commands (common/replica_messages.py)."""
+
 AgentCommand = (
-    StartVm | StopVm | DeleteVm | ResumeVm | CaptureDisk | ConfigureNetworks | MigrationCommand
+    StartVm
+    | StopVm
+    | DeleteVm
+    | ResumeVm
+    | CaptureDisk
+    | ConfigureNetworks
+    | MigrationCommand
+    | ReplicaCommand
 )
 
 
@@ -301,6 +327,8 @@ class ObservedVm(msgspec.Struct, kw_only=True, gc=False):
     retryable: bool = False
     migration: MigrationReport | None = None
     """The VM's side of a live migration attempt, while one runs or until the next command."""
+    disks: list[DiskReplicas] = []
+    """Its replicated disks: which copies it writes to, joins or has seen fail."""
 
     @property
     def resources(self) -> Resources:
@@ -334,6 +362,14 @@ class Heartbeat(msgspec.Struct, kw_only=True):
     """The host's address on the network between hosts (``--underlay-ip``); empty: unknown."""
     network_digest: DigestField = ""
     """The ``ConfigureNetworks.digest`` this host has applied; empty: none yet."""
+    disk_capacity_mib: Annotated[int, msgspec.Meta(ge=0)] = 0
+    """Space for disks and replicas on this host; 0: not reported (not limited)."""
+    replica_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0
+    """The port of this host's replica server on ``underlay_ip``; 0: it serves no replicas."""
+    replica_digest: DigestField = ""
+    """The ``ConfigureReplicas.digest`` this host has applied; empty: none yet."""
+    replicas: list[ReplicaStatus] = []
+    """The replicas of the applied set that are not ready (creating, filling, failed)."""
 
 
 class HeartbeatAck(msgspec.Struct, kw_only=True):
@@ -436,6 +472,8 @@ class DiskInfo(msgspec.Struct, kw_only=True, gc=False):
     storage: DiskStorage = DiskStorage.HOST_LOCAL
     host: str | None = None
     """Host-local disks: the host holding the file (None until the VM first ran)."""
+    replicas: list[ReplicaInfo] = []
+    """Replicated disks: each copy, where it lives and how it stands."""
 
 
 class AttachDisk(msgspec.Struct, kw_only=True):

@@ -9,6 +9,7 @@ import msgspec
 
 from common.fields import VmNameField
 from common.network_messages import NicSpec
+from common.replica_messages import ReplicaRef
 
 
 class DiskKind(StrEnum):
@@ -19,10 +20,13 @@ class DiskKind(StrEnum):
 
 
 class DiskStorage(StrEnum):
-    """Where a disk's bytes live. Only host-local storage exists so far: the disk is a file on
-    one host and is gone with it. Shared storage (reachable from every host) is a later kind."""
+    """Where a disk's bytes live."""
 
     HOST_LOCAL = "host_local"
+    """A file on the one host that first ran the VM; gone with that host."""
+    REPLICATED = "replicated"
+    """N synchronous copies on hosts in distinct fault domains, each served over NBD
+    (common/replica_messages.py); the VM may run on any host and survives N-1 copies lost."""
 
 
 class DiskSpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -38,6 +42,9 @@ class DiskSpec(msgspec.Struct, frozen=True, kw_only=True):
     image_sha256: str = ""
     """OS disks: the image's digest in the gallery; empty means the host's built-in copy."""
     storage: DiskStorage = DiskStorage.HOST_LOCAL
+    replicas: list[ReplicaRef] = []
+    """Replicated disks: the current copies, the VM's own host's first if it holds one. The VM
+    writes to every one of them and to no other copy."""
 
 
 class VmSpec(msgspec.Struct, frozen=True, kw_only=True):

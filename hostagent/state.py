@@ -44,6 +44,7 @@ from common.messages import (
 )
 from common.migration_messages import CancelMigration, FinishIncoming, MigrateOut
 from common.network_messages import ConfigureNetworks
+from common.replica_messages import ConfigureReplicas, SetDiskReplicas
 from hostagent.claim import HostClaim
 from hostagent.epoch import EpochGate, from_leader
 from hostagent.execlog import ExecEvent
@@ -263,7 +264,9 @@ class AgentState:
         touched: dict[str, None] = {}
         for config in (c for c in commands if isinstance(c, ConfigureNetworks)):
             self.net.receive(config, out)  # before the starts of the batch that need it
-        for command in (c for c in commands if not isinstance(c, ConfigureNetworks)):
+        for command in commands:
+            if isinstance(command, ConfigureNetworks | ConfigureReplicas | SetDiskReplicas):
+                continue  # replicated disks: handled with the replica server (not yet here)
             if isinstance(command, CancelMigration):
                 self.mig.cancel(command, out)
                 continue

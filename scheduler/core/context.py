@@ -35,6 +35,7 @@ from common.messages import (
     VmState,
 )
 from common.network_messages import ConfigureNetworks, EndpointInfo, NicInfo
+from common.replica_messages import ConfigureReplicas, SetDiskReplicas
 from scheduler.core import transitions
 from scheduler.core.contract import Action, Emit, Now, Reply, SendCommands
 from scheduler.core.views import migration_info
@@ -56,15 +57,21 @@ KEEP: Final = Keep.KEEP
 NETWORKS_KEY: Final = VmName("*networks")
 """What a host's ``ConfigureNetworks`` is remembered under in ``Carry.sent`` (no VM is named
 so: ``*`` is not allowed in VM names)."""
+REPLICAS_KEY: Final = VmName("*replicas")
+"""And a host's ``ConfigureReplicas``."""
 
 
 def command_key(command: AgentCommand) -> VmName:
-    """Which earlier command a command replaces (for resend suppression): the VM's, or the
-    host's network configuration."""
+    """Which earlier command a command replaces (for resend suppression): the VM's, the
+    copy set of one of its disks, or the host's network or replica configuration."""
     if isinstance(command, StartVm | PrepareIncoming):
         return VmName(command.vm.name)
     if isinstance(command, ConfigureNetworks):
         return NETWORKS_KEY
+    if isinstance(command, ConfigureReplicas):
+        return REPLICAS_KEY
+    if isinstance(command, SetDiskReplicas):
+        return VmName(f"{command.name}*{command.disk_id}")
     return VmName(command.name)
 
 
@@ -84,6 +91,8 @@ class Carry:
     networks: dict[HostId, ConfigureNetworks] = field(default_factory=dict)
     """Each host's desired network configuration as last computed (scheduler/core/hostnets.py);
     a host missing here has it computed when next needed."""
+    replicas: dict[HostId, ConfigureReplicas] = field(default_factory=dict)
+    """Each host's desired replica set as last computed (scheduler/core/hostreplicas.py)."""
     rebalance_queue: list[Move] = field(default_factory=list)
     """Moves the rebalancer planned that wait for a migration slot."""
     rebalance_budget: MigrationBudget | None = None

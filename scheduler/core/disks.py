@@ -2,8 +2,10 @@
 detach operations. Pure.
 
 Every VM gets an OS disk (a qcow2 overlay of its image, made by the agent when the VM first
-starts on a host) and the data disks asked for. Disks are host-local: the host they were made on
-holds them, so a VM that ran once is *pinned* to that host (stop/start keeps its disks). When
+starts on a host) and the data disks asked for. Replicated disks live in copies on several
+hosts (scheduler/core/replicas.py); what follows is about host-local disks. Disks are
+host-local: the host they were made on holds them, so a VM that ran once is *pinned* to that
+host (stop/start keeps its disks). When
 that host is down (or a drain moves the VM off it), the disks are gone with it: the VM is
 *rebuilt* — new disk ids, the OS disk from its image again, the data disks empty — and placed
 anywhere. Disk ids embed the VM's generation and a serial, so a rebuilt or re-created disk never
@@ -18,11 +20,19 @@ from msgspec.structs import replace
 
 from common.fields import ErrorCode
 from common.ids import HostId, VmName
-from common.messages import AttachDisk, DeleteVm, DetachDisk, DiskKind, VmReply, VmState
+from common.messages import (
+    AttachDisk,
+    DeleteVm,
+    DetachDisk,
+    DiskKind,
+    DiskStorage,
+    VmReply,
+    VmState,
+)
 from scheduler.core.context import StepContext
 from scheduler.core.views import vm_error
 from scheduler.state.model import HostRecord, VmRecord
-from scheduler.state.storage import DiskRecord
+from scheduler.state.storage import DiskRecord, ImageRecord, mib_of
 
 MAX_DATA_DISKS = 8
 
@@ -37,7 +47,11 @@ def disk_id(name: VmName, generation: int, kind: DiskKind, serial: int) -> str:
 
 
 def initial_disks(
-    name: VmName, generation: int, image: str, image_sha256: str, data_mib: list[int]
+    name: VmName,
+    generation: int,
+    image: ImageRecord,
+    data_mib: list[int],
+    storage: DiskStorage = DiskStorage.HOST_LOCAL,
 ) -> tuple[list[DiskRecord], int]:
     """The OS disk of ``image`` then one data disk per size (none made on a host yet), and
     the disk serial after them."""
@@ -45,8 +59,10 @@ def initial_disks(
         DiskRecord(
             disk_id=disk_id(name, generation, DiskKind.OS, 1),
             kind=DiskKind.OS,
-            image=image,
-            image_sha256=image_sha256,
+            image=image.name,
+            image_sha256=image.sha256,
+            storage=storage,
+            image_mib=mib_of(image.size_bytes),
         )
     ]
     disks += [
@@ -54,6 +70,7 @@ def initial_disks(
             disk_id=disk_id(name, generation, DiskKind.DATA, serial),
             kind=DiskKind.DATA,
             size_mib=mib,
+            storage=storage,
         )
         for serial, mib in enumerate(data_mib, start=2)
     ]
@@ -91,6 +108,7 @@ def rebuilt(record: VmRecord) -> tuple[list[DiskRecord], int]:
                 image=old.image,
                 image_sha256=old.image_sha256,
                 storage=old.storage,
+                image_mib=old.image_mib,
             )
         )
     return disks, serial
@@ -107,20 +125,25 @@ def rebuild_reason(record: VmRecord, host: HostId) -> str:
 
 
 def settled(record: VmRecord, host: HostId) -> list[DiskRecord] | None:
-    """The disks once the VM runs on ``host`` (they exist there now); None if unchanged."""
-    if all(d.host is not None for d in record.disks):
+    """The disks once the VM runs on ``host`` (its host-local ones exist there now); None if
+    unchanged. Replicated disks live in their copies, never on the VM's host as such."""
+    if all(d.host is not None or d.replicated for d in record.disks):
         return None
-    return [replace(d, host=d.host or host) for d in record.disks]
+    return [d if d.replicated else replace(d, host=d.host or host) for d in record.disks]
 
 
 def attached(record: VmRecord, size_mib: int) -> tuple[list[DiskRecord], int]:
-    """The disks with one more empty data disk (made where the others are), and the serial."""
+    """The disks with one more empty data disk (stored as the others are: made where the
+    host-local ones are, or replicated, its copies placed when the VM is next placed), and the
+    serial."""
     serial = record.disk_serial + 1
+    storage = record.disks[0].storage if record.disks else DiskStorage.HOST_LOCAL
     disk = DiskRecord(
         disk_id=disk_id(record.name, record.generation, DiskKind.DATA, serial),
         kind=DiskKind.DATA,
         size_mib=size_mib,
         host=disk_host(record),
+        storage=storage,
     )
     return [*record.disks, disk], serial
 

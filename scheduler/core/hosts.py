@@ -30,10 +30,12 @@ from scheduler.core import (
     disks,
     drain,
     hostnets,
+    hostreplicas,
     lifecycle,
     migration_flow,
     migrations,
     networks,
+    replicas,
     views,
 )
 from scheduler.core.context import StepContext
@@ -59,8 +61,10 @@ def heartbeat(ctx: StepContext, hb: Heartbeat, token: int, scheduler_id: str) ->
     reconcile = _learn(ctx, host, hb, runtime)
     ctx.actions.append(Ack(token, _ack(ctx, hb, runtime, scheduler_id)))
     if (runtime.boot_id, runtime.last_seq) == (hb.boot_id, hb.seq) and host in ctx.state.hosts:
-        # Taken in: the host's networks first, so that a StartVm the reconcile sends finds them.
+        # Taken in: the host's networks first, so that a StartVm the reconcile sends finds them;
+        # then its replicas (what is ready may let a VM start).
         hostnets.heartbeat(ctx, host, hb.network_digest)
+        hostreplicas.heartbeat(ctx, host, hb)
     if reconcile:
         _reconcile(ctx, host, runtime)
 
@@ -133,16 +137,19 @@ def _reconcile(ctx: StepContext, host: HostId, runtime: HostRuntime) -> None:
     state.touched_hosts.discard(host)
     assigned = {name: state.vms[name] for name in state.by_host.get(host, ())}
     incoming = {name: _attempt(state.vms[name]) for name in state.incoming.get(host, ())}
-    result = reconcile_host(host, assigned, runtime.observed, incoming)
+    spec = replicas.start_spec(state)
+    result = reconcile_host(host, assigned, runtime.observed, incoming, spec)
     orphaned = sum((vm.resources for vm in result.orphans), ZERO)
     if orphaned != runtime.orphaned:
         runtime.orphaned = orphaned
         state.stale_views.add(host)
         ctx.capacity_changed()
-    runtime.settled = not result.transitions and not result.commands
+    runtime.settled = not result.transitions and not result.commands and not result.waiting
     for transition in result.transitions:
         _apply(ctx, transition, host)
     ctx.send(host, result.commands)
+    if state.disks.held or state.disks.by_copies:
+        replicas.observe(ctx, host, runtime.observed)
     if state.migrating and migration_flow.observe(ctx, host, runtime.observed):
         runtime.settled = False  # a migration follows every report of its hosts
 
@@ -186,6 +193,8 @@ def _register(ctx: StepContext, host: HostId, hb: Heartbeat) -> None:
         drain_reported=record.drain_reported if record else None,
         underlay_ip=hb.underlay_ip,
         drain_cold=record.drain_cold if record else False,
+        replica_port=hb.replica_port,
+        disk_capacity_mib=hb.disk_capacity_mib,
     )
     if record == fresh:
         return
@@ -194,6 +203,11 @@ def _register(ctx: StepContext, host: HostId, hb: Heartbeat) -> None:
     ctx.views.forget_empty()
     if record is None or not record.up or record.underlay_ip != fresh.underlay_ip:
         networks.host_moved(ctx, host)
+    if record is not None and (record.underlay_ip, record.replica_port) != (
+        fresh.underlay_ip,
+        fresh.replica_port,
+    ):
+        hostreplicas.hosts_moved(ctx)
     if record is None or not record.up:
         reason = "registered" if record is None else "heartbeats resumed"
         _emit_host(ctx, host, HostState.UP, reason)
@@ -208,7 +222,7 @@ def _apply(ctx: StepContext, transition: Transition, host: HostId) -> None:
             ctx.change_vm(
                 record,
                 state=VmState.RUNNING,
-                reason="",
+                reason=_running_reason(record),
                 recovering=False,
                 start_attempts=0,
                 failed_hosts=[],
@@ -230,6 +244,13 @@ def _apply(ctx: StepContext, transition: Transition, host: HostId) -> None:
             else:
                 lifecycle.release(ctx, record, VmState.FAILED, why)
                 ctx.change_vm(record, start_attempts=attempts)
+
+
+def _running_reason(record: VmRecord) -> str:
+    """Why a VM is running: after a host's death, with its disks if they are replicated."""
+    if record.recovering and replicas.is_replicated(record):
+        return "restarted with its disks"
+    return ""
 
 
 # --------------------------------------------------------------------------- liveness
@@ -254,6 +275,9 @@ def _declare_dead(ctx: StepContext, host: HostId) -> None:
     runtime.observed = {}
     runtime.inventory_digest = ""
     runtime.network_digest = ""
+    runtime.replica_digest = ""
+    runtime.replicas_held, runtime.replicas_unready = frozenset(), {}
+    runtime.replicas_known = False
     runtime.settled = False
     runtime.orphaned = ZERO
     state.stale_views.add(host)
@@ -268,7 +292,10 @@ def _declare_dead(ctx: StepContext, host: HostId) -> None:
             lifecycle.deleted(ctx, vm, why)
         else:
             ctx.change_vm(vm, state=VmState.LOST, reason=why, recovering=True)
-            lifecycle.release(ctx, vm, VmState.PENDING, f"{why}; re-placing")
+            again = "; restarting with its disks" if replicas.is_replicated(vm) else "; re-placing"
+            lifecycle.release(ctx, vm, VmState.PENDING, why + again)
+    # Its disk copies are lost with it (a VM left with no current copy of a disk fails).
+    replicas.host_lost(ctx, host)
     ctx.forget_sent(host)
 
 
@@ -349,6 +376,8 @@ def host_info(ctx: StepContext, host: HostId) -> HostInfo:
         ctx.now.mono_s,
         drain_remaining=drain_remaining(ctx, host),
         migrations=migrations.in_flight(state)[host] if state.migrating else 0,
+        disk_used_mib=state.disks.used_mib.get(host, 0),
+        replicas=state.disks.replicas_on(host),
     )
 
 

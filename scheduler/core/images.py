@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from common.fields import ErrorCode
-from common.ids import VmName
+from common.ids import HostId, VmName
 from common.image_messages import (
     ImageCaptured,
     ImageInfo,
@@ -27,7 +27,7 @@ from scheduler.core import lifecycle
 from scheduler.core.context import StepContext
 from scheduler.core.contract import BuiltinImage, DropImageObject
 from scheduler.core.views import image_error, image_info, vm_error
-from scheduler.state.storage import ImageRecord
+from scheduler.state.storage import DiskRecord, ImageRecord
 
 BUILTIN_IMAGE = "tiny"
 DELETED = "deleted"
@@ -176,12 +176,19 @@ def capture(ctx: StepContext, body: CaptureVm) -> VmName | VmReply:
             reason=f"capturing vm {record.name}",
             created_at=ctx.now.wall,
             capture_disk=os_disk.disk_id,
-            capture_host=os_disk.host or record.host,
+            capture_host=os_disk.host or _copy_holder(os_disk, record.host) or record.host,
         ),
     )
     lifecycle.stop(ctx, record)
     ctx.change_vm(record, reason=f"stopping to capture into image {body.image}")
     return record.name
+
+
+def _copy_holder(disk: DiskRecord, own: HostId | None) -> HostId | None:
+    """A replicated disk is captured from one of its current copies (the VM's host's, if it
+    holds one): that host's replica server has the file."""
+    current = disk.copy_hosts()
+    return own if own in current else next(iter(current), None)
 
 
 def progress_captures(ctx: StepContext) -> None:

@@ -27,9 +27,8 @@ from common.migration_messages import (
     MigrationReport,
     MigrationStatus,
 )
-from scheduler.core import hostnets, lifecycle, networks
+from scheduler.core import hostnets, lifecycle, networks, replicas
 from scheduler.core.context import StepContext
-from scheduler.core.reconciler import spec_of
 from scheduler.state.model import MigrationRecord, VmRecord
 
 Phase = MigrationPhase
@@ -42,7 +41,9 @@ def prepare(ctx: StepContext, record: VmRecord, migration: MigrationRecord) -> N
     target = migration.target
     config = hostnets.due(ctx, target, hostnets.PeerLists(ctx.state))
     prepare = PrepareIncoming(
-        vm=spec_of(record), generation=migration.attempt, source=migration.source
+        vm=replicas.vm_spec(ctx.state, record, own=target),
+        generation=migration.attempt,
+        source=migration.source,
     )
     ctx.send(target, [*config, prepare])
 

@@ -6,7 +6,7 @@ lost command or report only delays convergence by one heartbeat.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -53,6 +53,12 @@ class HostReconcile:
     commands: list[AgentCommand] = field(default_factory=list)
     orphans: list[ObservedVm] = field(default_factory=list)
     """VMs on the host that are not desired there (stale copies being destroyed)."""
+    waiting: list[VmName] = field(default_factory=list)
+    """VMs to start that may not start yet (their disk copies are not ready)."""
+
+
+SpecOf = Callable[[VmRecord], VmSpec | None]
+"""The spec a VM starts with; None while it may not start yet."""
 
 
 def spec_of(record: VmRecord) -> VmSpec:
@@ -65,6 +71,7 @@ def reconcile_host(
     assigned: Mapping[VmName, VmRecord],
     observed: Mapping[VmName, ObservedVm],
     incoming: Mapping[VmName, int] | None = None,
+    start_spec: SpecOf = spec_of,
 ) -> HostReconcile:
     """Compare the VMs assigned to ``host`` (desired) with its inventory (observed).
 
@@ -72,12 +79,13 @@ def reconcile_host(
     ``incoming`` the attempt numbers of the live migrations coming to it (their copies here,
     at exactly that generation, are the migrations' to manage: scheduler/core/migrations.py).
     Every other observed VM that is not one of them, or is an older generation, is stale: only
-    the scheduler's word destroys it, and this is that word.
+    the scheduler's word destroys it, and this is that word. ``start_spec`` gives the spec of
+    a VM to start (None: not yet, it waits).
     """
     result = HostReconcile()
     expected = incoming or {}
     for name, record in assigned.items():
-        _reconcile_assigned(record, observed.get(name), result)
+        _reconcile_assigned(record, observed.get(name), result, start_spec)
     for name, seen in observed.items():
         mine = assigned.get(name)
         if mine is None and expected.get(name) == seen.generation:
@@ -88,7 +96,9 @@ def reconcile_host(
     return result
 
 
-def _reconcile_assigned(record: VmRecord, seen: ObservedVm | None, out: HostReconcile) -> None:
+def _reconcile_assigned(
+    record: VmRecord, seen: ObservedVm | None, out: HostReconcile, start_spec: SpecOf
+) -> None:
     gen = record.generation
     if seen is not None and seen.generation > gen:
         return  # a newer copy than we know of cannot be ours: destroyed as an orphan first
@@ -105,13 +115,21 @@ def _reconcile_assigned(record: VmRecord, seen: ObservedVm | None, out: HostReco
             elif seen.generation <= gen:
                 out.commands.append(DeleteVm(name=record.name, generation=gen))
         case VmState.SCHEDULED | VmState.STARTING | VmState.RUNNING:
-            _reconcile_wanted_running(record, current, out)
+            _reconcile_wanted_running(record, current, out, start_spec)
         case _:
             pass
 
 
+def _start(record: VmRecord, out: HostReconcile, start_spec: SpecOf) -> None:
+    spec = start_spec(record)
+    if spec is None:
+        out.waiting.append(record.name)
+    else:
+        out.commands.append(StartVm(vm=spec, generation=record.generation))
+
+
 def _reconcile_wanted_running(
-    record: VmRecord, current: ObservedVm | None, out: HostReconcile
+    record: VmRecord, current: ObservedVm | None, out: HostReconcile, start_spec: SpecOf
 ) -> None:
     name, gen = record.name, record.generation
     if current is None:
@@ -120,7 +138,7 @@ def _reconcile_wanted_running(
                 Transition(name, Outcome.VANISHED, "vm vanished from its host; starting it again")
             )
         # An older copy, if any, is replaced by the agent when it executes StartVm.
-        out.commands.append(StartVm(vm=spec_of(record), generation=gen))
+        _start(record, out, start_spec)
         return
     match current.state:
         case ObservedState.STARTING:
@@ -138,7 +156,7 @@ def _reconcile_wanted_running(
             )
             out.commands.append(DeleteVm(name=name, generation=gen))
         case ObservedState.STOPPING | ObservedState.STOPPED:
-            out.commands.append(StartVm(vm=spec_of(record), generation=gen))
+            _start(record, out, start_spec)
         case ObservedState.INCOMING:
             # A migrated VM whose switchover is stored (it is this host's at this generation):
             # the destination may let it run now.

@@ -42,12 +42,14 @@ from common.network_messages import AddEndpoint, CreateVnet, RemoveEndpoint, Vne
 from scheduler.core import (
     disks,
     hostnets,
+    hostreplicas,
     hosts,
     images,
     migration_flow,
     migrations,
     networks,
     rebalancing,
+    rebuilds,
     requests,
     vms,
 )
@@ -164,8 +166,10 @@ class SchedulerCore:
             hosts.progress_drains(ctx)
         if ticked:
             rebalancing.rebalance(ctx)
+            rebuilds.rebuild(ctx)
         vms.place_pending(ctx, everything=ticked and self.carry.capacity_changed)
         hostnets.flush(ctx, peers_too=ticked)
+        hostreplicas.flush(ctx)
         self._answer_all(ctx, answers)
         return self._result(ctx)
 

@@ -8,6 +8,7 @@ from common.fields import ErrorBody, ErrorCode
 from common.image_messages import ImageInfo, ImageReply
 from common.messages import HostInfo, HostReply, HostState, VmInfo, VmReply
 from common.migration_messages import MigrationInfo
+from common.replica_messages import ReplicaInfo
 from common.resources import ZERO, Resources
 from scheduler.state.model import HostRecord, HostRuntime, MigrationRecord, VmRecord
 from scheduler.state.storage import ImageRecord
@@ -26,8 +27,12 @@ def host_error(code: ErrorCode, detail: str) -> HostReply:
 
 
 def vm_info(record: VmRecord) -> VmInfo:
-    """The record as the API shows it (its disks as ``DiskInfo``)."""
-    return msgspec.convert(record, VmInfo, from_attributes=True)
+    """The record as the API shows it (its disks as ``DiskInfo``, with their copies)."""
+    info = msgspec.convert(record, VmInfo, from_attributes=True)
+    for shown, disk in zip(info.disks, record.disks, strict=True):
+        if disk.copies:
+            shown.replicas = [ReplicaInfo(host=c.host, state=c.state.value) for c in disk.copies]
+    return info
 
 
 def migration_info(record: MigrationRecord) -> MigrationInfo:
@@ -56,6 +61,8 @@ def host_info(
     *,
     drain_remaining: int = 0,
     migrations: int = 0,
+    disk_used_mib: int = 0,
+    replicas: int = 0,
 ) -> HostInfo:
     return HostInfo(
         host_id=record.host_id,
@@ -74,4 +81,7 @@ def host_info(
         drain_remaining=drain_remaining,
         underlay_ip=record.underlay_ip or None,
         migrations=migrations,
+        disk_capacity_mib=record.disk_capacity_mib,
+        disk_used_mib=disk_used_mib,
+        replicas=replicas,
     )

@@ -12,13 +12,19 @@ from common.fields import ErrorCode
 from common.ids import HostId, VmName
 from common.messages import AgentCommand, CreateVm, StartVm, VmReply, VmState
 from common.sizes import find_size
-from scheduler.core import disks, hostnets, images, lifecycle, migration_flow, networks
+from scheduler.core import (
+    disks,
+    hostnets,
+    images,
+    lifecycle,
+    migration_flow,
+    networks,
+    replicas,
+)
 from scheduler.core.context import StepContext
 from scheduler.core.contract import Op
-from scheduler.core.reconciler import spec_of
 from scheduler.core.views import vm_error
-from scheduler.placement.index import place_on_index
-from scheduler.placement.pipeline import Placed, could_ever_fit
+from scheduler.placement.pipeline import Placed, Unplaceable, could_ever_fit
 from scheduler.state.model import PlacementRequest, VmRecord
 
 
@@ -45,10 +51,11 @@ def create(ctx: StepContext, body: CreateVm) -> VmName | VmReply:
             ErrorCode.INSUFFICIENT_CAPACITY,
             f"size {size.name} ({size.resources}) is larger than every host in {where}",
         )
+    storage = replicas.storage_for(ctx, body.storage, region)
+    if isinstance(storage, VmReply):
+        return storage
     generation = existing.next_generation() if existing is not None else 1
-    new_disks, serial = disks.initial_disks(
-        name, generation, image.name, image.sha256, body.data_disks_mib
-    )
+    new_disks, serial = disks.initial_disks(name, generation, image, body.data_disks_mib, storage)
     nics = networks.new_nics(ctx.state, plans) if plans else []
     record = VmRecord(
         name=name,
@@ -78,6 +85,8 @@ def _repeated(ctx: StepContext, existing: VmRecord, body: CreateVm, size: str) -
     region = networks.region_of(ctx.state, body.nics, body.region)
     spec = (existing.size, existing.image, existing.region, existing.availability_set)
     same = spec == (size, body.image, region, body.availability_set)
+    kinds = {disk.storage for disk in existing.disks}
+    same = same and (body.storage is None or kinds <= {body.storage})
     if same and networks.same_nics(existing, body.nics):
         return existing.name
     return vm_error(ErrorCode.CONFLICT, f"vm {existing.name!r} exists with a different spec")
@@ -136,27 +145,21 @@ def place_pending(ctx: StepContext, *, everything: bool) -> None:
         return
     records = [state.vms[name] for name in names]
     records = [r for r in records if not r.nics or networks.ensure_addresses(ctx, r)]
-    requests = [
-        PlacementRequest(
-            r.name,
-            r.resources,
-            r.region,
-            r.availability_set,
-            frozenset(r.failed_hosts),
-            pinned_host=disks.pinned_host(ctx, r),
-        )
-        for r in records
-    ]
     sets = {r.availability_set for r in records if r.availability_set is not None}
     members = {s: ctx.views.set_fault_domains(s) for s in sets}
-    results = place_on_index(requests, ctx.views.index(), ctx.policy, members)
-    # A placement not carried out below must not linger as a reservation in the index.
-    state.stale_views.update(r.host_id for r in results if isinstance(r, Placed))
     starts: dict[HostId, list[AgentCommand]] = defaultdict(list)
     recovered: dict[HostId, int] = defaultdict(int)
-    for record, result in zip(records, results, strict=True):
+    reserved: set[HostId] = set()
+    for record in records:
+        lost = replicas.every_copy_lost(record)
+        if lost is not None:
+            ctx.change_vm(
+                record, state=VmState.FAILED, reason=replicas.lost_reason(lost), recovering=False
+            )
+            continue
+        result = _place_one(ctx, record, members, reserved)
         if not isinstance(result, Placed):
-            reason = result.summary()
+            reason = result if isinstance(result, str) else result.summary()
             if record.reason != reason:
                 ctx.change_vm(record, reason=reason)
                 ctx.emit_vm(record)
@@ -166,13 +169,60 @@ def place_pending(ctx: StepContext, *, everything: bool) -> None:
                 ctx.capacity_changed()  # try again next tick
                 continue
             recovered[result.host_id] += 1
-        endpoints = networks.placed_endpoints(ctx, record, result.host_id)
-        ctx.change_vm(
-            record, state=VmState.SCHEDULED, host=result.host_id, reason="", endpoints=endpoints
-        )
-        starts[result.host_id].append(StartVm(vm=spec_of(record), generation=record.generation))
+        command = _schedule(ctx, record, result.host_id)
+        if command is not None:
+            starts[result.host_id].append(command)
+    # A placement not carried out below must not linger as a reservation in the index.
+    state.stale_views.update(reserved)
     peers = hostnets.PeerLists(state)
     for host, commands in starts.items():
         # The host's network configuration first, in the same batch: its VMs' bridges exist
         # before they start.
         ctx.send(host, hostnets.due(ctx, host, peers) + commands)
+
+
+def _place_one(
+    ctx: StepContext,
+    record: VmRecord,
+    members: dict[str, dict[str, int]],
+    reserved: set[HostId],
+) -> Placed | Unplaceable | str:
+    """Choose the VM's host (and the hosts of its new disk copies), reserving it in the index;
+    a string says why its copies have no room."""
+    replicated = replicas.is_replicated(record)
+    request = PlacementRequest(
+        record.name,
+        record.resources,
+        record.region,
+        record.availability_set,
+        frozenset(record.failed_hosts),
+        pinned_host=None if replicated else disks.pinned_host(ctx, record),
+        disk_mib=replicas.disk_demand_mib(record),
+        preferred_hosts=replicas.preferred_hosts(ctx.state, record) if replicated else (),
+    )
+    counts = members.get(record.availability_set or "")
+    index = ctx.views.index()
+    result = index.place(request, ctx.policy, counts)
+    if not isinstance(result, Placed):
+        return result
+    index.reserve(result.host_id, request.resources, request.disk_mib)
+    reserved.add(result.host_id)
+    if replicated:
+        problem = replicas.place_copies(ctx, record, result.host_id)
+        if problem is not None:
+            return problem
+    if counts is not None:
+        domain = ctx.state.hosts[result.host_id].fault_domain
+        counts[domain] = counts.get(domain, 0) + 1
+    return result
+
+
+def _schedule(ctx: StepContext, record: VmRecord, host: HostId) -> AgentCommand | None:
+    """The VM goes to ``host``: its StartVm, or None while its disk copies are not ready."""
+    endpoints = networks.placed_endpoints(ctx, record, host)
+    ready = not replicas.is_replicated(record) or replicas.ready(ctx.state, record)
+    reason = "" if ready else replicas.WAITING
+    ctx.change_vm(record, state=VmState.SCHEDULED, host=host, reason=reason, endpoints=endpoints)
+    if not ready:
+        return None
+    return StartVm(vm=replicas.vm_spec(ctx.state, record), generation=record.generation)

@@ -25,6 +25,8 @@ class Reason(StrEnum):
     """The VM's host-local disks live on another host (``pinned_host``)."""
     INSUFFICIENT_CPU = "insufficient_cpu"
     INSUFFICIENT_MEMORY = "insufficient_memory"
+    INSUFFICIENT_DISK = "insufficient_disk"
+    """The host's disks have no room for the disks (or disk copies) the VM makes there."""
     AVAILABILITY_SET = "availability_set"
     """The host's fault domain holds more members of the set than another eligible one."""
 
@@ -64,6 +66,10 @@ def fits_memory(req: PlacementRequest, host: HostView) -> Reason | None:
     return None if req.resources.mem_mib <= host.free.mem_mib else Reason.INSUFFICIENT_MEMORY
 
 
+def fits_disk(req: PlacementRequest, host: HostView) -> Reason | None:
+    return None if host.has_disk_room(req.disk_mib) else Reason.INSUFFICIENT_DISK
+
+
 FILTERS: tuple[Filter, ...] = (
     # Cheap checks on the host's own state and identity first ...
     host_is_up,
@@ -74,6 +80,7 @@ FILTERS: tuple[Filter, ...] = (
     # ... then resource arithmetic.
     fits_cpu,
     fits_memory,
+    fits_disk,
 )
 """The filters every host must pass, in order: ``pipeline.place`` (the specification) and
 ``HostIndex`` (its fast path) both use this one list."""

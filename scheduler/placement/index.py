@@ -109,16 +109,33 @@ class HostIndex:
             ranks = self._pinned_candidates(req)
         else:
             ranks = self._candidates(req, policy)
+        counts = set_fault_domains or {}
+        fewest = None
         if req.availability_set is not None and ranks:
-            counts = set_fault_domains or {}
             fewest = min(counts.get(self.views[r].fault_domain, 0) for r in ranks)
             ranks = [r for r in ranks if counts.get(self.views[r].fault_domain, 0) == fewest]
+        if req.preferred_hosts and ranks:
+            ranks = self._preferred(req, fewest, counts) or ranks
         if not ranks:
             return place(req, self.views, policy, set_fault_domains)
         scorer = SCORERS[policy.scorer]
         views = self.views
         neg_score, host_id = min((-scorer(req, views[r]), views[r].host_id) for r in ranks)
         return Placed(host_id=host_id, score=-neg_score)
+
+    def _preferred(
+        self, req: PlacementRequest, fewest: int | None, counts: Mapping[str, int]
+    ) -> list[int]:
+        """The preferred hosts that pass every filter (and, for a set member, are in the fault
+        domains holding the fewest members)."""
+        found = []
+        for host_id in req.preferred_hosts:
+            rank = self._rank.get(host_id)
+            if rank is None or rank in found or not _passes(req, self.views[rank]):
+                continue
+            if fewest is None or counts.get(self.views[rank].fault_domain, 0) == fewest:
+                found.append(rank)
+        return found
 
     def view(self, host_id: HostId) -> HostView:
         """The host as it is now, with every reservation so far."""
@@ -134,11 +151,11 @@ class HostIndex:
         self.views[rank] = view
         self._add(rank, sort=True)
 
-    def reserve(self, host_id: HostId, resources: Resources) -> None:
-        """Record that ``resources`` now run on ``host_id``."""
+    def reserve(self, host_id: HostId, resources: Resources, disk_mib: int = 0) -> None:
+        """Record that ``resources`` now run on ``host_id`` (and ``disk_mib`` is used there)."""
         rank = self._rank[host_id]
         self._remove(rank)
-        self.views[rank] = self.views[rank].with_reserved(resources)
+        self.views[rank] = self.views[rank].with_reserved(resources, disk_mib)
         self._add(rank, sort=True)
 
     def release(self, host_id: HostId, resources: Resources) -> None:
@@ -191,19 +208,21 @@ class HostIndex:
     def _candidates(self, req: PlacementRequest, policy: PlacementPolicy) -> list[int]:
         """Hosts among which the best lies: per shape, the best few; each odd host that fits."""
         avoid = {self._rank[h] for h in req.avoid_hosts if h in self._rank}
-        cpu, mem = req.resources.cpu_milli, req.resources.mem_mib
+        cpu, mem, disk = req.resources.cpu_milli, req.resources.mem_mib, req.disk_mib
         spread = policy.scorer == "spread"
         ranks = [r for r in sorted(self._odd) if _passes(req, self.views[r])]
         for shape in self._shapes.values():
             if req.region is not None and shape.region != req.region:
                 continue
             if spread:
-                ranks.extend(self._best_spread(shape, cpu, mem, avoid))
+                ranks.extend(self._best_spread(shape, cpu, mem, disk, avoid))
             else:
-                ranks.extend(self._best_binpack(shape, cpu, mem, avoid))
+                ranks.extend(self._best_binpack(shape, cpu, mem, disk, avoid))
         return ranks
 
-    def _best_binpack(self, shape: _Shape, cpu: int, mem: int, avoid: set[int]) -> list[int]:
+    def _best_binpack(
+        self, shape: _Shape, cpu: int, mem: int, disk: int, avoid: set[int]
+    ) -> list[int]:
         """The first fitting host of each free-vector group at the smallest fitting ``K``."""
         entries = shape.entries
         i = bisect_left(entries, (shape.key(cpu, mem),))
@@ -215,7 +234,7 @@ class HostIndex:
                 break
             if free_cpu < cpu or free_mem < mem:
                 i = bisect_left(entries, (k, free_cpu, free_mem + 1), i)  # all of it too small
-            elif rank in avoid:
+            elif rank in avoid or not self.views[rank].has_disk_room(disk):
                 i += 1
             else:
                 best_k = k
@@ -223,7 +242,9 @@ class HostIndex:
                 i = bisect_left(entries, (k, free_cpu, free_mem + 1), i)
         return found
 
-    def _best_spread(self, shape: _Shape, cpu: int, mem: int, avoid: set[int]) -> list[int]:
+    def _best_spread(
+        self, shape: _Shape, cpu: int, mem: int, disk: int, avoid: set[int]
+    ) -> list[int]:
         """The first fitting host of each free-vector group at the largest ``K``."""
         entries = shape.entries
         lowest = shape.key(cpu, mem)
@@ -236,7 +257,15 @@ class HostIndex:
                 break
             start = bisect_left(entries, (k, free_cpu, free_mem), 0, i + 1)
             if free_cpu >= cpu and free_mem >= mem:
-                chosen = next((e[3] for e in entries[start : i + 1] if e[3] not in avoid), None)
+                views = self.views
+                chosen = next(
+                    (
+                        e[3]
+                        for e in entries[start : i + 1]
+                        if e[3] not in avoid and views[e[3]].has_disk_room(disk)
+                    ),
+                    None,
+                )
                 if chosen is not None:
                     best_k = k
                     found.append(chosen)
@@ -286,6 +315,6 @@ def place_on_index(
             if counts is not None:
                 domain = index.view(result.host_id).fault_domain
                 counts[domain] = counts.get(domain, 0) + 1
-            index.reserve(result.host_id, req.resources)
+            index.reserve(result.host_id, req.resources, req.disk_mib)
         results.append(result)
     return results

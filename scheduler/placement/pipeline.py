@@ -69,6 +69,8 @@ def place(
     if req.availability_set is not None:
         domains = least_loaded_domains(candidates, set_fault_domains or {})
         candidates = _passing(req, candidates, (InFaultDomains(domains),), rejections)
+    preferred = [host for host in candidates if host.host_id in req.preferred_hosts]
+    candidates = preferred or candidates
     if not candidates:
         return Unplaceable(rejections=rejections)
     scorer = SCORERS[policy.scorer]

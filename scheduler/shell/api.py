@@ -242,6 +242,8 @@ class ReadApi:
                 now.mono_s,
                 drain_remaining=remaining.get(host, 0),
                 migrations=moving[host],
+                disk_used_mib=state.disks.used_mib.get(host, 0),
+                replicas=state.disks.replicas_on(host),
             )
             for host, record in sorted(state.hosts.items())
         ]

@@ -32,6 +32,7 @@ from common.clock import Clock
 from common.ids import HostId
 from common.messages import HostEvent, HostState, VmEvent, VmState
 from scheduler.core.contract import Action, Emit, Reply
+from scheduler.core.replicas import COPY_CURRENT, COPY_STARTED
 from scheduler.state.cluster import ClusterState
 from scheduler.state.model import HostRecord, HostRuntime
 
@@ -76,6 +77,7 @@ class ClusterCollector(Collector):
             value=len(state.migrating),
         )
         yield from _network_metrics(state)
+        yield from _replica_metrics(state)
 
 
 def _host_state(record: HostRecord, runtime: HostRuntime | None) -> str:
@@ -167,6 +169,42 @@ def _network_metrics(state: ClusterState) -> Iterator[Metric]:
     yield from (used, total)
 
 
+def _replica_metrics(state: ClusterState) -> Iterator[Metric]:
+    by_copies = GaugeMetricFamily(
+        "stratus_replicated_vms",
+        "VMs with replicated disks, by the fewest current copies one of their disks has "
+        "(below [storage] replicas: degraded, until its new copies are current)",
+        labels=["copies"],
+    )
+    for count, names in sorted(state.disks.by_current.items()):
+        by_copies.add_metric([str(count)], len(names))
+    making = GaugeMetricFamily(
+        "stratus_replica_copies_making",
+        "Disk copies being made (filled from a current copy, or joining a running VM)",
+        value=sum(state.disks.making.values()),
+    )
+    capacity = GaugeMetricFamily(
+        "stratus_region_disk_capacity_mib",
+        "Disk space the up hosts report (hosts that report none are not counted)",
+        labels=["region"],
+    )
+    used = GaugeMetricFamily(
+        "stratus_region_disk_used_mib",
+        "Disk space taken on hosts by disks and disk copies (full size)",
+        labels=["region"],
+    )
+    totals: dict[str, list[int]] = {}
+    for host_id, record in state.hosts.items():
+        sums = totals.setdefault(record.region, [0, 0])
+        if record.up:
+            sums[0] += record.disk_capacity_mib
+        sums[1] += state.disks.used_mib.get(host_id, 0)
+    for region, (cap, use) in sorted(totals.items()):
+        capacity.add_metric([region], cap)
+        used.add_metric([region], use)
+    yield from (by_copies, making, capacity, used)
+
+
 class SchedulerMetrics:
     """The scheduler's registry: scrape-time gauges plus histograms fed by committed actions."""
 
@@ -207,6 +245,12 @@ class SchedulerMetrics:
             ["outcome", "cause"],
             registry=r,
         )
+        self.replica_copies = Counter(
+            "stratus_replica_rebuilds",
+            "New copies of replicated disks (rebuilds after a loss), started and made current",
+            ["outcome"],
+            registry=r,
+        )
         r.register(ClusterCollector(self._state, source.clock.monotonic_s))
         self._pending_since: dict[str, datetime] = {}
         self._down_at: dict[str, datetime] = {}
@@ -242,6 +286,7 @@ class SchedulerMetrics:
             self.migrations.labels(event.migration_outcome.value, cause).inc()
             if event.state is VmState.RUNNING:
                 return  # a migration's event, not a transition
+        self._replica_event(event.reason)
         self.transitions.labels(event.state.value).inc()
         match event.state:
             case VmState.PENDING:
@@ -263,6 +308,13 @@ class SchedulerMetrics:
                 self._recovering.pop(name, None)
             case _:
                 pass
+
+    def _replica_event(self, reason: str) -> None:
+        """Count the new disk copies a VM event reports started or current."""
+        if reason.startswith(COPY_STARTED):
+            self.replica_copies.labels("started").inc(reason.count("; ") + 1)
+        elif reason.startswith(COPY_CURRENT) and reason.endswith(" is current"):
+            self.replica_copies.labels("current").inc(reason.count("; ") + 1)
 
     def _host_event(self, event: HostEvent) -> None:
         if event.state is HostState.UP:

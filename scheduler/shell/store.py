@@ -17,16 +17,17 @@ from typing import Any, Protocol
 
 import aiosqlite
 import msgspec
+from msgspec.structs import replace
 
 from common import subjects
 from common.errors import StoreError
-from common.messages import VmReply
+from common.messages import DiskKind, VmReply
 from scheduler.state.model import HostRecord, ReplyRecord, VmRecord
-from scheduler.state.storage import ImageRecord, NetCounters, VnetRecord
+from scheduler.state.storage import ImageRecord, NetCounters, VnetRecord, mib_of
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 """2: a reply row's body is a ``ReplyRecord`` (the request its id names, and the reply), no
 longer a bare ``VmReply``; ``_migrate_1_to_2`` rewrites version 1 rows.
 3: virtual networks (the ``vnets`` table, the network counters in ``meta``, NICs and endpoints
@@ -35,7 +36,11 @@ would drop the NICs of every VM it saves.
 4: live migration (a VM record's ``migration`` under way, its generation high-water mark
 ``max_generation`` and ``migrated_at``): ``_migrate_3_to_4`` sets each VM's high-water mark to
 its generation; an older scheduler must not open the store, since it would drop a migration
-under way and could reuse an attempt's generation."""
+under way and could reuse an attempt's generation.
+5: replicated disks (a disk record's ``copies`` and the size its OS disk takes, ``image_mib``):
+``_migrate_4_to_5`` gives each OS disk the size of its image in the gallery; an older scheduler
+must not open the store, since it would drop the copies of every replicated disk (and then
+delete them from their hosts)."""
 COUNTERS_KEY = "network_counters"
 REPLY_RETENTION_S = 7 * 24 * 3600.0
 """How long a request_id stays bound to its request (and keeps returning its reply)."""
@@ -201,6 +206,8 @@ class SqliteStore:
                 await self._db._execute(_migrate_1_to_2, self._db._conn)  # type: ignore[no-untyped-call]
             if int(row[0]) <= 3:
                 await self._db._execute(_migrate_3_to_4, self._db._conn)  # type: ignore[no-untyped-call]
+            if int(row[0]) <= 4:
+                await self._db._execute(_migrate_4_to_5, self._db._conn)  # type: ignore[no-untyped-call]
             await self._db.execute(
                 "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
             )
@@ -350,6 +357,36 @@ def _migrate_3_to_4(conn: sqlite3.Connection) -> None:
                     "UPDATE vms SET body = ? WHERE name = ?", (_encoder.encode(record), name)
                 )
         conn.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
+        conn.execute("COMMIT")
+    except (sqlite3.Error, msgspec.DecodeError):
+        conn.execute("ROLLBACK")
+        raise
+
+
+def _migrate_4_to_5(conn: sqlite3.Connection) -> None:
+    """Version 4 disk records did not say what an OS disk takes on its host: each OS disk of
+    a gallery image gets that image's size (a built-in image's stays unknown: 1 GiB is
+    charged), in one transaction."""
+    image_mib = {
+        image.name: mib_of(image.size_bytes)
+        for (body,) in conn.execute("SELECT body FROM images").fetchall()
+        if (image := _image_decoder.decode(body)).size_bytes > 0
+    }
+    rows = conn.execute("SELECT name, body FROM vms").fetchall()
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        for name, body in rows:
+            record = _vm_decoder.decode(body)
+            disks = [
+                replace(d, image_mib=image_mib.get(d.image, 0)) if d.kind is DiskKind.OS else d
+                for d in record.disks
+            ]
+            if disks != record.disks:
+                record.disks = disks
+                conn.execute(
+                    "UPDATE vms SET body = ? WHERE name = ?", (_encoder.encode(record), name)
+                )
+        conn.execute("UPDATE meta SET value = '5' WHERE key = 'schema_version'")
         conn.execute("COMMIT")
     except (sqlite3.Error, msgspec.DecodeError):
         conn.execute("ROLLBACK")

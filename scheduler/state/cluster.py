@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 from common.ids import HostId, VmName
 from common.resources import ZERO, Resources
+from scheduler.state import diskindex
+from scheduler.state.diskindex import DiskIndex, DiskShare
 from scheduler.state.model import HostRecord, HostRuntime, ReplyRecord, VmRecord
 from scheduler.state.netindex import NetIndex, NetShare, share_of
 from scheduler.state.storage import ImageRecord, NetCounters, VnetRecord
@@ -66,6 +68,9 @@ class ClusterState:
     net: NetIndex = field(default_factory=NetIndex)
     """Addresses, network membership and ports, kept from the VM records (netindex.py)."""
     _net_before: NetShare | None = None
+    disks: DiskIndex = field(default_factory=DiskIndex)
+    """Replicas and disk space per host, kept from the VM records (diskindex.py)."""
+    _disks_before: DiskShare | None = None
 
     @classmethod
     def from_records(
@@ -87,6 +92,7 @@ class ClusterState:
         # As loaded, every host has the configuration it reported: heartbeats tell.
         state.net.dirty_hosts.clear()
         state.net.dirty_vnets.clear()
+        state.disks.dirty_hosts.clear()
         return state
 
     def add_vm(self, record: VmRecord) -> None:
@@ -94,6 +100,7 @@ class ClusterState:
         self.vms[record.name] = record
         self._index(record)
         self.net.update(record.name, share_of(old), share_of(record))
+        self._disks_update(record.name, diskindex.share_of(old), diskindex.share_of(record))
         self._touch(record)
 
     def _touch(self, record: VmRecord) -> None:
@@ -114,6 +121,13 @@ class ClusterState:
         self.vms[record.name] = record
         self._index(record)
         self.net.update(record.name, share_of(old), share_of(record))
+        self._disks_update(record.name, diskindex.share_of(old), diskindex.share_of(record))
+
+    def _disks_update(self, name: VmName, old: DiskShare | None, new: DiskShare | None) -> None:
+        self.disks.update(name, old, new)
+        if self.disks.copies_changed:
+            self.stale_views.update(self.disks.copies_changed)
+            self.disks.copies_changed.clear()
 
     def put_vnet(self, record: VnetRecord) -> None:
         """Put a network record in place (new, changed, or a read copy's update)."""
@@ -177,12 +191,15 @@ class ClusterState:
         self._touch(record)
         self._unindex(record)
         self._net_before = share_of(record)
+        self._disks_before = diskindex.share_of(record)
 
     def after_change(self, record: VmRecord) -> None:
         """``record`` changed: index it again, and store it with this step."""
         self._index(record)
         self.net.update(record.name, self._net_before, share_of(record))
         self._net_before = None
+        self._disks_update(record.name, self._disks_before, diskindex.share_of(record))
+        self._disks_before = None
         self.dirty_vms.add(record.name)
         self._touch(record)
 
@@ -240,3 +257,8 @@ class ClusterState:
             fresh.update(record.name, None, share_of(record))
         problems = self.net.same_as(fresh)
         assert not problems, f"network index drift: {problems}"
+        disks = DiskIndex()
+        for record in self.vms.values():
+            disks.update(record.name, None, diskindex.share_of(record))
+        problems = self.disks.same_as(disks)
+        assert not problems, f"disk index drift: {problems}"

@@ -10,6 +10,7 @@ import msgspec
 from common.ids import HostId, VmName
 from common.messages import ObservedVm, VmReply, VmState
 from common.migration_messages import MigrationCause, MigrationPhase
+from common.replica_messages import ReplicaStatus
 from common.resources import ZERO, Resources
 from scheduler.state.storage import DiskRecord, EndpointRecord, NicRecord
 
@@ -32,6 +33,12 @@ class HostView:
     up: bool = True
     cordoned: bool = False
     labels: tuple[tuple[str, str], ...] = ()
+    disk_capacity_mib: int = 0
+    """Space for disks and replicas; 0: not reported, not limited."""
+    disk_used_mib: int = 0
+    """Space the disks and replicas placed on it take (their full size)."""
+    serves_replicas: bool = False
+    """It runs a replica server: it may hold copies of replicated disks."""
 
     @property
     def schedulable(self) -> Resources:
@@ -42,8 +49,19 @@ class HostView:
     def free(self) -> Resources:
         return self.schedulable - self.allocated
 
-    def with_reserved(self, resources: Resources) -> HostView:
-        return replace(self, allocated=self.allocated + resources)
+    def with_reserved(self, resources: Resources, disk_mib: int = 0) -> HostView:
+        return replace(
+            self, allocated=self.allocated + resources, disk_used_mib=self.disk_used_mib + disk_mib
+        )
+
+    def with_reserved_disk(self, disk_mib: int) -> HostView:
+        return replace(self, disk_used_mib=self.disk_used_mib + disk_mib)
+
+    def has_disk_room(self, disk_mib: int) -> bool:
+        """Whether ``disk_mib`` more fits on its disks (always, when not limited or none)."""
+        if disk_mib <= 0 or self.disk_capacity_mib <= 0:
+            return True
+        return self.disk_used_mib + disk_mib <= self.disk_capacity_mib
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +74,11 @@ class PlacementRequest:
     """Hosts this VM must not go to (e.g. where its start just failed)."""
     pinned_host: HostId | None = None
     """The only host this VM may go to: its host-local disks live there."""
+    disk_mib: int = 0
+    """Disk space the VM needs on its host (new disks or copies made there)."""
+    preferred_hosts: tuple[HostId, ...] = ()
+    """Hosts to choose among first, when any of them can take it: they hold a current copy
+    of its replicated disks."""
 
 
 MIGRATION_RESERVES = frozenset(
@@ -187,6 +210,11 @@ class HostRecord(msgspec.Struct, kw_only=True, gc=False):
     """Where other hosts reach this one (VXLAN peers, endpoints); empty: not reported."""
     drain_cold: bool = False
     """While draining: move the VMs by stop and start (``host drain --cold``), not live."""
+    replica_port: int = 0
+    """The port of its replica server on ``underlay_ip`` (127.0.0.1 when it has none); 0: it
+    serves no replicas, and gets none."""
+    disk_capacity_mib: int = 0
+    """Space for disks and replicas, as its agent reports it; 0: not limited."""
 
 
 @dataclass(slots=True)
@@ -213,3 +241,13 @@ class HostRuntime:
     host's VMs changes (``ClusterState.touched_hosts``) or its inventory does."""
     network_digest: str = ""
     """The digest of the network configuration the host last reported applied."""
+    replica_digest: str = ""
+    """The digest of the replica set the host last reported applied."""
+    replicas_held: frozenset[str] = frozenset()
+    """The disks of the replica set it applied last (as far as known): what it holds."""
+    replicas_unready: dict[str, ReplicaStatus] = field(default_factory=dict)
+    """Its replicas that are not ready yet (creating, filling, failed), as it reported."""
+    replicas_known: bool = False
+    """It applied the wanted replica set since it was last taken in (a start, a host back
+    from the dead, an agent that lost its state): only then is it known to hold no old copy
+    the records forgot, and only then does it get new copies."""

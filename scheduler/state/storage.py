@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 
 import msgspec
 
@@ -11,13 +12,47 @@ from common.image_messages import ImageState
 from common.messages import DiskKind, DiskStorage
 from common.network_messages import EndpointProtocol
 
+NOMINAL_OS_DISK_MIB = 1024
+"""What an OS disk is charged on a host when its image's size is not known."""
+
+
+def mib_of(size_bytes: int) -> int:
+    """``size_bytes`` in MiB, rounded up."""
+    return -(-size_bytes // (1024 * 1024))
+
+
+class CopyState(StrEnum):
+    """How a copy of a replicated disk stands (scheduler/core/replicas.py)."""
+
+    CURRENT = "current"
+    """Has every write the VM's guest was told is done: the VM may start from it."""
+    FILLING = "filling"
+    """A new copy of a disk whose VM does not run, being copied from a current one."""
+    JOINING = "joining"
+    """A new copy that the running VM's host brings in step (a mirror), then writes to."""
+    LOST = "lost"
+    """The last copies of a disk none of whose copies is current any more, kept on their
+    (down) hosts rather than deleted: the VM is failed, and an operator may still want them."""
+
+
+class CopyRecord(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """One copy of a replicated disk: which host holds it, and how it stands."""
+
+    host: HostId
+    state: CopyState = CopyState.CURRENT
+    made: bool = False
+    """Its host reported it made and served once. A made copy its host reports being made
+    again (or failed for good) was lost there: its host lost its disks."""
+
 
 class DiskRecord(msgspec.Struct, kw_only=True, gc=False):
     """One disk of a VM and where its bytes live.
 
     A host-local disk is a file on ``host``: set when the VM first runs there, it pins the VM to
-    that host (a stop/start finds the disk again), and it is lost with the host. A later shared
-    storage kind would leave ``host`` empty and let the VM run anywhere.
+    that host (a stop/start finds the disk again), and it is lost with the host. A replicated
+    disk leaves ``host`` empty: its ``copies`` live on hosts in distinct fault domains, and the
+    VM may run anywhere (scheduler/core/replicas.py). A replicated disk without copies was
+    never made: its copies are placed with the VM.
     """
 
     disk_id: str
@@ -27,6 +62,25 @@ class DiskRecord(msgspec.Struct, kw_only=True, gc=False):
     image_sha256: str = ""
     storage: DiskStorage = DiskStorage.HOST_LOCAL
     host: HostId | None = None
+    copies: list[CopyRecord] = []
+    image_mib: int = 0
+    """OS disks: their image's size in MiB when known (what a copy takes on a host); 0:
+    unknown, ``NOMINAL_OS_DISK_MIB`` is charged."""
+
+    @property
+    def charged_mib(self) -> int:
+        """The space the disk (one copy of it) takes on a host: its full virtual size."""
+        if self.kind is DiskKind.DATA:
+            return self.size_mib
+        return self.image_mib or NOMINAL_OS_DISK_MIB
+
+    @property
+    def replicated(self) -> bool:
+        return self.storage is DiskStorage.REPLICATED
+
+    def copy_hosts(self, state: CopyState = CopyState.CURRENT) -> list[HostId]:
+        """The hosts of its copies in ``state``, in order."""
+        return [copy.host for copy in self.copies if copy.state is state]
 
 
 class ImageRecord(msgspec.Struct, kw_only=True, gc=False):

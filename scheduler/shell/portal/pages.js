@@ -67,7 +67,8 @@ async function showVm(name) {
   const disks = (vm.disks || []).map((d) => element("tr", { "data-disk": d.disk_id },
     element("td", { textContent: d.disk_id }), element("td", { textContent: d.kind }),
     element("td", { textContent: d.kind === "os" ? `image ${d.image}` : `${d.size_mib} MiB` }),
-    element("td", { textContent: d.storage }), element("td", {}, hostLink(d.host)),
+    element("td", { textContent: d.storage }),
+    element("td", {}, ...((d.replicas || []).length ? copyCells(d.replicas) : [hostLink(d.host)])),
     element("td", { class: "actions" }, d.kind === "data" && vm.state === "stopped"
       ? action("Detach", (e) => confirmThen(e.target, () => detachDisk(vm, d), "Detach"), true)
       : null)));
@@ -147,6 +148,10 @@ async function vmCall(vm, method, path, body, done) {
 }
 
 const vmPath = (vm) => `/v1/vms/${encodeURIComponent(vm.name)}`;
+// A replicated disk's copies: each host linked, with how its copy stands ("current", "joining").
+const copyCells = (copies) => copies.flatMap((c, i) => [
+  ...(i ? [document.createTextNode(", ")] : []), hostLink(c.host),
+  document.createTextNode(` ${c.state}${c.progress ? ` ${Math.round(c.progress * 100)}%` : ""}`)]);
 const attachDisk = (vm, sizeMib) => vmCall(vm, "POST", `${vmPath(vm)}/disks`, { size_mib: sizeMib }, "disk attached");
 const detachDisk = (vm, d) => vmCall(vm, "DELETE", `${vmPath(vm)}/disks/${encodeURIComponent(d.disk_id)}`, undefined, "disk detached");
 const captureVm = (vm, image) => vmCall(vm, "POST", `${vmPath(vm)}/capture`, { image }, `capturing into image ${image}`);
@@ -219,6 +224,9 @@ async function showHost(id) {
         ["Driver", host.driver], ["Last heartbeat", element("span", { id: "heartbeat-age", textContent: age })],
         ["CPU", bar(host.allocated.cpu_milli, host.capacity.cpu_milli, cores, "cores")],
         ["Memory", bar(host.allocated.mem_mib, host.capacity.mem_mib, gib, "GiB")],
+        ["Disk", host.disk_capacity_mib ? bar(host.disk_used_mib, host.disk_capacity_mib, gib, "GiB")
+          : `${gib(host.disk_used_mib)} GiB used (no limit reported)`],
+        ["Disk replicas", String(host.replicas)],
         ["Labels", Object.entries(host.labels).map(([k, v]) => `${k}=${v}`).join(", ") || "–"],
         ["Draining", host.draining ? `yes (${host.drain_remaining} left)` : "no"]]),
       element("h3", { textContent: "VMs" }),

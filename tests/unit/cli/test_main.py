@@ -12,6 +12,7 @@ import pytest
 
 from cli import contexts, main as cli_main, verbs
 from cli.main import DISTRIBUTION, build_parser, main
+from common.spec_messages import DiskStorage
 
 
 def parse(*argv: str) -> dict[str, object]:
@@ -247,3 +248,23 @@ def test_usage_errors_are_json_under_output_json(capsys: pytest.CaptureFixture[s
     assert exc.value.code == 2
     error = json.loads(capsys.readouterr().err)["error"]
     assert error["code"] == "usage" and "lowercase letters" in error["detail"]
+
+
+@pytest.mark.parametrize(
+    ("given", "storage"),
+    [
+        (["--storage", "replicated"], DiskStorage.REPLICATED),
+        (["--storage", "host-local"], DiskStorage.HOST_LOCAL),
+        ([], None),
+    ],
+    ids=["replicated", "host-local", "default"],
+)
+def test_vm_create_takes_a_storage_kind(given: list[str], storage: DiskStorage | None) -> None:
+    assert parse("vm", "create", "w", "--size", "Small", *given)["storage"] == storage
+
+
+def test_vm_create_refuses_an_unknown_storage_kind(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["vm", "create", "w", "--size", "Small", "--storage", "ceph"])
+    assert exc.value.code == 2
+    assert "not a storage kind" in capsys.readouterr().err

@@ -10,6 +10,7 @@ import pytest
 from cli import output
 from common import messages as m
 from common.image_messages import ImageInfo, ImageState
+from common.replica_messages import ReplicaInfo
 from common.resources import Resources
 from common.usage_messages import SizeUsage, UsageReport, VmUsage
 
@@ -91,7 +92,9 @@ def test_vm_table_sorts_by_name_and_dashes_missing_values() -> None:
 def test_host_table_shows_allocation_over_capacity() -> None:
     lines = output.host_table([make_host("host-2"), make_host("host-1")]).splitlines()
     assert lines[0].split() == list(output.HOST_COLUMNS)
-    assert lines[1].split() == ["host-1", "up", "local", "fd-1", "4.5/16", "12.25/64", "3", "0.4s"]
+    assert lines[1].split() == [
+        "host-1", "up", "local", "fd-1", "4.5/16", "12.25/64", "0/-", "0", "3", "0.4s"
+    ]  # fmt: skip
     assert lines[2].startswith("host-2")
 
 
@@ -270,3 +273,31 @@ def test_vm_details_lists_disks() -> None:
 )
 def test_disk_sizes_print_as_they_are_typed(mib: int, text: str) -> None:
     assert output.disk_size(mib) == text
+
+
+def test_vm_details_lists_each_copy_of_a_replicated_disk_and_how_it_stands() -> None:
+    copies = [
+        ReplicaInfo(host="h1", state="current"),
+        ReplicaInfo(host="h3", state="joining", progress=0.4),
+    ]
+    disk = m.DiskInfo(
+        disk_id="web-1-os",
+        kind=m.DiskKind.OS,
+        size_mib=0,
+        image="tiny",
+        storage=m.DiskStorage.REPLICATED,
+        replicas=copies,
+    )
+    lines = output.vm_details(make_vm("web-1", disks=[disk])).splitlines()
+    assert lines[-1].endswith("(os, image size from tiny, replicated: h1 current, h3 joining 40%)")
+    listed = output.disk_table([make_vm("web-1", disks=[disk])]).splitlines()
+    assert listed[1].split()[-1] == "h1,h3"
+    assert '"replicas"' in output.disks_json([make_vm("web-1", disks=[disk])])
+
+
+def test_host_table_shows_disk_space_and_replicas() -> None:
+    host = msgspec.structs.replace(
+        make_host("h1"), disk_capacity_mib=512_000, disk_used_mib=3_072, replicas=4
+    )
+    row = output.host_table([host]).splitlines()[1].split()
+    assert row[6:8] == ["3/500", "4"]

@@ -24,6 +24,7 @@ from common.messages import (
 )
 from common.migration_messages import CancelMigration, FinishIncoming, MigrateOut
 from common.network_messages import ConfigureNetworks
+from common.replica_messages import ConfigureReplicas, SetDiskReplicas
 from hostagent.execlog import ExecEvent
 from hostagent.stimuli import (
     AckReceived,
@@ -163,7 +164,7 @@ class Run:
         self.check_migrations(held)
 
     def command(self, command: AgentCommand) -> None:
-        assert not isinstance(command, ConfigureNetworks)  # host-level: tests of its own
+        assert not isinstance(command, ConfigureNetworks | ConfigureReplicas | SetDiskReplicas)
         name = command_vm_name(command)
         held_before = self.agent.held().get(name)
         if isinstance(command, FinishIncoming):

@@ -46,6 +46,8 @@ def fleets(draw: st.DrawFn) -> list[HostView]:
                 cpu_overcommit=overcommit,
                 up=draw(st.sampled_from([True, True, True, False])),
                 cordoned=draw(st.sampled_from([False, False, False, True])),
+                disk_capacity_mib=draw(st.sampled_from([0, 0, 4096, 8192])),
+                disk_used_mib=draw(st.sampled_from([0, 1024, 4096])),
             )
         )
     return views
@@ -63,6 +65,8 @@ requests = st.builds(
     availability_set=st.sampled_from([None, None, "web"]),
     avoid_hosts=st.frozensets(st.sampled_from(HOST_IDS[:12]), max_size=4),
     pinned_host=st.sampled_from([None, None, None, None, HOST_IDS[0], HOST_IDS[3]]),
+    disk_mib=st.sampled_from([0, 0, 1024, 4096]),
+    preferred_hosts=st.lists(st.sampled_from(HOST_IDS), max_size=3).map(tuple),
 )
 
 
@@ -106,8 +110,10 @@ def test_index_answers_like_place(
         if req.availability_set is not None:
             domain = current[expected.host_id].fault_domain
             counts[domain] = counts.get(domain, 0) + 1
-        index.reserve(expected.host_id, req.resources)
-        current[expected.host_id] = current[expected.host_id].with_reserved(req.resources)
+        index.reserve(expected.host_id, req.resources, req.disk_mib)
+        current[expected.host_id] = current[expected.host_id].with_reserved(
+            req.resources, req.disk_mib
+        )
         placed.append((expected.host_id, req.resources))
     assert index.views == sorted(current.values(), key=lambda view: view.host_id)
 

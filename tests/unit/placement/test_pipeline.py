@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import pytest
 
@@ -264,3 +265,24 @@ def test_empty_batch() -> None:
 def test_could_ever_fit(hosts: list[HostView], region: str | None, expected: bool) -> None:
     req = make_request(cpu_milli=2000, mem_mib=2048, region=region)
     assert could_ever_fit(req, hosts) is expected
+
+
+def test_a_host_holding_a_current_copy_is_preferred_when_it_can_take_the_vm() -> None:
+    hosts = [make_host("h1"), make_host("h2"), make_host("h3", allocated=Resources(2000, 2048))]
+    binpack = PlacementPolicy("binpack")
+    req = replace(make_request(), preferred_hosts=(HostId("h2"),))
+    result = place(req, hosts, binpack)
+    assert isinstance(result, Placed) and result.host_id == "h2"  # h3 would bin-pack better
+    full = replace(make_request(cpu_milli=4000), preferred_hosts=(HostId("h3"),))
+    result = place(full, hosts, binpack)
+    assert isinstance(result, Placed) and result.host_id != "h3"  # it cannot: anywhere else
+
+
+def test_a_host_without_disk_room_is_rejected_for_that() -> None:
+    host = replace(make_host("h1"), disk_capacity_mib=1000, disk_used_mib=500)
+    result = place(replace(make_request(), disk_mib=600), [host], PlacementPolicy())
+    assert isinstance(result, Unplaceable)
+    assert result.rejections == {Reason.INSUFFICIENT_DISK: 1}
+    assert isinstance(
+        place(replace(make_request(), disk_mib=500), [host], PlacementPolicy()), Placed
+    )

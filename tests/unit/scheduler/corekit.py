@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -147,6 +147,7 @@ class CoreKit:
         report: InventoryReport | None = None,
         underlay_ip: str = "",
         network_digest: str = "",
+        **replica: Any,
     ) -> list[Action]:
         """One heartbeat of ``host``; through ``report`` (an agent's), an inventory the core
         holds already goes as its digest alone, and one it lacked is sent again in full."""
@@ -161,6 +162,7 @@ class CoreKit:
             vms=vms or [],
             underlay_ip=underlay_ip,
             network_digest=network_digest,
+            **replica,  # replica_port, replica_digest, replicas, disk_capacity_mib
         )
         if report is None:
             return self.step(HeartbeatReceived(hb, next(self.tokens)))
@@ -178,6 +180,7 @@ class CoreKit:
                 report=report,
                 underlay_ip=underlay_ip,
                 network_digest=network_digest,
+                **replica,
             )
         return actions
 

@@ -17,7 +17,8 @@ from scheduler.shell.readview import ReadView, snapshot
 from scheduler.shell.statelog import split
 from scheduler.shell.store import SCHEMA_VERSION, Batch, Rows, SqliteStore, encode_batch
 from scheduler.state.cluster import ClusterState
-from tests.unit.scheduler.corekit import CoreKit
+from scheduler.state.storage import ImageRecord
+from tests.unit.scheduler.corekit import EPOCH, CoreKit
 
 
 def kit_with_networks() -> tuple[CoreKit, list[Batch]]:
@@ -147,3 +148,41 @@ async def test_a_version_3_store_gets_each_vms_generation_as_its_high_water_mark
         await store.close()
     [a] = [vm for vm in loaded.vms if vm.name == "a"]
     assert (a.generation, a.max_generation, a.next_generation()) == (7, 7, 8)
+
+
+async def test_a_version_4_store_gets_each_os_disk_its_images_size(tmp_path: Path) -> None:
+    """Schema 5 says what an OS disk takes on its host (a replica is counted at full size);
+    a version 4 store's OS disks get their gallery image's size, and other rows load as they
+    were (host-local disks, no copies)."""
+    kit, batches = kit_with_networks()
+    image = ImageRecord(
+        name="big", size_bytes=3 * 1024 * 1024 * 1024 + 1, sha256="ab" * 32, created_at=EPOCH
+    )
+    path = tmp_path / "s.db"
+    store = await SqliteStore.open(path)
+    try:
+        for batch in batches:
+            await store.commit(batch)
+        await store.commit(Batch(images=[image]))
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
+        body = db.execute("SELECT body FROM vms WHERE name = 'a'").fetchone()[0]
+        old = msgspec.json.decode(body)
+        old["image"] = old["disks"][0]["image"] = "big"
+        for disk in old["disks"]:
+            disk.pop("image_mib", None)
+            disk.pop("copies", None)
+        db.execute("UPDATE vms SET body = ? WHERE name = 'a'", (msgspec.json.encode(old),))
+    store = await SqliteStore.open(path)
+    try:
+        loaded = await store.load()
+    finally:
+        await store.close()
+    vms = {vm.name: vm for vm in loaded.vms}
+    assert vms[VmName("a")].disks[0].image_mib == 3 * 1024 + 1
+    assert vms[VmName("a")].disks[0].charged_mib == 3 * 1024 + 1
+    assert vms[VmName("b")].disks[0].charged_mib == 1024  # built-in image: size unknown
+    assert all(not d.copies and not d.replicated for vm in vms.values() for d in vm.disks)
+    assert kit.state.vms[VmName("a")].disks[0].image_mib == 0

@@ -188,8 +188,20 @@ def test_a_vm_its_host_cannot_reach_is_waited_on_never_started_again() -> None:
         assert all(t.outcome is Outcome.STARTING for t in result.transitions)
 
 
-OS_DISK = {"size_mib": 0, "image": "tiny", "image_sha256": "ab", "storage": "host_local"}
-DATA_DISK = {"size_mib": 64, "image": "", "image_sha256": "", "storage": "host_local"}
+OS_DISK = {
+    "size_mib": 0,
+    "image": "tiny",
+    "image_sha256": "ab",
+    "storage": "host_local",
+    "replicas": [],
+}
+DATA_DISK = {
+    "size_mib": 64,
+    "image": "",
+    "image_sha256": "",
+    "storage": "host_local",
+    "replicas": [],
+}
 
 
 def test_the_start_command_carries_the_spec_fields_and_disks_and_nothing_else() -> None:

@@ -247,3 +247,23 @@ async def test_unknown_routes_and_methods_answer_json(make_client: Make) -> None
     assert escape.status == 404
     wrong = await client.put("/v1/vms")
     assert wrong.status == 405 and "POST" in wrong.headers["Allow"]
+
+
+async def test_create_body_takes_a_storage_kind_and_refuses_an_unknown_one(
+    make_client: Make,
+) -> None:
+    backend = FakeBackend()
+    client = await make_client(backend)
+    created = await client.post(
+        "/v1/vms",
+        data=b'{"name": "a", "size": "Small", "storage": "replicated"}',
+        headers=JSON_TYPE,
+    )
+    assert created.status == 201
+    [(_, body)] = backend.calls
+    assert isinstance(body, m.CreateVm) and body.storage is m.DiskStorage.REPLICATED
+    bad = await client.post(
+        "/v1/vms", data=b'{"name": "b", "size": "Small", "storage": "ceph"}', headers=JSON_TYPE
+    )
+    assert bad.status == 400 and await error_of(bad) == "invalid_request"
+    assert len(backend.calls) == 1

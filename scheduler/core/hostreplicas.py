@@ -1,0 +1,219 @@
+"""A host's desired replica set, its delivery (level-triggered), and what its heartbeats say
+of it. Pure.
+
+What a host should hold is a function of the records: every copy placed on it of a disk of a
+VM that is not deleted (``DiskIndex.held``), lost copies included (never deleted by the
+scheduler: an operator may want them). A ``filling`` copy names a current copy to copy from.
+``ConfigureReplicas`` carries the whole set, named by a digest of its canonical encoding (the
+empty set's is "", which is what an agent that applied nothing reports: a host without
+replicas is sent nothing).
+
+Delivery, as for networks (hostnets.py): a host whose set changed gets it at the end of the
+step (``flush``), ahead of the starts that need it; a heartbeat whose ``replica_digest`` is not
+the wanted one gets it again (at most every ``command_retry_s``).
+
+Readiness: a host that reports the wanted digest holds every replica of that set, and those
+not in its ``Heartbeat.replicas`` are ready. A replica that becomes ready moves things on: a
+filled copy is current, a joining one is sent to its VM's host to be brought in step, and a
+VM waiting for its copies is started.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from msgspec.structs import replace
+
+from common import codec
+from common.ids import HostId
+from common.messages import AgentCommand, Heartbeat, StartVm, VmState
+from common.replica_messages import ConfigureReplicas, ReplicaSpec, ReplicaState, ReplicaStatus
+from scheduler.core import replicas
+from scheduler.core.context import StepContext
+from scheduler.state.cluster import ClusterState
+from scheduler.state.model import HostRuntime, VmRecord
+from scheduler.state.storage import CopyRecord, CopyState, DiskRecord
+
+
+def digest_of(config: ConfigureReplicas) -> str:
+    """The digest of ``config`` (its own ``digest`` left empty): "" for the empty set."""
+    if not config.replicas:
+        return ""
+    body = codec.encode(replace(config, digest=""))
+    return hashlib.blake2b(body, digest_size=8).hexdigest()
+
+
+def _disk(record: VmRecord, disk_id: str) -> DiskRecord:
+    return next(d for d in record.disks if d.disk_id == disk_id)
+
+
+def desired(state: ClusterState, host: HostId, rebuild_mib_per_s: float) -> ConfigureReplicas:
+    """The whole replica set ``host`` should hold, from the index (no visit of every VM)."""
+    specs = []
+    for disk_id, name in sorted(state.disks.held.get(host, {}).items()):
+        record = state.vms[name]
+        disk = _disk(record, disk_id)
+        states = [c.state for c in disk.copies if c.host == host]
+        fill_from = None
+        if CopyState.FILLING in states:
+            sources = replicas.refs(state, disk.copy_hosts())
+            fill_from = sources[0] if sources else None
+        specs.append(
+            ReplicaSpec(
+                disk_id=disk_id,
+                vm=name,
+                kind=disk.kind.value,
+                size_mib=disk.size_mib,
+                image=disk.image,
+                image_sha256=disk.image_sha256,
+                fill_from=fill_from,
+            )
+        )
+    config = ConfigureReplicas(replicas=specs, digest="", rebuild_mib_per_s=rebuild_mib_per_s)
+    config.digest = digest_of(config)
+    return config
+
+
+def wanted(ctx: StepContext, host: HostId) -> ConfigureReplicas:
+    """The host's desired set (computed again if its copies changed)."""
+    dirty, kept = ctx.state.disks.dirty_hosts, ctx.carry.replicas
+    config = kept.get(host)
+    if config is None or host in dirty:
+        dirty.discard(host)
+        config = kept[host] = desired(ctx.state, host, ctx.config.storage.rebuild_mib_per_s)
+    return config
+
+
+def due(ctx: StepContext, host: HostId) -> list[AgentCommand]:
+    """The set ``host`` should be sent now, unless it reported having applied it."""
+    config = wanted(ctx, host)
+    runtime = ctx.state.runtimes.get(host)
+    reported = runtime.replica_digest if runtime is not None else ""
+    return [] if config.digest == reported else [config]
+
+
+def heartbeat(ctx: StepContext, host: HostId, hb: Heartbeat) -> None:
+    """Take in the replica set ``host`` applied and its replicas not ready; send the wanted
+    set if it differs; move on what became ready (or failed)."""
+    runtime = ctx.state.runtimes.get(host)
+    if runtime is None:
+        return
+    config = wanted(ctx, host)
+    before = _ready_set(runtime)
+    runtime.replica_digest = hb.replica_digest
+    known = runtime.replicas_known
+    if hb.replica_digest == config.digest:
+        runtime.replicas_held = frozenset(spec.disk_id for spec in config.replicas)
+        known = True
+    elif hb.replica_digest == "":
+        runtime.replicas_held = frozenset()
+        known = False  # it lost what it had (or never had any): known once it applied ours
+    if known != runtime.replicas_known:
+        runtime.replicas_known = known
+        ctx.state.stale_views.add(host)
+    runtime.replicas_unready = {status.disk_id: status for status in hb.replicas}
+    ctx.send(host, due(ctx, host))
+    for disk_id in sorted(_ready_set(runtime) - before):
+        _became_ready(ctx, host, disk_id)
+    for status in hb.replicas:
+        _not_ready(ctx, host, status)
+
+
+def _ready_set(runtime: HostRuntime) -> frozenset[str]:
+    return runtime.replicas_held - runtime.replicas_unready.keys()
+
+
+def _copy_on(ctx: StepContext, host: HostId, disk_id: str) -> tuple[VmRecord, CopyRecord] | None:
+    name = ctx.state.disks.held.get(host, {}).get(disk_id)
+    if name is None:
+        return None
+    record = ctx.state.vms[name]
+    copies = [c for c in _disk(record, disk_id).copies if c.host == host]
+    return (record, copies[0]) if copies else None
+
+
+def _with_copy(record: VmRecord, disk_id: str, host: HostId, copy: CopyRecord) -> list[DiskRecord]:
+    return [
+        replace(d, copies=[copy if c.host == host else c for c in d.copies])
+        if d.disk_id == disk_id
+        else d
+        for d in record.disks
+    ]
+
+
+def _became_ready(ctx: StepContext, host: HostId, disk_id: str) -> None:
+    """A copy is made and served: a filled one is current now, a joining one goes to its VM's
+    host to be brought in step, and a VM waiting for its copies may start."""
+    found = _copy_on(ctx, host, disk_id)
+    if found is None:
+        return
+    record, copy = found
+    filled = copy.state is CopyState.FILLING
+    if filled or not copy.made:
+        state = CopyState.CURRENT if filled else copy.state
+        made = replace(copy, state=state, made=True)
+        ctx.change_vm(record, disks=_with_copy(record, disk_id, host, made))
+    if filled:
+        ctx.change_vm(record, reason=replicas.copies_current_reason([(disk_id, host)]))
+        ctx.emit_vm(record)
+    elif copy.state is CopyState.JOINING:
+        replicas.push(ctx, record)
+    elif copy.state is CopyState.CURRENT:
+        start_if_ready(ctx, record)
+
+
+def _not_ready(ctx: StepContext, host: HostId, status: ReplicaStatus) -> None:
+    """A copy its host reports not ready: one that was made and is being made again, or one
+    that cannot be made, is dropped (a rebuild makes another); a new VM's copy that cannot be
+    made says so in the VM's reason."""
+    found = _copy_on(ctx, host, status.disk_id)
+    if found is None:
+        return
+    record, copy = found
+    disk_id = status.disk_id
+    failed = status.state is ReplicaState.FAILED and not status.retryable
+    if copy.made and status.state in (ReplicaState.CREATING, ReplicaState.FILLING):
+        why = f"copy of disk {disk_id} on {host} was lost there (its host makes it anew)"
+    elif failed and (copy.made or copy.state is not CopyState.CURRENT):
+        why = f"copy of disk {disk_id} on {host} failed: {status.reason}"
+    else:
+        if failed:
+            why = f"copy of disk {disk_id} on {host} cannot be made: {status.reason}"
+            if record.reason != why:
+                ctx.change_vm(record, reason=why)
+                ctx.emit_vm(record)
+        return
+    replicas.drop_copies(ctx, record, {disk_id: {host}})
+    if record.state is not VmState.FAILED:
+        ctx.change_vm(record, reason=why)
+        ctx.emit_vm(record)
+
+
+def start_if_ready(ctx: StepContext, record: VmRecord) -> None:
+    """A VM placed and waiting for its copies: started once they are all ready."""
+    host = record.host
+    if record.state is not VmState.SCHEDULED or host is None:
+        return
+    if replicas.ready(ctx.state, record):
+        spec = replicas.vm_spec(ctx.state, record)
+        ctx.send(host, [StartVm(vm=spec, generation=record.generation)])
+        ctx.state.touched_hosts.add(host)
+
+
+def flush(ctx: StepContext) -> None:
+    """Send every up host whose set changed its new one (at the end of a step)."""
+    dirty = ctx.state.disks.dirty_hosts
+    if not dirty:
+        return
+    for host in sorted(dirty):
+        record = ctx.state.hosts.get(host)
+        if record is None or not record.up:
+            dirty.discard(host)
+            ctx.carry.replicas.pop(host, None)  # computed again when it is back
+            continue
+        ctx.send(host, due(ctx, host))
+
+
+def hosts_moved(ctx: StepContext) -> None:
+    """A host's replica address changed: the sets naming copies to fill from may change."""
+    ctx.state.disks.dirty_hosts.update(ctx.state.disks.held)

@@ -1,0 +1,178 @@
+"""The index of disks on hosts, kept from the VM records as they change. Pure.
+
+- per host, the replicas it must hold (disk id -> VM): its ``ConfigureReplicas`` is computed
+  from this without looking at every VM;
+- per host, the space its disks take: every copy of a replicated disk and every host-local
+  disk made there, each at its full size (placement filters on it);
+- which hosts' replica sets may have changed (``dirty_hosts``): every host holding a copy of
+  a disk whose copies changed (a copy's ``fill_from`` names another copy);
+- the VMs with replicated disks, by the fewest live copies one of their disks has
+  (``by_copies``): rebuilds look only at those below the wanted count.
+
+A VM record adds a ``DiskShare`` (what it holds); ``update`` takes the old share out and puts
+the new one in. A deleted VM holds nothing: its copies drop out of their hosts' sets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from common.ids import HostId, VmName
+from common.messages import VmState
+from scheduler.state.model import VmRecord
+from scheduler.state.storage import CopyState
+
+Copies = tuple[tuple[HostId, CopyState], ...]
+_MAKING = frozenset({CopyState.FILLING, CopyState.JOINING})
+
+
+@dataclass(frozen=True, slots=True)
+class DiskShare:
+    """What one VM record holds on hosts' disks."""
+
+    replicated: tuple[tuple[str, int, Copies], ...]
+    """Per replicated disk: its id, the space a copy takes, and its copies."""
+    local: tuple[tuple[HostId, int], ...]
+    """Host-local disks made on a host, with their size."""
+
+    @property
+    def fewest(self) -> int | None:
+        """The fewest live (not lost) copies of its replicated disks; None without any."""
+        if not self.replicated:
+            return None
+        return min(
+            sum(state is not CopyState.LOST for _, state in copies)
+            for _, _, copies in self.replicated
+        )
+
+    @property
+    def fewest_current(self) -> int | None:
+        """The fewest current copies of its replicated disks; None without any."""
+        if not self.replicated:
+            return None
+        return min(
+            sum(state is CopyState.CURRENT for _, state in copies)
+            for _, _, copies in self.replicated
+        )
+
+
+def share_of(record: VmRecord | None) -> DiskShare | None:
+    if record is None or record.state is VmState.DELETED:
+        return None
+    replicated = tuple(
+        (d.disk_id, d.charged_mib, tuple((c.host, c.state) for c in d.copies))
+        for d in record.disks
+        if d.replicated
+    )
+    local = tuple((d.host, d.charged_mib) for d in record.disks if d.host is not None)
+    if not replicated and not local:
+        return None
+    return DiskShare(replicated, local)
+
+
+@dataclass(slots=True)
+class DiskIndex:
+    held: dict[HostId, dict[str, VmName]] = field(default_factory=dict)
+    """Per host, the copies it must hold: disk id -> VM."""
+    used_mib: dict[HostId, int] = field(default_factory=dict)
+    dirty_hosts: set[HostId] = field(default_factory=set)
+    """Hosts whose replica set may have changed since it was last computed."""
+    by_copies: dict[int, dict[VmName, None]] = field(default_factory=dict)
+    """VMs with replicated disks by the fewest live copies of one of their disks."""
+    by_current: dict[int, dict[VmName, None]] = field(default_factory=dict)
+    """The same by the fewest current copies (below the wanted count: degraded)."""
+    making: dict[HostId, int] = field(default_factory=dict)
+    """Per host, the copies being made there (filling or joining): rebuilds are limited."""
+    copies_changed: set[HostId] = field(default_factory=set)
+    """Hosts whose used space changed (their placement view is stale)."""
+
+    def update(self, name: VmName, old: DiskShare | None, new: DiskShare | None) -> None:
+        if old == new:
+            return
+        if old is not None:
+            self._apply(name, old, -1)
+        if new is not None:
+            self._apply(name, new, +1)
+        self._refile(name, old, new)
+        before = {d: copies for d, _, copies in old.replicated} if old is not None else {}
+        after = {d: copies for d, _, copies in new.replicated} if new is not None else {}
+        for disk in before.keys() | after.keys():
+            if before.get(disk) != after.get(disk):
+                for copies in (before.get(disk, ()), after.get(disk, ())):
+                    self.dirty_hosts.update(host for host, _ in copies)
+
+    def _apply(self, name: VmName, share: DiskShare, sign: int) -> None:
+        for disk, mib, copies in share.replicated:
+            for host, state in copies:
+                self._use(host, sign * mib)
+                if state in _MAKING:
+                    made = self.making.get(host, 0) + sign
+                    if made:
+                        self.making[host] = made
+                    else:
+                        del self.making[host]
+                held = self.held.setdefault(host, {})
+                if sign > 0:
+                    held[disk] = name
+                else:
+                    held.pop(disk, None)
+                    if not held:
+                        del self.held[host]
+        for host, mib in share.local:
+            self._use(host, sign * mib)
+
+    def _use(self, host: HostId, mib: int) -> None:
+        used = self.used_mib.get(host, 0) + mib
+        if used:
+            self.used_mib[host] = used
+        else:
+            self.used_mib.pop(host, None)
+        self.copies_changed.add(host)
+
+    def _refile(self, name: VmName, old: DiskShare | None, new: DiskShare | None) -> None:
+        _move(
+            self.by_copies,
+            name,
+            old.fewest if old is not None else None,
+            new.fewest if new is not None else None,
+        )
+        _move(
+            self.by_current,
+            name,
+            old.fewest_current if old is not None else None,
+            new.fewest_current if new is not None else None,
+        )
+
+    def replicas_on(self, host: HostId) -> int:
+        return len(self.held.get(host, ()))
+
+    def short_of(self, wanted: int) -> list[VmName]:
+        """The VMs one of whose replicated disks has fewer than ``wanted`` live copies."""
+        return [
+            name
+            for count in sorted(self.by_copies)
+            if count < wanted
+            for name in self.by_copies[count]
+        ]
+
+    def same_as(self, other: DiskIndex) -> list[str]:
+        """What differs from ``other`` (an index built afresh): [] when nothing does."""
+        problems = []
+        for what in ("held", "used_mib", "by_copies", "by_current", "making"):
+            if getattr(self, what) != getattr(other, what):
+                problems.append(what)
+        return problems
+
+
+def _move(
+    buckets: dict[int, dict[VmName, None]], name: VmName, before: int | None, after: int | None
+) -> None:
+    if before == after:
+        return
+    if before is not None:
+        bucket = buckets[before]
+        bucket.pop(name, None)
+        if not bucket:
+            del buckets[before]
+    if after is not None:
+        buckets.setdefault(after, {})[name] = None
