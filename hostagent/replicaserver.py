@@ -360,8 +360,13 @@ async def _exports(qmp: QmpClient) -> list[JsonObject]:
 
 
 def _free_port(address: str) -> int:
+    """A port free on ``address`` now (on any address when the daemon listens in another
+    network namespace, where ``address`` is not this process's)."""
     with socket.socket() as probe:
-        probe.bind((address, 0))
+        try:
+            probe.bind((address, 0))
+        except OSError:
+            probe.bind(("", 0))
         return int(probe.getsockname()[1])
 
 
