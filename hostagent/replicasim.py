@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from common.replica_messages import ConfigureReplicas, ReplicaSpec, ReplicaStatus
+from hostagent.drivers.fakequorum import DiskLedger
 from hostagent.replicaplan import Held, check_disk_ids, plan_replicas, replica_statuses
 from hostagent.replicas import ReplicaBackend, ReplicaError
 
@@ -38,8 +39,12 @@ class SimulatedReplicas:
     now_s: Callable[[], float]
     fill_mib_s: float = 1024.0
     os_disk_mib: int = OS_DISK_MIB
+    ledger: DiskLedger | None = None
+    """Where the copies' write counts are kept (with the fake driver of a simulated pool)."""
+    host_id: str = ""
     name: str = "simulated"
     held: dict[str, SimReplica] = field(default_factory=dict)
+    _counted: set[str] = field(default_factory=set)
     _desired: list[ReplicaSpec] = field(default_factory=list)
     _digest: str = ""
     _port: int = SIMULATED_PORT
@@ -63,6 +68,9 @@ class SimulatedReplicas:
         plan = plan_replicas(config.replicas, self._held(now_s))
         for disk_id in plan.delete:
             del self.held[disk_id]
+            self._counted.discard(disk_id)
+            if self.ledger is not None:
+                self.ledger.deleted(disk_id, self.host_id)
         for spec in plan.make:
             size_mib = replica_size_mib(spec, self.os_disk_mib)
             fill_s = 0.0
@@ -87,10 +95,20 @@ class SimulatedReplicas:
         for disk_id, replica in self.held.items():
             if replica.made_at_s <= now_s:
                 held[disk_id] = Held(made=True, exported=True)
+                self._count(replica)
             else:
                 span_s = replica.made_at_s - replica.started_s
                 held[disk_id] = Held(filling=(now_s - replica.started_s) / span_s)
         return held
+
+    def _count(self, replica: SimReplica) -> None:
+        """A copy just made enters the ledger: empty, or as its source's copy is now."""
+        disk_id = replica.spec.disk_id
+        if self.ledger is None or disk_id in self._counted:
+            return
+        self._counted.add(disk_id)
+        source = replica.spec.fill_from
+        self.ledger.made(disk_id, self.host_id, source.host if source is not None else None)
 
     async def close(self) -> None:
         return None
