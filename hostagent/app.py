@@ -211,6 +211,8 @@ class AgentApp:
                 guard = FenceGuardKeeper(agent, config.data_dir, clock)
                 await guard.ensure()  # its VMs outlive the agent: fenced even when it is dead
             capturer = Capturer(nc, settings.host_id, driver, qemu_root(config, settings.host_id))
+            if isinstance(replicas, ReplicaServer):
+                capturer.replica_file = replicas.made_file
             agent.capture = lambda command, running: capturer.capture(command, running=running)
             await nc.subscribe(subjects.host_commands(settings.host_id), cb=agent.on_commands)
             consoles = None

@@ -123,11 +123,16 @@ class DiskStore:
         )
         partial.rename(path)
 
-    async def flatten(self, disk_id: str, dest: Path) -> None:
-        """Write disk ``disk_id`` with its backing image merged in, as one compressed qcow2."""
-        source = self.path(disk_id)
+    async def flatten(self, disk_id: str, dest: Path, source: Path | None = None) -> None:
+        """Write disk ``disk_id`` (its file here, or ``source``: this host's copy of a
+        replicated disk) with its backing image merged in, as one compressed qcow2."""
+        source = source or self.path(disk_id)
         if not source.exists():
-            raise DriverError(f"disk {disk_id} is not on this host", retryable=False)
+            raise DriverError(
+                f"disk {disk_id} is not on this host (a replicated disk is captured on a host "
+                "holding one of its copies)",
+                retryable=False,
+            )
         await run_qemu_img("convert", "-c", "-O", "qcow2", str(source), str(dest))
 
     def remove(self, disk_ids: list[str]) -> None:

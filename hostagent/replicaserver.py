@@ -93,6 +93,11 @@ class ReplicaServer:
     def path(self, disk_id: str) -> Path:
         return self.root / f"{disk_id}.qcow2"
 
+    def made_file(self, disk_id: str) -> Path | None:
+        """The file of this host's made copy of ``disk_id``, if it holds one."""
+        path = self.path(disk_id)
+        return path if path.exists() else None
+
     def _partial(self, disk_id: str) -> Path:
         return self.root / f".{disk_id}.partial"
 

@@ -81,6 +81,9 @@ class Bed:
     a: Host
     driver: QemuDriver
     hosts: dict[str, Replicas]
+    b: Host
+    driver_b: QemuDriver
+    """A second VM host (h2's namespace), for live migration."""
 
 
 @pytest.fixture
@@ -105,23 +108,30 @@ async def bed(netbed: Netbed, tmp_path: Path) -> AsyncIterator[Bed]:
             tmp_path / host_id / "replicas", address, 0, commands=HostCommands(host.netns)))
         for host_id, host, address in (("h1", a, a_to_b), ("h2", b, b_addr), ("h3", c, c_addr))
     }  # fmt: skip
-    settings = QemuSettings(
-        qemu_binary="qemu-system-x86_64", accel="tcg", kernel=kit / "vmlinux",
-        initramfs=kit / "initramfs.gz", boot_timeout_s=90, netns=a.netns, nics=False,
-    )  # fmt: skip
-    root = tmp_path / "h1" / "qemu"
-    images = ImageCache(root / "images", kit)
-    driver = QemuDriver(settings, root, images, capacity=Resources(4000, 1024))
+    b.underlay_ip = b_addr
+    drivers = [qemu_driver(kit, tmp_path / host_id / "qemu", host.netns)
+               for host_id, host in (("h1", a), ("h2", b))]  # fmt: skip
     try:
         for replicas in servers.values():
             await replicas.server.open()
-        yield Bed(a, driver, servers)
+        yield Bed(a, drivers[0], servers, b, drivers[1])
     finally:
-        for vm in driver.inventory():
-            await driver.destroy(vm.name)
-        await driver.close()
+        for driver in drivers:
+            for vm in driver.inventory():
+                await driver.destroy(vm.name)
+            await driver.close()
         for replicas in servers.values():
             await replicas.server.shutdown()
+
+
+def qemu_driver(kit: Path, root: Path, netns: str) -> QemuDriver:
+    settings = QemuSettings(
+        qemu_binary="qemu-system-x86_64", accel="tcg", kernel=kit / "vmlinux",
+        initramfs=kit / "initramfs.gz", boot_timeout_s=90, netns=netns, nics=False,
+    )  # fmt: skip
+    return QemuDriver(
+        settings, root, ImageCache(root / "images", kit), capacity=Resources(4000, 1024)
+    )
 
 
 def spec(*copies: ReplicaRef) -> VmSpec:
@@ -133,7 +143,7 @@ def spec(*copies: ReplicaRef) -> VmSpec:
     return VmSpec(name=VM, size="Tiny", cpu_milli=1000, mem_mib=96, image="tiny", disks=disks)
 
 
-async def in_guest(driver: QemuDriver, command: str, timeout_s: float = 60) -> str:
+async def in_guest(driver: QemuDriver, command: str, timeout_s: float = 60.0) -> str:
     """Type ``command`` on the guest's console; its output up to an end mark."""
     mark = f"done{next(_marks)}"
     pattern = re.compile(rf"{mark}-(\d+)".encode())
@@ -226,3 +236,24 @@ async def test_a_failed_copy_stops_the_vm_until_dropped_and_a_new_copy_joins_in_
         assert copy.read(bed.a.netns, 1024, 12) == b"MARKER-THREE"
         block = copy.read(bed.a.netns, 512 * (100 + last % 50), 16).split(b"\n")[0]
         assert int(block) >= last, f"{copy.host_id} misses the synced count {last}"
+
+
+async def test_live_migration_opens_the_same_copies_and_copies_no_replicated_disk(
+    bed: Bed,
+) -> None:
+    h1, h2 = bed.hosts["h1"], bed.hosts["h2"]
+    await h1.hold(DISK)
+    await h2.hold(DISK)
+    vm = spec(h1.ref(), h2.ref())
+    await bed.driver.start(vm, 1)
+    await in_guest(bed.driver, write_marker("BEFORE-MOVE", 0))
+    endpoint = await bed.driver_b.prepare_incoming(vm, 1, bed.b.underlay_ip)
+    await bed.driver.migrate_out(VM, endpoint, max_downtime_ms=100, max_bandwidth_mib_s=0)
+    await bed.driver_b.finish_incoming(VM)
+    assert not list((bed.driver_b.root / "disks").glob(f"{DISK}*")), "the disk was not copied"
+    await in_guest(bed.driver_b, write_marker("AFTER-MOVE", 1))
+    for copy in (h1, h2):
+        assert copy.read(bed.b.netns, 0, 11) == b"BEFORE-MOVE"
+        assert copy.read(bed.b.netns, 512, 10) == b"AFTER-MOVE"
+    [moved] = bed.driver_b.inventory()
+    assert (moved.state, moved.disks[0].in_sync) == (ObservedState.RUNNING, ["h1", "h2"])
