@@ -81,6 +81,7 @@ class ReplicaServer:
     _making: dict[str, Making] = field(default_factory=dict)
     _failed: dict[str, tuple[str, bool]] = field(default_factory=dict)
     _qmp: QmpClient | None = None
+    _started: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def port(self) -> int:
@@ -104,7 +105,9 @@ class ReplicaServer:
     # ------------------------------------------------------------------ the daemon
 
     async def open(self) -> None:
-        """Adopt the daemon a previous agent left running, or start one."""
+        """Adopt the daemon a previous agent left running; else choose the port a daemon will
+        listen on, started once the host is asked to hold a replica (a host that holds none
+        runs none)."""
         self.root.mkdir(parents=True, exist_ok=True)
         for partial in self.root.glob(".*.partial"):
             partial.unlink()  # a copy cut short by the last agent's end: made again if named
@@ -114,13 +117,20 @@ class ReplicaServer:
             if meta.address == self.address and self.wanted_port in (0, meta.port):
                 with contextlib.suppress(QmpError):
                     await self._connect(meta.port)
+                    self._started.set()
                     log.info("replica server adopted pid=%d port=%d", pid, meta.port)
                     return
             _kill(pid)
-        await self._start()
+        kept = meta.port if meta is not None and meta.address == self.address else 0
+        self._port = self.wanted_port or kept or _free_port(self.address)
+
+    async def _ensure(self) -> None:
+        """The daemon runs (started now if it does not)."""
+        if self._qmp is None or self._qmp.closed.is_set():
+            await self._start()
 
     async def _start(self) -> None:
-        port = self.wanted_port or _free_port(self.address)
+        port = self._port or self.wanted_port or _free_port(self.address)
         for stale in ("qmp.sock", "daemon.pid"):
             with contextlib.suppress(FileNotFoundError):
                 (self.root / stale).unlink()
@@ -155,6 +165,7 @@ class ReplicaServer:
             await self._connect(port)
         except QmpError as exc:
             raise ReplicaError(f"{DAEMON} started but its monitor does not answer: {exc}") from exc
+        self._started.set()
         log.info("replica server started pid=%s address=%s port=%d", self._read_pid(), *self._at())
 
     def _at(self) -> tuple[str, int]:
@@ -180,21 +191,22 @@ class ReplicaServer:
             return None
 
     async def run(self) -> None:
-        """Start the daemon again whenever it dies, and export what is made."""
+        """Start the daemon again whenever it dies, and export what is made (a failed restart
+        is tried again by the next apply)."""
         while True:
-            if self._qmp is not None:
-                await self._qmp.closed.wait()
+            await self._started.wait()
+            assert self._qmp is not None
+            await self._qmp.closed.wait()
+            self._started.clear()
             log.error("replica server gone, starting it again port=%d", self._port)
             await asyncio.sleep(RESTART_WAIT_S)
             try:
-                await self.open()
+                await self._start()
                 plan = plan_replicas(self._desired, self._held())
                 for disk_id in plan.export:
                     await self._export(disk_id)
-            except (ReplicaError, QmpError, OSError) as exc:
+            except (ReplicaError, QmpError, OSError, TimeoutError) as exc:
                 log.error("replica server restart failed error=%s", exc)
-                self._qmp = None
-                continue
 
     async def close(self) -> None:
         """Stop making replicas and disconnect; the daemon and its exports stay."""
@@ -220,11 +232,13 @@ class ReplicaServer:
         self._desired = list(config.replicas)
         plan = plan_replicas(config.replicas, self._held())
         try:
+            if not plan.empty or config.replicas:
+                await self._ensure()
             for disk_id in plan.delete:
                 await self._delete(disk_id)
             for disk_id in plan.export:
                 await self._export(disk_id)
-        except QmpError as exc:
+        except (QmpError, OSError, TimeoutError) as exc:
             raise ReplicaError(f"replica server: {exc}") from exc
         for spec in plan.make:
             self._failed.pop(spec.disk_id, None)
@@ -357,6 +371,19 @@ class ReplicaServer:
         if self._qmp is None or self._qmp.closed.is_set():
             raise ReplicaError("the replica server is not running")
         return self._qmp
+
+
+def stop_replica_servers(data_dir: Path) -> int:
+    """Kill the replica servers the agents under ``data_dir`` left running (they outlive their
+    agents); how many ran. For rigs and tests that take a cluster down."""
+    killed = 0
+    for pid_file in data_dir.glob("*/replicas/daemon.pid"):
+        with contextlib.suppress(OSError, ValueError):
+            pid = int(pid_file.read_text().strip())
+            if _alive(pid, pid_file.parent):
+                _kill(pid)
+                killed += 1
+    return killed
 
 
 async def _exports(qmp: QmpClient) -> list[JsonObject]:
