@@ -2,7 +2,8 @@
 process (so one's load never overlaps another's); results land in bench/results/.
 
 ``python -m bench NAME [args]`` runs one of ON_DEMAND alone (not part of the default run):
-``python -m bench chaos --faults 1000 [--seed N]``, ``python -m bench netboot --vms 4``."""
+``python -m bench chaos --faults 1000 [--seed N]``, ``python -m bench netboot --vms 4``,
+``python -m bench disks [--smoke]``."""
 
 from __future__ import annotations
 
@@ -17,10 +18,15 @@ BENCHMARKS = (
     "bench.restart",
     "bench.traces",
 )
-ON_DEMAND = {"chaos": "bench.chaos", "takeover": "bench.takeover", "netboot": "bench.netboot"}
-"""Long runs (root needed for chaos's and netboot's network namespaces, netboot boots real
-QEMU guests; takeover runs a 3-node NATS cluster and two schedulers per run): only when asked
-for by name."""
+ON_DEMAND = {
+    "chaos": "bench.chaos",
+    "takeover": "bench.takeover",
+    "netboot": "bench.netboot",
+    "disks": "bench.disks",
+}
+"""Long runs (root needed for chaos's and netboot's network namespaces, netboot and disks boot
+real QEMU guests; takeover runs a 3-node NATS cluster and two schedulers per run): only when
+asked for by name."""
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -223,6 +223,9 @@ class AgentConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """The fake driver's live migration: a fixed cost, plus memory and data disks at
     ``fake_migration_bandwidth_mib_s`` (hostagent/drivers/fake.py ``MigrationModel``)."""
     fake_migration_bandwidth_mib_s: Annotated[float, msgspec.Meta(gt=0)] = 1024.0
+    fake_replica_fill_mib_s: Annotated[float, msgspec.Meta(gt=0)] = 200.0
+    """Fake driver: how fast a replica is copied (``fill_from``) or a joining copy brought in
+    step, unless the command sets its own rate (hostagent/replicasim.py)."""
     underlay_ip: str = ""
     """The IPv4 address other hosts reach this one at (VXLAN between hosts, endpoints); empty:
     none, so this host's VMs reach no VM on another host and its endpoints have no address.

@@ -85,6 +85,8 @@ class ReplicaSpec(msgspec.Struct, frozen=True, kw_only=True):
     """A new copy of a disk whose VM does not run: copy this current replica's content before
     reporting ready. None: create it (an OS disk over its image, a data disk empty) — a new
     disk, or a copy that the running VM's host fills by mirroring (``SetDiskReplicas``)."""
+    fill_mib_s: Annotated[float, msgspec.Meta(ge=0.0)] = 0.0
+    """The copy from ``fill_from`` goes at most this fast; 0: as fast as it can."""
 
 
 class ConfigureReplicas(msgspec.Struct, tag="configure_replicas", kw_only=True):
@@ -94,8 +96,6 @@ class ConfigureReplicas(msgspec.Struct, tag="configure_replicas", kw_only=True):
     replicas: list[ReplicaSpec] = []
     digest: DigestField
     """Names this set; the agent echoes it in ``Heartbeat.replica_digest``."""
-    rebuild_mib_per_s: float = 0.0
-    """Copy a ``fill_from`` replica at most this fast (each); 0: not limited."""
 
 
 class ReplicaStatus(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -122,9 +122,8 @@ class SetDiskReplicas(msgspec.Struct, tag="set_disk_replicas", kw_only=True):
     """The current copies the VM keeps writing to (never empty)."""
     joining: list[ReplicaRef] = []
     """New copies (ready, empty) to fill from the VM's own disk and then write to."""
-    rebuild_mib_per_s: float = 0.0
-    """Bring each joining copy in step at most this fast (the mirror's speed); 0: not
-    limited."""
+    speed_mib_s: Annotated[float, msgspec.Meta(ge=0.0)] = 0.0
+    """The mirror bringing ``joining`` in step goes at most this fast; 0: as fast as it can."""
 
 
 class DiskReplicas(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):

@@ -34,6 +34,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ADDR",
         help="IPv4 address other hosts reach this one at (VXLAN, endpoints); default: none",
     )
+    add(
+        "--replica-port",
+        type=int,
+        metavar="N",
+        help="NBD port of this host's replica server (on the underlay address); 0: any free",
+    )
+    add("--disk-capacity", metavar="500g", help="space for disks and replicas (default: measured)")
     add("--labels", metavar="k=v,k2=v2", type=parse_labels)
     add("--cpu-overcommit", type=float, metavar="RATIO")
     add("--data-dir", metavar="DIR", help="where executions.jsonl is written")
@@ -52,6 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         metavar="MIB_S",
         help="fake: a live migration's fixed cost (S) and its rate",
+    )
+    add(
+        "--fake-replica-fill-bandwidth",
+        dest="fake_replica_fill_mib_s",
+        type=float,
+        metavar="MIB_S",
+        help="fake: how fast a replica is filled (copied) or a joining copy brought in step",
     )
     add("--heartbeat-interval", dest="heartbeat_interval_s", type=float, metavar="S")
     add("--fence-after", dest="fence_after_s", type=float, metavar="S")

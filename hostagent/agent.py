@@ -23,15 +23,23 @@ from common import codec
 from common.clock import Clock
 from common.errors import DriverError, NetworkError
 from common.messages import AgentCommand, CaptureDisk, Heartbeat, ObservedVm
-from hostagent.drivers.base import HypervisorDriver, IncomingEndpoint, MigratingDriver
+from hostagent.drivers.base import (
+    HypervisorDriver,
+    IncomingEndpoint,
+    MigratingDriver,
+    ReplicatingDriver,
+)
 from hostagent.execlog import ExecLog
 from hostagent.lease import Lease
 from hostagent.netsim import SimulatedNetwork
 from hostagent.network import NetworkBackend
+from hostagent.replicas import ReplicaBackend, ReplicaError
+from hostagent.replicasim import SimulatedReplicas
 from hostagent.state import AgentState
 from hostagent.stimuli import (
     AdmitHeld,
     ApplyNetworks,
+    ApplyReplicas,
     CommandsReceived,
     DriverCall,
     DriverCancelMigration,
@@ -42,6 +50,7 @@ from hostagent.stimuli import (
     DriverPause,
     DriverPrepareIncoming,
     DriverResume,
+    DriverSetReplicas,
     DriverStart,
     DriverStop,
     Endpoint,
@@ -55,6 +64,7 @@ from hostagent.stimuli import (
     OpDone,
     Progress,
     RecordExecution,
+    ReplicasApplied,
     ReportChanged,
     ReportNow,
     RunCapture,
@@ -85,6 +95,12 @@ async def drive(driver: HypervisorDriver, op: DriverCall) -> OpDone:
                 await driver.pause(name)
             case DriverResume(name=name):
                 await driver.resume(name)
+            case DriverSetReplicas(command=command):
+                if not isinstance(driver, ReplicatingDriver):
+                    raise DriverError(
+                        f"driver {driver.name} has no replicated disks", retryable=False
+                    )
+                await driver.set_disk_replicas(command)
             case (
                 DriverPrepareIncoming()
                 | DriverMigrateOut()
@@ -198,6 +214,17 @@ async def apply_networks(
     return NetworksApplied(config, vnis, network.applied_digest, vms(), error)
 
 
+async def apply_replicas(replicas: ReplicaBackend, op: ApplyReplicas) -> ReplicasApplied:
+    """Have the backend hold a set of replicas; its result (``ReplicaError`` included) as a
+    stimulus."""
+    error = None
+    try:
+        await replicas.apply(op.config)
+    except ReplicaError as exc:
+        error = str(exc)
+    return ReplicasApplied(op.config, replicas.applied_digest, error)
+
+
 def _log(note: Note) -> None:
     if log.isEnabledFor(note.level):
         log.log(note.level, note.event, *note.args)
@@ -212,12 +239,15 @@ class Agent:
         clock: Clock,
         operations: Operations | None = None,
         network: NetworkBackend | None = None,
+        replicas: ReplicaBackend | None = None,
     ) -> None:
         self.state = state
         self.host_id = state.host_id
         self.driver = driver
         self.network: NetworkBackend = network or SimulatedNetwork()
         """The host's guest networking (simulated unless the app opened another)."""
+        self.replicas: ReplicaBackend = replicas or SimulatedReplicas(clock.monotonic_s)
+        """The disk replicas the host serves (simulated unless the app opened a server)."""
         self._execlog = execlog
         self._clock = clock
         self.operations = operations or Operations()
@@ -269,8 +299,8 @@ class Agent:
                     self.submit(commands)
                 case RunCapture():
                     self.operations.spawn(self._capture(instruction), f"capture-{instruction.name}")
-                case ApplyNetworks():
-                    self.operations.spawn(self._apply_networks(instruction), "networks")
+                case ApplyNetworks() | ApplyReplicas():
+                    self.operations.spawn(self._apply(instruction), "host-config")
                 case (
                     DriverStart()
                     | DriverStop()
@@ -278,6 +308,7 @@ class Agent:
                     | DriverForget()
                     | DriverPause()
                     | DriverResume()
+                    | DriverSetReplicas()
                     | DriverPrepareIncoming()
                     | DriverMigrateOut()
                     | DriverCancelMigration()
@@ -295,8 +326,12 @@ class Agent:
     async def _drive(self, op: DriverCall) -> None:
         self.handle(await drive(self.driver, op))
 
-    async def _apply_networks(self, op: ApplyNetworks) -> None:
-        self.handle(await apply_networks(self.network, op, self.driver.inventory))
+    async def _apply(self, op: ApplyNetworks | ApplyReplicas) -> None:
+        """Have the host's networks or replicas made as the scheduler wants them."""
+        if isinstance(op, ApplyNetworks):
+            self.handle(await apply_networks(self.network, op, self.driver.inventory))
+        else:
+            self.handle(await apply_replicas(self.replicas, op))
 
     async def _capture(self, op: RunCapture) -> None:
         if self.capture is None:
@@ -309,7 +344,8 @@ class Agent:
         """The next report (the caller sends it and hands its ack to :meth:`handle`)."""
         self.urgent = False
         progress = migration_progress(self.driver, self.state.mig.outgoing)
-        for instruction in self.handle(HeartbeatDue(self.driver.inventory(), progress)):
+        due = HeartbeatDue(self.driver.inventory(), progress, self.replicas.statuses())
+        for instruction in self.handle(due):
             if isinstance(instruction, SendHeartbeat):
                 return instruction.heartbeat
         raise AssertionError("a heartbeat due yields a heartbeat")

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from pathlib import Path
 
 import nats
 import nats.errors
@@ -46,6 +47,9 @@ from hostagent.netlinux import (
 from hostagent.netsim import SimulatedNetwork
 from hostagent.network import NetworkBackend
 from hostagent.qemusetup import check_host, open_qemu_driver, qemu_root
+from hostagent.replicas import ReplicaBackend, disk_capacity_mib
+from hostagent.replicaserver import ReplicaServer
+from hostagent.replicasim import SimulatedReplicas
 from hostagent.state import AgentState
 
 log = logging.getLogger(__name__)
@@ -61,6 +65,7 @@ class AgentSettings:
     config: AgentConfig
     host_id: HostId
     capacity: Resources
+    disk_capacity_mib: int = 0
 
 
 def resolve_settings(config: AgentConfig) -> AgentSettings:
@@ -71,11 +76,12 @@ def resolve_settings(config: AgentConfig) -> AgentSettings:
     except ProtocolError as exc:
         raise ConfigError(str(exc)) from exc
     capacity = host_capacity(config.capacity, config.reserved)
+    disk_mib = disk_capacity_mib(config.disk_capacity, Path(config.data_dir))
     if config.driver == "qemu":
         check_host(config)
     if uses_kernel_networks(config):
         check_host_tools()
-    return AgentSettings(config, checked_id, capacity)
+    return AgentSettings(config, checked_id, capacity, disk_mib)
 
 
 def make_driver(settings: AgentSettings) -> HypervisorDriver:
@@ -108,6 +114,24 @@ async def open_driver(settings: AgentSettings, nc: Client | None) -> HypervisorD
     if settings.config.driver == "qemu":
         return await open_qemu_driver(settings.config, settings.host_id, settings.capacity, nc)
     return make_driver(settings)
+
+
+async def open_replicas(
+    settings: AgentSettings, driver: HypervisorDriver, clock: SystemClock
+) -> ReplicaBackend:
+    """The host's replica server: a ``qemu-storage-daemon`` for the qemu driver (adopted if one
+    runs), on the underlay address (loopback without one); else the simulated backend."""
+    config = settings.config
+    if isinstance(driver, QemuDriver):
+        server = ReplicaServer(
+            driver.root.parent / "replicas",  # beside the driver's root, <data_dir>/<host_id>
+            config.underlay_ip or "127.0.0.1",
+            config.replica_port,
+            driver.disks.images,
+        )
+        await server.open()
+        return server
+    return SimulatedReplicas(clock.monotonic_s, fill_mib_s=config.fake_replica_fill_mib_s)
 
 
 def _adopt_overcommit(
@@ -171,20 +195,24 @@ class AgentApp:
             stack.push_async_callback(driver.close)  # a real driver leaves its VMs running
             if isinstance(driver, FakeDriver):
                 driver.has_network = network.has_network
+            replicas = await open_replicas(settings, driver, clock)
+            stack.push_async_callback(replicas.close)  # a server's exports stay for the VMs
             execlog = ExecLog(execlog_path(config.data_dir, settings.host_id), settings.host_id)
             stack.callback(execlog.close)
             state = AgentState(
-                self._heartbeat_template(driver.name),
+                self._heartbeat_template(driver.name, replicas.port),
                 heartbeat_interval_s=config.heartbeat_interval_s,
                 fence_after_s=config.fence_after_s,
             )
-            agent = Agent(state, driver, execlog, clock, network=network)
+            agent = Agent(state, driver, execlog, clock, network=network, replicas=replicas)
             guard: FenceGuardKeeper | None = None
             if isinstance(driver, QemuDriver):
                 driver.on_change = agent.changed.set
                 guard = FenceGuardKeeper(agent, config.data_dir, clock)
                 await guard.ensure()  # its VMs outlive the agent: fenced even when it is dead
             capturer = Capturer(nc, settings.host_id, driver, qemu_root(config, settings.host_id))
+            if isinstance(replicas, ReplicaServer):
+                capturer.replica_file = replicas.made_file
             agent.capture = lambda command, running: capturer.capture(command, running=running)
             await nc.subscribe(subjects.host_commands(settings.host_id), cb=agent.on_commands)
             consoles = None
@@ -216,8 +244,10 @@ class AgentApp:
                     tg.create_task(consoles.run(), name="consoles")
                 if isinstance(network, LinuxNetworks):
                     tg.create_task(network.run_selfcheck(), name="network-selfcheck")
+                if isinstance(replicas, ReplicaServer):
+                    tg.create_task(replicas.run(), name="replica-server")
 
-    def _heartbeat_template(self, driver_name: str) -> Heartbeat:
+    def _heartbeat_template(self, driver_name: str, replica_port: int) -> Heartbeat:
         config = self.settings.config
         return Heartbeat(
             host_id=self.settings.host_id,
@@ -230,6 +260,8 @@ class AgentApp:
             cpu_overcommit=config.cpu_overcommit,
             driver=driver_name,
             underlay_ip=config.underlay_ip,
+            disk_capacity_mib=self.settings.disk_capacity_mib,
+            replica_port=replica_port,
         )
 
     async def _connect(self) -> Client:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
@@ -36,6 +37,9 @@ class Capturer:
         self._driver = driver
         self._work_dir = work_dir
         self._done: dict[str, ImageCaptured] = {}
+        self.replica_file: Callable[[str], Path | None] = lambda _disk_id: None
+        """The file of this host's copy of a replicated disk, if it holds one (a replicated
+        disk is captured from a host that holds a copy of it)."""
 
     async def capture(self, command: CaptureDisk, *, running: bool) -> None:
         result = self._done.get(command.image)
@@ -58,7 +62,8 @@ class Capturer:
         dest = self._work_dir / f".capture-{command.image}.qcow2"
         try:
             await asyncio.to_thread(self._work_dir.mkdir, parents=True, exist_ok=True)
-            await self._driver.disks.flatten(command.disk_id, dest)
+            source = self.replica_file(command.disk_id)
+            await self._driver.disks.flatten(command.disk_id, dest, source)
             staged = await stage_image(self._nc.jetstream(), dest)
         except (DriverError, ImageStoreError, nats.errors.Error, OSError, TimeoutError) as exc:
             return failed(str(exc) or repr(exc))

@@ -21,6 +21,7 @@ from common.errors import DriverError
 from common.ids import whole
 from common.images import ImageFormat, read_header, sniff_format
 from common.messages import DiskKind, DiskSpec, VmSpec
+from common.spec_messages import DiskStorage
 from hostagent.images import ImageCache
 
 log = logging.getLogger(__name__)
@@ -80,15 +81,18 @@ class DiskStore:
         return self.disks_dir / f"{disk_id}.qcow2"
 
     async def prepare(self, spec: VmSpec) -> tuple[list[Path], list[Path]]:
-        """Every disk of ``spec`` as a file, creating the missing ones.
+        """Every host-local disk of ``spec`` as a file, creating the missing ones (a replicated
+        disk has no file here: its copies are served by replica servers).
 
-        Returns (all disk paths in order, the paths created by this call).
+        Returns (the host-local disk paths in order, the paths created by this call).
         """
         self.disks_dir.mkdir(parents=True, exist_ok=True)
         paths: list[Path] = []
         created: list[Path] = []
         try:
             for disk in effective_disks(spec):
+                if disk.storage is DiskStorage.REPLICATED:
+                    continue
                 path = self.path(disk.disk_id)
                 paths.append(path)
                 if path.exists():
@@ -119,11 +123,16 @@ class DiskStore:
         )
         partial.rename(path)
 
-    async def flatten(self, disk_id: str, dest: Path) -> None:
-        """Write disk ``disk_id`` with its backing image merged in, as one compressed qcow2."""
-        source = self.path(disk_id)
+    async def flatten(self, disk_id: str, dest: Path, source: Path | None = None) -> None:
+        """Write disk ``disk_id`` (its file here, or ``source``: this host's copy of a
+        replicated disk) with its backing image merged in, as one compressed qcow2."""
+        source = source or self.path(disk_id)
         if not source.exists():
-            raise DriverError(f"disk {disk_id} is not on this host", retryable=False)
+            raise DriverError(
+                f"disk {disk_id} is not on this host (a replicated disk is captured on a host "
+                "holding one of its copies)",
+                retryable=False,
+            )
         await run_qemu_img("convert", "-c", "-O", "qcow2", str(source), str(dest))
 
     def remove(self, disk_ids: list[str]) -> None:

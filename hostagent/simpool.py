@@ -54,12 +54,15 @@ from common.ids import HostId, host_id
 from common.messages import Heartbeat
 from common.natsauth import auth_options, nats_servers
 from common.resources import Resources, parse_capacity
+from common.sizes import parse_size_mib
 from hostagent.agent import FENCE_CHECK_S, Agent, Operations
 from hostagent.drivers.fake import FakeDriver, fake_migration_model
+from hostagent.drivers.fakequorum import DiskLedger
 from hostagent.execlog import ExecLog
 from hostagent.heartbeat import JITTER, MIN_GAP_S
 from hostagent.lease import Lease
 from hostagent.netsim import SimulatedNetwork
+from hostagent.replicasim import SIMULATED_PORT, SimulatedReplicas
 from hostagent.state import AgentState
 from hostagent.stimuli import AckReceived, AdoptCpuOvercommit, ClaimRefused, TimingAdopted
 
@@ -134,6 +137,9 @@ class SimPool:
         self._inbox = f"{ACK_INBOX_PREFIX}.{uuid.uuid4().hex[:12]}"
         self._stop = asyncio.Event()
         self.ready = asyncio.Event()
+        self.ledger = DiskLedger()
+        """The write counts of every simulated disk copy (a chaos observer checks that a VM
+        never starts again from a copy behind its last acknowledged write)."""
         self.refused: dict[str, str] = {}
         """Hosts refused their id (another live agent holds it), and why."""
 
@@ -152,6 +158,8 @@ class SimPool:
                 cpu_overcommit=config.cpu_overcommit or 1.0,
                 start_delay_s=config.fake_start_delay_s,
                 migration=fake_migration_model(config),
+                ledger=self.ledger,
+                join_mib_s=config.fake_replica_fill_mib_s,
             )
             network = SimulatedNetwork()
             driver.has_network = network.has_network
@@ -166,6 +174,10 @@ class SimPool:
                 cpu_overcommit=config.cpu_overcommit,
                 driver=driver.name,
                 underlay_ip=sim_underlay_ip(index),
+                replica_port=SIMULATED_PORT,
+                disk_capacity_mib=parse_size_mib(config.disk_capacity)
+                if config.disk_capacity
+                else 0,
             )
             state = AgentState(
                 template,
@@ -173,7 +185,11 @@ class SimPool:
                 fence_after_s=config.fence_after_s,
             )
             execlog = _SharedExecLog(execlog_file, execlog_file_path, hid)
-            agent = Agent(state, driver, execlog, self.clock, self._operations, network)
+            replicas = SimulatedReplicas(
+                self.clock.monotonic_s, config.fake_replica_fill_mib_s, ledger=self.ledger,
+                host_id=hid,
+            )  # fmt: skip
+            agent = Agent(state, driver, execlog, self.clock, self._operations, network, replicas)
             agent.on_change = partial(self._dirty.add, index)
             agent.on_report_now = partial(self._urgent.add, index)
             agent.on_lease = partial(self._lease_renewed, index)

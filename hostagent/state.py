@@ -44,13 +44,14 @@ from common.messages import (
 )
 from common.migration_messages import CancelMigration, FinishIncoming, MigrateOut
 from common.network_messages import ConfigureNetworks
-from common.replica_messages import ConfigureReplicas, SetDiskReplicas
+from common.replica_messages import ConfigureReplicas, ReplicaStatus, SetDiskReplicas
 from hostagent.claim import HostClaim
 from hostagent.epoch import EpochGate, from_leader
 from hostagent.execlog import ExecEvent
 from hostagent.lease import Lease
 from hostagent.migration import Migrations
 from hostagent.netgate import NetworkGate
+from hostagent.replicagate import ReplicaGate
 from hostagent.report import InventoryReport, SentReports, timing_of
 from hostagent.stimuli import (
     REPORT_CHANGED,
@@ -65,6 +66,7 @@ from hostagent.stimuli import (
     DriverPause,
     DriverPrepareIncoming,
     DriverResume,
+    DriverSetReplicas,
     DriverStart,
     DriverStop,
     FenceTick,
@@ -75,6 +77,7 @@ from hostagent.stimuli import (
     Note,
     OpDone,
     RecordExecution,
+    ReplicasApplied,
     RunCapture,
     SendHeartbeat,
     Stimulus,
@@ -89,6 +92,7 @@ from hostagent.vmcommands import (
     failed_vm,
     find,
     resume,
+    set_replicas,
     stale,
     vg,
 )
@@ -113,6 +117,7 @@ class AgentState:
         self.fenced = False
         self.report = InventoryReport()
         self.net = NetworkGate()
+        self.replicas = ReplicaGate()
         self._failed: dict[str, ObservedVm] = {}
         self.mig = Migrations(self.host_id, template.underlay_ip, self._failed)
         self._queues: dict[str, deque[VmCommand]] = {}
@@ -134,7 +139,7 @@ class AgentState:
     def idle(self) -> bool:
         """No command is queued or waits for the driver or the networks, and no pause is under
         way."""
-        return not self._queues and not self._pausing and not self.net.pending
+        return not (self._queues or self._pausing or self.net.pending or self.replicas.pending)
 
     # ------------------------------------------------------------------ the one entry point
 
@@ -148,21 +153,26 @@ class AgentState:
                 self._op_done(stimulus, now_s, out)
             case FenceTick(vms=vms):
                 self._enforce(vms, now_s, out)
-            case HeartbeatDue(vms=vms, progress=progress):
+            case HeartbeatDue(vms=vms, progress=progress, replicas=replicas):
                 self.mig.observe(progress)
-                out.append(SendHeartbeat(self._heartbeat(vms, now_s)))
+                out.append(SendHeartbeat(self._heartbeat(vms, replicas, now_s)))
             case AckReceived(ack=ack):
                 if from_leader(self.epochs, ack.epoch, "heartbeat ack", out):
                     self._ack(ack, now_s, out)  # a deposed leader's ack renews nothing
             case NetworksApplied():
                 self._networks_applied(stimulus, now_s, out)
+            case ReplicasApplied():
+                if self.replicas.applied(stimulus, out):
+                    out.append(REPORT_CHANGED)
             case _:
                 assert_never(stimulus)
         return out
 
     # ------------------------------------------------------------------ heartbeats and the lease
 
-    def _heartbeat(self, vms: Sequence[ObservedVm], now_s: float) -> Heartbeat:
+    def _heartbeat(
+        self, vms: Sequence[ObservedVm], replicas: Sequence[ReplicaStatus], now_s: float
+    ) -> Heartbeat:
         self._sent.seq += 1
         heartbeat = self.report.fill(
             replace(
@@ -171,6 +181,8 @@ class AgentState:
                 fenced=self.fenced,
                 vms=self.inventory(vms),
                 network_digest=self.net.digest,
+                replica_digest=self.replicas.digest,
+                replicas=list(replicas),
             )
         )
         self._sent.sent(heartbeat, now_s, self.heartbeat_interval_s)
@@ -265,8 +277,11 @@ class AgentState:
         for config in (c for c in commands if isinstance(c, ConfigureNetworks)):
             self.net.receive(config, out)  # before the starts of the batch that need it
         for command in commands:
-            if isinstance(command, ConfigureNetworks | ConfigureReplicas | SetDiskReplicas):
-                continue  # replicated disks: handled with the replica server (not yet here)
+            if isinstance(command, ConfigureNetworks):
+                continue
+            if isinstance(command, ConfigureReplicas):
+                self.replicas.receive(command, out)
+                continue
             if isinstance(command, CancelMigration):
                 self.mig.cancel(command, out)
                 continue
@@ -308,6 +323,8 @@ class AgentState:
                 return self.mig.migrate_out(command, find(vms, command.name), leased, out)
             case FinishIncoming():
                 return self.mig.finish(command, find(vms, command.name), leased, out)
+            case SetDiskReplicas():
+                return set_replicas(command, self._held(command.name, vms), leased, out)
             case _:
                 assert_never(command)
 
@@ -414,6 +431,8 @@ class AgentState:
         if isinstance(op, DriverCancelMigration):
             self.mig.cancel_done(op, done.error, out)
             return
+        if isinstance(op, DriverSetReplicas) and done.error is not None:
+            out.append(failed("disk replicas", op.name, op.generation, done.error))
         if self._finish(done, now_s, out):
             return  # the same command waits for another driver operation
         self._waiting.discard(op.name)
@@ -438,8 +457,8 @@ class AgentState:
                 if error is not None:
                     out.append(failed("disk removal", name, generation, error))
                 out.append(Note.debug(NOT_HERE, name, generation))
-            case RunCapture():
-                pass
+            case RunCapture() | DriverSetReplicas():
+                pass  # a failed change of disk replicas: the scheduler's next look sends it again
             case DriverPrepareIncoming() | DriverMigrateOut() | DriverFinishIncoming():
                 if self.mig.done(op, done, out):
                     self._enforce(done.vms, now_s, out)  # it runs: perhaps as the lease ran out

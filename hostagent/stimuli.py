@@ -28,6 +28,7 @@ from common.messages import (
 )
 from common.migration_messages import MigrateOut
 from common.network_messages import ConfigureNetworks
+from common.replica_messages import ConfigureReplicas, ReplicaStatus, SetDiskReplicas
 from hostagent.execlog import ExecEvent
 from hostagent.lease import Lease
 
@@ -85,6 +86,8 @@ class HeartbeatDue:
     vms: Sequence[ObservedVm]
     progress: Mapping[str, Progress] = field(default_factory=dict)
     """The progress of the outgoing migrations under way, by VM."""
+    replicas: Sequence[ReplicaStatus] = ()
+    """The replicas this host serves that are not ready (the replica backend's statuses)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +110,25 @@ class NetworksApplied:
     error: str | None = None
 
 
-Stimulus = CommandsReceived | OpDone | FenceTick | HeartbeatDue | AckReceived | NetworksApplied
+@dataclass(frozen=True, slots=True)
+class ReplicasApplied:
+    """The replica backend finished applying ``config`` (``error`` set when it could not)."""
+
+    config: ConfigureReplicas
+    digest: str
+    """The backend's applied digest now (``config.digest`` unless it failed)."""
+    error: str | None = None
+
+
+Stimulus = (
+    CommandsReceived
+    | OpDone
+    | FenceTick
+    | HeartbeatDue
+    | AckReceived
+    | NetworksApplied
+    | ReplicasApplied
+)
 
 # --------------------------------------------------------------------------- instructions
 
@@ -202,6 +223,21 @@ class DriverFinishIncoming:
     generation: int
 
 
+@dataclass(frozen=True, slots=True)
+class DriverSetReplicas:
+    """Change the copy set of one replicated disk of a running VM (``SetDiskReplicas``)."""
+
+    command: SetDiskReplicas
+
+    @property
+    def name(self) -> str:
+        return self.command.name
+
+    @property
+    def generation(self) -> int:
+        return self.command.generation
+
+
 MigrationCall = (
     DriverPrepareIncoming | DriverMigrateOut | DriverCancelMigration | DriverFinishIncoming
 )
@@ -214,6 +250,7 @@ DriverCall = (
     | DriverForget
     | DriverPause
     | DriverResume
+    | DriverSetReplicas
     | MigrationCall
 )
 """One call of the driver; the shell answers each with :class:`OpDone`."""
@@ -237,6 +274,14 @@ class ApplyNetworks:
     :class:`NetworksApplied`."""
 
     config: ConfigureNetworks
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyReplicas:
+    """Have the replica backend hold the replicas ``config`` names; then
+    :class:`ReplicasApplied`."""
+
+    config: ConfigureReplicas
 
 
 @dataclass(frozen=True, slots=True)
@@ -338,6 +383,7 @@ Instruction = (
     DriverCall
     | RunCapture
     | ApplyNetworks
+    | ApplyReplicas
     | RecordExecution
     | ReportChanged
     | ReportNow

@@ -16,8 +16,15 @@ from common.messages import (
     VmSpec,
 )
 from common.migration_messages import CancelMigration, FinishIncoming, MigrateOut
+from common.replica_messages import SetDiskReplicas
 from hostagent.execlog import ExecEvent
-from hostagent.stimuli import DriverResume, Instruction, Note, RecordExecution
+from hostagent.stimuli import (
+    DriverResume,
+    DriverSetReplicas,
+    Instruction,
+    Note,
+    RecordExecution,
+)
 
 VmCommand = (
     StartVm
@@ -28,15 +35,16 @@ VmCommand = (
     | PrepareIncoming
     | MigrateOut
     | FinishIncoming
+    | SetDiskReplicas
 )
 """The commands about one VM that are queued (``ConfigureNetworks`` is about the host, and
 ``CancelMigration`` acts beside the migration it ends)."""
 
 VmAnyCommand = VmCommand | CancelMigration
 
-NEEDS_LEASE = StartVm | ResumeVm | PrepareIncoming | MigrateOut | FinishIncoming
-"""Commands that may let a VM execute (or hand it to a host that will): dropped without a
-lease."""
+NEEDS_LEASE = StartVm | ResumeVm | PrepareIncoming | MigrateOut | FinishIncoming | SetDiskReplicas
+"""Commands that may let a VM execute (or hand it to a host that will; a VM stopped by a failed
+copy goes on once it is dropped): dropped without a lease."""
 
 NOT_HERE = "remove of vm not running here vm=%s generation=%d"
 
@@ -92,4 +100,42 @@ def resume(
         return False
     out.append(RecordExecution(name, generation, ExecEvent.RESUME))
     out.append(DriverResume(name, generation))
+    return True
+
+
+_HAS_DISKS = (ObservedState.RUNNING, ObservedState.STARTING, ObservedState.PAUSED)
+
+
+def set_replicas(
+    command: SetDiskReplicas, held: ObservedVm | None, leased: bool, out: list[Instruction]
+) -> bool:
+    """Decide ``SetDiskReplicas``: only for the VM held at exactly its generation (a newer or
+    older copy of the VM has copy sets of its own), and with a lease (dropping a failed copy lets
+    the VM go on); True when it waits for the driver."""
+    name, generation = command.name, command.generation
+    if held is None or held.generation != generation or held.state not in _HAS_DISKS:
+        out.append(
+            Note.info(
+                "disk replicas ignored vm=%s generation=%d disk_id=%s held=%s",
+                name,
+                generation,
+                command.disk_id,
+                None if held is None else (held.generation, held.state),
+            )
+        )
+        return False
+    if not leased:
+        out.append(Note.info("disk replicas refused without a lease vm=%s", name))
+        return False
+    out.append(
+        Note.info(
+            "disk replicas vm=%s generation=%d disk_id=%s replicas=%s joining=%s",
+            name,
+            generation,
+            command.disk_id,
+            [ref.host for ref in command.replicas],
+            [ref.host for ref in command.joining],
+        )
+    )
+    out.append(DriverSetReplicas(command))
     return True

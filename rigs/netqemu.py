@@ -22,6 +22,7 @@ from cli.qemukit import TINY_SIZE, stop_guests
 from common import procs
 from common.natsserver import NatsServer, start_nats_server
 from hostagent.fenceguard import guard_pid
+from hostagent.replicaserver import stop_replica_servers
 from rigs.chaos.netns import Network
 
 TIMINGS = {"heartbeat_interval_s": 0.2, "fence_after_s": 1.0, "dead_after_s": 3.0}
@@ -119,6 +120,7 @@ class NetRig:
         running = [n.process for n in self.hosts.values() if n.process is not None]
         procs.stop_all([*running, *([self.scheduler] if self.scheduler else [])], 5)
         stop_guests(self.agents_dir)
+        stop_replica_servers(self.agents_dir)
         for host in self.hosts:
             pid = guard_pid(self.agents_dir, host)
             if pid is not None:

@@ -23,6 +23,7 @@ from typing import Protocol, runtime_checkable
 
 from common.errors import DriverError
 from common.messages import ObservedVm, VmSpec
+from common.replica_messages import SetDiskReplicas
 
 __all__ = [
     "ConsoleBytes",
@@ -32,6 +33,7 @@ __all__ = [
     "IncomingEndpoint",
     "MigratingDriver",
     "MigrationProgress",
+    "ReplicatingDriver",
 ]
 
 
@@ -189,4 +191,18 @@ class MigratingDriver(Protocol):
 
         ``DriverError`` if its state has not fully arrived (it stays ``incoming``).
         """
+        ...
+
+
+@runtime_checkable
+class ReplicatingDriver(Protocol):
+    """A driver whose VMs may have replicated disks (common/replica_messages.py): each such
+    disk is written to every current copy; the VM's host changes that set while the VM runs."""
+
+    async def set_disk_replicas(self, command: SetDiskReplicas) -> None:
+        """Make ``command.replicas`` the copies the VM's disk writes to: drop the others (a VM
+        stopped by a failed copy goes on once no failed copy is left), and bring each of
+        ``command.joining`` in step and add it. Returns once the drops are done and the joins
+        are under way (:meth:`inventory` reports their progress in ``ObservedVm.disks``).
+        ``DriverError`` when the VM is not held or has no such disk."""
         ...

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from common.config import AgentConfig
 from common.errors import DriverError
 from common.messages import ObservedState, ObservedVm, VmSpec
+from common.replica_messages import SetDiskReplicas
 from common.resources import ZERO, Resources
 from hostagent.drivers.base import (
     ConsoleBytes,
@@ -38,8 +39,10 @@ from hostagent.drivers.base import (
     IncomingEndpoint,
     MigratingDriver,
     MigrationProgress,
+    ReplicatingDriver,
 )
 from hostagent.drivers.consolebuf import ConsoleBuffer
+from hostagent.drivers.fakequorum import DEFAULT_JOIN_MIB_S, DiskLedger, FakeQuorums
 from hostagent.network import tap_name
 
 PROMPT = b"# "
@@ -103,6 +106,8 @@ class _FakeVm:
     """Incoming: where it waits for its state, and since when."""
     incoming_since_s: float = 0.0
     outgoing: _Outgoing | None = None
+    quorums: FakeQuorums | None = None
+    """Its replicated disks (hostagent/drivers/fakequorum.py)."""
 
     @property
     def resources(self) -> Resources:
@@ -143,12 +148,17 @@ class FakeDriver:
         start_delay_s: float = 0.0,
         migration: MigrationModel | None = None,
         clock_s: Callable[[], float] = time.monotonic,
+        ledger: DiskLedger | None = None,
+        join_mib_s: float = DEFAULT_JOIN_MIB_S,
     ) -> None:
         self.capacity = capacity
         self.cpu_overcommit = cpu_overcommit
         self.start_delay_s = start_delay_s
         self.migration = migration or MigrationModel()
         self._clock_s = clock_s
+        self.ledger = ledger or DiskLedger()
+        """The write counts of the disk copies (shared by the hosts of a simulated pool)."""
+        self.join_mib_s = join_mib_s
         self._next_port = FIRST_PORT
         self.has_network: Callable[[int], bool] | None = None
         """Whether the network with that VNI is in place (None: no network is checked)."""
@@ -167,6 +177,7 @@ class FakeDriver:
         self._check_fits(spec)
         taps = self._check_nics(spec)
         vm = _FakeVm(spec, generation, state)
+        vm.quorums = FakeQuorums.of(spec, self.ledger, self._clock_s, self.join_mib_s)
         self._vms[spec.name] = vm
         self._taps.update(dict.fromkeys(taps, spec.name))
         return vm
@@ -260,6 +271,9 @@ class FakeDriver:
             vm.state = ObservedState.RUNNING if vm.booted else ObservedState.STARTING
 
     def inventory(self) -> list[ObservedVm]:
+        for vm in self._vms.values():
+            if vm.quorums is not None:
+                vm.quorums.tick(vm.state is ObservedState.RUNNING)
         return [
             ObservedVm(
                 name=vm.spec.name,
@@ -267,9 +281,22 @@ class FakeDriver:
                 state=vm.state,
                 cpu_milli=vm.spec.cpu_milli,
                 mem_mib=vm.spec.mem_mib,
+                disks=vm.quorums.report() if vm.quorums is not None else [],
             )
             for vm in self._vms.values()
         ]
+
+    def quorums(self, name: str) -> FakeQuorums | None:
+        """The replicated disks of VM ``name``: copies, joins and acknowledged writes (for
+        tests and the chaos observer, with :attr:`ledger`)."""
+        vm = self._vms.get(name)
+        return vm.quorums if vm is not None else None
+
+    async def set_disk_replicas(self, command: SetDiskReplicas) -> None:
+        vm = self._get(command.name)
+        if vm.quorums is None or vm.generation != command.generation:
+            raise DriverError(f"vm {command.name} has no such replicated disk", retryable=False)
+        vm.quorums.set(command)
 
     async def close(self) -> None:
         for name in list(self._vms):
@@ -379,3 +406,4 @@ class FakeDriver:
 _: HypervisorDriver = FakeDriver(Resources(1000, 1024))
 _migrating: MigratingDriver = FakeDriver(Resources(1000, 1024))
 _console: ConsoleDriver = FakeDriver(Resources(1000, 1024))
+_replicating: ReplicatingDriver = FakeDriver(Resources(1000, 1024))

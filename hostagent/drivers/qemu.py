@@ -23,15 +23,23 @@ from pathlib import Path
 
 from common.errors import DriverError
 from common.messages import ObservedVm, VmSpec
+from common.replica_messages import SetDiskReplicas
 from common.resources import Resources
 from hostagent.disks import DiskStore, effective_disks
-from hostagent.drivers.base import ConsoleBytes, ConsoleDriver, HypervisorDriver, MigratingDriver
+from hostagent.drivers.base import (
+    ConsoleBytes,
+    ConsoleDriver,
+    HypervisorDriver,
+    MigratingDriver,
+    ReplicatingDriver,
+)
 from hostagent.drivers.qemuconsole import ConsoleLink, read_console
 from hostagent.drivers.qemumigrate import QemuMigrations, incoming_of
 from hostagent.drivers.qemunics import host_taps, plug, taps, unplug
 from hostagent.drivers.qemuproc import (
     FAILED_MARKER,
     READY_MARKER,
+    Drive,
     QemuSettings,
     VmFiles,
     VmMeta,
@@ -45,6 +53,7 @@ from hostagent.drivers.qemuproc import (
     wait_exit,
     write_meta,
 )
+from hostagent.drivers.qemuquorum import Quorums, drives, initial, load, replicated, set_replicas
 from hostagent.drivers.qemuvm import QemuVm, admit
 from hostagent.drivers.qmp import JsonObject, QmpClient, QmpError
 from hostagent.hostcmd import HostCommands
@@ -109,9 +118,12 @@ class QemuDriver(QemuMigrations):
             await self._abandon(vm, created, exc)
             raise
 
-    async def _prepare(self, vm: QemuVm) -> tuple[list[Path], list[Path]]:
-        """Disks ready and ``vm.json`` written; disks of an older incarnation are removed."""
+    async def _prepare(self, vm: QemuVm) -> tuple[list[Drive], list[Path]]:
+        """Disks ready and ``vm.json`` written; disks of an older incarnation are removed.
+        Replicated disks have no file here: QEMU opens their copies (``quorum.json``)."""
         old = read_meta(vm.files)
+        if replicated(vm.spec):
+            vm.quorums = Quorums(vm.spec.name, vm.generation, vm.files, initial(vm.spec))
         paths, created = await self.disks.prepare(vm.spec)
         if old is not None:
             keep = {disk.disk_id for disk in effective_disks(vm.spec)}
@@ -120,9 +132,11 @@ class QemuDriver(QemuMigrations):
         write_meta(
             vm.files, VmMeta(spec=vm.spec, generation=vm.generation, accel=self.settings.accel)
         )
-        return paths, created
+        if vm.quorums is not None:
+            vm.quorums.save()
+        return drives(vm.spec, paths, vm.quorums.disks if vm.quorums else []), created
 
-    async def _launch(self, vm: QemuVm, disks: list[Path]) -> None:
+    async def _launch(self, vm: QemuVm, disks: list[Drive]) -> None:
         vm.pid = await launch(self.settings, vm.spec, vm.files, disks)
         log.info("qemu launched vm=%s pid=%d accel=%s", vm.spec.name, vm.pid, self.settings.accel)
         await self._attach(vm)
@@ -134,7 +148,11 @@ class QemuDriver(QemuMigrations):
 
         def on_event(event: str, data: JsonObject) -> None:
             log.debug("qmp event vm=%s event=%s data=%s", vm.spec.name, event, data)
-            if vm.outgoing is not None:  # the migration's STOP is no fence
+            if vm.quorums is not None:
+                vm.quorums.notice(event, data)
+            if vm.quorums is not None and vm.quorums.stopped_by_error and event == "STOP":
+                self.on_change()  # stopped by a failed disk copy (reported), not fenced
+            elif vm.outgoing is not None:  # the migration's STOP is no fence
                 vm.outgoing.notice(event, data)
             elif event == "STOP" and not vm.paused and not vm.stopping and not vm.handed_over:
                 # Paused through another monitor: the fence guard's (hostagent/fenceguard.py).
@@ -345,6 +363,7 @@ class QemuDriver(QemuMigrations):
                 mem_mib=vm.spec.mem_mib,
                 reason=vm.failure
                 or (f"qemu unreachable: {vm.unreachable}" if vm.unreachable else ""),
+                disks=vm.quorums.report() if vm.quorums is not None else [],
             )
             for vm in self._vms.values()
         ]
@@ -365,6 +384,9 @@ class QemuDriver(QemuMigrations):
                 continue
             vm = QemuVm(meta.spec, meta.generation, files, pid=pid, arrived=meta.arrived)
             vm.incoming = incoming_of(meta)
+            if replicated(meta.spec):
+                disks = load(files, meta.generation, meta.spec)
+                vm.quorums = Quorums(meta.spec.name, meta.generation, files, disks)
             self._vms[meta.spec.name] = vm
             adopted.append(meta.spec.name)
             try:
@@ -474,6 +496,25 @@ class QemuDriver(QemuMigrations):
             vm.console = ConsoleLink(vm.files)
         return vm.console
 
+    # ------------------------------------------------------------------ replicated disks
+
+    async def set_disk_replicas(self, command: SetDiskReplicas) -> None:
+        vm = self._get(command.name)
+        if vm.quorums is None or vm.qmp is None or vm.generation != command.generation:
+            raise DriverError(
+                f"vm {command.name} at generation {command.generation} has no replicated disk "
+                "running here",
+                retryable=False,
+            )
+        try:
+            await set_replicas(vm.qmp, vm.quorums, command)
+        except QmpError as exc:
+            raise DriverError(f"disk copies of vm {command.name}: {exc}", retryable=True) from exc
+        for task in vm.quorums.joins.values():
+            vm.tasks.add(task)
+            task.add_done_callback(vm.tasks.discard)
+        self.on_change()
+
     def disk_path(self, disk_id: str) -> Path:
         return self.disks.path(disk_id)
 
@@ -491,4 +532,5 @@ class QemuDriver(QemuMigrations):
 
 _: type[HypervisorDriver] = QemuDriver
 _migrating: type[MigratingDriver] = QemuDriver
+_replicating: type[ReplicatingDriver] = QemuDriver
 _console: type[ConsoleDriver] = QemuDriver

@@ -103,7 +103,8 @@ class Outgoing:
 
     target: IncomingEndpoint
     disk_ids: list[str]
-    """In drive order (``disk0`` first)."""
+    """In drive order (``disk0`` first); "" for a replicated disk, which is not copied: both
+    QEMUs open the same copies (hostagent/drivers/qemuquorum.py)."""
     disk_mib: int
     mem_mib: int
     max_downtime_ms: int
@@ -122,6 +123,11 @@ class Outgoing:
     """When each phase was reached, in ms since the start (logged with the outcome)."""
     downtime_ms: int = 0
     """QEMU's own measure of the guest's pause (``query-migrate`` ``downtime``)."""
+
+    @property
+    def copied(self) -> list[int]:
+        """The drive indexes of the disks the migration copies."""
+        return [index for index, disk_id in enumerate(self.disk_ids) if disk_id]
 
     def reached(self, phase: str) -> None:
         self.phases_ms[phase] = round((time.monotonic() - self.began_s) * 1000)
@@ -186,6 +192,8 @@ async def open_incoming(qmp: QmpClient, address: str, disk_ids: list[str]) -> In
         for block in _dicts(await _qmp(qmp, "query-block"))
     }
     for index, disk_id in enumerate(disk_ids):
+        if not disk_id:
+            continue  # replicated: the destination opened the same copies as the source
         export: JsonObject = {"type": "nbd", "id": export_id(index), "name": disk_id}
         export |= {"node-name": nodes.get(drive(index), ""), "writable": True}
         await _qmp(qmp, "block-export-add", export)
@@ -248,7 +256,7 @@ async def send(qmp: QmpClient, out: Outgoing) -> None:
     await _qmp(qmp, "migrate", {"uri": uri(out.target.address, out.target.migration_port)})
     await _until(out, lambda: _migration(qmp, out, "pre-switchover"), memory_s, "memory sent")
     out.reached("paused")
-    for index in range(len(out.disk_ids)):
+    for index in out.copied:
         await _qmp(qmp, "block-job-cancel", {"device": job_id(index)})
     await _until(out, lambda: _mirrors_done(qmp, out), SWITCH_S, "disks completed")
     out.reached("disks_done")
@@ -258,7 +266,7 @@ async def send(qmp: QmpClient, out: Outgoing) -> None:
     await _qmp(qmp, "migrate-continue", {"state": "pre-switchover"})
     await _until(out, lambda: _migration(qmp, out, "completed"), SWITCH_S, "switchover")
     out.reached("completed")
-    for index in range(len(out.disk_ids)):
+    for index in out.copied:
         with contextlib.suppress(QmpError):
             await qmp.execute("blockdev-del", {"node-name": nbd_node(index)})
 
@@ -266,7 +274,8 @@ async def send(qmp: QmpClient, out: Outgoing) -> None:
 async def _start_mirrors(qmp: QmpClient, out: Outgoing) -> None:
     server: JsonObject = {"type": "inet", "host": out.target.address}
     server["port"] = str(out.target.nbd_port)
-    for index, disk_id in enumerate(out.disk_ids):
+    for index in out.copied:
+        disk_id = out.disk_ids[index]
         with contextlib.suppress(QmpError):  # left by an attempt whose clean-up failed
             await qmp.execute("blockdev-del", {"node-name": nbd_node(index)})
         node: JsonObject = {"driver": "nbd", "node-name": nbd_node(index), "export": disk_id}
@@ -301,14 +310,14 @@ async def _until(
 async def _jobs(qmp: QmpClient, out: Outgoing) -> dict[str, JsonObject]:
     if out.job_errors:
         raise DriverError(f"disk copy failed: {out.job_errors}", retryable=True)
-    mine = {job_id(index) for index in range(len(out.disk_ids))}
+    mine = {job_id(index) for index in out.copied}
     jobs = _dicts(await _qmp(qmp, "query-block-jobs"))
     return {str(job.get("device")): job for job in jobs if job.get("device") in mine}
 
 
 async def _mirrors_ready(qmp: QmpClient, out: Outgoing) -> bool | None:
     jobs = await _jobs(qmp, out)
-    if len(jobs) < len(out.disk_ids):
+    if len(jobs) < len(out.copied):
         raise DriverError("a disk copy ended before it was in step", retryable=True)
     out.disks_sent_mib = sum(_int(job.get("offset")) for job in jobs.values()) // MIB
     total_mib = sum(_int(job.get("len")) for job in jobs.values()) // MIB
@@ -345,7 +354,7 @@ async def abort(qmp: QmpClient, out: Outgoing) -> str:
     status = await _settle(qmp)
     if status == "completed":
         return status
-    mine = {job_id(index) for index in range(len(out.disk_ids))}
+    mine = {job_id(index) for index in out.copied}
 
     async def jobs_gone() -> bool | None:
         jobs = _dicts(await qmp.execute("query-block-jobs"))
@@ -356,7 +365,7 @@ async def abort(qmp: QmpClient, out: Outgoing) -> str:
             if job.get("device") in mine:
                 await qmp.execute("block-job-cancel", {"device": job["device"], "force": True})
         await poll(jobs_gone, timeout_s=ABORT_S, interval_s=0.02)
-        for index in range(len(out.disk_ids)):
+        for index in out.copied:
             with contextlib.suppress(QmpError):
                 await qmp.execute("blockdev-del", {"node-name": nbd_node(index)})
     return status

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 from common.errors import DriverError
 from common.messages import VmSpec
 from common.resources import Resources
+from common.spec_messages import DiskStorage
 from hostagent.disks import DiskStore, effective_disks
 from hostagent.drivers.base import IncomingEndpoint, MigrationProgress
 from hostagent.drivers.qemuflows import (
@@ -46,6 +47,7 @@ from hostagent.drivers.qemuflows import (
 )
 from hostagent.drivers.qemunics import plug
 from hostagent.drivers.qemuproc import (
+    Drive,
     IncomingMeta,
     QemuSettings,
     VmFiles,
@@ -63,6 +65,16 @@ UNDER_WAY = frozenset(
     {"setup", "active", "pre-switchover", "device", "cancelling", "postcopy-active", "wait-unplug"}
 )
 """``query-migrate`` statuses of a migration still going on."""
+
+
+def copied_disk_ids(spec: VmSpec) -> list[str]:
+    """The VM's disks as a live migration sees them, in drive order: a host-local disk's id
+    (copied to the destination), "" for a replicated disk (both QEMUs open the same copies; the
+    source's nodes are inactivated at the switchover, so only one ever writes)."""
+    return [
+        "" if disk.storage is DiskStorage.REPLICATED else disk.disk_id
+        for disk in effective_disks(spec)
+    ]
 
 
 def incoming_of(meta: VmMeta) -> IncomingEndpoint | None:
@@ -127,7 +139,7 @@ class QemuMigrations:
 
         def files(self, name: str) -> VmFiles: ...
         def _get(self, name: str) -> QemuVm: ...
-        async def _prepare(self, vm: QemuVm) -> tuple[list[Path], list[Path]]: ...
+        async def _prepare(self, vm: QemuVm) -> tuple[list[Drive], list[Path]]: ...
         async def _attach(self, vm: QemuVm) -> None: ...
         async def _qmp(self, vm: QemuVm, command: str) -> None: ...
         async def _abandon(self, vm: QemuVm, created: list[Path], exc: BaseException) -> None: ...
@@ -144,10 +156,10 @@ class QemuMigrations:
         vm = QemuVm(spec, generation, self.files(spec.name), paused=True)
         vm.incoming = IncomingEndpoint(address, 0, 0)  # incoming (holding resources) at once
         self._vms[spec.name] = vm
-        disk_ids = [disk.disk_id for disk in effective_disks(spec)]
+        disk_ids = copied_disk_ids(spec)
         created: list[Path] = []
         try:
-            self.disks.remove(disk_ids)  # a copy kept by an earlier stop here is stale
+            self.disks.remove([d for d in disk_ids if d])  # a copy kept by a stop here is stale
             paths, created = await self._prepare(vm)
             if self.settings.nics:
                 await plug(self._commands, spec)
@@ -219,11 +231,11 @@ class QemuMigrations:
             return
         _check_can_send(vm)
         assert vm.qmp is not None
-        disks = effective_disks(vm.spec)
-        paths = [self.disks.path(disk.disk_id) for disk in disks]
+        disk_ids = copied_disk_ids(vm.spec)
+        paths = [self.disks.path(disk_id) for disk_id in disk_ids if disk_id]
         disk_mib = sum(path.stat().st_size for path in paths if path.exists()) >> 20
         out = Outgoing(
-            target, [disk.disk_id for disk in disks], disk_mib, vm.spec.mem_mib,
+            target, disk_ids, disk_mib, vm.spec.mem_mib,
             max_downtime_ms, max_bandwidth_mib_s,
         )  # fmt: skip
         vm.outgoing = out
@@ -307,8 +319,8 @@ class QemuMigrations:
             return
         info = await vm.qmp.execute("query-migrate")
         under_way = isinstance(info, dict) and info.get("status") in UNDER_WAY
-        disk_ids = [disk.disk_id for disk in effective_disks(vm.spec)]
-        mine = {job_id(index) for index in range(len(disk_ids))}
+        disk_ids = copied_disk_ids(vm.spec)
+        mine = {job_id(index) for index, disk_id in enumerate(disk_ids) if disk_id}
         jobs = await vm.qmp.execute("query-block-jobs")
         if not under_way and not any(
             isinstance(job, dict) and job.get("device") in mine

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import math
 import os
 import signal
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +47,9 @@ allocator after a live migration; pages of RAM differed in 7 of 12 migrations sl
 see rigs/migloop.py). Any other size takes QEMU's page-by-page path, which does reset the TLB
 entries. QEMU rounds ``-m`` up to 8 KiB."""
 SERIAL_TAIL_LINES = 12
+
+Drive = Path | Mapping[str, object]
+"""A disk as QEMU opens it: a host-local qcow2 file, or a replicated disk's ``-blockdev``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +156,7 @@ def ram_size(settings: QemuSettings, spec: VmSpec) -> str:
 
 
 def qemu_args(
-    settings: QemuSettings, spec: VmSpec, disks: list[Path], extra: Sequence[str] = ()
+    settings: QemuSettings, spec: VmSpec, disks: Sequence[Drive], extra: Sequence[str] = ()
 ) -> list[str]:
     """The command line; relative paths are resolved in the VM's directory (the launch cwd).
     ``extra`` (``-incoming defer`` for a live migration's destination) changes no device: the
@@ -169,11 +173,17 @@ def qemu_args(
         *("-qmp", "unix:qmp.sock,server=on,wait=off"),
         *("-qmp", "unix:guard.sock,server=on,wait=off"),
     ]
-    for index, path in enumerate(disks):
-        args += [
-            *("-drive", f"if=none,id=disk{index},file={path},format=qcow2,cache=writeback"),
-            *("-device", f"virtio-blk-pci,drive=disk{index}"),
-        ]
+    for index, disk in enumerate(disks):
+        if isinstance(disk, Path):
+            args += [
+                *("-drive", f"if=none,id=disk{index},file={disk},format=qcow2,cache=writeback"),
+                *("-device", f"virtio-blk-pci,drive=disk{index}"),
+            ]
+        else:  # a replicated disk: its quorum of NBD clients (qemuquorum.py)
+            args += [
+                *("-blockdev", json.dumps(disk, separators=(",", ":"))),
+                *("-device", f"virtio-blk-pci,drive=disk{index},werror=stop,rerror=stop"),
+            ]
     return args + (nic_args(spec) if settings.nics else []) + list(extra)
 
 
@@ -181,7 +191,7 @@ async def launch(
     settings: QemuSettings,
     spec: VmSpec,
     files: VmFiles,
-    disks: list[Path],
+    disks: Sequence[Drive],
     extra: Sequence[str] = (),
 ) -> int:
     """Start the VM's QEMU (vCPUs stopped); return its pid once its QMP socket listens."""

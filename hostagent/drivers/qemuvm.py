@@ -16,6 +16,7 @@ from hostagent.drivers.qemuconsole import ConsoleLink
 from hostagent.drivers.qemuflows import Outgoing
 from hostagent.drivers.qemunics import taps
 from hostagent.drivers.qemuproc import VmFiles
+from hostagent.drivers.qemuquorum import Quorums
 from hostagent.drivers.qmp import QmpClient
 
 
@@ -44,6 +45,8 @@ class QemuVm:
     """Source of a finished live migration: paused for good, its state on the destination."""
     arrived: bool = False
     """Came by live migration: booted on another host (no readiness marker here)."""
+    quorums: Quorums | None = None
+    """Its replicated disks, if it has any (hostagent/drivers/qemuquorum.py)."""
     pid: int | None = None
     qmp: QmpClient | None = None
     console: ConsoleLink | None = None

@@ -19,6 +19,7 @@ from pathlib import Path
 from cli.qemukit import stop_guests
 from common.natsserver import NatsServer, start_nats_server
 from hostagent.fenceguard import guard_pid
+from hostagent.replicaserver import stop_replica_servers
 from rigs.chaos import disks
 from rigs.chaos.netns import Network
 
@@ -302,6 +303,7 @@ class Rig:
     def _stop_qemu(self) -> None:
         """Guests and fence guards outlive their agents: stop them, then unmount the disks."""
         stop_guests(self.agents_dir)
+        stop_replica_servers(self.agents_dir)
         for host in self.agents:
             pid = guard_pid(self.agents_dir, host)
             if pid is not None:

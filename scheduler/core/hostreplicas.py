@@ -67,9 +67,10 @@ def desired(state: ClusterState, host: HostId, rebuild_mib_per_s: float) -> Conf
                 image=disk.image,
                 image_sha256=disk.image_sha256,
                 fill_from=fill_from,
+                fill_mib_s=rebuild_mib_per_s if fill_from is not None else 0.0,
             )
         )
-    config = ConfigureReplicas(replicas=specs, digest="", rebuild_mib_per_s=rebuild_mib_per_s)
+    config = ConfigureReplicas(replicas=specs, digest="")
     config.digest = digest_of(config)
     return config
 

@@ -305,7 +305,7 @@ def set_commands(ctx: StepContext, record: VmRecord) -> list[SetDiskReplicas]:
                 disk_id=disk.disk_id,
                 replicas=refs(state, disk.copy_hosts(), own),
                 joining=refs(state, joining, own),
-                rebuild_mib_per_s=ctx.config.storage.rebuild_mib_per_s,
+                speed_mib_s=ctx.config.storage.rebuild_mib_per_s,
             )
         )
     return commands

@@ -17,6 +17,7 @@ from nats.aio.msg import Msg
 
 from common import codec, subjects
 from common.messages import (
+    AgentCommand,
     DeleteVm,
     Heartbeat,
     HeartbeatAck,
@@ -112,7 +113,7 @@ class FakeScheduler:
         vm = self.vm(name)
         return vm.state if vm else None
 
-    async def send(self, *commands: StartVm | DeleteVm | ResumeVm, host_id: str = "h1") -> None:
+    async def send(self, *commands: AgentCommand, host_id: str = "h1") -> None:
         body = HostCommands(host_id=host_id, commands=list(commands))
         await self.nc.publish(subjects.host_commands(self.host_id), codec.encode(body))
         await self.nc.flush()

@@ -30,6 +30,7 @@ from hostagent.stimuli import (
     DriverPause,
     DriverPrepareIncoming,
     DriverResume,
+    DriverSetReplicas,
     DriverStart,
     DriverStop,
     FenceTick,
@@ -95,6 +96,7 @@ class SyncAgent:
                     | DriverForget()
                     | DriverPause()
                     | DriverResume()
+                    | DriverSetReplicas()
                     | DriverPrepareIncoming()
                     | DriverMigrateOut()
                     | DriverCancelMigration()

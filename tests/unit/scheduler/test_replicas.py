@@ -244,7 +244,7 @@ def test_a_running_vms_lost_copy_is_rebuilt_in_an_unused_fault_domain_and_joins_
     sets = [c for c in kit.sent(SetDiskReplicas, host) if isinstance(c, SetDiskReplicas)]
     assert [r.host for r in sets[-1].joining] == [spare]
     assert [r.host for r in sets[-1].replicas] == [host]
-    assert sets[-1].rebuild_mib_per_s == 50.0
+    assert sets[-1].speed_mib_s == 50.0
     kit.beat(host)
     assert kit.copies("web", CopyState.JOINING) == [[spare]]  # not current before in step
     kit.join("web")

@@ -1,0 +1,117 @@
+"""The simulated replica backend (with the fake driver): the accounts of the replica server
+without a file or a process, so fleet-scale tests and benchmarks run the agent's replica paths.
+
+A replica takes its full size on the host (an OS disk: ``os_disk_mib``, the nominal size the
+scheduler counts when it does not know the image's). A new one is made at once; a copy of
+another host's replica (``fill_from``) is filling for ``size / bandwidth`` seconds (its
+``fill_mib_s``, else the host's ``fill_mib_s``), with progress by the clock, and ready after.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from common.replica_messages import ConfigureReplicas, ReplicaSpec, ReplicaStatus
+from hostagent.drivers.fakequorum import DiskLedger
+from hostagent.replicaplan import Held, check_disk_ids, plan_replicas, replica_statuses
+from hostagent.replicas import ReplicaBackend, ReplicaError
+
+OS_DISK_MIB = 1024
+SIMULATED_PORT = 10809
+
+
+@dataclass(frozen=True, slots=True)
+class SimReplica:
+    spec: ReplicaSpec
+    size_mib: int
+    made_at_s: float
+    """When it is made (filled); ready from then on."""
+    started_s: float
+
+
+def replica_size_mib(spec: ReplicaSpec, os_disk_mib: int = OS_DISK_MIB) -> int:
+    return spec.size_mib if spec.size_mib > 0 else os_disk_mib
+
+
+@dataclass
+class SimulatedReplicas:
+    now_s: Callable[[], float]
+    fill_mib_s: float = 1024.0
+    os_disk_mib: int = OS_DISK_MIB
+    ledger: DiskLedger | None = None
+    """Where the copies' write counts are kept (with the fake driver of a simulated pool)."""
+    host_id: str = ""
+    name: str = "simulated"
+    held: dict[str, SimReplica] = field(default_factory=dict)
+    _counted: set[str] = field(default_factory=set)
+    _desired: list[ReplicaSpec] = field(default_factory=list)
+    _digest: str = ""
+    _port: int = SIMULATED_PORT
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    @property
+    def applied_digest(self) -> str:
+        return self._digest
+
+    async def apply(self, config: ConfigureReplicas) -> None:
+        self.apply_now(config)
+
+    def apply_now(self, config: ConfigureReplicas) -> None:
+        """:meth:`apply`, synchronous (the simulated pool and unit tests)."""
+        if why := check_disk_ids(config.replicas):
+            raise ReplicaError(why)
+        now_s = self.now_s()
+        plan = plan_replicas(config.replicas, self._held(now_s))
+        for disk_id in plan.delete:
+            del self.held[disk_id]
+            self._counted.discard(disk_id)
+            if self.ledger is not None:
+                self.ledger.deleted(disk_id, self.host_id)
+        for spec in plan.make:
+            size_mib = replica_size_mib(spec, self.os_disk_mib)
+            fill_s = 0.0
+            if spec.fill_from is not None:
+                fill_s = size_mib / (spec.fill_mib_s or self.fill_mib_s)
+            self.held[spec.disk_id] = SimReplica(spec, size_mib, now_s + fill_s, now_s)
+        self._desired = list(config.replicas)
+        self._digest = config.digest
+
+    def statuses(self) -> list[ReplicaStatus]:
+        return replica_statuses(self._desired, self._held(self.now_s()))
+
+    def ready(self, disk_id: str) -> bool:
+        replica = self.held.get(disk_id)
+        return replica is not None and replica.made_at_s <= self.now_s()
+
+    def used_mib(self) -> int:
+        return sum(replica.size_mib for replica in self.held.values())
+
+    def _held(self, now_s: float) -> dict[str, Held]:
+        held = {}
+        for disk_id, replica in self.held.items():
+            if replica.made_at_s <= now_s:
+                held[disk_id] = Held(made=True, exported=True)
+                self._count(replica)
+            else:
+                span_s = replica.made_at_s - replica.started_s
+                held[disk_id] = Held(filling=(now_s - replica.started_s) / span_s)
+        return held
+
+    def _count(self, replica: SimReplica) -> None:
+        """A copy just made enters the ledger: empty, or as its source's copy is now."""
+        disk_id = replica.spec.disk_id
+        if self.ledger is None or disk_id in self._counted:
+            return
+        self._counted.add(disk_id)
+        source = replica.spec.fill_from
+        self.ledger.made(disk_id, self.host_id, source.host if source is not None else None)
+
+    async def close(self) -> None:
+        return None
+
+
+_: type[ReplicaBackend] = SimulatedReplicas
