@@ -3,9 +3,10 @@ told of them, and what happens when copies are lost. Pure; the protocol is
 common/replica_messages.py.
 
 - **Kind.** Decided once, at create, for all of a VM's disks: ``CreateVm.storage``, else
-  ``[storage] default_kind``; ``auto`` is replicated once the up hosts serving replicas in the
-  VM's region span ``storage.replicas`` fault domains. Replicated asked for where they do not:
-  refused (nothing changes), since no wait would make a fault domain appear.
+  ``[storage] default_kind``; ``auto`` is replicated once the up, uncordoned hosts serving
+  replicas in the VM's region span ``storage.replicas`` fault domains. Replicated asked for
+  where they do not: refused (nothing changes), since no wait would make a fault domain
+  appear.
 - **Copies.** A disk without copies was never made: when its VM is placed on H, it gets one
   copy on H (if H serves replicas) and the others on the best hosts of other fault domains
   (scheduler/placement/copies.py), all ``current`` (they are equal: empty, or the image). A

@@ -53,13 +53,17 @@ class HostViews:
         return index
 
     def replica_domains(self, region: str | None) -> frozenset[str]:
-        """The fault domains of the up hosts serving replicas (in ``region``, if given)."""
+        """The fault domains of the up, schedulable hosts serving replicas (in ``region``, if
+        given): where new copies can go (a cordoned host takes none)."""
         domains = self._replica_domains.get(region)
         if domains is None:
             domains = self._replica_domains[region] = frozenset(
                 h.fault_domain
                 for h in self.state.hosts.values()
-                if h.up and h.replica_port and (region is None or h.region == region)
+                if h.up
+                and not h.cordoned
+                and h.replica_port
+                and (region is None or h.region == region)
             )
         return domains
 

@@ -51,6 +51,15 @@ def test_hosts_that_serve_no_replicas_do_not_count_for_auto() -> None:
     assert kit.vm("web").disks[0].storage is DiskStorage.HOST_LOCAL
 
 
+def test_cordoned_hosts_do_not_count_for_auto_they_take_no_new_copies() -> None:
+    kit = kit_of("fd-a", "fd-b")
+    kit.host_op(Op.CORDON, "h2")
+    kit.create("web")
+    record = kit.vm("web")
+    assert record.disks[0].storage is DiskStorage.HOST_LOCAL
+    assert record.state is not VmState.PENDING, record.reason  # placed, not waiting for copies
+
+
 def test_replicated_asked_for_with_too_few_fault_domains_is_refused_and_changes_nothing() -> None:
     kit = kit_of("fd-a", "fd-a", replicas=3)
     reply = kit.create("web", storage=DiskStorage.REPLICATED)
