@@ -27,6 +27,7 @@ from common.errors import ApiError, StratusError
 from common.natsserver import NatsServer, start_nats_server
 from common.waiting import poll, poll_sync
 from hostagent.fenceguard import guard_pid
+from hostagent.replicaserver import stop_replica_servers
 from scheduler.shell.leader import LEASE_BUCKET, LEASE_KEY, LeaseHolder
 
 DEFAULT_PORT = 4222
@@ -145,6 +146,7 @@ class LocalCluster:
         killed = procs.stop_all([child.process for child in self.children], timeout_s)
         if self.spec.boot_dir is not None:
             qemukit.stop_guests(self.spec.data_dir / "agents", timeout_s)
+            stop_replica_servers(self.spec.data_dir / "agents")  # they outlive their agents
         self.nats.stop(timeout_s)
         return [child.name for child in self.children if child.process.pid in killed]
 
@@ -221,6 +223,8 @@ def agent_args(url: str, spec: ClusterSpec, index: int) -> list[str]:
         *("--log-level", spec.log_level),
         *(("--config", str(spec.agent_config)) if spec.agent_config else ()),
         *(() if spec.agent_config else ("--underlay-ip", LOCAL_UNDERLAY_IP)),
+        # All on one address: each agent's replica server takes a free port (and reports it).
+        *(() if spec.agent_config else ("--replica-port", "0")),
         *(("--boot-dir", str(spec.boot_dir)) if spec.boot_dir else ()),
     ]
 
