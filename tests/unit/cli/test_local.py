@@ -55,6 +55,7 @@ def test_agent_command_line() -> None:
         "--driver": "fake",
         "--log-level": "INFO",
         "--underlay-ip": "127.0.0.1",  # all on this machine: endpoints answer on its loopback
+        "--replica-port": "0",  # all on one address: each replica server takes a free port
     }
 
 
