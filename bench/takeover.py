@@ -237,6 +237,7 @@ async def one_run(index: int, setup: Setup, workdir: Path) -> dict[str, Any]:
         if await leader_node(nc) != the_rig.node_of("s2"):
             raise RuntimeError("s2 does not lead after the takeover")
         lost = await missing_after(StratusClient(nc, timeout_s=10), load.acked)
+        await all_running(StratusClient(nc, timeout_s=10), set(load.acked) - set(lost))
         the_rig.check_alive()
         await nc.close()
         executions = the_rig.execution_log()
@@ -252,6 +253,16 @@ async def one_run(index: int, setup: Setup, workdir: Path) -> dict[str, Any]:
         }
     finally:
         the_rig.close()
+
+
+async def all_running(client: StratusClient, names: set[str], timeout_s: float = 60.0) -> None:
+    """Until every acknowledged VM runs, so the audit log shows their executions (a replicated
+    VM starts only once its disk copies are made: it may still be waiting at the takeover)."""
+
+    async def running() -> bool:
+        return names <= {vm.name for vm in await client.list_vms() if vm.state == "running"}
+
+    await wait_until(running, timeout_s=timeout_s, interval_s=0.2, message="acked VMs running")
 
 
 async def run(runs: int, setup: Setup) -> dict[str, Any]:

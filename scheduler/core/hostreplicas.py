@@ -112,6 +112,7 @@ def heartbeat(ctx: StepContext, host: HostId, hb: Heartbeat) -> None:
     if known != runtime.replicas_known:
         runtime.replicas_known = known
         ctx.state.stale_views.add(host)
+        ctx.capacity_changed()  # VMs pending for want of a home for their copies try again
     runtime.replicas_unready = {status.disk_id: status for status in hb.replicas}
     ctx.send(host, due(ctx, host))
     for disk_id in sorted(_ready_set(runtime) - before):

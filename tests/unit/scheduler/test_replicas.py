@@ -225,6 +225,19 @@ def test_a_restarted_scheduler_keeps_every_copy_it_placed(reload: bool) -> None:
         assert kit.sent_sets[host].digest == config.digest  # nothing dropped from any host
 
 
+def test_a_vm_created_before_a_new_scheduler_knows_copy_hosts_is_placed_once_it_does() -> None:
+    kit = kit_of("fd-a", "fd-b")
+    run(kit, "before")
+    kit.restart(reload=True)
+    kit.beat("h1")  # only one host's replica set is known yet: no home for a second copy
+    kit.create("after")
+    assert kit.vm("after").state is VmState.PENDING
+    for _ in range(4):  # h2 is known, the VM placed, its copies made, it starts and runs
+        kit.beat_all()
+        kit.advance(0.1)
+    assert kit.vm("after").state is VmState.RUNNING, kit.vm("after").reason
+
+
 def test_deleting_a_vm_drops_its_copies_from_every_host() -> None:
     kit = kit_of("fd-a", "fd-b")
     host = run(kit, "web")
