@@ -60,37 +60,62 @@ READ_BACK = (
 )
 
 
-@pytest.fixture
-def rig3(net_kit: Path, tmp_path: Path) -> Iterator[NetRig]:
-    """nats-server, the scheduler and three qemu hosts h1, h2, h3 (fault domains fd-h1..h3)."""
+@contextlib.contextmanager
+def net_rig_of(kit: Path, workdir: Path, hosts: list[str], toml: str = "") -> Iterator[NetRig]:
     require_netns()
     clean_leftovers()
-    made = NetRig(tmp_path, net_kit)
+    made = NetRig(workdir, kit, scheduler_toml=toml)
     try:
-        made.start(["h1", "h2", "h3"])
+        made.start(hosts)
         yield made
     finally:
         made.stop()
 
 
 @pytest.fixture
-async def api3(rig3: NetRig) -> AsyncIterator[StratusClient]:
-    nc = await nats.connect(rig3.url, connect_timeout=5)
+def rig3(net_kit: Path, tmp_path: Path) -> Iterator[NetRig]:
+    """nats-server, the scheduler and three qemu hosts h1, h2, h3 (fault domains fd-h1..h3)."""
+    with net_rig_of(net_kit, tmp_path, ["h1", "h2", "h3"]) as made:
+        yield made
+
+
+@pytest.fixture
+def rig4(net_kit: Path, tmp_path: Path) -> Iterator[NetRig]:
+    """Four qemu hosts h1..h4 and a scheduler keeping three copies of every replicated disk."""
+    hosts = ["h1", "h2", "h3", "h4"]
+    with net_rig_of(net_kit, tmp_path, hosts, "[storage]\nreplicas = 3\n") as made:
+        yield made
+
+
+async def api_of(rig: NetRig) -> AsyncIterator[StratusClient]:
+    nc = await nats.connect(rig.url, connect_timeout=5)
     try:
         yield StratusClient(nc, timeout_s=10.0)
     finally:
         await nc.close()
 
 
+@pytest.fixture
+async def api3(rig3: NetRig) -> AsyncIterator[StratusClient]:
+    async for client in api_of(rig3):
+        yield client
+
+
+@pytest.fixture
+async def api4(rig4: NetRig) -> AsyncIterator[StratusClient]:
+    async for client in api_of(rig4):
+        yield client
+
+
 @contextlib.asynccontextmanager
-async def vm_reasons(rig: NetRig, name: str) -> AsyncIterator[list[str]]:
-    """The reasons of the VM's events while inside."""
-    reasons: list[str] = []
+async def vm_reasons(rig: NetRig, name: str) -> AsyncIterator[list[tuple[int, str]]]:
+    """The VM's events while inside: (generation, reason)."""
+    reasons: list[tuple[int, str]] = []
 
     async def on_event(msg: Msg) -> None:
         event = codec.event.decode(msg.data)
         if isinstance(event, VmEvent):
-            reasons.append(event.reason)
+            reasons.append((event.generation, event.reason))
 
     nc = await nats.connect(rig.url, connect_timeout=5)
     try:
@@ -219,9 +244,43 @@ async def test_a_lost_host_s_replicated_vm_restarts_elsewhere_with_its_disks_and
         survivors = set(rig3.hosts) - {lost}
         rebuilt = await fully_copied(api3, survivors, 2)
         await agent_restart_keeps_the_vm(rig3, api3, after)
-    assert any("restarted with its disks" in r for r in reasons), reasons
-    assert not any("rebuilt" in r for r in reasons), reasons
+    assert any("restarted with its disks" in r for _, r in reasons), reasons
+    assert not any("rebuilt" in r for _, r in reasons), reasons
     assert [d.disk_id for d in rebuilt.disks] == [d.disk_id for d in before.disks]
     for host in survivors:
         blocks = counter_blocks(rig3, host, data_disk, last)
         assert blocks == list(range(1, last + 1)), (host, blocks[:5], len(blocks))
+
+
+async def test_with_three_copies_a_vm_survives_two_host_losses_one_after_the_other(
+    rig4: NetRig, api4: StratusClient
+) -> None:
+    for host in rig4.hosts:
+        rig4.start_agent(host)
+    await wait_hosts_up(api4, 4)
+    await api4.create_vm(
+        CreateVm(name=VM, size="Tiny", data_disks_mib=[64], storage=DiskStorage.REPLICATED)
+    )
+    vm = await running(api4, BOOT_S)
+    vm = await fully_copied(api4, set(rig4.hosts), 3)
+    up = set(rig4.hosts)
+
+    async with vm_reasons(rig4, VM) as reasons, CounterWatch(rig4.agents_dir, VM) as watch:
+        assert vm.host is not None
+        marked = await watch.run(await the_copy(watch, vm.host), MARK)
+        assert "marked data-mark" in marked, marked
+        for loss in (1, 2):
+            assert vm.host is not None
+            lost = vm.host
+            rig4.lose_host(lost)
+            up.discard(lost)
+            after = await running(api4, FAILOVER_S, avoid=lost)
+            assert after.host in up and after.generation > vm.generation
+            assert after.host is not None
+            out = await watch.run(await the_copy(watch, after.host), READ_BACK, timeout_s=60)
+            assert "os-mark" in out and "data-mark" in out, (loss, out)
+            # three copies while three hosts are up; then one on each of the two left
+            vm = await fully_copied(api4, up, min(3, len(up)))
+    restarts = {g for g, r in reasons if "restarted with its disks" in r}
+    assert len(restarts) == 2, reasons
+    assert not any("rebuilt" in r for _, r in reasons), reasons
