@@ -373,11 +373,12 @@ class ReplicaServer:
         return self._qmp
 
 
-def stop_replica_servers(data_dir: Path) -> int:
+def stop_replica_servers(data_dir: Path, host_id: str = "*") -> int:
     """Kill the replica servers the agents under ``data_dir`` left running (they outlive their
-    agents); how many ran. For rigs and tests that take a cluster down."""
+    agents), or only ``host_id``'s; how many ran. For rigs and tests that take a cluster or a
+    host down."""
     killed = 0
-    for pid_file in data_dir.glob("*/replicas/daemon.pid"):
+    for pid_file in data_dir.glob(f"{host_id}/replicas/daemon.pid"):
         with contextlib.suppress(OSError, ValueError):
             pid = int(pid_file.read_text().strip())
             if _alive(pid, pid_file.parent):

@@ -2,7 +2,9 @@
 Linux network backend builds bridges, VXLAN, dnsmasq and nftables there, never in the root
 namespace), nats-server and the scheduler in the root namespace on a hub address every namespace
 reaches (rigs/chaos/netns.py). Two hosts are joined by a veth underlay of their own, whose ends
-are their ``--underlay-ip``; a single host uses its address towards the root namespace.
+are their ``--underlay-ip``; three or more share an underlay segment (a bridge in a namespace of
+its own); a single host uses its address towards the root namespace. Each host is in a fault
+domain of its own (``fd-<host>``); its replica server listens on any free port.
 
 Shared by the networks integration test and ``bench.netboot``. ``stop()`` takes everything down,
 guests and DHCP servers included, also after a failure half-way.
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -51,6 +54,8 @@ class NetRig:
     hosts: dict[str, NetHost] = field(default_factory=dict)
     sizes: dict[str, tuple[int, int]] = field(default_factory=dict)
     """VM sizes (cpu millicores, memory MiB) besides the tiny image's own."""
+    scheduler_toml: str = ""
+    """More of the scheduler's config (e.g. a ``[storage]`` table)."""
 
     @property
     def url(self) -> str:
@@ -74,6 +79,10 @@ class NetRig:
         if len(hosts) == 2:
             first, second = (self.hosts[host] for host in hosts)
             first.underlay_ip, second.underlay_ip = self.network.join(first.netns, second.netns)
+        elif len(hosts) > 2:
+            addresses = self.network.segment([self.hosts[host].netns for host in hosts])
+            for host, address in zip(hosts, addresses, strict=True):
+                self.hosts[host].underlay_ip = address
 
     def _spawn(self, args: list[str], log_name: str) -> subprocess.Popen[bytes]:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -89,6 +98,7 @@ class NetRig:
         config = self.workdir / "scheduler.toml"
         config.write_text(
             f'sizes = [{listed}]\nbuiltin_images = {{ tiny = "{self.kit / "tiny.qcow2"}" }}\n'
+            + self.scheduler_toml
         )
         t = TIMINGS
         args = [sys.executable, "-m", "scheduler", "--nats", self.url, "--config", str(config)]
@@ -104,6 +114,7 @@ class NetRig:
         args += ["--fault-domain", f"fd-{host}", "--data-dir", str(self.agents_dir)]
         args += ["--driver", "qemu", "--boot-dir", str(self.kit), "--accel", "tcg"]
         args += ["--max-concurrent-boots", str(boots), "--underlay-ip", node.underlay_ip]
+        args += ["--replica-port", "0"]
         args += ["--heartbeat-interval", str(t["heartbeat_interval_s"])]
         args += ["--fence-after", str(t["fence_after_s"]), "--log-level", "DEBUG"]
         node.process = self._spawn(args, f"agent-{host}.log")
@@ -114,6 +125,23 @@ class NetRig:
         assert node.process is not None
         procs.kill(node.process, timeout_s=5)
         node.process = None
+
+    def lose_host(self, host: str) -> None:
+        """The host is gone: ``kill -9`` of its agent, fence guard, guests and replica server,
+        then its data directory (disks and replicas) removed."""
+        self.kill_agent(host)
+        pid = guard_pid(self.agents_dir, host)
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        for pid_file in (self.agents_dir / host).glob("qemu/vms/*/qemu.pid"):
+            with contextlib.suppress(OSError, ValueError):
+                pid = int(pid_file.read_text().strip())
+                name = f"guest=stratus-{pid_file.parent.name}\0".encode()
+                if name in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    os.kill(pid, signal.SIGKILL)
+        stop_replica_servers(self.agents_dir, host)
+        shutil.rmtree(self.agents_dir / host)
 
     def stop(self) -> None:
         """Every process, then every guest, fence guard and DHCP server, then the namespaces."""

@@ -156,11 +156,19 @@ def ram_size(settings: QemuSettings, spec: VmSpec) -> str:
 
 
 def qemu_args(
-    settings: QemuSettings, spec: VmSpec, disks: Sequence[Drive], extra: Sequence[str] = ()
+    settings: QemuSettings,
+    spec: VmSpec,
+    disks: Sequence[Drive],
+    extra: Sequence[str] = (),
+    *,
+    pidfile: Path = Path("qemu.pid"),
 ) -> list[str]:
     """The command line; relative paths are resolved in the VM's directory (the launch cwd).
     ``extra`` (``-incoming defer`` for a live migration's destination) changes no device: the
-    migration stream needs the very same device models on both sides."""
+    migration stream needs the very same device models on both sides. ``pidfile`` is given
+    absolute by :func:`launch`: it names the VM's directory on the command line, which is how
+    :func:`pid_alive`, the fence guard and ``stop_guests`` know this driver's QEMU (a VM whose
+    disks are all replicated has no other path under the driver's root there)."""
     args = [
         settings.qemu_binary,
         *("-name", f"guest=stratus-{spec.name}"),
@@ -169,7 +177,7 @@ def qemu_args(
         *("-kernel", str(settings.kernel), "-initrd", str(settings.initramfs)),
         *("-append", f"console=ttyS0 quiet panic=-1 stratus.vm={spec.name}"),
         *("-chardev", "socket,id=console,path=console.sock,server=on,wait=off,logfile=serial.log"),
-        *("-serial", "chardev:console", "-pidfile", "qemu.pid", "-daemonize"),
+        *("-serial", "chardev:console", "-pidfile", str(pidfile), "-daemonize"),
         *("-qmp", "unix:qmp.sock,server=on,wait=off"),
         *("-qmp", "unix:guard.sock,server=on,wait=off"),
     ]
@@ -202,7 +210,9 @@ async def launch(
     with files.stderr.open("wb") as stderr:
         try:
             proc = await asyncio.create_subprocess_exec(
-                *HostCommands(settings.netns).argv(*qemu_args(settings, spec, disks, extra)),
+                *HostCommands(settings.netns).argv(
+                    *qemu_args(settings, spec, disks, extra, pidfile=files.pid.absolute())
+                ),
                 cwd=files.dir,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.DEVNULL,

@@ -19,6 +19,8 @@ _NAME_RE = re.compile(rf"^{PREFIX}([0-9a-f]{{6}})")
 _BASE = ipaddress.IPv4Address("10.213.0.0")
 _PAIRS_PER_RUN = 8
 """Each run gets a /27: 8 /30 pairs (the hub and up to 7 agents)."""
+_SEGMENT_PAIRS = 2
+"""A shared underlay segment takes the block's last two pair slots: a /29 (up to 6 hosts)."""
 
 
 class NetnsUnavailable(Exception):
@@ -103,6 +105,8 @@ class Network:
 
     prefix: str = field(default_factory=lambda: f"{PREFIX}{os.getpid():06x}"[:10])
     pairs: list[Pair] = field(default_factory=list)
+    slots: int = _PAIRS_PER_RUN
+    """Pair slots left for veth pairs (a shared segment takes the last ones)."""
 
     def _block(self) -> ipaddress.IPv4Address:
         return _BASE + (os.getpid() % 2048) * _PAIRS_PER_RUN * 4
@@ -133,7 +137,7 @@ class Network:
 
     def add_namespace(self, label: str) -> str:
         """A namespace for one agent that reaches the hub through its own veth pair."""
-        if len(self.pairs) >= _PAIRS_PER_RUN:
+        if len(self.pairs) >= self.slots:
             raise RuntimeError("too many namespaces for one run")
         netns = f"{self.prefix}-{label}"
         run_ip("ip", "netns", "add", netns)
@@ -145,7 +149,7 @@ class Network:
     def join(self, netns_a: str, netns_b: str) -> tuple[str, str]:
         """Join two namespaces by a veth pair of their own (an underlay between two "hosts");
         the address of the end in ``netns_a`` and of the end in ``netns_b``."""
-        if len(self.pairs) >= _PAIRS_PER_RUN:
+        if len(self.pairs) >= self.slots:
             raise RuntimeError("too many veth pairs for one run")
         index = len(self.pairs)
         base = self._block() + index * 4
@@ -164,6 +168,33 @@ class Network:
             run_ip("ip", "link", "set", dev, "up", netns=netns)
         return pair.root_addr, pair.inner_addr
 
+    def segment(self, netnses: list[str]) -> list[str]:
+        """Join namespaces on one underlay segment (a bridge in a namespace of its own, so the
+        root namespace forwards nothing); each one's address there, in the order given."""
+        first = _PAIRS_PER_RUN - _SEGMENT_PAIRS
+        if len(self.pairs) > first or len(netnses) > _SEGMENT_PAIRS * 4 - 2:
+            raise RuntimeError("no room for an underlay segment in this run")
+        self.slots = first
+        hub = f"{self.prefix}-seg"
+        self.pairs.append(Pair(first, "", "", "", "", hub))  # close() deletes its namespace
+        run_ip("ip", "netns", "add", hub)
+        run_ip("ip", "link", "add", "br0", "type", "bridge", netns=hub)
+        run_ip("ip", "link", "set", "br0", "up", netns=hub)
+        base = self._block() + first * 4
+        addresses = []
+        for index, netns in enumerate(netnses, start=1):
+            port, dev, address = f"p{index}", "seg0", str(base + index)
+            run_ip(
+                "ip", "link", "add", port, "netns", hub, "type", "veth",
+                "peer", "name", dev, "netns", netns,
+            )  # fmt: skip
+            run_ip("ip", "link", "set", port, "master", "br0", netns=hub)
+            run_ip("ip", "link", "set", port, "up", netns=hub)
+            run_ip("ip", "addr", "add", f"{address}/29", "dev", dev, netns=netns)
+            run_ip("ip", "link", "set", dev, "up", netns=netns)
+            addresses.append(address)
+        return addresses
+
     def block(self, netns: str, peer: str, *, outbound: bool, inbound: bool) -> None:
         """Drop the namespace's packets to (``outbound``) and/or from (``inbound``) ``peer``."""
         if outbound:
@@ -180,5 +211,6 @@ class Network:
         for pair in reversed(self.pairs):
             if pair.netns is not None:
                 run_ip("ip", "netns", "del", pair.netns, check=False)
-            run_ip("ip", "link", "del", pair.root_dev, check=False)
+            if pair.root_dev:
+                run_ip("ip", "link", "del", pair.root_dev, check=False)
         self.pairs.clear()
