@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import os
 import re
 import signal
@@ -34,6 +33,7 @@ from hostagent.drivers.qemu import QemuDriver
 from hostagent.drivers.qemuproc import QemuSettings, pid_alive, read_pid
 from hostagent.drivers.qmp import QmpClient
 from hostagent.images import ImageCache
+from tests import qemukit
 from tests.netkit import Host, Netbed, clean_leftovers, require_netns
 from tests.qemukit import boot_kit
 from tests.waiting import wait_until
@@ -50,7 +50,6 @@ COUNTER = (
 )
 TICK = re.compile(rb"COUNT=(\d+)\r?\n")
 SAMPLE_S = 0.005
-_marks = itertools.count()
 
 
 def spec() -> VmSpec:
@@ -152,25 +151,8 @@ async def watching(source: Node, destination: Node) -> AsyncIterator[Ticks]:
             await task
 
 
-async def in_guest(driver: QemuDriver, command: str, timeout_s: float = 60) -> str:
-    """Type ``command`` on the guest's console; its output up to an end mark. Typed again only
-    while nothing echoes it (the console's shell is not there yet)."""
-    mark = f"done{next(_marks)}"
-    pattern = re.compile(rf"{mark}-(\d+)".encode())
-    start = driver.console_read(VM, None, 0).end
-    result: list[bytes] = []
-
-    async def answered() -> bool:
-        text = driver.console_read(VM, start, 1 << 20).data
-        if (found := pattern.search(text)) is not None:
-            result.append(text[: found.end()])
-            return True
-        if mark.encode() not in text:
-            await driver.console_write(VM, f'{command}; echo "{mark}"-$?\n'.encode())
-        return False
-
-    await wait_until(answered, timeout_s=timeout_s, interval_s=0.5, message=command)
-    return result[0].decode(errors="replace").replace("\r", "")
+async def in_guest(driver: QemuDriver, command: str, timeout_s: float = 60.0) -> str:
+    return await qemukit.in_guest(driver, VM, command, timeout_s)
 
 
 async def boot_counting(node: Node, ticks: Ticks) -> None:

@@ -11,7 +11,6 @@ after. Every number a guest counter printed as synced is on every copy kept.
 
 from __future__ import annotations
 
-import itertools
 import re
 import subprocess
 from collections.abc import AsyncIterator, Iterator
@@ -29,6 +28,7 @@ from hostagent.drivers.qemuproc import QemuSettings
 from hostagent.hostcmd import HostCommands
 from hostagent.images import ImageCache
 from hostagent.replicaserver import ReplicaServer
+from tests import qemukit
 from tests.netkit import Host, Netbed, clean_leftovers, require_netns
 from tests.qemukit import boot_kit
 from tests.waiting import wait_until
@@ -37,7 +37,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.timeout(180)
 
 VM = "rep-1"
 DISK = "rep-1-data-1"
-_marks = itertools.count()
 
 
 @dataclass
@@ -144,23 +143,7 @@ def spec(*copies: ReplicaRef) -> VmSpec:
 
 
 async def in_guest(driver: QemuDriver, command: str, timeout_s: float = 60.0) -> str:
-    """Type ``command`` on the guest's console; its output up to an end mark."""
-    mark = f"done{next(_marks)}"
-    pattern = re.compile(rf"{mark}-(\d+)".encode())
-    start = driver.console_read(VM, None, 0).end
-    result: list[bytes] = []
-
-    async def answered() -> bool:
-        text = driver.console_read(VM, start, 1 << 20).data
-        if (found := pattern.search(text)) is not None:
-            result.append(text[: found.end()])
-            return True
-        if mark.encode() not in text:
-            await driver.console_write(VM, f'{command}; echo "{mark}"-$?\n'.encode())
-        return False
-
-    await wait_until(answered, timeout_s=timeout_s, interval_s=0.5, message=command)
-    return result[0].decode(errors="replace").replace("\r", "")
+    return await qemukit.in_guest(driver, VM, command, timeout_s)
 
 
 def write_marker(text: str, block: int) -> str:
