@@ -19,6 +19,7 @@ from hostagent.replicas import ReplicaBackend, ReplicaError
 
 OS_DISK_MIB = 1024
 SIMULATED_PORT = 10809
+MADE = Held(made=True, exported=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +46,11 @@ class SimulatedReplicas:
     name: str = "simulated"
     held: dict[str, SimReplica] = field(default_factory=dict)
     _counted: set[str] = field(default_factory=set)
-    _desired: list[ReplicaSpec] = field(default_factory=list)
+    _desired: dict[str, ReplicaSpec] = field(default_factory=dict)
+    """The named replicas, by disk id (in the order named)."""
+    _pending: dict[str, SimReplica] = field(default_factory=dict)
+    """The held replicas not made yet (being filled): a heartbeat's statuses look at these
+    only, so a report costs nothing per replica that is ready."""
     _digest: str = ""
     _port: int = SIMULATED_PORT
 
@@ -68,6 +73,7 @@ class SimulatedReplicas:
         plan = plan_replicas(config.replicas, self._held(now_s))
         for disk_id in plan.delete:
             del self.held[disk_id]
+            self._pending.pop(disk_id, None)
             self._counted.discard(disk_id)
             if self.ledger is not None:
                 self.ledger.deleted(disk_id, self.host_id)
@@ -76,12 +82,21 @@ class SimulatedReplicas:
             fill_s = 0.0
             if spec.fill_from is not None:
                 fill_s = size_mib / (spec.fill_mib_s or self.fill_mib_s)
-            self.held[spec.disk_id] = SimReplica(spec, size_mib, now_s + fill_s, now_s)
-        self._desired = list(config.replicas)
+            replica = self.held[spec.disk_id] = SimReplica(spec, size_mib, now_s + fill_s, now_s)
+            if fill_s > 0:
+                self._pending[spec.disk_id] = replica
+            else:
+                self._count(replica)
+        self._desired = {spec.disk_id: spec for spec in config.replicas}
         self._digest = config.digest
 
     def statuses(self) -> list[ReplicaStatus]:
-        return replica_statuses(self._desired, self._held(self.now_s()))
+        now_s = self.now_s()
+        self._made_by(now_s)
+        pending = [self._desired[d] for d in self._pending if d in self._desired]
+        return replica_statuses(
+            pending, {d: self._state(r, now_s) for d, r in self._pending.items()}
+        )
 
     def ready(self, disk_id: str) -> bool:
         replica = self.held.get(disk_id)
@@ -91,15 +106,25 @@ class SimulatedReplicas:
         return sum(replica.size_mib for replica in self.held.values())
 
     def _held(self, now_s: float) -> dict[str, Held]:
-        held = {}
-        for disk_id, replica in self.held.items():
-            if replica.made_at_s <= now_s:
-                held[disk_id] = Held(made=True, exported=True)
-                self._count(replica)
-            else:
-                span_s = replica.made_at_s - replica.started_s
-                held[disk_id] = Held(filling=(now_s - replica.started_s) / span_s)
+        self._made_by(now_s)
+        held = dict.fromkeys(self.held, MADE)
+        for disk_id, replica in self._pending.items():
+            held[disk_id] = self._state(replica, now_s)
         return held
+
+    def _made_by(self, now_s: float) -> None:
+        """The copies whose fill is done by ``now_s`` are made (and enter the ledger)."""
+        done = [r for r in self._pending.values() if r.made_at_s <= now_s]
+        for replica in done:
+            del self._pending[replica.spec.disk_id]
+            self._count(replica)
+
+    @staticmethod
+    def _state(replica: SimReplica, now_s: float) -> Held:
+        if replica.made_at_s <= now_s:
+            return MADE
+        span_s = replica.made_at_s - replica.started_s
+        return Held(filling=(now_s - replica.started_s) / span_s)
 
     def _count(self, replica: SimReplica) -> None:
         """A copy just made enters the ledger: empty, or as its source's copy is now."""

@@ -4,8 +4,10 @@ a failover never starts from a copy behind the last write the guest had acknowle
 
 The copies of every disk live in one :class:`DiskLedger` shared by the simulated hosts of a
 process (the fake cannot see other hosts otherwise): how many writes each copy (disk, host)
-has, and which hosts' replica servers are gone. A running VM writes once per :meth:`tick`
-(every heartbeat of its host) and on :meth:`FakeQuorums.write`: the write lands on every copy
+has, and which hosts' replica servers are gone. A running VM writes on :meth:`FakeQuorums.tick`
+(whenever its host looks at it, at most once every ``WRITE_EVERY_S`` of its clock, so that the
+cost of a host's report does not grow with how often it is asked) and on
+:meth:`FakeQuorums.write`: the write lands on every copy
 whose host is up and is acknowledged only if every copy took it; a copy on a host that is gone
 is reported failed and the disk takes no acknowledged write until ``SetDiskReplicas`` drops it.
 """
@@ -21,6 +23,7 @@ from common.replica_messages import DiskReplicas, SetDiskReplicas
 from common.spec_messages import DiskStorage
 
 DEFAULT_JOIN_MIB_S = 200.0
+WRITE_EVERY_S = 0.1
 
 
 @dataclass
@@ -81,6 +84,9 @@ class FakeQuorums:
     now_s: Callable[[], float]
     disks: list[FakeDisk]
     join_mib_s: float = DEFAULT_JOIN_MIB_S
+    last_write_s: float = float("-inf")
+    _reports: list[DiskReplicas] | None = None
+    """The last report, while it holds (no join under way, no copy changed since)."""
 
     @classmethod
     def of(
@@ -99,8 +105,13 @@ class FakeQuorums:
         return any(disk.failed for disk in self.disks)
 
     def report(self) -> list[DiskReplicas]:
+        if self._reports is not None:
+            return list(self._reports)
         now_s = self.now_s()
-        return [disk.report(now_s) for disk in self.disks]
+        reports = [disk.report(now_s) for disk in self.disks]
+        if not any(disk.joins for disk in self.disks):
+            self._reports = reports  # steady: the same until a copy changes
+        return list(reports)
 
     def disk(self, disk_id: str) -> FakeDisk:
         for disk in self.disks:
@@ -109,15 +120,20 @@ class FakeQuorums:
         raise DriverError(f"no replicated disk {disk_id}", retryable=False)
 
     def tick(self, running: bool) -> None:
-        """Joins that are done come in; a running VM writes once."""
+        """Joins that are done come in; a running VM writes once (unless it wrote less than
+        ``WRITE_EVERY_S`` ago)."""
         now_s = self.now_s()
         for disk in self.disks:
+            if not disk.joins:
+                continue
             for host, join in list(disk.joins.items()):
                 if now_s - join.started_s >= join.duration_s and host not in self.ledger.down:
                     del disk.joins[host]
+                    self._reports = None
                     self.ledger.made(disk.disk_id, host, copied_from=disk.members[0])
                     disk.members.append(host)
-        if running:
+        if running and now_s - self.last_write_s >= WRITE_EVERY_S - 1e-9:
+            self.last_write_s = now_s
             for disk in self.disks:
                 self.write(disk)
 
@@ -132,6 +148,7 @@ class FakeQuorums:
                 copies[host] = copies.get(host, 0) + 1
         if gone:
             disk.failed = gone
+            self._reports = None
             return False
         disk.acked += 1
         return True
@@ -140,6 +157,7 @@ class FakeQuorums:
         """Drop the copies not named (a VM stopped by a failed copy goes on: its write is
         retried on the copies kept) and start the joins."""
         disk = self.disk(command.disk_id)
+        self._reports = None
         wanted = {ref.host for ref in command.replicas}
         kept = [host for host in disk.members if host in wanted]
         if not kept:

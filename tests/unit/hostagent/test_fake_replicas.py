@@ -18,7 +18,7 @@ from common.replica_messages import (
 )
 from common.spec_messages import DiskStorage
 from hostagent.drivers.fake import FakeDriver
-from hostagent.drivers.fakequorum import DiskLedger
+from hostagent.drivers.fakequorum import WRITE_EVERY_S, DiskLedger
 from hostagent.replicasim import SimulatedReplicas
 from hostagent.stimuli import AckReceived
 from tests.unit.hostagent.conftest import FakeClock, ack_for, make_state
@@ -73,17 +73,36 @@ def started(clock: FakeClock, ledger: DiskLedger, *hosts: str) -> FakeDriver:
     return driver
 
 
+def look(driver: FakeDriver, clock: FakeClock, times: int) -> None:
+    """The host looks at its VMs ``times`` times, a write's interval apart."""
+    for _ in range(times):
+        clock.now_s += WRITE_EVERY_S
+        driver.inventory()
+
+
+def test_a_running_vm_writes_by_its_clock_not_by_how_often_it_is_looked_at(
+    clock: FakeClock,
+) -> None:
+    ledger = DiskLedger()
+    driver = started(clock, ledger, "h1", "h2")
+    look(driver, clock, 1)
+    for _ in range(10):
+        driver.inventory()
+    assert ledger.writes[DISK] == {"h1": 1, "h2": 1}
+    look(driver, clock, 2)
+    assert ledger.writes[DISK] == {"h1": 3, "h2": 3}
+
+
 def test_a_gone_copy_stops_acknowledged_writes_until_it_is_dropped(clock: FakeClock) -> None:
     ledger = DiskLedger()
     driver = started(clock, ledger, "h1", "h2")
-    for _ in range(5):
-        driver.inventory()
+    look(driver, clock, 5)
     assert ledger.writes[DISK] == {"h1": 5, "h2": 5}
     ledger.host_gone("h2")
+    clock.now_s += WRITE_EVERY_S
     state, disk = disk_of(driver)
     assert (state, disk.in_sync, disk.failed) == (ObservedState.RUNNING, ["h1", "h2"], ["h2"])
-    for _ in range(3):
-        driver.inventory()
+    look(driver, clock, 3)
     assert ledger.writes[DISK]["h1"] == 6, "the stopped VM writes nothing more"
     never_behind(ledger, driver)
     run_now(driver.set_disk_replicas(set_replicas("h1")))
@@ -104,7 +123,7 @@ def test_a_joining_copy_comes_in_after_its_size_at_the_join_rate(clock: FakeCloc
     clock.now_s += 2.0
     _, disk = disk_of(driver)
     assert (disk.in_sync, disk.joining) == (["h1", "h3"], {})
-    driver.inventory()
+    look(driver, clock, 1)
     assert ledger.writes[DISK]["h3"] == ledger.writes[DISK]["h1"]
     never_behind(ledger, driver)
 
@@ -135,10 +154,13 @@ def test_a_filled_replica_enters_the_ledger_with_its_source_count() -> None:
 
 def test_the_agent_carries_set_disk_replicas_to_the_fake_and_reports_the_disks() -> None:
 
-    agent = SyncAgent(make_state())
+    clock = FakeClock(100.0)
+    driver = FakeDriver(ROOMY, clock_s=clock.monotonic_s)
+    agent = SyncAgent(make_state(), driver=driver)
     agent.handle(AckReceived(ack_for(agent.heartbeat(100.0))), 100.0)
     agent.execute([StartVm(vm=spec("h1", "h2"), generation=1)], 100.0)
     agent.driver.ledger.host_gone("h2")
+    clock.now_s += WRITE_EVERY_S  # the VM's next write finds the copy gone
     assert agent.heartbeat(100.1).vms[0].disks[0].failed == ["h2"]
     agent.execute([set_replicas("h1")], 100.2)
     [vm] = agent.heartbeat(100.3).vms
