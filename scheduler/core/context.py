@@ -35,7 +35,7 @@ from common.messages import (
     VmState,
 )
 from common.network_messages import ConfigureNetworks, EndpointInfo, NicInfo
-from common.replica_messages import ConfigureReplicas, SetDiskReplicas
+from common.replica_messages import ConfigureReplicas, ReplicaSpec, SetDiskReplicas
 from scheduler.core import transitions
 from scheduler.core.contract import Action, Emit, Now, Reply, SendCommands
 from scheduler.core.views import migration_info
@@ -93,6 +93,8 @@ class Carry:
     a host missing here has it computed when next needed."""
     replicas: dict[HostId, ConfigureReplicas] = field(default_factory=dict)
     """Each host's desired replica set as last computed (scheduler/core/hostreplicas.py)."""
+    replica_specs: dict[HostId, dict[str, ReplicaSpec]] = field(default_factory=dict)
+    """The same by disk id: a change of some copies recomputes only theirs."""
     rebalance_queue: list[Move] = field(default_factory=list)
     """Moves the rebalancer planned that wait for a migration slot."""
     rebalance_budget: MigrationBudget | None = None

@@ -21,6 +21,7 @@ VM waiting for its copies is started.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable, Mapping
 
 from msgspec.structs import replace
 
@@ -47,41 +48,66 @@ def _disk(record: VmRecord, disk_id: str) -> DiskRecord:
     return next(d for d in record.disks if d.disk_id == disk_id)
 
 
-def desired(state: ClusterState, host: HostId, rebuild_mib_per_s: float) -> ConfigureReplicas:
-    """The whole replica set ``host`` should hold, from the index (no visit of every VM)."""
-    specs = []
-    for disk_id, name in sorted(state.disks.held.get(host, {}).items()):
-        record = state.vms[name]
-        disk = _disk(record, disk_id)
-        states = [c.state for c in disk.copies if c.host == host]
-        fill_from = None
-        if CopyState.FILLING in states:
-            sources = replicas.refs(state, disk.copy_hosts())
-            fill_from = sources[0] if sources else None
-        specs.append(
-            ReplicaSpec(
-                disk_id=disk_id,
-                vm=name,
-                kind=disk.kind.value,
-                size_mib=disk.size_mib,
-                image=disk.image,
-                image_sha256=disk.image_sha256,
-                fill_from=fill_from,
-                fill_mib_s=rebuild_mib_per_s if fill_from is not None else 0.0,
-            )
-        )
-    config = ConfigureReplicas(replicas=specs, digest="")
+def _spec(state: ClusterState, host: HostId, disk_id: str, rebuild_mib_per_s: float) -> ReplicaSpec:
+    """What ``host`` holds of disk ``disk_id``."""
+    name = state.disks.held[host][disk_id]
+    record = state.vms[name]
+    disk = _disk(record, disk_id)
+    fill_from = None
+    if any(c.state is CopyState.FILLING for c in disk.copies if c.host == host):
+        sources = replicas.refs(state, disk.copy_hosts())
+        fill_from = sources[0] if sources else None
+    return ReplicaSpec(
+        disk_id=disk_id,
+        vm=name,
+        kind=disk.kind.value,
+        size_mib=disk.size_mib,
+        image=disk.image,
+        image_sha256=disk.image_sha256,
+        fill_from=fill_from,
+        fill_mib_s=rebuild_mib_per_s if fill_from is not None else 0.0,
+    )
+
+
+def desired(
+    state: ClusterState,
+    host: HostId,
+    rebuild_mib_per_s: float,
+    specs: dict[str, ReplicaSpec] | None = None,
+    changed: Iterable[str] | None = None,
+) -> ConfigureReplicas:
+    """The whole replica set ``host`` should hold, from the index (no visit of every VM).
+    Given ``specs``, its specs as last computed (kept up to date here), only those of the
+    ``changed`` disks are computed again (None: all)."""
+    held = state.disks.held.get(host, {})
+    if specs is None:
+        specs = {}
+    if changed is None:
+        specs.clear()
+        changed = held
+    for disk_id in changed:
+        if disk_id in held:
+            specs[disk_id] = _spec(state, host, disk_id, rebuild_mib_per_s)
+        else:
+            specs.pop(disk_id, None)
+    config = ConfigureReplicas(replicas=[specs[d] for d in sorted(specs)], digest="")
     config.digest = digest_of(config)
     return config
 
 
 def wanted(ctx: StepContext, host: HostId) -> ConfigureReplicas:
-    """The host's desired set (computed again if its copies changed)."""
-    dirty, kept = ctx.state.disks.dirty_hosts, ctx.carry.replicas
-    config = kept.get(host)
-    if config is None or host in dirty:
-        dirty.discard(host)
-        config = kept[host] = desired(ctx.state, host, ctx.config.storage.rebuild_mib_per_s)
+    """The host's desired set (computed again, for the disks whose copies changed, if any
+    did)."""
+    disks, carry = ctx.state.disks, ctx.carry
+    config = carry.replicas.get(host)
+    if config is None or host in disks.dirty_hosts:
+        disks.dirty_hosts.discard(host)
+        changed: Iterable[str] | None = disks.dirty_disks.pop(host, None)
+        specs = carry.replica_specs.get(host)
+        if config is None or specs is None:
+            specs, changed = carry.replica_specs.setdefault(host, {}), None
+        rate = ctx.config.storage.rebuild_mib_per_s
+        config = carry.replicas[host] = desired(ctx.state, host, rate, specs, changed)
     return config
 
 
@@ -95,19 +121,22 @@ def due(ctx: StepContext, host: HostId) -> list[AgentCommand]:
 
 def heartbeat(ctx: StepContext, host: HostId, hb: Heartbeat) -> None:
     """Take in the replica set ``host`` applied and its replicas not ready; send the wanted
-    set if it differs; move on what became ready (or failed)."""
+    set if it differs; move on what became ready (or failed). Costs nothing per replica held
+    unless the set changed."""
     runtime = ctx.state.runtimes.get(host)
     if runtime is None:
         return
     config = wanted(ctx, host)
-    before = _ready_set(runtime)
+    held_before, unready_before = runtime.replicas_held, runtime.replicas_unready
     runtime.replica_digest = hb.replica_digest
     known = runtime.replicas_known
     if hb.replica_digest == config.digest:
-        runtime.replicas_held = frozenset(spec.disk_id for spec in config.replicas)
+        if runtime.replicas_held_digest != config.digest:
+            runtime.replicas_held = frozenset(spec.disk_id for spec in config.replicas)
+            runtime.replicas_held_digest = config.digest
         known = True
     elif hb.replica_digest == "":
-        runtime.replicas_held = frozenset()
+        runtime.replicas_held, runtime.replicas_held_digest = frozenset(), ""
         known = False  # it lost what it had (or never had any): known once it applied ours
     if known != runtime.replicas_known:
         runtime.replicas_known = known
@@ -115,14 +144,20 @@ def heartbeat(ctx: StepContext, host: HostId, hb: Heartbeat) -> None:
         ctx.capacity_changed()  # VMs pending for want of a home for their copies try again
     runtime.replicas_unready = {status.disk_id: status for status in hb.replicas}
     ctx.send(host, due(ctx, host))
-    for disk_id in sorted(_ready_set(runtime) - before):
+    for disk_id in _became_ready_ids(runtime, held_before, unready_before):
         _became_ready(ctx, host, disk_id)
     for status in hb.replicas:
         _not_ready(ctx, host, status)
 
 
-def _ready_set(runtime: HostRuntime) -> frozenset[str]:
-    return runtime.replicas_held - runtime.replicas_unready.keys()
+def _became_ready_ids(
+    runtime: HostRuntime, held_before: frozenset[str], unready_before: Mapping[str, object]
+) -> list[str]:
+    """The replicas ready now that were not before (sorted)."""
+    held, unready = runtime.replicas_held, runtime.replicas_unready
+    if held is held_before:  # the same set: only those no longer reported not ready
+        return sorted(d for d in unready_before if d in held and d not in unready)
+    return sorted((held - unready.keys()) - (held_before - unready_before.keys()))
 
 
 def _copy_on(ctx: StepContext, host: HostId, disk_id: str) -> tuple[VmRecord, CopyRecord] | None:
@@ -211,7 +246,9 @@ def flush(ctx: StepContext) -> None:
         record = ctx.state.hosts.get(host)
         if record is None or not record.up:
             dirty.discard(host)
+            ctx.state.disks.dirty_disks.pop(host, None)
             ctx.carry.replicas.pop(host, None)  # computed again when it is back
+            ctx.carry.replica_specs.pop(host, None)
             continue
         ctx.send(host, due(ctx, host))
 
@@ -219,3 +256,4 @@ def flush(ctx: StepContext) -> None:
 def hosts_moved(ctx: StepContext) -> None:
     """A host's replica address changed: the sets naming copies to fill from may change."""
     ctx.state.disks.dirty_hosts.update(ctx.state.disks.held)
+    ctx.carry.replica_specs.clear()  # every spec computed again (its sources' addresses)

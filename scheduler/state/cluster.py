@@ -93,6 +93,7 @@ class ClusterState:
         state.net.dirty_hosts.clear()
         state.net.dirty_vnets.clear()
         state.disks.dirty_hosts.clear()
+        state.disks.dirty_disks.clear()
         return state
 
     def add_vm(self, record: VmRecord) -> None:

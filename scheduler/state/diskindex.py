@@ -77,6 +77,8 @@ class DiskIndex:
     used_mib: dict[HostId, int] = field(default_factory=dict)
     dirty_hosts: set[HostId] = field(default_factory=set)
     """Hosts whose replica set may have changed since it was last computed."""
+    dirty_disks: dict[HostId, set[str]] = field(default_factory=dict)
+    """Of those, the disks whose copies changed (what their sets need computed again)."""
     by_copies: dict[int, dict[VmName, None]] = field(default_factory=dict)
     """VMs with replicated disks by the fewest live copies of one of their disks."""
     by_current: dict[int, dict[VmName, None]] = field(default_factory=dict)
@@ -99,7 +101,9 @@ class DiskIndex:
         for disk in before.keys() | after.keys():
             if before.get(disk) != after.get(disk):
                 for copies in (before.get(disk, ()), after.get(disk, ())):
-                    self.dirty_hosts.update(host for host, _ in copies)
+                    for host, _ in copies:
+                        self.dirty_hosts.add(host)
+                        self.dirty_disks.setdefault(host, set()).add(disk)
 
     def _apply(self, name: VmName, share: DiskShare, sign: int) -> None:
         for disk, mib, copies in share.replicated:

@@ -245,6 +245,8 @@ class HostRuntime:
     """The digest of the replica set the host last reported applied."""
     replicas_held: frozenset[str] = frozenset()
     """The disks of the replica set it applied last (as far as known): what it holds."""
+    replicas_held_digest: str = ""
+    """The digest of the set ``replicas_held`` was taken from (taken again only if it differs)."""
     replicas_unready: dict[str, ReplicaStatus] = field(default_factory=dict)
     """Its replicas that are not ready yet (creating, filling, failed), as it reported."""
     replicas_known: bool = False

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from common.ids import HostId
 from common.messages import DiskStorage, VmRef, VmState
-from scheduler.core import replicas as core_replicas
+from scheduler.core import hostreplicas, replicas as core_replicas
 from scheduler.core.contract import Op
 from scheduler.state.storage import CopyState
 from tests.unit.scheduler.replkit import ReplicaKit
@@ -59,6 +59,15 @@ def check(kit: ReplicaKit, replicas: int, *, settled: bool = False) -> None:
     for name, capacity in CAPACITY_MIB.items():
         if capacity:
             assert state.disks.used_mib.get(HostId(name), 0) <= capacity, name
+    check_kept_sets(kit)
+
+
+def check_kept_sets(kit: ReplicaKit) -> None:
+    """Each host's replica set, kept up to date disk by disk, is the one computed anew."""
+    state, rate = kit.state, kit.config.storage.rebuild_mib_per_s
+    for host, kept in kit.core.carry.replicas.items():
+        if host not in state.disks.dirty_hosts:
+            assert kept == hostreplicas.desired(state, host, rate), host
 
 
 def apply(kit: ReplicaKit, op: tuple[object, ...]) -> None:
