@@ -68,6 +68,10 @@ class ReplicaState(StrEnum):
     """Made (and filled) and exported: a VM may open it."""
     FAILED = "failed"
     """Could not be made or filled; ``reason`` says why (``retryable``: try again later)."""
+    LOST = "lost"
+    """Made before (``ConfigureReplicas.existing``) but not held here any more (the host's
+    disks were lost or wiped): never made anew, which would give it none of the writes its
+    other copies have. The scheduler drops it and has another copy made from a current one."""
 
 
 class ReplicaSpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -96,6 +100,10 @@ class ConfigureReplicas(msgspec.Struct, tag="configure_replicas", kw_only=True):
     replicas: list[ReplicaSpec] = []
     digest: DigestField
     """Names this set; the agent echoes it in ``Heartbeat.replica_digest``."""
+    existing: list[str] = []
+    """The disk ids of the named replicas that were made before (on this host, as the
+    scheduler's records say): a host that does not hold one reports it ``lost`` and never makes
+    it anew. Not part of the digest: a host that applied the set holds them already."""
 
 
 class ReplicaStatus(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):

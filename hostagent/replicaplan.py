@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence, Set as AbstractSet
 from dataclasses import dataclass
 
 from common.replica_messages import ReplicaSpec, ReplicaState, ReplicaStatus
@@ -56,9 +56,14 @@ class ReplicaPlan:
         return not (self.delete or self.make or self.export)
 
 
-def plan_replicas(desired: Sequence[ReplicaSpec], held: Mapping[str, Held]) -> ReplicaPlan:
+def plan_replicas(
+    desired: Sequence[ReplicaSpec],
+    held: Mapping[str, Held],
+    existing: AbstractSet[str] = frozenset(),
+) -> ReplicaPlan:
     """The steps from ``held`` to ``desired``. A failed replica is tried again (each apply is
-    the whole desired state); one being made is left to finish."""
+    the whole desired state); one being made is left to finish; one that was made before
+    (``existing``) and is not held is lost, never made again."""
     named = {spec.disk_id for spec in desired}
     delete = tuple(sorted(disk_id for disk_id in held if disk_id not in named))
     make: list[ReplicaSpec] = []
@@ -68,13 +73,15 @@ def plan_replicas(desired: Sequence[ReplicaSpec], held: Mapping[str, Held]) -> R
         if have.made:
             if not have.exported:
                 export.append(spec.disk_id)
-        elif have.filling is None:
+        elif have.filling is None and spec.disk_id not in existing:
             make.append(spec)
     return ReplicaPlan(delete, tuple(make), tuple(export))
 
 
 def replica_statuses(
-    desired: Iterable[ReplicaSpec], held: Mapping[str, Held]
+    desired: Iterable[ReplicaSpec],
+    held: Mapping[str, Held],
+    existing: AbstractSet[str] = frozenset(),
 ) -> list[ReplicaStatus]:
     """The named replicas that are not ready, in the order named."""
     statuses = []
@@ -82,8 +89,20 @@ def replica_statuses(
         have = held.get(spec.disk_id, Held())
         if have.made and have.exported:
             continue
-        statuses.append(_status(spec, have))
+        if spec.disk_id in existing and not have.made and have.filling is None:
+            statuses.append(lost(spec.disk_id))
+        else:
+            statuses.append(_status(spec, have))
     return statuses
+
+
+def lost(disk_id: str) -> ReplicaStatus:
+    return ReplicaStatus(
+        disk_id=disk_id,
+        state=ReplicaState.LOST,
+        reason="made before, not held here any more",
+        retryable=False,
+    )
 
 
 def _status(spec: ReplicaSpec, have: Held) -> ReplicaStatus:

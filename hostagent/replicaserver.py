@@ -77,6 +77,9 @@ class ReplicaServer:
     _port: int = 0
     _digest: str = ""
     _desired: list[ReplicaSpec] = field(default_factory=list)
+    _existing: set[str] = field(default_factory=set)
+    """Named replicas made before (as the scheduler says, or made here since): if their files
+    are gone, they are lost, never made anew (an empty copy would lack acknowledged writes)."""
     _exported: set[str] = field(default_factory=set)
     _making: dict[str, Making] = field(default_factory=dict)
     _failed: dict[str, tuple[str, bool]] = field(default_factory=dict)
@@ -202,7 +205,7 @@ class ReplicaServer:
             await asyncio.sleep(RESTART_WAIT_S)
             try:
                 await self._start()
-                plan = plan_replicas(self._desired, self._held())
+                plan = plan_replicas(self._desired, self._held(), self._existing)
                 for disk_id in plan.export:
                     await self._export(disk_id)
             except (ReplicaError, QmpError, OSError, TimeoutError) as exc:
@@ -230,7 +233,9 @@ class ReplicaServer:
         if why := check_disk_ids(config.replicas):
             raise ReplicaError(why)
         self._desired = list(config.replicas)
-        plan = plan_replicas(config.replicas, self._held())
+        named = {spec.disk_id for spec in config.replicas}
+        self._existing = set(config.existing) | (self._existing & named)
+        plan = plan_replicas(config.replicas, self._held(), self._existing)
         try:
             if not plan.empty or config.replicas:
                 await self._ensure()
@@ -254,7 +259,7 @@ class ReplicaServer:
         )
 
     def statuses(self) -> list[ReplicaStatus]:
-        return replica_statuses(self._desired, self._held())
+        return replica_statuses(self._desired, self._held(), self._existing)
 
     def _held(self) -> dict[str, Held]:
         held: dict[str, Held] = {}
@@ -278,6 +283,7 @@ class ReplicaServer:
             else:
                 await run_qemu_img("create", "-q", "-f", "qcow2", str(partial), f"{spec.size_mib}M")
             partial.rename(self.path(disk_id))
+            self._existing.add(disk_id)
             await self._export(disk_id)
             log.info("replica made disk_id=%s vm=%s filled=%s", disk_id, spec.vm, spec.fill_from)
         except (DriverError, ReplicaError, QmpError, OSError) as exc:

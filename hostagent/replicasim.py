@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from common.replica_messages import ConfigureReplicas, ReplicaSpec, ReplicaStatus
 from hostagent.drivers.fakequorum import DiskLedger
-from hostagent.replicaplan import Held, check_disk_ids, plan_replicas, replica_statuses
+from hostagent.replicaplan import Held, check_disk_ids, lost, plan_replicas, replica_statuses
 from hostagent.replicas import ReplicaBackend, ReplicaError
 
 OS_DISK_MIB = 1024
@@ -48,6 +48,10 @@ class SimulatedReplicas:
     _counted: set[str] = field(default_factory=set)
     _desired: dict[str, ReplicaSpec] = field(default_factory=dict)
     """The named replicas, by disk id (in the order named)."""
+    _existing: set[str] = field(default_factory=set)
+    """Named replicas made before (as the scheduler says, or made here since): if not held,
+    lost, never made anew."""
+    _lost: list[str] = field(default_factory=list)
     _pending: dict[str, SimReplica] = field(default_factory=dict)
     """The held replicas not made yet (being filled): a heartbeat's statuses look at these
     only, so a report costs nothing per replica that is ready."""
@@ -70,7 +74,9 @@ class SimulatedReplicas:
         if why := check_disk_ids(config.replicas):
             raise ReplicaError(why)
         now_s = self.now_s()
-        plan = plan_replicas(config.replicas, self._held(now_s))
+        named = {spec.disk_id for spec in config.replicas}
+        self._existing = set(config.existing) | (self._existing & named)
+        plan = plan_replicas(config.replicas, self._held(now_s), self._existing)
         for disk_id in plan.delete:
             del self.held[disk_id]
             self._pending.pop(disk_id, None)
@@ -88,15 +94,15 @@ class SimulatedReplicas:
             else:
                 self._count(replica)
         self._desired = {spec.disk_id: spec for spec in config.replicas}
+        self._lost = sorted(named & self._existing - self.held.keys())
         self._digest = config.digest
 
     def statuses(self) -> list[ReplicaStatus]:
         now_s = self.now_s()
         self._made_by(now_s)
         pending = [self._desired[d] for d in self._pending if d in self._desired]
-        return replica_statuses(
-            pending, {d: self._state(r, now_s) for d, r in self._pending.items()}
-        )
+        held = {d: self._state(r, now_s) for d, r in self._pending.items()}
+        return [lost(d) for d in self._lost] + replica_statuses(pending, held)
 
     def ready(self, disk_id: str) -> bool:
         replica = self.held.get(disk_id)
@@ -129,6 +135,7 @@ class SimulatedReplicas:
     def _count(self, replica: SimReplica) -> None:
         """A copy just made enters the ledger: empty, or as its source's copy is now."""
         disk_id = replica.spec.disk_id
+        self._existing.add(disk_id)
         if self.ledger is None or disk_id in self._counted:
             return
         self._counted.add(disk_id)

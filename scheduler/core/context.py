@@ -93,8 +93,9 @@ class Carry:
     a host missing here has it computed when next needed."""
     replicas: dict[HostId, ConfigureReplicas] = field(default_factory=dict)
     """Each host's desired replica set as last computed (scheduler/core/hostreplicas.py)."""
-    replica_specs: dict[HostId, dict[str, ReplicaSpec]] = field(default_factory=dict)
-    """The same by disk id: a change of some copies recomputes only theirs."""
+    replica_specs: dict[HostId, dict[str, tuple[ReplicaSpec, bool]]] = field(default_factory=dict)
+    """The same by disk id (and whether the copy was made): a change of some copies recomputes
+    only theirs."""
     rebalance_queue: list[Move] = field(default_factory=list)
     """Moves the rebalancer planned that wait for a migration slot."""
     rebalance_budget: MigrationBudget | None = None

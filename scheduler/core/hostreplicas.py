@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping
 from msgspec.structs import replace
 
 from common import codec
-from common.ids import HostId
+from common.ids import HostId, VmName
 from common.messages import AgentCommand, Heartbeat, StartVm, VmState
 from common.replica_messages import ConfigureReplicas, ReplicaSpec, ReplicaState, ReplicaStatus
 from scheduler.core import replicas
@@ -37,10 +37,11 @@ from scheduler.state.storage import CopyRecord, CopyState, DiskRecord
 
 
 def digest_of(config: ConfigureReplicas) -> str:
-    """The digest of ``config`` (its own ``digest`` left empty): "" for the empty set."""
+    """The digest of ``config`` (its own ``digest`` and ``existing`` left empty): "" for the
+    empty set. That a copy was made changes nothing for a host that applied the set."""
     if not config.replicas:
         return ""
-    body = codec.encode(replace(config, digest=""))
+    body = codec.encode(replace(config, digest="", existing=[]))
     return hashlib.blake2b(body, digest_size=8).hexdigest()
 
 
@@ -48,15 +49,19 @@ def _disk(record: VmRecord, disk_id: str) -> DiskRecord:
     return next(d for d in record.disks if d.disk_id == disk_id)
 
 
-def _spec(state: ClusterState, host: HostId, disk_id: str, rebuild_mib_per_s: float) -> ReplicaSpec:
-    """What ``host`` holds of disk ``disk_id``."""
+def _spec(
+    state: ClusterState, host: HostId, disk_id: str, rebuild_mib_per_s: float
+) -> tuple[ReplicaSpec, bool]:
+    """What ``host`` holds of disk ``disk_id``, and whether that copy was made."""
     name = state.disks.held[host][disk_id]
     record = state.vms[name]
     disk = _disk(record, disk_id)
+    copies = [c for c in disk.copies if c.host == host]
     fill_from = None
-    if any(c.state is CopyState.FILLING for c in disk.copies if c.host == host):
+    if any(c.state is CopyState.FILLING for c in copies):
         sources = replicas.refs(state, disk.copy_hosts())
         fill_from = sources[0] if sources else None
+    made = any(c.made for c in copies)
     return ReplicaSpec(
         disk_id=disk_id,
         vm=name,
@@ -66,14 +71,14 @@ def _spec(state: ClusterState, host: HostId, disk_id: str, rebuild_mib_per_s: fl
         image_sha256=disk.image_sha256,
         fill_from=fill_from,
         fill_mib_s=rebuild_mib_per_s if fill_from is not None else 0.0,
-    )
+    ), made
 
 
 def desired(
     state: ClusterState,
     host: HostId,
     rebuild_mib_per_s: float,
-    specs: dict[str, ReplicaSpec] | None = None,
+    specs: dict[str, tuple[ReplicaSpec, bool]] | None = None,
     changed: Iterable[str] | None = None,
 ) -> ConfigureReplicas:
     """The whole replica set ``host`` should hold, from the index (no visit of every VM).
@@ -90,7 +95,12 @@ def desired(
             specs[disk_id] = _spec(state, host, disk_id, rebuild_mib_per_s)
         else:
             specs.pop(disk_id, None)
-    config = ConfigureReplicas(replicas=[specs[d] for d in sorted(specs)], digest="")
+    ordered = sorted(specs)
+    config = ConfigureReplicas(
+        replicas=[specs[d][0] for d in ordered],
+        digest="",
+        existing=[d for d in ordered if specs[d][1]],
+    )
     config.digest = digest_of(config)
     return config
 
@@ -146,8 +156,8 @@ def heartbeat(ctx: StepContext, host: HostId, hb: Heartbeat) -> None:
     ctx.send(host, due(ctx, host))
     for disk_id in _became_ready_ids(runtime, held_before, unready_before):
         _became_ready(ctx, host, disk_id)
-    for status in hb.replicas:
-        _not_ready(ctx, host, status)
+    if hb.replicas:
+        _not_ready(ctx, host, hb.replicas)
 
 
 def _became_ready_ids(
@@ -199,31 +209,46 @@ def _became_ready(ctx: StepContext, host: HostId, disk_id: str) -> None:
         start_if_ready(ctx, record)
 
 
-def _not_ready(ctx: StepContext, host: HostId, status: ReplicaStatus) -> None:
-    """A copy its host reports not ready: one that was made and is being made again, or one
-    that cannot be made, is dropped (a rebuild makes another); a new VM's copy that cannot be
-    made says so in the VM's reason."""
-    found = _copy_on(ctx, host, status.disk_id)
-    if found is None:
-        return
-    record, copy = found
-    disk_id = status.disk_id
-    failed = status.state is ReplicaState.FAILED and not status.retryable
-    if copy.made and status.state in (ReplicaState.CREATING, ReplicaState.FILLING):
-        why = f"copy of disk {disk_id} on {host} was lost there (its host makes it anew)"
-    elif failed and (copy.made or copy.state is not CopyState.CURRENT):
-        why = f"copy of disk {disk_id} on {host} failed: {status.reason}"
-    else:
-        if failed:
-            why = f"copy of disk {disk_id} on {host} cannot be made: {status.reason}"
+def _not_ready(ctx: StepContext, host: HostId, statuses: list[ReplicaStatus]) -> None:
+    """Copies its host reports not ready: one that was made and is lost or being made again,
+    or one that cannot be made, is dropped (a rebuild makes another); a new VM's copy that
+    cannot be made says so in the VM's reason. A VM's copies are dropped together, so that
+    no set pushed in between names a copy reported lost in the same report."""
+    drops: dict[VmName, tuple[dict[str, set[HostId]], str]] = {}
+    for status in statuses:
+        found = _copy_on(ctx, host, status.disk_id)
+        if found is None:
+            continue
+        record, copy = found
+        why = _why_dropped(host, copy, status)
+        if why is not None:
+            disks, _ = drops.get(record.name, ({}, ""))
+            disks[status.disk_id] = {host}
+            drops[record.name] = (disks, why)
+        elif status.state is ReplicaState.FAILED and not status.retryable:
+            why = f"copy of disk {status.disk_id} on {host} cannot be made: {status.reason}"
             if record.reason != why:
                 ctx.change_vm(record, reason=why)
                 ctx.emit_vm(record)
-        return
-    replicas.drop_copies(ctx, record, {disk_id: {host}})
-    if record.state is not VmState.FAILED:
-        ctx.change_vm(record, reason=why)
-        ctx.emit_vm(record)
+    for name, (disks, why) in drops.items():
+        record = ctx.state.vms[name]
+        replicas.drop_copies(ctx, record, disks)
+        if record.state is not VmState.FAILED:
+            ctx.change_vm(record, reason=why)
+            ctx.emit_vm(record)
+
+
+def _why_dropped(host: HostId, copy: CopyRecord, status: ReplicaStatus) -> str | None:
+    """Why the copy its host reports so is dropped (None: it is not)."""
+    disk_id = status.disk_id
+    failed = status.state is ReplicaState.FAILED and not status.retryable
+    if status.state is ReplicaState.LOST:
+        return f"copy of disk {disk_id} on {host} was lost there (its disks were lost or wiped)"
+    if copy.made and status.state in (ReplicaState.CREATING, ReplicaState.FILLING):
+        return f"copy of disk {disk_id} on {host} was lost there (its host makes it anew)"
+    if failed and (copy.made or copy.state is not CopyState.CURRENT):
+        return f"copy of disk {disk_id} on {host} failed: {status.reason}"
+    return None
 
 
 def start_if_ready(ctx: StepContext, record: VmRecord) -> None:

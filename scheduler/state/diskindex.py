@@ -22,7 +22,8 @@ from common.messages import VmState
 from scheduler.state.model import VmRecord
 from scheduler.state.storage import CopyState
 
-Copies = tuple[tuple[HostId, CopyState], ...]
+Copies = tuple[tuple[HostId, CopyState, bool], ...]
+"""Each copy: its host, its state, and whether it was made."""
 _MAKING = frozenset({CopyState.FILLING, CopyState.JOINING})
 
 
@@ -41,7 +42,7 @@ class DiskShare:
         if not self.replicated:
             return None
         return min(
-            sum(state is not CopyState.LOST for _, state in copies)
+            sum(state is not CopyState.LOST for _, state, _ in copies)
             for _, _, copies in self.replicated
         )
 
@@ -51,7 +52,7 @@ class DiskShare:
         if not self.replicated:
             return None
         return min(
-            sum(state is CopyState.CURRENT for _, state in copies)
+            sum(state is CopyState.CURRENT for _, state, _ in copies)
             for _, _, copies in self.replicated
         )
 
@@ -60,7 +61,7 @@ def share_of(record: VmRecord | None) -> DiskShare | None:
     if record is None or record.state is VmState.DELETED:
         return None
     replicated = tuple(
-        (d.disk_id, d.charged_mib, tuple((c.host, c.state) for c in d.copies))
+        (d.disk_id, d.charged_mib, tuple((c.host, c.state, c.made) for c in d.copies))
         for d in record.disks
         if d.replicated
     )
@@ -101,13 +102,13 @@ class DiskIndex:
         for disk in before.keys() | after.keys():
             if before.get(disk) != after.get(disk):
                 for copies in (before.get(disk, ()), after.get(disk, ())):
-                    for host, _ in copies:
+                    for host, _, _ in copies:
                         self.dirty_hosts.add(host)
                         self.dirty_disks.setdefault(host, set()).add(disk)
 
     def _apply(self, name: VmName, share: DiskShare, sign: int) -> None:
         for disk, mib, copies in share.replicated:
-            for host, state in copies:
+            for host, state, _ in copies:
                 self._use(host, sign * mib)
                 if state in _MAKING:
                     made = self.making.get(host, 0) + sign

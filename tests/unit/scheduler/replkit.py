@@ -60,6 +60,11 @@ class ReplicaKit(CoreKit):
         self.new: dict[str, set[str]] = {}
         """Per host, replicas made in this report: reported creating in it."""
         self.boots: dict[str, int] = {}
+        self.lost: dict[str, set[str]] = {}
+        self.filling: dict[str, dict[str, str]] = {}
+        """Per host, the copies it fills, from which host."""
+        """Per host, replicas it was told were made before but no longer has (its disks were
+        wiped): reported lost, never made anew."""
         self.acked: dict[str, int] = {}
         """Per disk, the writes its guest was told are done."""
         self.seq: dict[tuple[str, str], int] = {}
@@ -82,14 +87,22 @@ class ReplicaKit(CoreKit):
             self._apply_set(host, sent)
         self._write(host)
         applied = self.applied.get(host)
-        held = {r.disk_id for r in applied.replicas} if applied is not None else set()
+        lost = self.lost.get(host, set())
+        held = self._held(host)
         made = self.made.setdefault(host, set())
+        filling = self._fill(host, held)
         making = (self.held_back.get(host, set()) | self.new.pop(host, set())) - made
         unready = [
             ReplicaStatus(disk_id=disk, state=ReplicaState.CREATING)
-            for disk in sorted(making & held)
+            for disk in sorted(making & held - filling)
+        ] + [
+            ReplicaStatus(disk_id=disk, state=ReplicaState.FILLING)
+            for disk in sorted(filling)
+        ] + [
+            ReplicaStatus(disk_id=disk, state=ReplicaState.LOST, retryable=False)
+            for disk in sorted(lost)
         ]
-        made.update(held - making)
+        made.update(held - making - filling)
         return self.heartbeat(
             host,
             self.inventory(host),
@@ -104,18 +117,40 @@ class ReplicaKit(CoreKit):
     def _apply_set(self, host: str, config: ConfigureReplicas) -> None:
         """Replicas new to the host are made: filled from their source, else empty (an empty
         copy has none of the writes, unless the disk never had any)."""
-        before = self.applied.get(host)
-        held = {r.disk_id for r in before.replicas} if before is not None else set()
+        held = self._held(host)
+        lost = self.lost.setdefault(host, set())
         for spec in config.replicas:
-            if spec.disk_id not in held:
+            if spec.disk_id not in held and spec.disk_id in config.existing:
+                lost.add(spec.disk_id)  # made before, gone with the host's disks: never anew
+            elif spec.disk_id not in held and spec.fill_from is not None:
+                self.filling.setdefault(host, {})[spec.disk_id] = spec.fill_from.host
+            elif spec.disk_id not in held:
                 self.new.setdefault(host, set()).add(spec.disk_id)  # reported creating once
-                source = spec.fill_from.host if spec.fill_from is not None else None
-                self.seq[(spec.disk_id, host)] = self.seq.get((spec.disk_id, source or ""), 0)
+                self.seq[(spec.disk_id, host)] = 0
         kept = {r.disk_id for r in config.replicas}
         for disk in held - kept:
             self.seq.pop((disk, host), None)
             self.made.get(host, set()).discard(disk)
+        lost &= kept
         self.applied[host] = config
+
+    def _fill(self, host: str, held: set[str]) -> set[str]:
+        """Copies being filled from another host's copy: made once their source serves it
+        (as it is then), still filling while it does not (gone, or it lost its copy)."""
+        filling = self.filling.setdefault(host, {})
+        for disk, source in list(filling.items()):
+            if disk not in held:
+                del filling[disk]
+            elif source in self.domains and disk in self._held(source):
+                self.seq[(disk, host)] = self.seq.get((disk, source), 0)
+                del filling[disk]
+        return set(filling)
+
+    def _held(self, host: str) -> set[str]:
+        """The replicas ``host`` holds: those of the set it applied, but the lost ones."""
+        applied = self.applied.get(host)
+        named = {r.disk_id for r in applied.replicas} if applied is not None else set()
+        return named - self.lost.get(host, set())
 
     def _write(self, host: str) -> None:
         """Each VM the host runs writes once to each disk: to every copy it writes to; a
@@ -139,6 +174,8 @@ class ReplicaKit(CoreKit):
         self.started.pop(host, None)
         if wipe:
             self.made.pop(host, None)
+            self.lost.pop(host, None)
+            self.filling.pop(host, None)
             self.applied.pop(host, None)
             self.sent_sets.pop(host, None)
             for key in [k for k in self.seq if k[1] == host]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections import Counter
 
-import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from common.ids import HostId
@@ -100,19 +99,17 @@ KNOWN_RACE = [
     ("revive", "h1"),
     ("revive", "h5"),
 ]
-"""Found by this test (about one run in 30, 150 examples each) and open (issue #15): both copy
-hosts die before either is declared dead; h1 comes back first and is told to start the VM with
-its copies on h1 and h5; h5 comes back without its disks before h1 acts, so h1 would write to
-a copy missing a write. The fix is for a host to be told which copies must already exist (never
-made again empty) and to report them lost; until then the examples are fixed (derandomized) so
-that CI does not go red at random, and the race is written down here."""
+"""Found by this test (about one run in 30, 150 examples each): both copy hosts die before
+either is declared dead; h1 comes back first and is told to start the VM with its copies on h1
+and h5; h5 comes back without its disks before h1 acts. Had h5 made its copy anew (empty), h1
+would have written to a copy missing writes; a host is told which copies were made before
+(``ConfigureReplicas.existing``) and reports them lost instead."""
 
 
 @settings(
     max_examples=150,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
-    derandomize=True,
 )
 @given(st.lists(ops, min_size=1, max_size=40), st.sampled_from([2, 3]))
 def test_current_copies_always_hold_every_acknowledged_write(
@@ -140,7 +137,5 @@ def replay(history: list[tuple[object, ...]], replicas: int) -> None:
     check(kit, replicas, settled=True)
 
 
-@pytest.mark.xfail(strict=True, reason="open race (issue #15): a copy host back without its disks")
 def test_a_copy_host_back_without_its_disks_is_never_named_to_a_starting_vm() -> None:
-    """KNOWN_RACE replayed: strict, so that the fix turns this red and it becomes a test."""
     replay(list(KNOWN_RACE), 2)
