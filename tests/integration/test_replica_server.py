@@ -173,6 +173,20 @@ async def test_replicas_are_served_deleted_and_outlive_an_agent_restart(
         await _applied(scheduler, "set-2")
         assert host.io(url, "read 0 4k").returncode != 0
         assert not (host.replicas_dir / "vm-1-data-1.qcow2").exists()
+
+        # named again as made before (as to a host back without its disks): lost, not made
+        again = ConfigureReplicas(replicas=[data], digest="set-3", existing=["vm-1-data-1"])
+        await scheduler.send(again, host_id=host.host_id)
+        await wait_until(
+            lambda: scheduler.last is not None and scheduler.last.replica_digest == "set-3",
+            timeout_s=15,
+            message="set-3 applied",
+        )
+        assert [(r.disk_id, r.state) for r in scheduler.heartbeats[-1].replicas] == [
+            ("vm-1-data-1", ReplicaState.LOST)
+        ]
+        assert host.io(url, "read 0 4k").returncode != 0
+        assert not (host.replicas_dir / "vm-1-data-1.qcow2").exists()
     finally:
         await nc.close()
 

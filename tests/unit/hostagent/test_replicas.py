@@ -126,6 +126,29 @@ def test_the_simulated_backend_fills_at_its_bandwidth_and_refuses_a_bad_set() ->
     assert set(sim.held) == {"d2"} and sim.used_mib() == 100
 
 
+def test_a_copy_made_before_and_no_longer_held_is_lost_never_made_anew() -> None:
+    """A host back without its disks must not serve an empty copy of a disk that had writes:
+    the scheduler names the copies made before, and the host reports those it lacks lost."""
+    desired = [data("d1"), data("d2"), data("d3", fill=True)]
+    held = {"d1": Held(made=True, exported=True)}
+    existing = {"d1", "d2", "d3"}
+    assert plan_replicas(desired, held, existing) == ReplicaPlan()
+    assert [(s.disk_id, s.state, s.retryable) for s in statuses(desired, held, existing)] == [
+        ("d2", ReplicaState.LOST, False),
+        ("d3", ReplicaState.LOST, False),
+    ]
+    now = [100.0]
+    sim = SimulatedReplicas(lambda: now[0])
+    sim.apply_now(ConfigureReplicas(replicas=desired[:2], digest="a", existing=["d2"]))
+    assert set(sim.held) == {"d1"}
+    assert [(s.disk_id, s.state) for s in sim.statuses()] == [("d2", ReplicaState.LOST)]
+    sim.apply_now(ConfigureReplicas(replicas=desired[:1], digest="b"))  # the scheduler drops it
+    assert sim.statuses() == []
+    sim.held.clear()  # its file is gone while the agent runs: it was made here, so it is lost
+    sim.apply_now(ConfigureReplicas(replicas=desired[:1], digest="b"))
+    assert [(s.disk_id, s.state) for s in sim.statuses()] == [("d1", ReplicaState.LOST)]
+
+
 def leased() -> AgentState:
     state = make_state()
     [send] = state.handle(HeartbeatDue([]), 100.0)

@@ -92,16 +92,17 @@ class ReplicaKit(CoreKit):
         made = self.made.setdefault(host, set())
         filling = self._fill(host, held)
         making = (self.held_back.get(host, set()) | self.new.pop(host, set())) - made
-        unready = [
-            ReplicaStatus(disk_id=disk, state=ReplicaState.CREATING)
-            for disk in sorted(making & held - filling)
-        ] + [
-            ReplicaStatus(disk_id=disk, state=ReplicaState.FILLING)
-            for disk in sorted(filling)
-        ] + [
-            ReplicaStatus(disk_id=disk, state=ReplicaState.LOST, retryable=False)
-            for disk in sorted(lost)
-        ]
+        unready = (
+            [
+                ReplicaStatus(disk_id=disk, state=ReplicaState.CREATING)
+                for disk in sorted(making & held - filling)
+            ]
+            + [ReplicaStatus(disk_id=disk, state=ReplicaState.FILLING) for disk in sorted(filling)]
+            + [
+                ReplicaStatus(disk_id=disk, state=ReplicaState.LOST, retryable=False)
+                for disk in sorted(lost)
+            ]
+        )
         made.update(held - making - filling)
         return self.heartbeat(
             host,
