@@ -11,8 +11,10 @@ Pure, synchronous and deterministic (no await, no I/O, time is an input), in the
 - command admission by (vm, generation): repeated commands change nothing, stale ones are
   ignored, starts and resumes arriving without a lease are dropped; commands for one VM run in
   order (one driver operation at a time), different VMs proceed concurrently;
-- the inventory (the driver's, plus failed starts kept until the scheduler clears them) and the
-  heartbeat report, which leaves out an inventory the scheduler says it holds;
+- starts, stops and deletes, and the failed starts kept until the scheduler clears them
+  (:mod:`hostagent.heldvms`);
+- the inventory (the driver's, plus those failed starts) and the heartbeat report, which leaves
+  out an inventory the scheduler says it holds;
 - the host's networks (:mod:`hostagent.netgate`): a start waits for the networks it needs;
 - live migration (:mod:`hostagent.migration`), as source and as destination.
 
@@ -48,6 +50,7 @@ from common.replica_messages import ConfigureReplicas, ReplicaStatus, SetDiskRep
 from hostagent.claim import HostClaim
 from hostagent.epoch import EpochGate, from_leader
 from hostagent.execlog import ExecEvent
+from hostagent.heldvms import HeldVms
 from hostagent.lease import Lease
 from hostagent.migration import Migrations
 from hostagent.netgate import NetworkGate
@@ -89,12 +92,9 @@ from hostagent.vmcommands import (
     VmCommand,
     command_vm_name,
     failed,
-    failed_vm,
     find,
     resume,
     set_replicas,
-    stale,
-    vg,
 )
 
 _EXECUTING = (ObservedState.RUNNING, ObservedState.STARTING)
@@ -118,8 +118,9 @@ class AgentState:
         self.report = InventoryReport()
         self.net = NetworkGate()
         self.replicas = ReplicaGate()
-        self._failed: dict[str, ObservedVm] = {}
-        self.mig = Migrations(self.host_id, template.underlay_ip, self._failed)
+        failed: dict[str, ObservedVm] = {}
+        self.mig = Migrations(self.host_id, template.underlay_ip, failed)
+        self.held = HeldVms(self.net, self.mig, failed)
         self._queues: dict[str, deque[VmCommand]] = {}
         """Commands per VM, in order; the head is the one being carried out."""
         self._waiting: set[str] = set()
@@ -133,7 +134,8 @@ class AgentState:
     def inventory(self, vms: Sequence[ObservedVm]) -> list[ObservedVm]:
         """Every VM held: the driver's ``vms``, plus failed starts not yet cleared, with their
         migration reports."""
-        held = [*vms, *self._failed.values()] if self._failed else vms
+        failed = self.held.failed
+        held = [*vms, *failed.values()] if failed else vms
         return self.mig.attach(sorted(held, key=lambda vm: vm.name))
 
     def idle(self) -> bool:
@@ -311,103 +313,22 @@ class AgentState:
         leased = not self.lease.expired(now_s)
         match command:
             case StartVm() | PrepareIncoming():
-                return self._start(command, vms, now_s, out)
+                return self.held.start(command, vms, leased, out)
             case StopVm() | DeleteVm():
-                return self._remove(command, vms, out)
+                return self.held.remove(command, vms, out)
             case ResumeVm():
-                return resume(command, self._held(command.name, vms), leased, out)
+                return resume(command, self.held.find(command.name, vms), leased, out)
             case CaptureDisk():
-                out.append(RunCapture(command, self._held(command.name, vms) is not None))
+                out.append(RunCapture(command, self.held.find(command.name, vms) is not None))
                 return True
             case MigrateOut():
                 return self.mig.migrate_out(command, find(vms, command.name), leased, out)
             case FinishIncoming():
                 return self.mig.finish(command, find(vms, command.name), leased, out)
             case SetDiskReplicas():
-                return set_replicas(command, self._held(command.name, vms), leased, out)
+                return set_replicas(command, self.held.find(command.name, vms), leased, out)
             case _:
                 assert_never(command)
-
-    def _held(self, name: str, vms: Sequence[ObservedVm]) -> ObservedVm | None:
-        failed = self._failed.get(name)
-        return failed if failed is not None else find(vms, name)
-
-    def _start(
-        self,
-        command: StartVm | PrepareIncoming,
-        vms: Sequence[ObservedVm],
-        now_s: float,
-        out: list[Instruction],
-    ) -> bool:
-        """A start, or a start that ends incoming (the destination of a migration)."""
-        spec, generation = command.vm, command.generation
-        held = self._held(spec.name, vms)
-        if held is not None:
-            if held.generation == generation:
-                if isinstance(command, PrepareIncoming) and self.mig.prepare_again(command, held):
-                    return self._launch(command, now_s, out)
-                out.append(Note.debug("start ignored, already held vm=%s generation=%d", *vg(held)))
-                return False
-            if held.generation > generation:
-                out.append(stale("start", spec.name, generation, held))
-                return False
-            if spec.name not in self._failed:  # destroy the older copy, then launch
-                out.append(DriverDestroy(spec.name, held.generation))
-                return True
-            self._clear_failed(held, out)
-        return self._launch(command, now_s, out)
-
-    def _launch(
-        self, command: StartVm | PrepareIncoming, now_s: float, out: list[Instruction]
-    ) -> bool:
-        spec, generation = command.vm, command.generation
-        name = spec.name
-        if self.lease.expired(now_s):
-            # A start delivered late (after a partition) may already run elsewhere: without a
-            # lease nothing starts, not even for a moment; the scheduler resends it if still due.
-            out.append(
-                Note.info("start refused without a lease vm=%s generation=%d", name, generation)
-            )
-            return False
-        networks = self.net.may_start(spec, out)  # never a VM whose bridge is missing
-        if networks is not True:
-            return networks is None  # None: waits for the networks being applied
-        if isinstance(command, PrepareIncoming):
-            out.append(self.mig.prepare(command))
-            return True
-        out.append(
-            Note.info("vm starting vm=%s generation=%d size=%s", name, generation, spec.size)
-        )
-        out.append(RecordExecution(name, generation, ExecEvent.START))
-        out.append(DriverStart(spec, generation))
-        return True
-
-    def _remove(
-        self, command: StopVm | DeleteVm, vms: Sequence[ObservedVm], out: list[Instruction]
-    ) -> bool:
-        name, generation = command.name, command.generation
-        destroy = isinstance(command, DeleteVm)
-        held = self._held(name, vms)
-        if held is None:
-            if destroy:  # a deleted VM not running here may still have disks here
-                out.append(DriverForget(name, generation))
-                return True
-            out.append(Note.debug(NOT_HERE, name, generation))
-            return False
-        if held.generation > generation:
-            out.append(stale("delete" if destroy else "stop", name, generation, held))
-            return False
-        if name in self._failed:
-            self._clear_failed(held, out)
-            return False
-        out.append((DriverDestroy if destroy else DriverStop)(name, held.generation))
-        return True
-
-    def _clear_failed(self, held: ObservedVm, out: list[Instruction]) -> None:
-        del self._failed[held.name]
-        self.mig.forget(held.name)
-        out.append(REPORT_CHANGED)
-        out.append(Note.info("failed vm cleared vm=%s generation=%d", held.name, held.generation))
 
     def _networks_applied(
         self, done: NetworksApplied, now_s: float, out: list[Instruction]
@@ -444,9 +365,11 @@ class AgentState:
         op, error = done.op, done.error
         match op:
             case DriverStart():
-                self._started(op, done, now_s, out)
+                if self.held.started(op, done, out):
+                    self._enforce(done.vms, now_s, out)  # started without a lease: paused at once
             case DriverStop() | DriverDestroy():
-                return self._removed(op, error, now_s, out)
+                head, leased = self._queues[op.name][0], not self.lease.expired(now_s)
+                return self.held.removed(op, error, head, leased, out)
             case DriverResume(name=name, generation=generation):
                 if error is not None:
                     out.append(RecordExecution(name, generation, ExecEvent.PAUSE))
@@ -466,42 +389,6 @@ class AgentState:
                 raise AssertionError("pauses and cancels are not queued")
             case _:
                 assert_never(op)
-        return False
-
-    def _started(self, op: DriverStart, done: OpDone, now_s: float, out: list[Instruction]) -> None:
-        name, generation = op.name, op.generation
-        if done.error is not None:
-            self._failed[name] = failed_vm(op.spec, generation, done.error, done.retryable)
-            out.append(RecordExecution(name, generation, ExecEvent.FAIL))
-            out.append(failed("start", name, generation, done.error))
-            return
-        held = find(done.vms, name)
-        if held is not None and held.state is ObservedState.RUNNING:
-            out.append(RecordExecution(name, generation, ExecEvent.RUNNING))
-            out.append(Note.info("vm running vm=%s generation=%d", name, generation))
-            self._enforce(done.vms, now_s, out)  # started without a lease: paused right away
-        else:
-            out.append(REPORT_CHANGED)
-            out.append(Note.info("vm started paused vm=%s generation=%d", name, generation))
-
-    def _removed(
-        self,
-        op: DriverStop | DriverDestroy,
-        error: str | None,
-        now_s: float,
-        out: list[Instruction],
-    ) -> bool:
-        destroy = isinstance(op, DriverDestroy)
-        if error is not None:
-            out.append(failed("destroy" if destroy else "stop", op.name, op.generation, error))
-            return False
-        event, done = (ExecEvent.DESTROY, "destroyed") if destroy else (ExecEvent.STOP, "stopped")
-        out.append(RecordExecution(op.name, op.generation, event))
-        out.append(Note.info("vm %s vm=%s generation=%d", done, op.name, op.generation))
-        self.mig.forget(op.name)
-        head = self._queues[op.name][0]
-        if isinstance(head, StartVm | PrepareIncoming):  # the older copy is gone: launch anew
-            return self._launch(head, now_s, out)
         return False
 
     def _paused(self, op: DriverPause, error: str | None, out: list[Instruction]) -> None:

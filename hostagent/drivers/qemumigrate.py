@@ -1,7 +1,8 @@
 """Live migration in the QEMU driver (``MigratingDriver``): what the driver does with its VMs;
 the QMP flows themselves are in hostagent/drivers/qemuflows.py.
 
-Mixed into :class:`hostagent.drivers.qemu.QemuDriver`. The destination's VM is launched like a
+A base of :class:`hostagent.drivers.qemu.QemuDriver`, built on
+:class:`hostagent.drivers.qemuhost.QemuHost`. The destination's VM is launched like a
 start (same disks, NICs and device models: the migration stream needs them identical) with
 ``-S -incoming defer``: it never runs by itself, only on ``finish_incoming``. Its disks are made
 afresh (an OS disk: a qcow2 overlay of the image; a data disk: empty at its size); a copy kept
@@ -11,7 +12,7 @@ overlay holds and must not mix with stale clusters.
 Fencing: pausing an ``incoming`` or ``handed_over`` VM does nothing (neither executes). A source
 paused by the fence watchdog during a migration stays paused whatever the outcome.
 
-Agent restart (adoption, :meth:`QemuMigrations._settle_adopted`): an incoming VM is held as
+Agent restart (adoption, :func:`settle_adopted`): an incoming VM is held as
 ``incoming`` again (its endpoint is in ``vm.json``), or as running if it had been let run; a
 source whose QEMU reports ``postmigrate`` is held as ``handed_over``; a migration found under way
 (its mirror jobs or QEMU's migration, which went on without the agent but stops before the
@@ -25,15 +26,12 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from common.errors import DriverError
 from common.messages import VmSpec
-from common.resources import Resources
 from common.spec_messages import DiskStorage
-from hostagent.disks import DiskStore, effective_disks
+from hostagent.disks import effective_disks
 from hostagent.drivers.base import IncomingEndpoint, MigrationProgress
 from hostagent.drivers.qemuflows import (
     ABORT_S,
@@ -45,19 +43,16 @@ from hostagent.drivers.qemuflows import (
     open_incoming,
     send,
 )
+from hostagent.drivers.qemuhost import QemuHost
 from hostagent.drivers.qemunics import plug
 from hostagent.drivers.qemuproc import (
-    Drive,
     IncomingMeta,
-    QemuSettings,
-    VmFiles,
     VmMeta,
     launch,
     write_meta,
 )
 from hostagent.drivers.qemuvm import QemuVm, admit
 from hostagent.drivers.qmp import QmpError
-from hostagent.hostcmd import HostCommands
 
 log = logging.getLogger(__name__)
 
@@ -124,52 +119,65 @@ def _check_can_send(vm: QemuVm) -> None:
         raise DriverError(f"vm {name} has not booted yet", retryable=True)
 
 
-class QemuMigrations:
+async def settle_adopted(vm: QemuVm, status: str) -> None:
+    """After an agent restart: take up the adopted VM's part in a migration (module docstring;
+    hostagent/drivers/qemuadopt.py calls it)."""
+    assert vm.qmp is not None
+    if vm.incoming is not None:
+        if status == "running":  # let run just before the restart
+            vm.incoming, vm.arrived, vm.booted = None, True, True
+        return
+    if status == "postmigrate":
+        vm.handed_over = True
+        return
+    info = await vm.qmp.execute("query-migrate")
+    under_way = isinstance(info, dict) and info.get("status") in UNDER_WAY
+    disk_ids = copied_disk_ids(vm.spec)
+    mine = {job_id(index) for index, disk_id in enumerate(disk_ids) if disk_id}
+    jobs = await vm.qmp.execute("query-block-jobs")
+    if not under_way and not any(
+        isinstance(job, dict) and job.get("device") in mine
+        for job in (jobs if isinstance(jobs, list) else [])
+    ):
+        return
+    out = Outgoing(IncomingEndpoint("", 0, 0), disk_ids, 0, 0, 1, 0)
+    if await abort(vm.qmp, out) == "completed":
+        vm.handed_over = True
+        return
+    vm.paused = True  # before the STOP event, which is no fence
+    await vm.qmp.execute("stop")
+    log.warning("vm migration found under way at adoption cancelled vm=%s", vm.spec.name)
+
+
+class QemuMigrations(QemuHost):
     """``MigratingDriver`` for the QEMU driver, which inherits it."""
-
-    settings: QemuSettings
-    disks: DiskStore
-    capacity: Resources
-    cpu_overcommit: float
-    on_change: Callable[[], None]
-    _vms: dict[str, QemuVm]
-    _commands: HostCommands
-
-    if TYPE_CHECKING:
-
-        def files(self, name: str) -> VmFiles: ...
-        def _get(self, name: str) -> QemuVm: ...
-        async def _prepare(self, vm: QemuVm) -> tuple[list[Drive], list[Path]]: ...
-        async def _attach(self, vm: QemuVm) -> None: ...
-        async def _qmp(self, vm: QemuVm, command: str) -> None: ...
-        async def _abandon(self, vm: QemuVm, created: list[Path], exc: BaseException) -> None: ...
 
     # ------------------------------------------------------------------ destination
 
     async def prepare_incoming(
         self, spec: VmSpec, generation: int, listen_address: str
     ) -> IncomingEndpoint:
-        if (held := self._vms.get(spec.name)) is not None:
+        if (held := self.vms.get(spec.name)) is not None:
             return _same_attempt(held, generation)
         address = _listen_address(listen_address)
-        admit(spec, self._vms.values(), self.capacity, self.cpu_overcommit)
+        admit(spec, self.vms.values(), self.capacity, self.cpu_overcommit)
         vm = QemuVm(spec, generation, self.files(spec.name), paused=True)
         vm.incoming = IncomingEndpoint(address, 0, 0)  # incoming (holding resources) at once
-        self._vms[spec.name] = vm
+        self.vms[spec.name] = vm
         disk_ids = copied_disk_ids(spec)
         created: list[Path] = []
         try:
             self.disks.remove([d for d in disk_ids if d])  # a copy kept by a stop here is stale
-            paths, created = await self._prepare(vm)
+            paths, created = await self.prepare_disks(vm)
             if self.settings.nics:
-                await plug(self._commands, spec)
+                await plug(self.host_commands, spec)
             vm.pid = await launch(self.settings, spec, vm.files, paths, ("-incoming", "defer"))
-            await self._attach(vm)
+            await self.attach(vm)
             assert vm.qmp is not None
             vm.incoming = await open_incoming(vm.qmp, address, disk_ids)
             self._write_meta(vm)
         except (DriverError, QmpError, asyncio.CancelledError) as exc:
-            await self._abandon(vm, created, exc)
+            await self.abandon(vm, created, exc)
             if isinstance(exc, QmpError):
                 raise DriverError(f"cannot prepare vm {spec.name}: {exc}", retryable=True) from exc
             raise
@@ -202,7 +210,7 @@ class QemuMigrations:
         )
 
     async def finish_incoming(self, name: str) -> None:
-        vm = self._get(name)
+        vm = self.get(name)
         if vm.incoming is None:
             if vm.arrived:
                 return  # finished already
@@ -212,7 +220,7 @@ class QemuMigrations:
         await close_incoming(vm.qmp, len(effective_disks(vm.spec)))
         vm.incoming, vm.arrived, vm.booted = None, True, True
         self._write_meta(vm)
-        await self._qmp(vm, "cont")
+        await self.execute(vm, "cont")
         vm.paused = False
         log.info("vm arrived vm=%s generation=%d", name, vm.generation)
 
@@ -226,7 +234,7 @@ class QemuMigrations:
         max_downtime_ms: int,
         max_bandwidth_mib_s: int,
     ) -> None:
-        vm = self._get(name)
+        vm = self.get(name)
         if vm.handed_over:
             return
         _check_can_send(vm)
@@ -289,11 +297,11 @@ class QemuMigrations:
         return status
 
     def migration_progress(self, name: str) -> MigrationProgress | None:
-        vm = self._vms.get(name)
+        vm = self.vms.get(name)
         return None if vm is None or vm.outgoing is None else vm.outgoing.progress
 
     async def cancel_migration(self, name: str) -> None:
-        vm = self._vms.get(name)
+        vm = self.vms.get(name)
         out = None if vm is None else vm.outgoing
         if vm is None or out is None or out.committed:
             return
@@ -304,33 +312,3 @@ class QemuMigrations:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(2 * ABORT_S + SWITCH_S):
                 await out.done.wait()
-
-    # ------------------------------------------------------------------ adoption
-
-    async def _settle_adopted(self, vm: QemuVm, status: str) -> None:
-        """After an agent restart: take up the VM's part in a migration (module docstring)."""
-        assert vm.qmp is not None
-        if vm.incoming is not None:
-            if status == "running":  # let run just before the restart
-                vm.incoming, vm.arrived, vm.booted = None, True, True
-            return
-        if status == "postmigrate":
-            vm.handed_over = True
-            return
-        info = await vm.qmp.execute("query-migrate")
-        under_way = isinstance(info, dict) and info.get("status") in UNDER_WAY
-        disk_ids = copied_disk_ids(vm.spec)
-        mine = {job_id(index) for index, disk_id in enumerate(disk_ids) if disk_id}
-        jobs = await vm.qmp.execute("query-block-jobs")
-        if not under_way and not any(
-            isinstance(job, dict) and job.get("device") in mine
-            for job in (jobs if isinstance(jobs, list) else [])
-        ):
-            return
-        out = Outgoing(IncomingEndpoint("", 0, 0), disk_ids, 0, 0, 1, 0)
-        if await abort(vm.qmp, out) == "completed":
-            vm.handed_over = True
-            return
-        vm.paused = True  # before the STOP event, which is no fence
-        await vm.qmp.execute("stop")
-        log.warning("vm migration found under way at adoption cancelled vm=%s", vm.spec.name)

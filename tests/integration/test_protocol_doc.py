@@ -8,14 +8,15 @@ from pathlib import Path
 from types import ModuleType
 
 ROOT = Path(__file__).resolve().parents[2]
+TOOLS = ROOT / "tools"
 DOC = ROOT / "docs" / "protocol.md"
 REGENERATE = "python tools/gen_protocol_doc.py > docs/protocol.md"
 
 
 def load_generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "gen_protocol_doc", ROOT / "tools" / "gen_protocol_doc.py"
-    )
+    if str(TOOLS) not in sys.path:  # as when run as a script: it imports its sibling modules
+        sys.path.insert(0, str(TOOLS))
+    spec = importlib.util.spec_from_file_location("gen_protocol_doc", TOOLS / "gen_protocol_doc.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up while being built

@@ -122,7 +122,7 @@ async def test_pause_while_booting_returns_paused_and_resume_finishes_the_boot(
         lambda: state_of(driver, "vm-p") is ObservedState.RUNNING, timeout_s=60, message="boot"
     )
     await driver.pause("vm-p")
-    vm_qmp = driver._vms["vm-p"].qmp
+    vm_qmp = driver.vms["vm-p"].qmp
     assert vm_qmp is not None
     assert await vm_qmp.query_status() == "paused"
     await driver.stop("vm-p")  # a paused VM is stopped hard: it must not run again
@@ -145,7 +145,7 @@ async def test_the_fence_guard_pauses_through_its_own_socket_and_the_driver_noti
     assert not await asyncio.to_thread(pause_vm, vm), "already paused: nothing to do"
 
     await driver.resume("vm-g")  # the agent resumes it, on the scheduler's word
-    vm_qmp = driver._vms["vm-g"].qmp
+    vm_qmp = driver.vms["vm-g"].qmp
     assert vm_qmp is not None
     assert await vm_qmp.query_status() == "running"
     assert state_of(driver, "vm-g") is ObservedState.RUNNING
