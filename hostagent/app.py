@@ -33,6 +33,7 @@ from hostagent.capture import Capturer
 from hostagent.console import ConsoleRelay
 from hostagent.drivers.base import ConsoleDriver, HypervisorDriver
 from hostagent.drivers.fake import FakeDriver, fake_migration_model
+from hostagent.drivers.fakeledger import FileLedger
 from hostagent.drivers.qemu import QemuDriver
 from hostagent.execlog import ExecLog, execlog_path
 from hostagent.fencing import FenceGuardKeeper
@@ -93,6 +94,7 @@ def make_driver(settings: AgentSettings) -> HypervisorDriver:
                 cpu_overcommit=config.cpu_overcommit or 1.0,
                 start_delay_s=config.fake_start_delay_s,
                 migration=fake_migration_model(config),
+                ledger=FileLedger(root=Path(config.data_dir), host_id=settings.host_id),
             )
         case "qemu":
             raise ConfigError("the qemu driver needs NATS and I/O: use open_driver()")
@@ -120,7 +122,8 @@ async def open_replicas(
     settings: AgentSettings, driver: HypervisorDriver, clock: SystemClock
 ) -> ReplicaBackend:
     """The host's replica server: a ``qemu-storage-daemon`` for the qemu driver (adopted if one
-    runs), on the underlay address (loopback without one); else the simulated backend."""
+    runs), on the underlay address (loopback without one); else the simulated backend, which
+    keeps its copies in the fake driver's ledger (hostagent/drivers/fakeledger.py)."""
     config = settings.config
     if isinstance(driver, QemuDriver):
         server = ReplicaServer(
@@ -131,7 +134,13 @@ async def open_replicas(
         )
         await server.open()
         return server
-    return SimulatedReplicas(clock.monotonic_s, fill_mib_s=config.fake_replica_fill_mib_s)
+    ledger = driver.ledger if isinstance(driver, FakeDriver) else None
+    return SimulatedReplicas(
+        clock.monotonic_s,
+        fill_mib_s=config.fake_replica_fill_mib_s,
+        ledger=ledger,
+        host_id=settings.host_id,
+    )
 
 
 def _adopt_overcommit(

@@ -48,6 +48,19 @@ class DiskLedger:
         """The host's replica server is gone: its copies take no write any more."""
         self.down.add(host)
 
+    def wrote(self, disk_id: str, host: str) -> bool:
+        """One guest write lands on the copy on ``host``; False when that host is gone."""
+        if host in self.down:
+            return False
+        copies = self.writes.setdefault(disk_id, {})
+        copies[host] = copies.get(host, 0) + 1
+        return True
+
+    def acknowledged(self, disk_id: str) -> None:
+        """A guest write to ``disk_id`` was acknowledged (every copy it went to took it). Kept
+        nowhere here: each VM's :attr:`FakeDisk.acked` is enough in one process; the agents of
+        a cluster record theirs in files (hostagent/drivers/fakeledger.py)."""
+
 
 @dataclass
 class _Join:
@@ -141,16 +154,13 @@ class FakeQuorums:
         """One guest write to ``disk``; True when it was acknowledged."""
         if disk.failed:
             return False  # the VM is stopped: the write waits
-        gone = [host for host in disk.members if host in self.ledger.down]
-        for host in disk.members:
-            if host not in gone:
-                copies = self.ledger.writes.setdefault(disk.disk_id, {})
-                copies[host] = copies.get(host, 0) + 1
+        gone = [host for host in disk.members if not self.ledger.wrote(disk.disk_id, host)]
         if gone:
             disk.failed = gone
             self._reports = None
             return False
         disk.acked += 1
+        self.ledger.acknowledged(disk.disk_id)
         return True
 
     def set(self, command: SetDiskReplicas) -> None:

@@ -24,6 +24,7 @@ from common.errors import ApiError
 from common.messages import HostState, VmInfo
 from common.network_messages import CreateVnet
 from common.waiting import WaitTimeout, wait_until
+from hostagent.drivers.fakeledger import read_acknowledged, read_copies
 from rigs.chaos import netns, observer
 from rigs.chaos.faults import Fault, Injector, Violation, plan
 from rigs.chaos.load import Acked, Load, Op
@@ -230,7 +231,20 @@ async def _judge(rig: Rig, nc: Client, client: StratusClient, load: Load, report
     report.violations += observer.healthy_hosts_declared_dead(events, report.faults)
     report.violations += observer.address_violations(events)
     report.violations += observer.acked_outcomes(load.acked, await final_vms(client), events)
+    report.violations += await _judge_disks(rig, client, report)
     report.acked = Counter(str(a.op) for a in load.acked)
-    report.outcomes = load.outcomes
+    report.outcomes.update(load.outcomes)
     report.vms_created = len({a.vm for a in load.acked if a.op is not Op.DELETE})
     report.vms_deleted = len({a.vm for a in load.acked if a.op is Op.DELETE})
+
+
+async def _judge_disks(rig: Rig, client: StratusClient, report: Report) -> list[Violation]:
+    """Every current copy of a replicated disk holds every write acknowledged to its guest, as
+    the fake driver's files (the storage) and the scheduler's final view say."""
+    acked = read_acknowledged(rig.agents_dir)  # first: see disk_content_violations
+    vms = await final_vms(client)
+    copies = read_copies(rig.agents_dir)
+    later = await final_vms(client)
+    report.outcomes["disk_writes_acked"] = sum(acked.values())
+    report.outcomes["disk_copies"] = sum(map(len, copies.values()))
+    return observer.disk_content_violations(vms, acked, copies, later)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.messages import HostEvent, HostState, JobRejected, VmEvent, VmInfo, VmState
+from common.spec_messages import DiskStorage
 from hostagent.__main__ import EXIT_HOST_ID_REFUSED
 from rigs.chaos.faults import AGENT_SIDE, DEAD_AFTER_S, NATS_SILENT, Fault, Kind, Violation
 from rigs.chaos.load import SIZES, Acked, Op
@@ -322,3 +323,48 @@ def convergence_problems(
             if owner is None or owner.host != host:
                 problems.append(f"orphan {name} generation {gen} on {host}")
     return problems
+
+
+def disk_content_violations(
+    vms: dict[str, VmInfo],
+    acked: dict[str, int],
+    copies: dict[str, dict[str, int]],
+    later: dict[str, VmInfo] | None = None,
+) -> list[Violation]:
+    """Every copy the scheduler counts current of a replicated disk holds at least every write
+    acknowledged to the disk's guest, whichever of its runs wrote it (``acked``: disk id ->
+    writes; ``copies``: disk id -> host -> writes the copy holds). Judged for each VM the
+    scheduler still has; a disk with acknowledged writes and no current copy lost them all.
+
+    Read in this order: ``acked``, ``vms``, ``copies``, ``later`` (the VMs again). A copy is
+    judged only if current in both ``vms`` and ``later``: one the scheduler dropped meanwhile
+    (and its host deleted) has nothing left to hold."""
+    found = []
+    for name, vm in sorted(vms.items()):
+        if vm.state is VmState.DELETED:
+            continue
+        still = _current(later[name]) if later is not None and name in later else None
+        for disk_id, current in _current(vm).items():
+            want = acked.get(disk_id, 0)
+            where = f"vm={name} disk={disk_id}"
+            if not current and want:
+                detail = f"{where} has no current copy, {want} writes acknowledged"
+                found.append(Violation("disk_copies_lost", detail))
+            for host in current:
+                have = copies.get(disk_id, {}).get(host)
+                if still is not None and host not in still.get(disk_id, []):
+                    continue
+                if have is None or have < want:
+                    held = "is missing" if have is None else f"holds {have} writes"
+                    detail = f"{where} copy on {host} {held}, {want} acknowledged"
+                    found.append(Violation("disk_copy_behind", detail))
+    return found
+
+
+def _current(vm: VmInfo) -> dict[str, list[str]]:
+    """The VM's replicated disks: disk id -> the hosts of their current copies."""
+    return {
+        disk.disk_id: [r.host for r in disk.replicas if r.state == "current"]
+        for disk in vm.disks
+        if disk.storage is DiskStorage.REPLICATED
+    }

@@ -36,6 +36,7 @@ async def test_seeded_campaign_loses_nothing_and_never_runs_two_copies(tmp_path:
     _verdict(report, f"STRATUS_CHAOS_SEED={seed} STRATUS_CHAOS_FAULTS={faults}", tmp_path)
     assert len(report.faults) == faults
     assert report.acked, "the load generator got nothing acknowledged"
+    assert report.outcomes["disk_writes_acked"] > 0, "no guest wrote to a replicated disk"
 
 
 @pytest.mark.timeout(600)

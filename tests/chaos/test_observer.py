@@ -6,9 +6,14 @@ import random
 from datetime import UTC, datetime
 from pathlib import Path
 
+import msgspec
+
 from bench.chaos import result_of
-from common.messages import HostEvent, HostState, VmEvent, VmInfo, VmState
+from common.messages import DiskInfo, DiskKind, HostEvent, HostState, VmEvent, VmInfo, VmState
 from common.network_messages import NicInfo
+from common.replica_messages import ReplicaInfo
+from common.spec_messages import DiskStorage
+from hostagent.drivers.fakeledger import FileLedger, read_acknowledged, read_copies
 from rigs.chaos.campaign import Report
 from rigs.chaos.consolewatch import Copy, spans, two_running_copies
 from rigs.chaos.faults import DEAD_AFTER_S, ON_A_HOST, WEIGHTS, Fault, Kind, Violation, plan
@@ -20,6 +25,7 @@ from rigs.chaos.observer import (
     address_violations,
     convergence_problems,
     destroyed_during_nats_outages,
+    disk_content_violations,
     duplicates_refused,
     healthy_hosts_declared_dead,
     mistakes_stood_by,
@@ -293,3 +299,53 @@ def test_the_long_run_reports_both_parts_and_every_violation() -> None:
     assert result["faults_by_kind"] == {"agent_disk_full": 1, "agent_kill": 1}
     assert result["violations_by_kind"] == {"two_copies_executing": 1}
     assert result["parts"]["qemu"]["violations"] == 1 and result["duration_s"] == 15.0
+
+
+def on_disks(info: VmInfo, **copies: str) -> VmInfo:
+    """``info`` with a replicated OS disk ``<name>-os`` whose copies are ``host=state``."""
+    replicas = [ReplicaInfo(host=host, state=state) for host, state in copies.items()]
+    disk = DiskInfo(
+        disk_id=f"{info.name}-os", kind=DiskKind.OS, size_mib=0,
+        storage=DiskStorage.REPLICATED, replicas=replicas,
+    )  # fmt: skip
+    return msgspec.structs.replace(info, disks=[disk])
+
+
+def test_a_current_copy_missing_acknowledged_writes_is_caught(tmp_path: Path) -> None:
+    """The writes of every run of the VM count (here: 3 on h1, then 2 on h3 after a failover
+    from h1's copy); the copy on h2 was not written to since, yet the scheduler counts it."""
+    h1, h3 = FileLedger(root=tmp_path, host_id="h1"), FileLedger(root=tmp_path, host_id="h3")
+    for host in ("h1", "h2"):
+        h1.made("a-os", host)
+    for _ in range(3):
+        assert h1.wrote("a-os", "h1") and h1.wrote("a-os", "h2")
+        h1.acknowledged("a-os")
+    h3.made("a-os", "h3", copied_from="h1")
+    for _ in range(2):
+        assert h3.wrote("a-os", "h1") and h3.wrote("a-os", "h3")
+        h3.acknowledged("a-os")
+    acked, copies = read_acknowledged(tmp_path), read_copies(tmp_path)
+    assert acked == {"a-os": 5}
+    good = {"a": on_disks(vm("a", VmState.RUNNING, "h3"), h3="current", h1="current")}
+    assert disk_content_violations(good, acked, copies, good) == []
+    joining = {"a": on_disks(vm("a", VmState.RUNNING, "h3"), h3="current", h2="joining")}
+    assert disk_content_violations(joining, acked, copies, joining) == []
+    stale = {"a": on_disks(vm("a", VmState.RUNNING, "h3"), h3="current", h2="current")}
+    [found] = disk_content_violations(stale, acked, copies, stale)
+    detail = "vm=a disk=a-os copy on h2 holds 3 writes, 5 acknowledged"
+    assert found == Violation("disk_copy_behind", detail)
+
+
+def test_a_copy_dropped_while_the_observer_read_is_not_judged_but_a_lost_disk_is() -> None:
+    acked, copies = {"a-os": 5}, {"a-os": {"h3": 5}}
+    before = {"a": on_disks(vm("a", VmState.RUNNING, "h3"), h3="current", h2="current")}
+    after = {"a": on_disks(vm("a", VmState.RUNNING, "h3"), h3="current")}
+    assert disk_content_violations(before, acked, copies, after) == []
+    [found] = disk_content_violations(before, acked, copies, before)
+    assert found.detail == "vm=a disk=a-os copy on h2 is missing, 5 acknowledged"
+    lost = {"a": on_disks(vm("a", VmState.FAILED, "h3"), h3="filling")}
+    assert [v.kind for v in disk_content_violations(lost, acked, copies, lost)] == [
+        "disk_copies_lost"
+    ]
+    deleted = {"a": on_disks(vm("a", VmState.DELETED, "h3"), h2="current")}
+    assert disk_content_violations(deleted, acked, copies, deleted) == []
