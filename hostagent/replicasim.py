@@ -74,6 +74,7 @@ class SimulatedReplicas:
         if why := check_disk_ids(config.replicas):
             raise ReplicaError(why)
         now_s = self.now_s()
+        self._adopt(config.replicas, now_s)
         named = {spec.disk_id for spec in config.replicas}
         self._existing = set(config.existing) | (self._existing & named)
         plan = plan_replicas(config.replicas, self._held(now_s), self._existing)
@@ -117,6 +118,19 @@ class SimulatedReplicas:
         for disk_id, replica in self._pending.items():
             held[disk_id] = self._state(replica, now_s)
         return held
+
+    def _adopt(self, specs: list[ReplicaSpec], now_s: float) -> None:
+        """Copies its disks still have that it does not know of (the agent started again):
+        held as they are, as the real replica server finds its files."""
+        if self.ledger is None:
+            return
+        for spec in specs:
+            disk_id = spec.disk_id
+            if disk_id not in self.held and self.ledger.holds(disk_id, self.host_id):
+                size_mib = replica_size_mib(spec, self.os_disk_mib)
+                self.held[disk_id] = SimReplica(spec, size_mib, now_s, now_s)
+                self._counted.add(disk_id)
+                self._existing.add(disk_id)
 
     def _made_by(self, now_s: float) -> None:
         """The copies whose fill is done by ``now_s`` are made (and enter the ledger)."""

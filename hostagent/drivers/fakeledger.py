@@ -109,6 +109,9 @@ class FileLedger(DiskLedger):
     def gone(self, host: str) -> bool:
         return host in self.down or (self.root / host / LOST_MARK).exists()
 
+    def holds(self, disk_id: str, host: str) -> bool:
+        return not self.gone(host) and self.count(disk_id, host) is not None
+
     def wrote(self, disk_id: str, host: str) -> bool:
         if self.gone(host):
             return False

@@ -44,6 +44,11 @@ class DiskLedger:
     def deleted(self, disk_id: str, host: str) -> None:
         self.writes.get(disk_id, {}).pop(host, None)
 
+    def holds(self, disk_id: str, host: str) -> bool:
+        """The host's disks still have its copy of ``disk_id`` (an agent started again finds
+        it there)."""
+        return host not in self.down and self.count(disk_id, host) is not None
+
     def host_gone(self, host: str) -> None:
         """The host's replica server is gone: its copies take no write any more."""
         self.down.add(host)

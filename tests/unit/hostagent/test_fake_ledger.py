@@ -11,6 +11,7 @@ from common.messages import ObservedState
 from common.replica_messages import ConfigureReplicas, ReplicaSpec
 from hostagent.drivers.fake import FakeDriver
 from hostagent.drivers.fakeledger import FileLedger, read_acknowledged, read_copies
+from hostagent.drivers.fakequorum import WRITE_EVERY_S
 from hostagent.replicasim import SimulatedReplicas
 from tests.unit.hostagent.conftest import FakeClock
 from tests.unit.hostagent.syncagent import ROOMY, run_now
@@ -27,10 +28,17 @@ def running_on_h1(root: Path, clock: FakeClock, *hosts: str) -> FakeDriver:
     return driver
 
 
+def look(driver: FakeDriver, clock: FakeClock) -> None:
+    """The agent looks at its VMs a write's interval after it last did."""
+    clock.now_s += WRITE_EVERY_S
+    driver.inventory()
+
+
 def test_writes_and_acknowledgements_are_seen_from_another_process(tmp_path: Path) -> None:
-    driver = running_on_h1(tmp_path, FakeClock(100.0), "h1", "h2")
+    clock = FakeClock(100.0)
+    driver = running_on_h1(tmp_path, clock, "h1", "h2")
     for _ in range(5):
-        driver.inventory()
+        look(driver, clock)
     other = FileLedger(root=tmp_path, host_id="h2")  # h2's agent, another process
     assert (other.count(DISK, "h1"), other.count(DISK, "h2")) == (5, 5)
     assert read_copies(tmp_path) == {DISK: {"h1": 5, "h2": 5}}
@@ -43,14 +51,14 @@ def test_acknowledgements_of_every_run_of_the_vm_add_up(tmp_path: Path) -> None:
     clock = FakeClock(100.0)
     first = running_on_h1(tmp_path, clock, "h1", "h2")
     for _ in range(3):
-        first.inventory()
+        look(first, clock)
     again = running_on_h1(tmp_path, clock, "h1", "h2")  # h1's agent restarted
-    again.inventory()
+    look(again, clock)
     elsewhere = FakeDriver(
         ROOMY, clock_s=clock.monotonic_s, ledger=FileLedger(root=tmp_path, host_id="h3")
     )
     run_now(elsewhere.start(spec("h2"), 2))
-    elsewhere.inventory()
+    look(elsewhere, clock)
     assert read_acknowledged(tmp_path) == {DISK: 5}
     assert read_copies(tmp_path) == {DISK: {"h1": 4, "h2": 5}}
 
@@ -59,7 +67,7 @@ def test_a_copy_is_filled_from_its_source(tmp_path: Path) -> None:
     clock = FakeClock(100.0)
     driver = running_on_h1(tmp_path, clock, "h1")
     for _ in range(7):
-        driver.inventory()
+        look(driver, clock)
     copy = ReplicaSpec(disk_id=DISK, vm="vm-1", kind="data", size_mib=100, fill_from=ref("h1"))
     ledger = FileLedger(root=tmp_path, host_id="h3")
     sim = SimulatedReplicas(clock.monotonic_s, 1000.0, ledger=ledger, host_id="h3")
@@ -67,7 +75,7 @@ def test_a_copy_is_filled_from_its_source(tmp_path: Path) -> None:
     clock.now_s += 1.0
     sim.statuses()
     assert ledger.count(DISK, "h3") == 7
-    driver.inventory()  # h3 is not in the VM's quorum: it takes none of its writes
+    look(driver, clock)  # h3 is not in the VM's quorum: it takes none of its writes
     assert read_copies(tmp_path)[DISK] == {"h1": 8, "h3": 7}
     sim.apply_now(ConfigureReplicas(replicas=[], digest="b"))
     assert read_copies(tmp_path)[DISK] == {"h1": 8}
@@ -88,7 +96,7 @@ def test_a_restarted_agent_finds_its_copies_as_they_were(tmp_path: Path) -> None
     h2_agent()
     driver = running_on_h1(tmp_path, clock, "h1", "h2")
     for _ in range(3):
-        driver.inventory()
+        look(driver, clock)
     h2_agent()  # killed and started again: its replica server kept the copy
     assert read_copies(tmp_path)[DISK] == {"h1": 3, "h2": 3}
 
@@ -96,18 +104,20 @@ def test_a_restarted_agent_finds_its_copies_as_they_were(tmp_path: Path) -> None
 def test_a_joining_copy_comes_in_with_what_the_others_hold(tmp_path: Path) -> None:
     clock = FakeClock(100.0)
     driver = running_on_h1(tmp_path, clock, "h1")
-    driver.inventory()
+    look(driver, clock)
     FileLedger(root=tmp_path, host_id="h3").made(DISK, "h3")
     run_now(driver.set_disk_replicas(set_replicas("h1", joining=("h3",))))
     clock.now_s += 4.0  # 400 MiB at 100 MiB/s
-    driver.inventory()
+    look(driver, clock)
     assert read_copies(tmp_path)[DISK] == {"h1": 2, "h3": 2}
 
 
 def test_a_lost_host_takes_its_copies_and_stops_the_writes_to_them(tmp_path: Path) -> None:
-    driver = running_on_h1(tmp_path, FakeClock(100.0), "h1", "h2")
-    driver.inventory()
+    clock = FakeClock(100.0)
+    driver = running_on_h1(tmp_path, clock, "h1", "h2")
+    look(driver, clock)
     FileLedger(root=tmp_path, host_id="h2").host_gone("h2")  # seen from h2's side
+    clock.now_s += WRITE_EVERY_S
     [vm] = driver.inventory()
     assert (vm.state, vm.disks[0].failed) == (ObservedState.RUNNING, ["h2"])
     assert read_copies(tmp_path) == {DISK: {"h1": 2}}

@@ -16,6 +16,7 @@ from common.replica_messages import (
     SetDiskReplicas,
 )
 from hostagent.agent import apply_replicas
+from hostagent.drivers.fakequorum import DiskLedger
 from hostagent.replicaplan import (
     Held,
     ReplicaPlan,
@@ -147,6 +148,21 @@ def test_a_copy_made_before_and_no_longer_held_is_lost_never_made_anew() -> None
     sim.held.clear()  # its file is gone while the agent runs: it was made here, so it is lost
     sim.apply_now(ConfigureReplicas(replicas=desired[:1], digest="b"))
     assert [(s.disk_id, s.state) for s in sim.statuses()] == [("d1", ReplicaState.LOST)]
+
+
+def test_an_agent_started_again_finds_the_copies_its_disks_still_have() -> None:
+    ledger = DiskLedger()
+    before = SimulatedReplicas(lambda: 100.0, ledger=ledger, host_id="h1")
+    before.apply_now(ConfigureReplicas(replicas=[data("d1")], digest="a"))
+    again = SimulatedReplicas(lambda: 200.0, ledger=ledger, host_id="h1")
+    again.apply_now(
+        ConfigureReplicas(replicas=[data("d1"), data("d2")], digest="a2", existing=["d1"])
+    )
+    assert again.statuses() == [] and set(again.held) == {"d1", "d2"}
+    ledger.host_gone("h1")  # its disks are gone: a third start finds nothing
+    third = SimulatedReplicas(lambda: 300.0, ledger=ledger, host_id="h1")
+    third.apply_now(ConfigureReplicas(replicas=[data("d1")], digest="a3", existing=["d1"]))
+    assert [(s.disk_id, s.state) for s in third.statuses()] == [("d1", ReplicaState.LOST)]
 
 
 def leased() -> AgentState:
