@@ -225,6 +225,8 @@ def _not_ready(ctx: StepContext, host: HostId, statuses: list[ReplicaStatus]) ->
             disks, _ = drops.get(record.name, ({}, ""))
             disks[status.disk_id] = {host}
             drops[record.name] = (disks, why)
+        elif status.state is ReplicaState.FILLING and copy.state is CopyState.FILLING:
+            replicas.note_progress(ctx, record, status.disk_id, host, status.progress)
         elif status.state is ReplicaState.FAILED and not status.retryable:
             why = f"copy of disk {status.disk_id} on {host} cannot be made: {status.reason}"
             if record.reason != why:

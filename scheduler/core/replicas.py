@@ -333,8 +333,41 @@ def observe(ctx: StepContext, host: HostId, observed: dict[VmName, ObservedVm]) 
         _observe_vm(ctx, record, seen.disks)
 
 
+PROGRESS_STEP = 0.05
+"""A copy's progress is stored (and its VM's event sent) each time it moved this far."""
+
+
+def note_progress(
+    ctx: StepContext, record: VmRecord, disk_id: str, host: HostId, progress: float
+) -> None:
+    """A copy being made (filling or joining) moved on: kept in its record and told in an
+    event once it moved by ``PROGRESS_STEP`` (so that a rebuild shows how far it is)."""
+    progress = min(max(progress, 0.0), 1.0)
+    moved: CopyRecord | None = None
+    disks = []
+    for disk in record.disks:
+        copies = []
+        for copy in disk.copies:
+            making = copy.state in (CopyState.FILLING, CopyState.JOINING)
+            far = abs(progress - copy.progress) >= PROGRESS_STEP
+            if disk.disk_id == disk_id and copy.host == host and making and far:
+                moved = replace(copy, progress=progress)
+                copies.append(moved)
+            else:
+                copies.append(copy)
+        disks.append(replace(disk, copies=copies) if disk.disk_id == disk_id else disk)
+    if moved is not None:
+        how = "being filled" if moved.state is CopyState.FILLING else "being brought in step"
+        why = f"copy of disk {disk_id} on {host} {how}: {progress:.0%}"
+        ctx.change_vm(record, disks=disks, reason=why)
+        ctx.emit_vm(record)
+
+
 def _observe_vm(ctx: StepContext, record: VmRecord, reports: list[DiskReplicas]) -> None:
     by_disk = {report.disk_id: report for report in reports}
+    for shown in reports:
+        for joining, progress in shown.joining.items():
+            note_progress(ctx, record, shown.disk_id, HostId(joining), progress)
     dropped: dict[str, set[HostId]] = {}
     joined: dict[str, set[HostId]] = {}
     differs = False

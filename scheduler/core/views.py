@@ -31,7 +31,10 @@ def vm_info(record: VmRecord) -> VmInfo:
     info = msgspec.convert(record, VmInfo, from_attributes=True)
     for shown, disk in zip(info.disks, record.disks, strict=True):
         if disk.copies:
-            shown.replicas = [ReplicaInfo(host=c.host, state=c.state.value) for c in disk.copies]
+            shown.replicas = [
+                ReplicaInfo(host=c.host, state=c.state.value, progress=c.progress)
+                for c in disk.copies
+            ]
     return info
 
 

@@ -43,6 +43,8 @@ class CopyRecord(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     made: bool = False
     """Its host reported it made and served once. A made copy its host reports being made
     again (or failed for good) was lost there: its host lost its disks."""
+    progress: float = 0.0
+    """A copy being made (filling, joining): how far, as last reported (0..1)."""
 
 
 class DiskRecord(msgspec.Struct, kw_only=True, gc=False):

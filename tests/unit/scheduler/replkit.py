@@ -62,6 +62,8 @@ class ReplicaKit(CoreKit):
         self.boots: dict[str, int] = {}
         self.lost: dict[str, set[str]] = {}
         self.filling: dict[str, dict[str, str]] = {}
+        self.fill_progress: dict[str, float] = {}
+        """Per host, how far it reports its copies being filled."""
         """Per host, the copies it fills, from which host."""
         """Per host, replicas it was told were made before but no longer has (its disks were
         wiped): reported lost, never made anew."""
@@ -92,12 +94,17 @@ class ReplicaKit(CoreKit):
         made = self.made.setdefault(host, set())
         filling = self._fill(host, held)
         making = (self.held_back.get(host, set()) | self.new.pop(host, set())) - made
+        fills = {r.disk_id for r in applied.replicas if r.fill_from} if applied else set()
+        progress = self.fill_progress.get(host, 0.0)
         unready = (
             [
                 ReplicaStatus(disk_id=disk, state=ReplicaState.CREATING)
-                for disk in sorted(making & held - filling)
+                for disk in sorted(making & held - filling - fills)
             ]
-            + [ReplicaStatus(disk_id=disk, state=ReplicaState.FILLING) for disk in sorted(filling)]
+            + [
+                ReplicaStatus(disk_id=disk, state=ReplicaState.FILLING, progress=progress)
+                for disk in sorted(filling | (making & held & fills))
+            ]
             + [
                 ReplicaStatus(disk_id=disk, state=ReplicaState.LOST, retryable=False)
                 for disk in sorted(lost)

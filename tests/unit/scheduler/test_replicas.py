@@ -8,8 +8,9 @@ import pytest
 
 from common.fields import ErrorCode
 from common.messages import CaptureVm, DiskStorage, StartVm, VmRef, VmState
-from common.replica_messages import ConfigureReplicas, SetDiskReplicas
+from common.replica_messages import ConfigureReplicas, ReplicaInfo, SetDiskReplicas
 from scheduler.core.contract import Mutation, Op
+from scheduler.core.views import vm_info
 from scheduler.state.storage import CopyState
 from tests.unit.scheduler.corekit import vm_events
 from tests.unit.scheduler.replkit import PORT, ReplicaKit
@@ -269,6 +270,7 @@ def test_a_running_vms_lost_copy_is_rebuilt_in_an_unused_fault_domain_and_joins_
     assert sets[-1].speed_mib_s == 50.0
     kit.beat(host)
     assert kit.copies("web", CopyState.JOINING) == [[spare]]  # not current before in step
+    assert [(r.host, r.progress) for r in shown_copies(kit, "web")] == [(host, 0.0), (spare, 0.5)]
     kit.join("web")
     kit.beat(host)
     assert sorted(kit.copies("web", CopyState.CURRENT)[0]) == sorted([host, spare])
@@ -289,9 +291,23 @@ def test_a_stopped_vms_lost_copy_is_filled_from_a_current_one() -> None:
     [spec] = [r for r in kit.sent_sets[spare].replicas if r.vm == "web"]
     assert spec.fill_from is not None and spec.fill_from.host == host
     assert kit.copies("web", CopyState.CURRENT) == [[host]]  # not current while copying
+    kit.fill_progress[spare] = 0.4
+    events = vm_events(kit.beat(spare))
+    assert [(r.host, r.state, r.progress) for r in shown_copies(kit, "web")] == [
+        (host, "current", 0.0),
+        (spare, "filling", 0.4),
+    ]
+    [event] = [e for e in events if e.name == "web"]
+    assert "being filled: 40%" in event.reason
     kit.held_back[spare] = set()
     kit.beat(spare)
     assert sorted(kit.copies("web", CopyState.CURRENT)[0]) == sorted([host, spare])
+
+
+def shown_copies(kit: ReplicaKit, vm: str) -> list[ReplicaInfo]:
+    """The copies of the VM's first disk as the API shows them, its host's first."""
+    record = kit.vm(vm)
+    return sorted(vm_info(record).disks[0].replicas, key=lambda r: r.host != record.host)
 
 
 def test_rebuilds_onto_one_host_are_limited() -> None:
