@@ -25,6 +25,7 @@ from common.messages import (
     VmState,
 )
 from common.migration_messages import MigrationCause
+from common.replica_messages import DiskReplicas
 from common.resources import ZERO
 from scheduler.core import (
     disks,
@@ -43,6 +44,7 @@ from scheduler.core.contract import Ack, Op
 from scheduler.core.liveness import claim_after_s, expired_hosts
 from scheduler.core.reconciler import Outcome, Transition, reconcile_host
 from scheduler.state.model import HostRecord, HostRuntime, VmRecord
+from scheduler.state.storage import CopyState
 
 # --------------------------------------------------------------------------- heartbeats
 
@@ -118,7 +120,8 @@ def _expected_inventory(ctx: StepContext, host: HostId) -> list[ObservedVm] | No
     vms = ctx.state.vms
     for name in sorted(ctx.state.by_host.get(host, ())):
         record = vms[name]
-        if record.state is not VmState.RUNNING:
+        disks = _expected_disks(record, host)
+        if record.state is not VmState.RUNNING or disks is None:
             return None
         inventory.append(
             ObservedVm(
@@ -127,9 +130,25 @@ def _expected_inventory(ctx: StepContext, host: HostId) -> list[ObservedVm] | No
                 state=ObservedState.RUNNING,
                 cpu_milli=record.cpu_milli,
                 mem_mib=record.mem_mib,
+                disks=disks,
             )
         )
     return inventory
+
+
+def _expected_disks(record: VmRecord, host: HostId) -> list[DiskReplicas] | None:
+    """What the host reports of the VM's replicated disks when it writes to just their current
+    copies, its own first, as it was told (None while a copy is being brought in step)."""
+    disks = []
+    for disk in record.disks:
+        if not disk.replicated:
+            continue
+        if any(copy.state is CopyState.JOINING for copy in disk.copies):
+            return None
+        current = disk.copy_hosts()
+        current.sort(key=lambda h: h != host)
+        disks.append(DiskReplicas(disk_id=disk.disk_id, in_sync=list(current)))
+    return disks
 
 
 def _reconcile(ctx: StepContext, host: HostId, runtime: HostRuntime) -> None:

@@ -124,6 +124,7 @@ class SchedulerCore:
         runtimes = self.state.runtimes  # replaced in place: the shell's read view shares it
         runtimes.clear()
         runtimes.update(fresh_window(self.state.hosts, now.mono_s))
+        self.state.stale_views.update(self.state.hosts)  # what hosts hold is learnt anew
         ctx = self.context(now)
         images.register_builtins(ctx, builtin_images)
         return self._result(ctx)

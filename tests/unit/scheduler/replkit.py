@@ -21,6 +21,7 @@ from common.replica_messages import (
     ReplicaStatus,
     SetDiskReplicas,
 )
+from hostagent.report import InventoryReport
 from scheduler.core.contract import Action, Input, SendCommands
 from scheduler.state.storage import CopyState
 from tests.unit.scheduler.corekit import CoreKit
@@ -81,7 +82,7 @@ class ReplicaKit(CoreKit):
         self.ports[host] = port
         self.beat(host)
 
-    def beat(self, host: str) -> list[Action]:
+    def beat(self, host: str, report: InventoryReport | None = None) -> list[Action]:
         """One report of ``host``: it applies the set it was last sent, its VMs write (each
         write acknowledged only once every copy they write to has it), and it reports."""
         sent = self.sent_sets.get(host)
@@ -120,6 +121,7 @@ class ReplicaKit(CoreKit):
             replicas=unready,
             disk_capacity_mib=self.capacity_mib[host],
             boot_id=f"boot-{self.boots.get(host, 1)}",
+            report=report,
         )
 
     def _apply_set(self, host: str, config: ConfigureReplicas) -> None:

@@ -9,10 +9,11 @@ import pytest
 from common.fields import ErrorCode
 from common.messages import CaptureVm, DiskStorage, StartVm, VmRef, VmState
 from common.replica_messages import ConfigureReplicas, ReplicaInfo, SetDiskReplicas
+from hostagent.report import InventoryReport
 from scheduler.core.contract import Mutation, Op
 from scheduler.core.views import vm_info
 from scheduler.state.storage import CopyState
-from tests.unit.scheduler.corekit import vm_events
+from tests.unit.scheduler.corekit import acks, vm_events
 from tests.unit.scheduler.replkit import PORT, ReplicaKit
 
 
@@ -237,6 +238,19 @@ def test_a_vm_created_before_a_new_scheduler_knows_copy_hosts_is_placed_once_it_
         kit.beat_all()
         kit.advance(0.1)
     assert kit.vm("after").state is VmState.RUNNING, kit.vm("after").reason
+
+
+def test_after_a_restart_a_host_running_replicated_vms_as_recorded_needs_no_full_report() -> None:
+    kit = kit_of("fd-a", "fd-b", "fd-c")
+    host = run(kit, "web", data_disks_mib=[512])
+    report = InventoryReport()
+    kit.beat(host, report)
+    kit.beat(host, report)
+    assert report.held != ""
+    kit.t += 30.0  # the scheduler restarts: it holds no host's inventory
+    kit.core.start(kit.now())
+    [ack] = acks(kit.beat(host, report))
+    assert ack.ack.inventory_digest == report.held != "", "its digest matched the records'"
 
 
 def test_deleting_a_vm_drops_its_copies_from_every_host() -> None:
