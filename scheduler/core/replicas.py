@@ -313,9 +313,15 @@ def set_commands(ctx: StepContext, record: VmRecord) -> list[SetDiskReplicas]:
 
 
 def push(ctx: StepContext, record: VmRecord) -> None:
-    """Send the VM's host its copy sets (``ctx.send`` keeps repeats to one per retry)."""
+    """Send the VM's host its copy sets (``ctx.send`` keeps repeats to one per retry), if it
+    last reported the VM there: a host back without it (its agent started again, its disks
+    perhaps wiped) is told nothing of copies it no longer writes to."""
     host = running_on(ctx.state, record)
-    if host is not None and record.state is VmState.RUNNING:
+    if host is None or record.state is not VmState.RUNNING:
+        return
+    runtime = ctx.state.runtimes.get(host)
+    seen = runtime.observed.get(record.name) if runtime is not None else None
+    if seen is not None and seen.generation == record.generation:
         ctx.send(host, list(set_commands(ctx, record)))
 
 

@@ -259,6 +259,8 @@ class ReplicaKit(CoreKit):
                         in_sync = [r.host for r in disk.replicas]
                         self.disks[(VmName(command.vm.name), disk.disk_id)] = DiskView(in_sync)
             case SetDiskReplicas():
+                if VmName(command.name) not in self.started.get(host, {}):
+                    return  # the host does not run it (it lost it): it writes to nothing
                 self._check_named(command.disk_id, [r.host for r in command.replicas])
                 view = self.disks.setdefault((VmName(command.name), command.disk_id), DiskView([]))
                 view.in_sync = [r.host for r in command.replicas]
