@@ -28,6 +28,7 @@ import nats
 import uvloop
 
 from bench.harness import (
+    HOST_LOCAL,
     SIZE_MIX,
     CpuWindow,
     Rig,
@@ -35,6 +36,7 @@ from bench.harness import (
     bounded,
     machine,
     rig,
+    storage_option,
     summary_ms,
     write_result,
 )
@@ -150,10 +152,13 @@ async def _idle(the_rig: Rig, window_s: float = 3.0) -> dict[str, float]:
     return {name: window.stop()["cpu_core_fraction"] for name, window in cpus.items()}
 
 
-async def run(hosts: int, vms: int, concurrency: int, vnets: int = 2) -> dict[str, Any]:
+async def run(
+    hosts: int, vms: int, concurrency: int, vnets: int = 2, host_local: bool = False
+) -> dict[str, Any]:
     with rig() as the_rig:
         the_rig.start_scheduler()
-        the_rig.start_pool(hosts, "e2e", capacity=HOST_CAPACITY)
+        pool_args = HOST_LOCAL if host_local else ()
+        the_rig.start_pool(hosts, "e2e", *pool_args, capacity=HOST_CAPACITY)
         nc = await nats.connect(the_rig.nats.url, pending_size=256 * 1024 * 1024)
         watch = Watch()
         await watch.attach(nc)
@@ -167,7 +172,13 @@ async def run(hosts: int, vms: int, concurrency: int, vnets: int = 2) -> dict[st
         ]
         the_rig.check_alive()
         await nc.close()
-    return {"hosts": hosts, "networks": vnets, "idle_cpu_core_fraction": idle, "phases": phases}
+    return {
+        "hosts": hosts,
+        "networks": vnets,
+        "storage": "host-local" if host_local else "replicated",
+        "idle_cpu_core_fraction": idle,
+        "phases": phases,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -180,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--smoke", action="store_true", help="tiny size (CI)")
     parser.add_argument("--name", default="e2e", help="results file name")
+    storage_option(parser)
     args = parser.parse_args(argv)
     if args.smoke:
         args.hosts, args.vms, args.concurrency = 10, 60, 20
@@ -187,13 +199,13 @@ def main(argv: list[str] | None = None) -> int:
     started = machine()
     if args.vnets and 2 * args.vms > args.vnets * 65533:
         parser.error(f"2 x {args.vms} vms do not fit {args.vnets} /16 networks")
-    result = uvloop.run(run(args.hosts, args.vms, args.concurrency, args.vnets))
+    result = uvloop.run(run(args.hosts, args.vms, args.concurrency, args.vnets, args.host_local))
     path = write_result(args.name, result, started)
     for phase in result["phases"]:
         lat = phase["request_latency"]
         print(
             f"e2e {phase['via']}: {phase['vms']} VMs on {args.hosts} hosts "
-            f"({args.vnets} networks), all running in "
+            f"({args.vnets} networks, {result['storage']} disks), all running in "
             f"{phase['all_running_in_s']} s = {phase['vms_per_s']} VMs/s "
             f"(target >= {TARGET_VMS_PER_S:.0f}); latency p50 {lat['p50_ms']} ms "
             f"p99 {lat['p99_ms']} ms; scheduler cpu {phase['scheduler']['cpu_core_fraction']}"

@@ -6,6 +6,7 @@ Every process a benchmark starts (nats-server, scheduler, simulated-host pools) 
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -126,6 +127,19 @@ class Rig:
         procs.stop_all(self.procs.values(), timeout_s=10)
         self.procs.clear()
         self.nats.stop()
+
+
+HOST_LOCAL = ("--simulate-fault-domains", "1")
+"""Pool arguments that put every simulated host in one fault domain: VMs get host-local disks
+(``auto`` storage), as before replicated disks, for like-for-like comparisons."""
+
+
+def storage_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--host-local",
+        action="store_true",
+        help="hosts in one fault domain: host-local disks (default: 3 domains, replicated)",
+    )
 
 
 @contextmanager

@@ -17,7 +17,7 @@ from typing import Any
 import nats
 import uvloop
 
-from bench.harness import CpuWindow, Watch, machine, rig, write_result
+from bench.harness import HOST_LOCAL, CpuWindow, Watch, machine, rig, storage_option, write_result
 from bench.loaded import load_cluster
 
 TARGET_CPU_CORE_FRACTION = 0.5
@@ -27,13 +27,19 @@ SETTLE_S = 5.0
 
 
 async def run(
-    hosts: int, vms: int, pools: int, window_s: float, settle_s: float = SETTLE_S
+    hosts: int,
+    vms: int,
+    pools: int,
+    window_s: float,
+    settle_s: float = SETTLE_S,
+    host_local: bool = False,
 ) -> dict[str, Any]:
     with rig() as the_rig:
         nc = await nats.connect(the_rig.nats.url, pending_size=256 * 1024 * 1024)
         watch = Watch()
         await watch.attach(nc)
-        stages = await load_cluster(the_rig, watch, hosts, vms, pools)
+        pool_args = HOST_LOCAL if host_local else ()
+        stages = await load_cluster(the_rig, watch, hosts, vms, pools, pool_args=pool_args)
         await asyncio.sleep(settle_s)  # a benchmark's measuring window, not synchronisation
         windows = {name: CpuWindow(proc.pid) for name, proc in the_rig.procs.items()}
         for window in windows.values():
@@ -47,6 +53,7 @@ async def run(
         "hosts": hosts,
         "vms": vms,
         "pool_processes": pools,
+        "storage": "host-local" if host_local else "replicated",
         "heartbeat_interval_s": 1.0,
         "stages": stages,
         "scheduler": scheduler,
@@ -66,12 +73,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window", type=float, default=20.0, help="measuring window (s)")
     parser.add_argument("--smoke", action="store_true", help="tiny size (CI)")
     parser.add_argument("--name", default="heartbeat")
+    storage_option(parser)
     args = parser.parse_args(argv)
     if args.smoke:
         args.hosts, args.vms, args.window, args.name = 20, 100, 1.0, f"{args.name}-smoke"
     started = machine()
     settle_s = 0.5 if args.smoke else SETTLE_S
-    result = uvloop.run(run(args.hosts, args.vms, args.pools, args.window, settle_s))
+    result = uvloop.run(
+        run(args.hosts, args.vms, args.pools, args.window, settle_s, args.host_local)
+    )
     path = write_result(args.name, result, started)
     sched = result["scheduler"]
     print(

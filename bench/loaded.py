@@ -18,7 +18,13 @@ acks (some came late and fenced hosts without VMs yet) to settle before VMs arri
 
 
 async def load_cluster(
-    the_rig: Rig, watch: Watch, hosts: int, vms: int, pools: int, *scheduler_args: str
+    the_rig: Rig,
+    watch: Watch,
+    hosts: int,
+    vms: int,
+    pools: int,
+    *scheduler_args: str,
+    pool_args: tuple[str, ...] = (),
 ) -> dict[str, float]:
     """Start the scheduler and ``pools`` pools of ``hosts`` in all, then place ``vms`` VMs.
 
@@ -28,7 +34,7 @@ async def load_cluster(
     the_rig.start_scheduler(*scheduler_args)
     for index in range(pools):
         count = hosts // pools + (1 if index < hosts % pools else 0)
-        the_rig.start_pool(count, f"{POOL_PREFIX}{index}")
+        the_rig.start_pool(count, f"{POOL_PREFIX}{index}", *pool_args)
     await watch.until(lambda: len(watch.hosts_up) >= hosts, timeout_s=120 + hosts / 50)
     hosts_up_s = time.monotonic()
     await asyncio.sleep(min(JOIN_SETTLE_S, hosts / 1000))  # a benchmark's setup, not a test

@@ -26,7 +26,7 @@ import uvloop
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from bench.harness import Rig, Watch, machine, rig, write_result
+from bench.harness import HOST_LOCAL, Rig, Watch, machine, rig, storage_option, write_result
 from bench.loaded import load_cluster
 from common import codec, subjects
 from common.messages import VmRef
@@ -96,12 +96,15 @@ async def _restart(the_rig: Rig, nc: Client, acks: AckWatch) -> dict[str, float]
     return {"api_answers_in_s": round(api_at_s - killed_at_s, 3), "restart_s": reconciled_s}
 
 
-async def run(hosts: int, vms: int, pools: int, after_s: float = AFTER_S) -> dict[str, Any]:
+async def run(
+    hosts: int, vms: int, pools: int, after_s: float = AFTER_S, host_local: bool = False
+) -> dict[str, Any]:
     with rig() as the_rig:
         nc = await nats.connect(the_rig.nats.url, pending_size=256 * 1024 * 1024)
         watch = Watch()
         await watch.attach(nc)
-        stages = await load_cluster(the_rig, watch, hosts, vms, pools)
+        pool_args = HOST_LOCAL if host_local else ()
+        stages = await load_cluster(the_rig, watch, hosts, vms, pools, pool_args=pool_args)
         acks = AckWatch(hosts)
         await nc.subscribe(f"{ACK_INBOX_PREFIX}.>", cb=acks.on_ack, pending_msgs_limit=-1)
         await nc.flush()
@@ -117,6 +120,7 @@ async def run(hosts: int, vms: int, pools: int, after_s: float = AFTER_S) -> dic
     return {
         "hosts": hosts,
         "vms": vms,
+        "storage": "host-local" if host_local else "replicated",
         "stages": stages,
         "api_answers_in_s": measured["api_answers_in_s"],
         "all_hosts_reconciled_in_s": restart_s,
@@ -133,12 +137,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pools", type=int, default=2, help="simulated-host pool processes")
     parser.add_argument("--smoke", action="store_true", help="tiny size (CI)")
     parser.add_argument("--name", default="restart")
+    storage_option(parser)
     args = parser.parse_args(argv)
     if args.smoke:
         args.hosts, args.vms, args.name = 20, 100, f"{args.name}-smoke"
     started = machine()
     after_s = 1.0 if args.smoke else AFTER_S
-    result = uvloop.run(run(args.hosts, args.vms, args.pools, after_s))
+    result = uvloop.run(run(args.hosts, args.vms, args.pools, after_s, args.host_local))
     path = write_result(args.name, result, started)
     print(
         f"restart with {args.vms} VMs on {args.hosts} hosts: API answers after "
