@@ -228,12 +228,7 @@ class QemuDriver(QemuMigrations):
     async def close(self) -> None:
         """Disconnect from every VM and leave it running."""
         for vm in list(self.vms.values()):
-            for task in list(vm.tasks):
-                task.cancel()
-            if vm.qmp is not None:
-                await vm.qmp.close()
-            if vm.console is not None:
-                vm.console.close()
+            await self.disconnect(vm)
         self.vms.clear()
 
 

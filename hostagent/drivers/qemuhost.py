@@ -237,15 +237,20 @@ class QemuHost:
         if not await wait_exit(vm.pid, self.root, KILL_WAIT_S):
             raise DriverError(f"qemu pid {vm.pid} survived SIGKILL", retryable=True)
 
-    async def drop(self, vm: QemuVm) -> None:
-        """Drop a VM whose process is gone: its tasks, QMP connection and run files."""
-        if self.vms.get(vm.spec.name) is vm:
-            del self.vms[vm.spec.name]
+    @staticmethod
+    async def disconnect(vm: QemuVm) -> None:
+        """Stop watching a VM: its tasks, QMP connection and console (the process lives on)."""
         for task in list(vm.tasks):
             task.cancel()
         if vm.qmp is not None:
             await vm.qmp.close()
         if vm.console is not None:
             vm.console.close()
+
+    async def drop(self, vm: QemuVm) -> None:
+        """Drop a VM whose process is gone: its tasks, QMP connection and run files."""
+        if self.vms.get(vm.spec.name) is vm:
+            del self.vms[vm.spec.name]
+        await self.disconnect(vm)
         vm.files.clear_run_files()
         await unplug(self.host_commands, taps(vm.spec))
