@@ -255,8 +255,9 @@ class Agent:
         """Set whenever the report (inventory, fenced flag) changes; the heartbeat loop clears
         it."""
         self.on_change: Callable[[], None] = self.changed.set
-        self.urgent = False
-        """A migration's status changed since the last heartbeat: the next one goes at once."""
+        self.urgent = asyncio.Event()
+        """A migration's status changed since the last heartbeat: the next one goes at once
+        (an Event, so that a heartbeat loop waiting out its coalescing gap wakes for it)."""
         self.on_report_now: Callable[[], None] = self._report_now
         self.capture: Callable[[CaptureDisk, bool], Awaitable[None]] | None = None
         """Carries out CaptureDisk (set by the app when the driver keeps disks)."""
@@ -320,7 +321,7 @@ class Agent:
         return rest
 
     def _report_now(self) -> None:
-        self.urgent = True
+        self.urgent.set()
         self.on_change()
 
     async def _drive(self, op: DriverCall) -> None:
@@ -342,7 +343,7 @@ class Agent:
 
     def next_heartbeat(self) -> Heartbeat:
         """The next report (the caller sends it and hands its ack to :meth:`handle`)."""
-        self.urgent = False
+        self.urgent.clear()
         progress = migration_progress(self.driver, self.state.mig.outgoing)
         due = HeartbeatDue(self.driver.inventory(), progress, self.replicas.statuses())
         for instruction in self.handle(due):

@@ -3,8 +3,9 @@
 Heartbeats go every ``heartbeat_interval_s`` (±10 % jitter) and also soon after the report
 changes, coalesced so that a burst of changes costs one heartbeat and never more than one per
 ``MIN_GAP_S``, except when a migration's status changed: that report goes at once (the
-switchover waits for it). The ack carries the cluster's timing knobs, which the agent adopts:
-the scheduler is their source of truth; the configured values only hold until the first ack.
+switchover waits for it), also when the news comes while an ordinary change waits out the gap.
+The ack carries the cluster's timing knobs, which the agent adopts: the scheduler is their
+source of truth; the configured values only hold until the first ack.
 
 What a heartbeat says, and what an ack means, is decided by :class:`hostagent.state.AgentState`
 (an inventory the scheduler holds goes as its digest alone); this loop, part of the shell, only
@@ -57,6 +58,8 @@ class HeartbeatLoop:
         self._on_refused = on_refused
         """Told when another live agent holds this host id (the agent then exits)."""
         self._last_sent_s = float("-inf")
+        self.holding = False
+        """Waiting out ``MIN_GAP_S`` with a change to report (a migration's news ends it)."""
 
     @property
     def heartbeat_interval_s(self) -> float:
@@ -83,8 +86,15 @@ class HeartbeatLoop:
             except TimeoutError:
                 return
         gap_s = self._last_sent_s + MIN_GAP_S - self._clock.monotonic_s()
-        if gap_s > 0 and not self._agent.urgent:  # a migration's news goes at once
-            await asyncio.sleep(gap_s)
+        if gap_s > 0:  # a migration's news goes at once, also one that comes during the gap
+            self.holding = True
+            try:
+                async with asyncio.timeout(gap_s):
+                    await self._agent.urgent.wait()
+            except TimeoutError:
+                pass
+            finally:
+                self.holding = False
 
     def next_heartbeat(self) -> Heartbeat:
         """The next report (clears the agent's changed flag: this snapshot covers them)."""

@@ -124,6 +124,8 @@ class QemuHost:
                 self.on_change()  # stopped by a failed disk copy (reported), not fenced
             elif vm.outgoing is not None:  # the migration's STOP is no fence
                 vm.outgoing.notice(event, data)
+            elif vm.incoming is not None:  # finish_incoming waits for the state's arrival
+                vm.arrival.notice(event, data)
             elif event == "STOP" and not vm.paused and not vm.stopping and not vm.handed_over:
                 # Paused through another monitor: the fence guard's (hostagent/fenceguard.py).
                 vm.paused = True

@@ -38,10 +38,12 @@ from hostagent.drivers.qemuflows import (
     SWITCH_S,
     Outgoing,
     abort,
-    close_incoming,
     job_id,
     open_incoming,
+    release,
+    run_arrived,
     send,
+    wait_arrived,
 )
 from hostagent.drivers.qemuhost import QemuHost
 from hostagent.drivers.qemunics import plug
@@ -217,10 +219,10 @@ class QemuMigrations(QemuHost):
             raise DriverError(f"vm {name} is not waiting for its state here", retryable=False)
         if vm.unreachable or vm.qmp is None:
             raise DriverError(f"qemu of vm {name} is unreachable", retryable=True)
-        await close_incoming(vm.qmp, len(effective_disks(vm.spec)))
+        await wait_arrived(vm.qmp, vm.arrival)
         vm.incoming, vm.arrived, vm.booted = None, True, True
         self._write_meta(vm)
-        await self.execute(vm, "cont")
+        await run_arrived(vm.qmp, len(effective_disks(vm.spec)))  # its exports closed, it runs
         vm.paused = False
         log.info("vm arrived vm=%s generation=%d", name, vm.generation)
 
@@ -264,13 +266,19 @@ class QemuMigrations(QemuHost):
             out.done.set()
         if outcome != "completed":
             raise DriverError(f"migration of vm {name} failed: {error}", retryable=True) from error
+        self._hand_over(vm)  # at once: the switchover waits for this host's report
+        self.spawn(vm, self._sent(vm, out), "sent")
+
+    async def _sent(self, vm: QemuVm, out: Outgoing) -> None:
+        """After the hand-over: what is left to do and to log (not on the switchover's path)."""
+        assert vm.qmp is not None
+        await release(vm.qmp, out)
         log.info(
             "vm sent vm=%s phases_ms=%s qemu_downtime_ms=%d",
-            name,
+            vm.spec.name,
             out.phases_ms,
             out.downtime_ms,
         )
-        self._hand_over(vm)
 
     def _hand_over(self, vm: QemuVm) -> None:
         vm.handed_over = True

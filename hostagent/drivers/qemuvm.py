@@ -13,7 +13,7 @@ from common.messages import ObservedState, VmSpec
 from common.resources import ZERO, Resources
 from hostagent.drivers.base import IncomingEndpoint
 from hostagent.drivers.qemuconsole import ConsoleLink
-from hostagent.drivers.qemuflows import Outgoing
+from hostagent.drivers.qemuflows import Arrival, Outgoing
 from hostagent.drivers.qemunics import taps
 from hostagent.drivers.qemuproc import VmFiles
 from hostagent.drivers.qemuquorum import Quorums
@@ -39,6 +39,8 @@ class QemuVm:
     incoming: IncomingEndpoint | None = None
     """Destination of a live migration: paused, waiting for (or holding) its state, its disks
     exported, until ``finish_incoming`` lets it run (hostagent/drivers/qemumigrate.py)."""
+    arrival: Arrival = field(default_factory=Arrival)
+    """While ``incoming``: its QEMU's news of the state's arrival (the migration's events)."""
     outgoing: Outgoing | None = None
     """Source of a live migration under way (``migrate_out``)."""
     handed_over: bool = False

@@ -263,6 +263,10 @@ async def test_a_counting_guest_moves_live_with_its_disks(nodes: tuple[Node, Nod
         assert source.driver.migration_progress(VM) is None
         assert progress and progress[-1].transferred_mib >= MEM_MIB // 4, progress
         assert await qemu_status(destination) == "paused", "it waits for finish_incoming"
+        # A guest that converges is stopped for a last round planned well under the allowance
+        # (100 ms), which QEMU is only given after several passes: the pause is the guest's
+        # whole downtime budget, the switchover's trip has to fit in it too.
+        assert await downtime_limit_ms(source) < 100
 
         await destination.driver.finish_incoming(VM)
         finished = time.monotonic()
@@ -327,6 +331,17 @@ async def qemu_status(node: Node) -> str:
         return await guard.query_status()
     finally:
         await guard.close()
+
+
+async def downtime_limit_ms(node: Node) -> int:
+    """The pause QEMU was last allowed to plan for the migration's last round."""
+    guard = await QmpClient.connect(node.driver.files(VM).guard)
+    try:
+        parameters = await guard.execute("query-migrate-parameters")
+    finally:
+        await guard.close()
+    assert isinstance(parameters, dict)
+    return int(parameters["downtime-limit"])
 
 
 async def slow_migration(

@@ -186,7 +186,30 @@ async def test_migration_news_goes_at_once(agent: Agent, monkeypatch: pytest.Mon
         await wait_until(lambda: len(stub.sent) == 3, timeout_s=2, message="news heartbeat")
         assert stub.sent_at_s[1] - stub.sent_at_s[0] >= 0.9
         assert stub.sent_at_s[2] - stub.sent_at_s[1] < 0.5
-        assert not agent.urgent
+        assert not agent.urgent.is_set()
+    finally:
+        runner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await runner
+
+
+async def test_migration_news_cuts_a_coalescing_gap_short(
+    agent: Agent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """News that comes while an ordinary change waits out the gap goes at once too: the
+    source's "sent" (the switchover waits for it) is not held behind a progress report."""
+    monkeypatch.setattr("hostagent.heartbeat.MIN_GAP_S", 5.0)
+    stub = StubNats(lambda hb: ack_for(hb, interval_s=30, fence_after_s=60))
+    loop = make_loop(stub, agent, SystemClock(), interval_s=30)
+    runner = asyncio.create_task(loop.run())
+    try:
+        await wait_until(lambda: len(stub.sent) == 1, timeout_s=1, message="first heartbeat")
+        agent.changed.set()  # an ordinary change: held for the 5 s gap
+        await wait_until(lambda: loop.holding, timeout_s=1, message="gap waited out")
+        agent.on_report_now()
+        await wait_until(lambda: len(stub.sent) == 2, timeout_s=2, message="news heartbeat")
+        assert stub.sent_at_s[1] - stub.sent_at_s[0] < 2.0
+        assert not loop.holding
     finally:
         runner.cancel()
         with contextlib.suppress(asyncio.CancelledError):

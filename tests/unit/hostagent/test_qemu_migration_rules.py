@@ -10,7 +10,16 @@ import pytest
 from common.errors import DriverError
 from common.messages import ObservedState, VmSpec
 from hostagent.drivers.base import IncomingEndpoint
-from hostagent.drivers.qemuflows import BASE_S, FLOOR_MIB_S, Outgoing, deadlines, uri
+from hostagent.drivers.qemuflows import (
+    BASE_S,
+    FIRST_DOWNTIME_MS,
+    FLOOR_MIB_S,
+    Arrival,
+    Outgoing,
+    deadlines,
+    downtime_limit_ms,
+    uri,
+)
 from hostagent.drivers.qemumigrate import _check_can_send, _listen_address, _same_attempt
 from hostagent.drivers.qemuproc import VmFiles
 from hostagent.drivers.qemuvm import QemuVm
@@ -53,6 +62,37 @@ def test_a_failed_disk_copy_is_remembered_and_wakes_the_waits() -> None:
     assert out.job_errors == {"mig-job-0": "Connection reset"} and out.changed.is_set()
     out.cancel()
     assert out.cancelled
+
+
+@pytest.mark.parametrize(
+    ("max_ms", "passes", "expected"),
+    [
+        (100, 0, FIRST_DOWNTIME_MS),
+        (100, 2, FIRST_DOWNTIME_MS),
+        (100, 3, 2 * FIRST_DOWNTIME_MS),
+        (100, 4, 4 * FIRST_DOWNTIME_MS),
+        (100, 5, 100),
+        (100, 10_000, 100),
+        (5, 0, 5),
+    ],
+    ids=["start", "second-pass", "third", "fourth", "capped", "many-passes", "small-max"],
+)
+def test_qemu_plans_a_short_last_round_first_and_the_whole_allowance_later(
+    max_ms: int, passes: int, expected: int
+) -> None:
+    assert downtime_limit_ms(max_ms, passes) == expected
+
+
+def test_the_migration_events_are_remembered_and_wake_the_waits() -> None:
+    out = outgoing()
+    out.notice("MIGRATION_PASS", {"pass": 3})
+    out.notice("MIGRATION", {"status": "pre-switchover"})
+    assert (out.passes, out.status) == (3, "pre-switchover") and out.changed.is_set()
+    arrival = Arrival()
+    arrival.notice("RESUME", {})
+    assert (arrival.status, arrival.changed.is_set()) == ("", False)
+    arrival.notice("MIGRATION", {"status": "completed"})
+    assert (arrival.status, arrival.changed.is_set()) == ("completed", True)
 
 
 def test_the_listen_address_must_be_an_ip_address() -> None:
