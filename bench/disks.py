@@ -1,6 +1,6 @@
 """Replicated disks: what a guest's writes cost, and how fast a copy is made.
 
-Parts (``--part``, default all but failover):
+Parts (``--part``, default all):
 
 - ``writes`` (QEMU): a tiny guest on the QEMU driver with one 64 MiB data disk, host-local or
   replicated on N = 2 and 3 replica servers (``qemu-storage-daemon``, loopback). In the guest,
@@ -10,10 +10,11 @@ Parts (``--part``, default all but failover):
 - ``fill`` (no guest): a replica of ``--fill-mib`` MiB, written in full, copied by a second
   replica server from the first one's export (``fill_from``): MiB/s from the set applied to
   the copy ready.
-- ``failover``: the time from a host's death to its replicated VM running elsewhere with its
-  disks needs the scheduler's side; not measured by this module yet.
+- ``failover`` (QEMU, root: network namespaces): the time from the loss of a replicated VM's
+  host to the VM running elsewhere with its disks, over ``--failovers`` rounds
+  (bench/diskfailover.py).
 
-    .venv/bin/python -m bench.disks [--part writes|fill|all] [--smoke]
+    .venv/bin/python -m bench.disks [--part writes|fill|failover|all] [--smoke]
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+from bench.diskfailover import measure_failover
 from bench.harness import machine, percentile, write_result
 from common.messages import DiskKind, DiskSpec, VmSpec
 from common.replica_messages import ConfigureReplicas, ReplicaRef, ReplicaSpec
@@ -176,7 +178,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             }
         if args.part in ("all", "fill"):
             result["fill"] = await measure_fill(workdir, args.fill_mib)
-        result["failover"] = "not measured here: needs the scheduler side"
+        if args.part in ("all", "failover"):
+            result["failover"] = await measure_failover(args.failovers)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return result
@@ -184,14 +187,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.disks", description=__doc__)
-    parser.add_argument("--part", choices=["all", "writes", "fill"], default="all")
+    parser.add_argument("--part", choices=["all", "writes", "fill", "failover"], default="all")
     parser.add_argument("--smoke", action="store_true", help="tiny counts (a test's size)")
     parser.add_argument("--batches", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--fill-mib", type=int, default=1024)
+    parser.add_argument("--failovers", type=int, default=5, help="host losses (failover part)")
     args = parser.parse_args(argv)
     if args.smoke:
-        args.batches, args.rounds, args.fill_mib = 2, 1, 16
+        args.batches, args.rounds, args.fill_mib, args.failovers = 2, 1, 16, 1
     started = machine()
     result = asyncio.run(run(args))
     path = write_result("disks-smoke" if args.smoke else "disks", result, started)

@@ -265,7 +265,11 @@ class StepContext:
         for cmd in commands:
             key = command_key(cmd)
             last = sent.get(key)
-            if last is None or last[0] != cmd or now_s - last[1] >= retry_s:
+            if (
+                last is None
+                or (last[0] is not cmd and last[0] != cmd)
+                or now_s - last[1] >= retry_s
+            ):
                 sent[key] = (cmd, now_s)
                 due.append(cmd)
         if due:

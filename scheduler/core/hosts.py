@@ -22,6 +22,8 @@ from common.messages import (
     HostState,
     ObservedState,
     ObservedVm,
+    StartVm,
+    VmSpec,
     VmState,
 )
 from common.migration_messages import MigrationCause
@@ -42,7 +44,7 @@ from scheduler.core import (
 from scheduler.core.context import StepContext
 from scheduler.core.contract import Ack, Op
 from scheduler.core.liveness import claim_after_s, expired_hosts
-from scheduler.core.reconciler import Outcome, Transition, reconcile_host
+from scheduler.core.reconciler import Outcome, SpecOf, Transition, reconcile_host
 from scheduler.state.model import HostRecord, HostRuntime, VmRecord
 from scheduler.state.storage import CopyState
 
@@ -156,7 +158,7 @@ def _reconcile(ctx: StepContext, host: HostId, runtime: HostRuntime) -> None:
     state.touched_hosts.discard(host)
     assigned = {name: state.vms[name] for name in state.by_host.get(host, ())}
     incoming = {name: _attempt(state.vms[name]) for name in state.incoming.get(host, ())}
-    spec = replicas.start_spec(state)
+    spec = _unless_just_sent(ctx, host, replicas.start_spec(state))
     result = reconcile_host(host, assigned, runtime.observed, incoming, spec)
     orphaned = sum((vm.resources for vm in result.orphans), ZERO)
     if orphaned != runtime.orphaned:
@@ -171,6 +173,27 @@ def _reconcile(ctx: StepContext, host: HostId, runtime: HostRuntime) -> None:
         replicas.observe(ctx, host, runtime.observed)
     if state.migrating and migration_flow.observe(ctx, host, runtime.observed):
         runtime.settled = False  # a migration follows every report of its hosts
+
+
+def _unless_just_sent(ctx: StepContext, host: HostId, spec: SpecOf) -> SpecOf:
+    """``spec``, but the spec of a ``StartVm`` sent to ``host`` for the VM at its generation
+    less than ``command_retry_s`` ago is that one, not built again: the agent takes one start
+    per generation, and ``ctx.send`` does not repeat it before the retry is due (building the
+    spec of every VM not yet running at each of its host's reports was the reconcile's cost)."""
+    sent = ctx.carry.sent.get(host)
+    if not sent:
+        return spec
+    now_s, retry_s = ctx.now.mono_s, ctx.config.command_retry_s
+
+    def start_spec(record: VmRecord) -> VmSpec | None:
+        last = sent.get(record.name)
+        if last is not None and now_s - last[1] < retry_s:
+            command = last[0]
+            if isinstance(command, StartVm) and command.generation == record.generation:
+                return command.vm
+        return spec(record)
+
+    return start_spec
 
 
 def _attempt(record: VmRecord) -> int:
