@@ -56,7 +56,7 @@ from scheduler.shell.eventpub import EventPublisher, log_event
 from scheduler.shell.http.server import HttpServer
 from scheduler.shell.jobs import run_jobs
 from scheduler.shell.metrics import Observer, SchedulerMetrics
-from scheduler.shell.readview import ReadView, Snapshot, snapshot
+from scheduler.shell.readview import ReadView, Snapshot, indexed, snapshot
 from scheduler.shell.retry import retry_while_nats_down
 from scheduler.shell.stopping import cancel_until_done, close_connection
 from scheduler.shell.store import Batch, Rows, SqliteStore, encode_batch
@@ -134,18 +134,13 @@ class SchedulerApp:
         store = await SqliteStore.open(self.config.db_path)
         try:
             loaded = await store.load()
-            state = ClusterState.from_records(
-                loaded.vms,
-                loaded.hosts,
-                loaded.replies,
-                loaded.images,
-                loaded.vnets,
-                loaded.counters,
-            )
+            # Off the event loop: at 100,000 VMs indexing takes seconds, longer than the lease
+            # (the loop renews it meanwhile; it lost it once, and the whole load began again).
+            state, view = await asyncio.to_thread(indexed, loaded)
             self.core = SchedulerCore(
                 self.config, state, scheduler_id=self.scheduler_id, event_seq=loaded.event_seq
             )
-            view = self.view = ReadView(state)
+            self.view = view
             self._reads = ReadApi(lambda: view.state, list(self.core.sizes.values()))
             for row in loaded.outbox:
                 self._outbox.put_nowait(row)

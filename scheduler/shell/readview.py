@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from msgspec.structs import replace
 
 from scheduler.core.contract import StepResult
+from scheduler.shell.store import Loaded
 from scheduler.state.cluster import ClusterState
 from scheduler.state.model import HostRecord, VmRecord
 from scheduler.state.storage import ImageRecord, VnetRecord
@@ -63,3 +64,12 @@ class ReadView:
             state.hosts[host.host_id] = host
         for image in committed.images:
             state.images[image.name] = image
+
+
+def indexed(loaded: Loaded) -> tuple[ClusterState, ReadView]:
+    """The state as stored, indexed, and the read view's copy of it (a restart's work: run off
+    the event loop, which keeps the leader lease meanwhile)."""
+    state = ClusterState.from_records(
+        loaded.vms, loaded.hosts, loaded.replies, loaded.images, loaded.vnets, loaded.counters
+    )
+    return state, ReadView(state)

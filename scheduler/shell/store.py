@@ -7,6 +7,7 @@ the same transaction and deleted once JetStream has them, so a crash never loses
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import sqlite3
@@ -217,7 +218,8 @@ class SqliteStore:
             await self._db.execute(
                 "DELETE FROM replies WHERE created_s < ?", (time.time() - REPLY_RETENTION_S,)
             )
-            vms = [_vm_decoder.decode(row[0]) for row in await self._all("SELECT body FROM vms")]
+            rows = await self._all("SELECT body FROM vms")
+            vms = await asyncio.to_thread(_decode_vms, rows)  # the loop keeps the lease meanwhile
             hosts = [_host_decoder.decode(r[0]) for r in await self._all("SELECT body FROM hosts")]
             images = [
                 _image_decoder.decode(r[0]) for r in await self._all("SELECT body FROM images")
@@ -415,3 +417,7 @@ async def read_vm_history(path: str | Path) -> list[bytes]:
 
 
 _: type[Store] = SqliteStore
+
+
+def _decode_vms(rows: list[tuple[bytes]]) -> list[VmRecord]:
+    return [_vm_decoder.decode(row[0]) for row in rows]

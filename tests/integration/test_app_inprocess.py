@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import nats.errors
@@ -16,8 +17,11 @@ from common.fields import ErrorCode
 from common.messages import CreateVm, VmRef, VmState
 from common.natsserver import NatsServer, start_nats_server
 from scheduler.core.contract import Op
+from scheduler.shell import app as app_module, readview
 from scheduler.shell.app import SchedulerApp
-from scheduler.shell.store import SqliteStore
+from scheduler.shell.readview import ReadView
+from scheduler.shell.store import Loaded, SqliteStore
+from scheduler.state.cluster import ClusterState
 from tests.conftest import _require_nats
 
 pytestmark = pytest.mark.integration
@@ -83,3 +87,33 @@ async def test_a_scheduler_stopped_while_nats_is_away_answers_nothing_once_it_is
         app.stop()
         await asyncio.gather(task, return_exceptions=True)
         server.stop()
+
+
+async def test_the_loop_stays_free_while_a_restart_indexes_the_store(
+    nats_server: NatsServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Indexing 100,000 VMs takes seconds, longer than the leader lease: it runs off the event
+    loop, which renews the lease meanwhile (in the loop, a scheduler once lost its lease while
+    loading, was deposed and loaded everything again)."""
+    config = SchedulerConfig(nats_url=nats_server.url, db_path=str(tmp_path / "s.db"))
+    real = readview.indexed
+
+    def slow(loaded: Loaded) -> tuple[ClusterState, ReadView]:
+        time.sleep(1.0)  # a big store's indexing, as CPU would hold the thread
+        return real(loaded)
+
+    monkeypatch.setattr(app_module, "indexed", slow)
+    app = SchedulerApp(config)
+    task = asyncio.create_task(app.run())
+    loop = asyncio.get_running_loop()
+    longest_s, last = 0.0, loop.time()
+    try:
+        async with asyncio.timeout(10):
+            while not app.ready.is_set():
+                await asyncio.sleep(0.02)  # the ticks whose gaps are measured
+                now = loop.time()
+                longest_s, last = max(longest_s, now - last), now
+        assert longest_s < 0.5, f"the loop was held {longest_s:.2f} s"
+    finally:
+        app.stop()
+        await asyncio.wait_for(task, timeout=10)
