@@ -143,10 +143,10 @@ class Lease:
         """Renew the lease until it is lost; return when this process must stop acting."""
         term = self.term
         while True:
-            await asyncio.sleep(self.renew_every_s)
+            await asyncio.sleep(min(self.renew_every_s, self._left_s()))
             sent_at_s = self.clock.monotonic_s()
-            try:
-                async with asyncio.timeout(self.renew_every_s):
+            try:  # no later than the term's end: past it, this process steps down at once
+                async with asyncio.timeout(min(self.renew_every_s, self._left_s())):
                     revision = await self.kv.update(LEASE_KEY, self.value, last=term.revision)
             except KeyWrongLastSequenceError:
                 log.warning("leader lease lost: another leader epoch=%d", term.epoch)
@@ -161,6 +161,10 @@ class Lease:
             if not term.may_act(self.clock.monotonic_s()):
                 log.warning("leader lease not renewed in time: stepping down epoch=%d", term.epoch)
                 return
+
+    def _left_s(self) -> float:
+        """How long this process may still act without another renewal."""
+        return max(self.term.acting_until_s - self.clock.monotonic_s(), 0.0)
 
     async def release(self) -> None:
         """Give the lease up at a clean shutdown, so a standby need not wait for it to expire."""

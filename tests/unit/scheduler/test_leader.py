@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import msgspec
 import pytest
 
-from scheduler.shell.leader import LeaseClock
+from common.clock import SystemClock
+from scheduler.shell.leader import Lease, LeaseClock, LeaseHolder
 from scheduler.shell.statelog import PART_BYTES, split
 from scheduler.shell.store import Rows
 from scheduler.shell.term import TickGaps
@@ -60,3 +63,22 @@ def test_a_big_batch_goes_in_parts_that_join_to_the_batch() -> None:
     assert len(parts) == 3
     assert all(len(part) <= PART_BYTES for part in parts)
     assert msgspec.msgpack.decode(b"".join(parts), type=Rows) == big
+
+
+class _StalledKv:
+    """A lease bucket whose NATS stopped answering: a renewal never comes back."""
+
+    async def update(self, key: str, value: bytes, last: int) -> int:
+        await asyncio.Event().wait()
+        raise AssertionError("never answered")
+
+
+async def test_a_leader_whose_renewal_hangs_steps_down_when_its_window_ends() -> None:
+    """The lease keeper returns at the end of the acting window, not a renewal's timeout
+    later: the new leader can only win once the key expires, after that end."""
+    clock = SystemClock()
+    lease = Lease(_StalledKv(), LeaseHolder(node="n", scheduler_id="s"), 0.6, clock)  # type: ignore[arg-type]
+    lease.term.granted(1, clock.monotonic_s())
+    async with asyncio.timeout(5):
+        await lease.keep()
+    assert clock.monotonic_s() - lease.term.acting_until_s < 0.1
