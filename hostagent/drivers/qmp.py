@@ -72,6 +72,10 @@ class QmpClient:
             async with asyncio.timeout(timeout_s):
                 client._reader, client._writer = await _open(path)
                 greeting = await client._read_message()
+                for _ in range(STALE_MAX):  # what QEMU still owed a client that went away
+                    if "QMP" in greeting or not _stale(greeting):
+                        break
+                    greeting = await client._read_message()
                 if "QMP" not in greeting:
                     raise QmpError(f"unexpected QMP greeting: {greeting!r}")
                 client._reading = asyncio.create_task(client._run_reader(), name=f"qmp-{path}")
@@ -174,3 +178,13 @@ class QmpClient:
             self._writer = None
         self._fail_pending()
         self.closed.set()
+
+
+STALE_MAX = 64
+"""Messages skipped before the greeting at most."""
+
+
+def _stale(message: JsonObject) -> bool:
+    """A reply or event QEMU wrote after its previous client went away (a command in flight
+    when an agent closed its connection): it comes before the next client's greeting."""
+    return "return" in message or "error" in message or "event" in message
