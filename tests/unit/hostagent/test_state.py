@@ -22,7 +22,7 @@ from common.messages import (
     StartVm,
     StopVm,
 )
-from common.migration_messages import CancelMigration, FinishIncoming, MigrateOut
+from common.migration_messages import CancelMigration, FinishIncoming
 from common.network_messages import ConfigureNetworks
 from common.replica_messages import ConfigureReplicas, SetDiskReplicas
 from hostagent.execlog import ExecEvent
@@ -39,6 +39,7 @@ from hostagent.stimuli import (
 )
 from hostagent.vmcommands import VmAnyCommand, command_vm_name
 from tests.unit.hostagent.conftest import ack_for, make_spec, make_state
+from tests.unit.hostagent.migrationkit import migrate_out
 from tests.unit.hostagent.syncagent import SyncAgent
 
 EXECUTING = (ObservedState.RUNNING, ObservedState.STARTING)
@@ -109,15 +110,7 @@ migration_commands = st.one_of(
         lambda n, g: PrepareIncoming(vm=make_spec(n), generation=g, source="h2"), names, generations
     ),
     st.builds(
-        lambda n, g, t: MigrateOut(
-            name=n,
-            generation=g,
-            target="h2",
-            target_generation=t,
-            address="10.0.0.2",
-            migration_port=49152,
-            nbd_port=49153,
-        ),
+        migrate_out,
         names,
         generations,
         generations,
