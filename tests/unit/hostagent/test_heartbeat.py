@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import cast
 
@@ -95,6 +95,18 @@ def make_loop(
     return HeartbeatLoop(cast(Client, stub), agent, clock=clock)  # type: ignore[arg-type]
 
 
+@contextlib.asynccontextmanager
+async def running(loop: HeartbeatLoop) -> AsyncIterator[None]:
+    """The loop runs inside; cancelled on the way out."""
+    runner = asyncio.create_task(loop.run())
+    try:
+        yield
+    finally:
+        runner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await runner
+
+
 async def test_heartbeat_carries_identity_and_full_inventory(
     agent: Agent, clock: FakeClock
 ) -> None:
@@ -154,8 +166,7 @@ async def test_ack_with_nonsense_timing_keeps_ours(agent: Agent, clock: FakeCloc
 async def test_inventory_changes_are_coalesced(agent: Agent) -> None:
     stub = StubNats(lambda hb: ack_for(hb, interval_s=30, fence_after_s=60))
     loop = make_loop(stub, agent, SystemClock(), interval_s=30)
-    runner = asyncio.create_task(loop.run())
-    try:
+    async with running(loop):
         await wait_until(lambda: len(stub.sent) == 1, timeout_s=1, message="first heartbeat")
         agent.changed.set()
         await wait_until(lambda: len(stub.sent) == 2, timeout_s=1, message="change heartbeat")
@@ -166,10 +177,6 @@ async def test_inventory_changes_are_coalesced(agent: Agent) -> None:
         gaps = [b - a for a, b in zip(stub.sent_at_s[1:], stub.sent_at_s[2:], strict=False)]
         assert all(gap >= MIN_GAP_S * 0.9 for gap in gaps), gaps
         assert 2 <= len(stub.sent) <= 2 + 0.3 / MIN_GAP_S + 1
-    finally:
-        runner.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await runner
 
 
 async def test_migration_news_goes_at_once(agent: Agent, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -177,8 +184,7 @@ async def test_migration_news_goes_at_once(agent: Agent, monkeypatch: pytest.Mon
     monkeypatch.setattr("hostagent.heartbeat.MIN_GAP_S", 1.0)
     stub = StubNats(lambda hb: ack_for(hb, interval_s=30, fence_after_s=60))
     loop = make_loop(stub, agent, SystemClock(), interval_s=30)
-    runner = asyncio.create_task(loop.run())
-    try:
+    async with running(loop):
         await wait_until(lambda: len(stub.sent) == 1, timeout_s=1, message="first heartbeat")
         agent.changed.set()  # an ordinary change waits out the 1 s gap
         await wait_until(lambda: len(stub.sent) == 2, timeout_s=2, message="change heartbeat")
@@ -187,10 +193,6 @@ async def test_migration_news_goes_at_once(agent: Agent, monkeypatch: pytest.Mon
         assert stub.sent_at_s[1] - stub.sent_at_s[0] >= 0.9
         assert stub.sent_at_s[2] - stub.sent_at_s[1] < 0.5
         assert not agent.urgent.is_set()
-    finally:
-        runner.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await runner
 
 
 async def test_migration_news_cuts_a_coalescing_gap_short(
@@ -201,8 +203,7 @@ async def test_migration_news_cuts_a_coalescing_gap_short(
     monkeypatch.setattr("hostagent.heartbeat.MIN_GAP_S", 5.0)
     stub = StubNats(lambda hb: ack_for(hb, interval_s=30, fence_after_s=60))
     loop = make_loop(stub, agent, SystemClock(), interval_s=30)
-    runner = asyncio.create_task(loop.run())
-    try:
+    async with running(loop):
         await wait_until(lambda: len(stub.sent) == 1, timeout_s=1, message="first heartbeat")
         agent.changed.set()  # an ordinary change: held for the 5 s gap
         await wait_until(lambda: loop.holding, timeout_s=1, message="gap waited out")
@@ -210,10 +211,6 @@ async def test_migration_news_cuts_a_coalescing_gap_short(
         await wait_until(lambda: len(stub.sent) == 2, timeout_s=2, message="news heartbeat")
         assert stub.sent_at_s[1] - stub.sent_at_s[0] < 2.0
         assert not loop.holding
-    finally:
-        runner.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await runner
 
 
 async def test_an_inventory_the_scheduler_holds_goes_as_its_digest_alone(
