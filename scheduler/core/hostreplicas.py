@@ -179,15 +179,6 @@ def _copy_on(ctx: StepContext, host: HostId, disk_id: str) -> tuple[VmRecord, Co
     return (record, copies[0]) if copies else None
 
 
-def _with_copy(record: VmRecord, disk_id: str, host: HostId, copy: CopyRecord) -> list[DiskRecord]:
-    return [
-        replace(d, copies=[copy if c.host == host else c for c in d.copies])
-        if d.disk_id == disk_id
-        else d
-        for d in record.disks
-    ]
-
-
 def _became_ready(ctx: StepContext, host: HostId, disk_id: str) -> None:
     """A copy is made and served: a filled one is current now, a joining one goes to its VM's
     host to be brought in step, and a VM waiting for its copies may start."""
@@ -199,7 +190,7 @@ def _became_ready(ctx: StepContext, host: HostId, disk_id: str) -> None:
     if filled or not copy.made:
         state = CopyState.CURRENT if filled else copy.state
         made = replace(copy, state=state, made=True)
-        ctx.change_vm(record, disks=_with_copy(record, disk_id, host, made))
+        ctx.change_vm(record, disks=replicas.with_copy(record, disk_id, host, made))
     if filled:
         ctx.change_vm(record, reason=replicas.copies_current_reason([(disk_id, host)]))
         ctx.emit_vm(record)

@@ -339,6 +339,16 @@ def observe(ctx: StepContext, host: HostId, observed: dict[VmName, ObservedVm]) 
         _observe_vm(ctx, record, seen.disks)
 
 
+def with_copy(record: VmRecord, disk_id: str, host: HostId, copy: CopyRecord) -> list[DiskRecord]:
+    """The VM's disks with ``host``'s copy of disk ``disk_id`` replaced by ``copy``."""
+    return [
+        replace(d, copies=[copy if c.host == host else c for c in d.copies])
+        if d.disk_id == disk_id
+        else d
+        for d in record.disks
+    ]
+
+
 PROGRESS_STEP = 0.05
 """A copy's progress is stored (and its VM's event sent) each time it moved this far."""
 
@@ -349,24 +359,18 @@ def note_progress(
     """A copy being made (filling or joining) moved on: kept in its record and told in an
     event once it moved by ``PROGRESS_STEP`` (so that a rebuild shows how far it is)."""
     progress = min(max(progress, 0.0), 1.0)
-    moved: CopyRecord | None = None
-    disks = []
-    for disk in record.disks:
-        copies = []
-        for copy in disk.copies:
-            making = copy.state in (CopyState.FILLING, CopyState.JOINING)
-            far = abs(progress - copy.progress) >= PROGRESS_STEP
-            if disk.disk_id == disk_id and copy.host == host and making and far:
-                moved = replace(copy, progress=progress)
-                copies.append(moved)
-            else:
-                copies.append(copy)
-        disks.append(replace(disk, copies=copies) if disk.disk_id == disk_id else disk)
-    if moved is not None:
-        how = "being filled" if moved.state is CopyState.FILLING else "being brought in step"
-        why = f"copy of disk {disk_id} on {host} {how}: {progress:.0%}"
-        ctx.change_vm(record, disks=disks, reason=why)
-        ctx.emit_vm(record)
+    disk = next((d for d in record.disks if d.disk_id == disk_id), None)
+    copy = next((c for c in disk.copies if c.host == host), None) if disk else None
+    if copy is None or copy.state not in (CopyState.FILLING, CopyState.JOINING):
+        return
+    if abs(progress - copy.progress) < PROGRESS_STEP:
+        return
+    moved = replace(copy, progress=progress)
+    disks = with_copy(record, disk_id, host, moved)
+    how = "being filled" if moved.state is CopyState.FILLING else "being brought in step"
+    why = f"copy of disk {disk_id} on {host} {how}: {progress:.0%}"
+    ctx.change_vm(record, disks=disks, reason=why)
+    ctx.emit_vm(record)
 
 
 def _observe_vm(ctx: StepContext, record: VmRecord, reports: list[DiskReplicas]) -> None:
