@@ -10,13 +10,17 @@ Three parts (``--part``, default all):
   runs on the destination with no migration under way). Goal: downtime p99 <= 100 ms.
 - ``drain`` (root, QEMU): ``--drain-vms`` counting guests on one host, ``host drain``; the time
   until every one runs on the other host (goal <= 15 s for 4), and that none restarted.
+- ``qemu-alone`` (root, QEMU): the floor the control plane cannot beat: the same counting guest
+  (Tiny) moved back and forth ``--moves`` times by two QEMU processes started by hand with the
+  driver's command line, ``migrate`` and ``cont`` over QMP, no Stratus (bench/migration_alone.py),
+  measured with the same counter watch; QEMU's own ``downtime`` beside it.
 - ``fleet`` (no root): simulated hosts (fake driver, 64c/256g each): ``--fleet-vms`` VMs of the
   benchmarks' size mix (about 1.7 cores and 3 GiB each) on ``--fleet-hosts`` hosts (32 hold
   1,000), as many idle hosts join, the full ones are drained at once; the time until every VM
   runs elsewhere, and no host declared down. Each migration takes the fake driver's modelled
   time (0.5 s + memory at 1 GiB/s), ``migration_max_per_host`` (2) at once per host.
 
-    .venv/bin/python -m bench.migration [--part all|downtime|drain|fleet] [--moves 10]
+    .venv/bin/python -m bench.migration [--part all|downtime|qemu-alone|drain|fleet] [--moves 10]
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import nats
 import uvloop
 
 from bench.harness import LOGS_ENV, Watch, machine, percentile, rig, submit_api, write_result
+from bench.migration_alone import qemu_alone_part
 from cli.client import StratusClient
 from common.errors import ApiError
 from common.messages import CreateVm, VmInfo, VmState
@@ -48,6 +53,7 @@ TARGET_DRAIN_S = 15.0
 SIZES = {"Tiny": (1000, 96), "Mem256": (1000, 256), "Mem512": (1000, 512)}
 """Guest sizes moved by the downtime part (cpu millicores, memory MiB)."""
 MOVE_TIMEOUT_S = 120.0
+PARTS = ("downtime", "qemu-alone", "drain", "fleet")
 
 
 async def _settled(client: StratusClient, name: str, host: str, timeout_s: float) -> VmInfo:
@@ -263,25 +269,33 @@ async def fleet_part(hosts: int, vms: int) -> dict[str, Any]:
         }
 
 
+async def _alone(moves: int, accel: str) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="stratus-bench-alone-") as tmp:
+        return await qemu_alone_part(Path(tmp), boot_kit(), moves, SIZES["Tiny"][1], accel)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench.migration", description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=("all", "downtime", "drain", "fleet"), default="all")
+    parser.add_argument("--part", choices=("all", *PARTS), default="all")
     parser.add_argument("--moves", type=int, default=10, help="moves of the smallest guest")
     parser.add_argument("--drain-vms", type=int, default=4)
     parser.add_argument("--fleet-hosts", type=int, default=32)
     parser.add_argument("--fleet-vms", type=int, default=1000)
+    parser.add_argument("--accel", default="tcg", help="qemu-alone: QEMU's -accel (tcg,...)")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes (CI)")
     parser.add_argument("--name", default="migration")
     args = parser.parse_args(argv)
     if args.smoke:
         args.moves, args.drain_vms, args.fleet_hosts, args.fleet_vms = 2, 2, 2, 20
         args.name = f"{args.name}-smoke"
-    parts = {"downtime", "drain", "fleet"} if args.part == "all" else {args.part}
+    parts = set(PARTS) if args.part == "all" else {args.part}
     started = machine()
     result: dict[str, Any] = {}
     if parts & {"downtime", "drain"}:
         sizes = ["Tiny"] if args.smoke else list(SIZES)
         result.update(uvloop.run(qemu_parts(parts, args.moves, args.drain_vms, sizes)))
+    if "qemu-alone" in parts:
+        result["qemu-alone"] = uvloop.run(_alone(args.moves, args.accel))
     if "fleet" in parts:
         result["fleet"] = uvloop.run(fleet_part(args.fleet_hosts, args.fleet_vms))
     path = write_result(args.name, result, started)
@@ -298,6 +312,13 @@ def _print(result: dict[str, Any]) -> None:
             f"migrate {size} ({row['mem_mib']} MiB) x{row['moves']}: downtime p50 {d['p50']} ms "
             f"p99 {d['p99']} ms max {d['max']} ms; total p50 {t['p50']} s; restarts "
             f"{row['restarts']}"
+        )
+    if alone := result.get("qemu-alone"):
+        d = alone["downtime_ms"]
+        print(
+            f"qemu alone Tiny x{alone['moves']} ({alone['accel']}): downtime p50 {d['p50']} ms "
+            f"p99 {d['p99']} ms max {d['max']} ms; qemu's own p50 "
+            f"{alone['qemu_downtime_ms']['p50']} ms; restarts {alone['restarts']}"
         )
     if drain := result.get("drain"):
         print(
