@@ -12,13 +12,17 @@ first passes, no bandwidth cap) and, the instant the destination's ``MIGRATION``
 The downtime is measured as the ``downtime`` part measures it (rigs/counting.py: the source's
 last count line on its console to the destination's first), so the difference between the two
 parts is what the control plane adds; QEMU's own ``downtime`` (its pause, as ``query-migrate``
-reports it) is kept beside it.
+reports it) is kept beside it, with when each step happened (the source's last line, its
+``STOP`` event, the destination's ``completed``, ``cont``, its first line). Before each move, a
+control: the same QEMU stopped for ``IN_PLACE_PAUSE_S`` and let run again (its translated code
+kept), the longest gap between the lines around it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -30,7 +34,7 @@ from common.messages import DiskKind, DiskSpec, VmSpec
 from hostagent.drivers import qemuproc
 from hostagent.drivers.qmp import JsonObject, QmpClient
 from rigs.chaos.netns import Network, clean_leftovers
-from rigs.counting import Copy, CounterWatch
+from rigs.counting import COUNTERS, Copy, CounterWatch
 
 VM = "alone"
 DOWNTIME_LIMIT_MS = 16
@@ -38,6 +42,8 @@ DOWNTIME_LIMIT_MS = 16
 NO_CAP_BYTES_S = 1 << 40
 BOOT_S = 180.0
 MOVE_S = 120.0
+IN_PLACE_PAUSE_S = 0.005
+"""The control's pause: about QEMU's own for this guest (3-10 ms)."""
 EVENTS: JsonObject = {"capabilities": [{"capability": "events", "state": True}]}
 
 
@@ -49,7 +55,8 @@ class Process:
     files: qemuproc.VmFiles
     pid: int
     qmp: QmpClient
-    events: asyncio.Queue[tuple[str, JsonObject]] = field(default_factory=asyncio.Queue)
+    events: asyncio.Queue[tuple[float, str, JsonObject]] = field(default_factory=asyncio.Queue)
+    """Every QMP event with the wall-clock time it arrived (the counter watch's clock)."""
 
     @property
     def copy(self) -> Copy:
@@ -108,9 +115,9 @@ class AloneRig:
         files.dir.mkdir(parents=True, exist_ok=True)
         extra = ("-incoming", "defer") if incoming else ()
         pid = await qemuproc.launch(settings, self.spec(), files, [self.disk], extra)
-        events: asyncio.Queue[tuple[str, JsonObject]] = asyncio.Queue()
+        events: asyncio.Queue[tuple[float, str, JsonObject]] = asyncio.Queue()
         qmp = await QmpClient.connect(
-            files.qmp, on_event=lambda event, data: events.put_nowait((event, data))
+            files.qmp, on_event=lambda event, data: events.put_nowait((time.time(), event, data))
         )
         process = Process(host, files, pid, qmp, events)
         self.processes.append(process)
@@ -130,15 +137,18 @@ class AloneRig:
         self.network.close()
 
 
-async def _until_event(process: Process, status: str, timeout_s: float) -> None:
-    """Until the process's ``MIGRATION`` event says ``status`` (``failed`` raises)."""
+async def _until_event(process: Process, status: str, timeout_s: float) -> dict[str, float]:
+    """Until the process's ``MIGRATION`` event says ``status`` (``failed`` raises); when each
+    event came (``STOP``, ``RESUME`` and ``MIGRATION`` by status), the last of a kind kept."""
+    seen: dict[str, float] = {}
     async with asyncio.timeout(timeout_s):
         while True:
-            event, data = await process.events.get()
+            at, event, data = await process.events.get()
+            seen[str(data.get("status", event)) if event == "MIGRATION" else event] = at
             if event != "MIGRATION":
                 continue
             if data.get("status") == status:
-                return
+                return seen
             if data.get("status") in ("failed", "cancelled"):
                 raise RuntimeError(f"migration {data.get('status')} on {process.host}")
 
@@ -152,21 +162,42 @@ async def _listen(dst: Process, address: str) -> int:
     return int(socket["port"])
 
 
-async def migrate(src: Process, dst: Process, address: str) -> int:
-    """QEMU's migration from ``src`` to ``dst``, ``cont`` at once; QEMU's own downtime (ms)."""
+async def migrate(src: Process, dst: Process, address: str) -> dict[str, float]:
+    """QEMU's migration from ``src`` to ``dst``, ``cont`` at once; when each step happened
+    (wall clock) and QEMU's own downtime (ms)."""
     port = await _listen(dst, address)
     await src.qmp.execute("migrate-set-capabilities", EVENTS)
     parameters: JsonObject = {"downtime-limit": DOWNTIME_LIMIT_MS, "max-bandwidth": NO_CAP_BYTES_S}
     await src.qmp.execute("migrate-set-parameters", parameters)
     await src.qmp.execute("migrate", {"uri": f"tcp:{address}:{port}"})
-    await _until_event(dst, "completed", MOVE_S)
+    arrived = (await _until_event(dst, "completed", MOVE_S))["completed"]
     await dst.qmp.execute("cont")
-    await _until_event(src, "completed", MOVE_S)
+    resumed = time.time()
+    stopped = (await _until_event(src, "completed", MOVE_S)).get("STOP", 0.0)
     info = await src.qmp.execute("query-migrate")
-    return int(info.get("downtime", 0)) if isinstance(info, dict) else 0
+    qemu_ms = int(info.get("downtime", 0)) if isinstance(info, dict) else 0
+    return {"stopped": stopped, "arrived": arrived, "resumed": resumed, "qemu_ms": qemu_ms}
 
 
-async def _boot(rig_: AloneRig, watch: CounterWatch) -> Process:
+async def _pause_in_place(process: Process, watch: CounterWatch) -> float:
+    """The control: ``stop``, ``IN_PLACE_PAUSE_S``, ``cont`` of the same QEMU (whose translated
+    code stays); the longest gap between the counter's lines around it (ms)."""
+    began = time.time()
+    await process.qmp.execute("stop")
+    await asyncio.sleep(IN_PLACE_PAUSE_S)  # the pause itself, as QEMU's migration pauses
+    await process.qmp.execute("cont")
+    resumed = time.time()
+    count = len(watch.counts(process.copy))
+    await watch.wait_for(lambda: len(watch.counts(process.copy)) >= count + 5, 30, "counts")
+    times = [t for t, _ in watch.counts(process.copy) if began - 0.1 <= t <= resumed + 1]
+    return _ms(max(b - a for a, b in itertools.pairwise(times)))
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 1)
+
+
+async def _boot(rig_: AloneRig, watch: CounterWatch, loop: bytes) -> Process:
     first = await rig_.launch("h1", incoming=False)
     await first.qmp.execute("cont")
     deadline = time.monotonic() + BOOT_S
@@ -176,7 +207,7 @@ async def _boot(rig_: AloneRig, watch: CounterWatch) -> Process:
         await asyncio.sleep(0.2)  # the boot's own pace
     await watch.wait_for(lambda: first.copy in watch.follows, 30, "console")
     await watch.run(first.copy, "true")
-    await watch.start_counting(first.copy)
+    await watch.start_counting(first.copy, loop)
     return first
 
 
@@ -184,20 +215,29 @@ async def _move(
     rig_: AloneRig, watch: CounterWatch, src: Process
 ) -> tuple[Process, dict[str, Any]]:
     await watch.wait_for(lambda: len(watch.counts(src.copy)) >= 20, 30, "counting before")
+    in_place_ms = await _pause_in_place(src, watch)
     target = "h2" if src.host == "h1" else "h1"
     dst = await rig_.launch(target, incoming=True)
     await watch.wait_for(lambda: dst.copy in watch.follows, 30, "destination's console")
     started = time.monotonic()
-    qemu_ms = await migrate(src, dst, rig_.address[target])
+    at = await migrate(src, dst, rig_.address[target])
     total_s = time.monotonic() - started
     await watch.wait_for(lambda: bool(watch.counts(dst.copy)), 30, "counts on the destination")
     downtime_s, last, first = watch.handover(src.copy, dst.copy)
+    last_t, first_t = watch.counts(src.copy)[-1][0], watch.counts(dst.copy)[0][0]
     await rig_.quit(src)
     return dst, {
         "from": src.host,
         "to": target,
         "downtime_ms": round(downtime_s * 1000, 1),
-        "qemu_downtime_ms": qemu_ms,
+        "qemu_downtime_ms": at["qemu_ms"],
+        "in_place_ms": in_place_ms,
+        "steps_ms": {
+            "last_line_to_stop": _ms(at["stopped"] - last_t),
+            "stop_to_arrived": _ms(at["arrived"] - at["stopped"]),
+            "arrived_to_cont": _ms(at["resumed"] - at["arrived"]),
+            "cont_to_first_line": _ms(first_t - at["resumed"]),
+        },
         "total_s": round(total_s, 3),
         "last_count": last,
         "first_count": first,
@@ -206,7 +246,7 @@ async def _move(
 
 
 async def qemu_alone_part(
-    workdir: Path, kit: Path, moves: int, mem_mib: int, accel: str = "tcg"
+    workdir: Path, kit: Path, moves: int, mem_mib: int, accel: str = "tcg", counter: str = "fork"
 ) -> dict[str, Any]:
     """``moves`` migrations of a counting guest of ``mem_mib`` by QEMU alone (module docstring)."""
     rig_ = AloneRig(workdir, kit, mem_mib, accel)
@@ -214,16 +254,19 @@ async def qemu_alone_part(
     try:
         rig_.start()
         async with CounterWatch(rig_.agents_dir, VM) as watch:
-            here = await _boot(rig_, watch)
+            here = await _boot(rig_, watch, COUNTERS[counter])
             for _ in range(moves):
                 here, result = await _move(rig_, watch, here)
                 results.append(result)
     finally:
         await rig_.stop()
     downtimes = [r["downtime_ms"] for r in results]
+    in_place = [r["in_place_ms"] for r in results]
+    first_lines = [r["steps_ms"]["cont_to_first_line"] for r in results]
     return {
         "mem_mib": mem_mib,
         "accel": accel,
+        "counter": counter,
         "moves": len(results),
         "downtime_ms": {
             "p50": percentile(downtimes, 0.5),
@@ -231,6 +274,8 @@ async def qemu_alone_part(
             "max": max(downtimes),
         },
         "qemu_downtime_ms": {"p50": percentile([r["qemu_downtime_ms"] for r in results], 0.5)},
+        "in_place_ms": {"p50": percentile(in_place, 0.5), "max": max(in_place)},
+        "cont_to_first_line_ms": {"p50": percentile(first_lines, 0.5), "max": max(first_lines)},
         "restarts": sum(r["restarted"] for r in results),
         "per_move": results,
     }
