@@ -464,7 +464,9 @@ async def test_a_vm_fenced_during_its_migration_never_runs_again_on_its_own(
         await sending
         assert state(source.driver) is ObservedState.HANDED_OVER
         await source.driver.resume(VM)
-        assert await qemu_status(source) == "postmigrate", "the stale copy stays stopped"
+        # QEMU says completed (the hand-over) a moment before it leaves finish-migrate.
+        stopped = await qemu_status(source)
+        assert stopped in ("finish-migrate", "postmigrate"), "the stale copy stays stopped"
         await restart_both(nodes, kit)  # each side is adopted as it stands
         assert state(source.driver) is ObservedState.HANDED_OVER
         assert state(destination.driver) is ObservedState.INCOMING
