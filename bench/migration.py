@@ -10,13 +10,17 @@ Three parts (``--part``, default all):
   runs on the destination with no migration under way). Goal: downtime p99 <= 100 ms.
 - ``drain`` (root, QEMU): ``--drain-vms`` counting guests on one host, ``host drain``; the time
   until every one runs on the other host (goal <= 15 s for 4), and that none restarted.
+- ``qemu-alone`` (root, QEMU): the floor the control plane cannot beat: the same counting guest
+  (Tiny) moved back and forth ``--moves`` times by two QEMU processes started by hand with the
+  driver's command line, ``migrate`` and ``cont`` over QMP, no Stratus (bench/migration_alone.py),
+  measured with the same counter watch; QEMU's own ``downtime`` beside it.
 - ``fleet`` (no root): simulated hosts (fake driver, 64c/256g each): ``--fleet-vms`` VMs of the
   benchmarks' size mix (about 1.7 cores and 3 GiB each) on ``--fleet-hosts`` hosts (32 hold
   1,000), as many idle hosts join, the full ones are drained at once; the time until every VM
   runs elsewhere, and no host declared down. Each migration takes the fake driver's modelled
   time (0.5 s + memory at 1 GiB/s), ``migration_max_per_host`` (2) at once per host.
 
-    .venv/bin/python -m bench.migration [--part all|downtime|drain|fleet] [--moves 10]
+    .venv/bin/python -m bench.migration [--part all|downtime|qemu-alone|drain|fleet] [--moves 10]
 """
 
 from __future__ import annotations
@@ -36,10 +40,11 @@ import nats
 import uvloop
 
 from bench.harness import LOGS_ENV, Watch, machine, percentile, rig, submit_api, write_result
+from bench.migration_alone import qemu_alone_part
 from cli.client import StratusClient
 from common.errors import ApiError
 from common.messages import CreateVm, VmInfo, VmState
-from rigs.counting import Copy, CounterWatch
+from rigs.counting import COUNTERS, START_COUNTING, Copy, CounterWatch
 from rigs.netqemu import NetRig
 from rigs.qemukit import boot_kit
 
@@ -48,6 +53,7 @@ TARGET_DRAIN_S = 15.0
 SIZES = {"Tiny": (1000, 96), "Mem256": (1000, 256), "Mem512": (1000, 512)}
 """Guest sizes moved by the downtime part (cpu millicores, memory MiB)."""
 MOVE_TIMEOUT_S = 120.0
+PARTS = ("downtime", "qemu-alone", "drain", "fleet")
 
 
 async def _settled(client: StratusClient, name: str, host: str, timeout_s: float) -> VmInfo:
@@ -87,6 +93,8 @@ async def _move(
     downtime_s, last, first = watch.handover(source, arrived)
     return {
         "copy": arrived,
+        "last_line_at": watch.counts(source)[-1][0],
+        "first_line_at": watch.counts(arrived)[0][0],
         "from": source.host,
         "to": target,
         "downtime_ms": round(downtime_s * 1000, 1),
@@ -98,7 +106,7 @@ async def _move(
 
 
 async def downtime_part(
-    rig_: NetRig, client: StratusClient, moves: int, sizes: list[str]
+    rig_: NetRig, client: StratusClient, moves: int, sizes: list[str], counter: str = "fork"
 ) -> dict[str, Any]:
     per_size: dict[str, Any] = {}
     for size in sizes:
@@ -107,7 +115,7 @@ async def downtime_part(
         await _settled(client, name, "h1", MOVE_TIMEOUT_S)
         results = []
         async with CounterWatch(rig_.agents_dir, name) as watch:
-            here = await _counting_copy_started(watch)
+            here = await _counting_copy_started(watch, COUNTERS[counter])
             for index in range(moves if size == "Tiny" else max(2, moves // 5)):
                 target = "h2" if index % 2 == 0 else "h1"
                 moved = await _move(client, watch, name, here, target)
@@ -130,6 +138,7 @@ async def downtime_part(
         }
     tiny = per_size["Tiny"]["downtime_ms"]["p99"]
     return {
+        "counter": counter,
         "sizes": per_size,
         "target_downtime_p99_ms": TARGET_DOWNTIME_P99_MS,
         "meets_target": tiny <= TARGET_DOWNTIME_P99_MS,
@@ -175,17 +184,17 @@ async def drain_part(rig_: NetRig, client: StratusClient, vms: int) -> dict[str,
     }
 
 
-async def _counting_copy_started(watch: CounterWatch) -> Copy:
+async def _counting_copy_started(watch: CounterWatch, loop: bytes = START_COUNTING) -> Copy:
     await watch.wait_for(lambda: bool(watch.copies()), 30, "console")
     copy = watch.copies()[0]
     await watch.run(copy, "true")  # the guest's shell answers
-    await watch.start_counting(copy)
+    await watch.start_counting(copy, loop)
     await watch.wait_for(lambda: len(watch.counts(copy)) >= 20, 30, "counting")
     return copy
 
 
 async def qemu_parts(
-    parts: set[str], moves: int, drain_vms: int, sizes: list[str]
+    parts: set[str], moves: int, drain_vms: int, sizes: list[str], counter: str = "fork"
 ) -> dict[str, Any]:
     kit = boot_kit()
     result: dict[str, Any] = {}
@@ -199,7 +208,7 @@ async def qemu_parts(
             client = StratusClient(nc, timeout_s=10.0)
             await _hosts_up(client, 2)
             if "downtime" in parts:
-                result["downtime"] = await downtime_part(rig_, client, moves, sizes)
+                result["downtime"] = await downtime_part(rig_, client, moves, sizes, counter)
             if "drain" in parts:
                 result["drain"] = await drain_part(rig_, client, drain_vms)
             await nc.close()
@@ -263,25 +272,41 @@ async def fleet_part(hosts: int, vms: int) -> dict[str, Any]:
         }
 
 
+async def _alone(moves: int, accel: str, counter: str) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="stratus-bench-alone-") as tmp:
+        mem_mib = SIZES["Tiny"][1]
+        return await qemu_alone_part(Path(tmp), boot_kit(), moves, mem_mib, accel, counter)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench.migration", description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=("all", "downtime", "drain", "fleet"), default="all")
+    parser.add_argument("--part", choices=("all", *PARTS), default="all")
     parser.add_argument("--moves", type=int, default=10, help="moves of the smallest guest")
     parser.add_argument("--drain-vms", type=int, default=4)
     parser.add_argument("--fleet-hosts", type=int, default=32)
     parser.add_argument("--fleet-vms", type=int, default=1000)
+    parser.add_argument("--accel", default="tcg", help="qemu-alone: QEMU's -accel (tcg,...)")
+    parser.add_argument(
+        "--counter",
+        choices=tuple(COUNTERS),
+        default="fork",
+        help="the guest's counting loop: a usleep process per tick, or the shell's read -t",
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny sizes (CI)")
     parser.add_argument("--name", default="migration")
     args = parser.parse_args(argv)
     if args.smoke:
         args.moves, args.drain_vms, args.fleet_hosts, args.fleet_vms = 2, 2, 2, 20
         args.name = f"{args.name}-smoke"
-    parts = {"downtime", "drain", "fleet"} if args.part == "all" else {args.part}
+    parts = set(PARTS) if args.part == "all" else {args.part}
     started = machine()
     result: dict[str, Any] = {}
     if parts & {"downtime", "drain"}:
         sizes = ["Tiny"] if args.smoke else list(SIZES)
-        result.update(uvloop.run(qemu_parts(parts, args.moves, args.drain_vms, sizes)))
+        real = qemu_parts(parts, args.moves, args.drain_vms, sizes, args.counter)
+        result.update(uvloop.run(real))
+    if "qemu-alone" in parts:
+        result["qemu-alone"] = uvloop.run(_alone(args.moves, args.accel, args.counter))
     if "fleet" in parts:
         result["fleet"] = uvloop.run(fleet_part(args.fleet_hosts, args.fleet_vms))
     path = write_result(args.name, result, started)
@@ -292,12 +317,23 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _print(result: dict[str, Any]) -> None:
+    if "downtime" in result:
+        print(f"counter: {result['downtime']['counter']}")
     for size, row in result.get("downtime", {}).get("sizes", {}).items():
         d, t = row["downtime_ms"], row["total_s"]
         print(
             f"migrate {size} ({row['mem_mib']} MiB) x{row['moves']}: downtime p50 {d['p50']} ms "
             f"p99 {d['p99']} ms max {d['max']} ms; total p50 {t['p50']} s; restarts "
             f"{row['restarts']}"
+        )
+    if alone := result.get("qemu-alone"):
+        d = alone["downtime_ms"]
+        print(
+            f"qemu alone Tiny x{alone['moves']} ({alone['accel']}): downtime p50 {d['p50']} ms "
+            f"p99 {d['p99']} ms max {d['max']} ms; qemu's own p50 "
+            f"{alone['qemu_downtime_ms']['p50']} ms; cont to first line p50 "
+            f"{alone['cont_to_first_line_ms']['p50']} ms; paused in place p50 "
+            f"{alone['in_place_ms']['p50']} ms; restarts {alone['restarts']}"
         )
     if drain := result.get("drain"):
         print(

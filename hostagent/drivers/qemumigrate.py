@@ -220,10 +220,13 @@ class QemuMigrations(QemuHost):
         if vm.unreachable or vm.qmp is None:
             raise DriverError(f"qemu of vm {name} is unreachable", retryable=True)
         await wait_arrived(vm.qmp, vm.arrival)
-        vm.incoming, vm.arrived, vm.booted = None, True, True
+        vm.incoming, vm.arrived, vm.booted, vm.finishing = None, True, True, True
         self._write_meta(vm)
-        await run_arrived(vm.qmp, len(effective_disks(vm.spec)))  # its exports closed, it runs
-        vm.paused = False
+        try:
+            await run_arrived(vm.qmp, len(effective_disks(vm.spec)))  # exports closed, it runs
+            vm.paused = False
+        finally:
+            vm.finishing = False
         log.info("vm arrived vm=%s generation=%d", name, vm.generation)
 
     # ------------------------------------------------------------------ source

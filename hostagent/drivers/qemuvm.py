@@ -47,6 +47,10 @@ class QemuVm:
     """Source of a finished live migration: paused for good, its state on the destination."""
     arrived: bool = False
     """Came by live migration: booted on another host (no readiness marker here)."""
+    finishing: bool = False
+    """``finish_incoming`` has let it go (it is no longer ``incoming``) but its ``cont`` is not
+    answered yet: still reported incoming, not paused. A heartbeat taken in between reported it
+    paused, which the scheduler, in the switchover, took for a switchover that ended badly."""
     quorums: Quorums | None = None
     """Its replicated disks, if it has any (hostagent/drivers/qemuquorum.py)."""
     pid: int | None = None
@@ -64,7 +68,7 @@ class QemuVm:
             return ObservedState.STOPPING
         if self.handed_over:
             return ObservedState.HANDED_OVER
-        if self.incoming is not None:
+        if self.incoming is not None or self.finishing:
             return ObservedState.INCOMING
         if self.paused:
             return ObservedState.PAUSED
