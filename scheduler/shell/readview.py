@@ -43,15 +43,7 @@ def snapshot(result: StepResult) -> Snapshot:
 class ReadView:
     def __init__(self, live: ClusterState) -> None:
         """Start from a copy of ``live`` (as loaded: all of it is committed)."""
-        self.state = ClusterState(
-            hosts={host: replace(record) for host, record in live.hosts.items()},
-            runtimes=live.runtimes,
-            images={name: replace(image) for name, image in live.images.items()},
-        )
-        for vnet in live.vnets.values():  # before the VMs, whose addresses they index
-            self.state.put_vnet(replace(vnet))
-        for record in live.vms.values():
-            self.state.put_vm(replace(record))
+        self.state = live.read_copy()
 
     def apply(self, committed: Snapshot) -> None:
         """A step's records are committed: reads see them from now on."""
