@@ -43,7 +43,7 @@ from scheduler.core.contract import (
     Tick,
 )
 from scheduler.core.step import SchedulerCore
-from scheduler.shell import gallery, metering
+from scheduler.shell import gallery, metering, readview
 from scheduler.shell.api import (
     ReadApi,
     decode_capture_report,
@@ -56,7 +56,7 @@ from scheduler.shell.eventpub import EventPublisher, log_event
 from scheduler.shell.http.server import HttpServer
 from scheduler.shell.jobs import run_jobs
 from scheduler.shell.metrics import Observer, SchedulerMetrics
-from scheduler.shell.readview import ReadView, Snapshot, indexed, snapshot
+from scheduler.shell.readview import ReadView, Snapshot, snapshot
 from scheduler.shell.retry import retry_while_nats_down
 from scheduler.shell.stopping import cancel_until_done, close_connection
 from scheduler.shell.store import Batch, Rows, SqliteStore, encode_batch
@@ -133,10 +133,7 @@ class SchedulerApp:
     async def run(self) -> None:
         store = await SqliteStore.open(self.config.db_path)
         try:
-            loaded = await store.load()
-            # Off the event loop: at 100,000 VMs indexing takes seconds, longer than the lease
-            # (the loop renews it meanwhile; it lost it once, and the whole load began again).
-            state, view = await asyncio.to_thread(indexed, loaded)
+            loaded, state, view = await readview.load(store)  # off the event loop
             self.core = SchedulerCore(
                 self.config, state, scheduler_id=self.scheduler_id, event_seq=loaded.event_seq
             )

@@ -10,12 +10,14 @@ the view reads the core's own.
 
 from __future__ import annotations
 
+import asyncio
+import gc
 from dataclasses import dataclass
 
 from msgspec.structs import replace
 
 from scheduler.core.contract import StepResult
-from scheduler.shell.store import Loaded
+from scheduler.shell.store import Loaded, SqliteStore
 from scheduler.state.cluster import ClusterState
 from scheduler.state.model import HostRecord, VmRecord
 from scheduler.state.storage import ImageRecord, VnetRecord
@@ -59,9 +61,27 @@ class ReadView:
 
 
 def indexed(loaded: Loaded) -> tuple[ClusterState, ReadView]:
-    """The state as stored, indexed, and the read view's copy of it (a restart's work: run off
-    the event loop, which keeps the leader lease meanwhile)."""
+    """The state as stored, indexed, and the read view's copy of it."""
     state = ClusterState.from_records(
         loaded.vms, loaded.hosts, loaded.replies, loaded.images, loaded.vnets, loaded.counters
     )
     return state, ReadView(state)
+
+
+async def load(store: SqliteStore) -> tuple[Loaded, ClusterState, ReadView]:
+    """A term's start: the records as stored, indexed, and the read view.
+
+    Decoding and indexing run off the event loop, which keeps the leader lease meanwhile (at
+    100,000 VMs they take longer than the lease: it was lost once, and the load began again).
+    The cyclic garbage collector is off meanwhile: it is started by counts of allocations, and
+    each of its runs walked every object decoded so far, again and again (half the decoding
+    time); none of them is garbage, and none forms a cycle."""
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        loaded = await store.load()
+        state, view = await asyncio.to_thread(indexed, loaded)
+    finally:
+        if collecting:
+            gc.enable()
+    return loaded, state, view
