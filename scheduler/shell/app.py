@@ -153,6 +153,7 @@ class SchedulerApp:
             finally:
                 await close_connection(nc)
         finally:
+            readview.thaw()
             await store.close()
 
     async def _connect(self) -> Client:

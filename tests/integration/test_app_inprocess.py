@@ -97,7 +97,7 @@ async def test_the_loop_stays_free_while_a_restart_indexes_the_store(
     loop, which renews the lease meanwhile (in the loop, a scheduler once lost its lease while
     loading, was deposed and loaded everything again). The garbage collector, off while the
     records are decoded and indexed (its runs walked them all again and again), is on again
-    once they are."""
+    once they are; they are frozen (never walked by a collection) until the app stops."""
     config = SchedulerConfig(nats_url=nats_server.url, db_path=str(tmp_path / "s.db"))
     real = readview.indexed
 
@@ -122,6 +122,8 @@ async def test_the_loop_stays_free_while_a_restart_indexes_the_store(
         assert longest_s < 0.5, f"the loop was held {longest_s:.2f} s"
         assert collecting == [False]
         assert gc.isenabled()
+        assert gc.get_freeze_count() > 0, "the loaded records are not walked by collections"
     finally:
         app.stop()
         await asyncio.wait_for(task, timeout=10)
+    assert gc.get_freeze_count() == 0, "once stopped, what it loaded may be collected"
