@@ -11,6 +11,7 @@ import itertools
 import logging
 import uuid
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import msgspec
 import nats
@@ -53,7 +54,6 @@ from scheduler.shell.api import (
     is_read,
 )
 from scheduler.shell.eventpub import EventPublisher, log_event
-from scheduler.shell.http.server import HttpServer
 from scheduler.shell.jobs import run_jobs
 from scheduler.shell.metrics import Observer, SchedulerMetrics
 from scheduler.shell.readview import ReadView, Snapshot, snapshot
@@ -63,6 +63,9 @@ from scheduler.shell.store import Batch, Rows, SqliteStore, encode_batch
 from scheduler.shell.term import SoloTerm, Term
 from scheduler.state.cluster import ClusterState
 from scheduler.state.storage import ImageRecord
+
+if TYPE_CHECKING:  # imported when serving HTTP only: it is most of aiohttp
+    from scheduler.shell.http.server import HttpServer
 
 log = logging.getLogger(__name__)
 
@@ -229,6 +232,8 @@ class SchedulerApp:
         """The HTTP API and portal, when ``http_listen`` is set (its port: ``http_port``)."""
         if not self.config.http_listen:
             return None
+        from scheduler.shell.http.server import HttpServer  # here: a restart need not import it
+
         self.http = HttpServer(self.config, self, nc)
         await self.http.start()
         return self.http
