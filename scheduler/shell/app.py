@@ -11,6 +11,7 @@ import itertools
 import logging
 import uuid
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import msgspec
 import nats
@@ -43,7 +44,7 @@ from scheduler.core.contract import (
     Tick,
 )
 from scheduler.core.step import SchedulerCore
-from scheduler.shell import gallery, metering
+from scheduler.shell import gallery, metering, readview
 from scheduler.shell.api import (
     ReadApi,
     decode_capture_report,
@@ -53,16 +54,18 @@ from scheduler.shell.api import (
     is_read,
 )
 from scheduler.shell.eventpub import EventPublisher, log_event
-from scheduler.shell.http.server import HttpServer
 from scheduler.shell.jobs import run_jobs
 from scheduler.shell.metrics import Observer, SchedulerMetrics
-from scheduler.shell.readview import ReadView, Snapshot, indexed, snapshot
+from scheduler.shell.readview import ReadView, Snapshot, snapshot
 from scheduler.shell.retry import retry_while_nats_down
 from scheduler.shell.stopping import cancel_until_done, close_connection
 from scheduler.shell.store import Batch, Rows, SqliteStore, encode_batch
 from scheduler.shell.term import SoloTerm, Term
 from scheduler.state.cluster import ClusterState
 from scheduler.state.storage import ImageRecord
+
+if TYPE_CHECKING:  # imported when serving HTTP only: it is most of aiohttp
+    from scheduler.shell.http.server import HttpServer
 
 log = logging.getLogger(__name__)
 
@@ -133,10 +136,7 @@ class SchedulerApp:
     async def run(self) -> None:
         store = await SqliteStore.open(self.config.db_path)
         try:
-            loaded = await store.load()
-            # Off the event loop: at 100,000 VMs indexing takes seconds, longer than the lease
-            # (the loop renews it meanwhile; it lost it once, and the whole load began again).
-            state, view = await asyncio.to_thread(indexed, loaded)
+            loaded, state, view = await readview.load(store)  # off the event loop
             self.core = SchedulerCore(
                 self.config, state, scheduler_id=self.scheduler_id, event_seq=loaded.event_seq
             )
@@ -156,6 +156,7 @@ class SchedulerApp:
             finally:
                 await close_connection(nc)
         finally:
+            readview.thaw()
             await store.close()
 
     async def _connect(self) -> Client:
@@ -231,6 +232,8 @@ class SchedulerApp:
         """The HTTP API and portal, when ``http_listen`` is set (its port: ``http_port``)."""
         if not self.config.http_listen:
             return None
+        from scheduler.shell.http.server import HttpServer  # here: a restart need not import it
+
         self.http = HttpServer(self.config, self, nc)
         await self.http.start()
         return self.http

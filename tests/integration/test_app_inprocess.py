@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from common.fields import ErrorCode
 from common.messages import CreateVm, VmRef, VmState
 from common.natsserver import NatsServer, start_nats_server
 from scheduler.core.contract import Op
-from scheduler.shell import app as app_module, readview
+from scheduler.shell import readview
 from scheduler.shell.app import SchedulerApp
 from scheduler.shell.readview import ReadView
 from scheduler.shell.store import Loaded, SqliteStore
@@ -94,15 +95,20 @@ async def test_the_loop_stays_free_while_a_restart_indexes_the_store(
 ) -> None:
     """Indexing 100,000 VMs takes seconds, longer than the leader lease: it runs off the event
     loop, which renews the lease meanwhile (in the loop, a scheduler once lost its lease while
-    loading, was deposed and loaded everything again)."""
+    loading, was deposed and loaded everything again). The garbage collector, off while the
+    records are decoded and indexed (its runs walked them all again and again), is on again
+    once they are; they are frozen (never walked by a collection) until the app stops."""
     config = SchedulerConfig(nats_url=nats_server.url, db_path=str(tmp_path / "s.db"))
     real = readview.indexed
 
+    collecting: list[bool] = []
+
     def slow(loaded: Loaded) -> tuple[ClusterState, ReadView]:
+        collecting.append(gc.isenabled())
         time.sleep(1.0)  # a big store's indexing, as CPU would hold the thread
         return real(loaded)
 
-    monkeypatch.setattr(app_module, "indexed", slow)
+    monkeypatch.setattr(readview, "indexed", slow)
     app = SchedulerApp(config)
     task = asyncio.create_task(app.run())
     loop = asyncio.get_running_loop()
@@ -114,6 +120,10 @@ async def test_the_loop_stays_free_while_a_restart_indexes_the_store(
                 now = loop.time()
                 longest_s, last = max(longest_s, now - last), now
         assert longest_s < 0.5, f"the loop was held {longest_s:.2f} s"
+        assert collecting == [False]
+        assert gc.isenabled()
+        assert gc.get_freeze_count() > 0, "the loaded records are not walked by collections"
     finally:
         app.stop()
         await asyncio.wait_for(task, timeout=10)
+    assert gc.get_freeze_count() == 0, "once stopped, what it loaded may be collected"

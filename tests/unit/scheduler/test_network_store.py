@@ -186,3 +186,18 @@ async def test_a_version_4_store_gets_each_os_disk_its_images_size(tmp_path: Pat
     assert vms[VmName("b")].disks[0].charged_mib == 1024  # built-in image: size unknown
     assert all(not d.copies and not d.replicated for vm in vms.values() for d in vm.disks)
     assert kit.state.vms[VmName("a")].disks[0].image_mib == 0
+
+
+async def test_a_store_with_a_record_it_cannot_decode_is_refused_at_load(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    store = await SqliteStore.open(path)
+    await store.close()
+    with sqlite3.connect(path) as db:
+        db.execute("INSERT INTO vms (name, state, body) VALUES ('a', 'running', '{\"name\": 1}')")
+    store = await SqliteStore.open(path)
+    try:
+        with pytest.raises(StoreError, match="cannot load store"):
+            await store.load()
+        assert (await store.meta("schema_version")) == str(SCHEMA_VERSION)  # still usable
+    finally:
+        await store.close()

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import pytest
+
 from common.ids import HostId, VmName
-from common.messages import VmState
+from common.messages import VmRef, VmState
+from common.network_messages import NicRequest
+from scheduler.core.contract import Op
 from scheduler.shell.readview import ReadView, snapshot
+from scheduler.state.copying import copied
 from tests.unit.scheduler.corekit import CoreKit
+from tests.unit.scheduler.replkit import ReplicaKit
 
 
 def test_reads_see_a_step_only_once_it_is_applied_after_its_commit() -> None:
@@ -25,3 +31,37 @@ def test_reads_see_a_step_only_once_it_is_applied_after_its_commit() -> None:
     view.apply(snapshot(kit.result))
     assert view.state.vms[name].state is VmState.RUNNING
     assert view.state.runtimes is kit.state.runtimes  # liveness is volatile: read live
+
+
+def test_a_view_has_indexes_of_its_own_that_the_core_s_later_steps_leave_alone() -> None:
+    kit = ReplicaKit()
+    for host, domain in (("h1", "fd-a"), ("h2", "fd-b"), ("h3", "fd-c")):
+        kit.add_host(host, domain)
+    kit.vnet("front", "10.1.0.0/24")
+    for name in ("a", "b"):
+        kit.create(name, nics=[NicRequest(vnet="front")], availability_set="set1")
+    kit.beat_all("h1", "h2", "h3")
+    view = ReadView(kit.state)
+    view.state.check_invariants()  # the copied indexes agree with the copied records
+    assert view.state.disks.same_as(kit.state.disks) == []
+    assert view.state.net.same_as(kit.state.net) == []
+
+    kit.create("c", nics=[NicRequest(vnet="front")], availability_set="set1")
+    kit.mutate(Op.DELETE, VmRef(name="a"))
+    kit.beat_all("h1", "h2", "h3")
+    assert kit.state.net.ipams["front"].used == 2
+    view.state.check_invariants()  # still: the core changed only its own records and indexes
+    assert view.state.net.ipams["front"].used == 2
+    assert VmName("c") not in view.state.vms
+    assert view.state.by_set["set1"] == {VmName("a"), VmName("b")}
+
+
+def test_an_index_member_of_an_unknown_kind_is_refused_not_shared() -> None:
+    class Tally:
+        def __init__(self) -> None:
+            self.count = 0
+
+    with pytest.raises(TypeError, match="Tally"):
+        copied({"h1": Tally()})
+    with pytest.raises(TypeError, match="Tally"):
+        copied({"h1": {Tally()}})
