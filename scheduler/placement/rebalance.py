@@ -229,7 +229,9 @@ class _Round:
         closest = sorted(
             (_shortfall(view.free, room), view.host_id)
             for view in open_
-            if not room.fits(view.free) and self.load.get(view.host_id, 0) == 0
+            if not room.fits(view.free)
+            and room.fits(view.schedulable)
+            and self.load.get(view.host_id, 0) == 0
         )
         tries = self.config.max_hosts_per_round - len(self.sources)
         for _, host in closest[: max(tries, 0)]:
