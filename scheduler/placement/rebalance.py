@@ -242,8 +242,10 @@ class _Round:
             source = self.index.view(host)
             vms = [vm for vm in self.cluster.vms.get(host, ()) if self.movable(vm)]
             chosen = _covering(vms, room - source.free)
+            if chosen is None or any(room.fits(vm.resources) for vm in chosen):
+                continue  # a VM as large as the room could only go where room is, taking it
             limit = min(self.allowance, self.config.max_migrations_per_host)
-            if chosen and len(chosen) <= limit and self._clear(source, chosen, room):
+            if len(chosen) <= limit and self._clear(source, chosen, room):
                 have += 1
 
     def _clear(self, source: HostView, vms: Sequence[RebalanceVm], room: Resources) -> bool:
