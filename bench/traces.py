@@ -86,6 +86,7 @@ def _summary(result: SimResult, seconds: float) -> dict[str, Any]:
         "vms_migrated": result.vms_migrated,
         "migrated_fraction": round(result.migrated_fraction, 4),
         "migrations_per_vm_hour": round(result.migrations_per_vm_hour, 5),
+        "busiest_hour_migrations": result.busiest_hour_migrations,
         "replay_s": round(seconds, 1),
     }
 
@@ -169,7 +170,8 @@ def _line(run: dict[str, Any]) -> str:
     return (
         f"peak {run['peak_ratio']:.3f}  time-averaged {run['time_averaged_ratio']:.3f}  "
         f"rejected {run['rejected']}  migrations {run['migrations']} "
-        f"({run['migrated_fraction']:.1%} of vms, {run['migrations_per_vm_hour']}/vm-h)  "
+        f"({run['migrated_fraction']:.1%} of vms, {run['migrations_per_vm_hour']}/vm-h, "
+        f"busiest hour {run['busiest_hour_migrations']})  "
         f"({run['replay_s']} s)"
     )
 

@@ -102,6 +102,7 @@ def run_simulate(args: argparse.Namespace) -> int:
         "vms_migrated": result.vms_migrated,
         "migrated_fraction": round(result.migrated_fraction, 4),
         "migrations_per_vm_hour": round(result.migrations_per_vm_hour, 5),
+        "busiest_hour_migrations": result.busiest_hour_migrations,
     }
     print(json.dumps(report, indent=2) if args.output == "json" else _text(report))
     return 0
@@ -136,6 +137,7 @@ def _text(report: dict[str, Any]) -> str:
             + ("on" if report["rebalance"]["enabled"] else "off"),
             f"migrations     {report['migrations']} of {report['vms_migrated']} vms "
             f"({report['migrated_fraction']:.1%} of those placed; "
-            f"{report['migrations_per_vm_hour']} per vm-hour)",
+            f"{report['migrations_per_vm_hour']} per vm-hour; "
+            f"{report['busiest_hour_migrations']} in the busiest hour)",
         ]
     )

@@ -15,6 +15,7 @@ import msgspec
 
 from common.errors import ConfigError
 from common.messages import Size
+from common.resources import Resources, parse_capacity
 
 PositiveS = Annotated[float, msgspec.Meta(gt=0)]
 
@@ -67,6 +68,22 @@ class RebalanceConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     never emptied."""
     max_hosts_per_round: Annotated[int, msgspec.Meta(ge=1)] = 64
     """Hosts a round tries to empty (binpack) or relieve (spread): bounds a round's work."""
+    room_for: str = "8c/14g"
+    """binpack: the VM size (cores/memory, like ``8c/14g``) hosts in use keep room for."""
+    room_hosts: Annotated[int, msgspec.Meta(ge=0)] = 96
+    """binpack: while fewer hosts in use have room for ``room_for``, a round makes room on
+    the hosts closest to having it by moving a few small VMs onto tighter hosts (0: never)."""
+
+    def __post_init__(self) -> None:
+        try:  # a bad ``room_for`` is refused when the config is read
+            self.room  # noqa: B018
+        except ConfigError as exc:
+            raise ValueError(f"room_for: {exc}") from None
+
+    @property
+    def room(self) -> Resources:
+        """``room_for`` as resources."""
+        return parse_capacity(self.room_for)
 
 
 class StorageConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

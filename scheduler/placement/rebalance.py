@@ -7,6 +7,12 @@ target)`` that the shell carries out as live migrations:
   other hosts in use, and only if every one of its VMs fits there (otherwise none moves), so
   each emptied host is one host fewer in use. Hosts with the fewest VMs go first (fewest
   migrations per host freed).
+  Then it **makes room** (as DRS does to admit a large VM): while fewer than ``room_hosts``
+  hosts in use have room for a ``room_for`` VM, the hosts closest to having it give the
+  fewest of their VMs (the smallest that frees the room alone, else up to ``MAX_ROOM_MOVES``
+  of the largest) to hosts in use that had no such room anyway, so a burst of large VMs finds
+  room without opening hosts while the small holes fill up. A host gets room whole or not at
+  all, and no move takes room from another host.
 * **spread** evens hosts out: a VM moves from the fullest hosts to the host ``place`` picks
   for it (the emptiest that passes every filter) when that narrows the two hosts' fill gap by
   at least ``spread_margin``.
@@ -23,7 +29,9 @@ or beyond ``max_migrations_per_host`` migrations at once touching one host.
 
 Work per round: one ``HostIndex`` over the candidate targets (O(n log n) in hosts), the fill of
 every host, then at most ``max_hosts_per_round`` hosts tried, each with at most
-``max_migrations_per_host`` placements on the index. Calls between rounds return at once.
+``max_migrations_per_host`` placements on the index; making room sorts the hosts in use by
+what they lack and tries at most ``max_hosts_per_round`` less the hosts emptied, each with at
+most ``MAX_ROOM_MOVES`` placements. Calls between rounds return at once.
 """
 
 from __future__ import annotations
@@ -190,6 +198,7 @@ class _Round:
         for count, _, host, view in sources[: self.config.max_hosts_per_round]:
             if count <= self.allowance and host not in self.touched:
                 self._empty(view, self.cluster.vms[host])
+        self.make_room()
 
     def _empty(self, source: HostView, vms: Collection[RebalanceVm]) -> None:
         """Plan moves for every VM on ``source``, or none."""
@@ -205,6 +214,61 @@ class _Round:
         self.touched.update(target for _, target in planned)
         self.allowance -= len(planned)
         self.moves.extend(Move(vm.name, source.host_id, target) for vm, target in planned)
+
+    # ---------------------------------------------------------------------------- make room
+
+    def make_room(self) -> None:
+        """While fewer than ``room_hosts`` hosts in use have room for ``room_for``, give the
+        hosts closest to having it that room: move their fewest, smallest VMs to hosts in use
+        that stay without room anyway (best fit puts them in the tightest holes)."""
+        room, want = self.config.room, self.config.room_hosts
+        open_ = [view for view in self.index.views if not view.cordoned]
+        have = sum(1 for view in open_ if room.fits(view.free))
+        if have >= want:
+            return
+        closest = sorted(
+            (_shortfall(view.free, room), view.host_id)
+            for view in open_
+            if not room.fits(view.free)
+            and room.fits(view.schedulable)
+            and self.load.get(view.host_id, 0) == 0
+        )
+        tries = self.config.max_hosts_per_round - len(self.sources)
+        for _, host in closest[: max(tries, 0)]:
+            if have >= want or self.allowance <= 0:
+                return
+            if host in self.touched:
+                continue
+            source = self.index.view(host)
+            vms = [vm for vm in self.cluster.vms.get(host, ()) if self.movable(vm)]
+            chosen = _covering(vms, room - source.free)
+            if chosen is None or any(room.fits(vm.resources) for vm in chosen):
+                continue  # a VM as large as the room could only go where room is, taking it
+            limit = min(self.allowance, self.config.max_migrations_per_host)
+            if len(chosen) <= limit and self._clear(source, chosen, room):
+                have += 1
+
+    def _clear(self, source: HostView, vms: Sequence[RebalanceVm], room: Resources) -> bool:
+        """Plan moves for ``vms`` off ``source`` to hosts that had no room for ``room``
+        either, or none."""
+        planned: list[tuple[RebalanceVm, HostId]] = []
+        for vm in vms:
+            target = self._place(vm, source, PlacementPolicy("binpack"))
+            if target is not None and room.fits(self.index.view(target).free + vm.resources):
+                self._unreserve(vm, source, target)  # it would take room from the target
+                target = None
+            if target is None:
+                for done, where in reversed(planned):
+                    self._unreserve(done, source, where)
+                return False
+            planned.append((vm, target))
+        for vm in vms:
+            self.index.release(source.host_id, vm.resources)
+        self._close_source(source.host_id)
+        self.touched.update(target for _, target in planned)
+        self.allowance -= len(planned)
+        self.moves.extend(Move(vm.name, source.host_id, target) for vm, target in planned)
+        return True
 
     # ------------------------------------------------------------------------------- spread
 
@@ -311,6 +375,34 @@ class _Round:
         view = self.index.view(host)
         if view.cordoned != closed:
             self.index.update(replace(view, cordoned=closed))
+
+
+MAX_ROOM_MOVES = 3
+"""Moves at most to make room on one host."""
+
+
+def _shortfall(free: Resources, room: Resources) -> float:
+    """How much of ``room`` a host lacks: the larger of the CPU and memory fractions."""
+    cpu = (room.cpu_milli - free.cpu_milli) / max(room.cpu_milli, 1)
+    mem = (room.mem_mib - free.mem_mib) / max(room.mem_mib, 1)
+    return max(cpu, mem)
+
+
+def _covering(vms: Sequence[RebalanceVm], lack: Resources) -> list[RebalanceVm] | None:
+    """The fewest of ``vms`` (at most ``MAX_ROOM_MOVES``) that free ``lack`` between them:
+    the smallest that frees it alone, else the largest first; None if they cannot."""
+    need = Resources(max(lack.cpu_milli, 0), max(lack.mem_mib, 0))
+    ranked = sorted(vms, key=lambda vm: (vm.resources.cpu_milli, vm.resources.mem_mib, vm.name))
+    for vm in ranked:
+        if need.fits(vm.resources):
+            return [vm]
+    chosen: list[RebalanceVm] = []
+    for vm in reversed(ranked[-MAX_ROOM_MOVES:]):
+        chosen.append(vm)
+        need = need - vm.resources
+        if need.cpu_milli <= 0 and need.mem_mib <= 0:
+            return chosen
+    return None
 
 
 def _largest_first(vm: RebalanceVm) -> tuple[int, int, str]:

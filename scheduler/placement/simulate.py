@@ -26,7 +26,7 @@ from __future__ import annotations
 import csv
 import heapq
 import math
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal
@@ -36,7 +36,14 @@ from common.ids import HostId, VmName
 from common.resources import ZERO, Resources
 from scheduler.placement.index import HostIndex
 from scheduler.placement.pipeline import Placed, PlacementPolicy, place
-from scheduler.placement.rebalance import Cluster, MigrationBudget, Move, RebalanceVm, plan_moves
+from scheduler.placement.rebalance import (
+    HOUR_S,
+    Cluster,
+    MigrationBudget,
+    Move,
+    RebalanceVm,
+    plan_moves,
+)
 from scheduler.state.model import HostView, PlacementRequest
 
 ScorerName = Literal["binpack", "spread"]
@@ -90,6 +97,8 @@ class SimResult:
     migrations: int = 0
     vms_migrated: int = 0
     """VMs migrated at least once."""
+    busiest_hour_migrations: int = 0
+    """The most migrations started in any rolling hour of trace time."""
     peak_hosts: int = 0
     peak_lower_bound: float = 0.0
     host_seconds: float = 0.0
@@ -299,6 +308,7 @@ class _Replay:
         self._flights: dict[str, _Flight] = {}
         self._in_flight: dict[HostId, int] = {}
         self._budget = MigrationBudget()
+        self._hour_starts: deque[float] = deque()  # migrations started in the last hour
         self._migrated: set[str] = set()
         self._seq = 0
         self._in_use = 0
@@ -461,9 +471,17 @@ class _Replay:
         done_s = self._now_s + migration_s(entry.resources)
         heapq.heappush(self._landings, (done_s, self._next_seq(), vm_id))
         self.result.migrations += 1
+        self._count_hour()
         if vm_id not in self._migrated:
             self._migrated.add(vm_id)
             self.result.vms_migrated += 1
+
+    def _count_hour(self) -> None:
+        starts = self._hour_starts
+        starts.append(self._now_s)
+        while self._now_s - starts[0] >= HOUR_S:
+            starts.popleft()
+        self.result.busiest_hour_migrations = max(self.result.busiest_hour_migrations, len(starts))
 
     def _land(self, vm_id: str) -> None:
         """A migration completes: the VM runs on the target and leaves the source."""

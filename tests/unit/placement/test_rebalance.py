@@ -7,7 +7,8 @@ from collections.abc import Mapping, Sequence
 import msgspec
 import pytest
 
-from common.config import RebalanceConfig
+from common.config import RebalanceConfig, SchedulerConfig, load_config
+from common.errors import ConfigError
 from common.ids import HostId, VmName
 from common.resources import ZERO, Resources
 from scheduler.placement.pipeline import PlacementPolicy
@@ -75,8 +76,9 @@ def _plan(
     cluster: Cluster,
     policy: PlacementPolicy = BINPACK,
     budget: MigrationBudget | None = None,
-    **knobs: float,
+    **knobs: float | str,
 ) -> Plan:
+    knobs.setdefault("room_hosts", 0)  # the emptying alone; making room is tested on its own
     config = msgspec.structs.replace(RebalanceConfig(), **knobs)
     return plan_moves(cluster, policy, config, budget or MigrationBudget(), NOW_S)
 
@@ -167,3 +169,62 @@ def test_spread_moves_from_the_fullest_to_the_emptiest_while_the_gap_narrows() -
     # A gap narrower than the margin is left alone.
     close = {"h0": [_vm("a", 3000)], "h1": [_vm("b", 2500)]}
     assert _plan(_cluster(close), SPREAD, spread_margin=0.2).moves == ()
+
+
+# Room for 3c/6g: h0 and h1 each lack 1 core (6 of 8 used); b (1c) is the smallest VM that
+# frees it; nothing is light enough to be emptied (75% full).
+TIGHT = {
+    "h0": [_vm("a", 5000), _vm("b", 1000)],
+    "h1": [_vm("c", 4000), _vm("d", 1000), _vm("e", 1000)],
+}
+
+
+def _room(
+    layout: Mapping[str, Sequence[RebalanceVm]],
+    room_hosts: int = 1,
+    budget: MigrationBudget | None = None,
+    **knobs: float,
+) -> Plan:
+    room: dict[str, float | str] = {"room_for": "3c/6g", "room_hosts": room_hosts}
+    return _plan(_cluster(layout), BINPACK, budget, **room, **knobs)
+
+
+def test_binpack_makes_room_for_a_large_vm_by_moving_a_small_one_into_a_tight_hole() -> None:
+    plan = _room(TIGHT)
+    assert plan.moves == (Move(VmName("b"), HostId("h0"), HostId("h1")),)
+    assert plan.budget.used(NOW_S) == 1  # each move counts against the hourly bound
+    # h0 now has 3 cores free: a 3c VM that fitted nowhere fits without a new host.
+    assert _room(TIGHT, room_hosts=0).moves == ()
+
+
+def test_making_room_stops_once_enough_hosts_have_it() -> None:
+    roomy = {**TIGHT, "h2": [_vm("f", 5000)]}  # 3 cores free: room already
+    assert _room(roomy).moves == ()
+    assert len(_room(roomy, room_hosts=2).moves) == 1
+
+
+def test_making_room_never_takes_it_from_another_host() -> None:
+    # b fits only on h1, which has room (3 cores) and would lose it.
+    layout = {"h0": [_vm("a", 5000), _vm("b", 1000)], "h1": [_vm("c", 5000)]}
+    assert _room(layout, room_hosts=2).moves == ()
+    # A tight host (1 core free) takes b instead.
+    tight = {**layout, "h2": [_vm("g", 7000)]}
+    assert _room(tight, room_hosts=2).moves == (Move(VmName("b"), HostId("h0"), HostId("h2")),)
+
+
+def test_making_room_respects_the_cool_down_and_the_hourly_bound() -> None:
+    cooling = {
+        "h0": [_vm("a", 5000), _vm("b", 1000, last_migrated_s=NOW_S - 60)],
+        "h2": [_vm("g", 7000)],
+    }
+    # b is in its cool-down; a alone would free the room but fits nowhere.
+    assert _room(cooling).moves == ()
+    spent = MigrationBudget(tuple(NOW_S - 60 for _ in range(5)), NOW_S - 3600)
+    plan = _room(TIGHT, budget=spent, max_migrations_per_hour=5)
+    assert (plan.moves, plan.idle) == ((), Idle.BUDGET_SPENT)
+
+
+def test_a_room_size_that_is_not_a_capacity_is_refused_when_the_config_is_read() -> None:
+    with pytest.raises(ConfigError, match="room_for"):
+        load_config(SchedulerConfig, None, {"rebalance": {"room_for": "lots"}})
+    assert SchedulerConfig().rebalance.room == Resources(8000, 14336)

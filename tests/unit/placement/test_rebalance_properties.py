@@ -13,6 +13,7 @@ from common.resources import ZERO, Resources
 from scheduler.placement.filters import FILTERS
 from scheduler.placement.pipeline import PlacementPolicy
 from scheduler.placement.rebalance import (
+    MAX_ROOM_MOVES,
     Cluster,
     MigrationBudget,
     Plan,
@@ -97,6 +98,8 @@ def cases(draw: st.DrawFn) -> Case:
         spread_margin=draw(st.sampled_from([0.05, 0.2])),
         max_migrations_per_host=draw(st.integers(1, 6)),
         max_hosts_per_round=draw(st.integers(1, 8)),
+        room_for=draw(st.sampled_from(["2c/4g", "6c/12g"])),
+        room_hosts=draw(st.sampled_from([0, 2, 8])),
     )
     history = tuple(sorted(draw(st.lists(st.floats(NOW_S - 7200, NOW_S), max_size=4))))
     return Case(
@@ -177,19 +180,34 @@ def test_budgets_limits_and_pauses_hold(case: Case) -> None:
 
 @settings(max_examples=300, deadline=None)
 @given(cases())
-def test_binpack_moves_only_free_hosts(case: Case) -> None:
+def test_binpack_frees_hosts_or_makes_room_without_taking_it(case: Case) -> None:
     case = replace(case, policy=PlacementPolicy("binpack"))
     plan = _plan(case)
     views = {view.host_id: view for view in case.cluster.hosts}
+    sizes = {vm.name: vm.resources for vms in case.cluster.vms.values() for vm in vms}
+    room = case.config.room
     sources = {move.source for move in plan.moves}
     targets = {move.target for move in plan.moves}
     assert not sources & targets
-    for host in sources:  # every VM of the host moves, so it is freed
+    room_sources = set()
+    for host in sources:
         moved = {move.vm for move in plan.moves if move.source == host}
-        assert moved == {vm.name for vm in case.cluster.vms[host]}
-        assert fill(views[host]) < case.config.empty_below
-    for host in targets:  # onto hosts already in use: hosts in use drop by len(sources)
-        assert views[host].allocated != ZERO
+        freed = moved == {vm.name for vm in case.cluster.vms[host]}
+        if freed and fill(views[host]) < case.config.empty_below:
+            continue  # emptied: hosts in use drop by one
+        # Otherwise it made room: a few VMs leave a host that lacked room, and it has it now.
+        room_sources.add(host)
+        event("made room")
+        assert case.config.room_hosts > 0 and len(moved) <= MAX_ROOM_MOVES
+        free_after = sum((sizes[vm] for vm in moved), views[host].free)
+        assert not room.fits(views[host].free) and room.fits(free_after)
+    held = dict(views)
+    for move in plan.moves:  # onto hosts already in use; room is never taken from a host
+        target = held[move.target]
+        assert target.allocated != ZERO
+        if move.source in room_sources:
+            assert not room.fits(target.free)
+        held[move.target] = target.with_reserved(sizes[move.vm])
 
 
 @settings(max_examples=300, deadline=None)

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from common.messages import PrepareIncoming
 from common.migration_messages import MigrationCause
-from scheduler.core.contract import Action
+from scheduler.core.contract import Action, Op
 from tests.unit.scheduler.corekit import EPOCH, CoreKit, commands
-from tests.unit.scheduler.migkit import cluster, running_vm
+from tests.unit.scheduler.migkit import beat, cluster, running_vm
 
 
 def two_half_empty_hosts(**config: object) -> CoreKit:
@@ -87,3 +87,26 @@ def test_moves_beyond_the_hosts_migration_slots_wait_their_turn() -> None:
     assert len(waiting) >= 1 and all(m.vm not in moving for m in waiting)
     kit.advance(1.0)  # the slot is still taken: nothing more starts, nothing is dropped
     assert len(migrating(kit)) == 1 and kit.core.carry.rebalance_queue == waiting
+
+
+def sized_vm(kit: CoreKit, name: str, host: str, size: str) -> None:
+    """Create ``name`` of ``size`` on ``host`` (the other hosts cordoned meanwhile), running."""
+    others = [h for h in kit.state.hosts if h != host]
+    for other in others:
+        kit.host_op(Op.CORDON, other)
+    kit.create(name, size)
+    for other in others:
+        kit.host_op(Op.UNCORDON, other)
+    beat(kit, host, kit.running_on(host))
+    assert kit.vm(name).host == host
+
+
+def test_a_round_makes_room_for_a_large_vm_by_live_migrating_a_small_one() -> None:
+    # Both hosts (8 cores) run 7 cores: neither has room for 2 cores, nor is light enough to
+    # be emptied. Moving h1's small VM into h2's last core gives h1 room for 2 cores.
+    kit = cluster("h1", "h2", rebalance={**SHORT, "room_for": "2c/3g", "room_hosts": 1})
+    for host in ("h1", "h2"):
+        for size in ("Large", "Medium", "Small"):
+            sized_vm(kit, f"{host}-{size.lower()}", host, size)
+    first_round(kit)
+    assert migrating(kit) == {"h1-small": ("h1", "h2", MigrationCause.REBALANCE)}

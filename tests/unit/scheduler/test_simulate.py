@@ -60,7 +60,7 @@ def test_the_default_replay_is_the_schedulers_default_configuration() -> None:
     assert SimPolicy().rebalance.enabled
 
 
-def _consolidating(**knobs: float) -> SimPolicy:
+def _consolidating(**knobs: float | str) -> SimPolicy:
     """The rebalancer with a round every 100 s and ``knobs``."""
     config = msgspec.structs.replace(RebalanceConfig(interval_s=100.0), **knobs)
     return SimPolicy("binpack", rebalance=config)
@@ -110,6 +110,20 @@ def test_the_rebalancer_moves_nothing_when_a_host_cannot_be_freed() -> None:
     result, final = simulate(vms, equal_hosts(2, HOST), policy, bound_capacity=HOST)
     assert result.migrations == 0
     assert [view.allocated.cpu_milli for view in final] == [3000, 3000]
+
+
+def test_the_rebalancer_makes_room_before_a_large_vm_comes_so_it_opens_no_host() -> None:
+    # a + b and c leave 1 core free on each of two hosts; the round at 100 moves b next to c,
+    # so "big" (2 cores) arriving at 1000 fits on host 0 instead of opening a third host.
+    vms = [_vm("a", 0, None, 2000), _vm("b", 0, None, 1000), _vm("c", 0, None, 3000)]
+    vms.append(_vm("big", 1000, None, 2000))
+    room: dict[str, float | str] = {"room_for": "2c/4000m", "room_hosts": 1}
+    made, final = simulate(vms, equal_hosts(3, HOST), _consolidating(**room), bound_capacity=HOST)
+    assert (made.peak_hosts, made.migrations, made.busiest_hour_migrations) == (2, 1, 1)
+    assert [view.allocated.cpu_milli for view in final] == [4000, 4000, 0]
+    none = {**room, "room_hosts": 0}
+    opened, _ = simulate(vms, equal_hosts(3, HOST), _consolidating(**none), bound_capacity=HOST)
+    assert (opened.peak_hosts, opened.migrations) == (3, 0)
 
 
 def test_batches_stay_together_when_asked() -> None:
