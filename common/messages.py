@@ -40,6 +40,7 @@ from common.migration_messages import (
 from common.network_messages import (
     MAX_NICS,
     ConfigureNetworks,
+    UpdateNetworks,
     EndpointInfo,
     NicInfo,
     NicRequest,
@@ -289,6 +290,7 @@ AgentCommand = (
     | ResumeVm
     | CaptureDisk
     | ConfigureNetworks
+    | UpdateNetworks
     | MigrationCommand
     | ReplicaCommand
 )

@@ -91,6 +91,7 @@ class ClusterState:
             state.add_vm(record)
         # As loaded, every host has the configuration it reported: heartbeats tell.
         state.net.dirty_hosts.clear()
+        state.net.touched.clear()
         state.net.dirty_vnets.clear()
         state.disks.dirty_hosts.clear()
         state.disks.dirty_disks.clear()

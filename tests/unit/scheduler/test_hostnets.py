@@ -6,7 +6,7 @@ from common.ids import HostId
 from common.messages import CreateVm, StartVm, VmRef
 from common.network_messages import AddEndpoint, ConfigureNetworks, NicRequest
 from scheduler.core.contract import Action, Mutation, Op, SendCommands
-from scheduler.core.hostnets import PeerLists, desired
+from scheduler.core.hostnets import desired, whole
 from tests.unit.scheduler.corekit import CoreKit, commands
 
 ADDRESSES = {"h1": "192.0.2.1", "h2": "192.0.2.2", "h3": "192.0.2.3"}
@@ -154,8 +154,8 @@ def test_the_configurations_sent_are_those_computed_from_scratch() -> None:
         beat(kit, host)
     kit.advance(0.2)
     for host in ("h1", "h2", "h3"):
-        sent = kit.core.carry.networks[HostId(host)]
-        assert sent == desired(kit.state, HostId(host), PeerLists(kit.state)), host
+        sent = kit.core.carry.networks.hosts[HostId(host)]
+        assert whole(sent, kit.core.carry.networks) == desired(kit.state, HostId(host)), host
 
 
 def test_an_agent_that_lost_its_networks_gets_them_and_its_starts_again_at_once() -> None:

@@ -11,7 +11,7 @@ from common.ids import HostId, VmName
 from common.messages import VmRef, VmState
 from common.network_messages import NicRequest
 from scheduler.core.contract import Op
-from scheduler.core.hostnets import PeerLists, desired
+from scheduler.core.hostnets import desired, whole
 from tests.unit.scheduler.corekit import CoreKit
 
 HOSTS = ("h1", "h2", "h3")
@@ -104,6 +104,6 @@ def test_addresses_are_never_shared_kept_across_moves_reused_and_hosts_get_the_t
             assert record.nics[0].ip or ipam.used == ipam.total, record
     world.kit.advance(0.2)  # peers reach every host at a tick
     for host in HOSTS:
-        sent = world.kit.core.carry.networks.get(HostId(host))
+        sent = world.kit.core.carry.networks.hosts.get(HostId(host))
         if sent is not None:
-            assert sent == desired(state, HostId(host), PeerLists(state)), host
+            assert whole(sent, world.kit.core.carry.networks) == desired(state, HostId(host)), host
