@@ -40,10 +40,10 @@ from common.migration_messages import (
 from common.network_messages import (
     MAX_NICS,
     ConfigureNetworks,
-    UpdateNetworks,
     EndpointInfo,
     NicInfo,
     NicRequest,
+    UpdateNetworks,
 )
 from common.replica_messages import (
     ConfigureReplicas,

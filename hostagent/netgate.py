@@ -23,7 +23,6 @@ from common.messages import VmSpec
 from common.network_messages import ConfigureNetworks, UpdateNetworks
 from hostagent.stimuli import ApplyNetworks, Instruction, NetworksApplied, Note
 
-
 NetworkCommand = ConfigureNetworks | UpdateNetworks
 
 

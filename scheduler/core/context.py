@@ -37,8 +37,8 @@ from common.messages import (
 from common.network_messages import ConfigureNetworks, EndpointInfo, NicInfo, UpdateNetworks
 from common.replica_messages import ConfigureReplicas, ReplicaSpec, SetDiskReplicas
 from scheduler.core import transitions
-from scheduler.core.netwants import NetWants
 from scheduler.core.contract import Action, Emit, Now, Reply, SendCommands
+from scheduler.core.netwants import NetWants
 from scheduler.core.views import migration_info
 from scheduler.placement.hostviews import HostViews
 from scheduler.placement.pipeline import PlacementPolicy

@@ -22,8 +22,9 @@ the network has those less its own address). It sends:
   - a network whose set of hosts changed (``NetIndex.dirty_vnets``) has its peer set computed
     again at the next tick, once, and every host carrying it gets the peers added and removed
     (its own address left out), coalesced per host;
-- a heartbeat whose ``network_digest`` is one an update leads through waits for the rest (the
-  updates are on their way); after ``command_retry_s`` without it, the whole goes.
+- a heartbeat whose ``network_digest`` is one an update leads through, and not one before what
+  the host reported last, waits for the rest (the updates are on their way); after
+  ``command_retry_s`` without it, the whole goes.
 
 Nothing here scans every host or VM: membership counts are kept by the index as records change.
 """
@@ -253,7 +254,7 @@ def heartbeat(ctx: StepContext, host: HostId, digest: str) -> None:
     want = wants.hosts.get(host)
     if want is None or host in ctx.state.net.dirty_hosts:
         commands = due(ctx, host)
-    elif digest == want.digest or (digest in want.recent and not _retry_due(ctx, host)):
+    elif want.reached(digest) and (digest == want.digest or not _retry_due(ctx, host)):
         return
     else:
         want.recent.clear()

@@ -51,6 +51,15 @@ class HostWant:
         self.digest = digest_text(total)
         return self.digest
 
+    def reached(self, digest: str) -> bool:
+        """The host reports ``digest``: True if an update led there (the digests before it are
+        forgotten: a host that reports one of them later went back, e.g. restarted)."""
+        if digest not in self.recent:
+            return False
+        while next(iter(self.recent)) != digest:
+            del self.recent[next(iter(self.recent))]
+        return True
+
     def passed(self, digest: str) -> None:
         self.recent[digest] = None
         if len(self.recent) > RECENT_DIGESTS:

@@ -5,8 +5,8 @@
   peers are known without looking at every VM;
 - the public ports held on each host (endpoints of the VMs placed there);
 - which hosts' desired network configuration may have changed: ``dirty_hosts`` (their own
-  VMs' NICs or endpoints changed, those VMs in ``touched``) and ``dirty_vnets`` (the set of hosts carrying a network
-  changed, so every host carrying it has new peers).
+  VMs' NICs or endpoints changed, those VMs in ``touched``) and ``dirty_vnets`` (the set of
+  hosts carrying a network changed, so every host carrying it has new peers).
 
 A VM record adds a ``NetShare`` (what it holds); ``update`` takes the old share out and puts
 the new one in, touching only what differs. The address belongs to the VM until it is deleted
