@@ -227,3 +227,7 @@ class UpdateNetworks(msgspec.Struct, tag="update_networks", kw_only=True):
     changed: list[NetworkChange] = []
     endpoints_added: list[HostEndpoint] = []
     endpoints_removed: list[EndpointRef] = []
+
+
+NetworkCommand = ConfigureNetworks | UpdateNetworks
+"""The network commands of a host (common/messages.py's ``AgentCommand`` has them)."""

@@ -16,6 +16,9 @@ MACs). A host's configuration names every lease of its VMs, so re-checking all o
 apply made a burst of creates quadratic in the VMs per host. :meth:`SimulatedNetwork.problems`
 checks a whole configuration; it stays the readable statement of what is refused (and words the
 refusal), and a test checks that both agree.
+
+An ``UpdateNetworks`` is applied in O(its size) against accounts kept by name
+(hostagent/netsimheld.py): only what it adds is checked, and a refused one changes nothing.
 """
 
 from __future__ import annotations

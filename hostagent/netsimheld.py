@@ -9,7 +9,7 @@ import ipaddress
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from common.netconfig import NetConfig, digest_text
 from common.network_messages import (
@@ -20,8 +20,18 @@ from common.network_messages import (
     UpdateNetworks,
 )
 
-if TYPE_CHECKING:
-    from hostagent.netsim import SimulatedNetwork
+
+class WholeChecks(Protocol):
+    """What the simulated backend checks of a whole network (hostagent/netsim.py)."""
+
+    def _range(self, cidr: str) -> Range | None: ...
+
+    def _network_problems(
+        self,
+        network: HostNetwork,
+        ranges: list[tuple[str, ipaddress.IPv4Network]],
+        vnis: set[int],
+    ) -> list[str]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +136,7 @@ class Held:
         cls,
         networks: Iterable[HostNetwork],
         endpoints: Iterable[HostEndpoint],
-        backend: SimulatedNetwork,
+        backend: WholeChecks,
     ) -> Held:
         held = cls()
         for network in networks:
@@ -141,7 +151,7 @@ class Held:
             held.targets[parse_ip(endpoint.vm_ip) or 0] += 1
         return held
 
-    def update(self, delta: UpdateNetworks, backend: SimulatedNetwork) -> str | None:
+    def update(self, delta: UpdateNetworks, backend: WholeChecks) -> str | None:
         """Apply ``delta``; why not if it cannot (then nothing changed)."""
         problem = self.config.problem(delta)
         if problem is None and digest_text(self.config.total + self.config.shift(delta)) != (
@@ -181,7 +191,7 @@ class Held:
         return freed
 
     def _add(
-        self, delta: UpdateNetworks, backend: SimulatedNetwork, undo: list[Callable[[], object]]
+        self, delta: UpdateNetworks, backend: WholeChecks, undo: list[Callable[[], object]]
     ) -> str | None:
         if delta.added:
             ranges = [(v, ipaddress.IPv4Network(self.config.heads[v].cidr)) for v in self.nets]
