@@ -39,8 +39,8 @@ from common.migration_messages import (
 )
 from common.network_messages import (
     MAX_NICS,
-    ConfigureNetworks,
     EndpointInfo,
+    NetworkCommand,
     NicInfo,
     NicRequest,
 )
@@ -288,7 +288,7 @@ AgentCommand = (
     | DeleteVm
     | ResumeVm
     | CaptureDisk
-    | ConfigureNetworks
+    | NetworkCommand
     | MigrationCommand
     | ReplicaCommand
 )
@@ -361,7 +361,7 @@ class Heartbeat(msgspec.Struct, kw_only=True):
     underlay_ip: str = ""
     """The host's address on the network between hosts (``--underlay-ip``); empty: unknown."""
     network_digest: DigestField = ""
-    """The ``ConfigureNetworks.digest`` this host has applied; empty: none yet."""
+    """The digest of the network configuration this host holds; empty: none yet."""
     disk_capacity_mib: Annotated[int, msgspec.Meta(ge=0)] = 0
     """Space for disks and replicas on this host; 0: not reported (not limited)."""
     replica_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0

@@ -6,9 +6,12 @@ stratus.api.vm.endpoint.add|remove (VmReply). A VM's NICs are asked for at creat
 (``CreateVm.nics``) and reported in ``VmInfo.nics`` and ``VmEvent.nics``.
 
 Agents: the scheduler sends each host ``ConfigureNetworks`` (the whole desired network state of
-that host, level-triggered); the agent applies it idempotently and reports the ``digest`` it
-applied in every heartbeat (``Heartbeat.network_digest``). While the reported digest differs
-from the one the scheduler wants, the scheduler sends the configuration again.
+that host, level-triggered) or, once the host holds one, ``UpdateNetworks`` (what changed since
+the configuration named by ``base``); the agent applies it and reports the ``digest`` it holds
+in every heartbeat (``Heartbeat.network_digest``). An agent not holding ``base`` ignores the
+update; while the reported digest differs from the one the scheduler wants, the scheduler sends
+the whole configuration again. The digest is an order-independent sum of per-item hashes
+(common/netconfig.py), so both sides keep it as items come and go.
 """
 
 from __future__ import annotations
@@ -188,3 +191,43 @@ class ConfigureNetworks(msgspec.Struct, tag="configure_networks", kw_only=True):
     endpoints: list[HostEndpoint] = []
     digest: DigestField
     """Names this configuration; the agent echoes it in ``Heartbeat.network_digest``."""
+
+
+class NetworkChange(msgspec.Struct, frozen=True, kw_only=True):
+    """What changed in one network the host keeps: removals are applied before additions."""
+
+    vnet: str
+    peers_added: list[str] = []
+    peers_removed: list[str] = []
+    leases_added: list[NicLease] = []
+    leases_removed: list[str] = []
+    """The VMs whose leases in this network go."""
+
+
+class EndpointRef(msgspec.Struct, frozen=True, kw_only=True):
+    """An endpoint in place, by the host port it holds."""
+
+    public_port: int
+    protocol: EndpointProtocol = EndpointProtocol.TCP
+
+
+class UpdateNetworks(msgspec.Struct, tag="update_networks", kw_only=True):
+    """What changed in a host's desired network state since the configuration ``base``: applied
+    only by a host holding ``base`` (others ignore it and keep reporting their digest, and the
+    scheduler sends the whole ``ConfigureNetworks``); the result is named ``digest``.
+
+    Removals come first (networks, then per network peers and leases, then endpoints), then
+    additions. A network new to the host comes whole in ``added``."""
+
+    base: DigestField
+    digest: DigestField
+    added: list[HostNetwork] = []
+    removed: list[str] = []
+    """Networks the host no longer carries, by name."""
+    changed: list[NetworkChange] = []
+    endpoints_added: list[HostEndpoint] = []
+    endpoints_removed: list[EndpointRef] = []
+
+
+NetworkCommand = ConfigureNetworks | UpdateNetworks
+"""The network commands of a host (common/messages.py's ``AgentCommand`` has them)."""

@@ -23,6 +23,7 @@ from common import codec
 from common.clock import Clock
 from common.errors import DriverError, NetworkError
 from common.messages import AgentCommand, CaptureDisk, Heartbeat, ObservedVm
+from common.network_messages import UpdateNetworks
 from hostagent.drivers.base import (
     HypervisorDriver,
     IncomingEndpoint,
@@ -207,10 +208,17 @@ async def apply_networks(
     stimulus."""
     config, error = op.config, None
     try:
-        await network.apply(config)
+        if isinstance(config, UpdateNetworks):
+            await network.update(config)
+        else:
+            await network.apply(config)
     except NetworkError as exc:
         error = str(exc)
-    vnis = frozenset(n.vni for n in config.networks if network.has_network(n.vni))
+    if isinstance(config, UpdateNetworks):
+        named = op.known | {n.vni for n in config.added}
+    else:
+        named = frozenset(n.vni for n in config.networks)
+    vnis = frozenset(vni for vni in named if network.has_network(vni))
     return NetworksApplied(config, vnis, network.applied_digest, vms(), error)
 
 

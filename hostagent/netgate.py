@@ -1,58 +1,85 @@
 """The agent's view of its host's networks: what is in place, what is being applied, and the VM
 starts that wait for them. Pure (part of :class:`hostagent.state.AgentState`).
 
-``ConfigureNetworks`` is a host-level command: one configuration is applied at a time (the
-newest that arrived meanwhile goes next; older ones are skipped, since each is the whole
-desired state). A ``StartVm`` whose NIC's network (or the NIC's DHCP lease) is not in place
-waits while a configuration is being applied (the scheduler sends the one it needs ahead of
-it, in the same batch), and is judged again when it is applied; with none on the way it is
-dropped, never started without its bridge: the scheduler sends the configuration again (its
-heartbeat shows the digest differs), and the start after it.
+``ConfigureNetworks`` and ``UpdateNetworks`` are host-level commands: one is applied at a time,
+the others wait in order (a whole configuration drops those before it: it replaces them). An
+update applies only to the configuration it is based on: one that is not (the agent restarted, a
+message was lost or came out of order) is ignored, and the agent keeps reporting its digest, so
+the scheduler sends the whole configuration. A ``StartVm`` whose NIC's network (or the NIC's
+DHCP lease) is not in place waits while a configuration is being applied (the scheduler sends
+the one it needs ahead of it, in the same batch), and is judged again when it is applied; with
+none on the way it is dropped, never started without its bridge: the scheduler sends the
+configuration again (its heartbeat shows the digest differs), and the start after it.
+
+What is in place is kept as the changes come (the leases by network and VM): an update costs
+what it changes, not what the host has.
 """
 
 from __future__ import annotations
 
+from collections import deque
+
 from common.messages import VmSpec
-from common.network_messages import ConfigureNetworks
+from common.network_messages import ConfigureNetworks, UpdateNetworks
 from hostagent.stimuli import ApplyNetworks, Instruction, NetworksApplied, Note
+
+NetworkCommand = ConfigureNetworks | UpdateNetworks
 
 
 class NetworkGate:
-    __slots__ = ("_applying", "_next", "digest", "leases", "vnis", "waiting")
+    __slots__ = ("_applying", "_next", "digest", "leases", "vni_of", "vnis", "waiting")
 
     def __init__(self) -> None:
         self.digest = ""
-        """The digest of the last configuration applied in full ("" before the first)."""
+        """The digest of the configuration in place ("" before the first)."""
         self.vnis: frozenset[int] = frozenset()
         """The networks in place (by VNI)."""
-        self.leases: frozenset[tuple[int, str]] = frozenset()
-        """The DHCP leases known in place, as (VNI, MAC): a guest started without its lease
-        would boot without its address."""
+        self.vni_of: dict[str, int] = {}
+        """The VNI of each network named so far, by name (an update names networks so)."""
+        self.leases: dict[tuple[int, str], str] = {}
+        """The DHCP leases known in place: (VNI, VM) -> MAC. A guest started without its
+        lease would boot without its address."""
         self.waiting: set[str] = set()
         """VMs whose StartVm waits for a configuration being applied."""
-        self._applying: ConfigureNetworks | None = None
-        self._next: ConfigureNetworks | None = None
+        self._applying: NetworkCommand | None = None
+        self._next: deque[NetworkCommand] = deque()
 
     @property
     def pending(self) -> bool:
         """A configuration is being applied."""
         return self._applying is not None
 
-    def receive(self, config: ConfigureNetworks, out: list[Instruction]) -> None:
-        """A configuration arrived: applied now, or after the one being applied."""
+    def receive(self, config: NetworkCommand, out: list[Instruction]) -> None:
+        """A configuration or update arrived: applied now, or after those before it."""
         if self._applying is not None:
-            self._next = config
+            if isinstance(config, ConfigureNetworks):
+                self._next.clear()
+            self._next.append(config)
+            return
+        self._start(config, out)
+
+    def _start(self, config: NetworkCommand, out: list[Instruction]) -> None:
+        if isinstance(config, UpdateNetworks) and config.base != self.digest:
+            out.append(
+                Note.info(
+                    "network update ignored base=%s digest=%s in_place=%s",
+                    config.base,
+                    config.digest,
+                    self.digest,
+                )
+            )
             return
         self._applying = config
-        out.append(ApplyNetworks(config))
+        out.append(ApplyNetworks(config, self.vnis))
 
     def applied(self, done: NetworksApplied, out: list[Instruction]) -> bool:
         """The backend is done; True when the applied digest changed (the report did)."""
         self._applying = None
         self.vnis = done.vnis
-        leases = frozenset((n.vni, lease.mac) for n in done.config.networks for lease in n.leases)
-        # After a failure only what both the last configuration and this one name is known.
-        self.leases = leases if done.error is None else self.leases & leases
+        if isinstance(done.config, UpdateNetworks):
+            self._updated(done.config, ok=done.error is None)
+        else:
+            self._configured(done.config, ok=done.error is None)
         changed = done.digest != self.digest
         self.digest = done.digest
         if done.error is not None:
@@ -62,25 +89,41 @@ class NetworkGate:
                 )
             )
         else:
-            out.append(
-                Note.info(
-                    "networks applied digest=%s networks=%d endpoints=%d",
-                    done.digest,
-                    len(done.config.networks),
-                    len(done.config.endpoints),
-                )
-            )
-        following, self._next = self._next, None
-        if following is not None:
-            self.receive(following, out)
+            out.append(Note.info("networks applied digest=%s", done.digest))
+        while self._next and self._applying is None:
+            self._start(self._next.popleft(), out)
         return changed
+
+    def _configured(self, config: ConfigureNetworks, *, ok: bool) -> None:
+        self.vni_of.update((n.vnet, n.vni) for n in config.networks)
+        leases = {(n.vni, lease.vm): lease.mac for n in config.networks for lease in n.leases}
+        # After a failure only what both the last configuration and this one name is known.
+        self.leases = leases if ok else {k: m for k, m in self.leases.items() if leases.get(k) == m}
+
+    def _updated(self, update: UpdateNetworks, *, ok: bool) -> None:
+        """What the update changed in the leases known (after a failure: only its removals)."""
+        for vnet in update.removed:
+            vni = self.vni_of.get(vnet)
+            self.leases = {k: m for k, m in self.leases.items() if k[0] != vni}
+        for change in update.changed:
+            vni = self.vni_of.get(change.vnet, 0)
+            for vm in change.leases_removed:
+                self.leases.pop((vni, vm), None)
+        if not ok:
+            return
+        for network in update.added:
+            self.vni_of[network.vnet] = network.vni
+            self.leases.update(((network.vni, lease.vm), lease.mac) for lease in network.leases)
+        for change in update.changed:
+            vni = self.vni_of.get(change.vnet, 0)
+            self.leases.update(((vni, lease.vm), lease.mac) for lease in change.leases_added)
 
     def missing(self, spec: VmSpec) -> list[str]:
         """The networks of ``spec``'s NICs not in place (or without the NIC's lease)."""
         return [
             nic.vnet
             for nic in spec.nics
-            if nic.vni not in self.vnis or (nic.vni, nic.mac) not in self.leases
+            if nic.vni not in self.vnis or self.leases.get((nic.vni, spec.name)) != nic.mac
         ]
 
     def may_start(self, spec: VmSpec, out: list[Instruction]) -> bool | None:

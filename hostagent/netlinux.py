@@ -38,7 +38,8 @@ import msgspec
 
 from common.config import AgentConfig
 from common.errors import ConfigError, NetworkError
-from common.network_messages import ConfigureNetworks
+from common.netconfig import NetConfig
+from common.network_messages import ConfigureNetworks, UpdateNetworks
 from hostagent import dnsmasq
 from hostagent.hostcmd import HostCommands
 from hostagent.netplan import (
@@ -248,6 +249,8 @@ class LinuxNetworks:
         """How many self-checks found something to repair."""
         self._wanted: Wanted = NOTHING
         """The last configuration applied in full."""
+        self._config = ConfigureNetworks(digest="")
+        """The same as it came (what an update applies to)."""
         self._target: Wanted | None = None
         """The last configuration asked for (None before the first): what the self-check holds
         the host to, so it finishes an apply that failed half-way instead of undoing it."""
@@ -268,7 +271,7 @@ class LinuxNetworks:
         async with self._lock:
             self._target = wanted
             steps = await self._converge(wanted)
-            self._wanted = wanted
+            self._wanted, self._config = wanted, config
         log.debug(  # the agent logs the outcome
             "networks applied digest=%s networks=%d endpoints=%d steps=%d",
             wanted.digest,
@@ -276,6 +279,21 @@ class LinuxNetworks:
             len(wanted.endpoints),
             len(steps),
         )
+
+    async def update(self, delta: UpdateNetworks) -> None:
+        """The configuration in place with ``delta``'s changes, made as :meth:`apply` does (a
+        host's kernel objects are few: merging in full costs nothing next to making them)."""
+        merged = NetConfig.of(self._config)
+        if self._wanted.digest != delta.base:
+            raise NetworkError(f"update based on {delta.base!r}, not {self._wanted.digest!r}")
+        problem = merged.problem(delta)
+        if problem is None:
+            merged.apply(delta)
+            if merged.digest != delta.digest:
+                problem = f"its result's digest is not {delta.digest}"
+        if problem is not None:
+            raise NetworkError(f"update not applied: {problem}")
+        await self.apply(merged.whole())
 
     async def check(self) -> list[Step]:
         """Make the host match the last configuration asked for again; the steps it took."""

@@ -16,29 +16,35 @@ MACs). A host's configuration names every lease of its VMs, so re-checking all o
 apply made a burst of creates quadratic in the VMs per host. :meth:`SimulatedNetwork.problems`
 checks a whole configuration; it stays the readable statement of what is refused (and words the
 refusal), and a test checks that both agree.
+
+An ``UpdateNetworks`` is applied in O(its size) against accounts kept by name
+(hostagent/netsimheld.py): only what it adds is checked, and a refused one changes nothing.
 """
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 from dataclasses import dataclass
 
 from common.errors import NetworkError
-from common.network_messages import ConfigureNetworks, HostEndpoint, HostNetwork, NicLease
+from common.network_messages import (
+    ConfigureNetworks,
+    HostEndpoint,
+    HostNetwork,
+    NicLease,
+    UpdateNetworks,
+)
+from hostagent.netsimheld import (
+    Held,
+    Range,
+    delta_size,
+    endpoint_problems,
+    lease_address,
+    parse_ip,
+)
 from hostagent.network import IFNAME_MAX, NetworkBackend, bridge_name, vxlan_name
 
 MAX_VNI = 2**24 - 1
-
-
-@dataclass(frozen=True, slots=True)
-class _Range:
-    network: int
-    broadcast: int
-    gateway: int
-
-    def overlaps(self, other: _Range) -> bool:
-        return self.network <= other.broadcast and other.network <= self.broadcast
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +52,7 @@ class _InPlace:
     """A network in place, with the accounts that checking a change to it needs."""
 
     network: HostNetwork
-    span: _Range
+    span: Range
     peers: frozenset[str]
     leases: frozenset[NicLease]
     by_address: dict[int, NicLease]
@@ -57,35 +63,16 @@ _NOTHING = HostNetwork(vnet="", vni=0, cidr="", gateway="")
 """Stands for the network in place when there is none: no peers, no leases."""
 
 
-@functools.lru_cache(maxsize=1 << 17)
-def parse_ip(text: str) -> int | None:
-    """A dotted IPv4 address as an int; None if it is not one (ASCII digits, no leading zeros:
-    one text per address). Cached: the same peers and leases recur in a host's configurations."""
-    parts = text.split(".")
-    if len(parts) != 4:
-        return None
-    value = 0
-    for part in parts:
-        if (
-            not (part.isascii() and part.isdigit())
-            or len(part) > 3
-            or (len(part) > 1 and part[0] == "0")
-        ):
-            return None
-        octet = int(part)
-        if octet > 255:
-            return None
-        value = value << 8 | octet
-    return value
-
-
 class SimulatedNetwork:
     name: str = "simulated"
 
     def __init__(self) -> None:
         self._digest = ""
-        self.networks: dict[int, HostNetwork] = {}
-        """The networks in place, by VNI (each a bridge and a VXLAN device on a real host)."""
+        self._networks: dict[int, HostNetwork] = {}
+        """The networks of the last whole configuration applied, by VNI."""
+        self._vnis: set[int] = set()
+        self._held: Held | None = None
+        """What is in place by name, once an update came after the last whole configuration."""
         self.endpoints: dict[tuple[str, int], HostEndpoint] = {}
         """The port forwards in place, by (protocol, public port)."""
         self.applied = 0
@@ -93,7 +80,7 @@ class SimulatedNetwork:
         self.checked = 0
         """Networks, leases, peers and endpoints checked one by one so far: the work of the
         applies, for tests (a lease in place is not checked again)."""
-        self._ranges: dict[str, _Range] = {}
+        self._ranges: dict[str, Range] = {}
         self._in_place: dict[int, _InPlace] = {}
 
     @property
@@ -107,13 +94,41 @@ class SimulatedNetwork:
             more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
             raise NetworkError("; ".join(problems[:3]) + more)
         self._in_place = planned
-        self.networks = {network.vni: network for network in config.networks}
+        self._networks = {network.vni: network for network in config.networks}
+        self._vnis = set(self._networks)
         self.endpoints = {(e.protocol.value, e.public_port): e for e in config.endpoints}
         self._digest = config.digest
+        self._held = None  # made from ``_networks`` by the next update
         self.applied += 1
 
+    async def update(self, delta: UpdateNetworks) -> None:
+        """Apply the changes of ``delta`` in O(their size), checked as a whole configuration
+        would be (a refused update changes nothing)."""
+        if delta.base != self._digest:
+            raise NetworkError(f"update based on {delta.base!r}, not {self._digest!r}")
+        held = self._held or Held.of(self._networks.values(), self.endpoints.values(), self)
+        problem = held.update(delta, self)
+        if problem is not None:
+            raise NetworkError(f"update not applied: {problem}")
+        self._held, self._in_place = held, {}  # a whole configuration is checked in full
+        self._vnis = {net.vni for net in held.nets.values()}
+        for ref in delta.endpoints_removed:
+            del self.endpoints[(ref.protocol.value, ref.public_port)]
+        for endpoint in delta.endpoints_added:
+            self.endpoints[(endpoint.protocol.value, endpoint.public_port)] = endpoint
+        self.checked += delta_size(delta)
+        self._digest = delta.digest
+        self.applied += 1
+
+    @property
+    def networks(self) -> dict[int, HostNetwork]:
+        """The networks in place, by VNI (each a bridge and a VXLAN device on a real host)."""
+        if self._held is None:
+            return self._networks
+        return {network.vni: network for network in self._held.config.whole().networks}
+
     def has_network(self, vni: int) -> bool:
-        return vni in self.networks
+        return vni in self._vnis
 
     async def close(self) -> None:
         """Nothing is held outside this object."""
@@ -121,10 +136,10 @@ class SimulatedNetwork:
     # ------------------------------------------------------------------ accounts
 
     def bridges(self) -> list[str]:
-        return sorted(bridge_name(vni) for vni in self.networks)
+        return sorted(bridge_name(vni) for vni in self._vnis)
 
     def vxlans(self) -> list[str]:
-        return sorted(vxlan_name(vni) for vni in self.networks)
+        return sorted(vxlan_name(vni) for vni in self._vnis)
 
     def leased(self) -> dict[str, str]:
         """Every lease in place: VM name -> address."""
@@ -173,7 +188,7 @@ class SimulatedNetwork:
         return self._plan_leases(network, span, peers, before)
 
     def _plan_leases(
-        self, network: HostNetwork, span: _Range, peers: frozenset[str], before: _InPlace
+        self, network: HostNetwork, span: Range, peers: frozenset[str], before: _InPlace
     ) -> _InPlace | None:
         leases = frozenset(network.leases)
         if len(leases) != len(network.leases):
@@ -182,7 +197,7 @@ class SimulatedNetwork:
             return _InPlace(network, span, peers, leases, before.by_address, before.macs)
         by_address, macs = dict(before.by_address), set(before.macs)
         for lease in before.leases - leases:
-            del by_address[_address(lease)]
+            del by_address[lease_address(lease)]
             macs.discard(lease.mac)
         added = leases - before.leases
         self.checked += len(added)
@@ -207,7 +222,7 @@ class SimulatedNetwork:
             ports.add(key)
             if self.endpoints.get(key) != endpoint:
                 self.checked += 1
-                if _endpoint_problems(endpoint, set(), {endpoint.vm_ip}):
+                if endpoint_problems(endpoint, set(), {endpoint.vm_ip}):
                     return False
             address = parse_ip(endpoint.vm_ip)
             if address is None or not any(address in p.by_address for p in planned.values()):
@@ -226,10 +241,10 @@ class SimulatedNetwork:
             addresses.update(lease.ip for lease in network.leases)
         ports: set[tuple[str, int]] = set()
         for endpoint in config.endpoints:
-            found += _endpoint_problems(endpoint, ports, addresses)
+            found += endpoint_problems(endpoint, ports, addresses)
         return found
 
-    def _range(self, cidr: str) -> _Range | None:
+    def _range(self, cidr: str) -> Range | None:
         known = self._ranges.get(cidr)
         if known is None:
             try:
@@ -237,7 +252,7 @@ class SimulatedNetwork:
             except ValueError:
                 return None
             network, broadcast = int(net.network_address), int(net.broadcast_address)
-            known = self._ranges[cidr] = _Range(network, broadcast, network + 1)
+            known = self._ranges[cidr] = Range(network, broadcast, network + 1)
         return known
 
     def _network_problems(
@@ -274,7 +289,7 @@ class SimulatedNetwork:
         return found + _lease_problems(network, span)
 
 
-def _head_fits(network: HostNetwork, span: _Range) -> bool:
+def _head_fits(network: HostNetwork, span: Range) -> bool:
     """What ``_network_problems`` checks of a network besides its peers, leases and the other
     networks."""
     return (
@@ -286,14 +301,7 @@ def _head_fits(network: HostNetwork, span: _Range) -> bool:
     )
 
 
-def _address(lease: NicLease) -> int:
-    """The address of a lease in place (checked when it was placed)."""
-    address = parse_ip(lease.ip)
-    assert address is not None
-    return address
-
-
-def _lease_problems(network: HostNetwork, span: _Range) -> list[str]:
+def _lease_problems(network: HostNetwork, span: Range) -> list[str]:
     found: list[str] = []
     ips: set[int] = set()
     macs: set[str] = set()
@@ -307,27 +315,6 @@ def _lease_problems(network: HostNetwork, span: _Range) -> list[str]:
         if address is not None:
             ips.add(address)
         macs.add(lease.mac)
-    return found
-
-
-def _endpoint_problems(
-    endpoint: HostEndpoint, ports: set[tuple[str, int]], addresses: set[str]
-) -> list[str]:
-    key = (endpoint.protocol.value, endpoint.public_port)
-    where = f"endpoint {endpoint.public_port}/{endpoint.protocol}"
-    found: list[str] = []
-    if key in ports:
-        found.append(f"{where}: the port is forwarded twice")
-    ports.add(key)
-    if not (1 <= endpoint.public_port <= 65535 and 1 <= endpoint.vm_port <= 65535):
-        found.append(f"{where}: a port out of 1..65535")
-    if endpoint.vm_ip not in addresses:
-        found.append(f"{where}: {endpoint.vm_ip} is no VM leased on this host")
-    for text in endpoint.allow:
-        try:
-            ipaddress.IPv4Network(text)
-        except ValueError:
-            found.append(f"{where}: allow range {text!r} is not an IPv4 network")
     return found
 
 

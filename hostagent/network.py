@@ -2,7 +2,8 @@
 
 The scheduler sends each host its whole desired network state (``ConfigureNetworks``): which
 virtual networks the host carries, the other hosts that carry them, the DHCP leases of its VMs
-and the endpoints (port forwards) it serves. A backend makes the host match that state:
+and the endpoints (port forwards) it serves; then what changes in it (``UpdateNetworks``). A
+backend makes the host match that state:
 
 - the Linux backend with kernel objects: per network a bridge holding the gateway address, a
   VXLAN device (VNI of the network) with a head-end replication entry per peer, a DHCP server
@@ -20,6 +21,12 @@ Contract, for every implementation:
   objects left by an earlier run of the agent (re-adoption after a restart). It raises
   :class:`common.errors.NetworkError` when it cannot; what it could apply stays applied, and
   :attr:`applied_digest` is unchanged.
+- :meth:`update` applies the changes of an ``UpdateNetworks`` to the configuration in place:
+  it raises :class:`common.errors.NetworkError` when that configuration is not the update's
+  ``base``, when the update removes what is not there or adds what is, when the result's digest
+  (common/netconfig.py) is not the update's ``digest``, or when it cannot apply it. The Linux
+  backend makes the merged configuration as :meth:`apply` would; the simulated one applies the
+  changes in O(their size).
 - :attr:`applied_digest` is the digest of the last configuration applied in full ("" before
   the first); the agent reports it in every heartbeat.
 - :meth:`has_network` tells whether the network with that VNI is in place (a VM with a NIC in
@@ -31,7 +38,7 @@ from __future__ import annotations
 import hashlib
 from typing import Protocol
 
-from common.network_messages import ConfigureNetworks
+from common.network_messages import ConfigureNetworks, UpdateNetworks
 
 IFNAME_MAX = 15
 """Linux interface names are at most 15 bytes."""
@@ -66,6 +73,10 @@ class NetworkBackend(Protocol):
 
     async def apply(self, config: ConfigureNetworks) -> None:
         """Make the host's networks, leases and endpoints exactly ``config``."""
+        ...
+
+    async def update(self, delta: UpdateNetworks) -> None:
+        """Apply the changes ``delta`` to the configuration in place (``delta.base``)."""
         ...
 
     def has_network(self, vni: int) -> bool: ...

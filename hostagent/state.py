@@ -45,7 +45,7 @@ from common.messages import (
     StopVm,
 )
 from common.migration_messages import CancelMigration, FinishIncoming, MigrateOut
-from common.network_messages import ConfigureNetworks
+from common.network_messages import ConfigureNetworks, UpdateNetworks
 from common.replica_messages import ConfigureReplicas, ReplicaStatus, SetDiskReplicas
 from hostagent.claim import HostClaim
 from hostagent.epoch import EpochGate, from_leader
@@ -276,10 +276,10 @@ class AgentState:
             self.claim.hold(commands, out)
             return
         touched: dict[str, None] = {}
-        for config in (c for c in commands if isinstance(c, ConfigureNetworks)):
+        for config in (c for c in commands if isinstance(c, ConfigureNetworks | UpdateNetworks)):
             self.net.receive(config, out)  # before the starts of the batch that need it
         for command in commands:
-            if isinstance(command, ConfigureNetworks):
+            if isinstance(command, ConfigureNetworks | UpdateNetworks):
                 continue
             if isinstance(command, ConfigureReplicas):
                 self.replicas.receive(command, out)

@@ -27,7 +27,7 @@ from common.messages import (
     VmSpec,
 )
 from common.migration_messages import MigrateOut
-from common.network_messages import ConfigureNetworks
+from common.network_messages import ConfigureNetworks, UpdateNetworks
 from common.replica_messages import ConfigureReplicas, ReplicaStatus, SetDiskReplicas
 from hostagent.execlog import ExecEvent
 from hostagent.lease import Lease
@@ -101,9 +101,10 @@ class AckReceived:
 class NetworksApplied:
     """The network backend finished applying ``config`` (``error`` set when it could not)."""
 
-    config: ConfigureNetworks
+    config: ConfigureNetworks | UpdateNetworks
     vnis: frozenset[int]
-    """The networks of ``config`` in place now (all of them unless it failed)."""
+    """The networks in place now of those ``config`` names (an update: and of those in place
+    before)."""
     digest: str
     """The backend's applied digest now (``config.digest`` unless it failed)."""
     vms: Sequence[ObservedVm]
@@ -270,10 +271,12 @@ class RunCapture:
 
 @dataclass(frozen=True, slots=True)
 class ApplyNetworks:
-    """Have the network backend make the host's networks ``config``; then
-    :class:`NetworksApplied`."""
+    """Have the network backend make the host's networks ``config`` (or apply its changes);
+    then :class:`NetworksApplied`."""
 
-    config: ConfigureNetworks
+    config: ConfigureNetworks | UpdateNetworks
+    known: frozenset[int] = frozenset()
+    """The networks in place before (an update's result names only those it adds)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,7 @@ from pathlib import Path
 import msgspec
 import nats
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 
 from cli.client import StratusClient
@@ -188,25 +189,40 @@ async def _campaign(rig: Rig, nc: Client, settings: Settings, report: Report) ->
             load.stop()
         await load_task  # in-flight retries end (bounded by RETRY_FOR_S)
     report.violations += injector.crashes
-    await _converge(rig, client, load.acked, report)
+    await _converge(rig, nc, client, load.acked, report)
     await _judge(rig, nc, client, load, report)
 
 
-async def _converge(rig: Rig, client: StratusClient, acked: list[Acked], report: Report) -> None:
-    """Wait (bounded) until every desired VM runs once and nothing else is held anywhere."""
+async def _converge(
+    rig: Rig, nc: Client, client: StratusClient, acked: list[Acked], report: Report
+) -> None:
+    """Wait (bounded) until every desired VM runs once, nothing else is held anywhere, and
+    every up host's agent reports the network configuration it should hold."""
     started = time.monotonic()
     last: list[str] = []
+    reported: dict[str, str] = {}
+
+    async def heard(msg: Msg) -> None:
+        try:
+            beat = codec.heartbeat.decode(msg.data)
+        except msgspec.DecodeError:
+            return
+        reported[beat.host_id] = beat.network_digest
 
     async def converged() -> bool:
         nonlocal last
         try:
             vms = await final_vms(client)
+            hosts, vnets = await client.list_hosts(), await client.list_vnets()
         except ApiError as exc:
             last = [f"api: {exc}"]
             return False
         rows = observer.read_rows(rig.agents_dir)
         last = observer.convergence_problems(rows, report.faults, vms, acked)
+        last += observer.network_problems(vms, vnets, hosts, reported)
         return not last
+
+    heartbeats = await nc.subscribe(subjects.HEARTBEAT_WILDCARD, cb=heard)
 
     try:
         await wait_until(
@@ -214,6 +230,8 @@ async def _converge(rig: Rig, client: StratusClient, acked: list[Acked], report:
         )
     except WaitTimeout:
         report.violations += [Violation("not_converged", p) for p in last[:50]]
+    finally:
+        await heartbeats.unsubscribe()
     report.converge_s = time.monotonic() - started
 
 

@@ -11,7 +11,23 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common.messages import HostEvent, HostState, JobRejected, VmEvent, VmInfo, VmState
+from common.messages import (
+    HostEvent,
+    HostInfo,
+    HostState,
+    JobRejected,
+    VmEvent,
+    VmInfo,
+    VmState,
+)
+from common.netconfig import NetConfig
+from common.network_messages import (
+    ConfigureNetworks,
+    HostEndpoint,
+    HostNetwork,
+    NicLease,
+    VnetInfo,
+)
 from common.spec_messages import DiskStorage
 from hostagent.__main__ import EXIT_HOST_ID_REFUSED
 from rigs.chaos.faults import AGENT_SIDE, DEAD_AFTER_S, NATS_SILENT, Fault, Kind, Violation
@@ -322,6 +338,71 @@ def convergence_problems(
             owner = desired.get(name)
             if owner is None or owner.host != host:
                 problems.append(f"orphan {name} generation {gen} on {host}")
+    return problems
+
+
+def wanted_networks(
+    host: str, vms: dict[str, VmInfo], vnets: list[VnetInfo], hosts: list[HostInfo]
+) -> ConfigureNetworks:
+    """The network configuration ``host`` should hold once converged, from the final state the
+    API shows (not from the scheduler's own computation): per network of its VMs' NICs the
+    leases, the other up hosts carrying it as peers, and its VMs' endpoints."""
+    placed = [vm for vm in vms.values() if vm.state is not VmState.DELETED and vm.host]
+    up = {h.host_id: h.underlay_ip for h in hosts if h.state is HostState.UP and h.underlay_ip}
+    carriers: dict[str, set[str]] = defaultdict(set)
+    leases: dict[str, list[NicLease]] = defaultdict(list)
+    endpoints: list[HostEndpoint] = []
+    for vm in placed:
+        for nic in vm.nics:
+            carriers[nic.vnet].add(str(vm.host))
+            if vm.host == host and nic.ip:
+                leases[nic.vnet].append(NicLease(vm=vm.name, mac=nic.mac, ip=nic.ip))
+        if vm.host == host and vm.nics and vm.nics[0].ip:
+            endpoints += [
+                HostEndpoint(
+                    vm=vm.name,
+                    vm_ip=vm.nics[0].ip,
+                    vm_port=e.vm_port,
+                    public_port=e.public_port,
+                    protocol=e.protocol,
+                    allow=list(e.allow),
+                )
+                for e in vm.endpoints
+                if e.public_port is not None
+            ]
+    networks = [
+        HostNetwork(
+            vnet=v.name,
+            vni=v.vni,
+            cidr=v.cidr,
+            gateway=v.gateway,
+            peers=sorted({up[h] for h in carriers[v.name] if h in up} - {up.get(host, "")}),
+            leases=leases[v.name],
+        )
+        for v in vnets
+        if leases.get(v.name)
+    ]
+    config = ConfigureNetworks(networks=networks, endpoints=endpoints, digest="")
+    config.digest = NetConfig.of(config).digest
+    return config
+
+
+def network_problems(
+    vms: dict[str, VmInfo],
+    vnets: list[VnetInfo],
+    hosts: list[HostInfo],
+    reported: dict[str, str],
+) -> list[str]:
+    """Up hosts whose agents report (in their heartbeats) another network digest than that of
+    the configuration they should hold."""
+    problems = []
+    for info in sorted(hosts, key=lambda h: h.host_id):
+        if info.state is not HostState.UP:
+            continue
+        wanted = wanted_networks(info.host_id, vms, vnets, hosts).digest
+        held = reported.get(info.host_id)
+        if held != wanted:
+            problems.append(f"{info.host_id} holds network digest {held!r}, not {wanted!r}")
     return problems
 
 

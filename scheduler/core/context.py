@@ -34,10 +34,11 @@ from common.messages import (
     VmEvent,
     VmState,
 )
-from common.network_messages import ConfigureNetworks, EndpointInfo, NicInfo
+from common.network_messages import ConfigureNetworks, EndpointInfo, NicInfo, UpdateNetworks
 from common.replica_messages import ConfigureReplicas, ReplicaSpec, SetDiskReplicas
 from scheduler.core import transitions
 from scheduler.core.contract import Action, Emit, Now, Reply, SendCommands
+from scheduler.core.netwants import NetWants
 from scheduler.core.views import migration_info
 from scheduler.placement.hostviews import HostViews
 from scheduler.placement.pipeline import PlacementPolicy
@@ -66,7 +67,7 @@ def command_key(command: AgentCommand) -> VmName:
     copy set of one of its disks, or the host's network or replica configuration."""
     if isinstance(command, StartVm | PrepareIncoming):
         return VmName(command.vm.name)
-    if isinstance(command, ConfigureNetworks):
+    if isinstance(command, ConfigureNetworks | UpdateNetworks):
         return NETWORKS_KEY
     if isinstance(command, ConfigureReplicas):
         return REPLICAS_KEY
@@ -88,9 +89,9 @@ class Carry:
     """Some capacity was freed or changed: every pending VM is tried again at the next tick."""
     drains_due: bool = True
     """A drain started or moved on: drains progress in this step even without a tick."""
-    networks: dict[HostId, ConfigureNetworks] = field(default_factory=dict)
-    """Each host's desired network configuration as last computed (scheduler/core/hostnets.py);
-    a host missing here has it computed when next needed."""
+    networks: NetWants = field(default_factory=NetWants)
+    """Each host's desired network configuration as last computed and sent, and each network's
+    peers (scheduler/core/hostnets.py)."""
     replicas: dict[HostId, ConfigureReplicas] = field(default_factory=dict)
     """Each host's desired replica set as last computed (scheduler/core/hostreplicas.py)."""
     replica_specs: dict[HostId, dict[str, tuple[ReplicaSpec, bool]]] = field(default_factory=dict)

@@ -39,7 +39,7 @@ Phase = MigrationPhase
 def prepare(ctx: StepContext, record: VmRecord, migration: MigrationRecord) -> None:
     """The destination's networks first (the incoming VM's NICs attach to them), then the VM."""
     target = migration.target
-    config = hostnets.due(ctx, target, hostnets.PeerLists(ctx.state))
+    config = hostnets.due(ctx, target)
     prepare = PrepareIncoming(
         vm=replicas.vm_spec(ctx.state, record, own=target),
         generation=migration.attempt,

@@ -174,11 +174,10 @@ def place_pending(ctx: StepContext, *, everything: bool) -> None:
             starts[result.host_id].append(command)
     # A placement not carried out below must not linger as a reservation in the index.
     state.stale_views.update(reserved)
-    peers = hostnets.PeerLists(state)
     for host, commands in starts.items():
         # The host's network configuration first, in the same batch: its VMs' bridges exist
         # before they start.
-        ctx.send(host, hostnets.due(ctx, host, peers) + commands)
+        ctx.send(host, hostnets.due(ctx, host) + commands)
 
 
 def _place_one(

@@ -94,6 +94,7 @@ class ClusterState:
         state.add_all(sorted(vms, key=lambda r: (r.pending_since or r.created_at, r.name)))
         # As loaded, every host has the configuration it reported: heartbeats tell.
         state.net.dirty_hosts.clear()
+        state.net.touched.clear()
         state.net.dirty_vnets.clear()
         state.disks.dirty_hosts.clear()
         state.disks.dirty_disks.clear()

@@ -5,8 +5,8 @@
   peers are known without looking at every VM;
 - the public ports held on each host (endpoints of the VMs placed there);
 - which hosts' desired network configuration may have changed: ``dirty_hosts`` (their own
-  VMs' NICs or endpoints changed) and ``dirty_vnets`` (the set of hosts carrying a network
-  changed, so every host carrying it has new peers).
+  VMs' NICs or endpoints changed, those VMs in ``touched``) and ``dirty_vnets`` (the set of
+  hosts carrying a network changed, so every host carrying it has new peers).
 
 A VM record adds a ``NetShare`` (what it holds); ``update`` takes the old share out and puts
 the new one in, touching only what differs. The address belongs to the VM until it is deleted
@@ -79,6 +79,9 @@ class NetIndex:
         self.forwarding: dict[HostId, set[VmName]] = {}
         """Per host, the VMs placed there with endpoints."""
         self.dirty_hosts: set[HostId] = set()
+        self.touched: dict[HostId, set[VmName]] = {}
+        """Per dirty host, the VMs whose NICs, placement or endpoints changed there: what its
+        next update looks at (not every VM placed there)."""
         self.dirty_vnets: set[str] = set()
 
     # ------------------------------------------------------------------ networks
@@ -117,8 +120,9 @@ class NetIndex:
                     self._join(nic.vnet, host, name, nic)
         if (old is not None and old.endpoints) or (new is not None and new.endpoints):
             self._forwards(name, old, new)
-        self.dirty_hosts.update(old_hosts)
-        self.dirty_hosts.update(new_hosts)
+        for host in (*old_hosts, *new_hosts):
+            self.dirty_hosts.add(host)
+            self.touched.setdefault(host, set()).add(name)
 
     def _forwards(self, name: VmName, old: NetShare | None, new: NetShare | None) -> None:
         """The ports and forwarding VMs of a VM with endpoints, before and after."""

@@ -9,8 +9,9 @@ from pathlib import Path
 import msgspec
 
 from bench.chaos import result_of
+from common.ids import HostId
 from common.messages import DiskInfo, DiskKind, HostEvent, HostState, VmEvent, VmInfo, VmState
-from common.network_messages import NicInfo
+from common.network_messages import AddEndpoint, NicInfo, NicRequest
 from common.replica_messages import ReplicaInfo
 from common.spec_messages import DiskStorage
 from hostagent.drivers.fakeledger import FileLedger, read_acknowledged, read_copies
@@ -29,7 +30,13 @@ from rigs.chaos.observer import (
     duplicates_refused,
     healthy_hosts_declared_dead,
     mistakes_stood_by,
+    network_problems,
 )
+from scheduler.core.contract import Op as CoreOp
+from scheduler.core.networks import vnet_info
+from scheduler.core.views import vm_info
+from tests.unit.scheduler.corekit import CoreKit
+from tests.unit.scheduler.netagents import HeldNets
 
 SIZES = {"a": "Small", "b": "Small"}
 
@@ -349,3 +356,30 @@ def test_a_copy_dropped_while_the_observer_read_is_not_judged_but_a_lost_disk_is
     ]
     deleted = {"a": on_disks(vm("a", VmState.DELETED, "h3"), h2="current")}
     assert disk_content_violations(deleted, acked, copies, deleted) == []
+
+
+def test_a_host_whose_agent_reports_another_network_digest_is_caught() -> None:
+    """The observer computes each host's network configuration from the final state the API
+    shows, on its own: it agrees with the digests agents reach by applying what the scheduler
+    sent them, and names a host whose agent holds anything else."""
+    kit = CoreKit()
+    addresses = {"h1": "192.0.2.1", "h2": "192.0.2.2"}
+    held = HeldNets()
+    for host, address in addresses.items():
+        kit.heartbeat(host, underlay_ip=address)
+    kit.vnet("front", "10.1.0.0/24")
+    for name in ("a", "b", "c", "d"):
+        kit.create(name, "Large", nics=[NicRequest(vnet="front")])  # two per host
+        held.take(kit.actions)
+    kit.mutate(CoreOp.ENDPOINT_ADD, AddEndpoint(vm="a", vm_port=22))
+    held.take(kit.actions)
+    held.take(kit.advance(0.5))  # the peers, at a tick
+    vms = {str(name): vm_info(record) for name, record in kit.state.vms.items()}
+    hosts = [kit.core.host_info(HostId(h), kit.now()) for h in addresses]
+    vnets = [vnet_info(kit.state, record) for record in kit.state.vnets.values()]
+    reported = {host: held.digest(host) for host in addresses}
+    assert all(reported.values())
+    assert network_problems(vms, vnets, hosts, reported) == []
+    reported["h2"] = reported["h1"]
+    [problem] = network_problems(vms, vnets, hosts, reported)
+    assert problem.startswith("h2 holds network digest")

@@ -17,7 +17,15 @@ from pathlib import Path
 import pytest
 
 from common.errors import NetworkError
-from common.network_messages import ConfigureNetworks, HostEndpoint, HostNetwork, NicLease
+from common.netconfig import NetConfig, digest_of, digest_text
+from common.network_messages import (
+    ConfigureNetworks,
+    HostEndpoint,
+    HostNetwork,
+    NetworkChange,
+    NicLease,
+    UpdateNetworks,
+)
 from hostagent import dnsmasq
 from hostagent.netlinux import LinuxNetworks, parse_links, parse_peers
 from hostagent.netplan import Link
@@ -204,6 +212,39 @@ async def test_peers_follow_the_configuration(bed: Netbed, tmp_path: Path) -> No
     assert peers(h1, A) == {p2, p3}
     await net.apply(config(network(A), digest="d3"))
     assert peers(h1, A) == set()
+
+
+async def test_an_update_makes_the_configuration_it_leads_to_and_one_on_another_is_refused(
+    bed: Netbed, tmp_path: Path
+) -> None:
+    h1 = bed.host("h1")
+    net = backend(h1, tmp_path)
+    p1, p2 = "10.213.255.1", "10.213.255.2"
+    first = config(network(A, peers=(p1,), leases=(("vm-1", MAC_1, "10.214.0.10"),)))
+    first.digest = digest_of(first)
+    await net.apply(first)
+    held = NetConfig.of(first)
+    update = UpdateNetworks(
+        base=held.digest,
+        digest="",
+        changed=[
+            NetworkChange(
+                vnet=f"net-{A}",
+                peers_added=[p2],
+                peers_removed=[p1],
+                leases_added=[NicLease(vm="vm-2", mac=MAC_2, ip="10.214.0.11")],
+            )
+        ],
+    )
+    update.digest = digest_text(held.total + held.shift(update))
+    stale = UpdateNetworks(base="0123456789abcdef", digest="fedcba9876543210")
+    with pytest.raises(NetworkError):
+        await net.update(stale)
+    assert net.applied_digest == first.digest and peers(h1, A) == {p1}
+    await net.update(update)
+    assert net.applied_digest == update.digest
+    assert peers(h1, A) == {p2}
+    assert bed.dhcp(bed.guest(h1, "stbr4096", MAC_2))["ip"] == "10.214.0.11"
 
 
 async def test_new_leases_reload_dhcp_and_a_freed_address_goes_to_its_next_vm(

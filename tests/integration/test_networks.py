@@ -28,11 +28,13 @@ from common.config import SchedulerConfig
 from common.errors import ApiError
 from common.messages import CreateVm, JobRejected, VmEvent, VmState
 from common.natsserver import NatsServer
+from common.netconfig import NetConfig
 from common.network_messages import (
     AddEndpoint,
     ConfigureNetworks,
     CreateVnet,
     NicRequest,
+    UpdateNetworks,
 )
 from rigs.cluster import FAST_TIMINGS, Cluster
 from scheduler.shell.app import SchedulerApp
@@ -49,8 +51,9 @@ UNDERLAY = {"h1": "127.0.0.11", "h2": "127.0.0.12"}
 class Wire:
     """What crosses the bus to and from the agents, read by the test itself."""
 
-    configs: dict[str, ConfigureNetworks] = field(default_factory=dict)
-    """The last network configuration sent to each host."""
+    held: dict[str, NetConfig] = field(default_factory=dict)
+    """The network configuration each host is sent, as it stands after the last whole one and
+    the updates on it (an update on another configuration changes nothing, as on the host)."""
     reported: dict[str, str] = field(default_factory=dict)
     """The network digest each host last reported applied."""
     events: list[VmEvent] = field(default_factory=list)
@@ -60,7 +63,11 @@ class Wire:
             batch = codec.host_commands.decode(msg.data)
             for command in batch.commands:
                 if isinstance(command, ConfigureNetworks):
-                    self.configs[batch.host_id] = command
+                    self.held[batch.host_id] = NetConfig.of(command)
+                elif isinstance(command, UpdateNetworks):
+                    config = self.held.setdefault(batch.host_id, NetConfig())
+                    if config.problem(command) is None:
+                        config.apply(command)
 
         async def on_heartbeat(msg: Msg) -> None:
             heartbeat = codec.heartbeat.decode(msg.data)
@@ -76,8 +83,11 @@ class Wire:
         await nc.subscribe(subjects.vm_event("*"), cb=on_event)
         await nc.flush()
 
+    def config(self, host: str) -> ConfigureNetworks:
+        return self.held.get(host, NetConfig()).whole()
+
     def applied(self, host: str) -> bool:
-        config = self.configs.get(host)
+        config = self.held.get(host)
         return config is not None and self.reported.get(host) == config.digest
 
 
@@ -113,8 +123,8 @@ async def test_a_vm_keeps_its_address_mac_and_endpoint_when_its_host_is_killed(
     [endpoint] = added.endpoints
     assert (endpoint.address, endpoint.public_port) == (UNDERLAY[home], 8022)
     await wait_until(lambda: wire.applied(home), timeout_s=10, message="home applied its config")
-    assert leases(wire.configs[home])["web-1"] == (nic.ip, nic.mac)
-    assert [e.public_port for e in wire.configs[home].endpoints] == [8022]
+    assert leases(wire.config(home))["web-1"] == (nic.ip, nic.mac)
+    assert [e.public_port for e in wire.config(home).endpoints] == [8022]
 
     cluster.kill_agent(home)  # kill -9
 
@@ -128,7 +138,7 @@ async def test_a_vm_keeps_its_address_mac_and_endpoint_when_its_host_is_killed(
     [endpoint] = after.endpoints
     assert (endpoint.address, endpoint.public_port) == (UNDERLAY[other], 8022)
     await wait_until(lambda: wire.applied(other), timeout_s=10, message="survivor applied")
-    config = wire.configs[other]
+    config = wire.config(other)
     assert leases(config)["web-1"] == (nic.ip, nic.mac)
     assert config.networks[0].peers == []  # the dead host carries nothing any more
     assert [(e.vm, e.public_port) for e in config.endpoints] == [("web-1", 8022)]

@@ -23,7 +23,7 @@ from common.messages import (
     StopVm,
 )
 from common.migration_messages import CancelMigration, FinishIncoming
-from common.network_messages import ConfigureNetworks
+from common.network_messages import ConfigureNetworks, UpdateNetworks
 from common.replica_messages import ConfigureReplicas, SetDiskReplicas
 from hostagent.execlog import ExecEvent
 from hostagent.stimuli import (
@@ -157,7 +157,9 @@ class Run:
         self.check_migrations(held)
 
     def command(self, command: AgentCommand) -> None:
-        assert not isinstance(command, ConfigureNetworks | ConfigureReplicas | SetDiskReplicas)
+        assert not isinstance(
+            command, ConfigureNetworks | UpdateNetworks | ConfigureReplicas | SetDiskReplicas
+        )
         name = command_vm_name(command)
         held_before = self.agent.held().get(name)
         if isinstance(command, FinishIncoming):

@@ -25,7 +25,7 @@ from common.migration_messages import (
     MigrationPhase,
     MigrationStatus,
 )
-from common.network_messages import ConfigureNetworks, NicRequest
+from common.network_messages import NicRequest, UpdateNetworks
 from common.resources import ZERO, Resources
 from scheduler.core.contract import Op
 from scheduler.core.migrations import in_flight, last_migrated
@@ -482,10 +482,10 @@ def test_a_vm_with_a_nic_keeps_its_address_and_its_network_goes_to_the_destinati
     nics = kit.vm("a").nics
     assert migrate(kit, "a", "h2").error is None
     sent = commands(kit.actions, "h2")
-    assert [type(c) for c in sent] == [ConfigureNetworks, PrepareIncoming]
+    assert [type(c) for c in sent] == [UpdateNetworks, PrepareIncoming]
     config = sent[0]
-    assert isinstance(config, ConfigureNetworks)
-    assert [lease.ip for lease in config.networks[0].leases] == [nics[0].ip]
+    assert isinstance(config, UpdateNetworks)
+    assert [lease.ip for lease in config.added[0].leases] == [nics[0].ip]
     beat(kit, "h2", [incoming("a", 2, "h1", READY)])
     beat(kit, "h1", [handed_over("a", 1, 2, "h2")])
     beat(kit, "h2", [vm_at("a", 2, ObservedState.RUNNING)])
