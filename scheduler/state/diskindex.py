@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from common.ids import HostId, VmName
-from common.messages import VmState
+from common.messages import DiskStorage, VmState
 from scheduler.state.model import VmRecord
 from scheduler.state.storage import CopyState
 
@@ -58,17 +58,22 @@ class DiskShare:
 
 
 def share_of(record: VmRecord | None) -> DiskShare | None:
+    """Called before and after every change of a VM record: one pass over its disks, and
+    none at all for a VM whose disks were never made (a pending VM's)."""
     if record is None or record.state is VmState.DELETED:
         return None
-    replicated = tuple(
-        (d.disk_id, d.charged_mib, tuple((c.host, c.state, c.made) for c in d.copies))
-        for d in record.disks
-        if d.replicated
-    )
-    local = tuple((d.host, d.charged_mib) for d in record.disks if d.host is not None)
+    replicated: list[tuple[str, int, Copies]] = []
+    local: list[tuple[HostId, int]] = []
+    for d in record.disks:
+        if d.storage is DiskStorage.REPLICATED:
+            replicated.append(
+                (d.disk_id, d.charged_mib, tuple((c.host, c.state, c.made) for c in d.copies))
+            )
+        if d.host is not None:
+            local.append((d.host, d.charged_mib))
     if not replicated and not local:
         return None
-    return DiskShare(replicated, local)
+    return DiskShare(tuple(replicated), tuple(local))
 
 
 @dataclass(slots=True)
