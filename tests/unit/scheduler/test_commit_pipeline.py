@@ -91,6 +91,8 @@ async def test_the_next_append_runs_while_a_slow_write_is_under_way_and_order_ho
     assert stages.done("act") == [1, 2, 3]
     for step in (1, 2, 3):
         assert stages.log.index(("write", step)) < stages.log.index(("act start", step))
+    # Bounded: step 3 entered only once step 1 had acted (two steps in the pipeline at most).
+    assert stages.log.index(("act", 1)) < stages.log.index(("append start", 3))
 
 
 async def test_a_slow_append_holds_the_next_step_and_nothing_is_written_before_it() -> None:
@@ -107,6 +109,7 @@ async def test_a_slow_append_holds_the_next_step_and_nothing_is_written_before_i
     await pipeline.finish()
     assert stages.done("append") == [1, 2]
     assert stages.done("act") == [1, 2]
+    assert stages.log.index(("append", 1)) < stages.log.index(("append start", 2))
 
 
 async def test_a_failed_append_acts_on_nothing_of_its_step_or_later_ones() -> None:
