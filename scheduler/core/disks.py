@@ -195,13 +195,6 @@ def pinned_host(ctx: StepContext, record: VmRecord) -> HostId | None:
     return disk_host(record)
 
 
-def settle(ctx: StepContext, record: VmRecord, host: HostId) -> None:
-    """The VM runs on ``host``: its new disks exist there now."""
-    disks = settled(record, host)
-    if disks is not None:
-        ctx.change_vm(record, disks=disks)
-
-
 def drop_disks(ctx: StepContext, record: VmRecord) -> None:
     """A VM deleted while not running: its host removes the disks it keeps for it."""
     host = disk_host(record)

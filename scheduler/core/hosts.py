@@ -41,7 +41,7 @@ from scheduler.core import (
     replicas,
     views,
 )
-from scheduler.core.context import StepContext
+from scheduler.core.context import KEEP, StepContext
 from scheduler.core.contract import Ack, Op
 from scheduler.core.liveness import claim_after_s, expired_hosts
 from scheduler.core.reconciler import Outcome, SpecOf, Transition, reconcile_host
@@ -261,6 +261,7 @@ def _apply(ctx: StepContext, transition: Transition, host: HostId) -> None:
         case Outcome.STARTING:
             ctx.change_vm(record, state=VmState.STARTING, reason="")
         case Outcome.RUNNING:  # it started: the failed starts before no longer bar hosts
+            made = disks.settled(record, host)  # its new disks exist on the host now
             ctx.change_vm(
                 record,
                 state=VmState.RUNNING,
@@ -268,8 +269,8 @@ def _apply(ctx: StepContext, transition: Transition, host: HostId) -> None:
                 recovering=False,
                 start_attempts=0,
                 failed_hosts=[],
+                disks=KEEP if made is None else made,
             )
-            disks.settle(ctx, record, host)
         case Outcome.VANISHED:
             ctx.change_vm(record, state=VmState.STARTING, reason=transition.reason)
         case Outcome.STOPPED:

@@ -10,12 +10,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-import msgspec
-
 from common.ids import HostId, VmName
 from common.messages import (
     AgentCommand,
     DeleteVm,
+    DiskSpec,
     ObservedState,
     ObservedVm,
     ResumeVm,
@@ -25,6 +24,7 @@ from common.messages import (
     VmState,
 )
 from common.migration_messages import FinishIncoming
+from common.network_messages import NicSpec
 from scheduler.state.model import VmRecord
 
 
@@ -62,8 +62,42 @@ SpecOf = Callable[[VmRecord], VmSpec | None]
 
 
 def spec_of(record: VmRecord) -> VmSpec:
-    """What the agent needs of the record: its fields by name (disks as ``DiskSpec``)."""
-    return msgspec.convert(record, VmSpec, from_attributes=True)
+    """What the agent needs of the record: its fields by name (disks as ``DiskSpec``).
+
+    Built field by field, not with ``msgspec.convert(..., from_attributes=True)``, which
+    matched the VM name against its pattern again for every spec (a record's fields were
+    checked when its request was decoded); the same fields, as tests/unit/scheduler/
+    test_reconciler.py checks against the conversion."""
+    return VmSpec(
+        name=record.name,
+        size=record.size,
+        cpu_milli=record.cpu_milli,
+        mem_mib=record.mem_mib,
+        image=record.image,
+        disks=[
+            DiskSpec(
+                disk_id=d.disk_id,
+                kind=d.kind,
+                size_mib=d.size_mib,
+                image=d.image,
+                image_sha256=d.image_sha256,
+                storage=d.storage,
+            )
+            for d in record.disks
+        ],
+        nics=[
+            NicSpec(
+                index=n.index,
+                vnet=n.vnet,
+                vni=n.vni,
+                mac=n.mac,
+                ip=n.ip,
+                prefix_len=n.prefix_len,
+                gateway=n.gateway,
+            )
+            for n in record.nics
+        ],
+    )
 
 
 def reconcile_host(

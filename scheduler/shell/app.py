@@ -56,6 +56,7 @@ from scheduler.shell.api import (
 from scheduler.shell.eventpub import EventPublisher, log_event
 from scheduler.shell.jobs import run_jobs
 from scheduler.shell.metrics import Observer, SchedulerMetrics
+from scheduler.shell.pipeline import CommitPipeline, Stage
 from scheduler.shell.readview import ReadView, Snapshot, snapshot
 from scheduler.shell.retry import retry_while_nats_down
 from scheduler.shell.stopping import cancel_until_done, close_connection
@@ -376,10 +377,10 @@ class SchedulerApp:
     # ------------------------------------------------------------------ the core loop
 
     async def _run_core(self, nc: Client, store: SqliteStore) -> None:
-        """Step, commit, act. One step's commit (SQLite, in its own thread) overlaps the next
-        step; the commits stay in order and each step acts only after its own commit."""
+        """Step, commit, act, as a pipeline (pipeline.py): step N is appended to the state log
+        while N-1 is written and acted on; stages in step order, none after a failure."""
         assert self.core is not None
-        committing: asyncio.Task[None] | None = None
+        pipeline = CommitPipeline(self.term.append)  # HA hook: logged before stored or acted on
         try:
             while True:
                 items = [await self.queue.get()]
@@ -393,14 +394,11 @@ class SchedulerApp:
                 result = self.core.step(items, self.now())
                 await self._ack_heartbeats(result.actions)
                 rows, copies = self._encode(result)  # a snapshot of this step
-                if committing is not None:
-                    await asyncio.shield(committing)
-                committing = asyncio.create_task(
-                    self._commit_then_act(nc, store, rows, copies, result.actions)
+                await pipeline.enter(
+                    rows, self._storing(store, copies), self._acting(nc, result.actions)
                 )
         finally:
-            if committing is not None and not committing.done():
-                await asyncio.shield(committing)  # a step being committed still acts
+            await pipeline.finish()  # the steps being committed still act
 
     async def _commit(self, store: SqliteStore, result: StepResult) -> None:
         """Store a result outside the core loop (at start-up)."""
@@ -410,16 +408,21 @@ class SchedulerApp:
         assert self.view is not None
         self.view.apply(copies)
 
-    async def _commit_then_act(
-        self, nc: Client, store: SqliteStore, rows: Rows, copies: Snapshot, actions: list[Action]
-    ) -> None:
-        rows = await self.term.append(rows)  # HA hook: in the state log before stored or acted on
-        await store.write(rows)
-        assert self.view is not None
-        self.view.apply(copies)
-        await self._carry_out(nc, actions)
-        for event in rows.events:  # encoded once, for the store and for the stream
-            self._outbox.put_nowait(event)
+    def _storing(self, store: SqliteStore, copies: Snapshot) -> Stage:
+        async def write(rows: Rows) -> None:
+            await store.write(rows)
+            assert self.view is not None
+            self.view.apply(copies)
+
+        return write
+
+    def _acting(self, nc: Client, actions: list[Action]) -> Stage:
+        async def act(rows: Rows) -> None:
+            await self._carry_out(nc, actions)
+            for event in rows.events:  # encoded once, for the store and for the stream
+                self._outbox.put_nowait(event)
+
+        return act
 
     async def _ack_heartbeats(self, actions: list[Action]) -> None:
         """Heartbeat acks go before the commit: a lease promises nothing that is stored (the

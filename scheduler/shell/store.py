@@ -253,36 +253,46 @@ class SqliteStore:
         await self._db.close()
 
 
+_UPSERT_VM = (
+    "INSERT INTO vms (name, state, body) VALUES (?, ?, ?)"
+    " ON CONFLICT (name) DO UPDATE SET state = excluded.state, body = excluded.body"
+)
+_UPSERT_REPLY = (
+    "INSERT INTO replies (request_id, body, created_s) VALUES (?, ?, ?)"
+    " ON CONFLICT (request_id) DO UPDATE SET body = excluded.body, created_s = excluded.created_s"
+)
+"""Upserts, not ``INSERT OR REPLACE``: a replaced row is deleted and inserted again (its
+table row and its key's index entry, twice each); an upsert changes the row in place. A VM's
+row is written at each state it passes (pending, scheduled, starting, running, ...)."""
+
+
 def _write_rows(conn: sqlite3.Connection, rows: Rows) -> None:
     """The whole batch in one transaction (runs in aiosqlite's thread)."""
     try:
         conn.execute("BEGIN IMMEDIATE")
-        conn.executemany(
-            "INSERT OR REPLACE INTO vms (name, state, body) VALUES (?, ?, ?)", rows.vms
-        )
-        conn.executemany("INSERT OR REPLACE INTO hosts (host_id, body) VALUES (?, ?)", rows.hosts)
-        conn.executemany("INSERT OR REPLACE INTO images (name, body) VALUES (?, ?)", rows.images)
-        conn.executemany("INSERT OR REPLACE INTO vnets (name, body) VALUES (?, ?)", rows.vnets)
+        if rows.vms:
+            conn.executemany(_UPSERT_VM, rows.vms)
+        if rows.hosts:
+            conn.executemany(
+                "INSERT OR REPLACE INTO hosts (host_id, body) VALUES (?, ?)", rows.hosts
+            )
+        if rows.images:
+            conn.executemany(
+                "INSERT OR REPLACE INTO images (name, body) VALUES (?, ?)", rows.images
+            )
+        if rows.vnets:
+            conn.executemany("INSERT OR REPLACE INTO vnets (name, body) VALUES (?, ?)", rows.vnets)
         if rows.counters:
             conn.execute(
                 "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
                 (COUNTERS_KEY, rows.counters.decode()),
             )
-        conn.executemany(
-            "INSERT OR REPLACE INTO replies (request_id, body, created_s) VALUES (?, ?, ?)",
-            rows.replies,
-        )
-        conn.executemany("INSERT INTO outbox (seq, subject, body) VALUES (?, ?, ?)", rows.events)
-        conn.executemany(
-            "INSERT OR IGNORE INTO vm_history (seq, body) VALUES (?, ?)",
-            [(q, body) for q, subject, body in rows.events if _is_vm_event(subject)],
-        )
+        if rows.replies:
+            conn.executemany(_UPSERT_REPLY, rows.replies)
         if rows.events:
-            conn.execute(
-                "INSERT OR REPLACE INTO meta (key, value) VALUES ('event_seq', ?)",
-                (str(rows.events[-1][0]),),
-            )
-        conn.executemany("DELETE FROM outbox WHERE seq = ?", [(q,) for q in rows.published])
+            _write_events(conn, rows.events)
+        if rows.published:
+            conn.executemany("DELETE FROM outbox WHERE seq BETWEEN ? AND ?", _runs(rows.published))
         if rows.log_seq:
             conn.execute(
                 "INSERT OR REPLACE INTO meta (key, value) VALUES ('state_log_seq', ?)",
@@ -295,6 +305,29 @@ def _write_rows(conn: sqlite3.Connection, rows: Rows) -> None:
         except sqlite3.Error:
             log.exception("rollback failed")
         raise
+
+
+def _write_events(conn: sqlite3.Connection, events: list[tuple[int, str, bytes]]) -> None:
+    """Events into the outbox (until JetStream has them), VM events into the history too."""
+    conn.executemany("INSERT INTO outbox (seq, subject, body) VALUES (?, ?, ?)", events)
+    history = [(seq, body) for seq, subject, body in events if _is_vm_event(subject)]
+    if history:
+        conn.executemany("INSERT OR IGNORE INTO vm_history (seq, body) VALUES (?, ?)", history)
+    conn.execute(
+        "INSERT OR REPLACE INTO meta (key, value) VALUES ('event_seq', ?)", (str(events[-1][0]),)
+    )
+
+
+def _runs(seqs: list[int]) -> list[tuple[int, int]]:
+    """The sequences as runs of consecutive ones, ``(first, last)`` each: the events published
+    since the last commit are mostly one run, deleted by one statement instead of one each."""
+    runs: list[tuple[int, int]] = []
+    for seq in sorted(seqs):
+        if runs and runs[-1][1] == seq - 1:
+            runs[-1] = (runs[-1][0], seq)
+        elif not runs or runs[-1][1] != seq:
+            runs.append((seq, seq))
+    return runs
 
 
 def _migrate_1_to_2(conn: sqlite3.Connection) -> None:

@@ -58,6 +58,8 @@ class DiskShare:
 
 
 def share_of(record: VmRecord | None) -> DiskShare | None:
+    """Called before and after every change of a VM record: one pass over its disks, and
+    none at all for a VM whose disks were never made (a pending VM's)."""
     if record is None or record.state is VmState.DELETED:
         return None
     replicated: list[tuple[str, int, Copies]] = []

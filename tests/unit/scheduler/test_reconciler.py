@@ -13,6 +13,7 @@ from common.ids import HostId, VmName
 from common.messages import (
     DeleteVm,
     DiskKind,
+    DiskStorage,
     ObservedState,
     ObservedVm,
     ResumeVm,
@@ -24,7 +25,7 @@ from common.messages import (
 from scheduler.core.context import command_key
 from scheduler.core.reconciler import Outcome, reconcile_host, spec_of
 from scheduler.state.model import VmRecord
-from scheduler.state.storage import DiskRecord
+from scheduler.state.storage import CopyRecord, DiskRecord, NicRecord
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 H = HostId("h1")
@@ -222,3 +223,31 @@ def test_the_start_command_carries_the_spec_fields_and_disks_and_nothing_else() 
         "nics": [],
     }
     assert isinstance(spec_of(vm), VmSpec)
+
+
+def test_the_spec_is_every_field_the_records_share_with_it_by_name() -> None:
+    """``spec_of`` builds the spec field by field: it is what converting the record by
+    attribute names gives, for a VM with every kind of disk and a NIC (a field added to the
+    spec and the record alike must not be left out)."""
+    disks = [
+        DiskRecord(disk_id="a-os", kind=DiskKind.OS, image="tiny", image_sha256="ab", host=H),
+        DiskRecord(disk_id="a-d2", kind=DiskKind.DATA, size_mib=64, host=H, image_mib=3),
+        DiskRecord(
+            disk_id="a-d3",
+            kind=DiskKind.DATA,
+            size_mib=32,
+            storage=DiskStorage.REPLICATED,
+            copies=[CopyRecord(host=H, made=True)],
+        ),
+    ]
+    nic = NicRecord(
+        index=0,
+        vnet="front",
+        vni=4097,
+        mac="02:00:0a:01:00:0a",
+        ip="10.1.0.10",
+        prefix_len=24,
+        gateway="10.1.0.1",
+    )
+    vm = msgspec.structs.replace(record(), disks=disks, nics=[nic])
+    assert spec_of(vm) == msgspec.convert(vm, VmSpec, from_attributes=True)

@@ -76,3 +76,22 @@ async def test_vm_events_are_kept_after_publication_and_a_live_backup_restores(
         assert [vm.name for vm in loaded.vms] == ["a"] and loaded.event_seq == 3
         assert loaded.outbox == []
         assert len(await read_vm_history(backup)) == 2
+
+
+async def test_the_outbox_forgets_exactly_the_events_published_and_a_vm_row_is_rewritten(
+    tmp_path: Path,
+) -> None:
+    """Published events leave the outbox in runs (one statement per run of consecutive ones):
+    whatever order they were published in, only those leave; a VM written again is one row
+    with its newest body."""
+    store = await SqliteStore.open(tmp_path / "scheduler.db")
+    try:
+        events = [vm_event(seq, VmState.SCHEDULED) for seq in range(1, 9)]
+        await store.commit(Batch(vms=[record()], events=events))
+        stopped = msgspec.structs.replace(record(), state=VmState.STOPPED)
+        await store.commit(Batch(vms=[stopped], published=[5, 1, 2, 4, 4, 8]))
+        loaded = await store.load()
+    finally:
+        await store.close()
+    assert [seq for seq, _, _ in loaded.outbox] == [3, 6, 7]
+    assert [(vm.name, vm.state) for vm in loaded.vms] == [("a", VmState.STOPPED)]
