@@ -13,22 +13,28 @@ from dataclasses import dataclass
 from msgspec.structs import replace
 
 from common import codec
-from common.messages import Heartbeat, HeartbeatAck
+from common.messages import Heartbeat, HeartbeatAck, ObservedVm
 from hostagent.stimuli import Instruction, Note
 
 
 class InventoryReport:
     """Leaves an inventory out of a heartbeat when the scheduler holds it already."""
 
-    __slots__ = ("held",)
+    __slots__ = ("_digest", "_digested", "held")
 
     def __init__(self) -> None:
         self.held = ""
         """The digest the scheduler last said it holds for this host."""
+        self._digested: list[ObservedVm] | None = None
+        self._digest = ""
+        """The digest of the inventory ``_digested`` (an inventory is never changed once made:
+        a report that carries the same list again has the same digest)."""
 
     def fill(self, heartbeat: Heartbeat) -> Heartbeat:
         """``heartbeat`` (with its full inventory) as it goes on the wire."""
-        digest = codec.inventory_digest(heartbeat.vms)
+        if heartbeat.vms is not self._digested:
+            self._digested, self._digest = heartbeat.vms, codec.inventory_digest(heartbeat.vms)
+        digest = self._digest
         if digest == self.held:
             return replace(heartbeat, vms=[], inventory_digest=digest, vms_omitted=True)
         return replace(heartbeat, inventory_digest=digest)
