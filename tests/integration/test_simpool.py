@@ -25,10 +25,13 @@ from common.messages import (
 )
 from common.migration_messages import FinishIncoming, MigrateOut, MigrationReport, MigrationStatus
 from common.natsserver import NatsServer
+from hostagent.execlog import ExecEvent, read_execlog
 from hostagent.simpool import SimPool, resolve_pool_settings, sim_underlay_ip
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
+
+EXECLOG = "executions.jsonl"
 
 
 class FakeScheduler:
@@ -99,9 +102,16 @@ async def test_each_simulated_host_heartbeats_with_its_own_identity(
     assert len({hb.boot_id for hb in reports.values()}) == 3
 
 
+def audit(data_dir: Path, vm: str) -> list[tuple[str, ExecEvent]]:
+    """The pool's execution log lines about ``vm``: (host, event)."""
+    return [(r.host, r.event) for r in read_execlog(data_dir / "sim-pool" / EXECLOG) if r.vm == vm]
+
+
 async def test_commands_reach_only_their_host_and_fencing_is_per_host(
-    pool: SimPool, scheduler: FakeScheduler, nc: Client
+    pool: SimPool, scheduler: FakeScheduler, nc: Client, tmp_path: Path
 ) -> None:
+    """... and what a report says a VM did is in the pool's execution log before the report
+    reaches the scheduler."""
     await wait_until(lambda: len(scheduler.latest) == 3, timeout_s=10, message="3 hosts")
     await nc.publish(subjects.host_commands("sim-00002"), _start("sim-00002", "a"))
     await nc.publish(subjects.host_commands("sim-00003"), _start("sim-00003", "b"))
@@ -114,6 +124,10 @@ async def test_commands_reach_only_their_host_and_fencing_is_per_host(
         message="both VMs running",
     )
     assert not scheduler.latest["sim-00001"].vms
+    assert audit(tmp_path, "a") == [
+        ("sim-00002", ExecEvent.START),
+        ("sim-00002", ExecEvent.RUNNING),
+    ]
     scheduler.muted.add("sim-00002")  # its lease runs out: it pauses its VM, the others do not
     await wait_until(
         lambda: scheduler.vm_state("sim-00002", "a") is ObservedState.PAUSED,
@@ -121,6 +135,7 @@ async def test_commands_reach_only_their_host_and_fencing_is_per_host(
         message="sim-00002 fenced",
     )
     assert scheduler.latest["sim-00002"].fenced
+    assert audit(tmp_path, "a")[-1] == ("sim-00002", ExecEvent.PAUSE)
     assert scheduler.vm_state("sim-00003", "b") is ObservedState.RUNNING
 
 
