@@ -152,8 +152,9 @@ class _FakeVm:
 
 class FakeDriver:
     """The accounts (what the VMs held take, the inventory) are kept as the VMs come, change and
-    go, never summed up again: a command or a report costs the same on a host of 40 VMs as on
-    an empty one. :meth:`recount` computes them from scratch (for tests)."""
+    go, never summed up again: a command or a report does no work per VM held (a change copies
+    the inventory's list and index, in C). :meth:`recount` computes them from scratch (for
+    tests)."""
 
     name: str = "fake"
 
