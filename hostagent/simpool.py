@@ -28,13 +28,15 @@ the pool that owns the host answers ``ok``.
 from __future__ import annotations
 
 import asyncio
+import gc
 import heapq
 import ipaddress
 import logging
 import random
 import signal
 import uuid
-from contextlib import AsyncExitStack, closing
+from collections.abc import Iterator
+from contextlib import AsyncExitStack, closing, contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -211,6 +213,7 @@ class SimPool:
         async with AsyncExitStack() as stack:
             execlog = stack.enter_context(closing(PooledExecLog(path)))
             self._build(execlog)
+            stack.enter_context(_long_lived_heap())
             nc = await self._connect()
             stack.push_async_callback(_close, nc)
             await nc.subscribe(f"{subjects.ROOT}.host.*.cmd", cb=self._on_commands)
@@ -362,6 +365,25 @@ class SimPool:
                 _, index = heapq.heappop(self._expiring)
                 self._by_index[index].agent.check_lease()
             await asyncio.sleep(FENCE_CHECK_S)
+
+
+POOL_GC_THRESHOLDS = (20_000, 20, 100)
+"""A pool holds a few objects per VM for every VM of thousands of hosts, and allocates fast:
+with Python's default thresholds (700, 10, 10) its collections kept looking at them."""
+
+
+@contextmanager
+def _long_lived_heap() -> Iterator[None]:
+    """The hosts just built live as long as the pool: the collector leaves them out (frozen) and
+    runs less often while the pool serves; both are undone when it stops."""
+    thresholds = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(*POOL_GC_THRESHOLDS)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*thresholds)
+        gc.unfreeze()
 
 
 async def _close(nc: Client) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -26,7 +27,12 @@ from common.messages import (
 from common.migration_messages import FinishIncoming, MigrateOut, MigrationReport, MigrationStatus
 from common.natsserver import NatsServer
 from hostagent.execlog import ExecEvent, read_execlog
-from hostagent.simpool import SimPool, resolve_pool_settings, sim_underlay_ip
+from hostagent.simpool import (
+    POOL_GC_THRESHOLDS,
+    SimPool,
+    resolve_pool_settings,
+    sim_underlay_ip,
+)
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
@@ -202,3 +208,19 @@ async def test_a_vm_migrates_between_simulated_hosts(
     delete = DeleteVm(name="m", generation=1)
     await nc.publish(subjects.host_commands(source), _commands(source, delete))
     await wait_until(lambda: report(source) is None, timeout_s=10, message="source deleted")
+
+
+async def test_the_pool_tunes_the_collector_while_it_serves_and_undoes_it(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    before = gc.get_threshold()
+    config = AgentConfig(nats_url=nats_server.url, capacity="4c/8g", data_dir=str(tmp_path))
+    the_pool = SimPool(resolve_pool_settings(config, 2, "sim", 1))
+    task = asyncio.create_task(the_pool.run())
+    await wait_until(the_pool.ready.is_set, timeout_s=10, message="pool ready")
+    assert gc.get_threshold() == POOL_GC_THRESHOLDS
+    assert gc.get_freeze_count() > 0  # the hosts built are left out of collections
+    the_pool.request_stop()
+    await asyncio.wait_for(task, timeout=10)
+    assert gc.get_threshold() == before
+    assert gc.get_freeze_count() == 0
