@@ -7,28 +7,33 @@ at 10,000 hosts, decoding unchanged inventories was half of the scheduler's work
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass
 
 from msgspec.structs import replace
 
 from common import codec
-from common.messages import Heartbeat, HeartbeatAck
+from common.messages import Heartbeat, HeartbeatAck, ObservedVm
 from hostagent.stimuli import Instruction, Note
 
 
 class InventoryReport:
     """Leaves an inventory out of a heartbeat when the scheduler holds it already."""
 
-    __slots__ = ("held",)
+    __slots__ = ("_digest", "_digested", "held")
 
     def __init__(self) -> None:
         self.held = ""
         """The digest the scheduler last said it holds for this host."""
+        self._digested: list[ObservedVm] | None = None
+        self._digest = ""
+        """The digest of the inventory ``_digested`` (an inventory is never changed once made:
+        a report that carries the same list again has the same digest)."""
 
     def fill(self, heartbeat: Heartbeat) -> Heartbeat:
         """``heartbeat`` (with its full inventory) as it goes on the wire."""
-        digest = codec.inventory_digest(heartbeat.vms)
+        if heartbeat.vms is not self._digested:
+            self._digested, self._digest = heartbeat.vms, codec.inventory_digest(heartbeat.vms)
+        digest = self._digest
         if digest == self.held:
             return replace(heartbeat, vms=[], inventory_digest=digest, vms_omitted=True)
         return replace(heartbeat, inventory_digest=digest)
@@ -61,15 +66,19 @@ class SentReports:
 
     def __init__(self) -> None:
         self.seq = 0
-        self._sent: deque[Sent] = deque()
+        self._sent: dict[int, Sent] = {}
+        """By seq, oldest first."""
 
     def sent(self, heartbeat: Heartbeat, now_s: float, window_s: float) -> None:
-        while self._sent and now_s - self._sent[0].sent_at_s > window_s:
-            self._sent.popleft()  # its ack would come too late to count
-        self._sent.append(Sent(heartbeat.seq, now_s, omitted_digest(heartbeat)))
+        while self._sent:
+            oldest = next(iter(self._sent.values()))
+            if now_s - oldest.sent_at_s <= window_s:
+                break
+            del self._sent[oldest.seq]  # its ack would come too late to count
+        self._sent[heartbeat.seq] = Sent(heartbeat.seq, now_s, omitted_digest(heartbeat))
 
     def match(self, ack: HeartbeatAck, now_s: float, window_s: float) -> Sent | None:
-        sent = next((s for s in self._sent if s.seq == ack.seq), None)
+        sent = self._sent.get(ack.seq)
         if sent is None or now_s - sent.sent_at_s > window_s:
             return None
         return sent

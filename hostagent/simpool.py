@@ -15,7 +15,8 @@ hosts fit one process:
   single agent's loop;
 - one fence watchdog that looks only at leases that have run out (a heap by expiry);
 - one set of driver operations in flight (no task per host);
-- one execution log file for the pool (each line names its host);
+- one execution log file for the pool (each line names its host), written a batch at a time
+  (hostagent/execlog.py ``PooledExecLog``);
 - each host has a simulated network backend (hostagent/netsim.py) and an underlay address of
   its own from 100.64.0.0/10.
 
@@ -27,18 +28,18 @@ the pool that owns the host answers ``ok``.
 from __future__ import annotations
 
 import asyncio
+import gc
 import heapq
 import ipaddress
 import logging
 import random
 import signal
-import time
 import uuid
-from contextlib import AsyncExitStack
+from collections.abc import Iterator
+from contextlib import AsyncExitStack, closing, contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import IO
 
 import msgspec
 import nats
@@ -58,7 +59,7 @@ from common.sizes import parse_size_mib
 from hostagent.agent import FENCE_CHECK_S, Agent, Operations
 from hostagent.drivers.fake import FakeDriver, fake_migration_model
 from hostagent.drivers.fakequorum import DiskLedger
-from hostagent.execlog import ExecLog
+from hostagent.execlog import PooledExecLog
 from hostagent.heartbeat import JITTER, MIN_GAP_S
 from hostagent.lease import Lease
 from hostagent.netsim import SimulatedNetwork
@@ -93,19 +94,6 @@ class PoolSettings:
 
     def host_ids(self) -> list[HostId]:
         return [host_id(f"{self.prefix}-{i:05d}") for i in range(1, self.count + 1)]
-
-
-class _SharedExecLog(ExecLog):
-    """One host's view of the pool's single execution log file."""
-
-    def __init__(self, file: IO[bytes], path: Path, host: str) -> None:  # no super(): shared
-        self.path = path
-        self.host_id = host
-        self._wall_s = time.time
-        self._file = file
-
-    def close(self) -> None:
-        """The pool closes the shared file."""
 
 
 @dataclass(eq=False)
@@ -148,7 +136,7 @@ class SimPool:
 
     # ------------------------------------------------------------------ building hosts
 
-    def _build(self, execlog_file: IO[bytes], execlog_file_path: Path) -> None:
+    def _build(self, execlog: PooledExecLog) -> None:
         config, settings = self.settings.config, self.settings
         boot_id = uuid.uuid4().hex
         start_s = self.clock.monotonic_s()
@@ -184,12 +172,13 @@ class SimPool:
                 heartbeat_interval_s=config.heartbeat_interval_s,
                 fence_after_s=config.fence_after_s,
             )
-            execlog = _SharedExecLog(execlog_file, execlog_file_path, hid)
             replicas = SimulatedReplicas(
                 self.clock.monotonic_s, config.fake_replica_fill_mib_s, ledger=self.ledger,
                 host_id=hid,
             )  # fmt: skip
-            agent = Agent(state, driver, execlog, self.clock, self._operations, network, replicas)
+            agent = Agent(
+                state, driver, execlog.host(hid), self.clock, self._operations, network, replicas
+            )
             agent.on_change = partial(self._dirty.add, index)
             agent.on_report_now = partial(self._urgent.add, index)
             agent.on_lease = partial(self._lease_renewed, index)
@@ -222,8 +211,9 @@ class SimPool:
         path = Path(config.data_dir) / f"{self.settings.prefix}-pool" / "executions.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
         async with AsyncExitStack() as stack:
-            execlog_file = stack.enter_context(path.open("ab"))
-            self._build(execlog_file, path)
+            execlog = stack.enter_context(closing(PooledExecLog(path)))
+            self._build(execlog)
+            stack.enter_context(_long_lived_heap())
             nc = await self._connect()
             stack.push_async_callback(_close, nc)
             await nc.subscribe(f"{subjects.ROOT}.host.*.cmd", cb=self._on_commands)
@@ -239,7 +229,7 @@ class SimPool:
             self.ready.set()
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._operations.run(), name="operations")
-                tg.create_task(self._run_wheel(nc), name="heartbeat-wheel")
+                tg.create_task(self._run_wheel(nc, execlog), name="heartbeat-wheel")
                 tg.create_task(self._run_watchdog(), name="fence-watchdog")
 
     async def _connect(self) -> Client:
@@ -278,11 +268,12 @@ class SimPool:
 
     # ------------------------------------------------------------------ heartbeats
 
-    async def _run_wheel(self, nc: Client) -> None:
+    async def _run_wheel(self, nc: Client, execlog: PooledExecLog) -> None:
         while True:
             now_s = self.clock.monotonic_s()
+            execlog.flush()
             for host in self._due_hosts(now_s):
-                await self._send(nc, host, now_s)
+                await self._send(nc, host, now_s, execlog)
             await asyncio.sleep(WHEEL_TICK_S)
 
     def _due_hosts(self, now_s: float) -> list[SimHost]:
@@ -304,13 +295,14 @@ class SimPool:
         self._urgent.clear()
         return [host for host in due.values() if not host.silent]
 
-    async def _send(self, nc: Client, host: SimHost, now_s: float) -> None:
+    async def _send(self, nc: Client, host: SimHost, now_s: float, execlog: PooledExecLog) -> None:
         self._dirty.discard(host.index)
         host.last_sent_s = now_s
         jitter = self._rng.uniform(1 - JITTER, 1 + JITTER)
         host.next_due_s = now_s + host.agent.state.heartbeat_interval_s * jitter
         heapq.heappush(self._due, (host.next_due_s, host.index))
         heartbeat: Heartbeat = host.agent.next_heartbeat()
+        execlog.flush()  # what it reports is in the audit log before it leaves
         try:
             await nc.publish(
                 host.subject, codec.encode(heartbeat), reply=f"{self._inbox}.{host.index}"
@@ -373,6 +365,25 @@ class SimPool:
                 _, index = heapq.heappop(self._expiring)
                 self._by_index[index].agent.check_lease()
             await asyncio.sleep(FENCE_CHECK_S)
+
+
+POOL_GC_THRESHOLDS = (20_000, 20, 100)
+"""A pool holds a few objects per VM for every VM of thousands of hosts, and allocates fast:
+with Python's default thresholds (700, 10, 10) its collections kept looking at them."""
+
+
+@contextmanager
+def _long_lived_heap() -> Iterator[None]:
+    """The hosts just built live as long as the pool: the collector leaves them out (frozen) and
+    runs less often while the pool serves; both are undone when it stops."""
+    thresholds = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(*POOL_GC_THRESHOLDS)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*thresholds)
+        gc.unfreeze()
 
 
 async def _close(nc: Client) -> None:

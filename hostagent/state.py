@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Sequence
+from operator import attrgetter
 from typing import assert_never
 
 from msgspec.structs import replace
@@ -98,6 +99,7 @@ from hostagent.vmcommands import (
 )
 
 _EXECUTING = (ObservedState.RUNNING, ObservedState.STARTING)
+_NAME = attrgetter("name")
 
 
 class AgentState:
@@ -128,6 +130,10 @@ class AgentState:
         self._pausing: set[str] = set()
         self._sent = SentReports()
         self._cpu_overcommit: float | None = None
+        self._sorted_from: Sequence[ObservedVm] = ()
+        self._sorted: list[ObservedVm] = []
+        """The last driver inventory sorted (a driver that keeps its inventory hands out the same
+        list until a VM changes: the report, and its digest, are not made again)."""
 
     # ------------------------------------------------------------------ queries
 
@@ -135,8 +141,12 @@ class AgentState:
         """Every VM held: the driver's ``vms``, plus failed starts not yet cleared, with their
         migration reports."""
         failed = self.held.failed
+        if not failed and not self.mig.reports:  # the driver's VMs alone: sorted once per list
+            if vms is not self._sorted_from:
+                self._sorted_from, self._sorted = vms, sorted(vms, key=_NAME)
+            return self._sorted
         held = [*vms, *failed.values()] if failed else vms
-        return self.mig.attach(sorted(held, key=lambda vm: vm.name))
+        return self.mig.attach(sorted(held, key=_NAME))
 
     def idle(self) -> bool:
         """No command is queued or waits for the driver or the networks, and no pause is under

@@ -62,7 +62,22 @@ def stale(verb: str, name: str, generation: int, held: ObservedVm) -> Note:
     return Note.info(event, verb, name, generation, held.generation)
 
 
+class Inventory(list[ObservedVm]):
+    """An inventory that knows where each VM is in it: a driver that keeps its inventory as it
+    goes (the fake) hands out one of these, and :func:`find` looks a VM up in it without a scan.
+    Like every inventory handed out, it is not changed afterwards."""
+
+    __slots__ = ("by_name",)
+
+    def __init__(self, by_name: dict[str, ObservedVm]) -> None:
+        """``by_name``: the VMs by name, given to the inventory to keep (not changed after)."""
+        super().__init__(by_name.values())
+        self.by_name = by_name
+
+
 def find(vms: Sequence[ObservedVm], name: str) -> ObservedVm | None:
+    if isinstance(vms, Inventory):
+        return vms.by_name.get(name)
     return next((vm for vm in vms if vm.name == name), None)
 
 

@@ -44,6 +44,7 @@ from hostagent.drivers.base import (
 from hostagent.drivers.consolebuf import ConsoleBuffer
 from hostagent.drivers.fakequorum import DEFAULT_JOIN_MIB_S, DiskLedger, FakeQuorums
 from hostagent.network import tap_name
+from hostagent.vmcommands import Inventory
 
 PROMPT = b"# "
 FIRST_PORT = 49152
@@ -113,6 +114,18 @@ class _FakeVm:
     def resources(self) -> Resources:
         return Resources(self.spec.cpu_milli, self.spec.mem_mib)
 
+    def observe(self) -> ObservedVm:
+        """How the VM stands, as the inventory reports it."""
+        spec = self.spec
+        return ObservedVm(
+            name=spec.name,
+            generation=self.generation,
+            state=self.state,
+            cpu_milli=spec.cpu_milli,
+            mem_mib=spec.mem_mib,
+            disks=self.quorums.report() if self.quorums is not None else [],
+        )
+
     def boot_log(self, ready: bool) -> None:
         spec = self.spec
         if not ready:
@@ -138,6 +151,11 @@ class _FakeVm:
 
 
 class FakeDriver:
+    """The accounts (what the VMs held take, the inventory) are kept as the VMs come, change and
+    go, never summed up again: a command or a report does no work per VM held (a change copies
+    the inventory's list and index, in C). :meth:`recount` computes them from scratch (for
+    tests)."""
+
     name: str = "fake"
 
     def __init__(
@@ -165,10 +183,29 @@ class FakeDriver:
         self._vms: dict[str, _FakeVm] = {}
         self._taps: dict[str, str] = {}
         """The taps of the VMs held: tap name -> VM."""
+        self._allocated = ZERO
+        self._observed: dict[str, ObservedVm] = {}
+        """Each held VM as the inventory reports it, in the order they came."""
+        self._inventory: Inventory | None = None
+        """The last inventory handed out, while nothing changed since."""
+        self._replicated: dict[str, _FakeVm] = {}
+        """The VMs with replicated disks: each look at the inventory moves their copies on."""
 
     def allocated(self) -> Resources:
         """What every held VM (starting, running or paused) takes from the host."""
-        return sum((vm.resources for vm in self._vms.values()), ZERO)
+        return self._allocated
+
+    def recount(self) -> tuple[Resources, list[ObservedVm]]:
+        """:meth:`allocated` and :meth:`inventory` computed from scratch from the VMs held (the
+        driver keeps them as it goes; tests check that the two agree)."""
+        vms = self._vms.values()
+        return sum((vm.resources for vm in vms), ZERO), [vm.observe() for vm in vms]
+
+    def _changed(self, vm: _FakeVm) -> None:
+        """``vm``'s state (or its disks' report) changed: its line in the inventory too."""
+        if self._vms.get(vm.spec.name) is vm:
+            self._observed[vm.spec.name] = vm.observe()
+            self._inventory = None
 
     def _add(self, spec: VmSpec, generation: int, state: ObservedState) -> _FakeVm:
         """Take ``spec``'s resources and taps, or raise ``DriverError``."""
@@ -180,6 +217,10 @@ class FakeDriver:
         vm.quorums = FakeQuorums.of(spec, self.ledger, self._clock_s, self.join_mib_s)
         self._vms[spec.name] = vm
         self._taps.update(dict.fromkeys(taps, spec.name))
+        self._allocated += vm.resources
+        if vm.quorums is not None:
+            self._replicated[spec.name] = vm
+        self._changed(vm)
         return vm
 
     async def start(self, spec: VmSpec, generation: int) -> None:
@@ -197,9 +238,10 @@ class FakeDriver:
         vm.boot_log(ready=True)
         if vm.state is ObservedState.STARTING:
             vm.state = ObservedState.RUNNING
+            self._changed(vm)
 
     def _check_fits(self, spec: VmSpec) -> None:
-        used = self.allocated()
+        used = self._allocated
         free_mem_mib = self.capacity.mem_mib - used.mem_mib
         if spec.mem_mib > free_mem_mib:
             raise DriverError(
@@ -234,9 +276,15 @@ class FakeDriver:
 
     def _drop(self, name: str) -> None:
         vm = self._vms.pop(name, None)
-        if vm is not None and vm.outgoing is not None:
+        if vm is None:
+            return
+        self._allocated -= vm.resources
+        del self._observed[name]
+        self._replicated.pop(name, None)
+        self._inventory = None
+        if vm.outgoing is not None:
             vm.outgoing.cancelled.set()  # a killed VM sends nothing more
-        for nic in vm.spec.nics if vm is not None else ():
+        for nic in vm.spec.nics:
             tap = tap_name(name, nic.index)
             if self._taps.get(tap) == name:
                 del self._taps[tap]
@@ -264,27 +312,24 @@ class FakeDriver:
         vm = self._get(name)
         if vm.state in (ObservedState.RUNNING, ObservedState.STARTING):
             vm.state = ObservedState.PAUSED
+            self._changed(vm)
 
     async def resume(self, name: str) -> None:
         vm = self._get(name)
         if vm.state is ObservedState.PAUSED:
             vm.state = ObservedState.RUNNING if vm.booted else ObservedState.STARTING
+            self._changed(vm)
 
     def inventory(self) -> list[ObservedVm]:
-        for vm in self._vms.values():
-            if vm.quorums is not None:
-                vm.quorums.tick(vm.state is ObservedState.RUNNING)
-        return [
-            ObservedVm(
-                name=vm.spec.name,
-                generation=vm.generation,
-                state=vm.state,
-                cpu_milli=vm.spec.cpu_milli,
-                mem_mib=vm.spec.mem_mib,
-                disks=vm.quorums.report() if vm.quorums is not None else [],
-            )
-            for vm in self._vms.values()
-        ]
+        """The VMs held; the same list (an :class:`Inventory`) until one of them changes."""
+        for vm in self._replicated.values():
+            assert vm.quorums is not None
+            vm.quorums.tick(vm.state is ObservedState.RUNNING)
+            if vm.quorums.report() != self._observed[vm.spec.name].disks:
+                self._changed(vm)
+        if self._inventory is None:
+            self._inventory = Inventory(dict(self._observed))
+        return self._inventory
 
     def quorums(self, name: str) -> FakeQuorums | None:
         """The replicated disks of VM ``name``: copies, joins and acknowledged writes (for
@@ -297,6 +342,7 @@ class FakeDriver:
         if vm.quorums is None or vm.generation != command.generation:
             raise DriverError(f"vm {command.name} has no such replicated disk", retryable=False)
         vm.quorums.set(command)
+        self._changed(vm)
 
     async def close(self) -> None:
         for name in list(self._vms):
@@ -357,6 +403,7 @@ class FakeDriver:
         if outgoing.cancelled.is_set():
             raise DriverError(f"migration of vm {name} cancelled", retryable=True)
         vm.state = ObservedState.HANDED_OVER  # paused here for good
+        self._changed(vm)
         vm.console.append(
             f"fake-migration: handed over to {target.address}:{target.migration_port}\r\n".encode()
         )
@@ -387,6 +434,7 @@ class FakeDriver:
                 retryable=True,
             )
         vm.state, vm.booted, vm.incoming = ObservedState.RUNNING, True, None
+        self._changed(vm)
         vm.console.append(f"fake-migration: vm {name} runs here\r\n".encode() + PROMPT)
 
     # ------------------------------------------------------------------ console

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -25,10 +26,18 @@ from common.messages import (
 )
 from common.migration_messages import FinishIncoming, MigrateOut, MigrationReport, MigrationStatus
 from common.natsserver import NatsServer
-from hostagent.simpool import SimPool, resolve_pool_settings, sim_underlay_ip
+from hostagent.execlog import ExecEvent, read_execlog
+from hostagent.simpool import (
+    POOL_GC_THRESHOLDS,
+    SimPool,
+    resolve_pool_settings,
+    sim_underlay_ip,
+)
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
+
+EXECLOG = "executions.jsonl"
 
 
 class FakeScheduler:
@@ -99,9 +108,16 @@ async def test_each_simulated_host_heartbeats_with_its_own_identity(
     assert len({hb.boot_id for hb in reports.values()}) == 3
 
 
+def audit(data_dir: Path, vm: str) -> list[tuple[str, ExecEvent]]:
+    """The pool's execution log lines about ``vm``: (host, event)."""
+    return [(r.host, r.event) for r in read_execlog(data_dir / "sim-pool" / EXECLOG) if r.vm == vm]
+
+
 async def test_commands_reach_only_their_host_and_fencing_is_per_host(
-    pool: SimPool, scheduler: FakeScheduler, nc: Client
+    pool: SimPool, scheduler: FakeScheduler, nc: Client, tmp_path: Path
 ) -> None:
+    """... and what a report says a VM did is in the pool's execution log before the report
+    reaches the scheduler."""
     await wait_until(lambda: len(scheduler.latest) == 3, timeout_s=10, message="3 hosts")
     await nc.publish(subjects.host_commands("sim-00002"), _start("sim-00002", "a"))
     await nc.publish(subjects.host_commands("sim-00003"), _start("sim-00003", "b"))
@@ -114,6 +130,10 @@ async def test_commands_reach_only_their_host_and_fencing_is_per_host(
         message="both VMs running",
     )
     assert not scheduler.latest["sim-00001"].vms
+    assert audit(tmp_path, "a") == [
+        ("sim-00002", ExecEvent.START),
+        ("sim-00002", ExecEvent.RUNNING),
+    ]
     scheduler.muted.add("sim-00002")  # its lease runs out: it pauses its VM, the others do not
     await wait_until(
         lambda: scheduler.vm_state("sim-00002", "a") is ObservedState.PAUSED,
@@ -121,6 +141,7 @@ async def test_commands_reach_only_their_host_and_fencing_is_per_host(
         message="sim-00002 fenced",
     )
     assert scheduler.latest["sim-00002"].fenced
+    assert audit(tmp_path, "a")[-1] == ("sim-00002", ExecEvent.PAUSE)
     assert scheduler.vm_state("sim-00003", "b") is ObservedState.RUNNING
 
 
@@ -187,3 +208,19 @@ async def test_a_vm_migrates_between_simulated_hosts(
     delete = DeleteVm(name="m", generation=1)
     await nc.publish(subjects.host_commands(source), _commands(source, delete))
     await wait_until(lambda: report(source) is None, timeout_s=10, message="source deleted")
+
+
+async def test_the_pool_tunes_the_collector_while_it_serves_and_undoes_it(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    before = gc.get_threshold()
+    config = AgentConfig(nats_url=nats_server.url, capacity="4c/8g", data_dir=str(tmp_path))
+    the_pool = SimPool(resolve_pool_settings(config, 2, "sim", 1))
+    task = asyncio.create_task(the_pool.run())
+    await wait_until(the_pool.ready.is_set, timeout_s=10, message="pool ready")
+    assert gc.get_threshold() == POOL_GC_THRESHOLDS
+    assert gc.get_freeze_count() > 0  # the hosts built are left out of collections
+    the_pool.request_stop()
+    await asyncio.wait_for(task, timeout=10)
+    assert gc.get_threshold() == before
+    assert gc.get_freeze_count() == 0

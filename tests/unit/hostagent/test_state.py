@@ -176,7 +176,10 @@ class Run:
     def beat(self, *, acked: bool, held: bool, refused: bool = False) -> None:
         heartbeat = self.agent.heartbeat(self.now_s)
         full = self.agent.state.inventory(self.agent.driver.inventory())
-        # the digest stands for the full inventory, whether it is sent or left out
+        # the digest stands for the full inventory, whether it is sent or left out; the
+        # inventory and its digest kept from earlier reports equal ones made from scratch
+        _, recounted = self.agent.driver.recount()
+        assert full == self.agent.state.inventory(recounted)
         assert heartbeat.inventory_digest == codec.inventory_digest(full)
         assert heartbeat.vms == ([] if heartbeat.vms_omitted else full)
         if acked:
