@@ -61,6 +61,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+CANCEL_AGAIN_S = 0.2
+CANCEL_AT_MOST = 100
+
+
+def cancel_until_done(run: asyncio.Future[None], left: int = CANCEL_AT_MOST) -> None:
+    """Cancel ``run``, and again every ``CANCEL_AGAIN_S`` while it goes on (at most ``left``
+    times): a cancellation that lands inside nats-py's connect can be lost there (the connect
+    error raised while it unwinds replaces it, and the connect retries)."""
+    if run.done() or left <= 0:
+        return
+    run.cancel()
+    asyncio.get_running_loop().call_later(CANCEL_AGAIN_S, cancel_until_done, run, left - 1)
+
+
 async def _serve(app: HaScheduler) -> None:
     """Run until SIGTERM or SIGINT. A signal stops a serving scheduler in order (drain, close);
     one that is still connecting (NATS or JetStream unreachable) has nothing to drain, so its
@@ -72,7 +86,7 @@ async def _serve(app: HaScheduler) -> None:
         app.stop()
         if not app.connected.is_set():
             log.info("stopping before start-up finished")
-            run.cancel()
+            cancel_until_done(run)
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
