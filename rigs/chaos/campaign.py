@@ -28,7 +28,7 @@ from common.waiting import WaitTimeout, wait_until
 from hostagent.drivers.fakeledger import read_acknowledged, read_copies
 from rigs.chaos import netns, observer
 from rigs.chaos.faults import Fault, Injector, Violation, plan
-from rigs.chaos.load import Acked, Load, Op
+from rigs.chaos.load import Load, Op
 from rigs.chaos.rig import Rig
 from scheduler.shell.leader import LEASE_BUCKET, LEASE_KEY, LeaseHolder
 
@@ -189,12 +189,12 @@ async def _campaign(rig: Rig, nc: Client, settings: Settings, report: Report) ->
             load.stop()
         await load_task  # in-flight retries end (bounded by RETRY_FOR_S)
     report.violations += injector.crashes
-    await _converge(rig, nc, client, load.acked, report)
+    await _converge(rig, nc, client, load, report)
     await _judge(rig, nc, client, load, report)
 
 
 async def _converge(
-    rig: Rig, nc: Client, client: StratusClient, acked: list[Acked], report: Report
+    rig: Rig, nc: Client, client: StratusClient, load: Load, report: Report
 ) -> None:
     """Wait (bounded) until every desired VM runs once, nothing else is held anywhere, and
     every up host's agent reports the network configuration it should hold."""
@@ -218,7 +218,7 @@ async def _converge(
             last = [f"api: {exc}"]
             return False
         rows = observer.read_rows(rig.agents_dir)
-        last = observer.convergence_problems(rows, report.faults, vms, acked)
+        last = observer.convergence_problems(rows, report.faults, vms, load.acked, load.delete_sent)
         last += observer.network_problems(vms, vnets, hosts, reported)
         return not last
 
@@ -248,7 +248,9 @@ async def _judge(rig: Rig, nc: Client, client: StratusClient, load: Load, report
     report.violations += observer.mistakes_stood_by(report.faults, rig.mistake_log)
     report.violations += observer.healthy_hosts_declared_dead(events, report.faults)
     report.violations += observer.address_violations(events)
-    report.violations += observer.acked_outcomes(load.acked, await final_vms(client), events)
+    report.violations += observer.acked_outcomes(
+        load.acked, await final_vms(client), events, load.delete_sent
+    )
     report.violations += await _judge_disks(rig, client, report)
     report.acked = Counter(str(a.op) for a in load.acked)
     report.outcomes.update(load.outcomes)

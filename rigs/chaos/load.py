@@ -67,6 +67,8 @@ class Load:
     """VM name -> size, for every create submitted (acked or not)."""
     outcomes: Counter[str] = field(default_factory=Counter)
     live: list[str] = field(default_factory=list)
+    delete_sent: set[str] = field(default_factory=set)
+    """Every VM a delete was sent for, acked or not: one whose ack was lost may be gone."""
     _counter: int = 0
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -120,6 +122,7 @@ class Load:
 
     async def _delete(self, name: str) -> None:
         request_id = self._next("rq-")
+        self.delete_sent.add(name)
         if not await self._retry(
             Op.DELETE, name, request_id, lambda: self.client.delete_vm(name, request_id)
         ):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -291,11 +291,15 @@ def mistakes_stood_by(faults: list[Fault], log_of: Callable[[int], Path]) -> lis
 
 
 def acked_outcomes(
-    acked: list[Acked], vms: dict[str, VmInfo], events: list[object]
+    acked: list[Acked],
+    vms: dict[str, VmInfo],
+    events: list[object],
+    delete_sent: Collection[str] = (),
 ) -> list[Violation]:
-    """Every acknowledged create ends running (unless deleted later), every delete gone."""
+    """Every acknowledged create ends running (unless a delete was sent for it: one whose
+    answer was lost may have been carried out), every acknowledged delete gone."""
     found = []
-    deleted = {a.vm for a in acked if a.op is Op.DELETE}
+    deleted = {a.vm for a in acked if a.op is Op.DELETE} | set(delete_sent)
     rejected = {e.request_id for e in events if isinstance(e, JobRejected)}
     for a in acked:
         vm = vms.get(a.vm)
@@ -313,7 +317,11 @@ def acked_outcomes(
 
 
 def convergence_problems(
-    rows: list[Row], faults: list[Fault], vms: dict[str, VmInfo], acked: Sequence[Acked] = ()
+    rows: list[Row],
+    faults: list[Fault],
+    vms: dict[str, VmInfo],
+    acked: Sequence[Acked] = (),
+    delete_sent: Collection[str] = (),
 ) -> list[str]:
     """What keeps the cluster from its converged state: desired VMs not running exactly once at
     their current generation on their host, or anything else held on an agent (orphans)."""
@@ -329,7 +337,7 @@ def convergence_problems(
             problems.append(f"{name} executing on {on}, expected [{vm.host}]")
         elif replay.held[str(vm.host)].get(name) != vm.generation:
             problems.append(f"{name} generation {replay.held[str(vm.host)].get(name)} held")
-    deleted = {a.vm for a in acked if a.op is Op.DELETE}
+    deleted = {a.vm for a in acked if a.op is Op.DELETE} | set(delete_sent)
     for a in acked:  # a job fetched by a scheduler killed before its commit: redelivered later
         if a.vm not in vms and a.vm not in deleted:
             problems.append(f"acked {a.op} of {a.vm} not yet known")

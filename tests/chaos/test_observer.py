@@ -383,3 +383,10 @@ def test_a_host_whose_agent_reports_another_network_digest_is_caught() -> None:
     reported["h2"] = reported["h1"]
     [problem] = network_problems(vms, vnets, hosts, reported)
     assert problem.startswith("h2 holds network digest")
+
+
+def test_a_create_whose_delete_was_sent_may_be_gone_though_the_delete_was_never_acked() -> None:
+    """A delete carried out whose answer a leader change lost: the VM is gone, as asked."""
+    acked = [Acked("r1", "a", Op.CREATE_JOB, 1.0, 1)]
+    assert [v.kind for v in acked_outcomes(acked, {}, [])] == ["acked_create_vanished"]
+    assert acked_outcomes(acked, {}, [], delete_sent={"a"}) == []
