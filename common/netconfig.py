@@ -20,6 +20,8 @@ from __future__ import annotations
 import functools
 import hashlib
 
+import msgspec
+
 from common.network_messages import (
     ConfigureNetworks,
     HostEndpoint,
@@ -74,14 +76,8 @@ def endpoint_key(endpoint: HostEndpoint) -> EndpointKey:
 
 
 def bare(network: HostNetwork) -> HostNetwork:
-    """The head of ``network``: without its peers and leases."""
-    return HostNetwork(
-        vnet=network.vnet,
-        vni=network.vni,
-        cidr=network.cidr,
-        gateway=network.gateway,
-        mtu=network.mtu,
-    )
+    """The head of ``network``: without its peers and leases (every other field kept)."""
+    return msgspec.structs.replace(network, peers=[], leases=[])
 
 
 class NetConfig:
