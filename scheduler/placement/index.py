@@ -180,9 +180,21 @@ class HostIndex:
     def reserve(self, host_id: HostId, resources: Resources, disk_mib: int = 0) -> None:
         """Record that ``resources`` now run on ``host_id`` (and ``disk_mib`` is used there)."""
         rank = self._rank[host_id]
-        self._remove(rank)
-        self.views[rank] = self.views[rank].with_reserved(resources, disk_mib)
-        self._add(rank, sort=True)
+        view = self.views[rank].with_reserved(resources, disk_mib)
+        shape = self._shape_of[rank]
+        cpu, mem = resources.cpu_milli, resources.mem_mib
+        if shape is None or cpu < 0 or mem < 0:
+            self._remove(rank)
+            self.views[rank] = view
+            self._add(rank, sort=True)
+            return
+        # It stays in its shape (same capacity, allocation still >= 0): only its group changes.
+        free_cpu, free_mem = self._free_cpu[rank], self._free_mem[rank]
+        shape.remove((shape.key(free_cpu, free_mem), free_cpu, free_mem), rank)
+        free_cpu, free_mem = free_cpu - cpu, free_mem - mem
+        shape.add((shape.key(free_cpu, free_mem), free_cpu, free_mem), rank, sort=True)
+        self._free_cpu[rank], self._free_mem[rank] = free_cpu, free_mem
+        self.views[rank] = view
 
     def release(self, host_id: HostId, resources: Resources) -> None:
         """Record that ``resources`` left ``host_id``."""
