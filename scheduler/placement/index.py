@@ -31,7 +31,9 @@ from __future__ import annotations
 
 from bisect import bisect_left, insort
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
+
+import msgspec
 
 from common.ids import HostId
 from common.resources import Resources
@@ -201,7 +203,7 @@ class HostIndex:
         rank = self._rank[host_id]
         self._remove(rank)
         view = self.views[rank]
-        self.views[rank] = replace(view, allocated=view.allocated - resources)
+        self.views[rank] = msgspec.structs.replace(view, allocated=view.allocated - resources)
         self._add(rank, sort=True)
 
     def _add(self, rank: int, *, sort: bool) -> None:
