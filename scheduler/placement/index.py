@@ -30,7 +30,7 @@ so the rejection counts are the specification's own.
 from __future__ import annotations
 
 from bisect import bisect_left, insort
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence, Set as AbstractSet
 from dataclasses import dataclass, field
 
 import msgspec
@@ -49,6 +49,8 @@ from scheduler.state.model import HostView, PlacementRequest
 
 _EXACT_LIMIT = 2**46
 """Largest ``Sc * Sm`` for which integer order is float order (the gap stays above 2e-15)."""
+
+_NONE: frozenset[int] = frozenset()
 
 _Group = tuple[int, int, int]
 """``(K, free cpu, free memory)``: hosts of one shape with this free vector score alike."""
@@ -243,7 +245,7 @@ class HostIndex:
 
     def _candidates(self, req: PlacementRequest, policy: PlacementPolicy) -> list[int]:
         """Hosts among which the best lies: per shape, the best few; each odd host that fits."""
-        avoid = {self._rank[h] for h in req.avoid_hosts if h in self._rank}
+        avoid = {self._rank[h] for h in req.avoid_hosts if h in self._rank} or _NONE
         cpu, mem, disk = req.resources.cpu_milli, req.resources.mem_mib, req.disk_mib
         spread = policy.scorer == "spread"
         ranks = [r for r in sorted(self._odd) if _passes(req, self.views[r])]
@@ -257,7 +259,7 @@ class HostIndex:
         return ranks
 
     def _best_binpack(
-        self, shape: _Shape, cpu: int, mem: int, disk: int, avoid: set[int]
+        self, shape: _Shape, cpu: int, mem: int, disk: int, avoid: AbstractSet[int]
     ) -> list[int]:
         """The first fitting host of each group at the smallest fitting ``K``."""
         groups = shape.groups
@@ -280,7 +282,7 @@ class HostIndex:
         return found
 
     def _best_spread(
-        self, shape: _Shape, cpu: int, mem: int, disk: int, avoid: set[int]
+        self, shape: _Shape, cpu: int, mem: int, disk: int, avoid: AbstractSet[int]
     ) -> list[int]:
         """The first fitting host of each group at the largest ``K``."""
         groups = shape.groups
@@ -302,7 +304,7 @@ class HostIndex:
                 found.append(rank)
         return found
 
-    def _first_allowed(self, ranks: list[int], disk: int, avoid: set[int]) -> int | None:
+    def _first_allowed(self, ranks: list[int], disk: int, avoid: AbstractSet[int]) -> int | None:
         """The first of a group's hosts not avoided and with room for ``disk``."""
         if not avoid and disk <= 0:
             return ranks[0]

@@ -113,12 +113,15 @@ class NetIndex:
     def update(self, name: VmName, old: NetShare | None, new: NetShare | None) -> None:
         if old == new:
             return
-        old_nics, new_nics = (old.nics if old else ()), (new.nics if new else ())
-        if old_nics != new_nics:
+        old_nics = () if old is None else old.nics
+        new_nics = () if new is None else new.nics
+        nics_changed = old_nics != new_nics
+        if nics_changed:
             self._addresses(old_nics, -1)
             self._addresses(new_nics, +1)
-        old_hosts, new_hosts = (old.carriers if old else ()), (new.carriers if new else ())
-        if old_hosts != new_hosts or old_nics != new_nics:
+        old_hosts = () if old is None else old.carriers
+        new_hosts = () if new is None else new.carriers
+        if nics_changed or old_hosts != new_hosts:
             for host in old_hosts:
                 for nic in old_nics:
                     self._leave(nic.vnet, host, name)
@@ -127,6 +130,8 @@ class NetIndex:
                     self._join(nic.vnet, host, name, nic)
         if (old is not None and old.endpoints) or (new is not None and new.endpoints):
             self._forwards(name, old, new)
+        if not old_hosts and not new_hosts:
+            return
         touched = self.touched
         for host in (*old_hosts, *new_hosts):
             self.dirty_hosts.add(host)
