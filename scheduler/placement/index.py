@@ -177,6 +177,8 @@ class HostIndex:
     def update(self, view: HostView) -> None:
         """Replace a known host's view (its allocation, state or capacity changed)."""
         rank = self._rank[view.host_id]
+        if self.views[rank] == view:
+            return  # e.g. a host refreshed from records that now hold what was reserved on it
         self._remove(rank)
         self.views[rank] = view
         self._add(rank, sort=True)
@@ -309,10 +311,10 @@ class HostIndex:
         if not avoid and disk <= 0:
             return ranks[0]
         views = self.views
-        return next(
-            (r for r in ranks if r not in avoid and views[r].has_disk_room(disk)),
-            None,
-        )
+        for rank in ranks:
+            if rank not in avoid and views[rank].has_disk_room(disk):
+                return rank
+        return None
 
 
 def _passes(req: PlacementRequest, view: HostView) -> bool:
