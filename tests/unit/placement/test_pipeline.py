@@ -3,6 +3,7 @@ from __future__ import annotations
 import copy
 from dataclasses import replace
 
+import msgspec
 import pytest
 
 from common.ids import HostId
@@ -279,7 +280,7 @@ def test_a_host_holding_a_current_copy_is_preferred_when_it_can_take_the_vm() ->
 
 
 def test_a_host_without_disk_room_is_rejected_for_that() -> None:
-    host = replace(make_host("h1"), disk_capacity_mib=1000, disk_used_mib=500)
+    host = msgspec.structs.replace(make_host("h1"), disk_capacity_mib=1000, disk_used_mib=500)
     result = place(replace(make_request(), disk_mib=600), [host], PlacementPolicy())
     assert isinstance(result, Unplaceable)
     assert result.rejections == {Reason.INSUFFICIENT_DISK: 1}

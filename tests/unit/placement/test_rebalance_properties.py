@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
+import msgspec
 from hypothesis import event, given, settings, strategies as st
 
 from common.config import RebalanceConfig
@@ -222,7 +223,7 @@ def test_spread_moves_only_narrow_gaps(case: Case) -> None:
     for move in plan.moves:
         source, target = views[move.source], views[move.target]
         before = fill(source)
-        after_source = replace(source, allocated=source.allocated - sizes[move.vm])
+        after_source = msgspec.structs.replace(source, allocated=source.allocated - sizes[move.vm])
         after_target = target.with_reserved(sizes[move.vm])
         assert max(fill(after_source), fill(after_target)) <= before - case.config.spread_margin
         views[move.source], views[move.target] = after_source, after_target
