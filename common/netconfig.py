@@ -74,7 +74,8 @@ def peers_hash(vnet: str, addresses: Collection[str]) -> int:
 
 
 def peer_hash(vnet: str, address: str) -> int:
-    return peers_hash(vnet, (address,))
+    known = _peer_tables.get(vnet, {}).get(address)
+    return known if known is not None else peers_hash(vnet, (address,))
 
 
 def lease_hash(vnet: str, lease: NicLease) -> int:
