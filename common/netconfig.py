@@ -17,8 +17,8 @@ the same for every host carrying it, and are kept once per network (scheduler/co
 
 from __future__ import annotations
 
-import functools
 import hashlib
+from collections.abc import Collection
 
 import msgspec
 
@@ -47,10 +47,35 @@ def head_hash(network: HostNetwork) -> int:
     )
 
 
-@functools.lru_cache(maxsize=1 << 16)
+_PEER_TABLES_MAX = 64
+_PEER_TABLE_MAX = 1 << 16
+_peer_tables: dict[str, dict[str, int]] = {}
+"""Per network, the hash of each peer address seen (bounded: cleared when full)."""
+
+
+def peers_hash(vnet: str, addresses: Collection[str]) -> int:
+    """The sum of the hashes of ``addresses`` as peers of ``vnet``: a table lookup each, in
+    C (a network's peers recur in every host's configuration and in each update of every host
+    carrying it: O(hosts^2) items while a fleet fills)."""
+    table = _peer_tables.get(vnet)
+    if table is None:
+        if len(_peer_tables) >= _PEER_TABLES_MAX:
+            _peer_tables.clear()
+        table = _peer_tables[vnet] = {}
+    try:
+        return sum(map(table.__getitem__, addresses))
+    except KeyError:
+        if len(table) >= _PEER_TABLE_MAX:
+            table.clear()
+        for address in addresses:
+            if address not in table:
+                table[address] = _hash(f"p\x1f{vnet}\x1f{address}")
+        return sum(map(table.__getitem__, addresses))
+
+
 def peer_hash(vnet: str, address: str) -> int:
-    """Cached: a network's peers recur in every host's configuration."""
-    return _hash(f"p\x1f{vnet}\x1f{address}")
+    known = _peer_tables.get(vnet, {}).get(address)
+    return known if known is not None else peers_hash(vnet, (address,))
 
 
 def lease_hash(vnet: str, lease: NicLease) -> int:
@@ -152,12 +177,12 @@ class NetConfig:
     def add_peers(self, vnet: str, addresses: list[str]) -> None:
         if self.keep_peers:
             self.peers[vnet].update(addresses)
-            self.total += sum(peer_hash(vnet, a) for a in addresses)
+            self.total += peers_hash(vnet, addresses)
 
     def remove_peers(self, vnet: str, addresses: list[str]) -> None:
         if self.keep_peers:
             self.peers.get(vnet, set()).difference_update(addresses)
-            self.total -= sum(peer_hash(vnet, a) for a in addresses)
+            self.total -= peers_hash(vnet, addresses)
 
     def add_lease(self, vnet: str, lease: NicLease) -> None:
         self.leases[vnet][lease.vm] = lease
@@ -224,7 +249,7 @@ class NetConfig:
         if len(gone) != len(change.peers_removed) or not gone <= peers:
             return "removes a peer not in place"
         come = set(change.peers_added)
-        if len(come) != len(change.peers_added) or any(p in peers and p not in gone for p in come):
+        if len(come) != len(change.peers_added) or not (come & peers) <= gone:
             return "adds a peer in place"
         return None
 
@@ -233,7 +258,7 @@ class NetConfig:
         moved = 0
         for vnet in update.removed:
             moved -= head_hash(self.heads[vnet])
-            moved -= sum(peer_hash(vnet, a) for a in self.peers.get(vnet, ()))
+            moved -= peers_hash(vnet, self.peers.get(vnet, ()))
             moved -= sum(lease_hash(vnet, lease) for lease in self.leases[vnet].values())
         for ref in update.endpoints_removed:
             moved -= endpoint_hash(self.endpoints[(ref.protocol.value, ref.public_port)])
@@ -242,13 +267,13 @@ class NetConfig:
             moved -= sum(lease_hash(vnet, leased[vm]) for vm in change.leases_removed)
             moved += sum(lease_hash(vnet, lease) for lease in change.leases_added)
             if self.keep_peers:
-                moved -= sum(peer_hash(vnet, a) for a in change.peers_removed)
-                moved += sum(peer_hash(vnet, a) for a in change.peers_added)
+                moved -= peers_hash(vnet, change.peers_removed)
+                moved += peers_hash(vnet, change.peers_added)
         for network in update.added:
             moved += head_hash(network)
             moved += sum(lease_hash(network.vnet, lease) for lease in network.leases)
             if self.keep_peers:
-                moved += sum(peer_hash(network.vnet, a) for a in network.peers)
+                moved += peers_hash(network.vnet, network.peers)
         return moved + sum(endpoint_hash(e) for e in update.endpoints_added)
 
     def apply(self, update: UpdateNetworks) -> None:

@@ -282,9 +282,7 @@ class SimulatedNetwork:
             found.append(f"network {name}: gateway {network.gateway} is not its first address")
         if not 576 <= network.mtu <= 9000:
             found.append(f"network {name}: MTU {network.mtu} out of 576..9000")
-        if len(set(network.peers)) != len(network.peers) or any(
-            parse_ip(peer) is None for peer in network.peers
-        ):
+        if len(set(network.peers)) != len(network.peers) or None in map(parse_ip, network.peers):
             found.append(f"network {name}: peers are not distinct IPv4 addresses")
         return found + _lease_problems(network, span)
 

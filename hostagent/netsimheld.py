@@ -222,7 +222,7 @@ class Held:
 
     def _change_fits(self, change: NetworkChange, undo: list[Callable[[], object]]) -> str | None:
         net = self.nets[change.vnet]
-        if any(parse_ip(peer) is None for peer in change.peers_added):
+        if None in map(parse_ip, change.peers_added):
             return f"network {change.vnet}: a peer is not an IPv4 address"
         for lease in change.leases_added:
             address = parse_ip(lease.ip)

@@ -13,6 +13,7 @@ process starts with a fresh one, see ``core/step.py`` for why that is safe).
 from __future__ import annotations
 
 import enum
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Final
@@ -82,7 +83,11 @@ class Carry:
 
     event_seq: int
     sent: dict[HostId, dict[VmName, tuple[AgentCommand, float]]] = field(default_factory=dict)
-    """The last command sent to each host for each VM, and when."""
+    """The last command sent to each host for each VM, and when; only while it is younger than
+    ``command_retry_s`` (an older one is repeated anyway, so it is forgotten: kept, the last
+    start of every VM held a spec per VM for good, and the garbage collector walked them all)."""
+    sent_order: deque[tuple[float, HostId, VmName]] = field(default_factory=deque)
+    """What ``sent`` holds, oldest first (an entry sent again since is skipped when pruned)."""
     new_pending: list[VmName] = field(default_factory=list)
     """VMs that became pending since placement last ran."""
     capacity_changed: bool = True
@@ -261,8 +266,10 @@ class StepContext:
         if not commands:
             return
         due: list[AgentCommand] = []
-        sent = self.carry.sent.setdefault(host, {})
         now_s, retry_s = self.now.mono_s, self.config.command_retry_s
+        self._forget_old(now_s, retry_s)
+        sent = self.carry.sent.setdefault(host, {})
+        order = self.carry.sent_order
         for cmd in commands:
             key = command_key(cmd)
             last = sent.get(key)
@@ -272,9 +279,20 @@ class StepContext:
                 or now_s - last[1] >= retry_s
             ):
                 sent[key] = (cmd, now_s)
+                order.append((now_s, host, key))
                 due.append(cmd)
         if due:
             self.actions.append(SendCommands(host, tuple(due)))
+
+    def _forget_old(self, now_s: float, retry_s: float) -> None:
+        """Forget the commands sent ``retry_s`` or longer ago: ``send`` repeats them anyway,
+        and ``hosts``/``hostnets`` read only younger ones."""
+        order, sent = self.carry.sent_order, self.carry.sent
+        while order and now_s - order[0][0] >= retry_s:
+            at_s, host, key = order.popleft()
+            by_key = sent.get(host)
+            if by_key is not None and (last := by_key.get(key)) is not None and last[1] == at_s:
+                del by_key[key]
 
     def forget_sent(self, host: HostId, name: VmName | None = None) -> None:
         """Forget what was sent to ``host`` (about ``name``, or about every VM)."""

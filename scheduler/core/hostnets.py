@@ -82,7 +82,7 @@ def _network(
         vni=record.vni,
         cidr=record.cidr,
         gateway=ip_text(ipam.gateway),
-        peers=sorted(peer_set(state, wants, vnet).addresses - {own}),
+        peers=peer_set(state, wants, vnet).for_host(own),
         leases=[leased[name] for name in sorted(leased)],
     )
 
@@ -130,7 +130,7 @@ def whole(want: HostWant, wants: NetWants) -> ConfigureNetworks:
     config = want.config.whole(want.digest)
     nobody = PeerSet(frozenset(), 0)
     config.networks = [
-        replace(n, peers=sorted(wants.peers.get(n.vnet, nobody).addresses - {want.own}))
+        replace(n, peers=wants.peers.get(n.vnet, nobody).for_host(want.own))
         for n in config.networks
     ]
     return config
@@ -293,13 +293,18 @@ def _peer_changes(state: ClusterState, wants: NetWants, vnet: str) -> dict[HostI
         wants.peers[vnet] = old or PeerSet.of(vnet, now)
         return {}
     wants.peers[vnet] = PeerSet.of(vnet, now)
-    added, removed = sorted(now - old.addresses), sorted(old.addresses - now)
+    come, gone = now - old.addresses, old.addresses - now
+    added, removed = sorted(come), sorted(gone)
+    shared = NetworkChange(vnet=vnet, peers_added=added, peers_removed=removed)
     changes = {}
     for host in state.net.hosts_of(vnet):
         want = wants.hosts.get(host)
         if want is None or vnet not in want.config.heads:
             continue
         own = want.own
+        if own not in come and own not in gone:
+            changes[host] = shared  # one change for all: its lists are never changed
+            continue
         change = NetworkChange(
             vnet=vnet,
             peers_added=[a for a in added if a != own],

@@ -3,10 +3,11 @@
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 
 from common.ids import HostId
-from common.netconfig import NetConfig, digest_text, peer_hash
+from common.netconfig import NetConfig, digest_text, peer_hash, peers_hash
 
 RECENT_DIGESTS = 64
 """How many digests sent by updates a host is remembered to be on the way through."""
@@ -19,10 +20,20 @@ class PeerSet:
 
     addresses: frozenset[str]
     total: int
+    ordered: list[str] = field(default_factory=list)
+    """``addresses`` sorted (never changed: a host's list is cut from it)."""
 
     @classmethod
     def of(cls, vnet: str, addresses: frozenset[str]) -> PeerSet:
-        return cls(addresses, sum(peer_hash(vnet, a) for a in addresses))
+        return cls(addresses, peers_hash(vnet, addresses), sorted(addresses))
+
+    def for_host(self, own: str) -> list[str]:
+        """The peers of a host at ``own``, sorted: the others' addresses."""
+        ordered = self.ordered
+        if own not in self.addresses:
+            return list(ordered)
+        at = bisect.bisect_left(ordered, own)
+        return ordered[:at] + ordered[at + 1 :]
 
     def total_for(self, vnet: str, own: str) -> int:
         """The peer hashes of a host at ``own`` (its own address is not its peer)."""

@@ -44,7 +44,7 @@ from scheduler.core.contract import (
     Tick,
 )
 from scheduler.core.step import SchedulerCore
-from scheduler.shell import gallery, metering, readview
+from scheduler.shell import collector, gallery, metering, readview
 from scheduler.shell.api import (
     ReadApi,
     decode_capture_report,
@@ -72,7 +72,6 @@ log = logging.getLogger(__name__)
 
 MAX_BATCH = 2048
 """Most inputs handled by one core step (and so one commit)."""
-JOB_FETCH = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +135,7 @@ class SchedulerApp:
 
     async def run(self) -> None:
         store = await SqliteStore.open(self.config.db_path)
+        survivors = collector.started()  # what lives on is frozen, as what was loaded is
         try:
             loaded, state, view = await readview.load(store)  # off the event loop
             self.core = SchedulerCore(
@@ -157,6 +157,7 @@ class SchedulerApp:
             finally:
                 await close_connection(nc)
         finally:
+            survivors.stop()
             readview.thaw()
             await store.close()
 
@@ -470,7 +471,8 @@ class SchedulerApp:
                     await nc.publish(subjects.host_commands(host), codec.encode(message))
                 case DropImageObject(sha256=sha256):
                     gallery.drop_object_in_background(nc, sha256)
-        self._log(actions)
+                case Emit(event=event):
+                    log_event(event)
 
     def _source(self, token: int) -> str:
         target = self._targets.get(token)
@@ -487,11 +489,6 @@ class SchedulerApp:
         elif target.msg is not None and body is not None and target.msg.reply:
             # A heartbeat published without a reply inbox gets no ack (responding would raise)
             await target.msg.respond(codec.encode(body))
-
-    def _log(self, actions: list[Action]) -> None:
-        for action in actions:
-            if isinstance(action, Emit):
-                log_event(action.event)
 
     # ------------------------------------------------------------------ events out
 

@@ -274,6 +274,25 @@ def test_lost_command_is_sent_again_after_the_retry_interval() -> None:
     assert isinstance(cmd, StartVm) and cmd.generation == 1
 
 
+def test_the_memory_of_commands_sent_keeps_only_what_is_younger_than_the_retry() -> None:
+    """The scheduler remembers each command sent only while a repeat would be suppressed: the
+    start of a VM that runs is not held for good (it held a spec per VM, which the garbage
+    collector walked at each full collection), and a repeat is still held back meanwhile."""
+    kit = with_hosts("h1", "h2", command_retry_s=2.0)
+    for i in range(4):
+        kit.create(f"a-{i}")
+    assert sum(len(by_vm) for by_vm in kit.core.carry.sent.values()) == 4
+    kit.t += 1.0
+    kit.create("b")
+    assert commands(kit.heartbeat("h1", [])) == []  # the starts are young: not sent again
+    kit.t += 1.5
+    kit.create("c")  # a send forgets the starts sent 2.5 s ago, keeps b's (1.5 s ago)
+    remembered = {name for by_vm in kit.core.carry.sent.values() for name in by_vm}
+    assert remembered == {"b", "c"}
+    again = {cmd.vm.name for cmd in commands(kit.heartbeat("h1", [])) if isinstance(cmd, StartVm)}
+    assert again == {f"a-{i}" for i in range(4)} & set(kit.vms_on("h1"))
+
+
 def test_old_heartbeat_is_acked_but_not_reconciled() -> None:
     kit = with_hosts("h1")
     kit.create("a")

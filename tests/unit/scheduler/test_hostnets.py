@@ -208,3 +208,40 @@ def test_an_agent_that_lost_its_networks_gets_them_and_its_starts_again_at_once(
     actions = kit.heartbeat("h1", [], underlay_ip="192.0.2.1", boot_id="boot-2")
     sent = commands(actions, "h1")
     assert [type(c).__name__ for c in sent] == ["ConfigureNetworks", "StartVm"], sent
+
+
+def test_hosts_joining_in_one_tick_learn_each_other_and_the_others_learn_both() -> None:
+    kit = kit_with("h1", "h2", "h3")
+    kit.create("big-1", "ExtraLarge", nics=[NicRequest(vnet="front")])  # fills one host
+    first = kit.vm("big-1").host
+    held = HeldNets()
+    held.take(kit.actions)
+    tokens = (1000, 1001)
+    joined = kit.step(
+        *(
+            Mutation(
+                Op.CREATE,
+                CreateVm(name=f"big-{t}", size="ExtraLarge", nics=[NicRequest(vnet="front")]),
+                t,
+            )
+            for t in tokens
+        )
+    )
+    held.take(joined)
+    second, third = (kit.vm(f"big-{t}").host for t in tokens)
+    assert first is not None and second is not None and third is not None
+    ticked = kit.advance(0.2)
+    held.take(ticked)
+    # The host that carried it gets one change naming both; each newcomer only the other.
+    [update] = network_commands(ticked, first)
+    assert isinstance(update, UpdateNetworks)
+    assert update.changed[0].peers_added == sorted([ADDRESSES[second], ADDRESSES[third]])
+    for host, other in ((second, third), (third, second)):
+        [update] = network_commands(ticked, host)
+        assert isinstance(update, UpdateNetworks)
+        assert update.changed[0].peers_added == [ADDRESSES[other]]
+    for host in (first, second, third):
+        assert held.whole(host).networks[0].peers == sorted(
+            ADDRESSES[h] for h in ADDRESSES if h != host
+        )
+        assert held.whole(host) == desired(kit.state, HostId(host))
