@@ -67,6 +67,11 @@ class SimulatedReplicas:
     def applied_digest(self) -> str:
         return self._digest
 
+    @property
+    def replica_set(self) -> ReplicaSet:
+        """The set applied (read only)."""
+        return self._set
+
     async def apply(self, config: ConfigureReplicas) -> None:
         self.apply_now(config)
 
