@@ -35,26 +35,10 @@ class DiskShare:
     """Per replicated disk: its id, the space a copy takes, and its copies."""
     local: tuple[tuple[HostId, int], ...]
     """Host-local disks made on a host, with their size."""
-
-    @property
-    def fewest(self) -> int | None:
-        """The fewest live (not lost) copies of its replicated disks; None without any."""
-        if not self.replicated:
-            return None
-        return min(
-            sum(state is not CopyState.LOST for _, state, _ in copies)
-            for _, _, copies in self.replicated
-        )
-
-    @property
-    def fewest_current(self) -> int | None:
-        """The fewest current copies of its replicated disks; None without any."""
-        if not self.replicated:
-            return None
-        return min(
-            sum(state is CopyState.CURRENT for _, state, _ in copies)
-            for _, _, copies in self.replicated
-        )
+    fewest: int | None = None
+    """The fewest live (not lost) copies of its replicated disks; None without any."""
+    fewest_current: int | None = None
+    """The fewest current copies of its replicated disks; None without any."""
 
 
 def share_of(record: VmRecord | None) -> DiskShare | None:
@@ -64,15 +48,20 @@ def share_of(record: VmRecord | None) -> DiskShare | None:
         return None
     replicated: list[tuple[str, int, Copies]] = []
     local: list[tuple[HostId, int]] = []
+    fewest = fewest_current = None
     for d in record.disks:  # one pass: a restart takes the share of every VM
         if d.storage is DiskStorage.REPLICATED:
             copies = tuple((c.host, c.state, c.made) for c in d.copies)
             replicated.append((d.disk_id, d.charged_mib, copies))
+            live = sum(state is not CopyState.LOST for _, state, _ in copies)
+            current = sum(state is CopyState.CURRENT for _, state, _ in copies)
+            fewest = live if fewest is None else min(fewest, live)
+            fewest_current = current if fewest_current is None else min(fewest_current, current)
         if d.host is not None:
             local.append((d.host, d.charged_mib))
     if not replicated and not local:
         return None
-    return DiskShare(tuple(replicated), tuple(local))
+    return DiskShare(tuple(replicated), tuple(local), fewest, fewest_current)
 
 
 @dataclass(slots=True)
@@ -94,21 +83,24 @@ class DiskIndex:
     """Hosts whose used space changed (their placement view is stale)."""
 
     def update(self, name: VmName, old: DiskShare | None, new: DiskShare | None) -> None:
+        """Take ``old`` out and put ``new`` in: only the disks that differ (a copy made, or a
+        copy's state changed, touches that disk alone)."""
         if old == new:
             return
-        if old is not None:
-            self._apply(name, old, -1)
-        if new is not None:
-            self._apply(name, new, +1)
+        before = {d[0]: d for d in old.replicated} if old is not None else {}
+        after = {d[0]: d for d in new.replicated} if new is not None else {}
+        for disk_id in before.keys() | after.keys():
+            was, now = before.get(disk_id), after.get(disk_id)
+            if was != now:
+                self._update_disk(name, disk_id, was, now)
+        local_was = old.local if old is not None else ()
+        local_now = new.local if new is not None else ()
+        if local_was != local_now:
+            for host, mib in local_was:
+                self._use(host, -mib)
+            for host, mib in local_now:
+                self._use(host, mib)
         self._refile(name, old, new)
-        before = {d: copies for d, _, copies in old.replicated} if old is not None else {}
-        after = {d: copies for d, _, copies in new.replicated} if new is not None else {}
-        for disk in before.keys() | after.keys():
-            if before.get(disk) != after.get(disk):
-                for copies in (before.get(disk, ()), after.get(disk, ())):
-                    for host, _, _ in copies:
-                        self.dirty_hosts.add(host)
-                        self.dirty_disks.setdefault(host, set()).add(disk)
 
     def add(self, name: VmName, record: VmRecord) -> None:
         """``update(name, None, share_of(record))`` for a VM not indexed yet: quicker for one
@@ -128,25 +120,48 @@ class DiskIndex:
                 if not used[host]:
                     del used[host]
 
-    def _apply(self, name: VmName, share: DiskShare, sign: int) -> None:
-        for disk, mib, copies in share.replicated:
-            for host, state, _ in copies:
-                self._use(host, sign * mib)
-                if state in _MAKING:
-                    made = self.making.get(host, 0) + sign
-                    if made:
-                        self.making[host] = made
-                    else:
-                        del self.making[host]
-                held = self.held.setdefault(host, {})
-                if sign > 0:
-                    held[disk] = name
-                else:
-                    held.pop(disk, None)
-                    if not held:
-                        del self.held[host]
-        for host, mib in share.local:
+    def _update_disk(
+        self,
+        name: VmName,
+        disk_id: str,
+        was: tuple[str, int, Copies] | None,
+        now: tuple[str, int, Copies] | None,
+    ) -> None:
+        if was is not None and now is not None and _same_homes(was, now):
+            for (host, then, _), (_, state, _) in zip(was[2], now[2], strict=True):
+                self._making(host, (state in _MAKING) - (then in _MAKING))
+        else:
+            if was is not None:
+                self._apply_disk(name, was, -1)
+            if now is not None:
+                self._apply_disk(name, now, +1)
+        for copies in (was[2] if was else (), now[2] if now else ()):
+            for host, _, _ in copies:
+                self.dirty_hosts.add(host)
+                self.dirty_disks.setdefault(host, set()).add(disk_id)
+
+    def _apply_disk(self, name: VmName, disk: tuple[str, int, Copies], sign: int) -> None:
+        disk_id, mib, copies = disk
+        for host, state, _ in copies:
             self._use(host, sign * mib)
+            if state in _MAKING:
+                self._making(host, sign)
+            held = self.held.setdefault(host, {})
+            if sign > 0:
+                held[disk_id] = name
+            else:
+                held.pop(disk_id, None)
+                if not held:
+                    del self.held[host]
+
+    def _making(self, host: HostId, change: int) -> None:
+        if not change:
+            return
+        made = self.making.get(host, 0) + change
+        if made:
+            self.making[host] = made
+        else:
+            del self.making[host]
 
     def _use(self, host: HostId, mib: int) -> None:
         used = self.used_mib.get(host, 0) + mib
@@ -189,6 +204,16 @@ class DiskIndex:
             if getattr(self, what) != getattr(other, what):
                 problems.append(what)
         return problems
+
+
+def _same_homes(was: tuple[str, int, Copies], now: tuple[str, int, Copies]) -> bool:
+    """The disk's copies are on the same hosts, at the same size (their state or whether they
+    were made changed): the space they take and who holds them are as they were."""
+    return (
+        was[1] == now[1]
+        and len(was[2]) == len(now[2])
+        and all(a[0] == b[0] for a, b in zip(was[2], now[2], strict=True))
+    )
 
 
 def _move(
