@@ -81,14 +81,16 @@ class ReplicaSet:
         found = self.specs.get(disk_id)
         return found[0] if found is not None else None
 
-    def put(self, spec: ReplicaSpec) -> None:
-        """Name ``spec`` (in place of the spec its disk id had, if any)."""
+    def put(self, spec: ReplicaSpec, hashed: int | None = None) -> None:
+        """Name ``spec`` (in place of the spec its disk id had, if any); ``hashed``: its hash,
+        if known."""
         old = self.specs.get(spec.disk_id)
         if old is not None:
             if old[0] == spec:
                 return
             self.total -= old[1]
-        hashed = replica_hash(spec)
+        if hashed is None:
+            hashed = replica_hash(spec)
         self.specs[spec.disk_id] = (spec, hashed)
         self.total += hashed
 
@@ -104,6 +106,21 @@ class ReplicaSet:
         """Why ``update`` cannot apply to this set (None: it can): it is based on another one,
         names a disk twice, removes or changes what is not there, adds what is, or does not
         lead to the digest it names."""
+        return self._misfit(update) or self._misled(update, self._hashes(update))
+
+    def apply_checked(self, update: UpdateReplicas) -> str | None:
+        """Apply ``update`` if it can (None), else say why not and change nothing: ``problem``
+        and ``apply`` with each new spec hashed once (the agents' way)."""
+        why = self._misfit(update)
+        if why is not None:
+            return why
+        hashes = self._hashes(update)
+        why = self._misled(update, hashes)
+        if why is None:
+            self.apply(update, hashes)
+        return why
+
+    def _misfit(self, update: UpdateReplicas) -> str | None:
         if update.base != self.digest:
             return f"based on {update.base or 'nothing'}, not {self.digest or 'nothing'}"
         named = [
@@ -119,24 +136,31 @@ class ReplicaSet:
             return "changes a replica not in the set"
         if any(s.disk_id in self.specs for s in update.added):
             return "adds a replica in the set"
-        reached = digest_text(self.total + self.shift(update))
+        return None
+
+    @staticmethod
+    def _hashes(update: UpdateReplicas) -> list[int]:
+        """The hashes of ``update``'s new specs (added, then changed)."""
+        return [replica_hash(s) for s in (*update.added, *update.changed)]
+
+    def _misled(self, update: UpdateReplicas, hashes: list[int]) -> str | None:
+        """Why ``update`` (which fits) does not lead to the digest it names (None: it does)."""
+        moved = sum(hashes) - sum(self.specs[d][1] for d in update.removed)
+        moved -= sum(self.specs[s.disk_id][1] for s in update.changed)
+        reached = digest_text(self.total + moved)
         if reached != update.digest:
             return f"leads to {reached or 'nothing'}, not {update.digest or 'nothing'}"
         return None
 
-    def shift(self, update: UpdateReplicas) -> int:
-        """How much ``update`` moves the sum of the hashes (it removes and changes only what is
-        there)."""
-        moved = -sum(self.specs[d][1] for d in update.removed)
-        moved -= sum(self.specs[s.disk_id][1] for s in update.changed)
-        return moved + sum(replica_hash(s) for s in (*update.added, *update.changed))
-
-    def apply(self, update: UpdateReplicas) -> None:
-        """Apply ``update`` (``problem`` said it can); O(its size)."""
+    def apply(self, update: UpdateReplicas, hashes: list[int] | None = None) -> None:
+        """Apply ``update`` (``problem`` said it can; ``hashes``: its new specs', if known);
+        O(its size)."""
         for disk_id in update.removed:
             self.drop(disk_id)
-        for spec in (*update.added, *update.changed):
-            self.put(spec)
+        specs = (*update.added, *update.changed)
+        known: list[int | None] = list(hashes) if hashes is not None else [None] * len(specs)
+        for spec, hashed in zip(specs, known, strict=True):
+            self.put(spec, hashed)
         self.existing.update(update.existing)
 
 

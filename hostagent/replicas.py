@@ -81,8 +81,7 @@ def disk_capacity_mib(declared: str, data_dir: Path) -> int:
 def merged(last: ReplicaSet, update: UpdateReplicas) -> ReplicaSet:
     """The set ``update`` leads to from ``last`` (which is left as it is); ``ReplicaError``
     when it does not apply to it."""
-    if why := last.problem(update):
-        raise ReplicaError(f"replica update not applied: {why}")
     following = last.copy()
-    following.apply(update)
+    if why := following.apply_checked(update):
+        raise ReplicaError(f"replica update not applied: {why}")
     return following

@@ -97,14 +97,13 @@ class SimulatedReplicas:
 
     def update_now(self, update: UpdateReplicas) -> None:
         """:meth:`update`, synchronous: O(the update), whatever the host holds."""
-        if why := self._set.problem(update):
-            raise ReplicaError(f"replica update not applied: {why}")
         specs = [*update.added, *update.changed]
         if why := check_disk_ids(specs):
             raise ReplicaError(why)
+        if misfit := self._set.apply_checked(update):
+            raise ReplicaError(f"replica update not applied: {misfit}")
         now_s = self.now_s()
         self._made_by(now_s)
-        self._set.apply(update)
         for disk_id in update.removed:
             if disk_id in self.held:
                 self._delete(disk_id)
