@@ -130,6 +130,13 @@ class DiskIndex:
         if was is not None and now is not None and _same_homes(was, now):
             for (host, then, _), (_, state, _) in zip(was[2], now[2], strict=True):
                 self._making(host, (state in _MAKING) - (then in _MAKING))
+            if all(a[1] is b[1] for a, b in zip(was[2], now[2], strict=True)):
+                # only whether copies were made changed: their hosts' sets alone (a copy's
+                # source to fill from is chosen by the others' states, which are the same)
+                for before, after in zip(was[2], now[2], strict=True):
+                    if before != after:
+                        self._dirty(before[0], disk_id)
+                return
         else:
             if was is not None:
                 self._apply_disk(name, was, -1)
@@ -137,8 +144,12 @@ class DiskIndex:
                 self._apply_disk(name, now, +1)
         for copies in (was[2] if was else (), now[2] if now else ()):
             for host, _, _ in copies:
-                self.dirty_hosts.add(host)
-                self.dirty_disks.setdefault(host, set()).add(disk_id)
+                self._dirty(host, disk_id)
+
+    def _dirty(self, host: HostId, disk_id: str) -> None:
+        """``host``'s replica set may have changed through the copies of ``disk_id``."""
+        self.dirty_hosts.add(host)
+        self.dirty_disks.setdefault(host, set()).add(disk_id)
 
     def _apply_disk(self, name: VmName, disk: tuple[str, int, Copies], sign: int) -> None:
         disk_id, mib, copies = disk
