@@ -35,10 +35,27 @@ class DiskShare:
     """Per replicated disk: its id, the space a copy takes, and its copies."""
     local: tuple[tuple[HostId, int], ...]
     """Host-local disks made on a host, with their size."""
-    fewest: int | None = None
-    """The fewest live (not lost) copies of its replicated disks; None without any."""
-    fewest_current: int | None = None
-    """The fewest current copies of its replicated disks; None without any."""
+
+    @property
+    def fewest(self) -> int | None:
+        """The fewest live (not lost) copies of its replicated disks; None without any (counted
+        only when the share changed: a record's change mostly leaves it as it was)."""
+        if not self.replicated:
+            return None
+        return min(
+            sum(state is not CopyState.LOST for _, state, _ in copies)
+            for _, _, copies in self.replicated
+        )
+
+    @property
+    def fewest_current(self) -> int | None:
+        """The fewest current copies of its replicated disks; None without any."""
+        if not self.replicated:
+            return None
+        return min(
+            sum(state is CopyState.CURRENT for _, state, _ in copies)
+            for _, _, copies in self.replicated
+        )
 
 
 def share_of(record: VmRecord | None) -> DiskShare | None:
@@ -48,20 +65,15 @@ def share_of(record: VmRecord | None) -> DiskShare | None:
         return None
     replicated: list[tuple[str, int, Copies]] = []
     local: list[tuple[HostId, int]] = []
-    fewest = fewest_current = None
     for d in record.disks:  # one pass: a restart takes the share of every VM
         if d.storage is DiskStorage.REPLICATED:
             copies = tuple((c.host, c.state, c.made) for c in d.copies)
             replicated.append((d.disk_id, d.charged_mib, copies))
-            live = sum(state is not CopyState.LOST for _, state, _ in copies)
-            current = sum(state is CopyState.CURRENT for _, state, _ in copies)
-            fewest = live if fewest is None else min(fewest, live)
-            fewest_current = current if fewest_current is None else min(fewest_current, current)
         if d.host is not None:
             local.append((d.host, d.charged_mib))
     if not replicated and not local:
         return None
-    return DiskShare(tuple(replicated), tuple(local), fewest, fewest_current)
+    return DiskShare(tuple(replicated), tuple(local))
 
 
 @dataclass(slots=True)
@@ -89,10 +101,11 @@ class DiskIndex:
             return
         before = {d[0]: d for d in old.replicated} if old is not None else {}
         after = {d[0]: d for d in new.replicated} if new is not None else {}
+        refile = False
         for disk_id in before.keys() | after.keys():
             was, now = before.get(disk_id), after.get(disk_id)
             if was != now:
-                self._update_disk(name, disk_id, was, now)
+                refile = self._update_disk(name, disk_id, was, now) or refile
         local_was = old.local if old is not None else ()
         local_now = new.local if new is not None else ()
         if local_was != local_now:
@@ -100,7 +113,8 @@ class DiskIndex:
                 self._use(host, -mib)
             for host, mib in local_now:
                 self._use(host, mib)
-        self._refile(name, old, new)
+        if refile:
+            self._refile(name, old, new)
 
     def add(self, name: VmName, record: VmRecord) -> None:
         """``update(name, None, share_of(record))`` for a VM not indexed yet: quicker for one
@@ -126,7 +140,9 @@ class DiskIndex:
         disk_id: str,
         was: tuple[str, int, Copies] | None,
         now: tuple[str, int, Copies] | None,
-    ) -> None:
+    ) -> bool:
+        """The disk's copies changed from ``was`` to ``now``; False when only whether copies
+        were made did (the counts of live and current copies are as they were)."""
         if was is not None and now is not None and _same_homes(was, now):
             for (host, then, _), (_, state, _) in zip(was[2], now[2], strict=True):
                 self._making(host, (state in _MAKING) - (then in _MAKING))
@@ -136,7 +152,7 @@ class DiskIndex:
                 for before, after in zip(was[2], now[2], strict=True):
                     if before != after:
                         self._dirty(before[0], disk_id)
-                return
+                return False
         else:
             if was is not None:
                 self._apply_disk(name, was, -1)
@@ -145,6 +161,7 @@ class DiskIndex:
         for copies in (was[2] if was else (), now[2] if now else ()):
             for host, _, _ in copies:
                 self._dirty(host, disk_id)
+        return True
 
     def _dirty(self, host: HostId, disk_id: str) -> None:
         """``host``'s replica set may have changed through the copies of ``disk_id``."""
@@ -220,11 +237,7 @@ class DiskIndex:
 def _same_homes(was: tuple[str, int, Copies], now: tuple[str, int, Copies]) -> bool:
     """The disk's copies are on the same hosts, at the same size (their state or whether they
     were made changed): the space they take and who holds them are as they were."""
-    return (
-        was[1] == now[1]
-        and len(was[2]) == len(now[2])
-        and all(a[0] == b[0] for a, b in zip(was[2], now[2], strict=True))
-    )
+    return was[1] == now[1] and [c[0] for c in was[2]] == [c[0] for c in now[2]]
 
 
 def _move(
