@@ -45,11 +45,10 @@ from common.network_messages import (
     NicRequest,
 )
 from common.replica_messages import (
-    ConfigureReplicas,
     DiskReplicas,
+    ReplicaCommand,
     ReplicaInfo,
     ReplicaStatus,
-    SetDiskReplicas,
 )
 from common.resources import Resources
 from common.spec_messages import (
@@ -279,9 +278,6 @@ class CaptureDisk(msgspec.Struct, tag="capture_disk", kw_only=True):
 MigrationCommand = PrepareIncoming | MigrateOut | CancelMigration | FinishIncoming
 """The live-migration commands (common/migration_messages.py)."""
 
-ReplicaCommand = ConfigureReplicas | SetDiskReplicas
-"""The replicated-disk commands (common/replica_messages.py)."""
-
 AgentCommand = (
     StartVm
     | StopVm
@@ -367,7 +363,7 @@ class Heartbeat(msgspec.Struct, kw_only=True):
     replica_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0
     """The port of this host's replica server on ``underlay_ip``; 0: it serves no replicas."""
     replica_digest: DigestField = ""
-    """The ``ConfigureReplicas.digest`` this host has applied; empty: none yet."""
+    """The digest of the replica set this host holds; empty: none yet."""
     replicas: list[ReplicaStatus] = []
     """The replicas of the applied set that are not ready (creating, filling, failed)."""
 

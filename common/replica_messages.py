@@ -14,7 +14,10 @@ Replica hosts get ``ConfigureReplicas`` (the whole desired set of replicas on th
 level-triggered like ``ConfigureNetworks``): the agent makes what is missing, serves it, and
 deletes replicas the set no longer names. It echoes the applied ``digest`` in
 ``Heartbeat.replica_digest`` and lists the replicas that are not ready yet in
-``Heartbeat.replicas``.
+``Heartbeat.replicas``. Once a host holds a set, the scheduler sends what changes in it as
+``UpdateReplicas`` (from the digest it names, ``base``, to ``digest``); a host that does not
+hold ``base`` ignores it and keeps reporting its digest, and is sent the whole set. A set's
+digest is the sum, modulo 2**64, of a hash of each replica's spec (common/replicaset.py).
 
 The host running a VM gets the VM's current copies in its spec (``DiskSpec.replicas``) and, when
 the copy set changes while the VM runs, ``SetDiskReplicas``: a copy no longer named is dropped
@@ -106,6 +109,22 @@ class ConfigureReplicas(msgspec.Struct, tag="configure_replicas", kw_only=True):
     it anew. Not part of the digest: a host that applied the set holds them already."""
 
 
+class UpdateReplicas(msgspec.Struct, tag="update_replicas", kw_only=True):
+    """What changed in a host's replica set since the set whose digest is ``base``: applied
+    only to that set (else ignored), it leaves the set whose digest is ``digest``."""
+
+    base: DigestField
+    digest: DigestField
+    added: list[ReplicaSpec] = []
+    """Replicas the set did not name."""
+    changed: list[ReplicaSpec] = []
+    """Replicas it named with another spec (by disk id): e.g. a copy given a source to fill from."""
+    removed: list[str] = []
+    """The disk ids of replicas it no longer names (deleted from the host)."""
+    existing: list[str] = []
+    """Of ``added`` and ``changed``, those made before (as ``ConfigureReplicas.existing``)."""
+
+
 class ReplicaStatus(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """A replica of this host that is not ready (in ``Heartbeat.replicas``)."""
 
@@ -144,3 +163,7 @@ class DiskReplicas(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True
     """Copies being brought in step, with their progress (0..1)."""
     failed: list[HostIdField] = []
     """Copies that failed a write: the VM is paused until the scheduler drops them."""
+
+
+ReplicaCommand = ConfigureReplicas | UpdateReplicas | SetDiskReplicas
+"""The replicated-disk commands (in ``AgentCommand``)."""

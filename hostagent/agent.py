@@ -24,6 +24,7 @@ from common.clock import Clock
 from common.errors import DriverError, NetworkError
 from common.messages import AgentCommand, CaptureDisk, Heartbeat, ObservedVm
 from common.network_messages import UpdateNetworks
+from common.replica_messages import UpdateReplicas
 from hostagent.drivers.base import (
     HypervisorDriver,
     IncomingEndpoint,
@@ -228,7 +229,10 @@ async def apply_replicas(replicas: ReplicaBackend, op: ApplyReplicas) -> Replica
     stimulus."""
     error = None
     try:
-        await replicas.apply(op.config)
+        if isinstance(op.config, UpdateReplicas):
+            await replicas.update(op.config)
+        else:
+            await replicas.apply(op.config)
     except ReplicaError as exc:
         error = str(exc)
     return ReplicasApplied(op.config, replicas.applied_digest, error)

@@ -13,6 +13,9 @@ Contract, for every implementation:
 - :meth:`apply` is idempotent and converges: it makes (or starts making) what is missing, and
   removes what the set no longer names, including what an earlier run of the agent left. It
   raises :class:`ReplicaError` when it cannot; :attr:`applied_digest` is then unchanged.
+- :meth:`update` applies an ``UpdateReplicas`` to the set last applied, as :meth:`apply` would
+  the set it leads to; it raises :class:`ReplicaError` (and changes nothing) when that set is
+  not the update's ``base``, or the update does not fit it (:meth:`ReplicaSet.problem`).
 - Making a replica may take long (an image to fetch, a copy to fill): :meth:`apply` returns
   once it is under way, and :meth:`statuses` tells how far each replica that is not ready is.
 - :meth:`close` releases what the backend holds in this process; exports stay, so the VMs
@@ -26,7 +29,8 @@ from pathlib import Path
 from typing import Protocol
 
 from common.errors import ConfigError, StratusError
-from common.replica_messages import ConfigureReplicas, ReplicaStatus
+from common.replica_messages import ConfigureReplicas, ReplicaStatus, UpdateReplicas
+from common.replicaset import ReplicaSet
 from common.sizes import parse_size_mib
 
 
@@ -50,6 +54,10 @@ class ReplicaBackend(Protocol):
         """Hold and serve exactly the replicas ``config`` names."""
         ...
 
+    async def update(self, update: UpdateReplicas) -> None:
+        """Apply ``update`` to the set last applied."""
+        ...
+
     def statuses(self) -> list[ReplicaStatus]:
         """The named replicas that are not ready (creating, filling, failed)."""
         ...
@@ -68,3 +76,12 @@ def disk_capacity_mib(declared: str, data_dir: Path) -> int:
     data_dir.mkdir(parents=True, exist_ok=True)
     stat = os.statvfs(data_dir)
     return stat.f_blocks * stat.f_frsize >> 20
+
+
+def merged(last: ReplicaSet, update: UpdateReplicas) -> ReplicaSet:
+    """The set ``update`` leads to from ``last`` (which is left as it is); ``ReplicaError``
+    when it does not apply to it."""
+    following = last.copy()
+    if why := following.apply_checked(update):
+        raise ReplicaError(f"replica update not applied: {why}")
+    return following

@@ -27,7 +27,8 @@ from pathlib import Path
 import msgspec
 
 from common.errors import DriverError
-from common.replica_messages import ConfigureReplicas, ReplicaSpec, ReplicaStatus
+from common.replica_messages import ConfigureReplicas, ReplicaSpec, ReplicaStatus, UpdateReplicas
+from common.replicaset import ReplicaSet
 from common.waiting import poll
 from hostagent.disks import run_qemu_img
 from hostagent.drivers.qmp import JsonObject, QmpClient, QmpError
@@ -40,7 +41,7 @@ from hostagent.replicaplan import (
     plan_replicas,
     replica_statuses,
 )
-from hostagent.replicas import ReplicaBackend, ReplicaError
+from hostagent.replicas import ReplicaBackend, ReplicaError, merged
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,8 @@ class ReplicaServer:
     name: str = DAEMON
     _port: int = 0
     _digest: str = ""
+    _set: ReplicaSet = field(default_factory=ReplicaSet)
+    """The set last applied (an update is merged into it)."""
     _desired: list[ReplicaSpec] = field(default_factory=list)
     _existing: set[str] = field(default_factory=set)
     """Named replicas made before (as the scheduler says, or made here since): if their files
@@ -230,6 +233,14 @@ class ReplicaServer:
     # ------------------------------------------------------------------ applying
 
     async def apply(self, config: ConfigureReplicas) -> None:
+        await self._apply(config, ReplicaSet.of(config))
+
+    async def update(self, update: UpdateReplicas) -> None:
+        """The update merged into the last set applied, and that set applied as a whole."""
+        following = merged(self._set, update)
+        await self._apply(following.whole(update.digest), following)
+
+    async def _apply(self, config: ConfigureReplicas, replica_set: ReplicaSet) -> None:
         if why := check_disk_ids(config.replicas):
             raise ReplicaError(why)
         self._desired = list(config.replicas)
@@ -250,6 +261,7 @@ class ReplicaServer:
             task = asyncio.create_task(self._make(spec), name=f"replica-{spec.disk_id}")
             self._making[spec.disk_id] = Making(task)
         self._digest = config.digest
+        self._set = replica_set
         log.info(
             "replicas applied digest=%s replicas=%d made=%d deleted=%d",
             config.digest,

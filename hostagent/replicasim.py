@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from common.replica_messages import ConfigureReplicas, ReplicaSpec, ReplicaStatus
+from common.replica_messages import ConfigureReplicas, ReplicaSpec, ReplicaStatus, UpdateReplicas
+from common.replicaset import ReplicaSet
 from hostagent.drivers.fakequorum import DiskLedger
 from hostagent.replicaplan import Held, check_disk_ids, lost, plan_replicas, replica_statuses
 from hostagent.replicas import ReplicaBackend, ReplicaError
@@ -46,12 +47,12 @@ class SimulatedReplicas:
     name: str = "simulated"
     held: dict[str, SimReplica] = field(default_factory=dict)
     _counted: set[str] = field(default_factory=set)
-    _desired: dict[str, ReplicaSpec] = field(default_factory=dict)
-    """The named replicas, by disk id (in the order named)."""
+    _set: ReplicaSet = field(default_factory=ReplicaSet)
+    """The set applied: the named replicas, by disk id."""
     _existing: set[str] = field(default_factory=set)
     """Named replicas made before (as the scheduler says, or made here since): if not held,
     lost, never made anew."""
-    _lost: list[str] = field(default_factory=list)
+    _lost: set[str] = field(default_factory=set)
     _pending: dict[str, SimReplica] = field(default_factory=dict)
     """The held replicas not made yet (being filled): a heartbeat's statuses look at these
     only, so a report costs nothing per replica that is ready."""
@@ -66,8 +67,16 @@ class SimulatedReplicas:
     def applied_digest(self) -> str:
         return self._digest
 
+    @property
+    def replica_set(self) -> ReplicaSet:
+        """The set applied (read only)."""
+        return self._set
+
     async def apply(self, config: ConfigureReplicas) -> None:
         self.apply_now(config)
+
+    async def update(self, update: UpdateReplicas) -> None:
+        self.update_now(update)
 
     def apply_now(self, config: ConfigureReplicas) -> None:
         """:meth:`apply`, synchronous (the simulated pool and unit tests)."""
@@ -79,31 +88,63 @@ class SimulatedReplicas:
         self._existing = set(config.existing) | (self._existing & named)
         plan = plan_replicas(config.replicas, self._held(now_s), self._existing)
         for disk_id in plan.delete:
-            del self.held[disk_id]
-            self._pending.pop(disk_id, None)
-            self._counted.discard(disk_id)
-            if self.ledger is not None:
-                self.ledger.deleted(disk_id, self.host_id)
+            self._delete(disk_id)
         for spec in plan.make:
-            size_mib = replica_size_mib(spec, self.os_disk_mib)
-            fill_s = 0.0
-            if spec.fill_from is not None:
-                fill_s = size_mib / (spec.fill_mib_s or self.fill_mib_s)
-            replica = self.held[spec.disk_id] = SimReplica(spec, size_mib, now_s + fill_s, now_s)
-            if fill_s > 0:
-                self._pending[spec.disk_id] = replica
-            else:
-                self._count(replica)
-        self._desired = {spec.disk_id: spec for spec in config.replicas}
-        self._lost = sorted(named & self._existing - self.held.keys())
+            self._make(spec, now_s)
+        self._set = ReplicaSet.of(config)
+        self._lost = named & self._existing - self.held.keys()
         self._digest = config.digest
+
+    def update_now(self, update: UpdateReplicas) -> None:
+        """:meth:`update`, synchronous: O(the update), whatever the host holds."""
+        specs = [*update.added, *update.changed]
+        if why := check_disk_ids(specs):
+            raise ReplicaError(why)
+        if misfit := self._set.apply_checked(update):
+            raise ReplicaError(f"replica update not applied: {misfit}")
+        now_s = self.now_s()
+        self._made_by(now_s)
+        for disk_id in update.removed:
+            if disk_id in self.held:
+                self._delete(disk_id)
+            self._existing.discard(disk_id)
+            self._lost.discard(disk_id)
+        self._existing.update(update.existing)
+        self._adopt(specs, now_s)
+        for spec in specs:
+            disk_id = spec.disk_id
+            if disk_id in self.held:
+                continue  # made, or being made: as the plan of the whole set would leave it
+            if disk_id in self._existing:
+                self._lost.add(disk_id)
+            else:
+                self._make(spec, now_s)
+        self._digest = update.digest
+
+    def _make(self, spec: ReplicaSpec, now_s: float) -> None:
+        size_mib = replica_size_mib(spec, self.os_disk_mib)
+        fill_s = 0.0
+        if spec.fill_from is not None:
+            fill_s = size_mib / (spec.fill_mib_s or self.fill_mib_s)
+        replica = self.held[spec.disk_id] = SimReplica(spec, size_mib, now_s + fill_s, now_s)
+        if fill_s > 0:
+            self._pending[spec.disk_id] = replica
+        else:
+            self._count(replica)
+
+    def _delete(self, disk_id: str) -> None:
+        del self.held[disk_id]
+        self._pending.pop(disk_id, None)
+        self._counted.discard(disk_id)
+        if self.ledger is not None:
+            self.ledger.deleted(disk_id, self.host_id)
 
     def statuses(self) -> list[ReplicaStatus]:
         now_s = self.now_s()
         self._made_by(now_s)
-        pending = [self._desired[d] for d in self._pending if d in self._desired]
+        pending = [spec for d in self._pending if (spec := self._set.spec(d)) is not None]
         held = {d: self._state(r, now_s) for d, r in self._pending.items()}
-        return [lost(d) for d in self._lost] + replica_statuses(pending, held)
+        return [lost(d) for d in sorted(self._lost)] + replica_statuses(pending, held)
 
     def ready(self, disk_id: str) -> bool:
         replica = self.held.get(disk_id)

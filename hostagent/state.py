@@ -47,7 +47,12 @@ from common.messages import (
 )
 from common.migration_messages import CancelMigration, FinishIncoming, MigrateOut
 from common.network_messages import ConfigureNetworks, UpdateNetworks
-from common.replica_messages import ConfigureReplicas, ReplicaStatus, SetDiskReplicas
+from common.replica_messages import (
+    ConfigureReplicas,
+    ReplicaStatus,
+    SetDiskReplicas,
+    UpdateReplicas,
+)
 from hostagent.claim import HostClaim
 from hostagent.epoch import EpochGate, from_leader
 from hostagent.execlog import ExecEvent
@@ -291,7 +296,7 @@ class AgentState:
         for command in commands:
             if isinstance(command, ConfigureNetworks | UpdateNetworks):
                 continue
-            if isinstance(command, ConfigureReplicas):
+            if isinstance(command, ConfigureReplicas | UpdateReplicas):
                 self.replicas.receive(command, out)
                 continue
             if isinstance(command, CancelMigration):

@@ -28,7 +28,12 @@ from common.messages import (
 )
 from common.migration_messages import MigrateOut
 from common.network_messages import ConfigureNetworks, UpdateNetworks
-from common.replica_messages import ConfigureReplicas, ReplicaStatus, SetDiskReplicas
+from common.replica_messages import (
+    ConfigureReplicas,
+    ReplicaStatus,
+    SetDiskReplicas,
+    UpdateReplicas,
+)
 from hostagent.execlog import ExecEvent
 from hostagent.lease import Lease
 
@@ -115,7 +120,7 @@ class NetworksApplied:
 class ReplicasApplied:
     """The replica backend finished applying ``config`` (``error`` set when it could not)."""
 
-    config: ConfigureReplicas
+    config: ConfigureReplicas | UpdateReplicas
     digest: str
     """The backend's applied digest now (``config.digest`` unless it failed)."""
     error: str | None = None
@@ -281,10 +286,10 @@ class ApplyNetworks:
 
 @dataclass(frozen=True, slots=True)
 class ApplyReplicas:
-    """Have the replica backend hold the replicas ``config`` names; then
+    """Have the replica backend hold the replicas ``config`` names (or apply the update); then
     :class:`ReplicasApplied`."""
 
-    config: ConfigureReplicas
+    config: ConfigureReplicas | UpdateReplicas
 
 
 @dataclass(frozen=True, slots=True)

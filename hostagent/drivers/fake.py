@@ -42,7 +42,12 @@ from hostagent.drivers.base import (
     ReplicatingDriver,
 )
 from hostagent.drivers.consolebuf import ConsoleBuffer
-from hostagent.drivers.fakequorum import DEFAULT_JOIN_MIB_S, DiskLedger, FakeQuorums
+from hostagent.drivers.fakequorum import (
+    DEFAULT_JOIN_MIB_S,
+    WRITE_EVERY_S,
+    DiskLedger,
+    FakeQuorums,
+)
 from hostagent.network import tap_name
 from hostagent.vmcommands import Inventory
 
@@ -189,7 +194,9 @@ class FakeDriver:
         self._inventory: Inventory | None = None
         """The last inventory handed out, while nothing changed since."""
         self._replicated: dict[str, _FakeVm] = {}
-        """The VMs with replicated disks: each look at the inventory moves their copies on."""
+        self._quorums_due_s = float("-inf")
+        """The VMs with replicated disks: a look at the inventory moves their copies on (at most
+        once every ``WRITE_EVERY_S``)."""
 
     def allocated(self) -> Resources:
         """What every held VM (starting, running or paused) takes from the host."""
@@ -321,12 +328,19 @@ class FakeDriver:
             self._changed(vm)
 
     def inventory(self) -> list[ObservedVm]:
-        """The VMs held; the same list (an :class:`Inventory`) until one of them changes."""
-        for vm in self._replicated.values():
-            assert vm.quorums is not None
-            vm.quorums.tick(vm.state is ObservedState.RUNNING)
-            if vm.quorums.report() != self._observed[vm.spec.name].disks:
-                self._changed(vm)
+        """The VMs held; the same list (an :class:`Inventory`) until one of them changes. The
+        replicated disks are looked at once every ``WRITE_EVERY_S`` of the clock (each running
+        VM writes then), not at each call: the agent asks at every command and operation."""
+        if self._replicated and self._clock_s() >= self._quorums_due_s:
+            self._quorums_due_s = self._clock_s() + WRITE_EVERY_S
+            for vm in self._replicated.values():
+                assert vm.quorums is not None
+                vm.quorums.tick(vm.state is ObservedState.RUNNING)
+                if (
+                    not vm.quorums.held
+                    and vm.quorums.report() != self._observed[vm.spec.name].disks
+                ):
+                    self._changed(vm)
         if self._inventory is None:
             self._inventory = Inventory(dict(self._observed))
         return self._inventory

@@ -118,6 +118,11 @@ class FakeQuorums:
         return cls(ledger, now_s, disks, join_mib_s) if disks else None
 
     @property
+    def held(self) -> bool:
+        """The last report still holds (no join under way, no copy changed since)."""
+        return self._reports is not None
+
+    @property
     def stopped(self) -> bool:
         """A failed copy stopped the VM (it is still reported running)."""
         return any(disk.failed for disk in self.disks)

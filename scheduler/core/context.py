@@ -36,10 +36,11 @@ from common.messages import (
     VmState,
 )
 from common.network_messages import ConfigureNetworks, EndpointInfo, NicInfo, UpdateNetworks
-from common.replica_messages import ConfigureReplicas, ReplicaSpec, SetDiskReplicas
+from common.replica_messages import ConfigureReplicas, SetDiskReplicas, UpdateReplicas
 from scheduler.core import transitions
 from scheduler.core.contract import Action, Emit, Now, Reply, SendCommands
 from scheduler.core.netwants import NetWants
+from scheduler.core.replicawants import ReplicaWant
 from scheduler.core.views import migration_info
 from scheduler.placement.hostviews import HostViews
 from scheduler.placement.pipeline import PlacementPolicy
@@ -70,7 +71,7 @@ def command_key(command: AgentCommand) -> VmName:
         return VmName(command.vm.name)
     if isinstance(command, ConfigureNetworks | UpdateNetworks):
         return NETWORKS_KEY
-    if isinstance(command, ConfigureReplicas):
+    if isinstance(command, ConfigureReplicas | UpdateReplicas):
         return REPLICAS_KEY
     if isinstance(command, SetDiskReplicas):
         return VmName(f"{command.name}*{command.disk_id}")
@@ -97,11 +98,9 @@ class Carry:
     networks: NetWants = field(default_factory=NetWants)
     """Each host's desired network configuration as last computed and sent, and each network's
     peers (scheduler/core/hostnets.py)."""
-    replicas: dict[HostId, ConfigureReplicas] = field(default_factory=dict)
-    """Each host's desired replica set as last computed (scheduler/core/hostreplicas.py)."""
-    replica_specs: dict[HostId, dict[str, tuple[ReplicaSpec, bool]]] = field(default_factory=dict)
-    """The same by disk id (and whether the copy was made): a change of some copies recomputes
-    only theirs."""
+    replicas: dict[HostId, ReplicaWant] = field(default_factory=dict)
+    """Each host's desired replica set as last computed and sent
+    (scheduler/core/hostreplicas.py)."""
     rebalance_queue: list[Move] = field(default_factory=list)
     """Moves the rebalancer planned that wait for a migration slot."""
     rebalance_budget: MigrationBudget | None = None

@@ -1,48 +1,53 @@
-"""A host's desired replica set, its delivery (level-triggered), and what its heartbeats say
-of it. Pure.
+"""A host's desired replica set, its delivery as changes (level-triggered), and what its
+heartbeats say of it. Pure.
 
 What a host should hold is a function of the records: every copy placed on it of a disk of a
 VM that is not deleted (``DiskIndex.held``), lost copies included (never deleted by the
 scheduler: an operator may want them). A ``filling`` copy names a current copy to copy from.
-``ConfigureReplicas`` carries the whole set, named by a digest of its canonical encoding (the
-empty set's is "", which is what an agent that applied nothing reports: a host without
-replicas is sent nothing).
+A set's digest is the sum of per-replica hashes (common/replicaset.py): "" for the empty set,
+which is what an agent that applied nothing reports (a host without replicas is sent nothing).
 
-Delivery, as for networks (hostnets.py): a host whose set changed gets it at the end of the
-step (``flush``), ahead of the starts that need it; a heartbeat whose ``replica_digest`` is not
-the wanted one gets it again (at most every ``command_retry_s``).
+The scheduler keeps what it last sent each host (``Carry.replicas``, a ``ReplicaWant``) and
+sends, as for networks (hostnets.py):
 
-Readiness: a host that reports the wanted digest holds every replica of that set, and those
-not in its ``Heartbeat.replicas`` are ready. A replica that becomes ready moves things on: a
-filled copy is current, a joining one is sent to its VM's host to be brought in step, and a
-VM waiting for its copies is started.
+- ``ConfigureReplicas``, the whole set, to a host it has no account for (its first replica,
+  scheduler restarted, host back up) unless it reports holding it, and to a host that reports
+  a digest no update led to (its agent restarted, or it lost or refused an update) or that
+  stays on one digest of the way for ``command_retry_s`` (an update was lost);
+- else ``UpdateReplicas`` from the digest last sent to the new one, with the replicas added,
+  changed and removed: at the end of the step (``flush``), for the disks whose copies changed
+  there (``DiskIndex.dirty_disks``), O(those disks).
+
+Readiness: a host that reports a digest holds that set (``HostRuntime.replicas_held``, followed
+along the updates that led there, ``ReplicaWant.walk``), and those of its replicas not in its
+``Heartbeat.replicas`` are ready. A replica that becomes ready moves things on: a filled copy
+is current, a joining one is sent to its VM's host to be brought in step, and a VM waiting for
+its copies is started. A settled host's heartbeat (the wanted digest, held, nothing unready)
+costs nothing here.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Mapping
 
 from msgspec.structs import replace
 
-from common import codec
 from common.ids import HostId, VmName
 from common.messages import AgentCommand, Heartbeat, StartVm, VmState
-from common.replica_messages import ConfigureReplicas, ReplicaSpec, ReplicaState, ReplicaStatus
+from common.replica_messages import (
+    ConfigureReplicas,
+    ReplicaSpec,
+    ReplicaState,
+    ReplicaStatus,
+    UpdateReplicas,
+)
+from common.replicaset import ReplicaSet
 from scheduler.core import replicas
 from scheduler.core.context import StepContext
+from scheduler.core.replicawants import ReplicaWant
 from scheduler.state.cluster import ClusterState
 from scheduler.state.model import HostRuntime, VmRecord
 from scheduler.state.storage import CopyRecord, CopyState, DiskRecord
-
-
-def digest_of(config: ConfigureReplicas) -> str:
-    """The digest of ``config`` (its own ``digest`` and ``existing`` left empty): "" for the
-    empty set. That a copy was made changes nothing for a host that applied the set."""
-    if not config.replicas:
-        return ""
-    body = codec.encode(replace(config, digest="", existing=[]))
-    return hashlib.blake2b(body, digest_size=8).hexdigest()
 
 
 def _disk(record: VmRecord, disk_id: str) -> DiskRecord:
@@ -74,100 +79,162 @@ def _spec(
     ), made
 
 
-def desired(
-    state: ClusterState,
-    host: HostId,
-    rebuild_mib_per_s: float,
-    specs: dict[str, tuple[ReplicaSpec, bool]] | None = None,
-    changed: Iterable[str] | None = None,
-) -> ConfigureReplicas:
-    """The whole replica set ``host`` should hold, from the index (no visit of every VM).
-    Given ``specs``, its specs as last computed (kept up to date here), only those of the
-    ``changed`` disks are computed again (None: all)."""
+def build(state: ClusterState, host: HostId, rebuild_mib_per_s: float) -> ReplicaSet:
+    """The whole replica set ``host`` should hold, from the index (no visit of every VM)."""
+    made = ReplicaSet()
+    for disk_id in state.disks.held.get(host, {}):
+        spec, existing = _spec(state, host, disk_id, rebuild_mib_per_s)
+        made.put(spec)
+        if existing:
+            made.existing.add(disk_id)
+    return made
+
+
+def desired(state: ClusterState, host: HostId, rebuild_mib_per_s: float) -> ConfigureReplicas:
+    """The whole replica set ``host`` should hold now, computed from scratch."""
+    return build(state, host, rebuild_mib_per_s).whole()
+
+
+def _update(
+    ctx: StepContext, host: HostId, want: ReplicaWant, disks: Iterable[str]
+) -> UpdateReplicas | None:
+    """What changed in ``host``'s set through the copies of ``disks`` (None: nothing), applied
+    to ``want``. O(those disks)."""
+    state, rate = ctx.state, ctx.config.storage.rebuild_mib_per_s
     held = state.disks.held.get(host, {})
-    if specs is None:
-        specs = {}
-    if changed is None:
-        specs.clear()
-        changed = held
-    for disk_id in changed:
-        if disk_id in held:
-            specs[disk_id] = _spec(state, host, disk_id, rebuild_mib_per_s)
+    have = want.replicas
+    update = UpdateReplicas(base=want.digest, digest="")
+    for disk_id in sorted(disks):
+        old = have.spec(disk_id)
+        if disk_id not in held:
+            if old is not None:
+                update.removed.append(disk_id)
+            continue
+        spec, made = _spec(state, host, disk_id, rate)
+        if made:  # not part of the digest: sent only with a spec that changed
+            have.existing.add(disk_id)
         else:
-            specs.pop(disk_id, None)
-    ordered = sorted(specs)
-    config = ConfigureReplicas(
-        replicas=[specs[d][0] for d in ordered],
-        digest="",
-        existing=[d for d in ordered if specs[d][1]],
-    )
-    config.digest = digest_of(config)
-    return config
-
-
-def wanted(ctx: StepContext, host: HostId) -> ConfigureReplicas:
-    """The host's desired set (computed again, for the disks whose copies changed, if any
-    did)."""
-    disks, carry = ctx.state.disks, ctx.carry
-    config = carry.replicas.get(host)
-    if config is None or host in disks.dirty_hosts:
-        disks.dirty_hosts.discard(host)
-        changed: Iterable[str] | None = disks.dirty_disks.pop(host, None)
-        specs = carry.replica_specs.get(host)
-        if config is None or specs is None:
-            specs, changed = carry.replica_specs.setdefault(host, {}), None
-        rate = ctx.config.storage.rebuild_mib_per_s
-        config = carry.replicas[host] = desired(ctx.state, host, rate, specs, changed)
-    return config
+            have.existing.discard(disk_id)
+        if old is None:
+            update.added.append(spec)
+        elif old != spec:
+            update.changed.append(spec)
+        else:
+            continue
+        if made:
+            update.existing.append(disk_id)
+    if not (update.added or update.changed or update.removed):
+        return None
+    have.apply(update)
+    update.digest = want.digest
+    want.passed(update)
+    return update
 
 
 def due(ctx: StepContext, host: HostId) -> list[AgentCommand]:
-    """The set ``host`` should be sent now, unless it reported having applied it."""
-    config = wanted(ctx, host)
-    runtime = ctx.state.runtimes.get(host)
-    reported = runtime.replica_digest if runtime is not None else ""
-    return [] if config.digest == reported else [config]
+    """What ``host`` should be sent now about its replicas: the whole set if there is no
+    account of what it has (unless it reports having it), the changes if its copies changed,
+    else nothing: [] or [it]."""
+    state, carry = ctx.state, ctx.carry
+    disks = state.disks
+    want = carry.replicas.get(host)
+    if want is None:
+        disks.dirty_hosts.discard(host)
+        disks.dirty_disks.pop(host, None)
+        rate = ctx.config.storage.rebuild_mib_per_s
+        want = carry.replicas[host] = ReplicaWant.of(build(state, host, rate))
+        runtime = state.runtimes.get(host)
+        reported = runtime.replica_digest if runtime is not None else ""
+        return [] if want.digest == reported else [want.whole(ctx.now.mono_s)]
+    if host in disks.dirty_hosts:
+        disks.dirty_hosts.discard(host)
+        update = _update(ctx, host, want, disks.dirty_disks.pop(host, ()))
+        if update is not None:
+            return [update]
+    return []
+
+
+def _settled(runtime: HostRuntime, want: ReplicaWant | None, hb: Heartbeat) -> bool:
+    """The host holds the wanted set, as known, and nothing of it is not ready."""
+    return (
+        want is not None
+        and hb.replica_digest == want.digest == runtime.replicas_held_digest
+        and not hb.replicas
+        and not runtime.replicas_unready
+    )
 
 
 def heartbeat(ctx: StepContext, host: HostId, hb: Heartbeat) -> None:
-    """Take in the replica set ``host`` applied and its replicas not ready; send the wanted
-    set if it differs; move on what became ready (or failed). Costs nothing per replica held
-    unless the set changed."""
+    """Take in the replica set ``host`` applied and its replicas not ready; send the whole set
+    when the host is not on its way to the wanted one; move on what became ready (or failed).
+    Costs nothing per replica held: O(the updates it applied since its last report)."""
     runtime = ctx.state.runtimes.get(host)
     if runtime is None:
         return
-    config = wanted(ctx, host)
-    held_before, unready_before = runtime.replicas_held, runtime.replicas_unready
-    runtime.replica_digest = hb.replica_digest
-    known = runtime.replicas_known
-    if hb.replica_digest == config.digest:
-        if runtime.replicas_held_digest != config.digest:
-            runtime.replicas_held = frozenset(spec.disk_id for spec in config.replicas)
-            runtime.replicas_held_digest = config.digest
-        known = True
-    elif hb.replica_digest == "":
-        runtime.replicas_held, runtime.replicas_held_digest = frozenset(), ""
+    want = ctx.carry.replicas.get(host)
+    dirty = host in ctx.state.disks.dirty_hosts
+    if not dirty and _settled(runtime, want, hb):
+        runtime.replica_digest = hb.replica_digest
+        return
+    runtime.replica_digest = reported = hb.replica_digest
+    commands = due(ctx, host) if want is None or dirty else []
+    want = ctx.carry.replicas[host]
+    unready_before = runtime.replicas_unready
+    runtime.replicas_unready = {status.disk_id: status for status in hb.replicas}
+    gained = _take_held(runtime, want, reported)
+    known = runtime.replicas_known if gained is None else True
+    if gained is None and reported == "":
         known = False  # it lost what it had (or never had any): known once it applied ours
     if known != runtime.replicas_known:
         runtime.replicas_known = known
         ctx.state.stale_views.add(host)
         ctx.capacity_changed()  # VMs pending for want of a home for their copies try again
-    runtime.replicas_unready = {status.disk_id: status for status in hb.replicas}
-    ctx.send(host, due(ctx, host))
-    for disk_id in _became_ready_ids(runtime, held_before, unready_before):
+    ctx.send(host, commands or _again(ctx, want, reported, on_trail=gained is not None))
+    for disk_id in _became_ready_ids(runtime, gained or [], unready_before):
         _became_ready(ctx, host, disk_id)
     if hb.replicas:
         _not_ready(ctx, host, hb.replicas)
 
 
+def _take_held(runtime: HostRuntime, want: ReplicaWant, reported: str) -> list[str] | None:
+    """The host holds the set ``reported`` names: its disk ids in ``runtime.replicas_held``;
+    those it gained. None: no update led there (what it holds is not known)."""
+    gained = want.walk(runtime.replicas_held, runtime.replicas_held_digest, reported)
+    if gained is not None:
+        runtime.replicas_held_digest = reported
+    elif reported == "":
+        runtime.replicas_held.clear()
+        runtime.replicas_held_digest = ""
+    return gained
+
+
+def _again(
+    ctx: StepContext, want: ReplicaWant, reported: str, *, on_trail: bool
+) -> list[AgentCommand]:
+    """The whole set, if the host is not on its way to the wanted one: it reports a digest no
+    update led to (unless the whole went less than ``command_retry_s`` ago), or one on the way
+    for ``command_retry_s`` (an update was lost, or refused)."""
+    now_s, retry_s = ctx.now.mono_s, ctx.config.command_retry_s
+    if reported == want.digest:
+        want.reported = None
+        return []
+    if reported != want.reported:
+        want.reported, want.reported_since_s = reported, now_s
+    since_s = want.reported_since_s if on_trail else want.whole_sent_s
+    if now_s - since_s < retry_s:
+        return []
+    return [want.whole(now_s)]
+
+
 def _became_ready_ids(
-    runtime: HostRuntime, held_before: frozenset[str], unready_before: Mapping[str, object]
+    runtime: HostRuntime, gained: list[str], unready_before: Mapping[str, object]
 ) -> list[str]:
-    """The replicas ready now that were not before (sorted)."""
+    """The replicas ready now that were not before (sorted): those just held and not unready,
+    and those no longer reported not ready."""
     held, unready = runtime.replicas_held, runtime.replicas_unready
-    if held is held_before:  # the same set: only those no longer reported not ready
-        return sorted(d for d in unready_before if d in held and d not in unready)
-    return sorted((held - unready.keys()) - (held_before - unready_before.keys()))
+    ready = {d for d in gained if d not in unready}
+    ready.update(d for d in unready_before if d in held and d not in unready)
+    return sorted(ready)
 
 
 def _copy_on(ctx: StepContext, host: HostId, disk_id: str) -> tuple[VmRecord, CopyRecord] | None:
@@ -266,12 +333,13 @@ def flush(ctx: StepContext) -> None:
             dirty.discard(host)
             ctx.state.disks.dirty_disks.pop(host, None)
             ctx.carry.replicas.pop(host, None)  # computed again when it is back
-            ctx.carry.replica_specs.pop(host, None)
             continue
         ctx.send(host, due(ctx, host))
 
 
 def hosts_moved(ctx: StepContext) -> None:
     """A host's replica address changed: the sets naming copies to fill from may change."""
-    ctx.state.disks.dirty_hosts.update(ctx.state.disks.held)
-    ctx.carry.replica_specs.clear()  # every spec computed again (its sources' addresses)
+    disks = ctx.state.disks
+    for host, held in disks.held.items():  # every spec computed again (its sources' addresses)
+        disks.dirty_hosts.add(host)
+        disks.dirty_disks.setdefault(host, set()).update(held)

@@ -319,7 +319,7 @@ def _declare_dead(ctx: StepContext, host: HostId) -> None:
     runtime.inventory_digest = ""
     runtime.network_digest = ""
     runtime.replica_digest = ""
-    runtime.replicas_held, runtime.replicas_unready = frozenset(), {}
+    runtime.replicas_held, runtime.replicas_unready = set(), {}
     runtime.replicas_held_digest = ""
     runtime.replicas_known = False
     runtime.settled = False

@@ -336,7 +336,27 @@ def observe(ctx: StepContext, host: HostId, observed: dict[VmName, ObservedVm]) 
             continue
         if record.state is not VmState.RUNNING or record.migration is not None:
             continue
-        _observe_vm(ctx, record, seen.disks)
+        if not _steady(record, seen.disks):
+            _observe_vm(ctx, record, seen.disks)
+
+
+def _steady(record: VmRecord, reports: list[DiskReplicas]) -> bool:
+    """The VM writes to exactly its disks' copies, all current, none joining or failed: as
+    every running VM does but while a copy changes (nothing to take in). A report of each
+    replicated disk is what it costs, at each look at the host's VMs."""
+    replicated = [disk for disk in record.disks if disk.replicated]
+    if len(replicated) != len(reports):
+        return False
+    for disk, report in zip(replicated, reports, strict=True):
+        if report.disk_id != disk.disk_id or report.joining or report.failed:
+            return False
+        copies = disk.copies
+        if len(copies) != len(report.in_sync):
+            return False
+        for copy in copies:
+            if copy.state is not CopyState.CURRENT or copy.host not in report.in_sync:
+                return False
+    return True
 
 
 def with_copy(record: VmRecord, disk_id: str, host: HostId, copy: CopyRecord) -> list[DiskRecord]:

@@ -38,7 +38,8 @@ class DiskShare:
 
     @property
     def fewest(self) -> int | None:
-        """The fewest live (not lost) copies of its replicated disks; None without any."""
+        """The fewest live (not lost) copies of its replicated disks; None without any (counted
+        only when the share changed: a record's change mostly leaves it as it was)."""
         if not self.replicated:
             return None
         return min(
@@ -94,21 +95,26 @@ class DiskIndex:
     """Hosts whose used space changed (their placement view is stale)."""
 
     def update(self, name: VmName, old: DiskShare | None, new: DiskShare | None) -> None:
+        """Take ``old`` out and put ``new`` in: only the disks that differ (a copy made, or a
+        copy's state changed, touches that disk alone)."""
         if old == new:
             return
-        if old is not None:
-            self._apply(name, old, -1)
-        if new is not None:
-            self._apply(name, new, +1)
-        self._refile(name, old, new)
-        before = {d: copies for d, _, copies in old.replicated} if old is not None else {}
-        after = {d: copies for d, _, copies in new.replicated} if new is not None else {}
-        for disk in before.keys() | after.keys():
-            if before.get(disk) != after.get(disk):
-                for copies in (before.get(disk, ()), after.get(disk, ())):
-                    for host, _, _ in copies:
-                        self.dirty_hosts.add(host)
-                        self.dirty_disks.setdefault(host, set()).add(disk)
+        before = {d[0]: d for d in old.replicated} if old is not None else {}
+        after = {d[0]: d for d in new.replicated} if new is not None else {}
+        refile = False
+        for disk_id in before.keys() | after.keys():
+            was, now = before.get(disk_id), after.get(disk_id)
+            if was != now:
+                refile = self._update_disk(name, disk_id, was, now) or refile
+        local_was = old.local if old is not None else ()
+        local_now = new.local if new is not None else ()
+        if local_was != local_now:
+            for host, mib in local_was:
+                self._use(host, -mib)
+            for host, mib in local_now:
+                self._use(host, mib)
+        if refile:
+            self._refile(name, old, new)
 
     def add(self, name: VmName, record: VmRecord) -> None:
         """``update(name, None, share_of(record))`` for a VM not indexed yet: quicker for one
@@ -128,25 +134,62 @@ class DiskIndex:
                 if not used[host]:
                     del used[host]
 
-    def _apply(self, name: VmName, share: DiskShare, sign: int) -> None:
-        for disk, mib, copies in share.replicated:
-            for host, state, _ in copies:
-                self._use(host, sign * mib)
-                if state in _MAKING:
-                    made = self.making.get(host, 0) + sign
-                    if made:
-                        self.making[host] = made
-                    else:
-                        del self.making[host]
-                held = self.held.setdefault(host, {})
-                if sign > 0:
-                    held[disk] = name
-                else:
-                    held.pop(disk, None)
-                    if not held:
-                        del self.held[host]
-        for host, mib in share.local:
+    def _update_disk(
+        self,
+        name: VmName,
+        disk_id: str,
+        was: tuple[str, int, Copies] | None,
+        now: tuple[str, int, Copies] | None,
+    ) -> bool:
+        """The disk's copies changed from ``was`` to ``now``; False when only whether copies
+        were made did (the counts of live and current copies are as they were)."""
+        if was is not None and now is not None and _same_homes(was, now):
+            for (host, then, _), (_, state, _) in zip(was[2], now[2], strict=True):
+                self._making(host, (state in _MAKING) - (then in _MAKING))
+            if all(a[1] is b[1] for a, b in zip(was[2], now[2], strict=True)):
+                # only whether copies were made changed: their hosts' sets alone (a copy's
+                # source to fill from is chosen by the others' states, which are the same)
+                for before, after in zip(was[2], now[2], strict=True):
+                    if before != after:
+                        self._dirty(before[0], disk_id)
+                return False
+        else:
+            if was is not None:
+                self._apply_disk(name, was, -1)
+            if now is not None:
+                self._apply_disk(name, now, +1)
+        for copies in (was[2] if was else (), now[2] if now else ()):
+            for host, _, _ in copies:
+                self._dirty(host, disk_id)
+        return True
+
+    def _dirty(self, host: HostId, disk_id: str) -> None:
+        """``host``'s replica set may have changed through the copies of ``disk_id``."""
+        self.dirty_hosts.add(host)
+        self.dirty_disks.setdefault(host, set()).add(disk_id)
+
+    def _apply_disk(self, name: VmName, disk: tuple[str, int, Copies], sign: int) -> None:
+        disk_id, mib, copies = disk
+        for host, state, _ in copies:
             self._use(host, sign * mib)
+            if state in _MAKING:
+                self._making(host, sign)
+            held = self.held.setdefault(host, {})
+            if sign > 0:
+                held[disk_id] = name
+            else:
+                held.pop(disk_id, None)
+                if not held:
+                    del self.held[host]
+
+    def _making(self, host: HostId, change: int) -> None:
+        if not change:
+            return
+        made = self.making.get(host, 0) + change
+        if made:
+            self.making[host] = made
+        else:
+            del self.making[host]
 
     def _use(self, host: HostId, mib: int) -> None:
         used = self.used_mib.get(host, 0) + mib
@@ -189,6 +232,12 @@ class DiskIndex:
             if getattr(self, what) != getattr(other, what):
                 problems.append(what)
         return problems
+
+
+def _same_homes(was: tuple[str, int, Copies], now: tuple[str, int, Copies]) -> bool:
+    """The disk's copies are on the same hosts, at the same size (their state or whether they
+    were made changed): the space they take and who holds them are as they were."""
+    return was[1] == now[1] and [c[0] for c in was[2]] == [c[0] for c in now[2]]
 
 
 def _move(

@@ -243,7 +243,7 @@ class HostRuntime:
     """The digest of the network configuration the host last reported applied."""
     replica_digest: str = ""
     """The digest of the replica set the host last reported applied."""
-    replicas_held: frozenset[str] = frozenset()
+    replicas_held: set[str] = field(default_factory=set)
     """The disks of the replica set it applied last (as far as known): what it holds."""
     replicas_held_digest: str = ""
     """The digest of the set ``replicas_held`` was taken from (taken again only if it differs)."""

@@ -1,6 +1,7 @@
 """The replica server of a real agent (qemu driver) in a network namespace of its own: it serves
 the replicas ``ConfigureReplicas`` names over NBD on its underlay address, deletes those the
-next set leaves out, and keeps serving across an agent restart (kill -9)."""
+next set leaves out, keeps serving across an agent restart (kill -9), and applies an
+``UpdateReplicas`` on the set it holds (and ignores one on another)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,14 @@ import pytest
 from nats.aio.client import Client
 
 from common.natsserver import NatsServer, start_nats_server
-from common.replica_messages import ConfigureReplicas, ReplicaRef, ReplicaSpec, ReplicaState
+from common.replica_messages import (
+    ConfigureReplicas,
+    ReplicaRef,
+    ReplicaSpec,
+    ReplicaState,
+    UpdateReplicas,
+)
+from common.replicaset import ReplicaSet
 from rigs.chaos.netns import Network, unavailable_reason
 from tests.conftest import _require_nats
 from tests.integration.test_agent import FakeScheduler
@@ -245,3 +253,45 @@ async def test_a_copy_is_filled_from_another_hosts_replica(hosts: tuple[Host, Ho
     finally:
         await nc1.close()
         await nc2.close()
+
+
+async def test_an_update_is_applied_on_the_set_held_and_ignored_on_another(
+    hosts: tuple[Host, Host],
+) -> None:
+    host, _ = hosts
+    nc, scheduler = await _scheduler(host.url, host.host_id)
+    try:
+        host.start_agent()
+        await scheduler.wait_acked()
+        one = ReplicaSpec(disk_id="vm-1-data-1", vm="vm-1", kind="data", size_mib=64)
+        two = ReplicaSpec(disk_id="vm-2-data-1", vm="vm-2", kind="data", size_mib=64)
+        held = ReplicaSet()
+        held.put(one)
+        await scheduler.send(held.whole(), host_id=host.host_id)
+        await _applied(scheduler, held.digest)
+        port = scheduler.heartbeats[-1].replica_port
+        url_one = f"nbd://{host.address}:{port}/vm-1-data-1"
+        url_two = f"nbd://{host.address}:{port}/vm-2-data-1"
+        assert host.io(url_one, "write -P 0x11 0 64k").returncode == 0
+
+        # on another base (as after a lost update): ignored, the digest held still reported
+        elsewhere = UpdateReplicas(base="00000000000000aa", digest="00000000000000bb", added=[two])
+        await scheduler.send(elsewhere, host_id=host.host_id)
+        seen = len(scheduler.heartbeats)
+        await scheduler.wait_for_heartbeat_after(seen + 2, timeout_s=5)
+        assert scheduler.heartbeats[-1].replica_digest == held.digest
+        assert host.io(url_two, "read 0 4k").returncode != 0
+
+        # on the set held: the new one made and served, the one removed deleted
+        base = held.digest
+        held.put(two)
+        held.drop("vm-1-data-1")
+        update = UpdateReplicas(base=base, digest=held.digest, added=[two], removed=[one.disk_id])
+        await scheduler.send(update, host_id=host.host_id)
+        await _applied(scheduler, held.digest)
+        assert host.io(url_two, "write -P 0x22 0 64k").returncode == 0
+        assert host.reads(url_two, "0x22")
+        assert host.io(url_one, "read 0 4k").returncode != 0
+        assert not (host.replicas_dir / "vm-1-data-1.qcow2").exists()
+    finally:
+        await nc.close()

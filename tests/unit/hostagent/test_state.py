@@ -24,7 +24,7 @@ from common.messages import (
 )
 from common.migration_messages import CancelMigration, FinishIncoming
 from common.network_messages import ConfigureNetworks, UpdateNetworks
-from common.replica_messages import ConfigureReplicas, SetDiskReplicas
+from common.replica_messages import ConfigureReplicas, SetDiskReplicas, UpdateReplicas
 from hostagent.execlog import ExecEvent
 from hostagent.stimuli import (
     AckReceived,
@@ -158,7 +158,12 @@ class Run:
 
     def command(self, command: AgentCommand) -> None:
         assert not isinstance(
-            command, ConfigureNetworks | UpdateNetworks | ConfigureReplicas | SetDiskReplicas
+            command,
+            ConfigureNetworks
+            | UpdateNetworks
+            | ConfigureReplicas
+            | UpdateReplicas
+            | SetDiskReplicas,
         )
         name = command_vm_name(command)
         held_before = self.agent.held().get(name)

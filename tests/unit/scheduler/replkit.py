@@ -1,8 +1,9 @@
 """A harness for replicated disks in the pure core: ``CoreKit`` with hosts that serve replicas
 as well-behaved agents would, kept as plain data:
 
-- each host applies the last ``ConfigureReplicas`` it was sent when it next reports (or keeps
-  a replica "creating" while the test holds it back), and echoes the digest;
+- each host applies the last set it was sent (``ConfigureReplicas``, with the
+  ``UpdateReplicas`` based on it merged in) when it next reports (or keeps a replica
+  "creating" while the test holds it back), and echoes the digest;
 - each VM a host was told to start runs, and reports each replicated disk with the copies of
   its spec in sync; ``SetDiskReplicas`` changes that set (joining copies stay joining until
   ``join`` brings them in step).
@@ -20,7 +21,9 @@ from common.replica_messages import (
     ReplicaState,
     ReplicaStatus,
     SetDiskReplicas,
+    UpdateReplicas,
 )
+from common.replicaset import ReplicaSet
 from hostagent.report import InventoryReport
 from scheduler.core.contract import Action, Input, SendCommands
 from scheduler.state.storage import CopyState
@@ -46,6 +49,9 @@ class ReplicaKit(CoreKit):
         self.domains: dict[str, str] = {}
         self.capacity_mib: dict[str, int] = {}
         self.sent_sets: dict[str, ConfigureReplicas] = {}
+        """Per host, the set it was sent, whole or as updates merged into it."""
+        self.ignored = 0
+        """Updates a host did not hold the base of."""
         self.applied: dict[str, ConfigureReplicas] = {}
         self.held_back: dict[str, set[str]] = {}
         """Per host, replicas it keeps creating (not ready) until released, if it makes them."""
@@ -242,6 +248,8 @@ class ReplicaKit(CoreKit):
         match command:
             case ConfigureReplicas():
                 self.sent_sets[host] = command
+            case UpdateReplicas():
+                self._update_set(host, command)
             case StopVm() | DeleteVm():
                 running = self.started.get(host, {})
                 known = running.get(VmName(command.name))
@@ -268,6 +276,16 @@ class ReplicaKit(CoreKit):
                 view.failed = []
             case _:
                 pass
+
+    def _update_set(self, host: str, update: UpdateReplicas) -> None:
+        """An update applies to the set it is based on (as an agent's), else is ignored."""
+        sent = self.sent_sets.get(host)
+        held = ReplicaSet.of(sent) if sent is not None else ReplicaSet()
+        if held.problem(update) is not None:
+            self.ignored += 1
+            return
+        held.apply(update)
+        self.sent_sets[host] = held.whole(update.digest)
 
     def _check_named(self, disk: str, hosts: list[str]) -> None:
         """A VM is told to write to these copies: each must have every acknowledged write."""

@@ -67,7 +67,7 @@ def check_kept_sets(kit: ReplicaKit) -> None:
     state, rate = kit.state, kit.config.storage.rebuild_mib_per_s
     for host, kept in kit.core.carry.replicas.items():
         if host not in state.disks.dirty_hosts:
-            assert kept == hostreplicas.desired(state, host, rate), host
+            assert kept.replicas.whole() == hostreplicas.desired(state, host, rate), host
 
 
 def apply(kit: ReplicaKit, op: tuple[object, ...]) -> None:

@@ -7,8 +7,14 @@ from __future__ import annotations
 import pytest
 
 from common.fields import ErrorCode
+from common.ids import HostId
 from common.messages import CaptureVm, DiskStorage, StartVm, VmRef, VmState
-from common.replica_messages import ConfigureReplicas, ReplicaInfo, SetDiskReplicas
+from common.replica_messages import (
+    ConfigureReplicas,
+    ReplicaInfo,
+    SetDiskReplicas,
+    UpdateReplicas,
+)
 from hostagent.report import InventoryReport
 from scheduler.core.contract import Mutation, Op
 from scheduler.core.views import vm_info
@@ -105,8 +111,9 @@ def test_the_vm_starts_only_once_every_copy_is_ready_and_its_spec_names_them() -
     host = record.host
     assert host is not None
     other = "h2" if host == "h1" else "h1"
-    sets = kit.sent(ConfigureReplicas)
-    assert {c.digest for c in sets if isinstance(c, ConfigureReplicas)} != {""}
+    sets = kit.sent(UpdateReplicas)
+    assert sets
+    assert all(isinstance(c, UpdateReplicas) and c.digest for c in sets)
     kit.held_back[other] = {record.disks[1].disk_id}
     kit.beat_all()
     kit.beat_all()
@@ -122,16 +129,40 @@ def test_the_vm_starts_only_once_every_copy_is_ready_and_its_spec_names_them() -
     assert kit.vm("web").state is VmState.RUNNING
 
 
-def test_a_replica_set_is_sent_again_while_the_host_reports_another_digest() -> None:
+def test_a_replica_set_goes_as_changes_and_whole_once_the_host_stays_behind() -> None:
     kit = kit_of("fd-a", "fd-b", command_retry_s=2.0)
     kit.create("web")
-    (first,) = kit.sent(ConfigureReplicas, "h2")
-    assert isinstance(first, ConfigureReplicas)
-    kit.sent_sets.pop("h2")  # lost on the way
+    (first,) = kit.sent(UpdateReplicas, "h2")
+    assert isinstance(first, UpdateReplicas)
+    assert first.base == "" and len(first.added) == 1 and not first.removed
+    assert not kit.sent(ConfigureReplicas, "h2")
+    kit.sent_sets.pop("h2")  # lost on the way: the host keeps reporting the set before it
+    kit.beat("h2")
+    assert not kit.sent(ConfigureReplicas, "h2")  # the update may still be on its way
     kit.t += 3.0
-    actions = kit.beat("h2")
-    assert any(isinstance(c, ConfigureReplicas) for c in kit.sent(ConfigureReplicas, "h2")[1:])
-    assert actions
+    kit.beat("h2")
+    (whole,) = kit.sent(ConfigureReplicas, "h2")
+    assert isinstance(whole, ConfigureReplicas)
+    assert whole.digest == first.digest and whole.replicas == first.added
+    kit.beat("h2")
+    assert kit.applied["h2"].digest == first.digest
+    assert len(kit.sent(ConfigureReplicas, "h2")) == 1  # the host holds it: nothing more
+
+
+def test_a_host_reporting_a_digest_no_update_led_to_gets_the_whole_set_at_once() -> None:
+    kit = kit_of("fd-a", "fd-b", command_retry_s=2.0)
+    run(kit, "web")
+    kit.mutate(Op.STOP, VmRef(name="web"))  # no write fails its copy on h2 while h2 is away
+    kit.beat_all()
+    assert not kit.sent(ConfigureReplicas, "h2")
+    kit.kill("h2", wipe=True)  # its agent comes back with nothing: it reports ""
+    kit.advance(3.0)  # silent long enough for a new boot to take the host id, not dead
+    kit.beat_all()
+    kit.revive("h2")
+    assert kit.state.hosts[HostId("h2")].up
+    (whole,) = kit.sent(ConfigureReplicas, "h2")
+    assert isinstance(whole, ConfigureReplicas)
+    assert whole == kit.wanted_set("h2")
 
 
 def run(kit: ReplicaKit, vm: str, **create: object) -> str:
