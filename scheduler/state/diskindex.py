@@ -3,7 +3,8 @@
 - per host, the replicas it must hold (disk id -> VM): its ``ConfigureReplicas`` is computed
   from this without looking at every VM;
 - per host, the space its disks take: every copy of a replicated disk and every host-local
-  disk made there, each at its full size (placement filters on it);
+  disk made there or to be made there (its VM is placed there), each at its full size
+  (placement filters on it);
 - which hosts' replica sets may have changed (``dirty_hosts``): every host holding a copy of
   a disk whose copies changed (a copy's ``fill_from`` names another copy);
 - the VMs with replicated disks, by the fewest live copies one of their disks has
@@ -34,7 +35,8 @@ class DiskShare:
     replicated: tuple[tuple[str, int, Copies], ...]
     """Per replicated disk: its id, the space a copy takes, and its copies."""
     local: tuple[tuple[HostId, int], ...]
-    """Host-local disks made on a host, with their size."""
+    """Host-local disks, with their size, on the host they were made on, or for those not made
+    yet, on the host their VM holds capacity on."""
 
     @property
     def fewest(self) -> int | None:
@@ -58,6 +60,13 @@ class DiskShare:
         )
 
 
+def _placed_on(record: VmRecord) -> HostId | None:
+    """Where a host-local disk not made yet takes room: the host its VM holds capacity on (it
+    is made there when the VM starts; counted from the placement on, or creates in a row
+    would all fit a nearly full disk)."""
+    return record.host if record.holds_capacity else None
+
+
 def share_of(record: VmRecord | None) -> DiskShare | None:
     """Called before and after every change of a VM record: one pass over its disks, and
     none at all for a VM whose disks were never made (a pending VM's)."""
@@ -65,12 +74,16 @@ def share_of(record: VmRecord | None) -> DiskShare | None:
         return None
     replicated: list[tuple[str, int, Copies]] = []
     local: list[tuple[HostId, int]] = []
+    placed = _placed_on(record)
     for d in record.disks:  # one pass: a restart takes the share of every VM
         if d.storage is DiskStorage.REPLICATED:
             copies = tuple((c.host, c.state, c.made) for c in d.copies)
             replicated.append((d.disk_id, d.charged_mib, copies))
-        if d.host is not None:
-            local.append((d.host, d.charged_mib))
+            host = d.host  # lives in its copies
+        else:
+            host = d.host if d.host is not None else placed
+        if host is not None:
+            local.append((host, d.charged_mib))
     if not replicated and not local:
         return None
     return DiskShare(tuple(replicated), tuple(local))
@@ -126,8 +139,9 @@ class DiskIndex:
             self.update(name, None, share_of(record))
             return
         used = self.used_mib
+        placed = _placed_on(record)
         for disk in disks:
-            host = disk.host
+            host = disk.host if disk.host is not None else placed
             if host is not None:
                 used[host] = used.get(host, 0) + disk.charged_mib
                 self.copies_changed.add(host)

@@ -269,3 +269,17 @@ def test_gallery_upload_conflict_and_delete_rules() -> None:
     again = call(kit, Op.IMAGE_UPLOAD, upload)
     assert isinstance(again, ImageReply) and again.image is not None
     assert again.image.version == 2, "a name used again gets the next version"
+
+
+def test_disks_of_vms_placed_but_not_yet_running_count_against_their_host() -> None:
+    """A host-local disk is made when its VM starts; until then it still takes room on the
+    host it was placed on, or creates in a row would all fit a nearly full disk."""
+    kit = CoreKit()
+    kit.heartbeat("h1", fault_domain="fd-0", disk_capacity_mib=1500)
+    kit.heartbeat("h2", fault_domain="fd-1", disk_capacity_mib=100_000)
+    for i in range(3):
+        kit.create(f"web-{i}")
+    on_h1 = [vm(kit, f"web-{i}") for i in range(3) if vm(kit, f"web-{i}").host == "h1"]
+    charged = sum(d.charged_mib for record in on_h1 for d in record.disks)
+    assert on_h1 and charged <= 1500, [(r.name, r.state) for r in on_h1]
+    assert all(vm(kit, f"web-{i}").host is not None for i in range(3)), "all placed"
