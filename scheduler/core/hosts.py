@@ -24,14 +24,11 @@ from common.messages import (
     HostRef,
     HostReply,
     HostState,
-    ObservedState,
-    ObservedVm,
     StartVm,
     VmSpec,
     VmState,
 )
 from common.migration_messages import MigrationCause
-from common.replica_messages import DiskReplicas
 from common.resources import ZERO
 from scheduler.core import (
     disks,
@@ -42,6 +39,7 @@ from scheduler.core import (
     migration_flow,
     migrations,
     networks,
+    predicted,
     replicas,
     views,
 )
@@ -50,7 +48,6 @@ from scheduler.core.contract import Ack, Op
 from scheduler.core.liveness import claim_after_s, expired_hosts
 from scheduler.core.reconciler import Outcome, SpecOf, Transition, reconcile_host
 from scheduler.state.model import HostRecord, HostRuntime, VmRecord
-from scheduler.state.storage import CopyState
 
 # --------------------------------------------------------------------------- heartbeats
 
@@ -139,7 +136,7 @@ def _learn(ctx: StepContext, host: HostId, hb: Heartbeat, runtime: HostRuntime) 
         runtime.inventory_digest = hb.inventory_digest
         return True
     if hb.inventory_digest == "" or hb.inventory_digest != runtime.inventory_digest:
-        expected = _expected_inventory(ctx, host)
+        expected = predicted.inventory(ctx.state, host)
         if expected is None or codec.inventory_digest(expected) != hb.inventory_digest:
             # An inventory not held (a restart, a host declared dead): alive, but nothing
             # else is learnt until the agent, told so by the ack, reports in full (at once).
@@ -147,48 +144,12 @@ def _learn(ctx: StepContext, host: HostId, hb: Heartbeat, runtime: HostRuntime) 
         # After a restart: the host holds exactly what the records say it runs.
         runtime.observed = {VmName(vm.name): vm for vm in expected}
         runtime.inventory_digest = hb.inventory_digest
-        runtime.settled = False
+        runtime.settled = predicted.reconciled(ctx.state, runtime)
+        if runtime.settled:
+            ctx.state.touched_hosts.discard(host)
     _register(ctx, host, hb)
     # Unchanged on both sides since a reconcile that found it right: nothing to do.
     return not runtime.settled or host in ctx.state.touched_hosts
-
-
-def _expected_inventory(ctx: StepContext, host: HostId) -> list[ObservedVm] | None:
-    """The inventory a host reports when it runs just what the records place on it (None
-    if one of its VMs is in transition: no report can be predicted then)."""
-    inventory: list[ObservedVm] = []
-    vms = ctx.state.vms
-    for name in sorted(ctx.state.by_host.get(host, ())):
-        record = vms[name]
-        disks = _expected_disks(record, host)
-        if record.state is not VmState.RUNNING or disks is None:
-            return None
-        inventory.append(
-            ObservedVm(
-                name=name,
-                generation=record.generation,
-                state=ObservedState.RUNNING,
-                cpu_milli=record.cpu_milli,
-                mem_mib=record.mem_mib,
-                disks=disks,
-            )
-        )
-    return inventory
-
-
-def _expected_disks(record: VmRecord, host: HostId) -> list[DiskReplicas] | None:
-    """What the host reports of the VM's replicated disks when it writes to just their current
-    copies, its own first, as it was told (None while a copy is being brought in step)."""
-    disks = []
-    for disk in record.disks:
-        if not disk.replicated:
-            continue
-        if any(copy.state is CopyState.JOINING for copy in disk.copies):
-            return None
-        current = disk.copy_hosts()
-        current.sort(key=lambda h: h != host)
-        disks.append(DiskReplicas(disk_id=disk.disk_id, in_sync=list(current)))
-    return disks
 
 
 def _reconcile(ctx: StepContext, host: HostId, runtime: HostRuntime) -> None:

@@ -110,3 +110,26 @@ def test_a_replica_set_reported_other_than_wanted_in_a_steady_heartbeat_is_corre
     actions = kit.heartbeat(HOST, kit.running_on(HOST), report=agent, replica_digest="0" * 16)
     [configure] = commands(actions, HOST)
     assert isinstance(configure, ConfigureReplicas) and configure.replicas == []
+
+
+def test_after_a_restart_a_host_as_the_records_say_is_settled_by_its_first_report() -> None:
+    kit, agent = steady_host()
+    kit.t += 30.0
+    kit.restart(reload=True)
+    actions = kit.heartbeat(HOST, kit.running_on(HOST), report=agent)
+    [ack] = acks(actions)
+    assert ack.ack.inventory_digest == agent.held != ""  # held: the next reports leave it out
+    assert commands(actions) == [] and not kit.result.vms
+    assert kit.state.runtimes[HOST].settled and HOST not in kit.state.touched_hosts
+    kit.t += 1.0
+    assert len(kit.heartbeat(HOST, kit.running_on(HOST), report=agent)) == 1  # steady: an ack
+
+
+def test_after_a_restart_a_vm_changed_since_is_still_reconciled() -> None:
+    kit, agent = steady_host()
+    kit.t += 30.0
+    kit.restart(reload=True)
+    kit.mutate(Op.DELETE, VmRef(name="a"))  # before the host's first report to the new term
+    kit.t += kit.config.command_retry_s  # the delete was lost: the agent still runs it
+    actions = kit.heartbeat(HOST, kit.running_on(HOST), report=agent)
+    assert [type(c) for c in commands(actions, HOST)] == [DeleteVm]
