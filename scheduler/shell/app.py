@@ -137,21 +137,22 @@ class SchedulerApp:
     async def run(self) -> None:
         store = await SqliteStore.open(self.config.db_path)
         try:
+            loaded, state, view = await readview.load(store)  # off the event loop
+            self.core = SchedulerCore(
+                self.config, state, scheduler_id=self.scheduler_id, event_seq=loaded.event_seq
+            )
+            self.view = view
+            self._reads = ReadApi(lambda: view.state, list(self.core.sizes.values()))
+            for row in loaded.outbox:
+                self._outbox.put_nowait(row)
+            log.info(
+                "store loaded vms=%d hosts=%d unpublished_events=%d",
+                len(loaded.vms),
+                len(loaded.hosts),
+                len(loaded.outbox),
+            )
             nc = await self._connect()
             try:
-                # Heartbeats queue while the store loads (off the event loop): one sent then is
-                # taken in once it is loaded, instead of lost (its host waited an interval).
-                await nc.subscribe(subjects.HEARTBEAT_WILDCARD, cb=self._on_heartbeat)
-                loaded, state, view = await readview.load(store)
-                self.core = SchedulerCore(
-                    self.config, state, scheduler_id=self.scheduler_id, event_seq=loaded.event_seq
-                )
-                self.view = view
-                self._reads = ReadApi(lambda: view.state, list(self.core.sizes.values()))
-                for row in loaded.outbox:
-                    self._outbox.put_nowait(row)
-                counts = (len(loaded.vms), len(loaded.hosts), len(loaded.outbox))
-                log.info("store loaded vms=%d hosts=%d unpublished_events=%d", *counts)
                 await self._serve(nc, store)
             finally:
                 await close_connection(nc)
@@ -192,9 +193,10 @@ class SchedulerApp:
         assert self.core is not None
         js = nc.jetstream()
         builtins = self.prepared if self.prepared is not None else await self._prepare(js)
-        # Start judging hosts only now that heartbeats are heard: a fresh window for all.
+        # Start judging hosts only now that heartbeats can arrive: a fresh window for all.
         started = self.core.start(self.now(), builtins)
         await self._commit(store, started)
+        await nc.subscribe(subjects.HEARTBEAT_WILDCARD, cb=self._on_heartbeat)
         queue = self.term.api_queue  # HA hook: a leader takes the API alone, no queue group
         await nc.subscribe(subjects.API_WILDCARD, queue=queue, cb=self._on_api)
         await nc.subscribe(subjects.CAPTURED_WILDCARD, queue=queue, cb=self._on_capture_report)
