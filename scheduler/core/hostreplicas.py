@@ -164,6 +164,22 @@ def _settled(runtime: HostRuntime, want: ReplicaWant | None, hb: Heartbeat) -> b
     )
 
 
+def unchanged(ctx: StepContext, host: HostId, hb: Heartbeat) -> bool:
+    """True when ``heartbeat(ctx, host, hb)`` would change and send nothing: the host reports the
+    wanted set applied, as it did last, with every replica ready (a steady heartbeat skips it)."""
+    runtime, config = ctx.state.runtimes.get(host), ctx.carry.replicas.get(host)
+    return (
+        runtime is not None
+        and config is not None
+        and runtime.replicas_known
+        and not hb.replicas
+        and not runtime.replicas_unready
+        and host not in ctx.state.disks.dirty_hosts
+        and hb.replica_digest == config.digest == runtime.replica_digest
+        and runtime.replicas_held_digest == config.digest
+    )
+
+
 def heartbeat(ctx: StepContext, host: HostId, hb: Heartbeat) -> None:
     """Take in the replica set ``host`` applied and its replicas not ready; send the whole set
     when the host is not on its way to the wanted one; move on what became ready (or failed).

@@ -8,7 +8,7 @@ from datetime import datetime
 import msgspec
 
 from common.ids import HostId, VmName
-from common.messages import ObservedVm, VmReply, VmState
+from common.messages import HeartbeatAck, ObservedVm, VmReply, VmState
 from common.migration_messages import MigrationCause, MigrationPhase
 from common.replica_messages import ReplicaStatus
 from common.resources import ZERO, Resources
@@ -253,3 +253,6 @@ class HostRuntime:
     """It applied the wanted replica set since it was last taken in (a start, a host back
     from the dead, an agent that lost its state): only then is it known to hold no old copy
     the records forgot, and only then does it get new copies."""
+    ack: HeartbeatAck | None = None
+    """The last ack granted to the holding boot (None: none yet): an unchanged heartbeat gets it
+    again with its own number (scheduler/core/hosts.py ``steady``)."""
