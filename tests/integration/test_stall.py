@@ -139,9 +139,13 @@ def _start_pool(ha: HaCluster) -> None:
 async def _publish_jobs(nc: Client, names: list[str]) -> None:
     js = nc.jetstream()
     subject = subjects.job_subject(subjects.VM_CREATE)
-    for name in names:
+
+    async def publish(name: str) -> None:
         body = codec.encode(CreateVm(name=name, size="ExtraSmall"))
         await js.publish(subject, body, headers={"Nats-Msg-Id": name}, timeout=30)
+
+    for start in range(0, len(names), 100):  # 100 in flight
+        await asyncio.gather(*(publish(name) for name in names[start : start + 100]))
 
 
 async def _loaded_lone_scheduler(
