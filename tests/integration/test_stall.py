@@ -27,7 +27,7 @@ from common.config import SchedulerConfig
 from common.errors import ApiError
 from common.messages import CreateVm
 from common.natsserver import NatsServer
-from scheduler.shell import app as app_module
+from scheduler.shell import app as app_module, jobs
 from scheduler.shell.app import SchedulerApp
 from scheduler.shell.ha import STOP_TIMEOUT_S
 from scheduler.shell.store import Rows
@@ -67,7 +67,7 @@ def _jobs_loop_swallowing_one_cancellation(
     """The real jobs loop, which carries on fetching after its first cancellation, as it does
     when that cancellation lands inside nats-py's ``wait_for`` just as a message arrives
     (Python 3.11). Returns (swallowed, ended)."""
-    real = app_module.run_jobs
+    real = jobs.run_jobs
     swallowed, ended = asyncio.Event(), asyncio.Event()
 
     async def run_jobs(js: JetStreamContext, on_job: Callable[[Msg], None]) -> None:
@@ -80,7 +80,7 @@ def _jobs_loop_swallowing_one_cancellation(
         finally:
             ended.set()
 
-    monkeypatch.setattr(app_module, "run_jobs", run_jobs)
+    monkeypatch.setattr(app_module, "run_jobs", run_jobs)  # as the app calls it
     return swallowed, ended
 
 
