@@ -59,7 +59,7 @@ from scheduler.shell.metrics import Observer, SchedulerMetrics
 from scheduler.shell.pipeline import CommitPipeline, Stage
 from scheduler.shell.readview import ReadView, Snapshot, snapshot
 from scheduler.shell.retry import retry_while_nats_down
-from scheduler.shell.stopping import close_connection, run_loops
+from scheduler.shell.stopping import close_connection, release_jobs, run_loops
 from scheduler.shell.store import Batch, Rows, SqliteStore, encode_batch
 from scheduler.shell.term import SoloTerm, Term
 from scheduler.state.cluster import ClusterState
@@ -154,7 +154,8 @@ class SchedulerApp:
             nc = await self._connect()
             try:
                 await self._serve(nc, store)
-            finally:
+            finally:  # jobs taken but not acked go back to the stream for the next term
+                await release_jobs([t.msg for t in self._targets.values() if t.is_job and t.msg])
                 await close_connection(nc)
         finally:
             survivors.stop()

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
 import nats.errors
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 
 log = logging.getLogger(__name__)
 
 RECANCEL_S = 0.5
+RELEASE_S = 1.0
 
 
 async def cancel_until_done(tasks: Sequence[asyncio.Future[Any]]) -> None:
@@ -24,6 +27,21 @@ async def cancel_until_done(tasks: Sequence[asyncio.Future[Any]]) -> None:
         for task in pending:
             task.cancel()
         _, pending = await asyncio.wait(pending, timeout=RECANCEL_S)
+
+
+async def release_jobs(jobs: list[Msg]) -> None:
+    """Hand the jobs a term took but did not ack back to the stream (nak), so that the next
+    term gets them at once rather than after the consumer's ack wait (30 s): a lone scheduler
+    that stepped down after a stall otherwise sat idle with work waiting. Redelivery is
+    harmless (a job's message id is its request id). At most ``RELEASE_S``."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(RELEASE_S):
+            for msg in jobs:
+                try:
+                    await msg.nak()
+                except nats.errors.Error as exc:
+                    log.debug("jobs not released error=%r", exc)
+                    return
 
 
 async def close_connection(nc: Client) -> None:
