@@ -59,7 +59,7 @@ from scheduler.shell.metrics import Observer, SchedulerMetrics
 from scheduler.shell.pipeline import CommitPipeline, Stage
 from scheduler.shell.readview import ReadView, Snapshot, snapshot
 from scheduler.shell.retry import retry_while_nats_down
-from scheduler.shell.stopping import cancel_until_done, close_connection
+from scheduler.shell.stopping import close_connection, release_jobs, run_loops
 from scheduler.shell.store import Batch, Rows, SqliteStore, encode_batch
 from scheduler.shell.term import SoloTerm, Term
 from scheduler.state.cluster import ClusterState
@@ -154,7 +154,8 @@ class SchedulerApp:
             nc = await self._connect()
             try:
                 await self._serve(nc, store)
-            finally:
+            finally:  # jobs taken but not acked go back to the stream for the next term
+                await release_jobs([t.msg for t in self._targets.values() if t.is_job and t.msg])
                 await close_connection(nc)
         finally:
             survivors.stop()
@@ -206,19 +207,14 @@ class SchedulerApp:
         url = redact_url(self.config.nats_url)
         log.info("scheduler ready scheduler_id=%s nats=%s", self.scheduler_id, url)
         self.ready.set()
-        async with asyncio.TaskGroup() as group:
-            loops = [
-                group.create_task(self._run_core(nc, store)),
-                group.create_task(self._run_ticks()),
-                group.create_task(run_jobs(js, self._on_job)),
-                group.create_task(EventPublisher(nc, self._outbox, self._published_one).run()),
-            ]
-            if http is not None:
-                loops.append(group.create_task(self._run_http(http)))
-            await self._stop.wait()
+        publisher = EventPublisher(nc, self._outbox, self._published_one)
+        loops = [self._run_ticks(), run_jobs(js, self._on_job), publisher.run()]
+        if http is not None:
+            loops.append(self._run_http(http))
+        try:  # until stopped or a loop ends (a lost term); the core loop is cancelled once
+            await run_loops(self._stop, self._run_core(nc, store), loops)
+        finally:
             log.info("scheduler stopping")
-            loops[0].cancel()  # the core loop: once (a step being committed still acts)
-            await cancel_until_done(loops[1:])
 
     async def _prepare(self, js: JetStreamContext) -> list[BuiltinImage]:
         """The streams and the image gallery, retried while JetStream does not answer: a NATS

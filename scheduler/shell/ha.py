@@ -38,6 +38,7 @@ from scheduler.shell.app import SchedulerApp
 from scheduler.shell.gallery import prepare_cluster
 from scheduler.shell.leader import Lease, LeaseHolder, lease_bucket
 from scheduler.shell.statelog import AppendUnknown, Fenced, StateLog, ensure_state_log
+from scheduler.shell.stopping import cancel_until_done
 from scheduler.shell.store import SqliteStore
 from scheduler.shell.term import LeaderTerm, NotLeader
 
@@ -219,9 +220,7 @@ class HaScheduler:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(STOP_TIMEOUT_S):
                     await asyncio.wait([serving])
-            for task in (keeping, serving, stopping):
-                task.cancel()
-            await asyncio.gather(keeping, serving, stopping, return_exceptions=True)
+            await cancel_until_done([keeping, serving, stopping])  # again if one swallows it
             self.app = None
         if serving.done() and not serving.cancelled() and serving.exception() is not None:
             raise serving.exception()  # type: ignore[misc]
