@@ -17,21 +17,21 @@ what it changes, not what the host has.
 
 from __future__ import annotations
 
-from collections import deque
-
 from common.messages import VmSpec
 from common.network_messages import ConfigureNetworks, UpdateNetworks
+from hostagent.ordergate import OrderGate
 from hostagent.stimuli import ApplyNetworks, Instruction, NetworksApplied, Note
 
 NetworkCommand = ConfigureNetworks | UpdateNetworks
 
 
-class NetworkGate:
-    __slots__ = ("_applying", "_next", "digest", "leases", "vni_of", "vnis", "waiting")
+class NetworkGate(OrderGate[NetworkCommand]):
+    __slots__ = ("leases", "vni_of", "vnis", "waiting")
+
+    what = "network"
 
     def __init__(self) -> None:
-        self.digest = ""
-        """The digest of the configuration in place ("" before the first)."""
+        super().__init__()
         self.vnis: frozenset[int] = frozenset()
         """The networks in place (by VNI)."""
         self.vni_of: dict[str, int] = {}
@@ -41,47 +41,21 @@ class NetworkGate:
         lease would boot without its address."""
         self.waiting: set[str] = set()
         """VMs whose StartVm waits for a configuration being applied."""
-        self._applying: NetworkCommand | None = None
-        self._next: deque[NetworkCommand] = deque()
 
-    @property
-    def pending(self) -> bool:
-        """A configuration is being applied."""
-        return self._applying is not None
+    def _base(self, config: NetworkCommand) -> str | None:
+        return config.base if isinstance(config, UpdateNetworks) else None
 
-    def receive(self, config: NetworkCommand, out: list[Instruction]) -> None:
-        """A configuration or update arrived: applied now, or after those before it."""
-        if self._applying is not None:
-            if isinstance(config, ConfigureNetworks):
-                self._next.clear()
-            self._next.append(config)
-            return
-        self._start(config, out)
-
-    def _start(self, config: NetworkCommand, out: list[Instruction]) -> None:
-        if isinstance(config, UpdateNetworks) and config.base != self.digest:
-            out.append(
-                Note.info(
-                    "network update ignored base=%s digest=%s in_place=%s",
-                    config.base,
-                    config.digest,
-                    self.digest,
-                )
-            )
-            return
-        self._applying = config
-        out.append(ApplyNetworks(config, self.vnis))
+    def _apply(self, config: NetworkCommand) -> Instruction:
+        return ApplyNetworks(config, self.vnis)
 
     def applied(self, done: NetworksApplied, out: list[Instruction]) -> bool:
         """The backend is done; True when the applied digest changed (the report did)."""
-        self._applying = None
         self.vnis = done.vnis
         if isinstance(done.config, UpdateNetworks):
             self._updated(done.config, ok=done.error is None)
         else:
             self._configured(done.config, ok=done.error is None)
-        changed = done.digest != self.digest
-        self.digest = done.digest
+        changed = self._done(done.digest)
         if done.error is not None:
             out.append(
                 Note.error(
@@ -90,8 +64,7 @@ class NetworkGate:
             )
         else:
             out.append(Note.info("networks applied digest=%s", done.digest))
-        while self._next and self._applying is None:
-            self._start(self._next.popleft(), out)
+        self._go_on(out)
         return changed
 
     def _configured(self, config: ConfigureNetworks, *, ok: bool) -> None:

@@ -13,55 +13,27 @@ replicas only once they are reported ready).
 
 from __future__ import annotations
 
-from collections import deque
-
 from common.replica_messages import ConfigureReplicas, UpdateReplicas
+from hostagent.ordergate import OrderGate
 from hostagent.stimuli import ApplyReplicas, Instruction, Note, ReplicasApplied
 
 ReplicaSetCommand = ConfigureReplicas | UpdateReplicas
 
 
-class ReplicaGate:
-    __slots__ = ("_applying", "_next", "digest")
+class ReplicaGate(OrderGate[ReplicaSetCommand]):
+    __slots__ = ()
 
-    def __init__(self) -> None:
-        self.digest = ""
-        """The digest of the set applied ("" before the first)."""
-        self._applying: ReplicaSetCommand | None = None
-        self._next: deque[ReplicaSetCommand] = deque()
+    what = "replica"
 
-    @property
-    def pending(self) -> bool:
-        return self._applying is not None
+    def _base(self, config: ReplicaSetCommand) -> str | None:
+        return config.base if isinstance(config, UpdateReplicas) else None
 
-    def receive(self, config: ReplicaSetCommand, out: list[Instruction]) -> None:
-        """A set or an update arrived: applied now, or after those before it."""
-        if self._applying is not None:
-            if isinstance(config, ConfigureReplicas):
-                self._next.clear()
-            self._next.append(config)
-            return
-        self._start(config, out)
-
-    def _start(self, config: ReplicaSetCommand, out: list[Instruction]) -> None:
-        if isinstance(config, UpdateReplicas) and config.base != self.digest:
-            out.append(
-                Note.info(
-                    "replica update ignored base=%s digest=%s held=%s",
-                    config.base,
-                    config.digest,
-                    self.digest,
-                )
-            )
-            return
-        self._applying = config
-        out.append(ApplyReplicas(config))
+    def _apply(self, config: ReplicaSetCommand) -> Instruction:
+        return ApplyReplicas(config)
 
     def applied(self, done: ReplicasApplied, out: list[Instruction]) -> bool:
         """The backend is done; True when the applied digest changed (the report did)."""
-        self._applying = None
-        changed = done.digest != self.digest
-        self.digest = done.digest
+        changed = self._done(done.digest)
         config = done.config
         if done.error is not None:
             out.append(
@@ -83,6 +55,5 @@ class ReplicaGate:
                     "replicas applied digest=%s replicas=%d", done.digest, len(config.replicas)
                 )
             )
-        while self._next and self._applying is None:
-            self._start(self._next.popleft(), out)
+        self._go_on(out)
         return changed
