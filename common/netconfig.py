@@ -17,7 +17,6 @@ the same for every host carrying it, and are kept once per network (scheduler/co
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Collection
 
 import msgspec
@@ -30,14 +29,14 @@ from common.network_messages import (
     NicLease,
     UpdateNetworks,
 )
+from common.sumdigest import digest_text, hash64
 
-MASK = (1 << 64) - 1
 EndpointKey = tuple[str, int]
 """(protocol, public port)."""
 
 
 def _hash(text: str) -> int:
-    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+    return hash64(text.encode())
 
 
 def head_hash(network: HostNetwork) -> int:
@@ -88,12 +87,6 @@ def endpoint_hash(endpoint: HostEndpoint) -> int:
         f"e\x1f{endpoint.vm}\x1f{endpoint.vm_ip}\x1f{endpoint.vm_port}\x1f"
         f"{endpoint.public_port}\x1f{endpoint.protocol.value}\x1f{allow}"
     )
-
-
-def digest_text(total: int) -> str:
-    """The digest of a configuration whose item hashes sum to ``total``."""
-    total &= MASK
-    return f"{total:016x}" if total else ""
 
 
 def endpoint_key(endpoint: HostEndpoint) -> EndpointKey:

@@ -15,23 +15,13 @@ is there, adds only what is not, names no disk twice, and leads to the digest it
 
 from __future__ import annotations
 
-import hashlib
-
 from common import codec
 from common.replica_messages import ConfigureReplicas, ReplicaSpec, UpdateReplicas
-
-MASK = (1 << 64) - 1
+from common.sumdigest import digest_text, hash64
 
 
 def replica_hash(spec: ReplicaSpec) -> int:
-    body = codec.encode(spec)
-    return int.from_bytes(hashlib.blake2b(body, digest_size=8).digest(), "little")
-
-
-def digest_text(total: int) -> str:
-    """The digest of a set whose replica hashes sum to ``total``."""
-    total &= MASK
-    return f"{total:016x}" if total else ""
+    return hash64(codec.encode(spec))
 
 
 class ReplicaSet:

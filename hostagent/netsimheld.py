@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-from common.netconfig import NetConfig, digest_text
+from common.netconfig import NetConfig
 from common.network_messages import (
     HostEndpoint,
     HostNetwork,
@@ -19,6 +19,7 @@ from common.network_messages import (
     NicLease,
     UpdateNetworks,
 )
+from common.sumdigest import digest_text
 
 
 class WholeChecks(Protocol):

@@ -7,7 +7,8 @@ import bisect
 from dataclasses import dataclass, field
 
 from common.ids import HostId
-from common.netconfig import NetConfig, digest_text, peer_hash, peers_hash
+from common.netconfig import NetConfig, peer_hash, peers_hash
+from common.sumdigest import digest_text
 
 RECENT_DIGESTS = 64
 """How many digests sent by updates a host is remembered to be on the way through."""

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from common.errors import NetworkError
-from common.netconfig import NetConfig, digest_of, digest_text
+from common.netconfig import NetConfig, digest_of
 from common.network_messages import (
     ConfigureNetworks,
     HostEndpoint,
@@ -26,6 +26,7 @@ from common.network_messages import (
     NicLease,
     UpdateNetworks,
 )
+from common.sumdigest import digest_text
 from hostagent import dnsmasq
 from hostagent.netlinux import LinuxNetworks, parse_links, parse_peers
 from hostagent.netplan import Link

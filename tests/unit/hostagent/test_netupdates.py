@@ -11,7 +11,7 @@ from msgspec.structs import replace
 
 from common.errors import NetworkError
 from common.messages import ObservedState
-from common.netconfig import NetConfig, digest_of, digest_text
+from common.netconfig import NetConfig, digest_of
 from common.network_messages import (
     ConfigureNetworks,
     EndpointRef,
@@ -21,6 +21,7 @@ from common.network_messages import (
     NicLease,
     UpdateNetworks,
 )
+from common.sumdigest import digest_text
 from hostagent.netsim import SimulatedNetwork
 from hostagent.stimuli import ApplyNetworks, CommandsReceived, DriverStart, NetworksApplied
 from tests.unit.hostagent.test_networks import (
