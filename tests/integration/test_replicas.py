@@ -11,7 +11,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import NoRespondersError, TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
-from nats.js.errors import NoStreamResponseError
+from nats.js.errors import BadRequestError, NoStreamResponseError
 
 from common import subjects
 from common.streams import ensure_stream, ensure_streams, events_stream_config
@@ -22,6 +22,8 @@ from tests.waiting import wait_until
 pytestmark = pytest.mark.integration
 
 RETRYABLE = (NatsTimeoutError, NoRespondersError, NoStreamResponseError)
+NO_PEERS_YET = 10005
+"""JetStream's "no suitable peers for placement": a fresh cluster's peers not all online yet."""
 
 
 @pytest.fixture
@@ -43,6 +45,10 @@ async def _retrying(call: object) -> None:
             await call()  # type: ignore[operator]
         except RETRYABLE:
             return False
+        except BadRequestError as exc:
+            if exc.err_code != NO_PEERS_YET:
+                raise
+            return False  # a peer the meta leader does not count as online yet
         return True
 
     await wait_until(attempt, timeout_s=20, message="jetstream to answer")
