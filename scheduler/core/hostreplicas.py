@@ -193,6 +193,7 @@ def heartbeat(ctx: StepContext, host: HostId, hb: Heartbeat) -> None:
         runtime.replica_digest = hb.replica_digest
         return
     runtime.replica_digest = reported = hb.replica_digest
+    served = _served(runtime, hb.replicas)
     commands = due(ctx, host) if want is None or dirty else []
     want = ctx.carry.replicas[host]
     unready_before = runtime.replicas_unready
@@ -209,7 +210,13 @@ def heartbeat(ctx: StepContext, host: HostId, hb: Heartbeat) -> None:
     for disk_id in _became_ready_ids(runtime, gained or [], unready_before):
         _became_ready(ctx, host, disk_id)
     if hb.replicas:
-        _not_ready(ctx, host, hb.replicas)
+        _not_ready(ctx, host, hb.replicas, served)
+
+
+def _served(runtime: HostRuntime, statuses: list[ReplicaStatus]) -> set[str]:
+    """Of the replicas reported not ready, those that were ready at the host's last report."""
+    held, unready = runtime.replicas_held, runtime.replicas_unready
+    return {s.disk_id for s in statuses if s.disk_id in held and s.disk_id not in unready}
 
 
 def _take_held(runtime: HostRuntime, want: ReplicaWant, reported: str) -> list[str] | None:
@@ -269,6 +276,9 @@ def _became_ready(ctx: StepContext, host: HostId, disk_id: str) -> None:
     if found is None:
         return
     record, copy = found
+    if copy.state is CopyState.CURRENT:
+        start_if_ready(ctx, record)  # recorded made when the VM is started with it
+        return
     filled = copy.state is CopyState.FILLING
     if filled or not copy.made:
         state = CopyState.CURRENT if filled else copy.state
@@ -279,21 +289,25 @@ def _became_ready(ctx: StepContext, host: HostId, disk_id: str) -> None:
         ctx.emit_vm(record)
     elif copy.state is CopyState.JOINING:
         replicas.push(ctx, record)
-    elif copy.state is CopyState.CURRENT:
-        start_if_ready(ctx, record)
 
 
-def _not_ready(ctx: StepContext, host: HostId, statuses: list[ReplicaStatus]) -> None:
-    """Copies its host reports not ready: one that was made and is lost or being made again,
-    or one that cannot be made, is dropped (a rebuild makes another); a new VM's copy that
-    cannot be made says so in the VM's reason. A VM's copies are dropped together, so that
-    no set pushed in between names a copy reported lost in the same report."""
+def _not_ready(
+    ctx: StepContext, host: HostId, statuses: list[ReplicaStatus], served: set[str]
+) -> None:
+    """Copies its host reports not ready: one that was made (or ``served``: ready before) and
+    is lost or being made again, or one that cannot be made, is dropped (a rebuild makes
+    another); a new VM's copy that cannot be made says so in the VM's reason. A VM's copies
+    are dropped together, so that no set pushed in between names a copy reported lost in the
+    same report."""
     drops: dict[VmName, tuple[dict[str, set[HostId]], str]] = {}
     for status in statuses:
         found = _copy_on(ctx, host, status.disk_id)
         if found is None:
             continue
         record, copy = found
+        if status.disk_id in served and not copy.made:  # made when it was first served
+            copy = replace(copy, made=True)
+            ctx.change_vm(record, disks=replicas.with_copy(record, status.disk_id, host, copy))
         why = _why_dropped(host, copy, status)
         if why is not None:
             disks, _ = drops.get(record.name, ({}, ""))
@@ -333,6 +347,7 @@ def start_if_ready(ctx: StepContext, record: VmRecord) -> None:
     if record.state is not VmState.SCHEDULED or host is None:
         return
     if replicas.ready(ctx.state, record):
+        replicas.mark_made(ctx, record)
         spec = replicas.vm_spec(ctx.state, record)
         ctx.send(host, [StartVm(vm=spec, generation=record.generation)])
         ctx.state.touched_hosts.add(host)
