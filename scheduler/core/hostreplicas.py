@@ -141,17 +141,33 @@ def due(ctx: StepContext, host: HostId) -> list[AgentCommand]:
     if want is None:
         disks.dirty_hosts.discard(host)
         disks.dirty_disks.pop(host, None)
+        disks.made_changed.pop(host, None)
         rate = ctx.config.storage.rebuild_mib_per_s
         want = carry.replicas[host] = ReplicaWant.of(build(state, host, rate))
         runtime = state.runtimes.get(host)
         reported = runtime.replica_digest if runtime is not None else ""
         return [] if want.digest == reported else [want.whole(ctx.now.mono_s)]
+    _take_made(ctx, host, want)
     if host in disks.dirty_hosts:
         disks.dirty_hosts.discard(host)
         update = _update(ctx, host, want, disks.dirty_disks.pop(host, ()))
         if update is not None:
             return [update]
     return []
+
+
+def _take_made(ctx: StepContext, host: HostId, want: ReplicaWant) -> None:
+    """Copies of ``host`` of which only whether they were made changed: in the set as last
+    sent (``existing``, sent with the whole set), no update (their specs are the same)."""
+    changed = ctx.state.disks.made_changed.pop(host, None)
+    if not changed:
+        return
+    existing, specs = want.replicas.existing, want.replicas.specs
+    for disk_id, made in changed.items():
+        if made and disk_id in specs:
+            existing.add(disk_id)
+        else:
+            existing.discard(disk_id)
 
 
 def _settled(runtime: HostRuntime, want: ReplicaWant | None, hb: Heartbeat) -> bool:
@@ -196,6 +212,7 @@ def heartbeat(ctx: StepContext, host: HostId, hb: Heartbeat) -> None:
     served = _served(runtime, hb.replicas)
     commands = due(ctx, host) if want is None or dirty else []
     want = ctx.carry.replicas[host]
+    _take_made(ctx, host, want)
     unready_before = runtime.replicas_unready
     runtime.replicas_unready = {status.disk_id: status for status in hb.replicas}
     gained = _take_held(runtime, want, reported)
@@ -355,6 +372,13 @@ def start_if_ready(ctx: StepContext, record: VmRecord) -> None:
 
 def flush(ctx: StepContext) -> None:
     """Send every up host whose set changed its new one (at the end of a step)."""
+    made = ctx.state.disks.made_changed
+    for host in list(made):
+        want = ctx.carry.replicas.get(host)
+        if want is None:
+            made.pop(host)  # computed whole when it is next sent
+        else:
+            _take_made(ctx, host, want)
     dirty = ctx.state.disks.dirty_hosts
     if not dirty:
         return
