@@ -47,6 +47,7 @@ from hostagent.drivers.fakequorum import (
     WRITE_EVERY_S,
     DiskLedger,
     FakeQuorums,
+    WriteRounds,
 )
 from hostagent.network import tap_name
 from hostagent.vmcommands import Inventory
@@ -193,10 +194,11 @@ class FakeDriver:
         """Each held VM as the inventory reports it, in the order they came."""
         self._inventory: Inventory | None = None
         """The last inventory handed out, while nothing changed since."""
-        self._replicated: dict[str, _FakeVm] = {}
+        self._replicated: dict[str, FakeQuorums] = {}
         self._quorums_due_s = float("-inf")
-        """The VMs with replicated disks: a look at the inventory moves their copies on (at most
-        once every ``WRITE_EVERY_S``)."""
+        """The VMs with replicated disks: a look at the inventory is a write round of theirs
+        (at most once every ``WRITE_EVERY_S``)."""
+        self._rounds = WriteRounds(self.ledger)
 
     def allocated(self) -> Resources:
         """What every held VM (starting, running or paused) takes from the host."""
@@ -210,6 +212,8 @@ class FakeDriver:
 
     def _changed(self, vm: _FakeVm) -> None:
         """``vm``'s state (or its disks' report) changed: its line in the inventory too."""
+        if vm.quorums is not None:
+            vm.quorums.running(vm.state is ObservedState.RUNNING)
         if self._vms.get(vm.spec.name) is vm:
             self._observed[vm.spec.name] = vm.observe()
             self._inventory = None
@@ -221,12 +225,13 @@ class FakeDriver:
         self._check_fits(spec)
         taps = self._check_nics(spec)
         vm = _FakeVm(spec, generation, state)
-        vm.quorums = FakeQuorums.of(spec, self.ledger, self._clock_s, self.join_mib_s)
+        vm.quorums = FakeQuorums.of(spec, self.ledger, self._clock_s, self.join_mib_s, self._rounds)
         self._vms[spec.name] = vm
         self._taps.update(dict.fromkeys(taps, spec.name))
         self._allocated += vm.resources
         if vm.quorums is not None:
-            self._replicated[spec.name] = vm
+            self._replicated[spec.name] = vm.quorums
+            self._rounds.watch(spec.name, vm.quorums)
         self._changed(vm)
         return vm
 
@@ -288,6 +293,9 @@ class FakeDriver:
         self._allocated -= vm.resources
         del self._observed[name]
         self._replicated.pop(name, None)
+        self._rounds.watched.discard(name)
+        if vm.quorums is not None:
+            vm.quorums.retire()
         self._inventory = None
         if vm.outgoing is not None:
             vm.outgoing.cancelled.set()  # a killed VM sends nothing more
@@ -328,34 +336,39 @@ class FakeDriver:
             self._changed(vm)
 
     def inventory(self) -> list[ObservedVm]:
-        """The VMs held; the same list (an :class:`Inventory`) until one of them changes. The
-        replicated disks are looked at once every ``WRITE_EVERY_S`` of the clock (each running
-        VM writes then), not at each call: the agent asks at every command and operation."""
+        """The VMs held; the same list (an :class:`Inventory`) until one of them changes. A look
+        is a write round of the replicated disks once every ``WRITE_EVERY_S`` of the clock, not
+        at each call (the agent asks at every command and operation); a round costs nothing
+        per VM but for those it must watch (their writes are counted when asked for)."""
         if self._replicated and self._clock_s() >= self._quorums_due_s:
             self._quorums_due_s = self._clock_s() + WRITE_EVERY_S
-            for vm in self._replicated.values():
-                assert vm.quorums is not None
-                vm.quorums.tick(vm.state is ObservedState.RUNNING)
-                if (
-                    not vm.quorums.held
-                    and vm.quorums.report() != self._observed[vm.spec.name].disks
-                ):
-                    self._changed(vm)
+            for name in self._rounds.round(self._replicated):
+                quorums = self._replicated[name]
+                if not quorums.held and quorums.report() != self._observed[name].disks:
+                    self._changed(self._vms[name])
         if self._inventory is None:
             self._inventory = Inventory(dict(self._observed))
         return self._inventory
 
+    def watched(self) -> set[str]:
+        """The replicated VMs a write round looks at now (the others cost it nothing)."""
+        return set(self._rounds.watched)
+
     def quorums(self, name: str) -> FakeQuorums | None:
         """The replicated disks of VM ``name``: copies, joins and acknowledged writes (for
-        tests and the chaos observer, with :attr:`ledger`)."""
+        tests and the chaos observer, with :attr:`ledger`), its writes counted."""
         vm = self._vms.get(name)
-        return vm.quorums if vm is not None else None
+        if vm is None or vm.quorums is None:
+            return None
+        vm.quorums.settle()
+        return vm.quorums
 
     async def set_disk_replicas(self, command: SetDiskReplicas) -> None:
         vm = self._get(command.name)
         if vm.quorums is None or vm.generation != command.generation:
             raise DriverError(f"vm {command.name} has no such replicated disk", retryable=False)
         vm.quorums.set(command)
+        self._rounds.watch(command.name, vm.quorums)
         self._changed(vm)
 
     async def close(self) -> None:

@@ -24,6 +24,7 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from hostagent.drivers.fakequorum import DiskLedger
 
@@ -86,8 +87,11 @@ class FileLedger(DiskLedger):
     host_id: str = ""
     _acked: dict[str, int] = field(default_factory=dict)
     """This host's acknowledgements per disk (only this process writes them)."""
+    settles_lazily: ClassVar[bool] = False
+    """Another process may find a host lost at any time: every write is made at its round."""
 
     def count(self, disk_id: str, host: str) -> int | None:
+        self.settle(disk_id)
         return read_count(copy_path(self.root, host, disk_id))
 
     def made(self, disk_id: str, host: str, copied_from: str | None = None) -> None:
@@ -112,15 +116,18 @@ class FileLedger(DiskLedger):
     def holds(self, disk_id: str, host: str) -> bool:
         return not self.gone(host) and self.count(disk_id, host) is not None
 
-    def wrote(self, disk_id: str, host: str) -> bool:
+    def wrote(self, disk_id: str, host: str, times: int = 1) -> bool:
         if self.gone(host):
             return False
         path = copy_path(self.root, host, disk_id)
-        store_count(path, (read_count(path) or 0) + 1)
+        store_count(path, (read_count(path) or 0) + times)
         return True
 
-    def acknowledged(self, disk_id: str) -> None:
+    def writable(self, host: str) -> bool:
+        return not self.gone(host)
+
+    def acknowledged(self, disk_id: str, times: int = 1) -> None:
         if disk_id not in self._acked:
             self._acked[disk_id] = read_count(acks_path(self.root, self.host_id, disk_id)) or 0
-        self._acked[disk_id] += 1
+        self._acked[disk_id] += times
         store_count(acks_path(self.root, self.host_id, disk_id), self._acked[disk_id])

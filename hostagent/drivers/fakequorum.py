@@ -4,18 +4,28 @@ a failover never starts from a copy behind the last write the guest had acknowle
 
 The copies of every disk live in one :class:`DiskLedger` shared by the simulated hosts of a
 process (the fake cannot see other hosts otherwise): how many writes each copy (disk, host)
-has, and which hosts' replica servers are gone. A running VM writes on :meth:`FakeQuorums.tick`
-(whenever its host looks at it, at most once every ``WRITE_EVERY_S`` of its clock, so that the
-cost of a host's report does not grow with how often it is asked) and on
-:meth:`FakeQuorums.write`: the write lands on every copy
-whose host is up and is acknowledged only if every copy took it; a copy on a host that is gone
-is reported failed and the disk takes no acknowledged write until ``SetDiskReplicas`` drops it.
+has, and which hosts' replica servers are gone. A running VM writes once in each of its host's
+write rounds (:class:`WriteRounds`: a look at the host's VMs, at most once every
+``WRITE_EVERY_S`` of its clock, so that the cost of a host's report does not grow with how
+often it is asked) and on :meth:`FakeQuorums.write`: the write lands on every copy whose host
+is up and is acknowledged only if every copy took it; a copy on a host that is gone is reported
+failed and the disk takes no acknowledged write until ``SetDiskReplicas`` drops it.
+
+The rounds' writes are counted in bulk when they are asked for (:meth:`FakeQuorums.settle`):
+when the ledger is read (a copy's count, a copy filled from another), when a host is gone
+(every writer first, then the host: what was written before stays written), when the VM
+changes (starts or stops writing, its copies change, it goes) or is looked at
+(:meth:`FakeDriver.quorums`). A round looks only at the VMs that need it: joins under way, or
+a copy on a host that is gone (whose write fails); every VM after a host is gone. A ledger
+whose hosts may go behind its back (files shared by processes) has every VM write at every
+round (``settles_lazily`` False).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from common.errors import DriverError
 from common.messages import VmSpec
@@ -24,25 +34,59 @@ from common.spec_messages import DiskStorage
 
 DEFAULT_JOIN_MIB_S = 200.0
 WRITE_EVERY_S = 0.1
+"""The shortest time between two write rounds of a host."""
 
 
 @dataclass
 class DiskLedger:
     """Every copy's write count, by disk and host; the hosts whose replicas are gone."""
 
-    writes: dict[str, dict[str, int]] = field(default_factory=dict)
+    _writes: dict[str, dict[str, int]] = field(default_factory=dict)
     down: set[str] = field(default_factory=set)
+    epoch: int = 0
+    """Moves whenever a host is gone: every writer then looks at its copies at its next round."""
+    _writers: dict[str, list[FakeQuorums]] = field(default_factory=dict)
+    """The VMs writing to each disk, whose rounds' writes may not be counted yet."""
+    settles_lazily: ClassVar[bool] = True
+    """Hosts go only through :meth:`host_gone` (so their writers may count their writes when
+    asked)."""
+
+    @property
+    def writes(self) -> dict[str, dict[str, int]]:
+        """Every copy's write count (every writer's writes counted first)."""
+        for disk_id in list(self._writers):
+            self.settle(disk_id)
+        return self._writes
+
+    def register(self, writer: FakeQuorums) -> None:
+        for disk in writer.disks:
+            self._writers.setdefault(disk.disk_id, []).append(writer)
+
+    def unregister(self, writer: FakeQuorums) -> None:
+        for disk in writer.disks:
+            left = [w for w in self._writers.get(disk.disk_id, []) if w is not writer]
+            if left:
+                self._writers[disk.disk_id] = left
+            else:
+                self._writers.pop(disk.disk_id, None)
+
+    def settle(self, disk_id: str) -> None:
+        """Count the writes to ``disk_id`` not counted yet."""
+        for writer in self._writers.get(disk_id, ()):
+            writer.settle()
 
     def count(self, disk_id: str, host: str) -> int | None:
-        return self.writes.get(disk_id, {}).get(host)
+        self.settle(disk_id)
+        return self._writes.get(disk_id, {}).get(host)
 
     def made(self, disk_id: str, host: str, copied_from: str | None = None) -> None:
         """A copy is made on ``host``: empty, or with what ``copied_from``'s copy has."""
         source = self.count(disk_id, copied_from) if copied_from else None
-        self.writes.setdefault(disk_id, {})[host] = source or 0
+        self._writes.setdefault(disk_id, {})[host] = source or 0
 
     def deleted(self, disk_id: str, host: str) -> None:
-        self.writes.get(disk_id, {}).pop(host, None)
+        self.settle(disk_id)
+        self._writes.get(disk_id, {}).pop(host, None)
 
     def holds(self, disk_id: str, host: str) -> bool:
         """The host's disks still have its copy of ``disk_id`` (an agent started again finds
@@ -50,21 +94,28 @@ class DiskLedger:
         return host not in self.down and self.count(disk_id, host) is not None
 
     def host_gone(self, host: str) -> None:
-        """The host's replica server is gone: its copies take no write any more."""
+        """The host's replica server is gone: its copies take no write any more (the writes
+        made before are counted first)."""
+        for disk_id in list(self._writers):
+            self.settle(disk_id)
         self.down.add(host)
+        self.epoch += 1
 
-    def wrote(self, disk_id: str, host: str) -> bool:
-        """One guest write lands on the copy on ``host``; False when that host is gone."""
+    def writable(self, host: str) -> bool:
+        return host not in self.down
+
+    def wrote(self, disk_id: str, host: str, times: int = 1) -> bool:
+        """``times`` guest writes land on the copy on ``host``; False when that host is gone."""
         if host in self.down:
             return False
-        copies = self.writes.setdefault(disk_id, {})
-        copies[host] = copies.get(host, 0) + 1
+        copies = self._writes.setdefault(disk_id, {})
+        copies[host] = copies.get(host, 0) + times
         return True
 
-    def acknowledged(self, disk_id: str) -> None:
-        """A guest write to ``disk_id`` was acknowledged (every copy it went to took it). Kept
-        nowhere here: each VM's :attr:`FakeDisk.acked` is enough in one process; the agents of
-        a cluster record theirs in files (hostagent/drivers/fakeledger.py)."""
+    def acknowledged(self, disk_id: str, times: int = 1) -> None:
+        """Guest writes to ``disk_id`` were acknowledged (every copy they went to took them).
+        Kept nowhere here: each VM's :attr:`FakeDisk.acked` is enough in one process; the
+        agents of a cluster record theirs in files (hostagent/drivers/fakeledger.py)."""
 
 
 @dataclass
@@ -94,7 +145,7 @@ class FakeDisk:
         )
 
 
-@dataclass
+@dataclass(eq=False)
 class FakeQuorums:
     """The replicated disks of one fake VM."""
 
@@ -102,20 +153,35 @@ class FakeQuorums:
     now_s: Callable[[], float]
     disks: list[FakeDisk]
     join_mib_s: float = DEFAULT_JOIN_MIB_S
-    last_write_s: float = float("-inf")
+    rounds: WriteRounds | None = None
+    """Its host's write rounds (None: none, it writes on :meth:`write` only)."""
+    counted: int = 0
+    """The rounds whose writes are counted."""
+    writing: bool = False
+    """It writes at each round (it runs)."""
     _reports: list[DiskReplicas] | None = None
     """The last report, while it holds (no join under way, no copy changed since)."""
 
     @classmethod
     def of(
-        cls, spec: VmSpec, ledger: DiskLedger, now_s: Callable[[], float], join_mib_s: float
+        cls,
+        spec: VmSpec,
+        ledger: DiskLedger,
+        now_s: Callable[[], float],
+        join_mib_s: float,
+        rounds: WriteRounds | None = None,
     ) -> FakeQuorums | None:
         disks = [
             FakeDisk(disk.disk_id, disk.size_mib or 1024, [ref.host for ref in disk.replicas])
             for disk in spec.disks
             if disk.storage is DiskStorage.REPLICATED
         ]
-        return cls(ledger, now_s, disks, join_mib_s) if disks else None
+        if not disks:
+            return None
+        counted = rounds.count if rounds is not None else 0
+        quorums = cls(ledger, now_s, disks, join_mib_s, rounds, counted=counted)
+        ledger.register(quorums)
+        return quorums
 
     @property
     def held(self) -> bool:
@@ -126,6 +192,14 @@ class FakeQuorums:
     def stopped(self) -> bool:
         """A failed copy stopped the VM (it is still reported running)."""
         return any(disk.failed for disk in self.disks)
+
+    @property
+    def watched(self) -> bool:
+        """Each round must look at it: a join under way, or a copy on a host that is gone."""
+        ledger = self.ledger
+        return any(
+            disk.joins or not all(ledger.writable(h) for h in disk.members) for disk in self.disks
+        )
 
     def report(self) -> list[DiskReplicas]:
         if self._reports is not None:
@@ -142,26 +216,55 @@ class FakeQuorums:
                 return disk
         raise DriverError(f"no replicated disk {disk_id}", retryable=False)
 
-    def tick(self, running: bool) -> None:
-        """Joins that are done come in; a running VM writes once (unless it wrote less than
-        ``WRITE_EVERY_S`` ago)."""
+    def settle(self, rounds: int | None = None) -> None:
+        """Count the writes of its host's rounds (up to ``rounds``) not counted yet."""
+        if self.rounds is None:
+            return
+        upto = self.rounds.count if rounds is None else rounds
+        times = upto - self.counted
+        if times <= 0:
+            return
+        self.counted = upto
+        if self.writing:
+            for disk in self.disks:
+                self._write(disk, times)
+
+    def running(self, running: bool) -> None:
+        """The VM runs (it writes at each round) or not, from now on."""
+        if running != self.writing:
+            self.settle()
+            self.writing = running
+
+    def retire(self) -> None:
+        """The VM is gone from its host: its writes are counted, and it writes no more."""
+        self.settle()
+        self.writing = False
+        self.ledger.unregister(self)
+
+    def tick(self) -> None:
+        """A round: joins that are done come in, then a running VM writes once."""
         now_s = self.now_s()
         for disk in self.disks:
             if not disk.joins:
                 continue
+            if self.rounds is not None:
+                self.settle(self.rounds.count - 1)  # the rounds before this one
             for host, join in list(disk.joins.items()):
                 if now_s - join.started_s >= join.duration_s and host not in self.ledger.down:
                     del disk.joins[host]
                     self._reports = None
                     self.ledger.made(disk.disk_id, host, copied_from=disk.members[0])
                     disk.members.append(host)
-        if running and now_s - self.last_write_s >= WRITE_EVERY_S - 1e-9:
-            self.last_write_s = now_s
-            for disk in self.disks:
-                self.write(disk)
+        self.settle()
 
     def write(self, disk: FakeDisk) -> bool:
         """One guest write to ``disk``; True when it was acknowledged."""
+        self.settle()
+        return self._write(disk, 1)
+
+    def _write(self, disk: FakeDisk, times: int) -> bool:
+        """``times`` guest writes to ``disk``, one after the other; True when they were all
+        acknowledged (the first to a copy that is gone fails the disk: the others wait)."""
         if disk.failed:
             return False  # the VM is stopped: the write waits
         gone = [host for host in disk.members if not self.ledger.wrote(disk.disk_id, host)]
@@ -169,14 +272,18 @@ class FakeQuorums:
             disk.failed = gone
             self._reports = None
             return False
-        disk.acked += 1
-        self.ledger.acknowledged(disk.disk_id)
+        if times > 1:
+            for host in disk.members:
+                self.ledger.wrote(disk.disk_id, host, times - 1)
+        disk.acked += times
+        self.ledger.acknowledged(disk.disk_id, times)
         return True
 
     def set(self, command: SetDiskReplicas) -> None:
         """Drop the copies not named (a VM stopped by a failed copy goes on: its write is
         retried on the copies kept) and start the joins."""
         disk = self.disk(command.disk_id)
+        self.settle()
         self._reports = None
         wanted = {ref.host for ref in command.replicas}
         kept = [host for host in disk.members if host in wanted]
@@ -186,9 +293,47 @@ class FakeQuorums:
         disk.members = kept
         disk.failed = [host for host in disk.failed if host in wanted]
         if was_stopped and not disk.failed:
-            self.write(disk)
+            self._write(disk, 1)
         now_s = self.now_s()
         for ref in command.joining:
             if ref.host not in kept and ref.host not in disk.joins:
                 speed = command.speed_mib_s or self.join_mib_s
                 disk.joins[ref.host] = _Join(ref.host, now_s, disk.size_mib / speed)
+
+
+@dataclass
+class WriteRounds:
+    """A host's write rounds: in each, every VM running there writes once to each of its
+    replicated disks. A round looks only at the VMs it must watch (joins under way, a copy on a
+    host that is gone), and at every one after a host is gone (or at every round, with a
+    ledger that does not settle lazily); the others' writes are counted when asked for."""
+
+    ledger: DiskLedger
+    count: int = 0
+    watched: set[str] = field(default_factory=set)
+    epoch: int = 0
+
+    def __post_init__(self) -> None:
+        self.epoch = self.ledger.epoch
+
+    def watch(self, name: str, quorums: FakeQuorums) -> None:
+        """Look at VM ``name`` at each round while it needs it."""
+        if quorums.watched:
+            self.watched.add(name)
+        else:
+            self.watched.discard(name)
+
+    def round(self, vms: Mapping[str, FakeQuorums]) -> list[str]:
+        """One round of the host's VMs ``vms``: those looked at (their reports may differ)."""
+        self.count += 1
+        ledger = self.ledger
+        if ledger.settles_lazily and ledger.epoch == self.epoch:
+            names = sorted(self.watched)
+        else:  # a host may be gone: every VM writes now, and its copies are looked at
+            self.epoch = ledger.epoch
+            names = list(vms)
+        for name in names:
+            quorums = vms[name]
+            quorums.tick()
+            self.watch(name, quorums)
+        return names

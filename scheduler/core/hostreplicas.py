@@ -141,17 +141,33 @@ def due(ctx: StepContext, host: HostId) -> list[AgentCommand]:
     if want is None:
         disks.dirty_hosts.discard(host)
         disks.dirty_disks.pop(host, None)
+        disks.made_changed.pop(host, None)
         rate = ctx.config.storage.rebuild_mib_per_s
         want = carry.replicas[host] = ReplicaWant.of(build(state, host, rate))
         runtime = state.runtimes.get(host)
         reported = runtime.replica_digest if runtime is not None else ""
         return [] if want.digest == reported else [want.whole(ctx.now.mono_s)]
+    _take_made(ctx, host, want)
     if host in disks.dirty_hosts:
         disks.dirty_hosts.discard(host)
         update = _update(ctx, host, want, disks.dirty_disks.pop(host, ()))
         if update is not None:
             return [update]
     return []
+
+
+def _take_made(ctx: StepContext, host: HostId, want: ReplicaWant) -> None:
+    """Copies of ``host`` of which only whether they were made changed: in the set as last
+    sent (``existing``, sent with the whole set), no update (their specs are the same)."""
+    changed = ctx.state.disks.made_changed.pop(host, None)
+    if not changed:
+        return
+    existing, specs = want.replicas.existing, want.replicas.specs
+    for disk_id, made in changed.items():
+        if made and disk_id in specs:
+            existing.add(disk_id)
+        else:
+            existing.discard(disk_id)
 
 
 def _settled(runtime: HostRuntime, want: ReplicaWant | None, hb: Heartbeat) -> bool:
@@ -193,8 +209,10 @@ def heartbeat(ctx: StepContext, host: HostId, hb: Heartbeat) -> None:
         runtime.replica_digest = hb.replica_digest
         return
     runtime.replica_digest = reported = hb.replica_digest
+    served = _served(runtime, hb.replicas)
     commands = due(ctx, host) if want is None or dirty else []
     want = ctx.carry.replicas[host]
+    _take_made(ctx, host, want)
     unready_before = runtime.replicas_unready
     runtime.replicas_unready = {status.disk_id: status for status in hb.replicas}
     gained = _take_held(runtime, want, reported)
@@ -209,7 +227,13 @@ def heartbeat(ctx: StepContext, host: HostId, hb: Heartbeat) -> None:
     for disk_id in _became_ready_ids(runtime, gained or [], unready_before):
         _became_ready(ctx, host, disk_id)
     if hb.replicas:
-        _not_ready(ctx, host, hb.replicas)
+        _not_ready(ctx, host, hb.replicas, served)
+
+
+def _served(runtime: HostRuntime, statuses: list[ReplicaStatus]) -> set[str]:
+    """Of the replicas reported not ready, those that were ready at the host's last report."""
+    held, unready = runtime.replicas_held, runtime.replicas_unready
+    return {s.disk_id for s in statuses if s.disk_id in held and s.disk_id not in unready}
 
 
 def _take_held(runtime: HostRuntime, want: ReplicaWant, reported: str) -> list[str] | None:
@@ -269,6 +293,9 @@ def _became_ready(ctx: StepContext, host: HostId, disk_id: str) -> None:
     if found is None:
         return
     record, copy = found
+    if copy.state is CopyState.CURRENT:
+        start_if_ready(ctx, record)  # recorded made when the VM is started with it
+        return
     filled = copy.state is CopyState.FILLING
     if filled or not copy.made:
         state = CopyState.CURRENT if filled else copy.state
@@ -279,21 +306,25 @@ def _became_ready(ctx: StepContext, host: HostId, disk_id: str) -> None:
         ctx.emit_vm(record)
     elif copy.state is CopyState.JOINING:
         replicas.push(ctx, record)
-    elif copy.state is CopyState.CURRENT:
-        start_if_ready(ctx, record)
 
 
-def _not_ready(ctx: StepContext, host: HostId, statuses: list[ReplicaStatus]) -> None:
-    """Copies its host reports not ready: one that was made and is lost or being made again,
-    or one that cannot be made, is dropped (a rebuild makes another); a new VM's copy that
-    cannot be made says so in the VM's reason. A VM's copies are dropped together, so that
-    no set pushed in between names a copy reported lost in the same report."""
+def _not_ready(
+    ctx: StepContext, host: HostId, statuses: list[ReplicaStatus], served: set[str]
+) -> None:
+    """Copies its host reports not ready: one that was made (or ``served``: ready before) and
+    is lost or being made again, or one that cannot be made, is dropped (a rebuild makes
+    another); a new VM's copy that cannot be made says so in the VM's reason. A VM's copies
+    are dropped together, so that no set pushed in between names a copy reported lost in the
+    same report."""
     drops: dict[VmName, tuple[dict[str, set[HostId]], str]] = {}
     for status in statuses:
         found = _copy_on(ctx, host, status.disk_id)
         if found is None:
             continue
         record, copy = found
+        if status.disk_id in served and not copy.made:  # made when it was first served
+            copy = replace(copy, made=True)
+            ctx.change_vm(record, disks=replicas.with_copy(record, status.disk_id, host, copy))
         why = _why_dropped(host, copy, status)
         if why is not None:
             disks, _ = drops.get(record.name, ({}, ""))
@@ -333,6 +364,7 @@ def start_if_ready(ctx: StepContext, record: VmRecord) -> None:
     if record.state is not VmState.SCHEDULED or host is None:
         return
     if replicas.ready(ctx.state, record):
+        replicas.mark_made(ctx, record)
         spec = replicas.vm_spec(ctx.state, record)
         ctx.send(host, [StartVm(vm=spec, generation=record.generation)])
         ctx.state.touched_hosts.add(host)
@@ -340,6 +372,13 @@ def start_if_ready(ctx: StepContext, record: VmRecord) -> None:
 
 def flush(ctx: StepContext) -> None:
     """Send every up host whose set changed its new one (at the end of a step)."""
+    made = ctx.state.disks.made_changed
+    for host in list(made):
+        want = ctx.carry.replicas.get(host)
+        if want is None:
+            made.pop(host)  # computed whole when it is next sent
+        else:
+            _take_made(ctx, host, want)
     dirty = ctx.state.disks.dirty_hosts
     if not dirty:
         return

@@ -157,7 +157,7 @@ def _reconcile(ctx: StepContext, host: HostId, runtime: HostRuntime) -> None:
     state.touched_hosts.discard(host)
     assigned = {name: state.vms[name] for name in state.by_host.get(host, ())}
     incoming = {name: _attempt(state.vms[name]) for name in state.incoming.get(host, ())}
-    spec = _unless_just_sent(ctx, host, replicas.start_spec(state))
+    spec = _unless_just_sent(ctx, host, replicas.start_spec(ctx))
     result = reconcile_host(host, assigned, runtime.observed, incoming, spec)
     orphaned = sum((vm.resources for vm in result.orphans), ZERO)
     if orphaned != runtime.orphaned:

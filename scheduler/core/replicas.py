@@ -14,8 +14,11 @@ common/replica_messages.py.
   its QEMU reaches every copy over NBD. Copies not finished (``filling``, ``joining``) are
   dropped when the VM is placed: it writes only to current ones (a rebuild makes them again).
 - **Start.** ``StartVm`` goes out only once every current copy of every replicated disk is
-  ready on its host (hostreplicas.py learns that from heartbeats); the spec lists those copies
-  (``DiskSpec.replicas``, the VM's host's first).
+  ready on its host (hostreplicas.py learns that from heartbeats, and keeps it as the hosts'
+  runtime, not in the records); the spec lists those copies (``DiskSpec.replicas``, the VM's
+  host's first). The copies are recorded ``made`` in the step that starts the VM, in one
+  change of its record: from then on the guest's writes are on them. (A copy its host served
+  and then reports not ready is recorded made before that report is judged.)
 - **Loss.** A host declared dead loses its copies, in that step's records; a VM whose disk
   has no current copy left is ``failed`` ("every replica of disk X lost"), and the copies it
   still has are kept (``lost``) rather than deleted. A running VM that reports a copy failed
@@ -161,6 +164,8 @@ def place_copies(ctx: StepContext, record: VmRecord, host: HostId) -> str | None
         disks.append(disk)
     if disks != record.disks:
         ctx.change_vm(record, disks=disks)
+    if not fresh and ready(ctx.state, record):
+        mark_made(ctx, record)  # started at once with the copies it has
     return None
 
 
@@ -216,12 +221,32 @@ def ready(state: ClusterState, record: VmRecord) -> bool:
     return True
 
 
-def start_spec(state: ClusterState) -> Callable[[VmRecord], VmSpec | None]:
-    """The reconciler's spec of a VM to start: None while its copies are not ready."""
+def mark_made(ctx: StepContext, record: VmRecord) -> None:
+    """The VM is started with its current copies: they are recorded made (in one change), so
+    that one its host reports being made again from now on counts as lost there. Until its
+    VM first writes to it a copy holds what a new one would (nothing, or the image)."""
+    if all(c.made or c.state is not CopyState.CURRENT for d in record.disks for c in d.copies):
+        return
+    disks = [
+        replace(d, copies=[_made(c) for c in d.copies]) if d.replicated else d for d in record.disks
+    ]
+    ctx.change_vm(record, disks=disks)
+
+
+def _made(copy: CopyRecord) -> CopyRecord:
+    return replace(copy, made=True) if copy.state is CopyState.CURRENT and not copy.made else copy
+
+
+def start_spec(ctx: StepContext) -> Callable[[VmRecord], VmSpec | None]:
+    """The reconciler's spec of a VM to start: None while its copies are not ready (once they
+    are, they are recorded made: the VM is started with them)."""
+    state = ctx.state
 
     def spec(record: VmRecord) -> VmSpec | None:
-        if is_replicated(record) and not ready(state, record):
-            return None
+        if is_replicated(record):
+            if not ready(state, record):
+                return None
+            mark_made(ctx, record)
         return vm_spec(state, record)
 
     return spec

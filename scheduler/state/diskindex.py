@@ -6,7 +6,8 @@
   disk made there or to be made there (its VM is placed there), each at its full size
   (placement filters on it);
 - which hosts' replica sets may have changed (``dirty_hosts``): every host holding a copy of
-  a disk whose copies changed (a copy's ``fill_from`` names another copy);
+  a disk whose copies changed (a copy's ``fill_from`` names another copy); and, apart, the
+  copies of which only whether they were made changed (``made_changed``: no spec changes);
 - the VMs with replicated disks, by the fewest live copies one of their disks has
   (``by_copies``): rebuilds look only at those below the wanted count.
 
@@ -98,6 +99,8 @@ class DiskIndex:
     """Hosts whose replica set may have changed since it was last computed."""
     dirty_disks: dict[HostId, set[str]] = field(default_factory=dict)
     """Of those, the disks whose copies changed (what their sets need computed again)."""
+    made_changed: dict[HostId, dict[str, bool]] = field(default_factory=dict)
+    """Per host, copies of which only whether they were made changed: disk id -> made."""
     by_copies: dict[int, dict[VmName, None]] = field(default_factory=dict)
     """VMs with replicated disks by the fewest live copies of one of their disks."""
     by_current: dict[int, dict[VmName, None]] = field(default_factory=dict)
@@ -161,11 +164,11 @@ class DiskIndex:
             for (host, then, _), (_, state, _) in zip(was[2], now[2], strict=True):
                 self._making(host, (state in _MAKING) - (then in _MAKING))
             if all(a[1] is b[1] for a, b in zip(was[2], now[2], strict=True)):
-                # only whether copies were made changed: their hosts' sets alone (a copy's
-                # source to fill from is chosen by the others' states, which are the same)
+                # only whether copies were made changed: no spec changes (a copy's source to
+                # fill from is chosen by the others' states, which are the same)
                 for before, after in zip(was[2], now[2], strict=True):
                     if before != after:
-                        self._dirty(before[0], disk_id)
+                        self.made_changed.setdefault(after[0], {})[disk_id] = after[2]
                 return False
         else:
             if was is not None:

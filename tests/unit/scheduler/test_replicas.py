@@ -129,6 +129,44 @@ def test_the_vm_starts_only_once_every_copy_is_ready_and_its_spec_names_them() -
     assert kit.vm("web").state is VmState.RUNNING
 
 
+def test_copies_ready_one_report_at_a_time_are_stored_once_with_the_start() -> None:
+    """Each copy host's report says its copy is ready; the VM's record is written once, in the
+    step that starts it, with every copy recorded made (not once per copy)."""
+    kit = kit_of("fd-a", "fd-b", "fd-c", replicas=3)
+    kit.create("web", data_disks_mib=[512])
+    kit.beat_all()  # the hosts make their copies
+    stored_in = []
+    for host in sorted(kit.domains):
+        kit.beat(host)
+        if any(r.name == "web" for r in kit.result.vms):
+            stored_in.append(host)
+    start = started(kit, "web")
+    assert stored_in == [sorted(kit.domains)[-1]], "stored in the step that starts it only"
+    assert all(len(d.replicas) == 3 for d in start.vm.disks)
+    assert all(c.made for d in kit.vm("web").disks for c in d.copies)
+
+
+def test_a_copy_served_then_made_again_before_its_vm_starts_is_dropped_as_lost() -> None:
+    """A copy its host reported ready (not yet recorded made: its VM did not start) and then
+    reports being made again was lost there: it is dropped, as a made one is."""
+    kit = kit_of("fd-a", "fd-b", "fd-c")
+    kit.create("web")
+    record = kit.vm("web")
+    [holders] = kit.copies("web")
+    host, other = holders[0], holders[1]
+    disk = record.disks[0].disk_id
+    kit.held_back[other] = {disk}
+    for _ in range(2):  # the copy is made on ``host``, and reported ready
+        kit.beat(host)
+        kit.beat(other)
+    assert not kit.sent(StartVm)
+    kit.made[host].discard(disk)
+    kit.new[host] = {disk}  # its host wiped, makes it anew
+    kit.beat(host)
+    assert host not in kit.copies("web")[0]
+    assert "was lost there" in kit.vm("web").reason
+
+
 def test_a_replica_set_goes_as_changes_and_whole_once_the_host_stays_behind() -> None:
     kit = kit_of("fd-a", "fd-b", command_retry_s=2.0)
     kit.create("web")
