@@ -268,7 +268,7 @@ def new_nics(state: ClusterState, plans: list[NicPlan]) -> list[NicRecord]:
                 mac=mac_of(counters.mac_serial % (MAX_MAC_SERIAL + 1)),
                 ip="" if address is None else ip_text(address),
                 prefix_len=ipam.prefix,
-                gateway=ip_text(ipam.gateway),
+                gateway=ipam.gateway_text,
             )
         )
     return nics
