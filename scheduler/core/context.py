@@ -35,13 +35,13 @@ from common.messages import (
     VmEvent,
     VmState,
 )
-from common.network_messages import ConfigureNetworks, EndpointInfo, NicInfo, UpdateNetworks
+from common.network_messages import ConfigureNetworks, UpdateNetworks
 from common.replica_messages import ConfigureReplicas, SetDiskReplicas, UpdateReplicas
 from scheduler.core import transitions
 from scheduler.core.contract import Action, Emit, Now, Reply, SendCommands
 from scheduler.core.netwants import NetWants
 from scheduler.core.replicawants import ReplicaWant
-from scheduler.core.views import migration_info
+from scheduler.core.views import endpoint_infos, migration_info, nic_infos
 from scheduler.placement.hostviews import HostViews
 from scheduler.placement.pipeline import PlacementPolicy
 from scheduler.placement.rebalance import MigrationBudget, Move
@@ -220,8 +220,8 @@ class StepContext:
             generation=record.generation,
             reason=record.reason,
             size=record.size,
-            nics=_nic_infos(record.nics) if record.nics else [],
-            endpoints=_endpoint_infos(record.endpoints) if record.endpoints else [],
+            nics=nic_infos(record.nics) if record.nics else [],
+            endpoints=endpoint_infos(record.endpoints) if record.endpoints else [],
             migration=migration_info(about) if about is not None else None,
             migration_outcome=outcome,
         )
@@ -303,24 +303,3 @@ class StepContext:
     def reply(self, token: int, body: msgspec.Struct | None) -> None:
         """Answer request ``token`` (a job is acked when ``body`` is None)."""
         self.actions.append(Reply(token, body))
-
-
-def _nic_infos(nics: list[NicRecord]) -> list[NicInfo]:
-    """Built field by field: an event per VM change made ``msgspec.convert`` a hot spot."""
-    return [
-        NicInfo(vnet=n.vnet, ip=n.ip, mac=n.mac, prefix_len=n.prefix_len, gateway=n.gateway)
-        for n in nics
-    ]
-
-
-def _endpoint_infos(endpoints: list[EndpointRecord]) -> list[EndpointInfo]:
-    return [
-        EndpointInfo(
-            vm_port=e.vm_port,
-            protocol=e.protocol,
-            public_port=e.public_port,
-            address=e.address,
-            allow=list(e.allow),
-        )
-        for e in endpoints
-    ]

@@ -163,6 +163,8 @@ def _endpoint_changes(
     forwarding = state.net.forwarding.get(host, set())
     added: list[HostEndpoint] = []
     removed: list[EndpointRef] = []
+    if not forwarding and not config.by_vm:
+        return added, removed  # no endpoint there, before or now (most hosts)
     for vm in touched:
         old = {key: config.endpoints[key] for key in config.by_vm.get(vm, ())}
         new = {endpoint_key(e): e for e in (endpoints_of(state, vm) if vm in forwarding else [])}

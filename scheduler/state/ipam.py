@@ -49,6 +49,7 @@ class Ipam:
         "_queued",
         "first",
         "gateway",
+        "gateway_text",
         "held",
         "last",
         "network",
@@ -61,6 +62,8 @@ class Ipam:
         self.network = int(net.network_address)
         self.prefix = net.prefixlen
         self.gateway = self.network + 1
+        self.gateway_text = ip_text(self.gateway)
+        """The gateway's address as every NIC record in the network holds it."""
         self.first = self.network + 2
         self.last = int(net.broadcast_address) - 1
         self._cursor = self.first

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, strategies as st
 
 from common.fields import ErrorCode
 from common.messages import CreateVm, VmRef, VmState
 from common.network_messages import AddEndpoint, EndpointProtocol, NicRequest, RemoveEndpoint
 from scheduler.core.contract import Emit, Op
+from scheduler.core.networks import MAX_MAC_SERIAL, mac_of
 from tests.unit.scheduler.corekit import CoreKit, vm_events
 
 
@@ -360,3 +362,14 @@ def test_vms_without_nics_are_untouched_by_networks() -> None:
     reply = kit.mutate(Op.CREATE, CreateVm(name="plain", size="Small"))
     assert reply.vm is not None and reply.vm.nics == [] and reply.vm.endpoints == []
     assert kit.state.counters.mac_serial == 0
+
+
+@given(st.integers(0, MAX_MAC_SERIAL))
+def test_a_nic_serial_is_its_mac_under_the_qemu_prefix(serial: int) -> None:
+    """Six lowercase two-digit bytes, QEMU's locally administered prefix, then the serial: a MAC
+    names one NIC serial, so no two NICs share one."""
+    mac = mac_of(serial)
+    octets = mac.split(":")
+    assert len(octets) == 6 and all(len(o) == 2 and o == o.lower() for o in octets)
+    assert octets[:3] == ["52", "54", "00"]
+    assert int("".join(octets[3:]), 16) == serial
