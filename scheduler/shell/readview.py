@@ -42,6 +42,18 @@ def snapshot(result: StepResult) -> Snapshot:
     )
 
 
+def unchanged(result: StepResult) -> bool:
+    """The step changed no record: reads have nothing new to see from it."""
+    return not (
+        result.vms
+        or result.hosts
+        or result.images
+        or result.replies
+        or result.vnets
+        or result.counters is not None
+    )
+
+
 class ReadView:
     def __init__(self, live: ClusterState) -> None:
         """Start from a copy of ``live`` (as loaded: all of it is committed)."""
