@@ -279,6 +279,15 @@ class ClusterState:
 
     def take_changes(self) -> Changes:
         """The records changed since the last call, and the new replies; forgets them."""
+        if not (
+            self.dirty_vms
+            or self.dirty_hosts
+            or self.dirty_images
+            or self.new_replies
+            or self.changed_vnets
+            or self.counters_changed
+        ):
+            return Changes([], [], [], {}, [], None)  # most steps: heartbeats only
         changes = Changes(
             vms=[self.vms[name] for name in self.dirty_vms],
             hosts=[self.hosts[host] for host in self.dirty_hosts],
