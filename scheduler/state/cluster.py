@@ -64,6 +64,10 @@ class ClusterState:
     stale_views: set[HostId] = field(default_factory=set)
     """Hosts whose placement view (allocation, record, orphans) changed since placement last
     refreshed its index."""
+    heard_since_s: float = float("-inf")
+    """No up host was last heard before this (volatile: hosts are only ever heard later, and
+    come up as they are heard): the liveness check walks the hosts only once it is
+    ``dead_after_s`` old (scheduler/core/hosts.py ``check_liveness``)."""
     vnets: dict[str, VnetRecord] = field(default_factory=dict)
     """Virtual networks by name, deleted ones included (tombstones)."""
     changed_vnets: set[str] = field(default_factory=set)
