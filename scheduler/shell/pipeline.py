@@ -57,6 +57,14 @@ class CommitPipeline:
         acted = _task(_after(before.acted, _then(stored, act)))
         commits.append(_Commit(appended, stored, acted))
 
+    def check(self) -> None:
+        """Raise what a step's commit in the pipeline raised already, without waiting: a step
+        that does not enter (it has nothing to commit) still ends the loop on a failure."""
+        for commit in self._commits:
+            for stage in (commit.appended, commit.stored, commit.acted):
+                if stage.done() and not stage.cancelled() and stage.exception() is not None:
+                    stage.result()
+
     async def finish(self) -> None:
         """Wait for the steps in the pipeline to be committed and acted on; raise the first
         failure among them, in step order."""

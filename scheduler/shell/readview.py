@@ -6,6 +6,11 @@ own. Copying the whole state per step would cost too much at 100,000 VMs: each s
 records are copied once (``snapshot``, right after the step) and put into the view once their
 commit is done (``apply``). The hosts' runtimes (liveness, fencing) are volatile, never stored:
 the view reads the core's own.
+
+A VM record as committed and unchanged since is the core's own object, not a copy: the core
+gives the view a copy of it before it changes it (``ClusterState.before_change``), and once a
+change is committed the view takes the core's record again if it has not changed since. So a
+read that keeps a record across an ``await`` may see it change: reads answer at once.
 """
 
 from __future__ import annotations
@@ -42,9 +47,22 @@ def snapshot(result: StepResult) -> Snapshot:
     )
 
 
+def unchanged(result: StepResult) -> bool:
+    """The step changed no record: reads have nothing new to see from it."""
+    return not (
+        result.vms
+        or result.hosts
+        or result.images
+        or result.replies
+        or result.vnets
+        or result.counters is not None
+    )
+
+
 class ReadView:
     def __init__(self, live: ClusterState) -> None:
         """Start from a copy of ``live`` (as loaded: all of it is committed)."""
+        self.live = live
         self.state = live.read_copy()
 
     def apply(self, committed: Snapshot) -> None:
@@ -52,8 +70,11 @@ class ReadView:
         state = self.state
         for vnet in committed.vnets:
             state.put_vnet(vnet)
+        live = self.live.vms
         for record in committed.vms:
             state.put_vm(record)
+            if live.get(record.name) == record:  # unchanged since: shared until it changes
+                state.vms[record.name] = live[record.name]
         for host in committed.hosts:
             state.hosts[host.host_id] = host
         for image in committed.images:

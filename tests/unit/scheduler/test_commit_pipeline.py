@@ -145,3 +145,28 @@ async def test_a_failed_write_stores_and_acts_on_nothing_after_it() -> None:
         await pipeline.finish()
     assert stages.started("write") == [1]
     assert stages.done("act") == []
+
+
+def _raises(pipeline: CommitPipeline) -> bool:
+    try:
+        pipeline.check()
+    except Fenced:
+        return True
+    return False
+
+
+async def test_check_raises_a_failed_append_without_waiting_and_nothing_before_it_fails() -> None:
+    """A step with nothing to commit does not enter the pipeline: the core loop still ends on
+    an earlier step's failed append (a lost term) through ``check``, which never waits."""
+    stages = Stages()
+    pipeline = CommitPipeline(stages.append)
+    slow_append = stages.gate("append", 1)
+    stages.failing[("append", 1)] = Fenced("state log moved past seq 0: another leader")
+    await _enter(pipeline, stages, 1)
+    await wait_until(lambda: stages.started("append") == [1])
+    assert not _raises(pipeline), "raised before the append failed"
+    slow_append.set()
+    await wait_until(lambda: _raises(pipeline), message="the failed append raised")
+    with pytest.raises(Fenced):
+        await pipeline.finish()
+    assert stages.done("write") == [] and stages.done("act") == []

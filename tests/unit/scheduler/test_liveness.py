@@ -1,10 +1,11 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from common.ids import HostId
 from common.messages import HostEvent
-from scheduler.core.contract import Emit, Reconnected
+from scheduler.core.contract import Emit, Reconnected, Tick
 from scheduler.core.liveness import expired_hosts, fresh_window, renew_windows
 from scheduler.state.model import HostRuntime
 from tests.unit.scheduler.corekit import CoreKit
@@ -50,3 +51,31 @@ def test_a_nats_outage_of_the_scheduler_declares_no_host_dead() -> None:
     assert kit.state.hosts[HostId("h1")].up
     down = [a for a in kit.advance(2.0) if isinstance(a, Emit)]
     assert [a.event.host_id for a in down if isinstance(a.event, HostEvent)] == ["h1"]
+
+
+HOSTS = ["h1", "h2", "h3"]
+Move = tuple[str, float]
+"""A host's heartbeat (its name) or a tick (""), after that many seconds."""
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["", *HOSTS]), st.sampled_from([0.0, 0.2, 1.0, 2.5, 6.0])),
+        max_size=60,
+    )
+)
+def test_a_tick_finds_every_host_silent_too_long_and_no_other(moves: list[Move]) -> None:
+    """However hosts come, go quiet and come back, each tick leaves up exactly the hosts heard
+    within ``dead_after_s`` (the check walks the hosts only when one of them may be past it)."""
+    kit = CoreKit()  # dead_after_s 6
+    heard: dict[str, float] = {}
+    for host, after_s in moves:
+        kit.t += after_s
+        if host:
+            kit.heartbeat(host)
+            heard[host] = kit.t
+            continue
+        kit.step(Tick())
+        up = {h for h, record in kit.state.hosts.items() if record.up}
+        assert up == {h for h, t in heard.items() if kit.t - t <= 6.0}

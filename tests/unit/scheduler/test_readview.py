@@ -33,6 +33,34 @@ def test_reads_see_a_step_only_once_it_is_applied_after_its_commit() -> None:
     assert view.state.runtimes is kit.state.runtimes  # liveness is volatile: read live
 
 
+def test_reads_share_the_core_s_records_until_it_changes_one_and_never_see_the_change_early() -> (
+    None
+):
+    """The view holds the core's own VM records while they are as committed (not a second
+    copy of each), and the core copies one for it before changing it: a change is seen only
+    once its commit is applied, however many steps change the record meanwhile."""
+    kit = CoreKit()
+    kit.heartbeat("h1")
+    kit.create("a")
+    view = ReadView(kit.state)  # all of it committed
+    name = VmName("a")
+    assert view.state.vms[name] is kit.vm(name)
+    kit.heartbeat("h1", kit.running_on("h1"))
+    running = snapshot(kit.result)
+    kit.mutate(Op.STOP, VmRef(name="a"))
+    stopping = snapshot(kit.result)
+    assert kit.vm(name).state is VmState.STOPPING
+    assert view.state.vms[name].state is VmState.SCHEDULED, "a change seen before its commit"
+    view.apply(running)
+    assert view.state.vms[name].state is VmState.RUNNING, "a later step's change seen"
+    view.apply(stopping)
+    assert view.state.vms[name] is kit.vm(name), "committed and unchanged since: shared again"
+    kit.heartbeat("h1", [])  # it stopped
+    assert kit.vm(name).state is VmState.STOPPED
+    assert view.state.vms[name].state is VmState.STOPPING, "a change seen before its commit"
+    view.state.check_invariants()
+
+
 def test_a_view_has_indexes_of_its_own_that_the_core_s_later_steps_leave_alone() -> None:
     kit = ReplicaKit()
     for host, domain in (("h1", "fd-a"), ("h2", "fd-b"), ("h3", "fd-c")):
