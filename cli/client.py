@@ -12,7 +12,7 @@ from nats.aio.client import Client
 from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError, NoRespondersError, TimeoutError as NatsTimeoutError
 
-from common import codec, messages as m, subjects
+from common import codec, list_messages as lm, messages as m, subjects
 from common.console_messages import ConsoleInput, ConsoleReply, ConsoleTail
 from common.errors import ApiError
 from common.image_messages import (
@@ -42,9 +42,9 @@ R = TypeVar(
     "R",
     m.VmReply,
     m.HostReply,
-    m.VmListReply,
-    m.HostListReply,
-    m.SizeListReply,
+    lm.VmListReply,
+    lm.HostListReply,
+    lm.SizeListReply,
     UsageReply,
     ImageReply,
     ImageListReply,
@@ -136,12 +136,12 @@ class StratusClient:
         body = m.VmRef(name=name, request_id=request_id)
         return await self._vm(subjects.VM_MIGRATE_CANCEL, body)
 
-    async def list_vms(self, query: m.ListVms | None = None) -> list[m.VmInfo]:
-        reply = await self._call(subjects.VM_LIST, query or m.ListVms(), codec.vm_list_reply)
+    async def list_vms(self, query: lm.ListVms | None = None) -> list[m.VmInfo]:
+        reply = await self._call(subjects.VM_LIST, query or lm.ListVms(), codec.vm_list_reply)
         return reply.vms
 
     async def list_hosts(self) -> list[m.HostInfo]:
-        return (await self._call(subjects.HOST_LIST, m.ListHosts(), codec.host_list_reply)).hosts
+        return (await self._call(subjects.HOST_LIST, lm.ListHosts(), codec.host_list_reply)).hosts
 
     async def _host(
         self, subject: str, host_id: str, request_id: str | None, *, cold: bool = False
@@ -164,7 +164,7 @@ class StratusClient:
         return await self._host(subjects.HOST_DRAIN, host_id, request_id, cold=cold)
 
     async def list_sizes(self) -> list[m.Size]:
-        return (await self._call(subjects.SIZES_LIST, m.ListSizes(), codec.size_list_reply)).sizes
+        return (await self._call(subjects.SIZES_LIST, lm.ListSizes(), codec.size_list_reply)).sizes
 
     async def usage(self, query: UsageQuery | None = None) -> UsageReport:
         body = query or UsageQuery()

@@ -15,7 +15,7 @@ from cli.client import StratusClient
 from cli.drain import wait_drained
 from cli.migrate import wait_migrated
 from cli.waiting import Progress, wait_image, wait_vm
-from common import messages as m
+from common import list_messages as lm, messages as m
 from common.errors import ApiError
 from common.image_messages import ImageInfo
 from common.sizes import find_size
@@ -106,7 +106,7 @@ async def vm_create(client: StratusClient, args: argparse.Namespace) -> Outcome:
 
 
 async def vm_list(client: StratusClient, args: argparse.Namespace) -> Outcome:
-    vms = await client.list_vms(m.ListVms(state=args.state, host=args.host, region=args.region))
+    vms = await client.list_vms(lm.ListVms(state=args.state, host=args.host, region=args.region))
     return Outcome(output.to_json(vms) if _json(args) else output.vm_table(vms))
 
 

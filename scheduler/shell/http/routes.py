@@ -9,7 +9,7 @@ import msgspec
 from aiohttp import web
 from multidict import MultiMapping
 
-from common import codec, messages as m, subjects
+from common import codec, list_messages as lm, messages as m, subjects
 from common.ids import vm_name_problem
 from scheduler.core.contract import Op
 from scheduler.shell.http.errors import JSON, HttpError, status_of
@@ -161,7 +161,7 @@ async def submit_host(request: web.Request, op: Op, *, cold: bool = False) -> m.
 
 
 async def list_vms(request: web.Request) -> web.StreamResponse:
-    return read(backend_of(request), subjects.VM_LIST, query_of(request, m.ListVms))
+    return read(backend_of(request), subjects.VM_LIST, query_of(request, lm.ListVms))
 
 
 async def create_vm(request: web.Request) -> web.StreamResponse:
@@ -189,7 +189,7 @@ async def stop_vm(request: web.Request) -> web.StreamResponse:
 
 
 async def list_hosts(request: web.Request) -> web.StreamResponse:
-    return read(backend_of(request), subjects.HOST_LIST, m.ListHosts())
+    return read(backend_of(request), subjects.HOST_LIST, lm.ListHosts())
 
 
 async def cordon_host(request: web.Request) -> web.StreamResponse:
@@ -213,7 +213,7 @@ async def drain_host(request: web.Request) -> web.StreamResponse:
 
 
 async def list_sizes(request: web.Request) -> web.StreamResponse:
-    return read(backend_of(request), subjects.SIZES_LIST, m.ListSizes())
+    return read(backend_of(request), subjects.SIZES_LIST, lm.ListSizes())
 
 
 # --------------------------------------------------------------------------- the table
@@ -228,7 +228,7 @@ def register(api: Registry) -> None:
     vm, host = "vms", "hosts"
     for endpoint in (
         Endpoint("GET", "/v1/vms", list_vms, "listVms", "List VMs (deleted ones only when "
-                 "asked for by state)", tag=vm, query=m.ListVms, response=m.VmListReply,
+                 "asked for by state)", tag=vm, query=lm.ListVms, response=lm.VmListReply,
                  subject=subjects.VM_LIST),
         Endpoint("POST", "/v1/vms", create_vm, "createVm", "Create a VM (placed at once when "
                  "capacity allows, else pending with the reason)", tag=vm, mutating=True,
@@ -252,7 +252,7 @@ def register(api: Registry) -> None:
                  headers=IDEMPOTENCY_HEADER, errors=(_E.NOT_FOUND, _E.INVALID_STATE, _E.CONFLICT),
                  subject=subjects.VM_STOP),
         Endpoint("GET", "/v1/hosts", list_hosts, "listHosts", "List hosts", tag=host,
-                 response=m.HostListReply, subject=subjects.HOST_LIST),
+                 response=lm.HostListReply, subject=subjects.HOST_LIST),
         Endpoint("POST", "/v1/hosts/{host_id}/cordon", cordon_host, "cordonHost", "Cordon a "
                  "host: no new VMs are placed on it", tag=host, mutating=True,
                  path_params=_HOST_PATH, response=m.HostReply, errors=(_E.NOT_FOUND,),
@@ -268,6 +268,6 @@ def register(api: Registry) -> None:
                  query=DrainQuery,
                  errors=(_E.NOT_FOUND, _E.INSUFFICIENT_CAPACITY), subject=subjects.HOST_DRAIN),
         Endpoint("GET", "/v1/sizes", list_sizes, "listSizes", "List VM sizes", tag="sizes",
-                 response=m.SizeListReply, subject=subjects.SIZES_LIST),
+                 response=lm.SizeListReply, subject=subjects.SIZES_LIST),
     ):  # fmt: skip
         api.add(endpoint)
