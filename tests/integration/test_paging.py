@@ -27,7 +27,9 @@ from common.natsserver import NatsServer, start_nats_server
 from rigs.cluster import FAST_TIMINGS, Cluster
 from scheduler.shell.app import SchedulerApp
 from tests.conftest import _require_nats
+from tests.integration.browser import CdpError, chromium_page, find_chromium
 from tests.integration.helpers import wait_hosts_up
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.timeout(60)]
 
@@ -44,6 +46,8 @@ class Small:
     nc: Client
     client: StratusClient
     http: aiohttp.ClientSession
+    url: str
+    """The scheduler's HTTP API and portal."""
 
 
 @pytest.fixture
@@ -74,8 +78,9 @@ async def small(tmp_path: Path) -> AsyncIterator[Small]:
         await wait_hosts_up(client, 1)
         for name in VMS:
             await client.create_vm(CreateVm(name=name, size="Small"))
-        async with aiohttp.ClientSession(f"http://127.0.0.1:{app.http_port}") as http:
-            yield Small(server, nc, client, http)
+        url = f"http://127.0.0.1:{app.http_port}"
+        async with aiohttp.ClientSession(url) as http:
+            yield Small(server, nc, client, http, url)
         await nc.close()
     finally:
         cluster.stop()
@@ -120,3 +125,46 @@ async def test_stratus_vm_list_shows_every_vm_once(small: Small) -> None:
     out, err = await stratus("vm", "list", "-o", "json", "--limit", "5", "--marker", VMS[9])
     assert [vm["name"] for vm in json.loads(out)] == VMS[10:15]
     assert f"--marker {VMS[14]}" in err
+
+
+async def test_http_lists_every_vm_once_following_next_links(small: Small) -> None:
+    seen: list[str] = []
+    path = "/v1/vms?limit=7"
+    pages = 0
+    while True:
+        async with small.http.get(path) as response:
+            assert response.status == 200
+            body = await response.json()
+            link = response.headers.get("Link")
+        seen += [vm["name"] for vm in body["vms"]]
+        pages += 1
+        if "next" not in body:
+            assert link is None
+            break
+        assert link is not None and link.endswith('>; rel="next"')
+        path = link[1 : link.index(">")]
+    assert seen == VMS and pages == 6
+    async with small.http.get("/v1/vms") as response:  # no limit: as many as fit
+        raw = await response.read()
+    assert len(raw) <= MAX_PAYLOAD and "next" in json.loads(raw)
+    async with small.http.get("/v1/vms?limit=0") as response:
+        assert response.status == 400
+        assert (await response.json())["error"]["code"] == "invalid_request"
+
+
+async def test_the_portal_shows_every_vm(small: Small, tmp_path: Path) -> None:
+    find_chromium()
+    async with chromium_page(tmp_path) as page:
+        await page.call("Page.navigate", url=f"{small.url}/")
+
+        async def all_shown() -> bool:
+            try:
+                rows = await page.evaluate(
+                    "[...document.querySelectorAll('#vms tr[data-vm]')].map(r => r.dataset.vm)"
+                )
+            except CdpError:  # the page is still loading
+                return False
+            return bool(rows == VMS)
+
+        await wait_until(all_shown, timeout_s=20, interval_s=0.1, message="every VM listed")
+        assert page.exceptions == []
