@@ -76,18 +76,17 @@ def page_reply(
     item ends the page.
     """
     head = b'{"' + key.encode() + b'":['
+    room = max_bytes - len(head) - len(b"]}") - len(_NEXT_FIELD) - len(b'""')
     parts: list[bytes] = []
-    used = len(head) + len(b"]}")
     last: str | None = None
     for name, part in items:
-        cost = len(part) + (1 if parts else 0)
-        next_cost = len(_NEXT_FIELD) + len(_encoder.encode(name))
-        if (limit is not None and len(parts) >= limit) or used + cost + next_cost > max_bytes:
+        room -= len(part) + 1  # the item and the comma before it (one to spare for the first)
+        # A name takes at most 6 bytes a character in JSON (\u0000), quotes aside.
+        if len(parts) == limit or room < 6 * len(name):
             if last is None:
                 return Oversized(name)
             return head + b",".join(parts) + b"]" + _NEXT_FIELD + _encoder.encode(last) + b"}"
         parts.append(part)
-        used += cost
         last = name
     return head + b",".join(parts) + b"]}"
 
