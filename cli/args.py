@@ -8,6 +8,7 @@ from datetime import datetime
 from pathlib import Path
 
 from common.ids import vm_name_problem
+from common.paging import MAX_PAGE_LIMIT
 from common.sizes import parse_size_mib
 from common.spec_messages import DiskStorage
 
@@ -81,3 +82,26 @@ def storage_kind(text: str) -> DiskStorage:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a storage kind: replicated or host-local"
         ) from None
+
+
+def page_limit(text: str) -> int:
+    """A page size: 1 to the largest a list request may ask for (common/paging.py)."""
+    if not text.isdigit() or not 1 <= int(text) <= MAX_PAGE_LIMIT:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a whole number from 1 to {MAX_PAGE_LIMIT}"
+        )
+    return int(text)
+
+
+def add_page_options(parser: argparse.ArgumentParser, what: str) -> argparse.ArgumentParser:
+    """``--limit`` and ``--marker`` of a list command (``what``: "VMs", "hosts")."""
+    parser.add_argument(
+        "--limit",
+        type=page_limit,
+        metavar="N",
+        help=f"list one page of at most N {what} (default: every page)",
+    )
+    parser.add_argument(
+        "--marker", metavar="NAME", help=f"list the {what} after NAME (the next page's marker)"
+    )
+    return parser

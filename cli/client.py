@@ -12,7 +12,7 @@ from nats.aio.client import Client
 from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError, NoRespondersError, TimeoutError as NatsTimeoutError
 
-from common import codec, messages as m, subjects
+from common import codec, list_messages as lm, messages as m, subjects
 from common.console_messages import ConsoleInput, ConsoleReply, ConsoleTail
 from common.errors import ApiError
 from common.image_messages import (
@@ -42,15 +42,19 @@ R = TypeVar(
     "R",
     m.VmReply,
     m.HostReply,
-    m.VmListReply,
-    m.HostListReply,
-    m.SizeListReply,
+    lm.VmListReply,
+    lm.HostListReply,
+    lm.SizeListReply,
     UsageReply,
     ImageReply,
     ImageListReply,
     VnetReply,
     VnetListReply,
 )
+
+L = TypeVar("L", lm.VmListReply, lm.HostListReply, lm.SizeListReply, ImageListReply, VnetListReply)
+"""A list reply: a page, and ``next`` when more remain (common/paging.py)."""
+Q = TypeVar("Q", lm.ListVms, lm.ListHosts, lm.ListSizes, ListImages, ListVnets)
 
 
 async def _ignore(*_args: object) -> None:
@@ -136,12 +140,31 @@ class StratusClient:
         body = m.VmRef(name=name, request_id=request_id)
         return await self._vm(subjects.VM_MIGRATE_CANCEL, body)
 
-    async def list_vms(self, query: m.ListVms | None = None) -> list[m.VmInfo]:
-        reply = await self._call(subjects.VM_LIST, query or m.ListVms(), codec.vm_list_reply)
-        return reply.vms
+    async def _pages(self, subject: str, query: Q, decoder: codec.Decoder[L]) -> list[L]:
+        """Every page of a list, from ``query``'s marker on (its limit sets the page size)."""
+        pages = [await self._call(subject, query, decoder)]
+        while (marker := pages[-1].next) is not None and marker != query.marker:
+            query = msgspec.structs.replace(query, marker=marker)
+            pages.append(await self._call(subject, query, decoder))
+        return pages
 
-    async def list_hosts(self) -> list[m.HostInfo]:
-        return (await self._call(subjects.HOST_LIST, m.ListHosts(), codec.host_list_reply)).hosts
+    async def list_vms(self, query: lm.ListVms | None = None) -> list[m.VmInfo]:
+        """Every VM that passes the query's filters, asked for page by page."""
+        pages = await self._pages(subjects.VM_LIST, query or lm.ListVms(), codec.vm_list_reply)
+        return [vm for page in pages for vm in page.vms]
+
+    async def list_vms_page(self, query: lm.ListVms) -> lm.VmListReply:
+        """One page: at most ``query.limit`` VMs after ``query.marker``, and ``next``."""
+        return await self._call(subjects.VM_LIST, query, codec.vm_list_reply)
+
+    async def list_hosts(self, query: lm.ListHosts | None = None) -> list[m.HostInfo]:
+        """Every host, asked for page by page."""
+        query = query or lm.ListHosts()
+        pages = await self._pages(subjects.HOST_LIST, query, codec.host_list_reply)
+        return [host for page in pages for host in page.hosts]
+
+    async def list_hosts_page(self, query: lm.ListHosts) -> lm.HostListReply:
+        return await self._call(subjects.HOST_LIST, query, codec.host_list_reply)
 
     async def _host(
         self, subject: str, host_id: str, request_id: str | None, *, cold: bool = False
@@ -164,7 +187,8 @@ class StratusClient:
         return await self._host(subjects.HOST_DRAIN, host_id, request_id, cold=cold)
 
     async def list_sizes(self) -> list[m.Size]:
-        return (await self._call(subjects.SIZES_LIST, m.ListSizes(), codec.size_list_reply)).sizes
+        pages = await self._pages(subjects.SIZES_LIST, lm.ListSizes(), codec.size_list_reply)
+        return [size for page in pages for size in page.sizes]
 
     async def usage(self, query: UsageQuery | None = None) -> UsageReport:
         body = query or UsageQuery()
@@ -182,8 +206,8 @@ class StratusClient:
         return await self._vm(subjects.DISK_DETACH, request)
 
     async def list_images(self) -> list[ImageInfo]:
-        reply = await self._call(subjects.IMAGE_LIST, ListImages(), codec.image_list_reply)
-        return reply.images
+        pages = await self._pages(subjects.IMAGE_LIST, ListImages(), codec.image_list_reply)
+        return [image for page in pages for image in page.images]
 
     async def _image(self, subject: str, body: msgspec.Struct) -> ImageInfo:
         reply = await self._call(subject, body, codec.image_reply)
@@ -226,8 +250,8 @@ class StratusClient:
         return await self._vnet(subjects.VNET_DELETE, VnetRef(name=name, request_id=request_id))
 
     async def list_vnets(self, query: ListVnets | None = None) -> list[VnetInfo]:
-        reply = await self._call(subjects.VNET_LIST, query or ListVnets(), codec.vnet_list_reply)
-        return reply.vnets
+        pages = await self._pages(subjects.VNET_LIST, query or ListVnets(), codec.vnet_list_reply)
+        return [vnet for page in pages for vnet in page.vnets]
 
     async def add_endpoint(self, request: AddEndpoint) -> m.VmInfo:
         return await self._vm(subjects.ENDPOINT_ADD, request)

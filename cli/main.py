@@ -165,7 +165,7 @@ def _add_vm_commands(commands: argparse._SubParsersAction[argparse.ArgumentParse
     listing.add_argument("--state", choices=[str(state) for state in m.VmState])
     listing.add_argument("--host", metavar="HOST")
     listing.add_argument("--region")
-    listing.set_defaults(handler=verbs.vm_list)
+    argtypes.add_page_options(listing, "VMs").set_defaults(handler=verbs.vm_list)
 
     verb_help = {
         "show": (verbs.vm_show, "show one VM"),
@@ -283,9 +283,8 @@ def _add_host_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
     common = [_common_options(defaults=False)]
     hosts = commands.add_parser("host", help="list, cordon, uncordon and drain hosts")
     verb_parsers = hosts.add_subparsers(dest="verb", required=True, metavar="VERB")
-    verb_parsers.add_parser("list", parents=common, help="list hosts").set_defaults(
-        handler=verbs.host_list
-    )
+    listing = verb_parsers.add_parser("list", parents=common, help="list hosts")
+    argtypes.add_page_options(listing, "hosts").set_defaults(handler=verbs.host_list)
     verb_help = {
         "cordon": (verbs.host_cordon, "place no new VMs on a host"),
         "uncordon": (verbs.host_uncordon, "let a cordoned host take VMs again"),

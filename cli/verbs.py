@@ -15,7 +15,7 @@ from cli.client import StratusClient
 from cli.drain import wait_drained
 from cli.migrate import wait_migrated
 from cli.waiting import Progress, wait_image, wait_vm
-from common import messages as m
+from common import list_messages as lm, messages as m
 from common.errors import ApiError
 from common.image_messages import ImageInfo
 from common.sizes import find_size
@@ -105,9 +105,20 @@ async def vm_create(client: StratusClient, args: argparse.Namespace) -> Outcome:
     return outcome
 
 
+def _next_page(what: str, marker: str | None) -> str:
+    return f"more {what} follow: --marker {marker}" if marker is not None else ""
+
+
 async def vm_list(client: StratusClient, args: argparse.Namespace) -> Outcome:
-    vms = await client.list_vms(m.ListVms(state=args.state, host=args.host, region=args.region))
-    return Outcome(output.to_json(vms) if _json(args) else output.vm_table(vms))
+    """Every VM (page by page), or with ``--limit`` one page and where the next starts."""
+    query = lm.ListVms(state=args.state, host=args.host, region=args.region)
+    query.limit, query.marker = args.limit, args.marker
+    if args.limit is None:
+        vms, note = await client.list_vms(query), ""
+    else:
+        page = await client.list_vms_page(query)
+        vms, note = page.vms, _next_page("VMs", page.next)
+    return Outcome(output.to_json(vms) if _json(args) else output.vm_table(vms), note)
 
 
 async def vm_show(client: StratusClient, args: argparse.Namespace) -> Outcome:
@@ -167,8 +178,13 @@ async def disk_list(client: StratusClient, args: argparse.Namespace) -> Outcome:
 
 
 async def host_list(client: StratusClient, args: argparse.Namespace) -> Outcome:
-    hosts = await client.list_hosts()
-    return Outcome(output.to_json(hosts) if _json(args) else output.host_table(hosts))
+    query = lm.ListHosts(limit=args.limit, marker=args.marker)
+    if args.limit is None:
+        hosts, note = await client.list_hosts(query), ""
+    else:
+        page = await client.list_hosts_page(query)
+        hosts, note = page.hosts, _next_page("hosts", page.next)
+    return Outcome(output.to_json(hosts) if _json(args) else output.host_table(hosts), note)
 
 
 def _host(host: m.HostInfo, args: argparse.Namespace, note: str = "") -> Outcome:

@@ -7,7 +7,7 @@ from typing import Final, Generic, TypeVar
 
 import msgspec
 
-from common import messages as m
+from common import list_messages as lm, messages as m
 from common.console_messages import ConsoleEvent, ConsoleInput, ConsoleReply, ConsoleTail
 from common.image_messages import (
     ImageCaptured,
@@ -71,9 +71,9 @@ class Decoder(Generic[T]):
 create_vm: Final = Decoder(msgspec.json.Decoder(m.CreateVm))
 vm_ref: Final = Decoder(msgspec.json.Decoder(m.VmRef))
 host_ref: Final = Decoder(msgspec.json.Decoder(m.HostRef))
-list_vms: Final = Decoder(msgspec.json.Decoder(m.ListVms))
-list_hosts: Final = Decoder(msgspec.json.Decoder(m.ListHosts))
-list_sizes: Final = Decoder(msgspec.json.Decoder(m.ListSizes))
+list_vms: Final = Decoder(msgspec.json.Decoder(lm.ListVms))
+list_hosts: Final = Decoder(msgspec.json.Decoder(lm.ListHosts))
+list_sizes: Final = Decoder(msgspec.json.Decoder(lm.ListSizes))
 attach_disk: Final = Decoder(msgspec.json.Decoder(m.AttachDisk))
 detach_disk: Final = Decoder(msgspec.json.Decoder(m.DetachDisk))
 capture_vm: Final = Decoder(msgspec.json.Decoder(m.CaptureVm))
@@ -93,10 +93,10 @@ vnet_reply: Final = Decoder(msgspec.json.Decoder(VnetReply))
 vnet_list_reply: Final = Decoder(msgspec.json.Decoder(VnetListReply))
 
 vm_reply: Final = Decoder(msgspec.json.Decoder(m.VmReply))
-vm_list_reply: Final = Decoder(msgspec.json.Decoder(m.VmListReply))
-host_list_reply: Final = Decoder(msgspec.json.Decoder(m.HostListReply))
+vm_list_reply: Final = Decoder(msgspec.json.Decoder(lm.VmListReply))
+host_list_reply: Final = Decoder(msgspec.json.Decoder(lm.HostListReply))
 host_reply: Final = Decoder(msgspec.json.Decoder(m.HostReply))
-size_list_reply: Final = Decoder(msgspec.json.Decoder(m.SizeListReply))
+size_list_reply: Final = Decoder(msgspec.json.Decoder(lm.SizeListReply))
 usage_query: Final = Decoder(msgspec.json.Decoder(UsageQuery))
 usage_reply: Final = Decoder(msgspec.json.Decoder(UsageReply))
 

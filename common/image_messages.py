@@ -18,6 +18,7 @@ from common.fields import (
     StagedNuid,
     VmNameField,
 )
+from common.paging import NextMarker, PageQuery
 
 
 class ImageState(StrEnum):
@@ -41,7 +42,7 @@ class ImageInfo(msgspec.Struct, kw_only=True):
     created_at: datetime
 
 
-class ListImages(msgspec.Struct, kw_only=True):
+class ListImages(PageQuery, kw_only=True):
     pass
 
 
@@ -89,4 +90,5 @@ class ImageReply(msgspec.Struct, omit_defaults=True):
 
 class ImageListReply(msgspec.Struct, omit_defaults=True):
     images: list[ImageInfo] = []
+    next: NextMarker | None = None
     error: ErrorBody | None = None

@@ -124,20 +124,6 @@ class HostRef(msgspec.Struct, kw_only=True):
     live by default, and stops and starts only those that cannot migrate)."""
 
 
-class ListVms(msgspec.Struct, kw_only=True):
-    state: VmState | None = None
-    host: HostIdField | None = None
-    region: ShortText | None = None
-
-
-class ListHosts(msgspec.Struct, kw_only=True):
-    pass
-
-
-class ListSizes(msgspec.Struct, kw_only=True):
-    pass
-
-
 # --------------------------------------------------------------------------- API replies
 
 
@@ -200,21 +186,6 @@ class VmReply(msgspec.Struct, omit_defaults=True, gc=False):
 
 class HostReply(msgspec.Struct, omit_defaults=True):
     host: HostInfo | None = None
-    error: ErrorBody | None = None
-
-
-class VmListReply(msgspec.Struct, omit_defaults=True):
-    vms: list[VmInfo] = []
-    error: ErrorBody | None = None
-
-
-class HostListReply(msgspec.Struct, omit_defaults=True):
-    hosts: list[HostInfo] = []
-    error: ErrorBody | None = None
-
-
-class SizeListReply(msgspec.Struct, omit_defaults=True):
-    sizes: list[Size] = []
     error: ErrorBody | None = None
 
 

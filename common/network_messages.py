@@ -24,6 +24,7 @@ import msgspec
 
 from common.fields import DigestField, ErrorBody, RequestId, ShortText, VmNameField
 from common.ids import VM_NAME_PATTERN, whole
+from common.paging import NextMarker, PageQuery
 
 VnetNameField = Annotated[str, msgspec.Meta(pattern=VM_NAME_PATTERN, description="[a-z0-9-]{1,63}")]
 Ipv4Field = Annotated[str, msgspec.Meta(min_length=7, max_length=15, description="dotted IPv4")]
@@ -66,7 +67,7 @@ class VnetRef(msgspec.Struct, kw_only=True):
     request_id: RequestId | None = None
 
 
-class ListVnets(msgspec.Struct, kw_only=True):
+class ListVnets(PageQuery, kw_only=True):
     region: ShortText | None = None
 
 
@@ -132,6 +133,7 @@ class VnetReply(msgspec.Struct, omit_defaults=True):
 
 class VnetListReply(msgspec.Struct, omit_defaults=True):
     vnets: list[VnetInfo] = []
+    next: NextMarker | None = None
     error: ErrorBody | None = None
 
 

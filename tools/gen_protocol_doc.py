@@ -25,7 +25,7 @@ from schema_markdown import (
     union_line,
 )
 
-from common import messages as m, streams, subjects
+from common import list_messages as lm, messages as m, streams, subjects
 from common.console_messages import ConsoleEvent, ConsoleInput, ConsoleReply, ConsoleTail
 from common.image_messages import (
     ImageCaptured,
@@ -203,7 +203,8 @@ ERROR_CODES: dict[str, str] = {
     m.ErrorCode.INSUFFICIENT_CAPACITY: "the VM is larger than every host (in its region), or a "
     "drain has nowhere to move the host's VMs",
     m.ErrorCode.INVALID_STATE: "not allowed in the VM's current state (e.g. being deleted)",
-    m.ErrorCode.TOO_LARGE: "the body is larger than the scheduler accepts",
+    m.ErrorCode.TOO_LARGE: "the body is larger than the scheduler accepts (or one listed item "
+    "alone is larger than a reply may be)",
     m.ErrorCode.UNAVAILABLE: "no scheduler answered (clients report this, e.g. no responders)",
     m.ErrorCode.INTERNAL: "an unexpected failure in the scheduler",
     m.ErrorCode.INVALID_NETWORK: "a network range the cluster cannot take (not IPv4, larger "
@@ -221,7 +222,7 @@ GROUPS: tuple[tuple[str, tuple[object, ...]], ...] = (
     (
         "API requests",
         (
-            *(m.CreateVm, m.VmRef, m.HostRef, m.ListVms, m.ListHosts, m.ListSizes, UsageQuery),
+            *(m.CreateVm, m.VmRef, m.HostRef, lm.ListVms, lm.ListHosts, lm.ListSizes, UsageQuery),
             *(m.CaptureVm, m.AttachDisk, m.DetachDisk),
             *(ListImages, UploadImage, ImageRef),
             *(CreateVnet, VnetRef, ListVnets, AddEndpoint, RemoveEndpoint),
@@ -231,7 +232,7 @@ GROUPS: tuple[tuple[str, tuple[object, ...]], ...] = (
     (
         "API replies",
         (
-            *(m.VmReply, m.HostReply, m.VmListReply, m.HostListReply, m.SizeListReply),
+            *(m.VmReply, m.HostReply, lm.VmListReply, lm.HostListReply, lm.SizeListReply),
             *(UsageReply, ImageReply, ImageListReply, VnetReply, VnetListReply, m.ErrorReply),
         ),
     ),
@@ -378,6 +379,12 @@ the `type` field.
 - **API** (`stratus.api.<noun>.<verb>`): NATS request/reply, answered by the scheduler. A
   mutation is answered only after the scheduler has committed it. Replies carry either the
   result or `error: {code, detail}`; an empty request body means `{}`.
+- **Paging**: list requests take `limit` (1-1000) and `marker`, and a list reply carries `next`
+  while more items remain: ask again with `marker` set to it. Items come in name order (sizes
+  in the catalogue's), filters apply before paging, and a page never exceeds the server's
+  `max_payload`, so it may hold fewer than `limit` items: only a reply without `next` is the
+  last. Without `limit` a page holds as many items as fit; a client that ignores `next` gets
+  the whole list when it fits in one message, and its first page when it does not.
 - **Idempotency**: mutations take an optional `request_id`; a retry with the same id returns
   the original result. Agent commands are idempotent by `(name, generation)`.
 - **Generations**: every placement of a VM gets a higher generation. An agent runs a VM only

@@ -4,16 +4,17 @@ mutations to the core loop (which answers them after commit). No handler dies on
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Final
 
 import msgspec
 from nats.aio.msg import Msg
 
-from common import codec, messages as m, subjects
-from common.ids import HostId, vm_name_problem
+from common import codec, list_messages as lm, messages as m, subjects
+from common.ids import HostId, VmName, vm_name_problem
 from common.migration_messages import MigrateVm
 from common.network_messages import ListVnets, VnetRef, VnetReply
+from common.paging import DEFAULT_MAX_PAYLOAD, Oversized, PageQuery, after_marker, page_reply
 from scheduler.core import drain
 from scheduler.core.contract import (
     HOST_OPS,
@@ -162,11 +163,20 @@ def decode_capture_report(subject: str, data: bytes, token: int) -> Mutation | I
 
 
 class ReadApi:
-    """Answers read-only requests straight from the cluster state (no I/O, no await)."""
+    """Answers read-only requests straight from the cluster state (no I/O, no await). Lists are
+    paged (common/paging.py): no reply is longer than ``max_reply_bytes()``, the largest
+    message the NATS server takes as its connection last said (HTTP reads get the same pages)."""
 
-    def __init__(self, state: Callable[[], ClusterState], sizes: list[m.Size]) -> None:
+    def __init__(
+        self,
+        state: Callable[[], ClusterState],
+        sizes: list[m.Size],
+        *,
+        max_reply_bytes: Callable[[], int] = lambda: DEFAULT_MAX_PAYLOAD,
+    ) -> None:
         self._state = state
         self._sizes = sizes
+        self._max_reply_bytes = max_reply_bytes
 
     def answer(self, subject: str, data: bytes, now: Now) -> bytes:
         body = codec.empty_as_object(data)
@@ -176,19 +186,19 @@ class ReadApi:
             if subject == subjects.VM_LIST:
                 return self._list(codec.list_vms.decode(body))
             if subject == subjects.HOST_LIST:
-                codec.list_hosts.decode(body)
-                return self._hosts(now)
+                return self._hosts(codec.list_hosts.decode(body), now)
             if subject == subjects.IMAGE_LIST:
-                codec.list_images.decode(body)
-                return _listed("images", listed_images(self._state().images))
+                query: PageQuery = codec.list_images.decode(body)
+                images = listed_images(self._state().images)
+                return self._page("images", query, [(i.name, i) for i in images])
             if subject == subjects.SIZES_LIST:
-                codec.list_sizes.decode(body)
-                return _listed("sizes", self._sizes)
+                return self._sizes_page(codec.list_sizes.decode(body))
             if subject == subjects.VNET_GET:
                 return self._vnet(codec.vnet_ref.decode(body))
             if subject == subjects.VNET_LIST:
-                query: ListVnets = codec.list_vnets.decode(body)
-                return _listed("vnets", listed_vnets(self._state(), query.region))
+                vnet_query: ListVnets = codec.list_vnets.decode(body)
+                vnets = listed_vnets(self._state(), vnet_query.region)
+                return self._page("vnets", vnet_query, [(v.name, v) for v in vnets])
         except msgspec.DecodeError as exc:
             detail = in_words(exc, body, VM_NAME_FIELDS.get(subject))
             return error_reply(m.ErrorCode.INVALID_REQUEST, detail)
@@ -215,45 +225,75 @@ class ReadApi:
             return error_reply(m.ErrorCode.NOT_FOUND, f"vm {ref.name!r} does not exist")
         return codec.encode(m.VmReply(vm=self._info(record)))
 
-    def _list(self, query: m.ListVms) -> bytes:
-        records = [
-            r
-            for r in self._state().vms.values()
-            if (query.state is None or r.state == query.state)
-            and (query.state is not None or r.state is not m.VmState.DELETED)
-            and (query.host is None or r.host == query.host)
-        ]
-        infos = [self._info(r) for r in records]
-        if query.region is not None:
-            infos = [info for info in infos if info.region == query.region]
-        infos.sort(key=lambda info: info.name)
-        return _listed("vms", infos)
+    def _list(self, query: lm.ListVms) -> bytes:
+        names = sorted(self._state().vms)
+        return self._cut("vms", query, self._vms(query, names[after_marker(names, query.marker) :]))
 
-    def _hosts(self, now: Now) -> bytes:
+    def _vms(self, query: lm.ListVms, names: Sequence[VmName]) -> Iterator[tuple[str, bytes]]:
+        """The VMs of a list, in name order, that pass its filters (as far as the page reads)."""
+        vms = self._state().vms
+        for name in names:
+            record = vms[name]
+            if query.state is None and record.state is m.VmState.DELETED:
+                continue
+            if query.state is not None and record.state != query.state:
+                continue
+            if query.host is not None and record.host != query.host:
+                continue
+            info = self._info(record)
+            if query.region is None or info.region == query.region:
+                yield name, codec.encoder.encode(info)
+
+    def _hosts(self, query: lm.ListHosts, now: Now) -> bytes:
         state = self._state()
         remaining = drain.remaining_by_host(state)
         moving = in_flight(state)
-        infos = [
-            host_info(
-                record,
-                state.runtimes.get(host),
-                state.allocated.get(host),
-                len(state.by_host.get(host, ())),
-                now.mono_s,
-                drain_remaining=remaining.get(host, 0),
-                migrations=moving[host],
-                disk_used_mib=state.disks.used_mib.get(host, 0),
-                replicas=state.disks.replicas_on(host),
-            )
-            for host, record in sorted(state.hosts.items())
-        ]
-        return _listed("hosts", infos)
+        names = sorted(state.hosts)
+
+        def infos() -> Iterator[tuple[str, bytes]]:
+            for host in names[after_marker(names, query.marker) :]:
+                info = host_info(
+                    state.hosts[host],
+                    state.runtimes.get(host),
+                    state.allocated.get(host),
+                    len(state.by_host.get(host, ())),
+                    now.mono_s,
+                    drain_remaining=remaining.get(host, 0),
+                    migrations=moving[host],
+                    disk_used_mib=state.disks.used_mib.get(host, 0),
+                    replicas=state.disks.replicas_on(host),
+                )
+                yield host, codec.encoder.encode(info)
+
+        return self._cut("hosts", query, infos())
+
+    def _sizes_page(self, query: lm.ListSizes) -> bytes:
+        """Sizes keep the catalogue's order, so their marker must name one of them."""
+        names = [size.name for size in self._sizes]
+        if query.marker is not None and query.marker not in names:
+            return error_reply(m.ErrorCode.INVALID_REQUEST, f"no size {query.marker!r}")
+        start = 0 if query.marker is None else names.index(query.marker) + 1
+        return self._cut("sizes", query, _encoded((s.name, s) for s in self._sizes[start:]))
+
+    def _page(
+        self, key: str, query: PageQuery, items: Sequence[tuple[str, msgspec.Struct]]
+    ) -> bytes:
+        """A page of a list in name order."""
+        start = after_marker([name for name, _ in items], query.marker)
+        return self._cut(key, query, _encoded(items[start:]))
+
+    def _cut(self, key: str, query: PageQuery, items: Iterable[tuple[str, bytes]]) -> bytes:
+        max_bytes = self._max_reply_bytes()
+        reply = page_reply(key, items, limit=query.limit, max_bytes=max_bytes)
+        if isinstance(reply, Oversized):
+            detail = f"{reply.name!r} alone is larger than a reply may be ({max_bytes} bytes)"
+            return error_reply(m.ErrorCode.TOO_LARGE, detail)
+        return reply
 
 
-def _listed(key: str, items: Sequence[msgspec.Struct]) -> bytes:
-    """A list reply (``VmListReply``, ``HostListReply``, ...) that always holds its list: the
-    reply structs omit defaults (an error reply has no list), which made an empty list ``{}``."""
-    return codec.encoder.encode({key: items})
+def _encoded(items: Iterable[tuple[str, msgspec.Struct]]) -> Iterator[tuple[str, bytes]]:
+    """Items as JSON, each encoded only when the page reaches it."""
+    return ((name, codec.encoder.encode(item)) for name, item in items)
 
 
 def is_read(subject: str) -> bool:

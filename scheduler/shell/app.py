@@ -24,6 +24,7 @@ from common.clock import Clock, SystemClock
 from common.config import SchedulerConfig
 from common.messages import CreateVm, HostCommands, HostRef, HostReply, VmRef, VmReply
 from common.natsauth import auth_options, inbox_options, nats_servers, redact_url
+from common.paging import DEFAULT_MAX_PAYLOAD
 from common.usage_messages import UsageQuery, UsageReply
 from scheduler.core.contract import (
     Ack,
@@ -142,7 +143,11 @@ class SchedulerApp:
                 self.config, state, scheduler_id=self.scheduler_id, event_seq=loaded.event_seq
             )
             self.view = view
-            self._reads = ReadApi(lambda: view.state, list(self.core.sizes.values()))
+            self._reads = ReadApi(
+                lambda: view.state,
+                list(self.core.sizes.values()),
+                max_reply_bytes=lambda: self._nc.max_payload if self._nc else DEFAULT_MAX_PAYLOAD,
+            )
             for row in loaded.outbox:
                 self._outbox.put_nowait(row)
             log.info(

@@ -11,7 +11,8 @@ from cli.client import StratusClient
 from common import codec, subjects
 from common.errors import ApiError
 from common.fields import ErrorCode
-from common.messages import CreateVm, JobRejected, ListVms, VmEvent, VmState
+from common.list_messages import ListVms
+from common.messages import CreateVm, JobRejected, VmEvent, VmState
 from common.streams import ensure_streams
 from rigs.cluster import Cluster
 from tests.integration.helpers import wait_all_running, wait_hosts_up

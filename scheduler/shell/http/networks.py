@@ -34,6 +34,7 @@ from scheduler.shell.http.routes import (
     parse_query,
     path_value,
     read,
+    read_page,
     request_id,
     vm_ref,
 )
@@ -61,7 +62,7 @@ def _vnet_name(request: web.Request) -> str:
 
 
 async def list_vnets(request: web.Request) -> web.StreamResponse:
-    return read(backend_of(request), subjects.VNET_LIST, parse_query(request.query, ListVnets))
+    return read_page(request, subjects.VNET_LIST, ListVnets)
 
 
 async def create_vnet(request: web.Request) -> web.StreamResponse:

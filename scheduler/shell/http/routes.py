@@ -9,8 +9,9 @@ import msgspec
 from aiohttp import web
 from multidict import MultiMapping
 
-from common import codec, messages as m, subjects
+from common import codec, list_messages as lm, messages as m, subjects
 from common.ids import vm_name_problem
+from common.paging import PageQuery
 from scheduler.core.contract import Op
 from scheduler.shell.http.errors import JSON, HttpError, status_of
 from scheduler.shell.http.registry import Backend, Endpoint, Registry, backend_of
@@ -25,9 +26,10 @@ IDEMPOTENCY_HEADER: Final = (
 
 
 class _Peek(msgspec.Struct):
-    """Just enough of any reply to tell an error from a success."""
+    """Just enough of any reply to tell an error from a success, and a last page from others."""
 
     error: m.ErrorBody | None = None
+    next: str | None = None
 
 
 _peek: Final = msgspec.json.Decoder(_Peek)
@@ -132,13 +134,27 @@ def reply_response(reply: m.VmReply | m.HostReply, status: int = 200) -> web.Res
     return json_response(codec.encode(reply), status)
 
 
-def read(backend: Backend, subject: str, body: msgspec.Struct) -> web.Response:
-    """Answer from the read API; its reply bytes are passed through unless they hold an error."""
+def read(
+    backend: Backend, subject: str, body: msgspec.Struct, request: web.Request | None = None
+) -> web.Response:
+    """Answer from the read API; its reply bytes are passed through unless they hold an error.
+    A page of a list with more after it links the next page when given its ``request``."""
     raw = backend.read(subject, codec.encode(body))
-    error = _peek.decode(raw).error
-    if error is not None:
+    peek = _peek.decode(raw)
+    if peek.error is not None:
+        error = peek.error
         return json_response(codec.encode(m.ErrorReply(error=error)), status_of(error.code))
-    return json_response(raw)
+    response = json_response(raw)
+    if peek.next is not None and request is not None:
+        link = request.rel_url.update_query(marker=peek.next)
+        response.headers["Link"] = f'<{link}>; rel="next"'
+    return response
+
+
+def read_page(request: web.Request, subject: str, kind: type[PageQuery]) -> web.Response:
+    """A page of a list (``?limit=&marker=`` and the list's filters): ``next`` in the body
+    when more remain, and the same as a ``Link: <...?marker=...>; rel="next"`` header."""
+    return read(backend_of(request), subject, query_of(request, kind), request)
 
 
 async def submit(request: web.Request, op: Op, body: m.CreateVm | m.VmRef) -> m.VmReply:
@@ -161,7 +177,7 @@ async def submit_host(request: web.Request, op: Op, *, cold: bool = False) -> m.
 
 
 async def list_vms(request: web.Request) -> web.StreamResponse:
-    return read(backend_of(request), subjects.VM_LIST, query_of(request, m.ListVms))
+    return read_page(request, subjects.VM_LIST, lm.ListVms)
 
 
 async def create_vm(request: web.Request) -> web.StreamResponse:
@@ -189,7 +205,7 @@ async def stop_vm(request: web.Request) -> web.StreamResponse:
 
 
 async def list_hosts(request: web.Request) -> web.StreamResponse:
-    return read(backend_of(request), subjects.HOST_LIST, m.ListHosts())
+    return read_page(request, subjects.HOST_LIST, lm.ListHosts)
 
 
 async def cordon_host(request: web.Request) -> web.StreamResponse:
@@ -213,7 +229,7 @@ async def drain_host(request: web.Request) -> web.StreamResponse:
 
 
 async def list_sizes(request: web.Request) -> web.StreamResponse:
-    return read(backend_of(request), subjects.SIZES_LIST, m.ListSizes())
+    return read_page(request, subjects.SIZES_LIST, lm.ListSizes)
 
 
 # --------------------------------------------------------------------------- the table
@@ -227,8 +243,8 @@ def register(api: Registry) -> None:
     """The /v1 routes for VMs, hosts and sizes."""
     vm, host = "vms", "hosts"
     for endpoint in (
-        Endpoint("GET", "/v1/vms", list_vms, "listVms", "List VMs (deleted ones only when "
-                 "asked for by state)", tag=vm, query=m.ListVms, response=m.VmListReply,
+        Endpoint("GET", "/v1/vms", list_vms, "listVms", "List VMs, paged (deleted ones only "
+                 "when asked for by state)", tag=vm, query=lm.ListVms, response=lm.VmListReply,
                  subject=subjects.VM_LIST),
         Endpoint("POST", "/v1/vms", create_vm, "createVm", "Create a VM (placed at once when "
                  "capacity allows, else pending with the reason)", tag=vm, mutating=True,
@@ -251,8 +267,8 @@ def register(api: Registry) -> None:
                  tag=vm, mutating=True, path_params=_VM_PATH, response=m.VmReply,
                  headers=IDEMPOTENCY_HEADER, errors=(_E.NOT_FOUND, _E.INVALID_STATE, _E.CONFLICT),
                  subject=subjects.VM_STOP),
-        Endpoint("GET", "/v1/hosts", list_hosts, "listHosts", "List hosts", tag=host,
-                 response=m.HostListReply, subject=subjects.HOST_LIST),
+        Endpoint("GET", "/v1/hosts", list_hosts, "listHosts", "List hosts (paged)", tag=host,
+                 query=lm.ListHosts, response=lm.HostListReply, subject=subjects.HOST_LIST),
         Endpoint("POST", "/v1/hosts/{host_id}/cordon", cordon_host, "cordonHost", "Cordon a "
                  "host: no new VMs are placed on it", tag=host, mutating=True,
                  path_params=_HOST_PATH, response=m.HostReply, errors=(_E.NOT_FOUND,),
@@ -267,7 +283,8 @@ def register(api: Registry) -> None:
                  tag=host, mutating=True, path_params=_HOST_PATH, response=m.HostReply,
                  query=DrainQuery,
                  errors=(_E.NOT_FOUND, _E.INSUFFICIENT_CAPACITY), subject=subjects.HOST_DRAIN),
-        Endpoint("GET", "/v1/sizes", list_sizes, "listSizes", "List VM sizes", tag="sizes",
-                 response=m.SizeListReply, subject=subjects.SIZES_LIST),
+        Endpoint("GET", "/v1/sizes", list_sizes, "listSizes", "List VM sizes (paged)",
+                 tag="sizes", query=lm.ListSizes, response=lm.SizeListReply,
+                 subject=subjects.SIZES_LIST),
     ):  # fmt: skip
         api.add(endpoint)

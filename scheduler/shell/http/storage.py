@@ -28,7 +28,7 @@ from common import codec, messages as m, subjects
 from common.image_messages import ImageListReply, ImageRef, ImageReply, ListImages, UploadImage
 from common.imagestore import ImageStoreError, put_image
 from scheduler.shell.http.errors import HttpError
-from scheduler.shell.http.registry import NATS, Endpoint, Registry, backend_of
+from scheduler.shell.http.registry import NATS, Endpoint, Registry
 from scheduler.shell.http.routes import (
     IDEMPOTENCY_HEADER,
     SUBMIT_TIMEOUT_S,
@@ -36,7 +36,7 @@ from scheduler.shell.http.routes import (
     json_response,
     parse_query,
     path_value,
-    read,
+    read_page,
     request_id,
     vm_ref,
 )
@@ -121,7 +121,7 @@ async def capture_vm(request: web.Request) -> web.StreamResponse:
 
 
 async def list_images(request: web.Request) -> web.StreamResponse:
-    return read(backend_of(request), subjects.IMAGE_LIST, ListImages())
+    return read_page(request, subjects.IMAGE_LIST, ListImages)
 
 
 async def delete_image(request: web.Request) -> web.StreamResponse:
@@ -204,8 +204,9 @@ def register(api: Registry) -> None:
                  path_params=_VM_PATH, body=CaptureAs, response=m.VmReply,
                  headers=IDEMPOTENCY_HEADER, subject=subjects.VM_CAPTURE,
                  errors=(_E.NOT_FOUND, _E.INVALID_STATE, _E.CONFLICT)),
-        Endpoint("GET", "/v1/images", list_images, "listImages", "List gallery images",
-                 tag=image, response=ImageListReply, subject=subjects.IMAGE_LIST),
+        Endpoint("GET", "/v1/images", list_images, "listImages", "List gallery images (paged)",
+                 tag=image, query=ListImages, response=ImageListReply,
+                 subject=subjects.IMAGE_LIST),
         Endpoint("PUT", "/v1/images/{name}", upload_image, "uploadImage", "Upload a qcow2 or "
                  "raw disk image: the body is its bytes (streamed, at most 64 GiB); with "
                  "`sha256` they must have that digest", tag=image, mutating=True,

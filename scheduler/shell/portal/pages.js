@@ -213,8 +213,8 @@ async function showHost(id) {
   const page = $("#page-host");
   page.replaceChildren(element("h2", { textContent: `Host ${id}` }));
   try {
-    const [hosts, vms] = await Promise.all([api("GET", "/v1/hosts"),
-      api("GET", `/v1/vms?host=${encodeURIComponent(id)}`)]);
+    const [hosts, vms] = await Promise.all([listAll("/v1/hosts", "hosts"),
+      listAll(`/v1/vms?host=${encodeURIComponent(id)}`, "vms")]);
     const host = hosts.hosts.find((h) => h.host_id === id);
     if (!host) throw new Error(`no host ${id}`);
     const age = host.last_heartbeat_age_s === null ? "never" : `${host.last_heartbeat_age_s.toFixed(1)} s ago`;
@@ -253,7 +253,7 @@ async function showImages() {
   page.replaceChildren(element("h2", { textContent: "Images" }), upload,
     element("div", { id: "images-table" }, element("p", { class: "hint", textContent: "loading…" })));
   try {
-    view.images = (await api("GET", "/v1/images")).images;
+    view.images = (await listAll("/v1/images", "images")).images;
   } catch (error) {
     failed($("#images-table"), error);
     return;
@@ -302,7 +302,8 @@ async function deleteImage(image) {
 
 async function loadImageChoices() {
   try {
-    const images = (await api("GET", "/v1/images")).images.filter((i) => i.state === "available");
+    const listed = (await listAll("/v1/images", "images")).images;
+    const images = listed.filter((i) => i.state === "available");
     const select = $("#create-form select[name=image]");
     const keep = select.value;
     select.replaceChildren(...images.map((i) => option(i.name, `${i.name} (${i.os})`)));
@@ -327,7 +328,7 @@ async function showNetworks() {
     element("div", { id: "vnets-table" }, element("p", { class: "hint", textContent: "loading…" })));
   let vnets;
   try {
-    vnets = (await api("GET", "/v1/vnets")).vnets;
+    vnets = (await listAll("/v1/vnets", "vnets")).vnets;
   } catch (error) {
     failed($("#vnets-table"), error);
     return;
@@ -372,7 +373,7 @@ async function deleteVnet(vnet) {
 
 async function loadVnetChoices() {
   try {
-    const vnets = (await api("GET", "/v1/vnets")).vnets;
+    const vnets = (await listAll("/v1/vnets", "vnets")).vnets;
     const select = $("#create-form select[name=vnet]");
     const keep = select.value;
     select.replaceChildren(option("", "none"),

@@ -43,11 +43,27 @@ async function api(method, path, body) {
   return data;
 }
 
+// Every item of a list: lists come in pages (each fits in one message), so ask for the next
+// page (?marker=) until a reply has no `next`. Returns the reply shape: { [key]: items }.
+async function listAll(path, key) {
+  const items = [];
+  let marker = null;
+  for (;;) {
+    const joint = path.includes("?") ? "&" : "?";
+    const url = marker === null ? path : `${path}${joint}marker=${encodeURIComponent(marker)}`;
+    const page = await api("GET", url);
+    items.push(...page[key]);
+    if (!page.next || page.next === marker) return { [key]: items };
+    marker = page.next;
+  }
+}
+
 // ------------------------------------------------------------------ loading
 
 async function refresh() {
   try {
-    const [hosts, vms] = await Promise.all([api("GET", "/v1/hosts"), api("GET", "/v1/vms")]);
+    const [hosts, vms] = await Promise.all([listAll("/v1/hosts", "hosts"),
+      listAll("/v1/vms", "vms")]);
     view.hosts = new Map(hosts.hosts.map((host) => [host.host_id, host]));
     view.vms = new Map(vms.vms.map((vm) => [vm.name, vm]));
     if (!view.sizes.length) await loadSizes();
@@ -59,7 +75,7 @@ async function refresh() {
 }
 
 async function loadSizes() {
-  view.sizes = (await api("GET", "/v1/sizes")).sizes;
+  view.sizes = (await listAll("/v1/sizes", "sizes")).sizes;
   const select = $("#create-form select[name=size]");
   select.replaceChildren(...view.sizes.map((size) => {
     const label = `${size.name} (${coresPhrase(size.cpu_milli)}, ${gib(size.mem_mib)} GiB)`;

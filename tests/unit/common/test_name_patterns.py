@@ -19,6 +19,7 @@ from common import (
     console_messages,
     ids,
     image_messages,
+    list_messages as lm,
     messages as m,
     network_messages,
     usage_messages,
@@ -79,7 +80,7 @@ def _decode_cases() -> Iterator[tuple[str, msgspec.json.Decoder[Any], dict[str, 
     yield "create_vm", msgspec.json.Decoder(m.CreateVm), {"name": "web", "size": "s"}, "name"
     yield "vm_ref", msgspec.json.Decoder(m.VmRef), {"name": "web"}, "name"
     yield "host_ref", msgspec.json.Decoder(m.HostRef), {"host_id": "h1"}, "host_id"
-    yield "list_vms", msgspec.json.Decoder(m.ListVms), {"host": "h1"}, "host"
+    yield "list_vms", msgspec.json.Decoder(lm.ListVms), {"host": "h1"}, "host"
     yield "attach", msgspec.json.Decoder(m.AttachDisk), {"vm": "web", "size_mib": 1}, "vm"
     yield "capture_name", msgspec.json.Decoder(m.CaptureVm), {"name": "web", "image": "i"}, "name"
     yield "capture_image", msgspec.json.Decoder(m.CaptureVm), {"name": "web", "image": "i"}, "image"

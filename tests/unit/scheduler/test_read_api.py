@@ -9,6 +9,7 @@ import pytest
 from common import subjects
 from common.fields import ErrorCode
 from common.ids import VM_NAME_RULE
+from common.messages import Size
 from scheduler.core.contract import InvalidJob
 from scheduler.shell.api import ReadApi, decode_mutation
 from scheduler.state.cluster import ClusterState
@@ -84,3 +85,108 @@ def test_a_bad_vm_name_in_a_read_is_explained_in_words() -> None:
 def test_other_decode_errors_keep_their_wording() -> None:
     refused = decode_mutation(subjects.VM_CREATE, b'{"name": "ok"}', token=1)
     assert isinstance(refused, InvalidJob) and "size" in refused.detail
+
+
+def every_page(reads: ReadApi, subject: str, query: dict[str, object]) -> list[list[str]]:
+    """The names on each page of a list, asked for page after page, each reply checked to fit."""
+    key, name = {subjects.VM_LIST: ("vms", "name"), subjects.HOST_LIST: ("hosts", "host_id")}[
+        subject
+    ]
+    pages: list[list[str]] = []
+    marker: object = None
+    while True:
+        body = msgspec.json.encode({**query, "marker": marker} if marker else query)
+        raw = reads.answer(subject, body, CoreKit().now())
+        assert len(raw) <= SMALL_PAYLOAD
+        reply = msgspec.json.decode(raw)
+        assert "error" not in reply
+        pages.append([item[name] for item in reply[key]])
+        marker = reply.get("next")
+        if marker is None:
+            return pages
+
+
+SMALL_PAYLOAD = 4096
+"""A server whose ``max_payload`` is 4 KiB: a dozen VMs no longer fit in one reply."""
+
+
+def test_a_list_larger_than_a_message_comes_in_pages_that_each_fit() -> None:
+    kit = CoreKit()
+    kit.heartbeat("h1", region="east")
+    kit.heartbeat("h2", region="west")
+    names = [f"web-{i:02}" for i in range(40)]
+    for name in names:
+        kit.create(name)
+    reads = ReadApi(lambda: kit.state, [], max_reply_bytes=lambda: SMALL_PAYLOAD)
+    pages = every_page(reads, subjects.VM_LIST, {})
+    assert len(pages) > 1
+    assert [name for page in pages for name in page] == names
+    # Filters apply before paging: every page of a region's list holds only its VMs.
+    east = every_page(reads, subjects.VM_LIST, {"region": "east"})
+    in_east = sorted(n for n in names if kit.vm(n).host == "h1")
+    assert in_east and [name for page in east for name in page] == in_east
+    limited = every_page(reads, subjects.VM_LIST, {"limit": 3})
+    assert all(len(page) <= 3 for page in limited)
+    assert [name for page in limited for name in page] == names
+
+
+def test_hosts_come_in_pages_too() -> None:
+    kit = CoreKit()
+    hosts = [f"h{i:02}" for i in range(12)]
+    for host in hosts:
+        kit.heartbeat(host)
+    reads = ReadApi(lambda: kit.state, [], max_reply_bytes=lambda: SMALL_PAYLOAD)
+    pages = every_page(reads, subjects.HOST_LIST, {"limit": 5})
+    assert [len(page) for page in pages] == [5, 5, 2]
+    assert [host for page in pages for host in page] == hosts
+
+
+@pytest.mark.parametrize(
+    ("subject", "body"),
+    [
+        (subjects.VM_LIST, b'{"limit": 0}'),
+        (subjects.VM_LIST, b'{"limit": -1}'),
+        (subjects.VM_LIST, b'{"limit": 1001}'),
+        (subjects.VM_LIST, b'{"limit": "10"}'),
+        (subjects.VM_LIST, b'{"marker": 5}'),
+        (subjects.HOST_LIST, b'{"limit": 0}'),
+        (subjects.IMAGE_LIST, b'{"marker": ""}'),
+        (subjects.VNET_LIST, b'{"limit": 1.5}'),
+        (subjects.SIZES_LIST, b'{"marker": "Gigantic"}'),
+    ],
+    ids=[
+        "zero",
+        "negative",
+        "above-max",
+        "limit-text",
+        "marker-number",
+        "hosts-zero",
+        "empty-marker",
+        "fraction",
+        "unknown-size",
+    ],
+)
+def test_bad_paging_gets_a_typed_error(subject: str, body: bytes) -> None:
+    kit = CoreKit()
+    kit.create("web-1")
+    reply = answer(ReadApi(lambda: kit.state, list(kit.core.sizes.values())), subject, body)
+    error = reply["error"]
+    assert isinstance(error, dict) and error["code"] == ErrorCode.INVALID_REQUEST.value
+
+
+def test_sizes_keep_the_catalogue_order_across_pages() -> None:
+    sizes = [Size(name=n, cpu_milli=1000, mem_mib=1024) for n in ("Small", "Medium", "Large")]
+    reads = ReadApi(ClusterState, sizes)
+    first = answer(reads, subjects.SIZES_LIST, b'{"limit": 2}')
+    assert first == {"sizes": [msgspec.to_builtins(s) for s in sizes[:2]], "next": "Medium"}
+    last = answer(reads, subjects.SIZES_LIST, b'{"limit": 2, "marker": "Medium"}')
+    assert last == {"sizes": [msgspec.to_builtins(sizes[2])]}
+
+
+def test_a_vm_larger_than_a_message_is_a_typed_error_not_silence() -> None:
+    kit = CoreKit()
+    kit.create("web-1")
+    reads = ReadApi(lambda: kit.state, [], max_reply_bytes=lambda: 200)
+    error = answer(reads, subjects.VM_LIST)["error"]
+    assert isinstance(error, dict) and error["code"] == ErrorCode.TOO_LARGE.value
+    assert "web-1" in error["detail"]

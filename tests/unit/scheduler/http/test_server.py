@@ -13,7 +13,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from nats.aio.client import Client
 
-from common import codec, messages as m, subjects
+from common import codec, list_messages as lm, messages as m, subjects
 from common.config import SchedulerConfig
 from scheduler.core.contract import Op
 from scheduler.shell.http.errors import STATUS
@@ -63,7 +63,7 @@ class FakeBackend:
     def read(self, subject: str, body: bytes) -> bytes:
         if subject == subjects.VM_GET:
             return codec.encode(m.VmReply(vm=VM))
-        return codec.encode(m.VmListReply(vms=[VM]))
+        return codec.encode(lm.VmListReply(vms=[VM]))
 
 
 Make = Callable[..., Any]
