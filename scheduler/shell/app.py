@@ -14,7 +14,6 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import msgspec
-import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -23,7 +22,7 @@ from common import codec, subjects
 from common.clock import Clock, SystemClock
 from common.config import SchedulerConfig
 from common.messages import CreateVm, HostCommands, HostRef, HostReply, VmRef, VmReply
-from common.natsauth import auth_options, inbox_options, nats_servers, redact_url
+from common.natsauth import redact_url
 from common.paging import DEFAULT_MAX_PAYLOAD
 from common.usage_messages import UsageQuery, UsageReply
 from scheduler.core.contract import (
@@ -54,6 +53,7 @@ from scheduler.shell.api import (
     error_reply,
     is_read,
 )
+from scheduler.shell.connection import connect
 from scheduler.shell.eventpub import EventPublisher, log_event
 from scheduler.shell.jobs import run_jobs
 from scheduler.shell.metrics import Observer, SchedulerMetrics
@@ -168,33 +168,11 @@ class SchedulerApp:
             await store.close()
 
     async def _connect(self) -> Client:
-        async def on_error(exc: Exception) -> None:
-            log.warning("nats error error=%s", exc)
-
-        async def on_disconnected() -> None:
-            log.warning("nats disconnected: hosts are not judged until it is back")
-
-        async def on_reconnected() -> None:
-            log.info("nats reconnected: every host gets a fresh window")
+        def reconnected() -> None:
             self.queue.put_nowait(Reconnected())
 
-        nc = await nats.connect(
-            nats_servers(self.config.nats_url),  # a cluster: several URLs
-            name=f"stratus-scheduler-{self.scheduler_id}",
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.25,
-            allow_reconnect=True,
-            connect_timeout=2,
-            error_cb=on_error,
-            disconnected_cb=on_disconnected,
-            reconnected_cb=on_reconnected,
-            **auth_options(
-                self.config.nats_creds, self.config.nats_nkey_seed, self.config.nats_tls_ca
-            ),
-            **inbox_options(self.config.nats_nkey_seed),
-        )
-        self._nc = nc
-        return nc
+        self._nc = await connect(self.config, self.scheduler_id, reconnected)
+        return self._nc
 
     async def _serve(self, nc: Client, store: SqliteStore) -> None:
         assert self.core is not None
