@@ -51,7 +51,7 @@ def build_openapi(
 ) -> Json:
     """The document for ``endpoints``. ``token``: a bearer token is configured (mutations need
     it, and reads too with ``token_for_reads``). ``sizes``: the catalogue, which the size of a
-    new VM must be one of."""
+    new VM, and the marker of a page of sizes, must be one of."""
     listed = [e for e in endpoints if e.in_openapi]
     structs: set[type[msgspec.Struct]] = {ErrorReply}
     for e in listed:
@@ -61,6 +61,8 @@ def build_openapi(
     _, components = msgspec.json.schema_components(ordered, ref_template=REF)
     if sizes and "CreateVm" in components:
         components["CreateVm"]["properties"]["size"] = {"type": "string", "enum": list(sizes)}
+    if sizes and "ListSizes" in components:  # sizes keep the catalogue's order: a marker names one
+        components["ListSizes"]["properties"]["marker"] = {"type": "string", "enum": list(sizes)}
     paths: dict[str, Json] = defaultdict(dict)
     for e in listed:
         secured = token and not e.public and (e.mutating or token_for_reads)
