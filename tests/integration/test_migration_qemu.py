@@ -261,7 +261,10 @@ async def test_a_counting_guest_moves_live_with_its_disks(nodes: tuple[Node, Nod
         await source.driver.pause(VM)  # a no-op too
         assert state(source.driver) is ObservedState.HANDED_OVER
         assert source.driver.migration_progress(VM) is None
-        assert progress and progress[-1].transferred_mib >= MEM_MIB // 4, progress
+        # Progress was reported while the memory moved (at full speed the whole copy may take
+        # less than two of the watcher's polls: how far its last poll got says nothing).
+        moving = [p for p in progress if p.total_mib >= MEM_MIB and p.transferred_mib > 0]
+        assert moving, progress
         assert await qemu_status(destination) == "paused", "it waits for finish_incoming"
         # A guest that converges is stopped for a last round planned well under the allowance
         # (100 ms), which QEMU is only given after several passes: the pause is the guest's
