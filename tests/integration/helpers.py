@@ -1,6 +1,11 @@
-"""Waiting on what the API reports, for tests against a running cluster."""
+"""Waiting on what the API reports, and running the CLI, for tests against a running cluster."""
 
 from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from dataclasses import dataclass
 
 from cli.client import StratusClient
 from common.errors import ApiError
@@ -41,3 +46,28 @@ async def wait_all_running(
 
     await wait_until(ready, timeout_s=timeout_s, message=f"{len(names)} vms running")
     return dict(seen)
+
+
+@dataclass(frozen=True)
+class Run:
+    """What one ``stratus`` command did."""
+
+    status: int
+    out: str
+    err: str
+
+
+async def run_stratus(nats_url: str, *argv: str, timeout_s: float = 60.0) -> Run:
+    """``stratus ARGV...`` as a user runs it (its own process, no standard input), against
+    ``nats_url``."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "cli", *argv,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "STRATUS_NATS": nats_url},
+    )  # fmt: skip
+    async with asyncio.timeout(timeout_s):
+        out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return Run(proc.returncode, out.decode(), err.decode())

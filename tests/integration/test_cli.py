@@ -3,27 +3,16 @@ real nats-server, the scheduler and a host agent on the fake driver."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 
 import pytest
 
 from cli.client import StratusClient
 from rigs.cluster import Cluster
-from tests.integration.helpers import wait_hosts_up
+from tests.integration.helpers import Run, run_stratus, wait_hosts_up
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
-
-
-@dataclass(frozen=True)
-class Run:
-    status: int
-    out: str
-    err: str
 
 
 Stratus = Callable[..., Awaitable[Run]]
@@ -34,20 +23,9 @@ async def stratus(cluster: Cluster, client: StratusClient) -> AsyncIterator[Stra
     cluster.start_scheduler()
     cluster.start_agent("h1", capacity="4c/8g")
     await wait_hosts_up(client, 1)
-    env = {**os.environ, "STRATUS_NATS": cluster.nats.url}
 
     async def run(*argv: str) -> Run:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "cli", *argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=env,
-        )  # fmt: skip
-        async with asyncio.timeout(60):
-            out, err = await proc.communicate()
-        assert proc.returncode is not None
-        return Run(proc.returncode, out.decode(), err.decode())
+        return await run_stratus(cluster.nats.url, *argv)
 
     yield run
 

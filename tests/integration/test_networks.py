@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +36,7 @@ from common.network_messages import (
 )
 from rigs.cluster import FAST_TIMINGS, Cluster
 from scheduler.shell.app import SchedulerApp
-from tests.integration.helpers import wait_all_running, wait_hosts_up
+from tests.integration.helpers import run_stratus, wait_all_running, wait_hosts_up
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
@@ -311,20 +309,10 @@ async def test_the_cli_creates_a_network_a_vm_in_it_and_an_endpoint(
     cluster.start_scheduler()
     cluster.start_agent("h1", extra=("--underlay-ip", UNDERLAY["h1"]))
     await wait_hosts_up(client, 1)
-    env = {**os.environ, "STRATUS_NATS": cluster.nats.url}
 
     async def stratus(*argv: str) -> tuple[int, str, str]:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "cli", *argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=env,
-        )  # fmt: skip
-        async with asyncio.timeout(60):
-            out, err = await proc.communicate()
-        assert proc.returncode is not None
-        return proc.returncode, out.decode(), err.decode()
+        run = await run_stratus(cluster.nats.url, *argv)
+        return run.status, run.out, run.err
 
     status, out, err = await stratus("vnet", "create", "front", "--cidr", "10.1.0.0/24")
     assert status == 0 and "front" in out and "gateway 10.1.0.1" in err, err

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +26,7 @@ from rigs.cluster import FAST_TIMINGS, Cluster
 from scheduler.shell.app import SchedulerApp
 from tests.conftest import _require_nats
 from tests.integration.browser import CdpError, chromium_page, find_chromium
-from tests.integration.helpers import wait_hosts_up
+from tests.integration.helpers import run_stratus, wait_hosts_up
 from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.timeout(60)]
@@ -103,20 +101,10 @@ async def test_the_client_lists_every_vm_once_across_pages(small: Small) -> None
 
 
 async def test_stratus_vm_list_shows_every_vm_once(small: Small) -> None:
-    env = {**os.environ, "STRATUS_NATS": small.server.url}
-
     async def stratus(*argv: str) -> tuple[str, str]:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "cli", *argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=env,
-        )  # fmt: skip
-        async with asyncio.timeout(60):
-            out, err = await proc.communicate()
-        assert proc.returncode == 0, err.decode()
-        return out.decode(), err.decode()
+        run = await run_stratus(small.server.url, *argv)
+        assert run.status == 0, run.err
+        return run.out, run.err
 
     out, _ = await stratus("vm", "list", "-o", "json")
     assert [vm["name"] for vm in json.loads(out)] == VMS
