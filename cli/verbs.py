@@ -111,8 +111,9 @@ def _next_page(what: str, marker: str | None) -> str:
 
 async def vm_list(client: StratusClient, args: argparse.Namespace) -> Outcome:
     """Every VM (page by page), or with ``--limit`` one page and where the next starts."""
-    query = lm.ListVms(state=args.state, host=args.host, region=args.region)
-    query.limit, query.marker = args.limit, args.marker
+    query = lm.ListVms(
+        state=args.state, host=args.host, region=args.region, limit=args.limit, marker=args.marker
+    )
     if args.limit is None:
         vms, note = await client.list_vms(query), ""
     else:
