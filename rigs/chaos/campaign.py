@@ -252,6 +252,7 @@ async def _judge(rig: Rig, nc: Client, client: StratusClient, load: Load, report
         load.acked, await final_vms(client), events, load.delete_sent
     )
     report.violations += await _judge_disks(rig, client, report)
+    report.violations += observer.disks_given_up(events)
     report.acked = Counter(str(a.op) for a in load.acked)
     report.outcomes.update(load.outcomes)
     report.vms_created = len({a.vm for a in load.acked if a.op is not Op.DELETE})

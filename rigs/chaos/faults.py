@@ -44,6 +44,9 @@ class Kind(StrEnum):
     """SIGSTOP of nats-server, shorter / longer than dead_after_s."""
     AGENT_STOP_SHORT = "agent_stop_short"
     AGENT_STOP_LONG = "agent_stop_long"
+    AGENTS_STOP_ALL = "agents_stop_all"
+    """SIGSTOP of every agent at once, longer than dead_after_s (a stall of every host: each
+    is declared dead with its disks' copies, and every one of them comes back)."""
     PARTITION_OUT = "partition_agent_to_nats"
     PARTITION_IN = "partition_nats_to_agent"
     PARTITION_BOTH = "partition_two_way"
@@ -62,6 +65,8 @@ AGENT_SIDE = {
     Kind.PARTITION_BOTH,
 }
 """Faults that make one host silent: only these may get a host declared dead."""
+ALL_AGENTS = {Kind.AGENTS_STOP_ALL}
+"""Faults that make every host silent at once: they may get any host declared dead."""
 ON_A_HOST = AGENT_SIDE | {Kind.DUPLICATE_HOST_ID, Kind.DISK_FULL}
 ON_THE_LEADER = {Kind.LEADER_KILL, Kind.SCHEDULER_STOP_SHORT, Kind.SCHEDULER_STOP_LONG}
 NATS_SILENT = {Kind.NATS_KILL, Kind.NATS_RESTART, Kind.NATS_STOP_SHORT, Kind.NATS_STOP_LONG}
@@ -83,6 +88,7 @@ WEIGHTS = {
     Kind.NATS_STOP_LONG: 2,
     Kind.AGENT_STOP_SHORT: 2,
     Kind.AGENT_STOP_LONG: 2,
+    Kind.AGENTS_STOP_ALL: 1,
     Kind.PARTITION_OUT: 2,
     Kind.PARTITION_IN: 2,
     Kind.PARTITION_BOTH: 2,
@@ -109,6 +115,7 @@ SETTLE_WAIT_S = 15.0
 _HOLD_S: dict[Kind, tuple[float, float]] = {
     Kind.AGENT_STOP_SHORT: (0.1, FENCE_AFTER_S * 0.6),
     Kind.AGENT_STOP_LONG: (DEAD_AFTER_S + 0.3, DEAD_AFTER_S + 1.5),
+    Kind.AGENTS_STOP_ALL: (DEAD_AFTER_S + 0.3, DEAD_AFTER_S + 1.5),
     Kind.SCHEDULER_STOP_SHORT: (0.1, DEAD_AFTER_S * 0.6),
     Kind.SCHEDULER_STOP_LONG: (DEAD_AFTER_S + 0.3, DEAD_AFTER_S + 3.0),
     Kind.NATS_STOP_SHORT: (0.1, DEAD_AFTER_S * 0.6),
@@ -231,6 +238,10 @@ class Injector:
             case Kind.AGENT_STOP_SHORT | Kind.AGENT_STOP_LONG:
                 assert host is not None
                 rig.signal_agent(host, signal.SIGSTOP)
+            case Kind.AGENTS_STOP_ALL:
+                for each, agent in rig.agents.items():
+                    if agent.process is not None:
+                        rig.signal_agent(each, signal.SIGSTOP)
             case Kind.PARTITION_OUT | Kind.PARTITION_IN | Kind.PARTITION_BOTH:
                 assert host is not None
                 out = fault.kind is not Kind.PARTITION_IN
@@ -275,6 +286,10 @@ class Injector:
             case Kind.AGENT_STOP_SHORT | Kind.AGENT_STOP_LONG:
                 assert host is not None
                 rig.signal_agent(host, signal.SIGCONT)
+            case Kind.AGENTS_STOP_ALL:
+                for each, agent in rig.agents.items():
+                    if agent.process is not None:
+                        rig.signal_agent(each, signal.SIGCONT)
             case Kind.PARTITION_OUT | Kind.PARTITION_IN | Kind.PARTITION_BOTH:
                 assert host is not None
                 rig.network.heal(rig.agents[host].netns)

@@ -30,7 +30,15 @@ from common.network_messages import (
 )
 from common.spec_messages import DiskStorage
 from hostagent.__main__ import EXIT_HOST_ID_REFUSED
-from rigs.chaos.faults import AGENT_SIDE, DEAD_AFTER_S, NATS_SILENT, Fault, Kind, Violation
+from rigs.chaos.faults import (
+    AGENT_SIDE,
+    ALL_AGENTS,
+    DEAD_AFTER_S,
+    NATS_SILENT,
+    Fault,
+    Kind,
+    Violation,
+)
 from rigs.chaos.load import SIZES, Acked, Op
 from rigs.chaos.rig import CPU_MILLI, MEM_MIB
 
@@ -148,15 +156,15 @@ class Replay:
 
 
 def healthy_hosts_declared_dead(events: Iterable[object], faults: list[Fault]) -> list[Violation]:
-    """A host-down event with no agent-side fault on that host shortly before it."""
+    """A host-down event with no agent-side fault on that host (or on every host) shortly
+    before it."""
     found = []
     for event in events:
         if not isinstance(event, HostEvent) or event.state is not HostState.DOWN:
             continue
         t = event.time.timestamp()
         if not any(
-            f.host == event.host_id
-            and f.kind in AGENT_SIDE
+            ((f.host == event.host_id and f.kind in AGENT_SIDE) or f.kind in ALL_AGENTS)
             and f.start <= t <= f.end + DOWN_GRACE_S
             for f in faults
         ):
@@ -448,6 +456,22 @@ def disk_content_violations(
                     detail = f"{where} copy on {host} {held}, {want} acknowledged"
                     found.append(Violation("disk_copy_behind", detail))
     return found
+
+
+LOST_FOR_GOOD = "every replica of disk "
+
+
+def disks_given_up(events: Iterable[object]) -> list[Violation]:
+    """A VM failed for its disk's every copy lost. The campaign wipes no host's disks: every
+    copy outlives every fault (a host silent or killed comes back with it), so no disk may be
+    given up; a late heartbeat never destroys a VM's disks."""
+    return [
+        Violation("disk_given_up", f"t={event.time.timestamp():.3f} vm={event.name} {event.reason}")
+        for event in events
+        if isinstance(event, VmEvent)
+        and event.state is VmState.FAILED
+        and event.reason.startswith(LOST_FOR_GOOD)
+    ]
 
 
 def _current(vm: VmInfo) -> dict[str, list[str]]:

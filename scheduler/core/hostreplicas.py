@@ -2,8 +2,8 @@
 heartbeats say of it. Pure.
 
 What a host should hold is a function of the records: every copy placed on it of a disk of a
-VM that is not deleted (``DiskIndex.held``), lost copies included (never deleted by the
-scheduler: an operator may want them). A ``filling`` copy names a current copy to copy from.
+VM that is not deleted (``DiskIndex.held``), lost copies included (a disk's last ones, kept
+while they may come back: copyloss.py). A ``filling`` copy names a current copy to copy from.
 A set's digest is the sum of per-replica hashes (common/replicaset.py): "" for the empty set,
 which is what an agent that applied nothing reports (a host without replicas is sent nothing).
 
@@ -42,7 +42,7 @@ from common.replica_messages import (
     UpdateReplicas,
 )
 from common.replicaset import ReplicaSet
-from scheduler.core import replicas
+from scheduler.core import copyloss, copyreports, replicas
 from scheduler.core.context import StepContext
 from scheduler.core.replicawants import ReplicaWant
 from scheduler.state.cluster import ClusterState
@@ -288,11 +288,15 @@ def _copy_on(ctx: StepContext, host: HostId, disk_id: str) -> tuple[VmRecord, Co
 
 def _became_ready(ctx: StepContext, host: HostId, disk_id: str) -> None:
     """A copy is made and served: a filled one is current now, a joining one goes to its VM's
-    host to be brought in step, and a VM waiting for its copies may start."""
+    host to be brought in step, a lost one is back, and a VM waiting for its copies may
+    start."""
     found = _copy_on(ctx, host, disk_id)
     if found is None:
         return
     record, copy = found
+    if copy.state is CopyState.LOST:
+        copyloss.revive(ctx, record, disk_id, host)
+        return
     if copy.state is CopyState.CURRENT:
         start_if_ready(ctx, record)  # recorded made when the VM is started with it
         return
@@ -322,6 +326,9 @@ def _not_ready(
         if found is None:
             continue
         record, copy = found
+        if copy.state is CopyState.LOST:
+            ctx.capacity_changed()  # its VM, waiting for one, may be failed now
+            continue
         if status.disk_id in served and not copy.made:  # made when it was first served
             copy = replace(copy, made=True)
             ctx.change_vm(record, disks=replicas.with_copy(record, status.disk_id, host, copy))
@@ -331,7 +338,7 @@ def _not_ready(
             disks[status.disk_id] = {host}
             drops[record.name] = (disks, why)
         elif status.state is ReplicaState.FILLING and copy.state is CopyState.FILLING:
-            replicas.note_progress(ctx, record, status.disk_id, host, status.progress)
+            copyreports.note_progress(ctx, record, status.disk_id, host, status.progress)
         elif status.state is ReplicaState.FAILED and not status.retryable:
             why = f"copy of disk {status.disk_id} on {host} cannot be made: {status.reason}"
             if record.reason != why:
@@ -339,7 +346,7 @@ def _not_ready(
                 ctx.emit_vm(record)
     for name, (disks, why) in drops.items():
         record = ctx.state.vms[name]
-        replicas.drop_copies(ctx, record, disks)
+        copyloss.drop_copies(ctx, record, disks)
         if record.state is not VmState.FAILED:
             ctx.change_vm(record, reason=why)
             ctx.emit_vm(record)

@@ -31,6 +31,8 @@ from common.messages import (
 from common.migration_messages import MigrationCause
 from common.resources import ZERO
 from scheduler.core import (
+    copyloss,
+    copyreports,
     disks,
     drain,
     hostnets,
@@ -169,7 +171,7 @@ def _reconcile(ctx: StepContext, host: HostId, runtime: HostRuntime) -> None:
         _apply(ctx, transition, host)
     ctx.send(host, result.commands)
     if state.disks.held or state.disks.by_copies:
-        replicas.observe(ctx, host, runtime.observed)
+        copyreports.observe(ctx, host, runtime.observed)
     if state.migrating and migration_flow.observe(ctx, host, runtime.observed):
         runtime.settled = False  # a migration follows every report of its hosts
 
@@ -331,8 +333,12 @@ def check_liveness(ctx: StepContext) -> None:
     if now_s - state.heard_since_s <= dead_after_s:
         return
     up = [host for host, record in state.hosts.items() if record.up]
-    for host in expired_hosts(state.runtimes, up, now_s, dead_after_s):
+    dead = expired_hosts(state.runtimes, up, now_s, dead_after_s)
+    for host in dead:
         _declare_dead(ctx, host)
+    # Their disk copies are dropped with them, together: of a disk whose last current copies
+    # were on them, all are kept (lost), so that any of them coming back brings the disk back.
+    copyloss.hosts_lost(ctx, dead)
     runtimes = state.runtimes
     state.heard_since_s = min(
         (runtimes[host].last_seen_s for host in up if state.hosts[host].up and host in runtimes),
@@ -371,8 +377,6 @@ def _declare_dead(ctx: StepContext, host: HostId) -> None:
             ctx.change_vm(vm, state=VmState.LOST, reason=why, recovering=True)
             again = "; restarting with its disks" if replicas.is_replicated(vm) else "; re-placing"
             lifecycle.release(ctx, vm, VmState.PENDING, why + again)
-    # Its disk copies are lost with it (a VM left with no current copy of a disk fails).
-    replicas.host_lost(ctx, host)
     ctx.forget_sent(host)
 
 

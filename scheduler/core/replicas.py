@@ -19,11 +19,11 @@ common/replica_messages.py.
   host's first). The copies are recorded ``made`` in the step that starts the VM, in one
   change of its record: from then on the guest's writes are on them. (A copy its host served
   and then reports not ready is recorded made before that report is judged.)
-- **Loss.** A host declared dead loses its copies, in that step's records; a VM whose disk
-  has no current copy left is ``failed`` ("every replica of disk X lost"), and the copies it
-  still has are kept (``lost``) rather than deleted. A running VM that reports a copy failed
-  has it dropped in the records before its host is sent the smaller set (``SetDiskReplicas``),
-  so every write the guest was told is done is on every copy counted current.
+- **Loss** (copyloss.py, copyreports.py). A host declared dead loses its copies, in that
+  step's records; a disk's last current copies are kept (``lost``) and its VM waits for one of
+  them to come back (failed only once none can). A running VM that reports a copy failed has
+  it dropped in the records before its host is sent the smaller set (``SetDiskReplicas``), so
+  every write the guest was told is done is on every copy counted current.
 """
 
 from __future__ import annotations
@@ -34,10 +34,9 @@ from collections.abc import Callable
 from msgspec.structs import replace
 
 from common.fields import ErrorCode
-from common.ids import HostId, VmName
-from common.messages import DiskStorage, ObservedState, ObservedVm, VmReply, VmSpec, VmState
-from common.replica_messages import DiskReplicas, ReplicaRef, SetDiskReplicas
-from scheduler.core import lifecycle
+from common.ids import HostId
+from common.messages import DiskStorage, VmReply, VmSpec, VmState
+from common.replica_messages import ReplicaRef, SetDiskReplicas
 from scheduler.core.context import StepContext
 from scheduler.core.reconciler import spec_of
 from scheduler.core.views import vm_error
@@ -252,54 +251,6 @@ def start_spec(ctx: StepContext) -> Callable[[VmRecord], VmSpec | None]:
     return spec
 
 
-# --------------------------------------------------------------------------- losses
-
-
-def host_lost(ctx: StepContext, host: HostId) -> None:
-    """``host`` was declared dead: its copies are lost (in this step's records)."""
-    held = ctx.state.disks.held.get(host, {})
-    for name in sorted(set(held.values())):
-        record = ctx.state.vms[name]
-        drop_copies(ctx, record, {disk.disk_id: {host} for disk in record.disks})
-
-
-def drop_copies(ctx: StepContext, record: VmRecord, dropped: dict[str, set[HostId]]) -> None:
-    """Drop the copies of ``dropped`` (disk id -> hosts) from the VM's disks; a disk left
-    without a current copy keeps them as lost and fails the VM. A running VM's host is sent
-    the smaller sets."""
-    disks, lost = [], None
-    for disk in record.disks:
-        gone = dropped.get(disk.disk_id, set())
-        if not disk.replicated or not any(c.host in gone for c in disk.copies):
-            disks.append(disk)
-            continue
-        kept = [c for c in disk.copies if c.host not in gone]
-        if not any(c.state is CopyState.CURRENT for c in kept):
-            kept = [replace(c, state=CopyState.LOST) for c in disk.copies]
-            lost = lost or disk
-        disks.append(replace(disk, copies=kept))
-    if disks == record.disks:
-        return
-    ctx.change_vm(record, disks=disks)
-    if lost is not None:
-        fail_lost(ctx, record, lost)
-    else:
-        push(ctx, record)
-
-
-def fail_lost(ctx: StepContext, record: VmRecord, disk: DiskRecord) -> None:
-    """A disk of the VM has no current copy: the VM cannot run again (never from an empty
-    disk or the image). A stopped VM stays stopped, and says why."""
-    why = lost_reason(disk)
-    if record.state in (VmState.SCHEDULED, VmState.STARTING, VmState.RUNNING):
-        lifecycle.release(ctx, record, VmState.FAILED, why)
-    elif record.state is VmState.PENDING:
-        ctx.change_vm(record, state=VmState.FAILED, reason=why, recovering=False)
-    elif record.state in (VmState.STOPPED, VmState.FAILED) and record.reason != why:
-        ctx.change_vm(record, reason=why)
-        ctx.emit_vm(record)
-
-
 # --------------------------------------------------------------------------- running VMs
 
 
@@ -350,40 +301,6 @@ def push(ctx: StepContext, record: VmRecord) -> None:
         ctx.send(host, list(set_commands(ctx, record)))
 
 
-def observe(ctx: StepContext, host: HostId, observed: dict[VmName, ObservedVm]) -> None:
-    """Take in what ``host`` reports of its VMs' replicated disks: failed copies dropped,
-    joined ones current, and the sets sent again where the VM's differ from the records'."""
-    for name, seen in observed.items():
-        if not seen.disks or seen.state is not ObservedState.RUNNING:
-            continue
-        record = ctx.state.vms.get(name)
-        if record is None or record.host != host or record.generation != seen.generation:
-            continue
-        if record.state is not VmState.RUNNING or record.migration is not None:
-            continue
-        if not _steady(record, seen.disks):
-            _observe_vm(ctx, record, seen.disks)
-
-
-def _steady(record: VmRecord, reports: list[DiskReplicas]) -> bool:
-    """The VM writes to exactly its disks' copies, all current, none joining or failed: as
-    every running VM does but while a copy changes (nothing to take in). A report of each
-    replicated disk is what it costs, at each look at the host's VMs."""
-    replicated = [disk for disk in record.disks if disk.replicated]
-    if len(replicated) != len(reports):
-        return False
-    for disk, report in zip(replicated, reports, strict=True):
-        if report.disk_id != disk.disk_id or report.joining or report.failed:
-            return False
-        copies = disk.copies
-        if len(copies) != len(report.in_sync):
-            return False
-        for copy in copies:
-            if copy.state is not CopyState.CURRENT or copy.host not in report.in_sync:
-                return False
-    return True
-
-
 def with_copy(record: VmRecord, disk_id: str, host: HostId, copy: CopyRecord) -> list[DiskRecord]:
     """The VM's disks with ``host``'s copy of disk ``disk_id`` replaced by ``copy``."""
     return [
@@ -392,75 +309,3 @@ def with_copy(record: VmRecord, disk_id: str, host: HostId, copy: CopyRecord) ->
         else d
         for d in record.disks
     ]
-
-
-PROGRESS_STEP = 0.05
-"""A copy's progress is stored (and its VM's event sent) each time it moved this far."""
-
-
-def note_progress(
-    ctx: StepContext, record: VmRecord, disk_id: str, host: HostId, progress: float
-) -> None:
-    """A copy being made (filling or joining) moved on: kept in its record and told in an
-    event once it moved by ``PROGRESS_STEP`` (so that a rebuild shows how far it is)."""
-    progress = min(max(progress, 0.0), 1.0)
-    disk = next((d for d in record.disks if d.disk_id == disk_id), None)
-    copy = next((c for c in disk.copies if c.host == host), None) if disk else None
-    if copy is None or copy.state not in (CopyState.FILLING, CopyState.JOINING):
-        return
-    if abs(progress - copy.progress) < PROGRESS_STEP:
-        return
-    moved = replace(copy, progress=progress)
-    disks = with_copy(record, disk_id, host, moved)
-    how = "being filled" if moved.state is CopyState.FILLING else "being brought in step"
-    why = f"copy of disk {disk_id} on {host} {how}: {progress:.0%}"
-    ctx.change_vm(record, disks=disks, reason=why)
-    ctx.emit_vm(record)
-
-
-def _observe_vm(ctx: StepContext, record: VmRecord, reports: list[DiskReplicas]) -> None:
-    by_disk = {report.disk_id: report for report in reports}
-    for shown in reports:
-        for joining, progress in shown.joining.items():
-            note_progress(ctx, record, shown.disk_id, HostId(joining), progress)
-    dropped: dict[str, set[HostId]] = {}
-    joined: dict[str, set[HostId]] = {}
-    differs = False
-    for disk in record.disks:
-        report = by_disk.get(disk.disk_id)
-        if report is None or not disk.replicated:
-            continue
-        in_sync = {HostId(h) for h in report.in_sync}
-        failed = {HostId(h) for h in report.failed}
-        current = set(disk.copy_hosts())
-        # A current copy the VM does not write to is not current (nor is a failed one).
-        dropped[disk.disk_id] = (current - in_sync) | (failed & {c.host for c in disk.copies})
-        joined[disk.disk_id] = in_sync & set(disk.copy_hosts(CopyState.JOINING))
-        ready_joining = {
-            h for h in disk.copy_hosts(CopyState.JOINING) if copy_ready(ctx.state, h, disk.disk_id)
-        }
-        expected = current - dropped[disk.disk_id]
-        differs = differs or bool(failed) or in_sync - joined[disk.disk_id] != expected
-        differs = differs or not ready_joining <= set(report.joining) | in_sync
-    if any(joined.values()):
-        _joined(ctx, record, joined)
-    if any(dropped.values()):
-        drop_copies(ctx, record, dropped)  # pushes the smaller sets
-    elif differs:
-        push(ctx, record)
-
-
-def _joined(ctx: StepContext, record: VmRecord, joined: dict[str, set[HostId]]) -> None:
-    """Copies the VM now writes to, in step: current."""
-    disks = []
-    for disk in record.disks:
-        hosts = joined.get(disk.disk_id, set())
-        if hosts:
-            copies = [
-                replace(c, state=CopyState.CURRENT) if c.host in hosts else c for c in disk.copies
-            ]
-            disk = replace(disk, copies=copies)
-        disks.append(disk)
-    done = [(disk, host) for disk, hosts in sorted(joined.items()) for host in sorted(hosts)]
-    ctx.change_vm(record, disks=disks, reason=copies_current_reason(done))
-    ctx.emit_vm(record)

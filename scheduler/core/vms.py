@@ -13,6 +13,7 @@ from common.ids import HostId, VmName
 from common.messages import AgentCommand, CreateVm, StartVm, VmReply, VmState
 from common.sizes import find_size
 from scheduler.core import (
+    copyloss,
     disks,
     hostnets,
     images,
@@ -128,9 +129,15 @@ def expire_pending(ctx: StepContext) -> None:
     for name in list(ctx.state.pending):
         record = ctx.state.vms[name]
         since = record.pending_since or record.created_at
-        if (ctx.now.wall - since).total_seconds() > limit_s:
+        if (ctx.now.wall - since).total_seconds() > limit_s and not _disk_down(ctx, record):
             why = f"placement timed out after {limit_s:g}s: {record.reason}"
             ctx.change_vm(record, state=VmState.FAILED, reason=why, recovering=False)
+
+
+def _disk_down(ctx: StepContext, record: VmRecord) -> bool:
+    """The VM waits for a lost copy of its disk that may come back: no timeout ends that."""
+    disk = replicas.every_copy_lost(record)
+    return disk is not None and not copyloss.gone_for_good(ctx.state, disk)
 
 
 def place_pending(ctx: StepContext, *, everything: bool) -> None:
@@ -153,11 +160,7 @@ def place_pending(ctx: StepContext, *, everything: bool) -> None:
     reserved: set[HostId] = set()
     index = ctx.views.index()
     for record in records:
-        lost = replicas.every_copy_lost(record)
-        if lost is not None:
-            ctx.change_vm(
-                record, state=VmState.FAILED, reason=replicas.lost_reason(lost), recovering=False
-            )
+        if not copyloss.placeable(ctx, record):
             continue
         if replicas.is_replicated(record):
             # Its copies go where earlier placements of this step may have placed others: the

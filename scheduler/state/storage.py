@@ -31,8 +31,9 @@ class CopyState(StrEnum):
     JOINING = "joining"
     """A new copy that the running VM's host brings in step (a mirror), then writes to."""
     LOST = "lost"
-    """The last copies of a disk none of whose copies is current any more, kept on their
-    (down) hosts rather than deleted: the VM is failed, and an operator may still want them."""
+    """The last current copies of a disk none of whose copies is current any more, kept on
+    their (down) hosts rather than deleted: one that comes back is current again
+    (scheduler/core/copyloss.py)."""
 
 
 class CopyRecord(msgspec.Struct, frozen=True, kw_only=True, gc=False):

@@ -27,6 +27,7 @@ from rigs.chaos.observer import (
     convergence_problems,
     destroyed_during_nats_outages,
     disk_content_violations,
+    disks_given_up,
     duplicates_refused,
     healthy_hosts_declared_dead,
     mistakes_stood_by,
@@ -158,6 +159,19 @@ def test_a_vm_removed_while_nats_is_down_is_caught() -> None:
 def vm_event(t: float, state: VmState, generation: int, host: str | None) -> VmEvent:
     when = datetime.fromtimestamp(t, UTC)
     return VmEvent(seq=0, time=when, name="a", state=state, host=host, generation=generation)
+
+
+def test_a_disk_given_up_is_a_violation_a_vm_waiting_for_one_is_not() -> None:
+    """The campaign keeps every host's disks: a VM failed for its every copy lost is one the
+    scheduler destroyed by mistake; one waiting for a copy's host to come back is not."""
+    waiting = vm_event(1.0, VmState.PENDING, 2, None)
+    waiting.reason = "waiting for a copy of disk a-os: every host holding one is down (h1)"
+    failed = vm_event(2.0, VmState.FAILED, 2, None)
+    failed.reason = "every replica of disk a-os lost"
+    stopped_earlier = vm_event(3.0, VmState.FAILED, 3, None)
+    stopped_earlier.reason = "start failed on h2: no room"
+    found = disks_given_up([waiting, stopped_earlier, host_down("h1", 1.5), failed])
+    assert [(v.kind, v.detail.split()[1]) for v in found] == [("disk_given_up", "vm=a")]
 
 
 def test_removing_a_copy_the_scheduler_gave_up_before_nats_went_silent_is_no_violation() -> None:

@@ -11,7 +11,7 @@ from collections import Counter
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from common.ids import HostId
+from common.ids import HostId, VmName
 from common.messages import DiskStorage, VmRef, VmState
 from scheduler.core import hostreplicas, replicas as core_replicas
 from scheduler.core.contract import Op
@@ -60,6 +60,25 @@ def check(kit: ReplicaKit, replicas: int, *, settled: bool = False) -> None:
         if capacity:
             assert state.disks.used_mib.get(HostId(name), 0) <= capacity, name
     check_kept_sets(kit)
+
+
+def lost_for_good(kit: ReplicaKit) -> set[VmName]:
+    return {
+        r.name
+        for r in kit.state.vms.values()
+        if r.state is VmState.FAILED and r.reason.startswith("every replica")
+    }
+
+
+def check_failed_only_when_none_can_come_back(kit: ReplicaKit, before: set[VmName]) -> None:
+    """A VM failed (in this step) for its disk's every copy lost has no copy left that a host
+    could give back: none of its hosts (up or silent) holds it still."""
+    for name in lost_for_good(kit) - before:
+        record = kit.state.vms[name]
+        for disk in record.disks:
+            for copy in disk.copies:
+                holds = kit.made.get(copy.host, set()) - kit.lost.get(copy.host, set())
+                assert disk.disk_id not in holds, (record.name, copy.host, "holds it")
 
 
 def check_kept_sets(kit: ReplicaKit) -> None:
@@ -135,9 +154,11 @@ def replay(history: list[tuple[object, ...]], replicas: int) -> None:
         kit.add_host(host, domain, capacity_mib=CAPACITY_MIB[host])
     seen: Counter[str] = Counter()
     for op in history:
+        failed = lost_for_good(kit)
         apply(kit, op)
         kit.beat_all()
         check(kit, replicas)
+        check_failed_only_when_none_can_come_back(kit, failed)
         seen[str(op[0])] += 1
     for _ in range(12):  # quiet: everything settles, lost copies are made again
         kit.advance(1.0)

@@ -252,25 +252,6 @@ def test_no_event_of_a_failover_with_replicated_disks_says_rebuilt() -> None:
     assert not any("rebuilt" in r for r in reasons), reasons
 
 
-def test_a_vm_whose_every_copy_is_lost_fails_with_that_reason() -> None:
-    kit = kit_of("fd-a", "fd-b", "fd-c")
-    kit.create("web", storage=DiskStorage.REPLICATED)
-    record = kit.vm("web")
-    holders = kit.copies("web")[0]
-    for host in holders:
-        kit.kill(host)
-    for _ in range(8):
-        kit.advance(1.0)
-        kit.beat_all()
-    assert record.state is VmState.FAILED
-    assert record.reason == f"every replica of disk {record.disks[0].disk_id} lost"
-    # The last copy (the other was dropped when its host died first: it stopped being current
-    # then) is kept, never deleted by the scheduler.
-    [lost] = kit.copies("web", CopyState.LOST)
-    assert len(lost) == 1 and lost[0] in holders
-    assert any(r.disk_id == record.disks[0].disk_id for r in kit.wanted_set(lost[0]).replicas)
-
-
 def test_a_copy_that_failed_a_write_is_dropped_before_the_smaller_set_is_sent() -> None:
     kit = kit_of("fd-a", "fd-b", "fd-c", replicas=3)
     host = run(kit, "web")
