@@ -327,7 +327,7 @@ def _not_ready(
             continue
         record, copy = found
         if copy.state is CopyState.LOST:
-            ctx.capacity_changed()  # its VM, waiting for one, may be failed now
+            copyloss.settle(ctx, record)  # it may not come back: its VM may fail now
             continue
         if status.disk_id in served and not copy.made:  # made when it was first served
             copy = replace(copy, made=True)
