@@ -28,7 +28,7 @@ from msgspec.structs import replace
 
 from common.ids import HostId
 from common.messages import VmState
-from scheduler.core import lifecycle, replicas
+from scheduler.core import lifecycle, migration_flow, replicas
 from scheduler.core.context import StepContext
 from scheduler.state.cluster import ClusterState
 from scheduler.state.model import VmRecord
@@ -146,6 +146,7 @@ def settle(ctx: StepContext, record: VmRecord) -> None:
     else:
         why, state = down_reason(ctx.state, disk), VmState.PENDING
     if record.state in (VmState.SCHEDULED, VmState.STARTING, VmState.RUNNING):
+        migration_flow.abandon(ctx, record, why)
         lifecycle.release(ctx, record, state, why)
     elif record.state is VmState.PENDING and state is VmState.FAILED:
         ctx.change_vm(record, state=state, reason=why, recovering=False)
