@@ -5,10 +5,11 @@ can: a late heartbeat never destroys a VM's disks."""
 from __future__ import annotations
 
 from common.ids import HostId
-from common.messages import DiskStorage, StartVm, VmRef, VmState
+from common.messages import DiskStorage, StartVm, VmRef, VmReply, VmState
+from common.migration_messages import MigrateVm
 from scheduler.core.contract import Op
 from scheduler.state.storage import CopyState
-from tests.unit.scheduler.replkit import ReplicaKit
+from tests.unit.scheduler.replkit import PORT, ReplicaKit
 
 DOMAINS = {"h1": "fd-a", "h2": "fd-b", "h3": "fd-c", "h4": "fd-d"}
 
@@ -150,3 +151,26 @@ def test_one_copy_back_is_the_disk_and_the_others_are_dropped_then_rebuilt() -> 
     for hosts in kit.copies("web", CopyState.LOST):
         assert hosts == []  # behind once the VM writes to the copy back: dropped
     writes_held(kit, "web")
+
+
+def test_a_migrating_vm_whose_copy_hosts_all_die_ends_its_attempt_and_waits() -> None:
+    kit = ReplicaKit(replicas=2)
+    for host, domain in DOMAINS.items():
+        kit.add_host(host, domain, port=0 if host in ("h1", "h4") else PORT)
+    kit.host_op(Op.CORDON, "h4")
+    kit.create("web", storage=DiskStorage.REPLICATED)
+    kit.host_op(Op.UNCORDON, "h4")
+    for _ in range(3):
+        kit.beat_all()
+    assert kit.vm("web").state is VmState.RUNNING
+    assert kit.vm("web").host == "h1"  # the copies on h2 and h3: none on its host
+    reply = kit.ask(Op.MIGRATE, MigrateVm(name="web", to="h4"))
+    assert isinstance(reply, VmReply) and reply.error is None, reply
+    assert kit.vm("web").migration is not None
+    silence(kit, ["h2", "h3"])
+    record = kit.vm("web")
+    assert record.migration is None
+    assert record.state is VmState.PENDING, record.reason
+    assert record.reason.startswith("waiting for a copy of disk"), record.reason
+    told = [type(c).__name__ for c in kit.sent(object, "h4")]
+    assert "CancelMigration" in told or "DeleteVm" in told, told  # its incoming copy goes
