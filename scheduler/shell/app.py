@@ -140,7 +140,11 @@ class SchedulerApp:
         try:
             loaded, state, view = await readview.load(store)  # off the event loop
             self.core = SchedulerCore(
-                self.config, state, scheduler_id=self.scheduler_id, event_seq=loaded.event_seq
+                self.config,
+                state,
+                scheduler_id=self.scheduler_id,
+                event_seq=loaded.event_seq,
+                epoch=self.term.epoch,  # HA hook: the acks carry it (a term is one epoch)
             )
             self.view = view
             self._reads = ReadApi(
@@ -424,8 +428,7 @@ class SchedulerApp:
         for action in actions:
             if isinstance(action, Ack):
                 self.term.check()  # HA hook: only a leader in its acting window acks
-                ack = msgspec.structs.replace(action.ack, epoch=self.term.epoch)
-                await self._answer(self._targets.pop(action.token), ack)
+                await self._answer(self._targets.pop(action.token), action.ack)
         return all(isinstance(action, Ack) for action in actions)
 
     def _encode(self, result: StepResult) -> tuple[Rows, Snapshot]:
