@@ -54,7 +54,10 @@ from scheduler.state.model import HostRecord, HostRuntime, VmRecord
 # --------------------------------------------------------------------------- heartbeats
 
 
-def heartbeat(ctx: StepContext, hb: Heartbeat, token: int, scheduler_id: str) -> None:
+def heartbeat(
+    ctx: StepContext, hb: Heartbeat, token: int, scheduler_id: str, epoch: int = 0
+) -> None:
+    """``epoch``: the leadership the ack is granted in (stamped here, not copied by the shell)."""
     host = HostId(hb.host_id)
     now_s = ctx.now.mono_s
     runtime = ctx.state.runtimes.get(host)
@@ -65,11 +68,11 @@ def heartbeat(ctx: StepContext, hb: Heartbeat, token: int, scheduler_id: str) ->
         return
     refused = _claim_refusal(ctx, host, hb, runtime)
     if refused:
-        ctx.actions.append(Ack(token, _ack(ctx, hb, runtime, scheduler_id, refused)))
+        ctx.actions.append(Ack(token, _ack(ctx, hb, runtime, scheduler_id, epoch, refused)))
         return
     runtime.last_seen_s = runtime.heard_s = now_s
     reconcile = _learn(ctx, host, hb, runtime)
-    ctx.actions.append(Ack(token, _ack(ctx, hb, runtime, scheduler_id)))
+    ctx.actions.append(Ack(token, _ack(ctx, hb, runtime, scheduler_id, epoch)))
     if (runtime.boot_id, runtime.last_seq) == (hb.boot_id, hb.seq) and host in ctx.state.hosts:
         # Taken in: the host's networks first, so that a StartVm the reconcile sends finds them;
         # then its replicas (what is ready may let a VM start).
@@ -203,7 +206,12 @@ def _attempt(record: VmRecord) -> int:
 
 
 def _ack(
-    ctx: StepContext, hb: Heartbeat, runtime: HostRuntime, scheduler_id: str, refused: str = ""
+    ctx: StepContext,
+    hb: Heartbeat,
+    runtime: HostRuntime,
+    scheduler_id: str,
+    epoch: int,
+    refused: str = "",
 ) -> HeartbeatAck:
     config = ctx.config
     ack = HeartbeatAck(
@@ -216,6 +224,7 @@ def _ack(
         inventory_digest="" if refused else runtime.inventory_digest,
         claim_after_s=claim_after_s(config),
         refused=refused,
+        epoch=epoch,
     )
     if not refused:
         runtime.ack = ack

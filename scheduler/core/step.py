@@ -104,11 +104,19 @@ class SchedulerCore:
     """The single writer of cluster state."""
 
     def __init__(
-        self, config: SchedulerConfig, state: ClusterState, *, scheduler_id: str, event_seq: int
+        self,
+        config: SchedulerConfig,
+        state: ClusterState,
+        *,
+        scheduler_id: str,
+        event_seq: int,
+        epoch: int = 0,
     ) -> None:
         self.config = config
         self.state = state
         self.scheduler_id = scheduler_id
+        self.epoch = epoch
+        """The leadership this core acts for (0: a scheduler without a lease): its acks carry it."""
         self.sizes = config.all_sizes()
         self.policy = PlacementPolicy(scorer=config.scorer)
         self.views = HostViews(config, state)
@@ -149,7 +157,7 @@ class SchedulerCore:
                     ctx.reject_job(item.subject, item.request_id, item.code, item.detail)
                     ctx.reply(item.token, None)
                 case HeartbeatReceived():
-                    hosts.heartbeat(ctx, item.heartbeat, item.token, self.scheduler_id)
+                    hosts.heartbeat(ctx, item.heartbeat, item.token, self.scheduler_id, self.epoch)
                 case Tick():
                     ticked = True
                 case Reconnected():

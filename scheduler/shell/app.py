@@ -140,7 +140,11 @@ class SchedulerApp:
         try:
             loaded, state, view = await readview.load(store)  # off the event loop
             self.core = SchedulerCore(
-                self.config, state, scheduler_id=self.scheduler_id, event_seq=loaded.event_seq
+                self.config,
+                state,
+                scheduler_id=self.scheduler_id,
+                event_seq=loaded.event_seq,
+                epoch=self.term.epoch,  # HA hook: the acks carry it (a term is one epoch)
             )
             self.view = view
             self._reads = ReadApi(
@@ -358,7 +362,12 @@ class SchedulerApp:
 
     async def _run_core(self, nc: Client, store: SqliteStore) -> None:
         """Step, commit, act, as a pipeline (pipeline.py): step N is appended to the state log
-        while N-1 is written and acted on; stages in step order, none after a failure."""
+        while N-1 is written and acted on; stages in step order, none after a failure.
+
+        With a backlog (more than ``MAX_BATCH`` inputs queued, as when every host's heartbeat
+        arrives at once after a restart) the loop lets the event loop turn between steps: a step
+        of acks alone awaits nothing that suspends, so without it the acks of the first steps
+        went out only after the last one, and the lease renewal and the reads waited as long."""
         assert self.core is not None
         pipeline = CommitPipeline(self.term.append)  # HA hook: logged before stored or acted on
         try:
@@ -376,11 +385,13 @@ class SchedulerApp:
                 if acks_only and not self._published and readview.unchanged(result):
                     self.term.check()  # HA hook: a deposed term ends here as at an append
                     pipeline.check()  # and so does a failed commit of an earlier step
-                    continue
-                rows, copies = self._encode(result)  # a snapshot of this step
-                await pipeline.enter(
-                    rows, self._storing(store, copies), self._acting(nc, result.actions)
-                )
+                else:
+                    rows, copies = self._encode(result)  # a snapshot of this step
+                    await pipeline.enter(
+                        rows, self._storing(store, copies), self._acting(nc, result.actions)
+                    )
+                if not self.queue.empty():
+                    await asyncio.sleep(0)  # a backlog: what waits on the loop runs first
         finally:
             await pipeline.finish()  # the steps being committed still act
 
@@ -417,8 +428,7 @@ class SchedulerApp:
         for action in actions:
             if isinstance(action, Ack):
                 self.term.check()  # HA hook: only a leader in its acting window acks
-                ack = msgspec.structs.replace(action.ack, epoch=self.term.epoch)
-                await self._answer(self._targets.pop(action.token), ack)
+                await self._answer(self._targets.pop(action.token), action.ack)
         return all(isinstance(action, Ack) for action in actions)
 
     def _encode(self, result: StepResult) -> tuple[Rows, Snapshot]:
