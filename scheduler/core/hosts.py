@@ -345,8 +345,7 @@ def check_liveness(ctx: StepContext) -> None:
     dead = expired_hosts(state.runtimes, up, now_s, dead_after_s)
     for host in dead:
         _declare_dead(ctx, host)
-    # Their disk copies are dropped with them, together: of a disk whose last current copies
-    # were on them, all are kept (lost), so that any of them coming back brings the disk back.
+    # Their copies go together: of a disk's last current ones all are kept, and any may return.
     copyloss.hosts_lost(ctx, dead)
     runtimes = state.runtimes
     state.heard_since_s = min(
@@ -363,15 +362,7 @@ def _declare_dead(ctx: StepContext, host: HostId) -> None:
     state.host_changed(host)
     ctx.views.forget_empty()
     _emit_host(ctx, host, HostState.DOWN, f"no heartbeat for {age:.1f}s")
-    runtime.observed = {}
-    runtime.inventory_digest = ""
-    runtime.network_digest = ""
-    runtime.replica_digest = ""
-    runtime.replicas_held, runtime.replicas_unready = set(), {}
-    runtime.replicas_held_digest = ""
-    runtime.replicas_known = False
-    runtime.settled = False
-    runtime.orphaned = ZERO
+    runtime.forget_reports()
     state.stale_views.add(host)
     why = f"host {host} declared dead"
     migration_flow.target_down(ctx, host)

@@ -256,3 +256,13 @@ class HostRuntime:
     ack: HeartbeatAck | None = None
     """The last ack granted to the holding boot (None: none yet): an unchanged heartbeat gets it
     again with its own number (scheduler/core/hosts.py ``steady``)."""
+
+    def forget_reports(self) -> None:
+        """The host was declared dead: what it reported is not known any more (its inventory,
+        its networks, its replicas), until it reports again."""
+        self.observed = {}
+        self.inventory_digest = self.network_digest = self.replica_digest = ""
+        self.replicas_held, self.replicas_unready = set(), {}
+        self.replicas_held_digest = ""
+        self.replicas_known = self.settled = False
+        self.orphaned = ZERO
