@@ -123,8 +123,9 @@ class FakeScheduler:
         return self.heartbeats[-1]
 
     async def wait_acked(self) -> None:
-        """Wait until the agent has had an ack and reported after it (it holds a lease)."""
-        await wait_until(lambda: bool(self.acked_seqs), timeout_s=3, message="an acked heartbeat")
+        """Wait until the agent has had an ack and reported after it (it holds a lease); the
+        first wait covers the agent's process starting, which a loaded machine slows."""
+        await wait_until(lambda: bool(self.acked_seqs), timeout_s=15, message="an acked heartbeat")
         acked = self.acked_seqs[-1]
         await wait_until(
             lambda: self.last is not None and self.last.seq > acked and not self.last.fenced,

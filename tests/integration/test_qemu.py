@@ -152,7 +152,9 @@ async def test_boot_stop_start_keeps_disks_and_delete_removes_them(
     await client.start_vm("vm-a")
     vm = await wait_state(client, "vm-a", VmState.RUNNING)
     assert vm.host == "h1"
-    await wait_until(lambda: ready_line(qemu_cluster, "h1", "vm-a").get("boot_count") == "2")
+    await wait_until(
+        lambda: ready_line(qemu_cluster, "h1", "vm-a").get("boot_count") == "2", timeout_s=BOOT_S
+    )
 
     disk_files = list((qemu_cluster.workdir / "agents" / "h1" / "qemu" / "disks").iterdir())
     assert {p.stem for p in disk_files} == {d.disk_id for d in vm.disks}
@@ -184,7 +186,9 @@ async def test_agent_restart_adopts_and_a_killed_qemu_is_restarted(
     kill(pid)  # ... and QEMU dies: the VM vanishes from the inventory and is started again
     await wait_until(lambda: qemu_pid(qemu_cluster, "h1", "vm-r") not in (None, pid), timeout_s=30)
     await wait_state(client, "vm-r", VmState.RUNNING)
-    await wait_until(lambda: ready_line(qemu_cluster, "h1", "vm-r").get("boot_count") == "2")
+    await wait_until(
+        lambda: ready_line(qemu_cluster, "h1", "vm-r").get("boot_count") == "2", timeout_s=BOOT_S
+    )
 
 
 async def test_fenced_guest_is_paused_then_resumed(
