@@ -1,4 +1,4 @@
-"""The seeded fault-injection campaign of CI, judged by the observer: one fault of each kind, 16
+"""The seeded fault-injection campaign of CI, judged by the observer: one fault of each kind, 17
 on the fake-driver cluster under load and 6 on real QEMU guests judged from outside the system
 (a plan's first faults try every kind once; the long mode repeats them).
 
