@@ -53,6 +53,10 @@ def events_stream_config(replicas: int = 1) -> StreamConfig:
     )
 
 
+NAME_IN_USE = 10058
+"""JetStream's error code for a stream created meanwhile (with another configuration)."""
+
+
 async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
     """Create ``config``'s stream, or update an existing one to it (its messages are kept),
     never lowering the replica count it has; an existing stream that already has every
@@ -64,8 +68,10 @@ async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
         try:
             await js.add_stream(config)
             return
-        except BadRequestError:  # created by another process meanwhile
-            info = await js.stream_info(config.name)
+        except BadRequestError as exc:
+            if exc.err_code != NAME_IN_USE:  # e.g. no peers online for its replicas yet
+                raise
+            info = await js.stream_info(config.name)  # created by another process meanwhile
     current = info.config.num_replicas or 1
     wanted = config.num_replicas or 1
     if current > wanted:
