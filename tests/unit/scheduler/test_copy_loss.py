@@ -38,6 +38,17 @@ def silence(kit: ReplicaKit, quiet: list[str], seconds: int = 8) -> None:
         kit.beat_all(*[h for h in kit.domains if h not in quiet])
 
 
+def lose_copy_hosts(kit: ReplicaKit, *, wipe: bool, seconds: int = 8) -> list[str]:
+    """``web`` runs; then every host holding a copy of its disks dies (its disks kept or wiped)
+    and is declared dead. Those hosts."""
+    run(kit, "web")
+    holders = sorted({h for hosts in kit.copies("web") for h in hosts})
+    for host in holders:
+        kit.kill(host, wipe=wipe)
+    silence(kit, holders, seconds)
+    return holders
+
+
 def writes_held(kit: ReplicaKit, vm: str) -> None:
     """Every current copy of the VM's disks has every write its guest was told is done."""
     for disk in kit.vm(vm).disks:
@@ -72,11 +83,7 @@ def test_a_vm_whose_copy_hosts_all_stall_runs_again_with_its_writes_when_they_re
 
 def test_the_last_copies_are_kept_lost_and_their_hosts_keep_them() -> None:
     kit = kit_of()
-    run(kit, "web")
-    holders = sorted({h for hosts in kit.copies("web") for h in hosts})
-    for host in holders:
-        kit.kill(host, wipe=False)
-    silence(kit, holders)
+    holders = lose_copy_hosts(kit, wipe=False)
     lost = kit.copies("web", CopyState.LOST)
     assert all(sorted(hosts) == holders for hosts in lost), lost  # none dropped
     for host in holders:
@@ -86,11 +93,7 @@ def test_the_last_copies_are_kept_lost_and_their_hosts_keep_them() -> None:
 
 def test_a_vm_waiting_for_its_disk_does_not_time_out() -> None:
     kit = kit_of(placement_timeout_s=5.0)
-    run(kit, "web")
-    holders = sorted({h for hosts in kit.copies("web") for h in hosts})
-    for host in holders:
-        kit.kill(host, wipe=False)
-    silence(kit, holders, seconds=30)
+    holders = lose_copy_hosts(kit, wipe=False, seconds=30)
     record = kit.vm("web")
     assert record.state is VmState.PENDING, record.reason
     for host in holders:
@@ -104,11 +107,7 @@ def test_a_vm_waiting_for_its_disk_does_not_time_out() -> None:
 
 def test_a_copy_host_back_without_its_disks_fails_the_vm_once_none_can_come_back() -> None:
     kit = kit_of()
-    run(kit, "web")
-    holders = sorted({h for hosts in kit.copies("web") for h in hosts})
-    for host in holders:
-        kit.kill(host, wipe=True)
-    silence(kit, holders)
+    holders = lose_copy_hosts(kit, wipe=True)
     assert kit.vm("web").state is VmState.PENDING
     kit.revive(holders[0])
     for _ in range(3):
@@ -134,12 +133,8 @@ def test_a_copy_host_back_without_its_disks_fails_the_vm_once_none_can_come_back
 
 def test_one_copy_back_is_the_disk_and_the_others_are_dropped_then_rebuilt() -> None:
     kit = kit_of(replicas=3)
-    run(kit, "web")
-    holders = sorted({h for hosts in kit.copies("web") for h in hosts})
+    holders = lose_copy_hosts(kit, wipe=False)
     assert len(holders) == 3
-    for host in holders:
-        kit.kill(host, wipe=False)
-    silence(kit, holders)
     first = holders[1]
     kit.revive(first)
     for _ in range(3):
