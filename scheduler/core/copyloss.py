@@ -1,7 +1,7 @@
 """Copies lost, and a disk whose every current copy is gone: down (waiting for one to come
 back) or lost for good. Pure.
 
-- **A copy is dropped** when its host is declared dead (``host_lost``), when the VM's host
+- **A copy is dropped** when its host is declared dead (``hosts_lost``), when the VM's host
   reports it failed a write, or when its own host reports it lost or made anew
   (hostreplicas.py). The others stay current: the guest's writes go on to them.
 - **The last current copies** of a disk are never dropped: they are kept, ``lost``. Each of
@@ -128,19 +128,16 @@ def revive(ctx: StepContext, record: VmRecord, disk_id: str, host: HostId) -> No
 def placeable(ctx: StepContext, record: VmRecord) -> bool:
     """Every disk of the pending VM has a current copy (lost ones back, if their hosts serve
     them again); if not, it waits for one, or fails."""
-    if replicas.every_copy_lost(record) is None:
-        return True
-    settle(ctx, record)
-    return replicas.every_copy_lost(record) is None
+    return replicas.every_copy_lost(record) is None or settle(ctx, record) is None
 
 
-def settle(ctx: StepContext, record: VmRecord) -> None:
+def settle(ctx: StepContext, record: VmRecord) -> DiskRecord | None:
     """A disk of the VM has no current copy: the VM waits off its host while a lost copy may
     come back, else fails (never run from an empty disk or the image). A stopped VM stays
-    stopped, and says why."""
+    stopped, and says why. The disk still without a current copy (None: none is)."""
     disk = recover(ctx, record)
     if disk is None:
-        return
+        return None
     if gone_for_good(ctx.state, disk):
         why, state = replicas.lost_reason(disk), VmState.FAILED
     else:
@@ -153,3 +150,4 @@ def settle(ctx: StepContext, record: VmRecord) -> None:
     elif record.reason != why:
         ctx.change_vm(record, reason=why)
         ctx.emit_vm(record)
+    return disk
