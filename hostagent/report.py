@@ -59,8 +59,12 @@ class Sent:
 
 
 class SentReports:
-    """The heartbeats sent within the last interval: an ack counts only for one of them (an
-    ack later than that renews nothing)."""
+    """The heartbeats sent within the last ``window_s`` (the agent passes ``fence_after_s``):
+    an ack counts only for one of them. An ack later than that would renew nothing anyway (a
+    lease runs from its heartbeat's send); an earlier one, however late, is safe to count, as
+    the scheduler declares the host dead no sooner than ``dead_after_s`` after it *received*
+    that heartbeat. (The window was one heartbeat interval: a loaded scheduler answering in
+    1.0 to 1.3 s had every ack dropped, and healthy hosts fenced their VMs.)"""
 
     __slots__ = ("_sent", "seq")
 

@@ -202,7 +202,7 @@ class AgentState:
                 replicas=list(replicas),
             )
         )
-        self._sent.sent(heartbeat, now_s, self.heartbeat_interval_s)
+        self._sent.sent(heartbeat, now_s, self.fence_after_s)
         return heartbeat
 
     def _ack(self, ack: HeartbeatAck, now_s: float, out: list[Instruction]) -> None:
@@ -213,7 +213,7 @@ class AgentState:
                 )
             )
             return
-        sent = self._sent.match(ack, now_s, self.heartbeat_interval_s)
+        sent = self._sent.match(ack, now_s, self.fence_after_s)
         if sent is None:
             out.append(Note.debug("heartbeat ack unmatched or late seq=%d", ack.seq))
             return

@@ -95,6 +95,22 @@ def test_a_deposed_leaders_commands_and_acks_are_refused() -> None:
     assert DriverStart(make_spec(), 1) in decisions(out)
 
 
+def test_an_ack_later_than_an_interval_still_renews_the_lease_from_its_send() -> None:
+    """A loaded scheduler answers late: every ack 1.5 s after its heartbeat (interval 1 s,
+    fence after 4 s). Each still renews the lease, from when its heartbeat left, so the host
+    never fences; an ack later than ``fence_after_s`` renews nothing."""
+    agent = SyncAgent(make_state(interval_s=1.0, fence_after_s=4.0))
+    for second in range(10):
+        sent_at = 100.0 + second
+        agent.handle(AckReceived(ack_for(agent.heartbeat(sent_at))), sent_at + 1.5)
+        assert agent.state.lease.expires_at_s == sent_at + 4.0
+        assert not agent.state.fenced
+    before = agent.state.lease
+    too_late = ack_for(agent.heartbeat(111.0))
+    assert decisions(agent.state.handle(AckReceived(too_late), 115.5)) == []
+    assert agent.state.lease == before
+
+
 # --------------------------------------------------------------------------- histories
 
 names = st.sampled_from(["vm-a", "vm-b"])
