@@ -56,6 +56,7 @@ from scheduler.shell.api import (
 from scheduler.shell.connection import connect
 from scheduler.shell.eventpub import EventPublisher, log_event
 from scheduler.shell.jobs import run_jobs
+from scheduler.shell.lanes import Lanes
 from scheduler.shell.metrics import Observer, SchedulerMetrics
 from scheduler.shell.pipeline import CommitPipeline, Stage
 from scheduler.shell.readview import ReadView, Snapshot, snapshot
@@ -103,7 +104,7 @@ class SchedulerApp:
         # HA hook: the term of office (scheduler/term.py): may act? epoch? state log.
         self.term = term or SoloTerm(config.tick_s, config.heartbeat_interval_s)
         self.scheduler_id = uuid.uuid4().hex[:12]
-        self.queue: asyncio.Queue[Input] = asyncio.Queue()
+        self.queue = Lanes()  # what hosts and the clock say first, then requests
         self.ready = asyncio.Event()
         self._stop = asyncio.Event()
         self._tokens = itertools.count(1)
@@ -195,7 +196,11 @@ class SchedulerApp:
         log.info("scheduler ready scheduler_id=%s nats=%s", self.scheduler_id, url)
         self.ready.set()
         publisher = EventPublisher(nc, self._outbox, self._published_one)
-        loops = [self._run_ticks(), run_jobs(js, self._on_job), publisher.run()]
+        loops = [
+            self._run_ticks(),
+            run_jobs(js, self._on_job, self._room_for_jobs),
+            publisher.run(),
+        ]
         if http is not None:
             loops.append(self._run_http(http))
         try:  # until stopped or a loop ends (a lost term); the core loop is cancelled once
@@ -348,6 +353,9 @@ class SchedulerApp:
             decode_mutation(msg.subject, msg.data, token, via_job=True, msg_id=msg_id)
         )
 
+    async def _room_for_jobs(self) -> None:
+        await self.queue.room_for_requests(MAX_BATCH)
+
     async def _run_ticks(self) -> None:
         while True:
             await asyncio.sleep(self.config.tick_s)
@@ -372,9 +380,7 @@ class SchedulerApp:
         pipeline = CommitPipeline(self.term.append)  # HA hook: logged before stored or acted on
         try:
             while True:
-                items = [await self.queue.get()]
-                while len(items) < MAX_BATCH and not self.queue.empty():
-                    items.append(self.queue.get_nowait())
+                items = await self.queue.take(MAX_BATCH)
                 if any(isinstance(item, Tick) for item in items):
                     self._tick_queued = False
                 items = self._latest_heartbeats(items)

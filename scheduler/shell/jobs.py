@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -21,8 +21,11 @@ log = logging.getLogger(__name__)
 JOB_FETCH = 256
 
 
-async def run_jobs(js: JetStreamContext, on_job: Callable[[Msg], None]) -> None:
-    """Consume the durable jobs stream, calling ``on_job`` with each message."""
+async def run_jobs(
+    js: JetStreamContext, on_job: Callable[[Msg], None], room: Callable[[], Awaitable[None]]
+) -> None:
+    """Consume the durable jobs stream, calling ``on_job`` with each message; each fetch waits
+    for ``room`` first (the core loop's request lane short enough)."""
     config = ConsumerConfig(
         durable_name=subjects.JOBS_CONSUMER,
         ack_policy=AckPolicy.EXPLICIT,
@@ -50,6 +53,7 @@ async def run_jobs(js: JetStreamContext, on_job: Callable[[Msg], None]) -> None:
 
     try:
         while True:
+            await room()
             for msg in await fetch():
                 on_job(msg)
     finally:

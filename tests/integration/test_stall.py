@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import nats.errors
@@ -74,13 +74,15 @@ def _jobs_loop_swallowing_one_cancellation(
     real = jobs.run_jobs
     swallowed, ended = asyncio.Event(), asyncio.Event()
 
-    async def run_jobs(js: JetStreamContext, on_job: Callable[[Msg], None]) -> None:
+    async def run_jobs(
+        js: JetStreamContext, on_job: Callable[[Msg], None], room: Callable[[], Awaitable[None]]
+    ) -> None:
         try:
             try:
-                await real(js, on_job)
+                await real(js, on_job, room)
             except asyncio.CancelledError:
                 swallowed.set()
-                await real(js, on_job)  # fetching on
+                await real(js, on_job, room)  # fetching on
         finally:
             ended.set()
 

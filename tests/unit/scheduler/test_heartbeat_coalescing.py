@@ -24,10 +24,7 @@ class _Msg:
 
 
 def _queued(app: SchedulerApp) -> list[Input]:
-    items = []
-    while not app.queue.empty():
-        items.append(app.queue.get_nowait())
-    return items
+    return app.queue.take_nowait(app.queue.qsize())
 
 
 def _seqs(items: list[Input]) -> list[tuple[str, int]]:
