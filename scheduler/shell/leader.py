@@ -3,7 +3,9 @@
 The lease is the key ``leader`` of the JetStream KV bucket STRATUS_LEADER (replicas from the
 config), whose TTL (the bucket's max age) is ``lease_s``: a key not rewritten for ``lease_s``
 disappears. A standby takes the lease with ``kv.create`` (fails while the key exists); the
-leader renews it with ``kv.update(..., last=revision)`` every ``lease_s / 3``.
+leader renews it with ``kv.update(..., last=revision)`` every ``lease_s / 6``; one renewal may
+take until the acting window ends (below), so a process that stalls (a long step, no CPU for a
+while on a loaded machine) for up to about half the lease keeps it.
 
 - **Epoch**: the KV revision of the write that won the lease. Stream sequences only grow (also
   across expiries), so every leadership has a larger epoch than every earlier one.
@@ -41,6 +43,10 @@ LEASE_BUCKET = subjects.LEASE_BUCKET
 LEASE_KEY = "leader"
 MARGIN_FRACTION = 0.2
 """Of ``lease_s``: how long before the server could expire the key the leader stops acting."""
+RENEWALS_PER_LEASE = 6
+"""Renewals sent per ``lease_s``: with 3 a stall of 1 s in the middle of the 2.4 s window left
+too little of it for the next renewal's round trip on a loaded machine, and the leader stepped
+down in ``bench.e2e`` (its store then reloaded, its jobs redelivered)."""
 SLOW_RENEWAL_FRACTION = 0.25
 """A renewal whose round trip takes longer than this part of ``lease_s`` marks a gap: NATS or
 this process stalled, so hosts get a fresh window (nobody could be heard meanwhile)."""
@@ -102,6 +108,12 @@ class Lease:
 
     @property
     def renew_every_s(self) -> float:
+        """How long after a renewal the next one is sent."""
+        return self.lease_s / RENEWALS_PER_LEASE
+
+    @property
+    def attempt_s(self) -> float:
+        """How long an attempt to win, take over or release the lease may take."""
         return self.lease_s / 3
 
     async def try_win(self) -> bool:
@@ -109,7 +121,7 @@ class Lease:
         sent_at_s = self.clock.monotonic_s()
         revision: int | None
         try:
-            async with asyncio.timeout(self.renew_every_s):
+            async with asyncio.timeout(self.attempt_s):
                 revision = await self.kv.create(LEASE_KEY, self.value)
         except KeyWrongLastSequenceError:
             revision = await self._reclaim_own()
@@ -126,7 +138,7 @@ class Lease:
     async def _reclaim_own(self) -> int | None:
         """The key exists: if this node's previous process holds it, take it over now."""
         try:
-            async with asyncio.timeout(self.renew_every_s):
+            async with asyncio.timeout(self.attempt_s):
                 entry = await self.kv.get(LEASE_KEY)
                 if entry.value is None:
                     return None
@@ -145,8 +157,8 @@ class Lease:
         while True:
             await asyncio.sleep(min(self.renew_every_s, self._left_s()))
             sent_at_s = self.clock.monotonic_s()
-            try:  # no later than the term's end: past it, this process steps down at once
-                async with asyncio.timeout(min(self.renew_every_s, self._left_s())):
+            try:  # until the term's end, no later: past it, this process steps down at once
+                async with asyncio.timeout(self._left_s()):
                     revision = await self.kv.update(LEASE_KEY, self.value, last=term.revision)
             except KeyWrongLastSequenceError:
                 log.warning("leader lease lost: another leader epoch=%d", term.epoch)
@@ -170,7 +182,7 @@ class Lease:
         """Give the lease up at a clean shutdown, so a standby need not wait for it to expire."""
         self.term.revoked = True
         try:
-            async with asyncio.timeout(self.renew_every_s):
+            async with asyncio.timeout(self.attempt_s):
                 await self.kv.delete(LEASE_KEY, last=self.term.revision)
         except (nats.errors.Error, TimeoutError, KeyWrongLastSequenceError) as exc:
             log.debug("lease not released error=%r", exc)

@@ -12,6 +12,7 @@ from scheduler.shell.leader import Lease, LeaseClock, LeaseHolder
 from scheduler.shell.statelog import PART_BYTES, split
 from scheduler.shell.store import Rows
 from scheduler.shell.term import TickGaps
+from tests.waiting import wait_until
 
 
 def test_a_leader_acts_only_until_its_last_renewal_was_sent_plus_lease_minus_margin() -> None:
@@ -82,3 +83,39 @@ async def test_a_leader_whose_renewal_hangs_steps_down_when_its_window_ends() ->
     async with asyncio.timeout(5):
         await lease.keep()
     assert clock.monotonic_s() - lease.term.acting_until_s < 0.1
+
+
+class _LateOnceKv:
+    """A lease bucket that answers one renewal late, as a loaded machine does when the leader
+    gets no CPU for a while: the answer comes, after ``late_s``."""
+
+    def __init__(self, late_s: float) -> None:
+        self.late_s = late_s
+        self.revision = 1
+        self.renewals = 0
+
+    async def update(self, key: str, value: bytes, last: int) -> int:
+        assert last == self.revision, "each renewal builds on the one before"
+        self.renewals += 1
+        await asyncio.sleep(self.late_s if self.renewals == 2 else 0.01)  # a round trip
+        self.revision += 1
+        return self.revision
+
+
+async def test_a_renewal_answered_late_within_the_window_keeps_the_lease() -> None:
+    """A renewal may take what is left of the acting window: one answered 40 % of the lease
+    late (a loaded machine, a stalled process) neither deposes the leader nor gets its key
+    written twice; the late round trip is noted as a gap for the judge of hosts."""
+    clock = SystemClock()
+    kv = _LateOnceKv(late_s=0.6)
+    lease = Lease(kv, LeaseHolder(node="n", scheduler_id="s"), 1.5, clock)  # type: ignore[arg-type]
+    lease.term.granted(1, clock.monotonic_s())
+    keeping = asyncio.create_task(lease.keep())
+    try:
+        await wait_until(lambda: kv.renewals >= 4 or keeping.done(), timeout_s=10)
+        assert not keeping.done(), "still leading"
+        assert lease.term.may_act(clock.monotonic_s())
+        assert lease.term.revision == kv.revision
+        assert lease.gap
+    finally:
+        keeping.cancel()
