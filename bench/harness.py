@@ -154,7 +154,7 @@ def rig() -> Iterator[Rig]:
             the_rig.close()
             keep = os.environ.get(LOGS_ENV)
             if keep:
-                for log in workdir.glob("*.log"):
+                for log in workdir.rglob("*.log"):  # the NATS server's too
                     shutil.copy(log, Path(keep) / log.name)
 
 
