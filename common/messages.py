@@ -340,7 +340,9 @@ class Heartbeat(msgspec.Struct, kw_only=True):
 
 
 class HeartbeatAck(msgspec.Struct, kw_only=True):
-    """The scheduler's answer to a heartbeat: the host's lease is renewed.
+    """The scheduler's answer to a heartbeat: the host's lease is renewed, until
+    ``fence_after_s`` after the agent sent that heartbeat (an ack arriving later renews
+    nothing; one from a loaded scheduler, later than an interval, still counts).
 
     It also carries the cluster's timing knobs so that agents and scheduler agree on them.
     """
