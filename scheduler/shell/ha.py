@@ -4,9 +4,7 @@ A process:
 1. locks its store (``<db>.lock``; a second process on the same store exits with an error) and
    reads its node id (``<db>.node``, made once: the lease names the node that holds it);
 2. as a **standby**: applies the state log to its store and tries to win the lease every
-   ``lease_s / 12`` (it wins once the key expires; trying often keeps the wait after that
-   short, now that the leader renews every ``lease_s / 6`` and so the key expires later after
-   a kill); it serves no API and sends nothing to agents;
+   ``lease_s / 12`` (``Lease.try_every_s``); it serves no API and sends nothing to agents;
 3. on winning: catches up with the log, snapshots it if the cluster has none yet, appends its
    fence record, and only then runs a ``SchedulerApp`` (scheduler/app.py) over its store, with a
    ``LeaderTerm`` (scheduler/term.py): every host gets a fresh window (``core.start``);
@@ -167,7 +165,7 @@ class HaScheduler:
                 synced = False
             if synced and await lease.try_win():
                 return True
-            await self._pause(self.config.lease_s / 12)
+            await self._pause(lease.try_every_s)
         return False
 
     async def _lead(self, lease: Lease, statelog: StateLog) -> None:
