@@ -302,11 +302,14 @@ class ObservedVm(msgspec.Struct, kw_only=True, gc=False):
         return Resources(self.cpu_milli, self.mem_mib)
 
 
-class Heartbeat(msgspec.Struct, kw_only=True):
+class Heartbeat(msgspec.Struct, kw_only=True, omit_defaults=True):
     """A host's full report: identity, capacity and its whole VM inventory (level-triggered).
 
     An inventory the scheduler already holds may be sent as its digest alone (``vms_omitted``):
-    it still stands for the whole inventory, and costs the scheduler no decoding of it.
+    it still stands for the whole inventory, and costs the scheduler no decoding of it. Fields
+    at their default are left out on the wire (a steady report of a host without networks or
+    replicas is 243 bytes, not 409): at 10,000 hosts a second they are most of what the
+    scheduler reads.
     """
 
     host_id: HostIdField
@@ -339,7 +342,7 @@ class Heartbeat(msgspec.Struct, kw_only=True):
     """The replicas of the applied set that are not ready (creating, filling, failed)."""
 
 
-class HeartbeatAck(msgspec.Struct, kw_only=True):
+class HeartbeatAck(msgspec.Struct, kw_only=True, omit_defaults=True):
     """The scheduler's answer to a heartbeat: the host's lease is renewed, until
     ``fence_after_s`` after the agent sent that heartbeat (an ack arriving later renews
     nothing; one from a loaded scheduler, later than an interval, still counts).
