@@ -50,6 +50,7 @@ from scheduler.core.context import NETWORKS_KEY, StepContext
 from scheduler.core.netwants import HostWant, NetWants, PeerSet
 from scheduler.state.cluster import ClusterState
 from scheduler.state.ipam import ip_text
+from scheduler.state.model import HostRuntime
 
 
 def peer_set(state: ClusterState, wants: NetWants, vnet: str) -> PeerSet:
@@ -240,15 +241,15 @@ def _retry_due(ctx: StepContext, host: HostId) -> bool:
     return last is None or ctx.now.mono_s - last[1] >= ctx.config.command_retry_s
 
 
-def heartbeat(ctx: StepContext, host: HostId, digest: str) -> None:
+def heartbeat(ctx: StepContext, host: HostId, digest: str, runtime: HostRuntime | None) -> None:
     """A heartbeat reported the configuration ``digest`` applied: send the wanted one if it
     differs and no update on the way leads there (``ctx.send`` keeps a repeat of the whole to
     one per ``command_retry_s``).
 
     A host whose reported digest changed to one no update led to lost what it had (its agent
     restarted): the whole configuration goes at once, and the commands it may have dropped for
-    want of it (a start whose network was missing) go again right behind it, in this step."""
-    runtime = ctx.state.runtimes.get(host)
+    want of it (a start whose network was missing) go again right behind it, in this step.
+    ``runtime``: the host's (the caller holds it; None if it has none)."""
     previous = runtime.network_digest if runtime is not None else digest
     if runtime is not None:
         runtime.network_digest = digest
@@ -256,6 +257,8 @@ def heartbeat(ctx: StepContext, host: HostId, digest: str) -> None:
     want = wants.hosts.get(host)
     if want is None or host in ctx.state.net.dirty_hosts:
         commands = due(ctx, host)
+    elif digest == want.digest and previous == digest:
+        return  # where it was, and where it should be: nothing to send (the steady case)
     elif want.reached(digest) and (digest == want.digest or not _retry_due(ctx, host)):
         return
     else:

@@ -180,20 +180,16 @@ def _settled(runtime: HostRuntime, want: ReplicaWant | None, hb: Heartbeat) -> b
     )
 
 
-def unchanged(ctx: StepContext, host: HostId, hb: Heartbeat) -> bool:
+def unchanged(ctx: StepContext, host: HostId, hb: Heartbeat, runtime: HostRuntime) -> bool:
     """True when ``heartbeat(ctx, host, hb)`` would change and send nothing: the host reports the
     wanted set applied, as it did last, with every replica ready (a steady heartbeat skips it)."""
-    runtime, config = ctx.state.runtimes.get(host), ctx.carry.replicas.get(host)
-    return (
-        runtime is not None
-        and config is not None
-        and runtime.replicas_known
-        and not hb.replicas
-        and not runtime.replicas_unready
-        and host not in ctx.state.disks.dirty_hosts
-        and hb.replica_digest == config.digest == runtime.replica_digest
-        and runtime.replicas_held_digest == config.digest
-    )
+    if not runtime.replicas_known or hb.replicas or runtime.replicas_unready:
+        return False
+    config = ctx.carry.replicas.get(host)
+    if config is None or host in ctx.state.disks.dirty_hosts:
+        return False
+    wanted = config.replicas.digest
+    return hb.replica_digest == wanted == runtime.replica_digest == runtime.replicas_held_digest
 
 
 def heartbeat(ctx: StepContext, host: HostId, hb: Heartbeat) -> None:

@@ -64,7 +64,7 @@ def heartbeat(
     if runtime is None:
         runtime = ctx.state.runtimes[host] = HostRuntime(last_seen_s=now_s)
     elif _unchanged(ctx, host, hb, runtime):
-        steady(ctx, hb, token, runtime)
+        steady(ctx, host, hb, token, runtime)
         return
     refused = _claim_refusal(ctx, host, hb, runtime)
     if refused:
@@ -76,7 +76,7 @@ def heartbeat(
     if (runtime.boot_id, runtime.last_seq) == (hb.boot_id, hb.seq) and host in ctx.state.hosts:
         # Taken in: the host's networks first, so that a StartVm the reconcile sends finds them;
         # then its replicas (what is ready may let a VM start).
-        hostnets.heartbeat(ctx, host, hb.network_digest)
+        hostnets.heartbeat(ctx, host, hb.network_digest, runtime)
         hostreplicas.heartbeat(ctx, host, hb)
     if reconcile:
         _reconcile(ctx, host, runtime)
@@ -88,6 +88,7 @@ def _unchanged(ctx: StepContext, host: HostId, hb: Heartbeat, runtime: HostRunti
     a reconcile found it right, the same identity and capacity, and its replicas as wanted and
     ready. The full path would then only renew the lease (and take in its networks' digest,
     which both paths do)."""
+    state = ctx.state
     return (
         hb.vms_omitted
         and hb.boot_id == runtime.boot_id
@@ -96,21 +97,22 @@ def _unchanged(ctx: StepContext, host: HostId, hb: Heartbeat, runtime: HostRunti
         and hb.fenced == runtime.fenced
         and runtime.settled
         and runtime.ack is not None
-        and host not in ctx.state.touched_hosts
-        and _same_host(ctx.state.hosts.get(host), hb)
-        and hostreplicas.unchanged(ctx, host, hb)
+        and host not in state.touched_hosts
+        and _same_host(state.hosts.get(host), hb)
+        and hostreplicas.unchanged(ctx, host, hb, runtime)
     )
 
 
-def steady(ctx: StepContext, hb: Heartbeat, token: int, runtime: HostRuntime) -> None:
+def steady(ctx: StepContext, host: HostId, hb: Heartbeat, token: int, runtime: HostRuntime) -> None:
     """An unchanged heartbeat (``_unchanged``): the host is alive and its lease renewed, by the
     ack sent for its last report with this report's number."""
-    assert runtime.ack is not None
+    ack = runtime.ack
+    assert ack is not None
     runtime.last_seen_s = runtime.heard_s = ctx.now.mono_s
-    runtime.last_seq = hb.seq
-    runtime.ack = replace(runtime.ack, seq=hb.seq)
-    ctx.actions.append(Ack(token, runtime.ack))
-    hostnets.heartbeat(ctx, HostId(hb.host_id), hb.network_digest)
+    runtime.last_seq = seq = hb.seq
+    ack = runtime.ack = replace(ack, seq=seq)
+    ctx.actions.append(Ack(token, ack))
+    hostnets.heartbeat(ctx, host, hb.network_digest, runtime)
 
 
 def _claim_refusal(ctx: StepContext, host: HostId, hb: Heartbeat, runtime: HostRuntime) -> str:

@@ -24,9 +24,12 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from typing import Final
 
 from scheduler.core.contract import Input, InvalidJob, Mutation
 
+REQUESTS: Final = (Mutation, InvalidJob)
+"""The inputs of the request lane (a tuple: ``isinstance`` checks one faster than a union)."""
 REQUESTS_FIRST_SHARE = 4
 """While requests wait, a step leaves them at least 1 / this of its batch."""
 
@@ -39,7 +42,7 @@ class Lanes:
         self._taken = asyncio.Event()
 
     def put_nowait(self, item: Input) -> None:
-        (self.requests if isinstance(item, Mutation | InvalidJob) else self.hosts).append(item)
+        (self.requests if isinstance(item, REQUESTS) else self.hosts).append(item)
         self._arrived.set()
 
     def empty(self) -> bool:
