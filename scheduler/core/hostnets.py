@@ -257,8 +257,6 @@ def heartbeat(ctx: StepContext, host: HostId, digest: str, runtime: HostRuntime 
     want = wants.hosts.get(host)
     if want is None or host in ctx.state.net.dirty_hosts:
         commands = due(ctx, host)
-    elif digest == want.digest and previous == digest:
-        return  # where it was, and where it should be: nothing to send (the steady case)
     elif want.reached(digest) and (digest == want.digest or not _retry_due(ctx, host)):
         return
     else:
