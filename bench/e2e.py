@@ -181,6 +181,31 @@ async def run(
     }
 
 
+async def run_alone(hosts: int, vms: int, concurrency: int, vnets: int) -> dict[str, Any]:
+    """The API phase with the message-passing stand-ins (bench/e2e_alone.py) in place of the
+    scheduler and the pool."""
+    with rig() as the_rig:
+        for role, name in (("scheduler", "scheduler"), ("hosts", "pool-e2e")):
+            args = ["-m", "bench.e2e_alone", role, "--nats", the_rig.nats.url]
+            the_rig.spawn(name, [*args, "--hosts", str(hosts)])
+        nc = await nats.connect(the_rig.nats.url, pending_size=256 * 1024 * 1024)
+        watch = Watch()
+        await watch.attach(nc)
+        await watch.until(lambda: len(watch.hosts_up) >= hosts, timeout_s=60 + hosts / 50)
+        the_rig.check_alive()
+        idle = await _idle(the_rig)
+        phase = await _phase(the_rig, watch, "api", vms, concurrency, via_jobs=False, vnets=vnets)
+        the_rig.check_alive()
+        await nc.close()
+    return {
+        "part": "bus-alone",
+        "hosts": hosts,
+        "networks": vnets,
+        "idle_cpu_core_fraction": idle,
+        "phases": [phase],
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench.e2e", description=__doc__.splitlines()[0])
     parser.add_argument("--hosts", type=int, default=1000)
@@ -191,6 +216,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--smoke", action="store_true", help="tiny size (CI)")
     parser.add_argument("--name", default="e2e", help="results file name")
+    parser.add_argument(
+        "--part",
+        choices=["stratus", "bus-alone"],
+        default="stratus",
+        help="bus-alone: the API phase's messages passed by stand-ins (bench/e2e_alone.py)",
+    )
     storage_option(parser)
     args = parser.parse_args(argv)
     if args.smoke:
@@ -199,13 +230,19 @@ def main(argv: list[str] | None = None) -> int:
     started = machine()
     if args.vnets and 2 * args.vms > args.vnets * 65533:
         parser.error(f"2 x {args.vms} vms do not fit {args.vnets} /16 networks")
-    result = uvloop.run(run(args.hosts, args.vms, args.concurrency, args.vnets, args.host_local))
+    if args.part == "bus-alone":
+        args.name = args.name.replace("e2e", "e2e-bus-alone", 1)
+        result = uvloop.run(run_alone(args.hosts, args.vms, args.concurrency, args.vnets))
+    else:
+        result = uvloop.run(
+            run(args.hosts, args.vms, args.concurrency, args.vnets, args.host_local)
+        )
     path = write_result(args.name, result, started)
     for phase in result["phases"]:
         lat = phase["request_latency"]
         print(
             f"e2e {phase['via']}: {phase['vms']} VMs on {args.hosts} hosts "
-            f"({args.vnets} networks, {result['storage']} disks), all running in "
+            f"({args.vnets} networks, {result.get('storage', 'no')} disks), all running in "
             f"{phase['all_running_in_s']} s = {phase['vms_per_s']} VMs/s "
             f"(target >= {TARGET_VMS_PER_S:.0f}); latency p50 {lat['p50_ms']} ms "
             f"p99 {lat['p99_ms']} ms; scheduler cpu {phase['scheduler']['cpu_core_fraction']}"

@@ -13,10 +13,10 @@ import pytest
 pytestmark = pytest.mark.e2e
 
 
-def run_smoke(module: str, tmp_path: Path) -> dict[str, object]:
+def run_smoke(module: str, tmp_path: Path, *args: str) -> dict[str, object]:
     env = dict(os.environ, STRATUS_BENCH_RESULTS=str(tmp_path))
     done = subprocess.run(
-        [sys.executable, "-m", module, "--smoke"],
+        [sys.executable, "-m", module, "--smoke", *args],
         env=env,
         capture_output=True,
         text=True,
@@ -37,6 +37,22 @@ def test_e2e_smoke_places_every_vm_over_api_and_jobs(tmp_path: Path) -> None:
     assert [p["via"] for p in phases] == ["nats request/reply api", "jetstream jobs stream"]
     assert all(p["vms"] == 60 and p["vms_per_s"] > 0 and not p["errors"] for p in phases)
     assert result["networks"] == 2  # every VM has a NIC, by default
+
+
+def test_e2e_bus_alone_smoke_passes_every_vm_through_the_stand_ins(tmp_path: Path) -> None:
+    """The floor's stand-ins answer, command, report and publish every VM's running event."""
+    result = run_smoke("bench.e2e", tmp_path, "--part", "bus-alone")
+    assert result["part"] == "bus-alone"
+    phases = result["phases"]
+    assert isinstance(phases, list) and len(phases) == 1
+    phase = phases[0]
+    assert phase["vms"] == 60 and phase["vms_per_s"] > 0 and not phase["errors"]
+    assert set(phase["cpu_s_per_1000_vms"]) == {
+        "scheduler",
+        "pool-e2e",
+        "nats-server",
+        "bench client",
+    }
 
 
 def test_failover_smoke_moves_every_vm_after_kill_and_silence(tmp_path: Path) -> None:
