@@ -5,6 +5,9 @@ fast as the scheduler takes them (at most ``--concurrency`` requests in flight),
 NATS request/reply API, then over the durable JetStream jobs stream. Measured: VMs/s from the
 first submission until every VM's ``running`` event arrived, and per-request latency (API: the
 reply, which comes after commit; jobs: the PubAck, durable in JetStream). Target: >= 5,000 VMs/s.
+Each phase also reports its CPU per VM above the processes' idle CPU and the VMs/s that cost
+allows at most (``ceiling_vms_per_s``): on every core, and for the scheduler alone on one.
+``--part bus-alone`` runs the API phase with stand-ins that only pass its messages (the floor).
 
 Every VM has a NIC in one of ``--vnets`` networks (default 2 networks of a /16, VMs dealt
 round-robin; 0: no networks), as the issue's figure asks: the scheduler hands out addresses and
@@ -142,6 +145,28 @@ def _per_1000(used: dict[str, float], vms: int) -> float:
     return round(used["cpu_core_fraction"] * used["window_s"] * 1000 / vms, 4)
 
 
+def _with_ceiling(phase: dict[str, Any], idle: dict[str, float]) -> dict[str, Any]:
+    """The phase with its CPU per VM above each process's idle CPU (what the VMs cost, the
+    heartbeats left out), and the VMs/s that cost allows at most: all processes spread without
+    a loss over every core of the machine, and the scheduler alone on one core."""
+    used = {name: w["cpu_core_fraction"] for name, w in phase["others"].items()}
+    used["scheduler"] = phase["scheduler"]["cpu_core_fraction"]
+    rate = phase["vms_per_s"]
+    every_ms = max(sum(used.values()) - sum(idle.values()), 1e-9) / rate * 1000
+    scheduler_ms = max(used["scheduler"] - idle["scheduler"], 1e-9) / rate * 1000
+    cores = os.cpu_count() or 1
+    return phase | {
+        "cpu_ms_per_vm_above_idle": {
+            "all": round(every_ms, 3),
+            "scheduler": round(scheduler_ms, 3),
+        },
+        "ceiling_vms_per_s": {
+            "all_cores": round((cores - sum(idle.values())) / every_ms * 1000),
+            "scheduler_one_core": round((1 - idle["scheduler"]) / scheduler_ms * 1000),
+        },
+    }
+
+
 async def _idle(the_rig: Rig, window_s: float = 3.0) -> dict[str, float]:
     """Each process's CPU (fraction of a core) with every host up and no VM on its way: the
     heartbeats, which the phases' figures include too."""
@@ -177,7 +202,7 @@ async def run(
         "networks": vnets,
         "storage": "host-local" if host_local else "replicated",
         "idle_cpu_core_fraction": idle,
-        "phases": phases,
+        "phases": [_with_ceiling(phase, idle) for phase in phases],
     }
 
 
@@ -202,7 +227,7 @@ async def run_alone(hosts: int, vms: int, concurrency: int, vnets: int) -> dict[
         "hosts": hosts,
         "networks": vnets,
         "idle_cpu_core_fraction": idle,
-        "phases": [phase],
+        "phases": [_with_ceiling(phase, idle)],
     }
 
 
@@ -245,7 +270,9 @@ def main(argv: list[str] | None = None) -> int:
             f"({args.vnets} networks, {result.get('storage', 'no')} disks), all running in "
             f"{phase['all_running_in_s']} s = {phase['vms_per_s']} VMs/s "
             f"(target >= {TARGET_VMS_PER_S:.0f}); latency p50 {lat['p50_ms']} ms "
-            f"p99 {lat['p99_ms']} ms; scheduler cpu {phase['scheduler']['cpu_core_fraction']}"
+            f"p99 {lat['p99_ms']} ms; scheduler cpu {phase['scheduler']['cpu_core_fraction']}; "
+            f"at most {phase['ceiling_vms_per_s']['all_cores']} VMs/s on every core at its "
+            f"{phase['cpu_ms_per_vm_above_idle']['all']} CPU-ms per VM"
         )
     print(f"results: {path}")
     return 0

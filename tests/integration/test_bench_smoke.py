@@ -37,6 +37,7 @@ def test_e2e_smoke_places_every_vm_over_api_and_jobs(tmp_path: Path) -> None:
     assert [p["via"] for p in phases] == ["nats request/reply api", "jetstream jobs stream"]
     assert all(p["vms"] == 60 and p["vms_per_s"] > 0 and not p["errors"] for p in phases)
     assert result["networks"] == 2  # every VM has a NIC, by default
+    assert all(min(p["ceiling_vms_per_s"].values()) > 0 for p in phases)  # what its CPU allows
 
 
 def test_e2e_bus_alone_smoke_passes_every_vm_through_the_stand_ins(tmp_path: Path) -> None:
@@ -47,6 +48,7 @@ def test_e2e_bus_alone_smoke_passes_every_vm_through_the_stand_ins(tmp_path: Pat
     assert isinstance(phases, list) and len(phases) == 1
     phase = phases[0]
     assert phase["vms"] == 60 and phase["vms_per_s"] > 0 and not phase["errors"]
+    assert phase["cpu_ms_per_vm_above_idle"]["all"] > 0
     assert set(phase["cpu_s_per_1000_vms"]) == {
         "scheduler",
         "pool-e2e",
