@@ -29,6 +29,7 @@ from typing import Any
 
 import nats
 import uvloop
+from nats.aio.client import Client
 
 from bench.harness import (
     HOST_LOCAL,
@@ -167,6 +168,16 @@ def _with_ceiling(phase: dict[str, Any], idle: dict[str, float]) -> dict[str, An
     }
 
 
+async def _every_host_up(the_rig: Rig, hosts: int) -> tuple[Client, Watch]:
+    """A connection watching the events, once every host was reported up."""
+    nc = await nats.connect(the_rig.nats.url, pending_size=256 * 1024 * 1024)
+    watch = Watch()
+    await watch.attach(nc)
+    await watch.until(lambda: len(watch.hosts_up) >= hosts, timeout_s=60 + hosts / 50)
+    the_rig.check_alive()
+    return nc, watch
+
+
 async def _idle(the_rig: Rig, window_s: float = 3.0) -> dict[str, float]:
     """Each process's CPU (fraction of a core) with every host up and no VM on its way: the
     heartbeats, which the phases' figures include too."""
@@ -184,11 +195,7 @@ async def run(
         the_rig.start_scheduler()
         pool_args = HOST_LOCAL if host_local else ()
         the_rig.start_pool(hosts, "e2e", *pool_args, capacity=HOST_CAPACITY)
-        nc = await nats.connect(the_rig.nats.url, pending_size=256 * 1024 * 1024)
-        watch = Watch()
-        await watch.attach(nc)
-        await watch.until(lambda: len(watch.hosts_up) >= hosts, timeout_s=60 + hosts / 50)
-        the_rig.check_alive()
+        nc, watch = await _every_host_up(the_rig, hosts)
         await _create_vnets(the_rig.nats.url, vnets)
         idle = await _idle(the_rig)
         phases = [
@@ -213,11 +220,7 @@ async def run_alone(hosts: int, vms: int, concurrency: int, vnets: int) -> dict[
         for role, name in (("scheduler", "scheduler"), ("hosts", "pool-e2e")):
             args = ["-m", "bench.e2e_alone", role, "--nats", the_rig.nats.url]
             the_rig.spawn(name, [*args, "--hosts", str(hosts)])
-        nc = await nats.connect(the_rig.nats.url, pending_size=256 * 1024 * 1024)
-        watch = Watch()
-        await watch.attach(nc)
-        await watch.until(lambda: len(watch.hosts_up) >= hosts, timeout_s=60 + hosts / 50)
-        the_rig.check_alive()
+        nc, watch = await _every_host_up(the_rig, hosts)
         idle = await _idle(the_rig)
         phase = await _phase(the_rig, watch, "api", vms, concurrency, via_jobs=False, vnets=vnets)
         the_rig.check_alive()

@@ -11,7 +11,11 @@ only pass messages, each with the same nats-py client and codecs as the product:
   ``EventPublisher`` (one publish per event with its ``Nats-Msg-Id``, the stream's ack read
   back); when a host reports the VM running, it publishes ``running``;
 - the host stand-in answers each ``HostCommands`` at once with a ``Heartbeat`` naming the new
-  VMs running (the pool reports a host's whole inventory, 50 ms after a change).
+  VMs running (the pool reports a host's whole inventory, 50 ms after a change), and sends
+  every host's heartbeat once a second.
+
+Its heartbeats go unanswered (the scheduler acks each one, and every ack also renews the
+host's lease), so the real flow has more messages than this one: its floor is higher.
 
 Nothing is decided, stored or checked: no placement, no addresses, no SQLite, no state. What it
 reaches is what the message flow alone allows on this machine, with every process on the same
@@ -25,7 +29,6 @@ import asyncio
 import itertools
 import sys
 from datetime import UTC, datetime
-from typing import Any
 
 import nats
 import uvloop
@@ -209,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nats", required=True)
     parser.add_argument("--hosts", type=int, required=True)
     args = parser.parse_args(argv)
-    role: Any = scheduler if args.role == "scheduler" else hosts_pool
+    role = scheduler if args.role == "scheduler" else hosts_pool
     uvloop.run(role(args.nats, args.hosts))
     return 0
 
