@@ -150,10 +150,13 @@ def place_pending(ctx: StepContext, *, everything: bool) -> None:
     ``PLACED_PER_STEP`` of them; the others wait for the next step, in order."""
     carry, state = ctx.carry, ctx.state
     if everything:
-        names = list(dict.fromkeys([*carry.new_pending, *state.pending]))
         carry.capacity_changed = False
-    else:
-        names = list(dict.fromkeys(n for n in carry.new_pending if n in state.pending))
+    # Only VMs still pending: one that became pending may have been deleted since, in the
+    # same step (a starved scheduler takes a create, its delete and a tick in one).
+    pending = state.pending
+    names = [n for n in dict.fromkeys(carry.new_pending) if n in pending]
+    if everything:
+        names = list(dict.fromkeys([*names, *pending]))
     names, carry.new_pending = names[:PLACED_PER_STEP], names[PLACED_PER_STEP:]
     if not names:
         return

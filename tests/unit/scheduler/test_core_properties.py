@@ -1,6 +1,8 @@
 """Random histories of requests, heartbeats, partitions and time against the pure core, with
 the real agents' state machine (hostagent/state.py) over the real fake hypervisor: commands by
 generation, lease, fencing and heartbeat reports are the agent's own, not a model of them.
+Requests come one step each, or several in one step with or without a tick (a busy scheduler
+takes what queued up in one step), those with a NIC in a network.
 
 Whatever happens: indexes stay consistent, no host is overcommitted, no VM ever executes on
 two hosts at once, and once the faults stop everything converges.
@@ -15,18 +17,29 @@ from hypothesis import given, settings, strategies as st
 from msgspec.structs import replace
 
 from common.messages import (
+    CreateVm,
     Heartbeat,
     HostRef,
     ObservedState,
     VmRef,
     VmState,
 )
+from common.network_messages import NicRequest
 from common.resources import Resources
 from hostagent.state import AgentState
 from hostagent.stimuli import (
     AckReceived,
 )
-from scheduler.core.contract import Ack, Action, HeartbeatReceived, Mutation, Op, SendCommands
+from scheduler.core.contract import (
+    Ack,
+    Action,
+    HeartbeatReceived,
+    Input,
+    Mutation,
+    Op,
+    SendCommands,
+    Tick,
+)
 from scheduler.state.model import ACTIVE_STATES
 from tests.unit.hostagent.syncagent import SyncAgent
 from tests.unit.scheduler.corekit import CoreKit
@@ -53,6 +66,7 @@ def make_agent(host: str) -> SimAgent:
         boot_id="boot-1",
         capacity=CAPACITY,
         fault_domain=f"fd-{HOSTS.index(host)}",
+        underlay_ip=f"192.0.2.{HOSTS.index(host) + 1}",
     )
     return SimAgent(AgentState(template, heartbeat_interval_s=1.0, fence_after_s=4.0))
 
@@ -64,6 +78,15 @@ class World:
         self.omit_unchanged = omit_unchanged
         for host in HOSTS:
             self.beat(host)
+        self.kit.vnet("net", "10.1.0.0/24")
+
+    def request(self, kind: str, number: int, size: str) -> Mutation:
+        """A request of a burst: a create with a NIC, or a stop, start or delete."""
+        token, name = next(self.kit.tokens), f"vm-{number}"
+        if kind == "create":
+            body = CreateVm(name=name, size=size, nics=[NicRequest(vnet="net")])
+            return Mutation(Op.CREATE, body, token)
+        return Mutation(Op(kind), VmRef(name=name), token)
 
     def deliver(self, actions: list[Action], host: str = "") -> None:
         for action in actions:
@@ -149,6 +172,19 @@ op = st.one_of(
     st.tuples(st.sampled_from(["cordon", "uncordon", "drain"]), st.sampled_from(HOSTS), st.none()),
     st.tuples(st.just("restart"), st.none(), st.none()),
     st.tuples(st.just("lose"), st.sampled_from(HOSTS), st.none()),
+    st.tuples(
+        st.just("burst"),
+        st.lists(
+            st.tuples(
+                st.sampled_from(["create", "stop", "start", "delete"]),
+                st.integers(0, 4),
+                st.sampled_from(["Small", "Medium"]),
+            ),
+            min_size=2,
+            max_size=6,
+        ),
+        st.booleans(),
+    ),
 )
 
 
@@ -161,6 +197,10 @@ def run_history(world: World, history: list[tuple[str, object, object]]) -> None
         elif kind in ("stop", "start", "delete"):
             kit.mutate(Op(kind), VmRef(name=f"vm-{arg}"))
             world.deliver(kit.actions)
+        elif kind == "burst":
+            assert isinstance(arg, list)
+            inputs: list[Input] = [world.request(*item) for item in arg]
+            world.deliver(kit.step(*inputs, *([Tick()] if size else [])))
         else:
             world.act_on_host(kind, arg)
         world.check()

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from common.messages import CreateVm, StartVm, VmState
+from common.messages import CreateVm, StartVm, VmRef, VmState
+from common.network_messages import NicRequest
 from scheduler.core import vms
-from scheduler.core.contract import Mutation, Op
+from scheduler.core.contract import Mutation, Op, Tick
 from tests.unit.scheduler.corekit import CoreKit, commands
 
 PER_STEP = 3
@@ -61,3 +62,22 @@ def test_a_dead_hosts_vms_go_elsewhere_a_steps_share_at_a_time(kit: CoreKit) -> 
         moved += started(kit)
     assert sorted(moved) == on_h1
     assert {kit.vm(name).host for name in on_h1} == {"h2"}
+
+
+def test_a_vm_created_and_deleted_in_one_step_with_a_tick_is_not_placed(kit: CoreKit) -> None:
+    """A starved scheduler takes many inputs in one step: here a create, the delete of the same
+    VM (its freed address makes every pending VM worth trying again) and a tick. The deleted
+    VM was still among the step's new pending ones: placing it raised, and the scheduler
+    exited."""
+    kit.vnet("front", "10.1.0.0/24")
+    create = CreateVm(name="gone", size="Small", nics=[NicRequest(vnet="front")])
+    kit.step(
+        Mutation(Op.CREATE, create, 1),
+        Mutation(Op.DELETE, VmRef(name="gone"), 2),
+        Mutation(Op.CREATE, CreateVm(name="kept", size="Small"), 3),
+        Tick(),
+    )
+    assert kit.vm("gone").state is VmState.DELETED
+    assert started(kit) == ["kept"]
+    kit.advance(0.1)
+    assert kit.vm("gone").state is VmState.DELETED and kit.vm("gone").host is None
