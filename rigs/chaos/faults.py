@@ -35,6 +35,11 @@ class Kind(StrEnum):
     SCHEDULER_STOP_SHORT = "scheduler_stop_short"
     SCHEDULER_STOP_LONG = "scheduler_stop_long"
     """SIGSTOP of the leading scheduler, shorter / longer than dead_after_s."""
+    SCHEDULER_STARVED = "scheduler_starved"
+    """The leading scheduler starved of CPU for longer than dead_after_s: stopped for
+    ``STARVED_STOP_S`` of every ``STARVED_PERIOD_S`` (an overloaded machine). It hears every
+    heartbeat late and takes requests in few, large steps; it must crash on nothing and declare
+    no host dead for that."""
     SECOND_SCHEDULER = "second_scheduler"
     """A scheduler started by mistake: a fresh, empty store on the same NATS."""
     NATS_KILL = "nats_kill"
@@ -68,7 +73,12 @@ AGENT_SIDE = {
 ALL_AGENTS = {Kind.AGENTS_STOP_ALL}
 """Faults that make every host silent at once: they may get any host declared dead."""
 ON_A_HOST = AGENT_SIDE | {Kind.DUPLICATE_HOST_ID, Kind.DISK_FULL}
-ON_THE_LEADER = {Kind.LEADER_KILL, Kind.SCHEDULER_STOP_SHORT, Kind.SCHEDULER_STOP_LONG}
+ON_THE_LEADER = {
+    Kind.LEADER_KILL,
+    Kind.SCHEDULER_STOP_SHORT,
+    Kind.SCHEDULER_STOP_LONG,
+    Kind.SCHEDULER_STARVED,
+}
 NATS_SILENT = {Kind.NATS_KILL, Kind.NATS_RESTART, Kind.NATS_STOP_SHORT, Kind.NATS_STOP_LONG}
 """Faults during which no agent hears the scheduler (nats-server dead or frozen)."""
 
@@ -81,6 +91,7 @@ WEIGHTS = {
     Kind.LEADER_KILL: 2,
     Kind.SCHEDULER_STOP_SHORT: 1,
     Kind.SCHEDULER_STOP_LONG: 2,
+    Kind.SCHEDULER_STARVED: 1,
     Kind.SECOND_SCHEDULER: 1,
     Kind.NATS_KILL: 2,
     Kind.NATS_RESTART: 1,
@@ -111,6 +122,9 @@ SETTLED_S = 2.0
 """A second agent (or scheduler) is started only once NATS, the schedulers and the holder of the
 host id have been up this long (and a scheduler leads): it meets a cluster that knows them."""
 SETTLE_WAIT_S = 15.0
+STARVED_PERIOD_S = 0.2
+STARVED_STOP_S = 0.198
+"""A starved scheduler runs 2 ms of every 200 ms: it takes what queued up meanwhile in one step."""
 
 _HOLD_S: dict[Kind, tuple[float, float]] = {
     Kind.AGENT_STOP_SHORT: (0.1, FENCE_AFTER_S * 0.6),
@@ -118,6 +132,7 @@ _HOLD_S: dict[Kind, tuple[float, float]] = {
     Kind.AGENTS_STOP_ALL: (DEAD_AFTER_S + 0.3, DEAD_AFTER_S + 1.5),
     Kind.SCHEDULER_STOP_SHORT: (0.1, DEAD_AFTER_S * 0.6),
     Kind.SCHEDULER_STOP_LONG: (DEAD_AFTER_S + 0.3, DEAD_AFTER_S + 3.0),
+    Kind.SCHEDULER_STARVED: (DEAD_AFTER_S + 0.3, DEAD_AFTER_S + 3.0),
     Kind.NATS_STOP_SHORT: (0.1, DEAD_AFTER_S * 0.6),
     Kind.NATS_STOP_LONG: (DEAD_AFTER_S + 0.3, DEAD_AFTER_S + 2.0),
     Kind.NATS_RESTART: (0.05, 0.8),
@@ -206,7 +221,10 @@ class Injector:
         await asyncio.to_thread(self._begin, fault)
         # Taken once the signal landed: every audit line of a killed or stopped agent is older.
         fault.start = time.time()
-        await asyncio.sleep(fault.hold_s)  # the fault's duration (not a synchronisation)
+        if fault.kind is Kind.SCHEDULER_STARVED:
+            await self._starve(fault.scheduler, fault.hold_s)
+        else:
+            await asyncio.sleep(fault.hold_s)  # the fault's duration (not a synchronisation)
         await asyncio.to_thread(self._undo, fault)
         fault.end = time.time()
         self.rig.calm_from_s[fault.host] = time.monotonic() + fault.hold_s
@@ -214,6 +232,16 @@ class Injector:
             fault.note = f"{fault.note} {crash}".strip()
             self.crashes.append(Violation("process_died", f"after fault #{fault.index}: {crash}"))
         await asyncio.sleep(fault.gap_s)
+
+    async def _starve(self, scheduler: str, hold_s: float) -> None:
+        """Stop and continue ``scheduler`` by turns for ``hold_s``: it runs
+        ``STARVED_PERIOD_S - STARVED_STOP_S`` of every ``STARVED_PERIOD_S``."""
+        until_s = time.monotonic() + hold_s
+        while time.monotonic() < until_s:
+            self.rig.signal_scheduler(scheduler, signal.SIGSTOP)
+            await asyncio.sleep(STARVED_STOP_S)  # the fault's rhythm (not a synchronisation)
+            self.rig.signal_scheduler(scheduler, signal.SIGCONT)
+            await asyncio.sleep(STARVED_PERIOD_S - STARVED_STOP_S)
 
     async def _wait_leader(self) -> str | None:
         """The leader, waited for (bounded) when a previous fault left none for a moment."""
@@ -266,6 +294,8 @@ class Injector:
                 rig.kill_scheduler(fault.scheduler)
             case Kind.SCHEDULER_STOP_SHORT | Kind.SCHEDULER_STOP_LONG:
                 rig.signal_scheduler(fault.scheduler, signal.SIGSTOP)
+            case Kind.SCHEDULER_STARVED:
+                pass  # stopped and continued by turns while it is held (``_starve``)
             case Kind.SECOND_SCHEDULER:
                 self._second = rig.start_mistake(fault.index)
             case Kind.NATS_KILL:
@@ -309,7 +339,7 @@ class Injector:
                     rig.start_scheduler(name)
             case Kind.LEADER_KILL:
                 rig.start_scheduler(fault.scheduler)
-            case Kind.SCHEDULER_STOP_SHORT | Kind.SCHEDULER_STOP_LONG:
+            case Kind.SCHEDULER_STOP_SHORT | Kind.SCHEDULER_STOP_LONG | Kind.SCHEDULER_STARVED:
                 rig.signal_scheduler(fault.scheduler, signal.SIGCONT)
             case Kind.SECOND_SCHEDULER:
                 self._end_second(kill=False)

@@ -294,7 +294,12 @@ def test_a_ci_sized_plan_tries_every_kind_and_the_same_seed_gives_the_same_plan(
     ]
     for f in first:
         assert (f.host is not None) == (f.kind in ON_A_HOST)
-        if f.kind in (Kind.NATS_STOP_LONG, Kind.SCHEDULER_STOP_LONG, Kind.AGENT_STOP_LONG):
+        if f.kind in (
+            Kind.NATS_STOP_LONG,
+            Kind.SCHEDULER_STOP_LONG,
+            Kind.SCHEDULER_STARVED,
+            Kind.AGENT_STOP_LONG,
+        ):
             assert f.hold_s > DEAD_AFTER_S
         if f.kind in (Kind.NATS_STOP_SHORT, Kind.SCHEDULER_STOP_SHORT):
             assert f.hold_s < DEAD_AFTER_S
