@@ -69,6 +69,8 @@ class Agent:
     """SIGSTOPped right now."""
     started_s: float = 0.0
     """Monotonic seconds when this agent process was started."""
+    underlay_ip: str = ""
+    """QEMU part: its address on the hosts' own link (its replicas are served there)."""
 
 
 @dataclass
@@ -108,9 +110,27 @@ class Rig:
         for i in range(1, self.hosts + 1):
             host = f"h{i}"
             self.agents[host] = Agent(host, self.network.add_namespace(host))
+        if self.qemu is not None:
+            self._underlay()
+        for host in self.agents:
             if self.qemu is not None:
                 disks.mount(self.host_dir(host), self.qemu.disk_mib)
             self.start_agent(host)
+
+    def _underlay(self) -> None:
+        """Join the hosts by a link of their own (rigs/chaos/netns.py: a veth pair for two, a
+        segment for more), their ``--underlay-ip``: a copy of a disk is filled and served
+        across it, as between separate machines. Without it each agent's replica server was at
+        127.0.0.1 of its own namespace, so one host could not reach another's copies (a
+        guest restarted on the other host failed: "Requested export not available")."""
+        agents = list(self.agents.values())
+        if len(agents) == 2:
+            first, second = agents
+            first.underlay_ip, second.underlay_ip = self.network.join(first.netns, second.netns)
+        elif len(agents) > 2:
+            addresses = self.network.segment([agent.netns for agent in agents])
+            for agent, address in zip(agents, addresses, strict=True):
+                agent.underlay_ip = address
 
     def host_dir(self, host: str) -> Path:
         """An agent's own directory in the data dir (its disk, with the QEMU driver)."""
@@ -213,6 +233,8 @@ class Rig:
         args += ["--heartbeat-interval", str(t["heartbeat_interval_s"])]
         if self.qemu is not None:
             args += self.qemu.agent_args()
+        if self.agents[host].underlay_ip:
+            args += ["--underlay-ip", self.agents[host].underlay_ip]
         return [*args, "--fence-after", str(t["fence_after_s"]), "--log-level", "DEBUG"]
 
     def start_agent(self, host: str) -> None:
