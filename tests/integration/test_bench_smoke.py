@@ -48,7 +48,8 @@ def test_e2e_bus_alone_smoke_passes_every_vm_through_the_stand_ins(tmp_path: Pat
     assert isinstance(phases, list) and len(phases) == 1
     phase = phases[0]
     assert phase["vms"] == 60 and phase["vms_per_s"] > 0 and not phase["errors"]
-    assert phase["cpu_ms_per_vm_above_idle"]["all"] > 0
+    assert phase["cpu_ms_per_vm_above_idle"]["all"] >= 0  # 60 VMs: within the idle CPU's noise
+    assert min(phase["ceiling_vms_per_s"].values()) > 0
     assert set(phase["cpu_s_per_1000_vms"]) == {
         "scheduler",
         "pool-e2e",
