@@ -342,7 +342,7 @@ async def test_each_role_reads_replies_only_in_its_own_inbox(setup: Setup) -> No
     prefixes = {}
     for name in ("publisher", "dashboard"):
         nc = setup.roles[name].nc
-        assert (await nc.request(subjects.VM_LIST, b"{}", timeout=5)).data == b"answer"
+        assert await _answered(nc, subjects.VM_LIST, b"{}") == b"answer"
         prefixes[name] = nc.new_inbox().rsplit(".", 1)[0]
     assert prefixes["publisher"] != prefixes["dashboard"] and "_INBOX" not in prefixes.values()
     dashboard = setup.roles["dashboard"]
@@ -402,13 +402,15 @@ async def _followed(host: Client, follow: Subscription, subject: str, body: byte
 
 async def _answered(nc: Client, subject: str, body: bytes) -> bytes:
     """The answer to a request, asked again while the server reports no responders yet (a
-    subscription made on another connection can take a moment to be seen under load)."""
+    subscription made on another connection can take a moment to be seen under load) or no
+    answer came in 5 s (a loaded CI run waited that long for the first answer of a test in
+    vain); what comes back, and where, is what the tests judge."""
     answers: list[bytes] = []
 
     async def answered() -> bool:
-        with contextlib.suppress(nats.errors.NoRespondersError):
+        with contextlib.suppress(nats.errors.NoRespondersError, nats.errors.TimeoutError):
             answers.append((await nc.request(subject, body, timeout=5)).data)
         return bool(answers)
 
-    await wait_until(answered, timeout_s=10, interval_s=0.1, message=f"an answer on {subject}")
+    await wait_until(answered, timeout_s=20, interval_s=0.1, message=f"an answer on {subject}")
     return answers[0]
