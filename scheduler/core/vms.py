@@ -149,14 +149,7 @@ def place_pending(ctx: StepContext, *, everything: bool) -> None:
     """Place the VMs that became pending (``everything``: all pending VMs), at most
     ``PLACED_PER_STEP`` of them; the others wait for the next step, in order."""
     carry, state = ctx.carry, ctx.state
-    if everything:
-        carry.capacity_changed = False
-    # Only VMs still pending: one that became pending may have been deleted since, in the
-    # same step (a starved scheduler takes a create, its delete and a tick in one).
-    pending = state.pending
-    names = [n for n in dict.fromkeys(carry.new_pending) if n in pending]
-    if everything:
-        names = list(dict.fromkeys([*names, *pending]))
+    names = _to_place(ctx, everything=everything)
     names, carry.new_pending = names[:PLACED_PER_STEP], names[PLACED_PER_STEP:]
     if not names:
         return
@@ -196,6 +189,18 @@ def place_pending(ctx: StepContext, *, everything: bool) -> None:
         # The host's network configuration first, in the same batch: its VMs' bridges exist
         # before they start.
         ctx.send(host, hostnets.due(ctx, host) + commands)
+
+
+def _to_place(ctx: StepContext, *, everything: bool) -> list[VmName]:
+    """The VMs still pending that became pending (``everything``: then every pending VM), in
+    order. One that became pending may have been deleted or stopped since, in the same step (a
+    starved scheduler takes a create, its delete and a tick in one)."""
+    carry, pending = ctx.carry, ctx.state.pending
+    names = [n for n in dict.fromkeys(carry.new_pending) if n in pending]
+    if everything:
+        carry.capacity_changed = False
+        names = list(dict.fromkeys([*names, *pending]))
+    return names
 
 
 def _place_one(
