@@ -192,9 +192,10 @@ def place_pending(ctx: StepContext, *, everything: bool) -> None:
 
 
 def _to_place(ctx: StepContext, *, everything: bool) -> list[VmName]:
-    """The VMs still pending that became pending (``everything``: then every pending VM), in
-    order. One that became pending may have been deleted or stopped since, in the same step (a
-    starved scheduler takes a create, its delete and a tick in one)."""
+    """The VMs still pending that became pending (``everything``: then every pending VM, and
+    the request to try them all is cleared), in order. One that became pending may have been
+    deleted or stopped since, in the same step (a starved scheduler takes a create, its delete
+    and a tick in one)."""
     carry, pending = ctx.carry, ctx.state.pending
     names = [n for n in dict.fromkeys(carry.new_pending) if n in pending]
     if everything:
