@@ -76,13 +76,9 @@ class NetRig:
             netns = self.network.add_namespace(host)
             outside = self.network.pairs[-1].inner_addr
             self.hosts[host] = NetHost(host, netns, outside, outside)
-        if len(hosts) == 2:
-            first, second = (self.hosts[host] for host in hosts)
-            first.underlay_ip, second.underlay_ip = self.network.join(first.netns, second.netns)
-        elif len(hosts) > 2:
-            addresses = self.network.segment([self.hosts[host].netns for host in hosts])
-            for host, address in zip(hosts, addresses, strict=True):
-                self.hosts[host].underlay_ip = address
+        addresses = self.network.underlay([self.hosts[host].netns for host in hosts])
+        for host, address in zip(hosts, addresses, strict=False):  # none for one host
+            self.hosts[host].underlay_ip = address
 
     def _spawn(self, args: list[str], log_name: str) -> subprocess.Popen[bytes]:
         env = dict(os.environ, PYTHONUNBUFFERED="1")

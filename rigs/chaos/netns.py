@@ -168,6 +168,14 @@ class Network:
             run_ip("ip", "link", "set", dev, "up", netns=netns)
         return pair.root_addr, pair.inner_addr
 
+    def underlay(self, netnses: list[str]) -> list[str]:
+        """Join the namespaces by links of their own, as separate machines' underlay: a veth
+        pair for two (``join``), a segment for more (``segment``), none for one; each one's
+        address there, in the order given."""
+        if len(netnses) == 2:
+            return list(self.join(netnses[0], netnses[1]))
+        return self.segment(netnses) if len(netnses) > 2 else []
+
     def segment(self, netnses: list[str]) -> list[str]:
         """Join namespaces on one underlay segment (a bridge in a namespace of its own, so the
         root namespace forwards nothing); each one's address there, in the order given."""

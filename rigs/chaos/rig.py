@@ -118,19 +118,15 @@ class Rig:
             self.start_agent(host)
 
     def _underlay(self) -> None:
-        """Join the hosts by a link of their own (rigs/chaos/netns.py: a veth pair for two, a
-        segment for more), their ``--underlay-ip``: a copy of a disk is filled and served
-        across it, as between separate machines. Without it each agent's replica server was at
-        127.0.0.1 of its own namespace, so one host could not reach another's copies (a
-        guest restarted on the other host failed: "Requested export not available")."""
+        """Join the hosts by links of their own (``Network.underlay``), their
+        ``--underlay-ip``: a copy of a disk is filled and served across it, as between separate
+        machines. Without it each agent's replica server was at 127.0.0.1 of its own namespace,
+        so one host could not reach another's copies (a guest restarted on the other host
+        failed: "Requested export not available")."""
         agents = list(self.agents.values())
-        if len(agents) == 2:
-            first, second = agents
-            first.underlay_ip, second.underlay_ip = self.network.join(first.netns, second.netns)
-        elif len(agents) > 2:
-            addresses = self.network.segment([agent.netns for agent in agents])
-            for agent, address in zip(agents, addresses, strict=True):
-                agent.underlay_ip = address
+        addresses = self.network.underlay([agent.netns for agent in agents])
+        for agent, address in zip(agents, addresses, strict=False):  # none for one host
+            agent.underlay_ip = address
 
     def host_dir(self, host: str) -> Path:
         """An agent's own directory in the data dir (its disk, with the QEMU driver)."""

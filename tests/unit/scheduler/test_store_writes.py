@@ -4,35 +4,22 @@ abandoned while its commit runs neither loses that commit nor blocks the next wr
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from msgspec.structs import replace
 
 from common import codec, subjects
 from common.errors import StoreError
 from common.ids import VmName
 from common.messages import VmEvent, VmState
 from scheduler.shell.store import Batch, SqliteStore
-from scheduler.state.model import VmRecord
-
-NOW = datetime(2026, 3, 1, 10, tzinfo=UTC)
+from tests.unit.scheduler.test_store_backup import NOW, record
 
 
 def batch(name: str, seq: int) -> Batch:
     """One VM record and its event ``seq``."""
-    vm = VmRecord(
-        name=VmName(name),
-        size="Small",
-        cpu_milli=1000,
-        mem_mib=1792,
-        image="tiny",
-        region=None,
-        availability_set=None,
-        state=VmState.PENDING,
-        created_at=NOW,
-        updated_at=NOW,
-    )
+    vm = replace(record(), name=VmName(name), state=VmState.PENDING)
     event = VmEvent(seq=seq, time=NOW, name=name, state=VmState.PENDING, host=None, generation=1)
     return Batch(vms=[vm], events=[(seq, subjects.vm_event(name), codec.encode(event))])
 
